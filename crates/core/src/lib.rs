@@ -1,0 +1,65 @@
+//! Strata's shared vocabulary: the types, the wire format, the system keys and the stage traits
+//! that every crate of the commit pipeline speaks.
+//!
+//! This crate holds traits and plain data only. It starts no task, touches no disk and depends
+//! on no stage: the resolver, the logs, storage, the sequencer and the commit proxy each
+//! implement a trait defined here and talk to each other only through these traits, so any stage
+//! can be used, tested and benchmarked alone (see `DESIGN.md`, "Dependency rule").
+//!
+//! - [`types`]: [`Key`], [`Value`], [`KeyRange`], [`Version`], [`Epoch`], [`Mutation`],
+//!   [`Transaction`].
+//! - [`wire`]: the versioned, sectioned, CRC-checked byte form of a transaction, read section by
+//!   section through [`TransactionView`].
+//! - [`system`]: the `\xff/system/` keys and the configuration the persistence phase stores.
+//! - [`traits`]: [`Sequencer`], [`Resolver`], [`LogServer`], [`StorageServer`],
+//!   [`CommitProxy`], each method with its contract.
+//! - [`Error`]: what crosses a stage boundary; it names the failing [`Stage`].
+//!
+//! # Limits
+//!
+//! | what                  | limit                                 |
+//! |-----------------------|---------------------------------------|
+//! | key                   | [`KEY_BYTES_MAX`] = 10,000 bytes      |
+//! | value                 | [`VALUE_BYTES_MAX`] = 100,000 bytes   |
+//! | encoded transaction   | [`TRANSACTION_BYTES_MAX`] = 10,000,000 bytes |
+//! | MVCC window           | [`MVCC_WINDOW_VERSIONS`] = 5,000,000 versions |
+//!
+//! They are checked when a transaction is encoded and again when it is decoded, each with its
+//! own [`WireError`].
+//!
+//! # Example
+//!
+//! ```
+//! use strata_core::{KeyRange, Mutation, Transaction, TransactionView, Version};
+//!
+//! let tx = Transaction {
+//!     read_version: Some(Version(1_000)),
+//!     read_conflicts: vec![KeyRange::prefix("user/")?],
+//!     write_conflicts: vec![KeyRange::single("user/42")],
+//!     mutations: vec![Mutation::Set { key: "user/42".into(), value: "ada".into() }],
+//! };
+//! let bytes = tx.encode()?;
+//! // A resolver reads only the conflict sections.
+//! let conflicts = TransactionView::parse(bytes.clone())?.conflicts()?;
+//! assert_eq!(conflicts.read_version, Some(Version(1_000)));
+//! assert_eq!(Transaction::decode(&bytes)?, tx);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod error;
+pub mod system;
+pub mod traits;
+pub mod types;
+pub mod wire;
+
+pub use error::{Error, ErrorKind, Result, Stage};
+pub use traits::{
+    CommitProxy, LogEntry, LogId, LogServer, LogState, RangeRead, ResolveBatch, Resolver,
+    Sequencer, StorageServer, Verdict, VersionPair,
+};
+pub use types::{
+    Epoch, KEY_BYTES_MAX, Key, KeyRange, KeyRangeError, MVCC_WINDOW_VERSIONS, Mutation,
+    RANGE_END_BYTES_MAX, TRANSACTION_BYTES_MAX, Transaction, TransactionConflicts, VALUE_BYTES_MAX,
+    Value, Version, parse_printable, printable,
+};
+pub use wire::{TransactionView, WireError};
