@@ -81,7 +81,10 @@ impl Workload {
 }
 
 fn resolve(c: &mut Criterion) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => panic!("tokio runtime: {e}"),
     };
@@ -90,11 +93,11 @@ fn resolve(c: &mut Criterion) {
         rng: Rng(0x5eed),
         version: 0,
     };
-    let run = |resolver: &WindowResolver, batch: ResolveBatch| {
-        match runtime.block_on(resolver.resolve(batch)) {
-            Ok(v) => v,
-            Err(e) => panic!("resolve failed: {e}"),
-        }
+    let run = |resolver: &WindowResolver, batch: ResolveBatch| match runtime
+        .block_on(resolver.resolve(batch))
+    {
+        Ok(v) => v,
+        Err(e) => panic!("resolve failed: {e}"),
     };
 
     // Fill the window to its steady state: 4,000 batches, 10,000,000 transactions.

@@ -1,12 +1,8 @@
 //! The conflict history: which key ranges were written at which recent versions.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
-
-use bytes::Bytes;
 use strata_core::{MVCC_WINDOW_VERSIONS, TransactionConflicts, Verdict, Version};
 
-use crate::run::{Run, RunBuilder};
+use crate::run::{KeyParts, Run, RunBuilder};
 
 /// Tuning of a [`ConflictHistory`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +15,9 @@ pub struct HistoryConfig {
     /// released sooner as the window moves (a run is freed when its newest batch leaves the
     /// window, so up to this many batches beyond the window stay in memory).
     pub max_run_batches: u32,
+    /// The newest runs (one per batch) kept apart from merging, so that reads a few batches
+    /// old search only small, cache-resident runs and never a large one just merged.
+    pub recent_runs: usize,
 }
 
 impl Default for HistoryConfig {
@@ -26,6 +25,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             window_versions: MVCC_WINDOW_VERSIONS,
             max_run_batches: 256,
+            recent_runs: 8,
         }
     }
 }
@@ -71,8 +71,9 @@ pub struct HistoryStats {
 /// `window batches / max_run_batches + log2(max_run_batches)` binary searches) and that a merge
 /// pauses one batch for a time proportional to the runs merged.
 ///
-/// Within a batch, the writes of transactions accepted so far are kept in a small ordered map
-/// so that later transactions of the same batch see them; the map becomes the batch's run.
+/// Within a batch, the transactions that pass the history are checked in order against the
+/// writes accepted before them, over the sorted keys of the batch (see `BatchRanks`); those
+/// writes become the batch's run.
 ///
 /// ```
 /// use strata_core::{KeyRange, TransactionConflicts, Verdict, Version};
@@ -129,35 +130,36 @@ impl ConflictHistory {
     /// The caller guarantees that versions passed here increase (the async resolver checks the
     /// `previous_version` chain); a version that does not is resolved anyway, but the window
     /// does not move back.
-    pub fn resolve(&mut self, version: Version, transactions: &[TransactionConflicts]) -> Vec<Verdict> {
+    pub fn resolve(
+        &mut self,
+        version: Version,
+        transactions: &[TransactionConflicts],
+    ) -> Vec<Verdict> {
         self.newest_version = self.newest_version.max(version);
-        self.oldest_version = self
-            .oldest_version
-            .max(self.newest_version.saturating_sub(self.config.window_versions));
+        self.oldest_version = self.oldest_version.max(
+            self.newest_version
+                .saturating_sub(self.config.window_versions),
+        );
         self.trim();
 
-        let mut batch = BatchWrites::default();
-        let verdicts = transactions
+        // First every transaction against the history, then, in order, against the writes
+        // accepted earlier in the batch (as FoundationDB does): the second pass needs only the
+        // transactions that survived the first.
+        let mut verdicts: Vec<Verdict> = transactions
             .iter()
-            .map(|tx| {
-                let verdict = self.verdict(tx, version, &batch);
-                if verdict == Verdict::Committed {
-                    for w in &tx.write_conflicts {
-                        batch.insert(w.begin(), w.end());
-                    }
-                }
-                verdict
-            })
+            .map(|tx| self.history_verdict(tx))
             .collect();
-
-        if let Some(run) = batch.into_run(version) {
+        let batch = BatchRanks::new(version, transactions, &verdicts);
+        let run = batch.resolve(version, transactions, &mut verdicts);
+        if let Some(run) = run {
             self.runs.push(run);
             self.merge_tail();
         }
         verdicts
     }
 
-    fn verdict(&self, tx: &TransactionConflicts, version: Version, batch: &BatchWrites) -> Verdict {
+    /// The verdict of `tx` against the history alone.
+    fn history_verdict(&self, tx: &TransactionConflicts) -> Verdict {
         if tx.read_conflicts.is_empty() {
             return Verdict::Committed;
         }
@@ -167,10 +169,12 @@ impl ConflictHistory {
         if read_version < self.oldest_version {
             return Verdict::TooOld;
         }
-        let batch_is_newer = version > read_version;
         let conflicts = tx.read_conflicts.iter().any(|r| {
-            (batch_is_newer && batch.intersects(r.begin(), r.end()))
-                || self.written_after(r.begin(), r.end(), read_version.0)
+            self.written_after(
+                &KeyParts::of(r.begin()),
+                &KeyParts::of(r.end()),
+                read_version.0,
+            )
         });
         if conflicts {
             Verdict::Conflict
@@ -179,7 +183,7 @@ impl ConflictHistory {
         }
     }
 
-    fn written_after(&self, begin: &[u8], end: &[u8], read_version: u64) -> bool {
+    fn written_after(&self, begin: &KeyParts<'_>, end: &KeyParts<'_>, read_version: u64) -> bool {
         for run in self.runs.iter().rev() {
             // Runs are in version order: once one holds nothing newer than the read, no older
             // run can either.
@@ -203,17 +207,21 @@ impl ConflictHistory {
         }
     }
 
+    /// Merges runs like a binary counter (two adjacent runs of equal size become one), up to
+    /// `max_run_batches`, leaving the `recent_runs` newest runs alone.
     fn merge_tail(&mut self) {
-        while let [.., older, newer] = self.runs.as_slice() {
+        let recent = self.config.recent_runs;
+        while self.runs.len() >= recent + 2 {
+            let newer_at = self.runs.len() - recent - 1;
+            let (older, newer) = (&self.runs[newer_at - 1], &self.runs[newer_at]);
             if older.batches() > newer.batches()
                 || older.batches() + newer.batches() > self.config.max_run_batches
             {
                 break;
             }
             let merged = Run::merge(older, newer);
-            let n = self.runs.len();
-            self.runs.truncate(n - 2);
-            self.runs.push(merged);
+            self.runs[newer_at - 1] = merged;
+            self.runs.remove(newer_at);
         }
     }
 
@@ -229,55 +237,154 @@ impl ConflictHistory {
     }
 }
 
-/// The writes accepted so far in the batch being resolved, as a step function: each key maps
-/// to whether the interval it starts was written.
-#[derive(Default)]
-struct BatchWrites {
-    steps: BTreeMap<Bytes, bool>,
+/// The second pass of a batch: conflicts between its own transactions.
+///
+/// Every range endpoint of the transactions still in play is sorted once and replaced by its
+/// rank among the distinct keys; an interval between two consecutive keys is then one bit.
+/// Checking a read is testing a few bits and accepting a write is setting a few, so the pass
+/// costs one sort of the batch's keys instead of an ordered-map update per transaction.
+struct BatchRanks<'a> {
+    /// The distinct keys, ascending.
+    keys: Vec<KeyParts<'a>>,
+    /// Rank of each endpoint, in the order `new` visited them.
+    ranks: Vec<u32>,
 }
 
-impl BatchWrites {
-    fn written_at(&self, key: &[u8]) -> bool {
-        self.steps
-            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
-            .next_back()
-            .is_some_and(|(_, &w)| w)
+impl<'a> BatchRanks<'a> {
+    /// Whether the second pass checks the reads of `tx`: it has reads, survived the history,
+    /// and read before this batch's version (otherwise no write of the batch is newer).
+    fn checks_reads(version: Version, tx: &TransactionConflicts, verdict: Verdict) -> bool {
+        verdict == Verdict::Committed
+            && !tx.read_conflicts.is_empty()
+            && tx.read_version.is_some_and(|rv| rv < version)
     }
 
-    fn intersects(&self, begin: &[u8], end: &[u8]) -> bool {
-        self.written_at(begin)
-            || self
-                .steps
-                .range::<[u8], _>((Bound::Excluded(begin), Bound::Excluded(end)))
-                .any(|(_, &w)| w)
+    fn new(
+        version: Version,
+        transactions: &'a [TransactionConflicts],
+        verdicts: &[Verdict],
+    ) -> BatchRanks<'a> {
+        let mut endpoints: Vec<(KeyParts<'a>, u32)> = Vec::new();
+        let mut push = |r: &'a strata_core::KeyRange| {
+            for key in [r.begin(), r.end()] {
+                #[expect(clippy::cast_possible_truncation)] // NOTE: batches are far below 2^32 keys
+                let slot = endpoints.len() as u32;
+                endpoints.push((KeyParts::of(key), slot));
+            }
+        };
+        for (tx, &verdict) in transactions.iter().zip(verdicts) {
+            if verdict != Verdict::Committed {
+                continue;
+            }
+            if Self::checks_reads(version, tx, verdict) {
+                tx.read_conflicts.iter().for_each(&mut push);
+            }
+            tx.write_conflicts.iter().for_each(&mut push);
+        }
+        endpoints.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+
+        let mut keys: Vec<KeyParts<'a>> = Vec::with_capacity(endpoints.len());
+        let mut ranks = vec![0u32; endpoints.len()];
+        for (key, slot) in endpoints {
+            if keys.last().is_none_or(|last| last.cmp(&key).is_ne()) {
+                keys.push(key);
+            }
+            #[expect(clippy::cast_possible_truncation)] // NOTE: as above
+            let rank = (keys.len() - 1) as u32;
+            ranks[slot as usize] = rank;
+        }
+        BatchRanks { keys, ranks }
     }
 
-    fn insert(&mut self, begin: &Bytes, end: &Bytes) {
-        let after = self.written_at(end);
-        loop {
-            let inner = self
-                .steps
-                .range::<[u8], _>((Bound::Excluded(begin.as_ref()), Bound::Excluded(end.as_ref())))
-                .next()
-                .map(|(k, _)| k.clone());
-            match inner {
-                Some(k) => {
-                    self.steps.remove(&k);
+    /// Runs the second pass over `verdicts`, visiting endpoints in the order `new` did, and
+    /// returns the batch's accepted writes as a run at `version`.
+    fn resolve(
+        &self,
+        version: Version,
+        transactions: &[TransactionConflicts],
+        verdicts: &mut [Verdict],
+    ) -> Option<Run> {
+        let mut written = Bits::new(self.keys.len());
+        let mut next = self.ranks.iter().copied();
+        let mut range = || -> (usize, usize) {
+            let begin = next.next().unwrap_or_default() as usize;
+            let end = next.next().unwrap_or_default() as usize;
+            (begin, end)
+        };
+        for (tx, verdict) in transactions.iter().zip(verdicts.iter_mut()) {
+            if *verdict != Verdict::Committed {
+                continue;
+            }
+            if Self::checks_reads(version, tx, *verdict) {
+                // Take every read's ranks even after a hit, to stay in step with `new`.
+                let mut conflict = false;
+                for _ in &tx.read_conflicts {
+                    let (b, e) = range();
+                    conflict |= written.any(b, e);
                 }
-                None => break,
+                if conflict {
+                    *verdict = Verdict::Conflict;
+                    for _ in &tx.write_conflicts {
+                        range();
+                    }
+                    continue;
+                }
+            }
+            for _ in &tx.write_conflicts {
+                let (b, e) = range();
+                written.set(b, e);
             }
         }
-        self.steps.insert(begin.clone(), true);
-        self.steps.insert(end.clone(), after);
-    }
 
-    fn into_run(self, version: Version) -> Option<Run> {
-        let key_bytes = self.steps.keys().map(Bytes::len).sum();
-        let mut run = RunBuilder::new(1, self.steps.len(), key_bytes);
-        for (key, written) in &self.steps {
-            run.push(key, if *written { version.0 } else { 0 });
+        let mut run = RunBuilder::new(1, self.keys.len(), 0);
+        for (rank, key) in self.keys.iter().enumerate() {
+            run.push(*key, if written.get(rank) { version.0 } else { 0 });
         }
         run.finish()
+    }
+}
+
+/// A fixed-size bit set with range operations; bit `r` stands for the interval from the key of
+/// rank `r` to the next.
+struct Bits {
+    words: Vec<u64>,
+}
+
+impl Bits {
+    fn new(len: usize) -> Bits {
+        Bits {
+            words: vec![0; len.div_ceil(64)],
+        }
+    }
+
+    fn get(&self, i: usize) -> bool {
+        self.words[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// The mask of bits `[lo, hi)` within word `w`.
+    fn mask(w: usize, lo: usize, hi: usize) -> u64 {
+        let from = lo.saturating_sub(w * 64).min(64);
+        let to = hi.saturating_sub(w * 64).min(64);
+        let upto = |n: usize| if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        upto(to) & !upto(from)
+    }
+
+    /// Whether any bit of `[lo, hi)` is set.
+    fn any(&self, lo: usize, hi: usize) -> bool {
+        if lo >= hi {
+            return false;
+        }
+        (lo / 64..=(hi - 1) / 64).any(|w| self.words[w] & Self::mask(w, lo, hi) != 0)
+    }
+
+    /// Sets bits `[lo, hi)`.
+    fn set(&mut self, lo: usize, hi: usize) {
+        if lo >= hi {
+            return;
+        }
+        for w in lo / 64..=(hi - 1) / 64 {
+            self.words[w] |= Self::mask(w, lo, hi);
+        }
     }
 }
 
@@ -312,7 +419,10 @@ mod tests {
                 tx(5, &[("x", "y")], &[]),
             ],
         );
-        assert_eq!(v, vec![Verdict::Committed, Verdict::Conflict, Verdict::Committed]);
+        assert_eq!(
+            v,
+            vec![Verdict::Committed, Verdict::Conflict, Verdict::Committed]
+        );
     }
 
     #[test]
@@ -320,13 +430,21 @@ mod tests {
         let mut h = ConflictHistory::new(HistoryConfig {
             window_versions: 100,
             max_run_batches: 4,
+            recent_runs: 0,
         });
         h.resolve(Version(1_000), &[]);
         let v = h.resolve(
             Version(1_001),
-            &[tx(900, &[("a", "b")], &[]), tx(901, &[("a", "b")], &[]), tx(0, &[], &[("a", "b")])],
+            &[
+                tx(900, &[("a", "b")], &[]),
+                tx(901, &[("a", "b")], &[]),
+                tx(0, &[], &[("a", "b")]),
+            ],
         );
-        assert_eq!(v, vec![Verdict::TooOld, Verdict::Committed, Verdict::Committed]);
+        assert_eq!(
+            v,
+            vec![Verdict::TooOld, Verdict::Committed, Verdict::Committed]
+        );
     }
 
     #[test]
@@ -334,6 +452,7 @@ mod tests {
         let mut h = ConflictHistory::new(HistoryConfig {
             window_versions: 10,
             max_run_batches: 2,
+            recent_runs: 1,
         });
         for v in 1..=100u64 {
             h.resolve(Version(v), &[tx(v - 1, &[], &[("k", "l")])]);
@@ -342,6 +461,9 @@ mod tests {
         assert!(s.runs <= 7, "{s:?}");
         assert_eq!(s.oldest_version, Version(90));
         // A write at 95 is still seen by a read at 94.
-        assert_eq!(h.resolve(Version(101), &[tx(94, &[("k", "l")], &[])]), vec![Verdict::Conflict]);
+        assert_eq!(
+            h.resolve(Version(101), &[tx(94, &[("k", "l")], &[])]),
+            vec![Verdict::Conflict]
+        );
     }
 }

@@ -196,7 +196,11 @@ impl Resolver for WindowResolver {
             self.last.send_replace(batch.version);
             verdicts
         };
-        tracing::trace!(version = batch.version.0, transactions = verdicts.len(), "resolved");
+        tracing::trace!(
+            version = batch.version.0,
+            transactions = verdicts.len(),
+            "resolved"
+        );
         Ok(verdicts)
     }
 }
@@ -239,7 +243,10 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!early.is_finished());
-        assert_eq!(r.resolve(batch(3, 10, 20)).await.unwrap(), vec![Verdict::Committed]);
+        assert_eq!(
+            r.resolve(batch(3, 10, 20)).await.unwrap(),
+            vec![Verdict::Committed]
+        );
         assert_eq!(early.await.unwrap().unwrap(), vec![Verdict::Committed]);
         assert_eq!(r.last_version(), Version(30));
     }
@@ -265,7 +272,13 @@ mod tests {
         let r = resolver();
         r.resolve(batch(3, 10, 20)).await.unwrap();
         let dup = r.resolve(batch(3, 10, 20)).await.unwrap_err();
-        assert!(matches!(dup.kind, ErrorKind::Duplicate { version: Version(20), .. }));
+        assert!(matches!(
+            dup.kind,
+            ErrorKind::Duplicate {
+                version: Version(20),
+                ..
+            }
+        ));
         let fork = r.resolve(batch(3, 15, 25)).await.unwrap_err();
         assert!(matches!(fork.kind, ErrorKind::OutOfOrder { .. }));
         let old = r.resolve(batch(2, 20, 30)).await.unwrap_err();

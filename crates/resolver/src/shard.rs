@@ -162,7 +162,10 @@ mod tests {
                 Some(KeyRange::new("m", "n").unwrap()),
             ]
         );
-        assert_eq!(map.shards()[0].clip(&KeyRange::new("x", "z").unwrap()), None);
+        assert_eq!(
+            map.shards()[0].clip(&KeyRange::new("x", "z").unwrap()),
+            None
+        );
     }
 
     #[test]
