@@ -1,0 +1,721 @@
+//! The durable log: segment files, one writer thread with group commit, recovery on open.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use strata_core::{
+    Epoch, Error, ErrorKind, LogEntry, LogId, LogServer, LogState, Result, Stage, Version,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::chain::{Chain, error};
+use crate::format::{
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, ScanEnd, SegmentHeader, encode_record, le_u32,
+    le_u64, record_is_intact, scan_segment,
+};
+use crate::fs::{Fs, FsFile, RealFs};
+
+const SEGMENT_SUFFIX: &str = ".seg";
+const EPOCH_FILE: &str = "epoch";
+const EPOCH_TMP_FILE: &str = "epoch.tmp";
+const EPOCH_MAGIC: [u8; 4] = *b"STEP";
+
+/// Tuning and limits of a [`FileLog`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileLogConfig {
+    /// A new segment file is started when a record would take the current one past this size.
+    pub segment_bytes: u64,
+    /// Largest payload a push may carry.
+    pub payload_bytes_max: usize,
+    /// Largest number of payload bytes queued for the writer; a push waits for room.
+    pub queue_bytes_max: usize,
+    /// Largest number of bytes one group commit writes before its sync.
+    pub group_bytes_max: usize,
+    /// How long a push that arrived before its predecessor waits for it.
+    pub predecessor_wait: Duration,
+    /// How long a push waits for room in a full queue before it is refused as overloaded.
+    pub queue_wait: Duration,
+    /// How long a pull with nothing to return waits for a new entry.
+    pub pull_wait: Duration,
+}
+
+impl Default for FileLogConfig {
+    fn default() -> FileLogConfig {
+        FileLogConfig {
+            segment_bytes: 64 << 20,
+            payload_bytes_max: 16 << 20,
+            queue_bytes_max: 64 << 20,
+            group_bytes_max: 8 << 20,
+            predecessor_wait: Duration::from_secs(1),
+            queue_wait: Duration::from_secs(5),
+            pull_wait: Duration::from_millis(100),
+        }
+    }
+}
+
+impl FileLogConfig {
+    fn validate(&self) -> Result<()> {
+        let invalid = |what: &str| Err(error(ErrorKind::InvalidRequest(what.into())));
+        if self.payload_bytes_max > self.queue_bytes_max {
+            return invalid("payload_bytes_max must not exceed queue_bytes_max");
+        }
+        if self.payload_bytes_max >= u32::MAX as usize {
+            return invalid("payload_bytes_max must be below 4 GiB");
+        }
+        if self.queue_bytes_max / QUEUE_UNIT_BYTES >= Semaphore::MAX_PERMITS {
+            return invalid("queue_bytes_max is too large");
+        }
+        if self.segment_bytes <= SEGMENT_HEADER_BYTES as u64 {
+            return invalid("segment_bytes must exceed the segment header");
+        }
+        Ok(())
+    }
+}
+
+/// Queue room is counted in units of this many bytes.
+const QUEUE_UNIT_BYTES: usize = 1024;
+
+fn queue_units(payload_len: usize) -> u32 {
+    let units = (payload_len + RECORD_HEADER_BYTES).div_ceil(QUEUE_UNIT_BYTES);
+    u32::try_from(units).unwrap_or(u32::MAX)
+}
+
+fn io_error(e: std::io::Error) -> Error {
+    Error::io(Stage::Log, e)
+}
+
+fn corruption(path: &Path, offset: u64, why: &str) -> Error {
+    error(ErrorKind::Corruption(format!(
+        "{} at offset {offset}: {why}",
+        path.display()
+    )))
+}
+
+/// One segment file.
+#[derive(Clone, Debug)]
+struct Segment {
+    base: Version,
+    path: PathBuf,
+    file: Arc<dyn FsFile>,
+}
+
+/// Where one durable entry is.
+#[derive(Clone, Copy, Debug)]
+struct Placed {
+    version: Version,
+    previous: Version,
+    offset: u64,
+    payload_len: u32,
+}
+
+/// The durable entries and the segments holding them.
+#[derive(Debug)]
+struct Index {
+    segments: Vec<Segment>,
+    entries: VecDeque<Placed>,
+}
+
+impl Index {
+    /// The segment holding `version`.
+    fn segment_of(&self, version: Version) -> Option<&Segment> {
+        let i = self.segments.partition_point(|s| s.base < version);
+        self.segments.get(i.checked_sub(1)?)
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    id: LogId,
+    dir: PathBuf,
+    fs: Arc<dyn Fs>,
+    config: FileLogConfig,
+    chain: Chain,
+    index: Mutex<Index>,
+    queue: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn index(&self) -> Result<MutexGuard<'_, Index>> {
+        self.index.lock().map_err(|_| {
+            error(ErrorKind::Unavailable(
+                "log index poisoned by a panic".into(),
+            ))
+        })
+    }
+
+    fn create_segment(&self, base: Version) -> std::io::Result<Segment> {
+        let path = self.dir.join(format!("{:020}{SEGMENT_SUFFIX}", base.0));
+        let file = self.fs.create(&path)?;
+        let header = SegmentHeader {
+            log_id: self.id.0,
+            base_version: base,
+        };
+        file.write_all_at(&header.encode(), 0)?;
+        file.sync_data()?;
+        // The file exists for a later recovery only once its directory entry is durable.
+        self.fs.sync_dir(&self.dir)?;
+        Ok(Segment { base, path, file })
+    }
+}
+
+/// A push on its way to the writer.
+struct Write {
+    version: Version,
+    previous: Version,
+    payload: Bytes,
+    ack: oneshot::Sender<Result<()>>,
+    /// Room in the queue, given back when the push is answered.
+    _room: OwnedSemaphorePermit,
+}
+
+/// A durable, group-committed log in segment files: the [`LogServer`] Strata's commit path
+/// pushes every batch to.
+///
+/// One writer thread takes everything queued, appends it to the current segment, syncs once
+/// (`fdatasync`) and only then answers every push it wrote: concurrent pushes share syncs.
+/// Opening a directory recovers it (see the crate docs for the format and the recovery rules).
+///
+/// ```
+/// use strata_core::{Epoch, LogId, LogServer, Version};
+/// use strata_tlog::{FileLog, FileLogConfig};
+///
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = FileLog::open(dir.path(), LogId(1), Version(0), FileLogConfig::default())?;
+/// log.push(Epoch(1), Version(0), Version(10), "batch at 10".into()).await?; // on disk now
+/// drop(log);
+///
+/// let log = FileLog::open(dir.path(), LogId(1), Version(0), FileLogConfig::default())?;
+/// let entries = log.pull(Version(0), 100).await?;
+/// assert_eq!(entries[0].payload, "batch at 10");
+/// # Ok::<(), strata_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct FileLog {
+    shared: Arc<Shared>,
+    to_writer: Mutex<Option<Sender<Write>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FileLog {
+    /// Opens (recovering) or creates the log in `dir` on the real file system. A new log's
+    /// first push must name `start` as its predecessor; an existing log ignores `start`.
+    pub fn open(dir: &Path, id: LogId, start: Version, config: FileLogConfig) -> Result<FileLog> {
+        FileLog::open_with(Arc::new(RealFs), dir, id, start, config)
+    }
+
+    /// [`FileLog::open`] on the given file system.
+    pub fn open_with(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        id: LogId,
+        start: Version,
+        config: FileLogConfig,
+    ) -> Result<FileLog> {
+        config.validate()?;
+        fs.create_dir_all(dir).map_err(io_error)?;
+        let epoch = read_epoch(fs.as_ref(), dir)?;
+        let recovered = recover(fs.as_ref(), dir, id, config.payload_bytes_max)?;
+        let last = recovered.last.unwrap_or(start);
+        let queue_units_max = config.queue_bytes_max / QUEUE_UNIT_BYTES;
+        let shared = Arc::new(Shared {
+            id,
+            dir: dir.to_owned(),
+            fs,
+            config,
+            chain: Chain::new(epoch, last),
+            index: Mutex::new(Index {
+                segments: recovered.segments,
+                entries: recovered.entries,
+            }),
+            queue: Arc::new(Semaphore::new(queue_units_max)),
+        });
+        shared.chain.set_durable(last);
+        let active = {
+            let mut index = shared.index()?;
+            match index.segments.last() {
+                Some(s) => s.clone(),
+                None => {
+                    let s = shared.create_segment(start).map_err(io_error)?;
+                    index.segments.push(s.clone());
+                    s
+                }
+            }
+        };
+        let write_at = active.file.len().map_err(io_error)?;
+        let has_records = write_at > SEGMENT_HEADER_BYTES as u64;
+        tracing::info!(log = id.0, dir = %dir.display(), last = last.0, "log opened");
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = Writer {
+            shared: shared.clone(),
+            active,
+            write_at,
+            has_records,
+            buf: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("strata-tlog-{}", id.0))
+            .spawn(move || writer.run(rx))
+            .map_err(io_error)?;
+        Ok(FileLog {
+            shared,
+            to_writer: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// The number of segment files the log holds.
+    pub fn segment_count(&self) -> Result<usize> {
+        Ok(self.shared.index()?.segments.len())
+    }
+
+    /// Whether a failed write or sync poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.chain.is_poisoned()
+    }
+
+    fn sender(&self) -> Result<Sender<Write>> {
+        self.to_writer
+            .lock()
+            .ok()
+            .and_then(|tx| tx.clone())
+            .ok_or_else(|| error(ErrorKind::Unavailable("log closed".into())))
+    }
+
+    fn read_entries(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
+        let wanted: Vec<(Placed, Segment)> = {
+            let index = self.shared.index()?;
+            let oldest = index.segments.first().map_or(Version::ZERO, |s| s.base);
+            if after < oldest {
+                return Err(error(ErrorKind::TooOld {
+                    version: after,
+                    oldest,
+                }));
+            }
+            let from = index.entries.partition_point(|e| e.version <= after);
+            index
+                .entries
+                .range(from..)
+                .take(limit)
+                .filter_map(|e| Some((*e, index.segment_of(e.version)?.clone())))
+                .collect()
+        };
+        wanted
+            .into_iter()
+            .map(|(e, segment)| {
+                let mut record = vec![0u8; RECORD_HEADER_BYTES + e.payload_len as usize];
+                segment
+                    .file
+                    .read_exact_at(&mut record, e.offset)
+                    .map_err(io_error)?;
+                // Recovery checked this record, but the disk may have damaged it since.
+                if !record_is_intact(&record) || le_u64(&record[8..16]) != e.version.0 {
+                    return Err(corruption(
+                        &segment.path,
+                        e.offset,
+                        "record changed on disk",
+                    ));
+                }
+                Ok(LogEntry {
+                    version: e.version,
+                    previous_version: e.previous,
+                    payload: Bytes::from(record).slice(RECORD_HEADER_BYTES..),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for FileLog {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what it holds and stop.
+        if let Ok(mut tx) = self.to_writer.lock() {
+            tx.take();
+        }
+        if let Some(handle) = self.writer.lock().ok().and_then(|mut h| h.take()) {
+            let _ = handle.join();
+        }
+    }
+}
+
+#[async_trait]
+impl LogServer for FileLog {
+    fn id(&self) -> LogId {
+        self.shared.id
+    }
+
+    async fn push(
+        &self,
+        epoch: Epoch,
+        previous_version: Version,
+        version: Version,
+        payload: Bytes,
+    ) -> Result<()> {
+        let config = &self.shared.config;
+        if payload.len() > config.payload_bytes_max {
+            return Err(error(ErrorKind::InvalidRequest(format!(
+                "payload of {} bytes is over the limit of {}",
+                payload.len(),
+                config.payload_bytes_max
+            ))));
+        }
+        let room = tokio::time::timeout(
+            config.queue_wait,
+            self.shared
+                .queue
+                .clone()
+                .acquire_many_owned(queue_units(payload.len())),
+        )
+        .await
+        .map_err(|_| {
+            error(ErrorKind::Overloaded(format!(
+                "the log's queue stayed full for {} ms",
+                config.queue_wait.as_millis()
+            )))
+        })?
+        .map_err(|_| error(ErrorKind::Unavailable("log closed".into())))?;
+
+        let tx = self.sender()?;
+        let (ack, answer) = oneshot::channel();
+        self.shared
+            .chain
+            .admit(
+                epoch,
+                previous_version,
+                version,
+                config.predecessor_wait,
+                || {
+                    tx.send(Write {
+                        version,
+                        previous: previous_version,
+                        payload,
+                        ack,
+                        _room: room,
+                    })
+                    .map_err(|_| error(ErrorKind::Unavailable("log writer stopped".into())))
+                },
+            )
+            .await?;
+        answer
+            .await
+            .map_err(|_| error(ErrorKind::Unavailable("log writer stopped".into())))?
+    }
+
+    async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
+        let found = self.read_entries(after, limit)?;
+        if !found.is_empty() || limit == 0 {
+            return Ok(found);
+        }
+        self.shared
+            .chain
+            .wait_durable_after(after, self.shared.config.pull_wait)
+            .await;
+        self.read_entries(after, limit)
+    }
+
+    async fn lock(&self, epoch: Epoch) -> Result<LogState> {
+        let previous = self.shared.chain.locked()?;
+        self.shared.chain.lock(epoch)?;
+        if epoch != previous {
+            write_epoch(self.shared.fs.as_ref(), &self.shared.dir, epoch)?;
+        }
+        // Pushes accepted before the lock still land; report what the log holds once they did.
+        self.shared
+            .chain
+            .wait_drained(self.shared.config.queue_wait)
+            .await?;
+        let index = self.shared.index()?;
+        Ok(LogState {
+            epoch,
+            first_version: index.entries.front().map(|e| e.version),
+            last_version: self.shared.chain.durable(),
+        })
+    }
+
+    async fn pop(&self, version: Version) -> Result<()> {
+        let removed: Vec<Segment> = {
+            let mut index = self.shared.index()?;
+            // Segment i holds versions up to the next one's base; the last is never removed.
+            let keep_from = match index.segments.get(1..) {
+                Some(later) => later.partition_point(|next| next.base < version),
+                None => 0,
+            };
+            let removed: Vec<Segment> = index.segments.drain(..keep_from).collect();
+            if let Some(first) = index.segments.first() {
+                let base = first.base;
+                while index.entries.front().is_some_and(|e| e.version <= base) {
+                    index.entries.pop_front();
+                }
+            }
+            removed
+        };
+        if removed.is_empty() {
+            return Ok(());
+        }
+        for s in &removed {
+            self.shared.fs.remove(&s.path).map_err(io_error)?;
+        }
+        self.shared
+            .fs
+            .sync_dir(&self.shared.dir)
+            .map_err(io_error)?;
+        tracing::debug!(
+            log = self.shared.id.0,
+            segments = removed.len(),
+            below = version.0,
+            "popped"
+        );
+        Ok(())
+    }
+}
+
+/// The writer thread's state: the segment being appended to.
+struct Writer {
+    shared: Arc<Shared>,
+    active: Segment,
+    write_at: u64,
+    has_records: bool,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Write>) {
+        while let Ok(first) = rx.recv() {
+            let mut bytes = first.payload.len() + RECORD_HEADER_BYTES;
+            let mut group = vec![first];
+            while bytes < self.shared.config.group_bytes_max {
+                match rx.try_recv() {
+                    Ok(w) => {
+                        bytes += w.payload.len() + RECORD_HEADER_BYTES;
+                        group.push(w);
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            if self.shared.chain.is_poisoned() {
+                for w in group {
+                    let _ = w.ack.send(Err(error(ErrorKind::Poisoned)));
+                }
+                continue;
+            }
+            match self.write_group(&group) {
+                Ok(placed) => {
+                    let last = placed.last().map(|p| p.version);
+                    if let Ok(mut index) = self.shared.index() {
+                        index.entries.extend(placed);
+                    }
+                    if let Some(v) = last {
+                        self.shared.chain.set_durable(v);
+                    }
+                    for w in group {
+                        let _ = w.ack.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    // After a failed write or sync the page cache and the file may disagree
+                    // with what we think is on disk: refuse everything from now on. Recovery
+                    // on the next open finds the truth.
+                    self.shared.chain.poison();
+                    tracing::error!(log = self.shared.id.0, error = %e, "log write failed; log poisoned");
+                    let err = io_error(e);
+                    for w in group {
+                        let _ = w.ack.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends the group, rolling to new segments as needed, and syncs. Returns where each
+    /// entry landed; nothing of it is visible before this returns.
+    fn write_group(&mut self, group: &[Write]) -> std::io::Result<Vec<Placed>> {
+        let mut placed = Vec::with_capacity(group.len());
+        self.buf.clear();
+        for w in group {
+            let record_len = (RECORD_HEADER_BYTES + w.payload.len()) as u64;
+            let end = self.write_at + self.buf.len() as u64 + record_len;
+            if self.has_records && end > self.shared.config.segment_bytes {
+                self.flush()?;
+                self.active.file.sync_data()?;
+                self.roll(w.previous)?;
+            }
+            let offset = self.write_at + self.buf.len() as u64;
+            encode_record(&mut self.buf, w.version, w.previous, &w.payload);
+            self.has_records = true;
+            #[expect(clippy::cast_possible_truncation)] // NOTE: checked against payload_bytes_max
+            placed.push(Placed {
+                version: w.version,
+                previous: w.previous,
+                offset,
+                payload_len: w.payload.len() as u32,
+            });
+        }
+        self.flush()?;
+        self.active.file.sync_data()?;
+        Ok(placed)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.active.file.write_all_at(&self.buf, self.write_at)?;
+            self.write_at += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn roll(&mut self, base: Version) -> std::io::Result<()> {
+        let segment = self.shared.create_segment(base)?;
+        if let Ok(mut index) = self.shared.index() {
+            index.segments.push(segment.clone());
+        }
+        tracing::debug!(log = self.shared.id.0, base = base.0, "new segment");
+        self.active = segment;
+        self.write_at = SEGMENT_HEADER_BYTES as u64;
+        self.has_records = false;
+        Ok(())
+    }
+}
+
+/// What recovery found in a log directory.
+struct Recovered {
+    segments: Vec<Segment>,
+    entries: VecDeque<Placed>,
+    last: Option<Version>,
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Reads every segment in version order, keeping the valid prefix of the log.
+fn recover(fs: &dyn Fs, dir: &Path, id: LogId, payload_bytes_max: usize) -> Result<Recovered> {
+    let mut bases: Vec<u64> = fs
+        .list(dir)
+        .map_err(io_error)?
+        .iter()
+        .filter_map(|n| parse_segment_name(n))
+        .collect();
+    bases.sort_unstable();
+    let mut out = Recovered {
+        segments: Vec::new(),
+        entries: VecDeque::new(),
+        last: None,
+    };
+    for (i, &base) in bases.iter().enumerate() {
+        let is_last = i + 1 == bases.len();
+        let path = dir.join(format!("{base:020}{SEGMENT_SUFFIX}"));
+        let file = fs.open(&path).map_err(io_error)?;
+        let len = usize::try_from(file.len().map_err(io_error)?)
+            .map_err(|_| corruption(&path, 0, "segment larger than memory"))?;
+        if is_last && len < SEGMENT_HEADER_BYTES {
+            // A crash while the segment was being created: it never held a record.
+            tracing::warn!(path = %path.display(), "removing a segment torn at creation");
+            fs.remove(&path).map_err(io_error)?;
+            fs.sync_dir(dir).map_err(io_error)?;
+            continue;
+        }
+        let mut bytes = vec![0u8; len];
+        file.read_exact_at(&mut bytes, 0).map_err(io_error)?;
+        let header = SegmentHeader::decode(&bytes).map_err(|why| corruption(&path, 0, &why))?;
+        if header.log_id != id.0 {
+            return Err(corruption(
+                &path,
+                0,
+                &format!("segment belongs to log {}, not {}", header.log_id, id.0),
+            ));
+        }
+        if header.base_version.0 != base {
+            return Err(corruption(
+                &path,
+                0,
+                "segment header and file name disagree",
+            ));
+        }
+        if let Some(last) = out.last {
+            if header.base_version != last {
+                return Err(corruption(
+                    &path,
+                    0,
+                    &format!(
+                        "segment starts after {} but the previous segment ends at {last}",
+                        header.base_version
+                    ),
+                ));
+            }
+        }
+        let (records, end) = scan_segment(&bytes, header, is_last, payload_bytes_max)
+            .map_err(|(offset, why)| corruption(&path, offset, &why))?;
+        if let ScanEnd::TornTail { offset } = end {
+            tracing::warn!(
+                path = %path.display(),
+                offset,
+                dropped_bytes = len as u64 - offset,
+                "truncating a torn write at the end of the log"
+            );
+            file.set_len(offset).map_err(io_error)?;
+            file.sync_data().map_err(io_error)?;
+        }
+        out.last = Some(records.last().map_or(header.base_version, |r| r.version));
+        out.entries.extend(records.iter().map(|r| Placed {
+            version: r.version,
+            previous: r.previous,
+            offset: r.offset,
+            payload_len: r.payload_len,
+        }));
+        out.segments.push(Segment {
+            base: header.base_version,
+            path,
+            file,
+        });
+    }
+    Ok(out)
+}
+
+fn read_epoch(fs: &dyn Fs, dir: &Path) -> Result<Epoch> {
+    let path = dir.join(EPOCH_FILE);
+    let file = match fs.open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Epoch(0)),
+        Err(e) => return Err(io_error(e)),
+    };
+    let mut b = [0u8; 16];
+    file.read_exact_at(&mut b, 0)
+        .map_err(|_| corruption(&path, 0, "epoch file is short"))?;
+    if b[0..4] != EPOCH_MAGIC || crc32fast::hash(&b[0..12]) != le_u32(&b[12..16]) {
+        return Err(corruption(&path, 0, "epoch file fails its check"));
+    }
+    Ok(Epoch(le_u64(&b[4..12])))
+}
+
+/// Replaces the epoch file atomically: write a temporary file, sync it, rename it over the
+/// old one, sync the directory.
+fn write_epoch(fs: &dyn Fs, dir: &Path, epoch: Epoch) -> Result<()> {
+    let tmp = dir.join(EPOCH_TMP_FILE);
+    match fs.remove(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(e)),
+        _ => {}
+    }
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&EPOCH_MAGIC);
+    b[4..12].copy_from_slice(&epoch.0.to_le_bytes());
+    let crc = crc32fast::hash(&b[0..12]);
+    b[12..16].copy_from_slice(&crc.to_le_bytes());
+    let file = fs.create(&tmp).map_err(io_error)?;
+    file.write_all_at(&b, 0).map_err(io_error)?;
+    file.sync_data().map_err(io_error)?;
+    fs.rename(&tmp, &dir.join(EPOCH_FILE)).map_err(io_error)?;
+    fs.sync_dir(dir).map_err(io_error)
+}
