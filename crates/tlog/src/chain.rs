@@ -1,10 +1,11 @@
 //! The ordering and fencing rules every log shares: which push may enter the log next.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use strata_core::{Epoch, Error, ErrorKind, Result, Stage, Version};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 pub(crate) fn error(kind: ErrorKind) -> Error {
@@ -16,6 +17,22 @@ struct ChainState {
     locked: Epoch,
     last_accepted: Version,
     poisoned: bool,
+    /// Pushes waiting for their predecessor, by the version they wait for. Accepting version
+    /// `v` wakes only the pushes that name `v` as their previous version, instead of every
+    /// waiter: with many concurrent pushers arriving out of order, a broadcast would wake each
+    /// of them once per accepted push.
+    waiters: HashMap<Version, Vec<oneshot::Sender<()>>>,
+}
+
+impl ChainState {
+    /// Wakes every waiter, so each re-checks the chain (after a lock or a poisoning).
+    fn wake_all(&mut self) {
+        for (_, waiters) in self.waiters.drain() {
+            for w in waiters {
+                let _ = w.send(());
+            }
+        }
+    }
 }
 
 /// Admission of pushes along the `previous_version` chain, epoch fencing, poisoning, and the
@@ -23,7 +40,6 @@ struct ChainState {
 #[derive(Debug)]
 pub(crate) struct Chain {
     state: Mutex<ChainState>,
-    accepted: watch::Sender<Version>,
     durable: watch::Sender<Version>,
 }
 
@@ -35,8 +51,8 @@ impl Chain {
                 locked,
                 last_accepted: last,
                 poisoned: false,
+                waiters: HashMap::new(),
             }),
-            accepted: watch::Sender::new(last),
             durable: watch::Sender::new(last),
         }
     }
@@ -66,9 +82,8 @@ impl Chain {
             ))));
         }
         let deadline = Instant::now() + wait;
-        let mut accepted = self.accepted.subscribe();
         loop {
-            {
+            let woken = {
                 let mut st = self.state()?;
                 if st.poisoned {
                     return Err(error(ErrorKind::Poisoned));
@@ -90,18 +105,28 @@ impl Chain {
                 if previous == last {
                     let queued = enqueue()?;
                     st.last_accepted = version;
-                    self.accepted.send_replace(version);
+                    if let Some(next) = st.waiters.remove(&version) {
+                        for w in next {
+                            let _ = w.send(());
+                        }
+                    }
                     return Ok(queued);
                 }
-            }
-            // The predecessor has not arrived yet: wait for the chain to move.
-            match tokio::time::timeout_at(deadline, accepted.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(error(ErrorKind::Unavailable("log closed".into()))),
-                Err(_) => {
-                    let last = self.state()?.last_accepted;
-                    return Err(error(ErrorKind::OutOfOrder { previous, last }));
+                // The predecessor has not arrived yet: wait to be woken when it is accepted.
+                let (tx, rx) = oneshot::channel();
+                st.waiters.entry(previous).or_default().push(tx);
+                rx
+            };
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                let mut st = self.state()?;
+                if let Some(waiting) = st.waiters.get_mut(&previous) {
+                    waiting.retain(|w| !w.is_closed());
+                    if waiting.is_empty() {
+                        st.waiters.remove(&previous);
+                    }
                 }
+                let last = st.last_accepted;
+                return Err(error(ErrorKind::OutOfOrder { previous, last }));
             }
         }
     }
@@ -116,6 +141,8 @@ impl Chain {
             }));
         }
         st.locked = epoch;
+        // Waiters of an older epoch must learn they are fenced now, not when their wait ends.
+        st.wake_all();
         Ok(())
     }
 
@@ -132,6 +159,7 @@ impl Chain {
     pub(crate) fn poison(&self) {
         if let Ok(mut st) = self.state.lock() {
             st.poisoned = true;
+            st.wake_all();
         }
         // Wake whoever waits for durability: it will never come.
         self.durable.send_modify(|_| {});

@@ -488,25 +488,43 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Write>) {
+        // Size of the last group and how long its sync took: the gathering heuristic below.
+        let mut last_group = 1;
+        let mut last_sync = Duration::ZERO;
         while let Ok(first) = rx.recv() {
             let mut bytes = first.payload.len() + RECORD_HEADER_BYTES;
             let mut group = vec![first];
+            // Take what is queued. When the last group was larger than what is here now, its
+            // pushers are likely on their way back (they were all answered at once): wait a
+            // little for them, at most half a sync, rather than paying a whole sync for a
+            // partial group and another for the rest. A lone pusher never waits.
+            let gather_until = std::time::Instant::now() + last_sync / 2;
             while bytes < self.shared.config.group_bytes_max {
-                match rx.try_recv() {
-                    Ok(w) => {
-                        bytes += w.payload.len() + RECORD_HEADER_BYTES;
-                        group.push(w);
+                let next = match rx.try_recv() {
+                    Ok(w) => Some(w),
+                    Err(TryRecvError::Disconnected) => None,
+                    Err(TryRecvError::Empty) if group.len() < last_group => {
+                        let left =
+                            gather_until.saturating_duration_since(std::time::Instant::now());
+                        rx.recv_timeout(left).ok()
                     }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+                    Err(TryRecvError::Empty) => None,
+                };
+                let Some(w) = next else { break };
+                bytes += w.payload.len() + RECORD_HEADER_BYTES;
+                group.push(w);
             }
+            last_group = group.len();
             if self.shared.chain.is_poisoned() {
                 for w in group {
                     let _ = w.ack.send(Err(error(ErrorKind::Poisoned)));
                 }
                 continue;
             }
-            match self.write_group(&group) {
+            let started = std::time::Instant::now();
+            let written = self.write_group(&group);
+            last_sync = started.elapsed().min(Duration::from_millis(2));
+            match written {
                 Ok(placed) => {
                     let last = placed.last().map(|p| p.version);
                     if let Ok(mut index) = self.shared.index() {

@@ -117,20 +117,24 @@ pub(crate) enum ScanEnd {
 ///
 /// The decision table, for the first record at `offset` that is not a valid, chaining record:
 ///
-/// | what is found at `offset`                                  | last segment | other segment |
-/// |------------------------------------------------------------|--------------|---------------|
-/// | fewer bytes than a record header                           | torn tail    | corruption    |
-/// | a header whose payload runs past the end of the file       | torn tail    | corruption    |
-/// | a whole record with a bad CRC, and nothing after it        | torn tail    | corruption    |
-/// | a whole record with a bad CRC, and more bytes after it     | corruption   | corruption    |
-/// | a record with a good CRC that does not chain, or whose version does not advance | corruption | corruption |
-/// | a payload longer than `payload_bytes_max`                  | as "runs past the end" if it does, else corruption | corruption |
+/// | what is found at `offset`                                   | last segment | other segment |
+/// |-------------------------------------------------------------|--------------|---------------|
+/// | fewer bytes than a record header                            | torn tail*   | corruption    |
+/// | a payload length over `payload_bytes_max`                   | corruption   | corruption    |
+/// | a header whose payload runs past the end of the file        | torn tail*   | corruption    |
+/// | a whole record with a bad CRC, and nothing after it         | torn tail*   | corruption    |
+/// | a whole record with a bad CRC, and more bytes after it      | corruption   | corruption    |
+/// | an intact record that does not chain, or whose version does not advance | corruption | corruption |
+///
+/// \* unless an intact record of a newer version starts somewhere after `offset`: then it is
+/// corruption.
 ///
 /// Why: the log only ever appends and syncs before acknowledging, so a crash can damage only
-/// the bytes after the last sync, which are at the end of the last segment. A bad record with
-/// bytes after it cannot be such damage: it is the disk's, and skipping it would lose or
-/// reorder acknowledged commits. The one blind spot: damage to the very last record of the last
-/// segment looks exactly like a torn write, and that record is dropped.
+/// the bytes after the last sync, at the end of the last segment, and a tear leaves the last
+/// record cut short. A bad record followed by more bytes, or by an intact newer record, is the
+/// disk's damage: skipping it would lose or reorder acknowledged commits. The one blind spot:
+/// damage to the very last record of the last segment looks exactly like a torn write, and that
+/// record is dropped.
 pub(crate) fn scan_segment(
     bytes: &[u8],
     header: SegmentHeader,
@@ -140,12 +144,20 @@ pub(crate) fn scan_segment(
     let mut records = Vec::new();
     let mut last = header.base_version;
     let mut at = SEGMENT_HEADER_BYTES;
-    let torn_or = |at: usize, why: String| -> Result<ScanEnd, (u64, String)> {
-        if is_last {
-            Ok(ScanEnd::TornTail { offset: at as u64 })
-        } else {
-            Err((at as u64, why))
+    let torn_or = |at: usize, last: Version, why: String| -> Result<ScanEnd, (u64, String)> {
+        if !is_last {
+            return Err((at as u64, why));
         }
+        // A torn write is the last thing in the log. If an intact record of a newer version
+        // starts anywhere after this one, this one was damaged in place (a flipped length, say)
+        // and acknowledged records follow it: that is corruption, not a tear.
+        if let Some(found) = later_intact_record(bytes, at + 1, last, payload_bytes_max) {
+            return Err((
+                at as u64,
+                format!("{why}, yet an intact later record starts at offset {found}"),
+            ));
+        }
+        Ok(ScanEnd::TornTail { offset: at as u64 })
     };
     let end = loop {
         let rest = &bytes[at..];
@@ -153,26 +165,26 @@ pub(crate) fn scan_segment(
             break ScanEnd::Clean;
         }
         if rest.len() < RECORD_HEADER_BYTES {
-            break torn_or(at, format!("partial record header of {} bytes", rest.len()))?;
+            let why = format!("partial record header of {} bytes", rest.len());
+            break torn_or(at, last, why)?;
         }
         let len = le_u32(&rest[0..4]) as usize;
-        let whole = RECORD_HEADER_BYTES.saturating_add(len);
-        if whole > rest.len() {
-            break torn_or(
-                at,
-                format!("record of {len} payload bytes runs past the end"),
-            )?;
-        }
         if len > payload_bytes_max {
+            // No push this large was ever accepted, so this length was not written by us.
             return Err((
                 at as u64,
                 format!("record payload of {len} bytes is over the limit of {payload_bytes_max}"),
             ));
         }
+        let whole = RECORD_HEADER_BYTES + len;
+        if whole > rest.len() {
+            let why = format!("record of {len} payload bytes runs past the end");
+            break torn_or(at, last, why)?;
+        }
         let record = &rest[..whole];
         if !record_is_intact(record) {
             if whole == rest.len() {
-                break torn_or(at, "bad record CRC".into())?;
+                break torn_or(at, last, "bad record CRC".into())?;
             }
             return Err((at as u64, "bad record CRC".into()));
         }
@@ -197,6 +209,28 @@ pub(crate) fn scan_segment(
         at += whole;
     };
     Ok((records, end))
+}
+
+/// The offset of the first intact record at or after `from` whose version is newer than
+/// `last`, if any. Every offset is tried; the cheap checks (length within bounds, versions
+/// advancing) come before the CRC, so this costs little more than one pass over the bytes.
+fn later_intact_record(
+    bytes: &[u8],
+    from: usize,
+    last: Version,
+    payload_bytes_max: usize,
+) -> Option<usize> {
+    (from..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1)).find(|&p| {
+        let h = &bytes[p..p + RECORD_HEADER_BYTES];
+        let len = le_u32(&h[0..4]) as usize;
+        let version = le_u64(&h[8..16]);
+        let previous = le_u64(&h[16..24]);
+        len <= payload_bytes_max
+            && p + RECORD_HEADER_BYTES + len <= bytes.len()
+            && previous >= last.0
+            && version > previous
+            && record_is_intact(&bytes[p..p + RECORD_HEADER_BYTES + len])
+    })
 }
 
 pub(crate) fn le_u32(b: &[u8]) -> u32 {
@@ -267,6 +301,17 @@ mod tests {
         s[SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES] ^= 1; // payload of the first record
         let err = scan_segment(&s, header(&s), true, 100).unwrap_err();
         assert_eq!(err.0, SEGMENT_HEADER_BYTES as u64);
+    }
+
+    #[test]
+    fn flipped_length_of_an_earlier_record_is_corruption_not_a_tear() {
+        let s = segment(&[(10, 5, b"a"), (20, 10, b"bb"), (30, 20, b"ccc")]);
+        for bit in 0..32 {
+            let mut bad = s.clone();
+            bad[SEGMENT_HEADER_BYTES + bit / 8] ^= 1 << (bit % 8);
+            let err = scan_segment(&bad, header(&s), true, 1 << 20).unwrap_err();
+            assert_eq!(err.0, SEGMENT_HEADER_BYTES as u64, "bit {bit}: {}", err.1);
+        }
     }
 
     #[test]
