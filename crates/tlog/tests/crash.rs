@@ -1,0 +1,241 @@
+//! Crashes, torn writes, damaged records, failing syncs and a full disk, simulated through the
+//! log's file-system trait.
+
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use strata_core::{Epoch, ErrorKind, LogEntry, LogId, LogServer, Version};
+use strata_tlog::fs::{Fs, SimFs};
+use strata_tlog::{FileLog, FileLogConfig};
+
+const DIR: &str = "/log";
+const EPOCH: Epoch = Epoch(1);
+
+fn open(fs: &SimFs) -> strata_core::Result<FileLog> {
+    FileLog::open_with(
+        Arc::new(fs.clone()),
+        Path::new(DIR),
+        LogId(9),
+        Version(0),
+        FileLogConfig::default(),
+    )
+}
+
+fn payload(version: u64) -> Bytes {
+    // Sizes vary so records straddle different offsets.
+    Bytes::from(vec![
+        (version % 251) as u8;
+        10 + (version as usize * 37) % 300
+    ])
+}
+
+async fn push_n(log: &FileLog, from: u64, n: u64) -> Vec<(Version, Bytes)> {
+    let mut acked = Vec::new();
+    for v in from + 1..=from + n {
+        log.push(EPOCH, Version(v - 1), Version(v), payload(v))
+            .await
+            .unwrap();
+        acked.push((Version(v), payload(v)));
+    }
+    acked
+}
+
+async fn everything(log: &FileLog) -> Vec<(Version, Bytes)> {
+    let entries: Vec<LogEntry> = log.pull(Version(0), usize::MAX).await.unwrap();
+    entries
+        .into_iter()
+        .map(|e| (e.version, e.payload))
+        .collect()
+}
+
+fn only_segment(fs: &SimFs) -> PathBuf {
+    let mut names = fs.list(Path::new(DIR)).unwrap();
+    names.retain(|n| n.ends_with(".seg"));
+    assert_eq!(names.len(), 1, "{names:?}");
+    Path::new(DIR).join(&names[0])
+}
+
+#[tokio::test]
+async fn crash_at_every_byte_of_the_last_records_keeps_exactly_the_acknowledged_prefix() {
+    for unacked_version in [6u64, 7] {
+        let fs = SimFs::new();
+        let log = open(&fs).unwrap();
+        let acked = push_n(&log, 0, unacked_version - 1).await;
+        // The next push is written but its sync fails: it is never acknowledged.
+        fs.fail_syncs(true);
+        let v = unacked_version;
+        let failed = log
+            .push(EPOCH, Version(v - 1), Version(v), payload(v))
+            .await;
+        assert!(failed.is_err());
+        let segment = only_segment(&fs);
+        let unsynced = fs.unsynced_len(&segment);
+        assert_eq!(
+            unsynced,
+            24 + payload(v).len(),
+            "one whole record is in flight"
+        );
+        drop(log);
+
+        for torn in 0..=unsynced {
+            let image = fs.crash_image(torn);
+            let log = open(&image).unwrap();
+            let found = everything(&log).await;
+            if torn == unsynced {
+                // The whole record reached the disk: keeping it is allowed (never promised).
+                assert_eq!(found[..acked.len()], acked[..], "torn at {torn}");
+                assert_eq!(found.len(), acked.len() + 1);
+            } else {
+                assert_eq!(found, acked, "torn at {torn}");
+            }
+            // The log goes on from what it kept, and the truncation itself was synced.
+            let last = found.last().unwrap().0;
+            log.push(EPOCH, last, Version(last.0 + 1), payload(99))
+                .await
+                .unwrap();
+            drop(log);
+            let again = open(&image.crash_image(0)).unwrap();
+            let after = everything(&again).await;
+            assert_eq!(after.len(), found.len() + 1, "torn at {torn}");
+            assert_eq!(after[..found.len()], found[..]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn flipped_byte_in_an_earlier_record_is_corruption_naming_file_and_offset() {
+    let fs = SimFs::new();
+    let log = open(&fs).unwrap();
+    push_n(&log, 0, 5).await;
+    drop(log);
+    let segment = only_segment(&fs);
+    // Record offsets: the 32-byte segment header, then 24 + payload bytes per record.
+    let mut offsets = vec![32usize];
+    for v in 1..5u64 {
+        offsets.push(offsets.last().unwrap() + 24 + payload(v).len());
+    }
+    for (i, &record) in offsets.iter().enumerate().take(4) {
+        for field in [0usize, 5, 9, 17, 24, 24 + payload(i as u64 + 1).len() - 1] {
+            let image = fs.crash_image(0);
+            image.corrupt(&segment, record + field, 0x40).unwrap();
+            let err = open(&image).unwrap_err();
+            let ErrorKind::Corruption(why) = &err.kind else {
+                panic!("record {i} field {field}: {err}");
+            };
+            assert!(why.contains(&segment.display().to_string()), "{why}");
+            assert!(why.contains(&format!("offset {record}")), "{why}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn damaged_segment_header_is_corruption() {
+    let fs = SimFs::new();
+    let log = open(&fs).unwrap();
+    push_n(&log, 0, 2).await;
+    drop(log);
+    let image = fs.crash_image(0);
+    image.corrupt(&only_segment(&fs), 2, 0x01).unwrap();
+    let err = open(&image).unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Corruption(_)), "{err}");
+}
+
+#[tokio::test]
+async fn failing_sync_answers_with_the_error_and_poisons_the_log() {
+    let fs = SimFs::new();
+    let log = open(&fs).unwrap();
+    let acked = push_n(&log, 0, 3).await;
+    fs.fail_syncs(true);
+    let err = log
+        .push(EPOCH, Version(3), Version(4), payload(4))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Io(_)), "{err}");
+    assert!(log.is_poisoned());
+    // Even once the disk recovers, the log refuses writes until it is reopened.
+    fs.fail_syncs(false);
+    let err = log
+        .push(EPOCH, Version(4), Version(5), payload(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Poisoned), "{err}");
+    drop(log);
+    // Nothing acknowledged was lost; the unacknowledged push may or may not be there.
+    let log = open(&fs.crash_image(0)).unwrap();
+    assert_eq!(everything(&log).await, acked);
+}
+
+#[tokio::test]
+async fn full_disk_refuses_the_push_and_loses_nothing_acknowledged() {
+    let fs = SimFs::new();
+    let log = open(&fs).unwrap();
+    let acked = push_n(&log, 0, 3).await;
+    let used: u64 = {
+        let seg = only_segment(&fs);
+        fs.open(&seg).unwrap().len().unwrap()
+    };
+    fs.set_capacity(used + 100);
+    let big = Bytes::from(vec![1u8; 500]);
+    let err = log
+        .push(EPOCH, Version(3), Version(4), big)
+        .await
+        .unwrap_err();
+    let ErrorKind::Io(io) = &err.kind else {
+        panic!("{err}");
+    };
+    assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
+    assert!(log.is_poisoned());
+    drop(log);
+
+    fs.set_capacity(u64::MAX);
+    let log = open(&fs.crash_image(0)).unwrap();
+    assert_eq!(everything(&log).await, acked);
+    log.push(EPOCH, Version(3), Version(4), payload(4))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn segment_torn_at_creation_is_removed() {
+    let fs = SimFs::new();
+    let config = FileLogConfig {
+        segment_bytes: 200,
+        ..FileLogConfig::default()
+    };
+    let dir = Path::new(DIR);
+    let log = FileLog::open_with(Arc::new(fs.clone()), dir, LogId(9), Version(0), config).unwrap();
+    let acked = push_n(&log, 0, 3).await;
+    drop(log);
+    // A crash while creating the next segment left a file with a partial header.
+    let next = dir.join(format!("{:020}.seg", 3));
+    let f = fs.create(&next).unwrap();
+    f.write_all_at(b"STLG\x01", 0).unwrap();
+    f.sync_data().unwrap();
+    fs.sync_dir(dir).unwrap();
+
+    let log = FileLog::open_with(Arc::new(fs.clone()), dir, LogId(9), Version(0), config).unwrap();
+    assert_eq!(everything(&log).await, acked);
+    assert!(!fs.list(dir).unwrap().contains(&format!("{:020}.seg", 3)));
+    log.push(EPOCH, Version(3), Version(4), payload(4))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn segment_of_another_log_is_refused() {
+    let fs = SimFs::new();
+    drop(open(&fs).unwrap());
+    let err = FileLog::open_with(
+        Arc::new(fs.clone()),
+        Path::new(DIR),
+        LogId(10),
+        Version(0),
+        FileLogConfig::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Corruption(_)), "{err}");
+}
