@@ -662,17 +662,17 @@ fn recover(fs: &dyn Fs, dir: &Path, id: LogId, payload_bytes_max: usize) -> Resu
                 "segment header and file name disagree",
             ));
         }
-        if let Some(last) = out.last {
-            if header.base_version != last {
-                return Err(corruption(
-                    &path,
-                    0,
-                    &format!(
-                        "segment starts after {} but the previous segment ends at {last}",
-                        header.base_version
-                    ),
-                ));
-            }
+        if let Some(last) = out.last
+            && header.base_version != last
+        {
+            return Err(corruption(
+                &path,
+                0,
+                &format!(
+                    "segment starts after {} but the previous segment ends at {last}",
+                    header.base_version
+                ),
+            ));
         }
         let (records, end) = scan_segment(&bytes, header, is_last, payload_bytes_max)
             .map_err(|(offset, why)| corruption(&path, offset, &why))?;

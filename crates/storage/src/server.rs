@@ -1,0 +1,538 @@
+//! The storage server: a window of recent versions in memory over a redb database.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use strata_core::{
+    Error, ErrorKind, Key, KeyRange, LogServer, MVCC_WINDOW_VERSIONS, Mutation, RangeRead, Result,
+    Stage, StorageServer, TransactionView, Value, Version, printable,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::window::{Answer, Window};
+
+const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const DURABLE_VERSION: &str = "durable_version";
+
+/// Tuning of a [`RedbStorage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Versions kept in memory above the durable version; older ones are written to redb.
+    pub window_versions: u64,
+    /// How long a read at a version not applied yet waits before `FutureVersion`.
+    pub read_wait: Duration,
+    /// Log entries taken per pull.
+    pub pull_limit: usize,
+    /// How often the window is checked for versions to make durable.
+    pub flush_interval: Duration,
+    /// Whether to pop the followed log below the durable version after each flush. Turn it off
+    /// when several servers follow one log: it may only be popped below the smallest of their
+    /// durable versions.
+    pub pop_log: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            window_versions: MVCC_WINDOW_VERSIONS,
+            read_wait: Duration::from_secs(1),
+            pull_limit: 1_000,
+            flush_interval: Duration::from_millis(100),
+            pop_log: true,
+        }
+    }
+}
+
+fn error(kind: ErrorKind) -> Error {
+    Error::new(Stage::Storage, kind)
+}
+
+fn db_error(e: impl Into<redb::Error>) -> Error {
+    match e.into() {
+        redb::Error::Io(io) => Error::io(Stage::Storage, io),
+        redb::Error::Corrupted(why) => error(ErrorKind::Corruption(why)),
+        other => error(ErrorKind::Unavailable(format!("redb: {other}"))),
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    window: Window,
+    applied: Version,
+    durable: Version,
+    /// Reads below this are too old. Raised before a flush commits, so no read can straddle it.
+    oldest_readable: Version,
+    /// Bumped by every roll back, so an apply loop holding entries pulled before it drops them.
+    generation: u64,
+    /// Set when the apply loop met an entry it cannot apply; every read then fails with it.
+    failed: Option<Error>,
+}
+
+struct Inner {
+    shards: Vec<KeyRange>,
+    db: Arc<redb::Database>,
+    /// The log followed; recovery replaces it after a roll back.
+    log: Mutex<Arc<dyn LogServer>>,
+    config: StorageConfig,
+    state: Mutex<State>,
+    applied: watch::Sender<Version>,
+}
+
+impl Inner {
+    fn state(&self) -> Result<MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| {
+            error(ErrorKind::Unavailable(
+                "storage state poisoned by a panic".into(),
+            ))
+        })
+    }
+
+    fn log(&self) -> Result<Arc<dyn LogServer>> {
+        self.log.lock().map(|l| l.clone()).map_err(|_| {
+            error(ErrorKind::Unavailable(
+                "storage log poisoned by a panic".into(),
+            ))
+        })
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if self.shards.iter().any(|s| s.contains(key)) {
+            Ok(())
+        } else {
+            Err(error(ErrorKind::WrongShard {
+                key: printable(key),
+            }))
+        }
+    }
+
+    /// Waits (bounded) until `version` is applied; then checks it is not too old.
+    async fn readable(&self, version: Version) -> Result<()> {
+        let mut rx = self.applied.subscribe();
+        let reached = tokio::time::timeout(self.config.read_wait, rx.wait_for(|&v| v >= version));
+        if reached.await.is_err() {
+            return Err(error(ErrorKind::FutureVersion {
+                version,
+                newest: *self.applied.borrow(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Applies pulled entries, in order, unless a roll back happened since they were pulled.
+    fn apply(&self, generation: u64, entries: Vec<(Version, Vec<Mutation>)>) -> Result<()> {
+        let mut st = self.state()?;
+        if st.generation != generation {
+            return Ok(());
+        }
+        for (version, mutations) in entries {
+            if version <= st.applied {
+                continue;
+            }
+            for (seq, m) in (0u32..).zip(mutations) {
+                st.window.apply((version, seq), m, &self.shards);
+            }
+            st.applied = version;
+        }
+        self.applied.send_replace(st.applied);
+        Ok(())
+    }
+
+    async fn apply_loop(self: Arc<Self>) {
+        loop {
+            let (after, generation) = match self.state() {
+                Ok(st) if st.failed.is_none() => (st.applied, st.generation),
+                _ => return,
+            };
+            let log = match self.log() {
+                Ok(log) => log,
+                Err(_) => return,
+            };
+            let entries = match log.pull(after, self.config.pull_limit).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(error = %e, "storage could not pull from its log; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let decoded: Result<Vec<(Version, Vec<Mutation>)>> = entries
+                .into_iter()
+                .map(|e| decode_entry(e.version, e.payload))
+                .collect();
+            let result = decoded.and_then(|entries| self.apply(generation, entries));
+            if let Err(e) = result {
+                tracing::error!(error = %e, "storage stopped applying");
+                if let Ok(mut st) = self.state() {
+                    st.failed = Some(e);
+                }
+                return;
+            }
+        }
+    }
+
+    async fn flush_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.config.flush_interval).await;
+            if let Err(e) = self.flush().await {
+                tracing::error!(error = %e, "storage flush failed; retrying");
+            }
+        }
+    }
+
+    /// Writes every version older than the window to redb, with the new durable version, in
+    /// one write transaction; then forgets them in memory and lets the log pop them.
+    async fn flush(self: &Arc<Self>) -> Result<()> {
+        let (target, clears, keys) = {
+            let mut st = self.state()?;
+            let target = st.applied.saturating_sub(self.config.window_versions);
+            if target <= st.durable {
+                return Ok(());
+            }
+            // From now on no read may need the state between the old durable version and
+            // target, which redb is about to lose.
+            st.oldest_readable = st.oldest_readable.max(target);
+            let (clears, keys) = st.window.flushable(target);
+            (target, clears, keys)
+        };
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let tx = db.begin_write().map_err(db_error)?;
+            {
+                let mut data = tx.open_table(DATA).map_err(db_error)?;
+                for r in &clears {
+                    data.retain_in::<&[u8], _>(r.begin().as_ref()..r.end().as_ref(), |_, _| false)
+                        .map_err(db_error)?;
+                }
+                for (k, v) in &keys {
+                    match v {
+                        Some(v) => {
+                            data.insert(k.as_ref(), v.as_ref()).map_err(db_error)?;
+                        }
+                        None => {
+                            data.remove(k.as_ref()).map_err(db_error)?;
+                        }
+                    }
+                }
+                let mut meta = tx.open_table(META).map_err(db_error)?;
+                meta.insert(DURABLE_VERSION, target.0).map_err(db_error)?;
+            }
+            // Immediate durability: committed means synced.
+            tx.commit().map_err(db_error)
+        })
+        .await
+        .map_err(|e| error(ErrorKind::Unavailable(format!("flush task: {e}"))))??;
+        {
+            let mut st = self.state()?;
+            st.durable = target;
+            st.window.forget_through(target);
+        }
+        tracing::debug!(durable = target.0, "storage flushed");
+        if self.config.pop_log {
+            self.log()?.pop(target).await?;
+        }
+        Ok(())
+    }
+}
+
+fn decode_entry(version: Version, payload: Bytes) -> Result<(Version, Vec<Mutation>)> {
+    let view = TransactionView::parse(payload).map_err(|e| error(ErrorKind::Wire(e)))?;
+    let commit = view
+        .commit_version()
+        .map_err(|e| error(ErrorKind::Wire(e)))?;
+    if let Some(commit) = commit
+        && commit != version
+    {
+        return Err(error(ErrorKind::Corruption(format!(
+            "log entry {version} carries commit version {commit}"
+        ))));
+    }
+    let mutations = view.mutations().map_err(|e| error(ErrorKind::Wire(e)))?;
+    Ok((version, mutations))
+}
+
+/// A storage server: follows a log, keeps the MVCC window in memory and everything older in
+/// redb. See the crate docs.
+pub struct RedbStorage {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RedbStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStorage")
+            .field("shards", &self.inner.shards)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedbStorage {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl RedbStorage {
+    /// Opens (or creates) the redb database at `path`, owning `shards`, and starts following
+    /// `log` after the durable version stored there. Must be called inside a tokio runtime.
+    pub async fn open(
+        path: &Path,
+        shards: Vec<KeyRange>,
+        log: Arc<dyn LogServer>,
+        config: StorageConfig,
+    ) -> Result<RedbStorage> {
+        let path = path.to_owned();
+        let (db, durable) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let db = redb::Database::create(&path).map_err(db_error)?;
+            let tx = db.begin_write().map_err(db_error)?;
+            let durable = {
+                tx.open_table(DATA).map_err(db_error)?;
+                let meta = tx.open_table(META).map_err(db_error)?;
+                let durable = meta.get(DURABLE_VERSION).map_err(db_error)?;
+                Version(durable.map_or(0, |v| v.value()))
+            };
+            tx.commit().map_err(db_error)?;
+            Ok((db, durable))
+        })
+        .await
+        .map_err(|e| error(ErrorKind::Unavailable(format!("open task: {e}"))))??;
+        tracing::info!(durable = durable.0, shards = shards.len(), "storage opened");
+        let inner = Arc::new(Inner {
+            shards,
+            db: Arc::new(db),
+            log: Mutex::new(log),
+            config,
+            state: Mutex::new(State {
+                window: Window::default(),
+                applied: durable,
+                durable,
+                oldest_readable: durable,
+                generation: 0,
+                failed: None,
+            }),
+            applied: watch::Sender::new(durable),
+        });
+        let tasks = vec![
+            tokio::spawn(inner.clone().apply_loop()),
+            tokio::spawn(inner.clone().flush_loop()),
+        ];
+        Ok(RedbStorage { inner, tasks })
+    }
+
+    /// Follows `log` from now on, after the applied version. Recovery calls this after
+    /// [`StorageServer::roll_back`] to move the server to the logs of the new epoch; entries
+    /// already pulled from the old log are dropped.
+    pub fn follow(&self, log: Arc<dyn LogServer>) -> Result<()> {
+        let mut st = self.inner.state()?;
+        *self.inner.log.lock().map_err(|_| {
+            error(ErrorKind::Unavailable(
+                "storage log poisoned by a panic".into(),
+            ))
+        })? = log;
+        st.generation += 1;
+        Ok(())
+    }
+
+    /// Stops following the log and closes the database, waiting until both are done, so the
+    /// same path can be opened again at once. Dropping the server stops it too, but without
+    /// waiting.
+    pub async fn close(mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+
+    /// How many mutations the in-memory window holds.
+    pub fn window_len(&self) -> Result<usize> {
+        Ok(self.inner.state()?.window.len())
+    }
+
+    /// Makes every version older than the window durable now, instead of at the next tick.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.flush().await
+    }
+
+    fn failed(st: &State) -> Result<()> {
+        match &st.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl StorageServer for RedbStorage {
+    fn shards(&self) -> Vec<KeyRange> {
+        self.inner.shards.clone()
+    }
+
+    async fn get(&self, key: Key, version: Version) -> Result<Option<Value>> {
+        self.inner.check_key(&key)?;
+        self.inner.readable(version).await?;
+        let snapshot = {
+            let st = self.inner.state()?;
+            Self::failed(&st)?;
+            if version < st.oldest_readable {
+                return Err(error(ErrorKind::TooOld {
+                    version,
+                    oldest: st.oldest_readable,
+                }));
+            }
+            match st.window.get(&key, version) {
+                Answer::Value(v) => return Ok(Some(v)),
+                Answer::Deleted => return Ok(None),
+                // The snapshot is taken under the lock: a flush cannot commit in between.
+                Answer::Unknown => self.inner.db.begin_read().map_err(db_error)?,
+            }
+        };
+        tokio::task::spawn_blocking(move || -> Result<Option<Value>> {
+            let table = snapshot.open_table(DATA).map_err(db_error)?;
+            let value = table.get(key.as_ref()).map_err(db_error)?;
+            Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
+        })
+        .await
+        .map_err(|e| error(ErrorKind::Unavailable(format!("read task: {e}"))))?
+    }
+
+    async fn get_range(
+        &self,
+        range: KeyRange,
+        version: Version,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<RangeRead> {
+        if !self
+            .inner
+            .shards
+            .iter()
+            .any(|s| s.begin() <= range.begin() && range.end() <= s.end())
+        {
+            return Err(error(ErrorKind::WrongShard {
+                key: format!("{range}"),
+            }));
+        }
+        self.inner.readable(version).await?;
+        let (mut window, clears, snapshot) = {
+            let st = self.inner.state()?;
+            Self::failed(&st)?;
+            if version < st.oldest_readable {
+                return Err(error(ErrorKind::TooOld {
+                    version,
+                    oldest: st.oldest_readable,
+                }));
+            }
+            let window = st.window.scan(&range, version);
+            let clears = st.window.clears_in(&range, version);
+            (
+                window,
+                clears,
+                self.inner.db.begin_read().map_err(db_error)?,
+            )
+        };
+        tokio::task::spawn_blocking(move || -> Result<RangeRead> {
+            let table = snapshot.open_table(DATA).map_err(db_error)?;
+            let iter = table
+                .range::<&[u8]>(range.begin().as_ref()..range.end().as_ref())
+                .map_err(db_error)?;
+            let mut durable: Box<dyn Iterator<Item = _>> = if reverse {
+                window.reverse();
+                Box::new(iter.rev())
+            } else {
+                Box::new(iter)
+            };
+            let mut window = window.into_iter().peekable();
+            let mut next_durable = durable.next().transpose().map_err(db_error)?;
+            let mut out = RangeRead::default();
+            let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
+            loop {
+                // Take the next key from whichever side comes first; the window wins a tie.
+                let take_window = match (window.peek(), &next_durable) {
+                    (None, None) => break,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (Some((wk, _)), Some((dk, _))) => !before(dk.value(), wk),
+                };
+                let (key, value) = if take_window {
+                    let Some((wk, answer)) = window.next() else {
+                        break;
+                    };
+                    let durable_same = next_durable
+                        .as_ref()
+                        .is_some_and(|(dk, _)| dk.value() == wk.as_ref());
+                    let durable_value = if durable_same {
+                        let value = next_durable
+                            .take()
+                            .map(|(_, v)| Bytes::copy_from_slice(v.value()));
+                        next_durable = durable.next().transpose().map_err(db_error)?;
+                        value
+                    } else {
+                        None
+                    };
+                    let value = match answer {
+                        Answer::Value(v) => Some(v),
+                        Answer::Deleted => None,
+                        Answer::Unknown => {
+                            durable_value.filter(|_| !clears.iter().any(|c| c.contains(&wk)))
+                        }
+                    };
+                    (wk, value)
+                } else {
+                    let Some((dk, dv)) = next_durable.take() else {
+                        break;
+                    };
+                    next_durable = durable.next().transpose().map_err(db_error)?;
+                    let key = Bytes::copy_from_slice(dk.value());
+                    let cleared = clears.iter().any(|c| c.contains(&key));
+                    let value = (!cleared).then(|| Bytes::copy_from_slice(dv.value()));
+                    (key, value)
+                };
+                if let Some(value) = value {
+                    if out.entries.len() == limit {
+                        out.more = true;
+                        break;
+                    }
+                    out.entries.push((key, value));
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| error(ErrorKind::Unavailable(format!("read task: {e}"))))?
+    }
+
+    async fn applied_version(&self) -> Result<Version> {
+        let st = self.inner.state()?;
+        Self::failed(&st)?;
+        Ok(st.applied)
+    }
+
+    async fn durable_version(&self) -> Result<Version> {
+        Ok(self.inner.state()?.durable)
+    }
+
+    async fn roll_back(&self, version: Version) -> Result<()> {
+        let mut st = self.inner.state()?;
+        if version < st.oldest_readable {
+            return Err(error(ErrorKind::InvalidRequest(format!(
+                "cannot roll back to {version}: versions up to {} are durable",
+                st.oldest_readable
+            ))));
+        }
+        st.window.forget_after(version);
+        st.applied = st.applied.min(version);
+        st.generation += 1;
+        self.inner.applied.send_replace(st.applied);
+        tracing::info!(version = version.0, "storage rolled back");
+        Ok(())
+    }
+}

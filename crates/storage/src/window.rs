@@ -1,0 +1,220 @@
+//! The MVCC window: every mutation applied above the durable version, in memory.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use strata_core::{Key, KeyRange, Mutation, Value, Version};
+
+/// When a mutation happened: its commit version, then its place among the mutations of that
+/// version (a transaction may clear a range and then set a key inside it, at one version).
+pub(crate) type Stamp = (Version, u32);
+
+/// What the window knows of one key at one version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// The key has this value.
+    Value(Value),
+    /// The key was cleared.
+    Deleted,
+    /// Nothing in the window: the durable store has the answer.
+    Unknown,
+}
+
+/// The mutations of versions above the durable version.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    /// Point writes by key, oldest first; `None` is a clear.
+    points: BTreeMap<Key, Vec<(Stamp, Option<Value>)>>,
+    /// Range clears, oldest first.
+    clears: Vec<(KeyRange, Stamp)>,
+    /// How many point writes and clears are held.
+    len: usize,
+}
+
+/// A key's final state at a version, for the durable store.
+pub(crate) type Flushed = (Key, Option<Value>);
+
+impl Window {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Applies one mutation at `stamp`, keeping only the parts inside `shards`.
+    pub(crate) fn apply(&mut self, stamp: Stamp, mutation: Mutation, shards: &[KeyRange]) {
+        match mutation {
+            Mutation::Set { key, value } => self.point(stamp, key, Some(value), shards),
+            Mutation::Clear { key } => self.point(stamp, key, None, shards),
+            Mutation::ClearRange { range } => {
+                for part in shards.iter().filter_map(|s| s.intersection(&range)) {
+                    self.clears.push((part, stamp));
+                    self.len += 1;
+                }
+            }
+        }
+    }
+
+    fn point(&mut self, stamp: Stamp, key: Key, value: Option<Value>, shards: &[KeyRange]) {
+        if shards.iter().any(|s| s.contains(&key)) {
+            self.points.entry(key).or_default().push((stamp, value));
+            self.len += 1;
+        }
+    }
+
+    /// The newest clear covering `key` at or before `version`.
+    fn clear_at(&self, key: &[u8], version: Version) -> Option<Stamp> {
+        self.clears
+            .iter()
+            .filter(|(r, s)| s.0 <= version && r.contains(key))
+            .map(|(_, s)| *s)
+            .max()
+    }
+
+    /// What the window says of `key` at `version`.
+    pub(crate) fn get(&self, key: &[u8], version: Version) -> Answer {
+        let point = self
+            .points
+            .get(key)
+            .and_then(|vs| vs.iter().rev().find(|(s, _)| s.0 <= version));
+        let clear = self.clear_at(key, version);
+        match (point, clear) {
+            (Some((ps, _)), Some(cs)) if cs > *ps => Answer::Deleted,
+            (Some((_, Some(v))), _) => Answer::Value(v.clone()),
+            (Some((_, None)), _) | (None, Some(_)) => Answer::Deleted,
+            (None, None) => Answer::Unknown,
+        }
+    }
+
+    /// What the window says of every key it holds in `range` at `version`, ascending.
+    pub(crate) fn scan(&self, range: &KeyRange, version: Version) -> Vec<(Key, Answer)> {
+        self.points
+            .range::<[u8], _>((
+                Bound::Included(range.begin().as_ref()),
+                Bound::Excluded(range.end().as_ref()),
+            ))
+            .map(|(k, _)| (k.clone(), self.get(k, version)))
+            .collect()
+    }
+
+    /// The range clears at or before `version` that touch `range`, for keys the window does
+    /// not hold.
+    pub(crate) fn clears_in(&self, range: &KeyRange, version: Version) -> Vec<KeyRange> {
+        self.clears
+            .iter()
+            .filter(|(r, s)| s.0 <= version && r.intersects(range))
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// Everything the durable store needs to move to `version`: the range clears at or before
+    /// it (to apply first), then the final state of every key written at or before it.
+    pub(crate) fn flushable(&self, version: Version) -> (Vec<KeyRange>, Vec<Flushed>) {
+        let clears = self
+            .clears
+            .iter()
+            .filter(|(_, s)| s.0 <= version)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let keys = self
+            .points
+            .iter()
+            .filter(|(_, vs)| vs.first().is_some_and(|(s, _)| s.0 <= version))
+            .map(|(k, _)| {
+                let value = match self.get(k, version) {
+                    Answer::Value(v) => Some(v),
+                    Answer::Deleted | Answer::Unknown => None,
+                };
+                (k.clone(), value)
+            })
+            .collect();
+        (clears, keys)
+    }
+
+    /// Forgets everything at or before `version` (now durable elsewhere).
+    pub(crate) fn forget_through(&mut self, version: Version) {
+        self.retain(|s| s.0 > version);
+    }
+
+    /// Forgets everything after `version` (a roll back).
+    pub(crate) fn forget_after(&mut self, version: Version) {
+        self.retain(|s| s.0 <= version);
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Stamp) -> bool) {
+        let mut len = 0;
+        self.points.retain(|_, vs| {
+            vs.retain(|(s, _)| keep(s));
+            len += vs.len();
+            !vs.is_empty()
+        });
+        self.clears.retain(|(_, s)| keep(s));
+        self.len = len + self.clears.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<KeyRange> {
+        vec![KeyRange::new("", "\u{7f}").unwrap()]
+    }
+
+    fn set(k: &'static str, v: &'static str) -> Mutation {
+        Mutation::Set {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    #[test]
+    fn clear_then_set_in_one_version_keeps_the_set() {
+        let mut w = Window::default();
+        w.apply((Version(5), 0), set("a", "old"), &all());
+        w.apply(
+            (Version(9), 0),
+            Mutation::ClearRange {
+                range: KeyRange::new("a", "z").unwrap(),
+            },
+            &all(),
+        );
+        w.apply((Version(9), 1), set("b", "new"), &all());
+        assert_eq!(w.get(b"a", Version(8)), Answer::Value("old".into()));
+        assert_eq!(w.get(b"a", Version(9)), Answer::Deleted);
+        assert_eq!(w.get(b"b", Version(9)), Answer::Value("new".into()));
+        assert_eq!(w.get(b"c", Version(9)), Answer::Deleted);
+        assert_eq!(w.get(b"c", Version(8)), Answer::Unknown);
+    }
+
+    #[test]
+    fn mutations_outside_the_shards_are_dropped() {
+        let mut w = Window::default();
+        let shards = vec![KeyRange::new("m", "n").unwrap()];
+        w.apply((Version(1), 0), set("a", "x"), &shards);
+        w.apply((Version(1), 1), set("m1", "x"), &shards);
+        w.apply(
+            (Version(1), 2),
+            Mutation::ClearRange {
+                range: KeyRange::new("a", "z").unwrap(),
+            },
+            &shards,
+        );
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            w.clears_in(&KeyRange::new("a", "z").unwrap(), Version(1)),
+            shards
+        );
+    }
+
+    #[test]
+    fn forgetting_moves_the_window() {
+        let mut w = Window::default();
+        for v in 1..=10 {
+            w.apply((Version(v), 0), set("k", "v"), &all());
+        }
+        w.forget_through(Version(7));
+        assert_eq!(w.len(), 3);
+        w.forget_after(Version(8));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.get(b"k", Version(7)), Answer::Unknown);
+    }
+}
