@@ -243,7 +243,7 @@ async fn memory_stays_bounded_while_ten_million_versions_stream_through() {
         push(&log, version, version + STEP, &mutations).await;
         version += STEP;
         n += 1;
-        if n % FLUSH_EVERY == 0 {
+        if n.is_multiple_of(FLUSH_EVERY) {
             storage.get("key".into(), Version(version)).await.unwrap();
             storage.flush().await.unwrap();
             let held = storage.window_len().unwrap();
