@@ -13,6 +13,7 @@
 //! - [`system`]: the `\xff/system/` keys and the configuration the persistence phase stores.
 //! - [`traits`]: [`Sequencer`], [`Resolver`], [`LogServer`], [`StorageServer`],
 //!   [`CommitProxy`], each method with its contract.
+//! - [`shard`]: clipping a resolve batch to the key ranges of several resolvers.
 //! - [`Error`]: what crosses a stage boundary; it names the failing [`Stage`].
 //!
 //! # Limits
@@ -47,6 +48,7 @@
 //! ```
 
 pub mod error;
+pub mod shard;
 pub mod system;
 pub mod traits;
 pub mod types;

@@ -10,8 +10,8 @@
 //!   functions; see its docs for the design and its costs). Usable on its own.
 //! - [`WindowResolver`]: the [`strata_core::Resolver`] stage: epoch fencing and the
 //!   `previous_version` chain, with a bounded wait for a predecessor.
-//! - [`ShardMap`] and [`combine_verdicts`]: several resolvers sharing the key space, and what
-//!   that costs.
+//! - [`ShardMap`] and [`combine_verdicts`] (defined in `strata_core::shard`, re-exported):
+//!   several resolvers sharing the key space, and what that costs.
 //!
 //! What it is not: durable. A resolver's history lives in memory; after a recovery the new
 //! resolvers start empty at the recovery version, and every read version older than it is then
@@ -47,8 +47,7 @@
 mod history;
 mod resolver;
 mod run;
-mod shard;
 
 pub use history::{ConflictHistory, HistoryConfig, HistoryStats};
 pub use resolver::{ResolverConfig, WindowResolver};
-pub use shard::{Shard, ShardMap, combine_verdicts};
+pub use strata_core::shard::{Shard, ShardMap, combine_verdicts};

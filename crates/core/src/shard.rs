@@ -1,4 +1,6 @@
-//! Splitting conflict resolution over several resolvers by key range.
+//! Splitting conflict resolution over several resolvers by key range: plain data logic that
+//! the commit proxy (which clips batches) and the resolver crate (which documents the cost)
+//! share, so it lives here rather than in either stage.
 //!
 //! Each resolver owns a contiguous shard of the key space. The commit proxy clips every batch
 //! to each shard ([`ShardMap::split`]), sends each resolver its part, and commits a transaction
@@ -15,7 +17,8 @@
 //! falls out of the MVCC window (5,000,000 versions, about five seconds). It never causes a
 //! missed conflict, so serializability holds.
 
-use strata_core::{Key, KeyRange, ResolveBatch, TransactionConflicts, Verdict};
+use crate::traits::{ResolveBatch, Verdict};
+use crate::types::{Key, KeyRange, TransactionConflicts};
 
 /// A contiguous part of the key space: `[begin, end)`, or `[begin, ∞)` for the last shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +56,7 @@ impl ShardMap {
     /// always starts at the empty key so that every key has a shard.
     ///
     /// ```
-    /// use strata_resolver::ShardMap;
+    /// use strata_core::shard::ShardMap;
     /// let map = ShardMap::from_begins(vec!["m".into()]);
     /// assert_eq!(map.len(), 2); // ["", m) and [m, ∞)
     /// ```
