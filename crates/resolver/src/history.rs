@@ -125,6 +125,15 @@ impl ConflictHistory {
         }
     }
 
+    /// An empty history that knows nothing of the writes before `start`: reads older than it
+    /// are too old. A resolver recruited by a recovery starts so, at the recovery version.
+    pub fn starting_at(config: HistoryConfig, start: Version) -> ConflictHistory {
+        let mut history = ConflictHistory::new(config);
+        history.oldest_version = start;
+        history.newest_version = start;
+        history
+    }
+
     /// Resolves one batch at `version`, returning a verdict per transaction, in order.
     ///
     /// The caller guarantees that versions passed here increase (the async resolver checks the

@@ -74,11 +74,12 @@ pub struct WindowResolver {
 
 impl WindowResolver {
     /// A resolver for `epoch` whose first batch must name `start_version` as its predecessor.
+    /// It knows no write before `start_version`, so it refuses older reads as too old.
     pub fn new(epoch: Epoch, start_version: Version, config: ResolverConfig) -> WindowResolver {
         WindowResolver {
             epoch,
             config,
-            history: Mutex::new(ConflictHistory::new(config.history)),
+            history: Mutex::new(ConflictHistory::starting_at(config.history, start_version)),
             last: watch::Sender::new(start_version),
         }
     }

@@ -272,6 +272,16 @@ impl FileLog {
         })
     }
 
+    /// The epoch the log is locked with (stored durably; 0 for a log never locked).
+    pub fn locked_epoch(&self) -> Result<Epoch> {
+        self.shared.chain.locked()
+    }
+
+    /// The newest durable version the log holds.
+    pub fn last_version(&self) -> Version {
+        self.shared.chain.durable()
+    }
+
     /// The number of segment files the log holds.
     pub fn segment_count(&self) -> Result<usize> {
         Ok(self.shared.index()?.segments.len())

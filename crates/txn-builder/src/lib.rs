@@ -1,0 +1,513 @@
+//! Strata's client transactions.
+//!
+//! A [`Transaction`] reads at one read version (taken from the sequencer when it begins) from
+//! the storage servers that own the keys, buffers its writes, and records conflict ranges: a
+//! read adds its keys to the read conflicts, a write to the write conflicts. Reads see the
+//! transaction's own writes merged over the snapshot (read-your-writes), range reads included.
+//! Snapshot reads add no conflict. [`Transaction::commit`] encodes the transaction and sends it
+//! to a commit proxy.
+//!
+//! [`Database::run`] retries a closure on conflicts and too-old or future read versions, with
+//! bounded backoff and a bounded number of attempts.
+//!
+//! What it is not: a cache. Every read that its own writes do not answer goes to storage.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_core::{
+    CommitProxy, Error, ErrorKind, Key, KeyRange, Mutation, RangeRead, Result, Sequencer, Stage,
+    StorageServer, Value, Version,
+};
+
+fn error(kind: ErrorKind) -> Error {
+    Error::new(Stage::TxnBuilder, kind)
+}
+
+/// How [`Database::run`] retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included.
+    pub attempts_max: u32,
+    /// Wait after the first failure; doubled after each further one.
+    pub backoff_initial: Duration,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> RetryConfig {
+        RetryConfig {
+            attempts_max: 50,
+            backoff_initial: Duration::from_micros(200),
+            backoff_max: Duration::from_millis(50),
+        }
+    }
+}
+
+struct DbInner {
+    sequencer: Arc<dyn Sequencer>,
+    proxies: Vec<Arc<dyn CommitProxy>>,
+    /// Every shard of every storage server, sorted by begin key.
+    shards: Vec<(KeyRange, Arc<dyn StorageServer>)>,
+    next_proxy: AtomicUsize,
+    retry: RetryConfig,
+}
+
+/// A handle to a running cluster: where transactions begin. Cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<DbInner>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("proxies", &self.inner.proxies.len())
+            .field("shards", &self.inner.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// A database over these stages. Storage servers are routed to by the shards they report;
+    /// where several hold the same range, the first is read.
+    pub fn new(
+        sequencer: Arc<dyn Sequencer>,
+        proxies: Vec<Arc<dyn CommitProxy>>,
+        storage: Vec<Arc<dyn StorageServer>>,
+        retry: RetryConfig,
+    ) -> Result<Database> {
+        if proxies.is_empty() || storage.is_empty() {
+            return Err(error(ErrorKind::InvalidRequest(
+                "a database needs a commit proxy and a storage server".into(),
+            )));
+        }
+        let mut shards: Vec<(KeyRange, Arc<dyn StorageServer>)> = storage
+            .iter()
+            .flat_map(|s| s.shards().into_iter().map(move |r| (r, s.clone())))
+            .collect();
+        shards.sort_by(|a, b| a.0.begin().cmp(b.0.begin()));
+        shards.dedup_by(|a, b| a.0 == b.0);
+        Ok(Database {
+            inner: Arc::new(DbInner {
+                sequencer,
+                proxies,
+                shards,
+                next_proxy: AtomicUsize::new(0),
+                retry,
+            }),
+        })
+    }
+
+    /// A new transaction reading at the newest committed version.
+    pub async fn begin(&self) -> Result<Transaction> {
+        let read_version = self.inner.sequencer.read_version().await?;
+        Ok(Transaction {
+            inner: Arc::new(TxInner {
+                db: self.inner.clone(),
+                read_version,
+                state: Mutex::new(TxState::default()),
+            }),
+        })
+    }
+
+    /// Runs `body` in a transaction and commits it, starting over on a conflict or a read
+    /// version that became too old (or is not reached yet), with growing waits in between, at
+    /// most [`RetryConfig::attempts_max`] times. Returns the body's result and the commit
+    /// version.
+    ///
+    /// The body gets a handle to the transaction (cheap to clone, usable from any task) and
+    /// returns a future; it may run several times, so it should have no other side effects.
+    ///
+    /// ```no_run
+    /// # async fn example(db: strata_txn_builder::Database) -> strata_core::Result<()> {
+    /// let (old, _version) = db
+    ///     .run(|tx| async move {
+    ///         let old = tx.get(&"counter".into()).await?;
+    ///         let n = old.map_or(0, |b| b.len());
+    ///         tx.set("counter".into(), vec![0u8; n + 1].into());
+    ///         Ok(n)
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run<T, F, Fut>(&self, mut body: F) -> Result<(T, Version)>
+    where
+        F: FnMut(Transaction) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let retry = self.inner.retry;
+        let mut backoff = retry.backoff_initial;
+        let mut attempt = 1;
+        loop {
+            let result: Result<(T, Version)> = async {
+                let tx = self.begin().await?;
+                let value = body(tx.clone()).await?;
+                let version = tx.commit().await?;
+                Ok((value, version))
+            }
+            .await;
+            match result {
+                Err(e) if e.is_retryable() && attempt < retry.attempts_max => {
+                    tracing::debug!(attempt, error = %e, "transaction retried");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(retry.backoff_max);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A client transaction: a cheap handle, clone it freely. See the crate docs.
+#[derive(Clone)]
+pub struct Transaction {
+    inner: Arc<TxInner>,
+}
+
+struct TxInner {
+    db: Arc<DbInner>,
+    read_version: Version,
+    state: Mutex<TxState>,
+}
+
+#[derive(Default)]
+struct TxState {
+    /// The transaction's own point writes; `None` is a clear.
+    writes: BTreeMap<Key, Option<Value>>,
+    /// Ranges the transaction cleared (point writes after the clear are in `writes`).
+    cleared: Vec<KeyRange>,
+    mutations: Vec<Mutation>,
+    read_conflicts: Vec<KeyRange>,
+    write_conflicts: Vec<KeyRange>,
+    committed: bool,
+}
+
+impl TxState {
+    fn local(&self, key: &[u8]) -> Local {
+        match self.writes.get(key) {
+            Some(Some(v)) => Local::Value(v.clone()),
+            Some(None) => Local::Deleted,
+            None if self.cleared.iter().any(|r| r.contains(key)) => Local::Deleted,
+            None => Local::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("read_version", &self.inner.read_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the transaction's own writes say of a key.
+enum Local {
+    Value(Value),
+    Deleted,
+    Unknown,
+}
+
+impl Transaction {
+    /// The version every read of this transaction is made at.
+    pub fn read_version(&self) -> Version {
+        self.inner.read_version
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, TxState>> {
+        let st = self.inner.state.lock().map_err(|_| {
+            error(ErrorKind::Unavailable(
+                "transaction poisoned by a panic".into(),
+            ))
+        })?;
+        if st.committed {
+            return Err(error(ErrorKind::InvalidRequest(
+                "the transaction was already committed".into(),
+            )));
+        }
+        Ok(st)
+    }
+
+    fn storage_for(&self, key: &[u8]) -> Result<&Arc<dyn StorageServer>> {
+        let shards = &self.inner.db.shards;
+        let i = shards.partition_point(|(r, _)| r.begin().as_ref() <= key);
+        i.checked_sub(1)
+            .map(|i| &shards[i])
+            .filter(|(r, _)| r.contains(key))
+            .map(|(_, s)| s)
+            .ok_or_else(|| {
+                error(ErrorKind::WrongShard {
+                    key: strata_core::printable(key),
+                })
+            })
+    }
+
+    /// The value of `key`, seeing this transaction's own writes; adds a read conflict unless
+    /// the transaction's own writes answer it.
+    pub async fn get(&self, key: &Key) -> Result<Option<Value>> {
+        let local = self.state()?.local(key);
+        match local {
+            Local::Value(v) => Ok(Some(v)),
+            Local::Deleted => Ok(None),
+            Local::Unknown => {
+                let value = self.snapshot_get(key).await?;
+                self.state()?
+                    .read_conflicts
+                    .push(KeyRange::single(key.clone()));
+                Ok(value)
+            }
+        }
+    }
+
+    /// The value of `key` in the snapshot at the read version; no conflict, own writes ignored.
+    pub async fn snapshot_get(&self, key: &Key) -> Result<Option<Value>> {
+        self.storage_for(key)?
+            .get(key.clone(), self.inner.read_version)
+            .await
+    }
+
+    /// Up to `limit` pairs of `range` (from its end when `reverse`), seeing this transaction's
+    /// own writes; adds the part of the range that the answer depended on as a read conflict.
+    pub async fn get_range(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Key, Value)>> {
+        let entries = self.merged_range(range, limit, reverse).await?;
+        let conflict = if entries.len() < limit {
+            Some(range.clone())
+        } else {
+            // Only the keys up to the last one returned mattered.
+            let last = &entries[entries.len() - 1].0;
+            if reverse {
+                KeyRange::new(last.clone(), range.end().clone()).ok()
+            } else {
+                KeyRange::new(
+                    range.begin().clone(),
+                    KeyRange::single(last.clone()).end().clone(),
+                )
+                .ok()
+            }
+        };
+        self.state()?.read_conflicts.extend(conflict);
+        Ok(entries)
+    }
+
+    /// Up to `limit` pairs of `range` in the snapshot; no conflict, own writes ignored.
+    pub async fn snapshot_get_range(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Key, Value)>> {
+        let mut out = Vec::new();
+        let mut cursor = Some(range.clone());
+        while let Some(r) = cursor.take() {
+            let page = self.snapshot_page(&r, limit - out.len(), reverse).await?;
+            let frontier = page.entries.last().map(|(k, _)| k.clone());
+            out.extend(page.entries);
+            if page.more && out.len() < limit {
+                cursor = frontier.and_then(|k| rest_after(&r, &k, reverse));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of a snapshot range read, across the shards the range spans, in order.
+    async fn snapshot_page(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<RangeRead> {
+        let mut pieces: Vec<(KeyRange, Arc<dyn StorageServer>)> = self
+            .inner
+            .db
+            .shards
+            .iter()
+            .filter_map(|(r, s)| Some((r.intersection(range)?, s.clone())))
+            .collect();
+        if pieces.is_empty() {
+            return Err(error(ErrorKind::WrongShard {
+                key: format!("{range}"),
+            }));
+        }
+        if reverse {
+            pieces.reverse();
+        }
+        let mut out = RangeRead::default();
+        let count = pieces.len();
+        for (i, (piece, server)) in pieces.into_iter().enumerate() {
+            let got = server
+                .get_range(
+                    piece,
+                    self.inner.read_version,
+                    limit - out.entries.len(),
+                    reverse,
+                )
+                .await?;
+            out.entries.extend(got.entries);
+            if got.more || (out.entries.len() == limit && i + 1 < count) {
+                out.more = true;
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The snapshot merged with this transaction's writes.
+    async fn merged_range(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Key, Value)>> {
+        let mut out: Vec<(Key, Value)> = Vec::new();
+        let mut cursor = Some(range.clone());
+        while let Some(r) = cursor.take() {
+            if out.len() >= limit {
+                break;
+            }
+            // Fetch enough that local clears cannot starve the page.
+            let local_writes = self.state()?.writes.len();
+            let page = self
+                .snapshot_page(&r, limit - out.len() + local_writes, reverse)
+                .await?;
+            let st = self.state()?;
+            // The part of `r` this page covers completely.
+            let covered = match (page.more, page.entries.last()) {
+                (true, Some((last, _))) => {
+                    let (b, e) = if reverse {
+                        (last.clone(), r.end().clone())
+                    } else {
+                        (
+                            r.begin().clone(),
+                            KeyRange::single(last.clone()).end().clone(),
+                        )
+                    };
+                    KeyRange::new(b, e).unwrap_or_else(|_| r.clone())
+                }
+                _ => r.clone(),
+            };
+            let mut merged: BTreeMap<Key, Value> = page
+                .entries
+                .into_iter()
+                .filter(|(k, _)| matches!(st.local(k), Local::Unknown))
+                .collect();
+            for (k, v) in st.writes.range::<[u8], _>((
+                Bound::Included(covered.begin().as_ref()),
+                Bound::Excluded(covered.end().as_ref()),
+            )) {
+                if let Some(v) = v {
+                    merged.insert(k.clone(), v.clone());
+                }
+            }
+            if reverse {
+                out.extend(merged.into_iter().rev());
+            } else {
+                out.extend(merged);
+            }
+            if page.more && covered != r {
+                cursor = if reverse {
+                    KeyRange::new(r.begin().clone(), covered.begin().clone()).ok()
+                } else {
+                    KeyRange::new(covered.end().clone(), r.end().clone()).ok()
+                };
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn set(&self, key: Key, value: Value) {
+        self.write(|st| {
+            st.write_conflicts.push(KeyRange::single(key.clone()));
+            st.writes.insert(key.clone(), Some(value.clone()));
+            st.mutations.push(Mutation::Set { key, value });
+        });
+    }
+
+    /// Removes `key`.
+    pub fn clear(&self, key: Key) {
+        self.write(|st| {
+            st.write_conflicts.push(KeyRange::single(key.clone()));
+            st.writes.insert(key.clone(), None);
+            st.mutations.push(Mutation::Clear { key });
+        });
+    }
+
+    /// Removes every key in `range`.
+    pub fn clear_range(&self, range: KeyRange) {
+        self.write(|st| {
+            let inside: Vec<Key> = st
+                .writes
+                .range::<[u8], _>((
+                    Bound::Included(range.begin().as_ref()),
+                    Bound::Excluded(range.end().as_ref()),
+                ))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in inside {
+                st.writes.remove(&k);
+            }
+            st.write_conflicts.push(range.clone());
+            st.cleared.push(range.clone());
+            st.mutations.push(Mutation::ClearRange { range });
+        });
+    }
+
+    /// Records a write. A write to a committed transaction is dropped (and its commit already
+    /// happened without it); writes take no error so that building a transaction reads plainly.
+    fn write(&self, f: impl FnOnce(&mut TxState)) {
+        match self.inner.state.lock() {
+            Ok(mut st) if !st.committed => f(&mut st),
+            _ => tracing::warn!("write to a committed or poisoned transaction dropped"),
+        }
+    }
+
+    /// Commits the transaction through a commit proxy and returns its commit version. A
+    /// transaction that wrote nothing commits at once, at its read version. A transaction
+    /// commits once; later calls fail.
+    pub async fn commit(&self) -> Result<Version> {
+        let tx = {
+            let mut st = self.state()?;
+            st.committed = true;
+            if st.mutations.is_empty() {
+                return Ok(self.inner.read_version);
+            }
+            strata_core::Transaction {
+                read_version: Some(self.inner.read_version),
+                read_conflicts: std::mem::take(&mut st.read_conflicts),
+                write_conflicts: std::mem::take(&mut st.write_conflicts),
+                mutations: std::mem::take(&mut st.mutations),
+            }
+        };
+        let bytes: Bytes = tx.encode().map_err(|e| error(ErrorKind::Wire(e)))?;
+        let db = &self.inner.db;
+        let n = db.next_proxy.fetch_add(1, Ordering::Relaxed) % db.proxies.len();
+        db.proxies[n].commit(bytes).await
+    }
+}
+
+/// The part of `range` after `key` (before it, when `reverse`).
+fn rest_after(range: &KeyRange, key: &Key, reverse: bool) -> Option<KeyRange> {
+    if reverse {
+        KeyRange::new(range.begin().clone(), key.clone()).ok()
+    } else {
+        KeyRange::new(
+            KeyRange::single(key.clone()).end().clone(),
+            range.end().clone(),
+        )
+        .ok()
+    }
+}
