@@ -1,5 +1,8 @@
 //! Shared by the scenario tests: a small embedded cluster in a temporary directory.
 
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
 use strata_director::{EmbeddedCluster, EmbeddedConfig};
 
 /// A cluster of two of everything (two storage servers and two resolvers split the key space
