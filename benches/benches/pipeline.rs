@@ -1,0 +1,92 @@
+//! Commits through the whole pipeline, with file logs on this machine's disk.
+//!
+//! - `pipeline/fsync_floor_4k`: append 4 KiB to a file and `fdatasync` it, in the same run.
+//! - `pipeline/commit_1_client`: one client, one write per transaction: latency of a commit
+//!   (read version, set, commit: sequencer, resolvers, every log synced, report, answer).
+//! - `pipeline/commit_256_clients`: 256 concurrent clients, one write per transaction: commits
+//!   per second.
+//!
+//! The cluster is the embedded default: 3 logs, 3 storage servers, 2 resolvers, 2 proxies.
+//! Run: `cargo bench -p strata-benches --bench pipeline`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use strata_director::{Database, EmbeddedCluster, EmbeddedConfig};
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+async fn one_write(db: &Database, n: u64) {
+    let tx = ok(db.begin().await);
+    tx.set(Bytes::from(format!("bench/{n:012}")), Bytes::from_static(&[7u8; 100]));
+    ok(tx.commit().await);
+}
+
+fn pipeline(c: &mut Criterion) {
+    let dir = ok(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")));
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("fsync_floor_4k", |b| {
+        let mut f = ok(OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("floor")));
+        let block = [7u8; 4096];
+        b.iter(|| ok(f.write_all(&block).and_then(|()| f.sync_data())));
+    });
+
+    let runtime = ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build());
+    let cluster = runtime.block_on(async {
+        ok(EmbeddedCluster::start(&dir.path().join("cluster"), EmbeddedConfig::default()).await)
+    });
+    let db = cluster.database();
+    let next = Arc::new(AtomicU64::new(0));
+
+    group.bench_function("commit_1_client", |b| {
+        b.iter(|| runtime.block_on(one_write(&db, next.fetch_add(1, Ordering::Relaxed))))
+    });
+
+    const CLIENTS: u64 = 256;
+    group.throughput(Throughput::Elements(CLIENTS));
+    group.sample_size(20);
+    group.bench_function("commit_256_clients", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                let clients: Vec<_> = (0..CLIENTS)
+                    .map(|_| {
+                        let (db, next) = (db.clone(), next.clone());
+                        tokio::spawn(async move {
+                            for _ in 0..iters {
+                                one_write(&db, next.fetch_add(1, Ordering::Relaxed)).await;
+                            }
+                        })
+                    })
+                    .collect();
+                for c in clients {
+                    ok(c.await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+    drop(db);
+    runtime.block_on(cluster.stop());
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
