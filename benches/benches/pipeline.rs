@@ -28,7 +28,10 @@ fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
 
 async fn one_write(db: &Database, n: u64) {
     let tx = ok(db.begin().await);
-    tx.set(Bytes::from(format!("bench/{n:012}")), Bytes::from_static(&[7u8; 100]));
+    tx.set(
+        Bytes::from(format!("bench/{n:012}")),
+        Bytes::from_static(&[7u8; 100]),
+    );
     ok(tx.commit().await);
 }
 

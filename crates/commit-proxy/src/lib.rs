@@ -70,12 +70,15 @@ fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::CommitProxy, kind)
 }
 
+/// Where a client's answer goes.
+type Reply = oneshot::Sender<Result<Version>>;
+
 /// One client transaction waiting for its batch.
 struct Pending {
     conflicts: TransactionConflicts,
     mutations: Vec<Mutation>,
     bytes: usize,
-    reply: oneshot::Sender<Result<Version>>,
+    reply: Reply,
 }
 
 /// The stages a proxy commits through.
@@ -179,14 +182,24 @@ impl CommitProxy for BatchingProxy {
             bytes,
             reply,
         };
-        match tokio::time::timeout(self.config.queue_wait, self.queue.send(pending)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(error(ErrorKind::Unavailable("proxy stopped".into()))),
-            Err(_) => {
-                return Err(error(ErrorKind::Overloaded(format!(
-                    "the proxy's queue stayed full for {} ms",
-                    self.config.queue_wait.as_millis()
-                ))));
+        // Room is usually there: queue without arming a timer.
+        let pending = match self.queue.try_send(pending) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(p)) => Some(p),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(error(ErrorKind::Unavailable("proxy stopped".into())));
+            }
+        };
+        if let Some(pending) = pending {
+            match tokio::time::timeout(self.config.queue_wait, self.queue.send(pending)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(error(ErrorKind::Unavailable("proxy stopped".into()))),
+                Err(_) => {
+                    return Err(error(ErrorKind::Overloaded(format!(
+                        "the proxy's queue stayed full for {} ms",
+                        self.config.queue_wait.as_millis()
+                    ))));
+                }
             }
         }
         answer
@@ -255,38 +268,44 @@ fn fail(batch: Vec<Pending>, e: &Error) {
 }
 
 async fn commit_batch(stages: &Stages, pair: VersionPair, batch: Vec<Pending>) {
+    // The conflicts go to the resolvers; the rest waits for their verdicts.
+    let (conflicts, rest): (Vec<TransactionConflicts>, Vec<(Vec<Mutation>, Reply)>) = batch
+        .into_iter()
+        .map(|p| (p.conflicts, (p.mutations, p.reply)))
+        .unzip();
     let resolve = ResolveBatch {
         epoch: stages.epoch,
         previous_version: pair.previous,
         version: pair.version,
-        transactions: batch.iter().map(|p| p.conflicts.clone()).collect(),
+        transactions: conflicts,
     };
     let verdicts = match resolve_all(stages, resolve).await {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(version = pair.version.0, error = %e, "batch failed in resolution");
-            return fail(batch, &e);
+            for (_, reply) in rest {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
         }
     };
 
     let mut mutations = Vec::new();
     let mut accepted = Vec::new();
-    for (p, verdict) in batch.into_iter().zip(verdicts) {
+    for ((written, reply), verdict) in rest.into_iter().zip(verdicts) {
         match verdict {
             Verdict::Committed => {
-                mutations.extend(p.mutations);
-                accepted.push(p.reply);
+                mutations.extend(written);
+                accepted.push(reply);
             }
             Verdict::Conflict => {
-                let _ = p
-                    .reply
-                    .send(Err(Error::new(Stage::Resolver, ErrorKind::Conflict)));
+                let _ = reply.send(Err(Error::new(Stage::Resolver, ErrorKind::Conflict)));
             }
             Verdict::TooOld => {
                 let oldest = pair
                     .version
                     .saturating_sub(strata_core::MVCC_WINDOW_VERSIONS);
-                let _ = p.reply.send(Err(Error::new(
+                let _ = reply.send(Err(Error::new(
                     Stage::Resolver,
                     ErrorKind::TooOld {
                         version: Version::ZERO,

@@ -25,6 +25,9 @@ pub(crate) enum Answer {
 pub(crate) struct Window {
     /// Point writes by key, oldest first; `None` is a clear.
     points: BTreeMap<Key, Vec<(Stamp, Option<Value>)>>,
+    /// The keys written at each version, so that making versions durable touches only them
+    /// instead of scanning the whole window.
+    touched: BTreeMap<Version, Vec<Key>>,
     /// Range clears, oldest first.
     clears: Vec<(KeyRange, Stamp)>,
     /// How many point writes and clears are held.
@@ -55,6 +58,7 @@ impl Window {
 
     fn point(&mut self, stamp: Stamp, key: Key, value: Option<Value>, shards: &[KeyRange]) {
         if shards.iter().any(|s| s.contains(&key)) {
+            self.touched.entry(stamp.0).or_default().push(key.clone());
             self.points.entry(key).or_default().push((stamp, value));
             self.len += 1;
         }
@@ -114,11 +118,16 @@ impl Window {
             .filter(|(_, s)| s.0 <= version)
             .map(|(r, _)| r.clone())
             .collect();
-        let keys = self
-            .points
-            .iter()
-            .filter(|(_, vs)| vs.first().is_some_and(|(s, _)| s.0 <= version))
-            .map(|(k, _)| {
+        let mut keys: Vec<&Key> = self
+            .touched
+            .range(..=version)
+            .flat_map(|(_, ks)| ks.iter())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let keys = keys
+            .into_iter()
+            .map(|k| {
                 let value = match self.get(k, version) {
                     Answer::Value(v) => Some(v),
                     Answer::Deleted | Answer::Unknown => None,
@@ -129,9 +138,26 @@ impl Window {
         (clears, keys)
     }
 
-    /// Forgets everything at or before `version` (now durable elsewhere).
+    /// Forgets everything at or before `version` (now durable elsewhere), touching only the
+    /// keys written at those versions.
     pub(crate) fn forget_through(&mut self, version: Version) {
-        self.retain(|s| s.0 > version);
+        let later = self
+            .touched
+            .split_off(&Version(version.0.saturating_add(1)));
+        let done = std::mem::replace(&mut self.touched, later);
+        for key in done.into_values().flatten() {
+            if let Some(vs) = self.points.get_mut(&key) {
+                let before = vs.len();
+                vs.retain(|(s, _)| s.0 > version);
+                self.len -= before - vs.len();
+                if vs.is_empty() {
+                    self.points.remove(&key);
+                }
+            }
+        }
+        let gone = self.clears.partition_point(|(_, s)| s.0 <= version);
+        self.clears.drain(..gone);
+        self.len -= gone;
     }
 
     /// Forgets everything after `version` (a roll back).
@@ -140,6 +166,7 @@ impl Window {
     }
 
     fn retain(&mut self, keep: impl Fn(&Stamp) -> bool) {
+        self.touched.retain(|v, _| keep(&(*v, 0)));
         let mut len = 0;
         self.points.retain(|_, vs| {
             vs.retain(|(s, _)| keep(s));

@@ -81,7 +81,8 @@ impl Chain {
                 "version {version} does not follow previous version {previous}"
             ))));
         }
-        let deadline = Instant::now() + wait;
+        // The deadline is only needed once a push has to wait; most never do.
+        let mut deadline = None;
         loop {
             let woken = {
                 let mut st = self.state()?;
@@ -117,6 +118,7 @@ impl Chain {
                 st.waiters.entry(previous).or_default().push(tx);
                 rx
             };
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 let mut st = self.state()?;
                 if let Some(waiting) = st.waiters.get_mut(&previous) {

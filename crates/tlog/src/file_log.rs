@@ -377,21 +377,23 @@ impl LogServer for FileLog {
                 config.payload_bytes_max
             ))));
         }
-        let room = tokio::time::timeout(
-            config.queue_wait,
-            self.shared
-                .queue
-                .clone()
-                .acquire_many_owned(queue_units(payload.len())),
-        )
-        .await
-        .map_err(|_| {
-            error(ErrorKind::Overloaded(format!(
-                "the log's queue stayed full for {} ms",
-                config.queue_wait.as_millis()
-            )))
-        })?
-        .map_err(|_| error(ErrorKind::Unavailable("log closed".into())))?;
+        let units = queue_units(payload.len());
+        // Room is usually there: take it without arming a timer.
+        let room = match self.shared.queue.clone().try_acquire_many_owned(units) {
+            Ok(room) => room,
+            Err(_) => tokio::time::timeout(
+                config.queue_wait,
+                self.shared.queue.clone().acquire_many_owned(units),
+            )
+            .await
+            .map_err(|_| {
+                error(ErrorKind::Overloaded(format!(
+                    "the log's queue stayed full for {} ms",
+                    config.queue_wait.as_millis()
+                )))
+            })?
+            .map_err(|_| error(ErrorKind::Unavailable("log closed".into())))?,
+        };
 
         let tx = self.sender()?;
         let (ack, answer) = oneshot::channel();
