@@ -43,6 +43,9 @@ pub struct FileLogConfig {
     pub queue_wait: Duration,
     /// How long a pull with nothing to return waits for a new entry.
     pub pull_wait: Duration,
+    /// Payload bytes of the newest entries kept in memory, so that followers close behind the
+    /// log (storage servers) pull without a disk read or a copy.
+    pub pull_cache_bytes: usize,
 }
 
 impl Default for FileLogConfig {
@@ -55,6 +58,7 @@ impl Default for FileLogConfig {
             predecessor_wait: Duration::from_secs(1),
             queue_wait: Duration::from_secs(5),
             pull_wait: Duration::from_millis(100),
+            pull_cache_bytes: 64 << 20,
         }
     }
 }
@@ -106,12 +110,14 @@ struct Segment {
 }
 
 /// Where one durable entry is.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Placed {
     version: Version,
     previous: Version,
     offset: u64,
     payload_len: u32,
+    /// The payload, while it is among the newest `pull_cache_bytes`.
+    cached: Option<Bytes>,
 }
 
 /// The durable entries and the segments holding them.
@@ -119,9 +125,36 @@ struct Placed {
 struct Index {
     segments: Vec<Segment>,
     entries: VecDeque<Placed>,
+    /// How many entries at the front have no cached payload (the cache holds a suffix).
+    uncached: usize,
+    cached_bytes: usize,
 }
 
 impl Index {
+    /// Appends durable entries and evicts the oldest cached payloads beyond `limit` bytes.
+    fn append(&mut self, placed: Vec<Placed>, limit: usize) {
+        for p in placed {
+            self.cached_bytes += p.cached.as_ref().map_or(0, Bytes::len);
+            self.entries.push_back(p);
+        }
+        while self.cached_bytes > limit && self.uncached < self.entries.len() {
+            if let Some(p) = self.entries.get_mut(self.uncached) {
+                self.cached_bytes -= p.cached.take().map_or(0, |b| b.len());
+            }
+            self.uncached += 1;
+        }
+    }
+
+    /// Drops entries from the front while `drop` says so.
+    fn pop_front_while(&mut self, drop: impl Fn(&Placed) -> bool) {
+        while self.entries.front().is_some_and(&drop) {
+            if let Some(p) = self.entries.pop_front() {
+                self.cached_bytes -= p.cached.map_or(0, |b| b.len());
+            }
+            self.uncached = self.uncached.saturating_sub(1);
+        }
+    }
+
     /// The segment holding `version`.
     fn segment_of(&self, version: Version) -> Option<&Segment> {
         let i = self.segments.partition_point(|s| s.base < version);
@@ -232,8 +265,10 @@ impl FileLog {
             config,
             chain: Chain::new(epoch, last),
             index: Mutex::new(Index {
+                uncached: recovered.entries.len(),
                 segments: recovered.segments,
                 entries: recovered.entries,
+                cached_bytes: 0,
             }),
             queue: Arc::new(Semaphore::new(queue_units_max)),
         });
@@ -315,12 +350,19 @@ impl FileLog {
                 .entries
                 .range(from..)
                 .take(limit)
-                .filter_map(|e| Some((*e, index.segment_of(e.version)?.clone())))
+                .filter_map(|e| Some((e.clone(), index.segment_of(e.version)?.clone())))
                 .collect()
         };
         wanted
             .into_iter()
             .map(|(e, segment)| {
+                if let Some(payload) = e.cached {
+                    return Ok(LogEntry {
+                        version: e.version,
+                        previous_version: e.previous,
+                        payload,
+                    });
+                }
                 let mut record = vec![0u8; RECORD_HEADER_BYTES + e.payload_len as usize];
                 segment
                     .file
@@ -463,9 +505,7 @@ impl LogServer for FileLog {
             let removed: Vec<Segment> = index.segments.drain(..keep_from).collect();
             if let Some(first) = index.segments.first() {
                 let base = first.base;
-                while index.entries.front().is_some_and(|e| e.version <= base) {
-                    index.entries.pop_front();
-                }
+                index.pop_front_while(|e| e.version <= base);
             }
             removed
         };
@@ -540,7 +580,7 @@ impl Writer {
                 Ok(placed) => {
                     let last = placed.last().map(|p| p.version);
                     if let Ok(mut index) = self.shared.index() {
-                        index.entries.extend(placed);
+                        index.append(placed, self.shared.config.pull_cache_bytes);
                     }
                     if let Some(v) = last {
                         self.shared.chain.set_durable(v);
@@ -586,6 +626,7 @@ impl Writer {
                 previous: w.previous,
                 offset,
                 payload_len: w.payload.len() as u32,
+                cached: Some(w.payload.clone()),
             });
         }
         self.flush()?;
@@ -704,6 +745,7 @@ fn recover(fs: &dyn Fs, dir: &Path, id: LogId, payload_bytes_max: usize) -> Resu
             previous: r.previous,
             offset: r.offset,
             payload_len: r.payload_len,
+            cached: None,
         }));
         out.segments.push(Segment {
             base: header.base_version,

@@ -149,3 +149,29 @@ async fn a_new_log_starts_at_its_start_version_even_after_a_restart() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn pulls_read_the_same_from_the_memory_cache_and_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny_cache = FileLogConfig {
+        pull_cache_bytes: 300,
+        ..small_segments()
+    };
+    let log = FileLog::open(dir.path(), LogId(3), Version(0), tiny_cache).unwrap();
+    for n in 1..=100u64 {
+        log.push(Epoch(1), Version(n - 1), Version(n), payload(n))
+            .await
+            .unwrap();
+    }
+    // Most entries were evicted from the cache and come from disk; the newest from memory.
+    let all = log.pull(Version(0), 1000).await.unwrap();
+    assert_eq!(all.len(), 100);
+    for (i, e) in all.iter().enumerate() {
+        let n = i as u64 + 1;
+        assert_eq!((e.version, &e.payload), (Version(n), &payload(n)));
+    }
+    log.pop(Version(90)).await.unwrap();
+    let rest = log.pull(Version(95), 1000).await.unwrap();
+    assert_eq!(rest.first().unwrap().version, Version(96));
+    assert_eq!(rest.len(), 5);
+}
