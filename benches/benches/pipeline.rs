@@ -6,7 +6,10 @@
 //! - `pipeline/commit_256_clients`: 256 concurrent clients, one write per transaction: commits
 //!   per second.
 //!
-//! The cluster is the embedded default: 3 logs, 3 storage servers, 2 resolvers, 2 proxies.
+//! - `pipeline/commit_256_clients_3_logs`: the same with the replicated shape (3 logs, 3
+//!   storage servers, 2 resolvers, 2 proxies), to show what replication costs on one disk.
+//!
+//! The cluster is the embedded default (one of each stage) unless named otherwise.
 //! Run: `cargo bench -p strata-benches --bench pipeline`.
 
 use std::fs::OpenOptions;
@@ -52,43 +55,56 @@ fn pipeline(c: &mut Criterion) {
         .worker_threads(2)
         .enable_all()
         .build());
-    let cluster = runtime.block_on(async {
-        ok(EmbeddedCluster::start(&dir.path().join("cluster"), EmbeddedConfig::default()).await)
-    });
-    let db = cluster.database();
-    let next = Arc::new(AtomicU64::new(0));
+    let replicated = EmbeddedConfig {
+        logs: 3,
+        storage: 3,
+        resolvers: 2,
+        proxies: 2,
+        ..EmbeddedConfig::default()
+    };
+    let shapes = [("", EmbeddedConfig::default()), ("_3_logs", replicated)];
+    for (suffix, config) in shapes {
+        let path = dir.path().join(format!("cluster{suffix}"));
+        let cluster = runtime.block_on(async { ok(EmbeddedCluster::start(&path, config).await) });
+        let db = cluster.database();
+        let next = Arc::new(AtomicU64::new(0));
 
-    group.bench_function("commit_1_client", |b| {
-        b.iter(|| runtime.block_on(one_write(&db, next.fetch_add(1, Ordering::Relaxed))))
-    });
+        if suffix.is_empty() {
+            group.throughput(Throughput::Elements(1));
+            group.sample_size(100);
+            group.bench_function("commit_1_client", |b| {
+                b.iter(|| runtime.block_on(one_write(&db, next.fetch_add(1, Ordering::Relaxed))))
+            });
+        }
 
-    const CLIENTS: u64 = 256;
-    group.throughput(Throughput::Elements(CLIENTS));
-    group.sample_size(20);
-    group.bench_function("commit_256_clients", |b| {
-        b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                let clients: Vec<_> = (0..CLIENTS)
-                    .map(|_| {
-                        let (db, next) = (db.clone(), next.clone());
-                        tokio::spawn(async move {
-                            for _ in 0..iters {
-                                one_write(&db, next.fetch_add(1, Ordering::Relaxed)).await;
-                            }
+        const CLIENTS: u64 = 256;
+        group.throughput(Throughput::Elements(CLIENTS));
+        group.sample_size(20);
+        group.bench_function(format!("commit_256_clients{suffix}"), |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    let clients: Vec<_> = (0..CLIENTS)
+                        .map(|_| {
+                            let (db, next) = (db.clone(), next.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..iters {
+                                    one_write(&db, next.fetch_add(1, Ordering::Relaxed)).await;
+                                }
+                            })
                         })
-                    })
-                    .collect();
-                for c in clients {
-                    ok(c.await);
-                }
-                start.elapsed()
+                        .collect();
+                    for c in clients {
+                        ok(c.await);
+                    }
+                    start.elapsed()
+                })
             })
-        })
-    });
+        });
+        drop(db);
+        runtime.block_on(cluster.stop());
+    }
     group.finish();
-    drop(db);
-    runtime.block_on(cluster.stop());
 }
 
 criterion_group!(benches, pipeline);

@@ -71,11 +71,14 @@ pub struct EmbeddedConfig {
 
 impl Default for EmbeddedConfig {
     fn default() -> EmbeddedConfig {
+        // One of each: on one machine with one disk, more logs add no durability (they share
+        // the disk) and cost a sync each; more proxies, resolvers and storage servers only
+        // share the same two cores. Tests and benches that need the replicated shape ask for it.
         EmbeddedConfig {
-            logs: 3,
-            storage: 3,
-            resolvers: 2,
-            proxies: 2,
+            logs: 1,
+            storage: 1,
+            resolvers: 1,
+            proxies: 1,
             log: FileLogConfig::default(),
             storage_config: StorageConfig::default(),
             proxy: ProxyConfig::default(),
