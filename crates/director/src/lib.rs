@@ -1,9 +1,9 @@
 //! Strata's composition root: the one crate that names concrete stages.
 //!
-//! [`EmbeddedCluster`] starts a whole cluster in one process on a data directory — sequencer,
-//! resolvers, commit proxies, file-backed logs and redb storage servers, their counts
-//! configurable — and hands out a [`Database`]. Recovery under a new epoch with its persistence
-//! phase, and the `strata` binary, build on it.
+//! [`EmbeddedCluster`] recovers a whole cluster in one process on a data directory —
+//! sequencer, resolvers, commit proxies, file-backed logs and redb storage servers, their
+//! counts configurable — under a new epoch, and hands out a [`Database`]. The `strata` binary
+//! is built on it.
 //!
 //! ```no_run
 //! use strata_director::{EmbeddedCluster, EmbeddedConfig};
@@ -23,23 +23,38 @@
 //!
 //! | path                    | what                                            |
 //! |-------------------------|-------------------------------------------------|
-//! | `logs/<n>/`             | log `n`: segment files and its lock epoch       |
+//! | `coordinated.json`      | the coordinated state: epoch, current logs      |
+//! | `logs/<epoch>-<n>/`     | log `n` of a generation: segments, lock epoch   |
 //! | `storage/<n>.redb`      | storage server `n`                              |
+//!
+//! # Recovery
+//!
+//! [`EmbeddedCluster::start`] runs the recovery of `DESIGN.md` as named phases, each a
+//! `tracing` span with its duration ([`recovery::recover`]): read and lock the coordinated
+//! state under the next epoch; lock the previous logs; choose the recovery version (the newest
+//! version every previous log holds); recruit new logs and replay the committed history the
+//! storage servers still need; roll the storage servers back to the recovery version; start
+//! sequencer, resolvers and proxies; build the Transaction System Layout; write the new
+//! coordinated state; and the persistence phase: one system transaction with the whole
+//! configuration (monolithic and decomposed), committed through the new pipeline and read back.
+//! A failed attempt is never retried within its epoch: the coordinator starts the next one.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use strata_commit_proxy::{BatchingProxy, ProxyConfig};
-use strata_core::{
-    CommitProxy, Epoch, Error, ErrorKind, Key, KeyRange, LogId, LogServer, Resolver, Result, Stage,
-    StorageServer, Version,
-};
-use strata_resolver::{ResolverConfig, WindowResolver};
+use strata_core::{Epoch, Error, ErrorKind, Key, KeyRange, Result, Stage, Version};
 use strata_sequencer::ClockSequencer;
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_tlog::{FileLog, FileLogConfig};
 pub use strata_txn_builder::{Database, RetryConfig, Transaction};
+
+pub mod coordinator;
+pub mod recovery;
+
+pub use coordinator::{CoordinatedState, FileStateStore, StateStore};
+pub use recovery::{PhaseTiming, RecoveryReport};
 
 /// The end of the key space: every user key (below `0xff`) and every system key sorts below.
 pub const KEY_SPACE_END: &[u8] = b"\xff\xff";
@@ -67,6 +82,10 @@ pub struct EmbeddedConfig {
     pub proxy: ProxyConfig,
     /// How clients retry.
     pub retry: RetryConfig,
+    /// How long the persistence phase may take before the director gives up on the epoch.
+    pub persistence_deadline: std::time::Duration,
+    /// How many epochs the coordinator tries before it reports failure.
+    pub recovery_attempts_max: u32,
 }
 
 impl Default for EmbeddedConfig {
@@ -83,6 +102,8 @@ impl Default for EmbeddedConfig {
             storage_config: StorageConfig::default(),
             proxy: ProxyConfig::default(),
             retry: RetryConfig::default(),
+            persistence_deadline: std::time::Duration::from_secs(5),
+            recovery_attempts_max: 5,
         }
     }
 }
@@ -121,13 +142,13 @@ pub fn split_ranges(n: usize) -> Result<Vec<KeyRange>> {
 
 /// A whole cluster in one process. See the crate docs.
 pub struct EmbeddedCluster {
-    epoch: Epoch,
-    start_version: Version,
-    sequencer: Arc<ClockSequencer>,
-    logs: Vec<Arc<FileLog>>,
-    storage: Vec<Arc<RedbStorage>>,
-    proxies: Vec<Arc<BatchingProxy>>,
-    database: Database,
+    pub(crate) epoch: Epoch,
+    pub(crate) start_version: Version,
+    pub(crate) sequencer: Arc<ClockSequencer>,
+    pub(crate) logs: Vec<Arc<FileLog>>,
+    pub(crate) storage: Vec<Arc<RedbStorage>>,
+    pub(crate) proxies: Vec<Arc<BatchingProxy>>,
+    pub(crate) database: Database,
 }
 
 impl std::fmt::Debug for EmbeddedCluster {
@@ -143,122 +164,51 @@ impl std::fmt::Debug for EmbeddedCluster {
 }
 
 impl EmbeddedCluster {
-    /// Starts a cluster on `data_dir`, created when missing, under the epoch after the one its
-    /// logs were locked with.
-    ///
-    /// This starts a fresh directory or one whose logs all end at the same version (a clean
-    /// stop). Logs that disagree — a crash in the middle of a push — need the recovery that
-    /// chooses a recovery version and replays history into new logs; until that lands, such a
-    /// directory is refused with an error saying so.
+    /// Recovers the cluster stored in `data_dir` (created when missing) under a new epoch,
+    /// through the persistence phase, and returns it running. When an attempt fails, the
+    /// coordinator logs why and starts the next epoch, with growing waits, at most
+    /// [`EmbeddedConfig::recovery_attempts_max`] times.
     pub async fn start(data_dir: &Path, config: EmbeddedConfig) -> Result<EmbeddedCluster> {
+        Ok(Self::start_with_report(data_dir, config).await?.0)
+    }
+
+    /// [`EmbeddedCluster::start`], also returning what the successful recovery did.
+    pub async fn start_with_report(
+        data_dir: &Path,
+        config: EmbeddedConfig,
+    ) -> Result<(EmbeddedCluster, RecoveryReport)> {
+        Self::start_with_store(data_dir, config, &FileStateStore::new(data_dir)).await
+    }
+
+    /// [`EmbeddedCluster::start_with_report`] with the coordinated state in `store`.
+    pub async fn start_with_store(
+        data_dir: &Path,
+        config: EmbeddedConfig,
+        store: &dyn StateStore,
+    ) -> Result<(EmbeddedCluster, RecoveryReport)> {
         if config.logs == 0 || config.storage == 0 || config.resolvers == 0 || config.proxies == 0 {
             return Err(error(ErrorKind::InvalidRequest(
                 "every stage needs at least one instance".into(),
             )));
         }
-        let mut logs = Vec::new();
-        for i in 0..config.logs {
-            let dir = data_dir.join("logs").join(i.to_string());
-            let id = LogId(u64::try_from(i).unwrap_or(u64::MAX));
-            logs.push(Arc::new(FileLog::open(
-                &dir,
-                id,
-                Version::ZERO,
-                config.log,
-            )?));
+        std::fs::create_dir_all(data_dir).map_err(|e| Error::io(Stage::Director, e))?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match recovery::recover(data_dir, config, store).await {
+                Ok(done) => return Ok(done),
+                // A request the directory cannot satisfy fails the same way in every epoch.
+                Err(e) if matches!(e.kind, ErrorKind::InvalidRequest(_)) => return Err(e),
+                Err(e) if attempt < config.recovery_attempts_max => {
+                    tracing::warn!(attempt, error = %e, "recovery failed; starting the next epoch");
+                    recovery::backoff(attempt).await;
+                }
+                Err(e) => {
+                    tracing::error!(attempt, error = %e, "recovery failed; giving up");
+                    return Err(e);
+                }
+            }
         }
-        let mut epoch = Epoch(0);
-        for log in &logs {
-            epoch = epoch.max(log.locked_epoch()?);
-        }
-        let epoch = epoch.next();
-        let mut ends = Vec::new();
-        for log in &logs {
-            ends.push(log.lock(epoch).await?.last_version);
-        }
-        let start_version = ends.iter().copied().min().unwrap_or(Version::ZERO);
-        if ends.iter().any(|&v| v != start_version) {
-            return Err(error(ErrorKind::Unavailable(format!(
-                "the logs end at different versions ({ends:?}): this directory needs a recovery"
-            ))));
-        }
-
-        let log_servers: Vec<Arc<dyn LogServer>> = logs
-            .iter()
-            .map(|l| l.clone() as Arc<dyn LogServer>)
-            .collect();
-        let storage_ranges = split_ranges(config.storage)?;
-        let mut storage = Vec::new();
-        for (i, range) in storage_ranges.into_iter().enumerate() {
-            let followers = (0..config.storage)
-                .filter(|j| j % config.logs == i % config.logs)
-                .count();
-            let storage_config = StorageConfig {
-                // A log may be popped only by the one server that follows it.
-                pop_log: config.storage_config.pop_log && followers == 1,
-                ..config.storage_config
-            };
-            let path = data_dir.join("storage").join(format!("{i}.redb"));
-            std::fs::create_dir_all(data_dir.join("storage"))
-                .map_err(|e| Error::io(Stage::Director, e))?;
-            let server = RedbStorage::open(
-                &path,
-                vec![range],
-                log_servers[i % config.logs].clone(),
-                storage_config,
-            )
-            .await?;
-            storage.push(Arc::new(server));
-        }
-
-        let sequencer = Arc::new(ClockSequencer::new(epoch, start_version));
-        let resolvers: Vec<(Key, Arc<dyn Resolver>)> = split_begins(config.resolvers)
-            .into_iter()
-            .map(|begin| {
-                let r: Arc<dyn Resolver> = Arc::new(WindowResolver::new(
-                    epoch,
-                    start_version,
-                    ResolverConfig::default(),
-                ));
-                (begin, r)
-            })
-            .collect();
-        let mut proxies = Vec::new();
-        for _ in 0..config.proxies {
-            proxies.push(Arc::new(BatchingProxy::new(
-                epoch,
-                sequencer.clone(),
-                resolvers.clone(),
-                log_servers.clone(),
-                config.proxy,
-            )?));
-        }
-        let database = Database::new(
-            sequencer.clone(),
-            proxies
-                .iter()
-                .map(|p| p.clone() as Arc<dyn CommitProxy>)
-                .collect(),
-            storage
-                .iter()
-                .map(|s| s.clone() as Arc<dyn StorageServer>)
-                .collect(),
-            config.retry,
-        )?;
-        tracing::info!(
-            epoch = epoch.0,
-            start = start_version.0,
-            "embedded cluster started"
-        );
-        Ok(EmbeddedCluster {
-            epoch,
-            start_version,
-            sequencer,
-            logs,
-            storage,
-            proxies,
-            database,
-        })
     }
 
     /// A handle for transactions.
@@ -281,10 +231,8 @@ impl EmbeddedCluster {
         self.sequencer.stop();
         drop(self.database);
         drop(self.proxies);
-        for s in self.storage {
-            if let Ok(s) = Arc::try_unwrap(s) {
-                s.close().await;
-            }
+        for s in &self.storage {
+            s.close().await;
         }
         drop(self.logs);
     }

@@ -42,4 +42,4 @@
 mod server;
 mod window;
 
-pub use server::{RedbStorage, StorageConfig};
+pub use server::{RedbStorage, StorageConfig, durable_version_at};

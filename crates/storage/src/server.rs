@@ -76,7 +76,8 @@ struct State {
 
 struct Inner {
     shards: Vec<KeyRange>,
-    db: Arc<redb::Database>,
+    /// `None` once the server is closed.
+    db: Mutex<Option<Arc<redb::Database>>>,
     /// The log followed; recovery replaces it after a roll back.
     log: Mutex<Arc<dyn LogServer>>,
     config: StorageConfig,
@@ -91,6 +92,14 @@ impl Inner {
                 "storage state poisoned by a panic".into(),
             ))
         })
+    }
+
+    fn db(&self) -> Result<Arc<redb::Database>> {
+        self.db
+            .lock()
+            .map_err(|_| error(ErrorKind::Unavailable("storage poisoned by a panic".into())))?
+            .clone()
+            .ok_or_else(|| error(ErrorKind::Unavailable("storage server closed".into())))
     }
 
     fn log(&self) -> Result<Arc<dyn LogServer>> {
@@ -203,7 +212,7 @@ impl Inner {
             let (clears, keys) = st.window.flushable(target);
             (target, clears, keys)
         };
-        let db = self.db.clone();
+        let db = self.db()?;
         tokio::task::spawn_blocking(move || -> Result<()> {
             let tx = db.begin_write().map_err(db_error)?;
             {
@@ -259,11 +268,29 @@ fn decode_entry(version: Version, payload: Bytes) -> Result<(Version, Vec<Mutati
     Ok((version, mutations))
 }
 
+/// The durable version stored in the redb database at `path` (0 when there is none yet),
+/// read without starting a server: recovery needs it to know how much history to replay.
+/// Blocking; the database must not be open elsewhere.
+pub fn durable_version_at(path: &Path) -> Result<Version> {
+    if !path.exists() {
+        return Ok(Version::ZERO);
+    }
+    let db = redb::Database::open(path).map_err(db_error)?;
+    let tx = db.begin_read().map_err(db_error)?;
+    let meta = match tx.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Version::ZERO),
+        Err(e) => return Err(db_error(e)),
+    };
+    let durable = meta.get(DURABLE_VERSION).map_err(db_error)?;
+    Ok(Version(durable.map_or(0, |v| v.value())))
+}
+
 /// A storage server: follows a log, keeps the MVCC window in memory and everything older in
 /// redb. See the crate docs.
 pub struct RedbStorage {
     inner: Arc<Inner>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for RedbStorage {
@@ -276,8 +303,10 @@ impl std::fmt::Debug for RedbStorage {
 
 impl Drop for RedbStorage {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+        if let Ok(tasks) = self.tasks.lock() {
+            for t in tasks.iter() {
+                t.abort();
+            }
         }
     }
 }
@@ -309,7 +338,7 @@ impl RedbStorage {
         tracing::info!(durable = durable.0, shards = shards.len(), "storage opened");
         let inner = Arc::new(Inner {
             shards,
-            db: Arc::new(db),
+            db: Mutex::new(Some(Arc::new(db))),
             log: Mutex::new(log),
             config,
             state: Mutex::new(State {
@@ -326,7 +355,10 @@ impl RedbStorage {
             tokio::spawn(inner.clone().apply_loop()),
             tokio::spawn(inner.clone().flush_loop()),
         ];
-        Ok(RedbStorage { inner, tasks })
+        Ok(RedbStorage {
+            inner,
+            tasks: Mutex::new(tasks),
+        })
     }
 
     /// Follows `log` from now on, after the applied version. Recovery calls this after
@@ -344,14 +376,21 @@ impl RedbStorage {
     }
 
     /// Stops following the log and closes the database, waiting until both are done, so the
-    /// same path can be opened again at once. Dropping the server stops it too, but without
-    /// waiting.
-    pub async fn close(mut self) {
-        for t in &self.tasks {
+    /// same path can be opened again at once, even while handles to this server remain (their
+    /// reads then fail as unavailable). Dropping the server stops it too, but without waiting.
+    pub async fn close(&self) {
+        let tasks: Vec<JoinHandle<()>> = match self.tasks.lock() {
+            Ok(mut tasks) => tasks.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for t in &tasks {
             t.abort();
         }
-        for t in self.tasks.drain(..) {
+        for t in tasks {
             let _ = t.await;
+        }
+        if let Ok(mut db) = self.inner.db.lock() {
+            db.take();
         }
     }
 
@@ -395,7 +434,7 @@ impl StorageServer for RedbStorage {
                 Answer::Value(v) => return Ok(Some(v)),
                 Answer::Deleted => return Ok(None),
                 // The snapshot is taken under the lock: a flush cannot commit in between.
-                Answer::Unknown => self.inner.db.begin_read().map_err(db_error)?,
+                Answer::Unknown => self.inner.db()?.begin_read().map_err(db_error)?,
             }
         };
         tokio::task::spawn_blocking(move || -> Result<Option<Value>> {
@@ -439,7 +478,7 @@ impl StorageServer for RedbStorage {
             (
                 window,
                 clears,
-                self.inner.db.begin_read().map_err(db_error)?,
+                self.inner.db()?.begin_read().map_err(db_error)?,
             )
         };
         tokio::task::spawn_blocking(move || -> Result<RangeRead> {

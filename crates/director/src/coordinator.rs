@@ -1,0 +1,183 @@
+//! The coordinated state: the current epoch and where the logs of the last generation are,
+//! kept in a small store written atomically with a compare-and-swap on a generation number, so
+//! two coordinators can never both believe they own the same epoch.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use strata_core::{Epoch, Error, ErrorKind, LogId, Result, Stage, Version};
+
+/// The format of the coordinated state file this build writes and reads.
+pub const STATE_FORMAT: u32 = 1;
+
+fn error(kind: ErrorKind) -> Error {
+    Error::new(Stage::Coordinator, kind)
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::io(Stage::Coordinator, e)
+}
+
+/// Where one log of a generation lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPlace {
+    /// The log's id.
+    pub id: LogId,
+    /// Its directory, relative to the data directory.
+    pub dir: String,
+}
+
+/// What the coordinator keeps between recoveries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatedState {
+    /// Format of this record.
+    pub format: u32,
+    /// Bumped by every write; a write names the generation it read (compare-and-swap).
+    pub generation: u64,
+    /// The newest epoch any director started.
+    pub epoch: Epoch,
+    /// The logs of the last generation that completed its recruitment.
+    pub logs: Vec<LogPlace>,
+    /// How many storage servers the data directory has (their shards follow from it).
+    pub storage: usize,
+    /// The recovery version of the last recovery that wrote its logs here.
+    pub recovery_version: Version,
+}
+
+/// A store for the coordinated state. The embedded one is [`FileStateStore`]; clusters spread
+/// over machines would put one behind a consensus service.
+pub trait StateStore: Send + Sync {
+    /// The stored state, `None` for a cluster never recovered.
+    fn read(&self) -> Result<Option<CoordinatedState>>;
+
+    /// Stores `new` (with `generation` = `expected` + 1) only if the stored generation is still
+    /// `expected` (0 when nothing is stored). Otherwise `Fenced`: another coordinator won.
+    fn compare_and_swap(&self, expected: u64, new: CoordinatedState) -> Result<CoordinatedState>;
+}
+
+/// The coordinated state in a file of the data directory: written to a temporary file, synced,
+/// renamed over the old one, and the directory synced; the compare-and-swap holds an exclusive
+/// lock on a companion lock file, so it is atomic across processes too.
+#[derive(Debug)]
+pub struct FileStateStore {
+    dir: PathBuf,
+}
+
+impl FileStateStore {
+    /// The store in `dir` (the data directory).
+    pub fn new(dir: &Path) -> FileStateStore {
+        FileStateStore {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("coordinated.json")
+    }
+
+    fn read_unlocked(&self) -> Result<Option<CoordinatedState>> {
+        let bytes = match std::fs::read(self.path()) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let state: CoordinatedState = serde_json::from_slice(&bytes).map_err(|e| {
+            error(ErrorKind::Corruption(format!(
+                "{}: {e}",
+                self.path().display()
+            )))
+        })?;
+        if state.format != STATE_FORMAT {
+            return Err(error(ErrorKind::Corruption(format!(
+                "{}: unsupported format {} (this build reads {STATE_FORMAT})",
+                self.path().display(),
+                state.format
+            ))));
+        }
+        Ok(Some(state))
+    }
+}
+
+impl StateStore for FileStateStore {
+    fn read(&self) -> Result<Option<CoordinatedState>> {
+        self.read_unlocked()
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: u64,
+        mut new: CoordinatedState,
+    ) -> Result<CoordinatedState> {
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("coordinated.lock"))
+            .map_err(io)?;
+        lock.lock().map_err(io)?;
+        let current = self.read_unlocked()?.map_or(0, |s| s.generation);
+        if current != expected {
+            return Err(error(ErrorKind::Fenced {
+                request: new.epoch,
+                current: Epoch(current),
+            }));
+        }
+        new.format = STATE_FORMAT;
+        new.generation = expected + 1;
+        let bytes = serde_json::to_vec_pretty(&new)
+            .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?;
+        let tmp = self.dir.join("coordinated.json.tmp");
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, self.path()).map_err(io)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        lock.unlock().map_err(io)?;
+        Ok(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(epoch: u64) -> CoordinatedState {
+        CoordinatedState {
+            format: STATE_FORMAT,
+            generation: 0,
+            epoch: Epoch(epoch),
+            logs: vec![LogPlace {
+                id: LogId(0),
+                dir: "logs/1-0".into(),
+            }],
+            storage: 1,
+            recovery_version: Version(0),
+        }
+    }
+
+    #[test]
+    fn compare_and_swap_lets_one_writer_win_per_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStateStore::new(dir.path());
+        assert_eq!(store.read().unwrap(), None);
+        let first = store.compare_and_swap(0, state(1)).unwrap();
+        assert_eq!(first.generation, 1);
+        // A second coordinator that also read generation 0 loses.
+        assert!(store.compare_and_swap(0, state(1)).unwrap_err().is_fenced());
+        let second = store.compare_and_swap(1, state(2)).unwrap();
+        assert_eq!(store.read().unwrap(), Some(second));
+    }
+
+    #[test]
+    fn damaged_state_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("coordinated.json"), b"{ not json").unwrap();
+        let err = FileStateStore::new(dir.path()).read().unwrap_err();
+        assert!(matches!(err.kind, ErrorKind::Corruption(_)), "{err}");
+    }
+}

@@ -1,0 +1,139 @@
+//! Recovery through the persistence phase: the first recovery of an empty directory, the
+//! handoff of the configuration to the next epoch through the monolithic key, data surviving a
+//! recovery, and a layout change reflected exactly in the decomposed keys.
+
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::path::Path;
+
+use bytes::Bytes;
+use strata_core::system::{SystemConfig, keys};
+use strata_core::{Epoch, Key, Value};
+use strata_director::{Database, EmbeddedCluster, EmbeddedConfig, RecoveryReport};
+
+fn config(logs: usize) -> EmbeddedConfig {
+    EmbeddedConfig {
+        logs,
+        storage: 2,
+        resolvers: 2,
+        proxies: 2,
+        ..EmbeddedConfig::default()
+    }
+}
+
+async fn recover(dir: &Path, logs: usize) -> (EmbeddedCluster, RecoveryReport) {
+    EmbeddedCluster::start_with_report(dir, config(logs))
+        .await
+        .expect("recovery succeeds")
+}
+
+/// The system keys as stored: the monolithic value and the decomposed pairs.
+async fn stored(db: &Database) -> (SystemConfig, Vec<(Key, Value)>) {
+    let tx = db.begin().await.unwrap();
+    let mono = tx
+        .snapshot_get(&keys::config())
+        .await
+        .unwrap()
+        .expect("monolithic key");
+    let mut pairs = Vec::new();
+    for range in [keys::cluster_range(), keys::layout_range()] {
+        pairs.extend(tx.snapshot_get_range(&range, 10_000, false).await.unwrap());
+    }
+    let last = keys::recovery_last_completed();
+    pairs.push((
+        last.clone(),
+        tx.snapshot_get(&last)
+            .await
+            .unwrap()
+            .expect("last completed"),
+    ));
+    (SystemConfig::from_monolithic(&mono).unwrap(), pairs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_recovery_writes_every_key_and_both_views_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, report) = recover(dir.path(), 3).await;
+    assert_eq!(report.epoch, Epoch(1));
+    assert_eq!(cluster.epoch(), Epoch(1));
+    let (mono, pairs) = stored(&cluster.database()).await;
+    assert_eq!(mono, report.config);
+    assert_eq!(SystemConfig::from_decomposed(pairs.clone()).unwrap(), mono);
+    // Exactly the keys the report lists, no more.
+    let names: Vec<String> = pairs
+        .iter()
+        .map(|(k, _)| strata_core::printable(k))
+        .collect();
+    assert_eq!(names, report.decomposed_keys);
+    assert_eq!(mono.layout.logs.len(), 3);
+    assert_eq!(mono.last_completed.epoch, Epoch(1));
+    assert!(report.system_commit_version > report.recovery_version);
+    let phases: Vec<&str> = report.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(phases.last(), Some(&"persistence_phase"));
+    assert_eq!(phases.len(), 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_epoch_takes_the_configuration_from_the_monolithic_key_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = recover(dir.path(), 2).await;
+    let db = cluster.database();
+    // An operator changes a parameter in the stored configuration, and a user writes data.
+    let (mut mono, _) = stored(&db).await;
+    mono.cluster
+        .parameters
+        .insert("commit_batch_ms".into(), "7".into());
+    let value = mono.monolithic_value().unwrap();
+    db.run(|tx| {
+        let value = value.clone();
+        async move {
+            tx.set(keys::config(), value);
+            tx.set("user/1".into(), "kept".into());
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    cluster.stop().await;
+
+    let (cluster, report) = recover(dir.path(), 2).await;
+    assert_eq!(report.epoch, Epoch(2));
+    let db = cluster.database();
+    let (mono, pairs) = stored(&db).await;
+    assert_eq!(mono.layout.epoch, Epoch(2));
+    assert_eq!(
+        mono.cluster
+            .parameters
+            .get("commit_batch_ms")
+            .map(String::as_str),
+        Some("7"),
+        "the new coordinator read the configuration of epoch 1 from the monolithic key"
+    );
+    assert_eq!(SystemConfig::from_decomposed(pairs).unwrap(), mono);
+    let tx = db.begin().await.unwrap();
+    assert_eq!(
+        tx.snapshot_get(&"user/1".into()).await.unwrap(),
+        Some(Bytes::from_static(b"kept"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smaller_layout_leaves_no_entry_of_the_larger_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = recover(dir.path(), 3).await;
+    cluster.stop().await;
+    let (cluster, report) = recover(dir.path(), 2).await;
+    let tx = cluster.database().begin().await.unwrap();
+    let logs = tx
+        .snapshot_get_range(
+            &strata_core::KeyRange::prefix(Bytes::from_static(b"\xff/system/layout/logs/"))
+                .unwrap(),
+            100,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 2, "{:?}", report.decomposed_keys);
+    assert_eq!(report.config.layout.logs.len(), 2);
+}
