@@ -43,7 +43,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata_commit_proxy::{BatchingProxy, ProxyConfig};
+use strata_commit_proxy::ProxyConfig;
 use strata_core::{Epoch, Error, ErrorKind, Key, KeyRange, Result, Stage, Version};
 use strata_sequencer::ClockSequencer;
 use strata_storage::{RedbStorage, StorageConfig};
@@ -51,10 +51,11 @@ use strata_tlog::{FileLog, FileLogConfig};
 pub use strata_txn_builder::{Database, RetryConfig, Transaction};
 
 pub mod coordinator;
+pub mod faults;
 pub mod recovery;
 
 pub use coordinator::{CoordinatedState, FileStateStore, StateStore};
-pub use recovery::{PhaseTiming, RecoveryReport};
+pub use recovery::{PhaseTiming, RecoveryEnv, RecoveryReport};
 
 /// The end of the key space: every user key (below `0xff`) and every system key sorts below.
 pub const KEY_SPACE_END: &[u8] = b"\xff\xff";
@@ -147,7 +148,7 @@ pub struct EmbeddedCluster {
     pub(crate) sequencer: Arc<ClockSequencer>,
     pub(crate) logs: Vec<Arc<FileLog>>,
     pub(crate) storage: Vec<Arc<RedbStorage>>,
-    pub(crate) proxies: Vec<Arc<BatchingProxy>>,
+    pub(crate) proxies: Vec<Arc<dyn strata_core::CommitProxy>>,
     pub(crate) database: Database,
 }
 
@@ -192,10 +193,11 @@ impl EmbeddedCluster {
             )));
         }
         std::fs::create_dir_all(data_dir).map_err(|e| Error::io(Stage::Director, e))?;
+        let env = RecoveryEnv::default();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match recovery::recover(data_dir, config, store).await {
+            match recovery::recover(data_dir, config, store, &env).await {
                 Ok(done) => return Ok(done),
                 // A request the directory cannot satisfy fails the same way in every epoch.
                 Err(e) if matches!(e.kind, ErrorKind::InvalidRequest(_)) => return Err(e),

@@ -1,8 +1,8 @@
 //! One recovery attempt: the director's phases, ending with the persistence phase.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -11,8 +11,8 @@ use strata_core::system::{
     BeginKey, ClusterConfig, RecoveryRecord, SystemConfig, TransactionSystemLayout, keys,
 };
 use strata_core::{
-    CommitProxy, Epoch, Error, ErrorKind, Key, LogId, LogServer, Mutation, Resolver, Result, Stage,
-    StorageServer, Version, printable,
+    CommitProxy, Epoch, Error, ErrorKind, Key, LogId, LogServer, Mutation, Resolver, Result,
+    Sequencer, Stage, StorageServer, Version, printable,
 };
 use strata_resolver::{ResolverConfig, WindowResolver};
 use strata_sequencer::ClockSequencer;
@@ -22,6 +22,9 @@ use strata_txn_builder::Database;
 use tracing::Instrument;
 
 use crate::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT, StateStore};
+use crate::faults::{
+    Faults, FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage,
+};
 use crate::{EmbeddedCluster, EmbeddedConfig, split_begins, split_ranges};
 
 fn error(kind: ErrorKind) -> Error {
@@ -80,6 +83,45 @@ impl Phases {
     }
 }
 
+/// What recovery attempts of one process share: the logs it has open (a log directory is
+/// opened once per process, so a lock taken by a later epoch reaches every handle of an earlier
+/// one) and, in tests, the fault switchboard whose decorators wrap the new stages.
+#[derive(Clone, Default)]
+pub struct RecoveryEnv {
+    /// Armed faults, injected through decorators around every stage the pipeline uses.
+    pub faults: Option<Arc<Faults>>,
+    logs: Arc<Mutex<HashMap<PathBuf, Weak<FileLog>>>>,
+}
+
+impl RecoveryEnv {
+    /// An environment with the fault switchboard `faults`.
+    pub fn with_faults(faults: Arc<Faults>) -> RecoveryEnv {
+        RecoveryEnv {
+            faults: Some(faults),
+            ..RecoveryEnv::default()
+        }
+    }
+
+    fn open_log(
+        &self,
+        dir: &Path,
+        id: LogId,
+        start: Version,
+        config: strata_tlog::FileLogConfig,
+    ) -> Result<Arc<FileLog>> {
+        let mut logs = self
+            .logs
+            .lock()
+            .map_err(|_| error(ErrorKind::Unavailable("log registry poisoned".into())))?;
+        if let Some(log) = logs.get(dir).and_then(Weak::upgrade) {
+            return Ok(log);
+        }
+        let log = Arc::new(FileLog::open(dir, id, start, config)?);
+        logs.insert(dir.to_owned(), Arc::downgrade(&log));
+        Ok(log)
+    }
+}
+
 /// Runs one recovery of the cluster in `data_dir` under a new epoch, through the persistence
 /// phase. Any error ends the attempt at once (nothing is retried within an epoch); the caller
 /// (the coordinator loop in [`EmbeddedCluster::start`]) starts the next epoch.
@@ -87,6 +129,7 @@ pub async fn recover(
     data_dir: &Path,
     config: EmbeddedConfig,
     store: &dyn StateStore,
+    env: &RecoveryEnv,
 ) -> Result<(EmbeddedCluster, RecoveryReport)> {
     let mut phases = Phases(Vec::new());
 
@@ -122,12 +165,12 @@ pub async fn recover(
         .run("lock_previous_logs", async {
             let mut out = Vec::new();
             for place in previous.as_ref().map_or(&[][..], |s| &s.logs[..]) {
-                let log = Arc::new(FileLog::open(
+                let log = env.open_log(
                     &data_dir.join(&place.dir),
                     place.id,
                     Version::ZERO,
                     config.log,
-                )?);
+                )?;
                 let state = log.lock(epoch).await?;
                 out.push((place.clone(), log, state.last_version));
             }
@@ -172,7 +215,7 @@ pub async fn recover(
                     std::fs::remove_dir_all(&path).map_err(|e| Error::io(Stage::Director, e))?;
                 }
                 let id = LogId(epoch.0 * 1_000 + u64::try_from(i).unwrap_or(0));
-                let log = Arc::new(FileLog::open(&path, id, base, config.log)?);
+                let log = env.open_log(&path, id, base, config.log)?;
                 log.lock(epoch).await?;
                 places.push(LogPlace { id, dir });
                 logs.push(log);
@@ -192,6 +235,14 @@ pub async fn recover(
         .iter()
         .map(|l| l.clone() as Arc<dyn LogServer>)
         .collect();
+    // What the commit path sees of the logs: the logs themselves, or decorators in tests.
+    let pushed_logs: Vec<Arc<dyn LogServer>> = match &env.faults {
+        Some(f) => log_servers
+            .iter()
+            .map(|l| Arc::new(FaultyLog(l.clone(), f.clone())) as Arc<dyn LogServer>)
+            .collect(),
+        None => log_servers.clone(),
+    };
 
     // 5. Storage servers follow the new logs, rolled back to the recovery version.
     let storage = phases
@@ -225,133 +276,152 @@ pub async fn recover(
         })
         .await?;
 
-    // 6. Sequencer past the recovery version, then resolvers and commit proxies.
-    let (sequencer, proxies) = phases
-        .run("start_transaction_system", async {
-            let sequencer = Arc::new(ClockSequencer::new(epoch, recovery_version));
-            let resolvers: Vec<(Key, Arc<dyn Resolver>)> = split_begins(config.resolvers)
-                .into_iter()
-                .map(|begin| {
-                    let r: Arc<dyn Resolver> = Arc::new(WindowResolver::new(
+    // From here on the storage servers are open: a failure must close them before the
+    // director exits, so that the next epoch can open them again.
+    let outcome = async {
+        // 6. Sequencer past the recovery version, then resolvers and commit proxies.
+        let (sequencer, proxies) = phases
+            .run("start_transaction_system", async {
+                let sequencer = Arc::new(ClockSequencer::new(epoch, recovery_version));
+                let versions: Arc<dyn Sequencer> = match &env.faults {
+                    Some(f) => Arc::new(FaultySequencer(sequencer.clone(), f.clone())),
+                    None => sequencer.clone(),
+                };
+                let resolvers: Vec<(Key, Arc<dyn Resolver>)> = split_begins(config.resolvers)
+                    .into_iter()
+                    .map(|begin| {
+                        let mut r: Arc<dyn Resolver> = Arc::new(WindowResolver::new(
+                            epoch,
+                            recovery_version,
+                            ResolverConfig::default(),
+                        ));
+                        if let Some(f) = &env.faults {
+                            r = Arc::new(FaultyResolver(r, f.clone()));
+                        }
+                        (begin, r)
+                    })
+                    .collect();
+                let mut proxies: Vec<Arc<dyn CommitProxy>> = Vec::new();
+                for _ in 0..config.proxies {
+                    let proxy: Arc<dyn CommitProxy> = Arc::new(BatchingProxy::new(
                         epoch,
-                        recovery_version,
-                        ResolverConfig::default(),
-                    ));
-                    (begin, r)
-                })
-                .collect();
-            let mut proxies = Vec::new();
-            for _ in 0..config.proxies {
-                proxies.push(Arc::new(BatchingProxy::new(
-                    epoch,
-                    sequencer.clone(),
-                    resolvers.clone(),
-                    log_servers.clone(),
-                    config.proxy,
-                )?));
-            }
-            Ok((sequencer, proxies))
-        })
-        .await?;
-    let database = Database::new(
-        sequencer.clone(),
-        proxies
-            .iter()
-            .map(|p| p.clone() as Arc<dyn CommitProxy>)
-            .collect(),
-        storage
-            .iter()
-            .map(|s| s.clone() as Arc<dyn StorageServer>)
-            .collect(),
-        config.retry,
-    )?;
-
-    // 7. The Transaction System Layout of this epoch.
-    let layout = phases
-        .run("build_layout", async {
-            Ok(TransactionSystemLayout {
-                id: epoch.0,
-                epoch,
-                sequencer: "sequencer-0".into(),
-                commit_proxies: (0..config.proxies).map(|i| format!("proxy-{i}")).collect(),
-                resolvers: split_begins(config.resolvers)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, b)| (BeginKey(b), format!("resolver-{i}")))
-                    .collect(),
-                logs: new_places.iter().map(|p| (p.id, p.dir.clone())).collect(),
-                storage_teams: split_begins(config.storage)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, b)| (BeginKey(b), vec![format!("storage-{i}")]))
-                    .collect(),
-                services: BTreeMap::new(),
+                        versions.clone(),
+                        resolvers.clone(),
+                        pushed_logs.clone(),
+                        config.proxy,
+                    )?);
+                    proxies.push(match &env.faults {
+                        Some(f) => FaultyProxy::wrap(proxy, f),
+                        None => proxy,
+                    });
+                }
+                Ok((sequencer, proxies))
             })
-        })
-        .await?;
-
-    // 8. The new coordinated state: a later recovery finds these logs.
-    phases
-        .run("write_coordinated_state", async {
-            store.compare_and_swap(
-                generation,
-                CoordinatedState {
-                    format: STATE_FORMAT,
-                    generation,
-                    epoch,
-                    logs: new_places.clone(),
-                    storage: config.storage,
-                    recovery_version,
-                },
-            )?;
-            // The old generation is unreachable now; its logs go.
-            for (place, log, _) in old_logs {
-                drop(log);
-                let _ = std::fs::remove_dir_all(data_dir.join(&place.dir));
-            }
-            Ok(())
-        })
-        .await?;
-
-    // 9. The persistence phase.
-    let deadline = config.persistence_deadline;
-    let (system_commit_version, system) = phases
-        .run("persistence_phase", async {
-            match tokio::time::timeout(deadline, persist(&database, layout, recovery_version)).await
-            {
-                Ok(result) => result,
-                Err(_) => Err(error(ErrorKind::Timeout {
-                    what: "the persistence phase".into(),
-                    after_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
-                })),
-            }
-        })
-        .await?;
-
-    let report = RecoveryReport {
-        epoch,
-        recovery_version,
-        system_commit_version,
-        phases: phases.0,
-        monolithic_key: printable(&keys::config()),
-        decomposed_keys: system
-            .decomposed()
-            .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?
+            .await?;
+        let readable: Vec<Arc<dyn StorageServer>> = storage
             .iter()
-            .map(|(k, _)| printable(k))
-            .collect(),
-        config: system,
-    };
-    let cluster = EmbeddedCluster {
-        epoch,
-        start_version: recovery_version,
-        sequencer,
-        logs: new_logs,
-        storage,
-        proxies,
-        database,
-    };
-    Ok((cluster, report))
+            .map(|s| match &env.faults {
+                Some(f) => Arc::new(FaultyStorage(s.clone(), f.clone())) as Arc<dyn StorageServer>,
+                None => s.clone() as Arc<dyn StorageServer>,
+            })
+            .collect();
+        let database = Database::new(sequencer.clone(), proxies.clone(), readable, config.retry)?;
+
+        // 7. The Transaction System Layout of this epoch.
+        let layout = phases
+            .run("build_layout", async {
+                Ok(TransactionSystemLayout {
+                    id: epoch.0,
+                    epoch,
+                    sequencer: "sequencer-0".into(),
+                    commit_proxies: (0..config.proxies).map(|i| format!("proxy-{i}")).collect(),
+                    resolvers: split_begins(config.resolvers)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, b)| (BeginKey(b), format!("resolver-{i}")))
+                        .collect(),
+                    logs: new_places.iter().map(|p| (p.id, p.dir.clone())).collect(),
+                    storage_teams: split_begins(config.storage)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, b)| (BeginKey(b), vec![format!("storage-{i}")]))
+                        .collect(),
+                    services: BTreeMap::new(),
+                })
+            })
+            .await?;
+
+        // 8. The new coordinated state: a later recovery finds these logs.
+        phases
+            .run("write_coordinated_state", async {
+                store.compare_and_swap(
+                    generation,
+                    CoordinatedState {
+                        format: STATE_FORMAT,
+                        generation,
+                        epoch,
+                        logs: new_places.clone(),
+                        storage: config.storage,
+                        recovery_version,
+                    },
+                )?;
+                // The old generation is unreachable now; its logs go.
+                for (place, log, _) in old_logs {
+                    drop(log);
+                    let _ = std::fs::remove_dir_all(data_dir.join(&place.dir));
+                }
+                Ok(())
+            })
+            .await?;
+
+        // 9. The persistence phase.
+        let deadline = config.persistence_deadline;
+        let (system_commit_version, system) = phases
+            .run("persistence_phase", async {
+                match tokio::time::timeout(deadline, persist(&database, layout, recovery_version))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(error(ErrorKind::Timeout {
+                        what: "the persistence phase".into(),
+                        after_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                    })),
+                }
+            })
+            .await?;
+
+        let report = RecoveryReport {
+            epoch,
+            recovery_version,
+            system_commit_version,
+            phases: phases.0,
+            monolithic_key: printable(&keys::config()),
+            decomposed_keys: system
+                .decomposed()
+                .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?
+                .iter()
+                .map(|(k, _)| printable(k))
+                .collect(),
+            config: system,
+        };
+        let cluster = EmbeddedCluster {
+            epoch,
+            start_version: recovery_version,
+            sequencer,
+            logs: new_logs,
+            storage: storage.clone(),
+            proxies,
+            database,
+        };
+        Ok((cluster, report))
+    }
+    .await;
+    if outcome.is_err() {
+        for s in &storage {
+            s.close().await;
+        }
+    }
+    outcome
 }
 
 /// Copies the entries of `source` in `(base, through]` into every new log.

@@ -235,13 +235,38 @@ pub struct FileLog {
     shared: Arc<Shared>,
     to_writer: Mutex<Option<Sender<Write>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Held (locked) while the log is open; see [`FileLog::open`].
+    dir_lock: Option<std::fs::File>,
 }
 
 impl FileLog {
     /// Opens (recovering) or creates the log in `dir` on the real file system. A new log's
     /// first push must name `start` as its predecessor; an existing log ignores `start`.
+    ///
+    /// The directory is locked (an exclusive lock on its `LOCK` file) for as long as the log
+    /// is open: a second `FileLog` on the same directory, in this process or another, is
+    /// refused, since two writers would interleave their records.
     pub fn open(dir: &Path, id: LogId, start: Version, config: FileLogConfig) -> Result<FileLog> {
-        FileLog::open_with(Arc::new(RealFs), dir, id, start, config)
+        std::fs::create_dir_all(dir).map_err(io_error)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(io_error)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(error(ErrorKind::Unavailable(format!(
+                    "log directory {} is in use by another log",
+                    dir.display()
+                ))));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_error(e)),
+        }
+        let mut log = FileLog::open_with(Arc::new(RealFs), dir, id, start, config)?;
+        log.dir_lock = Some(lock);
+        Ok(log)
     }
 
     /// [`FileLog::open`] on the given file system.
@@ -304,6 +329,7 @@ impl FileLog {
             shared,
             to_writer: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            dir_lock: None,
         })
     }
 

@@ -1,0 +1,121 @@
+//! A fault at each stage during the persistence phase's system transaction: the director
+//! fails naming that stage, the next attempt runs under the next epoch and succeeds (the fault
+//! fires once), nothing of the failed attempt is readable afterwards, and the proxy of the
+//! failed epoch cannot commit.
+
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use bytes::Bytes;
+use strata_core::system::{SystemConfig, keys};
+use strata_core::{Epoch, ErrorKind, KeyRange, Mutation, Stage, Transaction};
+use strata_director::faults::{FaultPoint, Faults};
+use strata_director::recovery::recover;
+use strata_director::{EmbeddedConfig, FileStateStore, RecoveryEnv};
+
+fn config() -> EmbeddedConfig {
+    EmbeddedConfig {
+        logs: 2,
+        storage: 2,
+        resolvers: 2,
+        proxies: 1,
+        ..EmbeddedConfig::default()
+    }
+}
+
+async fn fault_at(point: FaultPoint, stage: Stage) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStateStore::new(dir.path());
+    let faults = Faults::new();
+    let env = RecoveryEnv::with_faults(faults.clone());
+
+    let (first, _) = recover(dir.path(), config(), &store, &env).await.unwrap();
+    first.stop().await;
+
+    faults.arm(point);
+    let err = recover(dir.path(), config(), &store, &env)
+        .await
+        .expect_err("the armed fault fails the persistence phase");
+    assert_eq!(err.stage, stage, "{point:?}: {err}");
+    assert!(!faults.is_armed(point), "{point:?} fired");
+
+    let (cluster, report) = recover(dir.path(), config(), &store, &env).await.unwrap();
+    assert_eq!(report.epoch, Epoch(3), "{point:?}");
+
+    // Nothing of epoch 2 is readable: every system key is epoch 3's.
+    let db = cluster.database();
+    let tx = db.begin().await.unwrap();
+    let mono = tx.snapshot_get(&keys::config()).await.unwrap().unwrap();
+    let mono = SystemConfig::from_monolithic(&mono).unwrap();
+    assert_eq!(mono.layout.epoch, Epoch(3));
+    assert_eq!(mono.last_completed.epoch, Epoch(3));
+    let logs = tx
+        .snapshot_get_range(
+            &KeyRange::prefix(Bytes::from_static(b"\xff/system/layout/logs/")).unwrap(),
+            100,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 2);
+    assert!(
+        logs.iter()
+            .all(|(k, _)| k.ends_with(b"/3000") || k.ends_with(b"/3001")),
+        "{point:?}: {logs:?}"
+    );
+
+    // The proxy of epoch 2 cannot commit. Its logs were locked by epoch 3, so a batch that
+    // reaches them is fenced; when epoch 2 failed inside its resolvers, its next batch cannot
+    // even be resolved (the failed batch is missing from the version chain).
+    let old = faults
+        .proxies()
+        .into_iter()
+        .find(|p| p.epoch() == Epoch(2))
+        .expect("the proxy of epoch 2");
+    let write = Transaction {
+        read_version: None,
+        read_conflicts: vec![],
+        write_conflicts: vec![KeyRange::single("stale")],
+        mutations: vec![Mutation::Set {
+            key: "stale".into(),
+            value: "epoch 2".into(),
+        }],
+    };
+    let err = old.commit(write.encode().unwrap()).await.unwrap_err();
+    assert!(
+        err.is_fenced() || matches!(err.kind, ErrorKind::OutOfOrder { .. }),
+        "{point:?}: {err}"
+    );
+    let later = db.begin().await.unwrap();
+    assert_eq!(later.snapshot_get(&"stale".into()).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolver_fault() {
+    fault_at(FaultPoint::Resolve, Stage::Resolver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequencer_fault() {
+    fault_at(FaultPoint::CommitVersion, Stage::Sequencer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_proxy_fault() {
+    fault_at(FaultPoint::ProxyCommit, Stage::CommitProxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_push_fault() {
+    fault_at(FaultPoint::LogPush, Stage::Log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_fsync_fault() {
+    fault_at(FaultPoint::LogSync, Stage::Log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_apply_fault() {
+    fault_at(FaultPoint::StorageApply, Stage::Storage).await;
+}
