@@ -228,7 +228,9 @@ impl EmbeddedCluster {
         self.start_version
     }
 
-    /// Stops the cluster: no new commits; the storage servers close their databases.
+    /// Stops the cluster: no new commits, the storage servers close their databases and the
+    /// logs their files, so the data directory can be recovered again at once, even while
+    /// `Database` handles remain (their requests then fail as unavailable).
     pub async fn stop(self) {
         self.sequencer.stop();
         drop(self.database);
@@ -236,6 +238,8 @@ impl EmbeddedCluster {
         for s in &self.storage {
             s.close().await;
         }
-        drop(self.logs);
+        for log in &self.logs {
+            log.close();
+        }
     }
 }

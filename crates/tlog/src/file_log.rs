@@ -236,7 +236,7 @@ pub struct FileLog {
     to_writer: Mutex<Option<Sender<Write>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Held (locked) while the log is open; see [`FileLog::open`].
-    dir_lock: Option<std::fs::File>,
+    dir_lock: Mutex<Option<std::fs::File>>,
 }
 
 impl FileLog {
@@ -264,8 +264,10 @@ impl FileLog {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_error(e)),
         }
-        let mut log = FileLog::open_with(Arc::new(RealFs), dir, id, start, config)?;
-        log.dir_lock = Some(lock);
+        let log = FileLog::open_with(Arc::new(RealFs), dir, id, start, config)?;
+        if let Ok(mut held) = log.dir_lock.lock() {
+            *held = Some(lock);
+        }
         Ok(log)
     }
 
@@ -329,7 +331,7 @@ impl FileLog {
             shared,
             to_writer: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
-            dir_lock: None,
+            dir_lock: Mutex::new(None),
         })
     }
 
@@ -412,8 +414,11 @@ impl FileLog {
     }
 }
 
-impl Drop for FileLog {
-    fn drop(&mut self) {
+impl FileLog {
+    /// Stops the log: the writer finishes what it holds, later pushes are `Unavailable`, and
+    /// the directory is unlocked for the next opener, even while handles to this log remain.
+    /// Blocks until the writer has stopped.
+    pub fn close(&self) {
         // Closing the queue lets the writer finish what it holds and stop.
         if let Ok(mut tx) = self.to_writer.lock() {
             tx.take();
@@ -421,6 +426,15 @@ impl Drop for FileLog {
         if let Some(handle) = self.writer.lock().ok().and_then(|mut h| h.take()) {
             let _ = handle.join();
         }
+        if let Ok(mut lock) = self.dir_lock.lock() {
+            lock.take();
+        }
+    }
+}
+
+impl Drop for FileLog {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
