@@ -424,7 +424,9 @@ pub async fn recover(
     outcome
 }
 
-/// Copies the entries of `source` in `(base, through]` into every new log.
+/// Copies the entries of `source` in `(base, through]` into every new log. The pushes of a
+/// page are issued together, so each log's group commit syncs them in a few groups instead of
+/// once per entry.
 async fn replay(
     source: &FileLog,
     targets: &[Arc<FileLog>],
@@ -440,17 +442,19 @@ async fn replay(
                 "the previous logs end before {through}, after {after}"
             ))));
         }
+        let mut pushes = tokio::task::JoinSet::new();
         for entry in page.into_iter().take_while(|e| e.version <= through) {
             for log in targets {
-                log.push(
-                    epoch,
-                    entry.previous_version,
-                    entry.version,
-                    entry.payload.clone(),
-                )
-                .await?;
+                let (log, entry) = (log.clone(), entry.clone());
+                pushes.spawn(async move {
+                    log.push(epoch, entry.previous_version, entry.version, entry.payload)
+                        .await
+                });
             }
             after = entry.version;
+        }
+        while let Some(pushed) = pushes.join_next().await {
+            pushed.map_err(|e| error(ErrorKind::Unavailable(format!("replay task: {e}"))))??;
         }
     }
     Ok(())
