@@ -137,3 +137,23 @@ async fn a_smaller_layout_leaves_no_entry_of_the_larger_one() {
     assert_eq!(logs.len(), 2, "{:?}", report.decomposed_keys);
     assert_eq!(report.config.layout.logs.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_reads_what_is_stored_without_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, report) = recover(dir.path(), 2).await;
+    cluster.stop().await;
+    let dump = strata_director::dump(dir.path(), b"\xff/system/")
+        .await
+        .unwrap();
+    assert_eq!(dump.state.epoch, Epoch(1), "dump started no epoch");
+    assert!(dump.version >= report.system_commit_version);
+    let keys: Vec<&str> = dump.entries.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(keys.contains(&"\\xff/system/config"));
+    for k in &report.decomposed_keys {
+        assert!(keys.contains(&k.as_str()), "{k} missing from the dump");
+    }
+    // And the next recovery still takes epoch 2.
+    let (_, again) = recover(dir.path(), 2).await;
+    assert_eq!(again.epoch, Epoch(2));
+}

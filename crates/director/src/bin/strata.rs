@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Recover the cluster in DIR under a new epoch, through the persistence phase.
     Recover(RecoverArgs),
+    /// Print what is stored under a prefix, without starting a new epoch.
+    Dump(DumpArgs),
     /// Run or check a workload through the full pipeline.
     #[command(subcommand)]
     Workload(Workload),
@@ -59,6 +61,19 @@ struct CycleArgs {
     /// Print `ack <client> <n>` on stdout as each transaction is acknowledged.
     #[arg(long)]
     print_acks: bool,
+}
+
+#[derive(Args)]
+struct DumpArgs {
+    /// The data directory.
+    #[arg(long, default_value = "./strata-data")]
+    data_dir: PathBuf,
+    /// The key prefix, written as keys are printed (`\\xff` for byte 0xff).
+    #[arg(long, default_value = "\\xff/system/")]
+    prefix: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -114,6 +129,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Recover(args) => runtime.block_on(recover(args)),
+        Command::Dump(args) => runtime.block_on(dump(args)),
         Command::Workload(Workload::Cycle(args)) => runtime.block_on(cycle::run(args)),
         Command::Workload(Workload::Check(args)) => runtime.block_on(cycle::check(args)),
     };
@@ -142,6 +158,43 @@ async fn recover(args: RecoverArgs) -> strata_core::Result<()> {
         print_json(&report, total_micros);
     } else {
         print_text(&report, total_micros);
+    }
+    Ok(())
+}
+
+async fn dump(args: DumpArgs) -> strata_core::Result<()> {
+    let prefix = strata_core::parse_printable(&args.prefix).ok_or_else(|| {
+        strata_core::Error::new(
+            strata_core::Stage::Director,
+            strata_core::ErrorKind::InvalidRequest(format!(
+                "prefix {:?} is not a printable key (use \\xNN for other bytes)",
+                args.prefix
+            )),
+        )
+    })?;
+    let dump = strata_director::dump(&args.data_dir, &prefix).await?;
+    if args.json {
+        match serde_json::to_string(&dump) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("error: cannot encode the dump: {e}"),
+        }
+        return Ok(());
+    }
+    println!(
+        "epoch {} (generation {}), {} log(s), {} storage server(s)",
+        dump.state.epoch.0,
+        dump.state.generation,
+        dump.state.logs.len(),
+        dump.state.storage
+    );
+    println!(
+        "at {}: {} key(s) under {}",
+        dump.version,
+        dump.entries.len(),
+        args.prefix
+    );
+    for (k, v) in &dump.entries {
+        println!("  {k} = {v}");
     }
     Ok(())
 }
