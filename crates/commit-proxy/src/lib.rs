@@ -158,6 +158,18 @@ impl BatchingProxy {
     }
 }
 
+impl BatchingProxy {
+    /// Whether a log fenced this proxy's epoch: it will commit nothing more.
+    pub fn is_fenced(&self) -> bool {
+        self.stages.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Whether the batcher still runs (it stops only if its task panicked or was aborted).
+    pub fn is_running(&self) -> bool {
+        !self.batcher.is_finished()
+    }
+}
+
 #[async_trait]
 impl CommitProxy for BatchingProxy {
     fn epoch(&self) -> Epoch {

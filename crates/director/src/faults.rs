@@ -24,6 +24,9 @@ pub enum FaultPoint {
     Resolve,
     /// The sequencer refuses to hand out a commit version.
     CommitVersion,
+    /// The sequencer refuses to hand out a read version (what the director's monitoring
+    /// probes).
+    ReadVersion,
     /// A commit proxy refuses a transaction.
     ProxyCommit,
     /// A log refuses a push.
@@ -110,6 +113,9 @@ impl Sequencer for FaultySequencer {
     }
 
     async fn read_version(&self) -> Result<Version> {
+        if self.1.fire(FaultPoint::ReadVersion) {
+            return Err(Faults::injected(Stage::Sequencer, FaultPoint::ReadVersion));
+        }
         self.0.read_version().await
     }
 }

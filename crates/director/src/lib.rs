@@ -87,6 +87,8 @@ pub struct EmbeddedConfig {
     pub persistence_deadline: std::time::Duration,
     /// How many epochs the coordinator tries before it reports failure.
     pub recovery_attempts_max: u32,
+    /// How often a served cluster's stages are probed.
+    pub monitor_interval: std::time::Duration,
 }
 
 impl Default for EmbeddedConfig {
@@ -105,6 +107,7 @@ impl Default for EmbeddedConfig {
             retry: RetryConfig::default(),
             persistence_deadline: std::time::Duration::from_secs(5),
             recovery_attempts_max: 5,
+            monitor_interval: std::time::Duration::from_millis(100),
         }
     }
 }
@@ -146,8 +149,11 @@ pub struct EmbeddedCluster {
     pub(crate) epoch: Epoch,
     pub(crate) start_version: Version,
     pub(crate) sequencer: Arc<ClockSequencer>,
+    /// The sequencer as the commit path and monitoring see it (decorated in fault tests).
+    pub(crate) versions: Arc<dyn strata_core::Sequencer>,
     pub(crate) logs: Vec<Arc<FileLog>>,
     pub(crate) storage: Vec<Arc<RedbStorage>>,
+    pub(crate) batching: Vec<Arc<strata_commit_proxy::BatchingProxy>>,
     pub(crate) proxies: Vec<Arc<dyn strata_core::CommitProxy>>,
     pub(crate) database: Database,
 }
@@ -187,17 +193,26 @@ impl EmbeddedCluster {
         config: EmbeddedConfig,
         store: &dyn StateStore,
     ) -> Result<(EmbeddedCluster, RecoveryReport)> {
+        Self::start_with_env(data_dir, config, store, &RecoveryEnv::default()).await
+    }
+
+    /// [`EmbeddedCluster::start_with_store`] in `env` (shared open logs, injected faults).
+    pub async fn start_with_env(
+        data_dir: &Path,
+        config: EmbeddedConfig,
+        store: &dyn StateStore,
+        env: &RecoveryEnv,
+    ) -> Result<(EmbeddedCluster, RecoveryReport)> {
         if config.logs == 0 || config.storage == 0 || config.resolvers == 0 || config.proxies == 0 {
             return Err(error(ErrorKind::InvalidRequest(
                 "every stage needs at least one instance".into(),
             )));
         }
         std::fs::create_dir_all(data_dir).map_err(|e| Error::io(Stage::Director, e))?;
-        let env = RecoveryEnv::default();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match recovery::recover(data_dir, config, store, &env).await {
+            match recovery::recover(data_dir, config, store, env).await {
                 Ok(done) => return Ok(done),
                 // A request the directory cannot satisfy fails the same way in every epoch.
                 Err(e) if matches!(e.kind, ErrorKind::InvalidRequest(_)) => return Err(e),
@@ -211,6 +226,40 @@ impl EmbeddedCluster {
                 }
             }
         }
+    }
+
+    /// Monitoring's probe: an error names the first stage found failed — a stopped
+    /// sequencer, a poisoned or newer-epoch-locked log, a fenced or stopped proxy, a storage
+    /// server that stopped applying. The director then ends the epoch.
+    pub async fn check_health(&self) -> Result<()> {
+        self.versions.read_version().await?;
+        for log in &self.logs {
+            if log.is_poisoned() {
+                return Err(Error::new(Stage::Log, ErrorKind::Poisoned));
+            }
+            let locked = log.locked_epoch()?;
+            if locked > self.epoch {
+                return Err(Error::new(
+                    Stage::Log,
+                    ErrorKind::Fenced {
+                        request: self.epoch,
+                        current: locked,
+                    },
+                ));
+            }
+        }
+        for p in &self.batching {
+            if p.is_fenced() || !p.is_running() {
+                return Err(Error::new(
+                    Stage::CommitProxy,
+                    ErrorKind::Unavailable("a commit proxy stopped".into()),
+                ));
+            }
+        }
+        for s in &self.storage {
+            strata_core::StorageServer::applied_version(s.as_ref()).await?;
+        }
+        Ok(())
     }
 
     /// A handle for transactions.
@@ -332,4 +381,58 @@ pub async fn dump(data_dir: &Path, prefix: &[u8]) -> Result<Dump> {
         version,
         entries,
     })
+}
+
+/// The cluster being served: its epoch and a database handle, `None` between epochs.
+pub type Serving = Option<(Epoch, Database)>;
+
+/// Recovers the cluster in `data_dir` and serves it until `shutdown` completes, with
+/// monitoring: every [`EmbeddedConfig::monitor_interval`] the director probes its stages
+/// ([`EmbeddedCluster::check_health`]); when one has failed, it ends the epoch and the
+/// coordinator recovers under the next one. Each epoch is published on `serving`. An epoch that
+/// fails within a second of starting counts against [`EmbeddedConfig::recovery_attempts_max`];
+/// past it, serving stops with the last failure.
+pub async fn serve(
+    data_dir: &Path,
+    config: EmbeddedConfig,
+    env: &RecoveryEnv,
+    serving: &tokio::sync::watch::Sender<Serving>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let store = FileStateStore::new(data_dir);
+    tokio::pin!(shutdown);
+    let mut quick_failures = 0;
+    loop {
+        let (cluster, report) =
+            EmbeddedCluster::start_with_env(data_dir, config, &store, env).await?;
+        let started = std::time::Instant::now();
+        serving.send_replace(Some((report.epoch, cluster.database())));
+        tracing::info!(epoch = report.epoch.0, "serving");
+        let failure = loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    serving.send_replace(None);
+                    cluster.stop().await;
+                    return Ok(());
+                }
+                () = tokio::time::sleep(config.monitor_interval) => {
+                    if let Err(e) = cluster.check_health().await {
+                        break e;
+                    }
+                }
+            }
+        };
+        tracing::warn!(epoch = report.epoch.0, error = %failure, "a stage failed; ending the epoch");
+        serving.send_replace(None);
+        cluster.stop().await;
+        if started.elapsed() < std::time::Duration::from_secs(1) {
+            quick_failures += 1;
+            if quick_failures >= config.recovery_attempts_max {
+                return Err(failure);
+            }
+            recovery::backoff(quick_failures).await;
+        } else {
+            quick_failures = 0;
+        }
+    }
 }

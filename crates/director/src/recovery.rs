@@ -280,7 +280,7 @@ pub async fn recover(
     // director exits, so that the next epoch can open them again.
     let outcome = async {
         // 6. Sequencer past the recovery version, then resolvers and commit proxies.
-        let (sequencer, proxies) = phases
+        let (sequencer, versions, batching, proxies) = phases
             .run("start_transaction_system", async {
                 let sequencer = Arc::new(ClockSequencer::new(epoch, recovery_version));
                 let versions: Arc<dyn Sequencer> = match &env.faults {
@@ -302,20 +302,23 @@ pub async fn recover(
                     })
                     .collect();
                 let mut proxies: Vec<Arc<dyn CommitProxy>> = Vec::new();
+                let mut batching = Vec::new();
                 for _ in 0..config.proxies {
-                    let proxy: Arc<dyn CommitProxy> = Arc::new(BatchingProxy::new(
+                    let raw = Arc::new(BatchingProxy::new(
                         epoch,
                         versions.clone(),
                         resolvers.clone(),
                         pushed_logs.clone(),
                         config.proxy,
                     )?);
+                    batching.push(raw.clone());
+                    let proxy: Arc<dyn CommitProxy> = raw;
                     proxies.push(match &env.faults {
                         Some(f) => FaultyProxy::wrap(proxy, f),
                         None => proxy,
                     });
                 }
-                Ok((sequencer, proxies))
+                Ok((sequencer, versions, batching, proxies))
             })
             .await?;
         let readable: Vec<Arc<dyn StorageServer>> = storage
@@ -408,8 +411,10 @@ pub async fn recover(
             epoch,
             start_version: recovery_version,
             sequencer,
+            versions,
             logs: new_logs,
             storage: storage.clone(),
+            batching,
             proxies,
             database,
         };

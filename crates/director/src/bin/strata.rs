@@ -30,6 +30,9 @@ enum Command {
     Recover(RecoverArgs),
     /// Print what is stored under a prefix, without starting a new epoch.
     Dump(DumpArgs),
+    /// Recover, then keep serving with monitoring until Ctrl-C; a failed stage starts the
+    /// next epoch.
+    Serve(ServeArgs),
     /// Run or check a workload through the full pipeline.
     #[command(subcommand)]
     Workload(Workload),
@@ -61,6 +64,25 @@ struct CycleArgs {
     /// Print `ack <client> <n>` on stdout as each transaction is acknowledged.
     #[arg(long)]
     print_acks: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The data directory (created when missing).
+    #[arg(long, default_value = "./strata-data")]
+    data_dir: PathBuf,
+    /// Transaction logs of each generation.
+    #[arg(long, default_value_t = 1)]
+    logs: usize,
+    /// Storage servers (fixed for a data directory once created).
+    #[arg(long, default_value_t = 1)]
+    storage: usize,
+    /// Resolvers.
+    #[arg(long, default_value_t = 1)]
+    resolvers: usize,
+    /// Commit proxies.
+    #[arg(long, default_value_t = 1)]
+    proxies: usize,
 }
 
 #[derive(Args)]
@@ -130,6 +152,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Recover(args) => runtime.block_on(recover(args)),
         Command::Dump(args) => runtime.block_on(dump(args)),
+        Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Workload(Workload::Cycle(args)) => runtime.block_on(cycle::run(args)),
         Command::Workload(Workload::Check(args)) => runtime.block_on(cycle::check(args)),
     };
@@ -160,6 +183,35 @@ async fn recover(args: RecoverArgs) -> strata_core::Result<()> {
         print_text(&report, total_micros);
     }
     Ok(())
+}
+
+async fn serve(args: ServeArgs) -> strata_core::Result<()> {
+    let config = EmbeddedConfig {
+        logs: args.logs,
+        storage: args.storage,
+        resolvers: args.resolvers,
+        proxies: args.proxies,
+        ..EmbeddedConfig::default()
+    };
+    let (serving, mut watching) = tokio::sync::watch::channel::<strata_director::Serving>(None);
+    let announce = tokio::spawn(async move {
+        while watching.changed().await.is_ok() {
+            if let Some((epoch, _)) = &*watching.borrow_and_update() {
+                println!("serving epoch {}; Ctrl-C stops", epoch.0);
+            }
+        }
+    });
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let env = strata_director::RecoveryEnv::default();
+    let result = strata_director::serve(&args.data_dir, config, &env, &serving, shutdown).await;
+    drop(serving);
+    let _ = announce.await;
+    if result.is_ok() {
+        println!("stopped");
+    }
+    result
 }
 
 async fn dump(args: DumpArgs) -> strata_core::Result<()> {
