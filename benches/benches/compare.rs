@@ -1,0 +1,154 @@
+//! Strata beside the embedded stores users would pick instead, in one run on one disk: the
+//! same durable one-key commit (a 16-byte key, a 100-byte value, on disk before the call
+//! returns) by 1 and by 64 concurrent writers.
+//!
+//! - `compare/strata_1`, `compare/strata_64`: a Strata transaction (read version, set, commit
+//!   through the whole pipeline) on the embedded default cluster.
+//! - `compare/redb_1`, `compare/redb_64`: a redb write transaction committed with its default,
+//!   immediate durability.
+//! - `compare/fjall_1`, `compare/fjall_64`: a fjall insert followed by `persist(SyncAll)`.
+//! - `compare/fsync_floor_4k`: append 4 KiB and `fdatasync`, the floor, in the same run.
+//!
+//! Writers are tasks for Strata and threads for redb and fjall (their APIs block). Each
+//! measured iteration is one commit per writer; throughput is commits per second.
+//!
+//! Run: `cargo bench -p strata-benches --bench compare`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use strata_director::{EmbeddedCluster, EmbeddedConfig};
+
+const VALUE: [u8; 100] = [7; 100];
+const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("bench");
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn key(n: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(b"compare/");
+    k[8..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// Runs `commit` from `writers` threads, `iters` times each; the elapsed time.
+fn threads(writers: u64, iters: u64, commit: impl Fn(u64) + Sync) -> Duration {
+    let next = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..writers {
+            s.spawn(|| {
+                for _ in 0..iters {
+                    commit(next.fetch_add(1, Ordering::Relaxed));
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn compare(c: &mut Criterion) {
+    let dir = ok(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")));
+    let mut group = c.benchmark_group("compare");
+    group.sample_size(20);
+
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("fsync_floor_4k", |b| {
+        let mut f = ok(OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("floor")));
+        b.iter(|| ok(f.write_all(&[7u8; 4096]).and_then(|()| f.sync_data())));
+    });
+
+    // Strata.
+    let runtime = ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build());
+    let cluster = runtime.block_on(async {
+        ok(EmbeddedCluster::start(&dir.path().join("strata"), EmbeddedConfig::default()).await)
+    });
+    let db = cluster.database();
+    let next = Arc::new(AtomicU64::new(0));
+    for writers in [1u64, 64] {
+        group.throughput(Throughput::Elements(writers));
+        group.bench_function(format!("strata_{writers}"), |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    let tasks: Vec<_> = (0..writers)
+                        .map(|_| {
+                            let (db, next) = (db.clone(), next.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..iters {
+                                    let n = next.fetch_add(1, Ordering::Relaxed);
+                                    let tx = ok(db.begin().await);
+                                    tx.set(
+                                        Bytes::copy_from_slice(&key(n)),
+                                        Bytes::from_static(&VALUE),
+                                    );
+                                    ok(tx.commit().await);
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        ok(t.await);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    drop(db);
+    runtime.block_on(cluster.stop());
+
+    // redb: every write transaction commits with immediate durability (its default).
+    let redb = ok(redb::Database::create(dir.path().join("redb.redb")));
+    for writers in [1u64, 64] {
+        group.throughput(Throughput::Elements(writers));
+        group.bench_function(format!("redb_{writers}"), |b| {
+            b.iter_custom(|iters| {
+                threads(writers, iters, |n| {
+                    let tx = ok(redb.begin_write());
+                    {
+                        let mut table = ok(tx.open_table(TABLE));
+                        ok(table.insert(&key(n)[..], &VALUE[..]));
+                    }
+                    ok(tx.commit());
+                })
+            })
+        });
+    }
+    drop(redb);
+
+    // fjall: each write persisted with SyncAll before the call returns.
+    let fjall_db = ok(fjall::Database::builder(dir.path().join("fjall")).open());
+    let keyspace = ok(fjall_db.keyspace("bench", fjall::KeyspaceCreateOptions::default));
+    for writers in [1u64, 64] {
+        group.throughput(Throughput::Elements(writers));
+        group.bench_function(format!("fjall_{writers}"), |b| {
+            b.iter_custom(|iters| {
+                threads(writers, iters, |n| {
+                    ok(keyspace.insert(key(n), VALUE));
+                    ok(fjall_db.persist(fjall::PersistMode::SyncAll));
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, compare);
+criterion_main!(benches);
