@@ -36,6 +36,9 @@ enum Command {
     /// Run or check a workload through the full pipeline.
     #[command(subcommand)]
     Workload(Workload),
+    /// Drive the cluster through the full pipeline and report commits per second, aborts,
+    /// commit latency percentiles and the disk's fsync floor.
+    Bench(load::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -153,6 +156,7 @@ fn main() -> ExitCode {
         Command::Recover(args) => runtime.block_on(recover(args)),
         Command::Dump(args) => runtime.block_on(dump(args)),
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Bench(args) => runtime.block_on(load::run(args)),
         Command::Workload(Workload::Cycle(args)) => runtime.block_on(cycle::run(args)),
         Command::Workload(Workload::Check(args)) => runtime.block_on(cycle::check(args)),
     };
@@ -251,6 +255,28 @@ async fn dump(args: DumpArgs) -> strata_core::Result<()> {
     Ok(())
 }
 
+/// A small seeded generator (SplitMix64), so workloads replay.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// A float in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 fn print_json(report: &RecoveryReport, total_micros: u64) {
     let mut value = match serde_json::to_value(report) {
         Ok(v) => v,
@@ -299,7 +325,7 @@ mod cycle {
     use strata_core::{Error, ErrorKind, Key, Stage};
     use strata_director::{Database, EmbeddedCluster, EmbeddedConfig};
 
-    use super::{CheckArgs, CycleArgs};
+    use super::{CheckArgs, CycleArgs, Rng};
 
     fn node(i: u64) -> Key {
         Bytes::from(format!("ring/node/{i:06}"))
@@ -326,19 +352,6 @@ mod cycle {
             Stage::Director,
             ErrorKind::Corruption(format!("ring broken: {why}")),
         )
-    }
-
-    /// A small seeded generator (SplitMix64): workloads replay.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            (z ^ (z >> 31)) % n
-        }
     }
 
     pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
@@ -466,5 +479,232 @@ mod cycle {
             return Err(broken("the walk does not return to node 0"));
         }
         Ok(nodes)
+    }
+}
+
+mod load {
+    //! `strata bench`: a load generator over the embedded cluster.
+
+    use std::fs::OpenOptions;
+    use std::io::{IsTerminal, Write};
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use clap::Args;
+    use serde::Serialize;
+    use strata_core::{Error, ErrorKind, Stage};
+    use strata_director::{EmbeddedCluster, EmbeddedConfig};
+
+    use super::Rng;
+
+    /// Keys the load spreads over.
+    const KEY_SPACE: u64 = 1_000_000;
+
+    #[derive(Args)]
+    pub(crate) struct BenchArgs {
+        /// The data directory (created when missing).
+        #[arg(long, default_value = "./strata-data")]
+        data_dir: PathBuf,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: u64,
+        /// Transactions to commit, in all.
+        #[arg(long, default_value_t = 20_000)]
+        transactions: u64,
+        /// Keys each transaction reads or writes.
+        #[arg(long, default_value_t = 1)]
+        keys_per_transaction: u64,
+        /// Bytes of each value written.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Fraction of key operations that are reads (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        read_fraction: f64,
+        /// Print one JSON object instead of text (and no progress bar).
+        #[arg(long)]
+        json: bool,
+    }
+
+    #[derive(Serialize)]
+    struct Latency {
+        p50: u64,
+        p99: u64,
+        max: u64,
+    }
+
+    #[derive(Serialize)]
+    struct Report {
+        transactions: u64,
+        clients: u64,
+        keys_per_transaction: u64,
+        value_bytes: usize,
+        read_fraction: f64,
+        elapsed_s: f64,
+        commits_per_second: f64,
+        aborts: u64,
+        latency_us: Latency,
+        fsync_floor_us: u64,
+    }
+
+    fn invalid(why: &str) -> Error {
+        Error::new(Stage::Director, ErrorKind::InvalidRequest(why.into()))
+    }
+
+    /// The median of 100 appends of 4 KiB, each followed by `fdatasync`, in `dir`.
+    fn fsync_floor(dir: &std::path::Path) -> strata_core::Result<u64> {
+        let path = dir.join("fsync-floor.tmp");
+        let io = |e| Error::io(Stage::Director, e);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        let block = [7u8; 4096];
+        let mut samples = Vec::with_capacity(100);
+        for _ in 0..100 {
+            let t = Instant::now();
+            f.write_all(&block)
+                .and_then(|()| f.sync_data())
+                .map_err(io)?;
+            samples.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+        }
+        drop(f);
+        std::fs::remove_file(&path).map_err(io)?;
+        samples.sort_unstable();
+        Ok(samples[samples.len() / 2])
+    }
+
+    pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
+        if !(0.0..=1.0).contains(&args.read_fraction) {
+            return Err(invalid("--read-fraction must be between 0 and 1"));
+        }
+        if args.clients == 0 || args.transactions == 0 || args.keys_per_transaction == 0 {
+            return Err(invalid(
+                "--clients, --transactions and --keys-per-transaction must be positive",
+            ));
+        }
+        std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::io(Stage::Director, e))?;
+        let floor = fsync_floor(&args.data_dir)?;
+        let cluster = EmbeddedCluster::start(&args.data_dir, EmbeddedConfig::default()).await?;
+        let db = cluster.database();
+
+        let progress = if args.json || !std::io::stdout().is_terminal() {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(args.transactions)
+        };
+        let aborts = Arc::new(AtomicU64::new(0));
+        let value = Bytes::from(vec![b'v'; args.value_bytes]);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..args.clients)
+            .map(|c| {
+                let (db, aborts, value, progress) =
+                    (db.clone(), aborts.clone(), value.clone(), progress.clone());
+                let share = args.transactions / args.clients
+                    + u64::from(c < args.transactions % args.clients);
+                let (keys, reads) = (args.keys_per_transaction, args.read_fraction);
+                tokio::spawn(async move {
+                    let mut rng = Rng(0xbe7c_0000 + c);
+                    let mut latencies = Vec::with_capacity(usize::try_from(share).unwrap_or(0));
+                    for _ in 0..share {
+                        // Choose the operations once, so retries repeat the same transaction.
+                        let ops: Vec<(Bytes, bool)> = (0..keys)
+                            .map(|_| {
+                                let key = Bytes::from(format!("bench/{:08}", rng.below(KEY_SPACE)));
+                                (key, rng.unit() < reads)
+                            })
+                            .collect();
+                        let t = Instant::now();
+                        let tries = AtomicU64::new(0);
+                        db.run(|tx| {
+                            tries.fetch_add(1, Ordering::Relaxed);
+                            let (ops, value) = (ops.clone(), value.clone());
+                            async move {
+                                for (key, read) in ops {
+                                    if read {
+                                        tx.get(&key).await?;
+                                    } else {
+                                        tx.set(key, value.clone());
+                                    }
+                                }
+                                Ok(())
+                            }
+                        })
+                        .await?;
+                        latencies.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                        aborts.fetch_add(tries.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+                        progress.inc(1);
+                    }
+                    Ok::<Vec<u64>, Error>(latencies)
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        for t in tasks {
+            let joined = t
+                .await
+                .map_err(|e| Error::new(Stage::Director, ErrorKind::Unavailable(e.to_string())))?;
+            latencies.extend(joined?);
+        }
+        let elapsed = started.elapsed();
+        progress.finish_and_clear();
+        drop(db);
+        cluster.stop().await;
+
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+            latencies.get(i).copied().unwrap_or(0)
+        };
+        let report = Report {
+            transactions: args.transactions,
+            clients: args.clients,
+            keys_per_transaction: args.keys_per_transaction,
+            value_bytes: args.value_bytes,
+            read_fraction: args.read_fraction,
+            elapsed_s: elapsed.as_secs_f64(),
+            commits_per_second: args.transactions as f64
+                / elapsed.max(Duration::from_micros(1)).as_secs_f64(),
+            aborts: aborts.load(Ordering::Relaxed),
+            latency_us: Latency {
+                p50: at(0.50),
+                p99: at(0.99),
+                max: latencies.last().copied().unwrap_or(0),
+            },
+            fsync_floor_us: floor,
+        };
+        if args.json {
+            match serde_json::to_string(&report) {
+                Ok(json) => println!("{json}"),
+                Err(e) => return Err(invalid(&e.to_string())),
+            }
+        } else {
+            println!(
+                "strata bench: {} transactions, {} clients, {} key(s) each, {}-byte values, {:.0}% reads",
+                report.transactions,
+                report.clients,
+                report.keys_per_transaction,
+                report.value_bytes,
+                report.read_fraction * 100.0
+            );
+            println!(
+                "commits/s: {:.0}   aborts: {}   elapsed: {:.2} s",
+                report.commits_per_second, report.aborts, report.elapsed_s
+            );
+            println!(
+                "commit latency µs: p50 {}   p99 {}   max {}",
+                report.latency_us.p50, report.latency_us.p99, report.latency_us.max
+            );
+            println!(
+                "fsync floor (4 KiB append + fdatasync, median of 100): {} µs; p50 is {:.2}× it",
+                report.fsync_floor_us,
+                report.latency_us.p50 as f64 / report.fsync_floor_us.max(1) as f64
+            );
+        }
+        Ok(())
     }
 }
