@@ -85,6 +85,9 @@ pub struct EmbeddedConfig {
     pub retry: RetryConfig,
     /// How long the persistence phase may take before the director gives up on the epoch.
     pub persistence_deadline: std::time::Duration,
+    /// How long recovery waits for the storage servers to re-apply the history they hold only
+    /// in memory (up to the MVCC window) before the persistence phase.
+    pub storage_catch_up: std::time::Duration,
     /// How many epochs the coordinator tries before it reports failure.
     pub recovery_attempts_max: u32,
     /// How often a served cluster's stages are probed.
@@ -106,6 +109,7 @@ impl Default for EmbeddedConfig {
             proxy: ProxyConfig::default(),
             retry: RetryConfig::default(),
             persistence_deadline: std::time::Duration::from_secs(5),
+            storage_catch_up: std::time::Duration::from_secs(60),
             recovery_attempts_max: 5,
             monitor_interval: std::time::Duration::from_millis(100),
         }

@@ -272,6 +272,33 @@ pub async fn recover(
                 server.roll_back(recovery_version).await?;
                 servers.push(Arc::new(server));
             }
+            // Storage keeps the last MVCC window in memory only, so after a restart it
+            // re-applies up to a window of history from the new logs. Wait for that here, with
+            // its own bound, so the persistence phase's deadline measures the phase itself.
+            let caught_up = async {
+                for s in &servers {
+                    while StorageServer::applied_version(s.as_ref()).await? < recovery_version {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                Ok::<(), Error>(())
+            };
+            match tokio::time::timeout(config.storage_catch_up, caught_up).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    for s in &servers {
+                        s.close().await;
+                    }
+                    return Err(Error::new(
+                        Stage::Storage,
+                        ErrorKind::Timeout {
+                            what: format!("storage to re-apply history up to {recovery_version}"),
+                            after_ms: u64::try_from(config.storage_catch_up.as_millis())
+                                .unwrap_or(u64::MAX),
+                        },
+                    ));
+                }
+            }
             Ok(servers)
         })
         .await?;
