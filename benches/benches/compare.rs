@@ -22,17 +22,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use strata_benches::{ok, runtime};
 use strata_director::{EmbeddedCluster, EmbeddedConfig};
 
 const VALUE: [u8; 100] = [7; 100];
 const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("bench");
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    }
-}
 
 fn key(n: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
@@ -72,10 +66,7 @@ fn compare(c: &mut Criterion) {
     });
 
     // Strata.
-    let runtime = ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build());
+    let runtime = runtime();
     let cluster = runtime.block_on(async {
         ok(EmbeddedCluster::start(&dir.path().join("strata"), EmbeddedConfig::default()).await)
     });

@@ -10,35 +10,12 @@
 //! Run: `cargo bench -p strata-benches --bench curves`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use strata_director::{Database, EmbeddedCluster, EmbeddedConfig};
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-async fn one_write(db: &Database, n: u64) {
-    let tx = ok(db.begin().await);
-    tx.set(
-        Bytes::from(format!("curve/{n:012}")),
-        Bytes::from_static(&[7u8; 100]),
-    );
-    ok(tx.commit().await);
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build())
-}
+use strata_benches::{concurrent_writes, ok, one_write, runtime};
+use strata_director::{EmbeddedCluster, EmbeddedConfig};
 
 fn clients(c: &mut Criterion) {
     let dir = ok(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")));
@@ -53,25 +30,7 @@ fn clients(c: &mut Criterion) {
     for n in [1u64, 4, 16, 64, 256, 1024] {
         group.throughput(Throughput::Elements(n));
         group.bench_function(format!("clients_{n}"), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    let tasks: Vec<_> = (0..n)
-                        .map(|_| {
-                            let (db, next) = (db.clone(), next.clone());
-                            tokio::spawn(async move {
-                                for _ in 0..iters {
-                                    one_write(&db, next.fetch_add(1, Ordering::Relaxed)).await;
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        ok(t.await);
-                    }
-                    start.elapsed()
-                })
-            })
+            b.iter_custom(|iters| rt.block_on(concurrent_writes(&db, "curve/", n, iters, &next)))
         });
     }
     group.finish();
@@ -96,7 +55,7 @@ fn recovery_history(c: &mut Criterion) {
                         let db = cluster.database();
                         // One client: each commit is a batch of its own, so `history` batches.
                         for n in 0..history {
-                            one_write(&db, n).await;
+                            one_write(&db, "curve/", n).await;
                         }
                         drop(db);
                         cluster.stop().await;

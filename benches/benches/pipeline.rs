@@ -16,27 +16,10 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use strata_director::{Database, EmbeddedCluster, EmbeddedConfig};
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-async fn one_write(db: &Database, n: u64) {
-    let tx = ok(db.begin().await);
-    tx.set(
-        Bytes::from(format!("bench/{n:012}")),
-        Bytes::from_static(&[7u8; 100]),
-    );
-    ok(tx.commit().await);
-}
+use strata_benches::{concurrent_writes, ok, one_write, runtime};
+use strata_director::{EmbeddedCluster, EmbeddedConfig};
 
 fn pipeline(c: &mut Criterion) {
     let dir = ok(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")));
@@ -51,10 +34,7 @@ fn pipeline(c: &mut Criterion) {
         b.iter(|| ok(f.write_all(&block).and_then(|()| f.sync_data())));
     });
 
-    let runtime = ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build());
+    let runtime = runtime();
     let replicated = EmbeddedConfig {
         logs: 3,
         storage: 3,
@@ -73,7 +53,13 @@ fn pipeline(c: &mut Criterion) {
             group.throughput(Throughput::Elements(1));
             group.sample_size(100);
             group.bench_function("commit_1_client", |b| {
-                b.iter(|| runtime.block_on(one_write(&db, next.fetch_add(1, Ordering::Relaxed))))
+                b.iter(|| {
+                    runtime.block_on(one_write(
+                        &db,
+                        "bench/",
+                        next.fetch_add(1, Ordering::Relaxed),
+                    ))
+                })
             });
         }
 
@@ -82,23 +68,7 @@ fn pipeline(c: &mut Criterion) {
         group.sample_size(20);
         group.bench_function(format!("commit_256_clients{suffix}"), |b| {
             b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let start = Instant::now();
-                    let clients: Vec<_> = (0..CLIENTS)
-                        .map(|_| {
-                            let (db, next) = (db.clone(), next.clone());
-                            tokio::spawn(async move {
-                                for _ in 0..iters {
-                                    one_write(&db, next.fetch_add(1, Ordering::Relaxed)).await;
-                                }
-                            })
-                        })
-                        .collect();
-                    for c in clients {
-                        ok(c.await);
-                    }
-                    start.elapsed()
-                })
+                runtime.block_on(concurrent_writes(&db, "bench/", CLIENTS, iters, &next))
             })
         });
         drop(db);

@@ -13,21 +13,12 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use strata_benches::{ok, runtime};
 use strata_director::{EmbeddedCluster, EmbeddedConfig};
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    }
-}
 
 fn recovery(c: &mut Criterion) {
     let dir = ok(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")));
-    let runtime = ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build());
+    let runtime = runtime();
     let config = EmbeddedConfig {
         logs: 3,
         storage: 3,

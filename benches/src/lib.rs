@@ -1,4 +1,64 @@
-//! Cross-stage and end-to-end criterion benches of Strata; the benches are in `benches/`.
+//! Cross-stage and end-to-end criterion benches of Strata; the benches are in `benches/`, and
+//! this library holds what they share.
 //!
 //! Run: `cargo bench -p strata-benches`. Nothing here is published or depended on: comparison
 //! dependencies (other stores) belong in this crate only, so no stage crate ever pulls them in.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_director::Database;
+
+/// Unwraps a setup step of a bench; a failure there is a broken bench, reported loudly.
+pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A tokio runtime with the machine's two cores as workers.
+pub fn runtime() -> tokio::runtime::Runtime {
+    ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build())
+}
+
+/// One transaction: a read version, one 100-byte write of key `<prefix><n>`, a commit.
+pub async fn one_write(db: &Database, prefix: &str, n: u64) {
+    let tx = ok(db.begin().await);
+    tx.set(
+        Bytes::from(format!("{prefix}{n:012}")),
+        Bytes::from_static(&[7u8; 100]),
+    );
+    ok(tx.commit().await);
+}
+
+/// `clients` concurrent tasks committing `iters` one-write transactions each; the elapsed
+/// time. `next` numbers the keys across calls.
+pub async fn concurrent_writes(
+    db: &Database,
+    prefix: &'static str,
+    clients: u64,
+    iters: u64,
+    next: &Arc<AtomicU64>,
+) -> Duration {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (db, next) = (db.clone(), next.clone());
+            tokio::spawn(async move {
+                for _ in 0..iters {
+                    one_write(&db, prefix, next.fetch_add(1, Ordering::Relaxed)).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        ok(t.await);
+    }
+    start.elapsed()
+}

@@ -136,6 +136,23 @@ impl Inner {
         Ok(())
     }
 
+    /// The state, once `version` is applied (bounded wait) and if it is still readable: what
+    /// every read starts from.
+    async fn state_at(&self, version: Version) -> Result<MutexGuard<'_, State>> {
+        self.readable(version).await?;
+        let st = self.state()?;
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        if version < st.oldest_readable {
+            return Err(error(ErrorKind::TooOld {
+                version,
+                oldest: st.oldest_readable,
+            }));
+        }
+        Ok(st)
+    }
+
     /// Applies pulled entries, in order, unless a roll back happened since they were pulled.
     fn apply(&self, generation: u64, entries: Vec<(Version, Vec<Mutation>)>) -> Result<()> {
         let mut st = self.state()?;
@@ -420,16 +437,8 @@ impl StorageServer for RedbStorage {
 
     async fn get(&self, key: Key, version: Version) -> Result<Option<Value>> {
         self.inner.check_key(&key)?;
-        self.inner.readable(version).await?;
         let snapshot = {
-            let st = self.inner.state()?;
-            Self::failed(&st)?;
-            if version < st.oldest_readable {
-                return Err(error(ErrorKind::TooOld {
-                    version,
-                    oldest: st.oldest_readable,
-                }));
-            }
+            let st = self.inner.state_at(version).await?;
             match st.window.get(&key, version) {
                 Answer::Value(v) => return Ok(Some(v)),
                 Answer::Deleted => return Ok(None),
@@ -463,16 +472,8 @@ impl StorageServer for RedbStorage {
                 key: format!("{range}"),
             }));
         }
-        self.inner.readable(version).await?;
         let (mut window, clears, snapshot) = {
-            let st = self.inner.state()?;
-            Self::failed(&st)?;
-            if version < st.oldest_readable {
-                return Err(error(ErrorKind::TooOld {
-                    version,
-                    oldest: st.oldest_readable,
-                }));
-            }
+            let st = self.inner.state_at(version).await?;
             let window = st.window.scan(&range, version);
             let clears = st.window.clears_in(&range, version);
             (

@@ -71,21 +71,8 @@ struct CycleArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// The data directory (created when missing).
-    #[arg(long, default_value = "./strata-data")]
-    data_dir: PathBuf,
-    /// Transaction logs of each generation.
-    #[arg(long, default_value_t = 1)]
-    logs: usize,
-    /// Storage servers (fixed for a data directory once created).
-    #[arg(long, default_value_t = 1)]
-    storage: usize,
-    /// Resolvers.
-    #[arg(long, default_value_t = 1)]
-    resolvers: usize,
-    /// Commit proxies.
-    #[arg(long, default_value_t = 1)]
-    proxies: usize,
+    #[command(flatten)]
+    layout: LayoutArgs,
 }
 
 #[derive(Args)]
@@ -108,8 +95,9 @@ struct CheckArgs {
     data_dir: PathBuf,
 }
 
+/// The cluster to recover: where it is and how many of each stage the new epoch runs.
 #[derive(Args)]
-struct RecoverArgs {
+struct LayoutArgs {
     /// The data directory (created when missing).
     #[arg(long, default_value = "./strata-data")]
     data_dir: PathBuf,
@@ -125,6 +113,24 @@ struct RecoverArgs {
     /// Commit proxies.
     #[arg(long, default_value_t = 1)]
     proxies: usize,
+}
+
+impl LayoutArgs {
+    fn config(&self) -> EmbeddedConfig {
+        EmbeddedConfig {
+            logs: self.logs,
+            storage: self.storage,
+            resolvers: self.resolvers,
+            proxies: self.proxies,
+            ..EmbeddedConfig::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct RecoverArgs {
+    #[command(flatten)]
+    layout: LayoutArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -170,15 +176,9 @@ fn main() -> ExitCode {
 }
 
 async fn recover(args: RecoverArgs) -> strata_core::Result<()> {
-    let config = EmbeddedConfig {
-        logs: args.logs,
-        storage: args.storage,
-        resolvers: args.resolvers,
-        proxies: args.proxies,
-        ..EmbeddedConfig::default()
-    };
     let started = std::time::Instant::now();
-    let (cluster, report) = EmbeddedCluster::start_with_report(&args.data_dir, config).await?;
+    let (cluster, report) =
+        EmbeddedCluster::start_with_report(&args.layout.data_dir, args.layout.config()).await?;
     let total_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     cluster.stop().await;
     if args.json {
@@ -190,13 +190,7 @@ async fn recover(args: RecoverArgs) -> strata_core::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> strata_core::Result<()> {
-    let config = EmbeddedConfig {
-        logs: args.logs,
-        storage: args.storage,
-        resolvers: args.resolvers,
-        proxies: args.proxies,
-        ..EmbeddedConfig::default()
-    };
+    let config = args.layout.config();
     let (serving, mut watching) = tokio::sync::watch::channel::<strata_director::Serving>(None);
     let announce = tokio::spawn(async move {
         while watching.changed().await.is_ok() {
@@ -209,7 +203,8 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     };
     let env = strata_director::RecoveryEnv::default();
-    let result = strata_director::serve(&args.data_dir, config, &env, &serving, shutdown).await;
+    let result =
+        strata_director::serve(&args.layout.data_dir, config, &env, &serving, shutdown).await;
     drop(serving);
     let _ = announce.await;
     if result.is_ok() {
