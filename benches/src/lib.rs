@@ -4,6 +4,11 @@
 //! Run: `cargo bench -p strata-benches`. Nothing here is published or depended on: comparison
 //! dependencies (other stores) belong in this crate only, so no stage crate ever pulls them in.
 
+/// The allocator the `strata` binary uses too, so the benches measure what it runs. Each
+/// bench target links this library, and with it this allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
