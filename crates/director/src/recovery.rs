@@ -395,10 +395,18 @@ pub async fn recover(
                         recovery_version,
                     },
                 )?;
-                // The old generation is unreachable now; its logs go.
-                for (place, log, _) in old_logs {
-                    drop(log);
-                    let _ = std::fs::remove_dir_all(data_dir.join(&place.dir));
+                // The old generation is unreachable now; its logs go, and so do logs that
+                // attempts interrupted before this point left behind (nothing refers to them).
+                drop(old_logs);
+                let keep: Vec<PathBuf> = new_places.iter().map(|p| data_dir.join(&p.dir)).collect();
+                if let Ok(entries) = std::fs::read_dir(data_dir.join("logs")) {
+                    for entry in entries.flatten() {
+                        let path = entry.path();
+                        if path.is_dir() && !keep.contains(&path) {
+                            tracing::debug!(dir = %path.display(), "removing an unreferenced log");
+                            let _ = std::fs::remove_dir_all(&path);
+                        }
+                    }
                 }
                 Ok(())
             })

@@ -157,3 +157,22 @@ async fn dump_reads_what_is_stored_without_a_new_epoch() {
     let (_, again) = recover(dir.path(), 2).await;
     assert_eq!(again.epoch, Epoch(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_no_generation_refers_to_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = recover(dir.path(), 2).await;
+    cluster.stop().await;
+    // As if an attempt had crashed after recruiting its logs, before recording them.
+    let stray = dir.path().join("logs").join("7-0");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("00000000000000000000.seg"), b"partial").unwrap();
+    let (_, report) = recover(dir.path(), 2).await;
+    assert!(!stray.exists());
+    let mut left: Vec<String> = std::fs::read_dir(dir.path().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["2-0", "2-1"], "{report:?}");
+}
