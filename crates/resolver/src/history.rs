@@ -2,7 +2,7 @@
 
 use strata_core::{MVCC_WINDOW_VERSIONS, TransactionConflicts, Verdict, Version};
 
-use crate::run::{KeyParts, Run, RunBuilder};
+use crate::run::{KeyParts, Pool, Run, RunBuilder};
 
 /// Tuning of a [`ConflictHistory`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +101,7 @@ pub struct HistoryStats {
 pub struct ConflictHistory {
     config: HistoryConfig,
     runs: Vec<Run>,
+    pool: Pool,
     oldest_version: Version,
     newest_version: Version,
 }
@@ -120,6 +121,7 @@ impl ConflictHistory {
                 ..config
             },
             runs: Vec::new(),
+            pool: Pool::default(),
             oldest_version: Version::ZERO,
             newest_version: Version::ZERO,
         }
@@ -159,7 +161,7 @@ impl ConflictHistory {
             .map(|tx| self.history_verdict(tx))
             .collect();
         let batch = BatchRanks::new(version, transactions, &verdicts);
-        let run = batch.resolve(version, transactions, &mut verdicts);
+        let run = batch.resolve(&mut self.pool, version, transactions, &mut verdicts);
         if let Some(run) = run {
             self.runs.push(run);
             self.merge_tail();
@@ -211,8 +213,8 @@ impl ConflictHistory {
     fn trim(&mut self) {
         let oldest = self.oldest_version.0;
         let gone = self.runs.partition_point(|r| r.max_version() <= oldest);
-        if gone > 0 {
-            self.runs.drain(..gone);
+        for run in self.runs.drain(..gone) {
+            self.pool.recycle(run);
         }
     }
 
@@ -228,9 +230,11 @@ impl ConflictHistory {
             {
                 break;
             }
-            let merged = Run::merge(older, newer);
-            self.runs[newer_at - 1] = merged;
-            self.runs.remove(newer_at);
+            let merged = Run::merge(&mut self.pool, older, newer);
+            let older = std::mem::replace(&mut self.runs[newer_at - 1], merged);
+            let newer = self.runs.remove(newer_at);
+            self.pool.recycle(older);
+            self.pool.recycle(newer);
         }
     }
 
@@ -239,7 +243,8 @@ impl ConflictHistory {
         HistoryStats {
             runs: self.runs.len(),
             boundaries: self.runs.iter().map(Run::boundary_count).sum(),
-            memory_bytes: self.runs.iter().map(Run::memory_bytes).sum(),
+            memory_bytes: self.runs.iter().map(Run::memory_bytes).sum::<usize>()
+                + self.pool.memory_bytes(),
             oldest_version: self.oldest_version,
             newest_version: self.newest_version,
         }
@@ -309,6 +314,7 @@ impl<'a> BatchRanks<'a> {
     /// returns the batch's accepted writes as a run at `version`.
     fn resolve(
         &self,
+        pool: &mut Pool,
         version: Version,
         transactions: &[TransactionConflicts],
         verdicts: &mut [Verdict],
@@ -345,7 +351,7 @@ impl<'a> BatchRanks<'a> {
             }
         }
 
-        let mut run = RunBuilder::new(1, self.keys.len(), 0);
+        let mut run = RunBuilder::new(pool, 1, self.keys.len(), 0);
         for (rank, key) in self.keys.iter().enumerate() {
             run.push(*key, if written.get(rank) { version.0 } else { 0 });
         }
