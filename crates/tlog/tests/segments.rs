@@ -37,16 +37,21 @@ fn segment_files(dir: &Path) -> usize {
         .count()
 }
 
+/// Pushes versions 1 to `last`, each after the one before, all acknowledged.
+async fn push_through(log: &FileLog, last: u64) {
+    for n in 1..=last {
+        log.push(Epoch(1), Version(n - 1), Version(n), payload(n))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn reopened_log_returns_exactly_what_was_acknowledged_in_order() {
     let dir = tempfile::tempdir().unwrap();
     {
         let log = open(dir.path());
-        for n in 1..=200u64 {
-            log.push(Epoch(1), Version(n - 1), Version(n), payload(n))
-                .await
-                .unwrap();
-        }
+        push_through(&log, 200).await;
         assert!(
             log.segment_count().unwrap() > 5,
             "the test should span segments"
@@ -80,11 +85,7 @@ async fn reopened_log_returns_exactly_what_was_acknowledged_in_order() {
 async fn pop_frees_whole_segments_below_the_version() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
-    for n in 1..=200u64 {
-        log.push(Epoch(1), Version(n - 1), Version(n), payload(n))
-            .await
-            .unwrap();
-    }
+    push_through(&log, 200).await;
     let before = log.segment_count().unwrap();
     assert_eq!(segment_files(dir.path()), before);
 
@@ -158,11 +159,7 @@ async fn pulls_read_the_same_from_the_memory_cache_and_from_disk() {
         ..small_segments()
     };
     let log = FileLog::open(dir.path(), LogId(3), Version(0), tiny_cache).unwrap();
-    for n in 1..=100u64 {
-        log.push(Epoch(1), Version(n - 1), Version(n), payload(n))
-            .await
-            .unwrap();
-    }
+    push_through(&log, 100).await;
     // Most entries were evicted from the cache and come from disk; the newest from memory.
     let all = log.pull(Version(0), 1000).await.unwrap();
     assert_eq!(all.len(), 100);
