@@ -416,9 +416,8 @@ pub async fn recover(
         let deadline = config.persistence_deadline;
         let (system_commit_version, system) = phases
             .run("persistence_phase", async {
-                match tokio::time::timeout(deadline, persist(&database, layout, recovery_version))
-                    .await
-                {
+                let persisted = persist(&database, &storage, layout, recovery_version);
+                match tokio::time::timeout(deadline, persisted).await {
                     Ok(result) => result,
                     Err(_) => Err(error(ErrorKind::Timeout {
                         what: "the persistence phase".into(),
@@ -504,6 +503,7 @@ async fn replay(
 /// through the new pipeline, then read back through a fresh transaction and compared.
 async fn persist(
     db: &Database,
+    storage: &[Arc<RedbStorage>],
     layout: TransactionSystemLayout,
     recovery_version: Version,
 ) -> Result<(Version, SystemConfig)> {
@@ -541,8 +541,14 @@ async fn persist(
     }
     let version = tx.commit().await?;
 
-    // Read it back through a fresh transaction, which waits for the storage servers of
-    // \xff/system/ to apply it.
+    // Wait until the storage servers have applied it (the phase's deadline bounds this), so
+    // the read back below does not depend on how long a single read may wait.
+    for s in storage {
+        while StorageServer::applied_version(s.as_ref()).await? < version {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // Read it back through a fresh transaction.
     let check = db.begin().await?;
     if check.read_version() < version {
         return Err(error(ErrorKind::InvalidRequest(format!(

@@ -176,3 +176,57 @@ async fn logs_no_generation_refers_to_are_removed() {
     left.sort();
     assert_eq!(left, vec!["2-0", "2-1"], "{report:?}");
 }
+
+/// Storage keeps its last MVCC window in memory only, so a recovery makes it re-apply that
+/// history from the new logs. Recovery must wait for it (with its own bound) rather than let
+/// the persistence phase's reads give up after a read's short wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_waits_for_storage_to_reapply_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let impatient = EmbeddedConfig {
+        storage_config: strata_storage_config(),
+        ..config(1)
+    };
+    let (cluster, _) = EmbeddedCluster::start_with_report(dir.path(), impatient)
+        .await
+        .unwrap();
+    let db = cluster.database();
+    let writers: Vec<_> = (0..32u64)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for n in 0..100u64 {
+                    db.run(|tx| async move {
+                        tx.set(
+                            Bytes::from(format!("w{w}/{n}")),
+                            Bytes::from(vec![1u8; 500]),
+                        );
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    drop(db);
+    cluster.stop().await;
+
+    let (cluster, report) = EmbeddedCluster::start_with_report(dir.path(), impatient)
+        .await
+        .expect("recovery waits for storage to catch up");
+    assert_eq!(report.epoch, Epoch(2));
+    let tx = cluster.database().begin().await.unwrap();
+    assert!(tx.snapshot_get(&"w31/99".into()).await.unwrap().is_some());
+}
+
+/// Reads that wait only 1 ms for a version: far less than re-applying a history takes.
+fn strata_storage_config() -> strata_storage::StorageConfig {
+    strata_storage::StorageConfig {
+        read_wait: std::time::Duration::from_millis(1),
+        ..strata_storage::StorageConfig::default()
+    }
+}
