@@ -277,9 +277,7 @@ pub async fn recover(
             // its own bound, so the persistence phase's deadline measures the phase itself.
             let caught_up = async {
                 for s in &servers {
-                    while StorageServer::applied_version(s.as_ref()).await? < recovery_version {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
+                    s.wait_applied(recovery_version).await?;
                 }
                 Ok::<(), Error>(())
             };
@@ -544,9 +542,7 @@ async fn persist(
     // Wait until the storage servers have applied it (the phase's deadline bounds this), so
     // the read back below does not depend on how long a single read may wait.
     for s in storage {
-        while StorageServer::applied_version(s.as_ref()).await? < version {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        s.wait_applied(version).await?;
     }
     // Read it back through a fresh transaction.
     let check = db.begin().await?;

@@ -411,6 +411,23 @@ impl RedbStorage {
         }
     }
 
+    /// Waits until `version` is applied, however long that takes (bound it with a timeout).
+    /// Fails if the server stopped applying.
+    pub async fn wait_applied(&self, version: Version) -> Result<()> {
+        let mut rx = self.inner.applied.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= version {
+                return Ok(());
+            }
+            if let Some(e) = &self.inner.state()?.failed {
+                return Err(e.clone());
+            }
+            // A stopped apply loop ends with `failed` set or the server closed; poll for those
+            // now and then instead of waiting forever on a version that will not come.
+            let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+        }
+    }
+
     /// How many mutations the in-memory window holds.
     pub fn window_len(&self) -> Result<usize> {
         Ok(self.inner.state()?.window.len())
