@@ -5,6 +5,12 @@
 //! counts configurable — under a new epoch, and hands out a [`Database`]. The `strata` binary
 //! is built on it.
 //!
+//! - [`coordinator`]: the coordinated state (epoch, current logs) behind [`StateStore`].
+//! - [`recovery`]: one recovery attempt as named phases, ending with the persistence phase.
+//! - [`serve`]: recovery plus monitoring; a failed stage ends the epoch and starts the next.
+//! - [`dump`]: what is stored under a prefix, without starting an epoch.
+//! - [`faults`]: decorators of every stage trait that fail an armed call, for tests.
+//!
 //! ```no_run
 //! use strata_director::{EmbeddedCluster, EmbeddedConfig};
 //!
