@@ -14,15 +14,13 @@
 //!
 //! Run: `cargo bench -p strata-benches --bench compare`.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use strata_benches::{ok, runtime};
+use strata_benches::{fsync_floor_4k, ok, runtime};
 use strata_director::{EmbeddedCluster, EmbeddedConfig};
 
 const VALUE: [u8; 100] = [7; 100];
@@ -56,14 +54,7 @@ fn compare(c: &mut Criterion) {
     let mut group = c.benchmark_group("compare");
     group.sample_size(20);
 
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("fsync_floor_4k", |b| {
-        let mut f = ok(OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("floor")));
-        b.iter(|| ok(f.write_all(&[7u8; 4096]).and_then(|()| f.sync_data())));
-    });
+    fsync_floor_4k(&mut group, dir.path());
 
     // Strata.
     let runtime = runtime();

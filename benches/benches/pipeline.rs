@@ -12,27 +12,17 @@
 //! The cluster is the embedded default (one of each stage) unless named otherwise.
 //! Run: `cargo bench -p strata-benches --bench pipeline`.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use strata_benches::{concurrent_writes, ok, one_write, runtime};
+use strata_benches::{concurrent_writes, fsync_floor_4k, ok, one_write, runtime};
 use strata_director::{EmbeddedCluster, EmbeddedConfig};
 
 fn pipeline(c: &mut Criterion) {
     let dir = ok(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")));
     let mut group = c.benchmark_group("pipeline");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("fsync_floor_4k", |b| {
-        let mut f = ok(OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("floor")));
-        let block = [7u8; 4096];
-        b.iter(|| ok(f.write_all(&block).and_then(|()| f.sync_data())));
-    });
+    fsync_floor_4k(&mut group, dir.path());
 
     let runtime = runtime();
     let replicated = EmbeddedConfig {

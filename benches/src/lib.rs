@@ -9,11 +9,16 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Throughput};
 use strata_director::Database;
 
 /// Unwraps a setup step of a bench; a failure there is a broken bench, reported loudly.
@@ -22,6 +27,20 @@ pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
         Ok(v) => v,
         Err(e) => panic!("{e}"),
     }
+}
+
+/// `<group>/fsync_floor_4k`: append 4 KiB to a file in `dir` and `fdatasync` it, the floor a
+/// durable commit is measured against in the same run.
+pub fn fsync_floor_4k(group: &mut BenchmarkGroup<'_, WallTime>, dir: &Path) {
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("fsync_floor_4k", |b| {
+        let mut f = ok(OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("floor")));
+        let block = [7u8; 4096];
+        b.iter(|| ok(f.write_all(&block).and_then(|()| f.sync_data())));
+    });
 }
 
 /// A tokio runtime with the machine's two cores as workers.

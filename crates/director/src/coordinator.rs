@@ -118,11 +118,12 @@ impl StateStore for FileStateStore {
             .open(self.dir.join("coordinated.lock"))
             .map_err(io)?;
         lock.lock().map_err(io)?;
-        let current = self.read_unlocked()?.map_or(0, |s| s.generation);
-        if current != expected {
+        let stored = self.read_unlocked()?;
+        if stored.as_ref().map_or(0, |s| s.generation) != expected {
+            // Another coordinator wrote since this one read: it owns the epoch it wrote.
             return Err(error(ErrorKind::Fenced {
                 request: new.epoch,
-                current: Epoch(current),
+                current: stored.map_or(Epoch(0), |s| s.epoch),
             }));
         }
         new.format = STATE_FORMAT;
@@ -167,8 +168,12 @@ mod tests {
         assert_eq!(store.read().unwrap(), None);
         let first = store.compare_and_swap(0, state(1)).unwrap();
         assert_eq!(first.generation, 1);
-        // A second coordinator that also read generation 0 loses.
-        assert!(store.compare_and_swap(0, state(1)).unwrap_err().is_fenced());
+        // A second coordinator that also read generation 0 loses, told the epoch that won.
+        let lost = store.compare_and_swap(0, state(1)).unwrap_err();
+        assert!(
+            matches!(lost.kind, ErrorKind::Fenced { current, .. } if current == Epoch(1)),
+            "{lost}"
+        );
         let second = store.compare_and_swap(1, state(2)).unwrap();
         assert_eq!(store.read().unwrap(), Some(second));
     }
