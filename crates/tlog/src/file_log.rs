@@ -16,8 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::chain::{Chain, error};
 use crate::format::{
-    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, ScanEnd, SegmentHeader, encode_record, le_u32,
-    le_u64, record_is_intact, scan_segment,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, ScanEnd, SegmentHeader, le_u32, le_u64,
+    record_header, record_is_intact, scan_segment,
 };
 use crate::fs::{Fs, FsFile, RealFs};
 
@@ -201,6 +201,8 @@ impl Shared {
 struct Write {
     version: Version,
     previous: Version,
+    /// The record's header, CRC included, computed by the pusher.
+    header: [u8; RECORD_HEADER_BYTES],
     payload: Bytes,
     ack: oneshot::Sender<Result<()>>,
     /// Room in the queue, given back when the push is answered.
@@ -478,6 +480,7 @@ impl LogServer for FileLog {
         };
 
         let tx = self.sender()?;
+        let header = record_header(version, previous_version, &payload);
         let (ack, answer) = oneshot::channel();
         self.shared
             .chain
@@ -490,6 +493,7 @@ impl LogServer for FileLog {
                     tx.send(Write {
                         version,
                         previous: previous_version,
+                        header,
                         payload,
                         ack,
                         _room: room,
@@ -658,7 +662,8 @@ impl Writer {
                 self.roll(w.previous)?;
             }
             let offset = self.write_at + self.buf.len() as u64;
-            encode_record(&mut self.buf, w.version, w.previous, &w.payload);
+            self.buf.extend_from_slice(&w.header);
+            self.buf.extend_from_slice(&w.payload);
             self.has_records = true;
             #[expect(clippy::cast_possible_truncation)] // NOTE: checked against payload_bytes_max
             placed.push(Placed {
