@@ -386,6 +386,13 @@ async fn resolve_all(stages: &Stages, batch: ResolveBatch) -> Result<Vec<Verdict
 }
 
 async fn push_all(stages: &Stages, pair: VersionPair, payload: Bytes) -> Result<()> {
+    // One log (the embedded default): push from this task; a spawned task would cost a
+    // schedule and a wake-up per batch and run nothing in parallel.
+    if let [log] = stages.logs.as_slice() {
+        return log
+            .push(stages.epoch, pair.previous, pair.version, payload)
+            .await;
+    }
     let mut set = JoinSet::new();
     for log in &stages.logs {
         let (log, payload, epoch) = (log.clone(), payload.clone(), stages.epoch);
