@@ -1,6 +1,9 @@
 //! The log against this machine's disk, with the raw floors measured in the same run.
 //!
 //! - `tlog/fsync_floor_4k`: append 4 KiB to a file and `fdatasync` it (the latency floor).
+//! - `tlog/fsync_floor_4k_prealloc`: overwrite 4 KiB in a file written full of zeros
+//!   beforehand and `fdatasync` it: the floor of a log whose segments are preallocated, since
+//!   the sync then commits no metadata (reference only; the log appends, see the README).
 //! - `tlog/raw_write_64m`: write 64 MiB in 1 MiB pieces, then `fdatasync` (what `dd` with
 //!   `conv=fdatasync` measures; the throughput floor).
 //! - `tlog/push_1k_1`: one pusher, 1 KiB payloads: latency of one durable push.
@@ -18,6 +21,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -49,6 +53,37 @@ fn floors(c: &mut Criterion) {
             if let Err(e) = f.write_all(&block).and_then(|()| f.sync_data()) {
                 panic!("{e}");
             }
+        });
+    });
+    // The same 4 KiB sync when nothing about the file changes but its data: an overwrite in
+    // a file written full of zeros beforehand (what a log with preallocated segments pays).
+    group.bench_function("fsync_floor_4k_prealloc", |b| {
+        const FILE_BYTES: u64 = 64 << 20;
+        let path = dir.path().join("floor-prealloc");
+        let zeros = vec![0u8; 1 << 20];
+        let made = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| {
+                for _ in 0..FILE_BYTES / zeros.len() as u64 {
+                    f.write_all(&zeros)?;
+                }
+                f.sync_all()?;
+                Ok(f)
+            });
+        let f = match made {
+            Ok(f) => f,
+            Err(e) => panic!("{e}"),
+        };
+        let block = [7u8; 4096];
+        let mut at = 0u64;
+        b.iter(|| {
+            if let Err(e) = f.write_all_at(&block, at).and_then(|()| f.sync_data()) {
+                panic!("{e}");
+            }
+            at = (at + block.len() as u64) % FILE_BYTES;
         });
     });
     group.sample_size(10);
