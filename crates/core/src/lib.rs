@@ -48,6 +48,7 @@
 //! ```
 
 pub mod error;
+pub mod rng;
 pub mod shard;
 pub mod system;
 pub mod traits;

@@ -63,7 +63,7 @@ async fn cycle_stays_one_ring_under_concurrent_rewiring() {
         .map(|c| {
             let db = db.clone();
             tokio::spawn(async move {
-                let mut rng = common::Rng(c);
+                let mut rng = strata_core::rng::SplitMix64(c);
                 for _ in 0..TRANSACTIONS / CLIENTS {
                     let a = rng.below(NODES);
                     db.run(|tx| async move {

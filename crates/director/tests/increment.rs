@@ -70,7 +70,7 @@ async fn both_halves_always_sum_equal() {
         .map(|c| {
             let db = db.clone();
             tokio::spawn(async move {
-                let mut rng = common::Rng(c + 100);
+                let mut rng = strata_core::rng::SplitMix64(c + 100);
                 for _ in 0..TRANSACTIONS / CLIENTS {
                     let (x, y) = (rng.below(KEYS), rng.below(KEYS));
                     db.run(|tx| async move {

@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use common::Rng;
+use strata_core::rng::SplitMix64 as Rng;
 use strata_core::{Key, KeyRange};
 
 /// Keys on both sides of the storage split at 0x80.

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use strata_core::rng::SplitMix64;
 use strata_core::{
     Epoch, KeyRange, MVCC_WINDOW_VERSIONS, ResolveBatch, Resolver, TransactionConflicts, Verdict,
     Version,
@@ -25,35 +26,19 @@ const KEY_SPACE: u64 = 20_000_000;
 const VERSIONS_PER_BATCH: u64 = 1_250;
 const READ_LAG_BATCHES_MAX: u64 = 5;
 
-/// SplitMix64: a small, fast, well-mixed generator; the bench needs no crate for it.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn range(&mut self) -> KeyRange {
-        let begin = self.below(KEY_SPACE);
-        let width = 1 + self.below(11);
-        let key = |k: u64| Bytes::copy_from_slice(&k.to_be_bytes());
-        match KeyRange::new(key(begin), key(begin + width)) {
-            Ok(r) => r,
-            Err(e) => panic!("bench keys ascend: {e}"),
-        }
+/// One conflict range 1–11 keys wide over uniform keys in `[0, KEY_SPACE)`.
+fn range(rng: &mut SplitMix64) -> KeyRange {
+    let begin = rng.below(KEY_SPACE);
+    let width = 1 + rng.below(11);
+    let key = |k: u64| Bytes::copy_from_slice(&k.to_be_bytes());
+    match KeyRange::new(key(begin), key(begin + width)) {
+        Ok(r) => r,
+        Err(e) => panic!("bench keys ascend: {e}"),
     }
 }
 
 struct Workload {
-    rng: Rng,
+    rng: SplitMix64,
     version: u64,
 }
 
@@ -66,8 +51,8 @@ impl Workload {
                 let lag = self.rng.below(READ_LAG_BATCHES_MAX + 1) * VERSIONS_PER_BATCH;
                 TransactionConflicts {
                     read_version: Some(Version(previous.saturating_sub(lag))),
-                    read_conflicts: vec![self.rng.range()],
-                    write_conflicts: vec![self.rng.range()],
+                    read_conflicts: vec![range(&mut self.rng)],
+                    write_conflicts: vec![range(&mut self.rng)],
                 }
             })
             .collect();
@@ -90,7 +75,7 @@ fn resolve(c: &mut Criterion) {
     };
     let resolver = WindowResolver::new(Epoch(1), Version(0), ResolverConfig::default());
     let mut work = Workload {
-        rng: Rng(0x5eed),
+        rng: SplitMix64(0x5eed),
         version: 0,
     };
     let run = |resolver: &WindowResolver, batch: ResolveBatch| match runtime

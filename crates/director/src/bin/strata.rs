@@ -257,28 +257,6 @@ async fn dump(args: DumpArgs) -> strata_core::Result<()> {
     Ok(())
 }
 
-/// A small seeded generator (SplitMix64), so workloads replay.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// A float in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 fn print_json(report: &RecoveryReport, total_micros: u64) {
     let mut value = match serde_json::to_value(report) {
         Ok(v) => v,
@@ -327,7 +305,8 @@ mod cycle {
     use strata_core::{Error, ErrorKind, Key, Stage};
     use strata_director::{Database, EmbeddedCluster, EmbeddedConfig};
 
-    use super::{CheckArgs, CycleArgs, Rng};
+    use super::{CheckArgs, CycleArgs};
+    use strata_core::rng::SplitMix64;
 
     fn node(i: u64) -> Key {
         Bytes::from(format!("ring/node/{i:06}"))
@@ -370,7 +349,7 @@ mod cycle {
                 let per_client =
                     args.transactions / clients + u64::from(c < args.transactions % clients);
                 tokio::spawn(async move {
-                    let mut rng = Rng(c ^ std::process::id() as u64);
+                    let mut rng = SplitMix64(c ^ std::process::id() as u64);
                     for n in 0..per_client {
                         let a = rng.below(nodes);
                         db.run(|tx| async move {
@@ -500,7 +479,7 @@ mod load {
     use strata_core::{Error, ErrorKind, Stage};
     use strata_director::{EmbeddedCluster, EmbeddedConfig};
 
-    use super::Rng;
+    use strata_core::rng::SplitMix64;
 
     /// Keys the load spreads over.
     const KEY_SPACE: u64 = 1_000_000;
@@ -610,7 +589,7 @@ mod load {
                     + u64::from(c < args.transactions % args.clients);
                 let (keys, reads) = (args.keys_per_transaction, args.read_fraction);
                 tokio::spawn(async move {
-                    let mut rng = Rng(0xbe7c_0000 + c);
+                    let mut rng = SplitMix64(0xbe7c_0000 + c);
                     let mut latencies = Vec::with_capacity(usize::try_from(share).unwrap_or(0));
                     for _ in 0..share {
                         // Choose the operations once, so retries repeat the same transaction.
