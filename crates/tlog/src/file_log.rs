@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -16,8 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::chain::{Chain, error};
 use crate::format::{
-    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, ScanEnd, SegmentHeader, le_u32, le_u64,
-    record_header, record_is_intact, scan_segment,
+    GROUP_END, RECORD_HEADER_BYTES, RecordHeader, SEGMENT_FORMAT, SEGMENT_HEADER_BYTES, ScanEnd,
+    SegmentHeader, le_u32, le_u64, record_is_intact, scan_segment,
 };
 use crate::fs::{Fs, FsFile, RealFs};
 
@@ -25,6 +26,13 @@ const SEGMENT_SUFFIX: &str = ".seg";
 const EPOCH_FILE: &str = "epoch";
 const EPOCH_TMP_FILE: &str = "epoch.tmp";
 const EPOCH_MAGIC: [u8; 4] = *b"STEP";
+/// A zero-filled segment being prepared, or ready, for the writer to roll into.
+const SPARE_FILE: &str = "spare.zeroed";
+/// A new segment's file before it is renamed into place.
+const NEW_SEGMENT_FILE: &str = "segment.new";
+/// Zeros are written to a spare in pieces of this size, each synced, so that the disk's queue
+/// never holds much of it ahead of the log's own syncs.
+const SPARE_PIECE_BYTES: usize = 1 << 20;
 
 /// Tuning and limits of a [`FileLog`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +54,12 @@ pub struct FileLogConfig {
     /// Payload bytes of the newest entries kept in memory, so that followers close behind the
     /// log (storage servers) pull without a disk read or a copy.
     pub pull_cache_bytes: usize,
+    /// Whether segments are written full of zeros (by a helper thread, ahead of need) before
+    /// records go into them. A sync then only commits data, no file-size change, which on
+    /// ext4 takes about half as long; each log keeps one spare segment of `segment_bytes` on
+    /// disk for it. Turn it off on file systems that never overwrite in place (btrfs, ZFS),
+    /// where it only costs the zeros.
+    pub preallocate: bool,
 }
 
 impl Default for FileLogConfig {
@@ -59,6 +73,7 @@ impl Default for FileLogConfig {
             queue_wait: Duration::from_secs(5),
             pull_wait: Duration::from_millis(100),
             pull_cache_bytes: 64 << 20,
+            preallocate: true,
         }
     }
 }
@@ -69,14 +84,17 @@ impl FileLogConfig {
         if self.payload_bytes_max > self.queue_bytes_max {
             return invalid("payload_bytes_max must not exceed queue_bytes_max");
         }
-        if self.payload_bytes_max >= u32::MAX as usize {
-            return invalid("payload_bytes_max must be below 4 GiB");
+        if self.payload_bytes_max >= GROUP_END as usize {
+            return invalid("payload_bytes_max must be below 2 GiB");
         }
         if self.queue_bytes_max / QUEUE_UNIT_BYTES >= Semaphore::MAX_PERMITS {
             return invalid("queue_bytes_max is too large");
         }
         if self.segment_bytes <= SEGMENT_HEADER_BYTES as u64 {
             return invalid("segment_bytes must exceed the segment header");
+        }
+        if usize::try_from(self.segment_bytes).is_err() {
+            return invalid("segment_bytes must fit in memory (recovery reads a segment whole)");
         }
         Ok(())
     }
@@ -107,6 +125,8 @@ struct Segment {
     base: Version,
     path: PathBuf,
     file: Arc<dyn FsFile>,
+    /// The format its records are in (format 1 segments are only read).
+    format: u16,
 }
 
 /// Where one durable entry is.
@@ -182,18 +202,37 @@ impl Shared {
         })
     }
 
+    /// Creates an empty segment (records are appended to it).
     fn create_segment(&self, base: Version) -> std::io::Result<Segment> {
+        let tmp = self.dir.join(NEW_SEGMENT_FILE);
+        remove_if_present(self.fs.as_ref(), &tmp)?;
+        let file = self.fs.create(&tmp)?;
+        self.install_segment(file, &tmp, base)
+    }
+
+    /// Makes `file` (at `tmp`, empty or zero-filled) the segment starting after `base`: its
+    /// header is written and synced, then it is renamed into place (atomically replacing an
+    /// empty segment of the same base) and the directory synced. A crash before the rename
+    /// leaves a temporary file that recovery removes.
+    fn install_segment(
+        &self,
+        file: Arc<dyn FsFile>,
+        tmp: &Path,
+        base: Version,
+    ) -> std::io::Result<Segment> {
         let path = self.dir.join(format!("{:020}{SEGMENT_SUFFIX}", base.0));
-        let file = self.fs.create(&path)?;
-        let header = SegmentHeader {
-            log_id: self.id.0,
-            base_version: base,
-        };
+        let header = SegmentHeader::new(self.id.0, base);
         file.write_all_at(&header.encode(), 0)?;
         file.sync_data()?;
+        self.fs.rename(tmp, &path)?;
         // The file exists for a later recovery only once its directory entry is durable.
         self.fs.sync_dir(&self.dir)?;
-        Ok(Segment { base, path, file })
+        Ok(Segment {
+            base,
+            path,
+            file,
+            format: header.format,
+        })
     }
 }
 
@@ -201,8 +240,8 @@ impl Shared {
 struct Write {
     version: Version,
     previous: Version,
-    /// The record's header, CRC included, computed by the pusher.
-    header: [u8; RECORD_HEADER_BYTES],
+    /// The record's header, CRCs included, computed by the pusher.
+    header: RecordHeader,
     payload: Bytes,
     ack: oneshot::Sender<Result<()>>,
     /// Room in the queue, given back when the push is answered.
@@ -302,19 +341,18 @@ impl FileLog {
             queue: Arc::new(Semaphore::new(queue_units_max)),
         });
         shared.chain.set_durable(last);
-        let active = {
+        let (active, write_at) = {
             let mut index = shared.index()?;
             match index.segments.last() {
-                Some(s) => s.clone(),
+                Some(s) => (s.clone(), recovered.data_end),
                 None => {
                     let s = shared.create_segment(start).map_err(io_error)?;
                     index.segments.push(s.clone());
-                    s
+                    (s, SEGMENT_HEADER_BYTES as u64)
                 }
             }
         };
-        let write_at = active.file.len().map_err(io_error)?;
-        let has_records = write_at > SEGMENT_HEADER_BYTES as u64;
+        let preallocated = active.file.len().map_err(io_error)? >= config.segment_bytes;
         tracing::info!(log = id.0, dir = %dir.display(), last = last.0, "log opened");
 
         let (tx, rx) = std::sync::mpsc::channel();
@@ -322,7 +360,9 @@ impl FileLog {
             shared: shared.clone(),
             active,
             write_at,
-            has_records,
+            has_records: write_at > SEGMENT_HEADER_BYTES as u64,
+            preallocated,
+            spare: Spare::None,
             buf: Vec::new(),
         };
         let handle = std::thread::Builder::new()
@@ -399,7 +439,9 @@ impl FileLog {
                     .read_exact_at(&mut record, e.offset)
                     .map_err(io_error)?;
                 // Recovery checked this record, but the disk may have damaged it since.
-                if !record_is_intact(&record) || le_u64(&record[8..16]) != e.version.0 {
+                if !record_is_intact(&record, segment.format)
+                    || le_u64(&record[8..16]) != e.version.0
+                {
                     return Err(corruption(
                         &segment.path,
                         e.offset,
@@ -480,7 +522,7 @@ impl LogServer for FileLog {
         };
 
         let tx = self.sender()?;
-        let header = record_header(version, previous_version, &payload);
+        let header = RecordHeader::new(version, previous_version, &payload);
         let (ack, answer) = oneshot::channel();
         self.shared
             .chain
@@ -573,13 +615,35 @@ impl LogServer for FileLog {
     }
 }
 
-/// The writer thread's state: the segment being appended to.
+/// The writer thread's state: the segment being written, and the spare to roll into.
 struct Writer {
     shared: Arc<Shared>,
     active: Segment,
+    /// Where the next record goes in the active segment.
     write_at: u64,
     has_records: bool,
+    /// Whether the active segment was written full of zeros before its records (so writes
+    /// overwrite, and syncs commit no size change).
+    preallocated: bool,
+    spare: Spare,
     buf: Vec<u8>,
+}
+
+/// The zero-filled segment the writer rolls into next.
+enum Spare {
+    /// None asked for yet.
+    None,
+    /// A helper thread is writing it.
+    Preparing {
+        done: Receiver<std::io::Result<Arc<dyn FsFile>>>,
+        stop: Arc<AtomicBool>,
+        thread: JoinHandle<()>,
+    },
+    /// Written and synced, waiting under its temporary name.
+    Ready(Arc<dyn FsFile>),
+    /// Preparing it failed (a full disk, say): not asked for again before the next roll, which
+    /// creates an empty segment instead.
+    Failed,
 }
 
 impl Writer {
@@ -646,14 +710,25 @@ impl Writer {
                 }
             }
         }
+        self.retire_spare();
     }
 
     /// Appends the group, rolling to new segments as needed, and syncs. Returns where each
     /// entry landed; nothing of it is visible before this returns.
     fn write_group(&mut self, group: &[Write]) -> std::io::Result<Vec<Placed>> {
+        self.tend_spare();
+        if let Some(first) = group.first() {
+            // Leave a format 1 segment (only read, never appended to), and leave an empty
+            // (appended-to) segment as soon as a zero-filled one is ready.
+            let early =
+                !self.preallocated && self.has_records && matches!(self.spare, Spare::Ready(_));
+            if self.active.format != SEGMENT_FORMAT || early {
+                self.roll(first.previous)?;
+            }
+        }
         let mut placed = Vec::with_capacity(group.len());
         self.buf.clear();
-        for w in group {
+        for (i, w) in group.iter().enumerate() {
             let record_len = (RECORD_HEADER_BYTES + w.payload.len()) as u64;
             let end = self.write_at + self.buf.len() as u64 + record_len;
             if self.has_records && end > self.shared.config.segment_bytes {
@@ -662,7 +737,10 @@ impl Writer {
                 self.roll(w.previous)?;
             }
             let offset = self.write_at + self.buf.len() as u64;
-            self.buf.extend_from_slice(&w.header);
+            // The group's last record is marked: recovery's evidence that the group was
+            // complete when a later one follows it.
+            self.buf
+                .extend_from_slice(&w.header.encode(i + 1 == group.len()));
             self.buf.extend_from_slice(&w.payload);
             self.has_records = true;
             #[expect(clippy::cast_possible_truncation)] // NOTE: checked against payload_bytes_max
@@ -688,16 +766,156 @@ impl Writer {
         Ok(())
     }
 
+    /// Starts the next segment after `base`: the spare when it is ready, else an empty file.
     fn roll(&mut self, base: Version) -> std::io::Result<()> {
-        let segment = self.shared.create_segment(base)?;
+        let segment = if let Spare::Ready(file) = &self.spare {
+            let file = file.clone();
+            self.spare = Spare::None;
+            let tmp = self.shared.dir.join(SPARE_FILE);
+            self.shared.install_segment(file, &tmp, base)?
+        } else {
+            if matches!(self.spare, Spare::Failed) {
+                self.spare = Spare::None;
+            }
+            self.shared.create_segment(base)?
+        };
+        let preallocated = segment.file.len()? >= self.shared.config.segment_bytes;
+        // An empty format 1 segment is replaced in place (same base, same name).
+        let replaces = segment.path == self.active.path;
         if let Ok(mut index) = self.shared.index() {
+            if replaces {
+                index.segments.pop();
+            }
             index.segments.push(segment.clone());
         }
-        tracing::debug!(log = self.shared.id.0, base = base.0, "new segment");
+        tracing::debug!(
+            log = self.shared.id.0,
+            base = base.0,
+            preallocated,
+            "new segment"
+        );
         self.active = segment;
         self.write_at = SEGMENT_HEADER_BYTES as u64;
         self.has_records = false;
+        self.preallocated = preallocated;
         Ok(())
+    }
+
+    /// Takes a finished spare, and asks for one when the active segment is far enough along:
+    /// half full for a zero-filled segment, a quarter (at most 1 MiB) for an empty one, so a
+    /// log that is barely used never writes a spare.
+    fn tend_spare(&mut self) {
+        if let Spare::Preparing { done, .. } = &self.spare {
+            let outcome = match done.try_recv() {
+                Ok(outcome) => outcome,
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    Err(std::io::Error::other("spare segment helper stopped"))
+                }
+            };
+            if let Spare::Preparing { thread, .. } = std::mem::replace(&mut self.spare, Spare::None)
+            {
+                let _ = thread.join();
+            }
+            self.spare = match outcome {
+                Ok(file) => Spare::Ready(file),
+                Err(e) => {
+                    tracing::warn!(log = self.shared.id.0, error = %e, "could not prepare a zero-filled segment; the next one is appended to");
+                    Spare::Failed
+                }
+            };
+        }
+        let config = &self.shared.config;
+        let due = if self.preallocated {
+            config.segment_bytes / 2
+        } else {
+            (config.segment_bytes / 4).min(1 << 20)
+        };
+        if config.preallocate && matches!(self.spare, Spare::None) && self.write_at >= due {
+            self.spare = start_spare(&self.shared);
+        }
+    }
+
+    /// Stops a spare being prepared and removes the spare file: the log is closing.
+    fn retire_spare(&mut self) {
+        if let Spare::Preparing { stop, thread, .. } =
+            std::mem::replace(&mut self.spare, Spare::None)
+        {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+        let path = self.shared.dir.join(SPARE_FILE);
+        if let Err(e) = remove_if_present(self.shared.fs.as_ref(), &path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove the spare segment");
+        }
+    }
+}
+
+/// Starts a helper thread that writes the spare segment.
+fn start_spare(shared: &Arc<Shared>) -> Spare {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, done) = std::sync::mpsc::channel();
+    let fs = shared.fs.clone();
+    let path = shared.dir.join(SPARE_FILE);
+    let bytes = shared.config.segment_bytes;
+    let stopping = stop.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("strata-tlog-{}-spare", shared.id.0))
+        .spawn(move || {
+            let _ = tx.send(prepare_spare(fs.as_ref(), &path, bytes, &stopping));
+        });
+    match spawned {
+        Ok(thread) => Spare::Preparing { done, stop, thread },
+        Err(e) => {
+            tracing::warn!(log = shared.id.0, error = %e, "could not start the spare segment helper");
+            Spare::Failed
+        }
+    }
+}
+
+/// Writes `bytes` zeros to a new file at `path`, syncing piece by piece. On failure (or when
+/// `stop` is set) the file is removed, so a full disk gets its space back.
+fn prepare_spare(
+    fs: &dyn Fs,
+    path: &Path,
+    bytes: u64,
+    stop: &AtomicBool,
+) -> std::io::Result<Arc<dyn FsFile>> {
+    remove_if_present(fs, path)?;
+    let file = fs.create(path)?;
+    let zeros = vec![0u8; SPARE_PIECE_BYTES];
+    let mut at = 0u64;
+    let filled = loop {
+        if at >= bytes {
+            break Ok(());
+        }
+        if stop.load(Ordering::Relaxed) {
+            break Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "log closed",
+            ));
+        }
+        let n = (bytes - at).min(SPARE_PIECE_BYTES as u64);
+        #[expect(clippy::cast_possible_truncation)] // NOTE: at most SPARE_PIECE_BYTES
+        let piece = &zeros[..n as usize];
+        if let Err(e) = file.write_all_at(piece, at).and_then(|()| file.sync_data()) {
+            break Err(e);
+        }
+        at += n;
+    };
+    match filled {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            let _ = fs.remove(path);
+            Err(e)
+        }
+    }
+}
+
+fn remove_if_present(fs: &dyn Fs, path: &Path) -> std::io::Result<()> {
+    match fs.remove(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -706,6 +924,8 @@ struct Recovered {
     segments: Vec<Segment>,
     entries: VecDeque<Placed>,
     last: Option<Version>,
+    /// Where the last segment's data ends: the next record goes there.
+    data_end: u64,
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {
@@ -718,17 +938,21 @@ fn parse_segment_name(name: &str) -> Option<u64> {
 
 /// Reads every segment in version order, keeping the valid prefix of the log.
 fn recover(fs: &dyn Fs, dir: &Path, id: LogId, payload_bytes_max: usize) -> Result<Recovered> {
-    let mut bases: Vec<u64> = fs
-        .list(dir)
-        .map_err(io_error)?
-        .iter()
-        .filter_map(|n| parse_segment_name(n))
-        .collect();
+    let names = fs.list(dir).map_err(io_error)?;
+    // A spare being prepared, or a segment not yet renamed into place, at the crash: neither
+    // ever held a record.
+    for leftover in [SPARE_FILE, NEW_SEGMENT_FILE] {
+        if names.iter().any(|n| n == leftover) {
+            fs.remove(&dir.join(leftover)).map_err(io_error)?;
+        }
+    }
+    let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     bases.sort_unstable();
     let mut out = Recovered {
         segments: Vec::new(),
         entries: VecDeque::new(),
         last: None,
+        data_end: SEGMENT_HEADER_BYTES as u64,
     };
     for (i, &base) in bases.iter().enumerate() {
         let is_last = i + 1 == bases.len();
@@ -772,18 +996,37 @@ fn recover(fs: &dyn Fs, dir: &Path, id: LogId, payload_bytes_max: usize) -> Resu
                 ),
             ));
         }
-        let (records, end) = scan_segment(&bytes, header, is_last, payload_bytes_max)
+        let scanned = scan_segment(&bytes, header, is_last, payload_bytes_max)
             .map_err(|(offset, why)| corruption(&path, offset, &why))?;
-        if let ScanEnd::TornTail { offset } = end {
-            tracing::warn!(
-                path = %path.display(),
-                offset,
-                dropped_bytes = len as u64 - offset,
-                "truncating a torn write at the end of the log"
-            );
-            file.set_len(offset).map_err(io_error)?;
-            file.sync_data().map_err(io_error)?;
+        let (records, data_end) = (scanned.records, scanned.data_end);
+        match scanned.end {
+            ScanEnd::Clean => {}
+            ScanEnd::TornTail => {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = data_end,
+                    dropped_bytes = len as u64 - data_end,
+                    "truncating a torn write at the end of the log"
+                );
+                file.set_len(data_end).map_err(io_error)?;
+                file.sync_data().map_err(io_error)?;
+            }
+            ScanEnd::TornGroup { garbage_end } => {
+                // Zeroed, not truncated: the segment keeps its preallocated size, and no
+                // piece of the torn group can be read as a record by a later recovery.
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = data_end,
+                    dropped_bytes = garbage_end - data_end,
+                    "zeroing a torn group commit at the end of the log"
+                );
+                let span = usize::try_from(garbage_end - data_end).unwrap_or(usize::MAX);
+                file.write_all_at(&vec![0u8; span], data_end)
+                    .map_err(io_error)?;
+                file.sync_data().map_err(io_error)?;
+            }
         }
+        out.data_end = data_end;
         out.last = Some(records.last().map_or(header.base_version, |r| r.version));
         out.entries.extend(records.iter().map(|r| Placed {
             version: r.version,
@@ -796,6 +1039,7 @@ fn recover(fs: &dyn Fs, dir: &Path, id: LogId, payload_bytes_max: usize) -> Resu
             base: header.base_version,
             path,
             file,
+            format: header.format,
         });
     }
     Ok(out)
@@ -821,10 +1065,7 @@ fn read_epoch(fs: &dyn Fs, dir: &Path) -> Result<Epoch> {
 /// old one, sync the directory.
 fn write_epoch(fs: &dyn Fs, dir: &Path, epoch: Epoch) -> Result<()> {
     let tmp = dir.join(EPOCH_TMP_FILE);
-    match fs.remove(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(e)),
-        _ => {}
-    }
+    remove_if_present(fs, &tmp).map_err(io_error)?;
     let mut b = [0u8; 16];
     b[0..4].copy_from_slice(&EPOCH_MAGIC);
     b[4..12].copy_from_slice(&epoch.0.to_le_bytes());

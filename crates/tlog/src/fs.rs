@@ -124,10 +124,14 @@ impl FsFile for RealFile {
 ///
 /// - A file's data is durable up to its last [`FsFile::sync_data`]; a directory's entries
 ///   (creations, removals, renames) are durable after [`Fs::sync_dir`].
-/// - [`SimFs::crash_image`] returns the file system a machine would find after losing power:
-///   only durable state, plus, if asked, a torn prefix of each file's unsynced appended bytes.
-/// - [`SimFs::fail_syncs`] makes every sync fail; [`SimFs::set_capacity`] makes writes that
-///   would grow the total size past a limit fail with `StorageFull`.
+/// - [`SimFs::crash_image`] returns the file system a machine would find after losing power
+///   while writes were in flight: only durable state, plus, if asked, a torn prefix of each
+///   file's unsynced writes, in the order they were made.
+/// - [`SimFs::crash_image_sectors`] does the same for a disk that writes back the sectors of
+///   unsynced writes in any order: it keeps the sectors the caller picks, and loses the rest.
+/// - [`SimFs::fail_syncs`] makes every sync fail, [`SimFs::fail_syncs_after`] every one after
+///   the next few; [`SimFs::set_sync_latency`] makes them slow; [`SimFs::set_capacity`] makes
+///   writes that would grow the total size past a limit fail with `StorageFull`.
 ///
 /// ```
 /// use std::path::Path;
@@ -154,8 +158,27 @@ pub struct SimFs {
 struct SimInner {
     state: Mutex<SimState>,
     fail_syncs: AtomicBool,
+    /// How many more syncs may succeed before they all fail.
+    syncs_left: AtomicU64,
+    /// How long each sync takes, in nanoseconds.
+    sync_latency_ns: AtomicU64,
     capacity: AtomicU64,
     syncs: AtomicU64,
+}
+
+impl SimInner {
+    /// Sleeps the sync latency, then says whether this sync fails.
+    fn sync_fails(&self) -> bool {
+        let latency = self.sync_latency_ns.load(Ordering::SeqCst);
+        if latency > 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(latency));
+        }
+        let budget_spent = self
+            .syncs_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err();
+        self.fail_syncs.load(Ordering::SeqCst) || budget_spent
+    }
 }
 
 #[derive(Debug, Default)]
@@ -176,6 +199,30 @@ struct SimFile {
 struct SimData {
     current: Vec<u8>,
     synced: Vec<u8>,
+    /// The writes since the last sync, in order: offset and bytes.
+    pending: Vec<(usize, Vec<u8>)>,
+    /// The shortest length a truncation since the last sync left.
+    shrunk_to: Option<usize>,
+}
+
+impl SimData {
+    /// The synced contents with the unsynced bytes `keep(offset)` picks written over them.
+    /// Keeping a byte past the synced length extends the file (with zeros up to it).
+    fn after_crash(&self, keep: impl Fn(usize) -> bool) -> Vec<u8> {
+        let mut out = self.synced.clone();
+        for (offset, bytes) in &self.pending {
+            for (i, &b) in bytes.iter().enumerate() {
+                let at = offset + i;
+                if keep(at) {
+                    if out.len() <= at {
+                        out.resize(at + 1, 0);
+                    }
+                    out[at] = b;
+                }
+            }
+        }
+        out
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -192,12 +239,25 @@ impl SimFs {
     pub fn new() -> SimFs {
         let fs = SimFs::default();
         fs.inner.capacity.store(u64::MAX, Ordering::SeqCst);
+        fs.inner.syncs_left.store(u64::MAX, Ordering::SeqCst);
         fs
     }
 
     /// Makes every later sync fail (`true`) or succeed again (`false`).
     pub fn fail_syncs(&self, fail: bool) {
         self.inner.fail_syncs.store(fail, Ordering::SeqCst);
+    }
+
+    /// Lets the next `n` syncs (of files and directories) succeed and makes every one after
+    /// them fail.
+    pub fn fail_syncs_after(&self, n: u64) {
+        self.inner.syncs_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes every sync take `latency` (a slow disk), so that work queues up behind it.
+    pub fn set_sync_latency(&self, latency: std::time::Duration) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.sync_latency_ns.store(ns, Ordering::SeqCst);
     }
 
     /// Limits the total size of all files; a write past it fails with `StorageFull`.
@@ -211,25 +271,70 @@ impl SimFs {
     }
 
     /// The file system as found after a power loss now: the durable directory entries, each
-    /// file's synced bytes, and up to `torn_bytes` of the bytes appended after its last sync
-    /// (a torn write keeps a prefix of what was in flight).
+    /// file's synced bytes, and the first `torn_bytes` bytes of its writes since its last sync,
+    /// taken in the order they were written (a torn write keeps a prefix of what was in
+    /// flight).
     pub fn crash_image(&self, torn_bytes: usize) -> SimFs {
+        self.image(|_, d| {
+            let mut out = d.synced.clone();
+            let mut left = torn_bytes;
+            for (offset, bytes) in &d.pending {
+                let n = left.min(bytes.len());
+                if n == 0 {
+                    break;
+                }
+                if out.len() < offset + n {
+                    out.resize(offset + n, 0);
+                }
+                out[*offset..offset + n].copy_from_slice(&bytes[..n]);
+                left -= n;
+            }
+            out
+        })
+    }
+
+    /// The file system as found after a power loss on a disk that writes back dirty sectors
+    /// in any order: each file's synced bytes, and of its unsynced writes only the sectors
+    /// (`sector_bytes` long, aligned) for which `keep(path, sector index)` is true.
+    pub fn crash_image_sectors(
+        &self,
+        sector_bytes: usize,
+        keep: impl Fn(&Path, usize) -> bool,
+    ) -> SimFs {
+        self.image(|path, d| d.after_crash(|at| keep(path, at / sector_bytes)))
+    }
+
+    /// The indexes of the `sector_bytes`-long sectors of `path` that unsynced writes touch,
+    /// ascending.
+    pub fn unsynced_sectors(&self, path: &Path, sector_bytes: usize) -> Vec<usize> {
+        let state = lock(&self.inner.state);
+        let Some(f) = state.live.get(path) else {
+            return Vec::new();
+        };
+        let d = lock(&f.data);
+        let mut sectors: Vec<usize> = d
+            .pending
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .flat_map(|(offset, b)| offset / sector_bytes..=(offset + b.len() - 1) / sector_bytes)
+            .collect();
+        sectors.sort_unstable();
+        sectors.dedup();
+        sectors
+    }
+
+    fn image(&self, contents: impl Fn(&Path, &SimData) -> Vec<u8>) -> SimFs {
         let image = SimFs::new();
         let state = lock(&self.inner.state);
         let mut out = lock(&image.inner.state);
         for (path, file) in &state.durable {
-            let d = lock(&file.data);
-            let mut kept = d.synced.clone();
-            let appended_after_sync =
-                d.current.len() > d.synced.len() && d.current.starts_with(&d.synced);
-            if appended_after_sync {
-                let extra = &d.current[d.synced.len()..];
-                kept.extend_from_slice(&extra[..torn_bytes.min(extra.len())]);
-            }
+            let kept = contents(path, &lock(&file.data));
             let f = Arc::new(SimFile {
                 data: Mutex::new(SimData {
                     current: kept.clone(),
                     synced: kept,
+                    pending: Vec::new(),
+                    shrunk_to: None,
                 }),
                 fs: Arc::downgrade(&image.inner),
             });
@@ -240,12 +345,11 @@ impl SimFs {
         image
     }
 
-    /// Bytes appended to `path` after its last sync (0 when the file is unknown).
+    /// Bytes written to `path` since its last sync (0 when the file is unknown).
     pub fn unsynced_len(&self, path: &Path) -> usize {
         let state = lock(&self.inner.state);
         state.live.get(path).map_or(0, |f| {
-            let d = lock(&f.data);
-            d.current.len().saturating_sub(d.synced.len())
+            lock(&f.data).pending.iter().map(|(_, b)| b.len()).sum()
         })
     }
 
@@ -325,7 +429,7 @@ impl Fs for SimFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        if self.inner.fail_syncs.load(Ordering::SeqCst) {
+        if self.inner.sync_fails() {
             return Err(io::Error::other("simulated sync failure"));
         }
         let mut state = lock(&self.inner.state);
@@ -376,24 +480,42 @@ impl FsFile for SimFile {
             d.current.resize(end, 0);
         }
         d.current[start..end].copy_from_slice(buf);
+        d.pending.push((start, buf.to_vec()));
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
         if let Some(fs) = self.fs.upgrade() {
-            if fs.fail_syncs.load(Ordering::SeqCst) {
+            if fs.sync_fails() {
                 return Err(io::Error::other("simulated sync failure"));
             }
             fs.syncs.fetch_add(1, Ordering::SeqCst);
         }
-        let mut d = lock(&self.data);
-        d.synced = d.current.clone();
+        let mut guard = lock(&self.data);
+        let d = &mut *guard;
+        // Only what changed is copied: preallocated files are large.
+        let len = d.current.len();
+        if let Some(shrunk) = d.shrunk_to.take() {
+            d.synced.truncate(shrunk);
+        }
+        d.synced.resize(len, 0);
+        for (offset, bytes) in d.pending.drain(..) {
+            let end = (offset + bytes.len()).min(len);
+            if offset < end {
+                d.synced[offset..end].copy_from_slice(&d.current[offset..end]);
+            }
+        }
         Ok(())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let len = usize::try_from(len).map_err(io::Error::other)?;
-        lock(&self.data).current.resize(len, 0);
+        let mut d = lock(&self.data);
+        let was = d.current.len();
+        if len < was {
+            d.shrunk_to = Some(d.shrunk_to.map_or(len, |s| s.min(len)));
+        }
+        d.current.resize(len, 0);
         Ok(())
     }
 }
