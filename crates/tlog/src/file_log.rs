@@ -33,11 +33,15 @@ const NEW_SEGMENT_FILE: &str = "segment.new";
 /// Zeros are written to a spare in pieces of this size, each synced, so that the disk's queue
 /// never holds much of it ahead of the log's own syncs.
 const SPARE_PIECE_BYTES: usize = 1 << 20;
+/// The smallest spare segment (unless `segment_bytes` is smaller).
+const SPARE_BYTES_MIN: u64 = 1 << 20;
 
 /// Tuning and limits of a [`FileLog`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileLogConfig {
     /// A new segment file is started when a record would take the current one past this size.
+    /// Zero-filled segments start smaller (four times what the log wrote into the segment
+    /// before, at least 1 MiB) and double up to this size.
     pub segment_bytes: u64,
     /// Largest payload a push may carry.
     pub payload_bytes_max: usize,
@@ -364,7 +368,9 @@ impl FileLog {
                 }
             }
         };
-        let preallocated = active.file.len().map_err(io_error)? >= config.segment_bytes;
+        // Zeros written ahead of the data (a zero-filled segment, or a torn group zeroed by
+        // recovery) are room to overwrite.
+        let room_end = active.file.len().map_err(io_error)?.max(write_at);
         tracing::info!(log = id.0, dir = %dir.display(), last = last.0, "log opened");
 
         let (tx, rx) = std::sync::mpsc::channel();
@@ -373,7 +379,7 @@ impl FileLog {
             active,
             write_at,
             has_records: write_at > SEGMENT_HEADER_BYTES as u64,
-            preallocated,
+            room_end,
             spare: Spare::None,
             buf: Vec::new(),
         };
@@ -634,9 +640,9 @@ struct Writer {
     /// Where the next record goes in the active segment.
     write_at: u64,
     has_records: bool,
-    /// Whether the active segment was written full of zeros before its records (so writes
-    /// overwrite, and syncs commit no size change).
-    preallocated: bool,
+    /// The end of the zeros written ahead of the data in the active segment: writes before it
+    /// overwrite (their syncs commit no size change), writes past it append.
+    room_end: u64,
     spare: Spare,
     buf: Vec<u8>,
 }
@@ -732,21 +738,23 @@ impl Writer {
     /// entry landed; nothing of it is visible before this returns.
     fn write_group(&mut self, group: &[Write]) -> std::io::Result<Vec<Placed>> {
         self.tend_spare();
-        if let Some(first) = group.first() {
-            // Leave a format 1 segment (only read, never appended to), and leave an empty
-            // (appended-to) segment as soon as a zero-filled one is ready.
-            let early =
-                !self.preallocated && self.has_records && matches!(self.spare, Spare::Ready(_));
-            if self.active.format != SEGMENT_FORMAT || early {
-                self.roll(first.previous)?;
-            }
+        if let Some(first) = group.first()
+            && self.active.format != SEGMENT_FORMAT
+        {
+            // A format 1 segment is only read, never appended to.
+            self.roll(first.previous)?;
         }
         let mut placed = Vec::with_capacity(group.len());
         self.buf.clear();
         for (i, w) in group.iter().enumerate() {
             let record_len = (RECORD_HEADER_BYTES + w.payload.len()) as u64;
             let end = self.write_at + self.buf.len() as u64 + record_len;
-            if self.has_records && end > self.shared.config.segment_bytes {
+            // Roll when the segment is full, or as soon as a record would append while a
+            // zero-filled segment is ready.
+            let spare_ready = matches!(self.spare, Spare::Ready(_));
+            if self.has_records
+                && (end > self.shared.config.segment_bytes || (end > self.room_end && spare_ready))
+            {
                 self.flush()?;
                 self.active.file.sync_data()?;
                 self.roll(w.previous)?;
@@ -794,7 +802,8 @@ impl Writer {
             }
             self.shared.create_segment(base)?
         };
-        let preallocated = segment.file.len()? >= self.shared.config.segment_bytes;
+        let len = segment.file.len()?;
+        let zero_filled = len > SEGMENT_HEADER_BYTES as u64;
         // An empty format 1 segment is replaced in place (same base, same name).
         let replaces = segment.path == self.active.path;
         if let Ok(mut index) = self.shared.index() {
@@ -806,19 +815,19 @@ impl Writer {
         tracing::debug!(
             log = self.shared.id.0,
             base = base.0,
-            preallocated,
+            zero_filled,
             "new segment"
         );
         self.active = segment;
         self.write_at = SEGMENT_HEADER_BYTES as u64;
         self.has_records = false;
-        self.preallocated = preallocated;
+        self.room_end = len.max(SEGMENT_HEADER_BYTES as u64);
         Ok(())
     }
 
     /// Takes a finished spare, and asks for one when the active segment is far enough along:
-    /// half full for a zero-filled segment, a quarter (at most 1 MiB) for an empty one, so a
-    /// log that is barely used never writes a spare.
+    /// half full for a zero-filled segment, a quarter (at most 1 MiB) for an appended one, so
+    /// a log that is barely used never writes a spare.
     fn tend_spare(&mut self) {
         if let Spare::Preparing { done, .. } = &self.spare {
             let outcome = match done.try_recv() {
@@ -841,13 +850,25 @@ impl Writer {
             };
         }
         let config = &self.shared.config;
-        let due = if self.preallocated {
-            config.segment_bytes / 2
+        let smallest_spare = SPARE_BYTES_MIN.min(config.segment_bytes);
+        // A segment at least as long as the smallest spare was one (or is an appended one past
+        // the point of asking anyway); a shorter one, perhaps with a zeroed torn tail, is an
+        // appended one.
+        let due = if self.room_end >= smallest_spare {
+            self.room_end / 2
         } else {
-            (config.segment_bytes / 4).min(1 << 20)
+            (config.segment_bytes / 4).min(SPARE_BYTES_MIN)
         };
         if config.preallocate && matches!(self.spare, Spare::None) && self.write_at >= due {
-            self.spare = start_spare(&self.shared);
+            // Four times what this segment took so far: the first spare of a log is small,
+            // and each next one doubles (asked for at half of the one before), up to the
+            // segment size. A little-used log writes, and its recovery reads, few zeros.
+            let bytes = self
+                .write_at
+                .saturating_mul(4)
+                .max(smallest_spare)
+                .min(config.segment_bytes);
+            self.spare = start_spare(&self.shared, bytes);
         }
     }
 
@@ -866,13 +887,12 @@ impl Writer {
     }
 }
 
-/// Starts a helper thread that writes the spare segment.
-fn start_spare(shared: &Arc<Shared>) -> Spare {
+/// Starts a helper thread that writes a spare segment of `bytes`.
+fn start_spare(shared: &Arc<Shared>, bytes: u64) -> Spare {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, done) = std::sync::mpsc::channel();
     let fs = shared.fs.clone();
     let path = shared.dir.join(SPARE_FILE);
-    let bytes = shared.config.segment_bytes;
     let stopping = stop.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("strata-tlog-{}-spare", shared.id.0))

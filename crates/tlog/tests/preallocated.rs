@@ -384,3 +384,43 @@ async fn closing_removes_the_spare_and_preallocate_off_never_writes_one() {
     let names = fs.list(Path::new(DIR)).unwrap();
     assert!(!names.iter().any(|n| n == "spare.zeroed"), "{names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spares_start_small_and_double_up_to_the_segment_size() {
+    const MIB: u64 = 1 << 20;
+    let fs = SimFs::new();
+    let config = FileLogConfig {
+        segment_bytes: 8 * MIB,
+        ..FileLogConfig::default()
+    };
+    let open = |fs: &SimFs| {
+        FileLog::open_with(
+            Arc::new(fs.clone()),
+            Path::new(DIR),
+            LogId(9),
+            Version(0),
+            config,
+        )
+        .unwrap()
+    };
+    let log = open(&fs);
+    let big = |v: u64| Bytes::from(vec![v as u8; 16 << 10]);
+    let mut v = 0;
+    while !(segments(&fs).len() == 3 && len(&fs, &newest_segment(&fs)) == 8 * MIB) {
+        assert!(v < 4_000, "segments: {:?}", segments(&fs));
+        v += 1;
+        log.push(EPOCH, Version(v - 1), Version(v), big(v))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let lens: Vec<u64> = segments(&fs).iter().map(|s| len(&fs, s)).collect();
+    // Appended up to 1 MiB and a little, then four times that, then double that, capped.
+    assert!((MIB..2 * MIB).contains(&lens[0]), "{lens:?}");
+    assert!((4 * MIB..5 * MIB).contains(&lens[1]), "{lens:?}");
+    drop(log);
+    let log = open(&fs.crash_image(0));
+    let all = everything(&log).await;
+    assert_eq!(all.len() as u64, v);
+    assert!(all.iter().all(|(version, p)| *p == big(version.0)));
+}
