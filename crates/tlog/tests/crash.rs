@@ -4,6 +4,8 @@
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -122,12 +124,8 @@ async fn flipped_byte_in_an_earlier_record_is_corruption_naming_file_and_offset(
         for field in [0usize, 5, 9, 17, 24, 24 + payload(i as u64 + 1).len() - 1] {
             let image = fs.crash_image(0);
             image.corrupt(&segment, record + field, 0x40).unwrap();
-            let err = open(&image).unwrap_err();
-            let ErrorKind::Corruption(why) = &err.kind else {
-                panic!("record {i} field {field}: {err}");
-            };
-            assert!(why.contains(&segment.display().to_string()), "{why}");
-            assert!(why.contains(&format!("offset {record}")), "{why}");
+            let context = format!("record {i} field {field}");
+            common::assert_corruption_at(open(&image), &segment, record, &context);
         }
     }
 }
