@@ -71,9 +71,9 @@ pub struct FileLogConfig {
     pub pull_cache_bytes: usize,
     /// Whether segments are written full of zeros (by a helper thread, ahead of need) before
     /// records go into them. A sync then only commits data, no file-size change, which on
-    /// ext4 takes about half as long; each log keeps one spare segment of `segment_bytes` on
-    /// disk for it. Turn it off on file systems that never overwrite in place (btrfs, ZFS),
-    /// where it only costs the zeros.
+    /// ext4 takes about half as long. Each log keeps at most one spare segment on disk for it;
+    /// spares grow with use, up to `segment_bytes` (see `segment_bytes`). Turn it off on file
+    /// systems that never overwrite in place (btrfs, ZFS), where it only costs the zeros.
     pub preallocate: bool,
 }
 
