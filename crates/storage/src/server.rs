@@ -1,6 +1,7 @@
 //! The storage server: a window of recent versions in memory over a redb database.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ const DURABLE_VERSION: &str = "durable_version";
 /// Tuning of a [`RedbStorage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StorageConfig {
-    /// Versions kept in memory above the durable version; older ones are written to redb.
+    /// Versions kept in memory above the durable version; older ones are written to redb once
+    /// they are known committed (see [`RedbStorage::advance_committed`]).
     pub window_versions: u64,
     /// How long a read at a version not applied yet waits before `FutureVersion`.
     pub read_wait: Duration,
@@ -31,9 +33,11 @@ pub struct StorageConfig {
     pub pull_limit: usize,
     /// How often the window is checked for versions to make durable.
     pub flush_interval: Duration,
-    /// Whether to pop the followed log below the durable version after each flush. Turn it off
-    /// when several servers follow one log: it may only be popped below the smallest of their
-    /// durable versions.
+    /// Whether to pop the followed log below the durable version after each flush. That is
+    /// right only when this server is the log's one reader and the log is the generation's one
+    /// log. With several servers per log, or several logs, turn it off and pop centrally, below
+    /// the smallest durable version of all servers: a log may drop an entry only once every
+    /// server that needs it made it durable.
     pub pop_log: bool,
 }
 
@@ -83,6 +87,10 @@ struct Inner {
     config: StorageConfig,
     state: Mutex<State>,
     applied: watch::Sender<Version>,
+    /// The newest version known committed (held durably by every log of the generation, with
+    /// every earlier version): the most a flush may make durable. Raised by
+    /// [`RedbStorage::advance_committed`], set by a roll back.
+    committed: AtomicU64,
 }
 
 impl Inner {
@@ -214,12 +222,27 @@ impl Inner {
         }
     }
 
-    /// Writes every version older than the window to redb, with the new durable version, in
-    /// one write transaction; then forgets them in memory and lets the log pop them.
+    /// Writes every version older than the window *and known committed* to redb, with the new
+    /// durable version, in one write transaction; then forgets them in memory and lets the log
+    /// pop them.
+    ///
+    /// The rule: only versions known committed (held durably by every log of the generation)
+    /// may become durable. With several logs, the followed log may hold a batch the others
+    /// never received; recovery then chooses a version below it and rolls it back, which it
+    /// could not do had the batch reached redb. Such batches are applied and readable in memory,
+    /// but stay there until [`RedbStorage::advance_committed`] covers them or a roll back drops
+    /// them. So the durable version never passes what recovery will choose.
     async fn flush(self: &Arc<Self>) -> Result<()> {
         let (target, clears, keys) = {
             let mut st = self.state()?;
-            let target = st.applied.saturating_sub(self.config.window_versions);
+            // Read under the state lock, so a roll back cannot slip in between choosing the
+            // target and raising `oldest_readable`. `applied - window <= applied`, so the
+            // target is never above what is applied, however far `committed` is.
+            let committed = Version(self.committed.load(Ordering::Acquire));
+            let target = st
+                .applied
+                .saturating_sub(self.config.window_versions)
+                .min(committed);
             if target <= st.durable {
                 return Ok(());
             }
@@ -367,6 +390,8 @@ impl RedbStorage {
                 failed: None,
             }),
             applied: watch::Sender::new(durable),
+            // What is durable was committed when it was flushed; nothing newer is known yet.
+            committed: AtomicU64::new(durable.0),
         });
         let tasks = vec![
             tokio::spawn(inner.clone().apply_loop()),
@@ -433,7 +458,28 @@ impl RedbStorage {
         Ok(self.inner.state()?.window.len())
     }
 
-    /// Makes every version older than the window durable now, instead of at the next tick.
+    /// Tells the server that every version up to `version` is committed: held durably by every
+    /// log of the generation. Flushes may then make versions up to it durable. Never lowers the
+    /// known committed version, so reports may arrive late or out of order.
+    ///
+    /// Until it is called the server makes nothing new durable: it applies and serves versions
+    /// from memory, the window grows and (with [`StorageConfig::pop_log`]) the log is not
+    /// popped. A cluster passes the sequencer's committed version now and then; a standalone
+    /// user with a single log can pass each version once its push is acknowledged. After a
+    /// [`StorageServer::roll_back`], report only versions committed by the new generation.
+    pub fn advance_committed(&self, version: Version) {
+        self.inner.committed.fetch_max(version.0, Ordering::AcqRel);
+    }
+
+    /// The newest version known committed: the durable version at open, then raised by
+    /// [`RedbStorage::advance_committed`] and set by [`StorageServer::roll_back`]. The durable
+    /// version never passes it.
+    pub fn committed_version(&self) -> Version {
+        Version(self.inner.committed.load(Ordering::Acquire))
+    }
+
+    /// Makes every version older than the window and known committed durable now, instead of
+    /// at the next tick.
     pub async fn flush(&self) -> Result<()> {
         self.inner.flush().await
     }
@@ -590,6 +636,10 @@ impl StorageServer for RedbStorage {
         }
         st.window.forget_after(version);
         st.applied = st.applied.min(version);
+        // The recovery version is committed by definition, and everything above it is gone:
+        // a known committed version above it would speak of versions that no longer exist.
+        // Set under the state lock, so no flush chooses its target in between.
+        self.inner.committed.store(version.0, Ordering::Release);
         st.generation += 1;
         self.inner.applied.send_replace(st.applied);
         tracing::info!(version = version.0, "storage rolled back");

@@ -1,6 +1,7 @@
 //! The storage server against a model: the full state after every version, as a `BTreeMap`.
-//! Random batches of sets, clears and range clears; flushes to redb at random points; point and
-//! range reads (forward, reverse, with limits) at random versions.
+//! Random batches of sets, clears and range clears; reports of committed versions lagging the
+//! newest batch; flushes to redb at random points; point and range reads (forward, reverse,
+//! with limits) at random versions.
 
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -22,6 +23,8 @@ type State = BTreeMap<Bytes, Bytes>;
 #[derive(Clone, Debug)]
 enum Step {
     Batch(u64, Vec<Mutation>),
+    /// Reports the version this far behind the newest batch as committed.
+    Commit(u64),
     Flush,
     Get(Bytes, u64),
     Range(Bytes, Bytes, u64, usize, bool),
@@ -45,6 +48,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => (1u64..20, proptest::collection::vec(mutation(), 0..6)).prop_map(|(s, m)| Step::Batch(s, m)),
+        2 => (0u64..60).prop_map(Step::Commit),
         1 => Just(Step::Flush),
         3 => (key(), 0u64..80).prop_map(|(k, lag)| Step::Get(k, lag)),
         2 => (key(), key(), 0u64..80, 1usize..6, any::<bool>())
@@ -88,6 +92,7 @@ async fn run(steps: Vec<Step>) {
         .unwrap();
     let mut history: Vec<(Version, State)> = vec![(Version(0), State::new())];
     let mut version = 0u64;
+    let mut committed = Version(0);
     for step in steps {
         match step {
             Step::Batch(gap, mutations) => {
@@ -104,13 +109,26 @@ async fn run(steps: Vec<Step>) {
                     .unwrap();
                 history.push((Version(version), state));
             }
+            Step::Commit(lag) => {
+                committed = committed.max(Version(version.saturating_sub(lag)));
+                storage.advance_committed(Version(version.saturating_sub(lag)));
+                assert_eq!(storage.committed_version(), committed);
+            }
             Step::Flush => {
                 // Wait until everything pushed is applied, so the flush has work to do.
-                storage
-                    .get(Bytes::from_static(b"a"), Version(version))
-                    .await
-                    .ok();
+                storage.wait_applied(Version(version)).await.unwrap();
                 storage.flush().await.unwrap();
+                // Everything older than the window and committed, nothing uncommitted.
+                let durable = storage.durable_version().await.unwrap();
+                let older_than_window = Version(version.saturating_sub(30));
+                assert!(
+                    durable <= committed,
+                    "durable {durable}, committed {committed}"
+                );
+                assert!(
+                    durable >= committed.min(older_than_window),
+                    "durable {durable}, committed {committed}, applied {version}"
+                );
             }
             Step::Get(key, lag) => {
                 let at_version = Version(version.saturating_sub(lag));
