@@ -1,19 +1,36 @@
-//! Strata's storage server: holds the data of some key ranges, applies committed mutations
-//! from a log in version order, and answers reads at any version of the MVCC window.
+//! Strata's storage server: holds the data of some key ranges, applies mutations from a log in
+//! version order, and answers reads at any version of the MVCC window.
 //!
 //! - Recent versions live in memory (the window, [`strata_core::MVCC_WINDOW_VERSIONS`] by
 //!   default): per key, every write with its version; range clears kept as ranges.
-//! - Versions older than the window are written to **redb** together with the durable version
-//!   in one write transaction (committed with immediate durability, i.e. synced), on a blocking
-//!   thread, every [`StorageConfig::flush_interval`]. Then the log may pop below them.
+//! - Versions older than the window and **known committed** are written to **redb** together
+//!   with the durable version in one write transaction (committed with immediate durability,
+//!   i.e. synced), on a blocking thread, every [`StorageConfig::flush_interval`]. Then the log
+//!   may pop below them.
+//! - Only committed versions become durable. A version is committed once every log of the
+//!   generation holds it durably, with every earlier version. With two or more logs the log a
+//!   server follows can be ahead of the others: it holds a batch the others never got, which
+//!   was therefore never committed and which recovery will roll back. The server applies such
+//!   batches in memory like any other, but keeps them out of redb until it learns they are
+//!   committed through [`RedbStorage::advance_committed`]. So the durable version is always at
+//!   or below the version recovery will choose, and rolling back never has to undo anything
+//!   durable. A cluster's director reports the sequencer's committed version now and then; a
+//!   standalone user with a single log can report each version once its push is acknowledged
+//!   (as below). Until something is reported nothing new becomes durable and the window grows.
+//! - With [`StorageConfig::pop_log`] the server pops its log below its durable version after
+//!   each flush. That suits one server on one log only: with several servers per log, or several
+//!   logs, turn it off and pop each log centrally below the smallest durable version of all the
+//!   servers that read it.
 //! - A restart opens redb, reads the durable version and pulls from the log after it: nothing
 //!   applied twice, nothing lost.
 //! - Reads wait (bounded) for their version to be applied (`FutureVersion` after the bound);
 //!   reads below the durable version are `TooOld`; keys outside the server's shards are
 //!   `WrongShard`. All redb work runs on tokio's blocking threads.
-//! - `roll_back(v)` drops applied versions above `v`; it refuses to go below the durable
-//!   version, which recovery never asks for (durable versions are older than the window, and
-//!   the window is older than any commit recovery could discard).
+//! - `roll_back(v)` drops applied versions above `v` and takes `v` as the known committed
+//!   version (recovery chose it, so every log holds it; anything above is gone). It refuses to
+//!   go below the durable version. Recovery never asks for that: it chooses a version every log
+//!   holds, which is at least every committed version, and the durable version is at most the
+//!   known committed version.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -32,6 +49,8 @@
 //! ).await?;
 //! let batch = wire::encode_parts(None, &[], &[], &[Mutation::Set { key: "k".into(), value: "v".into() }], Some(Version(10))).unwrap();
 //! log.push(Epoch(1), Version(0), Version(10), batch).await?;
+//! // The only log acknowledged the push: version 10 is committed and may become durable.
+//! storage.advance_committed(Version(10));
 //! // The read waits until version 10 is applied.
 //! assert_eq!(storage.get("k".into(), Version(10)).await?, Some("v".into()));
 //! assert_eq!(storage.get("k".into(), Version(9)).await?, None);
