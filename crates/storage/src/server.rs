@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +15,7 @@ use strata_core::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::window::{Answer, Window};
+use crate::window::{Answer, Flushed, Window};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -78,10 +78,22 @@ struct State {
     failed: Option<Error>,
 }
 
+/// Guards writes to redb. A flush's blocking closure holds it for its whole run, database
+/// handle included: aborting a flush's task does not stop that closure, so `close` takes this
+/// lock (after setting `closed`) to know that no write holds the database any more and that
+/// none will start.
+#[derive(Debug)]
+struct Writer {
+    /// Set by `close`; a flush that finds it set writes nothing.
+    closed: bool,
+}
+
 struct Inner {
     shards: Vec<KeyRange>,
     /// `None` once the server is closed.
     db: Mutex<Option<Arc<redb::Database>>>,
+    /// Taken before `db` by whoever takes both.
+    writer: Mutex<Writer>,
     /// The log followed; recovery replaces it after a roll back.
     log: Mutex<Arc<dyn LogServer>>,
     config: StorageConfig,
@@ -252,33 +264,10 @@ impl Inner {
             let (clears, keys) = st.window.flushable(target);
             (target, clears, keys)
         };
-        let db = self.db()?;
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let tx = db.begin_write().map_err(db_error)?;
-            {
-                let mut data = tx.open_table(DATA).map_err(db_error)?;
-                for r in &clears {
-                    data.retain_in::<&[u8], _>(r.begin().as_ref()..r.end().as_ref(), |_, _| false)
-                        .map_err(db_error)?;
-                }
-                for (k, v) in &keys {
-                    match v {
-                        Some(v) => {
-                            data.insert(k.as_ref(), v.as_ref()).map_err(db_error)?;
-                        }
-                        None => {
-                            data.remove(k.as_ref()).map_err(db_error)?;
-                        }
-                    }
-                }
-                let mut meta = tx.open_table(META).map_err(db_error)?;
-                meta.insert(DURABLE_VERSION, target.0).map_err(db_error)?;
-            }
-            // Immediate durability: committed means synced.
-            tx.commit().map_err(db_error)
-        })
-        .await
-        .map_err(|e| error(ErrorKind::Unavailable(format!("flush task: {e}"))))??;
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || inner.write(target, &clears, &keys))
+            .await
+            .map_err(|e| error(ErrorKind::Unavailable(format!("flush task: {e}"))))??;
         {
             let mut st = self.state()?;
             st.durable = target;
@@ -289,6 +278,61 @@ impl Inner {
             self.log()?.pop(target).await?;
         }
         Ok(())
+    }
+
+    /// Writes `clears`, then `keys`, and `target` as the durable version, in one redb write
+    /// transaction. Blocking.
+    fn write(&self, target: Version, clears: &[KeyRange], keys: &[Flushed]) -> Result<()> {
+        // Declared before `db`, so dropped after it, on every path: while `close` cannot take
+        // the lock, this closure may still hold the database.
+        let writer = self
+            .writer
+            .lock()
+            .map_err(|_| error(ErrorKind::Unavailable("storage poisoned by a panic".into())))?;
+        if writer.closed {
+            return Err(error(ErrorKind::Unavailable(
+                "storage server closed".into(),
+            )));
+        }
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(db_error)?;
+        {
+            let mut data = tx.open_table(DATA).map_err(db_error)?;
+            for r in clears {
+                data.retain_in::<&[u8], _>(r.begin().as_ref()..r.end().as_ref(), |_, _| false)
+                    .map_err(db_error)?;
+            }
+            for (k, v) in keys {
+                match v {
+                    Some(v) => {
+                        data.insert(k.as_ref(), v.as_ref()).map_err(db_error)?;
+                    }
+                    None => {
+                        data.remove(k.as_ref()).map_err(db_error)?;
+                    }
+                }
+            }
+            let mut meta = tx.open_table(META).map_err(db_error)?;
+            meta.insert(DURABLE_VERSION, target.0).map_err(db_error)?;
+        }
+        // Immediate durability: committed means synced.
+        tx.commit().map_err(db_error)
+    }
+
+    /// Closes the database once no flush is writing to it, and keeps any later flush from
+    /// writing. Blocking: it may wait for a write, and dropping the database syncs it.
+    fn close_db(&self) {
+        // A poisoned lock means a flush panicked mid-write; its transaction was dropped
+        // uncommitted, so closing is still right.
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        writer.closed = true;
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // The last handle, unless a read still holds a snapshot: the file is closed here.
+        drop(db);
     }
 }
 
@@ -379,6 +423,7 @@ impl RedbStorage {
         let inner = Arc::new(Inner {
             shards,
             db: Mutex::new(Some(Arc::new(db))),
+            writer: Mutex::new(Writer { closed: false }),
             log: Mutex::new(log),
             config,
             state: Mutex::new(State {
@@ -417,9 +462,11 @@ impl RedbStorage {
         Ok(())
     }
 
-    /// Stops following the log and closes the database, waiting until both are done, so the
-    /// same path can be opened again at once, even while handles to this server remain (their
-    /// reads then fail as unavailable). Dropping the server stops it too, but without waiting.
+    /// Stops following the log and closes the database, waiting until both are done, a flush
+    /// in progress included, so the same path can be opened again at once, even while handles
+    /// to this server remain (their reads and flushes then fail as unavailable). A read still
+    /// running when `close` is called may keep the file open until it ends. Dropping the server
+    /// stops it too, but without waiting.
     pub async fn close(&self) {
         let tasks: Vec<JoinHandle<()>> = match self.tasks.lock() {
             Ok(mut tasks) => tasks.drain(..).collect(),
@@ -431,8 +478,11 @@ impl RedbStorage {
         for t in tasks {
             let _ = t.await;
         }
-        if let Ok(mut db) = self.inner.db.lock() {
-            db.take();
+        // An aborted flush task leaves its redb write running on a blocking thread, holding
+        // the database; wait for it on a blocking thread too.
+        let inner = self.inner.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || inner.close_db()).await {
+            tracing::error!(error = %e, "storage close task failed");
         }
     }
 

@@ -1,6 +1,6 @@
 //! Durable only what is known committed: a log that runs ahead of the others (batches that
 //! reached it but not every log, so were never committed) is applied in memory but never made
-//! durable, so recovery can roll it back.
+//! durable, so recovery can roll it back; and `close` really lets go of the database.
 //!
 //! Histories run many times longer than the (shrunken) window, so flushes have work to do.
 
@@ -332,4 +332,60 @@ async fn the_log_is_popped_only_below_what_is_durable_and_committed() {
     storage.flush().await.unwrap();
     assert_eq!(storage.durable_version().await.unwrap(), Version(90));
     assert_eq!(other.pull(Version(0), 1_000).await.unwrap().len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_a_running_flush_so_the_path_reopens_at_once() {
+    const ROUNDS: u64 = 30;
+    const VERSIONS: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let log = Arc::new(MemoryLog::new(LogId(1), Version(0)));
+    let config = StorageConfig {
+        window_versions: 2,
+        flush_interval: Duration::from_millis(1),
+        pop_log: true,
+        ..StorageConfig::default()
+    };
+    let mut history = start();
+    let mut rng = Lcg(5);
+    let mut storage = Arc::new(open(&path, log.clone(), config).await);
+    for round in 0..ROUNDS {
+        let base = round * VERSIONS;
+        // Each push is acknowledged by the only log, so it is committed at once.
+        for last in (base + 5..=base + VERSIONS).step_by(5) {
+            extend(&log, &mut history, &mut rng, "c", last).await;
+            storage.advance_committed(Version(last));
+        }
+        let last = Version(base + VERSIONS);
+        wait_applied(&storage, last).await;
+        // One more flush racing the close, besides the background ones.
+        let racing = tokio::spawn({
+            let storage = storage.clone();
+            async move { storage.flush().await }
+        });
+        tokio::task::yield_now().await;
+        storage.close().await;
+
+        let reopened = RedbStorage::open(&path, vec![everything()], log.clone(), config).await;
+        let reopened = match reopened {
+            Ok(s) => Arc::new(s),
+            Err(e) => panic!("round {round}: reopening right after close failed: {e}"),
+        };
+        // The racing flush either finished before the close or found the server closed.
+        let _ = racing.await.unwrap();
+        storage = reopened;
+        let durable = storage.durable_version().await.unwrap();
+        assert!(durable <= last, "round {round}: durable {durable}");
+        assert_eq!(storage.committed_version(), durable);
+        storage.advance_committed(last);
+        wait_applied(&storage, last).await;
+        assert_reads(&storage, &history, last).await;
+    }
+    // The flushes really happened: most of the history is on disk.
+    storage.flush().await.unwrap();
+    assert_eq!(
+        storage.durable_version().await.unwrap(),
+        Version(ROUNDS * VERSIONS - 2)
+    );
 }
