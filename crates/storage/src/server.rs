@@ -86,6 +86,11 @@ struct State {
 struct Writer {
     /// Set by `close`; a flush that finds it set writes nothing.
     closed: bool,
+    /// The durable version redb holds. Two flushes may overlap (the periodic one and one asked
+    /// for); each chose its target and gathered its keys before either wrote, and their
+    /// writes may run in either order. The one with the older target must then not write, or it
+    /// would put older values back over newer ones and lower the durable version.
+    durable: Version,
 }
 
 struct Inner {
@@ -265,12 +270,17 @@ impl Inner {
             (target, clears, keys)
         };
         let inner = self.clone();
-        tokio::task::spawn_blocking(move || inner.write(target, &clears, &keys))
+        let wrote = tokio::task::spawn_blocking(move || inner.write(target, &clears, &keys))
             .await
             .map_err(|e| error(ErrorKind::Unavailable(format!("flush task: {e}"))))??;
+        if !wrote {
+            // A flush that went further wrote first; it updates memory and the log itself.
+            return Ok(());
+        }
         {
             let mut st = self.state()?;
-            st.durable = target;
+            // `max`: an overlapping flush with a newer target may have got here first.
+            st.durable = st.durable.max(target);
             st.window.forget_through(target);
         }
         tracing::debug!(durable = target.0, "storage flushed");
@@ -281,11 +291,12 @@ impl Inner {
     }
 
     /// Writes `clears`, then `keys`, and `target` as the durable version, in one redb write
-    /// transaction. Blocking.
-    fn write(&self, target: Version, clears: &[KeyRange], keys: &[Flushed]) -> Result<()> {
+    /// transaction, unless redb already holds `target` or newer. Blocking. Returns whether it
+    /// wrote.
+    fn write(&self, target: Version, clears: &[KeyRange], keys: &[Flushed]) -> Result<bool> {
         // Declared before `db`, so dropped after it, on every path: while `close` cannot take
         // the lock, this closure may still hold the database.
-        let writer = self
+        let mut writer = self
             .writer
             .lock()
             .map_err(|_| error(ErrorKind::Unavailable("storage poisoned by a panic".into())))?;
@@ -293,6 +304,9 @@ impl Inner {
             return Err(error(ErrorKind::Unavailable(
                 "storage server closed".into(),
             )));
+        }
+        if target <= writer.durable {
+            return Ok(false);
         }
         let db = self.db()?;
         let tx = db.begin_write().map_err(db_error)?;
@@ -316,7 +330,9 @@ impl Inner {
             meta.insert(DURABLE_VERSION, target.0).map_err(db_error)?;
         }
         // Immediate durability: committed means synced.
-        tx.commit().map_err(db_error)
+        tx.commit().map_err(db_error)?;
+        writer.durable = target;
+        Ok(true)
     }
 
     /// Closes the database once no flush is writing to it, and keeps any later flush from
@@ -423,7 +439,10 @@ impl RedbStorage {
         let inner = Arc::new(Inner {
             shards,
             db: Mutex::new(Some(Arc::new(db))),
-            writer: Mutex::new(Writer { closed: false }),
+            writer: Mutex::new(Writer {
+                closed: false,
+                durable,
+            }),
             log: Mutex::new(log),
             config,
             state: Mutex::new(State {
