@@ -294,8 +294,8 @@ impl Inner {
     /// transaction, unless redb already holds `target` or newer. Blocking. Returns whether it
     /// wrote.
     fn write(&self, target: Version, clears: &[KeyRange], keys: &[Flushed]) -> Result<bool> {
-        // Declared before `db`, so dropped after it, on every path: while `close` cannot take
-        // the lock, this closure may still hold the database.
+        // Declared before `db`, so dropped after it, on every path: as long as `close` cannot
+        // take the lock, a write may still hold the database.
         let mut writer = self
             .writer
             .lock()
