@@ -15,13 +15,27 @@
 //! concurrent batches share a sync.
 //!
 //! A failure of any stage fails the whole batch with that stage's error (its [`Stage`] names
-//! it). A proxy whose epoch was fenced by a log refuses every later commit. The queue is
-//! bounded: a full proxy makes callers wait, then refuses them as `Overloaded`.
+//! it). The queue is bounded: a full proxy makes callers wait, then refuses them as
+//! `Overloaded`.
+//!
+//! # Failed state: no hole in the chain
+//!
+//! Logs and resolvers accept a batch only after its predecessor, so a batch that took a version
+//! pair and then could not be resolved, encoded, pushed to every log or reported leaves a hole
+//! no later batch of the epoch can get past: each would wait on the missing link and fail out
+//! of order, one bounded wait after another. So the first such error, or an error of the
+//! sequencer handing out a version pair, ends the epoch at once: the proxy records it
+//! ([`BatchingProxy::failure`]) and answers with it every batch behind the hole, every
+//! transaction still queued and every later commit, without touching a stage again. The
+//! director then recovers into a new epoch. Batches ahead of the hole are not in its way and
+//! finish as usual. A conflict or a too-old read version is an answer to one client, not a
+//! failure. A proxy fenced by a newer epoch has failed too; it refuses later commits as
+//! unavailable.
 //!
 //! [`Stage`]: strata_core::Stage
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,7 +45,7 @@ use strata_core::{
     CommitProxy, Epoch, Error, ErrorKind, Key, LogServer, Mutation, ResolveBatch, Resolver, Result,
     Sequencer, Stage, TransactionConflicts, TransactionView, Verdict, Version, VersionPair, wire,
 };
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Tuning and limits of a [`BatchingProxy`].
@@ -90,6 +104,60 @@ struct Stages {
     shards: ShardMap,
     logs: Vec<Arc<dyn LogServer>>,
     fenced: AtomicBool,
+    /// The first error that broke the chain (see the crate docs, "Failed state").
+    failure: OnceLock<Error>,
+    /// The lowest version of a batch that failed, `u64::MAX` while none did: batches above it
+    /// can never be accepted, batches below it are not in its way.
+    hole: AtomicU64,
+    /// Woken whenever a failure is recorded, so batches behind the hole stop waiting on their
+    /// stages.
+    broken: Notify,
+}
+
+impl Stages {
+    /// Records that the chain broke: at the batch of `version`, or before any version was
+    /// taken (`None`). The first error is kept; a later one only lowers the hole.
+    fn record(&self, version: Option<Version>, e: &Error) {
+        if e.is_fenced() {
+            self.fenced.store(true, Ordering::SeqCst);
+        }
+        // The failure is set before the hole is lowered, so whoever sees the hole finds it.
+        if self.failure.set(e.clone()).is_ok() {
+            tracing::error!(
+                epoch = %self.epoch,
+                version = version.map(|v| v.0),
+                error = %e,
+                "commit chain broken; the proxy answers every later commit with this error"
+            );
+        }
+        if let Some(v) = version {
+            self.hole.fetch_min(v.0, Ordering::SeqCst);
+        }
+        self.broken.notify_waiters();
+    }
+
+    /// The recorded failure once a batch below `version` failed: the batch of `version` can
+    /// then never be accepted.
+    fn behind_hole(&self, version: Version) -> Option<Error> {
+        if self.hole.load(Ordering::SeqCst) < version.0 {
+            self.failure.get().cloned()
+        } else {
+            None
+        }
+    }
+
+    /// Waits until `check` finds a failure that concerns the waiter, and returns it.
+    async fn until_failed(&self, check: impl Fn(&Stages) -> Option<Error>) -> Error {
+        loop {
+            // Registered before checking, so a failure recorded in between still wakes us.
+            let mut woken = std::pin::pin!(self.broken.notified());
+            woken.as_mut().enable();
+            if let Some(e) = check(self) {
+                return e;
+            }
+            woken.await;
+        }
+    }
 }
 
 /// A commit proxy of one epoch. See the crate docs.
@@ -146,6 +214,9 @@ impl BatchingProxy {
             shards,
             logs,
             fenced: AtomicBool::new(false),
+            failure: OnceLock::new(),
+            hole: AtomicU64::new(u64::MAX),
+            broken: Notify::new(),
         });
         let (queue, rx) = mpsc::channel(config.queue_transactions_max.max(1));
         let batcher = tokio::spawn(batch_loop(stages.clone(), config, rx));
@@ -165,8 +236,20 @@ impl BatchingProxy {
     }
 
     /// Whether the batcher still runs (it stops only if its task panicked or was aborted).
+    ///
+    /// A proxy that failed still runs: it answers every commit with its failure, at once. So
+    /// "running" does not mean "committing"; ask [`BatchingProxy::failure`] for that.
     pub fn is_running(&self) -> bool {
         !self.batcher.is_finished()
+    }
+
+    /// The error that ended this proxy's epoch, if one did: the first batch that failed after
+    /// taking its version pair (in resolution, encoding, a push to any log, or the report), or
+    /// the sequencer failing to hand out a pair. From then on every commit is answered with it
+    /// (see the crate docs, "Failed state"); the director should recover into a new epoch.
+    /// A fenced proxy has failed with the fencing error.
+    pub fn failure(&self) -> Option<Error> {
+        self.stages.failure.get().cloned()
     }
 }
 
@@ -182,6 +265,10 @@ impl CommitProxy for BatchingProxy {
                 "the proxy of {} was fenced by a newer epoch",
                 self.stages.epoch
             ))));
+        }
+        // The epoch is over: no batch could get past the hole, so do not queue one.
+        if let Some(e) = self.stages.failure.get() {
+            return Err(e.clone());
         }
         let bytes = transaction.len();
         let view = TransactionView::parse(transaction).map_err(|e| error(ErrorKind::Wire(e)))?;
@@ -232,6 +319,12 @@ async fn batch_loop(stages: Arc<Stages>, config: ProxyConfig, mut rx: mpsc::Rece
                 None => return,
             },
         };
+        // Once failed, drain the queue with the failure, one transaction at a time, without
+        // waiting for a batch window.
+        if let Some(e) = stages.failure.get() {
+            fail(vec![first], e);
+            continue;
+        }
         let mut bytes = first.bytes;
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + config.batch_window;
@@ -254,17 +347,42 @@ async fn batch_loop(stages: Arc<Stages>, config: ProxyConfig, mut rx: mpsc::Rece
             bytes += p.bytes;
             batch.push(p);
         }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        // Versions are taken here, one batch at a time, so they follow the queue's order.
-        let pair = match stages.sequencer.next_commit_version(stages.epoch).await {
-            Ok(pair) => pair,
-            Err(e) => {
+        // Wait for room in the pipeline, unless the chain breaks meanwhile: the batches in flight
+        // may be stuck behind the hole until they are cut.
+        let permit = tokio::select! {
+            biased;
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            e = stages.until_failed(|s| s.failure.get().cloned()) => {
                 fail(batch, &e);
                 continue;
             }
         };
+        // Versions are taken here, one batch at a time, so they follow the queue's order.
+        let asked = tokio::select! {
+            biased;
+            pair = stages.sequencer.next_commit_version(stages.epoch) => pair,
+            e = stages.until_failed(|s| s.failure.get().cloned()) => {
+                fail(batch, &e);
+                continue;
+            }
+        };
+        let pair = match asked {
+            Ok(pair) => pair,
+            Err(e) => {
+                // The sequencer's chain can no longer be trusted to have no gap.
+                stages.record(None, &e);
+                fail(batch, &e);
+                continue;
+            }
+        };
+        // A batch that failed while this one was being formed leaves a hole before it.
+        if let Some(e) = stages.failure.get() {
+            fail(batch, e);
+            continue;
+        }
         let stages = stages.clone();
         tokio::spawn(async move {
             commit_batch(&stages, pair, batch).await;
@@ -279,86 +397,102 @@ fn fail(batch: Vec<Pending>, e: &Error) {
     }
 }
 
+/// Commits one batch and answers its clients. A batch behind a hole (one below it failed) stops
+/// waiting on its stages at once and answers with the recorded failure.
 async fn commit_batch(stages: &Stages, pair: VersionPair, batch: Vec<Pending>) {
-    // The conflicts go to the resolvers; the rest waits for their verdicts.
-    let (conflicts, rest): (Vec<TransactionConflicts>, Vec<(Vec<Mutation>, Reply)>) = batch
-        .into_iter()
-        .map(|p| (p.conflicts, (p.mutations, p.reply)))
-        .unzip();
+    let mut conflicts = Vec::with_capacity(batch.len());
+    let mut mutations = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for p in batch {
+        conflicts.push(p.conflicts);
+        mutations.push(p.mutations);
+        replies.push(Some(p.reply));
+    }
+    let ended = tokio::select! {
+        biased;
+        done = run_batch(stages, pair, conflicts, mutations, &mut replies) => match done {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(version = pair.version.0, error = %e, "batch failed");
+                stages.record(Some(pair.version), &e);
+                // Failing only because an earlier batch did (say, refused as out of order):
+                // the earlier batch's error is the cause worth telling.
+                Some(stages.behind_hole(pair.version).unwrap_or(e))
+            }
+        },
+        e = stages.until_failed(|s| s.behind_hole(pair.version)) => Some(e),
+    };
+    if let Some(e) = ended {
+        for reply in replies.into_iter().flatten() {
+            let _ = reply.send(Err(e.clone()));
+        }
+    }
+}
+
+/// Resolves, pushes and reports one batch. Conflicting and too-old transactions are answered
+/// as soon as the verdicts are in, accepted ones once the version is reported; on an error the
+/// replies still in `replies` are the caller's to answer.
+async fn run_batch(
+    stages: &Stages,
+    pair: VersionPair,
+    conflicts: Vec<TransactionConflicts>,
+    written: Vec<Vec<Mutation>>,
+    replies: &mut [Option<Reply>],
+) -> Result<()> {
     let resolve = ResolveBatch {
         epoch: stages.epoch,
         previous_version: pair.previous,
         version: pair.version,
         transactions: conflicts,
     };
-    let verdicts = match resolve_all(stages, resolve).await {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(version = pair.version.0, error = %e, "batch failed in resolution");
-            for (_, reply) in rest {
-                let _ = reply.send(Err(e.clone()));
-            }
-            return;
-        }
-    };
+    let verdicts = resolve_all(stages, resolve).await?;
+    if verdicts.len() != replies.len() {
+        return Err(Error::new(
+            Stage::Resolver,
+            ErrorKind::InvalidRequest(format!(
+                "{} verdicts for a batch of {} transactions",
+                verdicts.len(),
+                replies.len()
+            )),
+        ));
+    }
 
     let mut mutations = Vec::new();
-    let mut accepted = Vec::new();
-    for ((written, reply), verdict) in rest.into_iter().zip(verdicts) {
-        match verdict {
+    for ((written, reply), verdict) in written.into_iter().zip(replies.iter_mut()).zip(verdicts) {
+        let refused = match verdict {
             Verdict::Committed => {
                 mutations.extend(written);
-                accepted.push(reply);
+                continue;
             }
-            Verdict::Conflict => {
-                let _ = reply.send(Err(Error::new(Stage::Resolver, ErrorKind::Conflict)));
-            }
-            Verdict::TooOld => {
-                let oldest = pair
-                    .version
-                    .saturating_sub(strata_core::MVCC_WINDOW_VERSIONS);
-                let _ = reply.send(Err(Error::new(
-                    Stage::Resolver,
-                    ErrorKind::TooOld {
-                        version: Version::ZERO,
-                        oldest,
-                    },
-                )));
-            }
+            Verdict::Conflict => Error::new(Stage::Resolver, ErrorKind::Conflict),
+            Verdict::TooOld => Error::new(
+                Stage::Resolver,
+                ErrorKind::TooOld {
+                    version: Version::ZERO,
+                    oldest: pair
+                        .version
+                        .saturating_sub(strata_core::MVCC_WINDOW_VERSIONS),
+                },
+            ),
+        };
+        if let Some(reply) = reply.take() {
+            let _ = reply.send(Err(refused));
         }
     }
 
     // Every batch reaches the logs, even one with nothing accepted: the logs' version chain
     // must not have a gap.
-    let pushed = match wire::encode_parts(None, &[], &[], &mutations, Some(pair.version)) {
-        Ok(payload) => push_all(stages, pair, payload).await,
-        Err(e) => Err(error(ErrorKind::Wire(e))),
-    };
-    let committed = match pushed {
-        Ok(()) => {
-            stages
-                .sequencer
-                .report_committed(stages.epoch, pair.version)
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    match committed {
-        Ok(()) => {
-            for reply in accepted {
-                let _ = reply.send(Ok(pair.version));
-            }
-        }
-        Err(e) => {
-            if e.is_fenced() {
-                stages.fenced.store(true, Ordering::SeqCst);
-            }
-            tracing::warn!(version = pair.version.0, error = %e, "batch failed");
-            for reply in accepted {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
+    let payload = wire::encode_parts(None, &[], &[], &mutations, Some(pair.version))
+        .map_err(|e| error(ErrorKind::Wire(e)))?;
+    push_all(stages, pair, payload).await?;
+    stages
+        .sequencer
+        .report_committed(stages.epoch, pair.version)
+        .await?;
+    for reply in replies.iter_mut().filter_map(Option::take) {
+        let _ = reply.send(Ok(pair.version));
     }
+    Ok(())
 }
 
 async fn resolve_all(stages: &Stages, batch: ResolveBatch) -> Result<Vec<Verdict>> {

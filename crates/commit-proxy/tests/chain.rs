@@ -1,0 +1,448 @@
+//! "No hole in the chain": a batch that took a version pair and then could not be resolved,
+//! pushed or reported ends the proxy's epoch at once.
+//!
+//! The stages are the real ones (clock sequencer, window resolver, in-memory logs, which all
+//! apply batches only along the version chain) behind thin decorators that fail or hang one
+//! chosen call, so each test breaks the chain exactly where it means to.
+
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use strata_commit_proxy::{BatchingProxy, ProxyConfig};
+use strata_core::{
+    CommitProxy, Epoch, Error, ErrorKind, KeyRange, LogEntry, LogId, LogServer, LogState, Mutation,
+    ResolveBatch, Resolver, Result, Sequencer, Stage, Transaction, Verdict, Version, VersionPair,
+};
+use strata_resolver::{ResolverConfig, WindowResolver};
+use strata_sequencer::ClockSequencer;
+use strata_tlog::MemoryLog;
+use tokio::sync::Notify;
+
+const EPOCH: Epoch = Epoch(1);
+/// Far enough from zero that a read version of 1 is outside the MVCC window.
+const START: Version = Version(10_000_000);
+
+/// What a decorated call does instead of passing through.
+#[derive(Clone)]
+enum Fault {
+    /// Fails with this error.
+    Fail(Error),
+    /// Waits until the gate is opened, then fails with this error.
+    FailWhenOpened(Arc<Notify>, Error),
+}
+
+/// A fault on one call of one method: the `at`-th (counting from 1); every other call passes.
+#[derive(Default)]
+struct Point {
+    at: usize,
+    fault: Option<Fault>,
+    calls: AtomicUsize,
+}
+
+impl Point {
+    fn new(at: usize, fault: Fault) -> Point {
+        Point {
+            at,
+            fault: Some(fault),
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    async fn pass(&self) -> Result<()> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        match &self.fault {
+            Some(fault) if n == self.at => match fault {
+                Fault::Fail(e) => Err(e.clone()),
+                Fault::FailWhenOpened(gate, e) => {
+                    gate.notified().await;
+                    Err(e.clone())
+                }
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
+struct FaultySequencer {
+    inner: ClockSequencer,
+    next: Point,
+    report: Point,
+}
+
+#[async_trait]
+impl Sequencer for FaultySequencer {
+    fn epoch(&self) -> Epoch {
+        self.inner.epoch()
+    }
+
+    async fn next_commit_version(&self, epoch: Epoch) -> Result<VersionPair> {
+        self.next.pass().await?;
+        self.inner.next_commit_version(epoch).await
+    }
+
+    async fn report_committed(&self, epoch: Epoch, version: Version) -> Result<()> {
+        self.report.pass().await?;
+        self.inner.report_committed(epoch, version).await
+    }
+
+    async fn read_version(&self) -> Result<Version> {
+        self.inner.read_version().await
+    }
+}
+
+struct FaultyResolver {
+    inner: WindowResolver,
+    resolve: Point,
+}
+
+#[async_trait]
+impl Resolver for FaultyResolver {
+    async fn resolve(&self, batch: ResolveBatch) -> Result<Vec<Verdict>> {
+        self.resolve.pass().await?;
+        self.inner.resolve(batch).await
+    }
+}
+
+struct FaultyLog {
+    inner: MemoryLog,
+    push: Point,
+}
+
+#[async_trait]
+impl LogServer for FaultyLog {
+    fn id(&self) -> LogId {
+        self.inner.id()
+    }
+
+    async fn push(
+        &self,
+        epoch: Epoch,
+        previous_version: Version,
+        version: Version,
+        payload: Bytes,
+    ) -> Result<()> {
+        self.push.pass().await?;
+        self.inner
+            .push(epoch, previous_version, version, payload)
+            .await
+    }
+
+    async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
+        self.inner.pull(after, limit).await
+    }
+
+    async fn lock(&self, epoch: Epoch) -> Result<LogState> {
+        self.inner.lock(epoch).await
+    }
+
+    async fn pop(&self, version: Version) -> Result<()> {
+        self.inner.pop(version).await
+    }
+}
+
+/// Where to break the chain; every point left at its default passes.
+#[derive(Default)]
+struct Faults {
+    next: Point,
+    report: Point,
+    resolve: Point,
+    /// The push fault of the log at `faulty_log`; the others never fail.
+    push: Point,
+    faulty_log: usize,
+    /// Logs in all (at least one).
+    logs: usize,
+    /// How long a log waits for a missing predecessor (the in-memory log's 1 s by default).
+    log_predecessor_wait: Option<Duration>,
+}
+
+struct Cluster {
+    sequencer: Arc<FaultySequencer>,
+    logs: Vec<Arc<FaultyLog>>,
+    proxy: BatchingProxy,
+}
+
+fn cluster(faults: Faults, config: ProxyConfig) -> Cluster {
+    let sequencer = Arc::new(FaultySequencer {
+        inner: ClockSequencer::new(EPOCH, START),
+        next: faults.next,
+        report: faults.report,
+    });
+    let resolver: Arc<dyn Resolver> = Arc::new(FaultyResolver {
+        inner: WindowResolver::new(EPOCH, START, ResolverConfig::default()),
+        resolve: faults.resolve,
+    });
+    let mut push = Some(faults.push);
+    let faulty_log = faults.faulty_log;
+    let logs: Vec<Arc<FaultyLog>> = (0..faults.logs.max(1))
+        .map(|i| {
+            let mut inner = MemoryLog::new(LogId(i as u64), START);
+            if let Some(wait) = faults.log_predecessor_wait {
+                inner = inner.with_waits(wait, Duration::from_millis(100));
+            }
+            Arc::new(FaultyLog {
+                inner,
+                push: if i == faulty_log {
+                    push.take().unwrap_or_default()
+                } else {
+                    Point::default()
+                },
+            })
+        })
+        .collect();
+    let proxy = BatchingProxy::new(
+        EPOCH,
+        sequencer.clone(),
+        vec![(Bytes::new(), resolver)],
+        logs.iter()
+            .map(|l| l.clone() as Arc<dyn LogServer>)
+            .collect(),
+        config,
+    )
+    .unwrap();
+    Cluster {
+        sequencer,
+        logs,
+        proxy,
+    }
+}
+
+/// A blind write of `key`: no read version, so it never conflicts and is never too old.
+fn write(key: &str) -> Bytes {
+    Transaction {
+        write_conflicts: vec![KeyRange::single(Bytes::from(key.to_owned()))],
+        mutations: vec![Mutation::Set {
+            key: Bytes::from(key.to_owned()),
+            value: Bytes::from_static(b"v"),
+        }],
+        ..Transaction::default()
+    }
+    .encode()
+    .unwrap()
+}
+
+/// Reads `read` at `read_version` and writes `write`.
+fn read_write(read_version: Version, read: &str, write: &str) -> Bytes {
+    Transaction {
+        read_version: Some(read_version),
+        read_conflicts: vec![KeyRange::single(Bytes::from(read.to_owned()))],
+        write_conflicts: vec![KeyRange::single(Bytes::from(write.to_owned()))],
+        mutations: vec![Mutation::Set {
+            key: Bytes::from(write.to_owned()),
+            value: Bytes::from_static(b"v"),
+        }],
+    }
+    .encode()
+    .unwrap()
+}
+
+fn disk_on_fire() -> Error {
+    Error::io(Stage::Log, std::io::Error::other("disk on fire"))
+}
+
+/// Asserts that `e` is the injected log failure, not some later symptom of it (such as a log
+/// refusing the next batch as out of order).
+fn assert_disk_on_fire(e: &Error) {
+    assert_eq!(e.stage, Stage::Log, "{e}");
+    assert!(matches!(e.kind, ErrorKind::Io(_)), "{e}");
+    assert!(e.to_string().contains("disk on fire"), "{e}");
+}
+
+/// Waits (bounded) until `done` holds; the bound only keeps a broken build from hanging.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_push_ends_the_epoch_and_every_later_commit_names_it() {
+    // The second of two logs fails the first push: the first log holds the batch, the second
+    // never will, so no later batch can ever be on every log.
+    let c = cluster(
+        Faults {
+            logs: 2,
+            faulty_log: 1,
+            push: Point::new(1, Fault::Fail(disk_on_fire())),
+            ..Faults::default()
+        },
+        ProxyConfig::default(),
+    );
+    assert!(c.proxy.failure().is_none());
+
+    let err = c.proxy.commit(write("a")).await.unwrap_err();
+    assert_disk_on_fire(&err);
+    let failure = c.proxy.failure().unwrap();
+    assert_disk_on_fire(&failure);
+
+    // Every later commit gets the original cause, not the next batch's out-of-order refusal.
+    for key in ["b", "c", "d"] {
+        let err = c.proxy.commit(write(key)).await.unwrap_err();
+        assert_disk_on_fire(&err);
+    }
+    // The batcher still runs (it answers with the failure); the proxy was not fenced.
+    assert!(c.proxy.is_running());
+    assert!(!c.proxy.is_fenced());
+    // Nothing was reported committed, and the other log holds at most the first batch.
+    assert_eq!(c.sequencer.read_version().await.unwrap(), START);
+    let held = c.logs[0].pull(START, 100).await.unwrap();
+    assert!(held.len() <= 1, "{} batches on the healthy log", held.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_behind_a_failed_one_and_queued_transactions_get_its_error() {
+    let gate = Arc::new(Notify::new());
+    let c = Arc::new(cluster(
+        Faults {
+            push: Point::new(1, Fault::FailWhenOpened(gate.clone(), disk_on_fire())),
+            // Long enough that a batch behind the failed one is never refused by the log as
+            // out of order before the failure reaches it.
+            log_predecessor_wait: Some(Duration::from_secs(5)),
+            ..Faults::default()
+        },
+        ProxyConfig {
+            batch_transactions_max: 1,
+            in_flight_batches_max: 2,
+            ..ProxyConfig::default()
+        },
+    ));
+    let commit = |key: &'static str| {
+        let c = c.clone();
+        tokio::spawn(async move { c.proxy.commit(write(key)).await })
+    };
+    // The first batch reaches the log and waits there for the gate.
+    let first = commit("first");
+    until("the first batch reaches the log", || {
+        c.logs[0].push.calls() >= 1
+    })
+    .await;
+    // The second batch reaches the log too (waiting for its predecessor); the rest wait for
+    // room in the pipeline, queued.
+    let later: Vec<_> = ["b", "c", "d", "e", "f"].into_iter().map(commit).collect();
+    until("the second batch reaches the log", || {
+        c.logs[0].push.calls() >= 2
+    })
+    .await;
+    assert!(c.proxy.failure().is_none());
+
+    gate.notify_one();
+    assert_disk_on_fire(&first.await.unwrap().unwrap_err());
+    for task in later {
+        assert_disk_on_fire(&task.await.unwrap().unwrap_err());
+    }
+    assert_disk_on_fire(&c.proxy.failure().unwrap());
+    assert_eq!(c.logs[0].inner.pull(START, 100).await.unwrap(), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_resolution_ends_the_epoch() {
+    let lost = Error::new(
+        Stage::Resolver,
+        ErrorKind::Unavailable("resolver lost".into()),
+    );
+    let c = cluster(
+        Faults {
+            resolve: Point::new(1, Fault::Fail(lost)),
+            ..Faults::default()
+        },
+        ProxyConfig::default(),
+    );
+    let is_lost = |e: &Error| {
+        e.stage == Stage::Resolver
+            && matches!(&e.kind, ErrorKind::Unavailable(m) if m == "resolver lost")
+    };
+    let err = c.proxy.commit(write("a")).await.unwrap_err();
+    assert!(is_lost(&err), "{err}");
+    // The resolver would wait for the missing batch and refuse the next as out of order; the
+    // proxy answers with the cause instead.
+    let err = c.proxy.commit(write("b")).await.unwrap_err();
+    assert!(is_lost(&err), "{err}");
+    assert!(is_lost(&c.proxy.failure().unwrap()));
+    assert_eq!(c.logs[0].pull(START, 100).await.unwrap(), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_version_request_ends_the_epoch() {
+    let lost = Error::new(
+        Stage::Sequencer,
+        ErrorKind::Unavailable("lease lost".into()),
+    );
+    let c = cluster(
+        Faults {
+            next: Point::new(1, Fault::Fail(lost)),
+            ..Faults::default()
+        },
+        ProxyConfig::default(),
+    );
+    let is_lost = |e: &Error| {
+        e.stage == Stage::Sequencer
+            && matches!(&e.kind, ErrorKind::Unavailable(m) if m == "lease lost")
+    };
+    let err = c.proxy.commit(write("a")).await.unwrap_err();
+    assert!(is_lost(&err), "{err}");
+    assert!(is_lost(&c.proxy.failure().unwrap()));
+    // The sequencer would answer the next request, but a sequencer that failed one cannot be
+    // trusted to have kept its chain: the epoch is over.
+    let err = c.proxy.commit(write("b")).await.unwrap_err();
+    assert!(is_lost(&err), "{err}");
+    assert_eq!(
+        c.sequencer.next.calls(),
+        1,
+        "no version was asked for after"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_report_ends_the_epoch() {
+    let lost = Error::new(
+        Stage::Sequencer,
+        ErrorKind::Unavailable("report lost".into()),
+    );
+    let c = cluster(
+        Faults {
+            report: Point::new(1, Fault::Fail(lost)),
+            ..Faults::default()
+        },
+        ProxyConfig::default(),
+    );
+    let is_lost = |e: &Error| {
+        e.stage == Stage::Sequencer
+            && matches!(&e.kind, ErrorKind::Unavailable(m) if m == "report lost")
+    };
+    let err = c.proxy.commit(write("a")).await.unwrap_err();
+    assert!(is_lost(&err), "{err}");
+    let err = c.proxy.commit(write("b")).await.unwrap_err();
+    assert!(is_lost(&err), "{err}");
+    assert!(is_lost(&c.proxy.failure().unwrap()));
+    // Only the first batch reached the logs (its outcome is unknown to its client).
+    assert_eq!(c.logs[0].pull(START, 100).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_and_too_old_are_answers_not_failures() {
+    let c = cluster(Faults::default(), ProxyConfig::default());
+    let rv = c.sequencer.read_version().await.unwrap();
+    c.proxy.commit(write("a")).await.unwrap();
+    let err = c.proxy.commit(read_write(rv, "a", "b")).await.unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Conflict), "{err}");
+    let err = c
+        .proxy
+        .commit(read_write(Version(1), "x", "y"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::TooOld { .. }), "{err}");
+
+    assert!(c.proxy.failure().is_none());
+    c.proxy.commit(write("c")).await.unwrap();
+}
