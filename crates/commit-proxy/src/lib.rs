@@ -32,11 +32,22 @@
 //! failure. A proxy fenced by a newer epoch has failed too; it refuses later commits as
 //! unavailable.
 //!
+//! # Stall detection
+//!
+//! A stage that hangs instead of failing breaks nothing the proxy can see, so the proxy tracks
+//! each batch in flight, from asking the sequencer for its version pair to its answer, with
+//! the time it started and the stage it waits on now. [`BatchingProxy::waiting_on`] names the
+//! stage the oldest batch waits on; [`BatchingProxy::health`] reports a timeout naming it once
+//! that batch has been in flight longer than [`ProxyConfig::stall_timeout`], so monitoring
+//! treats a chain that stopped advancing while requests wait as a failure. Tracking costs two
+//! short uncontended lock operations per batch (in and out) and an atomic store per stage.
+//!
 //! [`Stage`]: strata_core::Stage
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -65,6 +76,15 @@ pub struct ProxyConfig {
     pub queue_wait: Duration,
     /// Most batches between version assignment and answer at once.
     pub in_flight_batches_max: usize,
+    /// How long the oldest batch may stay in flight (from asking the sequencer for its version
+    /// pair to its answer) before [`BatchingProxy::health`] reports the stage it waits on as
+    /// timed out. Default 10 s: a healthy batch takes milliseconds (a resolution and one log
+    /// sync), and every wait of the stages themselves is bounded well below that (a log or
+    /// resolver waits 1 s for a missing predecessor, a full log queue 5 s), so a batch in
+    /// flight for longer waits on a stage that stopped answering. A stall is only reported:
+    /// the batch is not cut and the proxy does not fail, since ending the epoch is the
+    /// director's call. Must be above zero.
+    pub stall_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -76,6 +96,7 @@ impl Default for ProxyConfig {
             queue_transactions_max: 10_000,
             queue_wait: Duration::from_secs(5),
             in_flight_batches_max: 64,
+            stall_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -112,6 +133,8 @@ struct Stages {
     /// Woken whenever a failure is recorded, so batches behind the hole stop waiting on their
     /// stages.
     broken: Notify,
+    /// The batches in flight, oldest first.
+    flights: Mutex<VecDeque<Arc<Track>>>,
 }
 
 impl Stages {
@@ -146,6 +169,12 @@ impl Stages {
         }
     }
 
+    fn flights(&self) -> MutexGuard<'_, VecDeque<Arc<Track>>> {
+        // The list stays consistent even if a holder panicked: every change is one push or
+        // one remove.
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Waits until `check` finds a failure that concerns the waiter, and returns it.
     async fn until_failed(&self, check: impl Fn(&Stages) -> Option<Error>) -> Error {
         loop {
@@ -156,6 +185,66 @@ impl Stages {
                 return e;
             }
             woken.await;
+        }
+    }
+}
+
+/// The stages a batch in flight can wait on, as kept in [`Track::waiting`].
+const WAITED_ON: [Stage; 3] = [Stage::Sequencer, Stage::Resolver, Stage::Log];
+const ON_SEQUENCER: u8 = 0;
+const ON_RESOLVER: u8 = 1;
+const ON_LOG: u8 = 2;
+
+/// One batch between asking for its version pair and its answer (see the crate docs, "Stall
+/// detection").
+struct Track {
+    /// Given by the batcher in increasing order, so the list of tracks stays sorted by it.
+    seq: u64,
+    started: Instant,
+    /// The stage the batch waits on now: an index into [`WAITED_ON`].
+    waiting: AtomicU8,
+    /// The batch's commit version; zero until the sequencer handed it out.
+    version: AtomicU64,
+}
+
+/// A batch's place in the in-flight list, for as long as this lives: dropping it (however the
+/// batch ends) takes the batch off the list.
+struct InFlight {
+    stages: Arc<Stages>,
+    track: Arc<Track>,
+}
+
+impl InFlight {
+    /// Lists a batch that is about to ask the sequencer for its version pair.
+    fn begin(stages: &Arc<Stages>, seq: u64) -> InFlight {
+        let track = Arc::new(Track {
+            seq,
+            started: Instant::now(),
+            waiting: AtomicU8::new(ON_SEQUENCER),
+            version: AtomicU64::new(0),
+        });
+        stages.flights().push_back(track.clone());
+        InFlight {
+            stages: stages.clone(),
+            track,
+        }
+    }
+
+    fn versioned(&self, version: Version) {
+        self.track.version.store(version.0, Ordering::Relaxed);
+    }
+
+    fn waits_on(&self, stage: u8) {
+        self.track.waiting.store(stage, Ordering::Relaxed);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut flights = self.stages.flights();
+        // Batches usually end in order, so this is almost always the front.
+        if let Ok(i) = flights.binary_search_by_key(&self.track.seq, |t| t.seq) {
+            flights.remove(i);
         }
     }
 }
@@ -200,6 +289,12 @@ impl BatchingProxy {
                 "a proxy needs at least one resolver and one log".into(),
             )));
         }
+        if config.stall_timeout.is_zero() {
+            return Err(error(ErrorKind::InvalidRequest(
+                "stall_timeout must be above zero, or every batch in flight counts as stalled"
+                    .into(),
+            )));
+        }
         resolvers.sort_by(|a, b| a.0.cmp(&b.0));
         let shards = ShardMap::from_begins(resolvers.iter().map(|(k, _)| k.clone()).collect());
         if shards.len() != resolvers.len() || !resolvers[0].0.is_empty() {
@@ -217,6 +312,7 @@ impl BatchingProxy {
             failure: OnceLock::new(),
             hole: AtomicU64::new(u64::MAX),
             broken: Notify::new(),
+            flights: Mutex::new(VecDeque::new()),
         });
         let (queue, rx) = mpsc::channel(config.queue_transactions_max.max(1));
         let batcher = tokio::spawn(batch_loop(stages.clone(), config, rx));
@@ -251,6 +347,67 @@ impl BatchingProxy {
     pub fn failure(&self) -> Option<Error> {
         self.stages.failure.get().cloned()
     }
+
+    /// Monitoring's probe: `Err` with [`BatchingProxy::failure`] once the proxy failed;
+    /// otherwise a `Timeout` error of the stage the oldest batch in flight waits on, once that
+    /// batch has been in flight longer than [`ProxyConfig::stall_timeout`] (the chain stopped
+    /// advancing while requests wait); otherwise `Ok`. An idle proxy is healthy.
+    pub fn health(&self) -> Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        let Some(oldest) = self.oldest() else {
+            return Ok(());
+        };
+        let waited = oldest.started.elapsed();
+        if waited <= self.config.stall_timeout {
+            return Ok(());
+        }
+        let what = match oldest.version {
+            Version(0) => format!(
+                "the {} to hand out a commit version, for the oldest of {} batches in flight",
+                oldest.stage, oldest.in_flight
+            ),
+            v => format!(
+                "the {} on the batch of {v}, the oldest of {} in flight",
+                oldest.stage, oldest.in_flight
+            ),
+        };
+        Err(Error::new(
+            oldest.stage,
+            ErrorKind::Timeout {
+                what,
+                after_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            },
+        ))
+    }
+
+    /// The stage the oldest batch in flight waits on right now: [`Stage::Sequencer`] while it
+    /// asks for its version pair or reports it committed, [`Stage::Resolver`] while it is
+    /// resolved, [`Stage::Log`] while it is pushed. `None` when no batch is in flight. A
+    /// director whose own wait on the proxy times out uses it to name the stage that hung.
+    pub fn waiting_on(&self) -> Option<Stage> {
+        self.oldest().map(|o| o.stage)
+    }
+
+    fn oldest(&self) -> Option<Oldest> {
+        let flights = self.stages.flights();
+        let track = flights.front()?;
+        Some(Oldest {
+            started: track.started,
+            stage: WAITED_ON[usize::from(track.waiting.load(Ordering::Relaxed))],
+            version: Version(track.version.load(Ordering::Relaxed)),
+            in_flight: flights.len(),
+        })
+    }
+}
+
+/// What [`BatchingProxy::health`] reports of the oldest batch in flight.
+struct Oldest {
+    started: Instant,
+    stage: Stage,
+    version: Version,
+    in_flight: usize,
 }
 
 #[async_trait]
@@ -311,6 +468,7 @@ async fn batch_loop(stages: Arc<Stages>, config: ProxyConfig, mut rx: mpsc::Rece
     let in_flight = Arc::new(Semaphore::new(config.in_flight_batches_max.max(1)));
     // A transaction that would take a batch past its byte bound opens the next batch instead.
     let mut carry: Option<Pending> = None;
+    let mut seq = 0;
     loop {
         let first = match carry.take() {
             Some(p) => p,
@@ -361,6 +519,8 @@ async fn batch_loop(stages: Arc<Stages>, config: ProxyConfig, mut rx: mpsc::Rece
             }
         };
         // Versions are taken here, one batch at a time, so they follow the queue's order.
+        seq += 1;
+        let flight = InFlight::begin(&stages, seq);
         let asked = tokio::select! {
             biased;
             pair = stages.sequencer.next_commit_version(stages.epoch) => pair,
@@ -383,9 +543,10 @@ async fn batch_loop(stages: Arc<Stages>, config: ProxyConfig, mut rx: mpsc::Rece
             fail(batch, e);
             continue;
         }
-        let stages = stages.clone();
+        flight.versioned(pair.version);
         tokio::spawn(async move {
-            commit_batch(&stages, pair, batch).await;
+            commit_batch(&flight, pair, batch).await;
+            drop(flight);
             drop(permit);
         });
     }
@@ -399,7 +560,8 @@ fn fail(batch: Vec<Pending>, e: &Error) {
 
 /// Commits one batch and answers its clients. A batch behind a hole (one below it failed) stops
 /// waiting on its stages at once and answers with the recorded failure.
-async fn commit_batch(stages: &Stages, pair: VersionPair, batch: Vec<Pending>) {
+async fn commit_batch(flight: &InFlight, pair: VersionPair, batch: Vec<Pending>) {
+    let stages = &*flight.stages;
     let mut conflicts = Vec::with_capacity(batch.len());
     let mut mutations = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
@@ -410,7 +572,7 @@ async fn commit_batch(stages: &Stages, pair: VersionPair, batch: Vec<Pending>) {
     }
     let ended = tokio::select! {
         biased;
-        done = run_batch(stages, pair, conflicts, mutations, &mut replies) => match done {
+        done = run_batch(flight, pair, conflicts, mutations, &mut replies) => match done {
             Ok(()) => None,
             Err(e) => {
                 tracing::warn!(version = pair.version.0, error = %e, "batch failed");
@@ -433,12 +595,14 @@ async fn commit_batch(stages: &Stages, pair: VersionPair, batch: Vec<Pending>) {
 /// as soon as the verdicts are in, accepted ones once the version is reported; on an error the
 /// replies still in `replies` are the caller's to answer.
 async fn run_batch(
-    stages: &Stages,
+    flight: &InFlight,
     pair: VersionPair,
     conflicts: Vec<TransactionConflicts>,
     written: Vec<Vec<Mutation>>,
     replies: &mut [Option<Reply>],
 ) -> Result<()> {
+    let stages = &*flight.stages;
+    flight.waits_on(ON_RESOLVER);
     let resolve = ResolveBatch {
         epoch: stages.epoch,
         previous_version: pair.previous,
@@ -482,9 +646,11 @@ async fn run_batch(
 
     // Every batch reaches the logs, even one with nothing accepted: the logs' version chain
     // must not have a gap.
+    flight.waits_on(ON_LOG);
     let payload = wire::encode_parts(None, &[], &[], &mutations, Some(pair.version))
         .map_err(|e| error(ErrorKind::Wire(e)))?;
     push_all(stages, pair, payload).await?;
+    flight.waits_on(ON_SEQUENCER);
     stages
         .sequencer
         .report_committed(stages.epoch, pair.version)

@@ -1,5 +1,6 @@
 //! "No hole in the chain": a batch that took a version pair and then could not be resolved,
-//! pushed or reported ends the proxy's epoch at once.
+//! pushed or reported ends the proxy's epoch at once; a chain that stops advancing is seen by
+//! `health` and `waiting_on`.
 //!
 //! The stages are the real ones (clock sequencer, window resolver, in-memory logs, which all
 //! apply batches only along the version chain) behind thin decorators that fail or hang one
@@ -33,6 +34,8 @@ const START: Version = Version(10_000_000);
 enum Fault {
     /// Fails with this error.
     Fail(Error),
+    /// Never returns.
+    Hang,
     /// Waits until the gate is opened, then fails with this error.
     FailWhenOpened(Arc<Notify>, Error),
 }
@@ -63,6 +66,7 @@ impl Point {
         match &self.fault {
             Some(fault) if n == self.at => match fault {
                 Fault::Fail(e) => Err(e.clone()),
+                Fault::Hang => std::future::pending().await,
                 Fault::FailWhenOpened(gate, e) => {
                     gate.notified().await;
                     Err(e.clone())
@@ -285,6 +289,7 @@ async fn a_failed_push_ends_the_epoch_and_every_later_commit_names_it() {
     assert_disk_on_fire(&err);
     let failure = c.proxy.failure().unwrap();
     assert_disk_on_fire(&failure);
+    assert_disk_on_fire(&c.proxy.health().unwrap_err());
 
     // Every later commit gets the original cause, not the next batch's out-of-order refusal.
     for key in ["b", "c", "d"] {
@@ -369,6 +374,7 @@ async fn a_failed_resolution_ends_the_epoch() {
     let err = c.proxy.commit(write("b")).await.unwrap_err();
     assert!(is_lost(&err), "{err}");
     assert!(is_lost(&c.proxy.failure().unwrap()));
+    assert!(is_lost(&c.proxy.health().unwrap_err()));
     assert_eq!(c.logs[0].pull(START, 100).await.unwrap(), vec![]);
 }
 
@@ -444,5 +450,54 @@ async fn conflicts_and_too_old_are_answers_not_failures() {
     assert!(matches!(err.kind, ErrorKind::TooOld { .. }), "{err}");
 
     assert!(c.proxy.failure().is_none());
+    c.proxy.health().unwrap();
     c.proxy.commit(write("c")).await.unwrap();
+    // Refused transactions are answered once resolved, before their batch is pushed, so the
+    // batches leave the in-flight list a little after the answers.
+    until("no batch in flight", || c.proxy.waiting_on().is_none()).await;
+    c.proxy.health().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_stage_is_named_by_waiting_on_and_health() {
+    type Pick = fn(&mut Faults) -> &mut Point;
+    let cases: [(Stage, Pick); 4] = [
+        (Stage::Sequencer, |f| &mut f.next),
+        (Stage::Resolver, |f| &mut f.resolve),
+        (Stage::Log, |f| &mut f.push),
+        (Stage::Sequencer, |f| &mut f.report),
+    ];
+    for (stage, pick) in cases {
+        let mut faults = Faults::default();
+        *pick(&mut faults) = Point::new(1, Fault::Hang);
+        let c = Arc::new(cluster(
+            faults,
+            ProxyConfig {
+                stall_timeout: Duration::from_millis(200),
+                ..ProxyConfig::default()
+            },
+        ));
+        assert_eq!(c.proxy.waiting_on(), None);
+        c.proxy.health().unwrap();
+
+        let task = {
+            let c = c.clone();
+            tokio::spawn(async move { c.proxy.commit(write("a")).await })
+        };
+        until("the batch waits on the hung stage", || {
+            c.proxy.waiting_on() == Some(stage)
+        })
+        .await;
+        until("health sees the stall", || c.proxy.health().is_err()).await;
+        let err = c.proxy.health().unwrap_err();
+        assert_eq!(err.stage, stage, "{err}");
+        assert!(
+            matches!(err.kind, ErrorKind::Timeout { after_ms, .. } if after_ms >= 200),
+            "{err}"
+        );
+        assert_eq!(c.proxy.waiting_on(), Some(stage));
+        // A stall is reported, not recorded: the batch may still finish.
+        assert!(c.proxy.failure().is_none());
+        task.abort();
+    }
 }
