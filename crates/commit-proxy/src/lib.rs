@@ -18,6 +18,13 @@
 //! it). The queue is bounded: a full proxy makes callers wait, then refuses them as
 //! `Overloaded`.
 //!
+//! A batch reaches the logs as one encoding of its accepted mutations with the commit version
+//! section, so it must fit the wire limit ([`strata_core::TRANSACTION_BYTES_MAX`]) like any
+//! transaction. The proxy therefore refuses up front, as `Wire(TransactionTooLarge)`, a client
+//! transaction that would not fit once that section (17 bytes) is added, and keeps
+//! [`ProxyConfig::batch_bytes_max`] within the same bound: a batch that cannot be encoded
+//! would be a hole in the chain (below).
+//!
 //! # Failed state: no hole in the chain
 //!
 //! Logs and resolvers accept a batch only after its predecessor, so a batch that took a version
@@ -54,7 +61,8 @@ use bytes::Bytes;
 use strata_core::shard::{ShardMap, combine_verdicts};
 use strata_core::{
     CommitProxy, Epoch, Error, ErrorKind, Key, LogServer, Mutation, ResolveBatch, Resolver, Result,
-    Sequencer, Stage, TransactionConflicts, TransactionView, Verdict, Version, VersionPair, wire,
+    Sequencer, Stage, TRANSACTION_BYTES_MAX, TransactionConflicts, TransactionView, Verdict,
+    Version, VersionPair, WireError, wire,
 };
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -67,8 +75,13 @@ pub struct ProxyConfig {
     pub batch_window: Duration,
     /// Most transactions in one batch.
     pub batch_transactions_max: usize,
-    /// Most encoded bytes in one batch (a single larger transaction, up to the wire limit of
-    /// 10,000,000 bytes, makes a batch of its own).
+    /// Most encoded bytes in one batch, counted as the sum of its transactions' encodings (a
+    /// single larger transaction makes a batch of its own). The batch's payload to the logs
+    /// carries each accepted transaction's mutations once, without read versions or conflicts,
+    /// under one header, plus the commit version section: never more than that sum plus the
+    /// section. So [`BatchingProxy::new`] refuses a bound above the wire limit less the
+    /// section (10,000,000 - 17 bytes): a batch too large to encode would be a hole in the
+    /// chain.
     pub batch_bytes_max: usize,
     /// Most transactions waiting for a batch.
     pub queue_transactions_max: usize,
@@ -103,6 +116,17 @@ impl Default for ProxyConfig {
 
 fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::CommitProxy, kind)
+}
+
+/// The bytes the commit version section adds to an encoding, measured with the wire format
+/// itself so that it follows the format.
+fn commit_section_bytes() -> Result<usize> {
+    let encode = |commit_version| {
+        wire::encode_parts(None, &[], &[], &[], commit_version)
+            .map(|b| b.len())
+            .map_err(|e| error(ErrorKind::Wire(e)))
+    };
+    Ok(encode(Some(Version::ZERO))?.saturating_sub(encode(None)?))
 }
 
 /// Where a client's answer goes.
@@ -253,6 +277,8 @@ impl Drop for InFlight {
 pub struct BatchingProxy {
     stages: Arc<Stages>,
     config: ProxyConfig,
+    /// The largest client transaction whose batch still fits the wire limit.
+    transaction_bytes_max: usize,
     queue: mpsc::Sender<Pending>,
     batcher: JoinHandle<()>,
 }
@@ -277,6 +303,11 @@ impl BatchingProxy {
     /// A proxy for `epoch`. `resolvers` pairs each resolver with the first key of its range,
     /// sorted or not; the first range always starts at the empty key. Must be called inside a
     /// tokio runtime (the batcher is a task).
+    ///
+    /// Errors: `InvalidRequest` without a resolver or a log, for resolver ranges that do not
+    /// start at distinct keys, for a [`ProxyConfig::batch_bytes_max`] that leaves no room for
+    /// the commit version section under the wire limit, or a zero
+    /// [`ProxyConfig::stall_timeout`].
     pub fn new(
         epoch: Epoch,
         sequencer: Arc<dyn Sequencer>,
@@ -288,6 +319,15 @@ impl BatchingProxy {
             return Err(error(ErrorKind::InvalidRequest(
                 "a proxy needs at least one resolver and one log".into(),
             )));
+        }
+        let transaction_bytes_max = TRANSACTION_BYTES_MAX.saturating_sub(commit_section_bytes()?);
+        if config.batch_bytes_max > transaction_bytes_max {
+            return Err(error(ErrorKind::InvalidRequest(format!(
+                "batch_bytes_max of {} leaves no room for the commit version section: a batch \
+                 must fit the wire limit of {TRANSACTION_BYTES_MAX} bytes once stamped, so the \
+                 bound is at most {transaction_bytes_max}",
+                config.batch_bytes_max
+            ))));
         }
         if config.stall_timeout.is_zero() {
             return Err(error(ErrorKind::InvalidRequest(
@@ -319,6 +359,7 @@ impl BatchingProxy {
         Ok(BatchingProxy {
             stages,
             config,
+            transaction_bytes_max,
             queue,
             batcher,
         })
@@ -429,6 +470,14 @@ impl CommitProxy for BatchingProxy {
         }
         let bytes = transaction.len();
         let view = TransactionView::parse(transaction).map_err(|e| error(ErrorKind::Wire(e)))?;
+        // Within the wire limit, but its batch would not be once stamped with the commit
+        // version: refused here, before it takes a version its batch could not be pushed with.
+        if bytes > self.transaction_bytes_max {
+            return Err(error(ErrorKind::Wire(WireError::TransactionTooLarge {
+                len: bytes,
+                max: self.transaction_bytes_max,
+            })));
+        }
         let conflicts = view.conflicts().map_err(|e| error(ErrorKind::Wire(e)))?;
         let mutations = view.mutations().map_err(|e| error(ErrorKind::Wire(e)))?;
         let (reply, answer) = oneshot::channel();

@@ -1,6 +1,7 @@
 //! "No hole in the chain": a batch that took a version pair and then could not be resolved,
 //! pushed or reported ends the proxy's epoch at once; a chain that stops advancing is seen by
-//! `health` and `waiting_on`.
+//! `health` and `waiting_on`; a transaction that would not fit the wire limit once stamped with
+//! its commit version is refused before it can make a hole.
 //!
 //! The stages are the real ones (clock sequencer, window resolver, in-memory logs, which all
 //! apply batches only along the version chain) behind thin decorators that fail or hang one
@@ -16,9 +17,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use strata_commit_proxy::{BatchingProxy, ProxyConfig};
+use strata_core::wire::{TransactionView, WireError, encode_parts};
 use strata_core::{
     CommitProxy, Epoch, Error, ErrorKind, KeyRange, LogEntry, LogId, LogServer, LogState, Mutation,
-    ResolveBatch, Resolver, Result, Sequencer, Stage, Transaction, Verdict, Version, VersionPair,
+    ResolveBatch, Resolver, Result, Sequencer, Stage, TRANSACTION_BYTES_MAX, Transaction,
+    VALUE_BYTES_MAX, Verdict, Version, VersionPair,
 };
 use strata_resolver::{ResolverConfig, WindowResolver};
 use strata_sequencer::ClockSequencer;
@@ -270,6 +273,45 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The bytes the commit version section adds to an encoding, measured with the wire format
+/// itself rather than assumed.
+fn commit_version_section_bytes() -> usize {
+    let stamped = encode_parts(None, &[], &[], &[], Some(Version(1))).unwrap();
+    let plain = encode_parts(None, &[], &[], &[], None).unwrap();
+    stamped.len() - plain.len()
+}
+
+/// A blind transaction (no read version, no conflicts) whose encoding is exactly `len` bytes.
+fn blind_transaction_of(len: usize) -> Bytes {
+    let base = Transaction::default().encode().unwrap().len();
+    // A Set is its kind byte, then the key and the value, each behind a u32 length.
+    let per_set = 1 + 4 + 6 + 4;
+    let mut need = len - base;
+    let mut mutations = Vec::new();
+    // Half-size values until one value of at most VALUE_BYTES_MAX finishes the job; the loop
+    // stops with more than half a value left, so the last value is never negative.
+    while need > per_set + VALUE_BYTES_MAX {
+        let value = VALUE_BYTES_MAX / 2;
+        mutations.push(Mutation::Set {
+            key: Bytes::from(format!("k{:05}", mutations.len())),
+            value: Bytes::from(vec![b'x'; value]),
+        });
+        need -= per_set + value;
+    }
+    mutations.push(Mutation::Set {
+        key: Bytes::from(format!("k{:05}", mutations.len())),
+        value: Bytes::from(vec![b'x'; need - per_set]),
+    });
+    let bytes = Transaction {
+        mutations,
+        ..Transaction::default()
+    }
+    .encode()
+    .unwrap();
+    assert_eq!(bytes.len(), len);
+    bytes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_push_ends_the_epoch_and_every_later_commit_names_it() {
     // The second of two logs fails the first push: the first log holds the batch, the second
@@ -500,4 +542,121 @@ async fn a_hung_stage_is_named_by_waiting_on_and_health() {
         assert!(c.proxy.failure().is_none());
         task.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_at_the_wire_limit_is_refused_before_it_makes_a_hole() {
+    let overhead = commit_version_section_bytes();
+    assert_eq!(overhead, strata_core::wire::SECTION_HEADER_BYTES + 8);
+    let c = cluster(Faults::default(), ProxyConfig::default());
+
+    // Exactly the wire limit: valid on its own, over the limit once stamped.
+    let err = c
+        .proxy
+        .commit(blind_transaction_of(TRANSACTION_BYTES_MAX))
+        .await
+        .unwrap_err();
+    assert_eq!(err.stage, Stage::CommitProxy, "{err}");
+    assert!(
+        matches!(
+            err.kind,
+            ErrorKind::Wire(WireError::TransactionTooLarge { len, max })
+                if len == TRANSACTION_BYTES_MAX && max == TRANSACTION_BYTES_MAX - overhead
+        ),
+        "{err}"
+    );
+    assert!(c.proxy.failure().is_none());
+
+    // The largest transaction that fits commits, and its batch is exactly the wire limit.
+    let v = c
+        .proxy
+        .commit(blind_transaction_of(TRANSACTION_BYTES_MAX - overhead))
+        .await
+        .unwrap();
+    let logged = c.logs[0].pull(START, 10).await.unwrap();
+    assert_eq!(logged.last().unwrap().version, v);
+    assert_eq!(logged.last().unwrap().payload.len(), TRANSACTION_BYTES_MAX);
+
+    // Nothing was left behind: the chain goes on.
+    c.proxy.commit(write("after")).await.unwrap();
+    c.proxy.health().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_bound_that_leaves_no_room_for_the_commit_version_is_refused() {
+    let overhead = commit_version_section_bytes();
+    let build = |config: ProxyConfig| {
+        let log: Arc<dyn LogServer> = Arc::new(MemoryLog::new(LogId(0), START));
+        let resolver: Arc<dyn Resolver> =
+            Arc::new(WindowResolver::new(EPOCH, START, ResolverConfig::default()));
+        BatchingProxy::new(
+            EPOCH,
+            Arc::new(ClockSequencer::new(EPOCH, START)),
+            vec![(Bytes::new(), resolver)],
+            vec![log],
+            config,
+        )
+    };
+    let bytes = |batch_bytes_max| ProxyConfig {
+        batch_bytes_max,
+        ..ProxyConfig::default()
+    };
+    build(ProxyConfig::default()).unwrap();
+    build(bytes(TRANSACTION_BYTES_MAX - overhead)).unwrap();
+    for bad in [
+        bytes(TRANSACTION_BYTES_MAX - overhead + 1),
+        bytes(TRANSACTION_BYTES_MAX),
+        ProxyConfig {
+            stall_timeout: Duration::ZERO,
+            ..ProxyConfig::default()
+        },
+    ] {
+        let err = build(bad).unwrap_err();
+        assert_eq!(err.stage, Stage::CommitProxy, "{err}");
+        assert!(matches!(err.kind, ErrorKind::InvalidRequest(_)), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_too_large_together_are_never_batched_together() {
+    // Guard (this held before too): with the largest batch bound allowed and a window long
+    // enough to gather everything, three transactions of 40% of the limit each still make
+    // batches that fit the wire limit, and all commit.
+    let overhead = commit_version_section_bytes();
+    let c = Arc::new(cluster(
+        Faults::default(),
+        ProxyConfig {
+            batch_bytes_max: TRANSACTION_BYTES_MAX - overhead,
+            batch_window: Duration::from_millis(100),
+            ..ProxyConfig::default()
+        },
+    ));
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.proxy
+                    .commit(blind_transaction_of(TRANSACTION_BYTES_MAX / 5 * 2))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let logged = c.logs[0].pull(START, 10).await.unwrap();
+    let mut sets = 0;
+    for entry in &logged {
+        assert!(entry.payload.len() <= TRANSACTION_BYTES_MAX);
+        sets += TransactionView::parse(entry.payload.clone())
+            .unwrap()
+            .mutations()
+            .unwrap()
+            .len();
+    }
+    let per_transaction = Transaction::decode(&blind_transaction_of(TRANSACTION_BYTES_MAX / 5 * 2))
+        .unwrap()
+        .mutations
+        .len();
+    assert_eq!(sets, 3 * per_transaction);
 }
