@@ -276,33 +276,43 @@ impl Transaction {
 
     /// Up to `limit` pairs of `range` (from its end when `reverse`), seeing this transaction's
     /// own writes; adds the part of the range that the answer depended on as a read conflict.
+    ///
+    /// A `limit` of 0 answers with no pairs, at once: the answer depends on no key, so it
+    /// reads nothing from storage and adds no read conflict.
     pub async fn get_range(
         &self,
         range: &KeyRange,
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<(Key, Value)>> {
+        if limit == 0 {
+            // Still refused on a committed transaction, like every other read.
+            drop(self.state()?);
+            return Ok(Vec::new());
+        }
         let entries = self.merged_range(range, limit, reverse).await?;
-        let conflict = if entries.len() < limit {
-            Some(range.clone())
-        } else {
-            // Only the keys up to the last one returned mattered.
-            let last = &entries[entries.len() - 1].0;
-            if reverse {
-                KeyRange::new(last.clone(), range.end().clone()).ok()
-            } else {
-                KeyRange::new(
-                    range.begin().clone(),
-                    KeyRange::single(last.clone()).end().clone(),
-                )
-                .ok()
+        let conflict = match entries.last() {
+            Some((last, _)) if entries.len() >= limit => {
+                // Only the keys up to the last one returned mattered.
+                if reverse {
+                    KeyRange::new(last.clone(), range.end().clone()).ok()
+                } else {
+                    KeyRange::new(
+                        range.begin().clone(),
+                        KeyRange::single(last.clone()).end().clone(),
+                    )
+                    .ok()
+                }
             }
+            // Fewer than asked for: the whole range mattered.
+            _ => Some(range.clone()),
         };
         self.state()?.read_conflicts.extend(conflict);
         Ok(entries)
     }
 
-    /// Up to `limit` pairs of `range` in the snapshot; no conflict, own writes ignored.
+    /// Up to `limit` pairs of `range` in the snapshot; no conflict, own writes ignored. A
+    /// `limit` of 0 answers with no pairs, at once, without asking storage.
     pub async fn snapshot_get_range(
         &self,
         range: &KeyRange,
@@ -310,6 +320,9 @@ impl Transaction {
         reverse: bool,
     ) -> Result<Vec<(Key, Value)>> {
         let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
         let mut cursor = Some(range.clone());
         while let Some(r) = cursor.take() {
             let page = self.snapshot_page(&r, limit - out.len(), reverse).await?;
@@ -509,5 +522,156 @@ fn rest_after(range: &KeyRange, key: &Key, reverse: bool) -> Option<KeyRange> {
             range.end().clone(),
         )
         .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use strata_core::{Epoch, VersionPair};
+
+    use super::*;
+
+    const READ_VERSION: Version = Version(100);
+
+    /// Hands out one read version; commits never reach it (the fake proxy answers them).
+    struct FixedSequencer;
+
+    #[async_trait]
+    impl Sequencer for FixedSequencer {
+        fn epoch(&self) -> Epoch {
+            Epoch(1)
+        }
+
+        async fn next_commit_version(&self, _epoch: Epoch) -> Result<VersionPair> {
+            Err(error(ErrorKind::Unavailable("not in this test".into())))
+        }
+
+        async fn report_committed(&self, _epoch: Epoch, _version: Version) -> Result<()> {
+            Err(error(ErrorKind::Unavailable("not in this test".into())))
+        }
+
+        async fn read_version(&self) -> Result<Version> {
+            Ok(READ_VERSION)
+        }
+    }
+
+    /// Keeps what it is sent and commits it at once.
+    #[derive(Default)]
+    struct KeepingProxy {
+        sent: Mutex<Vec<Bytes>>,
+    }
+
+    #[async_trait]
+    impl CommitProxy for KeepingProxy {
+        fn epoch(&self) -> Epoch {
+            Epoch(1)
+        }
+
+        async fn commit(&self, transaction: Bytes) -> Result<Version> {
+            self.sent.lock().unwrap().push(transaction);
+            Ok(READ_VERSION.saturating_add(1))
+        }
+    }
+
+    /// Holds `a` and `c` over the whole key space and counts the range reads it answers.
+    #[derive(Default)]
+    struct TwoKeys {
+        range_reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl StorageServer for TwoKeys {
+        fn shards(&self) -> Vec<KeyRange> {
+            vec![KeyRange::new("", Bytes::from_static(b"\xff")).unwrap()]
+        }
+
+        async fn get(&self, key: Key, _version: Version) -> Result<Option<Value>> {
+            Ok([&b"a"[..], b"c"].contains(&&key[..]).then(|| key.clone()))
+        }
+
+        async fn get_range(
+            &self,
+            range: KeyRange,
+            _version: Version,
+            limit: usize,
+            reverse: bool,
+        ) -> Result<RangeRead> {
+            self.range_reads.fetch_add(1, Ordering::SeqCst);
+            let mut keys: Vec<Key> = [&b"a"[..], b"c"]
+                .into_iter()
+                .map(Key::from_static)
+                .filter(|k| range.contains(k))
+                .collect();
+            if reverse {
+                keys.reverse();
+            }
+            let more = keys.len() > limit;
+            keys.truncate(limit);
+            Ok(RangeRead {
+                entries: keys.into_iter().map(|k| (k.clone(), k)).collect(),
+                more,
+            })
+        }
+
+        async fn applied_version(&self) -> Result<Version> {
+            Ok(READ_VERSION)
+        }
+
+        async fn durable_version(&self) -> Result<Version> {
+            Ok(READ_VERSION)
+        }
+
+        async fn roll_back(&self, _version: Version) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn database() -> (Database, Arc<TwoKeys>, Arc<KeepingProxy>) {
+        let storage = Arc::new(TwoKeys::default());
+        let proxy = Arc::new(KeepingProxy::default());
+        let db = Database::new(
+            Arc::new(FixedSequencer),
+            vec![proxy.clone()],
+            vec![storage.clone()],
+            RetryConfig::default(),
+        )
+        .unwrap();
+        (db, storage, proxy)
+    }
+
+    #[tokio::test]
+    async fn a_range_read_of_limit_zero_is_empty_reads_nothing_and_conflicts_with_nothing() {
+        let (db, storage, proxy) = database();
+        let tx = db.begin().await.unwrap();
+        // A write inside the range: read-your-writes must not sneak it into an empty answer.
+        tx.set("b".into(), "mine".into());
+        let all = KeyRange::new("", "z").unwrap();
+        for reverse in [false, true] {
+            assert_eq!(tx.get_range(&all, 0, reverse).await.unwrap(), vec![]);
+            assert_eq!(
+                tx.snapshot_get_range(&all, 0, reverse).await.unwrap(),
+                vec![]
+            );
+        }
+        assert_eq!(storage.range_reads.load(Ordering::SeqCst), 0);
+
+        // Nothing was read, so nothing the transaction read can have changed.
+        tx.commit().await.unwrap();
+        let sent = strata_core::Transaction::decode(&proxy.sent.lock().unwrap()[0]).unwrap();
+        assert_eq!(sent.read_conflicts, vec![]);
+
+        // The same reads with a limit of one do read, through the transaction's own writes.
+        let tx = db.begin().await.unwrap();
+        tx.set("b".into(), "mine".into());
+        let first = |k: &'static str, v: &'static str| vec![(Key::from(k), Value::from(v))];
+        assert_eq!(tx.get_range(&all, 1, false).await.unwrap(), first("a", "a"));
+        assert_eq!(tx.get_range(&all, 1, true).await.unwrap(), first("c", "c"));
+        assert_eq!(
+            tx.snapshot_get_range(&all, 1, true).await.unwrap(),
+            first("c", "c")
+        );
     }
 }
