@@ -95,7 +95,8 @@ impl Default for FileLogConfig {
 }
 
 impl FileLogConfig {
-    fn validate(&self) -> Result<()> {
+    /// Checks the limits against each other; [`FileLog::open`] refuses a configuration that fails.
+    pub fn validate(&self) -> Result<()> {
         let invalid = |what: &str| Err(error(ErrorKind::InvalidRequest(what.into())));
         if self.payload_bytes_max > self.queue_bytes_max {
             return invalid("payload_bytes_max must not exceed queue_bytes_max");
@@ -133,6 +134,22 @@ fn corruption(path: &Path, offset: u64, why: &str) -> Error {
         "{} at offset {offset}: {why}",
         path.display()
     )))
+}
+
+fn missing_log(dir: &Path, what: &str) -> Error {
+    error(ErrorKind::Corruption(format!(
+        "log directory {} {what}: the log it held is lost",
+        dir.display()
+    )))
+}
+
+/// What [`FileLog::open_dir`] does when the directory holds no log yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create a new log whose first push names this version as its predecessor.
+    Create(Version),
+    /// Refuse: the log must exist (a missing one is `Corruption`).
+    Existing,
 }
 
 /// One segment file.
@@ -304,7 +321,38 @@ impl FileLog {
     /// is open: a second `FileLog` on the same directory, in this process or another, is
     /// refused, since two writers would interleave their records.
     pub fn open(dir: &Path, id: LogId, start: Version, config: FileLogConfig) -> Result<FileLog> {
-        std::fs::create_dir_all(dir).map_err(io_error)?;
+        FileLog::open_dir(Arc::new(RealFs), dir, id, OpenMode::Create(start), config)
+    }
+
+    /// Opens (recovering) the log that must already be in `dir`: a missing directory, or one
+    /// that holds no segment, is `Corruption` naming it, never a new empty log. Recovery opens
+    /// the logs the coordinated state names this way, because a log that is gone held
+    /// acknowledged commits. Locks the directory as [`FileLog::open`] does.
+    pub fn open_existing(dir: &Path, id: LogId, config: FileLogConfig) -> Result<FileLog> {
+        FileLog::open_dir(Arc::new(RealFs), dir, id, OpenMode::Existing, config)
+    }
+
+    /// [`FileLog::open`] or [`FileLog::open_existing`] (by `mode`) with disk I/O through `fs`,
+    /// which must be a file system over the real disk (the directory lock is a real file):
+    /// tests wrap [`RealFs`] to fail a sync of a real log.
+    pub fn open_dir(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        id: LogId,
+        mode: OpenMode,
+        config: FileLogConfig,
+    ) -> Result<FileLog> {
+        match mode {
+            OpenMode::Create(_) => std::fs::create_dir_all(dir).map_err(io_error)?,
+            OpenMode::Existing => match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(missing_log(dir, "is not a directory")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(missing_log(dir, "is missing"));
+                }
+                Err(e) => return Err(io_error(e)),
+            },
+        }
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -321,14 +369,15 @@ impl FileLog {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_error(e)),
         }
-        let log = FileLog::open_with(Arc::new(RealFs), dir, id, start, config)?;
+        let log = FileLog::open_mode(fs, dir, id, mode, config)?;
         if let Ok(mut held) = log.dir_lock.lock() {
             *held = Some(lock);
         }
         Ok(log)
     }
 
-    /// [`FileLog::open`] on the given file system.
+    /// [`FileLog::open`] on the given file system, without the directory lock (for
+    /// [`crate::fs::SimFs`], whose paths are not on the disk).
     pub fn open_with(
         fs: Arc<dyn Fs>,
         dir: &Path,
@@ -336,10 +385,29 @@ impl FileLog {
         start: Version,
         config: FileLogConfig,
     ) -> Result<FileLog> {
+        FileLog::open_mode(fs, dir, id, OpenMode::Create(start), config)
+    }
+
+    fn open_mode(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        id: LogId,
+        mode: OpenMode,
+        config: FileLogConfig,
+    ) -> Result<FileLog> {
         config.validate()?;
-        fs.create_dir_all(dir).map_err(io_error)?;
+        if let OpenMode::Create(_) = mode {
+            fs.create_dir_all(dir).map_err(io_error)?;
+        }
         let epoch = read_epoch(fs.as_ref(), dir)?;
         let recovered = recover(fs.as_ref(), dir, id, config.payload_bytes_max)?;
+        let start = match mode {
+            OpenMode::Create(start) => start,
+            OpenMode::Existing if recovered.segments.is_empty() => {
+                return Err(missing_log(dir, "holds no segment"));
+            }
+            OpenMode::Existing => Version::ZERO,
+        };
         let last = recovered.last.unwrap_or(start);
         let queue_units_max = config.queue_bytes_max / QUEUE_UNIT_BYTES;
         let shared = Arc::new(Shared {

@@ -119,5 +119,5 @@ mod format;
 pub mod fs;
 mod memory_log;
 
-pub use file_log::{FileLog, FileLogConfig};
+pub use file_log::{FileLog, FileLogConfig, OpenMode};
 pub use memory_log::MemoryLog;
