@@ -44,6 +44,12 @@ pub struct CoordinatedState {
     pub storage: usize,
     /// The recovery version of the last recovery that wrote its logs here.
     pub recovery_version: Version,
+    /// How many resolvers the last recovery ran (absent in states written before it was kept).
+    #[serde(default)]
+    pub resolvers: Option<usize>,
+    /// How many commit proxies the last recovery ran (absent in older states).
+    #[serde(default)]
+    pub proxies: Option<usize>,
 }
 
 /// A store for the coordinated state. The embedded one is [`FileStateStore`]; clusters spread
@@ -158,6 +164,8 @@ mod tests {
             }],
             storage: 1,
             recovery_version: Version(0),
+            resolvers: Some(1),
+            proxies: Some(1),
         }
     }
 

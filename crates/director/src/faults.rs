@@ -6,6 +6,8 @@
 //! director fail naming that stage, and see the next epoch succeed.
 
 use std::collections::HashSet;
+use std::io;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -15,6 +17,7 @@ use strata_core::{
     RangeRead, ResolveBatch, Resolver, Result, Sequencer, Stage, StorageServer, Value, Verdict,
     Version, VersionPair,
 };
+use strata_tlog::fs::{Fs, FsFile, RealFs};
 
 /// Where a fault can be injected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,10 +34,13 @@ pub enum FaultPoint {
     ProxyCommit,
     /// A log refuses a push.
     LogPush,
-    /// A log's sync fails (the push is answered with the I/O error a failed `fdatasync` gives).
+    /// A log's next `fdatasync` of a segment really fails (through [`FaultyFs`], under the
+    /// real log): the pushes of that group get the I/O error and the log is poisoned.
     LogSync,
     /// A storage server does not apply in time: reads wait out their bound.
     StorageApply,
+    /// A storage server stops: asked for its applied version (as monitoring does), it fails.
+    StorageStop,
 }
 
 /// The switchboard of armed faults, shared by every decorator of a cluster.
@@ -133,7 +139,7 @@ impl Resolver for FaultyResolver {
     }
 }
 
-/// A [`LogServer`] that fails [`FaultPoint::LogPush`] and [`FaultPoint::LogSync`].
+/// A [`LogServer`] that fails [`FaultPoint::LogPush`].
 pub struct FaultyLog(pub Arc<dyn LogServer>, pub Arc<Faults>);
 
 #[async_trait]
@@ -151,12 +157,6 @@ impl LogServer for FaultyLog {
     ) -> Result<()> {
         if self.1.fire(FaultPoint::LogPush) {
             return Err(Faults::injected(Stage::Log, FaultPoint::LogPush));
-        }
-        if self.1.fire(FaultPoint::LogSync) {
-            return Err(Error::io(
-                Stage::Log,
-                std::io::Error::other("injected fdatasync failure"),
-            ));
         }
         self.0.push(epoch, previous_version, version, payload).await
     }
@@ -217,6 +217,9 @@ impl StorageServer for FaultyStorage {
     }
 
     async fn applied_version(&self) -> Result<Version> {
+        if self.1.fire(FaultPoint::StorageStop) {
+            return Err(Faults::injected(Stage::Storage, FaultPoint::StorageStop));
+        }
         self.0.applied_version().await
     }
 
@@ -256,5 +259,91 @@ impl CommitProxy for FaultyProxy {
             ));
         }
         self.0.commit(transaction).await
+    }
+}
+
+/// The real file system under a log, whose next `fdatasync` by a log's writer thread fails
+/// when [`FaultPoint::LogSync`] is armed: the log's own error path runs (the group's pushes
+/// fail, the log is poisoned), not a decorator's imitation of it.
+#[derive(Debug)]
+pub struct FaultyFs(pub Arc<Faults>);
+
+#[derive(Debug)]
+struct FaultyFile {
+    file: Arc<dyn FsFile>,
+    faults: Arc<Faults>,
+}
+
+impl FaultyFs {
+    fn wrap(&self, file: Arc<dyn FsFile>) -> Arc<dyn FsFile> {
+        Arc::new(FaultyFile {
+            file,
+            faults: self.0.clone(),
+        })
+    }
+}
+
+/// Whether the calling thread is a log's writer (named `strata-tlog-<id>`), the one thread
+/// that syncs acknowledged records. Its spare-segment helper (`strata-tlog-<id>-spare`) and
+/// recovery's syncs on open fall back or fail differently, so the fault leaves them alone.
+fn on_log_writer() -> bool {
+    std::thread::current().name().is_some_and(|n| {
+        n.strip_prefix("strata-tlog-")
+            .is_some_and(|id| id.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+impl Fs for FaultyFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        RealFs.create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        RealFs.list(dir)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        Ok(self.wrap(RealFs.open(path)?))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        Ok(self.wrap(RealFs.create(path)?))
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        RealFs.remove(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealFs.rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+}
+
+impl FsFile for FaultyFile {
+    fn len(&self) -> io::Result<u64> {
+        self.file.len()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        if on_log_writer() && self.faults.fire(FaultPoint::LogSync) {
+            return Err(io::Error::other("injected fdatasync failure"));
+        }
+        self.file.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
     }
 }

@@ -1,9 +1,28 @@
 //! One recovery attempt: the director's phases, ending with the persistence phase.
+//!
+//! [`recover`] reads as the list of phases; each phase is a function with typed inputs and
+//! outputs, run as a `tracing` span with its duration recorded:
+//!
+//! | phase                               | function                  | gives                     |
+//! |-------------------------------------|---------------------------|---------------------------|
+//! | read_and_lock_coordinated_state     | [`claim_epoch`]           | the previous state, the new epoch |
+//! | lock_previous_logs                  | [`lock_previous_logs`]    | the old logs, locked      |
+//! | choose_recovery_version             | [`choose_recovery_version`] | the recovery version    |
+//! | recruit_logs_and_replay             | [`recruit_logs`]          | the new logs, history copied |
+//! | roll_back_storage                   | [`open_storage`]          | storage servers at the recovery version |
+//! | start_transaction_system            | [`start_pipeline`]        | sequencer, resolvers, proxies |
+//! | build_layout                        | [`build_layout`]          | the Transaction System Layout |
+//! | write_coordinated_state             | [`write_state`]           | the new generation recorded |
+//! | persistence_phase                   | [`persist`]               | the system transaction, read back |
+//!
+//! Errors are [`RecoveryError`]s: `Unrecoverable` when the configuration or the data directory
+//! can never work (the coordinator stops), `Attempt` otherwise (the coordinator starts the next
+//! epoch). Nothing is retried within an epoch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use strata_commit_proxy::BatchingProxy;
@@ -11,25 +30,95 @@ use strata_core::system::{
     BeginKey, ClusterConfig, RecoveryRecord, SystemConfig, TransactionSystemLayout, keys,
 };
 use strata_core::{
-    CommitProxy, Epoch, Error, ErrorKind, Key, LogId, LogServer, Mutation, Resolver, Result,
-    Sequencer, Stage, StorageServer, Version, printable,
+    CommitProxy, Epoch, Error, ErrorKind, Key, LogId, LogServer, LogState, Mutation, Resolver,
+    Result, Sequencer, Stage, StorageServer, Version, printable,
 };
-use strata_resolver::{ResolverConfig, WindowResolver};
+use strata_resolver::WindowResolver;
 use strata_sequencer::ClockSequencer;
 use strata_storage::{RedbStorage, StorageConfig, durable_version_at};
-use strata_tlog::FileLog;
+use strata_tlog::fs::{Fs, RealFs};
+use strata_tlog::{FileLog, OpenMode};
 use strata_txn_builder::Database;
 use tracing::Instrument;
 
+use crate::cluster::{EmbeddedCluster, Pipeline, Watermark};
+use crate::config::EmbeddedConfig;
 use crate::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT, StateStore};
 use crate::faults::{
-    Faults, FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage,
+    Faults, FaultyFs, FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage,
 };
-use crate::{EmbeddedCluster, EmbeddedConfig, split_begins, split_ranges};
+use crate::replay::{choose_source, replay};
+use crate::{split_begins, split_ranges};
 
 fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::Director, kind)
 }
+
+/// Why a recovery attempt failed, and whether another epoch could do better.
+#[derive(Clone, Debug)]
+pub enum RecoveryError {
+    /// The configuration or the data directory can never work (a refused layout, a log the
+    /// coordinated state names that is gone, history no log holds): the coordinator stops.
+    Unrecoverable(Error),
+    /// This attempt failed; the coordinator starts the next epoch.
+    Attempt(Error),
+}
+
+impl RecoveryError {
+    /// The error, whichever kind of failure it is.
+    pub fn error(&self) -> &Error {
+        match self {
+            RecoveryError::Unrecoverable(e) | RecoveryError::Attempt(e) => e,
+        }
+    }
+
+    /// Whether a new epoch cannot fix it.
+    pub fn is_unrecoverable(&self) -> bool {
+        matches!(self, RecoveryError::Unrecoverable(_))
+    }
+}
+
+impl std::fmt::Display for RecoveryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error().fmt(f)
+    }
+}
+
+impl std::error::Error for RecoveryError {}
+
+impl std::ops::Deref for RecoveryError {
+    type Target = Error;
+    fn deref(&self) -> &Error {
+        self.error()
+    }
+}
+
+/// A failure of this attempt: the default, so that only what is named unrecoverable stops the
+/// coordinator.
+impl From<Error> for RecoveryError {
+    fn from(e: Error) -> RecoveryError {
+        RecoveryError::Attempt(e)
+    }
+}
+
+impl From<RecoveryError> for Error {
+    fn from(e: RecoveryError) -> Error {
+        match e {
+            RecoveryError::Unrecoverable(e) | RecoveryError::Attempt(e) => e,
+        }
+    }
+}
+
+/// Damage found in the data directory cannot be fixed by a new epoch; anything else can.
+fn unrecoverable_if_damaged(e: Error) -> RecoveryError {
+    if matches!(e.kind, ErrorKind::Corruption(_)) {
+        RecoveryError::Unrecoverable(e)
+    } else {
+        RecoveryError::Attempt(e)
+    }
+}
+
+type Attempt<T> = std::result::Result<T, RecoveryError>;
 
 /// How long one phase took.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -60,6 +149,7 @@ pub struct RecoveryReport {
     pub config: SystemConfig,
 }
 
+#[derive(Default)]
 struct Phases(Vec<PhaseTiming>);
 
 impl Phases {
@@ -67,8 +157,8 @@ impl Phases {
     async fn run<T>(
         &mut self,
         name: &'static str,
-        body: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
+        body: impl std::future::Future<Output = Attempt<T>>,
+    ) -> Attempt<T> {
         let started = Instant::now();
         let result = body
             .instrument(tracing::info_span!("recovery phase", phase = name))
@@ -88,7 +178,8 @@ impl Phases {
 /// one) and, in tests, the fault switchboard whose decorators wrap the new stages.
 #[derive(Clone, Default)]
 pub struct RecoveryEnv {
-    /// Armed faults, injected through decorators around every stage the pipeline uses.
+    /// Armed faults, injected through decorators around every stage the pipeline uses, and
+    /// into the logs' file system (a failing sync).
     pub faults: Option<Arc<Faults>>,
     logs: Arc<Mutex<HashMap<PathBuf, Weak<FileLog>>>>,
 }
@@ -102,11 +193,14 @@ impl RecoveryEnv {
         }
     }
 
+    /// The log in `dir`: the one this process has open, unless a failed write poisoned it (its
+    /// page cache can no longer be trusted: it is closed and opened again from disk), or a new
+    /// handle opened by `mode`.
     fn open_log(
         &self,
         dir: &Path,
         id: LogId,
-        start: Version,
+        mode: OpenMode,
         config: strata_tlog::FileLogConfig,
     ) -> Result<Arc<FileLog>> {
         let mut logs = self
@@ -114,9 +208,17 @@ impl RecoveryEnv {
             .lock()
             .map_err(|_| error(ErrorKind::Unavailable("log registry poisoned".into())))?;
         if let Some(log) = logs.get(dir).and_then(Weak::upgrade) {
-            return Ok(log);
+            if !log.is_poisoned() {
+                return Ok(log);
+            }
+            tracing::warn!(dir = %dir.display(), "reopening a poisoned log from disk");
+            log.close();
         }
-        let log = Arc::new(FileLog::open(dir, id, start, config)?);
+        let fs: Arc<dyn Fs> = match &self.faults {
+            Some(f) => Arc::new(FaultyFs(f.clone())),
+            None => Arc::new(RealFs),
+        };
+        let log = Arc::new(FileLog::open_dir(fs, dir, id, mode, config)?);
         logs.insert(dir.to_owned(), Arc::downgrade(&log));
         Ok(log)
     }
@@ -124,392 +226,626 @@ impl RecoveryEnv {
 
 /// Runs one recovery of the cluster in `data_dir` under a new epoch, through the persistence
 /// phase. Any error ends the attempt at once (nothing is retried within an epoch); the caller
-/// (the coordinator loop in [`EmbeddedCluster::start`]) starts the next epoch.
+/// (the coordinator loop in [`EmbeddedCluster::start`]) starts the next epoch unless the error
+/// is [`RecoveryError::Unrecoverable`].
 pub async fn recover(
     data_dir: &Path,
     config: EmbeddedConfig,
     store: &dyn StateStore,
     env: &RecoveryEnv,
-) -> Result<(EmbeddedCluster, RecoveryReport)> {
-    let mut phases = Phases(Vec::new());
-
-    // 1. Read the coordinated state, take the next epoch and write it: fencing starts here.
-    let (previous, epoch, generation) = phases
-        .run("read_and_lock_coordinated_state", async {
-            let previous = store.read()?;
-            let epoch = previous.as_ref().map_or(Epoch(0), |s| s.epoch).next();
-            let generation = previous.as_ref().map_or(0, |s| s.generation);
-            if let Some(p) = &previous
-                && p.storage != config.storage
-            {
-                return Err(error(ErrorKind::InvalidRequest(format!(
-                    "this data directory has {} storage servers; re-sharding to {} is not supported",
-                    p.storage, config.storage
-                ))));
-            }
-            let claimed = CoordinatedState {
-                format: STATE_FORMAT,
-                generation,
-                epoch,
-                logs: previous.as_ref().map_or_else(Vec::new, |s| s.logs.clone()),
-                storage: config.storage,
-                recovery_version: previous.as_ref().map_or(Version::ZERO, |s| s.recovery_version),
-            };
-            let written = store.compare_and_swap(generation, claimed)?;
-            Ok((previous, epoch, written.generation))
-        })
+) -> Attempt<(EmbeddedCluster, RecoveryReport)> {
+    let mut phases = Phases::default();
+    let claim = phases
+        .run(
+            "read_and_lock_coordinated_state",
+            claim_epoch(store, &config),
+        )
         .await?;
-
-    // 2. Lock the previous generation's logs with the new epoch; learn what each holds.
-    let old_logs: Vec<(LogPlace, Arc<FileLog>, Version)> = phases
-        .run("lock_previous_logs", async {
-            let mut out = Vec::new();
-            for place in previous.as_ref().map_or(&[][..], |s| &s.logs[..]) {
-                let log = env.open_log(
-                    &data_dir.join(&place.dir),
-                    place.id,
-                    Version::ZERO,
-                    config.log,
-                )?;
-                let state = log.lock(epoch).await?;
-                out.push((place.clone(), log, state.last_version));
-            }
-            Ok(out)
-        })
+    let old = phases
+        .run(
+            "lock_previous_logs",
+            lock_previous_logs(env, data_dir, &claim, &config),
+        )
         .await?;
-
-    // 3. The recovery version: the newest version every previous log holds. A commit is
-    // acknowledged only once all logs hold it, so nothing newer was acknowledged.
     let recovery_version = phases
         .run("choose_recovery_version", async {
-            Ok(old_logs
-                .iter()
-                .map(|(_, _, last)| *last)
-                .min()
-                .unwrap_or(Version::ZERO))
+            choose_recovery_version(&claim, &old)
         })
         .await?;
-
-    // 4. Recruit new logs and copy the committed history the storage servers still need.
-    let storage_paths: Vec<_> = (0..config.storage)
-        .map(|i| data_dir.join("storage").join(format!("{i}.redb")))
-        .collect();
-    let (new_places, new_logs) = phases
-        .run("recruit_logs_and_replay", async {
-            let mut base = recovery_version;
-            for path in &storage_paths {
-                let path = path.clone();
-                let durable = tokio::task::spawn_blocking(move || durable_version_at(&path))
-                    .await
-                    .map_err(|e| error(ErrorKind::Unavailable(e.to_string())))??;
-                base = base.min(durable);
-            }
-            let mut places = Vec::new();
-            let mut logs = Vec::new();
-            for i in 0..config.logs {
-                let dir = format!("logs/{}-{i}", epoch.0);
-                let path = data_dir.join(&dir);
-                if path.exists() {
-                    // Left by an earlier attempt of this same epoch number that never wrote its
-                    // coordinated state: nothing refers to it.
-                    std::fs::remove_dir_all(&path).map_err(|e| Error::io(Stage::Director, e))?;
-                }
-                let id = LogId(epoch.0 * 1_000 + u64::try_from(i).unwrap_or(0));
-                let log = env.open_log(&path, id, base, config.log)?;
-                log.lock(epoch).await?;
-                places.push(LogPlace { id, dir });
-                logs.push(log);
-            }
-            if let Some((place, source, _)) = old_logs.first() {
-                replay(source.as_ref(), &logs, epoch, base, recovery_version)
-                    .await
-                    .map_err(|e| {
-                        tracing::error!(log = %place.dir, error = %e, "replay failed");
-                        e
-                    })?;
-            }
-            Ok((places, logs))
-        })
+    let logs = phases
+        .run(
+            "recruit_logs_and_replay",
+            recruit_logs(env, data_dir, &claim, &config, &old, recovery_version),
+        )
         .await?;
-    let log_servers: Vec<Arc<dyn LogServer>> = new_logs
-        .iter()
-        .map(|l| l.clone() as Arc<dyn LogServer>)
-        .collect();
-    // What the commit path sees of the logs: the logs themselves, or decorators in tests.
-    let pushed_logs: Vec<Arc<dyn LogServer>> = match &env.faults {
-        Some(f) => log_servers
-            .iter()
-            .map(|l| Arc::new(FaultyLog(l.clone(), f.clone())) as Arc<dyn LogServer>)
-            .collect(),
-        None => log_servers.clone(),
-    };
-
-    // 5. Storage servers follow the new logs, rolled back to the recovery version.
     let storage = phases
-        .run("roll_back_storage", async {
-            std::fs::create_dir_all(data_dir.join("storage"))
-                .map_err(|e| Error::io(Stage::Director, e))?;
-            let mut servers = Vec::new();
-            for (i, (range, path)) in split_ranges(config.storage)?
-                .into_iter()
-                .zip(&storage_paths)
-                .enumerate()
-            {
-                let followers = (0..config.storage)
-                    .filter(|j| j % config.logs == i % config.logs)
-                    .count();
-                let storage_config = StorageConfig {
-                    pop_log: config.storage_config.pop_log && followers == 1,
-                    ..config.storage_config
-                };
-                let server = RedbStorage::open(
-                    path,
-                    vec![range],
-                    log_servers[i % config.logs].clone(),
-                    storage_config,
-                )
-                .await?;
-                server.roll_back(recovery_version).await?;
-                servers.push(Arc::new(server));
-            }
-            // Storage keeps the last MVCC window in memory only, so after a restart it
-            // re-applies up to a window of history from the new logs. Wait for that here, with
-            // its own bound, so the persistence phase's deadline measures the phase itself.
-            let caught_up = async {
-                for s in &servers {
-                    s.wait_applied(recovery_version).await?;
-                }
-                Ok::<(), Error>(())
-            };
-            match tokio::time::timeout(config.storage_catch_up, caught_up).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    for s in &servers {
-                        s.close().await;
-                    }
-                    return Err(Error::new(
-                        Stage::Storage,
-                        ErrorKind::Timeout {
-                            what: format!("storage to re-apply history up to {recovery_version}"),
-                            after_ms: u64::try_from(config.storage_catch_up.as_millis())
-                                .unwrap_or(u64::MAX),
-                        },
-                    ));
-                }
-            }
-            Ok(servers)
-        })
+        .run(
+            "roll_back_storage",
+            open_storage(data_dir, &config, &logs.logs, recovery_version),
+        )
         .await?;
-
     // From here on the storage servers are open: a failure must close them before the
     // director exits, so that the next epoch can open them again.
-    let outcome = async {
-        // 6. Sequencer past the recovery version, then resolvers and commit proxies.
-        let (sequencer, versions, batching, proxies) = phases
-            .run("start_transaction_system", async {
-                let sequencer = Arc::new(ClockSequencer::new(epoch, recovery_version));
-                let versions: Arc<dyn Sequencer> = match &env.faults {
-                    Some(f) => Arc::new(FaultySequencer(sequencer.clone(), f.clone())),
-                    None => sequencer.clone(),
-                };
-                let resolvers: Vec<(Key, Arc<dyn Resolver>)> = split_begins(config.resolvers)
-                    .into_iter()
-                    .map(|begin| {
-                        let mut r: Arc<dyn Resolver> = Arc::new(WindowResolver::new(
-                            epoch,
-                            recovery_version,
-                            ResolverConfig::default(),
-                        ));
-                        if let Some(f) = &env.faults {
-                            r = Arc::new(FaultyResolver(r, f.clone()));
-                        }
-                        (begin, r)
-                    })
-                    .collect();
-                let mut proxies: Vec<Arc<dyn CommitProxy>> = Vec::new();
-                let mut batching = Vec::new();
-                for _ in 0..config.proxies {
-                    let raw = Arc::new(BatchingProxy::new(
-                        epoch,
-                        versions.clone(),
-                        resolvers.clone(),
-                        pushed_logs.clone(),
-                        config.proxy,
-                    )?);
-                    batching.push(raw.clone());
-                    let proxy: Arc<dyn CommitProxy> = raw;
-                    proxies.push(match &env.faults {
-                        Some(f) => FaultyProxy::wrap(proxy, f),
-                        None => proxy,
-                    });
-                }
-                Ok((sequencer, versions, batching, proxies))
-            })
-            .await?;
-        let readable: Vec<Arc<dyn StorageServer>> = storage
-            .iter()
-            .map(|s| match &env.faults {
-                Some(f) => Arc::new(FaultyStorage(s.clone(), f.clone())) as Arc<dyn StorageServer>,
-                None => s.clone() as Arc<dyn StorageServer>,
-            })
-            .collect();
-        let database = Database::new(sequencer.clone(), proxies.clone(), readable, config.retry)?;
-
-        // 7. The Transaction System Layout of this epoch.
-        let layout = phases
-            .run("build_layout", async {
-                Ok(TransactionSystemLayout {
-                    id: epoch.0,
-                    epoch,
-                    sequencer: "sequencer-0".into(),
-                    commit_proxies: (0..config.proxies).map(|i| format!("proxy-{i}")).collect(),
-                    resolvers: split_begins(config.resolvers)
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, b)| (BeginKey(b), format!("resolver-{i}")))
-                        .collect(),
-                    logs: new_places.iter().map(|p| (p.id, p.dir.clone())).collect(),
-                    storage_teams: split_begins(config.storage)
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, b)| (BeginKey(b), vec![format!("storage-{i}")]))
-                        .collect(),
-                    services: BTreeMap::new(),
-                })
-            })
-            .await?;
-
-        // 8. The new coordinated state: a later recovery finds these logs.
-        phases
-            .run("write_coordinated_state", async {
-                store.compare_and_swap(
-                    generation,
-                    CoordinatedState {
-                        format: STATE_FORMAT,
-                        generation,
-                        epoch,
-                        logs: new_places.clone(),
-                        storage: config.storage,
-                        recovery_version,
-                    },
-                )?;
-                // The old generation is unreachable now; its logs go, and so do logs that
-                // attempts interrupted before this point left behind (nothing refers to them).
-                drop(old_logs);
-                let keep: Vec<PathBuf> = new_places.iter().map(|p| data_dir.join(&p.dir)).collect();
-                if let Ok(entries) = std::fs::read_dir(data_dir.join("logs")) {
-                    for entry in entries.flatten() {
-                        let path = entry.path();
-                        if path.is_dir() && !keep.contains(&path) {
-                            tracing::debug!(dir = %path.display(), "removing an unreferenced log");
-                            let _ = std::fs::remove_dir_all(&path);
-                        }
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-
-        // 9. The persistence phase.
-        let deadline = config.persistence_deadline;
-        let (system_commit_version, system) = phases
-            .run("persistence_phase", async {
-                let persisted = persist(&database, &storage, layout, recovery_version);
-                match tokio::time::timeout(deadline, persisted).await {
-                    Ok(result) => result,
-                    Err(_) => Err(error(ErrorKind::Timeout {
-                        what: "the persistence phase".into(),
-                        after_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
-                    })),
-                }
-            })
-            .await?;
-
-        let report = RecoveryReport {
-            epoch,
-            recovery_version,
-            system_commit_version,
-            phases: phases.0,
-            monolithic_key: printable(&keys::config()),
-            decomposed_keys: system
-                .decomposed()
-                .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?
-                .iter()
-                .map(|(k, _)| printable(k))
-                .collect(),
-            config: system,
-        };
-        let cluster = EmbeddedCluster {
-            epoch,
-            start_version: recovery_version,
-            sequencer,
-            versions,
-            logs: new_logs,
-            storage: storage.clone(),
-            batching,
-            proxies,
-            database,
-        };
-        Ok((cluster, report))
-    }
+    let outcome = start_and_persist(
+        &mut phases,
+        data_dir,
+        &config,
+        store,
+        env,
+        &claim,
+        old,
+        logs,
+        &storage,
+        recovery_version,
+    )
     .await;
-    if outcome.is_err() {
-        for s in &storage {
-            s.close().await;
+    match outcome {
+        Ok((cluster, mut report)) => {
+            report.phases = phases.0;
+            Ok((cluster, report))
+        }
+        Err(e) => {
+            for s in &storage {
+                s.close().await;
+            }
+            Err(e)
         }
     }
-    outcome
 }
 
-/// Copies the entries of `source` in `(base, through]` into every new log. The pushes of a
-/// page are issued together, so each log's group commit syncs them in a few groups instead of
-/// once per entry.
-async fn replay(
-    source: &FileLog,
-    targets: &[Arc<FileLog>],
+/// The phases after the storage servers are open, so [`recover`] can close them on failure.
+#[expect(clippy::too_many_arguments)] // NOTE: the outputs of the earlier phases, passed on.
+async fn start_and_persist(
+    phases: &mut Phases,
+    data_dir: &Path,
+    config: &EmbeddedConfig,
+    store: &dyn StateStore,
+    env: &RecoveryEnv,
+    claim: &Claim,
+    old: Vec<OldLog>,
+    logs: NewLogs,
+    storage: &[Arc<RedbStorage>],
+    recovery_version: Version,
+) -> Attempt<(EmbeddedCluster, RecoveryReport)> {
+    let pipeline = phases
+        .run("start_transaction_system", async {
+            start_pipeline(env, config, claim.epoch, recovery_version, &logs, storage)
+        })
+        .await?;
+    // From now on the storage servers learn what is committed and the logs are popped.
+    let watermark = Watermark::start(
+        pipeline.sequencer.clone(),
+        storage.to_vec(),
+        logs.logs.clone(),
+        config.watermark_interval,
+    );
+    let layout = phases
+        .run("build_layout", async {
+            Ok(build_layout(config, claim.epoch, &logs.places))
+        })
+        .await?;
+    phases
+        .run(
+            "write_coordinated_state",
+            write_state(data_dir, store, config, claim, old, &logs, recovery_version),
+        )
+        .await?;
+    let (system_commit_version, system) = phases
+        .run(
+            "persistence_phase",
+            persist_within_deadline(&pipeline, storage, layout, recovery_version, config),
+        )
+        .await?;
+    let report = RecoveryReport {
+        epoch: claim.epoch,
+        recovery_version,
+        system_commit_version,
+        phases: Vec::new(),
+        monolithic_key: printable(&keys::config()),
+        decomposed_keys: system
+            .decomposed()
+            .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?
+            .iter()
+            .map(|(k, _)| printable(k))
+            .collect(),
+        config: system,
+    };
+    let cluster = EmbeddedCluster {
+        epoch: claim.epoch,
+        start_version: recovery_version,
+        pipeline,
+        logs: logs.logs,
+        storage: storage.to_vec(),
+        watermark,
+    };
+    Ok((cluster, report))
+}
+
+/// The coordinated state as this attempt found it, and the epoch it claimed.
+#[derive(Debug)]
+struct Claim {
+    previous: Option<CoordinatedState>,
     epoch: Epoch,
-    base: Version,
-    through: Version,
-) -> Result<()> {
-    let mut after = base;
-    while after < through {
-        let page = source.pull(after, 1_000).await?;
-        if page.is_empty() {
-            return Err(error(ErrorKind::Corruption(format!(
-                "the previous logs end before {through}, after {after}"
+    generation: u64,
+}
+
+/// Phase 1: reads the coordinated state, checks the configuration against it, and writes the
+/// next epoch: fencing starts here. Validate, then write: a configuration that can never work
+/// is refused before anything is written.
+async fn claim_epoch(store: &dyn StateStore, config: &EmbeddedConfig) -> Attempt<Claim> {
+    config.validate().map_err(RecoveryError::Unrecoverable)?;
+    let previous = store.read().map_err(unrecoverable_if_damaged)?;
+    config
+        .validate_against(previous.as_ref())
+        .map_err(RecoveryError::Unrecoverable)?;
+    let last = previous.as_ref().map_or(Epoch(0), |s| s.epoch);
+    if last.0 == u64::MAX {
+        return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
+            format!("the coordinated state's epoch {last} cannot be followed"),
+        ))));
+    }
+    let epoch = last.next();
+    let generation = previous.as_ref().map_or(0, |s| s.generation);
+    let claimed = CoordinatedState {
+        format: STATE_FORMAT,
+        generation,
+        epoch,
+        logs: previous.as_ref().map_or_else(Vec::new, |s| s.logs.clone()),
+        storage: config.storage,
+        recovery_version: previous
+            .as_ref()
+            .map_or(Version::ZERO, |s| s.recovery_version),
+        resolvers: previous.as_ref().and_then(|s| s.resolvers),
+        proxies: previous.as_ref().and_then(|s| s.proxies),
+    };
+    let written = store.compare_and_swap(generation, claimed)?;
+    Ok(Claim {
+        previous,
+        epoch,
+        generation: written.generation,
+    })
+}
+
+/// A log of the previous generation, locked by this epoch.
+struct OldLog {
+    place: LogPlace,
+    log: Arc<FileLog>,
+    state: LogState,
+}
+
+/// Phase 2: opens the logs the coordinated state names (each must exist: a missing or empty
+/// one is unrecoverable, never read as an empty log) and locks them with the new epoch.
+async fn lock_previous_logs(
+    env: &RecoveryEnv,
+    data_dir: &Path,
+    claim: &Claim,
+    config: &EmbeddedConfig,
+) -> Attempt<Vec<OldLog>> {
+    let mut out = Vec::new();
+    for place in claim.previous.as_ref().map_or(&[][..], |s| &s.logs[..]) {
+        let dir = data_dir.join(&place.dir);
+        let log = env
+            .open_log(&dir, place.id, OpenMode::Existing, config.log)
+            .map_err(unrecoverable_if_damaged)?;
+        let state = log.lock(claim.epoch).await?;
+        out.push(OldLog {
+            place: place.clone(),
+            log,
+            state,
+        });
+    }
+    Ok(out)
+}
+
+/// Phase 3: the newest version every previous log holds. A commit is acknowledged only once
+/// all logs hold it, so nothing newer was acknowledged. It can never be older than the
+/// recovery version recorded by the recovery before (that history was on every log then).
+fn choose_recovery_version(claim: &Claim, old: &[OldLog]) -> Attempt<Version> {
+    let chosen = old
+        .iter()
+        .map(|o| o.state.last_version)
+        .min()
+        .unwrap_or(Version::ZERO);
+    if let Some(state) = &claim.previous
+        && chosen < state.recovery_version
+    {
+        return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
+            format!(
+                "the previous logs end at {chosen}, below the recovery version {} recorded \
+                 as committed: {}",
+                state.recovery_version,
+                old.iter()
+                    .map(|o| format!("{} ends at {}", o.place.dir, o.state.last_version))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))));
+    }
+    Ok(chosen)
+}
+
+/// The logs of the new generation.
+pub(crate) struct NewLogs {
+    places: Vec<LogPlace>,
+    pub(crate) logs: Vec<Arc<FileLog>>,
+}
+
+fn storage_path(data_dir: &Path, i: usize) -> PathBuf {
+    data_dir.join("storage").join(format!("{i}.redb"))
+}
+
+/// The oldest durable version of all storage servers: replay copies the history after it. A
+/// storage server makes durable only committed versions, so none is above the recovery
+/// version; one that is holds data recovery would discard, which cannot be undone.
+async fn replay_base(
+    data_dir: &Path,
+    config: &EmbeddedConfig,
+    recovery_version: Version,
+) -> Attempt<Version> {
+    let mut base = recovery_version;
+    for i in 0..config.storage {
+        let path = storage_path(data_dir, i);
+        let shown = path.display().to_string();
+        let durable = tokio::task::spawn_blocking(move || durable_version_at(&path))
+            .await
+            .map_err(|e| error(ErrorKind::Unavailable(e.to_string())))?
+            .map_err(unrecoverable_if_damaged)?;
+        if durable > recovery_version {
+            return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
+                format!(
+                    "{shown} is durable at {durable}, above the recovery version \
+                     {recovery_version}: it holds versions that were never committed"
+                ),
             ))));
         }
-        let mut pushes = tokio::task::JoinSet::new();
-        for entry in page.into_iter().take_while(|e| e.version <= through) {
-            for log in targets {
-                let (log, entry) = (log.clone(), entry.clone());
-                pushes.spawn(async move {
-                    log.push(epoch, entry.previous_version, entry.version, entry.payload)
-                        .await
-                });
-            }
-            after = entry.version;
+        base = base.min(durable);
+    }
+    Ok(base)
+}
+
+/// Makes the creations and removals in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(Stage::Director, e))
+}
+
+/// Phase 4: recruits the new logs, anchored where the copied history starts, and replays into
+/// them the committed history the storage servers still need.
+async fn recruit_logs(
+    env: &RecoveryEnv,
+    data_dir: &Path,
+    claim: &Claim,
+    config: &EmbeddedConfig,
+    old: &[OldLog],
+    recovery_version: Version,
+) -> Attempt<NewLogs> {
+    let base = replay_base(data_dir, config, recovery_version).await?;
+    let sources: Vec<(String, Arc<FileLog>)> = old
+        .iter()
+        .map(|o| (o.place.dir.clone(), o.log.clone()))
+        .collect();
+    let source = choose_source(&sources, base, recovery_version)
+        .await
+        .map_err(unrecoverable_if_damaged)?;
+
+    let logs_dir = data_dir.join("logs");
+    std::fs::create_dir_all(&logs_dir).map_err(|e| Error::io(Stage::Director, e))?;
+    sync_dir(data_dir)?;
+    let epoch = claim.epoch;
+    let mut places = Vec::new();
+    let mut logs = Vec::new();
+    for i in 0..config.logs {
+        let dir = format!("logs/{}-{i}", epoch.0);
+        let path = data_dir.join(&dir);
+        if path.exists() {
+            // Left by an earlier attempt of this same epoch number that never wrote its
+            // coordinated state: nothing refers to it.
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(Stage::Director, e))?;
         }
-        while let Some(pushed) = pushes.join_next().await {
-            pushed.map_err(|e| error(ErrorKind::Unavailable(format!("replay task: {e}"))))??;
+        let id = LogId(epoch.0 * 1_000 + u64::try_from(i).unwrap_or(0));
+        let log = env.open_log(&path, id, OpenMode::Create(source.anchor), config.log)?;
+        log.lock(epoch).await?;
+        places.push(LogPlace { id, dir });
+        logs.push(log);
+    }
+    sync_dir(&logs_dir)?;
+    if let Some((dir, log)) = &source.log {
+        replay(
+            log,
+            &logs,
+            epoch,
+            base,
+            recovery_version,
+            config.log.queue_bytes_max / 2,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(log = %dir, error = %e, "replay failed");
+            unrecoverable_if_damaged(e)
+        })?;
+    }
+    Ok(NewLogs { places, logs })
+}
+
+/// Phase 5: opens the storage servers, each following one new log, rolls them back to the
+/// recovery version, and waits (bounded) until they re-applied the history they held only in
+/// memory. On failure the servers opened so far are closed.
+async fn open_storage(
+    data_dir: &Path,
+    config: &EmbeddedConfig,
+    logs: &[Arc<FileLog>],
+    recovery_version: Version,
+) -> Attempt<Vec<Arc<RedbStorage>>> {
+    let storage_dir = data_dir.join("storage");
+    if !storage_dir.exists() {
+        std::fs::create_dir_all(&storage_dir).map_err(|e| Error::io(Stage::Director, e))?;
+        sync_dir(data_dir)?;
+    }
+    // Popping follows the slowest reader: the director pops every log at the oldest durable
+    // version of all storage servers (see `Watermark`), never a server its own log.
+    let storage_config = StorageConfig {
+        pop_log: false,
+        ..config.storage_config
+    };
+    let mut servers: Vec<Arc<RedbStorage>> = Vec::new();
+    let opened = async {
+        for (i, range) in split_ranges(config.storage)?.into_iter().enumerate() {
+            let log: Arc<dyn LogServer> = logs[i % logs.len()].clone();
+            let server =
+                RedbStorage::open(&storage_path(data_dir, i), vec![range], log, storage_config)
+                    .await
+                    .map_err(unrecoverable_if_damaged)?;
+            let server = Arc::new(server);
+            servers.push(server.clone());
+            server.roll_back(recovery_version).await?;
+        }
+        let caught_up = async {
+            for s in &servers {
+                s.wait_applied(recovery_version).await?;
+            }
+            Ok::<(), Error>(())
+        };
+        match tokio::time::timeout(config.storage_catch_up, caught_up).await {
+            Ok(result) => result.map_err(RecoveryError::from),
+            Err(_) => Err(RecoveryError::Attempt(Error::new(
+                Stage::Storage,
+                ErrorKind::Timeout {
+                    what: format!("storage to re-apply history up to {recovery_version}"),
+                    after_ms: millis(config.storage_catch_up),
+                },
+            ))),
         }
     }
+    .await;
+    match opened {
+        Ok(()) => Ok(servers),
+        Err(e) => {
+            for s in &servers {
+                s.close().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Phase 6: the sequencer past the recovery version, then resolvers and commit proxies, each
+/// wrapped in its fault decorator in tests.
+fn start_pipeline(
+    env: &RecoveryEnv,
+    config: &EmbeddedConfig,
+    epoch: Epoch,
+    recovery_version: Version,
+    logs: &NewLogs,
+    storage: &[Arc<RedbStorage>],
+) -> Attempt<Pipeline> {
+    let faults = env.faults.as_ref();
+    let sequencer = Arc::new(ClockSequencer::new(epoch, recovery_version));
+    let decorated_sequencer: Arc<dyn Sequencer> = match faults {
+        Some(f) => Arc::new(FaultySequencer(sequencer.clone(), f.clone())),
+        None => sequencer.clone(),
+    };
+    let decorated_logs: Vec<Arc<dyn LogServer>> = logs
+        .logs
+        .iter()
+        .map(|l| {
+            let log: Arc<dyn LogServer> = l.clone();
+            match faults {
+                Some(f) => Arc::new(FaultyLog(log, f.clone())) as Arc<dyn LogServer>,
+                None => log,
+            }
+        })
+        .collect();
+    let resolvers: Vec<(Key, Arc<dyn Resolver>)> = split_begins(config.resolvers)
+        .into_iter()
+        .map(|begin| {
+            let mut r: Arc<dyn Resolver> = Arc::new(WindowResolver::new(
+                epoch,
+                recovery_version,
+                config.resolver,
+            ));
+            if let Some(f) = faults {
+                r = Arc::new(FaultyResolver(r, f.clone()));
+            }
+            (begin, r)
+        })
+        .collect();
+    let mut proxies = Vec::new();
+    let mut decorated_proxies: Vec<Arc<dyn CommitProxy>> = Vec::new();
+    for _ in 0..config.proxies {
+        let proxy = Arc::new(BatchingProxy::new(
+            epoch,
+            decorated_sequencer.clone(),
+            resolvers.clone(),
+            decorated_logs.clone(),
+            config.proxy,
+        )?);
+        proxies.push(proxy.clone());
+        let proxy: Arc<dyn CommitProxy> = proxy;
+        decorated_proxies.push(match faults {
+            Some(f) => FaultyProxy::wrap(proxy, f),
+            None => proxy,
+        });
+    }
+    let decorated_storage: Vec<Arc<dyn StorageServer>> = storage
+        .iter()
+        .map(|s| {
+            let server: Arc<dyn StorageServer> = s.clone();
+            match faults {
+                Some(f) => Arc::new(FaultyStorage(server, f.clone())) as Arc<dyn StorageServer>,
+                None => server,
+            }
+        })
+        .collect();
+    let database = Database::new(
+        decorated_sequencer.clone(),
+        decorated_proxies.clone(),
+        decorated_storage.clone(),
+        config.retry,
+    )?;
+    Ok(Pipeline {
+        sequencer,
+        decorated_sequencer,
+        proxies,
+        decorated_proxies,
+        decorated_storage,
+        database,
+    })
+}
+
+/// Phase 7: the Transaction System Layout of this epoch.
+fn build_layout(
+    config: &EmbeddedConfig,
+    epoch: Epoch,
+    places: &[LogPlace],
+) -> TransactionSystemLayout {
+    TransactionSystemLayout {
+        id: epoch.0,
+        epoch,
+        sequencer: "sequencer-0".into(),
+        commit_proxies: (0..config.proxies).map(|i| format!("proxy-{i}")).collect(),
+        resolvers: split_begins(config.resolvers)
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| (BeginKey(b), format!("resolver-{i}")))
+            .collect(),
+        logs: places.iter().map(|p| (p.id, p.dir.clone())).collect(),
+        storage_teams: split_begins(config.storage)
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| (BeginKey(b), vec![format!("storage-{i}")]))
+            .collect(),
+        services: BTreeMap::new(),
+    }
+}
+
+/// Phase 8: the new coordinated state, so a later recovery finds the new logs; then the old
+/// generation, unreachable now, is closed and removed, with logs that interrupted attempts
+/// left behind (nothing refers to them).
+async fn write_state(
+    data_dir: &Path,
+    store: &dyn StateStore,
+    config: &EmbeddedConfig,
+    claim: &Claim,
+    old: Vec<OldLog>,
+    logs: &NewLogs,
+    recovery_version: Version,
+) -> Attempt<()> {
+    store.compare_and_swap(
+        claim.generation,
+        CoordinatedState {
+            format: STATE_FORMAT,
+            generation: claim.generation,
+            epoch: claim.epoch,
+            logs: logs.places.clone(),
+            storage: config.storage,
+            recovery_version,
+            resolvers: Some(config.resolvers),
+            proxies: Some(config.proxies),
+        },
+    )?;
+    for o in &old {
+        o.log.close();
+    }
+    drop(old);
+    let keep: Vec<PathBuf> = logs.places.iter().map(|p| data_dir.join(&p.dir)).collect();
+    let logs_dir = data_dir.join("logs");
+    if let Ok(entries) = std::fs::read_dir(&logs_dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && !keep.contains(&path) {
+                tracing::debug!(dir = %path.display(), "removing an unreferenced log");
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    tracing::warn!(dir = %path.display(), error = %e, "cannot remove an old log");
+                }
+            }
+        }
+    }
+    sync_dir(&logs_dir)?;
     Ok(())
 }
 
-/// The persistence phase: one system transaction holding the whole configuration, committed
-/// through the new pipeline, then read back through a fresh transaction and compared.
-async fn persist(
-    db: &Database,
+/// Phase 9 under its deadline. A timeout names the stage the phase was waiting on: the stage
+/// a commit proxy's oldest batch waits on during the commit, otherwise the phase's own step.
+async fn persist_within_deadline(
+    pipeline: &Pipeline,
     storage: &[Arc<RedbStorage>],
     layout: TransactionSystemLayout,
     recovery_version: Version,
+    config: &EmbeddedConfig,
+) -> Attempt<(Version, SystemConfig)> {
+    let step = Mutex::new(Stage::Sequencer);
+    let persisted = persist(pipeline, storage, layout, recovery_version, &step);
+    match tokio::time::timeout(config.persistence_deadline, persisted).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            let waiting = step.lock().map(|s| *s).unwrap_or(Stage::Director);
+            let stage = match waiting {
+                Stage::CommitProxy => pipeline
+                    .proxies
+                    .iter()
+                    .find_map(|p| p.waiting_on())
+                    .unwrap_or(Stage::CommitProxy),
+                other => other,
+            };
+            Err(RecoveryError::Attempt(Error::new(
+                stage,
+                ErrorKind::Timeout {
+                    what: "the persistence phase".into(),
+                    after_ms: millis(config.persistence_deadline),
+                },
+            )))
+        }
+    }
+}
+
+/// Phase 9, the persistence phase: one system transaction holding the whole configuration,
+/// committed through the new pipeline, then read back through a fresh transaction and
+/// compared. `step` tells which stage it waits on, for a timeout's error.
+async fn persist(
+    pipeline: &Pipeline,
+    storage: &[Arc<RedbStorage>],
+    layout: TransactionSystemLayout,
+    recovery_version: Version,
+    step: &Mutex<Stage>,
 ) -> Result<(Version, SystemConfig)> {
+    let at = |stage: Stage| {
+        if let Ok(mut s) = step.lock() {
+            *s = stage;
+        }
+    };
+    let db = &pipeline.database;
     let config_error =
         |e: strata_core::system::ConfigError| error(ErrorKind::Corruption(e.to_string()));
+    at(Stage::Sequencer);
     let tx = db.begin().await?;
     // The configuration the previous coordinator wrote, read from the monolithic key: the
     // handoff from one generation to the next.
+    at(Stage::Storage);
     let cluster = match tx.snapshot_get(&keys::config()).await? {
         Some(value) => {
             SystemConfig::from_monolithic(&value)
@@ -537,21 +873,28 @@ async fn persist(
             Mutation::ClearRange { range } => tx.clear_range(range),
         }
     }
+    at(Stage::CommitProxy);
     let version = tx.commit().await?;
 
     // Wait until the storage servers have applied it (the phase's deadline bounds this), so
     // the read back below does not depend on how long a single read may wait.
+    at(Stage::Storage);
     for s in storage {
         s.wait_applied(version).await?;
     }
     // Read it back through a fresh transaction.
+    at(Stage::Sequencer);
     let check = db.begin().await?;
     if check.read_version() < version {
-        return Err(error(ErrorKind::InvalidRequest(format!(
-            "read version {} is older than the system transaction at {version}",
-            check.read_version()
-        ))));
+        return Err(Error::new(
+            Stage::Sequencer,
+            ErrorKind::InvalidRequest(format!(
+                "read version {} is older than the system transaction at {version}",
+                check.read_version()
+            )),
+        ));
     }
+    at(Stage::Storage);
     let monolithic = check.snapshot_get(&keys::config()).await?.ok_or_else(|| {
         error(ErrorKind::Corruption(
             "the monolithic key is missing".into(),
@@ -580,8 +923,8 @@ async fn persist(
     Ok((version, system))
 }
 
-/// Waits `duration`, for the coordinator's backoff between attempts.
+/// Waits before the coordinator's next attempt: 20 ms, doubling with each attempt, at most 1 s.
 pub(crate) async fn backoff(attempt: u32) {
     let millis = 10u64.saturating_mul(1 << attempt.min(8));
-    tokio::time::sleep(Duration::from_millis(millis.min(1_000))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(millis.min(1_000))).await;
 }

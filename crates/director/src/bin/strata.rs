@@ -15,7 +15,7 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Args, Parser, Subcommand};
-use strata_director::{EmbeddedCluster, EmbeddedConfig, RecoveryReport};
+use strata_director::{EmbeddedCluster, EmbeddedConfig, RecoveryReport, config};
 
 #[derive(Parser)]
 #[command(
@@ -102,35 +102,43 @@ struct CheckArgs {
     data_dir: PathBuf,
 }
 
-/// The cluster to recover: where it is and how many of each stage the new epoch runs.
+/// The cluster to recover: where it is and how many of each stage the new epoch runs. A count
+/// not given is the one the data directory last ran with (1 for a new directory).
 #[derive(Args)]
 struct LayoutArgs {
     /// The data directory (created when missing).
     #[arg(long, default_value = "./strata-data")]
     data_dir: PathBuf,
-    /// Transaction logs of the new generation.
-    #[arg(long, default_value_t = 1)]
-    logs: usize,
-    /// Storage servers (fixed for a data directory once created).
-    #[arg(long, default_value_t = 1)]
-    storage: usize,
-    /// Resolvers.
-    #[arg(long, default_value_t = 1)]
-    resolvers: usize,
-    /// Commit proxies.
-    #[arg(long, default_value_t = 1)]
-    proxies: usize,
+    /// Transaction logs of the new generation (1 to 16).
+    #[arg(long, value_parser = count(config::LOGS_MAX))]
+    logs: Option<usize>,
+    /// Storage servers (1 to 256; fixed for a data directory once created).
+    #[arg(long, value_parser = count(config::STORAGE_MAX))]
+    storage: Option<usize>,
+    /// Resolvers (1 to 256).
+    #[arg(long, value_parser = count(config::RESOLVERS_MAX))]
+    resolvers: Option<usize>,
+    /// Commit proxies (1 to 64).
+    #[arg(long, value_parser = count(config::PROXIES_MAX))]
+    proxies: Option<usize>,
+}
+
+/// A count flag: a whole number from 1 to `max`; clap refuses others as a usage error (exit 2).
+fn count(max: usize) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=max as u64)
 }
 
 impl LayoutArgs {
-    fn config(&self) -> EmbeddedConfig {
-        EmbeddedConfig {
-            logs: self.logs,
-            storage: self.storage,
-            resolvers: self.resolvers,
-            proxies: self.proxies,
-            ..EmbeddedConfig::default()
-        }
+    /// The stored layout (or the default one), with the counts given on the command line.
+    fn config(&self) -> strata_core::Result<EmbeddedConfig> {
+        let stored = EmbeddedConfig::default().with_stored_layout(&self.data_dir)?;
+        Ok(EmbeddedConfig {
+            logs: self.logs.unwrap_or(stored.logs),
+            storage: self.storage.unwrap_or(stored.storage),
+            resolvers: self.resolvers.unwrap_or(stored.resolvers),
+            proxies: self.proxies.unwrap_or(stored.proxies),
+            ..stored
+        })
     }
 }
 
@@ -185,7 +193,7 @@ fn main() -> ExitCode {
 async fn recover(args: RecoverArgs) -> strata_core::Result<()> {
     let started = std::time::Instant::now();
     let (cluster, report) =
-        EmbeddedCluster::start_with_report(&args.layout.data_dir, args.layout.config()).await?;
+        EmbeddedCluster::start_with_report(&args.layout.data_dir, args.layout.config()?).await?;
     let total_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     cluster.stop().await;
     if args.json {
@@ -197,7 +205,7 @@ async fn recover(args: RecoverArgs) -> strata_core::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> strata_core::Result<()> {
-    let config = args.layout.config();
+    let config = args.layout.config()?;
     let (serving, mut watching) = tokio::sync::watch::channel::<strata_director::Serving>(None);
     let announce = tokio::spawn(async move {
         while watching.changed().await.is_ok() {
@@ -294,49 +302,20 @@ fn print_text(report: &RecoveryReport, total_micros: u64) {
 }
 
 mod cycle {
-    //! The Cycle workload: `ring/node/<i>` holds the index of the next node; a transaction
-    //! reads three links a -> b -> c -> d and rewires them a -> c -> b -> d, and records an
-    //! acknowledgement key `ring/ack/<client>/<n>` so a crash test can check that every
-    //! acknowledged transaction survived.
+    //! `strata workload cycle` and `check`, on [`strata_director::workload`].
 
     use std::io::Write;
 
-    use bytes::Bytes;
-    use strata_core::{Error, ErrorKind, Key, Stage};
-    use strata_director::{Database, EmbeddedCluster, EmbeddedConfig};
+    use strata_core::rng::SplitMix64;
+    use strata_core::{Error, ErrorKind, Stage};
+    use strata_director::workload::{check_ring, ensure_ring, rewire};
+    use strata_director::{EmbeddedCluster, EmbeddedConfig};
 
     use super::{CheckArgs, CycleArgs};
-    use strata_core::rng::SplitMix64;
-
-    fn node(i: u64) -> Key {
-        Bytes::from(format!("ring/node/{i:06}"))
-    }
-
-    fn count_key() -> Key {
-        Bytes::from_static(b"ring/meta/nodes")
-    }
-
-    /// The acknowledgement key of transaction `n` of `client`.
-    pub(crate) fn ack(client: u64, n: u64) -> Key {
-        Bytes::from(format!("ring/ack/{client:04}/{n:08}"))
-    }
-
-    fn number(v: &[u8]) -> Result<u64, Error> {
-        std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| broken("a link is not a number"))
-    }
-
-    fn broken(why: &str) -> Error {
-        Error::new(
-            Stage::Director,
-            ErrorKind::Corruption(format!("ring broken: {why}")),
-        )
-    }
 
     pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
-        let cluster = EmbeddedCluster::start(&args.data_dir, EmbeddedConfig::default()).await?;
+        let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
+        let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
         let db = cluster.database();
         let nodes = ensure_ring(&db, args.keys).await?;
         let clients = args.clients.max(1);
@@ -349,32 +328,9 @@ mod cycle {
                 let per_client =
                     args.transactions / clients + u64::from(c < args.transactions % clients);
                 tokio::spawn(async move {
-                    let mut rng = SplitMix64(c ^ std::process::id() as u64);
+                    let mut rng = SplitMix64(c ^ u64::from(std::process::id()));
                     for n in 0..per_client {
-                        let a = rng.below(nodes);
-                        db.run(|tx| async move {
-                            let b = number(
-                                &tx.get(&node(a))
-                                    .await?
-                                    .ok_or_else(|| broken("missing node"))?,
-                            )?;
-                            let c2 = number(
-                                &tx.get(&node(b))
-                                    .await?
-                                    .ok_or_else(|| broken("missing node"))?,
-                            )?;
-                            let d = number(
-                                &tx.get(&node(c2))
-                                    .await?
-                                    .ok_or_else(|| broken("missing node"))?,
-                            )?;
-                            tx.set(node(a), Bytes::from(c2.to_string()));
-                            tx.set(node(c2), Bytes::from(b.to_string()));
-                            tx.set(node(b), Bytes::from(d.to_string()));
-                            tx.set(ack(c, n), Bytes::from_static(b"1"));
-                            Ok(())
-                        })
-                        .await?;
+                        rewire(&db, nodes, &mut rng, c, n).await?;
                         if print {
                             let mut out = std::io::stdout().lock();
                             let _ = writeln!(out, "ack {c} {n}");
@@ -403,63 +359,13 @@ mod cycle {
     }
 
     pub(crate) async fn check(args: CheckArgs) -> strata_core::Result<()> {
-        let cluster = EmbeddedCluster::start(&args.data_dir, EmbeddedConfig::default()).await?;
-        let nodes = check_ring(&cluster.database()).await?;
-        println!("ring of {nodes} keys intact at epoch {}", cluster.epoch().0);
+        let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
+        let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
+        let checked = check_ring(&cluster.database()).await;
+        let epoch = cluster.epoch();
         cluster.stop().await;
+        println!("ring of {} keys intact at epoch {}", checked?, epoch.0);
         Ok(())
-    }
-
-    /// Creates the ring unless it exists; returns its size.
-    async fn ensure_ring(db: &Database, keys: u64) -> strata_core::Result<u64> {
-        let keys = keys.max(4);
-        let ((), _) = db
-            .run(|tx| async move {
-                if tx.get(&count_key()).await?.is_none() {
-                    for i in 0..keys {
-                        tx.set(node(i), Bytes::from(((i + 1) % keys).to_string()));
-                    }
-                    tx.set(count_key(), Bytes::from(keys.to_string()));
-                }
-                Ok(())
-            })
-            .await?;
-        let tx = db.begin().await?;
-        let stored = tx
-            .snapshot_get(&count_key())
-            .await?
-            .ok_or_else(|| broken("no ring"))?;
-        number(&stored)
-    }
-
-    /// Walks the ring from node 0: it must visit every node once and come back.
-    async fn check_ring(db: &Database) -> strata_core::Result<u64> {
-        let tx = db.begin().await?;
-        let stored = tx
-            .snapshot_get(&count_key())
-            .await?
-            .ok_or_else(|| broken("no ring stored"))?;
-        let nodes = number(&stored)?;
-        let mut seen = vec![false; usize::try_from(nodes).unwrap_or(0)];
-        let mut at = 0u64;
-        for _ in 0..nodes {
-            let slot = seen
-                .get_mut(usize::try_from(at).unwrap_or(usize::MAX))
-                .ok_or_else(|| broken(&format!("link to {at}, beyond {nodes} nodes")))?;
-            if *slot {
-                return Err(broken(&format!("node {at} reached twice")));
-            }
-            *slot = true;
-            let next = tx
-                .snapshot_get(&node(at))
-                .await?
-                .ok_or_else(|| broken(&format!("node {at} missing")))?;
-            at = number(&next)?;
-        }
-        if at != 0 {
-            return Err(broken("the walk does not return to node 0"));
-        }
-        Ok(nodes)
     }
 }
 
@@ -570,7 +476,8 @@ mod load {
         }
         std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::io(Stage::Director, e))?;
         let floor = fsync_floor(&args.data_dir)?;
-        let cluster = EmbeddedCluster::start(&args.data_dir, EmbeddedConfig::default()).await?;
+        let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
+        let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
         let db = cluster.database();
 
         let progress = if args.json || !std::io::stdout().is_terminal() {

@@ -21,3 +21,66 @@ pub async fn cluster() -> (EmbeddedCluster, tempfile::TempDir) {
         .expect("cluster starts");
     (cluster, dir)
 }
+
+/// A layout with every window shrunk, so that a history of a second is many windows long: the
+/// storage servers keep 50 ms of versions in memory and flush every 10 ms, the director pops
+/// the logs every 10 ms, and log segments hold 128 KiB.
+pub fn small_windows(logs: usize, storage: usize, resolvers: usize) -> EmbeddedConfig {
+    let defaults = EmbeddedConfig::default();
+    EmbeddedConfig {
+        logs,
+        storage,
+        resolvers,
+        proxies: 1,
+        log: strata_tlog::FileLogConfig {
+            segment_bytes: 128 << 10,
+            ..defaults.log
+        },
+        storage_config: strata_storage::StorageConfig {
+            window_versions: 50_000,
+            flush_interval: std::time::Duration::from_millis(10),
+            ..defaults.storage_config
+        },
+        watermark_interval: std::time::Duration::from_millis(10),
+        ..defaults
+    }
+}
+
+/// Runs the Cycle workload with `clients` clients on a ring of `nodes` for `duration`;
+/// returns every acknowledged transaction as `(client, n)`. `first` numbers this run's
+/// transactions after earlier runs', so acknowledgement keys never repeat.
+pub async fn cycle_for(
+    db: &strata_director::Database,
+    nodes: u64,
+    clients: u64,
+    first: u64,
+    duration: std::time::Duration,
+) -> Vec<(u64, u64)> {
+    strata_director::workload::ensure_ring(db, nodes)
+        .await
+        .expect("the ring exists");
+    let until = std::time::Instant::now() + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut rng = strata_core::rng::SplitMix64(c * 7919 + first);
+                let mut acked = Vec::new();
+                let mut n = first;
+                while std::time::Instant::now() < until {
+                    strata_director::workload::rewire(&db, nodes, &mut rng, c, n)
+                        .await
+                        .expect("a Cycle transaction commits");
+                    acked.push((c, n));
+                    n += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("a client task"));
+    }
+    acked
+}

@@ -1,0 +1,310 @@
+//! The running cluster of one epoch: its stages, the coordinator loop that recovers it, the
+//! health check monitoring uses, and the watermark task that tells storage servers what is
+//! committed and pops the logs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_commit_proxy::BatchingProxy;
+use strata_core::{
+    CommitProxy, Epoch, Error, ErrorKind, LogServer, Result, Sequencer, Stage, StorageServer,
+    Version,
+};
+use strata_sequencer::ClockSequencer;
+use strata_storage::RedbStorage;
+use strata_tlog::FileLog;
+use strata_txn_builder::Database;
+use tokio::task::JoinHandle;
+
+use crate::config::EmbeddedConfig;
+use crate::coordinator::{FileStateStore, StateStore};
+use crate::recovery::{self, RecoveryEnv, RecoveryError, RecoveryReport};
+
+/// The transaction system of one epoch: each stage as built, and as the commit path sees it
+/// (`decorated_*`: wrapped by fault decorators in tests, the same objects otherwise).
+pub(crate) struct Pipeline {
+    pub(crate) sequencer: Arc<ClockSequencer>,
+    pub(crate) decorated_sequencer: Arc<dyn Sequencer>,
+    pub(crate) proxies: Vec<Arc<BatchingProxy>>,
+    pub(crate) decorated_proxies: Vec<Arc<dyn CommitProxy>>,
+    pub(crate) decorated_storage: Vec<Arc<dyn StorageServer>>,
+    pub(crate) database: Database,
+}
+
+/// The director's watermark task: every interval it tells each storage server the newest
+/// committed version (so they make durable only committed versions) and pops every log at the
+/// oldest durable version of all storage servers.
+///
+/// Popping follows the slowest reader: a storage server resumes after its own durable version,
+/// and the next recovery replays from the oldest durable version of all of them, from any old
+/// log. So no log may discard anything above that version, and every log is popped there,
+/// whatever the layout; disk use stays bounded on every log.
+pub(crate) struct Watermark(JoinHandle<()>);
+
+impl Watermark {
+    pub(crate) fn start(
+        sequencer: Arc<ClockSequencer>,
+        storage: Vec<Arc<RedbStorage>>,
+        logs: Vec<Arc<FileLog>>,
+        interval: Duration,
+    ) -> Watermark {
+        Watermark(tokio::spawn(async move {
+            let mut popped = Version::ZERO;
+            loop {
+                tokio::time::sleep(interval).await;
+                // The read version is the newest version reported committed: on every log.
+                let Ok(committed) = sequencer.read_version().await else {
+                    return; // stopped: the epoch is over
+                };
+                let mut oldest_durable = None::<Version>;
+                for s in &storage {
+                    s.advance_committed(committed);
+                    let durable = StorageServer::durable_version(s.as_ref()).await;
+                    let Ok(durable) = durable else { return };
+                    oldest_durable = Some(oldest_durable.map_or(durable, |o| o.min(durable)));
+                }
+                let Some(oldest) = oldest_durable else {
+                    continue;
+                };
+                if oldest > popped {
+                    for log in &logs {
+                        if let Err(e) = log.pop(oldest).await {
+                            tracing::warn!(log = log.id().0, error = %e, "cannot pop a log");
+                        }
+                    }
+                    popped = oldest;
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Watermark {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A whole cluster in one process. See the crate docs.
+pub struct EmbeddedCluster {
+    pub(crate) epoch: Epoch,
+    pub(crate) start_version: Version,
+    pub(crate) pipeline: Pipeline,
+    pub(crate) logs: Vec<Arc<FileLog>>,
+    pub(crate) storage: Vec<Arc<RedbStorage>>,
+    pub(crate) watermark: Watermark,
+}
+
+impl std::fmt::Debug for EmbeddedCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedCluster")
+            .field("epoch", &self.epoch)
+            .field("start_version", &self.start_version)
+            .field("logs", &self.logs.len())
+            .field("storage", &self.storage.len())
+            .field("proxies", &self.pipeline.proxies.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedCluster {
+    /// Recovers the cluster stored in `data_dir` (created when missing) under a new epoch,
+    /// through the persistence phase, and returns it running. When an attempt fails, the
+    /// coordinator logs why and starts the next epoch, with growing waits, at most
+    /// [`EmbeddedConfig::recovery_attempts_max`] times; a configuration or a data directory
+    /// that can never work stops it at once.
+    pub async fn start(data_dir: &Path, config: EmbeddedConfig) -> Result<EmbeddedCluster> {
+        Ok(Self::start_with_report(data_dir, config).await?.0)
+    }
+
+    /// [`EmbeddedCluster::start`], also returning what the successful recovery did.
+    pub async fn start_with_report(
+        data_dir: &Path,
+        config: EmbeddedConfig,
+    ) -> Result<(EmbeddedCluster, RecoveryReport)> {
+        Self::start_with_store(data_dir, config, &FileStateStore::new(data_dir)).await
+    }
+
+    /// [`EmbeddedCluster::start_with_report`] with the coordinated state in `store`.
+    pub async fn start_with_store(
+        data_dir: &Path,
+        config: EmbeddedConfig,
+        store: &dyn StateStore,
+    ) -> Result<(EmbeddedCluster, RecoveryReport)> {
+        Self::start_with_env(data_dir, config, store, &RecoveryEnv::default()).await
+    }
+
+    /// [`EmbeddedCluster::start_with_store`] in `env` (shared open logs, injected faults).
+    pub async fn start_with_env(
+        data_dir: &Path,
+        config: EmbeddedConfig,
+        store: &dyn StateStore,
+        env: &RecoveryEnv,
+    ) -> Result<(EmbeddedCluster, RecoveryReport)> {
+        // Validate, then write: not even the data directory is created for a layout that
+        // can never work.
+        config.validate()?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            Error::new(
+                Stage::Director,
+                ErrorKind::InvalidRequest(format!(
+                    "cannot create the data directory {}: {e}",
+                    data_dir.display()
+                )),
+            )
+        })?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match recovery::recover(data_dir, config, store, env).await {
+                Ok(done) => return Ok(done),
+                Err(RecoveryError::Unrecoverable(e)) => {
+                    tracing::error!(attempt, error = %e, "recovery cannot succeed; stopping");
+                    return Err(e);
+                }
+                Err(RecoveryError::Attempt(e)) if attempt < config.recovery_attempts_max => {
+                    tracing::warn!(attempt, error = %e, "recovery failed; starting the next epoch");
+                    recovery::backoff(attempt).await;
+                }
+                Err(RecoveryError::Attempt(e)) => {
+                    tracing::error!(attempt, error = %e, "recovery failed; giving up");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Monitoring's probe: an error names the first stage found failed — a stopped
+    /// sequencer, a poisoned or newer-epoch-locked log, a commit proxy whose batch failed
+    /// (a hole in the version chain) or whose chain stopped advancing, a storage server that
+    /// stopped applying. The director then ends the epoch.
+    pub async fn check_health(&self) -> Result<()> {
+        self.pipeline.decorated_sequencer.read_version().await?;
+        for log in &self.logs {
+            if log.is_poisoned() {
+                return Err(Error::new(Stage::Log, ErrorKind::Poisoned));
+            }
+            let locked = log.locked_epoch()?;
+            if locked > self.epoch {
+                return Err(Error::new(
+                    Stage::Log,
+                    ErrorKind::Fenced {
+                        request: self.epoch,
+                        current: locked,
+                    },
+                ));
+            }
+        }
+        for p in &self.pipeline.proxies {
+            if !p.is_running() {
+                return Err(Error::new(
+                    Stage::CommitProxy,
+                    ErrorKind::Unavailable("a commit proxy stopped".into()),
+                ));
+            }
+            p.health()?;
+        }
+        for s in &self.pipeline.decorated_storage {
+            s.applied_version().await?;
+        }
+        Ok(())
+    }
+
+    /// A handle for transactions.
+    pub fn database(&self) -> Database {
+        self.pipeline.database.clone()
+    }
+
+    /// The epoch this cluster runs under.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The version the cluster started from.
+    pub fn start_version(&self) -> Version {
+        self.start_version
+    }
+
+    /// The storage servers, in key order (for tests and tools that inspect them).
+    pub fn storage_servers(&self) -> &[Arc<RedbStorage>] {
+        &self.storage
+    }
+
+    /// The logs of this epoch's generation.
+    pub fn logs(&self) -> &[Arc<FileLog>] {
+        &self.logs
+    }
+
+    /// Stops the cluster: no new commits, the storage servers close their databases (waiting
+    /// for a flush in progress) and the logs their files, so the data directory can be
+    /// recovered again at once, even while `Database` handles remain (their requests then fail
+    /// as unavailable).
+    pub async fn stop(self) {
+        drop(self.watermark);
+        self.pipeline.sequencer.stop();
+        drop(self.pipeline.database);
+        drop(self.pipeline.decorated_proxies);
+        drop(self.pipeline.proxies);
+        for s in &self.storage {
+            s.close().await;
+        }
+        for log in &self.logs {
+            log.close();
+        }
+    }
+}
+
+/// The cluster being served: its epoch and a database handle, `None` between epochs.
+pub type Serving = Option<(Epoch, Database)>;
+
+/// Recovers the cluster in `data_dir` and serves it until `shutdown` completes, with
+/// monitoring: every [`EmbeddedConfig::monitor_interval`] the director probes its stages
+/// ([`EmbeddedCluster::check_health`]); when one has failed, it ends the epoch and the
+/// coordinator recovers under the next one. Each epoch is published on `serving`. An epoch that
+/// fails within a second of starting counts against [`EmbeddedConfig::recovery_attempts_max`];
+/// past it, serving stops with the last failure.
+pub async fn serve(
+    data_dir: &Path,
+    config: EmbeddedConfig,
+    env: &RecoveryEnv,
+    serving: &tokio::sync::watch::Sender<Serving>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let store = FileStateStore::new(data_dir);
+    tokio::pin!(shutdown);
+    let mut quick_failures = 0;
+    loop {
+        let (cluster, report) =
+            EmbeddedCluster::start_with_env(data_dir, config, &store, env).await?;
+        let started = std::time::Instant::now();
+        serving.send_replace(Some((report.epoch, cluster.database())));
+        tracing::info!(epoch = report.epoch.0, "serving");
+        let failure = loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    serving.send_replace(None);
+                    cluster.stop().await;
+                    return Ok(());
+                }
+                () = tokio::time::sleep(config.monitor_interval) => {
+                    if let Err(e) = cluster.check_health().await {
+                        break e;
+                    }
+                }
+            }
+        };
+        tracing::warn!(epoch = report.epoch.0, error = %failure, "a stage failed; ending the epoch");
+        serving.send_replace(None);
+        cluster.stop().await;
+        if started.elapsed() < Duration::from_secs(1) {
+            quick_failures += 1;
+            if quick_failures >= config.recovery_attempts_max {
+                return Err(failure);
+            }
+            recovery::backoff(quick_failures).await;
+        } else {
+            quick_failures = 0;
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Workloads that run through the whole pipeline, shared by the `strata` command, the tests and
+//! the benches.
+//!
+//! **Cycle** (FoundationDB's): `ring/node/<i>` holds the index of the next node; a transaction
+//! reads three links a -> b -> c -> d and rewires them a -> c -> b -> d, so the ring stays one
+//! ring of all nodes whatever commits or aborts. Each transaction also writes an
+//! acknowledgement key `ring/ack/<client>/<n>`, so a crash test can check that every
+//! transaction it saw acknowledged survived.
+
+use bytes::Bytes;
+use strata_core::rng::SplitMix64;
+use strata_core::{Error, ErrorKind, Key, Result, Stage};
+use strata_txn_builder::Database;
+
+/// The key of ring node `i`.
+pub fn node(i: u64) -> Key {
+    Bytes::from(format!("ring/node/{i:06}"))
+}
+
+/// The key holding the ring's size.
+pub fn count_key() -> Key {
+    Bytes::from_static(b"ring/meta/nodes")
+}
+
+/// The acknowledgement key of transaction `n` of `client`.
+pub fn ack(client: u64, n: u64) -> Key {
+    Bytes::from(format!("ring/ack/{client:04}/{n:08}"))
+}
+
+fn number(v: &[u8]) -> Result<u64> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| broken("a link is not a number"))
+}
+
+fn broken(why: &str) -> Error {
+    Error::new(
+        Stage::Director,
+        ErrorKind::Corruption(format!("ring broken: {why}")),
+    )
+}
+
+/// Creates a ring of `keys` nodes (at least 4) unless one exists; returns its size.
+pub async fn ensure_ring(db: &Database, keys: u64) -> Result<u64> {
+    let keys = keys.max(4);
+    let ((), _) = db
+        .run(|tx| async move {
+            if tx.get(&count_key()).await?.is_none() {
+                for i in 0..keys {
+                    tx.set(node(i), Bytes::from(((i + 1) % keys).to_string()));
+                }
+                tx.set(count_key(), Bytes::from(keys.to_string()));
+            }
+            Ok(())
+        })
+        .await?;
+    let tx = db.begin().await?;
+    let stored = tx
+        .snapshot_get(&count_key())
+        .await?
+        .ok_or_else(|| broken("no ring"))?;
+    number(&stored)
+}
+
+/// One Cycle transaction of `client` (its `n`th), from a node `rng` picks, retried until it
+/// commits or fails for good; writes the acknowledgement key `ack(client, n)`.
+pub async fn rewire(
+    db: &Database,
+    nodes: u64,
+    rng: &mut SplitMix64,
+    client: u64,
+    n: u64,
+) -> Result<()> {
+    let a = rng.below(nodes);
+    let link = |v: Option<Bytes>| {
+        v.ok_or_else(|| broken("missing node"))
+            .and_then(|v| number(&v))
+    };
+    let ((), _) = db
+        .run(|tx| async move {
+            let b = link(tx.get(&node(a)).await?)?;
+            let c = link(tx.get(&node(b)).await?)?;
+            let d = link(tx.get(&node(c)).await?)?;
+            tx.set(node(a), Bytes::from(c.to_string()));
+            tx.set(node(c), Bytes::from(b.to_string()));
+            tx.set(node(b), Bytes::from(d.to_string()));
+            tx.set(ack(client, n), Bytes::from_static(b"1"));
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
+/// Walks the ring from node 0 at the newest version: it must visit every node once and come
+/// back. Returns the ring's size; a broken ring is `Corruption` saying how.
+pub async fn check_ring(db: &Database) -> Result<u64> {
+    let tx = db.begin().await?;
+    let stored = tx
+        .snapshot_get(&count_key())
+        .await?
+        .ok_or_else(|| broken("no ring stored"))?;
+    let nodes = number(&stored)?;
+    let mut seen = vec![false; usize::try_from(nodes).unwrap_or(0)];
+    let mut at = 0u64;
+    for _ in 0..nodes {
+        let slot = seen
+            .get_mut(usize::try_from(at).unwrap_or(usize::MAX))
+            .ok_or_else(|| broken(&format!("link to {at}, beyond {nodes} nodes")))?;
+        if *slot {
+            return Err(broken(&format!("node {at} reached twice")));
+        }
+        *slot = true;
+        let next = tx
+            .snapshot_get(&node(at))
+            .await?
+            .ok_or_else(|| broken(&format!("node {at} missing")))?;
+        at = number(&next)?;
+    }
+    if at != 0 {
+        return Err(broken("the walk does not return to node 0"));
+    }
+    Ok(nodes)
+}
+
+/// Checks that every acknowledged transaction `(client, n)` in `acked` is stored; the first
+/// missing one is `Corruption` naming it.
+pub async fn check_acks(db: &Database, acked: &[(u64, u64)]) -> Result<()> {
+    let tx = db.begin().await?;
+    for &(client, n) in acked {
+        if tx.snapshot_get(&ack(client, n)).await?.is_none() {
+            return Err(Error::new(
+                Stage::Director,
+                ErrorKind::Corruption(format!(
+                    "acknowledged transaction {client}/{n} lost ({} acknowledged)",
+                    acked.len()
+                )),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! A data directory that lost or damaged a log, or a layout that can never work: recovery
+//! fails at once with an error naming what is wrong, the coordinator does not burn epochs on
+//! it, and nothing is read as an empty database.
+
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::path::Path;
+use std::process::Command;
+
+use strata_core::{Epoch, ErrorKind};
+use strata_director::{EmbeddedCluster, EmbeddedConfig, FileStateStore, StateStore};
+
+fn strata() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+fn two_logs() -> EmbeddedConfig {
+    EmbeddedConfig {
+        logs: 2,
+        ..EmbeddedConfig::default()
+    }
+}
+
+/// A directory recovered with two logs, holding 50 committed keys; returns the directory of
+/// each log as the coordinated state names it.
+async fn with_data(dir: &Path) -> Vec<String> {
+    let cluster = EmbeddedCluster::start(dir, two_logs()).await.unwrap();
+    let db = cluster.database();
+    for i in 0..50 {
+        db.run(|tx| async move {
+            tx.set(format!("key/{i:03}").into(), "v".into());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    cluster.stop().await;
+    let state = FileStateStore::new(dir).read().unwrap().unwrap();
+    state.logs.iter().map(|l| l.dir.clone()).collect()
+}
+
+/// Recovery fails with `Corruption` mentioning `needle`, after one attempt only.
+async fn refused(dir: &Path, needle: &str) {
+    let before = FileStateStore::new(dir).read().unwrap().unwrap().epoch;
+    let err = EmbeddedCluster::start(dir, two_logs())
+        .await
+        .expect_err("recovery must refuse a directory that lost a log");
+    assert!(matches!(err.kind, ErrorKind::Corruption(_)), "{err}");
+    assert!(err.to_string().contains(needle), "{needle} not in: {err}");
+    let after = FileStateStore::new(dir).read().unwrap().unwrap().epoch;
+    assert_eq!(after, Epoch(before.0 + 1), "one attempt, no retries");
+
+    // The command says so too, on one line, and exits 1.
+    let out = strata()
+        .args(["recover", "--data-dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(needle), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("recovered"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_log_directory_is_an_error_not_an_empty_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = with_data(dir.path()).await;
+    std::fs::remove_dir_all(dir.path().join(&logs[1])).unwrap();
+    refused(dir.path(), &logs[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_directory_missing_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = with_data(dir.path()).await;
+    for l in &logs {
+        std::fs::remove_dir_all(dir.path().join(l)).unwrap();
+    }
+    refused(dir.path(), &logs[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_directory_without_segments_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = with_data(dir.path()).await;
+    for entry in std::fs::read_dir(dir.path().join(&logs[0])).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "seg") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    refused(dir.path(), "holds no segment").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_segment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = with_data(dir.path()).await;
+    let segment = std::fs::read_dir(dir.path().join(&logs[0]))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    // The segment header's magic: damage no torn write can explain.
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+    refused(dir.path(), segment.file_name().unwrap().to_str().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_layout_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh");
+    let too_many = EmbeddedConfig {
+        storage: 300,
+        ..EmbeddedConfig::default()
+    };
+    let err = EmbeddedCluster::start(&fresh, too_many).await.unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::InvalidRequest(_)), "{err}");
+    assert!(!fresh.exists(), "nothing is created for a refused layout");
+    // The directory still recovers with a layout that works.
+    EmbeddedCluster::start(&fresh, EmbeddedConfig::default())
+        .await
+        .unwrap()
+        .stop()
+        .await;
+
+    // Re-sharding an existing directory is refused before the coordinated state is touched.
+    let state = std::fs::read(fresh.join("coordinated.json")).unwrap();
+    let two_storage = EmbeddedConfig {
+        storage: 2,
+        ..EmbeddedConfig::default()
+    };
+    let err = EmbeddedCluster::start(&fresh, two_storage)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("re-sharding"), "{err}");
+    assert_eq!(
+        std::fs::read(fresh.join("coordinated.json")).unwrap(),
+        state
+    );
+}
+
+#[test]
+fn counts_out_of_range_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    for (flag, value) in [
+        ("--logs", "0"),
+        ("--logs", "17"),
+        ("--storage", "300"),
+        ("--resolvers", "0"),
+        ("--proxies", "18446744073709551615"),
+    ] {
+        let out = strata()
+            .args(["recover", "--data-dir", data.to_str().unwrap(), flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+        assert!(!data.exists(), "{flag} {value} created the directory");
+    }
+}
+
+#[test]
+fn every_command_uses_the_layout_the_directory_was_recovered_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = strata()
+            .args(args)
+            .args(["--data-dir", data])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&[
+        "recover",
+        "--logs",
+        "2",
+        "--storage",
+        "2",
+        "--resolvers",
+        "2",
+    ]);
+    run(&["workload", "cycle", "--keys", "20", "--transactions", "200"]);
+    run(&["workload", "check"]);
+    run(&["bench", "--transactions", "200", "--clients", "4"]);
+    let dumped = run(&["dump"]);
+    assert!(dumped.contains("2 log(s), 2 storage server(s)"), "{dumped}");
+    let recovered = run(&["recover", "--json"]);
+    assert!(recovered.contains("\"epoch\""), "{recovered}");
+    let state = FileStateStore::new(dir.path()).read().unwrap().unwrap();
+    assert_eq!((state.logs.len(), state.storage), (2, 2));
+    assert_eq!((state.resolvers, state.proxies), (Some(2), Some(1)));
+}

@@ -1,0 +1,158 @@
+//! Faults in the middle of an epoch, at every stage, while Cycle runs: the director notices
+//! (a commit proxy with a hole in its version chain, a poisoned log, a failed probe), ends the
+//! epoch, and the next epoch serves; the ring holds and every acknowledged commit is there.
+//! Also two faults in a row, the second in the epoch the first one started. (A failed
+//! monitoring probe of the sequencer is `monitoring.rs`: with clients running, they would take
+//! the armed read-version fault first.)
+//!
+//! Before, a batch that failed after taking its version left a hole in the chain: every later
+//! commit of the epoch failed out of order while the health check kept answering Ok.
+
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strata_core::Epoch;
+use strata_director::faults::{FaultPoint, Faults};
+use strata_director::workload::{check_acks, check_ring, ensure_ring, rewire};
+use strata_director::{EmbeddedConfig, RecoveryEnv, Serving, serve};
+use tokio::sync::{oneshot, watch};
+
+const NODES: u64 = 30;
+const CLIENTS: u64 = 4;
+
+/// Waits (bounded) until `serving` shows an epoch after `epoch`; returns it.
+async fn next_epoch(serving: &mut watch::Receiver<Serving>, epoch: Epoch) -> Epoch {
+    let seen = tokio::time::timeout(
+        Duration::from_secs(20),
+        serving.wait_for(|s| s.as_ref().is_some_and(|(e, _)| *e > epoch)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no epoch after {epoch} came in time"))
+    .unwrap();
+    seen.as_ref().unwrap().0
+}
+
+/// Clients that run Cycle against whatever epoch is served, across epoch changes, recording
+/// what was acknowledged; a transaction that fails because its epoch ended is simply not
+/// acknowledged.
+fn clients(
+    serving: watch::Receiver<Serving>,
+    stop: watch::Receiver<bool>,
+    acked: Arc<Mutex<Vec<(u64, u64)>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..CLIENTS)
+        .map(|c| {
+            let (mut serving, stop, acked) = (serving.clone(), stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut rng = strata_core::rng::SplitMix64(c);
+                let mut n = 0;
+                while !*stop.borrow() {
+                    let db = match serving.wait_for(Option::is_some).await {
+                        Ok(s) => s.as_ref().unwrap().1.clone(),
+                        Err(_) => return,
+                    };
+                    if rewire(&db, NODES, &mut rng, c, n).await.is_ok() {
+                        acked.lock().unwrap().push((c, n));
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect()
+}
+
+async fn faults_mid_epoch(points: &[FaultPoint], layout: (usize, usize, usize)) {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let env = RecoveryEnv::with_faults(faults.clone());
+    let config = EmbeddedConfig {
+        monitor_interval: Duration::from_millis(20),
+        ..common::small_windows(layout.0, layout.1, layout.2)
+    };
+    let (serving, mut watching) = watch::channel(None);
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let path = dir.path().to_owned();
+        async move {
+            serve(&path, config, &env, &serving, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let mut epoch = next_epoch(&mut watching, Epoch(0)).await;
+    {
+        let db = watching.borrow().as_ref().unwrap().1.clone();
+        ensure_ring(&db, NODES).await.unwrap();
+    }
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let (stop_clients, clients_stop) = watch::channel(false);
+    let tasks = clients(watching.clone(), clients_stop, acked.clone());
+
+    for &point in points {
+        // Several storage windows of history in this epoch before the fault.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        faults.arm(point);
+        let next = next_epoch(&mut watching, epoch).await;
+        assert!(!faults.is_armed(point), "{point:?} fired");
+        epoch = next;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_clients.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let db = watching.borrow().as_ref().unwrap().1.clone();
+    check_ring(&db).await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    check_acks(&db, &acked).await.unwrap();
+    shutdown.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_failing_a_batch_ends_the_epoch() {
+    faults_mid_epoch(&[FaultPoint::Resolve], (2, 2, 2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequencer_failing_a_commit_version_ends_the_epoch() {
+    faults_mid_epoch(&[FaultPoint::CommitVersion], (1, 2, 1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_refusing_a_push_ends_the_epoch() {
+    faults_mid_epoch(&[FaultPoint::LogPush], (3, 2, 1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_poisons_the_log_and_ends_the_epoch() {
+    faults_mid_epoch(&[FaultPoint::LogSync], (2, 3, 2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_storage_server_ends_the_epoch() {
+    faults_mid_epoch(&[FaultPoint::StorageStop], (1, 3, 1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_faults_in_a_row() {
+    faults_mid_epoch(
+        &[
+            FaultPoint::LogSync,
+            FaultPoint::LogSync,
+            FaultPoint::Resolve,
+        ],
+        (2, 2, 1),
+    )
+    .await;
+}
