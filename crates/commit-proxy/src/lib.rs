@@ -367,7 +367,8 @@ impl BatchingProxy {
 }
 
 impl BatchingProxy {
-    /// Whether a log fenced this proxy's epoch: it will commit nothing more.
+    /// Whether a stage (usually a log) refused this proxy's epoch as fenced by a newer one: it
+    /// will commit nothing more, and [`BatchingProxy::failure`] holds the fencing error.
     pub fn is_fenced(&self) -> bool {
         self.stages.fenced.load(Ordering::SeqCst)
     }
