@@ -34,6 +34,8 @@ pub enum FaultPoint {
     ProxyCommit,
     /// A log refuses a push.
     LogPush,
+    /// A log's push hangs for 10 s before it goes through: a stage that stops answering.
+    LogStall,
     /// A log's next `fdatasync` of a segment really fails (through [`FaultyFs`], under the
     /// real log): the pushes of that group get the I/O error and the log is poisoned.
     LogSync,
@@ -139,7 +141,7 @@ impl Resolver for FaultyResolver {
     }
 }
 
-/// A [`LogServer`] that fails [`FaultPoint::LogPush`].
+/// A [`LogServer`] that fails [`FaultPoint::LogPush`] and stalls [`FaultPoint::LogStall`].
 pub struct FaultyLog(pub Arc<dyn LogServer>, pub Arc<Faults>);
 
 #[async_trait]
@@ -157,6 +159,9 @@ impl LogServer for FaultyLog {
     ) -> Result<()> {
         if self.1.fire(FaultPoint::LogPush) {
             return Err(Faults::injected(Stage::Log, FaultPoint::LogPush));
+        }
+        if self.1.fire(FaultPoint::LogStall) {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
         }
         self.0.push(epoch, previous_version, version, payload).await
     }

@@ -128,3 +128,31 @@ async fn log_fsync_fault() {
 async fn storage_apply_fault() {
     fault_at(FaultPoint::StorageApply, Stage::Storage).await;
 }
+
+/// A stage that stops answering during the persistence phase: the phase's deadline ends the
+/// epoch with a timeout naming that stage (the one the commit proxy's batch waits on), not the
+/// director, and the next epoch recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_log_times_out_the_persistence_phase_naming_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStateStore::new(dir.path());
+    let faults = Faults::new();
+    let env = RecoveryEnv::with_faults(faults.clone());
+    let impatient = EmbeddedConfig {
+        persistence_deadline: std::time::Duration::from_millis(300),
+        ..config()
+    };
+    let (first, _) = recover(dir.path(), impatient, &store, &env).await.unwrap();
+    first.stop().await;
+
+    faults.arm(FaultPoint::LogStall);
+    let err = recover(dir.path(), impatient, &store, &env)
+        .await
+        .expect_err("a hung log times the persistence phase out");
+    assert_eq!(err.stage, Stage::Log, "{err}");
+    assert!(matches!(err.kind, ErrorKind::Timeout { .. }), "{err}");
+
+    let (cluster, report) = recover(dir.path(), impatient, &store, &env).await.unwrap();
+    assert_eq!(report.epoch, Epoch(3));
+    cluster.stop().await;
+}
