@@ -4,7 +4,7 @@
 //! This crate holds traits and plain data only. It starts no task, touches no disk and depends
 //! on no stage: the resolver, the logs, storage, the sequencer and the commit proxy each
 //! implement a trait defined here and talk to each other only through these traits, so any stage
-//! can be used, tested and benchmarked alone (see `DESIGN.md`, "Dependency rule").
+//! can be used, tested and benchmarked alone (the dependency rule: a stage depends on this crate and on no other stage).
 //!
 //! - [`types`]: [`Key`], [`Value`], [`KeyRange`], [`Version`], [`Epoch`], [`Mutation`],
 //!   [`Transaction`].
