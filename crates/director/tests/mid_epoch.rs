@@ -19,8 +19,8 @@ use std::time::Duration;
 use strata_core::Epoch;
 use strata_director::faults::{FaultPoint, Faults};
 use strata_director::workload::{check_acks, check_ring, ensure_ring, rewire};
-use strata_director::{EmbeddedConfig, RecoveryEnv, Serving, serve};
-use tokio::sync::{oneshot, watch};
+use strata_director::{EmbeddedConfig, Serving};
+use tokio::sync::watch;
 
 const NODES: u64 = 30;
 const CLIENTS: u64 = 4;
@@ -71,22 +71,11 @@ fn clients(
 async fn faults_mid_epoch(points: &[FaultPoint], layout: (usize, usize, usize)) {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();
-    let env = RecoveryEnv::with_faults(faults.clone());
     let config = EmbeddedConfig {
         monitor_interval: Duration::from_millis(20),
         ..common::small_windows(layout.0, layout.1, layout.2)
     };
-    let (serving, mut watching) = watch::channel(None);
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let path = dir.path().to_owned();
-        async move {
-            serve(&path, config, &env, &serving, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
+    let (mut watching, shutdown, server) = common::served(dir.path(), config, faults.clone());
     let mut epoch = next_epoch(&mut watching, Epoch(0)).await;
     {
         let db = watching.borrow().as_ref().unwrap().1.clone();

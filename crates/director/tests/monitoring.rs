@@ -4,12 +4,14 @@
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod common;
+
 use std::time::Duration;
 
 use strata_core::Epoch;
 use strata_director::faults::{FaultPoint, Faults};
-use strata_director::{EmbeddedConfig, RecoveryEnv, Serving, serve};
-use tokio::sync::{oneshot, watch};
+use strata_director::{EmbeddedConfig, Serving};
+use tokio::sync::watch;
 
 /// Waits (bounded) until `serving` shows an epoch at least `epoch`.
 async fn wait_for(
@@ -30,22 +32,11 @@ async fn wait_for(
 async fn a_failed_stage_ends_the_epoch_and_the_next_one_serves() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();
-    let env = RecoveryEnv::with_faults(faults.clone());
     let config = EmbeddedConfig {
         monitor_interval: Duration::from_millis(20),
         ..EmbeddedConfig::default()
     };
-    let (serving, mut watching) = watch::channel(None);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let path = dir.path().to_owned();
-        async move {
-            serve(&path, config, &env, &serving, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
+    let (mut watching, stop, server) = common::served(dir.path(), config, faults.clone());
 
     let db = wait_for(&mut watching, Epoch(1)).await;
     db.run(|tx| async move {

@@ -368,6 +368,46 @@ fn decode_entry(version: Version, payload: Bytes) -> Result<(Version, Vec<Mutati
     Ok((version, mutations))
 }
 
+/// The name a storage file has while it is being created.
+fn creating_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".creating");
+    std::path::PathBuf::from(name)
+}
+
+/// Creates an empty database at `path` unless one is there, so that it appears complete or
+/// not at all. redb creates a file in place, in steps (the file, its length, a header, then
+/// its magic number): a crash in between would leave an empty or zero-filled file that every
+/// later open refuses. So the database is made under a temporary name, with its tables
+/// committed (synced), then renamed into place and the directory synced. A temporary file
+/// left by a crash never held anything and is removed.
+fn create_if_missing(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let io = |e| Error::io(Stage::Storage, e);
+    let creating = creating_path(path);
+    match std::fs::remove_file(&creating) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    {
+        let db = redb::Database::create(&creating).map_err(db_error)?;
+        let tx = db.begin_write().map_err(db_error)?;
+        tx.open_table(DATA).map_err(db_error)?;
+        tx.open_table(META).map_err(db_error)?;
+        tx.commit().map_err(db_error)?;
+    }
+    std::fs::rename(&creating, path).map_err(io)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
+}
+
 /// The durable version stored in the redb database at `path` (0 when there is none yet),
 /// read without starting a server: recovery needs it to know how much history to replay.
 /// Blocking; the database must not be open elsewhere.
@@ -412,7 +452,7 @@ impl Drop for RedbStorage {
 }
 
 impl RedbStorage {
-    /// Opens (or creates) the redb database at `path`, owning `shards`, and starts following
+    /// Opens (or creates, complete or not at all) the redb database at `path`, owning `shards`, and starts following
     /// `log` after the durable version stored there. Must be called inside a tokio runtime.
     pub async fn open(
         path: &Path,
@@ -422,6 +462,7 @@ impl RedbStorage {
     ) -> Result<RedbStorage> {
         let path = path.to_owned();
         let (db, durable) = tokio::task::spawn_blocking(move || -> Result<_> {
+            create_if_missing(&path)?;
             let db = redb::Database::create(&path).map_err(db_error)?;
             let tx = db.begin_write().map_err(db_error)?;
             let durable = {

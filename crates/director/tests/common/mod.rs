@@ -84,3 +84,27 @@ pub async fn cycle_for(
     }
     acked
 }
+
+/// A cluster served in the background ([`strata_director::serve`]) on `dir` with faults from
+/// `faults`: what it serves, a sender that shuts it down, and its task.
+pub fn served(
+    dir: &std::path::Path,
+    config: EmbeddedConfig,
+    faults: std::sync::Arc<strata_director::faults::Faults>,
+) -> (
+    tokio::sync::watch::Receiver<strata_director::Serving>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<strata_core::Result<()>>,
+) {
+    let env = strata_director::RecoveryEnv::with_faults(faults);
+    let (serving, watching) = tokio::sync::watch::channel(None);
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let path = dir.to_owned();
+    let server = tokio::spawn(async move {
+        strata_director::serve(&path, config, &env, &serving, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (watching, shutdown, server)
+}
