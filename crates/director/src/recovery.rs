@@ -244,7 +244,7 @@ pub async fn recover(
     let old = phases
         .run(
             "lock_previous_logs",
-            lock_previous_logs(env, data_dir, &claim, &config),
+            lock_previous_logs(env, data_dir, store, &claim, &config),
         )
         .await?;
     let recovery_version = phases
@@ -418,15 +418,17 @@ struct OldLog {
 async fn lock_previous_logs(
     env: &RecoveryEnv,
     data_dir: &Path,
+    store: &dyn StateStore,
     claim: &Claim,
     config: &EmbeddedConfig,
 ) -> Attempt<Vec<OldLog>> {
     let mut out = Vec::new();
     for place in claim.previous.as_ref().map_or(&[][..], |s| &s.logs[..]) {
         let dir = data_dir.join(&place.dir);
-        let log = env
-            .open_log(&dir, place.id, OpenMode::Existing, config.log)
-            .map_err(unrecoverable_if_damaged)?;
+        let log = match env.open_log(&dir, place.id, OpenMode::Existing, config.log) {
+            Ok(log) => log,
+            Err(e) => return Err(superseded_or(store, claim, e)),
+        };
         let state = log.lock(claim.epoch).await?;
         out.push(OldLog {
             place: place.clone(),
@@ -435,6 +437,22 @@ async fn lock_previous_logs(
         });
     }
     Ok(out)
+}
+
+/// A previous log that cannot be opened is damage, unless another coordinator took over since
+/// this one claimed its epoch (it removes the logs it replaced): then this attempt is merely
+/// fenced, and the next one reads the newer state.
+fn superseded_or(store: &dyn StateStore, claim: &Claim, e: Error) -> RecoveryError {
+    match store.read() {
+        Ok(Some(now)) if now.generation != claim.generation => RecoveryError::Attempt(Error::new(
+            Stage::Coordinator,
+            ErrorKind::Fenced {
+                request: claim.epoch,
+                current: now.epoch,
+            },
+        )),
+        _ => unrecoverable_if_damaged(e),
+    }
 }
 
 /// Phase 3: the newest version every previous log holds. A commit is acknowledged only once

@@ -206,3 +206,60 @@ fn every_command_uses_the_layout_the_directory_was_recovered_with() {
     assert_eq!((state.logs.len(), state.storage), (2, 2));
     assert_eq!((state.resolvers, state.proxies), (Some(2), Some(1)));
 }
+
+/// A coordinated-state store that lets another coordinator win right after this one claims
+/// its epoch: the winner records a newer epoch and removes the logs it replaced.
+struct OvertakenAfterClaim {
+    inner: FileStateStore,
+    dir: std::path::PathBuf,
+    overtaken: std::sync::atomic::AtomicBool,
+}
+
+impl StateStore for OvertakenAfterClaim {
+    fn read(&self) -> strata_core::Result<Option<strata_director::CoordinatedState>> {
+        self.inner.read()
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: u64,
+        new: strata_director::CoordinatedState,
+    ) -> strata_core::Result<strata_director::CoordinatedState> {
+        let written = self.inner.compare_and_swap(expected, new)?;
+        if !self
+            .overtaken
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            for log in &written.logs {
+                std::fs::remove_dir_all(self.dir.join(&log.dir)).unwrap();
+            }
+            let winner = strata_director::CoordinatedState {
+                epoch: Epoch(written.epoch.0 + 1),
+                ..written.clone()
+            };
+            self.inner
+                .compare_and_swap(written.generation, winner)
+                .unwrap();
+        }
+        Ok(written)
+    }
+}
+
+/// Logs removed by a coordinator that took over are not damage: the attempt is fenced, and
+/// the coordinator goes on to the next epoch instead of stopping with a false corruption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_removed_by_a_newer_coordinator_fence_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    with_data(dir.path()).await;
+    let store = OvertakenAfterClaim {
+        inner: FileStateStore::new(dir.path()),
+        dir: dir.path().to_owned(),
+        overtaken: std::sync::atomic::AtomicBool::new(false),
+    };
+    let env = strata_director::RecoveryEnv::default();
+    let err = strata_director::recovery::recover(dir.path(), two_logs(), &store, &env)
+        .await
+        .expect_err("the logs are gone");
+    assert!(!err.is_unrecoverable(), "{err}");
+    assert!(err.is_fenced(), "{err}");
+}
