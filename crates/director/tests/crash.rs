@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use strata_director::{EmbeddedCluster, EmbeddedConfig};
 
 const RUNS: u64 = 10;
@@ -78,9 +77,11 @@ async fn killed_mid_workload_the_ring_and_every_acknowledged_commit_survive() {
             .unwrap();
         let tx = cluster.database().begin().await.unwrap();
         for (c, n) in &acked {
-            let key = Bytes::from(format!("ring/ack/{c:04}/{n:08}"));
             assert!(
-                tx.snapshot_get(&key).await.unwrap().is_some(),
+                tx.snapshot_get(&strata_director::workload::ack(*c, *n))
+                    .await
+                    .unwrap()
+                    .is_some(),
                 "run {run}: acknowledged transaction {c}/{n} lost ({} acknowledged)",
                 acked.len()
             );
