@@ -159,8 +159,10 @@ impl EmbeddedCluster {
             attempt += 1;
             match recovery::recover(data_dir, config, store, env).await {
                 Ok(done) => return Ok(done),
+                // The error is returned, and the caller reports it: logged only at info level,
+                // so a user sees it once.
                 Err(RecoveryError::Unrecoverable(e)) => {
-                    tracing::error!(attempt, error = %e, "recovery cannot succeed; stopping");
+                    tracing::info!(attempt, error = %e, "recovery cannot succeed; stopping");
                     return Err(e);
                 }
                 Err(RecoveryError::Attempt(e)) if attempt < config.recovery_attempts_max => {
@@ -168,7 +170,7 @@ impl EmbeddedCluster {
                     recovery::backoff(attempt).await;
                 }
                 Err(RecoveryError::Attempt(e)) => {
-                    tracing::error!(attempt, error = %e, "recovery failed; giving up");
+                    tracing::info!(attempt, error = %e, "recovery failed; giving up");
                     return Err(e);
                 }
             }

@@ -5,6 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use strata_core::{Epoch, Error, ErrorKind, LogId, Result, Stage, Version};
@@ -69,14 +70,68 @@ pub trait StateStore: Send + Sync {
 #[derive(Debug)]
 pub struct FileStateStore {
     dir: PathBuf,
+    lock_wait: Duration,
 }
+
+/// How long a compare-and-swap waits for another process's to finish by default: one takes a
+/// few milliseconds, so a lock held this long belongs to a process that is stuck or stopped.
+pub const STATE_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 impl FileStateStore {
     /// The store in `dir` (the data directory).
     pub fn new(dir: &Path) -> FileStateStore {
         FileStateStore {
             dir: dir.to_owned(),
+            lock_wait: STATE_LOCK_WAIT,
         }
+    }
+
+    /// This store, waiting at most `wait` for the lock another process holds.
+    pub fn with_lock_wait(mut self, wait: Duration) -> FileStateStore {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Takes the exclusive lock on `coordinated.lock`, waiting at most the store's bound; then
+    /// writes this process's id into it, so that a process kept waiting can name the holder.
+    fn lock(&self) -> Result<File> {
+        let path = self.dir.join("coordinated.lock");
+        let mut lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        let started = Instant::now();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < self.lock_wait => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let holder = holder.trim();
+                    return Err(error(ErrorKind::Unavailable(format!(
+                        "{} is held by {} for over {} ms: is another strata command running \
+                         on this directory, or stopped?",
+                        path.display(),
+                        if holder.is_empty() {
+                            "another process".to_owned()
+                        } else {
+                            format!("process {holder}")
+                        },
+                        self.lock_wait.as_millis()
+                    ))));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
+        }
+        lock.set_len(0)
+            .and_then(|()| lock.write_all(format!("{}\n", std::process::id()).as_bytes()))
+            .map_err(io)?;
+        Ok(lock)
     }
 
     fn path(&self) -> PathBuf {
@@ -117,13 +172,7 @@ impl StateStore for FileStateStore {
         mut new: CoordinatedState,
     ) -> Result<CoordinatedState> {
         std::fs::create_dir_all(&self.dir).map_err(io)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join("coordinated.lock"))
-            .map_err(io)?;
-        lock.lock().map_err(io)?;
+        let lock = self.lock()?;
         let stored = self.read_unlocked()?;
         if stored.as_ref().map_or(0, |s| s.generation) != expected {
             // Another coordinator wrote since this one read: it owns the epoch it wrote.
@@ -184,6 +233,30 @@ mod tests {
         );
         let second = store.compare_and_swap(1, state(2)).unwrap();
         assert_eq!(store.read().unwrap(), Some(second));
+    }
+
+    #[test]
+    fn a_held_lock_is_waited_for_a_bounded_time_and_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStateStore::new(dir.path()).with_lock_wait(Duration::from_millis(200));
+        store.compare_and_swap(0, state(1)).unwrap();
+        // Another holder: this process's id is what the lock file names after the swap.
+        let held = File::options()
+            .write(true)
+            .open(dir.path().join("coordinated.lock"))
+            .unwrap();
+        held.lock().unwrap();
+        let err = store.compare_and_swap(1, state(2)).unwrap_err();
+        assert!(matches!(err.kind, ErrorKind::Unavailable(_)), "{err}");
+        let pid = std::process::id().to_string();
+        assert!(err.to_string().contains(&format!("process {pid}")), "{err}");
+        assert_eq!(
+            store.read().unwrap().unwrap().epoch,
+            Epoch(1),
+            "nothing written"
+        );
+        held.unlock().unwrap();
+        store.compare_and_swap(1, state(2)).unwrap();
     }
 
     #[test]

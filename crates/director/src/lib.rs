@@ -9,6 +9,8 @@
 //!
 //! - [`config`]: how many of each stage, their tuning, and the limits a layout is checked
 //!   against before anything is written.
+//! - [`check`]: the cross-checks of a data directory against its coordinated state, made
+//!   before recovery writes anything and by `strata check`.
 //! - [`coordinator`]: the coordinated state (epoch, current logs) behind [`StateStore`].
 //! - [`recovery`]: one recovery attempt as named phases, ending with the persistence phase;
 //!   log replay lives beside it.
@@ -80,6 +82,7 @@ use bytes::Bytes;
 use strata_core::{Error, ErrorKind, Key, KeyRange, Result, Stage};
 pub use strata_txn_builder::{Database, RetryConfig, Transaction};
 
+pub mod check;
 mod cluster;
 pub mod config;
 pub mod coordinator;
@@ -89,6 +92,7 @@ pub mod recovery;
 mod replay;
 pub mod workload;
 
+pub use check::{CheckReport, Finding, verify};
 pub use cluster::{EmbeddedCluster, Serving, serve};
 pub use config::EmbeddedConfig;
 pub use coordinator::{CoordinatedState, FileStateStore, StateStore};

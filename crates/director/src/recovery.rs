@@ -3,17 +3,22 @@
 //! [`recover`] reads as the list of phases; each phase is a function with typed inputs and
 //! outputs, run as a `tracing` span with its duration recorded:
 //!
-//! | phase                               | function                  | gives                     |
-//! |-------------------------------------|---------------------------|---------------------------|
-//! | read_and_lock_coordinated_state     | [`claim_epoch`]           | the previous state, the new epoch |
-//! | lock_previous_logs                  | [`lock_previous_logs`]    | the old logs, locked      |
-//! | choose_recovery_version             | [`choose_recovery_version`] | the recovery version    |
-//! | recruit_logs_and_replay             | [`recruit_logs`]          | the new logs, history copied |
-//! | roll_back_storage                   | [`open_storage`]          | storage servers at the recovery version |
-//! | start_transaction_system            | [`start_pipeline`]        | sequencer, resolvers, proxies |
-//! | build_layout                        | [`build_layout`]          | the Transaction System Layout |
-//! | write_coordinated_state             | [`write_state`]           | the new generation recorded |
-//! | persistence_phase                   | [`persist`]               | the system transaction, read back |
+//! | phase                    | function                    | gives                                   |
+//! |--------------------------|-----------------------------|-----------------------------------------|
+//! | check_data_directory     | [`inspect_directory`]       | the state, the previous logs opened, storage durable versions, all checked |
+//! | claim_epoch              | [`claim_epoch`]             | the new epoch, written (fencing starts) |
+//! | lock_previous_logs       | [`lock_previous_logs`]      | the old logs, locked                    |
+//! | choose_recovery_version  | [`choose_recovery_version`] | the recovery version                    |
+//! | recruit_logs_and_replay  | [`recruit_logs`]            | the new logs, history copied            |
+//! | roll_back_storage        | [`open_storage`]            | storage servers at the recovery version |
+//! | start_transaction_system | [`start_pipeline`]          | sequencer, resolvers, proxies           |
+//! | build_layout             | [`build_layout`]            | the Transaction System Layout           |
+//! | write_coordinated_state  | [`write_state`]             | the new generation recorded             |
+//! | persistence_phase        | [`persist`]                 | the system transaction, read back       |
+//!
+//! Nothing is written before `claim_epoch`: a directory whose state disagrees with what is on
+//! disk is refused with every file as it was. A failed attempt removes the logs it created
+//! until the coordinated state names them.
 //!
 //! Errors are [`RecoveryError`]s: `Unrecoverable` when the configuration or the data directory
 //! can never work (the coordinator stops), `Attempt` otherwise (the coordinator starts the next
@@ -41,6 +46,7 @@ use strata_tlog::{FileLog, OpenMode};
 use strata_txn_builder::Database;
 use tracing::Instrument;
 
+use crate::check::{STATE_FILE, check_directory};
 use crate::cluster::{EmbeddedCluster, Pipeline, Watermark};
 use crate::config::EmbeddedConfig;
 use crate::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT, StateStore};
@@ -235,37 +241,53 @@ pub async fn recover(
     env: &RecoveryEnv,
 ) -> Attempt<(EmbeddedCluster, RecoveryReport)> {
     let mut phases = Phases::default();
-    let claim = phases
+    let inspected = phases
         .run(
-            "read_and_lock_coordinated_state",
-            claim_epoch(store, &config),
+            "check_data_directory",
+            inspect_directory(env, data_dir, store, &config),
         )
         .await?;
+    let claim = phases
+        .run("claim_epoch", claim_epoch(store, &config, &inspected))
+        .await?;
     let old = phases
-        .run(
-            "lock_previous_logs",
-            lock_previous_logs(env, data_dir, store, &claim, &config),
-        )
+        .run("lock_previous_logs", lock_previous_logs(&inspected, &claim))
         .await?;
     let recovery_version = phases
         .run("choose_recovery_version", async {
-            choose_recovery_version(&claim, &old)
+            choose_recovery_version(&inspected, &old)
         })
         .await?;
     let logs = phases
         .run(
             "recruit_logs_and_replay",
-            recruit_logs(env, data_dir, &claim, &config, &old, recovery_version),
+            recruit_logs(
+                env,
+                data_dir,
+                &claim,
+                &config,
+                &inspected,
+                &old,
+                recovery_version,
+            ),
         )
         .await?;
-    let storage = phases
+    let storage = match phases
         .run(
             "roll_back_storage",
             open_storage(data_dir, &config, &logs.logs, recovery_version),
         )
-        .await?;
+        .await
+    {
+        Ok(storage) => storage,
+        Err(e) => {
+            remove_unrecorded(data_dir, &logs);
+            return Err(e);
+        }
+    };
     // From here on the storage servers are open: a failure must close them before the
     // director exits, so that the next epoch can open them again.
+    let mut recorded = false;
     let outcome = start_and_persist(
         &mut phases,
         data_dir,
@@ -274,9 +296,10 @@ pub async fn recover(
         env,
         &claim,
         old,
-        logs,
+        &logs,
         &storage,
         recovery_version,
+        &mut recorded,
     )
     .await;
     match outcome {
@@ -288,8 +311,29 @@ pub async fn recover(
             for s in &storage {
                 s.close().await;
             }
+            if !recorded {
+                remove_unrecorded(data_dir, &logs);
+            }
             Err(e)
         }
+    }
+}
+
+/// Failed attempts clean up what they created: the new logs, until the coordinated state
+/// names them, are referred to by nothing. (Once it names them they hold the epoch's history
+/// and stay.)
+fn remove_unrecorded(data_dir: &Path, logs: &NewLogs) {
+    for log in &logs.logs {
+        log.close();
+    }
+    for place in &logs.places {
+        let path = data_dir.join(&place.dir);
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(dir = %path.display(), error = %e, "cannot remove a failed attempt's log");
+        }
+    }
+    if let Err(e) = sync_dir(&data_dir.join("logs")) {
+        tracing::warn!(error = %e, "cannot sync the logs directory");
     }
 }
 
@@ -303,13 +347,14 @@ async fn start_and_persist(
     env: &RecoveryEnv,
     claim: &Claim,
     old: Vec<OldLog>,
-    logs: NewLogs,
+    logs: &NewLogs,
     storage: &[Arc<RedbStorage>],
     recovery_version: Version,
+    recorded: &mut bool,
 ) -> Attempt<(EmbeddedCluster, RecoveryReport)> {
     let pipeline = phases
         .run("start_transaction_system", async {
-            start_pipeline(env, config, claim.epoch, recovery_version, &logs, storage)
+            start_pipeline(env, config, claim.epoch, recovery_version, logs, storage)
         })
         .await?;
     // From now on the storage servers learn what is committed and the logs are popped.
@@ -327,9 +372,10 @@ async fn start_and_persist(
     phases
         .run(
             "write_coordinated_state",
-            write_state(data_dir, store, config, claim, old, &logs, recovery_version),
+            write_state(data_dir, store, config, claim, old, logs, recovery_version),
         )
         .await?;
+    *recorded = true;
     let (system_commit_version, system) = phases
         .run(
             "persistence_phase",
@@ -354,53 +400,153 @@ async fn start_and_persist(
         epoch: claim.epoch,
         start_version: recovery_version,
         pipeline,
-        logs: logs.logs,
+        logs: logs.logs.clone(),
         storage: storage.to_vec(),
         watermark,
     };
     Ok((cluster, report))
 }
 
-/// The coordinated state as this attempt found it, and the epoch it claimed.
-#[derive(Debug)]
-struct Claim {
+/// What the directory holds, checked before anything is written: the coordinated state, the
+/// previous generation's logs (open, not yet locked) and the storage servers' durable versions.
+struct Inspected {
     previous: Option<CoordinatedState>,
-    epoch: Epoch,
-    generation: u64,
+    logs: Vec<(LogPlace, Arc<FileLog>)>,
+    durable: Vec<Version>,
 }
 
-/// Phase 1: reads the coordinated state, checks the configuration against it, and writes the
-/// next epoch: fencing starts here. Validate, then write: a configuration that can never work
-/// is refused before anything is written.
-async fn claim_epoch(store: &dyn StateStore, config: &EmbeddedConfig) -> Attempt<Claim> {
+/// Phase 1: validate, then write. Checks the configuration, the coordinated state against the
+/// directory ([`check_directory`]), opens the logs the state names (each must exist: a missing
+/// or empty one is damage, never an empty log), and reads the storage servers' durable
+/// versions: none may be above the version recovery can choose, nor that version below the one
+/// the last recovery recorded. Any disagreement is unrecoverable, found before this attempt
+/// writes anything. (Opening a log repairs a torn write at its end, as any open does.)
+async fn inspect_directory(
+    env: &RecoveryEnv,
+    data_dir: &Path,
+    store: &dyn StateStore,
+    config: &EmbeddedConfig,
+) -> Attempt<Inspected> {
     config.validate().map_err(RecoveryError::Unrecoverable)?;
     let previous = store.read().map_err(unrecoverable_if_damaged)?;
     config
         .validate_against(previous.as_ref())
         .map_err(RecoveryError::Unrecoverable)?;
-    let last = previous.as_ref().map_or(Epoch(0), |s| s.epoch);
-    if last.0 == u64::MAX {
+    if let Some(first) = check_directory(data_dir, previous.as_ref()).first() {
         return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
-            format!("the coordinated state's epoch {last} cannot be followed"),
+            format!(
+                "{}: {}",
+                data_dir.join(&first.file).display(),
+                first.problem
+            ),
         ))));
     }
-    let epoch = last.next();
-    let generation = previous.as_ref().map_or(0, |s| s.generation);
+    let mut logs = Vec::new();
+    for place in previous.as_ref().map_or(&[][..], |s| &s.logs[..]) {
+        let dir = data_dir.join(&place.dir);
+        match env.open_log(&dir, place.id, OpenMode::Existing, config.log) {
+            Ok(log) => logs.push((place.clone(), log)),
+            Err(e) => return Err(superseded_or(store, previous.as_ref(), e)),
+        }
+    }
+    let holds = logs
+        .iter()
+        .map(|(_, l)| l.last_version())
+        .min()
+        .unwrap_or(Version::ZERO);
+    if let Some(state) = &previous
+        && holds < state.recovery_version
+    {
+        return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
+            format!(
+                "the previous logs end at {holds}, below the recovery version {} that {} \
+                 records as committed: {}",
+                state.recovery_version,
+                data_dir.join(STATE_FILE).display(),
+                logs.iter()
+                    .map(|(p, l)| format!("{} ends at {}", p.dir, l.last_version()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))));
+    }
+    let mut durable = Vec::new();
+    for i in 0..config.storage {
+        let path = storage_path(data_dir, i);
+        let shown = path.display().to_string();
+        let version = tokio::task::spawn_blocking(move || durable_version_at(&path))
+            .await
+            .map_err(|e| error(ErrorKind::Unavailable(e.to_string())))?
+            .map_err(unrecoverable_if_damaged)?;
+        // A storage server makes durable only committed versions, which every log holds.
+        if version > holds {
+            return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
+                format!(
+                    "{shown} is durable at {version}, above {holds}, the newest version every \
+                     log holds: it holds versions that were never committed"
+                ),
+            ))));
+        }
+        durable.push(version);
+    }
+    Ok(Inspected {
+        previous,
+        logs,
+        durable,
+    })
+}
+
+/// A previous log that cannot be opened is damage, unless another coordinator took over since
+/// the state was read (it removes the logs it replaced): then this attempt is merely fenced,
+/// and the next one reads the newer state.
+fn superseded_or(
+    store: &dyn StateStore,
+    read: Option<&CoordinatedState>,
+    e: Error,
+) -> RecoveryError {
+    let generation = read.map_or(0, |s| s.generation);
+    match store.read() {
+        Ok(Some(now)) if now.generation != generation => RecoveryError::Attempt(Error::new(
+            Stage::Coordinator,
+            ErrorKind::Fenced {
+                request: now.epoch,
+                current: now.epoch,
+            },
+        )),
+        _ => unrecoverable_if_damaged(e),
+    }
+}
+
+/// The epoch this attempt claimed.
+#[derive(Debug)]
+struct Claim {
+    epoch: Epoch,
+    generation: u64,
+}
+
+/// Phase 2: writes the next epoch into the coordinated state, with a compare-and-swap on the
+/// generation read in phase 1: fencing starts here.
+async fn claim_epoch(
+    store: &dyn StateStore,
+    config: &EmbeddedConfig,
+    inspected: &Inspected,
+) -> Attempt<Claim> {
+    let previous = inspected.previous.as_ref();
+    // Phase 1 refused an epoch that cannot be followed.
+    let epoch = previous.map_or(Epoch(0), |s| s.epoch).next();
+    let generation = previous.map_or(0, |s| s.generation);
     let claimed = CoordinatedState {
         format: STATE_FORMAT,
         generation,
         epoch,
-        logs: previous.as_ref().map_or_else(Vec::new, |s| s.logs.clone()),
+        logs: previous.map_or_else(Vec::new, |s| s.logs.clone()),
         storage: config.storage,
-        recovery_version: previous
-            .as_ref()
-            .map_or(Version::ZERO, |s| s.recovery_version),
-        resolvers: previous.as_ref().and_then(|s| s.resolvers),
-        proxies: previous.as_ref().and_then(|s| s.proxies),
+        recovery_version: previous.map_or(Version::ZERO, |s| s.recovery_version),
+        resolvers: previous.and_then(|s| s.resolvers),
+        proxies: previous.and_then(|s| s.proxies),
     };
     let written = store.compare_and_swap(generation, claimed)?;
     Ok(Claim {
-        previous,
         epoch,
         generation: written.generation,
     })
@@ -413,70 +559,37 @@ struct OldLog {
     state: LogState,
 }
 
-/// Phase 2: opens the logs the coordinated state names (each must exist: a missing or empty
-/// one is unrecoverable, never read as an empty log) and locks them with the new epoch.
-async fn lock_previous_logs(
-    env: &RecoveryEnv,
-    data_dir: &Path,
-    store: &dyn StateStore,
-    claim: &Claim,
-    config: &EmbeddedConfig,
-) -> Attempt<Vec<OldLog>> {
+/// Phase 3: locks the previous logs with the new epoch, so older epochs can push no more, and
+/// learns what each holds once the pushes accepted before the lock have landed.
+async fn lock_previous_logs(inspected: &Inspected, claim: &Claim) -> Attempt<Vec<OldLog>> {
     let mut out = Vec::new();
-    for place in claim.previous.as_ref().map_or(&[][..], |s| &s.logs[..]) {
-        let dir = data_dir.join(&place.dir);
-        let log = match env.open_log(&dir, place.id, OpenMode::Existing, config.log) {
-            Ok(log) => log,
-            Err(e) => return Err(superseded_or(store, claim, e)),
-        };
+    for (place, log) in &inspected.logs {
         let state = log.lock(claim.epoch).await?;
         out.push(OldLog {
             place: place.clone(),
-            log,
+            log: log.clone(),
             state,
         });
     }
     Ok(out)
 }
 
-/// A previous log that cannot be opened is damage, unless another coordinator took over since
-/// this one claimed its epoch (it removes the logs it replaced): then this attempt is merely
-/// fenced, and the next one reads the newer state.
-fn superseded_or(store: &dyn StateStore, claim: &Claim, e: Error) -> RecoveryError {
-    match store.read() {
-        Ok(Some(now)) if now.generation != claim.generation => RecoveryError::Attempt(Error::new(
-            Stage::Coordinator,
-            ErrorKind::Fenced {
-                request: claim.epoch,
-                current: now.epoch,
-            },
-        )),
-        _ => unrecoverable_if_damaged(e),
-    }
-}
-
-/// Phase 3: the newest version every previous log holds. A commit is acknowledged only once
-/// all logs hold it, so nothing newer was acknowledged. It can never be older than the
-/// recovery version recorded by the recovery before (that history was on every log then).
-fn choose_recovery_version(claim: &Claim, old: &[OldLog]) -> Attempt<Version> {
+/// Phase 4: the newest version every previous log holds. A commit is acknowledged only once
+/// all logs hold it, so nothing newer was acknowledged. (Phase 1 checked it is not below the
+/// recovery version recorded by the recovery before; locking only lets it grow.)
+fn choose_recovery_version(inspected: &Inspected, old: &[OldLog]) -> Attempt<Version> {
     let chosen = old
         .iter()
         .map(|o| o.state.last_version)
         .min()
         .unwrap_or(Version::ZERO);
-    if let Some(state) = &claim.previous
-        && chosen < state.recovery_version
-    {
+    let recorded = inspected
+        .previous
+        .as_ref()
+        .map_or(Version::ZERO, |s| s.recovery_version);
+    if chosen < recorded {
         return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
-            format!(
-                "the previous logs end at {chosen}, below the recovery version {} recorded \
-                 as committed: {}",
-                state.recovery_version,
-                old.iter()
-                    .map(|o| format!("{} ends at {}", o.place.dir, o.state.last_version))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            format!("the previous logs end at {chosen}, below the recorded {recorded}"),
         ))));
     }
     Ok(chosen)
@@ -492,35 +605,6 @@ fn storage_path(data_dir: &Path, i: usize) -> PathBuf {
     data_dir.join("storage").join(format!("{i}.redb"))
 }
 
-/// The oldest durable version of all storage servers: replay copies the history after it. A
-/// storage server makes durable only committed versions, so none is above the recovery
-/// version; one that is holds data recovery would discard, which cannot be undone.
-async fn replay_base(
-    data_dir: &Path,
-    config: &EmbeddedConfig,
-    recovery_version: Version,
-) -> Attempt<Version> {
-    let mut base = recovery_version;
-    for i in 0..config.storage {
-        let path = storage_path(data_dir, i);
-        let shown = path.display().to_string();
-        let durable = tokio::task::spawn_blocking(move || durable_version_at(&path))
-            .await
-            .map_err(|e| error(ErrorKind::Unavailable(e.to_string())))?
-            .map_err(unrecoverable_if_damaged)?;
-        if durable > recovery_version {
-            return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
-                format!(
-                    "{shown} is durable at {durable}, above the recovery version \
-                     {recovery_version}: it holds versions that were never committed"
-                ),
-            ))));
-        }
-        base = base.min(durable);
-    }
-    Ok(base)
-}
-
 /// Makes the creations and removals in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
@@ -528,17 +612,23 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(Stage::Director, e))
 }
 
-/// Phase 4: recruits the new logs, anchored where the copied history starts, and replays into
-/// them the committed history the storage servers still need.
+/// Phase 5: recruits the new logs, anchored where the copied history starts, and replays into
+/// them the committed history the storage servers still need: everything after the oldest
+/// durable version of all of them. If it fails, the logs it created are removed.
 async fn recruit_logs(
     env: &RecoveryEnv,
     data_dir: &Path,
     claim: &Claim,
     config: &EmbeddedConfig,
+    inspected: &Inspected,
     old: &[OldLog],
     recovery_version: Version,
 ) -> Attempt<NewLogs> {
-    let base = replay_base(data_dir, config, recovery_version).await?;
+    let base = inspected
+        .durable
+        .iter()
+        .copied()
+        .fold(recovery_version, Version::min);
     let sources: Vec<(String, Arc<FileLog>)> = old
         .iter()
         .map(|o| (o.place.dir.clone(), o.log.clone()))
@@ -551,42 +641,59 @@ async fn recruit_logs(
     std::fs::create_dir_all(&logs_dir).map_err(|e| Error::io(Stage::Director, e))?;
     sync_dir(data_dir)?;
     let epoch = claim.epoch;
-    let mut places = Vec::new();
-    let mut logs = Vec::new();
-    for i in 0..config.logs {
-        let dir = format!("logs/{}-{i}", epoch.0);
-        let path = data_dir.join(&dir);
-        if path.exists() {
-            // Left by an earlier attempt of this same epoch number that never wrote its
-            // coordinated state: nothing refers to it.
-            std::fs::remove_dir_all(&path).map_err(|e| Error::io(Stage::Director, e))?;
+    let mut created = NewLogs {
+        places: Vec::new(),
+        logs: Vec::new(),
+    };
+    let recruited = async {
+        for i in 0..config.logs {
+            let dir = format!("logs/{}-{i}", epoch.0);
+            let path = data_dir.join(&dir);
+            if path.exists() {
+                // Phase 1 refused log directories of epochs after the state's, and this epoch
+                // was claimed after it: a directory here was not made by Strata. Never remove it.
+                return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
+                    format!(
+                        "{} exists, but {epoch} was only claimed now",
+                        path.display()
+                    ),
+                ))));
+            }
+            let id = LogId(epoch.0 * 1_000 + u64::try_from(i).unwrap_or(0));
+            let log = env.open_log(&path, id, OpenMode::Create(source.anchor), config.log)?;
+            created.places.push(LogPlace { id, dir });
+            created.logs.push(log.clone());
+            log.lock(epoch).await?;
         }
-        let id = LogId(epoch.0 * 1_000 + u64::try_from(i).unwrap_or(0));
-        let log = env.open_log(&path, id, OpenMode::Create(source.anchor), config.log)?;
-        log.lock(epoch).await?;
-        places.push(LogPlace { id, dir });
-        logs.push(log);
+        sync_dir(&logs_dir)?;
+        if let Some((dir, log)) = &source.log {
+            replay(
+                log,
+                &created.logs,
+                epoch,
+                base,
+                recovery_version,
+                config.log.queue_bytes_max / 2,
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!(log = %dir, error = %e, "replay failed");
+                unrecoverable_if_damaged(e)
+            })?;
+        }
+        Ok(())
     }
-    sync_dir(&logs_dir)?;
-    if let Some((dir, log)) = &source.log {
-        replay(
-            log,
-            &logs,
-            epoch,
-            base,
-            recovery_version,
-            config.log.queue_bytes_max / 2,
-        )
-        .await
-        .map_err(|e| {
-            tracing::error!(log = %dir, error = %e, "replay failed");
-            unrecoverable_if_damaged(e)
-        })?;
+    .await;
+    match recruited {
+        Ok(()) => Ok(created),
+        Err(e) => {
+            remove_unrecorded(data_dir, &created);
+            Err(e)
+        }
     }
-    Ok(NewLogs { places, logs })
 }
 
-/// Phase 5: opens the storage servers, each following one new log, rolls them back to the
+/// Phase 6: opens the storage servers, each following one new log, rolls them back to the
 /// recovery version, and waits (bounded) until they re-applied the history they held only in
 /// memory. On failure the servers opened so far are closed.
 async fn open_storage(
@@ -651,7 +758,7 @@ fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Phase 6: the sequencer past the recovery version, then resolvers and commit proxies, each
+/// Phase 7: the sequencer past the recovery version, then resolvers and commit proxies, each
 /// wrapped in its fault decorator in tests.
 fn start_pipeline(
     env: &RecoveryEnv,
@@ -735,7 +842,7 @@ fn start_pipeline(
     })
 }
 
-/// Phase 7: the Transaction System Layout of this epoch.
+/// Phase 8: the Transaction System Layout of this epoch.
 fn build_layout(
     config: &EmbeddedConfig,
     epoch: Epoch,
@@ -761,7 +868,7 @@ fn build_layout(
     }
 }
 
-/// Phase 8: the new coordinated state, so a later recovery finds the new logs; then the old
+/// Phase 9: the new coordinated state, so a later recovery finds the new logs; then the old
 /// generation, unreachable now, is closed and removed, with logs that interrupted attempts
 /// left behind (nothing refers to them).
 async fn write_state(
@@ -807,7 +914,7 @@ async fn write_state(
     Ok(())
 }
 
-/// Phase 9 under its deadline. A timeout names the stage the phase was waiting on: the stage
+/// Phase 10 under its deadline. A timeout names the stage the phase was waiting on: the stage
 /// a commit proxy's oldest batch waits on during the commit, otherwise the phase's own step.
 async fn persist_within_deadline(
     pipeline: &Pipeline,
@@ -841,7 +948,7 @@ async fn persist_within_deadline(
     }
 }
 
-/// Phase 9, the persistence phase: one system transaction holding the whole configuration,
+/// Phase 10, the persistence phase: one system transaction holding the whole configuration,
 /// committed through the new pipeline, then read back through a fresh transaction and
 /// compared. `step` tells which stage it waits on, for a timeout's error.
 async fn persist(

@@ -156,3 +156,32 @@ async fn a_hung_log_times_out_the_persistence_phase_naming_the_log() {
     assert_eq!(report.epoch, Epoch(3));
     cluster.stop().await;
 }
+
+/// A failed attempt cleans up what it created: the new logs of an epoch whose coordinated
+/// state was never written are referred to by nothing, and are removed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_removes_the_logs_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStateStore::new(dir.path());
+    let faults = Faults::new();
+    let env = RecoveryEnv::with_faults(faults.clone());
+    let (first, _) = recover(dir.path(), config(), &store, &env).await.unwrap();
+    first.stop().await;
+
+    // The history of epoch 1 is replayed into epoch 2's new logs; their first sync fails.
+    faults.arm(FaultPoint::LogSync);
+    let err = recover(dir.path(), config(), &store, &env)
+        .await
+        .expect_err("the replay's sync fails");
+    assert_eq!(err.stage, Stage::Log, "{err}");
+    let mut logs: Vec<String> = std::fs::read_dir(dir.path().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    logs.sort();
+    assert_eq!(logs, ["1-0", "1-1"], "only the logs the state names remain");
+
+    let (cluster, report) = recover(dir.path(), config(), &store, &env).await.unwrap();
+    assert_eq!(report.epoch, Epoch(3));
+    cluster.stop().await;
+}

@@ -5,6 +5,8 @@
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -40,16 +42,15 @@ async fn with_data(dir: &Path) -> Vec<String> {
     state.logs.iter().map(|l| l.dir.clone()).collect()
 }
 
-/// Recovery fails with `Corruption` mentioning `needle`, after one attempt only.
+/// Recovery fails with `Corruption` mentioning `needle` at once, leaving every file as it was.
 async fn refused(dir: &Path, needle: &str) {
-    let before = FileStateStore::new(dir).read().unwrap().unwrap().epoch;
+    let before = common::snapshot(dir);
     let err = EmbeddedCluster::start(dir, two_logs())
         .await
         .expect_err("recovery must refuse a directory that lost a log");
     assert!(matches!(err.kind, ErrorKind::Corruption(_)), "{err}");
     assert!(err.to_string().contains(needle), "{needle} not in: {err}");
-    let after = FileStateStore::new(dir).read().unwrap().unwrap().epoch;
-    assert_eq!(after, Epoch(before.0 + 1), "one attempt, no retries");
+    common::assert_unchanged(&before, &common::snapshot(dir), needle);
 
     // The command says so too, on one line, and exits 1.
     let out = strata()
@@ -59,11 +60,13 @@ async fn refused(dir: &Path, needle: &str) {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(needle), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("recovered"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    common::assert_unchanged(&before, &common::snapshot(dir), needle);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,21 +154,35 @@ async fn a_refused_layout_writes_nothing() {
 fn counts_out_of_range_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
-    for (flag, value) in [
-        ("--logs", "0"),
-        ("--logs", "17"),
-        ("--storage", "300"),
-        ("--resolvers", "0"),
-        ("--proxies", "18446744073709551615"),
+    let huge = "18446744073709551615";
+    for args in [
+        &["recover", "--logs", "0"][..],
+        &["recover", "--logs", "17"][..],
+        &["recover", "--storage", "300"][..],
+        &["recover", "--resolvers", "0"][..],
+        &["recover", "--resolvers", huge][..],
+        &["recover", "--proxies", huge][..],
+        &["recover", "--proxies", "100000"][..],
+        &["serve", "--logs", huge][..],
+        &["bench", "--transactions", huge][..],
+        &["bench", "--value-bytes", huge][..],
+        &["bench", "--value-bytes", "100001"][..],
+        &["bench", "--clients", "0"][..],
+        &["bench", "--keys-per-transaction", "0"][..],
+        &["workload", "cycle", "--keys", "4294967296"][..],
+        &["workload", "cycle", "--clients", "0"][..],
+        &["workload", "cycle", "--transactions", huge][..],
     ] {
         let out = strata()
-            .args(["recover", "--data-dir", data.to_str().unwrap(), flag, value])
+            .args(args)
+            .args(["--data-dir", data.to_str().unwrap()])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
-        assert!(!data.exists(), "{flag} {value} created the directory");
+        let flag = args[args.len() - 2];
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+        assert!(!data.exists(), "{args:?} created the directory");
     }
 }
 
@@ -207,17 +224,35 @@ fn every_command_uses_the_layout_the_directory_was_recovered_with() {
     assert_eq!((state.resolvers, state.proxies), (Some(2), Some(1)));
 }
 
-/// A coordinated-state store that lets another coordinator win right after this one claims
-/// its epoch: the winner records a newer epoch and removes the logs it replaced.
-struct OvertakenAfterClaim {
+/// A coordinated-state store that lets another coordinator win right after this one read
+/// the state: the winner records a newer epoch and removes the logs it replaced.
+struct OvertakenAfterRead {
     inner: FileStateStore,
     dir: std::path::PathBuf,
     overtaken: std::sync::atomic::AtomicBool,
 }
 
-impl StateStore for OvertakenAfterClaim {
+impl StateStore for OvertakenAfterRead {
     fn read(&self) -> strata_core::Result<Option<strata_director::CoordinatedState>> {
-        self.inner.read()
+        let read = self.inner.read()?;
+        if let Some(state) = &read
+            && !self
+                .overtaken
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            for log in &state.logs {
+                std::fs::remove_dir_all(self.dir.join(&log.dir)).unwrap();
+            }
+            let winner = strata_director::CoordinatedState {
+                epoch: Epoch(state.epoch.0 + 1),
+                logs: Vec::new(),
+                ..state.clone()
+            };
+            self.inner
+                .compare_and_swap(state.generation, winner)
+                .unwrap();
+        }
+        Ok(read)
     }
 
     fn compare_and_swap(
@@ -225,23 +260,7 @@ impl StateStore for OvertakenAfterClaim {
         expected: u64,
         new: strata_director::CoordinatedState,
     ) -> strata_core::Result<strata_director::CoordinatedState> {
-        let written = self.inner.compare_and_swap(expected, new)?;
-        if !self
-            .overtaken
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            for log in &written.logs {
-                std::fs::remove_dir_all(self.dir.join(&log.dir)).unwrap();
-            }
-            let winner = strata_director::CoordinatedState {
-                epoch: Epoch(written.epoch.0 + 1),
-                ..written.clone()
-            };
-            self.inner
-                .compare_and_swap(written.generation, winner)
-                .unwrap();
-        }
-        Ok(written)
+        self.inner.compare_and_swap(expected, new)
     }
 }
 
@@ -251,7 +270,7 @@ impl StateStore for OvertakenAfterClaim {
 async fn logs_removed_by_a_newer_coordinator_fence_the_attempt() {
     let dir = tempfile::tempdir().unwrap();
     with_data(dir.path()).await;
-    let store = OvertakenAfterClaim {
+    let store = OvertakenAfterRead {
         inner: FileStateStore::new(dir.path()),
         dir: dir.path().to_owned(),
         overtaken: std::sync::atomic::AtomicBool::new(false),

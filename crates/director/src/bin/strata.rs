@@ -37,6 +37,10 @@ enum Command {
     Recover(RecoverArgs),
     /// Print what is stored under a prefix, without starting a new epoch.
     Dump(DumpArgs),
+    /// Read everything in the data directory and report each inconsistency, changing nothing
+    /// (exit 1 when there is one): the coordinated state against the directory, every log and
+    /// storage file, and whether the next recovery has all the history it needs.
+    Check(VerifyArgs),
     /// Recover, then keep serving with monitoring until Ctrl-C; a failed stage starts the
     /// next epoch.
     Serve(ServeArgs),
@@ -62,14 +66,14 @@ struct CycleArgs {
     /// The data directory (created when missing).
     #[arg(long, default_value = "./strata-data")]
     data_dir: PathBuf,
-    /// Keys in the ring (used when the ring is created).
-    #[arg(long, default_value_t = 100)]
+    /// Keys in the ring, 4 to 1,000,000 (used when the ring is created).
+    #[arg(long, default_value_t = 100, value_parser = bounded(4, 1_000_000))]
     keys: u64,
-    /// Transactions to run, in all.
-    #[arg(long, default_value_t = 5_000)]
+    /// Transactions to run, in all (1 to 10^12).
+    #[arg(long, default_value_t = 5_000, value_parser = bounded(1, 1_000_000_000_000))]
     transactions: u64,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 16)]
+    /// Concurrent clients (1 to 4,096).
+    #[arg(long, default_value_t = 16, value_parser = bounded(1, 4_096))]
     clients: u64,
     /// Print `ack <client> <n>` on stdout as each transaction is acknowledged.
     #[arg(long)]
@@ -90,6 +94,16 @@ struct DumpArgs {
     /// The key prefix, written as keys are printed (`\\xff` for byte 0xff).
     #[arg(long, default_value = "\\xff/system/")]
     prefix: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The data directory.
+    #[arg(long, default_value = "./strata-data")]
+    data_dir: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -126,6 +140,12 @@ struct LayoutArgs {
 /// A count flag: a whole number from 1 to `max`; clap refuses others as a usage error (exit 2).
 fn count(max: usize) -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(1..=max as u64)
+}
+
+/// A whole number from `min` to `max`, checked before anything is written or allocated; clap
+/// refuses others as a usage error naming the flag (exit 2).
+fn bounded(min: u64, max: u64) -> clap::builder::RangedU64ValueParser<u64> {
+    clap::builder::RangedU64ValueParser::<u64>::new().range(min..=max)
 }
 
 impl LayoutArgs {
@@ -176,6 +196,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Recover(args) => runtime.block_on(recover(args)),
         Command::Dump(args) => runtime.block_on(dump(args)),
+        Command::Check(args) => runtime.block_on(check(args)),
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Bench(args) => runtime.block_on(load::run(args)),
         Command::Workload(Workload::Cycle(args)) => runtime.block_on(cycle::run(args)),
@@ -226,6 +247,53 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
         println!("stopped");
     }
     result
+}
+
+async fn check(args: VerifyArgs) -> strata_core::Result<()> {
+    let report = strata_director::verify(&args.data_dir).await?;
+    if args.json {
+        let json = serde_json::to_string(&report).map_err(|e| {
+            strata_core::Error::new(
+                strata_core::Stage::Director,
+                strata_core::ErrorKind::InvalidRequest(format!("cannot encode the report: {e}")),
+            )
+        })?;
+        println!("{json}");
+    } else {
+        match report.epoch {
+            Some(epoch) => println!("{}: {epoch}", args.data_dir.display()),
+            None => println!("{}: no coordinated state", args.data_dir.display()),
+        }
+        let shown =
+            |v: &Option<strata_core::Version>| v.map_or("unreadable".into(), |v| v.to_string());
+        for (dir, last) in &report.logs {
+            println!("  {dir}: holds up to {}", shown(last));
+        }
+        for (file, durable) in &report.storage {
+            println!("  {file}: durable at {}", shown(durable));
+        }
+        if let Some(v) = report.recoverable_version {
+            println!("  recoverable up to {v}");
+        }
+        for f in &report.findings {
+            println!("problem: {f}");
+        }
+    }
+    if report.findings.is_empty() {
+        if !args.json {
+            println!("consistent");
+        }
+        Ok(())
+    } else {
+        Err(strata_core::Error::new(
+            strata_core::Stage::Director,
+            strata_core::ErrorKind::Corruption(format!(
+                "{} problem(s) found in {}",
+                report.findings.len(),
+                args.data_dir.display()
+            )),
+        ))
+    }
 }
 
 async fn dump(args: DumpArgs) -> strata_core::Result<()> {
@@ -395,17 +463,17 @@ mod load {
         /// The data directory (created when missing).
         #[arg(long, default_value = "./strata-data")]
         data_dir: PathBuf,
-        /// Concurrent clients.
-        #[arg(long, default_value_t = 64)]
+        /// Concurrent clients (1 to 4,096).
+        #[arg(long, default_value_t = 64, value_parser = super::bounded(1, 4_096))]
         clients: u64,
-        /// Transactions to commit, in all.
-        #[arg(long, default_value_t = 20_000)]
+        /// Transactions to commit, in all (1 to 10^9).
+        #[arg(long, default_value_t = 20_000, value_parser = super::bounded(1, 1_000_000_000))]
         transactions: u64,
-        /// Keys each transaction reads or writes.
-        #[arg(long, default_value_t = 1)]
+        /// Keys each transaction reads or writes (1 to 1,000).
+        #[arg(long, default_value_t = 1, value_parser = super::bounded(1, 1_000))]
         keys_per_transaction: u64,
-        /// Bytes of each value written.
-        #[arg(long, default_value_t = 100)]
+        /// Bytes of each value written (0 to 100,000, the value limit).
+        #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
         value_bytes: usize,
         /// Fraction of key operations that are reads (0 to 1).
         #[arg(long, default_value_t = 0.0)]
@@ -468,11 +536,6 @@ mod load {
     pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
         if !(0.0..=1.0).contains(&args.read_fraction) {
             return Err(invalid("--read-fraction must be between 0 and 1"));
-        }
-        if args.clients == 0 || args.transactions == 0 || args.keys_per_transaction == 0 {
-            return Err(invalid(
-                "--clients, --transactions and --keys-per-transaction must be positive",
-            ));
         }
         std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::io(Stage::Director, e))?;
         let floor = fsync_floor(&args.data_dir)?;

@@ -108,3 +108,40 @@ pub fn served(
     });
     (watching, shutdown, server)
 }
+
+/// Every file under `dir` with its bytes, to show that a refused recovery changed nothing.
+pub fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(at) = todo.pop() {
+        for entry in std::fs::read_dir(&at).expect("a readable directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let bytes = std::fs::read(&path).expect("a readable file");
+                files.insert(path.strip_prefix(dir).expect("below dir").to_owned(), bytes);
+            }
+        }
+    }
+    files
+}
+
+/// Panics naming the first file that differs between two snapshots.
+pub fn assert_unchanged(
+    before: &std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>,
+    after: &std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>,
+    what: &str,
+) {
+    let names = |m: &std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>| {
+        m.keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(before),
+        names(after),
+        "{what}: files added or removed"
+    );
+    for (path, bytes) in before {
+        assert!(after[path] == *bytes, "{what}: {} changed", path.display());
+    }
+}
