@@ -136,9 +136,10 @@ pub enum ErrorKind {
     /// Stored data failed a check (CRC, magic, format); it is never skipped.
     #[error("corruption: {0}")]
     Corruption(String),
-    /// A failed fsync left the stage unable to trust its own state; it refuses all writes.
-    #[error("poisoned by an earlier failed sync; refusing writes")]
-    Poisoned,
+    /// A failed write or fsync left the stage unable to trust its own state; it refuses all
+    /// writes. Carries that first failure, as text, so that every later refusal says why.
+    #[error("poisoned by: {0}; refusing writes")]
+    Poisoned(String),
     /// An I/O error, returned as it happened (never taken for a torn tail).
     #[error("i/o: {0}")]
     Io(Arc<std::io::Error>),

@@ -184,8 +184,8 @@ impl EmbeddedCluster {
     pub async fn check_health(&self) -> Result<()> {
         self.pipeline.decorated_sequencer.read_version().await?;
         for log in &self.logs {
-            if log.is_poisoned() {
-                return Err(Error::new(Stage::Log, ErrorKind::Poisoned));
+            if let Some(cause) = log.poisoned_by() {
+                return Err(Error::new(Stage::Log, ErrorKind::Poisoned(cause)));
             }
             let locked = log.locked_epoch()?;
             if locked > self.epoch {

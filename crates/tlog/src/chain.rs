@@ -16,7 +16,9 @@ pub(crate) fn error(kind: ErrorKind) -> Error {
 struct ChainState {
     locked: Epoch,
     last_accepted: Version,
-    poisoned: bool,
+    /// Why the log refuses every push: the first failed write or sync, as text. Kept so that
+    /// every later refusal names it, not only the pushes of the group commit that failed.
+    poisoned: Option<String>,
     /// Pushes waiting for their predecessor, by the version they wait for. Accepting version
     /// `v` wakes only the pushes that name `v` as their previous version, instead of every
     /// waiter: with many concurrent pushers arriving out of order, a broadcast would wake each
@@ -50,7 +52,7 @@ impl Chain {
             state: Mutex::new(ChainState {
                 locked,
                 last_accepted: last,
-                poisoned: false,
+                poisoned: None,
                 waiters: HashMap::new(),
             }),
             durable: watch::Sender::new(last),
@@ -86,8 +88,8 @@ impl Chain {
         loop {
             let woken = {
                 let mut st = self.state()?;
-                if st.poisoned {
-                    return Err(error(ErrorKind::Poisoned));
+                if let Some(cause) = &st.poisoned {
+                    return Err(error(ErrorKind::Poisoned(cause.clone())));
                 }
                 if epoch < st.locked {
                     return Err(error(ErrorKind::Fenced {
@@ -156,11 +158,12 @@ impl Chain {
         Ok(self.state()?.last_accepted)
     }
 
-    /// Refuses every later push: a write or sync failed, and the file's state can no longer be
-    /// trusted.
-    pub(crate) fn poison(&self) {
+    /// Refuses every later push: a write or sync failed (`cause` says how), and the file's
+    /// state can no longer be trusted. The first cause is kept: a later failure is only a
+    /// consequence of it.
+    pub(crate) fn poison(&self, cause: String) {
         if let Ok(mut st) = self.state.lock() {
-            st.poisoned = true;
+            st.poisoned.get_or_insert(cause);
             st.wake_all();
         }
         // Wake whoever waits for durability: it will never come.
@@ -168,7 +171,21 @@ impl Chain {
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {
-        self.state.lock().map_or(true, |st| st.poisoned)
+        self.state.lock().map_or(true, |st| st.poisoned.is_some())
+    }
+
+    /// What poisoned the log, if it is.
+    pub(crate) fn poisoned_by(&self) -> Option<String> {
+        match self.state.lock() {
+            Ok(st) => st.poisoned.clone(),
+            Err(_) => Some("a panic while holding the log state".into()),
+        }
+    }
+
+    /// The error every refused push gets once the log is poisoned, if it is.
+    pub(crate) fn poisoned_error(&self) -> Option<Error> {
+        self.poisoned_by()
+            .map(|cause| error(ErrorKind::Poisoned(cause)))
     }
 
     /// Publishes that everything up to `version` is durable and readable.
@@ -192,8 +209,8 @@ impl Chain {
         let mut rx = self.durable.subscribe();
         let drained =
             tokio::time::timeout(wait, rx.wait_for(|&v| v >= target || self.is_poisoned())).await;
-        if self.is_poisoned() {
-            return Err(error(ErrorKind::Poisoned));
+        if let Some(poisoned) = self.poisoned_error() {
+            return Err(poisoned);
         }
         match drained {
             Ok(Ok(_)) => Ok(()),

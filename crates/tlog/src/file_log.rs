@@ -483,6 +483,12 @@ impl FileLog {
         self.shared.chain.is_poisoned()
     }
 
+    /// What poisoned the log, if it is: the first failed write or sync, as the text that every
+    /// later `Poisoned` error of this log carries.
+    pub fn poisoned_by(&self) -> Option<String> {
+        self.shared.chain.poisoned_by()
+    }
+
     fn sender(&self) -> Result<Sender<Write>> {
         self.to_writer
             .lock()
@@ -764,9 +770,9 @@ impl Writer {
                 group.push(w);
             }
             last_group = group.len();
-            if self.shared.chain.is_poisoned() {
+            if let Some(poisoned) = self.shared.chain.poisoned_error() {
                 for w in group {
-                    let _ = w.ack.send(Err(error(ErrorKind::Poisoned)));
+                    let _ = w.ack.send(Err(poisoned.clone()));
                 }
                 continue;
             }
@@ -789,8 +795,9 @@ impl Writer {
                 Err(e) => {
                     // After a failed write or sync the page cache and the file may disagree
                     // with what we think is on disk: refuse everything from now on. Recovery
-                    // on the next open finds the truth.
-                    self.shared.chain.poison();
+                    // on the next open finds the truth. The error is kept, so that a refusal
+                    // long after it still says what went wrong.
+                    self.shared.chain.poison(format!("i/o: {e} ({})", e.kind()));
                     tracing::error!(log = self.shared.id.0, error = %e, "log write failed; log poisoned");
                     let err = io_error(e);
                     for w in group {

@@ -23,7 +23,9 @@
 //!   before it, and reports the first and last versions held.
 //! - `pop(version)` deletes whole segments whose entries are all below `version`.
 //! - After a failed write or sync the log is *poisoned* and refuses every push: the page cache
-//!   can no longer be trusted. Reopen it to recover.
+//!   can no longer be trusted. Reopen it to recover. The pushes of the failed group commit get
+//!   the I/O error itself; every later refusal is `Poisoned` carrying that first error's text
+//!   ("poisoned by: i/o: ..."), as does [`FileLog::poisoned_by`].
 //!
 //! # On disk
 //!

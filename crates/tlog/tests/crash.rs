@@ -160,11 +160,74 @@ async fn failing_sync_answers_with_the_error_and_poisons_the_log() {
         .push(EPOCH, Version(4), Version(5), payload(5))
         .await
         .unwrap_err();
-    assert!(matches!(err.kind, ErrorKind::Poisoned), "{err}");
+    assert!(matches!(err.kind, ErrorKind::Poisoned(_)), "{err}");
     drop(log);
     // Nothing acknowledged was lost; the unacknowledged push may or may not be there.
     let log = open(&fs.crash_image(0)).unwrap();
     assert_eq!(everything(&log).await, acked);
+}
+
+/// After the log is poisoned, every later error (a push refused at once, a push queued behind
+/// the failed group commit, a lock waiting for pushes to land) says what poisoned it: the
+/// original I/O error's text, not only "poisoned".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_after_poisoning_names_the_original_io_error() {
+    for (failure, text) in [
+        ("sync", "simulated sync failure"),
+        ("full disk", "simulated full disk"),
+    ] {
+        let fs = SimFs::new();
+        let log = Arc::new(open(&fs).unwrap());
+        push_n(&log, 0, 3).await;
+        // A slow disk, so that pushes queue behind the group commit that fails.
+        fs.set_sync_latency(std::time::Duration::from_millis(20));
+        match failure {
+            "sync" => fs.fail_syncs(true),
+            _ => fs.set_capacity(0),
+        }
+        let mut pushes = tokio::task::JoinSet::new();
+        for v in 4..=12u64 {
+            let log = log.clone();
+            pushes.spawn(async move {
+                log.push(EPOCH, Version(v - 1), Version(v), payload(v))
+                    .await
+            });
+        }
+        let mut errors = Vec::new();
+        while let Some(joined) = pushes.join_next().await {
+            errors.push(joined.unwrap().unwrap_err());
+        }
+        assert!(log.is_poisoned());
+        // The disk is fine again; the log still refuses, and still says why.
+        fs.set_sync_latency(std::time::Duration::ZERO);
+        fs.fail_syncs(false);
+        fs.set_capacity(u64::MAX);
+        for v in 13..=15u64 {
+            errors.push(
+                log.push(EPOCH, Version(v - 1), Version(v), payload(v))
+                    .await
+                    .unwrap_err(),
+            );
+        }
+        errors.push(log.lock(Epoch(2)).await.unwrap_err());
+        let mut poisoned = 0;
+        for err in &errors {
+            let shown = err.to_string();
+            assert!(shown.contains(text), "{failure}: {shown}");
+            match &err.kind {
+                ErrorKind::Io(_) => {}
+                ErrorKind::Poisoned(cause) => {
+                    poisoned += 1;
+                    assert!(cause.contains(text), "{failure}: {cause}");
+                    assert!(shown.contains("poisoned by: "), "{failure}: {shown}");
+                }
+                _ => panic!("{failure}: {shown}"),
+            }
+        }
+        // The three pushes after the failure and the lock at least.
+        assert!(poisoned >= 4, "{failure}: {errors:?}");
+        assert!(log.poisoned_by().unwrap().contains(text));
+    }
 }
 
 #[tokio::test]
