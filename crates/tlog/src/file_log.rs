@@ -17,8 +17,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::chain::{Chain, error};
 use crate::format::{
-    GROUP_END, RECORD_HEADER_BYTES, RecordHeader, SEGMENT_FORMAT, SEGMENT_HEADER_BYTES, ScanEnd,
-    SegmentHeader, le_u32, le_u64, record_is_intact, scan_segment,
+    GROUP_END, MANIFEST_BYTES, Manifest, RECORD_HEADER_BYTES, RecordHeader, SEGMENT_FORMAT,
+    SEGMENT_HEADER_BYTES, ScanEnd, SegmentFate, SegmentHeader, le_u32, le_u64, record_is_intact,
+    scan_segment, segment_fate,
 };
 use crate::fs::{Fs, FsFile, RealFs};
 
@@ -26,6 +27,9 @@ const SEGMENT_SUFFIX: &str = ".seg";
 const EPOCH_FILE: &str = "epoch";
 const EPOCH_TMP_FILE: &str = "epoch.tmp";
 const EPOCH_MAGIC: [u8; 4] = *b"STEP";
+/// Names the newest segment that may hold records; see the crate docs.
+const MANIFEST_FILE: &str = "manifest";
+const MANIFEST_TMP_FILE: &str = "manifest.tmp";
 /// A zero-filled segment being prepared, or ready, for the writer to roll into.
 const SPARE_FILE: &str = "spare.zeroed";
 /// A new segment's file before it is renamed into place.
@@ -246,14 +250,15 @@ impl Shared {
     /// Makes `file` (at `tmp`, empty or zero-filled) the segment starting after `base`: its
     /// header is written and synced, then it is renamed into place (atomically replacing an
     /// empty segment of the same base) and the directory synced. A crash before the rename
-    /// leaves a temporary file that recovery removes.
+    /// leaves a temporary file that recovery removes. The caller then names the segment in the
+    /// manifest, before any record goes into it.
     fn install_segment(
         &self,
         file: Arc<dyn FsFile>,
         tmp: &Path,
         base: Version,
     ) -> std::io::Result<Segment> {
-        let path = self.dir.join(format!("{:020}{SEGMENT_SUFFIX}", base.0));
+        let path = segment_path(&self.dir, base.0);
         let header = SegmentHeader::new(self.id.0, base);
         file.write_all_at(&header.encode(), 0)?;
         file.sync_data()?;
@@ -436,6 +441,12 @@ impl FileLog {
                 }
             }
         };
+        // The manifest must name the segment the writer starts in before a record goes there.
+        // It already does unless this is a new log, a directory written before the manifest
+        // existed, or a crash came between a roll's new segment and its manifest.
+        if recovered.named != Some(active.base) {
+            write_manifest(shared.fs.as_ref(), dir, id, active.base).map_err(io_error)?;
+        }
         // Zeros written ahead of the data (a zero-filled segment, or a torn group zeroed by
         // recovery) are room to overwrite.
         let room_end = active.file.len().map_err(io_error)?.max(write_at);
@@ -864,7 +875,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts the next segment after `base`: the spare when it is ready, else an empty file.
+    /// Starts the next segment after `base`: the spare when it is ready, else an empty file;
+    /// either is made durable and then named in the manifest before this returns.
     fn roll(&mut self, base: Version) -> std::io::Result<()> {
         let segment = if let Spare::Ready(file) = &self.spare {
             let file = file.clone();
@@ -877,6 +889,17 @@ impl Writer {
             }
             self.shared.create_segment(base)?
         };
+        // Named durably before any record goes into it: from now on recovery requires this
+        // segment, so losing it is corruption, never a torn write. (An empty format 1 segment
+        // replaced in place keeps its base, which the manifest already names.)
+        if segment.base != self.active.base {
+            write_manifest(
+                self.shared.fs.as_ref(),
+                &self.shared.dir,
+                self.shared.id,
+                base,
+            )?;
+        }
         let len = segment.file.len()?;
         let zero_filled = len > SEGMENT_HEADER_BYTES as u64;
         // An empty format 1 segment is replaced in place (same base, same name).
@@ -1036,6 +1059,8 @@ struct Recovered {
     last: Option<Version>,
     /// Where the last segment's data ends: the next record goes there.
     data_end: u64,
+    /// The base of the segment the manifest names (`None`: there is no manifest).
+    named: Option<Version>,
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {
@@ -1046,31 +1071,53 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}{SEGMENT_SUFFIX}"))
+}
+
 /// Reads every segment in version order, keeping the valid prefix of the log.
+///
+/// Every check comes before any change to the directory (the repairs touch only the last
+/// segment, which is read last, and the leftovers are removed at the end), so a damaged or
+/// missing segment or manifest is reported with the directory as it was found, for whoever
+/// investigates.
 fn recover(fs: &dyn Fs, dir: &Path, id: LogId, payload_bytes_max: usize) -> Result<Recovered> {
     let names = fs.list(dir).map_err(io_error)?;
-    // A spare being prepared, or a segment not yet renamed into place, at the crash: neither
-    // ever held a record.
-    for leftover in [SPARE_FILE, NEW_SEGMENT_FILE] {
-        if names.iter().any(|n| n == leftover) {
-            fs.remove(&dir.join(leftover)).map_err(io_error)?;
-        }
-    }
+    let named = read_manifest(fs, dir, id)?;
     let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+    // The named segment is looked at even when it is not there: then it is lost.
+    bases.extend(named.map(|n| n.0));
     bases.sort_unstable();
+    bases.dedup();
     let mut out = Recovered {
         segments: Vec::new(),
         entries: VecDeque::new(),
         last: None,
         data_end: SEGMENT_HEADER_BYTES as u64,
+        named,
     };
     for (i, &base) in bases.iter().enumerate() {
         let is_last = i + 1 == bases.len();
-        let path = dir.join(format!("{base:020}{SEGMENT_SUFFIX}"));
-        let file = fs.open(&path).map_err(io_error)?;
-        let len = usize::try_from(file.len().map_err(io_error)?)
-            .map_err(|_| corruption(&path, 0, "segment larger than memory"))?;
-        if is_last && len < SEGMENT_HEADER_BYTES {
+        let path = segment_path(dir, base);
+        let file = match fs.open(&path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_error(e)),
+        };
+        let len = match &file {
+            Some(f) => Some(
+                usize::try_from(f.len().map_err(io_error)?)
+                    .map_err(|_| corruption(&path, 0, "segment larger than memory"))?,
+            ),
+            None => None,
+        };
+        let fate = segment_fate(Version(base), len, is_last, named)
+            .map_err(|why| corruption(&path, 0, &why))?;
+        let (Some(file), Some(len)) = (file, len) else {
+            // segment_fate refuses a missing segment.
+            return Err(corruption(&path, 0, "segment is missing"));
+        };
+        if fate == SegmentFate::TornAtCreation {
             // A crash while the segment was being created: it never held a record.
             tracing::warn!(path = %path.display(), "removing a segment torn at creation");
             fs.remove(&path).map_err(io_error)?;
@@ -1152,7 +1199,72 @@ fn recover(fs: &dyn Fs, dir: &Path, id: LogId, payload_bytes_max: usize) -> Resu
             format: header.format,
         });
     }
+    // A spare being prepared, a segment not yet renamed into place, or a manifest not yet
+    // renamed over the old one, at the crash: none of them ever held a record or named one.
+    for leftover in [SPARE_FILE, NEW_SEGMENT_FILE, MANIFEST_TMP_FILE] {
+        if names.iter().any(|n| n == leftover) {
+            fs.remove(&dir.join(leftover)).map_err(io_error)?;
+        }
+    }
     Ok(out)
+}
+
+/// The base of the segment the manifest names, or `None` when there is no manifest (a new log,
+/// or a directory written before the manifest existed).
+fn read_manifest(fs: &dyn Fs, dir: &Path, id: LogId) -> Result<Option<Version>> {
+    let path = dir.join(MANIFEST_FILE);
+    let file = match fs.open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(e)),
+    };
+    // At most one byte more than a manifest: enough for a longer file to fail the size check.
+    let len = file.len().map_err(io_error)?.min(MANIFEST_BYTES as u64 + 1);
+    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(MANIFEST_BYTES + 1)];
+    file.read_exact_at(&mut bytes, 0).map_err(io_error)?;
+    let manifest = Manifest::decode(&bytes).map_err(|why| corruption(&path, 0, &why))?;
+    if manifest.log_id != id.0 {
+        return Err(corruption(
+            &path,
+            0,
+            &format!("manifest belongs to log {}, not {}", manifest.log_id, id.0),
+        ));
+    }
+    Ok(Some(manifest.newest_base))
+}
+
+/// Replaces the manifest, durably, with one naming the segment starting after `base`.
+fn write_manifest(fs: &dyn Fs, dir: &Path, id: LogId, base: Version) -> std::io::Result<()> {
+    let manifest = Manifest {
+        log_id: id.0,
+        newest_base: base,
+    };
+    replace_file(
+        fs,
+        dir,
+        MANIFEST_TMP_FILE,
+        MANIFEST_FILE,
+        &manifest.encode(),
+    )
+}
+
+/// Replaces `dir/name` with `bytes` atomically: write a temporary file, sync it, rename it
+/// over the old one, sync the directory. A crash leaves the old file or the new one, never a
+/// mix, and perhaps the temporary file.
+fn replace_file(
+    fs: &dyn Fs,
+    dir: &Path,
+    tmp_name: &str,
+    name: &str,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let tmp = dir.join(tmp_name);
+    remove_if_present(fs, &tmp)?;
+    let file = fs.create(&tmp)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_data()?;
+    fs.rename(&tmp, &dir.join(name))?;
+    fs.sync_dir(dir)
 }
 
 fn read_epoch(fs: &dyn Fs, dir: &Path) -> Result<Epoch> {
@@ -1171,19 +1283,12 @@ fn read_epoch(fs: &dyn Fs, dir: &Path) -> Result<Epoch> {
     Ok(Epoch(le_u64(&b[4..12])))
 }
 
-/// Replaces the epoch file atomically: write a temporary file, sync it, rename it over the
-/// old one, sync the directory.
+/// Replaces the epoch file atomically (see [`replace_file`]).
 fn write_epoch(fs: &dyn Fs, dir: &Path, epoch: Epoch) -> Result<()> {
-    let tmp = dir.join(EPOCH_TMP_FILE);
-    remove_if_present(fs, &tmp).map_err(io_error)?;
     let mut b = [0u8; 16];
     b[0..4].copy_from_slice(&EPOCH_MAGIC);
     b[4..12].copy_from_slice(&epoch.0.to_le_bytes());
     let crc = crc32fast::hash(&b[0..12]);
     b[12..16].copy_from_slice(&crc.to_le_bytes());
-    let file = fs.create(&tmp).map_err(io_error)?;
-    file.write_all_at(&b, 0).map_err(io_error)?;
-    file.sync_data().map_err(io_error)?;
-    fs.rename(&tmp, &dir.join(EPOCH_FILE)).map_err(io_error)?;
-    fs.sync_dir(dir).map_err(io_error)
+    replace_file(fs, dir, EPOCH_TMP_FILE, EPOCH_FILE, &b).map_err(io_error)
 }

@@ -76,6 +76,125 @@ impl SegmentHeader {
     }
 }
 
+/// The four bytes the `manifest` file starts with.
+pub(crate) const MANIFEST_MAGIC: [u8; 4] = *b"STMF";
+/// The manifest format this build writes and reads.
+pub(crate) const MANIFEST_FORMAT: u16 = 1;
+/// Size of the manifest file.
+pub(crate) const MANIFEST_BYTES: usize = 32;
+
+/// What the `manifest` file says: the base version of the newest segment that may hold records
+/// (it is written, durably, before the first record goes into that segment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Manifest {
+    pub(crate) log_id: u64,
+    pub(crate) newest_base: Version,
+}
+
+impl Manifest {
+    pub(crate) fn encode(&self) -> [u8; MANIFEST_BYTES] {
+        let mut m = [0u8; MANIFEST_BYTES];
+        m[0..4].copy_from_slice(&MANIFEST_MAGIC);
+        m[4..6].copy_from_slice(&MANIFEST_FORMAT.to_le_bytes());
+        m[8..16].copy_from_slice(&self.log_id.to_le_bytes());
+        m[16..24].copy_from_slice(&self.newest_base.0.to_le_bytes());
+        let crc = crc32fast::hash(&m[0..24]);
+        m[24..28].copy_from_slice(&crc.to_le_bytes());
+        m
+    }
+
+    /// Reads a manifest; the error says what is wrong with it.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest, String> {
+        if bytes.len() != MANIFEST_BYTES {
+            return Err(format!(
+                "manifest is {} bytes, not {MANIFEST_BYTES}",
+                bytes.len()
+            ));
+        }
+        if bytes[0..4] != MANIFEST_MAGIC {
+            return Err(format!("bad manifest magic {:02x?}", &bytes[0..4]));
+        }
+        if crc32fast::hash(&bytes[0..24]) != le_u32(&bytes[24..28]) {
+            return Err("bad manifest CRC".into());
+        }
+        let format = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if format != MANIFEST_FORMAT {
+            return Err(format!(
+                "unsupported manifest format {format} (this build reads {MANIFEST_FORMAT})"
+            ));
+        }
+        Ok(Manifest {
+            log_id: le_u64(&bytes[8..16]),
+            newest_base: Version(le_u64(&bytes[16..24])),
+        })
+    }
+}
+
+/// What recovery does with a segment file, before reading its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SegmentFate {
+    /// Read its header (a bad one is corruption) and scan its records.
+    Read,
+    /// Remove it: a crash cut it short while it was being created, before any record could be
+    /// acknowledged in it.
+    TornAtCreation,
+}
+
+/// Decides what recovery does with the segment starting after `base`, from its length alone
+/// (`None`: the file is missing), given the base of the segment the manifest names (`None`:
+/// no manifest, a directory written before it existed) and whether no segment follows it.
+///
+/// A segment is installed (header written and synced, renamed into place, directory synced)
+/// and *then* named in the manifest (write-temp, sync, rename, sync-directory), and only then
+/// does any record go into it. So the segment the manifest names may hold acknowledged
+/// records and must be there, whole; one newer than it was never written to; and with no
+/// manifest, the rule of the builds before it stands.
+///
+/// | the segment                                           | missing    | shorter than its header | header-long or longer |
+/// |-------------------------------------------------------|------------|-------------------------|-----------------------|
+/// | named by the manifest                                 | corruption | corruption              | read                  |
+/// | newer than the named one, and the last                | —          | torn at creation        | read                  |
+/// | no manifest (written by an older build), the last     | —          | torn at creation        | read                  |
+/// | any other (older than the named one, or not the last) | corruption | corruption              | read                  |
+///
+/// "—": only a file that is listed is looked at, and only the named one can be missing from
+/// the listing. "Read" still refuses a bad header, for every segment: a header is synced
+/// before the file gets its name, so no crash leaves one damaged. A segment newer than the
+/// named one that does hold records (an older build wrote to a directory this one had
+/// opened) is read like any other.
+pub(crate) fn segment_fate(
+    base: Version,
+    len: Option<usize>,
+    is_last: bool,
+    named: Option<Version>,
+) -> Result<SegmentFate, String> {
+    let is_named = named == Some(base);
+    let Some(len) = len else {
+        return Err(if is_named {
+            "segment is missing, yet the manifest names it as the newest segment, which may \
+             hold acknowledged records"
+                .into()
+        } else {
+            "segment is missing".into()
+        });
+    };
+    if len >= SEGMENT_HEADER_BYTES {
+        return Ok(SegmentFate::Read);
+    }
+    let never_named = named.is_none_or(|n| base > n);
+    if is_last && never_named {
+        return Ok(SegmentFate::TornAtCreation);
+    }
+    Err(if is_named {
+        format!(
+            "segment is {len} bytes, shorter than its {SEGMENT_HEADER_BYTES}-byte header, yet \
+             the manifest names it as the newest segment, which may hold acknowledged records"
+        )
+    } else {
+        format!("header truncated to {len} bytes")
+    })
+}
+
 /// The header of the record `previous -> version` carrying a payload, with its CRC computed
 /// both ways: as the last record of a group commit and as any other.
 ///
@@ -772,5 +891,96 @@ mod tests {
         let at = g.bytes.len() - 64;
         bad[at..at + 4].copy_from_slice(&1000u32.to_le_bytes());
         assert_eq!(scan(&bad, true, 100).unwrap_err().0 as usize, at);
+    }
+
+    #[test]
+    fn manifest_round_trips_and_damage_is_named() {
+        let m = Manifest {
+            log_id: 7,
+            newest_base: Version(1234),
+        };
+        let bytes = m.encode();
+        assert_eq!(Manifest::decode(&bytes), Ok(m));
+        assert!(
+            Manifest::decode(&bytes[..31])
+                .unwrap_err()
+                .contains("31 bytes")
+        );
+        for i in 0..28 {
+            let mut bad = bytes;
+            bad[i] ^= 1;
+            assert!(Manifest::decode(&bad).is_err(), "flip at {i}");
+        }
+    }
+
+    const NAMED: Option<Version> = Some(Version(50));
+
+    fn fate(
+        base: u64,
+        len: Option<usize>,
+        is_last: bool,
+        named: Option<Version>,
+    ) -> Result<SegmentFate, String> {
+        segment_fate(Version(base), len, is_last, named)
+    }
+
+    #[test]
+    fn segment_named_by_the_manifest_must_be_there_whole() {
+        for is_last in [true, false] {
+            let missing = fate(50, None, is_last, NAMED).unwrap_err();
+            assert!(
+                missing.contains("missing") && missing.contains("manifest"),
+                "{missing}"
+            );
+            for len in [0, 10, SEGMENT_HEADER_BYTES - 1] {
+                let short = fate(50, Some(len), is_last, NAMED).unwrap_err();
+                assert!(short.contains(&format!("{len} bytes")), "{short}");
+                assert!(short.contains("manifest"), "{short}");
+            }
+            assert_eq!(
+                fate(50, Some(SEGMENT_HEADER_BYTES), is_last, NAMED),
+                Ok(SegmentFate::Read)
+            );
+        }
+    }
+
+    #[test]
+    fn segment_newer_than_the_named_one_may_be_torn_at_creation_only_when_last() {
+        for len in [0, 10, SEGMENT_HEADER_BYTES - 1] {
+            assert_eq!(
+                fate(60, Some(len), true, NAMED),
+                Ok(SegmentFate::TornAtCreation)
+            );
+            assert!(fate(60, Some(len), false, NAMED).is_err());
+        }
+        assert_eq!(fate(60, Some(4096), true, NAMED), Ok(SegmentFate::Read));
+    }
+
+    #[test]
+    fn without_a_manifest_the_last_segment_may_be_torn_at_creation() {
+        for len in [0, 10, SEGMENT_HEADER_BYTES - 1] {
+            assert_eq!(
+                fate(60, Some(len), true, None),
+                Ok(SegmentFate::TornAtCreation)
+            );
+            assert!(
+                fate(60, Some(len), false, None)
+                    .unwrap_err()
+                    .contains("truncated")
+            );
+        }
+        assert_eq!(
+            fate(60, Some(SEGMENT_HEADER_BYTES), true, None),
+            Ok(SegmentFate::Read)
+        );
+    }
+
+    #[test]
+    fn segment_older_than_the_named_one_must_be_whole() {
+        for is_last in [true, false] {
+            assert!(fate(40, Some(10), is_last, NAMED).is_err());
+            assert!(fate(40, None, is_last, NAMED).is_err());
+            assert_eq!(fate(40, Some(100), is_last, NAMED), Ok(SegmentFate::Read));
+        }
     }
 }

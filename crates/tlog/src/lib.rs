@@ -29,10 +29,11 @@
 //!
 //! # On disk
 //!
-//! A log directory holds segment files named `<base version, 20 digits>.seg`, a file `epoch`,
-//! and at times `spare.zeroed` (the next segment, being written full of zeros) or
-//! `segment.new` (a new segment before it is renamed into place); recovery removes those two.
-//! All integers are little-endian.
+//! A log directory holds segment files named `<base version, 20 digits>.seg`, the files
+//! `manifest` and `epoch`, and at times `spare.zeroed` (the next segment, being written full of
+//! zeros), `segment.new` (a new segment before it is renamed into place) or `manifest.tmp` (a
+//! manifest before it replaces the old one); recovery removes those three. All integers are
+//! little-endian.
 //!
 //! Segment header (32 bytes; a new segment's header is written and synced under a temporary
 //! name, then the file is renamed into place and the directory synced, before any record):
@@ -76,13 +77,39 @@
 //! `epoch` (16 bytes, replaced by write-temp, sync, rename, sync-directory): magic `STEP`, the
 //! locked epoch (`u64`), CRC-32 of the first 12 bytes.
 //!
+//! `manifest` (32 bytes, replaced by write-temp, sync, rename, sync-directory) names the newest
+//! segment that may hold records. A new segment is installed (header synced, renamed into
+//! place, directory synced), *then* the manifest is replaced to name it, and only then does a
+//! record go into it: so every acknowledged record is in a segment the manifest names or in an
+//! older one. It is written when the writer rolls into a new segment (once per segment, not
+//! per push) and at open when it does not name the newest segment (a new log, a directory
+//! written before the manifest existed, or a crash between a roll's segment and its manifest).
+//!
+//! | offset | size | field                                                         |
+//! |-------:|-----:|---------------------------------------------------------------|
+//! |      0 |    4 | magic `STMF`                                                  |
+//! |      4 |    2 | format version: 1                                             |
+//! |      6 |    2 | reserved, 0                                                   |
+//! |      8 |    8 | log id                                                        |
+//! |     16 |    8 | base version of the newest segment that may hold records      |
+//! |     24 |    4 | CRC-32 of bytes 0..24                                         |
+//! |     28 |    4 | reserved, 0                                                   |
+//!
 //! # Recovery
 //!
 //! Opening a log reads every segment in version order and keeps the valid prefix. Records must
 //! chain (each names the one before as its previous version, segment to segment). An I/O
 //! error is returned as such, never taken for a torn write. The full decision tables are on
-//! `scan_segment` in `format.rs`; in short:
+//! `segment_fate` (whole segment files) and `scan_segment` (records) in `format.rs`; in short:
 //!
+//! - Segment files: the one the manifest names must be there with a valid header; missing,
+//!   empty or shorter than its header, it is `Corruption` naming the file (it may hold
+//!   acknowledged records). Only a last segment *newer* than it (created, never named, so
+//!   never written to) that is shorter than a header is removed as torn at creation; one with
+//!   a valid header is kept and named at the open. A directory without a manifest (written
+//!   before it existed) is read by the old rule: a last segment shorter than a header is
+//!   removed. A damaged manifest is `Corruption`. Every check comes before any repair, so a
+//!   segment or manifest found damaged or missing is reported with the directory untouched.
 //! - Appended segments (format 1): a torn or partial record at the end of the *last* segment
 //!   (a crash during an unacknowledged write) is truncated and the truncation synced; any
 //!   other bad record is a `Corruption` error naming the file and offset, never skipped.
@@ -95,8 +122,11 @@
 //!   `Corruption`. Segments other than the last were synced whole, so anything but zeros
 //!   after their records is `Corruption`.
 //!
-//! The blind spot: damage to the records of the last group commit looks exactly like a torn
-//! write, and those records are dropped (with appended segments: to the last record).
+//! The blind spots: damage to the records of the last group commit looks exactly like a torn
+//! write, and those records are dropped (with appended segments: to the last record); and a
+//! lost `manifest` makes the directory look like one written before it existed, so the loss of
+//! the newest segment *as well* goes unseen (a lost manifest alone loses nothing: the open
+//! writes a new one).
 //!
 //! # Limits
 //!
@@ -112,8 +142,9 @@
 //!
 //! Reads (`pull`) use positional reads of recently written, page-cached data directly on the
 //! calling task; the `epoch` file is written on the calling task by `lock`, which only recovery
-//! calls; the spare segment's zeros are written by a short-lived helper thread. Everything
-//! else on disk happens on the writer thread.
+//! calls; the spare segment's zeros are written by a short-lived helper thread; recovery, and
+//! the first segment and manifest of a log, are written by the caller of `open`. Everything
+//! else on disk (records, rolls and the manifest they write) happens on the writer thread.
 
 mod chain;
 mod file_log;
