@@ -97,7 +97,7 @@ async fn a_log_directory_without_segments_is_an_error() {
             std::fs::remove_file(path).unwrap();
         }
     }
-    refused(dir.path(), "holds no segment").await;
+    refused(dir.path(), "segment is missing").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,4 +281,20 @@ async fn logs_removed_by_a_newer_coordinator_fence_the_attempt() {
         .expect_err("the logs are gone");
     assert!(!err.is_unrecoverable(), "{err}");
     assert!(err.is_fenced(), "{err}");
+}
+
+/// The newest segment of a log emptied (a lost file, not a torn write: the log's manifest named
+/// it before any record went in): an error naming it, not a log that silently ends earlier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_newest_segment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = with_data(dir.path()).await;
+    let newest = std::fs::read_dir(dir.path().join(&logs[1]))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .unwrap();
+    std::fs::write(&newest, b"").unwrap();
+    refused(dir.path(), newest.file_name().unwrap().to_str().unwrap()).await;
 }
