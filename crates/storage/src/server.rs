@@ -1,6 +1,6 @@
 //! The storage server: a window of recent versions in memory over a redb database.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -57,12 +57,61 @@ fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::Storage, kind)
 }
 
-fn db_error(e: impl Into<redb::Error>) -> Error {
-    match e.into() {
-        redb::Error::Io(io) => Error::io(Stage::Storage, io),
-        redb::Error::Corrupted(why) => error(ErrorKind::Corruption(why)),
-        other => error(ErrorKind::Unavailable(format!("redb: {other}"))),
+/// `Corruption` of the file at `path`, found while `doing` something.
+fn corruption(path: &Path, doing: &str, why: impl std::fmt::Display) -> Error {
+    error(ErrorKind::Corruption(format!(
+        "{}: {doing}: {why}",
+        path.display()
+    )))
+}
+
+/// An I/O error on the file at `path`, of the same kind, naming the file.
+fn io_error(path: &Path, doing: &str, e: &std::io::Error) -> Error {
+    Error::io(
+        Stage::Storage,
+        std::io::Error::new(e.kind(), format!("{}: {doing}: {e}", path.display())),
+    )
+}
+
+/// Turns a redb error met on the file at `path` while `doing` something into the crate's
+/// error, naming the file. The rule: damage is `Corruption`, a failed read or write of the
+/// device is `Io`, never the one for the other.
+///
+/// Besides `Corrupted`, redb reports some damage in other guises, which are damage here because
+/// this crate wrote the file itself, with this redb and always the same tables:
+/// - an I/O error of kind `InvalidData`: redb's "not a redb database" (bad magic number, or an
+///   empty file, which `create_if_missing` never leaves). The OS never reports that kind.
+/// - an I/O error of kind `UnexpectedEof`: a read past the end of the file, which the file's
+///   own header or pages asked for. Reading with `pread` never fails so otherwise.
+/// - an old file format (the version byte is damaged), or a table whose type or kind differs
+///   from the one it was created with.
+fn db_error<E: Into<redb::Error>>(path: &Path, doing: &str) -> impl FnOnce(E) -> Error {
+    move |e| match e.into() {
+        redb::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            corruption(path, doing, io)
+        }
+        redb::Error::Io(io) => io_error(path, doing, &io),
+        redb::Error::Corrupted(why) => corruption(path, doing, why),
+        e @ (redb::Error::UpgradeRequired(_)
+        | redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TableIsNotMultimap(_)) => corruption(path, doing, e),
+        other => error(ErrorKind::Unavailable(format!(
+            "{}: {doing}: redb: {other}",
+            path.display()
+        ))),
     }
+}
+
+/// A write transaction on the file at `path`.
+fn write_tx(db: &redb::Database, path: &Path) -> Result<redb::WriteTransaction> {
+    db.begin_write().map_err(db_error(path, "starting a write"))
 }
 
 #[derive(Debug)]
@@ -94,6 +143,8 @@ struct Writer {
 }
 
 struct Inner {
+    /// The database file, named by every error about it.
+    path: PathBuf,
     shards: Vec<KeyRange>,
     /// `None` once the server is closed.
     db: Mutex<Option<Arc<redb::Database>>>,
@@ -309,28 +360,32 @@ impl Inner {
             return Ok(false);
         }
         let db = self.db()?;
-        let tx = db.begin_write().map_err(db_error)?;
+        let path = &self.path;
+        let doing = "flushing";
+        let tx = write_tx(&db, path)?;
         {
-            let mut data = tx.open_table(DATA).map_err(db_error)?;
+            let mut data = tx.open_table(DATA).map_err(db_error(path, doing))?;
             for r in clears {
                 data.retain_in::<&[u8], _>(r.begin().as_ref()..r.end().as_ref(), |_, _| false)
-                    .map_err(db_error)?;
+                    .map_err(db_error(path, doing))?;
             }
             for (k, v) in keys {
                 match v {
                     Some(v) => {
-                        data.insert(k.as_ref(), v.as_ref()).map_err(db_error)?;
+                        data.insert(k.as_ref(), v.as_ref())
+                            .map_err(db_error(path, doing))?;
                     }
                     None => {
-                        data.remove(k.as_ref()).map_err(db_error)?;
+                        data.remove(k.as_ref()).map_err(db_error(path, doing))?;
                     }
                 }
             }
-            let mut meta = tx.open_table(META).map_err(db_error)?;
-            meta.insert(DURABLE_VERSION, target.0).map_err(db_error)?;
+            let mut meta = tx.open_table(META).map_err(db_error(path, doing))?;
+            meta.insert(DURABLE_VERSION, target.0)
+                .map_err(db_error(path, doing))?;
         }
         // Immediate durability: committed means synced.
-        tx.commit().map_err(db_error)?;
+        tx.commit().map_err(db_error(path, doing))?;
         writer.durable = target;
         Ok(true)
     }
@@ -382,47 +437,61 @@ fn creating_path(path: &Path) -> std::path::PathBuf {
 /// committed (synced), then renamed into place and the directory synced. A temporary file
 /// left by a crash never held anything and is removed.
 fn create_if_missing(path: &Path) -> Result<()> {
-    if path.exists() {
+    if exists(path)? {
         return Ok(());
     }
-    let io = |e| Error::io(Stage::Storage, e);
     let creating = creating_path(path);
+    let doing = "creating";
     match std::fs::remove_file(&creating) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_error(&creating, doing, &e));
+        }
         _ => {}
     }
     {
-        let db = redb::Database::create(&creating).map_err(db_error)?;
-        let tx = db.begin_write().map_err(db_error)?;
-        tx.open_table(DATA).map_err(db_error)?;
-        tx.open_table(META).map_err(db_error)?;
-        tx.commit().map_err(db_error)?;
+        let db = redb::Database::create(&creating).map_err(db_error(&creating, doing))?;
+        let tx = write_tx(&db, &creating)?;
+        tx.open_table(DATA).map_err(db_error(&creating, doing))?;
+        tx.open_table(META).map_err(db_error(&creating, doing))?;
+        tx.commit().map_err(db_error(&creating, doing))?;
     }
-    std::fs::rename(&creating, path).map_err(io)?;
+    std::fs::rename(&creating, path).map_err(|e| io_error(path, doing, &e))?;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io)
+        .map_err(|e| io_error(dir, "syncing the directory", &e))
+}
+
+/// Whether `path` exists. Unlike `Path::exists`, which answers `false` whenever it cannot
+/// tell, an I/O error (a parent that is not a directory, a directory that cannot be searched)
+/// is returned as such: otherwise recovery would take an unreadable file for a missing one,
+/// durable at version 0.
+fn exists(path: &Path) -> Result<bool> {
+    path.try_exists()
+        .map_err(|e| io_error(path, "looking for the file", &e))
 }
 
 /// The durable version stored in the redb database at `path` (0 when there is none yet),
 /// read without starting a server: recovery needs it to know how much history to replay.
 /// Blocking; the database must not be open elsewhere.
+///
+/// Damage is `Corruption` and a genuine I/O error `Io`, both naming the file.
 pub fn durable_version_at(path: &Path) -> Result<Version> {
-    if !path.exists() {
+    if !exists(path)? {
         return Ok(Version::ZERO);
     }
-    let db = redb::Database::open(path).map_err(db_error)?;
-    let tx = db.begin_read().map_err(db_error)?;
+    let doing = "reading the durable version";
+    let db = redb::Database::open(path).map_err(db_error(path, doing))?;
+    let tx = db.begin_read().map_err(db_error(path, doing))?;
     let meta = match tx.open_table(META) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Version::ZERO),
-        Err(e) => return Err(db_error(e)),
+        Err(e) => return Err(db_error(path, doing)(e)),
     };
-    let durable = meta.get(DURABLE_VERSION).map_err(db_error)?;
+    let durable = meta.get(DURABLE_VERSION).map_err(db_error(path, doing))?;
     Ok(Version(durable.map_or(0, |v| v.value())))
 }
 
@@ -461,23 +530,32 @@ impl RedbStorage {
         config: StorageConfig,
     ) -> Result<RedbStorage> {
         let path = path.to_owned();
+        let opening = path.clone();
         let (db, durable) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let path = opening;
+            let doing = "opening";
             create_if_missing(&path)?;
-            let db = redb::Database::create(&path).map_err(db_error)?;
-            let tx = db.begin_write().map_err(db_error)?;
+            let db = redb::Database::create(&path).map_err(db_error(&path, doing))?;
+            let tx = write_tx(&db, &path)?;
             let durable = {
-                tx.open_table(DATA).map_err(db_error)?;
-                let meta = tx.open_table(META).map_err(db_error)?;
-                let durable = meta.get(DURABLE_VERSION).map_err(db_error)?;
+                tx.open_table(DATA).map_err(db_error(&path, doing))?;
+                let meta = tx.open_table(META).map_err(db_error(&path, doing))?;
+                let durable = meta.get(DURABLE_VERSION).map_err(db_error(&path, doing))?;
                 Version(durable.map_or(0, |v| v.value()))
             };
-            tx.commit().map_err(db_error)?;
+            tx.commit().map_err(db_error(&path, doing))?;
             Ok((db, durable))
         })
         .await
         .map_err(|e| error(ErrorKind::Unavailable(format!("open task: {e}"))))??;
-        tracing::info!(durable = durable.0, shards = shards.len(), "storage opened");
+        tracing::info!(
+            durable = durable.0,
+            shards = shards.len(),
+            path = %path.display(),
+            "storage opened"
+        );
         let inner = Arc::new(Inner {
+            path,
             shards,
             db: Mutex::new(Some(Arc::new(db))),
             writer: Mutex::new(Writer {
@@ -616,12 +694,19 @@ impl StorageServer for RedbStorage {
                 Answer::Value(v) => return Ok(Some(v)),
                 Answer::Deleted => return Ok(None),
                 // The snapshot is taken under the lock: a flush cannot commit in between.
-                Answer::Unknown => self.inner.db()?.begin_read().map_err(db_error)?,
+                Answer::Unknown => self
+                    .inner
+                    .db()?
+                    .begin_read()
+                    .map_err(db_error(&self.inner.path, "starting a read"))?,
             }
         };
+        let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || -> Result<Option<Value>> {
-            let table = snapshot.open_table(DATA).map_err(db_error)?;
-            let value = table.get(key.as_ref()).map_err(db_error)?;
+            let path = &inner.path;
+            let doing = &format!("reading {}", printable(&key));
+            let table = snapshot.open_table(DATA).map_err(db_error(path, doing))?;
+            let value = table.get(key.as_ref()).map_err(db_error(path, doing))?;
             Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
         })
         .await
@@ -649,17 +734,21 @@ impl StorageServer for RedbStorage {
             let st = self.inner.state_at(version).await?;
             let window = st.window.scan(&range, version);
             let clears = st.window.clears_in(&range, version);
-            (
-                window,
-                clears,
-                self.inner.db()?.begin_read().map_err(db_error)?,
-            )
+            let snapshot = self
+                .inner
+                .db()?
+                .begin_read()
+                .map_err(db_error(&self.inner.path, "starting a read"))?;
+            (window, clears, snapshot)
         };
+        let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || -> Result<RangeRead> {
-            let table = snapshot.open_table(DATA).map_err(db_error)?;
+            let path = &inner.path;
+            let doing = &format!("reading {range}");
+            let table = snapshot.open_table(DATA).map_err(db_error(path, doing))?;
             let iter = table
                 .range::<&[u8]>(range.begin().as_ref()..range.end().as_ref())
-                .map_err(db_error)?;
+                .map_err(db_error(path, doing))?;
             let mut durable: Box<dyn Iterator<Item = _>> = if reverse {
                 window.reverse();
                 Box::new(iter.rev())
@@ -667,7 +756,7 @@ impl StorageServer for RedbStorage {
                 Box::new(iter)
             };
             let mut window = window.into_iter().peekable();
-            let mut next_durable = durable.next().transpose().map_err(db_error)?;
+            let mut next_durable = durable.next().transpose().map_err(db_error(path, doing))?;
             let mut out = RangeRead::default();
             let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
             loop {
@@ -689,7 +778,7 @@ impl StorageServer for RedbStorage {
                         let value = next_durable
                             .take()
                             .map(|(_, v)| Bytes::copy_from_slice(v.value()));
-                        next_durable = durable.next().transpose().map_err(db_error)?;
+                        next_durable = durable.next().transpose().map_err(db_error(path, doing))?;
                         value
                     } else {
                         None
@@ -706,7 +795,7 @@ impl StorageServer for RedbStorage {
                     let Some((dk, dv)) = next_durable.take() else {
                         break;
                     };
-                    next_durable = durable.next().transpose().map_err(db_error)?;
+                    next_durable = durable.next().transpose().map_err(db_error(path, doing))?;
                     let key = Bytes::copy_from_slice(dk.value());
                     let cleared = clears.iter().any(|c| c.contains(&key));
                     let value = (!cleared).then(|| Bytes::copy_from_slice(dv.value()));
