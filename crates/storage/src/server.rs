@@ -109,6 +109,38 @@ fn db_error<E: Into<redb::Error>>(path: &Path, doing: &str) -> impl FnOnce(E) ->
     }
 }
 
+/// Runs `work`, redb work on the file at `path`, so that a panic inside it cannot escape the
+/// crate: redb trusts what it reads from the file, and some damage (a zeroed page, a wrong
+/// page type byte) makes it panic ("entered unreachable code") instead of returning an error.
+/// A panic caught here is `Corruption` naming the file.
+///
+/// `AssertUnwindSafe` is sound here because everything `work` owns is dropped by the unwind,
+/// and whatever it shares (the database handle) is not used again for reads or writes once the
+/// caller records the damage (see `State::damaged`): a server that met corruption only drops it.
+fn guarded<T>(path: &Path, doing: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            tracing::error!(
+                path = %path.display(),
+                doing,
+                panic = %message,
+                "redb panicked on a damaged file"
+            );
+            Err(corruption(
+                path,
+                doing,
+                format!("redb panicked ({message}); the file is damaged"),
+            ))
+        }
+    }
+}
+
 /// A write transaction on the file at `path`.
 fn write_tx(db: &redb::Database, path: &Path) -> Result<redb::WriteTransaction> {
     db.begin_write().map_err(db_error(path, "starting a write"))
@@ -125,6 +157,32 @@ struct State {
     generation: u64,
     /// Set when the apply loop met an entry it cannot apply; every read then fails with it.
     failed: Option<Error>,
+    /// Set when redb found the file damaged (or panicked on it) during a read or a flush. Every
+    /// read and flush then fails with it without touching the file again, and the apply loop
+    /// stops: the server cannot serve what the file holds, so it is of no use until replaced.
+    damaged: Option<Error>,
+}
+
+impl State {
+    /// Why the server no longer serves reads, if it does not.
+    fn broken(&self) -> Result<()> {
+        match self.failed.as_ref().or(self.damaged.as_ref()) {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `result`'s error if it is damage, so that later reads fail with it too.
+    fn note<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && matches!(e.kind, ErrorKind::Corruption(_))
+            && self.damaged.is_none()
+        {
+            tracing::error!(error = %e, "storage file damaged; the server stops serving it");
+            self.damaged = Some(e.clone());
+        }
+        result
+    }
 }
 
 /// Guards writes to redb. A flush's blocking closure holds it for its whole run, database
@@ -186,6 +244,26 @@ impl Inner {
         })
     }
 
+    /// Records `result`'s error if it is damage (see [`State::note`]).
+    fn note<T>(&self, result: Result<T>) -> Result<T> {
+        match self.state() {
+            Ok(mut st) => st.note(result),
+            Err(_) => result,
+        }
+    }
+
+    /// A redb snapshot, for a read that holds the state lock `st`: taken under it, so that no
+    /// flush commits between the read's check of the window and the snapshot. Guarded, because
+    /// redb may panic on a damaged file even here; the panic is caught before it could unwind
+    /// through the lock (and poison it) or through the caller's task. Damage is recorded in `st`.
+    fn begin_read(&self, st: &mut State) -> Result<redb::ReadTransaction> {
+        let db = self.db()?;
+        let doing = "starting a read";
+        st.note(guarded(&self.path, doing, || {
+            db.begin_read().map_err(db_error(&self.path, doing))
+        }))
+    }
+
     fn check_key(&self, key: &[u8]) -> Result<()> {
         if self.shards.iter().any(|s| s.contains(key)) {
             Ok(())
@@ -217,9 +295,7 @@ impl Inner {
     async fn state_at(&self, version: Version) -> Result<MutexGuard<'_, State>> {
         self.readable(version).await?;
         let st = self.state()?;
-        if let Some(e) = &st.failed {
-            return Err(e.clone());
-        }
+        st.broken()?;
         if version < st.oldest_readable {
             return Err(error(ErrorKind::TooOld {
                 version,
@@ -251,7 +327,7 @@ impl Inner {
     async fn apply_loop(self: Arc<Self>) {
         loop {
             let (after, generation) = match self.state() {
-                Ok(st) if st.failed.is_none() => (st.applied, st.generation),
+                Ok(st) if st.broken().is_ok() => (st.applied, st.generation),
                 _ => return,
             };
             let log = match self.log() {
@@ -285,6 +361,11 @@ impl Inner {
         loop {
             tokio::time::sleep(self.config.flush_interval).await;
             if let Err(e) = self.flush().await {
+                // A damaged file is never written again: retrying would only repeat the error.
+                if self.state().is_ok_and(|st| st.damaged.is_some()) {
+                    tracing::error!(error = %e, "storage file damaged; flushes stop");
+                    return;
+                }
                 tracing::error!(error = %e, "storage flush failed; retrying");
             }
         }
@@ -303,6 +384,10 @@ impl Inner {
     async fn flush(self: &Arc<Self>) -> Result<()> {
         let (target, clears, keys) = {
             let mut st = self.state()?;
+            // A damaged file is not written to again.
+            if let Some(e) = &st.damaged {
+                return Err(e.clone());
+            }
             // Read under the state lock, so a roll back cannot slip in between choosing the
             // target and raising `oldest_readable`. `applied - window <= applied`, so the
             // target is never above what is applied, however far `committed` is.
@@ -323,7 +408,8 @@ impl Inner {
         let inner = self.clone();
         let wrote = tokio::task::spawn_blocking(move || inner.write(target, &clears, &keys))
             .await
-            .map_err(|e| error(ErrorKind::Unavailable(format!("flush task: {e}"))))??;
+            .map_err(|e| error(ErrorKind::Unavailable(format!("flush task: {e}"))))?;
+        let wrote = self.note(wrote)?;
         if !wrote {
             // A flush that went further wrote first; it updates memory and the log itself.
             return Ok(());
@@ -362,30 +448,33 @@ impl Inner {
         let db = self.db()?;
         let path = &self.path;
         let doing = "flushing";
-        let tx = write_tx(&db, path)?;
-        {
-            let mut data = tx.open_table(DATA).map_err(db_error(path, doing))?;
-            for r in clears {
-                data.retain_in::<&[u8], _>(r.begin().as_ref()..r.end().as_ref(), |_, _| false)
-                    .map_err(db_error(path, doing))?;
-            }
-            for (k, v) in keys {
-                match v {
-                    Some(v) => {
-                        data.insert(k.as_ref(), v.as_ref())
-                            .map_err(db_error(path, doing))?;
-                    }
-                    None => {
-                        data.remove(k.as_ref()).map_err(db_error(path, doing))?;
+        // Guarded inside the writer lock, so a panic in redb does not poison it.
+        guarded(path, doing, || {
+            let tx = write_tx(&db, path)?;
+            {
+                let mut data = tx.open_table(DATA).map_err(db_error(path, doing))?;
+                for r in clears {
+                    data.retain_in::<&[u8], _>(r.begin().as_ref()..r.end().as_ref(), |_, _| false)
+                        .map_err(db_error(path, doing))?;
+                }
+                for (k, v) in keys {
+                    match v {
+                        Some(v) => {
+                            data.insert(k.as_ref(), v.as_ref())
+                                .map_err(db_error(path, doing))?;
+                        }
+                        None => {
+                            data.remove(k.as_ref()).map_err(db_error(path, doing))?;
+                        }
                     }
                 }
+                let mut meta = tx.open_table(META).map_err(db_error(path, doing))?;
+                meta.insert(DURABLE_VERSION, target.0)
+                    .map_err(db_error(path, doing))?;
             }
-            let mut meta = tx.open_table(META).map_err(db_error(path, doing))?;
-            meta.insert(DURABLE_VERSION, target.0)
-                .map_err(db_error(path, doing))?;
-        }
-        // Immediate durability: committed means synced.
-        tx.commit().map_err(db_error(path, doing))?;
+            // Immediate durability: committed means synced.
+            tx.commit().map_err(db_error(path, doing))
+        })?;
         writer.durable = target;
         Ok(true)
     }
@@ -403,7 +492,29 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         // The last handle, unless a read still holds a snapshot: the file is closed here.
+        drop_db(&self.path, db);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A server dropped without `close` closes its file here, wherever the last handle goes.
+        let db = match self.db.get_mut() {
+            Ok(db) => db.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        drop_db(&self.path, db);
+    }
+}
+
+/// Drops a database handle, guarded: closing the last one writes redb's allocator state to the
+/// file, which reads the file's system tree, so a damaged file may panic even here.
+fn drop_db(path: &Path, db: Option<Arc<redb::Database>>) {
+    if let Err(e) = guarded(path, "closing", move || {
         drop(db);
+        Ok(())
+    }) {
+        tracing::error!(error = %e, "storage file damaged; closing it failed");
     }
 }
 
@@ -478,21 +589,24 @@ fn exists(path: &Path) -> Result<bool> {
 /// read without starting a server: recovery needs it to know how much history to replay.
 /// Blocking; the database must not be open elsewhere.
 ///
-/// Damage is `Corruption` and a genuine I/O error `Io`, both naming the file.
+/// No panic escapes: one inside redb (which some damage causes) is `Corruption` naming the
+/// file. A genuine I/O error is `Io`, naming the file.
 pub fn durable_version_at(path: &Path) -> Result<Version> {
     if !exists(path)? {
         return Ok(Version::ZERO);
     }
-    let doing = "reading the durable version";
-    let db = redb::Database::open(path).map_err(db_error(path, doing))?;
-    let tx = db.begin_read().map_err(db_error(path, doing))?;
-    let meta = match tx.open_table(META) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Version::ZERO),
-        Err(e) => return Err(db_error(path, doing)(e)),
-    };
-    let durable = meta.get(DURABLE_VERSION).map_err(db_error(path, doing))?;
-    Ok(Version(durable.map_or(0, |v| v.value())))
+    guarded(path, "reading the durable version", || {
+        let doing = "reading the durable version";
+        let db = redb::Database::open(path).map_err(db_error(path, doing))?;
+        let tx = db.begin_read().map_err(db_error(path, doing))?;
+        let meta = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Version::ZERO),
+            Err(e) => return Err(db_error(path, doing)(e)),
+        };
+        let durable = meta.get(DURABLE_VERSION).map_err(db_error(path, doing))?;
+        Ok(Version(durable.map_or(0, |v| v.value())))
+    })
 }
 
 /// A storage server: follows a log, keeps the MVCC window in memory and everything older in
@@ -531,20 +645,22 @@ impl RedbStorage {
     ) -> Result<RedbStorage> {
         let path = path.to_owned();
         let opening = path.clone();
-        let (db, durable) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (db, durable) = tokio::task::spawn_blocking(move || {
             let path = opening;
             let doing = "opening";
-            create_if_missing(&path)?;
-            let db = redb::Database::create(&path).map_err(db_error(&path, doing))?;
-            let tx = write_tx(&db, &path)?;
-            let durable = {
-                tx.open_table(DATA).map_err(db_error(&path, doing))?;
-                let meta = tx.open_table(META).map_err(db_error(&path, doing))?;
-                let durable = meta.get(DURABLE_VERSION).map_err(db_error(&path, doing))?;
-                Version(durable.map_or(0, |v| v.value()))
-            };
-            tx.commit().map_err(db_error(&path, doing))?;
-            Ok((db, durable))
+            guarded(&path, doing, || {
+                create_if_missing(&path)?;
+                let db = redb::Database::create(&path).map_err(db_error(&path, doing))?;
+                let tx = write_tx(&db, &path)?;
+                let durable = {
+                    tx.open_table(DATA).map_err(db_error(&path, doing))?;
+                    let meta = tx.open_table(META).map_err(db_error(&path, doing))?;
+                    let durable = meta.get(DURABLE_VERSION).map_err(db_error(&path, doing))?;
+                    Version(durable.map_or(0, |v| v.value()))
+                };
+                tx.commit().map_err(db_error(&path, doing))?;
+                Ok((db, durable))
+            })
         })
         .await
         .map_err(|e| error(ErrorKind::Unavailable(format!("open task: {e}"))))??;
@@ -571,6 +687,7 @@ impl RedbStorage {
                 oldest_readable: durable,
                 generation: 0,
                 failed: None,
+                damaged: None,
             }),
             applied: watch::Sender::new(durable),
             // What is durable was committed when it was flushed; nothing newer is known yet.
@@ -632,9 +749,7 @@ impl RedbStorage {
             if *rx.borrow_and_update() >= version {
                 return Ok(());
             }
-            if let Some(e) = &self.inner.state()?.failed {
-                return Err(e.clone());
-            }
+            self.inner.state()?.broken()?;
             // A stopped apply loop ends with `failed` set or the server closed; poll for those
             // now and then instead of waiting forever on a version that will not come.
             let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
@@ -671,13 +786,6 @@ impl RedbStorage {
     pub async fn flush(&self) -> Result<()> {
         self.inner.flush().await
     }
-
-    fn failed(st: &State) -> Result<()> {
-        match &st.failed {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
-    }
 }
 
 #[async_trait]
@@ -689,28 +797,28 @@ impl StorageServer for RedbStorage {
     async fn get(&self, key: Key, version: Version) -> Result<Option<Value>> {
         self.inner.check_key(&key)?;
         let snapshot = {
-            let st = self.inner.state_at(version).await?;
+            let mut st = self.inner.state_at(version).await?;
             match st.window.get(&key, version) {
                 Answer::Value(v) => return Ok(Some(v)),
                 Answer::Deleted => return Ok(None),
                 // The snapshot is taken under the lock: a flush cannot commit in between.
-                Answer::Unknown => self
-                    .inner
-                    .db()?
-                    .begin_read()
-                    .map_err(db_error(&self.inner.path, "starting a read"))?,
+                Answer::Unknown => self.inner.begin_read(&mut st)?,
             }
         };
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || -> Result<Option<Value>> {
+        let read = tokio::task::spawn_blocking(move || {
             let path = &inner.path;
             let doing = &format!("reading {}", printable(&key));
-            let table = snapshot.open_table(DATA).map_err(db_error(path, doing))?;
-            let value = table.get(key.as_ref()).map_err(db_error(path, doing))?;
-            Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
+            // The snapshot moves in, so a panic drops it inside the guard.
+            guarded(path, doing, move || {
+                let table = snapshot.open_table(DATA).map_err(db_error(path, doing))?;
+                let value = table.get(key.as_ref()).map_err(db_error(path, doing))?;
+                Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
+            })
         })
         .await
-        .map_err(|e| error(ErrorKind::Unavailable(format!("read task: {e}"))))?
+        .map_err(|e| error(ErrorKind::Unavailable(format!("read task: {e}"))))?;
+        self.inner.note(read)
     }
 
     async fn get_range(
@@ -731,93 +839,93 @@ impl StorageServer for RedbStorage {
             }));
         }
         let (mut window, clears, snapshot) = {
-            let st = self.inner.state_at(version).await?;
+            let mut st = self.inner.state_at(version).await?;
             let window = st.window.scan(&range, version);
             let clears = st.window.clears_in(&range, version);
-            let snapshot = self
-                .inner
-                .db()?
-                .begin_read()
-                .map_err(db_error(&self.inner.path, "starting a read"))?;
-            (window, clears, snapshot)
+            (window, clears, self.inner.begin_read(&mut st)?)
         };
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || -> Result<RangeRead> {
+        let read = tokio::task::spawn_blocking(move || {
             let path = &inner.path;
             let doing = &format!("reading {range}");
-            let table = snapshot.open_table(DATA).map_err(db_error(path, doing))?;
-            let iter = table
-                .range::<&[u8]>(range.begin().as_ref()..range.end().as_ref())
-                .map_err(db_error(path, doing))?;
-            let mut durable: Box<dyn Iterator<Item = _>> = if reverse {
-                window.reverse();
-                Box::new(iter.rev())
-            } else {
-                Box::new(iter)
-            };
-            let mut window = window.into_iter().peekable();
-            let mut next_durable = durable.next().transpose().map_err(db_error(path, doing))?;
-            let mut out = RangeRead::default();
-            let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
-            loop {
-                // Take the next key from whichever side comes first; the window wins a tie.
-                let take_window = match (window.peek(), &next_durable) {
-                    (None, None) => break,
-                    (Some(_), None) => true,
-                    (None, Some(_)) => false,
-                    (Some((wk, _)), Some((dk, _))) => !before(dk.value(), wk),
-                };
-                let (key, value) = if take_window {
-                    let Some((wk, answer)) = window.next() else {
-                        break;
-                    };
-                    let durable_same = next_durable
-                        .as_ref()
-                        .is_some_and(|(dk, _)| dk.value() == wk.as_ref());
-                    let durable_value = if durable_same {
-                        let value = next_durable
-                            .take()
-                            .map(|(_, v)| Bytes::copy_from_slice(v.value()));
-                        next_durable = durable.next().transpose().map_err(db_error(path, doing))?;
-                        value
-                    } else {
-                        None
-                    };
-                    let value = match answer {
-                        Answer::Value(v) => Some(v),
-                        Answer::Deleted => None,
-                        Answer::Unknown => {
-                            durable_value.filter(|_| !clears.iter().any(|c| c.contains(&wk)))
-                        }
-                    };
-                    (wk, value)
+            // The snapshot moves in, so a panic drops it inside the guard.
+            guarded(path, doing, move || -> Result<RangeRead> {
+                let table = snapshot.open_table(DATA).map_err(db_error(path, doing))?;
+                let iter = table
+                    .range::<&[u8]>(range.begin().as_ref()..range.end().as_ref())
+                    .map_err(db_error(path, doing))?;
+                let mut durable: Box<dyn Iterator<Item = _>> = if reverse {
+                    window.reverse();
+                    Box::new(iter.rev())
                 } else {
-                    let Some((dk, dv)) = next_durable.take() else {
-                        break;
-                    };
-                    next_durable = durable.next().transpose().map_err(db_error(path, doing))?;
-                    let key = Bytes::copy_from_slice(dk.value());
-                    let cleared = clears.iter().any(|c| c.contains(&key));
-                    let value = (!cleared).then(|| Bytes::copy_from_slice(dv.value()));
-                    (key, value)
+                    Box::new(iter)
                 };
-                if let Some(value) = value {
-                    if out.entries.len() == limit {
-                        out.more = true;
-                        break;
+                let mut window = window.into_iter().peekable();
+                let mut next_durable = durable.next().transpose().map_err(db_error(path, doing))?;
+                let mut out = RangeRead::default();
+                let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
+                loop {
+                    // Take the next key from whichever side comes first; the window wins a tie.
+                    let take_window = match (window.peek(), &next_durable) {
+                        (None, None) => break,
+                        (Some(_), None) => true,
+                        (None, Some(_)) => false,
+                        (Some((wk, _)), Some((dk, _))) => !before(dk.value(), wk),
+                    };
+                    let (key, value) = if take_window {
+                        let Some((wk, answer)) = window.next() else {
+                            break;
+                        };
+                        let durable_same = next_durable
+                            .as_ref()
+                            .is_some_and(|(dk, _)| dk.value() == wk.as_ref());
+                        let durable_value = if durable_same {
+                            let value = next_durable
+                                .take()
+                                .map(|(_, v)| Bytes::copy_from_slice(v.value()));
+                            next_durable =
+                                durable.next().transpose().map_err(db_error(path, doing))?;
+                            value
+                        } else {
+                            None
+                        };
+                        let value = match answer {
+                            Answer::Value(v) => Some(v),
+                            Answer::Deleted => None,
+                            Answer::Unknown => {
+                                durable_value.filter(|_| !clears.iter().any(|c| c.contains(&wk)))
+                            }
+                        };
+                        (wk, value)
+                    } else {
+                        let Some((dk, dv)) = next_durable.take() else {
+                            break;
+                        };
+                        next_durable = durable.next().transpose().map_err(db_error(path, doing))?;
+                        let key = Bytes::copy_from_slice(dk.value());
+                        let cleared = clears.iter().any(|c| c.contains(&key));
+                        let value = (!cleared).then(|| Bytes::copy_from_slice(dv.value()));
+                        (key, value)
+                    };
+                    if let Some(value) = value {
+                        if out.entries.len() == limit {
+                            out.more = true;
+                            break;
+                        }
+                        out.entries.push((key, value));
                     }
-                    out.entries.push((key, value));
                 }
-            }
-            Ok(out)
+                Ok(out)
+            })
         })
         .await
-        .map_err(|e| error(ErrorKind::Unavailable(format!("read task: {e}"))))?
+        .map_err(|e| error(ErrorKind::Unavailable(format!("read task: {e}"))))?;
+        self.inner.note(read)
     }
 
     async fn applied_version(&self) -> Result<Version> {
         let st = self.inner.state()?;
-        Self::failed(&st)?;
+        st.broken()?;
         Ok(st.applied)
     }
 
