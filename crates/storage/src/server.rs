@@ -141,9 +141,23 @@ fn guarded<T>(path: &Path, doing: &str, work: impl FnOnce() -> Result<T>) -> Res
     }
 }
 
-/// A write transaction on the file at `path`.
+/// A write transaction that commits in two phases. With redb's default one-phase commit, a
+/// primary commit slot whose checksums fail is taken for a commit a crash interrupted, and redb
+/// silently falls back to the previous commit. With two phases the primary slot is only made
+/// primary once its data is synced, so a crash never leaves it invalid: one that fails its
+/// checksums is damage, which redb then reports (`Corrupted`) instead of repairing by losing
+/// the newest commit. (redb's own commit when a database closes is two-phase already; a file
+/// left by a crash, though, ends with a flush's commit.) Losing the newest commit would be
+/// worse than an error: the file would open at an older durable version, below what the log
+/// may already have popped (without this, in the damage test, a crash image whose newest
+/// commit was damaged opened at the previous durable version). It costs one more sync per
+/// flush; measured, a flush of 100 keys took the same 2-3 ms with or without it (ext4).
 fn write_tx(db: &redb::Database, path: &Path) -> Result<redb::WriteTransaction> {
-    db.begin_write().map_err(db_error(path, "starting a write"))
+    let mut tx = db
+        .begin_write()
+        .map_err(db_error(path, "starting a write"))?;
+    tx.set_two_phase_commit(true);
+    Ok(tx)
 }
 
 #[derive(Debug)]
