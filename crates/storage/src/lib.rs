@@ -31,6 +31,18 @@
 //!   go below the durable version. Recovery never asks for that: it chooses a version every log
 //!   holds, which is at least every committed version, and the durable version is at most the
 //!   known committed version.
+//! - **A damaged file** (a page zeroed, overwritten or with flipped bits, outside redb) is
+//!   `Corruption` naming the file and what failed, never a panic, never `Unavailable` or `Io`;
+//!   a genuine I/O error stays `Io` (naming the file too). [`RedbStorage::open`] runs redb's
+//!   integrity check ([`StorageConfig::check_integrity`], on by default; it reads the whole
+//!   file, about 1 s per GB) and [`durable_version_at`], which recovery calls first, always
+//!   does, so damage is found before anything is served: redb does not verify checksums on
+//!   reads, and without the check a damaged page can make it panic or return wrong values.
+//!   Every commit is two-phase, so damage to the newest commit is reported rather than
+//!   silently replaced by the previous one. Every redb call also runs under `catch_unwind`: a
+//!   panic inside redb is `Corruption` too. A server whose read or flush met damage records it
+//!   and fails every later read with it (as when its apply loop fails), without touching the
+//!   file again, and stops applying and flushing; recovery has to replace it.
 //!
 //! ```
 //! use std::sync::Arc;
