@@ -466,15 +466,19 @@ impl Inner {
             .await
             .map_err(|e| error(ErrorKind::Unavailable(format!("flush task: {e}"))))?;
         let wrote = self.note(wrote)?;
-        if !wrote {
-            // A flush that went further wrote first; it updates memory and the log itself.
-            return Ok(());
-        }
         {
+            // Whether this flush wrote or an overlapping one with a newer target wrote first
+            // (redb holds `target` or newer either way), everything up to `target` is durable
+            // now: a caller of `flush` that then reads the durable version must see it, even
+            // before the other flush updates memory.
             let mut st = self.state()?;
             // `max`: an overlapping flush with a newer target may have got here first.
             st.durable = st.durable.max(target);
             st.window.forget_through(target);
+        }
+        if !wrote {
+            // The flush that wrote pops the log itself.
+            return Ok(());
         }
         tracing::debug!(durable = target.0, "storage flushed");
         if self.config.pop_log {
