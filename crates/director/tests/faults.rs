@@ -185,3 +185,31 @@ async fn a_failed_attempt_removes_the_logs_it_created() {
     assert_eq!(report.epoch, Epoch(3));
     cluster.stop().await;
 }
+
+/// A failed sync keeps its cause: the commit in its group, every later commit of the epoch and
+/// the health check all say what the disk said, not a conflict or a bare "poisoned".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_is_named_by_every_later_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStateStore::new(dir.path());
+    let faults = Faults::new();
+    let env = RecoveryEnv::with_faults(faults.clone());
+    let (cluster, _) = recover(dir.path(), config(), &store, &env).await.unwrap();
+    let db = cluster.database();
+    faults.arm(FaultPoint::LogSync);
+    for i in 0..3 {
+        let tx = db.begin().await.unwrap();
+        tx.set(format!("k{i}").into(), "v".into());
+        let err = tx.commit().await.expect_err("the log failed");
+        assert!(
+            err.to_string().contains("injected fdatasync failure"),
+            "commit {i}: {err}"
+        );
+    }
+    let unhealthy = cluster.check_health().await.expect_err("a poisoned log");
+    assert!(
+        unhealthy.to_string().contains("injected fdatasync failure"),
+        "{unhealthy}"
+    );
+    cluster.stop().await;
+}
