@@ -181,40 +181,6 @@ pub fn check_directory(data_dir: &Path, state: Option<&CoordinatedState>) -> Vec
     found
 }
 
-/// The durable version of the storage file at `path`, read from a private copy so that the file
-/// itself is not touched: opening a redb file (with its integrity check, which may repair what
-/// a crash left) writes to it. Needs free space for the copy in the temporary directory.
-fn durable_version_of_copy(path: &Path) -> strata_core::Result<strata_core::Version> {
-    if !path.exists() {
-        return Ok(strata_core::Version::ZERO);
-    }
-    let io = |e: std::io::Error| {
-        strata_core::Error::io(
-            strata_core::Stage::Director,
-            std::io::Error::new(
-                e.kind(),
-                format!("copying {} to check it: {e}", path.display()),
-            ),
-        )
-    };
-    let scratch = tempfile::tempdir().map_err(io)?;
-    let copy = scratch.path().join("check.redb");
-    std::fs::copy(path, &copy).map_err(io)?;
-    strata_storage::durable_version_at(&copy).map_err(|e| {
-        // Name the real file, not the copy.
-        let shown = copy.display().to_string();
-        strata_core::Error::new(
-            e.stage,
-            match e.kind {
-                strata_core::ErrorKind::Corruption(why) => strata_core::ErrorKind::Corruption(
-                    why.replace(&shown, &path.display().to_string()),
-                ),
-                other => other,
-            },
-        )
-    })
-}
-
 /// What `strata check` found: the directory's summary and every inconsistency.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CheckReport {
@@ -308,7 +274,7 @@ pub async fn verify(data_dir: &Path) -> strata_core::Result<CheckReport> {
     for i in 0..state.storage {
         let file = format!("storage/{i}.redb");
         let path = data_dir.join(&file);
-        let read = tokio::task::spawn_blocking(move || durable_version_of_copy(&path))
+        let read = tokio::task::spawn_blocking(move || strata_storage::durable_version_at(&path))
             .await
             .map_err(|e| crate::error(ErrorKind::Unavailable(e.to_string())));
         match read {

@@ -545,7 +545,14 @@ async fn claim_epoch(
         resolvers: previous.and_then(|s| s.resolvers),
         proxies: previous.and_then(|s| s.proxies),
     };
-    let written = store.compare_and_swap(generation, claimed)?;
+    let written = store
+        .compare_and_swap(generation, claimed)
+        .map_err(|e| match e.kind {
+            // The state's lock stayed held past its bound: another process has the directory
+            // (or is stopped holding it). A new epoch would only wait again.
+            ErrorKind::Unavailable(_) => RecoveryError::Unrecoverable(e),
+            _ => RecoveryError::Attempt(e),
+        })?;
     Ok(Claim {
         epoch,
         generation: written.generation,

@@ -171,3 +171,37 @@ fn a_consistent_directory_checks_clean_and_check_changes_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Another process holding the coordinated state's lock (stuck, or stopped with SIGSTOP): the
+/// wait is bounded, and the error names the holder's pid, instead of waiting forever.
+#[test]
+fn a_held_state_lock_is_waited_for_a_bounded_time_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    with_data(dir.path());
+    let lock_path = dir.path().join("coordinated.lock");
+    let held = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    held.lock().unwrap();
+    held.set_len(0).unwrap();
+    std::fs::write(&lock_path, format!("{}\n", std::process::id())).unwrap();
+    let before = common::snapshot(dir.path());
+    let started = std::time::Instant::now();
+    let out = strata(&["recover"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("process {}", std::process::id())),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    common::assert_unchanged(&before, &common::snapshot(dir.path()), "a held lock");
+    held.unlock().unwrap();
+    let out = strata(&["recover"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

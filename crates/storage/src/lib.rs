@@ -70,6 +70,7 @@
 //! # }).unwrap();
 //! ```
 
+mod overlay;
 mod server;
 mod window;
 

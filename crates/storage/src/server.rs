@@ -15,6 +15,7 @@ use strata_core::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::overlay::ReadOnlyOverlay;
 use crate::window::{Answer, Flushed, Window};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
@@ -649,6 +650,10 @@ fn exists(path: &Path) -> Result<bool> {
 /// read without starting a server: recovery needs it to know how much history to replay.
 /// Blocking; the database must not be open elsewhere.
 ///
+/// The file is only read, never written: redb's writes at open (a repair after a crash, the
+/// integrity check's bookkeeping) go to memory ([`ReadOnlyOverlay`]), so recovery can look
+/// before it decides anything, and a directory it then refuses is left as it was.
+///
 /// It runs redb's integrity check first (as [`RedbStorage::open`] does by default), since
 /// recovery looks here before anything else: a damaged file is `Corruption` naming the file,
 /// found now rather than by a read after recovery chose its plan. No panic escapes: one inside
@@ -660,7 +665,15 @@ pub fn durable_version_at(path: &Path) -> Result<Version> {
     }
     guarded(path, "reading the durable version", || {
         let doing = "reading the durable version";
-        let db = open_db(path, false, true, doing)?;
+        let file = std::fs::File::open(path).map_err(|e| io_error(path, doing, &e))?;
+        let backend = ReadOnlyOverlay::new(file).map_err(|e| io_error(path, doing, &e))?;
+        let mut builder = redb::Builder::new();
+        builder.set_check_integrity_on_open(true);
+        // An existing file is opened, never initialized: it is not empty (it was created
+        // whole, see `create_if_missing`), and an empty one is refused below.
+        let db = builder
+            .create_with_backend(backend)
+            .map_err(db_error(path, doing))?;
         let tx = db.begin_read().map_err(db_error(path, doing))?;
         let meta = match tx.open_table(META) {
             Ok(t) => t,
