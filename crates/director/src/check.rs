@@ -159,6 +159,21 @@ pub fn check_directory(data_dir: &Path, state: Option<&CoordinatedState>) -> Vec
             ));
         }
     }
+    for file in storage_files(data_dir) {
+        let index = file
+            .strip_prefix("storage/")
+            .and_then(|n| n.strip_suffix(".redb"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if index.is_none_or(|i| i >= state.storage) {
+            found.push(finding(
+                file,
+                format!(
+                    "is not one of the {} storage servers the coordinated state names",
+                    state.storage
+                ),
+            ));
+        }
+    }
     if state.logs.is_empty() {
         // Only a cluster whose first recovery never completed names no logs; such a recovery
         // leaves at most empty logs behind, and records nothing about its layout.
@@ -207,7 +222,8 @@ pub async fn verify(data_dir: &Path) -> strata_core::Result<CheckReport> {
     use std::sync::Arc;
 
     use strata_core::{ErrorKind, Version};
-    use strata_tlog::{FileLog, FileLogConfig};
+    use strata_tlog::fs::RealFs;
+    use strata_tlog::{FileLog, FileLogConfig, OpenMode};
 
     use crate::coordinator::{FileStateStore, StateStore};
 
@@ -231,11 +247,55 @@ pub async fn verify(data_dir: &Path) -> strata_core::Result<CheckReport> {
     };
     report.epoch = Some(state.epoch);
 
+    // Storage first: each durable version is known committed, so a log that looks torn below
+    // one is damaged and must not be repaired by opening it (`OpenMode::Existing`).
+    let mut durable = Vec::new();
+    for i in 0..state.storage {
+        let file = format!("storage/{i}.redb");
+        let path = data_dir.join(&file);
+        let read = tokio::task::spawn_blocking(move || strata_storage::stored_at(&path))
+            .await
+            .map_err(|e| crate::error(ErrorKind::Unavailable(e.to_string())));
+        match read {
+            Ok(Ok(stored)) => {
+                let owned = crate::split_ranges(state.storage)
+                    .ok()
+                    .and_then(|r| r.get(i).cloned());
+                if let (Some(held), Some(owned)) = (&stored.shards, owned)
+                    && held[..] != [owned.clone()]
+                {
+                    report.findings.push(finding(
+                        file.clone(),
+                        format!(
+                            "holds the shard {}, but storage server {i} owns {owned}",
+                            held.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                report.storage.push((file, Some(stored.durable)));
+                durable.push(stored.durable);
+            }
+            Ok(Err(e)) | Err(e) => {
+                report.storage.push((file.clone(), None));
+                report.findings.push(finding(file, e.to_string()));
+            }
+        }
+    }
+    let oldest_durable = durable.iter().copied().min();
+    let committed = durable
+        .iter()
+        .copied()
+        .fold(state.recovery_version, Version::max);
     let mut logs = Vec::new();
     for place in state.logs.iter().filter(|p| is_log_place(&p.dir)) {
-        match FileLog::open_existing(
+        match FileLog::open_dir(
+            Arc::new(RealFs),
             &data_dir.join(&place.dir),
             place.id,
+            OpenMode::Existing { committed },
             FileLogConfig::default(),
         ) {
             Ok(log) => {
@@ -259,43 +319,27 @@ pub async fn verify(data_dir: &Path) -> strata_core::Result<CheckReport> {
             .unwrap_or(Version::ZERO)
     });
     report.recoverable_version = holds;
-    if let Some(holds) = holds
-        && holds < state.recovery_version
-    {
-        report.findings.push(finding(
-            STATE_FILE,
-            format!(
-                "records recovery version {} as committed, but the logs end at {holds}",
-                state.recovery_version
-            ),
-        ));
-    }
-    let mut oldest_durable = None::<Version>;
-    for i in 0..state.storage {
-        let file = format!("storage/{i}.redb");
-        let path = data_dir.join(&file);
-        let read = tokio::task::spawn_blocking(move || strata_storage::durable_version_at(&path))
-            .await
-            .map_err(|e| crate::error(ErrorKind::Unavailable(e.to_string())));
-        match read {
-            Ok(Ok(durable)) => {
-                report.storage.push((file.clone(), Some(durable)));
-                oldest_durable = Some(oldest_durable.map_or(durable, |o| o.min(durable)));
-                if let Some(holds) = holds
-                    && durable > holds
-                {
-                    report.findings.push(finding(
-                        file,
-                        format!(
-                            "durable at {durable}, above {holds}, the newest version every log \
-                             holds: it holds versions that were never committed"
-                        ),
-                    ));
-                }
-            }
-            Ok(Err(e)) | Err(e) => {
-                report.storage.push((file.clone(), None));
-                report.findings.push(finding(file, e.to_string()));
+    if let Some(holds) = holds {
+        if holds < state.recovery_version {
+            report.findings.push(finding(
+                STATE_FILE,
+                format!(
+                    "records recovery version {} as committed, but the logs end at {holds}",
+                    state.recovery_version
+                ),
+            ));
+        }
+        for (file, version) in &report.storage {
+            if let Some(version) = version
+                && *version > holds
+            {
+                report.findings.push(finding(
+                    file.clone(),
+                    format!(
+                        "durable at {version}, above {holds}, the newest version every log \
+                         holds: it holds versions that were never committed"
+                    ),
+                ));
             }
         }
     }

@@ -40,7 +40,7 @@ use strata_core::{
 };
 use strata_resolver::WindowResolver;
 use strata_sequencer::ClockSequencer;
-use strata_storage::{RedbStorage, StorageConfig, durable_version_at};
+use strata_storage::{RedbStorage, StorageConfig, stored_at};
 use strata_tlog::fs::{Fs, RealFs};
 use strata_tlog::{FileLog, OpenMode};
 use strata_txn_builder::Database;
@@ -264,6 +264,7 @@ pub async fn recover(
             recruit_logs(
                 env,
                 data_dir,
+                store,
                 &claim,
                 &config,
                 &inspected,
@@ -281,7 +282,7 @@ pub async fn recover(
     {
         Ok(storage) => storage,
         Err(e) => {
-            remove_unrecorded(data_dir, &logs);
+            remove_unrecorded(data_dir, store, &logs);
             return Err(e);
         }
     };
@@ -312,7 +313,7 @@ pub async fn recover(
                 s.close().await;
             }
             if !recorded {
-                remove_unrecorded(data_dir, &logs);
+                remove_unrecorded(data_dir, store, &logs);
             }
             Err(e)
         }
@@ -321,10 +322,23 @@ pub async fn recover(
 
 /// Failed attempts clean up what they created: the new logs, until the coordinated state
 /// names them, are referred to by nothing. (Once it names them they hold the epoch's history
-/// and stay.)
-fn remove_unrecorded(data_dir: &Path, logs: &NewLogs) {
+/// and stay.) Whether it names them is read from the store itself, not assumed from the
+/// attempt's progress: a write of the state can fail after the new state is in place (a
+/// failed directory sync after the rename), and then the logs must stay.
+fn remove_unrecorded(data_dir: &Path, store: &dyn StateStore, logs: &NewLogs) {
     for log in &logs.logs {
         log.close();
+    }
+    match store.read() {
+        Ok(Some(state)) if state.logs.iter().all(|named| !logs.places.contains(named)) => {}
+        Ok(None) => {}
+        named_or_unknown => {
+            tracing::warn!(
+                state = ?named_or_unknown.map(|s| s.map(|s| s.logs)),
+                "keeping a failed attempt's logs: the coordinated state may name them"
+            );
+            return;
+        }
     }
     for place in &logs.places {
         let path = data_dir.join(&place.dir);
@@ -441,10 +455,44 @@ async fn inspect_directory(
             ),
         ))));
     }
+    // The storage servers' durable versions first: each is a version known committed, which
+    // every log must hold; so a log whose end looks torn below one of them is damaged, and
+    // opening it must not "repair" it (see `OpenMode::Existing`). Reading them writes nothing.
+    let mut durable = Vec::new();
+    let shards = split_ranges(config.storage).map_err(RecoveryError::Unrecoverable)?;
+    for (i, shard) in shards.into_iter().enumerate() {
+        let path = storage_path(data_dir, i);
+        let reading = path.clone();
+        let stored = tokio::task::spawn_blocking(move || stored_at(&reading))
+            .await
+            .map_err(|e| error(ErrorKind::Unavailable(e.to_string())))?
+            .map_err(unrecoverable_if_damaged)?;
+        // A file holds the shard it was first opened for: one swapped with another server's,
+        // or copied from another directory, would serve the wrong keys.
+        if let Some(held) = &stored.shards
+            && held[..] != [shard.clone()]
+        {
+            return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
+                format!(
+                    "{} holds the shard {}, but storage server {i} owns {shard}",
+                    path.display(),
+                    held.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))));
+        }
+        durable.push(stored.durable);
+    }
+    let recorded = previous
+        .as_ref()
+        .map_or(Version::ZERO, |s| s.recovery_version);
+    let committed = durable.iter().copied().fold(recorded, Version::max);
     let mut logs = Vec::new();
     for place in previous.as_ref().map_or(&[][..], |s| &s.logs[..]) {
         let dir = data_dir.join(&place.dir);
-        match env.open_log(&dir, place.id, OpenMode::Existing, config.log) {
+        match env.open_log(&dir, place.id, OpenMode::Existing { committed }, config.log) {
             Ok(log) => logs.push((place.clone(), log)),
             Err(e) => return Err(superseded_or(store, previous.as_ref(), e)),
         }
@@ -454,14 +502,11 @@ async fn inspect_directory(
         .map(|(_, l)| l.last_version())
         .min()
         .unwrap_or(Version::ZERO);
-    if let Some(state) = &previous
-        && holds < state.recovery_version
-    {
+    if holds < recorded {
         return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
             format!(
-                "the previous logs end at {holds}, below the recovery version {} that {} \
-                 records as committed: {}",
-                state.recovery_version,
+                "the previous logs end at {holds}, below the recovery version {recorded} that \
+                 {} records as committed: {}",
                 data_dir.join(STATE_FILE).display(),
                 logs.iter()
                     .map(|(p, l)| format!("{} ends at {}", p.dir, l.last_version()))
@@ -470,24 +515,15 @@ async fn inspect_directory(
             ),
         ))));
     }
-    let mut durable = Vec::new();
-    for i in 0..config.storage {
-        let path = storage_path(data_dir, i);
-        let shown = path.display().to_string();
-        let version = tokio::task::spawn_blocking(move || durable_version_at(&path))
-            .await
-            .map_err(|e| error(ErrorKind::Unavailable(e.to_string())))?
-            .map_err(unrecoverable_if_damaged)?;
-        // A storage server makes durable only committed versions, which every log holds.
-        if version > holds {
-            return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
-                format!(
-                    "{shown} is durable at {version}, above {holds}, the newest version every \
-                     log holds: it holds versions that were never committed"
-                ),
-            ))));
-        }
-        durable.push(version);
+    // A storage server makes durable only committed versions, which every log holds.
+    if let Some((i, version)) = durable.iter().enumerate().find(|(_, v)| **v > holds) {
+        return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
+            format!(
+                "{} is durable at {version}, above {holds}, the newest version every log \
+                 holds: it holds versions that were never committed",
+                storage_path(data_dir, i).display()
+            ),
+        ))));
     }
     Ok(Inspected {
         previous,
@@ -622,9 +658,11 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// Phase 5: recruits the new logs, anchored where the copied history starts, and replays into
 /// them the committed history the storage servers still need: everything after the oldest
 /// durable version of all of them. If it fails, the logs it created are removed.
+#[expect(clippy::too_many_arguments)] // NOTE: the outputs of the earlier phases, passed on.
 async fn recruit_logs(
     env: &RecoveryEnv,
     data_dir: &Path,
+    store: &dyn StateStore,
     claim: &Claim,
     config: &EmbeddedConfig,
     inspected: &Inspected,
@@ -694,7 +732,7 @@ async fn recruit_logs(
     match recruited {
         Ok(()) => Ok(created),
         Err(e) => {
-            remove_unrecorded(data_dir, &created);
+            remove_unrecorded(data_dir, store, &created);
             Err(e)
         }
     }

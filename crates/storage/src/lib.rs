@@ -74,4 +74,4 @@ mod overlay;
 mod server;
 mod window;
 
-pub use server::{RedbStorage, StorageConfig, durable_version_at};
+pub use server::{RedbStorage, StorageConfig, Stored, durable_version_at, stored_at};

@@ -21,6 +21,57 @@ use crate::window::{Answer, Flushed, Window};
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DURABLE_VERSION: &str = "durable_version";
+/// The key ranges the file holds, written by the first open: a file is never served as
+/// another shard (storage files swapped or copied between servers).
+const SHARDS: TableDefinition<&str, &[u8]> = TableDefinition::new("shards");
+const SHARDS_KEY: &str = "shards";
+
+/// The shards' stored form: for each range, its begin and its end, each as a little-endian
+/// `u32` length then the bytes.
+fn encode_shards(shards: &[KeyRange]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in shards {
+        for k in [r.begin(), r.end()] {
+            out.extend_from_slice(&u32::try_from(k.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(k);
+        }
+    }
+    out
+}
+
+/// A printable form of shards, for errors.
+fn shown(shards: &[KeyRange]) -> String {
+    shards
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The shards a file records, decoded for an error message (`None` when unreadable).
+fn decode_shards(mut bytes: &[u8]) -> Option<Vec<KeyRange>> {
+    let mut take = || -> Option<Bytes> {
+        let len = usize::try_from(u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?)).ok()?;
+        let key = Bytes::copy_from_slice(bytes.get(4..4 + len)?);
+        bytes = &bytes[4 + len..];
+        Some(key)
+    };
+    let mut out = Vec::new();
+    while let Some(begin) = take() {
+        out.push(KeyRange::new(begin, take()?).ok()?);
+    }
+    Some(out)
+}
+
+/// What a storage file holds, as [`stored_at`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// Its durable version (0 for a file never flushed).
+    pub durable: Version,
+    /// The key ranges it was first opened for; `None` for a file written before they were
+    /// recorded.
+    pub shards: Option<Vec<KeyRange>>,
+}
 
 /// Tuning of a [`RedbStorage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -660,8 +711,18 @@ fn exists(path: &Path) -> Result<bool> {
 /// redb is `Corruption` too. A genuine I/O error is `Io`, naming the file.
 /// The check reads the whole file: see [`StorageConfig::check_integrity`] for its cost.
 pub fn durable_version_at(path: &Path) -> Result<Version> {
+    Ok(stored_at(path)?.durable)
+}
+
+/// What the storage file at `path` holds: its durable version and the shards it was opened
+/// for (both `0`/`None` when there is no file yet). Reads only, as [`durable_version_at`]
+/// does, with the same integrity check.
+pub fn stored_at(path: &Path) -> Result<Stored> {
     if !exists(path)? {
-        return Ok(Version::ZERO);
+        return Ok(Stored {
+            durable: Version::ZERO,
+            shards: None,
+        });
     }
     guarded(path, "reading the durable version", || {
         let doing = "reading the durable version";
@@ -675,13 +736,26 @@ pub fn durable_version_at(path: &Path) -> Result<Version> {
             .create_with_backend(backend)
             .map_err(db_error(path, doing))?;
         let tx = db.begin_read().map_err(db_error(path, doing))?;
-        let meta = match tx.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Version::ZERO),
+        let durable = match tx.open_table(META) {
+            Ok(meta) => {
+                let durable = meta.get(DURABLE_VERSION).map_err(db_error(path, doing))?;
+                Version(durable.map_or(0, |v| v.value()))
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => Version::ZERO,
             Err(e) => return Err(db_error(path, doing)(e)),
         };
-        let durable = meta.get(DURABLE_VERSION).map_err(db_error(path, doing))?;
-        Ok(Version(durable.map_or(0, |v| v.value())))
+        let shards =
+            match tx.open_table(SHARDS) {
+                Ok(table) => match table.get(SHARDS_KEY).map_err(db_error(path, doing))? {
+                    Some(v) => Some(decode_shards(v.value()).ok_or_else(|| {
+                        corruption(path, doing, "its shards record cannot be read")
+                    })?),
+                    None => None,
+                },
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(db_error(path, doing)(e)),
+            };
+        Ok(Stored { durable, shards })
     })
 }
 
@@ -721,6 +795,7 @@ impl RedbStorage {
     ) -> Result<RedbStorage> {
         let path = path.to_owned();
         let opening = path.clone();
+        let asked = shards.clone();
         let (db, durable) = tokio::task::spawn_blocking(move || {
             let path = opening;
             let doing = "opening";
@@ -732,6 +807,34 @@ impl RedbStorage {
                     tx.open_table(DATA).map_err(db_error(&path, doing))?;
                     let meta = tx.open_table(META).map_err(db_error(&path, doing))?;
                     let durable = meta.get(DURABLE_VERSION).map_err(db_error(&path, doing))?;
+                    // The file holds the shards it was first opened for, and no others.
+                    let mut table = tx.open_table(SHARDS).map_err(db_error(&path, doing))?;
+                    let wanted = encode_shards(&asked);
+                    let stored = table
+                        .get(SHARDS_KEY)
+                        .map_err(db_error(&path, doing))?
+                        .map(|v| v.value().to_vec());
+                    match stored {
+                        Some(stored) if stored != wanted => {
+                            return Err(corruption(
+                                &path,
+                                doing,
+                                format!(
+                                    "it holds shards {}, not {}: a storage file of another \
+                                     server",
+                                    decode_shards(&stored)
+                                        .map_or_else(|| "(unreadable)".into(), |s| shown(&s)),
+                                    shown(&asked)
+                                ),
+                            ));
+                        }
+                        Some(_) => {}
+                        None => {
+                            table
+                                .insert(SHARDS_KEY, wanted.as_slice())
+                                .map_err(db_error(&path, doing))?;
+                        }
+                    }
                     Version(durable.map_or(0, |v| v.value()))
                 };
                 tx.commit().map_err(db_error(&path, doing))?;

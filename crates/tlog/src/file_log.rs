@@ -152,8 +152,15 @@ fn missing_log(dir: &Path, what: &str) -> Error {
 pub enum OpenMode {
     /// Create a new log whose first push names this version as its predecessor.
     Create(Version),
-    /// Refuse: the log must exist (a missing one is `Corruption`).
-    Existing,
+    /// Refuse: the log must exist (a missing one is `Corruption`), and hold `committed`, a
+    /// version known committed (`Version::ZERO` when none is known). The records past the end
+    /// of a log's valid prefix are dropped as a torn write only when the prefix still reaches
+    /// `committed`: if dropping them would lose a committed version, they were acknowledged,
+    /// so they are damaged, not torn, and the open is `Corruption` with nothing repaired.
+    Existing {
+        /// A version the log must hold.
+        committed: Version,
+    },
 }
 
 /// One segment file.
@@ -334,7 +341,15 @@ impl FileLog {
     /// the logs the coordinated state names this way, because a log that is gone held
     /// acknowledged commits. Locks the directory as [`FileLog::open`] does.
     pub fn open_existing(dir: &Path, id: LogId, config: FileLogConfig) -> Result<FileLog> {
-        FileLog::open_dir(Arc::new(RealFs), dir, id, OpenMode::Existing, config)
+        FileLog::open_dir(
+            Arc::new(RealFs),
+            dir,
+            id,
+            OpenMode::Existing {
+                committed: Version::ZERO,
+            },
+            config,
+        )
     }
 
     /// [`FileLog::open`] or [`FileLog::open_existing`] (by `mode`) with disk I/O through `fs`,
@@ -349,7 +364,7 @@ impl FileLog {
     ) -> Result<FileLog> {
         match mode {
             OpenMode::Create(_) => std::fs::create_dir_all(dir).map_err(io_error)?,
-            OpenMode::Existing => match std::fs::metadata(dir) {
+            OpenMode::Existing { .. } => match std::fs::metadata(dir) {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => return Err(missing_log(dir, "is not a directory")),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -405,13 +420,17 @@ impl FileLog {
             fs.create_dir_all(dir).map_err(io_error)?;
         }
         let epoch = read_epoch(fs.as_ref(), dir)?;
-        let recovered = recover(fs.as_ref(), dir, id, config.payload_bytes_max)?;
+        let committed = match mode {
+            OpenMode::Existing { committed } => committed,
+            OpenMode::Create(_) => Version::ZERO,
+        };
+        let recovered = recover(fs.as_ref(), dir, id, config.payload_bytes_max, committed)?;
         let start = match mode {
             OpenMode::Create(start) => start,
-            OpenMode::Existing if recovered.segments.is_empty() => {
+            OpenMode::Existing { .. } if recovered.segments.is_empty() => {
                 return Err(missing_log(dir, "holds no segment"));
             }
-            OpenMode::Existing => Version::ZERO,
+            OpenMode::Existing { .. } => Version::ZERO,
         };
         let last = recovered.last.unwrap_or(start);
         let queue_units_max = config.queue_bytes_max / QUEUE_UNIT_BYTES;
@@ -1081,7 +1100,14 @@ fn segment_path(dir: &Path, base: u64) -> PathBuf {
 /// segment, which is read last, and the leftovers are removed at the end), so a damaged or
 /// missing segment or manifest is reported with the directory as it was found, for whoever
 /// investigates.
-fn recover(fs: &dyn Fs, dir: &Path, id: LogId, payload_bytes_max: usize) -> Result<Recovered> {
+/// `committed`: a version the log must hold (see [`OpenMode::Existing`]).
+fn recover(
+    fs: &dyn Fs,
+    dir: &Path,
+    id: LogId,
+    payload_bytes_max: usize,
+    committed: Version,
+) -> Result<Recovered> {
     let names = fs.list(dir).map_err(io_error)?;
     let named = read_manifest(fs, dir, id)?;
     let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
@@ -1156,6 +1182,19 @@ fn recover(fs: &dyn Fs, dir: &Path, id: LogId, payload_bytes_max: usize) -> Resu
         let scanned = scan_segment(&bytes, header, is_last, payload_bytes_max)
             .map_err(|(offset, why)| corruption(&path, offset, &why))?;
         let (records, data_end) = (scanned.records, scanned.data_end);
+        let ends_at = records.last().map_or(header.base_version, |r| r.version);
+        if scanned.end != ScanEnd::Clean && ends_at < committed {
+            // What looks like a torn write holds a version known committed: an acknowledged
+            // record, damaged. Repairing it would destroy the only copy.
+            return Err(corruption(
+                &path,
+                data_end,
+                &format!(
+                    "the records after {ends_at} are damaged, not torn: {committed} is known \
+                     committed"
+                ),
+            ));
+        }
         match scanned.end {
             ScanEnd::Clean => {}
             ScanEnd::TornTail => {
