@@ -258,3 +258,34 @@ async fn damage_to_the_last_record_is_not_repaired_by_a_refused_recovery_or_chec
     common::assert_unchanged(&before, &after_check, "strata check");
     common::assert_unchanged(&before, &after_recover, "refused recovery");
 }
+
+/// `strata check` and a refused recovery read a log without writing it: a lost `manifest` is
+/// not recreated by opening the log (only the first lock or push writes it), so the directory
+/// is left exactly as it was found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_does_not_recreate_a_lost_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::small_windows(1, 1, 1);
+    let cluster = EmbeddedCluster::start(dir.path(), config).await.unwrap();
+    common::cycle_for(&cluster.database(), 20, 2, 0, Duration::from_millis(200)).await;
+    let log_dir = dir.path().join(
+        &FileStateStore::new(dir.path())
+            .read()
+            .unwrap()
+            .unwrap()
+            .logs[0]
+            .dir,
+    );
+    cluster.stop().await;
+    std::fs::remove_file(log_dir.join("manifest")).unwrap();
+    let before = common::snapshot(dir.path());
+    strata_director::verify(dir.path()).await.unwrap();
+    common::assert_unchanged(&before, &common::snapshot(dir.path()), "strata check");
+    // A recovery then goes ahead (a directory without a manifest is one written before
+    // manifests existed) and the first lock writes it.
+    EmbeddedCluster::start(dir.path(), config)
+        .await
+        .unwrap()
+        .stop()
+        .await;
+}

@@ -235,9 +235,28 @@ struct Shared {
     chain: Chain,
     index: Mutex<Index>,
     queue: Arc<Semaphore>,
+    /// The segment the manifest must name before the log changes anything, when opening an
+    /// existing log found it unnamed (a directory written before manifests existed, or a crash
+    /// between a roll's segment and its manifest). Written by the first `lock` or push, not by
+    /// the open: a log that is only read (`strata check`, a recovery that then refuses the
+    /// directory) is left as it was.
+    manifest_pending: Mutex<Option<Version>>,
 }
 
 impl Shared {
+    /// Writes the manifest an open left pending, once.
+    fn settle_manifest(&self) -> Result<()> {
+        let mut pending = self
+            .manifest_pending
+            .lock()
+            .map_err(|_| error(ErrorKind::Unavailable("log manifest poisoned".into())))?;
+        if let Some(base) = *pending {
+            write_manifest(self.fs.as_ref(), &self.dir, self.id, base).map_err(io_error)?;
+            *pending = None;
+        }
+        Ok(())
+    }
+
     fn index(&self) -> Result<MutexGuard<'_, Index>> {
         self.index.lock().map_err(|_| {
             error(ErrorKind::Unavailable(
@@ -447,6 +466,7 @@ impl FileLog {
                 cached_bytes: 0,
             }),
             queue: Arc::new(Semaphore::new(queue_units_max)),
+            manifest_pending: Mutex::new(None),
         });
         shared.chain.set_durable(last);
         let (active, write_at) = {
@@ -464,7 +484,16 @@ impl FileLog {
         // It already does unless this is a new log, a directory written before the manifest
         // existed, or a crash came between a roll's new segment and its manifest.
         if recovered.named != Some(active.base) {
-            write_manifest(shared.fs.as_ref(), dir, id, active.base).map_err(io_error)?;
+            match mode {
+                OpenMode::Create(_) => {
+                    write_manifest(shared.fs.as_ref(), dir, id, active.base).map_err(io_error)?;
+                }
+                OpenMode::Existing { .. } => {
+                    if let Ok(mut pending) = shared.manifest_pending.lock() {
+                        *pending = Some(active.base);
+                    }
+                }
+            }
         }
         // Zeros written ahead of the data (a zero-filled segment, or a torn group zeroed by
         // recovery) are room to overwrite.
@@ -643,6 +672,14 @@ impl LogServer for FileLog {
             .map_err(|_| error(ErrorKind::Unavailable("log closed".into())))?,
         };
 
+        if self
+            .shared
+            .manifest_pending
+            .lock()
+            .is_ok_and(|p| p.is_some())
+        {
+            self.shared.settle_manifest()?;
+        }
         let tx = self.sender()?;
         let header = RecordHeader::new(version, previous_version, &payload);
         let (ack, answer) = oneshot::channel();
@@ -684,6 +721,7 @@ impl LogServer for FileLog {
     }
 
     async fn lock(&self, epoch: Epoch) -> Result<LogState> {
+        self.shared.settle_manifest()?;
         let previous = self.shared.chain.locked()?;
         self.shared.chain.lock(epoch)?;
         if epoch != previous {

@@ -82,8 +82,10 @@
 //! place, directory synced), *then* the manifest is replaced to name it, and only then does a
 //! record go into it: so every acknowledged record is in a segment the manifest names or in an
 //! older one. It is written when the writer rolls into a new segment (once per segment, not
-//! per push) and at open when it does not name the newest segment (a new log, a directory
-//! written before the manifest existed, or a crash between a roll's segment and its manifest).
+//! per push), at the creation of a new log, and, when opening an existing log finds it not
+//! naming the newest segment (a directory written before the manifest existed, or a crash
+//! between a roll's segment and its manifest), by the first `lock` or push: opening a log to
+//! read it writes no manifest.
 //!
 //! | offset | size | field                                                         |
 //! |-------:|-----:|---------------------------------------------------------------|
@@ -106,7 +108,7 @@
 //!   empty or shorter than its header, it is `Corruption` naming the file (it may hold
 //!   acknowledged records). Only a last segment *newer* than it (created, never named, so
 //!   never written to) that is shorter than a header is removed as torn at creation; one with
-//!   a valid header is kept and named at the open. A directory without a manifest (written
+//!   a valid header is kept, and named before the log is next written. A directory without a manifest (written
 //!   before it existed) is read by the old rule: a last segment shorter than a header is
 //!   removed. A damaged manifest is `Corruption`. Every check comes before any repair, so a
 //!   segment or manifest found damaged or missing is reported with the directory untouched.
@@ -125,8 +127,15 @@
 //! The blind spots: damage to the records of the last group commit looks exactly like a torn
 //! write, and those records are dropped (with appended segments: to the last record); and a
 //! lost `manifest` makes the directory look like one written before it existed, so the loss of
-//! the newest segment *as well* goes unseen (a lost manifest alone loses nothing: the open
-//! writes a new one).
+//! the newest segment *as well* goes unseen (a lost manifest alone loses nothing: the next
+//! lock or push writes a new one).
+//!
+//! An existing log opened with [`OpenMode::Existing`]`{ committed }` must hold `committed`, a
+//! version known committed elsewhere (recovery passes the newest durable version of the
+//! storage servers): records past the valid prefix are dropped as a torn write only when the
+//! prefix still reaches it. Otherwise they were acknowledged, so they are damaged, not torn,
+//! and the open is `Corruption` with nothing repaired. This closes the first blind spot
+//! whenever a storage server has made the damaged version durable.
 //!
 //! # Limits
 //!
