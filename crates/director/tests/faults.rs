@@ -6,12 +6,14 @@
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod common;
+
 use bytes::Bytes;
 use strata_core::system::{SystemConfig, keys};
 use strata_core::{Epoch, ErrorKind, KeyRange, Mutation, Stage, Transaction};
-use strata_director::faults::{FaultPoint, Faults};
+use strata_director::EmbeddedConfig;
+use strata_director::faults::FaultPoint;
 use strata_director::recovery::recover;
-use strata_director::{EmbeddedConfig, FileStateStore, RecoveryEnv};
 
 fn config() -> EmbeddedConfig {
     EmbeddedConfig {
@@ -25,9 +27,7 @@ fn config() -> EmbeddedConfig {
 
 async fn fault_at(point: FaultPoint, stage: Stage) {
     let dir = tempfile::tempdir().unwrap();
-    let store = FileStateStore::new(dir.path());
-    let faults = Faults::new();
-    let env = RecoveryEnv::with_faults(faults.clone());
+    let (store, faults, env) = common::with_faults(dir.path());
 
     let (first, _) = recover(dir.path(), config(), &store, &env).await.unwrap();
     first.stop().await;
@@ -135,9 +135,7 @@ async fn storage_apply_fault() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_log_times_out_the_persistence_phase_naming_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FileStateStore::new(dir.path());
-    let faults = Faults::new();
-    let env = RecoveryEnv::with_faults(faults.clone());
+    let (store, faults, env) = common::with_faults(dir.path());
     let impatient = EmbeddedConfig {
         persistence_deadline: std::time::Duration::from_millis(300),
         ..config()
@@ -162,9 +160,7 @@ async fn a_hung_log_times_out_the_persistence_phase_naming_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_attempt_removes_the_logs_it_created() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FileStateStore::new(dir.path());
-    let faults = Faults::new();
-    let env = RecoveryEnv::with_faults(faults.clone());
+    let (store, faults, env) = common::with_faults(dir.path());
     let (first, _) = recover(dir.path(), config(), &store, &env).await.unwrap();
     first.stop().await;
 
@@ -191,9 +187,7 @@ async fn a_failed_attempt_removes_the_logs_it_created() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_is_named_by_every_later_error() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FileStateStore::new(dir.path());
-    let faults = Faults::new();
-    let env = RecoveryEnv::with_faults(faults.clone());
+    let (store, faults, env) = common::with_faults(dir.path());
     let (cluster, _) = recover(dir.path(), config(), &store, &env).await.unwrap();
     let db = cluster.database();
     faults.arm(FaultPoint::LogSync);

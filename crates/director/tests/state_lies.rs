@@ -44,13 +44,7 @@ fn with_data(dir: &Path) {
     }
 }
 
-fn edit_state(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = dir.join("coordinated.json");
-    let mut state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    edit(&mut state);
-    std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
-}
+use common::edit_state;
 
 /// `strata recover` and `strata check` both refuse, naming `needle`, changing nothing; then,
 /// with the damage undone by `restore`, the ring and every transaction are still there.

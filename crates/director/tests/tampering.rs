@@ -35,13 +35,7 @@ async fn four_storage_with_data(dir: &Path, secs: f64) -> (EmbeddedConfig, Vec<(
     (config, acked)
 }
 
-fn edit_state(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = dir.join("coordinated.json");
-    let mut state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    edit(&mut state);
-    std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
-}
+use common::edit_state;
 
 /// Recovery either refuses (Corruption) or recovers with the ring whole and every
 /// acknowledged transaction present; `strata check` must not call the directory consistent
@@ -211,14 +205,7 @@ async fn damage_to_the_last_record_is_not_repaired_by_a_refused_recovery_or_chec
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let log_dir = dir.path().join(
-        &FileStateStore::new(dir.path())
-            .read()
-            .unwrap()
-            .unwrap()
-            .logs[0]
-            .dir,
-    );
+    let log_dir = common::first_log_dir(dir.path());
     cluster.stop().await;
 
     // Flip the last non-zero byte of the newest segment: inside the last record.
@@ -268,14 +255,7 @@ async fn check_does_not_recreate_a_lost_manifest() {
     let config = common::small_windows(1, 1, 1);
     let cluster = EmbeddedCluster::start(dir.path(), config).await.unwrap();
     common::cycle_for(&cluster.database(), 20, 2, 0, Duration::from_millis(200)).await;
-    let log_dir = dir.path().join(
-        &FileStateStore::new(dir.path())
-            .read()
-            .unwrap()
-            .unwrap()
-            .logs[0]
-            .dir,
-    );
+    let log_dir = common::first_log_dir(dir.path());
     cluster.stop().await;
     std::fs::remove_file(log_dir.join("manifest")).unwrap();
     let before = common::snapshot(dir.path());

@@ -28,6 +28,40 @@ struct Pages {
     written: HashMap<u64, Vec<u8>>,
 }
 
+/// The part of one page that an access of `len` bytes at an offset covers.
+struct Span {
+    /// The page.
+    index: u64,
+    /// Where in the page the part starts.
+    within: usize,
+    /// How many bytes of the page it covers.
+    take: usize,
+    /// How many bytes of the access come before it.
+    done: usize,
+}
+
+/// The pages an access of `len` bytes at `offset` covers, in order; an access past `limit`
+/// (the storage's length) is an error, as for a file.
+fn spans(offset: u64, len: usize, limit: u64) -> io::Result<Vec<Span>> {
+    let end = offset
+        .checked_add(len as u64)
+        .filter(|&end| end <= limit)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+    let mut out = Vec::new();
+    let mut at = offset;
+    while at < end {
+        let take = (PAGE_BYTES - at % PAGE_BYTES).min(end - at);
+        out.push(Span {
+            index: at / PAGE_BYTES,
+            within: (at % PAGE_BYTES) as usize,
+            take: take as usize,
+            done: (at - offset) as usize,
+        });
+        at += take;
+    }
+    Ok(out)
+}
+
 /// A read-only view of a file with a private, in-memory layer for writes. See the module docs.
 #[derive(Debug)]
 pub(crate) struct ReadOnlyOverlay {
@@ -80,19 +114,10 @@ impl redb::StorageBackend for ReadOnlyOverlay {
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let pages = self.pages()?;
-        let end = offset
-            .checked_add(out.len() as u64)
-            .filter(|&end| end <= pages.len)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        let mut at = offset;
-        while at < end {
-            let index = at / PAGE_BYTES;
-            let within = (at % PAGE_BYTES) as usize;
-            let take = ((PAGE_BYTES - at % PAGE_BYTES).min(end - at)) as usize;
-            let page = self.page(&pages, index)?;
-            let done = (at - offset) as usize;
-            out[done..done + take].copy_from_slice(&page[within..within + take]);
-            at += take as u64;
+        for span in spans(offset, out.len(), pages.len)? {
+            let page = self.page(&pages, span.index)?;
+            out[span.done..span.done + span.take]
+                .copy_from_slice(&page[span.within..span.within + span.take]);
         }
         Ok(())
     }
@@ -119,20 +144,11 @@ impl redb::StorageBackend for ReadOnlyOverlay {
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut pages = self.pages()?;
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&end| end <= pages.len)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        let mut at = offset;
-        while at < end {
-            let index = at / PAGE_BYTES;
-            let within = (at % PAGE_BYTES) as usize;
-            let take = ((PAGE_BYTES - at % PAGE_BYTES).min(end - at)) as usize;
-            let mut page = self.page(&pages, index)?;
-            let done = (at - offset) as usize;
-            page[within..within + take].copy_from_slice(&data[done..done + take]);
-            pages.written.insert(index, page);
-            at += take as u64;
+        for span in spans(offset, data.len(), pages.len)? {
+            let mut page = self.page(&pages, span.index)?;
+            page[span.within..span.within + span.take]
+                .copy_from_slice(&data[span.done..span.done + span.take]);
+            pages.written.insert(span.index, page);
         }
         Ok(())
     }

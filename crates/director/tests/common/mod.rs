@@ -145,3 +145,35 @@ pub fn assert_unchanged(
         assert!(after[path] == *bytes, "{what}: {} changed", path.display());
     }
 }
+
+/// Rewrites the coordinated state of `dir` through `edit`, as a user with an editor would.
+pub fn edit_state(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("coordinated.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("the state")).expect("JSON");
+    edit(&mut state);
+    std::fs::write(&path, serde_json::to_vec_pretty(&state).expect("JSON")).expect("written");
+}
+
+/// The directory of the first log the coordinated state of `dir` names.
+pub fn first_log_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    use strata_director::StateStore;
+    let state = strata_director::FileStateStore::new(dir)
+        .read()
+        .expect("readable state")
+        .expect("a state");
+    dir.join(&state.logs[0].dir)
+}
+
+/// A fault switchboard, the environment that injects it, and the coordinated state of `dir`.
+pub fn with_faults(
+    dir: &std::path::Path,
+) -> (
+    strata_director::FileStateStore,
+    std::sync::Arc<strata_director::faults::Faults>,
+    strata_director::RecoveryEnv,
+) {
+    let faults = strata_director::faults::Faults::new();
+    let env = strata_director::RecoveryEnv::with_faults(faults.clone());
+    (strata_director::FileStateStore::new(dir), faults, env)
+}
