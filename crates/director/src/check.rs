@@ -4,6 +4,11 @@
 //! The coordinated state is small and hand-editable; trusted blindly, a lost or edited
 //! `coordinated.json` made recovery read a directory full of data as a new cluster, or create
 //! a new epoch's log over an old one. Each finding names the file and what disagrees.
+//!
+//! The limit: a state edited to look exactly like a first recovery that never finished (no
+//! logs, no layout, recovery version 0), with the log directories deleted, over storage files
+//! that never made anything durable, is what such a recovery leaves; it is taken for one, and
+//! the next recovery starts an empty cluster. Everything the cluster held was in those logs.
 
 use std::path::{Component, Path};
 
