@@ -11,11 +11,14 @@
 //! the next recovery starts an empty cluster. Everything the cluster held was in those logs.
 
 use std::path::{Component, Path};
+use std::sync::Arc;
 
 use serde::Serialize;
-use strata_core::Epoch;
+use strata_core::{Epoch, Error, ErrorKind, Result, Version};
+use strata_tlog::fs::RealFs;
+use strata_tlog::{FileLog, FileLogConfig, OpenMode};
 
-use crate::coordinator::CoordinatedState;
+use crate::coordinator::{CoordinatedState, FileStateStore, LogPlace, StateStore};
 
 /// The coordinated state's file, relative to the data directory.
 pub const STATE_FILE: &str = "coordinated.json";
@@ -207,31 +210,157 @@ pub struct CheckReport {
     /// The epoch the coordinated state names, if there is one.
     pub epoch: Option<Epoch>,
     /// Each log the state names, with the newest version it holds (when it could be read).
-    pub logs: Vec<(String, Option<strata_core::Version>)>,
+    pub logs: Vec<(String, Option<Version>)>,
     /// Each storage file with its durable version (when it could be read).
-    pub storage: Vec<(String, Option<strata_core::Version>)>,
+    pub storage: Vec<(String, Option<Version>)>,
     /// The version the next recovery would choose: the newest every log holds.
-    pub recoverable_version: Option<strata_core::Version>,
+    pub recoverable_version: Option<Version>,
     /// Every inconsistency, in the order found; none means the directory is consistent.
     pub findings: Vec<Finding>,
 }
 
+/// What the logs and storage files of a directory hold, read without writing (see
+/// [`read_holdings`]).
+pub(crate) struct Holdings {
+    /// The logs the state names that opened, with their places.
+    pub(crate) logs: Vec<(LogPlace, Arc<FileLog>)>,
+    /// Each storage server's durable version, in order; `None` where its file is unreadable.
+    pub(crate) durable: Vec<Option<Version>>,
+    /// The newest version every named log holds, when every one of them opened.
+    pub(crate) holds: Option<Version>,
+    /// Every inconsistency, each with the error behind it when one was met (an I/O error is
+    /// not damage: recovery tries again for those).
+    pub(crate) findings: Vec<(Finding, Option<Error>)>,
+}
+
+/// Reads what the directory holds against its coordinated state `state`: each storage file's
+/// durable version and shard (storage server `i` of `storage` owns the `i`th range of the key
+/// space), then every log the state names, opened by `open_log` with the version known
+/// committed that it must hold (so a log that looks torn below it is reported, not repaired).
+/// Finds logs ending below the recovery version the state recorded, and storage durable above
+/// what every log holds. Writes nothing, beyond a genuine torn write at the end of a log. When a
+/// storage file cannot be read, the logs are not opened (their `holds` is `None`).
+/// Recovery stops at the first finding; `strata check` reports them all.
+pub(crate) async fn read_holdings(
+    data_dir: &Path,
+    state: Option<&CoordinatedState>,
+    storage: usize,
+    mut open_log: impl FnMut(&Path, &LogPlace, Version) -> Result<Arc<FileLog>>,
+) -> Result<Holdings> {
+    let mut found: Vec<(Finding, Option<Error>)> = Vec::new();
+    // Storage first: each durable version is known committed, which every log must hold.
+    let mut durable = Vec::new();
+    for (i, owned) in crate::split_ranges(storage)?.into_iter().enumerate() {
+        let file = format!("storage/{i}.redb");
+        let path = data_dir.join(&file);
+        let read = tokio::task::spawn_blocking(move || strata_storage::stored_at(&path))
+            .await
+            .map_err(|e| crate::error(ErrorKind::Unavailable(e.to_string())))?;
+        match read {
+            Ok(stored) => {
+                // A file holds the shard it was first opened for: one swapped with another
+                // server's, or copied from another directory, would serve the wrong keys.
+                if let Some(held) = &stored.shards
+                    && held[..] != [owned.clone()]
+                {
+                    let held: Vec<String> = held.iter().map(ToString::to_string).collect();
+                    found.push((
+                        finding(
+                            file,
+                            format!(
+                                "holds the shard {}, but storage server {i} owns {owned}",
+                                held.join(", ")
+                            ),
+                        ),
+                        None,
+                    ));
+                }
+                durable.push(Some(stored.durable));
+            }
+            Err(e) => {
+                found.push((finding(file, e.to_string()), Some(e)));
+                durable.push(None);
+            }
+        }
+    }
+    let recorded = state.map_or(Version::ZERO, |s| s.recovery_version);
+    let committed = durable
+        .iter()
+        .flatten()
+        .copied()
+        .fold(recorded, Version::max);
+    let named = state.map_or(&[][..], |s| &s.logs[..]);
+    let mut logs = Vec::new();
+    // With a storage file unreadable, a version it made durable is unknown, and opening a log
+    // could take the damaged record of that version for a torn write and drop it: the logs
+    // are left unopened until the storage file is sorted out.
+    let storage_read = durable.iter().all(Option::is_some);
+    for place in named
+        .iter()
+        .filter(|p| storage_read && is_log_place(&p.dir))
+    {
+        match open_log(&data_dir.join(&place.dir), place, committed) {
+            Ok(log) => logs.push((place.clone(), log)),
+            Err(e) => found.push((finding(place.dir.clone(), e.to_string()), Some(e))),
+        }
+    }
+    let holds = (logs.len() == named.len()).then(|| {
+        logs.iter()
+            .map(|(_, l)| l.last_version())
+            .min()
+            .unwrap_or(Version::ZERO)
+    });
+    if let Some(holds) = holds {
+        if holds < recorded {
+            let ends: Vec<String> = logs
+                .iter()
+                .map(|(p, l)| format!("{} ends at {}", p.dir, l.last_version()))
+                .collect();
+            found.push((
+                finding(
+                    STATE_FILE,
+                    format!(
+                        "records recovery version {recorded} as committed, but the logs end at \
+                         {holds}: {}",
+                        ends.join(", ")
+                    ),
+                ),
+                None,
+            ));
+        }
+        // A storage server makes durable only committed versions, which every log holds.
+        for (i, version) in durable.iter().enumerate() {
+            if let Some(version) = version
+                && *version > holds
+            {
+                found.push((
+                    finding(
+                        format!("storage/{i}.redb"),
+                        format!(
+                            "durable at {version}, above {holds}, the newest version every \
+                             log holds: it holds versions that were never committed"
+                        ),
+                    ),
+                    None,
+                ));
+            }
+        }
+    }
+    Ok(Holdings {
+        logs,
+        durable,
+        holds,
+        findings: found,
+    })
+}
+
 /// Reads everything in `data_dir` and reports each inconsistency, changing nothing: the
-/// coordinated state against the directory ([`check_directory`]), every log it names (opened
-/// and scanned whole), every storage file (opened, its durable version read), the storage
-/// versions against what the logs hold, and whether some log holds all the history the next
-/// recovery would replay. (Opening a log repairs a torn write at its very end, as any open
-/// does; nothing else is written.) An error is returned only when the directory cannot be read
-/// at all.
-pub async fn verify(data_dir: &Path) -> strata_core::Result<CheckReport> {
-    use std::sync::Arc;
-
-    use strata_core::{ErrorKind, Version};
-    use strata_tlog::fs::RealFs;
-    use strata_tlog::{FileLog, FileLogConfig, OpenMode};
-
-    use crate::coordinator::{FileStateStore, StateStore};
-
+/// coordinated state against the directory ([`check_directory`]), every storage file and every
+/// log it names ([`read_holdings`]), and whether some log holds all the history the next
+/// recovery would replay. (Opening a log repairs a genuine torn write at its very end, as any
+/// open does; nothing else is written.) An error is returned only when the directory cannot be
+/// read at all.
+pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
     if !data_dir.is_dir() {
         return Err(crate::error(ErrorKind::InvalidRequest(format!(
             "{} is not a data directory",
@@ -251,110 +380,51 @@ pub async fn verify(data_dir: &Path) -> strata_core::Result<CheckReport> {
         return Ok(report);
     };
     report.epoch = Some(state.epoch);
-
-    // Storage first: each durable version is known committed, so a log that looks torn below
-    // one is damaged and must not be repaired by opening it (`OpenMode::Existing`).
-    let mut durable = Vec::new();
-    for i in 0..state.storage {
-        let file = format!("storage/{i}.redb");
-        let path = data_dir.join(&file);
-        let read = tokio::task::spawn_blocking(move || strata_storage::stored_at(&path))
-            .await
-            .map_err(|e| crate::error(ErrorKind::Unavailable(e.to_string())));
-        match read {
-            Ok(Ok(stored)) => {
-                let owned = crate::split_ranges(state.storage)
-                    .ok()
-                    .and_then(|r| r.get(i).cloned());
-                if let (Some(held), Some(owned)) = (&stored.shards, owned)
-                    && held[..] != [owned.clone()]
-                {
-                    report.findings.push(finding(
-                        file.clone(),
-                        format!(
-                            "holds the shard {}, but storage server {i} owns {owned}",
-                            held.iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
-                }
-                report.storage.push((file, Some(stored.durable)));
-                durable.push(stored.durable);
-            }
-            Ok(Err(e)) | Err(e) => {
-                report.storage.push((file.clone(), None));
-                report.findings.push(finding(file, e.to_string()));
-            }
-        }
-    }
-    let oldest_durable = durable.iter().copied().min();
-    let committed = durable
+    let held = read_holdings(
+        data_dir,
+        Some(&state),
+        state.storage,
+        |dir, place, committed| {
+            FileLog::open_dir(
+                Arc::new(RealFs),
+                dir,
+                place.id,
+                OpenMode::Existing { committed },
+                FileLogConfig::default(),
+            )
+            .map(Arc::new)
+        },
+    )
+    .await?;
+    report.storage = (0..state.storage)
+        .map(|i| format!("storage/{i}.redb"))
+        .zip(held.durable.iter().copied())
+        .collect();
+    report.logs = state
+        .logs
         .iter()
-        .copied()
-        .fold(state.recovery_version, Version::max);
-    let mut logs = Vec::new();
-    for place in state.logs.iter().filter(|p| is_log_place(&p.dir)) {
-        match FileLog::open_dir(
-            Arc::new(RealFs),
-            &data_dir.join(&place.dir),
-            place.id,
-            OpenMode::Existing { committed },
-            FileLogConfig::default(),
-        ) {
-            Ok(log) => {
-                report
-                    .logs
-                    .push((place.dir.clone(), Some(log.last_version())));
-                logs.push((place.dir.clone(), Arc::new(log)));
-            }
-            Err(e) => {
-                report.logs.push((place.dir.clone(), None));
-                report
-                    .findings
-                    .push(finding(place.dir.clone(), e.to_string()));
-            }
-        }
-    }
-    let holds = (logs.len() == state.logs.len()).then(|| {
-        logs.iter()
-            .map(|(_, l)| l.last_version())
-            .min()
-            .unwrap_or(Version::ZERO)
-    });
-    report.recoverable_version = holds;
-    if let Some(holds) = holds {
-        if holds < state.recovery_version {
-            report.findings.push(finding(
-                STATE_FILE,
-                format!(
-                    "records recovery version {} as committed, but the logs end at {holds}",
-                    state.recovery_version
-                ),
-            ));
-        }
-        for (file, version) in &report.storage {
-            if let Some(version) = version
-                && *version > holds
-            {
-                report.findings.push(finding(
-                    file.clone(),
-                    format!(
-                        "durable at {version}, above {holds}, the newest version every log \
-                         holds: it holds versions that were never committed"
-                    ),
-                ));
-            }
-        }
-    }
-    if let (Some(holds), Some(base)) = (holds, oldest_durable)
-        && !logs.is_empty()
-        && let Err(e) = crate::replay::choose_source(&logs, base.min(holds), holds).await
+        .map(|p| {
+            let end = held.logs.iter().find(|(q, _)| q == p);
+            (p.dir.clone(), end.map(|(_, l)| l.last_version()))
+        })
+        .collect();
+    report.recoverable_version = held.holds;
+    report
+        .findings
+        .extend(held.findings.into_iter().map(|(f, _)| f));
+    let oldest_durable = held.durable.iter().flatten().copied().min();
+    let sources: Vec<(String, Arc<FileLog>)> = held
+        .logs
+        .iter()
+        .map(|(p, l)| (p.dir.clone(), l.clone()))
+        .collect();
+    if let (Some(holds), Some(base)) = (held.holds, oldest_durable)
+        && !sources.is_empty()
+        && let Err(e) = crate::replay::choose_source(&sources, base.min(holds), holds).await
     {
         report.findings.push(finding("logs", e.to_string()));
     }
-    for (_, log) in &logs {
+    for (_, log) in &held.logs {
         log.close();
     }
     Ok(report)

@@ -40,13 +40,13 @@ use strata_core::{
 };
 use strata_resolver::WindowResolver;
 use strata_sequencer::ClockSequencer;
-use strata_storage::{RedbStorage, StorageConfig, stored_at};
+use strata_storage::{RedbStorage, StorageConfig};
 use strata_tlog::fs::{Fs, RealFs};
 use strata_tlog::{FileLog, OpenMode};
 use strata_txn_builder::Database;
 use tracing::Instrument;
 
-use crate::check::{STATE_FILE, check_directory};
+use crate::check::{check_directory, read_holdings};
 use crate::cluster::{EmbeddedCluster, Pipeline, Watermark};
 use crate::config::EmbeddedConfig;
 use crate::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT, StateStore};
@@ -255,7 +255,7 @@ pub async fn recover(
         .await?;
     let recovery_version = phases
         .run("choose_recovery_version", async {
-            choose_recovery_version(&inspected, &old)
+            Ok(choose_recovery_version(&old))
         })
         .await?;
     let logs = phases
@@ -455,76 +455,32 @@ async fn inspect_directory(
             ),
         ))));
     }
-    // The storage servers' durable versions first: each is a version known committed, which
-    // every log must hold; so a log whose end looks torn below one of them is damaged, and
-    // opening it must not "repair" it (see `OpenMode::Existing`). Reading them writes nothing.
-    let mut durable = Vec::new();
-    let shards = split_ranges(config.storage).map_err(RecoveryError::Unrecoverable)?;
-    for (i, shard) in shards.into_iter().enumerate() {
-        let path = storage_path(data_dir, i);
-        let reading = path.clone();
-        let stored = tokio::task::spawn_blocking(move || stored_at(&reading))
-            .await
-            .map_err(|e| error(ErrorKind::Unavailable(e.to_string())))?
-            .map_err(unrecoverable_if_damaged)?;
-        // A file holds the shard it was first opened for: one swapped with another server's,
-        // or copied from another directory, would serve the wrong keys.
-        if let Some(held) = &stored.shards
-            && held[..] != [shard.clone()]
-        {
-            return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
-                format!(
-                    "{} holds the shard {}, but storage server {i} owns {shard}",
-                    path.display(),
-                    held.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ))));
-        }
-        durable.push(stored.durable);
+    // Storage first, then the logs, each opened with the version known committed that it
+    // must hold (see `read_holdings`); reading writes nothing.
+    let held = read_holdings(
+        data_dir,
+        previous.as_ref(),
+        config.storage,
+        |dir, place, committed| {
+            env.open_log(dir, place.id, OpenMode::Existing { committed }, config.log)
+        },
+    )
+    .await?;
+    if let Some((first, cause)) = held.findings.into_iter().next() {
+        // Damage, unless it is an I/O error (the next epoch may read it) or another
+        // coordinator took over and removed the logs this attempt read about.
+        let e = match cause {
+            Some(e) if !matches!(e.kind, ErrorKind::Corruption(_)) => e,
+            _ => error(ErrorKind::Corruption(format!(
+                "{}: {}",
+                data_dir.join(&first.file).display(),
+                first.problem
+            ))),
+        };
+        return Err(superseded_or(store, previous.as_ref(), e));
     }
-    let recorded = previous
-        .as_ref()
-        .map_or(Version::ZERO, |s| s.recovery_version);
-    let committed = durable.iter().copied().fold(recorded, Version::max);
-    let mut logs = Vec::new();
-    for place in previous.as_ref().map_or(&[][..], |s| &s.logs[..]) {
-        let dir = data_dir.join(&place.dir);
-        match env.open_log(&dir, place.id, OpenMode::Existing { committed }, config.log) {
-            Ok(log) => logs.push((place.clone(), log)),
-            Err(e) => return Err(superseded_or(store, previous.as_ref(), e)),
-        }
-    }
-    let holds = logs
-        .iter()
-        .map(|(_, l)| l.last_version())
-        .min()
-        .unwrap_or(Version::ZERO);
-    if holds < recorded {
-        return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
-            format!(
-                "the previous logs end at {holds}, below the recovery version {recorded} that \
-                 {} records as committed: {}",
-                data_dir.join(STATE_FILE).display(),
-                logs.iter()
-                    .map(|(p, l)| format!("{} ends at {}", p.dir, l.last_version()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ))));
-    }
-    // A storage server makes durable only committed versions, which every log holds.
-    if let Some((i, version)) = durable.iter().enumerate().find(|(_, v)| **v > holds) {
-        return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
-            format!(
-                "{} is durable at {version}, above {holds}, the newest version every log \
-                 holds: it holds versions that were never committed",
-                storage_path(data_dir, i).display()
-            ),
-        ))));
-    }
+    let logs = held.logs;
+    let durable = held.durable.into_iter().flatten().collect();
     Ok(Inspected {
         previous,
         logs,
@@ -620,22 +576,11 @@ async fn lock_previous_logs(inspected: &Inspected, claim: &Claim) -> Attempt<Vec
 /// Phase 4: the newest version every previous log holds. A commit is acknowledged only once
 /// all logs hold it, so nothing newer was acknowledged. (Phase 1 checked it is not below the
 /// recovery version recorded by the recovery before; locking only lets it grow.)
-fn choose_recovery_version(inspected: &Inspected, old: &[OldLog]) -> Attempt<Version> {
-    let chosen = old
-        .iter()
+fn choose_recovery_version(old: &[OldLog]) -> Version {
+    old.iter()
         .map(|o| o.state.last_version)
         .min()
-        .unwrap_or(Version::ZERO);
-    let recorded = inspected
-        .previous
-        .as_ref()
-        .map_or(Version::ZERO, |s| s.recovery_version);
-    if chosen < recorded {
-        return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
-            format!("the previous logs end at {chosen}, below the recorded {recorded}"),
-        ))));
-    }
-    Ok(chosen)
+        .unwrap_or(Version::ZERO)
 }
 
 /// The logs of the new generation.
@@ -753,9 +698,12 @@ async fn open_storage(
         sync_dir(data_dir)?;
     }
     // Popping follows the slowest reader: the director pops every log at the oldest durable
-    // version of all storage servers (see `Watermark`), never a server its own log.
+    // version of all storage servers (see `Watermark`), never a server its own log. Phase 1
+    // ran redb's integrity check on these very files (`stored_at`), and nothing has written
+    // them since: checking every page again at the open would only double the cost.
     let storage_config = StorageConfig {
         pop_log: false,
+        check_integrity: false,
         ..config.storage_config
     };
     let mut servers: Vec<Arc<RedbStorage>> = Vec::new();

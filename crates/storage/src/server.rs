@@ -206,7 +206,7 @@ fn guarded<T>(path: &Path, doing: &str, work: impl FnOnce() -> Result<T>) -> Res
     }
 }
 
-/// Opens the database at `path` (an existing file; `create` also initializes an empty one).
+/// Opens the database at `path`, an existing file (`create_if_missing` made it whole).
 ///
 /// With `check`, the open runs redb's integrity check (`Builder::set_check_integrity_on_open`,
 /// the check and repair of `Database::check_integrity` run by the open itself): it verifies the
@@ -224,15 +224,10 @@ fn guarded<T>(path: &Path, doing: &str, work: impl FnOnce() -> Result<T>) -> Res
 /// left to repair is redb's allocator state, which it rebuilds from the verified trees anyway.
 ///
 /// Cost: it reads every live page and commits once; see [`StorageConfig::check_integrity`].
-fn open_db(path: &Path, create: bool, check: bool, doing: &str) -> Result<redb::Database> {
+fn open_db(path: &Path, check: bool, doing: &str) -> Result<redb::Database> {
     let mut builder = redb::Builder::new();
     builder.set_check_integrity_on_open(check);
-    let opened = if create {
-        builder.create(path)
-    } else {
-        builder.open(path)
-    };
-    opened.map_err(db_error(path, doing))
+    builder.create(path).map_err(db_error(path, doing))
 }
 
 /// A write transaction that commits in two phases. With redb's default one-phase commit, a
@@ -801,7 +796,7 @@ impl RedbStorage {
             let doing = "opening";
             guarded(&path, doing, || {
                 create_if_missing(&path)?;
-                let db = open_db(&path, true, config.check_integrity, doing)?;
+                let db = open_db(&path, config.check_integrity, doing)?;
                 let tx = write_tx(&db, &path)?;
                 let durable = {
                     tx.open_table(DATA).map_err(db_error(&path, doing))?;
