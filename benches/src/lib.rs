@@ -9,8 +9,6 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +18,7 @@ use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Throughput};
 use strata_director::Database;
+use strata_director::workload::load::SyncProbe;
 
 /// Unwraps a setup step of a bench; a failure there is a broken bench, reported loudly.
 pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
@@ -34,12 +33,8 @@ pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
 pub fn fsync_floor_4k(group: &mut BenchmarkGroup<'_, WallTime>, dir: &Path) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("fsync_floor_4k", |b| {
-        let mut f = ok(OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("floor")));
-        let block = [7u8; 4096];
-        b.iter(|| ok(f.write_all(&block).and_then(|()| f.sync_data())));
+        let mut probe = ok(SyncProbe::create(dir));
+        b.iter(|| ok(probe.append_and_sync()));
     });
 }
 

@@ -3,222 +3,108 @@
 //! `health` and `waiting_on`; a transaction that would not fit the wire limit once stamped with
 //! its commit version is refused before it can make a hole.
 //!
-//! The stages are the real ones (clock sequencer, window resolver, in-memory logs, which all
-//! apply batches only along the version chain) behind thin decorators that fail or hang one
-//! chosen call, so each test breaks the chain exactly where it means to.
+//! The stages are the test kit's fakes (a step sequencer, a model resolver and in-memory logs,
+//! which all apply batches only along the version chain, as the real stages do) behind its
+//! fault decorators, which fail or hang one chosen call, so each test breaks the chain exactly
+//! where it means to.
 
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use strata_commit_proxy::{BatchingProxy, ProxyConfig};
 use strata_core::wire::{TransactionView, WireError, encode_parts};
 use strata_core::{
-    CommitProxy, Epoch, Error, ErrorKind, KeyRange, LogEntry, LogId, LogServer, LogState, Mutation,
-    ResolveBatch, Resolver, Result, Sequencer, Stage, TRANSACTION_BYTES_MAX, Transaction,
-    VALUE_BYTES_MAX, Verdict, Version, VersionPair,
+    CommitProxy, Epoch, Error, ErrorKind, KeyRange, LogId, LogServer, Mutation, Resolver,
+    Sequencer, Stage, TRANSACTION_BYTES_MAX, Transaction, VALUE_BYTES_MAX, Version,
 };
-use strata_resolver::{ResolverConfig, WindowResolver};
-use strata_sequencer::ClockSequencer;
-use strata_tlog::MemoryLog;
+use strata_testkit::faults::{
+    Fault, FaultPoint, Faults, FaultyLog, FaultyResolver, FaultySequencer,
+};
+use strata_testkit::{MemoryLog, ModelResolver, StepSequencer};
 use tokio::sync::Notify;
 
 const EPOCH: Epoch = Epoch(1);
 /// Far enough from zero that a read version of 1 is outside the MVCC window.
 const START: Version = Version(10_000_000);
 
-/// What a decorated call does instead of passing through.
-#[derive(Clone)]
-enum Fault {
-    /// Fails with this error.
-    Fail(Error),
-    /// Never returns.
-    Hang,
-    /// Waits until the gate is opened, then fails with this error.
-    FailWhenOpened(Arc<Notify>, Error),
-}
-
-/// A fault on one call of one method: the `at`-th (counting from 1); every other call passes.
-#[derive(Default)]
-struct Point {
-    at: usize,
-    fault: Option<Fault>,
-    calls: AtomicUsize,
-}
-
-impl Point {
-    fn new(at: usize, fault: Fault) -> Point {
-        Point {
-            at,
-            fault: Some(fault),
-            calls: AtomicUsize::new(0),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    async fn pass(&self) -> Result<()> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        match &self.fault {
-            Some(fault) if n == self.at => match fault {
-                Fault::Fail(e) => Err(e.clone()),
-                Fault::Hang => std::future::pending().await,
-                Fault::FailWhenOpened(gate, e) => {
-                    gate.notified().await;
-                    Err(e.clone())
-                }
-            },
-            _ => Ok(()),
-        }
-    }
-}
-
-struct FaultySequencer {
-    inner: ClockSequencer,
-    next: Point,
-    report: Point,
-}
-
-#[async_trait]
-impl Sequencer for FaultySequencer {
-    fn epoch(&self) -> Epoch {
-        self.inner.epoch()
-    }
-
-    async fn next_commit_version(&self, epoch: Epoch) -> Result<VersionPair> {
-        self.next.pass().await?;
-        self.inner.next_commit_version(epoch).await
-    }
-
-    async fn report_committed(&self, epoch: Epoch, version: Version) -> Result<()> {
-        self.report.pass().await?;
-        self.inner.report_committed(epoch, version).await
-    }
-
-    async fn read_version(&self) -> Result<Version> {
-        self.inner.read_version().await
-    }
-}
-
-struct FaultyResolver {
-    inner: WindowResolver,
-    resolve: Point,
-}
-
-#[async_trait]
-impl Resolver for FaultyResolver {
-    async fn resolve(&self, batch: ResolveBatch) -> Result<Vec<Verdict>> {
-        self.resolve.pass().await?;
-        self.inner.resolve(batch).await
-    }
-}
-
-struct FaultyLog {
-    inner: MemoryLog,
-    push: Point,
-}
-
-#[async_trait]
-impl LogServer for FaultyLog {
-    fn id(&self) -> LogId {
-        self.inner.id()
-    }
-
-    async fn push(
-        &self,
-        epoch: Epoch,
-        previous_version: Version,
-        version: Version,
-        payload: Bytes,
-    ) -> Result<()> {
-        self.push.pass().await?;
-        self.inner
-            .push(epoch, previous_version, version, payload)
-            .await
-    }
-
-    async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
-        self.inner.pull(after, limit).await
-    }
-
-    async fn lock(&self, epoch: Epoch) -> Result<LogState> {
-        self.inner.lock(epoch).await
-    }
-
-    async fn pop(&self, version: Version) -> Result<()> {
-        self.inner.pop(version).await
-    }
-}
-
-/// Where to break the chain; every point left at its default passes.
-#[derive(Default)]
-struct Faults {
-    next: Point,
-    report: Point,
-    resolve: Point,
-    /// The push fault of the log at `faulty_log`; the others never fail.
-    push: Point,
-    faulty_log: usize,
-    /// Logs in all (at least one).
+/// How many logs, which one the log faults apply to, and how long logs wait for a missing
+/// predecessor (the in-memory log's 1 s by default).
+struct Layout {
     logs: usize,
-    /// How long a log waits for a missing predecessor (the in-memory log's 1 s by default).
+    faulty_log: usize,
     log_predecessor_wait: Option<Duration>,
 }
 
+impl Default for Layout {
+    fn default() -> Layout {
+        Layout {
+            logs: 1,
+            faulty_log: 0,
+            log_predecessor_wait: None,
+        }
+    }
+}
+
 struct Cluster {
-    sequencer: Arc<FaultySequencer>,
-    logs: Vec<Arc<FaultyLog>>,
+    sequencer: Arc<dyn Sequencer>,
+    /// The undecorated logs, to look at what reached them.
+    logs: Vec<Arc<MemoryLog>>,
+    /// The switchboard of the sequencer and the resolver.
+    faults: Arc<Faults>,
+    /// The switchboard of the log at `Layout::faulty_log`; the other logs have none.
+    log_faults: Arc<Faults>,
     proxy: BatchingProxy,
 }
 
-fn cluster(faults: Faults, config: ProxyConfig) -> Cluster {
-    let sequencer = Arc::new(FaultySequencer {
-        inner: ClockSequencer::new(EPOCH, START),
-        next: faults.next,
-        report: faults.report,
-    });
-    let resolver: Arc<dyn Resolver> = Arc::new(FaultyResolver {
-        inner: WindowResolver::new(EPOCH, START, ResolverConfig::default()),
-        resolve: faults.resolve,
-    });
-    let mut push = Some(faults.push);
-    let faulty_log = faults.faulty_log;
-    let logs: Vec<Arc<FaultyLog>> = (0..faults.logs.max(1))
+fn cluster(layout: Layout, config: ProxyConfig) -> Cluster {
+    let faults = Faults::new();
+    let log_faults = Faults::new();
+    let sequencer: Arc<dyn Sequencer> = Arc::new(FaultySequencer(
+        Arc::new(StepSequencer::new(EPOCH, START)),
+        faults.clone(),
+    ));
+    let resolver: Arc<dyn Resolver> = Arc::new(FaultyResolver(
+        Arc::new(ModelResolver::new(EPOCH, START)),
+        faults.clone(),
+    ));
+    let logs: Vec<Arc<MemoryLog>> = (0..layout.logs.max(1))
         .map(|i| {
-            let mut inner = MemoryLog::new(LogId(i as u64), START);
-            if let Some(wait) = faults.log_predecessor_wait {
-                inner = inner.with_waits(wait, Duration::from_millis(100));
+            let mut log = MemoryLog::new(LogId(i as u64), START);
+            if let Some(wait) = layout.log_predecessor_wait {
+                log = log.with_waits(wait, Duration::from_millis(100));
             }
-            Arc::new(FaultyLog {
-                inner,
-                push: if i == faulty_log {
-                    push.take().unwrap_or_default()
-                } else {
-                    Point::default()
-                },
-            })
+            Arc::new(log)
+        })
+        .collect();
+    let pushed: Vec<Arc<dyn LogServer>> = logs
+        .iter()
+        .enumerate()
+        .map(|(i, log)| {
+            let log: Arc<dyn LogServer> = log.clone();
+            if i == layout.faulty_log {
+                Arc::new(FaultyLog(log, log_faults.clone()))
+            } else {
+                log
+            }
         })
         .collect();
     let proxy = BatchingProxy::new(
         EPOCH,
         sequencer.clone(),
         vec![(Bytes::new(), resolver)],
-        logs.iter()
-            .map(|l| l.clone() as Arc<dyn LogServer>)
-            .collect(),
+        pushed,
         config,
     )
     .unwrap();
     Cluster {
         sequencer,
         logs,
+        faults,
+        log_faults,
         proxy,
     }
 }
@@ -317,14 +203,15 @@ async fn a_failed_push_ends_the_epoch_and_every_later_commit_names_it() {
     // The second of two logs fails the first push: the first log holds the batch, the second
     // never will, so no later batch can ever be on every log.
     let c = cluster(
-        Faults {
+        Layout {
             logs: 2,
             faulty_log: 1,
-            push: Point::new(1, Fault::Fail(disk_on_fire())),
-            ..Faults::default()
+            ..Layout::default()
         },
         ProxyConfig::default(),
     );
+    c.log_faults
+        .arm_at(FaultPoint::LogPush, 1, Fault::FailWith(disk_on_fire()));
     assert!(c.proxy.failure().is_none());
 
     let err = c.proxy.commit(write("a")).await.unwrap_err();
@@ -351,12 +238,11 @@ async fn a_failed_push_ends_the_epoch_and_every_later_commit_names_it() {
 async fn batches_behind_a_failed_one_and_queued_transactions_get_its_error() {
     let gate = Arc::new(Notify::new());
     let c = Arc::new(cluster(
-        Faults {
-            push: Point::new(1, Fault::FailWhenOpened(gate.clone(), disk_on_fire())),
+        Layout {
             // Long enough that a batch behind the failed one is never refused by the log as
             // out of order before the failure reaches it.
             log_predecessor_wait: Some(Duration::from_secs(5)),
-            ..Faults::default()
+            ..Layout::default()
         },
         ProxyConfig {
             batch_transactions_max: 1,
@@ -364,6 +250,11 @@ async fn batches_behind_a_failed_one_and_queued_transactions_get_its_error() {
             ..ProxyConfig::default()
         },
     ));
+    c.log_faults.arm_at(
+        FaultPoint::LogPush,
+        1,
+        Fault::FailWhenOpened(gate.clone(), disk_on_fire()),
+    );
     let commit = |key: &'static str| {
         let c = c.clone();
         tokio::spawn(async move { c.proxy.commit(write(key)).await })
@@ -371,14 +262,14 @@ async fn batches_behind_a_failed_one_and_queued_transactions_get_its_error() {
     // The first batch reaches the log and waits there for the gate.
     let first = commit("first");
     until("the first batch reaches the log", || {
-        c.logs[0].push.calls() >= 1
+        c.log_faults.calls(FaultPoint::LogPush) >= 1
     })
     .await;
     // The second batch reaches the log too (waiting for its predecessor); the rest wait for
     // room in the pipeline, queued.
     let later: Vec<_> = ["b", "c", "d", "e", "f"].into_iter().map(commit).collect();
     until("the second batch reaches the log", || {
-        c.logs[0].push.calls() >= 2
+        c.log_faults.calls(FaultPoint::LogPush) >= 2
     })
     .await;
     assert!(c.proxy.failure().is_none());
@@ -389,7 +280,7 @@ async fn batches_behind_a_failed_one_and_queued_transactions_get_its_error() {
         assert_disk_on_fire(&task.await.unwrap().unwrap_err());
     }
     assert_disk_on_fire(&c.proxy.failure().unwrap());
-    assert_eq!(c.logs[0].inner.pull(START, 100).await.unwrap(), vec![]);
+    assert_eq!(c.logs[0].pull(START, 100).await.unwrap(), vec![]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,13 +289,9 @@ async fn a_failed_resolution_ends_the_epoch() {
         Stage::Resolver,
         ErrorKind::Unavailable("resolver lost".into()),
     );
-    let c = cluster(
-        Faults {
-            resolve: Point::new(1, Fault::Fail(lost)),
-            ..Faults::default()
-        },
-        ProxyConfig::default(),
-    );
+    let c = cluster(Layout::default(), ProxyConfig::default());
+    c.faults
+        .arm_at(FaultPoint::Resolve, 1, Fault::FailWith(lost));
     let is_lost = |e: &Error| {
         e.stage == Stage::Resolver
             && matches!(&e.kind, ErrorKind::Unavailable(m) if m == "resolver lost")
@@ -426,13 +313,9 @@ async fn a_failed_version_request_ends_the_epoch() {
         Stage::Sequencer,
         ErrorKind::Unavailable("lease lost".into()),
     );
-    let c = cluster(
-        Faults {
-            next: Point::new(1, Fault::Fail(lost)),
-            ..Faults::default()
-        },
-        ProxyConfig::default(),
-    );
+    let c = cluster(Layout::default(), ProxyConfig::default());
+    c.faults
+        .arm_at(FaultPoint::CommitVersion, 1, Fault::FailWith(lost));
     let is_lost = |e: &Error| {
         e.stage == Stage::Sequencer
             && matches!(&e.kind, ErrorKind::Unavailable(m) if m == "lease lost")
@@ -445,7 +328,7 @@ async fn a_failed_version_request_ends_the_epoch() {
     let err = c.proxy.commit(write("b")).await.unwrap_err();
     assert!(is_lost(&err), "{err}");
     assert_eq!(
-        c.sequencer.next.calls(),
+        c.faults.calls(FaultPoint::CommitVersion),
         1,
         "no version was asked for after"
     );
@@ -457,13 +340,9 @@ async fn a_failed_report_ends_the_epoch() {
         Stage::Sequencer,
         ErrorKind::Unavailable("report lost".into()),
     );
-    let c = cluster(
-        Faults {
-            report: Point::new(1, Fault::Fail(lost)),
-            ..Faults::default()
-        },
-        ProxyConfig::default(),
-    );
+    let c = cluster(Layout::default(), ProxyConfig::default());
+    c.faults
+        .arm_at(FaultPoint::ReportCommitted, 1, Fault::FailWith(lost));
     let is_lost = |e: &Error| {
         e.stage == Stage::Sequencer
             && matches!(&e.kind, ErrorKind::Unavailable(m) if m == "report lost")
@@ -479,7 +358,7 @@ async fn a_failed_report_ends_the_epoch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_and_too_old_are_answers_not_failures() {
-    let c = cluster(Faults::default(), ProxyConfig::default());
+    let c = cluster(Layout::default(), ProxyConfig::default());
     let rv = c.sequencer.read_version().await.unwrap();
     c.proxy.commit(write("a")).await.unwrap();
     let err = c.proxy.commit(read_write(rv, "a", "b")).await.unwrap_err();
@@ -502,23 +381,26 @@ async fn conflicts_and_too_old_are_answers_not_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_stage_is_named_by_waiting_on_and_health() {
-    type Pick = fn(&mut Faults) -> &mut Point;
-    let cases: [(Stage, Pick); 4] = [
-        (Stage::Sequencer, |f| &mut f.next),
-        (Stage::Resolver, |f| &mut f.resolve),
-        (Stage::Log, |f| &mut f.push),
-        (Stage::Sequencer, |f| &mut f.report),
+    let cases = [
+        (Stage::Sequencer, FaultPoint::CommitVersion),
+        (Stage::Resolver, FaultPoint::Resolve),
+        (Stage::Log, FaultPoint::LogPush),
+        (Stage::Sequencer, FaultPoint::ReportCommitted),
     ];
-    for (stage, pick) in cases {
-        let mut faults = Faults::default();
-        *pick(&mut faults) = Point::new(1, Fault::Hang);
+    for (stage, point) in cases {
         let c = Arc::new(cluster(
-            faults,
+            Layout::default(),
             ProxyConfig {
                 stall_timeout: Duration::from_millis(200),
                 ..ProxyConfig::default()
             },
         ));
+        let board = if stage == Stage::Log {
+            &c.log_faults
+        } else {
+            &c.faults
+        };
+        board.arm_at(point, 1, Fault::Hang);
         assert_eq!(c.proxy.waiting_on(), None);
         c.proxy.health().unwrap();
 
@@ -548,7 +430,7 @@ async fn a_hung_stage_is_named_by_waiting_on_and_health() {
 async fn a_transaction_at_the_wire_limit_is_refused_before_it_makes_a_hole() {
     let overhead = commit_version_section_bytes();
     assert_eq!(overhead, strata_core::wire::SECTION_HEADER_BYTES + 8);
-    let c = cluster(Faults::default(), ProxyConfig::default());
+    let c = cluster(Layout::default(), ProxyConfig::default());
 
     // Exactly the wire limit: valid on its own, over the limit once stamped.
     let err = c
@@ -587,11 +469,10 @@ async fn a_batch_bound_that_leaves_no_room_for_the_commit_version_is_refused() {
     let overhead = commit_version_section_bytes();
     let build = |config: ProxyConfig| {
         let log: Arc<dyn LogServer> = Arc::new(MemoryLog::new(LogId(0), START));
-        let resolver: Arc<dyn Resolver> =
-            Arc::new(WindowResolver::new(EPOCH, START, ResolverConfig::default()));
+        let resolver: Arc<dyn Resolver> = Arc::new(ModelResolver::new(EPOCH, START));
         BatchingProxy::new(
             EPOCH,
-            Arc::new(ClockSequencer::new(EPOCH, START)),
+            Arc::new(StepSequencer::new(EPOCH, START)),
             vec![(Bytes::new(), resolver)],
             vec![log],
             config,
@@ -624,7 +505,7 @@ async fn transactions_too_large_together_are_never_batched_together() {
     // batches that fit the wire limit, and all commit.
     let overhead = commit_version_section_bytes();
     let c = Arc::new(cluster(
-        Faults::default(),
+        Layout::default(),
         ProxyConfig {
             batch_bytes_max: TRANSACTION_BYTES_MAX - overhead,
             batch_window: Duration::from_millis(100),

@@ -1,4 +1,4 @@
-//! The proxy over real stages (in-memory logs): commits, conflicts, the logs' contents, two
+//! The proxy over the test kit's fakes of its stages: commits, conflicts, the logs' contents, two
 //! resolvers, and a fenced epoch.
 
 // Test helpers may unwrap: a panic there is a failed test.
@@ -12,30 +12,24 @@ use strata_core::{
     CommitProxy, Epoch, ErrorKind, Key, KeyRange, LogId, LogServer, Mutation, Resolver, Sequencer,
     Stage, Transaction, TransactionView, Version,
 };
-use strata_resolver::{ResolverConfig, WindowResolver};
-use strata_sequencer::ClockSequencer;
-use strata_tlog::MemoryLog;
+use strata_testkit::{MemoryLog, ModelResolver, StepSequencer};
 
 struct Cluster {
-    sequencer: Arc<ClockSequencer>,
+    sequencer: Arc<StepSequencer>,
     logs: Vec<Arc<MemoryLog>>,
     proxy: BatchingProxy,
 }
 
 fn cluster(resolver_begins: &[&'static str]) -> Cluster {
     let epoch = Epoch(1);
-    let sequencer = Arc::new(ClockSequencer::new(epoch, Version(0)));
+    let sequencer = Arc::new(StepSequencer::new(epoch, Version(0)));
     let logs: Vec<Arc<MemoryLog>> = (0..3)
         .map(|i| Arc::new(MemoryLog::new(LogId(i), Version(0))))
         .collect();
     let resolvers: Vec<(Key, Arc<dyn Resolver>)> = resolver_begins
         .iter()
         .map(|b| {
-            let r: Arc<dyn Resolver> = Arc::new(WindowResolver::new(
-                epoch,
-                Version(0),
-                ResolverConfig::default(),
-            ));
+            let r: Arc<dyn Resolver> = Arc::new(ModelResolver::new(epoch, Version(0)));
             (Bytes::from_static(b.as_bytes()), r)
         })
         .collect();

@@ -13,7 +13,10 @@
 //! - [`system`]: the `\xff/system/` keys and the configuration the persistence phase stores.
 //! - [`traits`]: [`Sequencer`], [`Resolver`], [`LogServer`], [`StorageServer`],
 //!   [`CommitProxy`], each method with its contract.
-//! - [`shard`]: clipping a resolve batch to the key ranges of several resolvers.
+//! - [`shard`]: the resolvers' key ranges, and clipping a resolve batch to them. It stays here,
+//!   not in the commit proxy that splits batches with it, because three crates speak it: the
+//!   director builds the map, the proxy splits and merges with it, and the resolver's tests
+//!   check that sharded resolvers decide like one.
 //! - [`Error`]: what crosses a stage boundary; it names the failing [`Stage`].
 //!
 //! # Limits
@@ -48,7 +51,6 @@
 //! ```
 
 pub mod error;
-pub mod rng;
 pub mod shard;
 pub mod system;
 pub mod traits;

@@ -3,7 +3,8 @@
 //! The director ends every recovery with one system transaction that stores the whole
 //! [`SystemConfig`] twice: once as the monolithic value of [`keys::config`], read whole by a
 //! coordinator taking over, and once decomposed into one key per component, read by whoever
-//! needs one piece. [`SystemConfig::mutations`] builds that transaction's writes;
+//! needs one piece. [`SystemConfig::monolithic_value`] and [`SystemConfig::decomposed`] give
+//! the two views (the director's persistence phase decides how it writes them);
 //! [`SystemConfig::from_decomposed`] reassembles the decomposed view, and the invariant is that
 //! it gives back exactly what [`SystemConfig::from_monolithic`] reads.
 //!
@@ -14,7 +15,9 @@
 //!
 //! ```
 //! use strata_core::system::{keys, SystemConfig};
-//! let config = SystemConfig::example();
+//! let mut config = SystemConfig::default();
+//! config.layout.sequencer = "sequencer-0".into();
+//! config.layout.commit_proxies = vec!["proxy-0".into(), "proxy-1".into()];
 //! let pairs = config.decomposed()?;
 //! assert!(pairs.iter().any(|(k, _)| *k == keys::layout_sequencer()));
 //! let reassembled = SystemConfig::from_decomposed(pairs)?;
@@ -31,8 +34,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::traits::LogId;
 use crate::types::{
-    Epoch, KEY_BYTES_MAX, Key, KeyRange, Mutation, VALUE_BYTES_MAX, Value, Version,
-    parse_printable, printable,
+    Epoch, KEY_BYTES_MAX, Key, KeyRange, VALUE_BYTES_MAX, Value, Version, parse_printable,
+    printable,
 };
 
 /// The format version byte that starts every system value this build writes.
@@ -344,40 +347,6 @@ pub fn decode_value<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> ConfigResu
 }
 
 impl SystemConfig {
-    /// A small, complete configuration, for examples and tests.
-    pub fn example() -> SystemConfig {
-        SystemConfig {
-            cluster: ClusterConfig {
-                coordinators: vec!["127.0.0.1:4500".into()],
-                parameters: BTreeMap::from([("commit_batch_ms".into(), "1".into())]),
-                policies: BTreeMap::from([("replication".into(), "single".into())]),
-            },
-            layout: TransactionSystemLayout {
-                id: 1,
-                epoch: Epoch(1),
-                sequencer: "sequencer-0".into(),
-                commit_proxies: vec!["proxy-0".into(), "proxy-1".into()],
-                resolvers: BTreeMap::from([
-                    (BeginKey::from(""), "resolver-0".into()),
-                    (BeginKey::from("m"), "resolver-1".into()),
-                ]),
-                logs: BTreeMap::from([(LogId(0), "log-0".into()), (LogId(1), "log-1".into())]),
-                storage_teams: BTreeMap::from([
-                    (BeginKey::from(""), vec!["storage-0".into()]),
-                    (
-                        BeginKey(Bytes::from_static(b"\xff")),
-                        vec!["storage-0".into()],
-                    ),
-                ]),
-                services: BTreeMap::new(),
-            },
-            last_completed: RecoveryRecord {
-                epoch: Epoch(1),
-                recovery_version: Version(0),
-            },
-        }
-    }
-
     /// Checks what the stored form relies on: the layout and the recovery record are of the
     /// same epoch.
     pub fn validate(&self) -> ConfigResult<()> {
@@ -461,30 +430,6 @@ impl SystemConfig {
         put(k.clone(), encode_value(&k, &self.last_completed))?;
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(pairs)
-    }
-
-    /// The writes of the persistence phase's system transaction, in order: clear
-    /// [`keys::cluster_range`] and [`keys::layout_range`] (so no entry of an older, larger
-    /// layout survives), set the monolithic key, set every decomposed key.
-    pub fn mutations(&self) -> ConfigResult<Vec<Mutation>> {
-        let decomposed = self.decomposed()?;
-        let mut out = Vec::with_capacity(decomposed.len() + 3);
-        out.push(Mutation::ClearRange {
-            range: keys::cluster_range(),
-        });
-        out.push(Mutation::ClearRange {
-            range: keys::layout_range(),
-        });
-        out.push(Mutation::Set {
-            key: keys::config(),
-            value: self.monolithic_value()?,
-        });
-        out.extend(
-            decomposed
-                .into_iter()
-                .map(|(key, value)| Mutation::Set { key, value }),
-        );
-        Ok(out)
     }
 
     /// Reassembles a configuration from its decomposed pairs, in any order.
@@ -617,143 +562,4 @@ fn parse_decimal(text: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(text).ok()?;
     let n: u64 = text.parse().ok()?;
     (n.to_string() == text).then_some(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn example_round_trips_both_ways() {
-        let c = SystemConfig::example();
-        let mono = SystemConfig::from_monolithic(&c.monolithic_value().unwrap()).unwrap();
-        let parts = SystemConfig::from_decomposed(c.decomposed().unwrap()).unwrap();
-        assert_eq!(mono, c);
-        assert_eq!(parts, c);
-    }
-
-    #[test]
-    fn keys_have_the_documented_bytes() {
-        assert_eq!(keys::config().as_ref(), b"\xff/system/config");
-        assert_eq!(
-            keys::layout_commit_proxy(12).as_ref(),
-            b"\xff/system/layout/commit_proxies/12"
-        );
-        assert_eq!(
-            keys::layout_log(LogId(3)).as_ref(),
-            b"\xff/system/layout/logs/3"
-        );
-        assert_eq!(
-            keys::layout_resolver(b"\x01m").as_ref(),
-            b"\xff/system/layout/resolvers/\x01m"
-        );
-        assert!(keys::system_range().contains(&keys::recovery_last_completed()));
-        assert!(keys::cluster_range().contains(&keys::cluster_policy("p")));
-        assert!(!keys::cluster_range().contains(&keys::config()));
-        assert!(!keys::layout_range().contains(&keys::recovery_last_completed()));
-    }
-
-    #[test]
-    fn unknown_value_version_is_named() {
-        let mut v = SystemConfig::example().monolithic_value().unwrap().to_vec();
-        v[0] = 7;
-        assert_eq!(
-            SystemConfig::from_monolithic(&v),
-            Err(ConfigError::UnsupportedFormatVersion {
-                key: "\\xff/system/config".into(),
-                found: 7,
-                supported: VALUE_FORMAT_VERSION
-            })
-        );
-        assert!(matches!(
-            SystemConfig::from_monolithic(&[]),
-            Err(ConfigError::Malformed { .. })
-        ));
-    }
-
-    #[test]
-    fn damaged_decomposed_view_is_refused() {
-        let c = SystemConfig::example();
-        let pairs = c.decomposed().unwrap();
-
-        let without_epoch: Vec<_> = pairs
-            .iter()
-            .filter(|(k, _)| *k != keys::cluster_epoch())
-            .cloned()
-            .collect();
-        assert!(matches!(
-            SystemConfig::from_decomposed(without_epoch),
-            Err(ConfigError::Missing { .. })
-        ));
-
-        let without_proxy_0: Vec<_> = pairs
-            .iter()
-            .filter(|(k, _)| *k != keys::layout_commit_proxy(0))
-            .cloned()
-            .collect();
-        assert_eq!(
-            SystemConfig::from_decomposed(without_proxy_0),
-            Err(ConfigError::Missing {
-                key: "\\xff/system/layout/commit_proxies/0".into()
-            })
-        );
-
-        let mut stray = pairs.clone();
-        stray.push((
-            Bytes::from_static(b"\xff/system/layout/bogus"),
-            Bytes::new(),
-        ));
-        assert!(matches!(
-            SystemConfig::from_decomposed(stray),
-            Err(ConfigError::UnexpectedKey { .. })
-        ));
-
-        let mut twice = pairs.clone();
-        twice.push(pairs[0].clone());
-        assert!(matches!(
-            SystemConfig::from_decomposed(twice),
-            Err(ConfigError::UnexpectedKey { .. })
-        ));
-
-        let mut padded = pairs;
-        padded.push((
-            Bytes::from_static(b"\xff/system/layout/commit_proxies/01"),
-            encode_value(b"", &"p").unwrap(),
-        ));
-        assert!(matches!(
-            SystemConfig::from_decomposed(padded),
-            Err(ConfigError::UnexpectedKey { .. })
-        ));
-    }
-
-    #[test]
-    fn oversized_begin_key_is_refused() {
-        let mut c = SystemConfig::example();
-        c.layout
-            .resolvers
-            .insert(BeginKey(Bytes::from(vec![b'k'; KEY_BYTES_MAX])), "r".into());
-        assert!(matches!(
-            c.decomposed(),
-            Err(ConfigError::TooLarge { what: "key", .. })
-        ));
-    }
-
-    #[test]
-    fn mutations_clear_then_write_everything() {
-        let c = SystemConfig::example();
-        let m = c.mutations().unwrap();
-        assert_eq!(
-            m[0],
-            Mutation::ClearRange {
-                range: keys::cluster_range()
-            }
-        );
-        assert_eq!(
-            m[1],
-            Mutation::ClearRange {
-                range: keys::layout_range()
-            }
-        );
-        assert_eq!(m.len(), 3 + c.decomposed().unwrap().len());
-    }
 }

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use strata_core::system::{
     BeginKey, ClusterConfig, RecoveryRecord, SystemConfig, TransactionSystemLayout, keys,
 };
-use strata_core::{Epoch, Key, LogId, Mutation, Version};
+use strata_core::{Epoch, Key, LogId, Version};
 
 fn name() -> impl Strategy<Value = String> {
     // Names may hold any text, '/' and non-ASCII included: a name is the rest of its key.
@@ -157,20 +157,5 @@ proptest! {
                     || *k == keys::recovery_last_completed()
             );
         }
-    }
-
-    #[test]
-    fn the_system_transaction_writes_both_views(c in config()) {
-        let mutations = c.mutations().unwrap();
-        let sets: Vec<(Key, Bytes)> = mutations
-            .iter()
-            .filter_map(|m| match m {
-                Mutation::Set { key, value } => Some((key.clone(), value.clone())),
-                _ => None,
-            })
-            .collect();
-        let mono = sets.iter().find(|(k, _)| *k == keys::config()).map(|(_, v)| v.clone());
-        prop_assert_eq!(SystemConfig::from_monolithic(&mono.unwrap()).unwrap(), c.clone());
-        prop_assert_eq!(SystemConfig::from_decomposed(sets).unwrap(), c);
     }
 }

@@ -420,7 +420,8 @@ pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
         .collect();
     if let (Some(holds), Some(base)) = (held.holds, oldest_durable)
         && !sources.is_empty()
-        && let Err(e) = crate::replay::choose_source(&sources, base.min(holds), holds).await
+        && let Err(e) =
+            crate::recovery::replay::choose_source(&sources, base.min(holds), holds).await
     {
         report.findings.push(finding("logs", e.to_string()));
     }

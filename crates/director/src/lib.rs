@@ -89,7 +89,6 @@ pub mod coordinator;
 mod dump;
 pub mod faults;
 pub mod recovery;
-mod replay;
 pub mod workload;
 
 pub use check::{CheckReport, Finding, verify};

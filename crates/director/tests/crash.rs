@@ -78,7 +78,7 @@ async fn killed_mid_workload_the_ring_and_every_acknowledged_commit_survive() {
         let tx = cluster.database().begin().await.unwrap();
         for (c, n) in &acked {
             assert!(
-                tx.snapshot_get(&strata_director::workload::ack(*c, *n))
+                tx.snapshot_get(&strata_director::workload::cycle::ack(*c, *n))
                     .await
                     .unwrap()
                     .is_some(),

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use strata_core::rng::SplitMix64;
 use strata_director::EmbeddedCluster;
+use strata_testkit::rng::SplitMix64;
 
 const ITERATIONS: u64 = 100;
 const PAGE: u64 = 4096;
@@ -139,7 +139,8 @@ async fn a_damaged_page_never_panics_and_never_loses_an_acknowledged_commit() {
                 )
                 .await
                 .unwrap();
-                let lost = strata_director::workload::check_acks(&cluster.database(), &acked).await;
+                let lost =
+                    strata_director::workload::cycle::check_acks(&cluster.database(), &acked).await;
                 cluster.stop().await;
                 assert!(
                     lost.is_ok(),

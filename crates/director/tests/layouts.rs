@@ -17,10 +17,12 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_core::{ErrorKind, LogServer, StorageServer, Version};
-use strata_director::workload::{check_acks, check_ring};
+use strata_director::workload;
+use strata_director::workload::cycle::{self, check_acks, check_ring};
 use strata_director::{EmbeddedCluster, EmbeddedConfig};
 
 use common::{cycle_for, small_windows};
@@ -152,27 +154,18 @@ async fn child_cycle_until_killed() {
         .await
         .unwrap();
     let db = cluster.database();
-    strata_director::workload::ensure_ring(&db, NODES)
+    let nodes = cycle::ensure_ring(&db, NODES).await.unwrap();
+    let plan = workload::Plan {
+        clients: CLIENTS,
+        // Until killed.
+        span: workload::Span::For(std::time::Duration::MAX),
+        seed: n[3],
+        first: n[3],
+    };
+    let on_ack: workload::OnAck = Arc::new(|c, n| println!("ack {c} {n}"));
+    workload::drive(&db, Arc::new(cycle::Cycle { nodes }), &plan, on_ack)
         .await
         .unwrap();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let db = db.clone();
-            let first = n[3];
-            tokio::spawn(async move {
-                let mut rng = strata_core::rng::SplitMix64(c + first);
-                for n in first.. {
-                    strata_director::workload::rewire(&db, NODES, &mut rng, c, n)
-                        .await
-                        .unwrap();
-                    println!("ack {c} {n}");
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.await.unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

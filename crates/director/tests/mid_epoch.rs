@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use strata_core::Epoch;
 use strata_director::faults::{FaultPoint, Faults};
-use strata_director::workload::{check_acks, check_ring, ensure_ring, rewire};
+use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring, rewire};
 use strata_director::{EmbeddedConfig, Serving};
 use tokio::sync::watch;
 
@@ -49,7 +49,7 @@ fn clients(
         .map(|c| {
             let (mut serving, stop, acked) = (serving.clone(), stop.clone(), acked.clone());
             tokio::spawn(async move {
-                let mut rng = strata_core::rng::SplitMix64(c);
+                let mut rng = strata_testkit::rng::SplitMix64(c);
                 let mut n = 0;
                 while !*stop.borrow() {
                     let db = match serving.wait_for(Option::is_some).await {

@@ -11,8 +11,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use strata_core::rng::SplitMix64 as Rng;
 use strata_core::{Key, KeyRange};
+use strata_testkit::rng::SplitMix64 as Rng;
 
 /// Keys on both sides of the storage split at 0x80.
 fn key(rng: &mut Rng) -> Key {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use strata_core::{Error, ErrorKind, Result, Stage};
 use strata_director::{
-    CoordinatedState, EmbeddedCluster, EmbeddedConfig, FileStateStore, StateStore, workload,
+    CoordinatedState, EmbeddedCluster, EmbeddedConfig, FileStateStore, StateStore,
 };
 
 /// Four storage servers (split at 0x40, 0x80, 0xc0: the ring's keys, `ring/...` = 0x72..,
@@ -36,6 +36,7 @@ async fn four_storage_with_data(dir: &Path, secs: f64) -> (EmbeddedConfig, Vec<(
 }
 
 use common::edit_state;
+use strata_director::workload::cycle as workload;
 
 /// Recovery either refuses (Corruption) or recovers with the ring whole and every
 /// acknowledged transaction present; `strata check` must not call the directory consistent

@@ -14,12 +14,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use strata_core::rng::SplitMix64;
 use strata_core::{
     Epoch, KeyRange, MVCC_WINDOW_VERSIONS, ResolveBatch, Resolver, TransactionConflicts, Verdict,
     Version,
 };
 use strata_resolver::{ResolverConfig, WindowResolver};
+use strata_testkit::rng::SplitMix64;
 
 const BATCH_TRANSACTIONS: usize = 2_500;
 const KEY_SPACE: u64 = 20_000_000;

@@ -1,4 +1,5 @@
-//! The resolver against a brute-force model: a plain list of (range, version) writes.
+//! The resolver against the test kit's brute-force model: a plain list of (range, version)
+//! writes.
 //!
 //! Keys come from a small alphabet so that ranges collide often, and include keys longer than
 //! eight bytes that share their first eight (the path where a run compares key suffixes).
@@ -9,54 +10,9 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use strata_core::{KeyRange, TransactionConflicts, Verdict, Version};
+use strata_core::{KeyRange, TransactionConflicts, Version};
 use strata_resolver::{ConflictHistory, HistoryConfig};
-
-/// The brute-force resolver.
-#[derive(Default)]
-struct Model {
-    writes: Vec<(KeyRange, Version)>,
-    oldest: Version,
-}
-
-impl Model {
-    fn resolve(
-        &mut self,
-        version: Version,
-        window: u64,
-        txs: &[TransactionConflicts],
-    ) -> Vec<Verdict> {
-        self.oldest = self.oldest.max(version.saturating_sub(window));
-        txs.iter()
-            .map(|tx| {
-                if tx.read_conflicts.is_empty() {
-                    self.accept(tx, version);
-                    return Verdict::Committed;
-                }
-                let rv = tx.read_version.unwrap_or(Version::ZERO);
-                if rv < self.oldest {
-                    return Verdict::TooOld;
-                }
-                let conflict = tx
-                    .read_conflicts
-                    .iter()
-                    .any(|r| self.writes.iter().any(|(w, v)| *v > rv && w.intersects(r)));
-                if conflict {
-                    Verdict::Conflict
-                } else {
-                    self.accept(tx, version);
-                    Verdict::Committed
-                }
-            })
-            .collect()
-    }
-
-    fn accept(&mut self, tx: &TransactionConflicts, version: Version) {
-        for w in &tx.write_conflicts {
-            self.writes.push((w.clone(), version));
-        }
-    }
-}
+use strata_testkit::ConflictModel as Model;
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_core::rng::SplitMix64;
 use strata_core::{Epoch, LogId, LogServer, Version};
+use strata_testkit::rng::SplitMix64;
 use strata_tlog::fs::{Fs, SimFs};
 use strata_tlog::{FileLog, FileLogConfig};
 

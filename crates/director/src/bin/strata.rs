@@ -218,7 +218,10 @@ async fn recover(args: RecoverArgs) -> strata_core::Result<()> {
     let total_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     cluster.stop().await;
     if args.json {
-        print_json(&report, total_micros);
+        print_json(&Recovered {
+            report: &report,
+            total_micros,
+        })?;
     } else {
         print_text(&report, total_micros);
     }
@@ -252,13 +255,7 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
 async fn check(args: VerifyArgs) -> strata_core::Result<()> {
     let report = strata_director::verify(&args.data_dir).await?;
     if args.json {
-        let json = serde_json::to_string(&report).map_err(|e| {
-            strata_core::Error::new(
-                strata_core::Stage::Director,
-                strata_core::ErrorKind::InvalidRequest(format!("cannot encode the report: {e}")),
-            )
-        })?;
-        println!("{json}");
+        print_json(&report)?;
     } else {
         match report.epoch {
             Some(epoch) => println!("{}: {epoch}", args.data_dir.display()),
@@ -308,11 +305,7 @@ async fn dump(args: DumpArgs) -> strata_core::Result<()> {
     })?;
     let dump = strata_director::dump(&args.data_dir, &prefix).await?;
     if args.json {
-        match serde_json::to_string(&dump) {
-            Ok(json) => println!("{json}"),
-            Err(e) => eprintln!("error: cannot encode the dump: {e}"),
-        }
-        return Ok(());
+        return print_json(&dump);
     }
     println!(
         "epoch {} (generation {}), {} log(s), {} storage server(s)",
@@ -333,18 +326,27 @@ async fn dump(args: DumpArgs) -> strata_core::Result<()> {
     Ok(())
 }
 
-fn print_json(report: &RecoveryReport, total_micros: u64) {
-    let mut value = match serde_json::to_value(report) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: cannot encode the report: {e}");
-            return;
-        }
-    };
-    if let Some(object) = value.as_object_mut() {
-        object.insert("total_micros".into(), total_micros.into());
-    }
-    println!("{value}");
+/// Prints `value` as one line of JSON; a value that cannot be encoded is an error (exit 1),
+/// never a silent success.
+fn print_json(value: &impl serde::Serialize) -> strata_core::Result<()> {
+    let json = serde_json::to_string(value).map_err(|e| {
+        strata_core::Error::new(
+            strata_core::Stage::Director,
+            strata_core::ErrorKind::InvalidRequest(format!(
+                "cannot encode the output as JSON: {e}"
+            )),
+        )
+    })?;
+    println!("{json}");
+    Ok(())
+}
+
+/// The recovery report with the command's own total time.
+#[derive(serde::Serialize)]
+struct Recovered<'a> {
+    #[serde(flatten)]
+    report: &'a RecoveryReport,
+    total_micros: u64,
 }
 
 fn print_text(report: &RecoveryReport, total_micros: u64) {
@@ -370,13 +372,14 @@ fn print_text(report: &RecoveryReport, total_micros: u64) {
 }
 
 mod cycle {
-    //! `strata workload cycle` and `check`, on [`strata_director::workload`].
+    //! `strata workload cycle` and `check`: arguments and output around
+    //! [`strata_director::workload::cycle`].
 
     use std::io::Write;
+    use std::sync::Arc;
 
-    use strata_core::rng::SplitMix64;
-    use strata_core::{Error, ErrorKind, Stage};
-    use strata_director::workload::{check_ring, ensure_ring, rewire};
+    use strata_director::workload::cycle::{Cycle, check_ring, ensure_ring};
+    use strata_director::workload::{self, Plan, Span};
     use strata_director::{EmbeddedCluster, EmbeddedConfig};
 
     use super::{CheckArgs, CycleArgs};
@@ -386,41 +389,30 @@ mod cycle {
         let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
         let db = cluster.database();
         let nodes = ensure_ring(&db, args.keys).await?;
-        let clients = args.clients.max(1);
-        let started = std::time::Instant::now();
-        let tasks: Vec<_> = (0..clients)
-            .map(|c| {
-                let db = db.clone();
-                let print = args.print_acks;
-                // The remainder goes to the first clients, so the total is exact.
-                let per_client =
-                    args.transactions / clients + u64::from(c < args.transactions % clients);
-                tokio::spawn(async move {
-                    let mut rng = SplitMix64(c ^ u64::from(std::process::id()));
-                    for n in 0..per_client {
-                        rewire(&db, nodes, &mut rng, c, n).await?;
-                        if print {
-                            let mut out = std::io::stdout().lock();
-                            let _ = writeln!(out, "ack {c} {n}");
-                            let _ = out.flush();
-                        }
-                    }
-                    Ok::<(), Error>(())
-                })
+        let plan = Plan {
+            clients: args.clients,
+            span: Span::Transactions(args.transactions),
+            // Each run its own stream, so repeated runs do not replay the same rewirings.
+            seed: u64::from(std::process::id()),
+            first: 0,
+        };
+        let on_ack: workload::OnAck = if args.print_acks {
+            Arc::new(|c, n| {
+                let mut out = std::io::stdout().lock();
+                // A closed pipe only means nobody reads the acknowledgements any more.
+                let _ = writeln!(out, "ack {c} {n}").and_then(|()| out.flush());
             })
-            .collect();
-        for t in tasks {
-            t.await.map_err(|e| {
-                Error::new(Stage::Director, ErrorKind::Unavailable(e.to_string()))
-            })??;
-        }
-        let elapsed = started.elapsed();
+        } else {
+            workload::no_acks()
+        };
+        let driven = workload::drive(&db, Arc::new(Cycle { nodes }), &plan, on_ack).await?;
         check_ring(&db).await?;
-        let done = args.transactions;
         println!(
-            "cycle: {done} transactions by {clients} clients in {:.2} s ({:.0}/s); ring of {nodes} keys intact",
-            elapsed.as_secs_f64(),
-            done as f64 / elapsed.as_secs_f64()
+            "cycle: {} transactions by {} clients in {:.2} s ({:.0}/s); ring of {nodes} keys intact",
+            driven.acked.len(),
+            plan.clients,
+            driven.elapsed.as_secs_f64(),
+            driven.per_second()
         );
         cluster.stop().await;
         Ok(())
@@ -438,25 +430,20 @@ mod cycle {
 }
 
 mod load {
-    //! `strata bench`: a load generator over the embedded cluster.
+    //! `strata bench`: arguments, progress and the report around
+    //! [`strata_director::workload::load`].
 
-    use std::fs::OpenOptions;
-    use std::io::{IsTerminal, Write};
+    use std::io::IsTerminal;
     use std::path::PathBuf;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::{Duration, Instant};
 
     use bytes::Bytes;
     use clap::Args;
     use serde::Serialize;
     use strata_core::{Error, ErrorKind, Stage};
+    use strata_director::workload::load::{Load, fsync_floor};
+    use strata_director::workload::{self, Plan, Span};
     use strata_director::{EmbeddedCluster, EmbeddedConfig};
-
-    use strata_core::rng::SplitMix64;
-
-    /// Keys the load spreads over.
-    const KEY_SPACE: u64 = 1_000_000;
 
     #[derive(Args)]
     pub(crate) struct BenchArgs {
@@ -504,41 +491,15 @@ mod load {
         fsync_floor_us: u64,
     }
 
-    fn invalid(why: &str) -> Error {
-        Error::new(Stage::Director, ErrorKind::InvalidRequest(why.into()))
-    }
-
-    /// The median of 100 appends of 4 KiB, each followed by `fdatasync`, in `dir`.
-    fn fsync_floor(dir: &std::path::Path) -> strata_core::Result<u64> {
-        let path = dir.join("fsync-floor.tmp");
-        let io = |e| Error::io(Stage::Director, e);
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        let block = [7u8; 4096];
-        let mut samples = Vec::with_capacity(100);
-        for _ in 0..100 {
-            let t = Instant::now();
-            f.write_all(&block)
-                .and_then(|()| f.sync_data())
-                .map_err(io)?;
-            samples.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
-        }
-        drop(f);
-        std::fs::remove_file(&path).map_err(io)?;
-        samples.sort_unstable();
-        Ok(samples[samples.len() / 2])
-    }
-
     pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
         if !(0.0..=1.0).contains(&args.read_fraction) {
-            return Err(invalid("--read-fraction must be between 0 and 1"));
+            return Err(Error::new(
+                Stage::Director,
+                ErrorKind::InvalidRequest("--read-fraction must be between 0 and 1".into()),
+            ));
         }
         std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::io(Stage::Director, e))?;
-        let floor = fsync_floor(&args.data_dir)?;
+        let floor = fsync_floor(&args.data_dir, 100)?;
         let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
         let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
         let db = cluster.database();
@@ -548,91 +509,48 @@ mod load {
         } else {
             indicatif::ProgressBar::new(args.transactions)
         };
-        let aborts = Arc::new(AtomicU64::new(0));
-        let value = Bytes::from(vec![b'v'; args.value_bytes]);
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..args.clients)
-            .map(|c| {
-                let (db, aborts, value, progress) =
-                    (db.clone(), aborts.clone(), value.clone(), progress.clone());
-                let share = args.transactions / args.clients
-                    + u64::from(c < args.transactions % args.clients);
-                let (keys, reads) = (args.keys_per_transaction, args.read_fraction);
-                tokio::spawn(async move {
-                    let mut rng = SplitMix64(0xbe7c_0000 + c);
-                    let mut latencies = Vec::with_capacity(usize::try_from(share).unwrap_or(0));
-                    for _ in 0..share {
-                        // Choose the operations once, so retries repeat the same transaction.
-                        let ops: Vec<(Bytes, bool)> = (0..keys)
-                            .map(|_| {
-                                let key = Bytes::from(format!("bench/{:08}", rng.below(KEY_SPACE)));
-                                (key, rng.unit() < reads)
-                            })
-                            .collect();
-                        let t = Instant::now();
-                        let tries = AtomicU64::new(0);
-                        db.run(|tx| {
-                            tries.fetch_add(1, Ordering::Relaxed);
-                            let (ops, value) = (ops.clone(), value.clone());
-                            async move {
-                                for (key, read) in ops {
-                                    if read {
-                                        tx.get(&key).await?;
-                                    } else {
-                                        tx.set(key, value.clone());
-                                    }
-                                }
-                                Ok(())
-                            }
-                        })
-                        .await?;
-                        latencies.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
-                        aborts.fetch_add(tries.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
-                        progress.inc(1);
-                    }
-                    Ok::<Vec<u64>, Error>(latencies)
-                })
-            })
-            .collect();
-        let mut latencies = Vec::new();
-        for t in tasks {
-            let joined = t
-                .await
-                .map_err(|e| Error::new(Stage::Director, ErrorKind::Unavailable(e.to_string())))?;
-            latencies.extend(joined?);
-        }
-        let elapsed = started.elapsed();
+        let load = Load {
+            keys_per_transaction: args.keys_per_transaction,
+            value: Bytes::from(vec![b'v'; args.value_bytes]),
+            read_fraction: args.read_fraction,
+        };
+        let plan = Plan {
+            clients: args.clients,
+            span: Span::Transactions(args.transactions),
+            seed: 0xbe7c,
+            first: 0,
+        };
+        let ticker = progress.clone();
+        let driven = workload::drive(
+            &db,
+            Arc::new(load),
+            &plan,
+            Arc::new(move |_, _| ticker.inc(1)),
+        )
+        .await;
         progress.finish_and_clear();
         drop(db);
         cluster.stop().await;
+        let driven = driven?;
 
-        latencies.sort_unstable();
-        let at = |q: f64| {
-            let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-            latencies.get(i).copied().unwrap_or(0)
-        };
         let report = Report {
-            transactions: args.transactions,
+            transactions: driven.acked.len() as u64,
             clients: args.clients,
             keys_per_transaction: args.keys_per_transaction,
             value_bytes: args.value_bytes,
             read_fraction: args.read_fraction,
-            elapsed_s: elapsed.as_secs_f64(),
-            commits_per_second: args.transactions as f64
-                / elapsed.max(Duration::from_micros(1)).as_secs_f64(),
-            aborts: aborts.load(Ordering::Relaxed),
+            elapsed_s: driven.elapsed.as_secs_f64(),
+            commits_per_second: driven.per_second(),
+            aborts: driven.aborts,
             latency_us: Latency {
-                p50: at(0.50),
-                p99: at(0.99),
-                max: latencies.last().copied().unwrap_or(0),
+                p50: driven.latency_us(0.50),
+                p99: driven.latency_us(0.99),
+                max: driven.latency_us(1.0),
             },
-            fsync_floor_us: floor,
+            fsync_floor_us: u64::try_from(floor.as_micros()).unwrap_or(u64::MAX),
         };
         if args.json {
-            match serde_json::to_string(&report) {
-                Ok(json) => println!("{json}"),
-                Err(e) => return Err(invalid(&e.to_string())),
-            }
+            super::print_json(&report)?;
         } else {
             println!(
                 "strata bench: {} transactions, {} clients, {} key(s) each, {}-byte values, {:.0}% reads",

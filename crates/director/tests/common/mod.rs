@@ -56,33 +56,21 @@ pub async fn cycle_for(
     first: u64,
     duration: std::time::Duration,
 ) -> Vec<(u64, u64)> {
-    strata_director::workload::ensure_ring(db, nodes)
+    use strata_director::workload::{self, Plan, Span, cycle};
+    let nodes = cycle::ensure_ring(db, nodes)
         .await
         .expect("the ring exists");
-    let until = std::time::Instant::now() + duration;
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let db = db.clone();
-            tokio::spawn(async move {
-                let mut rng = strata_core::rng::SplitMix64(c * 7919 + first);
-                let mut acked = Vec::new();
-                let mut n = first;
-                while std::time::Instant::now() < until {
-                    strata_director::workload::rewire(&db, nodes, &mut rng, c, n)
-                        .await
-                        .expect("a Cycle transaction commits");
-                    acked.push((c, n));
-                    n += 1;
-                }
-                acked
-            })
-        })
-        .collect();
-    let mut acked = Vec::new();
-    for t in tasks {
-        acked.extend(t.await.expect("a client task"));
-    }
-    acked
+    let plan = Plan {
+        clients,
+        span: Span::For(duration),
+        seed: first,
+        first,
+    };
+    let cycle = std::sync::Arc::new(cycle::Cycle { nodes });
+    workload::drive(db, cycle, &plan, workload::no_acks())
+        .await
+        .expect("every Cycle transaction commits")
+        .acked
 }
 
 /// A cluster served in the background ([`strata_director::serve`]) on `dir` with faults from

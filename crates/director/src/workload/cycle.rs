@@ -1,16 +1,34 @@
-//! Workloads that run through the whole pipeline, shared by the `strata` command, the tests and
-//! the benches.
-//!
-//! **Cycle** (FoundationDB's): `ring/node/<i>` holds the index of the next node; a transaction
+//! FoundationDB's Cycle workload: `ring/node/<i>` holds the index of the next node; a transaction
 //! reads three links a -> b -> c -> d and rewires them a -> c -> b -> d, so the ring stays one
 //! ring of all nodes whatever commits or aborts. Each transaction also writes an
 //! acknowledgement key `ring/ack/<client>/<n>`, so a crash test can check that every
 //! transaction it saw acknowledged survived.
 
 use bytes::Bytes;
-use strata_core::rng::SplitMix64;
 use strata_core::{Error, ErrorKind, Key, Result, Stage};
+use strata_testkit::rng::SplitMix64;
 use strata_txn_builder::Database;
+
+use super::{Workload, run_counted};
+
+/// The Cycle workload on a ring of `nodes` (see [`ensure_ring`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Cycle {
+    /// The ring's size.
+    pub nodes: u64,
+}
+
+impl Workload for Cycle {
+    async fn transaction(
+        &self,
+        db: &Database,
+        rng: &mut SplitMix64,
+        client: u64,
+        n: u64,
+    ) -> Result<u64> {
+        rewire(db, self.nodes, rng, client, n).await
+    }
+}
 
 /// The key of ring node `i`.
 pub fn node(i: u64) -> Key {
@@ -64,32 +82,32 @@ pub async fn ensure_ring(db: &Database, keys: u64) -> Result<u64> {
 }
 
 /// One Cycle transaction of `client` (its `n`th), from a node `rng` picks, retried until it
-/// commits or fails for good; writes the acknowledgement key `ack(client, n)`.
+/// commits or fails for good; writes the acknowledgement key `ack(client, n)`. Returns how
+/// many attempts aborted.
 pub async fn rewire(
     db: &Database,
     nodes: u64,
     rng: &mut SplitMix64,
     client: u64,
     n: u64,
-) -> Result<()> {
+) -> Result<u64> {
     let a = rng.below(nodes);
     let link = |v: Option<Bytes>| {
         v.ok_or_else(|| broken("missing node"))
             .and_then(|v| number(&v))
     };
-    let ((), _) = db
-        .run(|tx| async move {
-            let b = link(tx.get(&node(a)).await?)?;
-            let c = link(tx.get(&node(b)).await?)?;
-            let d = link(tx.get(&node(c)).await?)?;
-            tx.set(node(a), Bytes::from(c.to_string()));
-            tx.set(node(c), Bytes::from(b.to_string()));
-            tx.set(node(b), Bytes::from(d.to_string()));
-            tx.set(ack(client, n), Bytes::from_static(b"1"));
-            Ok(())
-        })
-        .await?;
-    Ok(())
+    let ((), _, aborted) = run_counted(db, |tx| async move {
+        let b = link(tx.get(&node(a)).await?)?;
+        let c = link(tx.get(&node(b)).await?)?;
+        let d = link(tx.get(&node(c)).await?)?;
+        tx.set(node(a), Bytes::from(c.to_string()));
+        tx.set(node(c), Bytes::from(b.to_string()));
+        tx.set(node(b), Bytes::from(d.to_string()));
+        tx.set(ack(client, n), Bytes::from_static(b"1"));
+        Ok(())
+    })
+    .await?;
+    Ok(aborted)
 }
 
 /// Walks the ring from node 0 at the newest version: it must visit every node once and come

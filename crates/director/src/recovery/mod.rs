@@ -31,12 +31,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 use strata_commit_proxy::BatchingProxy;
-use strata_core::system::{
-    BeginKey, ClusterConfig, RecoveryRecord, SystemConfig, TransactionSystemLayout, keys,
-};
+use strata_core::system::{BeginKey, SystemConfig, TransactionSystemLayout, keys};
 use strata_core::{
-    CommitProxy, Epoch, Error, ErrorKind, Key, LogId, LogServer, LogState, Mutation, Resolver,
-    Result, Sequencer, Stage, StorageServer, Version, printable,
+    CommitProxy, Epoch, Error, ErrorKind, Key, LogId, LogServer, Resolver, Result, Sequencer,
+    Stage, StorageServer, Version, printable,
 };
 use strata_resolver::WindowResolver;
 use strata_sequencer::ClockSequencer;
@@ -53,10 +51,19 @@ use crate::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT, StateStore};
 use crate::faults::{
     Faults, FaultyFs, FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage,
 };
-use crate::replay::{choose_source, replay};
 use crate::{split_begins, split_ranges};
 
-fn error(kind: ErrorKind) -> Error {
+mod logs;
+mod persistence;
+pub(crate) mod replay;
+
+use logs::{
+    NewLogs, OldLog, choose_recovery_version, lock_previous_logs, recruit_logs, remove_unrecorded,
+    sync_dir,
+};
+use persistence::persist_within_deadline;
+
+pub(super) fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::Director, kind)
 }
 
@@ -116,7 +123,7 @@ impl From<RecoveryError> for Error {
 }
 
 /// Damage found in the data directory cannot be fixed by a new epoch; anything else can.
-fn unrecoverable_if_damaged(e: Error) -> RecoveryError {
+pub(super) fn unrecoverable_if_damaged(e: Error) -> RecoveryError {
     if matches!(e.kind, ErrorKind::Corruption(_)) {
         RecoveryError::Unrecoverable(e)
     } else {
@@ -124,7 +131,7 @@ fn unrecoverable_if_damaged(e: Error) -> RecoveryError {
     }
 }
 
-type Attempt<T> = std::result::Result<T, RecoveryError>;
+pub(super) type Attempt<T> = std::result::Result<T, RecoveryError>;
 
 /// How long one phase took.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -320,37 +327,6 @@ pub async fn recover(
     }
 }
 
-/// Failed attempts clean up what they created: the new logs, until the coordinated state
-/// names them, are referred to by nothing. (Once it names them they hold the epoch's history
-/// and stay.) Whether it names them is read from the store itself, not assumed from the
-/// attempt's progress: a write of the state can fail after the new state is in place (a
-/// failed directory sync after the rename), and then the logs must stay.
-fn remove_unrecorded(data_dir: &Path, store: &dyn StateStore, logs: &NewLogs) {
-    for log in &logs.logs {
-        log.close();
-    }
-    match store.read() {
-        Ok(Some(state)) if state.logs.iter().all(|named| !logs.places.contains(named)) => {}
-        Ok(None) => {}
-        named_or_unknown => {
-            tracing::warn!(
-                state = ?named_or_unknown.map(|s| s.map(|s| s.logs)),
-                "keeping a failed attempt's logs: the coordinated state may name them"
-            );
-            return;
-        }
-    }
-    for place in &logs.places {
-        let path = data_dir.join(&place.dir);
-        if let Err(e) = std::fs::remove_dir_all(&path) {
-            tracing::warn!(dir = %path.display(), error = %e, "cannot remove a failed attempt's log");
-        }
-    }
-    if let Err(e) = sync_dir(&data_dir.join("logs")) {
-        tracing::warn!(error = %e, "cannot sync the logs directory");
-    }
-}
-
 /// The phases after the storage servers are open, so [`recover`] can close them on failure.
 #[expect(clippy::too_many_arguments)] // NOTE: the outputs of the earlier phases, passed on.
 async fn start_and_persist(
@@ -423,10 +399,10 @@ async fn start_and_persist(
 
 /// What the directory holds, checked before anything is written: the coordinated state, the
 /// previous generation's logs (open, not yet locked) and the storage servers' durable versions.
-struct Inspected {
-    previous: Option<CoordinatedState>,
-    logs: Vec<(LogPlace, Arc<FileLog>)>,
-    durable: Vec<Version>,
+pub(super) struct Inspected {
+    pub(super) previous: Option<CoordinatedState>,
+    pub(super) logs: Vec<(LogPlace, Arc<FileLog>)>,
+    pub(super) durable: Vec<Version>,
 }
 
 /// Phase 1: validate, then write. Checks the configuration, the coordinated state against the
@@ -511,8 +487,8 @@ fn superseded_or(
 
 /// The epoch this attempt claimed.
 #[derive(Debug)]
-struct Claim {
-    epoch: Epoch,
+pub(super) struct Claim {
+    pub(super) epoch: Epoch,
     generation: u64,
 }
 
@@ -551,136 +527,8 @@ async fn claim_epoch(
     })
 }
 
-/// A log of the previous generation, locked by this epoch.
-struct OldLog {
-    place: LogPlace,
-    log: Arc<FileLog>,
-    state: LogState,
-}
-
-/// Phase 3: locks the previous logs with the new epoch, so older epochs can push no more, and
-/// learns what each holds once the pushes accepted before the lock have landed.
-async fn lock_previous_logs(inspected: &Inspected, claim: &Claim) -> Attempt<Vec<OldLog>> {
-    let mut out = Vec::new();
-    for (place, log) in &inspected.logs {
-        let state = log.lock(claim.epoch).await?;
-        out.push(OldLog {
-            place: place.clone(),
-            log: log.clone(),
-            state,
-        });
-    }
-    Ok(out)
-}
-
-/// Phase 4: the newest version every previous log holds. A commit is acknowledged only once
-/// all logs hold it, so nothing newer was acknowledged. (Phase 1 checked it is not below the
-/// recovery version recorded by the recovery before; locking only lets it grow.)
-fn choose_recovery_version(old: &[OldLog]) -> Version {
-    old.iter()
-        .map(|o| o.state.last_version)
-        .min()
-        .unwrap_or(Version::ZERO)
-}
-
-/// The logs of the new generation.
-pub(crate) struct NewLogs {
-    places: Vec<LogPlace>,
-    pub(crate) logs: Vec<Arc<FileLog>>,
-}
-
 fn storage_path(data_dir: &Path, i: usize) -> PathBuf {
     data_dir.join("storage").join(format!("{i}.redb"))
-}
-
-/// Makes the creations and removals in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(Stage::Director, e))
-}
-
-/// Phase 5: recruits the new logs, anchored where the copied history starts, and replays into
-/// them the committed history the storage servers still need: everything after the oldest
-/// durable version of all of them. If it fails, the logs it created are removed.
-#[expect(clippy::too_many_arguments)] // NOTE: the outputs of the earlier phases, passed on.
-async fn recruit_logs(
-    env: &RecoveryEnv,
-    data_dir: &Path,
-    store: &dyn StateStore,
-    claim: &Claim,
-    config: &EmbeddedConfig,
-    inspected: &Inspected,
-    old: &[OldLog],
-    recovery_version: Version,
-) -> Attempt<NewLogs> {
-    let base = inspected
-        .durable
-        .iter()
-        .copied()
-        .fold(recovery_version, Version::min);
-    let sources: Vec<(String, Arc<FileLog>)> = old
-        .iter()
-        .map(|o| (o.place.dir.clone(), o.log.clone()))
-        .collect();
-    let source = choose_source(&sources, base, recovery_version)
-        .await
-        .map_err(unrecoverable_if_damaged)?;
-
-    let logs_dir = data_dir.join("logs");
-    std::fs::create_dir_all(&logs_dir).map_err(|e| Error::io(Stage::Director, e))?;
-    sync_dir(data_dir)?;
-    let epoch = claim.epoch;
-    let mut created = NewLogs {
-        places: Vec::new(),
-        logs: Vec::new(),
-    };
-    let recruited = async {
-        for i in 0..config.logs {
-            let dir = format!("logs/{}-{i}", epoch.0);
-            let path = data_dir.join(&dir);
-            if path.exists() {
-                // Phase 1 refused log directories of epochs after the state's, and this epoch
-                // was claimed after it: a directory here was not made by Strata. Never remove it.
-                return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
-                    format!(
-                        "{} exists, but {epoch} was only claimed now",
-                        path.display()
-                    ),
-                ))));
-            }
-            let id = LogId(epoch.0 * 1_000 + u64::try_from(i).unwrap_or(0));
-            let log = env.open_log(&path, id, OpenMode::Create(source.anchor), config.log)?;
-            created.places.push(LogPlace { id, dir });
-            created.logs.push(log.clone());
-            log.lock(epoch).await?;
-        }
-        sync_dir(&logs_dir)?;
-        if let Some((dir, log)) = &source.log {
-            replay(
-                log,
-                &created.logs,
-                epoch,
-                base,
-                recovery_version,
-                config.log.queue_bytes_max / 2,
-            )
-            .await
-            .map_err(|e| {
-                tracing::error!(log = %dir, error = %e, "replay failed");
-                unrecoverable_if_damaged(e)
-            })?;
-        }
-        Ok(())
-    }
-    .await;
-    match recruited {
-        Ok(()) => Ok(created),
-        Err(e) => {
-            remove_unrecorded(data_dir, store, &created);
-            Err(e)
-        }
-    }
 }
 
 /// Phase 6: opens the storage servers, each following one new log, rolls them back to the
@@ -747,7 +595,7 @@ async fn open_storage(
     }
 }
 
-fn millis(d: std::time::Duration) -> u64 {
+pub(super) fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -905,140 +753,6 @@ async fn write_state(
     }
     sync_dir(&logs_dir)?;
     Ok(())
-}
-
-/// Phase 10 under its deadline. A timeout names the stage the phase was waiting on: the stage
-/// a commit proxy's oldest batch waits on during the commit, otherwise the phase's own step.
-async fn persist_within_deadline(
-    pipeline: &Pipeline,
-    storage: &[Arc<RedbStorage>],
-    layout: TransactionSystemLayout,
-    recovery_version: Version,
-    config: &EmbeddedConfig,
-) -> Attempt<(Version, SystemConfig)> {
-    let step = Mutex::new(Stage::Sequencer);
-    let persisted = persist(pipeline, storage, layout, recovery_version, &step);
-    match tokio::time::timeout(config.persistence_deadline, persisted).await {
-        Ok(result) => Ok(result?),
-        Err(_) => {
-            let waiting = step.lock().map(|s| *s).unwrap_or(Stage::Director);
-            let stage = match waiting {
-                Stage::CommitProxy => pipeline
-                    .proxies
-                    .iter()
-                    .find_map(|p| p.waiting_on())
-                    .unwrap_or(Stage::CommitProxy),
-                other => other,
-            };
-            Err(RecoveryError::Attempt(Error::new(
-                stage,
-                ErrorKind::Timeout {
-                    what: "the persistence phase".into(),
-                    after_ms: millis(config.persistence_deadline),
-                },
-            )))
-        }
-    }
-}
-
-/// Phase 10, the persistence phase: one system transaction holding the whole configuration,
-/// committed through the new pipeline, then read back through a fresh transaction and
-/// compared. `step` tells which stage it waits on, for a timeout's error.
-async fn persist(
-    pipeline: &Pipeline,
-    storage: &[Arc<RedbStorage>],
-    layout: TransactionSystemLayout,
-    recovery_version: Version,
-    step: &Mutex<Stage>,
-) -> Result<(Version, SystemConfig)> {
-    let at = |stage: Stage| {
-        if let Ok(mut s) = step.lock() {
-            *s = stage;
-        }
-    };
-    let db = &pipeline.database;
-    let config_error =
-        |e: strata_core::system::ConfigError| error(ErrorKind::Corruption(e.to_string()));
-    at(Stage::Sequencer);
-    let tx = db.begin().await?;
-    // The configuration the previous coordinator wrote, read from the monolithic key: the
-    // handoff from one generation to the next.
-    at(Stage::Storage);
-    let cluster = match tx.snapshot_get(&keys::config()).await? {
-        Some(value) => {
-            SystemConfig::from_monolithic(&value)
-                .map_err(config_error)?
-                .cluster
-        }
-        None => ClusterConfig {
-            coordinators: vec!["embedded".into()],
-            ..ClusterConfig::default()
-        },
-    };
-    let epoch = layout.epoch;
-    let system = SystemConfig {
-        cluster,
-        layout,
-        last_completed: RecoveryRecord {
-            epoch,
-            recovery_version,
-        },
-    };
-    for m in system.mutations().map_err(config_error)? {
-        match m {
-            Mutation::Set { key, value } => tx.set(key, value),
-            Mutation::Clear { key } => tx.clear(key),
-            Mutation::ClearRange { range } => tx.clear_range(range),
-        }
-    }
-    at(Stage::CommitProxy);
-    let version = tx.commit().await?;
-
-    // Wait until the storage servers have applied it (the phase's deadline bounds this), so
-    // the read back below does not depend on how long a single read may wait.
-    at(Stage::Storage);
-    for s in storage {
-        s.wait_applied(version).await?;
-    }
-    // Read it back through a fresh transaction.
-    at(Stage::Sequencer);
-    let check = db.begin().await?;
-    if check.read_version() < version {
-        return Err(Error::new(
-            Stage::Sequencer,
-            ErrorKind::InvalidRequest(format!(
-                "read version {} is older than the system transaction at {version}",
-                check.read_version()
-            )),
-        ));
-    }
-    at(Stage::Storage);
-    let monolithic = check.snapshot_get(&keys::config()).await?.ok_or_else(|| {
-        error(ErrorKind::Corruption(
-            "the monolithic key is missing".into(),
-        ))
-    })?;
-    let mut pairs = Vec::new();
-    for range in [keys::cluster_range(), keys::layout_range()] {
-        pairs.extend(check.snapshot_get_range(&range, 100_000, false).await?);
-    }
-    let last = keys::recovery_last_completed();
-    if let Some(v) = check.snapshot_get(&last).await? {
-        pairs.push((last, v));
-    }
-    let from_monolithic = SystemConfig::from_monolithic(&monolithic).map_err(config_error)?;
-    let from_decomposed = SystemConfig::from_decomposed(pairs).map_err(config_error)?;
-    if from_monolithic != system || from_decomposed != system {
-        return Err(error(ErrorKind::Corruption(
-            "the configuration read back differs from the one written".into(),
-        )));
-    }
-    tracing::info!(
-        version = version.0,
-        epoch = epoch.0,
-        "persistence phase complete"
-    );
-    Ok((version, system))
 }
 
 /// Waits before the coordinator's next attempt: 20 ms, doubling with each attempt, at most 1 s.

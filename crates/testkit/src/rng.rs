@@ -4,7 +4,7 @@
 /// SplitMix64 (Steele, Lea and Flood): one `u64` of state, well mixed, fast.
 ///
 /// ```
-/// use strata_core::rng::SplitMix64;
+/// use strata_testkit::rng::SplitMix64;
 /// let (mut a, mut b) = (SplitMix64(7), SplitMix64(7));
 /// assert_eq!(a.next_u64(), b.next_u64());
 /// assert!(a.below(10) < 10);

@@ -1,0 +1,129 @@
+//! How the proxy forms batches: up to its count and byte bounds, each batch one entry on every
+//! log. Every commit is queued at once and the batch window is long, so the batches are
+//! decided by the bounds alone.
+
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_commit_proxy::{BatchingProxy, ProxyConfig};
+use strata_core::{
+    CommitProxy, Epoch, KeyRange, LogId, LogServer, Mutation, Resolver, Transaction,
+    TransactionView, Version,
+};
+use strata_testkit::{MemoryLog, ModelResolver, StepSequencer};
+
+const EPOCH: Epoch = Epoch(1);
+
+fn blind(key: String, value_bytes: usize) -> Bytes {
+    Transaction {
+        write_conflicts: vec![KeyRange::single(Bytes::from(key.clone()))],
+        mutations: vec![Mutation::Set {
+            key: Bytes::from(key),
+            value: Bytes::from(vec![b'v'; value_bytes]),
+        }],
+        ..Transaction::default()
+    }
+    .encode()
+    .unwrap()
+}
+
+/// Commits `count` blind writes of `value_bytes` each under `config` and returns the keys each
+/// log entry holds, in log order.
+async fn batches(count: usize, value_bytes: usize, config: ProxyConfig) -> Vec<Vec<String>> {
+    let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+    let resolver: Arc<dyn Resolver> = Arc::new(ModelResolver::new(EPOCH, Version(0)));
+    let proxy = Arc::new(
+        BatchingProxy::new(
+            EPOCH,
+            Arc::new(StepSequencer::new(EPOCH, Version(0))),
+            vec![(Bytes::new(), resolver)],
+            vec![log.clone() as Arc<dyn LogServer>],
+            ProxyConfig {
+                // Far longer than queueing every commit takes.
+                batch_window: Duration::from_millis(500),
+                ..config
+            },
+        )
+        .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let proxy = proxy.clone();
+        tasks.push(tokio::spawn(async move {
+            proxy.commit(blind(format!("k{i:03}"), value_bytes)).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    log.entries()
+        .iter()
+        .map(|e| {
+            TransactionView::parse(e.payload.clone())
+                .unwrap()
+                .mutations()
+                .unwrap()
+                .into_iter()
+                .map(|m| match m {
+                    Mutation::Set { key, .. } => String::from_utf8(key.to_vec()).unwrap(),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn sizes(batches: &[Vec<String>]) -> Vec<usize> {
+    batches.iter().map(Vec::len).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_takes_at_most_its_count_bound() {
+    let got = batches(
+        11,
+        10,
+        ProxyConfig {
+            batch_transactions_max: 4,
+            ..ProxyConfig::default()
+        },
+    )
+    .await;
+    assert_eq!(sizes(&got), [4, 4, 3]);
+    let mut keys: Vec<String> = got.concat();
+    keys.sort();
+    let expected: Vec<String> = (0..11).map(|i| format!("k{i:03}")).collect();
+    assert_eq!(keys, expected, "every transaction committed once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_takes_at_most_its_byte_bound() {
+    let one = blind("k000".into(), 1_000).len();
+    let got = batches(
+        10,
+        1_000,
+        ProxyConfig {
+            batch_bytes_max: one * 5 / 2,
+            ..ProxyConfig::default()
+        },
+    )
+    .await;
+    assert_eq!(sizes(&got), [2, 2, 2, 2, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_larger_than_the_byte_bound_still_commits_alone() {
+    let got = batches(
+        4,
+        5_000,
+        ProxyConfig {
+            batch_bytes_max: 1_000,
+            ..ProxyConfig::default()
+        },
+    )
+    .await;
+    assert_eq!(sizes(&got), [1, 1, 1, 1]);
+}

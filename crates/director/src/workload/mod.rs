@@ -1,0 +1,233 @@
+//! Workloads that run through the whole pipeline, one module for everyone who drives load: the
+//! `strata workload` and `strata bench` commands, the tests, the benches and (later) the
+//! simulation.
+//!
+//! A [`Workload`] is one kind of transaction; [`drive`] runs it from concurrent clients, each
+//! with its own seeded generator, for a number of transactions or a length of time, and
+//! reports every acknowledged transaction, the commit latencies and the aborts.
+//!
+//! - [`cycle`] — FoundationDB's Cycle: a ring of keys rewired three links at a time; it stays
+//!   one ring whatever commits, aborts or crashes.
+//! - [`increment`] — counters in both halves of the key space plus a ledger entry per
+//!   transaction: every acknowledged commit is applied exactly once.
+//! - [`load`] — the load generator behind `strata bench`: random reads and writes, and the
+//!   disk's fsync floor to compare commit latency against.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use strata_director::workload::{self, Plan, Span, cycle::Cycle};
+//!
+//! # async fn example(db: strata_director::Database) -> strata_core::Result<()> {
+//! let nodes = workload::cycle::ensure_ring(&db, 100).await?;
+//! let plan = Plan { clients: 8, span: Span::Transactions(1_000), seed: 7, first: 0 };
+//! let driven = workload::drive(&db, Arc::new(Cycle { nodes }), &plan, workload::no_acks()).await?;
+//! workload::cycle::check_ring(&db).await?;
+//! workload::cycle::check_acks(&db, &driven.acked).await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use strata_core::{Error, ErrorKind, Key, KeyRange, Result, Stage, Value, Version};
+use strata_testkit::rng::SplitMix64;
+use strata_txn_builder::{Database, Transaction};
+
+pub mod cycle;
+pub mod increment;
+pub mod load;
+
+/// One kind of transaction, run by [`drive`].
+pub trait Workload: Send + Sync + 'static {
+    /// Transaction `n` of `client`, retried until it commits; returns how many attempts
+    /// aborted on the way (conflicts, too-old reads).
+    fn transaction(
+        &self,
+        db: &Database,
+        rng: &mut SplitMix64,
+        client: u64,
+        n: u64,
+    ) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// How long the clients of [`drive`] run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Span {
+    /// This many transactions in all, shared as evenly as they divide (the first clients take
+    /// the remainder).
+    Transactions(u64),
+    /// Each client starts transactions until this much time has passed.
+    For(Duration),
+}
+
+/// Who runs a workload and for how long.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Plan {
+    /// Concurrent clients (at least 1).
+    pub clients: u64,
+    /// How long they run.
+    pub span: Span,
+    /// Seeds every client's generator (client `c` gets its own stream), so a run repeats.
+    pub seed: u64,
+    /// The number of each client's first transaction: a later run on the same data starts
+    /// after an earlier one's, so the keys a workload writes per transaction never repeat.
+    pub first: u64,
+}
+
+/// What [`drive`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Driven {
+    /// Every acknowledged transaction as `(client, n)`.
+    pub acked: Vec<(u64, u64)>,
+    /// Each transaction's latency from its start to its acknowledgement, retries included, in
+    /// microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+    /// Attempts that aborted and were retried.
+    pub aborts: u64,
+    /// From the first client's start to the last one's end.
+    pub elapsed: Duration,
+}
+
+impl Driven {
+    /// The latency at quantile `q` (0 to 1) in microseconds; 0 when nothing ran.
+    pub fn latency_us(&self, q: f64) -> u64 {
+        let last = self.latencies_us.len().saturating_sub(1);
+        // The nearest rank; `q` is clamped so the index stays in range.
+        let i = (last as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        self.latencies_us.get(i).copied().unwrap_or(0)
+    }
+
+    /// Acknowledged transactions per second.
+    pub fn per_second(&self) -> f64 {
+        self.acked.len() as f64 / self.elapsed.max(Duration::from_micros(1)).as_secs_f64()
+    }
+}
+
+/// Called with `(client, n)` as each transaction is acknowledged.
+pub type OnAck = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// An [`OnAck`] that does nothing.
+pub fn no_acks() -> OnAck {
+    Arc::new(|_, _| {})
+}
+
+/// Runs `workload` as `plan` says and returns what was acknowledged. A client whose
+/// transaction fails for good (not a retryable abort) stops; the first such error is returned
+/// once every client has stopped.
+pub async fn drive<W: Workload>(
+    db: &Database,
+    workload: Arc<W>,
+    plan: &Plan,
+    on_ack: OnAck,
+) -> Result<Driven> {
+    let clients = plan.clients.max(1);
+    let started = Instant::now();
+    let aborts = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (db, workload, on_ack, aborts) =
+                (db.clone(), workload.clone(), on_ack.clone(), aborts.clone());
+            let (span, first) = (plan.span, plan.first);
+            let mut rng = SplitMix64(plan.seed ^ (c + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            tokio::spawn(async move {
+                let mut out = (Vec::new(), Vec::new());
+                let mut n = first;
+                loop {
+                    let more = match span {
+                        Span::Transactions(total) => {
+                            n - first < total / clients + u64::from(c < total % clients)
+                        }
+                        Span::For(d) => started.elapsed() < d,
+                    };
+                    if !more {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let aborted = workload.transaction(&db, &mut rng, c, n).await?;
+                    out.1
+                        .push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                    aborts.fetch_add(aborted, Ordering::Relaxed);
+                    out.0.push((c, n));
+                    on_ack(c, n);
+                    n += 1;
+                }
+                Ok::<_, Error>(out)
+            })
+        })
+        .collect();
+    let mut driven = Driven::default();
+    let mut failed = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok((acked, latencies))) => {
+                driven.acked.extend(acked);
+                driven.latencies_us.extend(latencies);
+            }
+            Ok(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            Err(e) => {
+                failed.get_or_insert(error(ErrorKind::Unavailable(format!(
+                    "a workload client stopped: {e}"
+                ))));
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    driven.elapsed = started.elapsed();
+    driven.latencies_us.sort_unstable();
+    driven.aborts = aborts.load(Ordering::Relaxed);
+    Ok(driven)
+}
+
+/// [`Database::run`], also counting the attempts that aborted.
+pub async fn run_counted<T, F, Fut>(db: &Database, mut body: F) -> Result<(T, Version, u64)>
+where
+    F: FnMut(Transaction) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut attempts = 0u64;
+    let (value, version) = db
+        .run(|tx| {
+            attempts += 1;
+            body(tx)
+        })
+        .await?;
+    Ok((value, version, attempts.saturating_sub(1)))
+}
+
+/// Every pair in `range` at the transaction's read version, read in pages.
+pub async fn scan(tx: &Transaction, range: &KeyRange) -> Result<Vec<(Key, Value)>> {
+    const PAGE: usize = 10_000;
+    let mut out: Vec<(Key, Value)> = Vec::new();
+    let mut rest = range.clone();
+    loop {
+        let page = tx.snapshot_get_range(&rest, PAGE, false).await?;
+        let full = page.len() == PAGE;
+        out.extend(page);
+        let Some((last, _)) = out.last() else {
+            return Ok(out);
+        };
+        if !full {
+            return Ok(out);
+        }
+        let after = KeyRange::single(last.clone()).end().clone();
+        match KeyRange::new(after, rest.end().clone()) {
+            Ok(r) => rest = r,
+            Err(_) => return Ok(out),
+        }
+    }
+}
+
+fn error(kind: ErrorKind) -> Error {
+    Error::new(Stage::Director, kind)
+}
+
+/// A workload's check failed: `what` says how.
+fn broken(what: String) -> Error {
+    error(ErrorKind::Corruption(what))
+}
