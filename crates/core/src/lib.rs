@@ -17,6 +17,8 @@
 //!   not in the commit proxy that splits batches with it, because three crates speak it: the
 //!   director builds the map, the proxy splits and merges with it, and the resolver's tests
 //!   check that sharded resolvers decide like one.
+//! - [`merge`]: the range merge of a newer layer of writes over older stored pairs, shared by
+//!   storage and the transaction builder.
 //! - [`Error`]: what crosses a stage boundary; it names the failing [`Stage`].
 //!
 //! # Limits
@@ -51,6 +53,7 @@
 //! ```
 
 pub mod error;
+pub mod merge;
 pub mod shard;
 pub mod system;
 pub mod traits;
