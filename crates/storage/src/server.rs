@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use strata_core::merge::{Answer, Direction, OlderEntry, merge};
 use strata_core::{
     Error, ErrorKind, Key, KeyRange, LogServer, MVCC_WINDOW_VERSIONS, Mutation, RangeRead, Result,
     Stage, StorageServer, TransactionView, Value, Version, printable,
@@ -16,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::overlay::ReadOnlyOverlay;
-use crate::window::{Answer, Flushed, Window};
+use crate::window::{Flushed, Window};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -754,6 +755,25 @@ pub fn stored_at(path: &Path) -> Result<Stored> {
     })
 }
 
+/// A pair read from a redb snapshot, borrowed: copied only if a range read returns it.
+struct DurablePair<'a>(
+    redb::AccessGuard<'a, &'static [u8]>,
+    redb::AccessGuard<'a, &'static [u8]>,
+);
+
+impl OlderEntry for DurablePair<'_> {
+    fn key(&self) -> &[u8] {
+        self.0.value()
+    }
+
+    fn into_pair(self) -> (Key, Value) {
+        (
+            Bytes::copy_from_slice(self.0.value()),
+            Bytes::copy_from_slice(self.1.value()),
+        )
+    }
+}
+
 /// A storage server: follows a log, keeps the MVCC window in memory and everything older in
 /// redb. See the crate docs.
 pub struct RedbStorage {
@@ -1012,7 +1032,7 @@ impl StorageServer for RedbStorage {
                 key: format!("{range}"),
             }));
         }
-        let (mut window, clears, snapshot) = {
+        let (window, clears, snapshot) = {
             let mut st = self.inner.state_at(version).await?;
             let window = st.window.scan(&range, version);
             let clears = st.window.clears_in(&range, version);
@@ -1025,71 +1045,19 @@ impl StorageServer for RedbStorage {
             // The snapshot moves in, so a panic drops it inside the guard.
             guarded(path, doing, move || -> Result<RangeRead> {
                 let table = snapshot.open_table(DATA).map_err(db_error(path, doing))?;
-                let iter = table
+                let durable = table
                     .range::<&[u8]>(range.begin().as_ref()..range.end().as_ref())
-                    .map_err(db_error(path, doing))?;
-                let mut durable: Box<dyn Iterator<Item = _>> = if reverse {
-                    window.reverse();
-                    Box::new(iter.rev())
-                } else {
-                    Box::new(iter)
-                };
-                let mut window = window.into_iter().peekable();
-                let mut next_durable = durable.next().transpose().map_err(db_error(path, doing))?;
-                let mut out = RangeRead::default();
-                let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
-                loop {
-                    // Take the next key from whichever side comes first; the window wins a tie.
-                    let take_window = match (window.peek(), &next_durable) {
-                        (None, None) => break,
-                        (Some(_), None) => true,
-                        (None, Some(_)) => false,
-                        (Some((wk, _)), Some((dk, _))) => !before(dk.value(), wk),
-                    };
-                    let (key, value) = if take_window {
-                        let Some((wk, answer)) = window.next() else {
-                            break;
-                        };
-                        let durable_same = next_durable
-                            .as_ref()
-                            .is_some_and(|(dk, _)| dk.value() == wk.as_ref());
-                        let durable_value = if durable_same {
-                            let value = next_durable
-                                .take()
-                                .map(|(_, v)| Bytes::copy_from_slice(v.value()));
-                            next_durable =
-                                durable.next().transpose().map_err(db_error(path, doing))?;
-                            value
-                        } else {
-                            None
-                        };
-                        let value = match answer {
-                            Answer::Value(v) => Some(v),
-                            Answer::Deleted => None,
-                            Answer::Unknown => {
-                                durable_value.filter(|_| !clears.iter().any(|c| c.contains(&wk)))
-                            }
-                        };
-                        (wk, value)
-                    } else {
-                        let Some((dk, dv)) = next_durable.take() else {
-                            break;
-                        };
-                        next_durable = durable.next().transpose().map_err(db_error(path, doing))?;
-                        let key = Bytes::copy_from_slice(dk.value());
-                        let cleared = clears.iter().any(|c| c.contains(&key));
-                        let value = (!cleared).then(|| Bytes::copy_from_slice(dv.value()));
-                        (key, value)
-                    };
-                    if let Some(value) = value {
-                        if out.entries.len() == limit {
-                            out.more = true;
-                            break;
-                        }
-                        out.entries.push((key, value));
-                    }
-                }
-                Ok(out)
+                    .map_err(db_error(path, doing))?
+                    .map(|item| item.map(|(key, value)| DurablePair(key, value)));
+                // The window is newer than redb, and its range clears hide what redb holds.
+                merge(
+                    window,
+                    durable,
+                    |key: &[u8]| clears.iter().any(|c| c.contains(key)),
+                    Direction::from_reverse(reverse),
+                    limit,
+                )
+                .map_err(db_error(path, doing))
             })
         })
         .await

@@ -3,22 +3,12 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use strata_core::merge::Answer;
 use strata_core::{Key, KeyRange, Mutation, Value, Version};
 
 /// When a mutation happened: its commit version, then its place among the mutations of that
 /// version (a transaction may clear a range and then set a key inside it, at one version).
 pub(crate) type Stamp = (Version, u32);
-
-/// What the window knows of one key at one version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Answer {
-    /// The key has this value.
-    Value(Value),
-    /// The key was cleared.
-    Deleted,
-    /// Nothing in the window: the durable store has the answer.
-    Unknown,
-}
 
 /// The mutations of versions above the durable version.
 #[derive(Debug, Default)]
@@ -73,7 +63,8 @@ impl Window {
             .max()
     }
 
-    /// What the window says of `key` at `version`.
+    /// What the window says of `key` at `version`: `Unknown` when it holds nothing of it at
+    /// that version, and the durable store has the answer.
     pub(crate) fn get(&self, key: &[u8], version: Version) -> Answer {
         let point = self
             .points

@@ -13,6 +13,7 @@
 //! What it is not: a cache. Every read that its own writes do not answer goes to storage.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use strata_core::merge::{Answer, Direction, merge};
 use strata_core::{
     CommitProxy, Error, ErrorKind, Key, KeyRange, Mutation, RangeRead, Result, Sequencer, Stage,
     StorageServer, Value, Version,
@@ -191,12 +193,13 @@ struct TxState {
 }
 
 impl TxState {
-    fn local(&self, key: &[u8]) -> Local {
+    /// What the transaction's own writes say of `key`.
+    fn local(&self, key: &[u8]) -> Answer {
         match self.writes.get(key) {
-            Some(Some(v)) => Local::Value(v.clone()),
-            Some(None) => Local::Deleted,
-            None if self.cleared.iter().any(|r| r.contains(key)) => Local::Deleted,
-            None => Local::Unknown,
+            Some(Some(v)) => Answer::Value(v.clone()),
+            Some(None) => Answer::Deleted,
+            None if self.cleared.iter().any(|r| r.contains(key)) => Answer::Deleted,
+            None => Answer::Unknown,
         }
     }
 }
@@ -207,13 +210,6 @@ impl std::fmt::Debug for Transaction {
             .field("read_version", &self.inner.read_version)
             .finish_non_exhaustive()
     }
-}
-
-/// What the transaction's own writes say of a key.
-enum Local {
-    Value(Value),
-    Deleted,
-    Unknown,
 }
 
 impl Transaction {
@@ -255,9 +251,9 @@ impl Transaction {
     pub async fn get(&self, key: &Key) -> Result<Option<Value>> {
         let local = self.state()?.local(key);
         match local {
-            Local::Value(v) => Ok(Some(v)),
-            Local::Deleted => Ok(None),
-            Local::Unknown => {
+            Answer::Value(v) => Ok(Some(v)),
+            Answer::Deleted => Ok(None),
+            Answer::Unknown => {
                 let value = self.snapshot_get(key).await?;
                 self.state()?
                     .read_conflicts
@@ -377,7 +373,7 @@ impl Transaction {
         Ok(out)
     }
 
-    /// The snapshot merged with this transaction's writes.
+    /// The snapshot merged with this transaction's writes, page by page.
     async fn merged_range(
         &self,
         range: &KeyRange,
@@ -392,7 +388,7 @@ impl Transaction {
             }
             // Fetch enough that local clears cannot starve the page.
             let local_writes = self.state()?.writes.len();
-            let page = self
+            let mut page = self
                 .snapshot_page(&r, limit - out.len() + local_writes, reverse)
                 .await?;
             let st = self.state()?;
@@ -411,24 +407,32 @@ impl Transaction {
                 }
                 _ => r.clone(),
             };
-            let mut merged: BTreeMap<Key, Value> = page
-                .entries
-                .into_iter()
-                .filter(|(k, _)| matches!(st.local(k), Local::Unknown))
-                .collect();
-            for (k, v) in st.writes.range::<[u8], _>((
-                Bound::Included(covered.begin().as_ref()),
-                Bound::Excluded(covered.end().as_ref()),
-            )) {
-                if let Some(v) = v {
-                    merged.insert(k.clone(), v.clone());
-                }
-            }
+            // Local writes are newer than the snapshot; both layers go in ascending.
+            let writes = st
+                .writes
+                .range::<[u8], _>((
+                    Bound::Included(covered.begin().as_ref()),
+                    Bound::Excluded(covered.end().as_ref()),
+                ))
+                .map(|(k, v)| {
+                    let answer = match v {
+                        Some(v) => Answer::Value(v.clone()),
+                        None => Answer::Deleted,
+                    };
+                    (k.clone(), answer)
+                });
             if reverse {
-                out.extend(merged.into_iter().rev());
-            } else {
-                out.extend(merged);
+                page.entries.reverse();
             }
+            let snapshot = page.entries.into_iter().map(Ok::<_, Infallible>);
+            let Ok(merged) = merge(
+                writes,
+                snapshot,
+                |key: &[u8]| st.cleared.iter().any(|c| c.contains(key)),
+                Direction::from_reverse(reverse),
+                limit - out.len(),
+            );
+            out.extend(merged.entries);
             if page.more && covered != r {
                 cursor = if reverse {
                     KeyRange::new(r.begin().clone(), covered.begin().clone()).ok()
@@ -437,7 +441,6 @@ impl Transaction {
                 };
             }
         }
-        out.truncate(limit);
         Ok(out)
     }
 
