@@ -70,8 +70,14 @@
 //! # }).unwrap();
 //! ```
 
+mod background;
+mod codec;
+mod errors;
+mod files;
 mod overlay;
+mod read;
 mod server;
 mod window;
 
-pub use server::{RedbStorage, StorageConfig, Stored, durable_version_at, stored_at};
+pub use files::{Stored, durable_version_at, stored_at};
+pub use server::{RedbStorage, StorageConfig};
