@@ -1,16 +1,127 @@
-//! Strata's client transactions.
+//! Strata's client transactions: how an application reads and writes the store.
 //!
-//! A [`Transaction`] reads at one read version (taken from the sequencer when it begins) from
-//! the storage servers that own the keys, buffers its writes, and records conflict ranges: a
-//! read adds its keys to the read conflicts, a write to the write conflicts. Reads see the
-//! transaction's own writes merged over the snapshot (read-your-writes), range reads included.
-//! Snapshot reads add no conflict. [`Transaction::commit`] encodes the transaction and sends it
-//! to a commit proxy.
+//! A [`Database`] is a handle to the stages of a running cluster (a sequencer, commit proxies,
+//! storage servers, each behind its [`strata_core`] trait); a [`Transaction`] begun from it
+//! reads at one read version, buffers its writes, and on [`Transaction::commit`] sends them,
+//! with the conflict ranges it recorded, to a commit proxy, which commits them only if nothing
+//! the transaction read has changed since its read version. [`Database::run`] retries a
+//! closure on conflicts and too-old or future read versions.
 //!
-//! [`Database::run`] retries a closure on conflicts and too-old or future read versions, with
-//! bounded backoff and a bounded number of attempts.
+//! # Contract
 //!
-//! What it is not: a cache. Every read that its own writes do not answer goes to storage.
+//! - Every read is at the read version taken from the sequencer when the transaction begins,
+//!   from the storage server owning the key (a range read asks each shard it spans in turn).
+//! - Read-your-writes: `get` and `get_range` see the transaction's own `set`, `clear` and
+//!   `clear_range` merged over the snapshot ([`strata_core::merge`]); a key its writes answer
+//!   is not read from storage. `snapshot_get` and `snapshot_get_range` see storage alone.
+//! - Conflict ranges: a read adds what it read as a read conflict (a point read, the key; a
+//!   range read, the whole range, or up to its last pair when the limit cut it short); a read
+//!   that own writes answer adds none, nor does a snapshot read, nor a range read of limit 0.
+//!   Every write adds its key or range as a write conflict.
+//! - A transaction commits once. After it, reads and a second commit are `InvalidRequest`,
+//!   writes are dropped (with a warning). A transaction that wrote nothing commits at once at
+//!   its read version, without a proxy.
+//! - [`Database::run`] makes at most [`RetryConfig::attempts_max`] attempts, waiting
+//!   [`RetryConfig::backoff_initial`], doubled each time up to [`RetryConfig::backoff_max`].
+//!
+//! # Limits
+//!
+//! | what                 | limit                                                          |
+//! |----------------------|----------------------------------------------------------------|
+//! | key                  | [`strata_core::KEY_BYTES_MAX`] = 10,000 bytes                  |
+//! | value                | [`strata_core::VALUE_BYTES_MAX`] = 100,000 bytes               |
+//! | encoded transaction  | [`strata_core::TRANSACTION_BYTES_MAX`] = 10,000,000 bytes      |
+//! | read version         | as old as the storage servers' MVCC window (else `TooOld`)     |
+//!
+//! The sizes are checked when the transaction is encoded at commit: the commit fails with the
+//! [`strata_core::WireError`] that names the key, value or size, and nothing is sent. Writes
+//! are buffered in memory until then. What it is not: a cache. Every read that its own writes
+//! do not answer goes to storage.
+//!
+//! # Example
+//!
+//! With stand-ins for the cluster (a map that commits at once; a real cluster comes from
+//! `strata-director`):
+//!
+//! ```
+//! # use std::collections::BTreeMap;
+//! # use std::sync::{Arc, Mutex};
+//! # use async_trait::async_trait;
+//! # use bytes::Bytes;
+//! # use strata_core::*;
+//! # /// One map: storage reads it, the proxy writes it.
+//! # #[derive(Default)]
+//! # struct Map(Mutex<BTreeMap<Key, Value>>);
+//! # #[async_trait]
+//! # impl StorageServer for Map {
+//! #     fn shards(&self) -> Vec<KeyRange> { vec![KeyRange::new("", "\u{7f}").unwrap()] }
+//! #     async fn get(&self, key: Key, _: Version) -> Result<Option<Value>> {
+//! #         Ok(self.0.lock().unwrap().get(&key).cloned())
+//! #     }
+//! #     async fn get_range(&self, r: KeyRange, _: Version, limit: usize, reverse: bool) -> Result<RangeRead> {
+//! #         let map = self.0.lock().unwrap();
+//! #         let mut entries: Vec<(Key, Value)> = map.iter().filter(|(k, _)| r.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+//! #         if reverse { entries.reverse(); }
+//! #         let more = entries.len() > limit;
+//! #         entries.truncate(limit);
+//! #         Ok(RangeRead { entries, more })
+//! #     }
+//! #     async fn applied_version(&self) -> Result<Version> { Ok(Version(1)) }
+//! #     async fn durable_version(&self) -> Result<Version> { Ok(Version(1)) }
+//! #     async fn roll_back(&self, _: Version) -> Result<()> { Ok(()) }
+//! # }
+//! # #[async_trait]
+//! # impl CommitProxy for Map {
+//! #     fn epoch(&self) -> Epoch { Epoch(1) }
+//! #     async fn commit(&self, tx: Bytes) -> Result<Version> {
+//! #         let tx = Transaction::decode(&tx).map_err(|e| Error::new(Stage::CommitProxy, ErrorKind::Wire(e)))?;
+//! #         let mut map = self.0.lock().unwrap();
+//! #         for m in tx.mutations {
+//! #             match m {
+//! #                 Mutation::Set { key, value } => { map.insert(key, value); }
+//! #                 Mutation::Clear { key } => { map.remove(&key); }
+//! #                 Mutation::ClearRange { range } => map.retain(|k, _| !range.contains(k)),
+//! #             }
+//! #         }
+//! #         Ok(Version(1))
+//! #     }
+//! # }
+//! # struct Fixed;
+//! # #[async_trait]
+//! # impl Sequencer for Fixed {
+//! #     fn epoch(&self) -> Epoch { Epoch(1) }
+//! #     async fn next_commit_version(&self, _: Epoch) -> Result<VersionPair> { unimplemented!() }
+//! #     async fn report_committed(&self, _: Epoch, _: Version) -> Result<()> { Ok(()) }
+//! #     async fn read_version(&self) -> Result<Version> { Ok(Version(1)) }
+//! # }
+//! use strata_txn_builder::{Database, RetryConfig};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! # let map = Arc::new(Map::default());
+//! # let (sequencer, proxy, storage) = (Arc::new(Fixed), map.clone(), map);
+//! let db = Database::new(sequencer, vec![proxy], vec![storage], RetryConfig::default())?;
+//!
+//! let tx = db.begin().await?;
+//! tx.set("user/1".into(), "ada".into());
+//! tx.set("user/2".into(), "alan".into());
+//! // The transaction reads its own writes, before any commit.
+//! assert_eq!(tx.get(&"user/1".into()).await?, Some("ada".into()));
+//! tx.commit().await?;
+//!
+//! // `run` retries the closure on a conflict; here it renames user 2 and lists the users.
+//! let (users, _version) = db
+//!     .run(|tx| async move {
+//!         tx.set("user/2".into(), "grace".into());
+//!         tx.get_range(&KeyRange::prefix("user/").unwrap(), 10, false).await
+//!     })
+//!     .await?;
+//! assert_eq!(users, vec![
+//!     ("user/1".into(), "ada".into()),
+//!     ("user/2".into(), "grace".into()),
+//! ]);
+//! # Ok::<(), strata_core::Error>(())
+//! # }).unwrap();
+//! ```
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
