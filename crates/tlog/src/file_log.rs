@@ -1344,6 +1344,10 @@ fn replace_file(
     fs.sync_dir(dir)
 }
 
+/// The epoch the log is locked with (0 when there is no epoch file: a log never locked).
+///
+/// Only bytes read that fail a check (a file shorter than an epoch record, a wrong magic, a
+/// CRC mismatch) are `Corruption`; a failed read is the I/O error it is.
 fn read_epoch(fs: &dyn Fs, dir: &Path) -> Result<Epoch> {
     let path = dir.join(EPOCH_FILE);
     let file = match fs.open(&path) {
@@ -1352,8 +1356,12 @@ fn read_epoch(fs: &dyn Fs, dir: &Path) -> Result<Epoch> {
         Err(e) => return Err(io_error(e)),
     };
     let mut b = [0u8; 16];
-    file.read_exact_at(&mut b, 0)
-        .map_err(|_| corruption(&path, 0, "epoch file is short"))?;
+    // The length is checked, not inferred from a failed read: any error of the read itself
+    // is the disk's, never the file's content.
+    if file.len().map_err(io_error)? < b.len() as u64 {
+        return Err(corruption(&path, 0, "epoch file is short"));
+    }
+    file.read_exact_at(&mut b, 0).map_err(io_error)?;
     if b[0..4] != EPOCH_MAGIC || crc32fast::hash(&b[0..12]) != le_u32(&b[12..16]) {
         return Err(corruption(&path, 0, "epoch file fails its check"));
     }
