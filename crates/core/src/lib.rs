@@ -19,6 +19,8 @@
 //!   check that sharded resolvers decide like one.
 //! - [`merge`]: the range merge of a newer layer of writes over older stored pairs, shared by
 //!   storage and the transaction builder.
+//! - [`chain`]: admission along the `previous_version` chain, the rule the logs and the
+//!   resolvers share.
 //! - [`Error`]: what crosses a stage boundary; it names the failing [`Stage`].
 //!
 //! # Limits
@@ -52,6 +54,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod chain;
 pub mod error;
 pub mod merge;
 pub mod shard;

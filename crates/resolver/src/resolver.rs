@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use strata_core::chain::{self, Admission};
 use strata_core::{
     Epoch, Error, ErrorKind, ResolveBatch, Resolver, Result, Stage, Verdict, Version,
 };
@@ -108,22 +109,12 @@ impl WindowResolver {
     }
 
     /// Checks `batch` against the last version resolved: `Ok(true)` when it is next,
-    /// `Ok(false)` when its predecessor has not arrived yet.
+    /// `Ok(false)` when its predecessor has not arrived yet; a duplicate or a fork is refused
+    /// (the rule is [`strata_core::chain::admit`]'s).
     fn is_next(batch: &ResolveBatch, last: Version) -> Result<bool> {
-        if batch.version <= last {
-            return Err(error(ErrorKind::Duplicate {
-                version: batch.version,
-                last,
-            }));
-        }
-        if batch.previous_version < last {
-            // Its predecessor is older than what was resolved: the chain forked.
-            return Err(error(ErrorKind::OutOfOrder {
-                previous: batch.previous_version,
-                last,
-            }));
-        }
-        Ok(batch.previous_version == last)
+        let admission = chain::admit(batch.previous_version, batch.version, last)
+            .map_err(|refusal| error(refusal.into()))?;
+        Ok(admission == Admission::Next)
     }
 
     async fn wait_for_predecessor(&self, batch: &ResolveBatch) -> Result<()> {
@@ -168,12 +159,9 @@ impl Resolver for WindowResolver {
                 batch.epoch, self.epoch
             ))));
         }
-        if batch.version <= batch.previous_version {
-            return Err(error(ErrorKind::InvalidRequest(format!(
-                "version {} does not follow previous version {}",
-                batch.version, batch.previous_version
-            ))));
-        }
+        // A malformed batch is refused before it can wait for a predecessor.
+        chain::follows(batch.previous_version, batch.version)
+            .map_err(|refusal| error(refusal.into()))?;
         if batch.transactions.len() > self.config.batch_transactions_max {
             return Err(error(ErrorKind::InvalidRequest(format!(
                 "batch of {} transactions is over the limit of {}",

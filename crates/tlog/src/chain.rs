@@ -4,12 +4,17 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use strata_core::chain::{self, Admission, ChainRefusal};
 use strata_core::{Epoch, Error, ErrorKind, Result, Stage, Version};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 pub(crate) fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::Log, kind)
+}
+
+fn refused(refusal: ChainRefusal) -> Error {
+    error(refusal.into())
 }
 
 #[derive(Debug)]
@@ -78,11 +83,8 @@ impl Chain {
         wait: Duration,
         enqueue: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        if version <= previous {
-            return Err(error(ErrorKind::InvalidRequest(format!(
-                "version {version} does not follow previous version {previous}"
-            ))));
-        }
+        // A malformed push is refused before it can be told it is poisoned or fenced.
+        chain::follows(previous, version).map_err(refused)?;
         // The deadline is only needed once a push has to wait; most never do.
         let mut deadline = None;
         loop {
@@ -97,25 +99,21 @@ impl Chain {
                         current: st.locked,
                     }));
                 }
-                let last = st.last_accepted;
-                if version <= last {
-                    return Err(error(ErrorKind::Duplicate { version, last }));
-                }
-                if previous < last {
-                    // The predecessor named is older than what the log holds: a forked chain.
-                    return Err(error(ErrorKind::OutOfOrder { previous, last }));
-                }
-                if previous == last {
-                    let queued = enqueue()?;
-                    st.last_accepted = version;
-                    if let Some(next) = st.waiters.remove(&version) {
-                        for w in next {
-                            let _ = w.send(());
+                // A duplicate or a fork is refused; see strata_core::chain for the rule.
+                match chain::admit(previous, version, st.last_accepted).map_err(refused)? {
+                    Admission::Next => {
+                        let queued = enqueue()?;
+                        st.last_accepted = version;
+                        if let Some(next) = st.waiters.remove(&version) {
+                            for w in next {
+                                let _ = w.send(());
+                            }
                         }
+                        return Ok(queued);
                     }
-                    return Ok(queued);
+                    // The predecessor has not arrived yet: wait to be woken when it is accepted.
+                    Admission::Early => {}
                 }
-                // The predecessor has not arrived yet: wait to be woken when it is accepted.
                 let (tx, rx) = oneshot::channel();
                 st.waiters.entry(previous).or_default().push(tx);
                 rx
