@@ -5,13 +5,11 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use strata_core::chain::{self, Admission, ChainRefusal};
-use strata_core::{Epoch, Error, ErrorKind, Result, Stage, Version};
+use strata_core::{Epoch, Error, ErrorKind, Result, Version};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-pub(crate) fn error(kind: ErrorKind) -> Error {
-    Error::new(Stage::Log, kind)
-}
+use crate::error::error;
 
 fn refused(refusal: ChainRefusal) -> Error {
     error(refusal.into())

@@ -156,10 +156,19 @@
 //! else on disk (records, rolls and the manifest they write) happens on the writer thread.
 
 mod chain;
+mod config;
+mod error;
 mod file_log;
 mod format;
 pub mod fs;
+mod index;
 mod memory_log;
+mod meta;
+mod recover;
+mod segment;
+mod spare;
+mod writer;
 
-pub use file_log::{FileLog, FileLogConfig, OpenMode};
+pub use config::FileLogConfig;
+pub use file_log::{FileLog, OpenMode};
 pub use memory_log::MemoryLog;

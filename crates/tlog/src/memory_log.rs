@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use strata_core::{Epoch, ErrorKind, LogEntry, LogId, LogServer, LogState, Result, Version};
 
-use crate::chain::{Chain, error};
+use crate::chain::Chain;
+use crate::error::error;
 
 /// A [`LogServer`] in memory: same ordering, fencing and waiting rules as
 /// [`crate::FileLog`], but a push is "durable" as soon as it is accepted and nothing survives
