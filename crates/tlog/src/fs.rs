@@ -527,3 +527,288 @@ impl FsFile for SimFile {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! What [`SimFs`] promises, each asserted directly: the crash tests of the log are only as
+    //! good as the simulation they run on.
+
+    use super::*;
+
+    const DIR: &str = "/d";
+
+    fn path(name: &str) -> PathBuf {
+        Path::new(DIR).join(name)
+    }
+
+    /// A file in `fs` that is durable (its directory entry synced), empty.
+    fn durable_file(fs: &SimFs, name: &str) -> Arc<dyn FsFile> {
+        let f = fs.create(&path(name)).unwrap();
+        fs.sync_dir(Path::new(DIR)).unwrap();
+        f
+    }
+
+    fn contents(fs: &SimFs, name: &str) -> Vec<u8> {
+        let f = fs.open(&path(name)).unwrap();
+        let mut buf = vec![0; usize::try_from(f.len().unwrap()).unwrap()];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        buf
+    }
+
+    fn names(fs: &SimFs) -> Vec<String> {
+        let mut names = fs.list(Path::new(DIR)).unwrap();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn unsynced_writes_are_lost_at_a_crash_and_synced_ones_kept() {
+        let fs = SimFs::new();
+        let f = durable_file(&fs, "a");
+        f.write_all_at(b"kept", 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_all_at(b"-lost", 4).unwrap();
+        // An overwrite of synced bytes is lost too: the synced bytes come back.
+        f.write_all_at(b"K", 0).unwrap();
+        assert_eq!(contents(&fs, "a"), b"Kept-lost");
+        assert_eq!(fs.unsynced_len(&path("a")), 6);
+        let after = fs.crash_image(0);
+        assert_eq!(contents(&after, "a"), b"kept");
+        // The image is itself durable: a second crash loses nothing more.
+        assert_eq!(contents(&after.crash_image(0), "a"), b"kept");
+        // A sync makes everything so far durable.
+        f.sync_data().unwrap();
+        assert_eq!(fs.unsynced_len(&path("a")), 0);
+        assert_eq!(contents(&fs.crash_image(0), "a"), b"Kept-lost");
+    }
+
+    #[test]
+    fn a_torn_write_keeps_a_prefix_of_the_unsynced_writes_in_write_order() {
+        let fs = SimFs::new();
+        let f = durable_file(&fs, "a");
+        f.write_all_at(b"0123", 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_all_at(b"abc", 4).unwrap();
+        f.write_all_at(b"XY", 1).unwrap();
+        // 3 bytes: the whole first write, nothing of the second.
+        assert_eq!(contents(&fs.crash_image(3), "a"), b"0123abc");
+        // 4 bytes: the first write and the first byte of the second.
+        assert_eq!(contents(&fs.crash_image(4), "a"), b"0X23abc");
+        // 2 bytes: a prefix of the first write only; the file ends where that prefix does.
+        assert_eq!(contents(&fs.crash_image(2), "a"), b"0123ab");
+        // More than was written: all of it.
+        assert_eq!(contents(&fs.crash_image(100), "a"), b"0XY3abc");
+    }
+
+    #[test]
+    fn a_sector_crash_keeps_exactly_the_sectors_picked() {
+        let fs = SimFs::new();
+        let f = durable_file(&fs, "a");
+        f.write_all_at(&[1; 4], 0).unwrap();
+        f.sync_data().unwrap();
+        // Touches sectors 1 and 3 (4-byte sectors), leaving a hole in sector 2.
+        f.write_all_at(&[2; 4], 4).unwrap();
+        f.write_all_at(&[3; 4], 12).unwrap();
+        assert_eq!(fs.unsynced_sectors(&path("a"), 4), vec![1, 3]);
+        assert!(fs.unsynced_sectors(&path("missing"), 4).is_empty());
+        let keep_3 = fs.crash_image_sectors(4, |p, s| p == path("a") && s == 3);
+        // Sector 1 is lost, sector 3 kept: the file reaches it, zeros in between.
+        assert_eq!(
+            contents(&keep_3, "a"),
+            [[1; 4], [0; 4], [0; 4], [3; 4]].concat()
+        );
+        let keep_1 = fs.crash_image_sectors(4, |_, s| s == 1);
+        assert_eq!(contents(&keep_1, "a"), [[1; 4], [2; 4]].concat());
+        let keep_none = fs.crash_image_sectors(4, |_, _| false);
+        assert_eq!(contents(&keep_none, "a"), [1; 4]);
+    }
+
+    #[test]
+    fn a_truncation_is_durable_only_after_a_sync() {
+        let fs = SimFs::new();
+        let f = durable_file(&fs, "a");
+        f.write_all_at(b"0123456789", 0).unwrap();
+        f.sync_data().unwrap();
+        f.set_len(4).unwrap();
+        assert_eq!(contents(&fs, "a"), b"0123");
+        assert_eq!(contents(&fs.crash_image(0), "a"), b"0123456789");
+        // Shrunk and then grown again before the sync: the bytes past the cut are zeros.
+        f.set_len(6).unwrap();
+        f.write_all_at(b"x", 7).unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(contents(&fs.crash_image(0), "a"), b"0123\0\0\0x");
+    }
+
+    #[test]
+    fn failing_syncs_fail_and_make_nothing_durable() {
+        let fs = SimFs::new();
+        let f = durable_file(&fs, "a");
+        let synced = fs.sync_count();
+        fs.fail_syncs(true);
+        f.write_all_at(b"data", 0).unwrap();
+        assert!(f.sync_data().is_err());
+        assert!(fs.sync_dir(Path::new(DIR)).is_err());
+        assert_eq!(fs.sync_count(), synced, "a failed sync is not counted");
+        assert!(contents(&fs.crash_image(0), "a").is_empty());
+        // A file created while directory syncs fail is not durable either.
+        fs.create(&path("b")).unwrap();
+        assert!(fs.sync_dir(Path::new(DIR)).is_err());
+        assert_eq!(names(&fs.crash_image(0)), ["a"]);
+        fs.fail_syncs(false);
+        f.sync_data().unwrap();
+        assert_eq!(fs.sync_count(), synced + 1);
+        assert_eq!(contents(&fs.crash_image(0), "a"), b"data");
+    }
+
+    #[test]
+    fn syncs_fail_after_the_budget_is_spent_file_and_directory_alike() {
+        let fs = SimFs::new();
+        let f = durable_file(&fs, "a");
+        fs.fail_syncs_after(2);
+        f.sync_data().unwrap();
+        fs.sync_dir(Path::new(DIR)).unwrap();
+        assert!(f.sync_data().is_err());
+        assert!(fs.sync_dir(Path::new(DIR)).is_err());
+        // Turning the switch off does not refill the budget.
+        fs.fail_syncs(false);
+        assert!(f.sync_data().is_err());
+        fs.fail_syncs_after(u64::MAX);
+        f.sync_data().unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_refuses_growth_but_not_overwrites() {
+        let fs = SimFs::new();
+        fs.set_capacity(10);
+        let a = durable_file(&fs, "a");
+        let b = durable_file(&fs, "b");
+        a.write_all_at(&[1; 6], 0).unwrap();
+        // The limit is on all files together: b may grow by 4, not 5.
+        let err = b.write_all_at(&[2; 5], 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(b.len().unwrap(), 0, "a refused write changes nothing");
+        b.write_all_at(&[2; 4], 0).unwrap();
+        // Full now, but overwriting in place takes no room.
+        a.write_all_at(&[3; 6], 0).unwrap();
+        assert_eq!(
+            a.write_all_at(&[3], 6).unwrap_err().kind(),
+            io::ErrorKind::StorageFull
+        );
+        // Removing a file gives its room back.
+        fs.remove(&path("b")).unwrap();
+        a.write_all_at(&[3; 4], 6).unwrap();
+        assert_eq!(a.len().unwrap(), 10);
+    }
+
+    #[test]
+    fn directory_changes_are_durable_only_after_the_directory_is_synced() {
+        let fs = SimFs::new();
+        let f = fs.create(&path("new")).unwrap();
+        f.write_all_at(b"data", 0).unwrap();
+        f.sync_data().unwrap();
+        // Synced data, but no durable directory entry: the file is gone after a crash.
+        assert!(names(&fs.crash_image(0)).is_empty());
+        fs.sync_dir(Path::new(DIR)).unwrap();
+        assert_eq!(names(&fs.crash_image(0)), ["new"]);
+
+        // A rename is durable only after the directory sync; until then the old name holds.
+        durable_file(&fs, "old");
+        fs.rename(&path("new"), &path("old")).unwrap();
+        assert_eq!(names(&fs), ["old"]);
+        assert_eq!(
+            contents(&fs, "old"),
+            b"data",
+            "the rename replaced the old file"
+        );
+        let before = fs.crash_image(0);
+        assert_eq!(names(&before), ["new", "old"]);
+        assert!(contents(&before, "old").is_empty());
+        fs.sync_dir(Path::new(DIR)).unwrap();
+        let after = fs.crash_image(0);
+        assert_eq!(names(&after), ["old"]);
+        assert_eq!(contents(&after, "old"), b"data");
+
+        // A removal too.
+        fs.remove(&path("old")).unwrap();
+        assert_eq!(names(&fs.crash_image(0)), ["old"]);
+        fs.sync_dir(Path::new(DIR)).unwrap();
+        assert!(names(&fs.crash_image(0)).is_empty());
+    }
+
+    #[test]
+    fn a_directory_sync_covers_only_that_directory() {
+        let fs = SimFs::new();
+        fs.create(Path::new("/d/a")).unwrap();
+        fs.create(Path::new("/e/b")).unwrap();
+        fs.create(Path::new("/d/sub/c")).unwrap();
+        fs.sync_dir(Path::new(DIR)).unwrap();
+        let after = fs.crash_image(0);
+        assert_eq!(names(&after), ["a"]);
+        assert!(after.list(Path::new("/e")).unwrap().is_empty());
+        assert!(after.list(Path::new("/d/sub")).unwrap().is_empty());
+        // Listing shows only the directory's own files, not those of a subdirectory.
+        assert_eq!(names(&fs), ["a"]);
+    }
+
+    #[test]
+    fn files_behave_like_files() {
+        let fs = SimFs::new();
+        let f = durable_file(&fs, "a");
+        assert!(f.is_empty().unwrap());
+        assert_eq!(
+            fs.create(&path("a")).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            fs.open(&path("b")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            fs.remove(&path("b")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            fs.rename(&path("b"), &path("c")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        remove_if_present(&fs, &path("b")).unwrap();
+        // A write past the end extends the file with zeros.
+        f.write_all_at(b"z", 3).unwrap();
+        assert_eq!(contents(&fs, "a"), b"\0\0\0z");
+        let mut buf = [0; 2];
+        assert_eq!(
+            f.read_exact_at(&mut buf, 3).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        // Another handle to the same file sees the same bytes.
+        assert_eq!(contents(&fs, "a"), b"\0\0\0z");
+        remove_if_present(&fs, &path("a")).unwrap();
+        assert!(names(&fs).is_empty());
+    }
+
+    #[test]
+    fn corruption_is_damage_on_the_disk_and_survives_a_crash() {
+        let fs = SimFs::new();
+        let f = durable_file(&fs, "a");
+        f.write_all_at(&[0b1010], 0).unwrap();
+        f.sync_data().unwrap();
+        fs.corrupt(&path("a"), 0, 0b0001).unwrap();
+        assert_eq!(contents(&fs, "a"), [0b1011]);
+        assert_eq!(contents(&fs.crash_image(0), "a"), [0b1011]);
+        assert_eq!(
+            fs.corrupt(&path("b"), 0, 1).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn sync_latency_slows_every_sync() {
+        let fs = SimFs::new();
+        let f = durable_file(&fs, "a");
+        fs.set_sync_latency(std::time::Duration::from_millis(20));
+        let started = std::time::Instant::now();
+        f.sync_data().unwrap();
+        fs.sync_dir(Path::new(DIR)).unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(40));
+    }
+}
