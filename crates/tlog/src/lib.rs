@@ -154,6 +154,47 @@
 //! calls; the spare segment's zeros are written by a short-lived helper thread; recovery, and
 //! the first segment and manifest of a log, are written by the caller of `open`. Everything
 //! else on disk (records, rolls and the manifest they write) happens on the writer thread.
+//!
+//! # Example
+//!
+//! A log on the simulated file system: pushes along the chain, a duplicate and an older epoch
+//! refused, and, after a power loss, every acknowledged push still there.
+//!
+//! ```
+//! use std::path::Path;
+//! use std::sync::Arc;
+//!
+//! use strata_core::{Epoch, ErrorKind, LogId, LogServer, Version};
+//! use strata_tlog::fs::SimFs;
+//! use strata_tlog::{FileLog, FileLogConfig};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let open = |fs: &SimFs| {
+//!     let config = FileLogConfig::default();
+//!     FileLog::open_with(Arc::new(fs.clone()), Path::new("/log"), LogId(1), Version(0), config)
+//! };
+//! let fs = SimFs::new();
+//! let log = open(&fs)?;
+//! log.lock(Epoch(1)).await?;
+//! log.push(Epoch(1), Version(0), Version(10), "a".into()).await?; // synced when Ok
+//! log.push(Epoch(1), Version(10), Version(20), "b".into()).await?;
+//!
+//! let again = log.push(Epoch(1), Version(10), Version(20), "b".into()).await.unwrap_err();
+//! assert!(matches!(again.kind, ErrorKind::Duplicate { .. }));
+//! log.lock(Epoch(2)).await?;
+//! let old = log.push(Epoch(1), Version(20), Version(30), "c".into()).await.unwrap_err();
+//! assert!(old.is_fenced());
+//!
+//! // Power is lost now: only what was synced survives, which is every acknowledged push.
+//! let after_crash = fs.crash_image(0);
+//! drop(log);
+//! let log = open(&after_crash)?;
+//! let held: Vec<Version> = log.pull(Version(0), 10).await?.iter().map(|e| e.version).collect();
+//! assert_eq!(held, [Version(10), Version(20)]);
+//! assert_eq!(log.locked_epoch()?, Epoch(2));
+//! # Ok::<(), strata_core::Error>(())
+//! # }).unwrap();
+//! ```
 
 mod chain;
 mod config;
