@@ -18,7 +18,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use strata_core::{Epoch, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire};
 use strata_storage::{RedbStorage, StorageConfig};
-use strata_tlog::MemoryLog;
+use strata_testkit::MemoryLog;
 
 const KEYS: u64 = 10_000;
 

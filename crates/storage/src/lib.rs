@@ -82,7 +82,7 @@
 //! use std::sync::Arc;
 //! use strata_core::{Epoch, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire};
 //! use strata_storage::{RedbStorage, StorageConfig, stored_at};
-//! use strata_tlog::MemoryLog;
+//! use strata_testkit::MemoryLog;
 //!
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
 //! let dir = tempfile::tempdir().unwrap();

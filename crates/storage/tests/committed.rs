@@ -17,7 +17,7 @@ use strata_core::{
     Epoch, ErrorKind, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire,
 };
 use strata_storage::{RedbStorage, StorageConfig};
-use strata_tlog::MemoryLog;
+use strata_testkit::MemoryLog;
 
 type State = BTreeMap<Bytes, Bytes>;
 

@@ -23,8 +23,8 @@ use strata_core::{
     Epoch, Error, ErrorKind, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire,
 };
 use strata_storage::{RedbStorage, StorageConfig, durable_version_at};
+use strata_testkit::MemoryLog;
 use strata_testkit::rng::SplitMix64;
-use strata_tlog::MemoryLog;
 
 type State = BTreeMap<Bytes, Bytes>;
 

@@ -14,7 +14,7 @@ use strata_core::{
     Version, wire,
 };
 use strata_storage::{RedbStorage, StorageConfig};
-use strata_tlog::MemoryLog;
+use strata_testkit::MemoryLog;
 
 fn everything() -> Vec<KeyRange> {
     vec![KeyRange::new("", "\u{7f}").unwrap()]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use strata_core::{Epoch, KeyRange, LogId, LogServer, Mutation, Version, wire};
 use strata_storage::{RedbStorage, StorageConfig, durable_version_at};
-use strata_tlog::MemoryLog;
+use strata_testkit::MemoryLog;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_the_durable_version_never_writes_the_file() {

@@ -1,9 +1,11 @@
 //! The version chain as the fakes keep it: a batch enters only after its predecessor, and one
-//! that arrives early waits (bounded) for it. Simpler than the real stages' (every waiter
-//! re-checks on every accepted version), which is plenty for tests.
+//! that arrives early waits (bounded) for it. The rule is the stages' own
+//! ([`strata_core::chain::admit`]); the waiting is simpler than theirs (every waiter re-checks
+//! on every accepted version), which is plenty for tests.
 
 use std::time::Duration;
 
+use strata_core::chain::{self, Admission};
 use strata_core::{Epoch, Error, ErrorKind, Result, Stage, Version};
 use tokio::sync::watch;
 
@@ -116,17 +118,8 @@ impl Gate {
     }
 
     fn is_next(&self, previous: Version, version: Version, last: Version) -> Result<bool> {
-        if version <= previous {
-            return Err(self.error(ErrorKind::InvalidRequest(format!(
-                "version {version} does not follow previous version {previous}"
-            ))));
-        }
-        if version <= last {
-            return Err(self.error(ErrorKind::Duplicate { version, last }));
-        }
-        if previous < last {
-            return Err(self.error(ErrorKind::OutOfOrder { previous, last }));
-        }
-        Ok(previous == last)
+        let admission =
+            chain::admit(previous, version, last).map_err(|refusal| self.error(refusal.into()))?;
+        Ok(admission == Admission::Next)
     }
 }

@@ -6,8 +6,6 @@
 //!
 //! - [`FileLog`]: segment files on disk; one writer thread appends everything queued, syncs
 //!   once (`fdatasync`) and acknowledges all of it (group commit).
-//! - [`MemoryLog`]: the same contract in memory, without durability, for tests and benches of
-//!   other stages.
 //! - [`fs`]: the file-system trait all disk I/O goes through, with [`fs::SimFs`] to simulate
 //!   crashes, torn writes, failing syncs and a full disk.
 //!
@@ -203,7 +201,6 @@ mod file_log;
 mod format;
 pub mod fs;
 mod index;
-mod memory_log;
 mod meta;
 mod recover;
 mod segment;
@@ -212,4 +209,3 @@ mod writer;
 
 pub use config::FileLogConfig;
 pub use file_log::{FileLog, OpenMode};
-pub use memory_log::MemoryLog;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_core::{Epoch, ErrorKind, LogId, LogServer, Version};
-use strata_tlog::{FileLog, FileLogConfig, MemoryLog};
+use strata_testkit::MemoryLog;
+use strata_tlog::{FileLog, FileLogConfig};
 
 const WAIT: Duration = Duration::from_millis(150);
 
