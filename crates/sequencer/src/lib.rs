@@ -5,6 +5,17 @@
 //! advancing by at least 1, so a version is also a clock. It hands out read versions: the newest
 //! version reported committed. It serves one epoch and refuses requests of older ones.
 //!
+//! # Limits
+//!
+//! - Versions are `u64`s at [`VERSIONS_PER_SECOND`]: about 584,000 years of them; once none
+//!   is left, a request is `Unavailable` rather than a repeated version.
+//! - The clock is monotonic (time since the sequencer started, added to the recovery version),
+//!   so a wall clock set back moves nothing back; each pair is at least one above the last.
+//! - `report_committed` of a version never handed out is refused (`InvalidRequest`), as is
+//!   any request of an older epoch (`Fenced`).
+//!
+//! # Example
+//!
 //! ```
 //! use strata_core::{Epoch, Sequencer, Version};
 //! use strata_sequencer::ClockSequencer;

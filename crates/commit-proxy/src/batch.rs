@@ -1,0 +1,268 @@
+//! The batcher: forms batches from the queue, takes their version pairs in order, and commits
+//! each through the resolvers, every log and the sequencer's report.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use strata_core::shard::combine_verdicts;
+use strata_core::{
+    Error, ErrorKind, Mutation, ResolveBatch, Result, Stage, TransactionConflicts, Verdict,
+    Version, VersionPair, wire,
+};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::config::ProxyConfig;
+use crate::error;
+use crate::flight::{InFlight, ON_LOG, ON_RESOLVER, ON_SEQUENCER};
+use crate::stages::{Pending, Reply, Stages};
+
+pub(crate) async fn batch_loop(
+    stages: Arc<Stages>,
+    config: ProxyConfig,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    let in_flight = Arc::new(Semaphore::new(config.in_flight_batches_max.max(1)));
+    // A transaction that would take a batch past its byte bound opens the next batch instead.
+    let mut carry: Option<Pending> = None;
+    let mut seq = 0;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        // Once failed, drain the queue with the failure, one transaction at a time, without
+        // waiting for a batch window.
+        if let Some(e) = stages.failure.get() {
+            fail(vec![first], e);
+            continue;
+        }
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + config.batch_window;
+        while batch.len() < config.batch_transactions_max {
+            let next = match rx.try_recv() {
+                Ok(p) => Some(p),
+                Err(_) if !config.batch_window.is_zero() => {
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                Err(_) => None,
+            };
+            let Some(p) = next else { break };
+            if bytes + p.bytes > config.batch_bytes_max {
+                carry = Some(p);
+                break;
+            }
+            bytes += p.bytes;
+            batch.push(p);
+        }
+        // Wait for room in the pipeline, unless the chain breaks meanwhile: the batches in flight
+        // may be stuck behind the hole until they are cut.
+        let permit = tokio::select! {
+            biased;
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            e = stages.until_failed(|s| s.failure.get().cloned()) => {
+                fail(batch, &e);
+                continue;
+            }
+        };
+        // Versions are taken here, one batch at a time, so they follow the queue's order.
+        seq += 1;
+        let flight = InFlight::begin(&stages, seq);
+        let asked = tokio::select! {
+            biased;
+            pair = stages.sequencer.next_commit_version(stages.epoch) => pair,
+            e = stages.until_failed(|s| s.failure.get().cloned()) => {
+                fail(batch, &e);
+                continue;
+            }
+        };
+        let pair = match asked {
+            Ok(pair) => pair,
+            Err(e) => {
+                // The sequencer's chain can no longer be trusted to have no gap.
+                stages.record(None, &e);
+                fail(batch, &e);
+                continue;
+            }
+        };
+        // A batch that failed while this one was being formed leaves a hole before it.
+        if let Some(e) = stages.failure.get() {
+            fail(batch, e);
+            continue;
+        }
+        flight.versioned(pair.version);
+        tokio::spawn(async move {
+            commit_batch(&flight, pair, batch).await;
+            drop(flight);
+            drop(permit);
+        });
+    }
+}
+
+pub(crate) fn fail(batch: Vec<Pending>, e: &Error) {
+    for p in batch {
+        let _ = p.reply.send(Err(e.clone()));
+    }
+}
+
+/// Commits one batch and answers its clients. A batch behind a hole (one below it failed) stops
+/// waiting on its stages at once and answers with the recorded failure.
+pub(crate) async fn commit_batch(flight: &InFlight, pair: VersionPair, batch: Vec<Pending>) {
+    let stages = &*flight.stages;
+    let mut conflicts = Vec::with_capacity(batch.len());
+    let mut mutations = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for p in batch {
+        conflicts.push(p.conflicts);
+        mutations.push(p.mutations);
+        replies.push(Some(p.reply));
+    }
+    let ended = tokio::select! {
+        biased;
+        done = run_batch(flight, pair, conflicts, mutations, &mut replies) => match done {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(version = pair.version.0, error = %e, "batch failed");
+                stages.record(Some(pair.version), &e);
+                // Failing only because an earlier batch did (say, refused as out of order):
+                // the earlier batch's error is the cause worth telling.
+                Some(stages.behind_hole(pair.version).unwrap_or(e))
+            }
+        },
+        e = stages.until_failed(|s| s.behind_hole(pair.version)) => Some(e),
+    };
+    if let Some(e) = ended {
+        for reply in replies.into_iter().flatten() {
+            let _ = reply.send(Err(e.clone()));
+        }
+    }
+}
+
+/// Resolves, pushes and reports one batch. Conflicting and too-old transactions are answered
+/// as soon as the verdicts are in, accepted ones once the version is reported; on an error the
+/// replies still in `replies` are the caller's to answer.
+pub(crate) async fn run_batch(
+    flight: &InFlight,
+    pair: VersionPair,
+    conflicts: Vec<TransactionConflicts>,
+    written: Vec<Vec<Mutation>>,
+    replies: &mut [Option<Reply>],
+) -> Result<()> {
+    let stages = &*flight.stages;
+    flight.waits_on(ON_RESOLVER);
+    let resolve = ResolveBatch {
+        epoch: stages.epoch,
+        previous_version: pair.previous,
+        version: pair.version,
+        transactions: conflicts,
+    };
+    let verdicts = resolve_all(stages, resolve).await?;
+    if verdicts.len() != replies.len() {
+        return Err(Error::new(
+            Stage::Resolver,
+            ErrorKind::InvalidRequest(format!(
+                "{} verdicts for a batch of {} transactions",
+                verdicts.len(),
+                replies.len()
+            )),
+        ));
+    }
+
+    let mut mutations = Vec::new();
+    for ((written, reply), verdict) in written.into_iter().zip(replies.iter_mut()).zip(verdicts) {
+        let refused = match verdict {
+            Verdict::Committed => {
+                mutations.extend(written);
+                continue;
+            }
+            Verdict::Conflict => Error::new(Stage::Resolver, ErrorKind::Conflict),
+            Verdict::TooOld => Error::new(
+                Stage::Resolver,
+                ErrorKind::TooOld {
+                    version: Version::ZERO,
+                    oldest: pair
+                        .version
+                        .saturating_sub(strata_core::MVCC_WINDOW_VERSIONS),
+                },
+            ),
+        };
+        if let Some(reply) = reply.take() {
+            let _ = reply.send(Err(refused));
+        }
+    }
+
+    // Every batch reaches the logs, even one with nothing accepted: the logs' version chain
+    // must not have a gap.
+    flight.waits_on(ON_LOG);
+    let payload = wire::encode_parts(None, &[], &[], &mutations, Some(pair.version))
+        .map_err(|e| error(ErrorKind::Wire(e)))?;
+    push_all(stages, pair, payload).await?;
+    flight.waits_on(ON_SEQUENCER);
+    stages
+        .sequencer
+        .report_committed(stages.epoch, pair.version)
+        .await?;
+    for reply in replies.iter_mut().filter_map(Option::take) {
+        let _ = reply.send(Ok(pair.version));
+    }
+    Ok(())
+}
+
+pub(crate) async fn resolve_all(stages: &Stages, batch: ResolveBatch) -> Result<Vec<Verdict>> {
+    if stages.resolvers.len() == 1 {
+        return stages.resolvers[0].resolve(batch).await;
+    }
+    let parts = stages.shards.split(&batch);
+    let mut set = JoinSet::new();
+    for (i, (part, resolver)) in parts.into_iter().zip(&stages.resolvers).enumerate() {
+        let resolver = resolver.clone();
+        set.spawn(async move { (i, resolver.resolve(part).await) });
+    }
+    let mut per_shard = vec![Vec::new(); stages.resolvers.len()];
+    while let Some(joined) = set.join_next().await {
+        let (i, verdicts) =
+            joined.map_err(|e| error(ErrorKind::Unavailable(format!("resolver task: {e}"))))?;
+        per_shard[i] = verdicts?;
+    }
+    combine_verdicts(&per_shard).ok_or_else(|| {
+        Error::new(
+            Stage::Resolver,
+            ErrorKind::InvalidRequest("resolvers answered different batch sizes".into()),
+        )
+    })
+}
+
+pub(crate) async fn push_all(stages: &Stages, pair: VersionPair, payload: Bytes) -> Result<()> {
+    // One log (the embedded default): push from this task; a spawned task would cost a
+    // schedule and a wake-up per batch and run nothing in parallel.
+    if let [log] = stages.logs.as_slice() {
+        return log
+            .push(stages.epoch, pair.previous, pair.version, payload)
+            .await;
+    }
+    let mut set = JoinSet::new();
+    for log in &stages.logs {
+        let (log, payload, epoch) = (log.clone(), payload.clone(), stages.epoch);
+        set.spawn(async move { log.push(epoch, pair.previous, pair.version, payload).await });
+    }
+    let mut result = Ok(());
+    while let Some(joined) = set.join_next().await {
+        let pushed = joined
+            .map_err(|e| error(ErrorKind::Unavailable(format!("log push task: {e}"))))
+            .and_then(|r| r);
+        if result.is_ok() {
+            result = pushed;
+        }
+    }
+    result
+}

@@ -1,0 +1,254 @@
+//! [`BatchingProxy`]: the handle clients commit through, and what monitoring asks of it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use strata_core::shard::ShardMap;
+use strata_core::{
+    CommitProxy, Epoch, Error, ErrorKind, Key, LogServer, Resolver, Result, Sequencer, Stage,
+    TRANSACTION_BYTES_MAX, TransactionView, Version, WireError,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::batch::batch_loop;
+use crate::config::{ProxyConfig, commit_section_bytes};
+use crate::error;
+use crate::flight::{Oldest, WAITED_ON};
+use crate::stages::{Pending, Stages};
+
+/// A commit proxy of one epoch. See the crate docs.
+pub struct BatchingProxy {
+    stages: Arc<Stages>,
+    config: ProxyConfig,
+    /// The largest client transaction whose batch still fits the wire limit.
+    transaction_bytes_max: usize,
+    queue: mpsc::Sender<Pending>,
+    batcher: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for BatchingProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchingProxy")
+            .field("epoch", &self.stages.epoch)
+            .field("resolvers", &self.stages.resolvers.len())
+            .field("logs", &self.stages.logs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for BatchingProxy {
+    fn drop(&mut self) {
+        self.batcher.abort();
+    }
+}
+
+impl BatchingProxy {
+    /// A proxy for `epoch`. `resolvers` pairs each resolver with the first key of its range,
+    /// sorted or not; the first range always starts at the empty key. Must be called inside a
+    /// tokio runtime (the batcher is a task).
+    ///
+    /// Errors: `InvalidRequest` without a resolver or a log, for resolver ranges that do not
+    /// start at distinct keys, for a [`ProxyConfig::batch_bytes_max`] that leaves no room for
+    /// the commit version section under the wire limit, or a zero
+    /// [`ProxyConfig::stall_timeout`].
+    pub fn new(
+        epoch: Epoch,
+        sequencer: Arc<dyn Sequencer>,
+        mut resolvers: Vec<(Key, Arc<dyn Resolver>)>,
+        logs: Vec<Arc<dyn LogServer>>,
+        config: ProxyConfig,
+    ) -> Result<BatchingProxy> {
+        if resolvers.is_empty() || logs.is_empty() {
+            return Err(error(ErrorKind::InvalidRequest(
+                "a proxy needs at least one resolver and one log".into(),
+            )));
+        }
+        let transaction_bytes_max = TRANSACTION_BYTES_MAX.saturating_sub(commit_section_bytes()?);
+        if config.batch_bytes_max > transaction_bytes_max {
+            return Err(error(ErrorKind::InvalidRequest(format!(
+                "batch_bytes_max of {} leaves no room for the commit version section: a batch \
+                 must fit the wire limit of {TRANSACTION_BYTES_MAX} bytes once stamped, so the \
+                 bound is at most {transaction_bytes_max}",
+                config.batch_bytes_max
+            ))));
+        }
+        if config.stall_timeout.is_zero() {
+            return Err(error(ErrorKind::InvalidRequest(
+                "stall_timeout must be above zero, or every batch in flight counts as stalled"
+                    .into(),
+            )));
+        }
+        resolvers.sort_by(|a, b| a.0.cmp(&b.0));
+        let shards = ShardMap::from_begins(resolvers.iter().map(|(k, _)| k.clone()).collect());
+        if shards.len() != resolvers.len() || !resolvers[0].0.is_empty() {
+            return Err(error(ErrorKind::InvalidRequest(
+                "resolver ranges must start at distinct keys, the first at the empty key".into(),
+            )));
+        }
+        let stages = Arc::new(Stages {
+            epoch,
+            sequencer,
+            resolvers: resolvers.into_iter().map(|(_, r)| r).collect(),
+            shards,
+            logs,
+            fenced: AtomicBool::new(false),
+            failure: OnceLock::new(),
+            hole: AtomicU64::new(u64::MAX),
+            broken: Notify::new(),
+            flights: Mutex::new(VecDeque::new()),
+        });
+        let (queue, rx) = mpsc::channel(config.queue_transactions_max.max(1));
+        let batcher = tokio::spawn(batch_loop(stages.clone(), config, rx));
+        Ok(BatchingProxy {
+            stages,
+            config,
+            transaction_bytes_max,
+            queue,
+            batcher,
+        })
+    }
+}
+
+impl BatchingProxy {
+    /// Whether a stage (usually a log) refused this proxy's epoch as fenced by a newer one: it
+    /// will commit nothing more, and [`BatchingProxy::failure`] holds the fencing error.
+    pub fn is_fenced(&self) -> bool {
+        self.stages.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Whether the batcher still runs (it stops only if its task panicked or was aborted).
+    ///
+    /// A proxy that failed still runs: it answers every commit with its failure, at once. So
+    /// "running" does not mean "committing"; ask [`BatchingProxy::failure`] for that.
+    pub fn is_running(&self) -> bool {
+        !self.batcher.is_finished()
+    }
+
+    /// The error that ended this proxy's epoch, if one did: the first batch that failed after
+    /// taking its version pair (in resolution, encoding, a push to any log, or the report), or
+    /// the sequencer failing to hand out a pair. From then on every commit is answered with it
+    /// (see the crate docs, "Failed state"); the director should recover into a new epoch.
+    /// A fenced proxy has failed with the fencing error.
+    pub fn failure(&self) -> Option<Error> {
+        self.stages.failure.get().cloned()
+    }
+
+    /// Monitoring's probe: `Err` with [`BatchingProxy::failure`] once the proxy failed;
+    /// otherwise a `Timeout` error of the stage the oldest batch in flight waits on, once that
+    /// batch has been in flight longer than [`ProxyConfig::stall_timeout`] (the chain stopped
+    /// advancing while requests wait); otherwise `Ok`. An idle proxy is healthy.
+    pub fn health(&self) -> Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        let Some(oldest) = self.oldest() else {
+            return Ok(());
+        };
+        let waited = oldest.started.elapsed();
+        if waited <= self.config.stall_timeout {
+            return Ok(());
+        }
+        let what = match oldest.version {
+            Version(0) => format!(
+                "the {} to hand out a commit version, for the oldest of {} batches in flight",
+                oldest.stage, oldest.in_flight
+            ),
+            v => format!(
+                "the {} on the batch of {v}, the oldest of {} in flight",
+                oldest.stage, oldest.in_flight
+            ),
+        };
+        Err(Error::new(
+            oldest.stage,
+            ErrorKind::Timeout {
+                what,
+                after_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            },
+        ))
+    }
+
+    /// The stage the oldest batch in flight waits on right now: [`Stage::Sequencer`] while it
+    /// asks for its version pair or reports it committed, [`Stage::Resolver`] while it is
+    /// resolved, [`Stage::Log`] while it is pushed. `None` when no batch is in flight. A
+    /// director whose own wait on the proxy times out uses it to name the stage that hung.
+    pub fn waiting_on(&self) -> Option<Stage> {
+        self.oldest().map(|o| o.stage)
+    }
+
+    fn oldest(&self) -> Option<Oldest> {
+        let flights = self.stages.flights();
+        let track = flights.front()?;
+        Some(Oldest {
+            started: track.started,
+            stage: WAITED_ON[usize::from(track.waiting.load(Ordering::Relaxed))],
+            version: Version(track.version.load(Ordering::Relaxed)),
+            in_flight: flights.len(),
+        })
+    }
+}
+
+#[async_trait]
+impl CommitProxy for BatchingProxy {
+    fn epoch(&self) -> Epoch {
+        self.stages.epoch
+    }
+
+    async fn commit(&self, transaction: Bytes) -> Result<Version> {
+        if self.stages.fenced.load(Ordering::SeqCst) {
+            return Err(error(ErrorKind::Unavailable(format!(
+                "the proxy of {} was fenced by a newer epoch",
+                self.stages.epoch
+            ))));
+        }
+        // The epoch is over: no batch could get past the hole, so do not queue one.
+        if let Some(e) = self.stages.failure.get() {
+            return Err(e.clone());
+        }
+        let bytes = transaction.len();
+        let view = TransactionView::parse(transaction).map_err(|e| error(ErrorKind::Wire(e)))?;
+        // Within the wire limit, but its batch would not be once stamped with the commit
+        // version: refused here, before it takes a version its batch could not be pushed with.
+        if bytes > self.transaction_bytes_max {
+            return Err(error(ErrorKind::Wire(WireError::TransactionTooLarge {
+                len: bytes,
+                max: self.transaction_bytes_max,
+            })));
+        }
+        let conflicts = view.conflicts().map_err(|e| error(ErrorKind::Wire(e)))?;
+        let mutations = view.mutations().map_err(|e| error(ErrorKind::Wire(e)))?;
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            conflicts,
+            mutations,
+            bytes,
+            reply,
+        };
+        // Room is usually there: queue without arming a timer.
+        let pending = match self.queue.try_send(pending) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(p)) => Some(p),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(error(ErrorKind::Unavailable("proxy stopped".into())));
+            }
+        };
+        if let Some(pending) = pending {
+            match tokio::time::timeout(self.config.queue_wait, self.queue.send(pending)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(error(ErrorKind::Unavailable("proxy stopped".into()))),
+                Err(_) => {
+                    return Err(error(ErrorKind::Overloaded(format!(
+                        "the proxy's queue stayed full for {} ms",
+                        self.config.queue_wait.as_millis()
+                    ))));
+                }
+            }
+        }
+        answer
+            .await
+            .map_err(|_| error(ErrorKind::Unavailable("proxy stopped".into())))?
+    }
+}
