@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use strata_core::{ErrorKind, Result, Version, wire};
 
+#[cfg(doc)]
+use crate::BatchingProxy;
+
 use crate::error;
 
 /// Tuning and limits of a [`BatchingProxy`].

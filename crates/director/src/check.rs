@@ -356,7 +356,7 @@ pub(crate) async fn read_holdings(
 
 /// Reads everything in `data_dir` and reports each inconsistency, changing nothing: the
 /// coordinated state against the directory ([`check_directory`]), every storage file and every
-/// log it names ([`read_holdings`]), and whether some log holds all the history the next
+/// log it names (`read_holdings`), and whether some log holds all the history the next
 /// recovery would replay. (Opening a log repairs a genuine torn write at its very end, as any
 /// open does; nothing else is written.) An error is returned only when the directory cannot be
 /// read at all.

@@ -18,7 +18,8 @@
 //!   loop and monitoring (a failed stage ends the epoch and starts the next); the watermark
 //!   task that tells storage servers what is committed and pops the logs.
 //! - [`dump`]: what is stored under a prefix, without starting an epoch.
-//! - [`workload`]: the Cycle workload, shared by the `strata` command and the tests.
+//! - [`workload`]: Cycle, Increment (ledger) and the load generator, run by one driver that the
+//!   `strata` command, the tests and the benches share.
 //! - [`faults`]: decorators of every stage trait (and of the logs' file system) that fail an
 //!   armed call, for tests.
 //!
@@ -64,9 +65,9 @@
 //!   director told them are committed (the watermark task in `cluster.rs`, from the
 //!   sequencer's committed version; `RedbStorage::advance_committed`). So a storage server's
 //!   durable version is never above the recovery version, and roll-back never undoes anything
-//!   durable; recovery checks it (`replay_base`).
+//!   durable; recovery checks it (`inspect_directory`).
 //! - **A new log's history starts with an anchor**: the predecessor of the first entry it
-//!   receives, so replay from any durable storage version links into its chain (`replay.rs`).
+//!   receives, so replay from any durable storage version links into its chain (`recovery/replay.rs`).
 //! - **Popping follows the slowest reader**: every log is popped by the director at the oldest
 //!   durable version of all storage servers, in every layout (the watermark task).
 //! - **Replay reads from a log that holds the whole range** it copies; recovery checks that it

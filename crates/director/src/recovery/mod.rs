@@ -5,16 +5,16 @@
 //!
 //! | phase                    | function                    | gives                                   |
 //! |--------------------------|-----------------------------|-----------------------------------------|
-//! | check_data_directory     | [`inspect_directory`]       | the state, the previous logs opened, storage durable versions, all checked |
-//! | claim_epoch              | [`claim_epoch`]             | the new epoch, written (fencing starts) |
-//! | lock_previous_logs       | [`lock_previous_logs`]      | the old logs, locked                    |
-//! | choose_recovery_version  | [`choose_recovery_version`] | the recovery version                    |
-//! | recruit_logs_and_replay  | [`recruit_logs`]            | the new logs, history copied            |
-//! | roll_back_storage        | [`open_storage`]            | storage servers at the recovery version |
-//! | start_transaction_system | [`start_pipeline`]          | sequencer, resolvers, proxies           |
-//! | build_layout             | [`build_layout`]            | the Transaction System Layout           |
-//! | write_coordinated_state  | [`write_state`]             | the new generation recorded             |
-//! | persistence_phase        | [`persist`]                 | the system transaction, read back       |
+//! | check_data_directory     | `inspect_directory`       | the state, the previous logs opened, storage durable versions, all checked |
+//! | claim_epoch              | `claim_epoch`             | the new epoch, written (fencing starts) |
+//! | lock_previous_logs       | `lock_previous_logs`      | the old logs, locked                    |
+//! | choose_recovery_version  | `choose_recovery_version` | the recovery version                    |
+//! | recruit_logs_and_replay  | `recruit_logs`            | the new logs, history copied            |
+//! | roll_back_storage        | `open_storage`            | storage servers at the recovery version |
+//! | start_transaction_system | `start_pipeline`          | sequencer, resolvers, proxies           |
+//! | build_layout             | `build_layout`            | the Transaction System Layout           |
+//! | write_coordinated_state  | `write_state`             | the new generation recorded             |
+//! | persistence_phase        | `persist`                 | the system transaction, read back       |
 //!
 //! Nothing is written before `claim_epoch`: a directory whose state disagrees with what is on
 //! disk is refused with every file as it was. A failed attempt removes the logs it created
