@@ -27,9 +27,10 @@
 //!
 //! Both streams are given ascending, and must be double-ended: a [`Direction::Reverse`] read
 //! walks them from their ends, so a caller needs neither a second code path nor a boxed
-//! iterator for each direction. An older pair's key and value are made ([`OlderEntry::into_pair`])
+//! iterator for each direction. An older pair's key and value are made ([`OlderEntry::to_pair`])
 //! only when the pair is returned, so a store can hand out borrowed entries and copy only the
-//! ones that are used.
+//! ones that are used; an entry is never moved once read (a redb entry is two guards of about
+//! a hundred bytes each, and moving it through the loop cost a range read 15%).
 
 use std::cmp::Ordering;
 
@@ -70,13 +71,13 @@ impl Direction {
 /// One pair of the older layer.
 ///
 /// The merge looks at [`OlderEntry::key`] to place the pair, and calls
-/// [`OlderEntry::into_pair`] only for a pair it returns: an entry borrowed from a store (a
+/// [`OlderEntry::to_pair`] only for a pair it returns: an entry borrowed from a store (a
 /// redb guard, say) is copied only when it is used.
 pub trait OlderEntry {
     /// The pair's key.
     fn key(&self) -> &[u8];
     /// The pair, owned, for the answer.
-    fn into_pair(self) -> (Key, Value);
+    fn to_pair(&self) -> (Key, Value);
 }
 
 impl OlderEntry for (Key, Value) {
@@ -84,8 +85,9 @@ impl OlderEntry for (Key, Value) {
         &self.0
     }
 
-    fn into_pair(self) -> (Key, Value) {
-        self
+    fn to_pair(&self) -> (Key, Value) {
+        // Two reference counts, no copy of the bytes.
+        self.clone()
     }
 }
 
@@ -156,15 +158,13 @@ where
 }
 
 /// A pair the merge found for the answer.
-enum Found<T> {
-    /// From the newer layer.
+/// Which layer answers a key.
+enum Pick {
     Newer(Key, Value),
-    /// From the older layer, not made into a pair yet.
-    Older(T),
+    /// The older entry at hand, still where it was read.
+    Older,
 }
 
-/// [`merge`] over streams already in the read's order: `first` is how a key that comes first
-/// compares with one that comes after it.
 fn merge_in_order<T, E>(
     mut newer: impl Iterator<Item = (Key, Answer)>,
     mut older: impl Iterator<Item = Result<T, E>>,
@@ -179,47 +179,47 @@ where
     let mut next_newer = newer.next();
     let mut next_older = older.next().transpose()?;
     loop {
-        let order = match (&next_newer, &next_older) {
+        let (take_newer, take_older) = match (&next_newer, &next_older) {
             (None, None) => break,
-            (Some(_), None) => first,
-            (None, Some(_)) => first.reverse(),
-            (Some((key, _)), Some(entry)) => key.as_ref().cmp(entry.key()),
+            (Some(_), None) => (true, false),
+            (None, Some(_)) => (false, true),
+            (Some((key, _)), Some(entry)) => match key.as_ref().cmp(entry.key()) {
+                Ordering::Equal => (true, true),
+                order => (order == first, order != first),
+            },
         };
-        // What the next key contributes, if anything; each arm advances what it consumed.
-        let found = if order == Ordering::Equal || order == first {
+        // The pair this key contributes, if any. An older entry is copied here, in place, and
+        // only once the limit allows it.
+        let pair = if take_newer {
             let Some((key, answer)) = next_newer.take() else {
                 break;
             };
             next_newer = newer.next();
-            let below = if order == Ordering::Equal {
-                let entry = next_older.take();
-                next_older = older.next().transpose()?;
-                entry
-            } else {
-                None
-            };
             match answer {
-                Answer::Value(value) => Some(Found::Newer(key, value)),
+                Answer::Value(value) => Some(Pick::Newer(key, value)),
                 Answer::Deleted => None,
-                Answer::Unknown => below.filter(|_| !cleared(&key)).map(Found::Older),
+                Answer::Unknown => (take_older && !cleared(&key)).then_some(Pick::Older),
             }
         } else {
-            let Some(entry) = next_older.take() else {
-                break;
-            };
-            next_older = older.next().transpose()?;
-            (!cleared(entry.key())).then_some(Found::Older(entry))
+            next_older
+                .as_ref()
+                .filter(|entry| !cleared(entry.key()))
+                .map(|_| Pick::Older)
         };
-        if let Some(found) = found {
+        if let Some(pick) = pair {
             if out.entries.len() == limit {
                 out.more = true;
                 break;
             }
-            // Made only now, past the limit check: an older pair is copied only when returned.
-            out.entries.push(match found {
-                Found::Newer(key, value) => (key, value),
-                Found::Older(entry) => entry.into_pair(),
+            out.entries.push(match (pick, &next_older) {
+                (Pick::Newer(key, value), _) => (key, value),
+                (Pick::Older, Some(entry)) => entry.to_pair(),
+                // `Older` is only picked while an older entry is there.
+                (Pick::Older, None) => break,
             });
+        }
+        if take_older {
+            next_older = older.next().transpose()?;
         }
     }
     Ok(out)
@@ -421,7 +421,7 @@ mod tests {
             self.0
         }
 
-        fn into_pair(self) -> (Key, Value) {
+        fn to_pair(&self) -> (Key, Value) {
             self.1.set(self.1.get() + 1);
             (Key::copy_from_slice(self.0), Value::from_static(b"v"))
         }

@@ -1,13 +1,13 @@
-//! Reads: a point read or a range read waits (bounded) for its version, answers from the
-//! window when it can, and otherwise reads a redb snapshot taken under the state lock, on a
-//! blocking thread; a range read merges the window over the snapshot with
-//! [`strata_core::merge`].
+//! Reads: waiting (bounded) for a read's version, and the durable side of every read. A point
+//! read the window cannot answer (the window's answer is given in `server.rs`) and every range
+//! read go to a redb snapshot taken under the state lock, on a blocking thread; a range read
+//! merges the window over the snapshot with [`strata_core::merge`].
 
 use std::sync::{Arc, MutexGuard};
 
 use bytes::Bytes;
 use redb::ReadableDatabase;
-use strata_core::merge::{Answer, Direction, OlderEntry, merge};
+use strata_core::merge::{Direction, OlderEntry, merge};
 use strata_core::{ErrorKind, Key, KeyRange, RangeRead, Result, Value, Version, printable};
 
 use crate::codec::DATA;
@@ -25,7 +25,7 @@ impl OlderEntry for DurablePair<'_> {
         self.0.value()
     }
 
-    fn into_pair(self) -> (Key, Value) {
+    fn to_pair(&self) -> (Key, Value) {
         (
             Bytes::copy_from_slice(self.0.value()),
             Bytes::copy_from_slice(self.1.value()),
@@ -38,7 +38,7 @@ impl Inner {
     /// flush commits between the read's check of the window and the snapshot. Guarded, because
     /// redb may panic on a damaged file even here; the panic is caught before it could unwind
     /// through the lock (and poison it) or through the caller's task. Damage is recorded in `st`.
-    fn begin_read(&self, st: &mut State) -> Result<redb::ReadTransaction> {
+    pub(crate) fn begin_read(&self, st: &mut State) -> Result<redb::ReadTransaction> {
         let db = self.db()?;
         let doing = "starting a read";
         st.note(guarded(&self.path, doing, || {
@@ -46,7 +46,7 @@ impl Inner {
         }))
     }
 
-    fn check_key(&self, key: &[u8]) -> Result<()> {
+    pub(crate) fn check_key(&self, key: &[u8]) -> Result<()> {
         if self.shards.iter().any(|s| s.contains(key)) {
             Ok(())
         } else {
@@ -74,7 +74,7 @@ impl Inner {
 
     /// The state, once `version` is applied (bounded wait) and if it is still readable: what
     /// every read starts from.
-    async fn state_at(&self, version: Version) -> Result<MutexGuard<'_, State>> {
+    pub(crate) async fn state_at(&self, version: Version) -> Result<MutexGuard<'_, State>> {
         self.readable(version).await?;
         let st = self.state()?;
         st.broken()?;
@@ -87,18 +87,13 @@ impl Inner {
         Ok(st)
     }
 
-    /// The value of `key` at `version` (see [`strata_core::StorageServer::get`]).
-    pub(crate) async fn get(self: &Arc<Self>, key: Key, version: Version) -> Result<Option<Value>> {
-        self.check_key(&key)?;
-        let snapshot = {
-            let mut st = self.state_at(version).await?;
-            match st.window.get(&key, version) {
-                Answer::Value(v) => return Ok(Some(v)),
-                Answer::Deleted => return Ok(None),
-                // The snapshot is taken under the lock: a flush cannot commit in between.
-                Answer::Unknown => self.begin_read(&mut st)?,
-            }
-        };
+    /// A point read of `key` from the durable store, through `snapshot` (taken under the state
+    /// lock after the window had no answer), on a blocking thread.
+    pub(crate) async fn get_durable(
+        self: Arc<Self>,
+        key: Key,
+        snapshot: redb::ReadTransaction,
+    ) -> Result<Option<Value>> {
         let inner = self.clone();
         let read = tokio::task::spawn_blocking(move || {
             let path = &inner.path;
