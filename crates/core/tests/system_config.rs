@@ -1,77 +1,12 @@
 //! The persistence phase's two views of the configuration agree, for any configuration.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use strata_core::system::{
-    BeginKey, ClusterConfig, RecoveryRecord, SystemConfig, TransactionSystemLayout, keys,
-};
-use strata_core::{Epoch, Key, LogId, Version};
-
-fn name() -> impl Strategy<Value = String> {
-    // Names may hold any text, '/' and non-ASCII included: a name is the rest of its key.
-    "[a-z0-9_/é.-]{1,12}"
-}
-
-fn begin_key() -> impl Strategy<Value = BeginKey> {
-    proptest::collection::vec(any::<u8>(), 0..16).prop_map(|b| BeginKey(Bytes::from(b)))
-}
-
-fn names() -> impl Strategy<Value = BTreeMap<String, String>> {
-    proptest::collection::btree_map(name(), name(), 0..5)
-}
-
-fn config() -> impl Strategy<Value = SystemConfig> {
-    (
-        (
-            proptest::collection::vec(name(), 0..4),
-            names(),
-            names(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
-        ),
-        (
-            name(),
-            proptest::collection::vec(name(), 0..5),
-            proptest::collection::btree_map(begin_key(), name(), 0..5),
-            proptest::collection::btree_map(any::<u64>().prop_map(LogId), name(), 0..6),
-            proptest::collection::btree_map(
-                begin_key(),
-                proptest::collection::vec(name(), 0..4),
-                0..5,
-            ),
-            names(),
-        ),
-    )
-        .prop_map(
-            |(
-                (coordinators, parameters, policies, id, epoch, recovery_version),
-                (sequencer, commit_proxies, resolvers, logs, storage_teams, services),
-            )| SystemConfig {
-                cluster: ClusterConfig {
-                    coordinators,
-                    parameters,
-                    policies,
-                },
-                layout: TransactionSystemLayout {
-                    id,
-                    epoch: Epoch(epoch),
-                    sequencer,
-                    commit_proxies,
-                    resolvers,
-                    logs,
-                    storage_teams,
-                    services,
-                },
-                last_completed: RecoveryRecord {
-                    epoch: Epoch(epoch),
-                    recovery_version: Version(recovery_version),
-                },
-            },
-        )
-}
+use strata_core::Key;
+use strata_core::system::{SystemConfig, keys};
+use strata_testkit::fixtures::arb_system_config as config;
 
 /// The suffixes of the keys under `prefix`.
 fn suffixes(pairs: &[(Key, Bytes)], prefix: &[u8]) -> BTreeSet<Vec<u8>> {

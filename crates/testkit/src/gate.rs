@@ -1,7 +1,10 @@
 //! The version chain as the fakes keep it: a batch enters only after its predecessor, and one
 //! that arrives early waits (bounded) for it. The rule is the stages' own
-//! ([`strata_core::chain::admit`]); the waiting is simpler than theirs (every waiter re-checks
-//! on every accepted version), which is plenty for tests.
+//! ([`strata_core::chain::admit`]), and so is the order of the checks (a malformed request is
+//! refused before it is told it is fenced); the fencing check, the admission and `lock` all
+//! happen under one lock, as in the real log, so a push either lands before a `lock` (which
+//! then reports it) or is fenced. The waiting is simpler than the stages' (every waiter
+//! re-checks on every change), which is plenty for tests.
 
 use std::time::Duration;
 
@@ -9,12 +12,19 @@ use strata_core::chain::{self, Admission};
 use strata_core::{Epoch, Error, ErrorKind, Result, Stage, Version};
 use tokio::sync::watch;
 
-/// The last version a fake accepted, the epoch it is locked at, and the wait for a predecessor.
+/// What the chain holds: the last version accepted and the epoch it is locked at.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    last: Version,
+    locked: Epoch,
+}
+
+/// The chain of one fake, and how long an early request waits for its predecessor.
 #[derive(Debug)]
 pub(crate) struct Gate {
     stage: Stage,
-    last: watch::Sender<Version>,
-    locked: std::sync::Mutex<Epoch>,
+    /// Every change goes through the channel's lock, and wakes every waiter.
+    held: watch::Sender<Held>,
     wait: Duration,
 }
 
@@ -22,8 +32,10 @@ impl Gate {
     pub(crate) fn new(stage: Stage, start: Version, wait: Duration) -> Gate {
         Gate {
             stage,
-            last: watch::Sender::new(start),
-            locked: std::sync::Mutex::new(Epoch(0)),
+            held: watch::Sender::new(Held {
+                last: start,
+                locked: Epoch(0),
+            }),
             wait,
         }
     }
@@ -33,35 +45,37 @@ impl Gate {
     }
 
     pub(crate) fn last(&self) -> Version {
-        *self.last.borrow()
+        self.held.borrow().last
+    }
+
+    /// Fences every epoch below `epoch`; returns the last version accepted before the lock.
+    pub(crate) fn lock(&self, epoch: Epoch) -> Result<Version> {
+        let mut outcome = Ok(Version::ZERO);
+        self.held.send_if_modified(|held| {
+            if epoch < held.locked {
+                outcome = Err(self.fenced(epoch, held.locked));
+                return false;
+            }
+            held.locked = epoch;
+            outcome = Ok(held.last);
+            // Pushes waiting for a predecessor re-check, and learn they are fenced now.
+            true
+        });
+        outcome
     }
 
     pub(crate) fn locked(&self) -> Epoch {
-        self.locked.lock().map_or(Epoch(u64::MAX), |e| *e)
+        self.held.borrow().locked
     }
 
-    /// Fences every epoch below `epoch`.
-    pub(crate) fn lock(&self, epoch: Epoch) -> Result<()> {
-        let mut locked = self
-            .locked
-            .lock()
-            .map_err(|_| self.error(ErrorKind::Unavailable("fake poisoned".into())))?;
-        if epoch < *locked {
-            return Err(self.error(ErrorKind::Fenced {
-                request: epoch,
-                current: *locked,
-            }));
-        }
-        *locked = epoch;
-        // Pushes waiting for a predecessor re-check, and learn they are fenced now.
-        self.last.send_modify(|_| {});
-        Ok(())
+    fn fenced(&self, request: Epoch, current: Epoch) -> Error {
+        self.error(ErrorKind::Fenced { request, current })
     }
 
     /// Waits until `previous -> version` of `epoch` is next, runs `apply` and moves the chain
-    /// to `version`, both under the chain's lock. The refusals are the real stages': `Fenced`,
-    /// `Duplicate`, `OutOfOrder` (a fork, or a predecessor that did not come within the wait),
-    /// `InvalidRequest`.
+    /// to `version`, all under the chain's lock. The refusals are the real stages', in their
+    /// order: `InvalidRequest` (malformed), `Fenced`, `Duplicate`, `OutOfOrder` (a fork, or a
+    /// predecessor that did not come within the wait).
     pub(crate) async fn admit<T>(
         &self,
         epoch: Epoch,
@@ -69,41 +83,40 @@ impl Gate {
         version: Version,
         apply: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
+        chain::follows(previous, version).map_err(|refusal| self.error(refusal.into()))?;
         let mut apply = Some(apply);
-        let mut last = self.last.subscribe();
+        let mut changed = self.held.subscribe();
         let next = async {
             loop {
-                // Seen before checking, so a version accepted after the check wakes us.
-                last.borrow_and_update();
-                let fenced = self.locked();
-                if epoch < fenced {
-                    return Err(self.error(ErrorKind::Fenced {
-                        request: epoch,
-                        current: fenced,
-                    }));
-                }
+                // Seen before checking, so a change after the check wakes us.
+                changed.borrow_and_update();
                 let mut outcome = None;
-                self.last
-                    .send_if_modified(|last| match self.is_next(previous, version, *last) {
-                        Ok(false) => false,
-                        Ok(true) => {
+                self.held.send_if_modified(|held| {
+                    if epoch < held.locked {
+                        outcome = Some(Err(self.fenced(epoch, held.locked)));
+                        return false;
+                    }
+                    match chain::admit(previous, version, held.last) {
+                        Ok(Admission::Early) => false,
+                        Ok(Admission::Next) => {
                             let applied = apply.take().map(|f| f());
                             let moved = matches!(applied, Some(Ok(_)));
                             if moved {
-                                *last = version;
+                                held.last = version;
                             }
                             outcome = applied;
                             moved
                         }
-                        Err(e) => {
-                            outcome = Some(Err(e));
+                        Err(refusal) => {
+                            outcome = Some(Err(self.error(refusal.into())));
                             false
                         }
-                    });
+                    }
+                });
                 if let Some(done) = outcome {
                     return done;
                 }
-                if last.changed().await.is_err() {
+                if changed.changed().await.is_err() {
                     return Err(self.error(ErrorKind::Unavailable("fake stopped".into())));
                 }
             }
@@ -115,11 +128,5 @@ impl Gate {
                 last: self.last(),
             })),
         }
-    }
-
-    fn is_next(&self, previous: Version, version: Version, last: Version) -> Result<bool> {
-        let admission =
-            chain::admit(previous, version, last).map_err(|refusal| self.error(refusal.into()))?;
-        Ok(admission == Admission::Next)
     }
 }

@@ -121,24 +121,29 @@ impl LogServer for MemoryLog {
     }
 
     async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
-        // Registered before reading, so a push in between still wakes the wait.
-        let mut arrived = std::pin::pin!(self.arrived.notified());
-        arrived.as_mut().enable();
-        let found = self.read_after(after, limit)?;
-        if !found.is_empty() || limit == 0 {
-            return Ok(found);
+        let deadline = tokio::time::Instant::now() + self.pull_wait;
+        loop {
+            // Registered before reading, so a push in between still wakes the wait.
+            let mut arrived = std::pin::pin!(self.arrived.notified());
+            arrived.as_mut().enable();
+            let found = self.read_after(after, limit)?;
+            if !found.is_empty() || limit == 0 {
+                return Ok(found);
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Ok(found);
+            }
         }
-        let _ = tokio::time::timeout(self.pull_wait, arrived).await;
-        self.read_after(after, limit)
     }
 
     async fn lock(&self, epoch: Epoch) -> Result<LogState> {
-        self.chain.lock(epoch)?;
-        let held = self.held()?;
+        // The chain first, then the entries: a push takes them in the same order.
+        let last_version = self.chain.lock(epoch)?;
+        let first_version = self.held()?.entries.front().map(|e| e.version);
         Ok(LogState {
             epoch: self.chain.locked(),
-            first_version: held.entries.front().map(|e| e.version),
-            last_version: self.chain.last(),
+            first_version,
+            last_version,
         })
     }
 

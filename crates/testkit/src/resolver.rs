@@ -90,8 +90,9 @@ impl ConflictModel {
     }
 }
 
-/// A [`Resolver`] over a [`ConflictModel`]: the real contract (chain order, fencing, the
-/// MVCC window), none of the speed.
+/// A [`Resolver`] over a [`ConflictModel`]: the real contract (chain order, the epoch checks,
+/// the MVCC window), none of the speed. It has no limit on a batch's size (the real resolver
+/// refuses more than its `batch_transactions_max`).
 #[derive(Debug)]
 pub struct ModelResolver {
     epoch: Epoch,
@@ -119,6 +120,12 @@ impl Resolver for ModelResolver {
                 request: batch.epoch,
                 current: self.epoch,
             }));
+        }
+        if batch.epoch > self.epoch {
+            return Err(self.chain.error(ErrorKind::InvalidRequest(format!(
+                "batch of {} sent to the resolver of {}",
+                batch.epoch, self.epoch
+            ))));
         }
         self.chain
             .admit(batch.epoch, batch.previous_version, batch.version, || {

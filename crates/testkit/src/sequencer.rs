@@ -55,12 +55,20 @@ impl StepSequencer {
             .map_err(|_| error(ErrorKind::Unavailable("sequencer poisoned".into())))
     }
 
+    /// The real sequencer's rule: an older epoch is fenced, a newer one was sent to the wrong
+    /// sequencer.
     fn check(&self, epoch: Epoch) -> Result<()> {
         if epoch < self.epoch {
             return Err(error(ErrorKind::Fenced {
                 request: epoch,
                 current: self.epoch,
             }));
+        }
+        if epoch > self.epoch {
+            return Err(error(ErrorKind::InvalidRequest(format!(
+                "request of {epoch} sent to the sequencer of {}",
+                self.epoch
+            ))));
         }
         Ok(())
     }

@@ -179,9 +179,10 @@ pub(super) fn system_writes(
 mod tests {
     use std::collections::BTreeMap;
 
+    use proptest::prelude::*;
     use strata_core::system::BeginKey;
     use strata_core::{Key, LogId, Value};
-    use strata_testkit::fixtures::system_config;
+    use strata_testkit::fixtures::{arb_system_config, system_config};
 
     use super::*;
 
@@ -251,5 +252,22 @@ mod tests {
         let (monolithic, decomposed) = both_views(&system_only);
         assert_eq!(monolithic, now);
         assert_eq!(decomposed, now);
+    }
+
+    proptest! {
+        /// For any configuration written over any other: both views read back as the one
+        /// written, and nothing of the one before survives.
+        #[test]
+        fn any_configuration_overwrites_any_other(
+            before in arb_system_config(),
+            now in arb_system_config(),
+        ) {
+            let mut stored = before.decomposed().unwrap();
+            stored.push((keys::config(), before.monolithic_value().unwrap()));
+            let store = apply(&stored, &system_writes(&now).unwrap());
+            let (monolithic, decomposed) = both_views(&store);
+            prop_assert_eq!(monolithic, now.clone());
+            prop_assert_eq!(decomposed, now);
+        }
     }
 }
