@@ -18,7 +18,7 @@ use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Throughput};
 use strata_director::Database;
-use strata_director::workload::load::SyncProbe;
+use strata_testkit::disk::SyncProbe;
 
 /// Unwraps a setup step of a bench; a failure there is a broken bench, reported loudly.
 pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {

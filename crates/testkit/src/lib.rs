@@ -14,6 +14,7 @@
 //! - [`faults`]: decorators of every stage trait that fail, hang or delay an armed call.
 //! - [`rng`]: SplitMix64, a seeded generator whose sequence never changes.
 //! - [`fixtures`]: small complete values (a system configuration).
+//! - [`disk`]: the disk's fsync floor, which commit latency is measured against.
 //!
 //! The fakes keep the contracts of `strata_core::traits` that their users rely on and none of
 //! the performance: they take a lock per call and wake every waiter on every change.
@@ -30,6 +31,7 @@
 //! # let _ = (sequencer, resolver, log);
 //! ```
 
+pub mod disk;
 pub mod faults;
 pub mod fixtures;
 mod gate;

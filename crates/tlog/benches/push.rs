@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use strata_core::{Epoch, LogId, LogServer, Version};
+use strata_testkit::disk::SyncProbe;
 use strata_tlog::{FileLog, FileLogConfig};
 
 fn bench_dir() -> tempfile::TempDir {
@@ -43,14 +44,12 @@ fn floors(c: &mut Criterion) {
     let mut group = c.benchmark_group("tlog");
     group.throughput(Throughput::Elements(1));
     group.bench_function("fsync_floor_4k", |b| {
-        let path = dir.path().join("floor");
-        let mut f = match OpenOptions::new().create(true).append(true).open(&path) {
-            Ok(f) => f,
+        let mut probe = match SyncProbe::create(dir.path()) {
+            Ok(p) => p,
             Err(e) => panic!("{e}"),
         };
-        let block = [7u8; 4096];
         b.iter(|| {
-            if let Err(e) = f.write_all(&block).and_then(|()| f.sync_data()) {
+            if let Err(e) = probe.append_and_sync() {
                 panic!("{e}");
             }
         });

@@ -441,9 +441,10 @@ mod load {
     use clap::Args;
     use serde::Serialize;
     use strata_core::{Error, ErrorKind, Stage};
-    use strata_director::workload::load::{Load, fsync_floor};
+    use strata_director::workload::load::Load;
     use strata_director::workload::{self, Plan, Span};
     use strata_director::{EmbeddedCluster, EmbeddedConfig};
+    use strata_testkit::disk::fsync_floor;
 
     #[derive(Args)]
     pub(crate) struct BenchArgs {
@@ -499,7 +500,7 @@ mod load {
             ));
         }
         std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::io(Stage::Director, e))?;
-        let floor = fsync_floor(&args.data_dir, 100)?;
+        let floor = fsync_floor(&args.data_dir, 100).map_err(|e| Error::io(Stage::Director, e))?;
         let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
         let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
         let db = cluster.database();

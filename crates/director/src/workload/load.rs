@@ -1,14 +1,9 @@
 //! The load generator behind `strata bench`: transactions of random reads and blind writes
-//! over a key space of a million keys, and the disk's fsync floor that commit latency is
-//! measured against.
-
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+//! over a key space of a million keys. The disk's fsync floor that commit latency is measured
+//! against is [`strata_testkit::disk::fsync_floor`].
 
 use bytes::Bytes;
-use strata_core::{Error, Result, Stage};
+use strata_core::Result;
 use strata_testkit::rng::SplitMix64;
 use strata_txn_builder::Database;
 
@@ -58,63 +53,4 @@ impl Workload for Load {
         .await?;
         Ok(aborted)
     }
-}
-
-/// A file in a directory to append 4 KiB blocks to and `fdatasync` after each: the cost of
-/// the cheapest durable write on that disk. Removed when dropped.
-#[derive(Debug)]
-pub struct SyncProbe {
-    file: File,
-    path: PathBuf,
-}
-
-impl SyncProbe {
-    /// The block each [`SyncProbe::append_and_sync`] appends.
-    pub const BLOCK_BYTES: usize = 4_096;
-
-    /// Creates the probe's file in `dir`.
-    pub fn create(dir: &Path) -> Result<SyncProbe> {
-        let path = dir.join("fsync-floor.tmp");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, e))?;
-        Ok(SyncProbe { file, path })
-    }
-
-    /// Appends one block and waits until it is on disk.
-    pub fn append_and_sync(&mut self) -> Result<()> {
-        self.file
-            .write_all(&[7u8; Self::BLOCK_BYTES])
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| io_error(&self.path, e))
-    }
-}
-
-impl Drop for SyncProbe {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::io(
-        Stage::Director,
-        std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
-    )
-}
-
-/// The median time of `samples` appends of 4 KiB, each followed by `fdatasync`, in `dir`.
-pub fn fsync_floor(dir: &Path, samples: usize) -> Result<Duration> {
-    let mut probe = SyncProbe::create(dir)?;
-    let mut times = Vec::with_capacity(samples.max(1));
-    for _ in 0..samples.max(1) {
-        let t = Instant::now();
-        probe.append_and_sync()?;
-        times.push(t.elapsed());
-    }
-    times.sort_unstable();
-    Ok(times[times.len() / 2])
 }
