@@ -37,6 +37,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Limits
+//!
+//! A layout is checked whole before anything is written ([`EmbeddedConfig::validate`]): 1 to
+//! [`config::LOGS_MAX`] (16) logs, 1 to [`config::STORAGE_MAX`] (256) storage servers (fixed
+//! once a directory holds data: re-sharding is not supported), 1 to
+//! [`config::RESOLVERS_MAX`] (256) resolvers and 1 to [`config::PROXIES_MAX`] (64) commit
+//! proxies. A second process on a directory in use is refused only when it reaches the logs
+//! (each allows one owner), not up front. The limits of keys, values and transactions are
+//! `strata-core`'s.
+//!
 //! # Layout of a data directory
 //!
 //! | path                    | what                                            |
