@@ -361,12 +361,7 @@ pub(crate) async fn read_holdings(
 /// open does; nothing else is written.) An error is returned only when the directory cannot be
 /// read at all.
 pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
-    if !data_dir.is_dir() {
-        return Err(crate::error(ErrorKind::InvalidRequest(format!(
-            "{} is not a data directory",
-            data_dir.display()
-        ))));
-    }
+    let _owner = crate::owner::lock_directory(data_dir, false)?;
     let mut report = CheckReport::default();
     let state = match FileStateStore::new(data_dir).read() {
         Ok(state) => state,

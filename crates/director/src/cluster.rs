@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::EmbeddedConfig;
 use crate::coordinator::{FileStateStore, StateStore};
+use crate::owner::{DirectoryLock, lock_directory};
 use crate::recovery::{self, RecoveryEnv, RecoveryError, RecoveryReport};
 
 /// The transaction system of one epoch: each stage as built, and as the commit path sees it
@@ -94,6 +95,8 @@ pub struct EmbeddedCluster {
     pub(crate) logs: Vec<Arc<FileLog>>,
     pub(crate) storage: Vec<Arc<RedbStorage>>,
     pub(crate) watermark: Watermark,
+    /// This process's hold on the data directory, released when the cluster is dropped.
+    pub(crate) _owner: Arc<DirectoryLock>,
 }
 
 impl std::fmt::Debug for EmbeddedCluster {
@@ -145,15 +148,9 @@ impl EmbeddedCluster {
         // Validate, then write: not even the data directory is created for a layout that
         // can never work.
         config.validate()?;
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            Error::new(
-                Stage::Director,
-                ErrorKind::InvalidRequest(format!(
-                    "cannot create the data directory {}: {e}",
-                    data_dir.display()
-                )),
-            )
-        })?;
+        // A directory in use by another process is refused here, before any attempt: an
+        // attempt would claim an epoch first.
+        let _owner = lock_directory(data_dir, true)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -273,6 +270,8 @@ pub async fn serve(
     serving: &tokio::sync::watch::Sender<Serving>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    // Held across epochs, so no other process can take the directory between two of them.
+    let _owner = lock_directory(data_dir, true)?;
     let store = FileStateStore::new(data_dir);
     tokio::pin!(shutdown);
     let mut quick_failures = 0;

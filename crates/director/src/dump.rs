@@ -9,6 +9,7 @@ use strata_storage::{RedbStorage, StorageConfig};
 use strata_tlog::{FileLog, FileLogConfig};
 
 use crate::coordinator::{CoordinatedState, FileStateStore, StateStore};
+use crate::owner::lock_directory;
 use crate::{error, split_ranges};
 
 /// What `strata dump` found: the coordinated state and the pairs under a prefix.
@@ -28,13 +29,22 @@ pub struct Dump {
 /// or popping anything. (Opening a log still truncates a torn write at its end, as any open
 /// does.) A log the coordinated state names that is missing is an error.
 pub async fn dump(data_dir: &Path, prefix: &[u8]) -> Result<Dump> {
+    let _owner = lock_directory(data_dir, false)?;
     let state = FileStateStore::new(data_dir).read()?.ok_or_else(|| {
         error(ErrorKind::Unavailable(format!(
             "no cluster in {}: run `strata recover` first",
             data_dir.display()
         )))
     })?;
+    // The empty prefix is everything, system keys included (a prefix of only 0xff bytes has
+    // no end of its own either, and ends with the key space).
     let range = KeyRange::prefix(Bytes::copy_from_slice(prefix))
+        .or_else(|_| {
+            KeyRange::new(
+                Bytes::copy_from_slice(prefix),
+                Bytes::from_static(crate::KEY_SPACE_END),
+            )
+        })
         .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?;
     let mut logs = Vec::new();
     for place in &state.logs {

@@ -18,6 +18,7 @@
 //!   loop and monitoring (a failed stage ends the epoch and starts the next); the watermark
 //!   task that tells storage servers what is committed and pops the logs.
 //! - [`dump`]: what is stored under a prefix, without starting an epoch.
+//! - [`owner`]: one owner per data directory, taken first by every command.
 //! - [`workload`]: Cycle, Increment (ledger) and the load generator, run by one driver that the
 //!   `strata` command, the tests and the benches share.
 //! - [`faults`]: decorators of every stage trait (and of the logs' file system) that fail an
@@ -43,14 +44,15 @@
 //! [`config::LOGS_MAX`] (16) logs, 1 to [`config::STORAGE_MAX`] (256) storage servers (fixed
 //! once a directory holds data: re-sharding is not supported), 1 to
 //! [`config::RESOLVERS_MAX`] (256) resolvers and 1 to [`config::PROXIES_MAX`] (64) commit
-//! proxies. A second process on a directory in use is refused only when it reaches the logs
-//! (each allows one owner), not up front. The limits of keys, values and transactions are
-//! `strata-core`'s.
+//! proxies. One process owns a data directory at a time ([`owner`]): every command takes its
+//! lock first, and a second process fails at once, naming the holder, having read and written
+//! nothing. The limits of keys, values and transactions are `strata-core`'s.
 //!
 //! # Layout of a data directory
 //!
 //! | path                    | what                                            |
 //! |-------------------------|-------------------------------------------------|
+//! | `strata.lock`           | the owner's lock, holding its process id        |
 //! | `coordinated.json`      | the coordinated state: epoch, current logs      |
 //! | `logs/<epoch>-<n>/`     | log `n` of a generation: segments, lock epoch   |
 //! | `storage/<n>.redb`      | storage server `n`                              |
@@ -99,6 +101,7 @@ pub mod config;
 pub mod coordinator;
 mod dump;
 pub mod faults;
+pub mod owner;
 pub mod recovery;
 pub mod workload;
 

@@ -15,6 +15,33 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Args, Parser, Subcommand};
+
+/// Prints a line on standard output, like `println!`, except that a reader that went away
+/// (`strata dump | head -1`) ends the command quietly with success, as other command-line
+/// tools do, instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
+/// The body of [`out!`]. Any other failure to write is an error (exit 1).
+fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 use strata_director::{EmbeddedCluster, EmbeddedConfig, RecoveryReport, config};
 
 #[derive(Parser)]
@@ -234,7 +261,7 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
     let announce = tokio::spawn(async move {
         while watching.changed().await.is_ok() {
             if let Some((epoch, _)) = &*watching.borrow_and_update() {
-                println!("serving epoch {}; Ctrl-C stops", epoch.0);
+                out!("serving epoch {}; Ctrl-C stops", epoch.0);
             }
         }
     });
@@ -247,7 +274,7 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
     drop(serving);
     let _ = announce.await;
     if result.is_ok() {
-        println!("stopped");
+        out!("stopped");
     }
     result
 }
@@ -258,27 +285,27 @@ async fn check(args: VerifyArgs) -> strata_core::Result<()> {
         print_json(&report)?;
     } else {
         match report.epoch {
-            Some(epoch) => println!("{}: {epoch}", args.data_dir.display()),
-            None => println!("{}: no coordinated state", args.data_dir.display()),
+            Some(epoch) => out!("{}: {epoch}", args.data_dir.display()),
+            None => out!("{}: no coordinated state", args.data_dir.display()),
         }
         let shown =
             |v: &Option<strata_core::Version>| v.map_or("unreadable".into(), |v| v.to_string());
         for (dir, last) in &report.logs {
-            println!("  {dir}: holds up to {}", shown(last));
+            out!("  {dir}: holds up to {}", shown(last));
         }
         for (file, durable) in &report.storage {
-            println!("  {file}: durable at {}", shown(durable));
+            out!("  {file}: durable at {}", shown(durable));
         }
         if let Some(v) = report.recoverable_version {
-            println!("  recoverable up to {v}");
+            out!("  recoverable up to {v}");
         }
         for f in &report.findings {
-            println!("problem: {f}");
+            out!("problem: {f}");
         }
     }
     if report.findings.is_empty() {
         if !args.json {
-            println!("consistent");
+            out!("consistent");
         }
         Ok(())
     } else {
@@ -307,21 +334,21 @@ async fn dump(args: DumpArgs) -> strata_core::Result<()> {
     if args.json {
         return print_json(&dump);
     }
-    println!(
+    out!(
         "epoch {} (generation {}), {} log(s), {} storage server(s)",
         dump.state.epoch.0,
         dump.state.generation,
         dump.state.logs.len(),
         dump.state.storage
     );
-    println!(
+    out!(
         "at {}: {} key(s) under {}",
         dump.version,
         dump.entries.len(),
         args.prefix
     );
     for (k, v) in &dump.entries {
-        println!("  {k} = {v}");
+        out!("  {k} = {v}");
     }
     Ok(())
 }
@@ -337,7 +364,7 @@ fn print_json(value: &impl serde::Serialize) -> strata_core::Result<()> {
             )),
         )
     })?;
-    println!("{json}");
+    out!("{json}");
     Ok(())
 }
 
@@ -350,24 +377,24 @@ struct Recovered<'a> {
 }
 
 fn print_text(report: &RecoveryReport, total_micros: u64) {
-    println!(
+    out!(
         "recovered {} at recovery version {} in {:.1} ms",
         report.epoch,
         report.recovery_version,
         total_micros as f64 / 1_000.0
     );
-    println!(
+    out!(
         "system transaction committed at {}",
         report.system_commit_version
     );
-    println!("phases:");
+    out!("phases:");
     for p in &report.phases {
-        println!("  {:<34} {:>9.3} ms", p.phase, p.micros as f64 / 1_000.0);
+        out!("  {:<34} {:>9.3} ms", p.phase, p.micros as f64 / 1_000.0);
     }
-    println!("monolithic key: {}", report.monolithic_key);
-    println!("decomposed keys ({}):", report.decomposed_keys.len());
+    out!("monolithic key: {}", report.monolithic_key);
+    out!("decomposed keys ({}):", report.decomposed_keys.len());
     for k in &report.decomposed_keys {
-        println!("  {k}");
+        out!("  {k}");
     }
 }
 
@@ -407,7 +434,7 @@ mod cycle {
         };
         let driven = workload::drive(&db, Arc::new(Cycle { nodes }), &plan, on_ack).await?;
         check_ring(&db).await?;
-        println!(
+        out!(
             "cycle: {} transactions by {} clients in {:.2} s ({:.0}/s); ring of {nodes} keys intact",
             driven.acked.len(),
             plan.clients,
@@ -424,7 +451,7 @@ mod cycle {
         let checked = check_ring(&cluster.database()).await;
         let epoch = cluster.epoch();
         cluster.stop().await;
-        println!("ring of {} keys intact at epoch {}", checked?, epoch.0);
+        out!("ring of {} keys intact at epoch {}", checked?, epoch.0);
         Ok(())
     }
 }
@@ -499,7 +526,8 @@ mod load {
                 ErrorKind::InvalidRequest("--read-fraction must be between 0 and 1".into()),
             ));
         }
-        std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::io(Stage::Director, e))?;
+        // Owned before the floor's probe file is written into it.
+        let _owner = strata_director::owner::lock_directory(&args.data_dir, true)?;
         let floor = fsync_floor(&args.data_dir, 100).map_err(|e| Error::io(Stage::Director, e))?;
         let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
         let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
@@ -553,7 +581,7 @@ mod load {
         if args.json {
             super::print_json(&report)?;
         } else {
-            println!(
+            out!(
                 "strata bench: {} transactions, {} clients, {} key(s) each, {}-byte values, {:.0}% reads",
                 report.transactions,
                 report.clients,
@@ -561,15 +589,19 @@ mod load {
                 report.value_bytes,
                 report.read_fraction * 100.0
             );
-            println!(
+            out!(
                 "commits/s: {:.0}   aborts: {}   elapsed: {:.2} s",
-                report.commits_per_second, report.aborts, report.elapsed_s
+                report.commits_per_second,
+                report.aborts,
+                report.elapsed_s
             );
-            println!(
+            out!(
                 "commit latency µs: p50 {}   p99 {}   max {}",
-                report.latency_us.p50, report.latency_us.p99, report.latency_us.max
+                report.latency_us.p50,
+                report.latency_us.p99,
+                report.latency_us.max
             );
-            println!(
+            out!(
                 "fsync floor (4 KiB append + fdatasync, median of 100): {} µs; p50 is {:.2}× it",
                 report.fsync_floor_us,
                 report.latency_us.p50 as f64 / report.fsync_floor_us.max(1) as f64

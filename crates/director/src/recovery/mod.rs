@@ -51,6 +51,7 @@ use crate::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT, StateStore};
 use crate::faults::{
     Faults, FaultyFs, FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage,
 };
+use crate::owner::lock_directory;
 use crate::{split_begins, split_ranges};
 
 mod logs;
@@ -247,6 +248,9 @@ pub async fn recover(
     store: &dyn StateStore,
     env: &RecoveryEnv,
 ) -> Attempt<(EmbeddedCluster, RecoveryReport)> {
+    // This process must own the directory before it reads anything (shared with whoever in
+    // this process already does, such as the coordinator loop).
+    let _owner = lock_directory(data_dir, true)?;
     let mut phases = Phases::default();
     let inspected = phases
         .run(
@@ -393,6 +397,8 @@ async fn start_and_persist(
         logs: logs.logs.clone(),
         storage: storage.to_vec(),
         watermark,
+        // The handle `recover` took (this process's one for the directory).
+        _owner: lock_directory(data_dir, true)?,
     };
     Ok((cluster, report))
 }

@@ -97,7 +97,8 @@ pub fn served(
     (watching, shutdown, server)
 }
 
-/// Every file under `dir` with its bytes, to show that a refused recovery changed nothing.
+/// Every file under `dir` with its bytes, to show that a refused recovery changed nothing;
+/// but for the directory's lock file, which names whichever process owns the directory now.
 pub fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
     let mut files = std::collections::BTreeMap::new();
     let mut todo = vec![dir.to_owned()];
@@ -106,7 +107,7 @@ pub fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::
             let path = entry.expect("a directory entry").path();
             if path.is_dir() {
                 todo.push(path);
-            } else {
+            } else if path.file_name() != Some(strata_director::owner::LOCK_FILE.as_ref()) {
                 let bytes = std::fs::read(&path).expect("a readable file");
                 files.insert(path.strip_prefix(dir).expect("below dir").to_owned(), bytes);
             }

@@ -1,0 +1,171 @@
+//! The `strata` command as a user meets it: a data directory in use is refused at once by
+//! every command, naming the process that holds it and changing nothing; output to a closed
+//! pipe ends quietly; commands that only read never create a directory.
+
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+fn strata(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = strata(dir, args);
+    assert!(
+        out.status.success(),
+        "strata {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every file under `dir` with its bytes, except the lock file (which holds the owner's pid).
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                out.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `strata serve` on `dir` in a child process, once it serves.
+fn serving(dir: &Path) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("serve printed a line").unwrap();
+    assert!(first.starts_with("serving epoch"), "{first}");
+    child
+}
+
+#[test]
+fn a_directory_in_use_is_refused_at_once_by_every_command_and_left_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        dir.path(),
+        &["workload", "cycle", "--keys", "20", "--transactions", "50"],
+    );
+    let mut server = serving(dir.path());
+    // Let the server's own epoch settle before taking the picture: only the commands below
+    // must leave it unchanged.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = snapshot(dir.path());
+    let holder = format!("in use by process {}", server.id());
+    for args in [
+        &["recover"][..],
+        &["dump"],
+        &["check"],
+        &["workload", "check"],
+        &["workload", "cycle", "--transactions", "1"],
+        &["bench", "--transactions", "1"],
+    ] {
+        let out = strata(dir.path(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "strata {args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "strata {args:?}: {stderr}"
+        );
+        assert!(stderr.contains(&holder), "strata {args:?}: {stderr}");
+    }
+    // The coordinated state, the logs and the storage files are as they were: no epoch was
+    // claimed, nothing was written.
+    let after = snapshot(dir.path());
+    let names = |s: &[(String, Vec<u8>)]| s.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&after), names(&before));
+    let state = |s: &[(String, Vec<u8>)]| {
+        s.iter()
+            .find(|(n, _)| n == "coordinated.json")
+            .map(|(_, b)| b.clone())
+    };
+    assert_eq!(
+        state(&after),
+        state(&before),
+        "the coordinated state changed"
+    );
+
+    // A holder that dies lets go: the next command owns the directory.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    ok(dir.path(), &["workload", "check"]);
+}
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Enough keys that the dump outgrows a pipe's buffer.
+    ok(
+        dir.path(),
+        &["workload", "cycle", "--keys", "5000", "--transactions", "1"],
+    );
+    let mut dump = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["dump", "--prefix", "ring/", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(dump.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is gone (as with `| head -1`).
+    let out = dump.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.starts_with("epoch "), "{first}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn commands_that_read_never_create_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    for args in [&["dump"][..], &["check"]] {
+        let out = strata(&missing, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is not a data directory"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!missing.exists(), "strata {args:?} created the directory");
+    }
+}
+
+#[test]
+fn dump_of_the_empty_prefix_is_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        dir.path(),
+        &["workload", "cycle", "--keys", "10", "--transactions", "5"],
+    );
+    let all = ok(dir.path(), &["dump", "--prefix", ""]);
+    assert!(all.contains("ring/node/000000"), "{all}");
+    assert!(all.contains("\\xff/system/config"), "{all}");
+}
