@@ -188,3 +188,21 @@ impl Error {
         matches!(self.kind, ErrorKind::Fenced { .. })
     }
 }
+
+/// A bad range built by client code (`KeyRange::new(..)?` inside a transaction body) is that
+/// transaction's invalid request: an error of [`Stage::TxnBuilder`], so `?` works.
+///
+/// ```
+/// use strata_core::{Error, ErrorKind, KeyRange, Stage};
+/// fn range() -> Result<KeyRange, Error> {
+///     Ok(KeyRange::new("b", "a")?)
+/// }
+/// let e = range().unwrap_err();
+/// assert_eq!(e.stage, Stage::TxnBuilder);
+/// assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)));
+/// ```
+impl From<crate::types::KeyRangeError> for Error {
+    fn from(e: crate::types::KeyRangeError) -> Error {
+        Error::new(Stage::TxnBuilder, ErrorKind::InvalidRequest(e.to_string()))
+    }
+}

@@ -92,7 +92,9 @@
 //!   [`EmbeddedConfig::validate_against`] run before the coordinated state is written.
 
 use bytes::Bytes;
-use strata_core::{Error, ErrorKind, Key, KeyRange, Result, Stage};
+use strata_core::Stage;
+/// The types a user of the store meets, so that this crate is the one dependency to add.
+pub use strata_core::{Error, ErrorKind, Key, KeyRange, Result, Value, Version};
 pub use strata_txn_builder::{Database, RetryConfig, Transaction};
 
 pub mod check;
