@@ -47,8 +47,8 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// `strata serve` on `dir` in a child process, once it serves.
-fn serving(dir: &Path) -> Child {
+/// `strata serve` on `dir` in a child process, once it serves, with the rest of its output.
+fn serving(dir: &Path) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["serve", "--data-dir"])
         .arg(dir)
@@ -59,7 +59,7 @@ fn serving(dir: &Path) -> Child {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("serve printed a line").unwrap();
     assert!(first.starts_with("serving epoch"), "{first}");
-    child
+    (child, lines)
 }
 
 #[test]
@@ -69,7 +69,7 @@ fn a_directory_in_use_is_refused_at_once_by_every_command_and_left_unchanged() {
         dir.path(),
         &["workload", "cycle", "--keys", "20", "--transactions", "50"],
     );
-    let mut server = serving(dir.path());
+    let (mut server, _output) = serving(dir.path());
     // Let the server's own epoch settle before taking the picture: only the commands below
     // must leave it unchanged.
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -168,4 +168,65 @@ fn dump_of_the_empty_prefix_is_everything() {
     let all = ok(dir.path(), &["dump", "--prefix", ""]);
     assert!(all.contains("ring/node/000000"), "{all}");
     assert!(all.contains("\\xff/system/config"), "{all}");
+}
+
+fn signal(child: &Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[test]
+fn sigterm_stops_serve_cleanly_with_exit_143() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        dir.path(),
+        &["workload", "cycle", "--keys", "20", "--transactions", "50"],
+    );
+    let (mut server, output) = serving(dir.path());
+    signal(&server, "TERM");
+    let rest: Vec<String> = output.map(Result::unwrap).collect();
+    let status = server.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert_eq!(rest, ["stopped"]);
+    // Stopped cleanly: the directory is consistent and the next command owns it at once.
+    ok(dir.path(), &["check"]);
+    ok(dir.path(), &["workload", "check"]);
+}
+
+#[test]
+fn sigint_stops_a_workload_with_exit_130_and_loses_no_acknowledged_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cycle = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["workload", "cycle", "--keys", "20", "--clients", "4"])
+        .args(["--transactions", "1000000000", "--print-acks", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acks = BufReader::new(cycle.stdout.take().unwrap()).lines();
+    let mut acked = Vec::new();
+    for line in acks.by_ref() {
+        acked.push(line.unwrap());
+        if acked.len() == 200 {
+            break;
+        }
+    }
+    signal(&cycle, "INT");
+    // The acknowledgements printed before it stopped count too.
+    acked.extend(acks.map(Result::unwrap));
+    let status = cycle.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    ok(dir.path(), &["check"]);
+    let stored = ok(dir.path(), &["dump", "--prefix", "ring/ack/"]);
+    for line in &acked {
+        let mut parts = line.split(' ').skip(1).map(|n| n.parse::<u64>().unwrap());
+        let (c, n) = (parts.next().unwrap(), parts.next().unwrap());
+        let key = format!("ring/ack/{c:04}/{n:08}");
+        assert!(stored.contains(&key), "acknowledged {key} lost");
+    }
+    ok(dir.path(), &["workload", "check"]);
 }

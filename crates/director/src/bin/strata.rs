@@ -42,6 +42,28 @@ fn print_line(line: std::fmt::Arguments<'_>) {
         }
     }
 }
+
+/// The exit code of a command a signal stopped (128 + the signal's number), 0 while none did.
+static STOPPED_BY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Waits for SIGINT or SIGTERM, records which ([`STOPPED_BY`]: 130 or 143, as shells report
+/// them) and returns. The command then stops what it runs cleanly (the cluster stopped, its
+/// logs and storage files closed) and exits with that code.
+async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without signal handling the default action (ending the process) still applies.
+        return std::future::pending().await;
+    };
+    let code = tokio::select! {
+        _ = interrupt.recv() => 130,
+        _ = terminate.recv() => 143,
+    };
+    STOPPED_BY.store(code, std::sync::atomic::Ordering::SeqCst);
+}
 use strata_director::{EmbeddedCluster, EmbeddedConfig, RecoveryReport, config};
 
 #[derive(Parser)]
@@ -68,8 +90,8 @@ enum Command {
     /// (exit 1 when there is one): the coordinated state against the directory, every log and
     /// storage file, and whether the next recovery has all the history it needs.
     Check(VerifyArgs),
-    /// Recover, then keep serving with monitoring until Ctrl-C; a failed stage starts the
-    /// next epoch.
+    /// Recover, then keep serving with monitoring until Ctrl-C or SIGTERM (exit 130 or 143); a
+    /// failed stage starts the next epoch.
     Serve(ServeArgs),
     /// Run or check a workload through the full pipeline.
     #[command(subcommand)]
@@ -230,7 +252,10 @@ fn main() -> ExitCode {
         Command::Workload(Workload::Check(args)) => runtime.block_on(cycle::check(args)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => match STOPPED_BY.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => ExitCode::SUCCESS,
+            signal => ExitCode::from(signal),
+        },
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -261,16 +286,19 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
     let announce = tokio::spawn(async move {
         while watching.changed().await.is_ok() {
             if let Some((epoch, _)) = &*watching.borrow_and_update() {
-                out!("serving epoch {}; Ctrl-C stops", epoch.0);
+                out!("serving epoch {}; Ctrl-C or SIGTERM stops", epoch.0);
             }
         }
     });
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
     let env = strata_director::RecoveryEnv::default();
-    let result =
-        strata_director::serve(&args.layout.data_dir, config, &env, &serving, shutdown).await;
+    let result = strata_director::serve(
+        &args.layout.data_dir,
+        config,
+        &env,
+        &serving,
+        stop_requested(),
+    )
+    .await;
     drop(serving);
     let _ = announce.await;
     if result.is_ok() {
@@ -432,7 +460,16 @@ mod cycle {
         } else {
             workload::no_acks()
         };
-        let driven = workload::drive(&db, Arc::new(Cycle { nodes }), &plan, on_ack).await?;
+        let driven = tokio::select! {
+            driven = workload::drive(&db, Arc::new(Cycle { nodes }), &plan, on_ack) => driven?,
+            () = super::stop_requested() => {
+                // Every acknowledged transaction is already durable; stopping closes the
+                // files so the next command starts at once.
+                cluster.stop().await;
+                eprintln!("stopped by a signal");
+                return Ok(());
+            }
+        };
         check_ring(&db).await?;
         out!(
             "cycle: {} transactions by {} clients in {:.2} s ({:.0}/s); ring of {nodes} keys intact",
