@@ -46,23 +46,42 @@ fn print_line(line: std::fmt::Arguments<'_>) {
 /// The exit code of a command a signal stopped (128 + the signal's number), 0 while none did.
 static STOPPED_BY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// Waits for SIGINT or SIGTERM, records which ([`STOPPED_BY`]: 130 or 143, as shells report
-/// them) and returns. The command then stops what it runs cleanly (the cluster stopped, its
-/// logs and storage files closed) and exits with that code.
-async fn stop_requested() {
+/// Where a signal's exit code is published, once [`listen_for_signals`] ran.
+static STOP: std::sync::OnceLock<tokio::sync::watch::Receiver<u8>> = std::sync::OnceLock::new();
+
+/// Takes over SIGINT and SIGTERM for a command that stops cleanly on them (`serve`, `workload
+/// cycle`, `bench`), from now on: a signal that arrives while the cluster still recovers is
+/// kept, and the command stops at its first chance. Must run inside the runtime. Other
+/// commands leave the signals' default action (ending the process) alone.
+fn listen_for_signals() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
+    let (publish, published) = tokio::sync::watch::channel(0u8);
+    if let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handling the default action (ending the process) still applies.
-        return std::future::pending().await;
-    };
-    let code = tokio::select! {
-        _ = interrupt.recv() => 130,
-        _ = terminate.recv() => 143,
-    };
-    STOPPED_BY.store(code, std::sync::atomic::Ordering::SeqCst);
+    ) {
+        tokio::spawn(async move {
+            let code = tokio::select! {
+                _ = interrupt.recv() => 130,
+                _ = terminate.recv() => 143,
+            };
+            STOPPED_BY.store(code, std::sync::atomic::Ordering::SeqCst);
+            let _ = publish.send(code);
+        });
+    }
+    let _ = STOP.set(published);
+}
+
+/// Completes once SIGINT or SIGTERM arrived ([`STOPPED_BY`] then holds 130 or 143, as shells
+/// report them); never when [`listen_for_signals`] did not run or could not take them.
+async fn stop_requested() {
+    if let Some(published) = STOP.get() {
+        let mut published = published.clone();
+        if published.wait_for(|code| *code != 0).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 use strata_director::{EmbeddedCluster, EmbeddedConfig, RecoveryReport, config};
 
@@ -281,6 +300,7 @@ async fn recover(args: RecoverArgs) -> strata_core::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> strata_core::Result<()> {
+    listen_for_signals();
     let config = args.layout.config()?;
     let (serving, mut watching) = tokio::sync::watch::channel::<strata_director::Serving>(None);
     let announce = tokio::spawn(async move {
@@ -440,6 +460,7 @@ mod cycle {
     use super::{CheckArgs, CycleArgs};
 
     pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
+        super::listen_for_signals();
         let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
         let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
         let db = cluster.database();
@@ -460,16 +481,11 @@ mod cycle {
         } else {
             workload::no_acks()
         };
-        let driven = tokio::select! {
-            driven = workload::drive(&db, Arc::new(Cycle { nodes }), &plan, on_ack) => driven?,
-            () = super::stop_requested() => {
-                // Every acknowledged transaction is already durable; stopping closes the
-                // files so the next command starts at once.
-                cluster.stop().await;
-                eprintln!("stopped by a signal");
-                return Ok(());
-            }
-        };
+        // A signal ends the run early: the clients finish the transactions they are in, and
+        // the ring is checked and the cluster stopped as after a full run.
+        let cycle = Arc::new(Cycle { nodes });
+        let driven =
+            workload::drive_until(&db, cycle, &plan, on_ack, super::stop_requested()).await?;
         check_ring(&db).await?;
         out!(
             "cycle: {} transactions by {} clients in {:.2} s ({:.0}/s); ring of {nodes} keys intact",
@@ -557,6 +573,7 @@ mod load {
     }
 
     pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
+        super::listen_for_signals();
         if !(0.0..=1.0).contains(&args.read_fraction) {
             return Err(Error::new(
                 Stage::Director,
@@ -587,13 +604,11 @@ mod load {
             first: 0,
         };
         let ticker = progress.clone();
-        let driven = workload::drive(
-            &db,
-            Arc::new(load),
-            &plan,
-            Arc::new(move |_, _| ticker.inc(1)),
-        )
-        .await;
+        let on_ack: workload::OnAck = Arc::new(move |_, _| ticker.inc(1));
+        // A signal ends the run early, and what ran until then is reported.
+        let driven =
+            workload::drive_until(&db, Arc::new(load), &plan, on_ack, super::stop_requested())
+                .await;
         progress.finish_and_clear();
         drop(db);
         cluster.stop().await;

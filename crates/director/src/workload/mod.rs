@@ -28,7 +28,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use strata_core::{Error, ErrorKind, Key, KeyRange, Result, Stage, Value, Version};
@@ -122,13 +122,32 @@ pub async fn drive<W: Workload>(
     plan: &Plan,
     on_ack: OnAck,
 ) -> Result<Driven> {
+    drive_until(db, workload, plan, on_ack, std::future::pending()).await
+}
+
+/// [`drive`], ending early once `stop` completes (a signal, say): each client finishes the
+/// transaction it is in and starts no other, so nothing is cut off mid-commit, and what was
+/// acknowledged until then is returned.
+pub async fn drive_until<W: Workload>(
+    db: &Database,
+    workload: Arc<W>,
+    plan: &Plan,
+    on_ack: OnAck,
+    stop: impl Future<Output = ()>,
+) -> Result<Driven> {
     let clients = plan.clients.max(1);
     let started = Instant::now();
+    let stopping = Arc::new(AtomicBool::new(false));
     let aborts = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
-            let (db, workload, on_ack, aborts) =
-                (db.clone(), workload.clone(), on_ack.clone(), aborts.clone());
+            let (db, workload, on_ack, aborts, stopping) = (
+                db.clone(),
+                workload.clone(),
+                on_ack.clone(),
+                aborts.clone(),
+                stopping.clone(),
+            );
             let (span, first) = (plan.span, plan.first);
             let mut rng = SplitMix64(plan.seed ^ (c + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             tokio::spawn(async move {
@@ -141,7 +160,7 @@ pub async fn drive<W: Workload>(
                         }
                         Span::For(d) => started.elapsed() < d,
                     };
-                    if !more {
+                    if !more || stopping.load(Ordering::SeqCst) {
                         break;
                     }
                     let t = Instant::now();
@@ -159,8 +178,22 @@ pub async fn drive<W: Workload>(
         .collect();
     let mut driven = Driven::default();
     let mut failed = None;
-    for t in tasks {
-        match t.await {
+    let mut stop = std::pin::pin!(stop);
+    let mut stopped = false;
+    for mut task in tasks {
+        let joined = loop {
+            if stopped {
+                break (&mut task).await;
+            }
+            tokio::select! {
+                joined = &mut task => break joined,
+                () = &mut stop => {
+                    stopping.store(true, Ordering::SeqCst);
+                    stopped = true;
+                }
+            }
+        };
+        match joined {
             Ok(Ok((acked, latencies))) => {
                 driven.acked.extend(acked);
                 driven.latencies_us.extend(latencies);
