@@ -354,12 +354,13 @@ pub(crate) async fn read_holdings(
     })
 }
 
-/// Reads everything in `data_dir` and reports each inconsistency, changing nothing: the
+/// Reads everything in `data_dir` and reports each inconsistency, changing no data: the
 /// coordinated state against the directory ([`check_directory`]), every storage file and every
 /// log it names (`read_holdings`), and whether some log holds all the history the next
-/// recovery would replay. (Opening a log repairs a genuine torn write at its very end, as any
-/// open does; nothing else is written.) An error is returned only when the directory cannot be
-/// read at all.
+/// recovery would replay. It first takes the directory's lock ([`crate::owner`], creating
+/// `strata.lock`). (Opening a log repairs a genuine torn write at its very end, as any open
+/// does; nothing else is written.) An error is returned when the directory is missing, in use
+/// by another process, or cannot be read at all.
 pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
     let _owner = crate::owner::lock_directory(data_dir, false)?;
     let mut report = CheckReport::default();

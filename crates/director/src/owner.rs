@@ -4,6 +4,10 @@
 //! anything. Within one process the lock is shared: every cluster and tool of the process on
 //! that directory holds the same one, and it is released when the last of them lets go (or
 //! when the process ends, however it ends).
+//!
+//! What it cannot stop: someone deleting `strata.lock` (or the whole directory) while it is
+//! held lets a second process lock a new file. The logs' own locks still refuse that process
+//! once it reaches them, so two owners never write the same log.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -20,8 +24,17 @@ pub const LOCK_FILE: &str = "strata.lock";
 #[derive(Debug)]
 pub struct DirectoryLock {
     /// Held open: the lock lives as long as the file description.
-    _file: File,
+    file: Option<File>,
     dir: PathBuf,
+}
+
+impl Drop for DirectoryLock {
+    fn drop(&mut self) {
+        // Closed under the registry's lock, so that a thread of this process taking the
+        // directory meanwhile either finds this handle alive or finds the file released.
+        let _held = held().lock().unwrap_or_else(PoisonError::into_inner);
+        drop(self.file.take());
+    }
 }
 
 impl DirectoryLock {
@@ -65,9 +78,44 @@ pub fn lock_directory(data_dir: &Path, create: bool) -> Result<Arc<DirectoryLock
             data_dir.display()
         )))
     })?;
+    // A handle of this process that is being dropped right now still holds the file until
+    // its drop takes the registry: wait for it (briefly) rather than refuse ourselves.
+    let started = std::time::Instant::now();
+    loop {
+        match take(&dir)? {
+            Taken::Lock(lock) => return Ok(lock),
+            Taken::Busy(holder)
+                if holder == std::process::id().to_string()
+                    && started.elapsed() < std::time::Duration::from_secs(1) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Taken::Busy(holder) => {
+                let holder = match holder.as_str() {
+                    "" => "another process".to_owned(),
+                    pid => format!("process {pid}"),
+                };
+                return Err(error(ErrorKind::Unavailable(format!(
+                    "data directory {} is in use by {holder}",
+                    data_dir.display()
+                ))));
+            }
+        }
+    }
+}
+
+/// What one try to take a directory gave.
+enum Taken {
+    Lock(Arc<DirectoryLock>),
+    /// Held by another file description; the holder's pid as the file says, maybe empty.
+    Busy(String),
+}
+
+/// One try, under the registry's lock.
+fn take(dir: &Path) -> Result<Taken> {
     let mut held = held().lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(lock) = held.get(&dir).and_then(Weak::upgrade) {
-        return Ok(lock);
+    if let Some(lock) = held.get(dir).and_then(Weak::upgrade) {
+        return Ok(Taken::Lock(lock));
     }
     let path = dir.join(LOCK_FILE);
     let io = |e: std::io::Error| {
@@ -87,28 +135,21 @@ pub fn lock_directory(data_dir: &Path, create: bool) -> Result<Arc<DirectoryLock
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            let holder = match holder.trim() {
-                "" => "another process".to_owned(),
-                pid => format!("process {pid}"),
-            };
-            return Err(error(ErrorKind::Unavailable(format!(
-                "data directory {} is in use by {holder}",
-                data_dir.display()
-            ))));
+            return Ok(Taken::Busy(holder.trim().to_owned()));
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
+    // The pid only names the holder in an error; the lock is the flock, so it is not synced.
     file.set_len(0)
         .and_then(|()| writeln!(file, "{}", std::process::id()))
-        .and_then(|()| file.sync_data())
         .map_err(io)?;
     let lock = Arc::new(DirectoryLock {
-        _file: file,
-        dir: dir.clone(),
+        file: Some(file),
+        dir: dir.to_owned(),
     });
     held.retain(|_, weak| weak.strong_count() > 0);
-    held.insert(dir, Arc::downgrade(&lock));
-    Ok(lock)
+    held.insert(dir.to_owned(), Arc::downgrade(&lock));
+    Ok(Taken::Lock(lock))
 }
 
 #[cfg(test)]
@@ -134,6 +175,24 @@ mod tests {
         drop((a, b));
         // ...and free once the last handle is gone.
         other.try_lock().unwrap();
+    }
+
+    #[test]
+    fn threads_taking_and_dropping_the_lock_at_once_never_refuse_their_own_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let path = dir.path().to_owned();
+                std::thread::spawn(move || {
+                    for _ in 0..5_000 {
+                        drop(lock_directory(&path, false).unwrap());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 
     #[test]

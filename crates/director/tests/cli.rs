@@ -259,3 +259,48 @@ fn sigint_ends_a_bench_early_with_its_report_and_exit_130() {
     assert!(report["transactions"].as_u64().unwrap() > 0, "{report}");
     ok(dir.path(), &["check"]);
 }
+
+#[test]
+fn a_closed_pipe_changes_no_exit_status_and_stops_no_server() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(dir.path(), &["recover", "--logs", "2"]);
+    // A log the coordinated state names is gone: `check` must say so with exit 1, whether
+    // anyone reads its output or not.
+    let logs = dir.path().join("logs");
+    let first = std::fs::read_dir(&logs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let damaged = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let from = entry.unwrap().path();
+        let _ = Command::new("cp")
+            .arg("-r")
+            .arg(&from)
+            .arg(damaged.path())
+            .status();
+    }
+    std::fs::remove_dir_all(damaged.path().join("logs").join(first.file_name().unwrap())).unwrap();
+    let mut check = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["check", "--data-dir"])
+        .arg(damaged.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(check.stdout.take());
+    assert_eq!(check.wait().unwrap().code(), Some(1));
+
+    // A server whose reader went away goes on serving until told to stop.
+    let (mut server, output) = serving(dir.path());
+    drop(output);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "serve ended with its reader"
+    );
+    signal(&server, "TERM");
+    assert_eq!(server.wait().unwrap().code(), Some(143));
+}

@@ -17,17 +17,24 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Args, Parser, Subcommand};
 
 /// Prints a line on standard output, like `println!`, except that a reader that went away
-/// (`strata dump | head -1`) ends the command quietly with success, as other command-line
-/// tools do, instead of a panic.
+/// (`strata dump | head -1`) is not a panic: output stops quietly and the command goes on to
+/// its own end and exit status (`check` still exits 1 on a problem, `serve` keeps serving).
 macro_rules! out {
     ($($arg:tt)*) => {
         $crate::print_line(format_args!($($arg)*))
     };
 }
 
+/// Set once standard output's reader went away: nothing more is written.
+static OUTPUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The body of [`out!`]. Any other failure to write is an error (exit 1).
 fn print_line(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if OUTPUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     let written = stdout
         .write_fmt(line)
@@ -35,7 +42,9 @@ fn print_line(line: std::fmt::Arguments<'_>) {
         .and_then(|()| stdout.flush());
     match written {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            OUTPUT_CLOSED.store(true, Ordering::Relaxed);
+        }
         Err(e) => {
             eprintln!("error: cannot write to standard output: {e}");
             std::process::exit(1);
@@ -67,6 +76,15 @@ fn listen_for_signals() {
             };
             STOPPED_BY.store(code, std::sync::atomic::Ordering::SeqCst);
             let _ = publish.send(code);
+            // A second signal does not wait for the clean stop (a recovery in progress, say):
+            // the process ends at once, which is no worse than a crash (every acknowledged
+            // commit is on disk).
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            eprintln!("stopping at once");
+            std::process::exit(i32::from(code));
         });
     }
     let _ = STOP.set(published);
