@@ -40,8 +40,8 @@
 //!
 //! # Example
 //!
-//! With stand-ins for the cluster (a map that commits at once; a real cluster comes from
-//! `strata-director`):
+//! With stand-ins for the cluster (the test kit's sequencer, and a map that commits at once; a
+//! real cluster comes from `strata-director`):
 //!
 //! ```
 //! # use std::collections::BTreeMap;
@@ -86,19 +86,12 @@
 //! #         Ok(Version(1))
 //! #     }
 //! # }
-//! # struct Fixed;
-//! # #[async_trait]
-//! # impl Sequencer for Fixed {
-//! #     fn epoch(&self) -> Epoch { Epoch(1) }
-//! #     async fn next_commit_version(&self, _: Epoch) -> Result<VersionPair> { unimplemented!() }
-//! #     async fn report_committed(&self, _: Epoch, _: Version) -> Result<()> { Ok(()) }
-//! #     async fn read_version(&self) -> Result<Version> { Ok(Version(1)) }
-//! # }
 //! use strata_txn_builder::{Database, RetryConfig};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! # let map = Arc::new(Map::default());
-//! # let (sequencer, proxy, storage) = (Arc::new(Fixed), map.clone(), map);
+//! # let sequencer = Arc::new(strata_testkit::StepSequencer::new(Epoch(1), Version(1)));
+//! # let (proxy, storage) = (map.clone(), map);
 //! let db = Database::new(sequencer, vec![proxy], vec![storage], RetryConfig::default())?;
 //!
 //! let tx = db.begin().await?;
