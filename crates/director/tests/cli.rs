@@ -3,7 +3,9 @@
 //! pipe ends quietly; commands that only read never create a directory.
 
 // Test helpers may unwrap: a panic there is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -26,25 +28,6 @@ fn ok(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// Every file under `dir` with its bytes, except the lock file (which holds the owner's pid).
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let name = path.strip_prefix(dir).unwrap().display().to_string();
-                out.push((name, std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// `strata serve` on `dir` in a child process, once it serves, with the rest of its output.
@@ -73,7 +56,7 @@ fn a_directory_in_use_is_refused_at_once_by_every_command_and_left_unchanged() {
     // Let the server's own epoch settle before taking the picture: only the commands below
     // must leave it unchanged.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let before = snapshot(dir.path());
+    let before = common::snapshot(dir.path());
     let holder = format!("in use by process {}", server.id());
     for args in [
         &["recover"][..],
@@ -95,19 +78,13 @@ fn a_directory_in_use_is_refused_at_once_by_every_command_and_left_unchanged() {
     }
     // The coordinated state, the logs and the storage files are as they were: no epoch was
     // claimed, nothing was written.
-    let after = snapshot(dir.path());
-    let names = |s: &[(String, Vec<u8>)]| s.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&after), names(&before));
-    let state = |s: &[(String, Vec<u8>)]| {
-        s.iter()
-            .find(|(n, _)| n == "coordinated.json")
-            .map(|(_, b)| b.clone())
-    };
+    let after = common::snapshot(dir.path());
     assert_eq!(
-        state(&after),
-        state(&before),
-        "the coordinated state changed"
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
     );
+    let state = Path::new("coordinated.json");
+    assert_eq!(after[state], before[state], "the coordinated state changed");
 
     // A holder that dies lets go: the next command owns the directory.
     server.kill().unwrap();
@@ -264,34 +241,6 @@ fn sigint_ends_a_bench_early_with_its_report_and_exit_130() {
 fn a_closed_pipe_changes_no_exit_status_and_stops_no_server() {
     let dir = tempfile::tempdir().unwrap();
     ok(dir.path(), &["recover", "--logs", "2"]);
-    // A log the coordinated state names is gone: `check` must say so with exit 1, whether
-    // anyone reads its output or not.
-    let logs = dir.path().join("logs");
-    let first = std::fs::read_dir(&logs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let damaged = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let from = entry.unwrap().path();
-        let _ = Command::new("cp")
-            .arg("-r")
-            .arg(&from)
-            .arg(damaged.path())
-            .status();
-    }
-    std::fs::remove_dir_all(damaged.path().join("logs").join(first.file_name().unwrap())).unwrap();
-    let mut check = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["check", "--data-dir"])
-        .arg(damaged.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    drop(check.stdout.take());
-    assert_eq!(check.wait().unwrap().code(), Some(1));
 
     // A server whose reader went away goes on serving until told to stop.
     let (mut server, output) = serving(dir.path());
@@ -303,4 +252,21 @@ fn a_closed_pipe_changes_no_exit_status_and_stops_no_server() {
     );
     signal(&server, "TERM");
     assert_eq!(server.wait().unwrap().code(), Some(143));
+
+    // A log the coordinated state names is gone: `check` must say so with exit 1, whether
+    // anyone reads its output or not.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("coordinated.json")).unwrap())
+            .unwrap();
+    let named = state["logs"][0]["dir"].as_str().unwrap();
+    std::fs::remove_dir_all(dir.path().join(named)).unwrap();
+    let mut check = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["check", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(check.stdout.take());
+    assert_eq!(check.wait().unwrap().code(), Some(1));
 }

@@ -51,7 +51,7 @@ use crate::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT, StateStore};
 use crate::faults::{
     Faults, FaultyFs, FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage,
 };
-use crate::owner::lock_directory;
+use crate::owner::{DirectoryLock, lock_directory};
 use crate::{split_begins, split_ranges};
 
 mod logs;
@@ -250,7 +250,7 @@ pub async fn recover(
 ) -> Attempt<(EmbeddedCluster, RecoveryReport)> {
     // This process must own the directory before it reads anything (shared with whoever in
     // this process already does, such as the coordinator loop).
-    let _owner = lock_directory(data_dir, true)?;
+    let owner = lock_directory(data_dir, true)?;
     let mut phases = Phases::default();
     let inspected = phases
         .run(
@@ -312,6 +312,7 @@ pub async fn recover(
         &storage,
         recovery_version,
         &mut recorded,
+        &owner,
     )
     .await;
     match outcome {
@@ -345,6 +346,7 @@ async fn start_and_persist(
     storage: &[Arc<RedbStorage>],
     recovery_version: Version,
     recorded: &mut bool,
+    owner: &Arc<DirectoryLock>,
 ) -> Attempt<(EmbeddedCluster, RecoveryReport)> {
     let pipeline = phases
         .run("start_transaction_system", async {
@@ -397,8 +399,7 @@ async fn start_and_persist(
         logs: logs.logs.clone(),
         storage: storage.to_vec(),
         watermark,
-        // The handle `recover` took (this process's one for the directory).
-        _owner: lock_directory(data_dir, true)?,
+        _owner: owner.clone(),
     };
     Ok((cluster, report))
 }

@@ -37,20 +37,15 @@ pub fn ledger(client: u64, n: u64) -> Key {
     Bytes::from(format!("ledger/{client:04}/{n:08}"))
 }
 
-fn half(first: u8) -> KeyRange {
-    KeyRange::new(
-        Bytes::from([&[first][..], b"inc/"].concat()),
-        Bytes::from([&[first][..], b"inc0"].concat()),
-    )
-    .unwrap_or_else(|_| KeyRange::single(Bytes::new()))
+/// The counters of the half whose keys start with byte `first`.
+fn half(first: u8) -> Result<KeyRange> {
+    Ok(KeyRange::prefix(Bytes::from(
+        [&[first][..], b"inc/"].concat(),
+    ))?)
 }
 
-fn ledger_range() -> KeyRange {
-    KeyRange::new(
-        Bytes::from_static(b"ledger/"),
-        Bytes::from_static(b"ledger0"),
-    )
-    .unwrap_or_else(|_| KeyRange::single(Bytes::new()))
+fn ledger_range() -> Result<KeyRange> {
+    Ok(KeyRange::prefix(Bytes::from_static(b"ledger/"))?)
 }
 
 fn count(value: Option<&Value>) -> Result<u64> {
@@ -109,11 +104,11 @@ pub async fn check(db: &Database) -> Result<Totals> {
     let tx = db.begin().await?;
     let mut sums = [0u64; 2];
     for (sum, first) in sums.iter_mut().zip([0x10u8, 0x90]) {
-        for (_, v) in scan(&tx, &half(first)).await? {
+        for (_, v) in scan(&tx, &half(first)?).await? {
             *sum += count(Some(&v))?;
         }
     }
-    let entries = scan(&tx, &ledger_range()).await?.len() as u64;
+    let entries = scan(&tx, &ledger_range()?).await?.len() as u64;
     let totals = Totals {
         lower: sums[0],
         upper: sums[1],
