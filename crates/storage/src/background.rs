@@ -106,7 +106,7 @@ impl Inner {
                 .applied
                 .saturating_sub(self.config.window_versions)
                 .min(committed);
-            if target <= st.durable {
+            if target <= st.durable || self.config.read_only {
                 return Ok(());
             }
             // From now on no read may need the state between the old durable version and

@@ -48,6 +48,24 @@ fn open_db(path: &Path, check: bool, doing: &str) -> Result<redb::Database> {
     builder.create(path).map_err(db_error(path, doing))
 }
 
+/// Opens the file at `path` so that nothing is ever written to it: every write redb makes
+/// (a repair, the shards record, the allocator state at close) goes to memory. A missing file
+/// is an empty database in memory.
+fn open_read_only(path: &Path, check: bool, doing: &str) -> Result<redb::Database> {
+    let mut builder = redb::Builder::new();
+    builder.set_check_integrity_on_open(check);
+    if !exists(path)? {
+        return builder
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(db_error(path, doing));
+    }
+    let file = std::fs::File::open(path).map_err(|e| io_error(path, doing, &e))?;
+    let backend = ReadOnlyOverlay::new(file).map_err(|e| io_error(path, doing, &e))?;
+    builder
+        .create_with_backend(backend)
+        .map_err(db_error(path, doing))
+}
+
 /// A write transaction that commits in two phases. With redb's default one-phase commit, a
 /// primary commit slot whose checksums fail is taken for a commit a crash interrupted, and redb
 /// silently falls back to the previous commit. With two phases the primary slot is only made
@@ -89,11 +107,16 @@ pub(crate) fn open_file(
     path: &Path,
     shards: &[KeyRange],
     check: bool,
+    read_only: bool,
 ) -> Result<(redb::Database, Version)> {
     let doing = "opening";
     guarded(path, doing, || {
-        create_if_missing(path)?;
-        let db = open_db(path, check, doing)?;
+        let db = if read_only {
+            open_read_only(path, check, doing)?
+        } else {
+            create_if_missing(path)?;
+            open_db(path, check, doing)?
+        };
         let tx = write_tx(&db, path)?;
         let durable = {
             tx.open_table(DATA).map_err(db_error(path, doing))?;

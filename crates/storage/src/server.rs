@@ -50,6 +50,13 @@ pub struct StorageConfig {
     /// Worth it even for large files; turn it off only where open latency matters more than
     /// finding damage early (for example a tool that reopens the same file often).
     pub check_integrity: bool,
+    /// Whether the server only reads its file, for tools that look at a cluster at rest
+    /// without owning it (`strata get`, `status`, `workload check`): the file is never written
+    /// (redb's repair after a crash, the shards record and the close go to memory), a missing
+    /// file opens empty, at durable version 0, without being created, and nothing is made
+    /// durable or popped, whatever [`RedbStorage::advance_committed`] says. The server still
+    /// follows its log and answers reads from memory. Off by default.
+    pub read_only: bool,
 }
 
 impl Default for StorageConfig {
@@ -61,6 +68,7 @@ impl Default for StorageConfig {
             flush_interval: Duration::from_millis(100),
             pop_log: true,
             check_integrity: true,
+            read_only: false,
         }
     }
 }
@@ -247,7 +255,7 @@ impl RedbStorage {
         let path = path.to_owned();
         let (opening, asked) = (path.clone(), shards.clone());
         let (db, durable) = tokio::task::spawn_blocking(move || {
-            open_file(&opening, &asked, config.check_integrity)
+            open_file(&opening, &asked, config.check_integrity, config.read_only)
         })
         .await
         .map_err(|e| error(ErrorKind::Unavailable(format!("open task: {e}"))))??;
