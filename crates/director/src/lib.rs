@@ -17,7 +17,8 @@
 //! - [`EmbeddedCluster`] and [`serve`]: the running epoch, its health check, the coordinator
 //!   loop and monitoring (a failed stage ends the epoch and starts the next); the watermark
 //!   task that tells storage servers what is committed and pops the logs.
-//! - [`dump`]: what is stored under a prefix, without starting an epoch.
+//! - [`snapshot`], [`dump`] and [`status`]: what a data directory holds, read without
+//!   starting an epoch.
 //! - [`owner`]: one owner per data directory, taken first by every command.
 //! - [`workload`]: Cycle, Increment (ledger) and the load generator, run by one driver that the
 //!   `strata` command, the tests and the benches share.
@@ -105,6 +106,8 @@ mod dump;
 pub mod faults;
 pub mod owner;
 pub mod recovery;
+pub mod snapshot;
+pub mod status;
 pub mod workload;
 
 pub use check::{CheckReport, Finding, verify};
@@ -113,6 +116,8 @@ pub use config::EmbeddedConfig;
 pub use coordinator::{CoordinatedState, FileStateStore, StateStore};
 pub use dump::{Dump, dump};
 pub use recovery::{PhaseTiming, RecoveryEnv, RecoveryError, RecoveryReport};
+pub use snapshot::Snapshot;
+pub use status::{Status, status};
 
 /// The end of the key space: every user key (below `0xff`) and every system key sorts below.
 pub const KEY_SPACE_END: &[u8] = b"\xff\xff";

@@ -59,6 +59,12 @@ fn error(kind: ErrorKind) -> Error {
 /// at once, writing nothing, when another process holds it: `Unavailable` naming the
 /// directory and the holder's process id.
 pub fn lock_directory(data_dir: &Path, create: bool) -> Result<Arc<DirectoryLock>> {
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(error(ErrorKind::InvalidRequest(format!(
+            "{} is not a directory",
+            data_dir.display()
+        ))));
+    }
     if create {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             error(ErrorKind::InvalidRequest(format!(
@@ -66,9 +72,10 @@ pub fn lock_directory(data_dir: &Path, create: bool) -> Result<Arc<DirectoryLock
                 data_dir.display()
             )))
         })?;
-    } else if !data_dir.is_dir() {
+    } else if !data_dir.exists() {
         return Err(error(ErrorKind::InvalidRequest(format!(
-            "{} is not a data directory",
+            "there is no data directory {}: a command that only reads creates none \
+             (`strata recover` makes one)",
             data_dir.display()
         ))));
     }
@@ -200,8 +207,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
         let e = lock_directory(&missing, false).unwrap_err();
-        assert!(e.to_string().contains("is not a data directory"), "{e}");
+        assert!(e.to_string().contains("there is no data directory"), "{e}");
         assert!(!missing.exists());
+        // A file where the directory should be is named as such, and left alone.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        for create in [false, true] {
+            let e = lock_directory(&file, create).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("{} is not a directory", file.display())),
+                "{e}"
+            );
+        }
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
         lock_directory(&missing, true).unwrap();
         assert!(missing.join(LOCK_FILE).exists());
     }

@@ -9,7 +9,7 @@ use strata_core::{Error, ErrorKind, Key, Result, Stage};
 use strata_testkit::rng::SplitMix64;
 use strata_txn_builder::Database;
 
-use super::{Workload, run_counted};
+use super::{Reads, Workload, run_counted};
 
 /// The Cycle workload on a ring of `nodes` (see [`ensure_ring`]).
 #[derive(Clone, Copy, Debug)]
@@ -113,9 +113,14 @@ pub async fn rewire(
 /// Walks the ring from node 0 at the newest version: it must visit every node once and come
 /// back. Returns the ring's size; a broken ring is `Corruption` saying how.
 pub async fn check_ring(db: &Database) -> Result<u64> {
-    let tx = db.begin().await?;
-    let stored = tx
-        .snapshot_get(&count_key())
+    check_ring_in(&db.begin().await?).await
+}
+
+/// [`check_ring`] on what `reads` answers (a transaction, or a [`crate::Snapshot`] of a data
+/// directory).
+pub async fn check_ring_in(reads: &impl Reads) -> Result<u64> {
+    let stored = reads
+        .read(&count_key())
         .await?
         .ok_or_else(|| broken("no ring stored"))?;
     let nodes = number(&stored)?;
@@ -129,8 +134,8 @@ pub async fn check_ring(db: &Database) -> Result<u64> {
             return Err(broken(&format!("node {at} reached twice")));
         }
         *slot = true;
-        let next = tx
-            .snapshot_get(&node(at))
+        let next = reads
+            .read(&node(at))
             .await?
             .ok_or_else(|| broken(&format!("node {at} missing")))?;
         at = number(&next)?;

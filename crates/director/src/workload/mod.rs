@@ -39,6 +39,26 @@ pub mod cycle;
 pub mod increment;
 pub mod load;
 
+/// Where a workload's check reads from: a transaction of a running cluster (its snapshot
+/// reads), or a [`crate::Snapshot`] of a data directory, which starts no epoch (`strata
+/// workload check`).
+pub trait Reads: Sync {
+    /// The value of `key` at the reader's one version.
+    fn read(&self, key: &Key) -> impl Future<Output = Result<Option<Value>>> + Send;
+}
+
+impl Reads for Transaction {
+    async fn read(&self, key: &Key) -> Result<Option<Value>> {
+        self.snapshot_get(key).await
+    }
+}
+
+impl Reads for crate::Snapshot {
+    async fn read(&self, key: &Key) -> Result<Option<Value>> {
+        self.get(key).await
+    }
+}
+
 /// One kind of transaction, run by [`drive`].
 pub trait Workload: Send + Sync + 'static {
     /// Transaction `n` of `client`, retried until it commits; returns how many attempts

@@ -1,0 +1,218 @@
+//! What a data directory holds, read without starting an epoch: the view behind `strata get`,
+//! `getrange`, `dump` and `workload check`.
+//!
+//! A [`Snapshot`] takes the directory's lock (never creating the directory), reads the
+//! coordinated state, opens the logs it names without locking them, and opens each storage
+//! server read-only ([`StorageConfig::read_only`]) so that it follows a log up to the newest
+//! recoverable version (the newest version every log holds: what the next recovery would
+//! keep), replaying in memory what its file does not hold yet, as recovery would. Reads are
+//! then answered at that one version. Nothing is written, beyond what any open of a log does
+//! (a genuine torn write at its very end is cut off). History the logs no longer hold is an
+//! error naming the versions missing, as it is for recovery.
+//!
+//! ```no_run
+//! # async fn example() -> strata_core::Result<()> {
+//! let snapshot = strata_director::Snapshot::open("./strata-data".as_ref()).await?;
+//! let value = snapshot.get(b"hello").await?;
+//! println!("at {}: {value:?}", snapshot.version());
+//! snapshot.close().await;
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use strata_core::{ErrorKind, Key, KeyRange, Result, StorageServer, Value, Version};
+use strata_storage::{RedbStorage, StorageConfig};
+use strata_tlog::{FileLog, FileLogConfig};
+
+use crate::coordinator::{CoordinatedState, FileStateStore, StateStore};
+use crate::owner::{DirectoryLock, lock_directory};
+use crate::{error, split_ranges};
+
+/// A read-only view of a data directory at its newest recoverable version. See the module docs.
+pub struct Snapshot {
+    state: CoordinatedState,
+    version: Version,
+    logs: Vec<Arc<FileLog>>,
+    /// Each storage server with the one shard it owns, in key order.
+    servers: Vec<(KeyRange, Arc<RedbStorage>)>,
+    /// Held until the snapshot is closed or dropped.
+    _owner: Arc<DirectoryLock>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("epoch", &self.state.epoch)
+            .field("version", &self.version)
+            .field("storage", &self.servers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    /// Opens the view of `data_dir`. Errors: the directory missing or in use by another
+    /// process; no cluster stored in it (`Unavailable`, saying to run `strata recover`); a log
+    /// the coordinated state names missing or damaged; a storage file damaged; no log holding
+    /// the history a storage server needs (`Corruption`).
+    pub async fn open(data_dir: &Path) -> Result<Snapshot> {
+        let owner = lock_directory(data_dir, false)?;
+        let state = FileStateStore::new(data_dir).read()?.ok_or_else(|| {
+            error(ErrorKind::Unavailable(format!(
+                "no cluster in {}: run `strata recover` first",
+                data_dir.display()
+            )))
+        })?;
+        let mut logs = Vec::new();
+        for place in &state.logs {
+            let log = FileLog::open_existing(
+                &data_dir.join(&place.dir),
+                place.id,
+                FileLogConfig::default(),
+            )?;
+            logs.push(Arc::new(log));
+        }
+        let version = logs
+            .iter()
+            .map(|l| l.last_version())
+            .min()
+            .unwrap_or(Version::ZERO);
+        let mut snapshot = Snapshot {
+            state,
+            version,
+            logs,
+            servers: Vec::new(),
+            _owner: owner,
+        };
+        match snapshot.open_storage(data_dir).await {
+            Ok(()) => Ok(snapshot),
+            Err(e) => {
+                snapshot.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens every storage server read-only, following a log that holds everything after the
+    /// oldest durable version of them all (as recovery's replay would read), and waits until
+    /// each has applied the snapshot's version.
+    async fn open_storage(&mut self, data_dir: &Path) -> Result<()> {
+        if self.logs.is_empty() {
+            return Ok(());
+        }
+        let shards = split_ranges(self.state.storage)?;
+        let paths: Vec<_> = (0..shards.len())
+            .map(|i| data_dir.join("storage").join(format!("{i}.redb")))
+            .collect();
+        // Each file's durable version, read with redb's integrity check (so the servers below
+        // skip it). A missing file is empty at 0, as recovery takes it.
+        let mut oldest = self.version;
+        for path in &paths {
+            let path = path.clone();
+            let stored = tokio::task::spawn_blocking(move || strata_storage::stored_at(&path))
+                .await
+                .map_err(|e| error(ErrorKind::Unavailable(e.to_string())))??;
+            oldest = oldest.min(stored.durable);
+        }
+        let named: Vec<(String, Arc<FileLog>)> = self
+            .state
+            .logs
+            .iter()
+            .map(|p| p.dir.clone())
+            .zip(self.logs.iter().cloned())
+            .collect();
+        // A log that holds (oldest, version]; with nothing to read, any log.
+        let follow = match crate::recovery::replay::choose_source(&named, oldest, self.version)
+            .await?
+            .log
+        {
+            Some((_, log)) => log,
+            None => self.logs[0].clone(),
+        };
+        // Nothing is known committed to these servers and they only read: nothing is made
+        // durable, nothing popped, the files are never written.
+        let read_only = StorageConfig {
+            pop_log: false,
+            read_only: true,
+            check_integrity: false,
+            flush_interval: std::time::Duration::from_secs(u64::from(u32::MAX)),
+            ..StorageConfig::default()
+        };
+        for (shard, path) in shards.into_iter().zip(&paths) {
+            let server =
+                RedbStorage::open(path, vec![shard.clone()], follow.clone(), read_only).await?;
+            self.servers.push((shard, Arc::new(server)));
+        }
+        for (_, server) in &self.servers {
+            server.wait_applied(self.version).await?;
+        }
+        Ok(())
+    }
+
+    /// The coordinated state as stored.
+    pub fn state(&self) -> &CoordinatedState {
+        &self.state
+    }
+
+    /// The version every read answers at: the newest every current log holds.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The value of `key`, or `None` when it is not stored.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Value>> {
+        let Some((_, server)) = self.servers.iter().find(|(s, _)| s.contains(key)) else {
+            return Ok(None);
+        };
+        server.get(Bytes::copy_from_slice(key), self.version).await
+    }
+
+    /// Up to `limit` pairs of `range`, keys ascending, and whether more exist in it.
+    pub async fn get_range(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+    ) -> Result<(Vec<(Key, Value)>, bool)> {
+        let mut entries = Vec::new();
+        for (shard, server) in &self.servers {
+            let Some(part) = shard.intersection(range) else {
+                continue;
+            };
+            let left = limit.saturating_sub(entries.len());
+            if left == 0 {
+                return Ok((entries, true));
+            }
+            let read = server.get_range(part, self.version, left, false).await?;
+            entries.extend(read.entries);
+            if read.more {
+                return Ok((entries, true));
+            }
+        }
+        Ok((entries, false))
+    }
+
+    /// Closes the storage servers and logs and releases the directory.
+    pub async fn close(self) {
+        for (_, server) in &self.servers {
+            server.close().await;
+        }
+        for log in &self.logs {
+            log.close();
+        }
+    }
+}
+
+/// The range of keys starting with `prefix`; the empty prefix (and one of only `0xff` bytes,
+/// which has no successor of its own) ends with the key space, system keys included.
+pub fn prefix_range(prefix: &[u8]) -> Result<KeyRange> {
+    KeyRange::prefix(Bytes::copy_from_slice(prefix))
+        .or_else(|_| {
+            KeyRange::new(
+                Bytes::copy_from_slice(prefix),
+                Bytes::from_static(crate::KEY_SPACE_END),
+            )
+        })
+        .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))
+}
