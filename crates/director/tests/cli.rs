@@ -65,6 +65,13 @@ fn a_directory_in_use_is_refused_at_once_by_every_command_and_left_unchanged() {
         &["workload", "check"],
         &["workload", "cycle", "--transactions", "1"],
         &["bench", "--transactions", "1"],
+        &["get", "ring/meta/nodes"],
+        &["getrange", "ring/"],
+        &["status"],
+        &["set", "k", "v"],
+        &["clear", "k"],
+        &["clearrange", "a", "b"],
+        &["shell"],
     ] {
         let out = strata(dir.path(), args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -123,13 +130,25 @@ fn output_to_a_closed_pipe_ends_quietly() {
 fn commands_that_read_never_create_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
-    for args in [&["dump"][..], &["check"]] {
+    for args in [
+        &["dump"][..],
+        &["check"],
+        &["status"],
+        &["get", "k"],
+        &["getrange", "a", "b"],
+        &["workload", "check"],
+    ] {
         let out = strata(&missing, args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("is not a data directory"),
-            "{args:?}: {stderr}"
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "error: there is no data directory {}: a command that only reads creates none \
+                 (`strata recover` makes one)",
+                missing.display()
+            ),
+            "{args:?}"
         );
         assert!(!missing.exists(), "strata {args:?} created the directory");
     }

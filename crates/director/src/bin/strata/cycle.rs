@@ -1,0 +1,65 @@
+//! `strata workload cycle` and `check`: arguments and output around
+//! [`strata_director::workload::cycle`].
+
+use std::io::Write;
+use std::sync::Arc;
+
+use strata_director::workload::cycle::{Cycle, check_ring, check_ring_in, ensure_ring};
+use strata_director::workload::{self, Plan, Span};
+use strata_director::{EmbeddedCluster, EmbeddedConfig, Snapshot};
+
+use super::{CheckArgs, CycleArgs};
+
+pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
+    super::listen_for_signals();
+    let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
+    let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
+    let db = cluster.database();
+    let nodes = ensure_ring(&db, args.keys).await?;
+    let plan = Plan {
+        clients: args.clients,
+        span: Span::Transactions(args.transactions),
+        // Each run its own stream, so repeated runs do not replay the same rewirings.
+        seed: u64::from(std::process::id()),
+        first: 0,
+    };
+    let on_ack: workload::OnAck = if args.print_acks {
+        Arc::new(|c, n| {
+            let mut out = std::io::stdout().lock();
+            // A closed pipe only means nobody reads the acknowledgements any more.
+            let _ = writeln!(out, "ack {c} {n}").and_then(|()| out.flush());
+        })
+    } else {
+        workload::no_acks()
+    };
+    // A signal ends the run early: the clients finish the transactions they are in, and
+    // the ring is checked and the cluster stopped as after a full run.
+    let cycle = Arc::new(Cycle { nodes });
+    let driven = workload::drive_until(&db, cycle, &plan, on_ack, super::stop_requested()).await?;
+    check_ring(&db).await?;
+    out!(
+        "cycle: {} transactions by {} clients in {:.2} s ({:.0}/s); ring of {nodes} keys intact",
+        driven.acked.len(),
+        plan.clients,
+        driven.elapsed.as_secs_f64(),
+        driven.per_second()
+    );
+    cluster.stop().await;
+    Ok(())
+}
+
+/// Reads the ring at rest ([`Snapshot`]): no epoch starts and nothing is created, so checking
+/// after a crash leaves the directory as the crash left it.
+pub(crate) async fn check(args: CheckArgs) -> strata_core::Result<()> {
+    let snapshot = Snapshot::open(&args.data_dir).await?;
+    let checked = check_ring_in(&snapshot).await;
+    let (epoch, version) = (snapshot.state().epoch, snapshot.version());
+    snapshot.close().await;
+    out!(
+        "ring of {} keys intact at version {} (epoch {})",
+        checked?,
+        version.0,
+        epoch.0
+    );
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `strata bench`: arguments, progress and the report around
+//! [`strata_director::workload::load`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use clap::Args;
+use serde::Serialize;
+use strata_core::{Error, ErrorKind, Stage};
+use strata_director::workload::load::Load;
+use strata_director::workload::{self, Plan, Span};
+use strata_director::{EmbeddedCluster, EmbeddedConfig};
+use strata_testkit::disk::fsync_floor;
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// The data directory (created when missing).
+    #[arg(long, default_value = "./strata-data")]
+    data_dir: PathBuf,
+    /// Concurrent clients (1 to 4,096).
+    #[arg(long, default_value_t = 64, value_parser = super::bounded(1, 4_096))]
+    clients: u64,
+    /// Transactions to commit, in all (1 to 10^9).
+    #[arg(long, default_value_t = 20_000, value_parser = super::bounded(1, 1_000_000_000))]
+    transactions: u64,
+    /// Keys each transaction reads or writes (1 to 1,000).
+    #[arg(long, default_value_t = 1, value_parser = super::bounded(1, 1_000))]
+    keys_per_transaction: u64,
+    /// Bytes of each value written (0 to 100,000, the value limit).
+    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
+    value_bytes: usize,
+    /// Fraction of key operations that are reads (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    read_fraction: f64,
+    /// Print one JSON object instead of text (and no progress bar).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Latency {
+    p50: u64,
+    p99: u64,
+    max: u64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    transactions: u64,
+    clients: u64,
+    keys_per_transaction: u64,
+    value_bytes: usize,
+    read_fraction: f64,
+    elapsed_s: f64,
+    commits_per_second: f64,
+    aborts: u64,
+    latency_us: Latency,
+    fsync_floor_us: u64,
+}
+
+pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
+    super::listen_for_signals();
+    if !(0.0..=1.0).contains(&args.read_fraction) {
+        return Err(Error::new(
+            Stage::Director,
+            ErrorKind::InvalidRequest("--read-fraction must be between 0 and 1".into()),
+        ));
+    }
+    // Owned before the floor's probe file is written into it.
+    let _owner = strata_director::owner::lock_directory(&args.data_dir, true)?;
+    let floor = fsync_floor(&args.data_dir, 100).map_err(|e| Error::io(Stage::Director, e))?;
+    let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
+    let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
+    let db = cluster.database();
+
+    let progress = if args.json || !std::io::stdout().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(args.transactions)
+    };
+    let load = Load {
+        keys_per_transaction: args.keys_per_transaction,
+        value: Bytes::from(vec![b'v'; args.value_bytes]),
+        read_fraction: args.read_fraction,
+    };
+    let plan = Plan {
+        clients: args.clients,
+        span: Span::Transactions(args.transactions),
+        seed: 0xbe7c,
+        first: 0,
+    };
+    let ticker = progress.clone();
+    let on_ack: workload::OnAck = Arc::new(move |_, _| ticker.inc(1));
+    // A signal ends the run early, and what ran until then is reported.
+    let driven =
+        workload::drive_until(&db, Arc::new(load), &plan, on_ack, super::stop_requested()).await;
+    progress.finish_and_clear();
+    drop(db);
+    cluster.stop().await;
+    let driven = driven?;
+
+    let report = Report {
+        transactions: driven.acked.len() as u64,
+        clients: args.clients,
+        keys_per_transaction: args.keys_per_transaction,
+        value_bytes: args.value_bytes,
+        read_fraction: args.read_fraction,
+        elapsed_s: driven.elapsed.as_secs_f64(),
+        commits_per_second: driven.per_second(),
+        aborts: driven.aborts,
+        latency_us: Latency {
+            p50: driven.latency_us(0.50),
+            p99: driven.latency_us(0.99),
+            max: driven.latency_us(1.0),
+        },
+        fsync_floor_us: u64::try_from(floor.as_micros()).unwrap_or(u64::MAX),
+    };
+    if args.json {
+        super::print_json(&report)?;
+    } else {
+        out!(
+            "strata bench: {} transactions, {} clients, {} key(s) each, {}-byte values, {:.0}% reads",
+            report.transactions,
+            report.clients,
+            report.keys_per_transaction,
+            report.value_bytes,
+            report.read_fraction * 100.0
+        );
+        out!(
+            "commits/s: {:.0}   aborts: {}   elapsed: {:.2} s",
+            report.commits_per_second,
+            report.aborts,
+            report.elapsed_s
+        );
+        out!(
+            "commit latency µs: p50 {}   p99 {}   max {}",
+            report.latency_us.p50,
+            report.latency_us.p99,
+            report.latency_us.max
+        );
+        out!(
+            "fsync floor (4 KiB append + fdatasync, median of 100): {} µs; p50 is {:.2}× it",
+            report.fsync_floor_us,
+            report.latency_us.p50 as f64 / report.fsync_floor_us.max(1) as f64
+        );
+    }
+    Ok(())
+}
