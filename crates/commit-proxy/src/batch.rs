@@ -160,6 +160,13 @@ pub(crate) async fn run_batch(
 ) -> Result<()> {
     let stages = &*flight.stages;
     flight.waits_on(ON_RESOLVER);
+    // Each transaction's read version, kept for its error: the conflicts go to the resolvers.
+    // One without (it cannot read, so it is never too old) is judged as reading at zero, as
+    // the resolvers judge it.
+    let read_versions: Vec<Version> = conflicts
+        .iter()
+        .map(|c| c.read_version.unwrap_or(Version::ZERO))
+        .collect();
     let resolve = ResolveBatch {
         epoch: stages.epoch,
         previous_version: pair.previous,
@@ -179,20 +186,19 @@ pub(crate) async fn run_batch(
     }
 
     let mut mutations = Vec::new();
-    for ((written, reply), verdict) in written.into_iter().zip(replies.iter_mut()).zip(verdicts) {
+    let answers = written.into_iter().zip(read_versions).zip(verdicts);
+    for (((written, read_version), verdict), reply) in answers.zip(replies.iter_mut()) {
         let refused = match verdict {
             Verdict::Committed => {
                 mutations.extend(written);
                 continue;
             }
             Verdict::Conflict => Error::new(Stage::Resolver, ErrorKind::Conflict),
-            Verdict::TooOld => Error::new(
+            Verdict::TooOld { oldest } => Error::new(
                 Stage::Resolver,
                 ErrorKind::TooOld {
-                    version: Version::ZERO,
-                    oldest: pair
-                        .version
-                        .saturating_sub(strata_core::MVCC_WINDOW_VERSIONS),
+                    version: read_version,
+                    oldest,
                 },
             ),
         };
@@ -265,4 +271,89 @@ pub(crate) async fn push_all(stages: &Stages, pair: VersionPair, payload: Bytes)
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::{Mutex, OnceLock};
+
+    use strata_core::shard::ShardMap;
+    use strata_core::{Epoch, KeyRange, LogId};
+    use strata_testkit::{MemoryLog, ModelResolver, StepSequencer};
+    use tokio::sync::{Notify, oneshot};
+
+    use super::*;
+
+    const EPOCH: Epoch = Epoch(1);
+    /// Where every stage starts: the resolver knows no write before it.
+    const START: Version = Version(1_000);
+
+    fn stages() -> Arc<Stages> {
+        Arc::new(Stages {
+            epoch: EPOCH,
+            sequencer: Arc::new(StepSequencer::new(EPOCH, START)),
+            resolvers: vec![Arc::new(ModelResolver::new(EPOCH, START))],
+            shards: ShardMap::from_begins(vec![Bytes::new()]),
+            logs: vec![Arc::new(MemoryLog::new(LogId(0), START))],
+            fenced: AtomicBool::new(false),
+            failure: OnceLock::new(),
+            hole: AtomicU64::new(u64::MAX),
+            broken: Notify::new(),
+            flights: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// A transaction reading `k` at `read_version` and writing it.
+    fn pending(read_version: Version) -> (Pending, oneshot::Receiver<Result<Version>>) {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            conflicts: TransactionConflicts {
+                read_version: Some(read_version),
+                read_conflicts: vec![KeyRange::single("k")],
+                write_conflicts: vec![KeyRange::single("k")],
+            },
+            mutations: vec![Mutation::Set {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+            bytes: 10,
+            reply,
+        };
+        (pending, answer)
+    }
+
+    #[tokio::test]
+    async fn a_too_old_answer_names_each_transactions_own_read_version_and_the_oldest() {
+        let stages = stages();
+        // Two too old, each with its own read version, around one that commits.
+        let (batch, answers): (Vec<Pending>, Vec<_>) = [Version(5), START, Version(7)]
+            .into_iter()
+            .map(pending)
+            .unzip();
+        let pair = stages.sequencer.next_commit_version(EPOCH).await.unwrap();
+        commit_batch(&InFlight::begin(&stages, 1), pair, batch).await;
+
+        let mut got = Vec::new();
+        for answer in answers {
+            got.push(answer.await.unwrap());
+        }
+        for (i, read_version) in [(0, Version(5)), (2, Version(7))] {
+            let e = got[i].as_ref().unwrap_err();
+            assert_eq!(e.stage, Stage::Resolver);
+            assert!(
+                matches!(e.kind, ErrorKind::TooOld { version, oldest }
+                    if version == read_version && oldest == START),
+                "{e}"
+            );
+            assert_eq!(
+                e.to_string(),
+                format!("resolver: too old: {read_version} is below the oldest readable {START}")
+            );
+        }
+        assert_eq!(got[1].as_ref().unwrap(), &pair.version);
+    }
 }

@@ -130,7 +130,7 @@ pub fn combine_verdicts(per_shard: &[Vec<Verdict>]) -> Option<Vec<Verdict>> {
     let rank = |v: &Verdict| match v {
         Verdict::Committed => 0,
         Verdict::Conflict => 1,
-        Verdict::TooOld => 2,
+        Verdict::TooOld { .. } => 2,
     };
     Some(
         (0..n)
@@ -148,6 +148,7 @@ pub fn combine_verdicts(per_shard: &[Vec<Verdict>]) -> Option<Vec<Verdict>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Version;
 
     #[test]
     fn shards_cover_everything_once() {
@@ -175,10 +176,23 @@ mod tests {
     fn combined_verdict_needs_everyone() {
         use Verdict::*;
         let got = combine_verdicts(&[
-            vec![Committed, Committed, Conflict, TooOld],
+            vec![
+                Committed,
+                Committed,
+                Conflict,
+                TooOld { oldest: Version(7) },
+            ],
             vec![Committed, Conflict, Committed, Conflict],
         ]);
-        assert_eq!(got, Some(vec![Committed, Conflict, Conflict, TooOld]));
+        assert_eq!(
+            got,
+            Some(vec![
+                Committed,
+                Conflict,
+                Conflict,
+                TooOld { oldest: Version(7) }
+            ])
+        );
         assert_eq!(combine_verdicts(&[vec![Committed], vec![]]), None);
     }
 }

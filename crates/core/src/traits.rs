@@ -82,8 +82,12 @@ pub enum Verdict {
     Committed,
     /// A read range intersects a write committed after the read version.
     Conflict,
-    /// The read version is older than the MVCC window.
-    TooOld,
+    /// The read version is older than the MVCC window (or than the version the resolver
+    /// started at): the resolver no longer knows every write since it.
+    TooOld {
+        /// The oldest read version the resolver still judged this batch for.
+        oldest: Version,
+    },
 }
 
 /// Conflict detection over a window of recent versions.
@@ -96,7 +100,8 @@ pub trait Resolver: Send + Sync {
     /// of its read ranges intersects a write range recorded at a version newer than its read
     /// version, counting writes of transactions of the same batch that come before it and were
     /// accepted. Only accepted transactions record their writes, at `batch.version`. A read
-    /// version older than [`crate::MVCC_WINDOW_VERSIONS`] behind the newest batch is `TooOld`.
+    /// version older than [`crate::MVCC_WINDOW_VERSIONS`] behind the newest batch is `TooOld`,
+    /// naming the oldest read version still judged.
     /// A transaction without reads is always `Committed`.
     ///
     /// Errors: `Fenced` for an older epoch; `Duplicate` for a version already resolved;

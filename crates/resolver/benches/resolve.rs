@@ -94,7 +94,7 @@ fn resolve(c: &mut Criterion) {
             verdicts[match v {
                 Verdict::Committed => 0,
                 Verdict::Conflict => 1,
-                Verdict::TooOld => 2,
+                Verdict::TooOld { .. } => 2,
             }] += 1;
         }
     }

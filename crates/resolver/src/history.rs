@@ -178,7 +178,9 @@ impl ConflictHistory {
         // they are refused rather than trusted.
         let read_version = tx.read_version.unwrap_or(Version::ZERO);
         if read_version < self.oldest_version {
-            return Verdict::TooOld;
+            return Verdict::TooOld {
+                oldest: self.oldest_version,
+            };
         }
         let conflicts = tx.read_conflicts.iter().any(|r| {
             self.written_after(
@@ -458,7 +460,13 @@ mod tests {
         );
         assert_eq!(
             v,
-            vec![Verdict::TooOld, Verdict::Committed, Verdict::Committed]
+            vec![
+                Verdict::TooOld {
+                    oldest: Version(901)
+                },
+                Verdict::Committed,
+                Verdict::Committed
+            ]
         );
     }
 

@@ -30,8 +30,8 @@
 //!   ranges intersects a write recorded after its read version, counting the writes of the
 //!   transactions before it in the same batch that were `Committed` (only those record their
 //!   writes, at the batch's version); `TooOld` when its read version is older than the window
-//!   or than the version the resolver started at; otherwise `Committed`. A transaction without
-//!   read ranges is always `Committed`.
+//!   or than the version the resolver started at (naming that oldest version, for the client's
+//!   error); otherwise `Committed`. A transaction without read ranges is always `Committed`.
 //!
 //! What it is not: durable. A resolver's history lives in memory; after a recovery the new
 //! resolvers start empty at the recovery version, and every read version older than it is then

@@ -66,7 +66,9 @@ impl ConflictModel {
                 }
                 let read_version = tx.read_version.unwrap_or(Version::ZERO);
                 if read_version < self.oldest {
-                    return Verdict::TooOld;
+                    return Verdict::TooOld {
+                        oldest: self.oldest,
+                    };
                 }
                 let conflict = tx.read_conflicts.iter().any(|r| {
                     self.writes

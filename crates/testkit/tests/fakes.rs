@@ -59,10 +59,12 @@ async fn the_model_resolver_resolves_along_the_chain() {
         "{newer}"
     );
     assert_eq!(old.stage, Stage::Resolver);
-    // Below the start version nothing is known: too old.
+    // Below the start version nothing is known: too old, naming the start.
     assert_eq!(
         r.resolve(batch(2, 30, 40, 5)).await.unwrap(),
-        [Verdict::TooOld]
+        [Verdict::TooOld {
+            oldest: Version(10)
+        }]
     );
 }
 
