@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::types::{Epoch, Version};
 use crate::wire::WireError;
@@ -87,6 +88,74 @@ pub enum ErrorKind {
         /// The newest version the stage holds.
         newest: Version,
     },
+    /// The transaction lived longer than its lifetime limit (at most
+    /// [`crate::TRANSACTION_LIFETIME_MAX`]), so the client refused a read or the commit
+    /// without sending it. Not retryable: the transaction itself takes too long, and starting
+    /// it over would only take as long again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use strata_core::{Error, ErrorKind, Stage, Version};
+    /// let e = Error::new(Stage::TxnBuilder, ErrorKind::TransactionExpired {
+    ///     read_version: Version(42),
+    ///     lived: Duration::from_millis(6_012),
+    ///     limit: Duration::from_secs(5),
+    /// });
+    /// assert_eq!(
+    ///     e.to_string(),
+    ///     "txn builder: transaction expired: it read at v42 and has lived 6012 ms, past its \
+    ///      lifetime limit of 5000 ms; shorten the transaction or split it into smaller ones"
+    /// );
+    /// assert!(!e.is_retryable());
+    /// ```
+    #[error(
+        "transaction expired: it read at {read_version} and has lived {} ms, past its lifetime \
+         limit of {} ms; shorten the transaction or split it into smaller ones",
+        .lived.as_millis(),
+        .limit.as_millis()
+    )]
+    TransactionExpired {
+        /// The transaction's read version.
+        read_version: Version,
+        /// How long it had lived when it was refused.
+        lived: Duration,
+        /// Its lifetime limit.
+        limit: Duration,
+    },
+    /// A transaction's retry loop did not commit within its timeout; the attempt in flight was
+    /// abandoned (if it was committing, the commit may still have taken effect).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use strata_core::{Error, ErrorKind, Stage};
+    /// let conflict = Error::new(Stage::Resolver, ErrorKind::Conflict);
+    /// let e = Error::new(Stage::TxnBuilder, ErrorKind::TransactionTimedOut {
+    ///     timeout: Duration::from_millis(200),
+    ///     attempts: 3,
+    ///     last_error: Some(Box::new(conflict)),
+    /// });
+    /// assert_eq!(
+    ///     e.to_string(),
+    ///     "txn builder: transaction timed out: not committed within its timeout of 200 ms; \
+    ///      attempts begun: 3; the last to finish failed with: resolver: conflict: a key read \
+    ///      was written after the read version"
+    /// );
+    /// assert!(!e.is_retryable());
+    /// ```
+    #[error(
+        "transaction timed out: not committed within its timeout of {} ms; attempts begun: \
+         {attempts}{}",
+        .timeout.as_millis(),
+        last_failure(.last_error.as_deref())
+    )]
+    TransactionTimedOut {
+        /// The timeout.
+        timeout: Duration,
+        /// Attempts begun, the one cut off included.
+        attempts: u32,
+        /// Why the last attempt that finished before the timeout failed, if one did.
+        last_error: Option<Box<Error>>,
+    },
     /// The transaction read something that a newer commit wrote; it was not committed.
     #[error("conflict: a key read was written after the read version")]
     Conflict,
@@ -145,6 +214,13 @@ pub enum ErrorKind {
     Io(Arc<std::io::Error>),
 }
 
+/// The end of a timed-out transaction's message: why its last finished attempt failed.
+fn last_failure(last: Option<&Error>) -> String {
+    last.map_or_else(String::new, |e| {
+        format!("; the last to finish failed with: {e}")
+    })
+}
+
 /// An error from a stage: which stage, and why.
 ///
 /// ```
@@ -175,7 +251,8 @@ impl Error {
     }
 
     /// Whether the same transaction may succeed if started again with a new read version
-    /// (a conflict, or a read version that became too old or is not reached yet).
+    /// (a conflict, or a read version that became too old or is not reached yet). An expired
+    /// or timed-out transaction is not: what took too long would take as long again.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,

@@ -31,9 +31,12 @@
 //! | value                 | [`VALUE_BYTES_MAX`] = 100,000 bytes   |
 //! | encoded transaction   | [`TRANSACTION_BYTES_MAX`] = 10,000,000 bytes |
 //! | MVCC window           | [`MVCC_WINDOW_VERSIONS`] = 5,000,000 versions |
+//! | transaction lifetime  | [`TRANSACTION_LIFETIME_MAX`] = 5 s (the MVCC window at 1,000,000 versions a second) |
 //!
-//! They are checked when a transaction is encoded and again when it is decoded, each with its
-//! own [`WireError`].
+//! The sizes are checked when a transaction is encoded and again when it is decoded, each with
+//! its own [`WireError`]. The lifetime is checked by the client before each read and the
+//! commit ([`ErrorKind::TransactionExpired`]); the window by storage and the resolvers
+//! ([`ErrorKind::TooOld`]).
 //!
 //! # Example
 //!
@@ -70,7 +73,7 @@ pub use traits::{
 };
 pub use types::{
     Epoch, KEY_BYTES_MAX, Key, KeyRange, KeyRangeError, MVCC_WINDOW_VERSIONS, Mutation,
-    RANGE_END_BYTES_MAX, TRANSACTION_BYTES_MAX, Transaction, TransactionConflicts, VALUE_BYTES_MAX,
-    Value, Version, parse_printable, printable,
+    RANGE_END_BYTES_MAX, TRANSACTION_BYTES_MAX, TRANSACTION_LIFETIME_MAX, Transaction,
+    TransactionConflicts, VALUE_BYTES_MAX, Value, Version, parse_printable, printable,
 };
 pub use wire::{TransactionView, WireError};

@@ -1,6 +1,7 @@
 //! Keys, ranges, versions, epochs, mutations and transactions.
 
 use std::fmt;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,15 @@ pub const TRANSACTION_BYTES_MAX: usize = 10_000_000;
 /// Width of the MVCC window, in versions: reads older than the newest version minus this are
 /// refused as too old. At about 1,000,000 versions a second this is five seconds.
 pub const MVCC_WINDOW_VERSIONS: u64 = 5_000_000;
+
+/// Longest a client transaction may live, from asking for its read version to its last read
+/// or its commit: 5 s, FoundationDB's limit. It is the MVCC window told in time: the sequencer
+/// hands out versions along a monotonic clock at 1,000,000 a second (`strata_sequencer`'s
+/// `VERSIONS_PER_SECOND`), so [`MVCC_WINDOW_VERSIONS`] is five seconds of versions, and a
+/// transaction older than that reads versions the storage servers have let go of and commits
+/// against writes the resolvers have forgotten. A client may set a shorter limit, never a
+/// longer one.
+pub const TRANSACTION_LIFETIME_MAX: Duration = Duration::from_secs(5);
 
 /// A commit version. Versions are totally ordered and advance about 1,000,000 per second of wall
 /// time, so a version is also a clock.

@@ -11,6 +11,9 @@
 //!   is left, a request is `Unavailable` rather than a repeated version.
 //! - The clock is monotonic (time since the sequencer started, added to the recovery version),
 //!   so a wall clock set back moves nothing back; each pair is at least one above the last.
+//! - At that rate the MVCC window ([`strata_core::MVCC_WINDOW_VERSIONS`], 5,000,000 versions)
+//!   is five seconds: the client transactions' lifetime limit
+//!   ([`strata_core::TRANSACTION_LIFETIME_MAX`]). A compile-time check keeps the three in step.
 //! - `report_committed` of a version never handed out is refused (`InvalidRequest`), as is
 //!   any request of an older epoch (`Fenced`).
 //!
@@ -41,6 +44,13 @@ use strata_core::{Epoch, Error, ErrorKind, Result, Sequencer, Stage, Version, Ve
 
 /// Versions per second of wall time.
 pub const VERSIONS_PER_SECOND: u64 = 1_000_000;
+
+// The transaction lifetime limit is the MVCC window told in time at this rate: a change to any
+// of the three must keep them together.
+const _: () = assert!(
+    strata_core::MVCC_WINDOW_VERSIONS as u128 * 1_000
+        == strata_core::TRANSACTION_LIFETIME_MAX.as_millis() * VERSIONS_PER_SECOND as u128
+);
 
 fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::Sequencer, kind)
