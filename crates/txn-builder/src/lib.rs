@@ -5,7 +5,8 @@
 //! reads at one read version, buffers its writes, and on [`Transaction::commit`] sends them,
 //! with the conflict ranges it recorded, to a commit proxy, which commits them only if nothing
 //! the transaction read has changed since its read version. [`Database::run`] retries a
-//! closure on conflicts and too-old or future read versions.
+//! closure on conflicts and too-old or future read versions, within [`TransactionOptions`]: a
+//! transaction's lifetime, a timeout, a retry limit.
 //!
 //! # Contract
 //!
@@ -21,8 +22,20 @@
 //! - A transaction commits once. After it, reads and a second commit are `InvalidRequest`,
 //!   writes are dropped (with a warning). A transaction that wrote nothing commits at once at
 //!   its read version, without a proxy.
+//! - A transaction lives at most its [`TransactionOptions::lifetime`] (by default and at most
+//!   [`strata_core::TRANSACTION_LIFETIME_MAX`], 5 s), counted from just before it asks for
+//!   its read version. A read or commit after that fails at once, without asking storage or a
+//!   proxy, with [`ErrorKind::TransactionExpired`] naming the read version, how long it lived
+//!   and the limit. Why 5 s: the sequencer's versions follow wall time at 1,000,000 a second,
+//!   so the storage servers' MVCC window ([`strata_core::MVCC_WINDOW_VERSIONS`], 5,000,000
+//!   versions) is 5 s; an older transaction would read versions storage has let go of
+//!   (`TooOld`) and commit against writes the resolvers have forgotten.
 //! - [`Database::run`] makes at most [`RetryConfig::attempts_max`] attempts, waiting
-//!   [`RetryConfig::backoff_initial`], doubled each time up to [`RetryConfig::backoff_max`].
+//!   [`RetryConfig::backoff_initial`], doubled each time up to [`RetryConfig::backoff_max`];
+//!   spent, it returns the last attempt's error. It retries only what a new read version can
+//!   cure (conflicts, `TooOld`, `FutureVersion`), never an expired transaction, and stops
+//!   with [`ErrorKind::TransactionTimedOut`] once its [`TransactionOptions::timeout`] passes.
+//!   [`Database::run_with`] takes options for one call; the database holds the defaults.
 //!
 //! # Limits
 //!
@@ -32,6 +45,9 @@
 //! | value                | [`strata_core::VALUE_BYTES_MAX`] = 100,000 bytes               |
 //! | encoded transaction  | [`strata_core::TRANSACTION_BYTES_MAX`] = 10,000,000 bytes      |
 //! | read version         | as old as the storage servers' MVCC window (else `TooOld`)     |
+//! | transaction lifetime | [`TransactionOptions::lifetime`], default and at most [`strata_core::TRANSACTION_LIFETIME_MAX`] = 5 s (else `TransactionExpired`) |
+//! | `run`, in all        | [`TransactionOptions::timeout`], none by default (else `TransactionTimedOut`) |
+//! | `run`, attempts      | [`RetryConfig::attempts_max`], default 50; waits from 200 µs up to 50 ms |
 //!
 //! The sizes are checked when the transaction is encoded at commit: the commit fails with the
 //! [`strata_core::WireError`] that names the key, value or size, and nothing is sent. Writes
@@ -130,19 +146,24 @@ use strata_core::{
     CommitProxy, Error, ErrorKind, Key, KeyRange, Mutation, RangeRead, Result, Sequencer, Stage,
     StorageServer, Value, Version,
 };
+use tokio::time::Instant;
+
+mod options;
+
+pub use options::TransactionOptions;
 
 fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::TxnBuilder, kind)
 }
 
-/// How [`Database::run`] retries.
+/// How [`Database::run`] retries: part of [`TransactionOptions`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryConfig {
-    /// Attempts in all, the first included.
+    /// Attempts in all, the first included: FoundationDB's `retry_limit` plus one. At least 1.
     pub attempts_max: u32,
     /// Wait after the first failure; doubled after each further one.
     pub backoff_initial: Duration,
-    /// Longest wait between attempts.
+    /// Longest wait between attempts: FoundationDB's `max_retry_delay`.
     pub backoff_max: Duration,
 }
 
@@ -162,13 +183,14 @@ struct DbInner {
     /// Every shard of every storage server, sorted by begin key.
     shards: Vec<(KeyRange, Arc<dyn StorageServer>)>,
     next_proxy: AtomicUsize,
-    retry: RetryConfig,
 }
 
-/// A handle to a running cluster: where transactions begin. Cheap to clone.
+/// A handle to a running cluster, with the [`TransactionOptions`] its transactions get by
+/// default: where transactions begin. Cheap to clone.
 #[derive(Clone)]
 pub struct Database {
     inner: Arc<DbInner>,
+    options: TransactionOptions,
 }
 
 impl std::fmt::Debug for Database {
@@ -176,19 +198,26 @@ impl std::fmt::Debug for Database {
         f.debug_struct("Database")
             .field("proxies", &self.inner.proxies.len())
             .field("shards", &self.inner.shards.len())
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
 
 impl Database {
-    /// A database over these stages. Storage servers are routed to by the shards they report;
-    /// where several hold the same range, the first is read.
+    /// A database over these stages whose transactions get `options` (a [`RetryConfig`]
+    /// alone gives the default lifetime and no timeout). Storage servers are routed to by the
+    /// shards they report; where several hold the same range, the first is read.
+    ///
+    /// Errors: `InvalidRequest` without a proxy or a storage server, or for options that
+    /// [`TransactionOptions::validate`] refuses.
     pub fn new(
         sequencer: Arc<dyn Sequencer>,
         proxies: Vec<Arc<dyn CommitProxy>>,
         storage: Vec<Arc<dyn StorageServer>>,
-        retry: RetryConfig,
+        options: impl Into<TransactionOptions>,
     ) -> Result<Database> {
+        let options = options.into();
+        options.validate()?;
         if proxies.is_empty() || storage.is_empty() {
             return Err(error(ErrorKind::InvalidRequest(
                 "a database needs a commit proxy and a storage server".into(),
@@ -206,18 +235,47 @@ impl Database {
                 proxies,
                 shards,
                 next_proxy: AtomicUsize::new(0),
-                retry,
             }),
+            options,
         })
     }
 
-    /// A new transaction reading at the newest committed version.
+    /// The options this handle's transactions get by default.
+    pub fn options(&self) -> TransactionOptions {
+        self.options
+    }
+
+    /// A handle to the same cluster whose transactions get `options` by default (say, a
+    /// shorter lifetime for one part of an application). `InvalidRequest` for options that
+    /// [`TransactionOptions::validate`] refuses.
+    ///
+    /// ```no_run
+    /// # async fn example(db: strata_txn_builder::Database) -> strata_core::Result<()> {
+    /// use std::time::Duration;
+    /// let quick = db.with_options(db.options().with_lifetime(Duration::from_millis(500)))?;
+    /// let tx = quick.begin().await?; // its reads and commit fail after 500 ms
+    /// # Ok(()) }
+    /// ```
+    pub fn with_options(&self, options: TransactionOptions) -> Result<Database> {
+        options.validate()?;
+        Ok(Database {
+            inner: self.inner.clone(),
+            options,
+        })
+    }
+
+    /// A new transaction reading at the newest committed version. Its lifetime (the
+    /// database's [`TransactionOptions::lifetime`]) starts now, before the read version is
+    /// asked for.
     pub async fn begin(&self) -> Result<Transaction> {
+        let began = Instant::now();
         let read_version = self.inner.sequencer.read_version().await?;
         Ok(Transaction {
             inner: Arc::new(TxInner {
                 db: self.inner.clone(),
                 read_version,
+                began,
+                lifetime: self.options.lifetime,
                 state: Mutex::new(TxState::default()),
             }),
         })
@@ -225,11 +283,22 @@ impl Database {
 
     /// Runs `body` in a transaction and commits it, starting over on a conflict or a read
     /// version that became too old (or is not reached yet), with growing waits in between, at
-    /// most [`RetryConfig::attempts_max`] times. Returns the body's result and the commit
-    /// version.
+    /// most [`RetryConfig::attempts_max`] times, within the database's
+    /// [`TransactionOptions`]. Returns the body's result and the commit version.
     ///
     /// The body gets a handle to the transaction (cheap to clone, usable from any task) and
     /// returns a future; it may run several times, so it should have no other side effects.
+    ///
+    /// What ends the retries:
+    /// - the attempts run out: the last attempt's error is returned as it is (a trace at warn
+    ///   level says the retries were exhausted);
+    /// - the timeout, if set, passes: the attempt in flight is abandoned and the error is
+    ///   [`ErrorKind::TransactionTimedOut`], naming the timeout and the attempts begun;
+    /// - an error that is not retryable, returned at once. That includes
+    ///   [`ErrorKind::TransactionExpired`]: a body that outlived the transaction lifetime is
+    ///   not run again, because the body itself took too long, and a new read version would
+    ///   not make it quicker; it would only repeat the wait (before this limit, a 6 s body
+    ///   was retried as too old until its attempts ran out). Shorten or split it.
     ///
     /// ```no_run
     /// # async fn example(db: strata_txn_builder::Database) -> strata_core::Result<()> {
@@ -243,32 +312,44 @@ impl Database {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn run<T, F, Fut>(&self, mut body: F) -> Result<(T, Version)>
+    pub async fn run<T, F, Fut>(&self, body: F) -> Result<(T, Version)>
     where
         F: FnMut(Transaction) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let retry = self.inner.retry;
-        let mut backoff = retry.backoff_initial;
-        let mut attempt = 1;
-        loop {
-            let result: Result<(T, Version)> = async {
-                let tx = self.begin().await?;
-                let value = body(tx.clone()).await?;
-                let version = tx.commit().await?;
-                Ok((value, version))
-            }
-            .await;
-            match result {
-                Err(e) if e.is_retryable() && attempt < retry.attempts_max => {
-                    tracing::debug!(attempt, error = %e, "transaction retried");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(retry.backoff_max);
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        options::run(self, body).await
+    }
+
+    /// [`Database::run`] with `options` instead of the database's: its transactions' lifetime,
+    /// the timeout of the call, the retries. `InvalidRequest`, before any attempt, for options
+    /// that [`TransactionOptions::validate`] refuses.
+    ///
+    /// ```no_run
+    /// # async fn example(db: strata_txn_builder::Database) -> strata_core::Result<()> {
+    /// use std::time::Duration;
+    /// // At most 3 attempts, and 1 s in all, whichever ends first.
+    /// let options = db
+    ///     .options()
+    ///     .with_timeout(Duration::from_secs(1))
+    ///     .with_retry_limit(2);
+    /// let (_, version) = db
+    ///     .run_with(options, |tx| async move {
+    ///         tx.set("greeting".into(), "hello".into());
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_with<T, F, Fut>(
+        &self,
+        options: TransactionOptions,
+        body: F,
+    ) -> Result<(T, Version)>
+    where
+        F: FnMut(Transaction) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        options::run(&self.with_options(options)?, body).await
     }
 }
 
@@ -281,6 +362,10 @@ pub struct Transaction {
 struct TxInner {
     db: Arc<DbInner>,
     read_version: Version,
+    /// When it began: just before its read version was asked for.
+    began: Instant,
+    /// How long it may live from `began`.
+    lifetime: Duration,
     state: Mutex<TxState>,
 }
 
@@ -353,6 +438,7 @@ impl Transaction {
     /// The value of `key`, seeing this transaction's own writes; adds a read conflict unless
     /// the transaction's own writes answer it.
     pub async fn get(&self, key: &Key) -> Result<Option<Value>> {
+        self.check_lifetime()?;
         let local = self.state()?.local(key);
         match local {
             Answer::Value(v) => Ok(Some(v)),
@@ -369,6 +455,7 @@ impl Transaction {
 
     /// The value of `key` in the snapshot at the read version; no conflict, own writes ignored.
     pub async fn snapshot_get(&self, key: &Key) -> Result<Option<Value>> {
+        self.check_lifetime()?;
         self.storage_for(key)?
             .get(key.clone(), self.inner.read_version)
             .await
@@ -385,6 +472,7 @@ impl Transaction {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<(Key, Value)>> {
+        self.check_lifetime()?;
         if limit == 0 {
             // Still refused on a committed transaction, like every other read.
             drop(self.state()?);
@@ -419,6 +507,7 @@ impl Transaction {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<(Key, Value)>> {
+        self.check_lifetime()?;
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
@@ -597,8 +686,10 @@ impl Transaction {
 
     /// Commits the transaction through a commit proxy and returns its commit version. A
     /// transaction that wrote nothing commits at once, at its read version. A transaction
-    /// commits once; later calls fail.
+    /// commits once; later calls fail. After the transaction's lifetime the commit fails with
+    /// [`ErrorKind::TransactionExpired`], without a proxy, even for one that wrote nothing.
     pub async fn commit(&self) -> Result<Version> {
+        self.check_lifetime()?;
         let tx = {
             let mut st = self.state()?;
             st.committed = true;
