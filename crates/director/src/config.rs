@@ -9,7 +9,7 @@ use strata_core::{Error, ErrorKind, Result, Stage};
 use strata_resolver::ResolverConfig;
 use strata_storage::StorageConfig;
 use strata_tlog::FileLogConfig;
-use strata_txn_builder::RetryConfig;
+use strata_txn_builder::TransactionOptions;
 
 use crate::coordinator::{CoordinatedState, FileStateStore, StateStore};
 
@@ -43,8 +43,10 @@ pub struct EmbeddedConfig {
     pub resolver: ResolverConfig,
     /// Tuning of each commit proxy.
     pub proxy: ProxyConfig,
-    /// How clients retry.
-    pub retry: RetryConfig,
+    /// What the cluster's [`crate::Database`] gives its transactions by default: their
+    /// lifetime (at most 5 s), the timeout of `run` (none by default) and its retries. A
+    /// caller may override them per call (`Database::run_with`).
+    pub transactions: TransactionOptions,
     /// How long the persistence phase may take before the director gives up on the epoch.
     pub persistence_deadline: Duration,
     /// How long recovery waits for the storage servers to re-apply the history they hold only
@@ -78,7 +80,7 @@ impl Default for EmbeddedConfig {
             storage_config: StorageConfig::default(),
             resolver: ResolverConfig::default(),
             proxy: ProxyConfig::default(),
-            retry: RetryConfig::default(),
+            transactions: TransactionOptions::default(),
             persistence_deadline: Duration::from_secs(5),
             storage_catch_up: Duration::from_secs(60),
             recovery_attempts_max: 5,
@@ -93,9 +95,9 @@ fn invalid(why: String) -> Error {
 }
 
 impl EmbeddedConfig {
-    /// Checks the layout alone: every count within its limit, the log's tuning valid. A
-    /// configuration that fails here can never work, so it is checked before anything is
-    /// written.
+    /// Checks the layout alone: every count within its limit, the log's tuning and the
+    /// transaction options valid. A configuration that fails here can never work, so it is
+    /// checked before anything is written.
     pub fn validate(&self) -> Result<()> {
         for (name, count, max) in [
             ("logs", self.logs, LOGS_MAX),
@@ -110,6 +112,7 @@ impl EmbeddedConfig {
             }
         }
         self.log.validate()?;
+        self.transactions.validate()?;
         if self.recovery_attempts_max == 0 {
             return Err(invalid("recovery_attempts_max must be at least 1".into()));
         }

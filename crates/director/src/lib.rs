@@ -96,7 +96,7 @@ use bytes::Bytes;
 use strata_core::Stage;
 /// The types a user of the store meets, so that this crate is the one dependency to add.
 pub use strata_core::{Error, ErrorKind, Key, KeyRange, Result, Value, Version};
-pub use strata_txn_builder::{Database, RetryConfig, Transaction};
+pub use strata_txn_builder::{Database, RetryConfig, Transaction, TransactionOptions};
 
 pub mod check;
 mod cluster;

@@ -678,7 +678,7 @@ fn start_pipeline(
         decorated_sequencer.clone(),
         decorated_proxies.clone(),
         decorated_storage.clone(),
-        config.retry,
+        config.transactions,
     )?;
     Ok(Pipeline {
         sequencer,
