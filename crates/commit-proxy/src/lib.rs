@@ -1,5 +1,7 @@
-//! Strata's commit proxy: takes client transactions, batches them, and commits each batch
-//! through the sequencer, the resolvers and every log.
+//! Strata's commit proxy, where a client's commit goes: it takes client transactions, batches
+//! them, and commits each batch through the sequencer, the resolvers and every log, then
+//! answers each client. The director starts one or more [`BatchingProxy`] per epoch; clients
+//! reach them through the [`strata_core::CommitProxy`] trait.
 //!
 //! For each batch, in order: a version pair from the sequencer; resolution (the batch clipped
 //! to each resolver's key range, a transaction committing only if every resolver accepts it);

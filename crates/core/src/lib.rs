@@ -1,10 +1,13 @@
-//! Strata's shared vocabulary: the types, the wire format, the system keys and the stage traits
-//! that every crate of the commit pipeline speaks.
+//! The words every Strata crate shares: keys, values, versions and transactions, their byte
+//! form on the wire, the system keys, and the trait each stage of the commit pipeline
+//! implements. Whoever writes or tests a stage uses it directly; an application needs only
+//! `strata-director`, which re-exports the types it meets.
 //!
 //! This crate holds traits and plain data only. It starts no task, touches no disk and depends
 //! on no stage: the resolver, the logs, storage, the sequencer and the commit proxy each
-//! implement a trait defined here and talk to each other only through these traits, so any stage
-//! can be used, tested and benchmarked alone (the dependency rule: a stage depends on this crate and on no other stage).
+//! implement a trait defined here and talk to each other only through these traits, so any
+//! stage can be used, tested and benchmarked alone (the dependency rule: a stage depends on
+//! this crate and on no other stage).
 //!
 //! - [`types`]: [`Key`], [`Value`], [`KeyRange`], [`Version`], [`Epoch`], [`Mutation`],
 //!   [`Transaction`].

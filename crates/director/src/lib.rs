@@ -1,11 +1,12 @@
-//! The embedded Strata cluster: every stage of the commit pipeline in one process, on one data
-//! directory, recovered by a director under a new epoch each time it starts. This is the crate
-//! that composes the concrete stages (the stage crates know only each other's traits).
+//! Run a whole Strata cluster inside your program: [`EmbeddedCluster`] opens a data directory,
+//! recovers it and gives you a [`Database`]. This is the one Strata crate an application
+//! depends on (it re-exports [`Key`], [`KeyRange`], [`Value`], [`Version`], [`Error`] and the
+//! rest a user meets), and the `strata` command is built on it.
 //!
-//! [`EmbeddedCluster`] recovers a whole cluster in one process on a data directory —
-//! sequencer, resolvers, commit proxies, file-backed logs and redb storage servers, their
-//! counts configurable — under a new epoch, and hands out a [`Database`]. The `strata` binary
-//! is built on it.
+//! Every stage of the commit pipeline runs in one process, on one data directory — sequencer,
+//! resolvers, commit proxies, file-backed logs and redb storage servers, their counts
+//! configurable — recovered by a director under a new epoch each time it starts. This is the
+//! crate that composes the concrete stages (the stage crates know only each other's traits).
 //!
 //! - [`config`]: how many of each stage, their tuning, and the limits a layout is checked
 //!   against before anything is written.

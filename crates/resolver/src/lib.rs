@@ -1,4 +1,6 @@
-//! Strata's resolver: decides which transactions of a batch may commit.
+//! Strata's resolver: decides which transactions of a batch may commit, by checking what each
+//! one read against what was written since. Commit proxies call it for every batch, through the
+//! [`strata_core::Resolver`] trait; a cluster may split the key space among several.
 //!
 //! A transaction conflicts when one of its read ranges intersects a write committed after its
 //! read version, counting the writes of transactions accepted earlier in the same batch. The

@@ -1,4 +1,7 @@
-//! Strata's sequencer: the version authority of one epoch.
+//! Strata's sequencer: it hands out the versions of one epoch — a commit version for each
+//! batch a commit proxy commits, and a read version for each transaction a client begins. The
+//! director starts one per epoch; proxies and clients reach it through the
+//! [`strata_core::Sequencer`] trait.
 //!
 //! [`ClockSequencer`] hands out commit versions as a chain (`previous_version`, `version`) with
 //! no gap and no repeat, following wall time at about 1,000,000 versions per second and always

@@ -1,6 +1,8 @@
 //! Strata's storage server: it keeps the data of some key ranges (its shards) on disk and
 //! answers reads at any recent version. It learns of writes by following a transaction log:
-//! it pulls committed batches in version order and applies the mutations of its shards.
+//! it pulls committed batches in version order and applies the mutations of its shards. The
+//! director runs one or more per cluster; client transactions read from them through the
+//! [`strata_core::StorageServer`] trait.
 //!
 //! [`RedbStorage`] implements [`strata_core::StorageServer`]. Recent versions (the MVCC
 //! window) live in memory: per key, every write with its version; range clears kept as

@@ -1,4 +1,6 @@
 //! Strata's transaction log: a durable, group-committed write-ahead log that survives crashes.
+//! Commit proxies push each committed batch to it, storage servers pull from it, and recovery
+//! replays it; it also works alone as a write-ahead log (`examples/wal.rs`).
 //!
 //! Every committed batch is pushed to every log, and a commit is acknowledged only when all
 //! logs hold it on disk. The crate stands alone as a WAL: entries are opaque payloads chained

@@ -1,4 +1,6 @@
-//! Strata's client transactions: how an application reads and writes the store.
+//! Strata's client transactions: how an application reads and writes the store. An
+//! application gets a [`Database`] from `strata_director::EmbeddedCluster::database` and runs
+//! its reads and writes in [`Database::run`], which commits them as one transaction.
 //!
 //! A [`Database`] is a handle to the stages of a running cluster (a sequencer, commit proxies,
 //! storage servers, each behind its [`strata_core`] trait); a [`Transaction`] begun from it
