@@ -62,15 +62,17 @@
 //! # Recovery
 //!
 //! [`EmbeddedCluster::start`] runs one recovery as named phases, each a `tracing` span with its
-//! duration ([`recovery::recover`]): read and lock the coordinated state under the next epoch;
-//! lock the previous logs; choose the recovery version (the newest version every previous log
-//! holds); recruit new logs and replay the committed history the storage servers still need;
-//! roll the storage servers back to the recovery version; start sequencer, resolvers and
-//! proxies; build the Transaction System Layout; write the new coordinated state; and the
-//! persistence phase: one system transaction with the whole configuration (monolithic and
-//! decomposed), committed through the new pipeline and read back. A failed attempt is never
-//! retried within its epoch: the coordinator starts the next one, unless the failure is one no
-//! epoch can fix ([`RecoveryError::Unrecoverable`]: a refused layout, a damaged or missing log).
+//! duration ([`recovery::recover`]): check the data directory against its coordinated state,
+//! writing nothing; read and lock the coordinated state under the next epoch; lock the previous
+//! logs; choose the recovery version (the newest version every previous log holds); recruit new
+//! logs and replay the committed history the storage servers still need; roll the storage
+//! servers back to the recovery version; start sequencer, resolvers and proxies; build the
+//! Transaction System Layout; write the new coordinated state; and the persistence phase: one
+//! system transaction with the whole configuration (monolithic and decomposed), committed
+//! through the new pipeline and read back. A failed attempt is never retried within its epoch:
+//! the coordinator starts the next one, unless the failure is one no epoch can fix
+//! ([`RecoveryError::Unrecoverable`]: a refused layout, damage in the data directory such as a
+//! damaged or missing log).
 //!
 //! ## The rules recovery relies on, and where the code keeps them
 //!
@@ -87,6 +89,8 @@
 //! - **Replay reads from a log that holds the whole range** it copies; recovery checks that it
 //!   does and fails naming the range when none does. A log the coordinated state names that is
 //!   missing or holds no segment is an error, never an empty log (`FileLog::open_existing`).
+//! - **Replay makes progress for any queue size**: it pushes in waves that fit half of a log's
+//!   queue (`recovery/replay.rs`).
 //! - **No hole in the chain**: a batch that cannot be resolved, encoded or pushed to every log
 //!   fails its commit proxy, and a proxy whose oldest batch stops advancing reports a stall;
 //!   either ends the epoch through [`EmbeddedCluster::check_health`].
