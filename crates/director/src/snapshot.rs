@@ -25,8 +25,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use strata_core::{ErrorKind, Key, KeyRange, Result, StorageServer, Value, Version};
 use strata_storage::{RedbStorage, StorageConfig};
-use strata_tlog::{FileLog, FileLogConfig};
+use strata_tlog::fs::RealFs;
+use strata_tlog::{FileLog, FileLogConfig, OpenMode};
 
+use crate::check::read_holdings;
 use crate::coordinator::{CoordinatedState, FileStateStore, StateStore};
 use crate::owner::{DirectoryLock, lock_directory};
 use crate::{error, split_ranges};
@@ -65,28 +67,66 @@ impl Snapshot {
                 data_dir.display()
             )))
         })?;
-        let mut logs = Vec::new();
-        for place in &state.logs {
-            let log = FileLog::open_existing(
-                &data_dir.join(&place.dir),
-                place.id,
-                FileLogConfig::default(),
-            )?;
-            logs.push(Arc::new(log));
+        // As recovery reads it: storage first, then each log opened with the version known
+        // committed that it must hold, so a damaged record of a committed version is an error,
+        // never cut off as a torn write.
+        let held = read_holdings(
+            data_dir,
+            Some(&state),
+            state.storage,
+            |dir, place, committed| {
+                FileLog::open_dir(
+                    Arc::new(RealFs),
+                    dir,
+                    place.id,
+                    OpenMode::Existing { committed },
+                    FileLogConfig::default(),
+                )
+                .map(Arc::new)
+            },
+        )
+        .await?;
+        let close_logs = |held: &crate::check::Holdings| {
+            for (_, log) in &held.logs {
+                log.close();
+            }
+        };
+        if let Some((first, cause)) = held.findings.first() {
+            close_logs(&held);
+            return Err(match cause {
+                Some(e) if !matches!(e.kind, ErrorKind::Corruption(_)) => e.clone(),
+                _ => error(ErrorKind::Corruption(format!(
+                    "{}: {}",
+                    data_dir.join(&first.file).display(),
+                    first.problem
+                ))),
+            });
         }
-        let version = logs
-            .iter()
-            .map(|l| l.last_version())
-            .min()
-            .unwrap_or(Version::ZERO);
+        let (Some(version), Some(oldest)) =
+            (held.holds, held.durable.iter().flatten().copied().min())
+        else {
+            close_logs(&held);
+            return Err(error(ErrorKind::Corruption(format!(
+                "{}: the logs or storage files it names could not all be read",
+                data_dir.display()
+            ))));
+        };
+        let logs = held.logs;
         let mut snapshot = Snapshot {
             state,
             version,
-            logs,
+            logs: logs.iter().map(|(_, log)| log.clone()).collect(),
             servers: Vec::new(),
             _owner: owner,
         };
-        match snapshot.open_storage(data_dir).await {
+        let named: Vec<(String, Arc<FileLog>)> = logs
+            .into_iter()
+            .map(|(place, log)| (place.dir, log))
+            .collect();
+        match snapshot
+            .open_storage(data_dir, &named, oldest.min(version))
+            .await
+        {
             Ok(()) => Ok(snapshot),
             Err(e) => {
                 snapshot.close().await;
@@ -95,10 +135,15 @@ impl Snapshot {
         }
     }
 
-    /// Opens every storage server read-only, following a log that holds everything after the
-    /// oldest durable version of them all (as recovery's replay would read), and waits until
-    /// each has applied the snapshot's version.
-    async fn open_storage(&mut self, data_dir: &Path) -> Result<()> {
+    /// Opens every storage server read-only, following a log of `named` that holds
+    /// everything after `oldest`, the oldest durable version of them all (as recovery's replay
+    /// would read), and waits until each has applied the snapshot's version.
+    async fn open_storage(
+        &mut self,
+        data_dir: &Path,
+        named: &[(String, Arc<FileLog>)],
+        oldest: Version,
+    ) -> Result<()> {
         if self.logs.is_empty() {
             return Ok(());
         }
@@ -106,25 +151,8 @@ impl Snapshot {
         let paths: Vec<_> = (0..shards.len())
             .map(|i| data_dir.join("storage").join(format!("{i}.redb")))
             .collect();
-        // Each file's durable version, read with redb's integrity check (so the servers below
-        // skip it). A missing file is empty at 0, as recovery takes it.
-        let mut oldest = self.version;
-        for path in &paths {
-            let path = path.clone();
-            let stored = tokio::task::spawn_blocking(move || strata_storage::stored_at(&path))
-                .await
-                .map_err(|e| error(ErrorKind::Unavailable(e.to_string())))??;
-            oldest = oldest.min(stored.durable);
-        }
-        let named: Vec<(String, Arc<FileLog>)> = self
-            .state
-            .logs
-            .iter()
-            .map(|p| p.dir.clone())
-            .zip(self.logs.iter().cloned())
-            .collect();
         // A log that holds (oldest, version]; with nothing to read, any log.
-        let follow = match crate::recovery::replay::choose_source(&named, oldest, self.version)
+        let follow = match crate::recovery::replay::choose_source(named, oldest, self.version)
             .await?
             .log
         {
@@ -132,7 +160,8 @@ impl Snapshot {
             None => self.logs[0].clone(),
         };
         // Nothing is known committed to these servers and they only read: nothing is made
-        // durable, nothing popped, the files are never written.
+        // durable, nothing popped, the files are never written. `read_holdings` ran redb's
+        // integrity check on every file already.
         let read_only = StorageConfig {
             pop_log: false,
             read_only: true,
