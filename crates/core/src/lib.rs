@@ -11,6 +11,10 @@
 //!
 //! - [`types`]: [`Key`], [`Value`], [`KeyRange`], [`Version`], [`Epoch`], [`Mutation`],
 //!   [`Transaction`].
+//! - [`atomic`]: [`AtomicOp`], the atomic add, max and min on little-endian integers that a
+//!   [`Mutation::Atomic`] carries, and the one function that applies them. The storage servers
+//!   apply them, in version order, to the value a key holds; so a transaction need not read
+//!   the key, adds no read conflict for it, and concurrent atomic operations never conflict.
 //! - [`wire`]: the versioned, sectioned, CRC-checked byte form of a transaction, read section by
 //!   section through [`TransactionView`].
 //! - [`system`]: the `\xff/system/` keys and the configuration the persistence phase stores.
@@ -32,6 +36,7 @@
 //! |-----------------------|---------------------------------------|
 //! | key                   | [`KEY_BYTES_MAX`] = 10,000 bytes      |
 //! | value                 | [`VALUE_BYTES_MAX`] = 100,000 bytes   |
+//! | atomic operand        | 1 to [`VALUE_BYTES_MAX`] bytes        |
 //! | encoded transaction   | [`TRANSACTION_BYTES_MAX`] = 10,000,000 bytes |
 //! | MVCC window           | [`MVCC_WINDOW_VERSIONS`] = 5,000,000 versions |
 //! | transaction lifetime  | [`TRANSACTION_LIFETIME_MAX`] = 5 s (the MVCC window at 1,000,000 versions a second) |
@@ -60,6 +65,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod atomic;
 pub mod chain;
 pub mod error;
 pub mod merge;
@@ -69,6 +75,7 @@ pub mod traits;
 pub mod types;
 pub mod wire;
 
+pub use atomic::AtomicOp;
 pub use error::{Error, ErrorKind, Result, Stage};
 pub use traits::{
     CommitProxy, LogEntry, LogId, LogServer, LogState, RangeRead, ResolveBatch, Resolver,

@@ -6,6 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::atomic::AtomicOp;
+
 /// A key: any byte string of at most [`KEY_BYTES_MAX`] bytes.
 ///
 /// User keys sort below `0xff`; keys that start with `0xff` are system keys.
@@ -232,13 +234,27 @@ pub enum Mutation {
         /// The keys removed.
         range: KeyRange,
     },
+    /// Sets `key` to `op` applied to the value it holds just before this mutation (see
+    /// [`AtomicOp`]): the storage servers compute the value, so the transaction need not read
+    /// the key, and concurrent atomic operations on it do not conflict.
+    Atomic {
+        /// The operation.
+        op: AtomicOp,
+        /// The key written.
+        key: Key,
+        /// The operand: a little-endian integer of 1 to [`VALUE_BYTES_MAX`] bytes, whose
+        /// length is the length of the value written.
+        operand: Value,
+    },
 }
 
 impl Mutation {
     /// The keys this mutation writes, as a range.
     pub fn range(&self) -> KeyRange {
         match self {
-            Mutation::Set { key, .. } | Mutation::Clear { key } => KeyRange::single(key.clone()),
+            Mutation::Set { key, .. } | Mutation::Clear { key } | Mutation::Atomic { key, .. } => {
+                KeyRange::single(key.clone())
+            }
             Mutation::ClearRange { range } => range.clone(),
         }
     }

@@ -42,15 +42,19 @@
 //! |   4 | commit version     | `u64`, added by the commit proxy once the batch is versioned |
 //!
 //! A byte string is its length `u32` then its bytes. A range is two byte strings, begin then
-//! end, with begin < end. A mutation is kind 0 (`Set`: key, value), 1 (`Clear`: key) or
-//! 2 (`ClearRange`: begin, end).
+//! end, with begin < end. A mutation is kind 0 (`Set`: key, value), 1 (`Clear`: key),
+//! 2 (`ClearRange`: begin, end) or 3 (`Atomic`: the operation's code `u8`, 0 add, 1 max,
+//! 2 min, then key, operand). Kind 3 came later within format version 1: every encoding made
+//! before it still decodes the same, and one that carries it is refused by an older build as
+//! an unknown mutation kind, never misread.
 //!
 //! # Limits
 //!
 //! Checked when encoding and again when decoding, each with its own error: a key (and a range
 //! begin) at most [`KEY_BYTES_MAX`] bytes, a range end at most [`RANGE_END_BYTES_MAX`], a value
-//! at most [`VALUE_BYTES_MAX`], the whole encoding at most [`TRANSACTION_BYTES_MAX`]. A
-//! transaction with read conflicts must have a read version.
+//! at most [`VALUE_BYTES_MAX`], an atomic operand from 1 to [`VALUE_BYTES_MAX`], the whole
+//! encoding at most [`TRANSACTION_BYTES_MAX`]. A transaction with read conflicts must have a
+//! read version.
 //!
 //! Decoding never panics on any input, and never reserves more memory than the input could
 //! fill: every count is checked against the bytes that remain before anything is allocated.
@@ -60,6 +64,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use crate::atomic::{AtomicOp, check_operand};
 use crate::types::{
     KEY_BYTES_MAX, Key, KeyRange, Mutation, RANGE_END_BYTES_MAX, TRANSACTION_BYTES_MAX,
     Transaction, TransactionConflicts, VALUE_BYTES_MAX, Version,
@@ -80,6 +85,7 @@ pub const SECTION_HEADER_BYTES: usize = 9;
 const KIND_SET: u8 = 0;
 const KIND_CLEAR: u8 = 1;
 const KIND_CLEAR_RANGE: u8 = 2;
+const KIND_ATOMIC: u8 = 3;
 
 /// A part of the encoding, named in errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -171,6 +177,32 @@ pub enum WireError {
         len: usize,
         /// The limit.
         max: usize,
+    },
+    /// An atomic operation with an empty operand: it would write an empty value whatever the
+    /// key held, which is never what was meant.
+    #[error("mutations: atomic operation {index} has an empty operand")]
+    EmptyOperand {
+        /// Which mutation holds it.
+        index: usize,
+    },
+    /// An atomic operation's operand is over [`VALUE_BYTES_MAX`] (it sets the length of the
+    /// value written).
+    #[error("mutations: operand {index} is {len} bytes, over the limit of {max}")]
+    OperandTooLarge {
+        /// Which mutation holds it.
+        index: usize,
+        /// Its size in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An atomic operation code this build does not know.
+    #[error("mutations: mutation {index} has unknown atomic operation {code}")]
+    UnknownAtomicOp {
+        /// Which mutation.
+        index: usize,
+        /// The code found.
+        code: u8,
     },
     /// A range whose begin is not below its end.
     #[error("{section}: range {index} is empty or inverted")]
@@ -370,6 +402,11 @@ pub fn encode_parts(
                 out.push(KIND_CLEAR_RANGE);
                 put_range(&mut out, range);
             }
+            Mutation::Atomic { op, key, operand } => {
+                out.extend_from_slice(&[KIND_ATOMIC, op.code()]);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, operand);
+            }
         }
     }
     end_section(&mut out, start);
@@ -450,6 +487,11 @@ fn mutations_len(mutations: &[Mutation]) -> WireResult<usize> {
             Mutation::ClearRange { range } => {
                 check_range(Section::Mutations, index, range.begin(), range.end())?;
                 8 + range.begin().len() + range.end().len()
+            }
+            Mutation::Atomic { key, operand, .. } => {
+                check_key(Section::Mutations, index, key.len(), KEY_BYTES_MAX)?;
+                check_operand(index, operand.len())?;
+                9 + key.len() + operand.len()
             }
         };
         // Stop summing as soon as the limit is passed, so a huge list fails fast.
@@ -700,6 +742,15 @@ impl TransactionView {
                 KIND_CLEAR_RANGE => Mutation::ClearRange {
                     range: r.range(index)?,
                 },
+                KIND_ATOMIC => {
+                    let code = r.u8()?;
+                    let op = AtomicOp::from_code(code)
+                        .ok_or(WireError::UnknownAtomicOp { index, code })?;
+                    let key = r.bytes_max(index, KEY_BYTES_MAX)?;
+                    let operand = r.bytes()?;
+                    check_operand(index, operand.len())?;
+                    Mutation::Atomic { op, key, operand }
+                }
                 kind => return Err(WireError::UnknownMutationKind { index, kind }),
             });
         }

@@ -3,12 +3,15 @@
 //! `raw` below is a second encoder written from the byte-layout table in the `wire` module's
 //! docs, not from its code, so these tests also check that the table is true.
 
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use bytes::Bytes;
 use proptest::prelude::*;
 use strata_core::wire::{Section, TransactionView, WireError};
 use strata_core::{
-    KEY_BYTES_MAX, KeyRange, Mutation, RANGE_END_BYTES_MAX, TRANSACTION_BYTES_MAX, Transaction,
-    VALUE_BYTES_MAX, Version,
+    AtomicOp, KEY_BYTES_MAX, KeyRange, Mutation, RANGE_END_BYTES_MAX, TRANSACTION_BYTES_MAX,
+    Transaction, VALUE_BYTES_MAX, Version,
 };
 
 mod raw {
@@ -99,6 +102,16 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         }),
         key().prop_map(|key| Mutation::Clear { key }),
         range().prop_map(|range| Mutation::ClearRange { range }),
+        (
+            prop::sample::select(AtomicOp::ALL.to_vec()),
+            key(),
+            proptest::collection::vec(any::<u8>(), 1..20),
+        )
+            .prop_map(|(op, key, operand)| Mutation::Atomic {
+                op,
+                key,
+                operand: Bytes::from(operand),
+            }),
     ]
 }
 
@@ -351,6 +364,154 @@ fn unknown_mutation_kind_and_trailing_bytes_are_named() {
         Err(WireError::SectionTrailingBytes {
             section: Section::Writes,
             extra: 1
+        })
+    );
+}
+
+/// An encoding made by the build before atomic operations existed (a Set, a Clear and a
+/// ClearRange, read and write conflicts, a read version), kept as bytes: data written then
+/// (in logs, say) must decode the same now.
+const BEFORE_ATOMIC_OPS: &str = "5354584e01000300720000003be4cccf0120000000ca8e16290300000000\
+    01000000620100000031010100000063020100000064010000006502180000004b0bad480107000000000000\
+    00010000000100000061020000006100030f00000043b1bc9d010000000100000062020000006200";
+
+fn unhex(text: &str) -> Vec<u8> {
+    let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
+    digits
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_encoding_from_before_atomic_operations_still_decodes_the_same() {
+    let old = unhex(BEFORE_ATOMIC_OPS);
+    let expected = Transaction {
+        read_version: Some(Version(7)),
+        read_conflicts: vec![KeyRange::single("a")],
+        write_conflicts: vec![KeyRange::single("b")],
+        mutations: vec![
+            Mutation::Set {
+                key: "b".into(),
+                value: "1".into(),
+            },
+            Mutation::Clear { key: "c".into() },
+            Mutation::ClearRange {
+                range: KeyRange::new("d", "e").unwrap(),
+            },
+        ],
+    };
+    assert_eq!(Transaction::decode(&old).unwrap(), expected);
+    // And the same transaction is still written with the same bytes.
+    assert_eq!(expected.encode().unwrap().as_ref(), &old[..]);
+}
+
+/// A mutations body with one atomic operation of code `code`, laid out as documented.
+fn one_atomic(code: u8, key: &[u8], operand: &[u8]) -> Vec<u8> {
+    let mut b = 1u32.to_le_bytes().to_vec();
+    b.extend_from_slice(&[3, code]);
+    raw::string(&mut b, key);
+    raw::string(&mut b, operand);
+    b
+}
+
+fn forged_atomic(code: u8, operand: &[u8]) -> Vec<u8> {
+    raw::encode(&[
+        (1, one_atomic(code, b"k", operand)),
+        (2, raw::no_reads()),
+        (3, raw::no_writes()),
+    ])
+}
+
+#[test]
+fn atomic_operations_are_laid_out_as_documented() {
+    for op in AtomicOp::ALL {
+        let tx = Transaction {
+            mutations: vec![Mutation::Atomic {
+                op,
+                key: "k".into(),
+                operand: Bytes::from_static(&[1, 0]),
+            }],
+            ..Transaction::default()
+        };
+        let expected = forged_atomic(op.code(), &[1, 0]);
+        assert_eq!(tx.encode().unwrap().as_ref(), &expected[..], "{op:?}");
+        assert_eq!(Transaction::decode(&expected).unwrap(), tx);
+    }
+    assert_eq!(
+        [AtomicOp::Add, AtomicOp::Max, AtomicOp::Min].map(AtomicOp::code),
+        [0, 1, 2]
+    );
+}
+
+#[test]
+fn atomic_operand_limits_are_enforced_at_encode_and_decode() {
+    let atomic = |len: usize| Transaction {
+        mutations: vec![
+            Mutation::Clear { key: "a".into() },
+            Mutation::Atomic {
+                op: AtomicOp::Max,
+                key: "k".into(),
+                operand: Bytes::from(vec![0xffu8; len]),
+            },
+        ],
+        ..Transaction::default()
+    };
+    assert!(atomic(1).encode().is_ok());
+    assert!(atomic(VALUE_BYTES_MAX).encode().is_ok());
+    assert_eq!(
+        atomic(0).encode(),
+        Err(WireError::EmptyOperand { index: 1 })
+    );
+    let over = WireError::OperandTooLarge {
+        index: 1,
+        len: VALUE_BYTES_MAX + 1,
+        max: VALUE_BYTES_MAX,
+    };
+    assert_eq!(atomic(VALUE_BYTES_MAX + 1).encode(), Err(over));
+
+    assert_eq!(
+        Transaction::decode(&forged_atomic(0, &[])),
+        Err(WireError::EmptyOperand { index: 0 })
+    );
+    assert_eq!(
+        Transaction::decode(&forged_atomic(2, &vec![0u8; VALUE_BYTES_MAX + 1])),
+        Err(WireError::OperandTooLarge {
+            index: 0,
+            len: VALUE_BYTES_MAX + 1,
+            max: VALUE_BYTES_MAX
+        })
+    );
+    // The key of an atomic operation is limited like any other.
+    let long_key = Transaction {
+        mutations: vec![Mutation::Atomic {
+            op: AtomicOp::Add,
+            key: Bytes::from(vec![b'k'; KEY_BYTES_MAX + 1]),
+            operand: Bytes::from_static(&[1]),
+        }],
+        ..Transaction::default()
+    };
+    assert!(matches!(
+        long_key.encode(),
+        Err(WireError::KeyTooLarge {
+            section: Section::Mutations,
+            index: 0,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn an_unknown_atomic_operation_is_named_not_guessed() {
+    assert_eq!(
+        Transaction::decode(&forged_atomic(3, &[1])),
+        Err(WireError::UnknownAtomicOp { index: 0, code: 3 })
+    );
+    assert_eq!(
+        Transaction::decode(&forged_atomic(0xff, &[1])),
+        Err(WireError::UnknownAtomicOp {
+            index: 0,
+            code: 0xff
         })
     );
 }

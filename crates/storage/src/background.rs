@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use strata_core::{ErrorKind, KeyRange, Mutation, Result, Version};
 
+use crate::atomic::Bases;
 use crate::codec::{DATA, DURABLE_VERSION, META, decode_entry};
 use crate::errors::{db_error, error, guarded};
 use crate::files::write_tx;
@@ -15,10 +16,17 @@ use crate::server::Inner;
 use crate::window::Flushed;
 
 impl Inner {
-    /// Applies pulled entries, in order, unless a roll back happened since they were pulled.
-    fn apply(&self, generation: u64, entries: Vec<(Version, Vec<Mutation>)>) -> Result<()> {
+    /// Applies pulled entries, in order, unless a roll back happened since they were pulled;
+    /// their atomic operations with `bases` (see `atomic.rs`), unless those are of another
+    /// applied version (then the entries are dropped, and pulled again).
+    fn apply(
+        &self,
+        generation: u64,
+        entries: Vec<(Version, Vec<Mutation>)>,
+        bases: &Bases,
+    ) -> Result<()> {
         let mut st = self.state()?;
-        if st.generation != generation {
+        if st.generation != generation || bases.applied.is_some_and(|at| at != st.applied) {
             return Ok(());
         }
         for (version, mutations) in entries {
@@ -26,7 +34,7 @@ impl Inner {
                 continue;
             }
             for (seq, m) in (0u32..).zip(mutations) {
-                st.window.apply((version, seq), m, &self.shards);
+                st.window.apply((version, seq), m, &self.shards, bases)?;
             }
             st.applied = version;
         }
@@ -56,7 +64,13 @@ impl Inner {
                 .into_iter()
                 .map(|e| decode_entry(e.version, e.payload))
                 .collect();
-            let result = decoded.and_then(|entries| self.apply(generation, entries));
+            let result = match decoded {
+                Ok(entries) => match self.atomic_bases(&entries).await {
+                    Ok(bases) => self.apply(generation, entries, &bases),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
             if let Err(e) = result {
                 tracing::error!(error = %e, "storage stopped applying");
                 if let Ok(mut st) = self.state() {

@@ -29,6 +29,11 @@
 //!   each flush. That suits one server on one log only: with several servers per log, or several
 //!   logs, turn it off and pop each log centrally below the smallest durable version of all the
 //!   servers that read it.
+//! - Mutations apply in version order, and in order within a version. An atomic operation
+//!   ([`strata_core::AtomicOp`]) applies to its key's value just before it, from the window or
+//!   else from redb (read on a blocking thread before the apply takes the state lock), and is
+//!   kept as the set of its result: reads, flushes, roll backs and restarts see only sets.
+//!   Replaying entries over the same durable state gives the same values.
 //! - A restart opens redb, reads the durable version and pulls from the log after it: nothing
 //!   applied twice, nothing lost. A file holds the shards it was first opened for: opening it
 //!   for others is `Corruption` (a file of another server). A new file is made under a
@@ -71,7 +76,8 @@
 //! # Inside
 //!
 //! `server.rs` holds the [`RedbStorage`] handle and its state; `read.rs` the reads;
-//! `background.rs` the apply and flush loops; `window.rs` the in-memory versions; `files.rs`
+//! `background.rs` the apply and flush loops; `window.rs` the in-memory versions; `atomic.rs`
+//! the values atomic operations apply to; `files.rs`
 //! creating, opening and closing the file and reading it without a server; `overlay.rs` the
 //! read-only backend that makes that possible; `codec.rs` the tables and records; `errors.rs`
 //! the mapping of redb's errors and panics.
@@ -118,6 +124,7 @@
 //! # }).unwrap();
 //! //! ```
 
+mod atomic;
 mod background;
 mod codec;
 mod errors;

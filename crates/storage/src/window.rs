@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use strata_core::merge::Answer;
-use strata_core::{Key, KeyRange, Mutation, Value, Version};
+use strata_core::{Key, KeyRange, Mutation, Result, Value, Version};
+
+use crate::atomic::Bases;
 
 /// When a mutation happened: its commit version, then its place among the mutations of that
 /// version (a transaction may clear a range and then set a key inside it, at one version).
@@ -32,8 +34,17 @@ impl Window {
         self.len
     }
 
-    /// Applies one mutation at `stamp`, keeping only the parts inside `shards`.
-    pub(crate) fn apply(&mut self, stamp: Stamp, mutation: Mutation, shards: &[KeyRange]) {
+    /// Applies one mutation at `stamp`, keeping only the parts inside `shards`. An atomic
+    /// operation is applied to the key's value just before it: the window's answer, or where
+    /// the window knows nothing of the key, the value `bases` holds for it (see
+    /// `atomic.rs`); it is kept as the set of its result.
+    pub(crate) fn apply(
+        &mut self,
+        stamp: Stamp,
+        mutation: Mutation,
+        shards: &[KeyRange],
+        bases: &Bases,
+    ) -> Result<()> {
         match mutation {
             Mutation::Set { key, value } => self.point(stamp, key, Some(value), shards),
             Mutation::Clear { key } => self.point(stamp, key, None, shards),
@@ -43,7 +54,19 @@ impl Window {
                     self.len += 1;
                 }
             }
+            Mutation::Atomic { op, key, operand } => {
+                if shards.iter().any(|s| s.contains(&key)) {
+                    let before = match self.get(&key, stamp.0) {
+                        Answer::Value(v) => Some(v),
+                        Answer::Deleted => None,
+                        Answer::Unknown => bases.before(&key)?,
+                    };
+                    let value = op.apply(before.as_deref(), &operand);
+                    self.point(stamp, key, Some(value), shards);
+                }
+            }
         }
+        Ok(())
     }
 
     fn point(&mut self, stamp: Stamp, key: Key, value: Option<Value>, shards: &[KeyRange]) {
@@ -177,6 +200,10 @@ mod tests {
         vec![KeyRange::new("", "\u{7f}").unwrap()]
     }
 
+    fn put(w: &mut Window, stamp: Stamp, m: Mutation, shards: &[KeyRange]) {
+        w.apply(stamp, m, shards, &Bases::default()).unwrap();
+    }
+
     fn set(k: &'static str, v: &'static str) -> Mutation {
         Mutation::Set {
             key: k.into(),
@@ -187,15 +214,16 @@ mod tests {
     #[test]
     fn clear_then_set_in_one_version_keeps_the_set() {
         let mut w = Window::default();
-        w.apply((Version(5), 0), set("a", "old"), &all());
-        w.apply(
+        put(&mut w, (Version(5), 0), set("a", "old"), &all());
+        put(
+            &mut w,
             (Version(9), 0),
             Mutation::ClearRange {
                 range: KeyRange::new("a", "z").unwrap(),
             },
             &all(),
         );
-        w.apply((Version(9), 1), set("b", "new"), &all());
+        put(&mut w, (Version(9), 1), set("b", "new"), &all());
         assert_eq!(w.get(b"a", Version(8)), Answer::Value("old".into()));
         assert_eq!(w.get(b"a", Version(9)), Answer::Deleted);
         assert_eq!(w.get(b"b", Version(9)), Answer::Value("new".into()));
@@ -207,9 +235,10 @@ mod tests {
     fn mutations_outside_the_shards_are_dropped() {
         let mut w = Window::default();
         let shards = vec![KeyRange::new("m", "n").unwrap()];
-        w.apply((Version(1), 0), set("a", "x"), &shards);
-        w.apply((Version(1), 1), set("m1", "x"), &shards);
-        w.apply(
+        put(&mut w, (Version(1), 0), set("a", "x"), &shards);
+        put(&mut w, (Version(1), 1), set("m1", "x"), &shards);
+        put(
+            &mut w,
             (Version(1), 2),
             Mutation::ClearRange {
                 range: KeyRange::new("a", "z").unwrap(),
@@ -227,12 +256,64 @@ mod tests {
     fn forgetting_moves_the_window() {
         let mut w = Window::default();
         for v in 1..=10 {
-            w.apply((Version(v), 0), set("k", "v"), &all());
+            put(&mut w, (Version(v), 0), set("k", "v"), &all());
         }
         w.forget_through(Version(7));
         assert_eq!(w.len(), 3);
         w.forget_after(Version(8));
         assert_eq!(w.len(), 1);
         assert_eq!(w.get(b"k", Version(7)), Answer::Unknown);
+    }
+
+    fn add(k: &'static str, n: u8) -> Mutation {
+        Mutation::Atomic {
+            op: strata_core::AtomicOp::Add,
+            key: k.into(),
+            operand: Value::from(vec![n]),
+        }
+    }
+
+    #[test]
+    fn an_atomic_operation_applies_to_the_newest_state_before_it_and_is_kept_as_a_set() {
+        let mut w = Window::default();
+        put(&mut w, (Version(1), 0), set("a", "\x05"), &all());
+        put(&mut w, (Version(2), 0), add("a", 1), &all());
+        // Within one version, in order: after a clear the value is missing, so the operand.
+        put(
+            &mut w,
+            (Version(3), 0),
+            Mutation::ClearRange {
+                range: KeyRange::new("a", "b").unwrap(),
+            },
+            &all(),
+        );
+        put(&mut w, (Version(3), 1), add("a", 7), &all());
+        put(&mut w, (Version(3), 2), add("a", 1), &all());
+        assert_eq!(w.get(b"a", Version(1)), Answer::Value("\x05".into()));
+        assert_eq!(w.get(b"a", Version(2)), Answer::Value("\x06".into()));
+        assert_eq!(w.get(b"a", Version(3)), Answer::Value("\x08".into()));
+        assert_eq!(w.len(), 5);
+    }
+
+    #[test]
+    fn a_key_the_window_does_not_know_takes_its_value_from_the_bases_or_fails() {
+        let mut w = Window::default();
+        // No base for `k`: the apply refuses rather than guess that the key is missing.
+        let no_base = w.apply((Version(1), 0), add("k", 1), &all(), &Bases::default());
+        assert!(no_base.is_err());
+        assert_eq!(w.len(), 0);
+        // Outside the shards an operation needs no base: it is dropped.
+        let shards = vec![KeyRange::new("m", "n").unwrap()];
+        w.apply((Version(1), 0), add("k", 1), &shards, &Bases::default())
+            .unwrap();
+        assert_eq!(w.len(), 0);
+
+        let bases = Bases::with(Version(0), [(Key::from("k"), Some(Value::from("\x09")))]);
+        w.apply((Version(1), 0), add("k", 1), &all(), &bases)
+            .unwrap();
+        // The second one applies to the first one's result in the window, not to the base.
+        w.apply((Version(1), 1), add("k", 1), &all(), &bases)
+            .unwrap();
+        assert_eq!(w.get(b"k", Version(1)), Answer::Value("\x0b".into()));
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_core::{
-    Epoch, ErrorKind, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire,
+    AtomicOp, Epoch, ErrorKind, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire,
 };
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_testkit::MemoryLog;
@@ -45,8 +45,8 @@ impl Lcg {
     }
 }
 
-/// One to three sets, clears and range clears over `keys` keys, with values tagged `tag` so
-/// that two histories over the same versions differ.
+/// One to three sets, clears, range clears and atomic operations over `keys` keys, with values
+/// tagged `tag` so that two histories over the same versions differ.
 fn batch(rng: &mut Lcg, keys: u64, tag: &str, version: u64) -> Vec<Mutation> {
     (0..=rng.below(3))
         .map(|i| match rng.below(8) {
@@ -59,6 +59,11 @@ fn batch(rng: &mut Lcg, keys: u64, tag: &str, version: u64) -> Vec<Mutation> {
                     range: KeyRange::new(lo, hi).unwrap(),
                 }
             }
+            2 => Mutation::Atomic {
+                op: AtomicOp::ALL[rng.below(3) as usize],
+                key: rng.key(keys),
+                operand: Bytes::from(format!("{tag}{i}")),
+            },
             _ => Mutation::Set {
                 key: rng.key(keys),
                 value: Bytes::from(format!("{tag}{version}.{i}")),
@@ -76,6 +81,10 @@ fn apply(state: &mut State, m: &Mutation) {
             state.remove(key);
         }
         Mutation::ClearRange { range } => state.retain(|k, _| !range.contains(k)),
+        Mutation::Atomic { op, key, operand } => {
+            let value = op.apply(state.get(key).map(|v| v.as_ref()), operand);
+            state.insert(key.clone(), value);
+        }
     }
 }
 

@@ -96,7 +96,7 @@ async fn build(path: &Path, crashed: &Path, rng: &mut SplitMix64) -> (Version, S
                 Mutation::Clear { key } => {
                     state.remove(key);
                 }
-                Mutation::ClearRange { .. } => unreachable!(),
+                Mutation::ClearRange { .. } | Mutation::Atomic { .. } => unreachable!(),
             }
         }
         let payload = wire::encode_parts(None, &[], &[], &mutations, Some(Version(v))).unwrap();

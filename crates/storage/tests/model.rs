@@ -1,5 +1,5 @@
 //! The storage server against a model: the full state after every version, as a `BTreeMap`.
-//! Random batches of sets, clears and range clears; reports of committed versions lagging the
+//! Random batches of sets, clears, range clears and atomic operations; reports of committed versions lagging the
 //! newest batch; flushes to redb at random points; point and range reads (forward, reverse,
 //! with limits) at random versions.
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 use strata_core::{
-    Epoch, ErrorKind, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire,
+    AtomicOp, Epoch, ErrorKind, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire,
 };
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_testkit::MemoryLog;
@@ -42,6 +42,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
             KeyRange::new(lo, hi).ok().map(|range| Mutation::ClearRange { range })
         }),
+        2 => (prop::sample::select(AtomicOp::ALL.to_vec()), key(), proptest::collection::vec(any::<u8>(), 1..3))
+            .prop_map(|(op, key, operand)| Mutation::Atomic { op, key, operand: Bytes::from(operand) }),
     ]
 }
 
@@ -65,6 +67,10 @@ fn apply(state: &mut State, m: &Mutation) {
             state.remove(key);
         }
         Mutation::ClearRange { range } => state.retain(|k, _| !range.contains(k)),
+        Mutation::Atomic { op, key, operand } => {
+            let value = op.apply(state.get(key).map(|v| v.as_ref()), operand);
+            state.insert(key.clone(), value);
+        }
     }
 }
 

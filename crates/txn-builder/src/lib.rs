@@ -14,13 +14,24 @@
 //!
 //! - Every read is at the read version taken from the sequencer when the transaction begins,
 //!   from the storage server owning the key (a range read asks each shard it spans in turn).
-//! - Read-your-writes: `get` and `get_range` see the transaction's own `set`, `clear` and
-//!   `clear_range` merged over the snapshot ([`strata_core::merge`]); a key its writes answer
-//!   is not read from storage. `snapshot_get` and `snapshot_get_range` see storage alone.
+//! - Read-your-writes: `get` and `get_range` see the transaction's own `set`, `clear`,
+//!   `clear_range` and atomic operations merged over the snapshot ([`strata_core::merge`]); a
+//!   key its writes answer is not read from storage. `snapshot_get` and `snapshot_get_range`
+//!   see storage alone.
 //! - Conflict ranges: a read adds what it read as a read conflict (a point read, the key; a
 //!   range read, the whole range, or up to its last pair when the limit cut it short); a read
 //!   that own writes answer adds none, nor does a snapshot read, nor a range read of limit 0.
 //!   Every write adds its key or range as a write conflict.
+//! - Atomic operations ([`Transaction::atomic`], [`Transaction::atomic_add`],
+//!   [`Transaction::atomic_max`], [`Transaction::atomic_min`],
+//!   [`Transaction::atomic_add_i64`]; semantics in [`strata_core::AtomicOp`]) are applied by
+//!   the storage servers to the key's value at the commit version. They add a write conflict
+//!   on the key and **no read conflict**, so concurrent operations on one key never conflict.
+//!   After a `set`, `clear` or `clear_range` of the key, the transaction folds an operation
+//!   into its own view of the key at once; otherwise reading the key reads storage (with the
+//!   read conflict any read adds) and applies the transaction's operations on it, in order,
+//!   and a range read shows them too, keys they create included. A later `set`, `clear` or
+//!   `clear_range` of the key replaces them. The mutations are sent as made, either way.
 //! - A transaction commits once. After it, reads and a second commit are `InvalidRequest`,
 //!   writes are dropped (with a warning). A transaction that wrote nothing commits at once at
 //!   its read version, without a proxy.
@@ -45,6 +56,7 @@
 //! |----------------------|----------------------------------------------------------------|
 //! | key                  | [`strata_core::KEY_BYTES_MAX`] = 10,000 bytes                  |
 //! | value                | [`strata_core::VALUE_BYTES_MAX`] = 100,000 bytes               |
+//! | atomic operand       | 1 to [`strata_core::VALUE_BYTES_MAX`] bytes                    |
 //! | encoded transaction  | [`strata_core::TRANSACTION_BYTES_MAX`] = 10,000,000 bytes      |
 //! | read version         | as old as the storage servers' MVCC window (else `TooOld`)     |
 //! | transaction lifetime | [`TransactionOptions::lifetime`], default and at most [`strata_core::TRANSACTION_LIFETIME_MAX`] = 5 s (else `TransactionExpired`) |
@@ -52,7 +64,7 @@
 //! | `run`, attempts      | [`RetryConfig::attempts_max`], default 50; waits from 200 µs up to 50 ms |
 //!
 //! The sizes are checked when the transaction is encoded at commit: the commit fails with the
-//! [`strata_core::WireError`] that names the key, value or size, and nothing is sent. Writes
+//! [`strata_core::WireError`] that names the key, value, operand or size, and nothing is sent. Writes
 //! are buffered in memory until then. What it is not: a cache. Every read that its own writes
 //! do not answer goes to storage.
 //!
@@ -99,6 +111,10 @@
 //! #                 Mutation::Set { key, value } => { map.insert(key, value); }
 //! #                 Mutation::Clear { key } => { map.remove(&key); }
 //! #                 Mutation::ClearRange { range } => map.retain(|k, _| !range.contains(k)),
+//! #                 Mutation::Atomic { op, key, operand } => {
+//! #                     let value = op.apply(map.get(&key).map(|v| v.as_ref()), &operand);
+//! #                     map.insert(key, value);
+//! #                 }
 //! #             }
 //! #         }
 //! #         Ok(Version(1))
@@ -130,6 +146,19 @@
 //!     ("user/1".into(), "ada".into()),
 //!     ("user/2".into(), "grace".into()),
 //! ]);
+//!
+//! // Atomic operations read nothing, so concurrent ones never conflict; the storage servers
+//! // add to whatever the counter holds when each commits.
+//! for _ in 0..3 {
+//!     let tx = db.begin().await?;
+//!     tx.atomic_add_i64("visits".into(), 2);
+//!     tx.commit().await?;
+//! }
+//! let tx = db.begin().await?;
+//! tx.atomic_add_i64("visits".into(), -1);
+//! // The transaction sees its own operation over the stored value: 6 - 1.
+//! let visits = tx.get(&"visits".into()).await?;
+//! assert_eq!(strata_core::atomic::le_u64(visits.as_deref()), 5);
 //! # Ok::<(), strata_core::Error>(())
 //! # }).unwrap();
 //! ```
@@ -377,6 +406,8 @@ struct TxState {
     writes: BTreeMap<Key, Option<Value>>,
     /// Ranges the transaction cleared (point writes after the clear are in `writes`).
     cleared: Vec<KeyRange>,
+    /// Atomic operations on keys whose value is not known yet (see `atomic.rs`).
+    pending: atomic::Pending,
     mutations: Vec<Mutation>,
     read_conflicts: Vec<KeyRange>,
     write_conflicts: Vec<KeyRange>,
@@ -450,7 +481,7 @@ impl Transaction {
                 self.state()?
                     .read_conflicts
                     .push(KeyRange::single(key.clone()));
-                Ok(value)
+                self.with_pending(key, value)
             }
         }
     }
@@ -603,19 +634,7 @@ impl Transaction {
                 _ => r.clone(),
             };
             // Local writes are newer than the snapshot; both layers go in ascending.
-            let writes = st
-                .writes
-                .range::<[u8], _>((
-                    Bound::Included(covered.begin().as_ref()),
-                    Bound::Excluded(covered.end().as_ref()),
-                ))
-                .map(|(k, v)| {
-                    let answer = match v {
-                        Some(v) => Answer::Value(v.clone()),
-                        None => Answer::Deleted,
-                    };
-                    (k.clone(), answer)
-                });
+            let writes = st.newer_layer(&covered, &page.entries, reverse);
             if reverse {
                 page.entries.reverse();
             }
@@ -644,6 +663,7 @@ impl Transaction {
         self.write(|st| {
             st.write_conflicts.push(KeyRange::single(key.clone()));
             st.writes.insert(key.clone(), Some(value.clone()));
+            st.pending.discard(&key);
             st.mutations.push(Mutation::Set { key, value });
         });
     }
@@ -653,6 +673,7 @@ impl Transaction {
         self.write(|st| {
             st.write_conflicts.push(KeyRange::single(key.clone()));
             st.writes.insert(key.clone(), None);
+            st.pending.discard(&key);
             st.mutations.push(Mutation::Clear { key });
         });
     }
@@ -672,6 +693,7 @@ impl Transaction {
                 st.writes.remove(&k);
             }
             st.write_conflicts.push(range.clone());
+            st.pending.discard_range(&range);
             st.cleared.push(range.clone());
             st.mutations.push(Mutation::ClearRange { range });
         });
@@ -724,6 +746,8 @@ fn rest_after(range: &KeyRange, key: &Key, reverse: bool) -> Option<KeyRange> {
         .ok()
     }
 }
+
+mod atomic;
 
 #[cfg(test)]
 mod tests;

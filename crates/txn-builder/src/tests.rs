@@ -14,6 +14,8 @@ use strata_core::{
 
 use super::*;
 
+mod atomic;
+
 const READ_VERSION: Version = Version(100);
 
 /// Hands out one read version; commits never reach it (the fake proxy answers them).

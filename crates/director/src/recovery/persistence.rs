@@ -96,6 +96,7 @@ async fn persist(
             Mutation::Set { key, value } => tx.set(key, value),
             Mutation::Clear { key } => tx.clear(key),
             Mutation::ClearRange { range } => tx.clear_range(range),
+            Mutation::Atomic { op, key, operand } => tx.atomic(op, key, operand),
         }
     }
     at(Stage::CommitProxy);
@@ -198,6 +199,10 @@ mod tests {
                     store.remove(key);
                 }
                 Mutation::ClearRange { range } => store.retain(|k, _| !range.contains(k)),
+                Mutation::Atomic { op, key, operand } => {
+                    let value = op.apply(store.get(key).map(|v| v.as_ref()), operand);
+                    store.insert(key.clone(), value);
+                }
             }
         }
         store
