@@ -1,5 +1,5 @@
-//! Strata as an embedded library: open (recover) the store in a directory, count a visit in a
-//! transaction, list the visitors by range, and stop.
+//! Strata as an embedded library: open (recover) the store in a directory, count a visit with
+//! an atomic add, list the visitors by range, and stop.
 //!
 //! Run: `cargo run -p strata-director --example visits -- ./visits-data ada`; each run counts
 //! one more visit. `cargo test --workspace` runs it too, on a temporary directory.
@@ -17,17 +17,26 @@ use strata_director::{EmbeddedCluster, EmbeddedConfig, Key, KeyRange, Result};
 async fn visit(dir: &Path, who: &str) -> Result<(u64, Vec<String>)> {
     let cluster = EmbeddedCluster::start(dir, EmbeddedConfig::default()).await?;
     let db = cluster.database();
-    let who = who.to_owned();
+    let key = Key::from(format!("visits/{who}"));
+    // The visit: an atomic add, applied by the storage servers to whatever the count is then.
+    // It writes the key without reading it, so visits at the same time never conflict.
+    db.run(|tx| {
+        let key = key.clone();
+        async move {
+            tx.atomic_add_i64(key, 1);
+            Ok(())
+        }
+    })
+    .await?;
+    // Reading it back, with everyone who visited, in a transaction of its own.
     let (answer, _version) = db
         .run(|tx| {
-            let who = who.clone();
+            let key = key.clone();
             async move {
-                let key = Key::from(format!("visits/{who}"));
                 let seen = match tx.get(&key).await? {
                     Some(v) => u64::from_le_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
                     None => 0,
                 };
-                tx.set(key, (seen + 1).to_le_bytes().to_vec().into());
                 // A bad range is an error of the transaction: `?` works here.
                 let range = KeyRange::new("visits/", "visits0")?;
                 let everyone = tx.get_range(&range, 100, false).await?;
@@ -35,7 +44,7 @@ async fn visit(dir: &Path, who: &str) -> Result<(u64, Vec<String>)> {
                     .iter()
                     .map(|(k, _)| String::from_utf8_lossy(&k[b"visits/".len()..]).into_owned())
                     .collect();
-                Ok((seen + 1, names))
+                Ok((seen, names))
             }
         })
         .await?;
