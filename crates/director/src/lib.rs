@@ -115,6 +115,12 @@ pub mod snapshot;
 pub mod status;
 pub mod workload;
 
+/// The README's library example, compiled by `cargo test` (it is `no_run`: it would open
+/// `./strata-data`) so that it cannot rot; `examples/visits.rs` is the one that runs.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExample;
+
 pub use check::{CheckReport, Finding, verify};
 pub use cluster::{EmbeddedCluster, Serving, serve};
 pub use config::EmbeddedConfig;
