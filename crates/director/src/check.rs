@@ -354,6 +354,24 @@ pub(crate) async fn read_holdings(
     })
 }
 
+/// Opens the log at `dir` that the coordinated state names as `place`, which must exist and
+/// hold `committed` (see [`OpenMode::Existing`]), with the default tuning: how the tools that
+/// only read (`strata check`, a [`crate::Snapshot`]) open logs for [`read_holdings`].
+pub(crate) fn open_named_log(
+    dir: &Path,
+    place: &LogPlace,
+    committed: Version,
+) -> Result<Arc<FileLog>> {
+    FileLog::open_dir(
+        Arc::new(RealFs),
+        dir,
+        place.id,
+        OpenMode::Existing { committed },
+        FileLogConfig::default(),
+    )
+    .map(Arc::new)
+}
+
 /// Reads everything in `data_dir` and reports each inconsistency, changing no data: the
 /// coordinated state against the directory ([`check_directory`]), every storage file and every
 /// log it names (`read_holdings`), and whether some log holds all the history the next
@@ -376,22 +394,7 @@ pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
         return Ok(report);
     };
     report.epoch = Some(state.epoch);
-    let held = read_holdings(
-        data_dir,
-        Some(&state),
-        state.storage,
-        |dir, place, committed| {
-            FileLog::open_dir(
-                Arc::new(RealFs),
-                dir,
-                place.id,
-                OpenMode::Existing { committed },
-                FileLogConfig::default(),
-            )
-            .map(Arc::new)
-        },
-    )
-    .await?;
+    let held = read_holdings(data_dir, Some(&state), state.storage, open_named_log).await?;
     report.storage = (0..state.storage)
         .map(|i| format!("storage/{i}.redb"))
         .zip(held.durable.iter().copied())

@@ -18,7 +18,7 @@
 //! - [`EmbeddedCluster`] and [`serve`]: the running epoch, its health check, the coordinator
 //!   loop and monitoring (a failed stage ends the epoch and starts the next); the watermark
 //!   task that tells storage servers what is committed and pops the logs.
-//! - [`snapshot`], [`dump`] and [`status`]: what a data directory holds, read without
+//! - [`snapshot`], [`dump`] and [`status`](mod@status): what a data directory holds, read without
 //!   starting an epoch.
 //! - [`owner`]: one owner per data directory, taken first by every command.
 //! - [`workload`]: Cycle, Increment (ledger) and the load generator, run by one driver that the

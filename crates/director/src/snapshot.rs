@@ -6,9 +6,15 @@
 //! server read-only ([`StorageConfig::read_only`]) so that it follows a log up to the newest
 //! recoverable version (the newest version every log holds: what the next recovery would
 //! keep), replaying in memory what its file does not hold yet, as recovery would. Reads are
-//! then answered at that one version. Nothing is written, beyond what any open of a log does
-//! (a genuine torn write at its very end is cut off). History the logs no longer hold is an
-//! error naming the versions missing, as it is for recovery.
+//! then answered at that one version. A directory recovery would refuse ([`crate::check`]) is
+//! refused before anything is read, and history the logs no longer hold is an error naming
+//! the versions missing, as it is for recovery.
+//!
+//! No data is written. Opening a log does what any open of it does after a crash: it cuts a
+//! genuine torn write at its very end (never a record of a version known committed) and
+//! removes the files a crash left that never held a record (a spare segment being prepared,
+//! a segment torn at its creation, a manifest not yet renamed), and it creates the log's
+//! `LOCK` file when missing. The directory's `strata.lock` gets the reader's process id.
 //!
 //! ```no_run
 //! # async fn example() -> strata_core::Result<()> {
@@ -25,13 +31,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use strata_core::{ErrorKind, Key, KeyRange, Result, StorageServer, Value, Version};
 use strata_storage::{RedbStorage, StorageConfig};
-use strata_tlog::fs::RealFs;
-use strata_tlog::{FileLog, FileLogConfig, OpenMode};
+use strata_tlog::FileLog;
 
-use crate::check::read_holdings;
+use crate::check::{check_directory, open_named_log, read_holdings};
 use crate::coordinator::{CoordinatedState, FileStateStore, StateStore};
 use crate::owner::{DirectoryLock, lock_directory};
 use crate::{error, split_ranges};
+
+/// How long a storage server may replay without progress before [`Snapshot::open`] gives up.
+const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A read-only view of a data directory at its newest recoverable version. See the module docs.
 pub struct Snapshot {
@@ -61,7 +69,17 @@ impl Snapshot {
     /// the history a storage server needs (`Corruption`).
     pub async fn open(data_dir: &Path) -> Result<Snapshot> {
         let owner = lock_directory(data_dir, false)?;
-        let state = FileStateStore::new(data_dir).read()?.ok_or_else(|| {
+        let state = FileStateStore::new(data_dir).read()?;
+        // What recovery refuses, a read refuses too, before it reads anything: a state that
+        // does not match the directory would answer from the wrong logs (or none).
+        if let Some(first) = check_directory(data_dir, state.as_ref()).first() {
+            return Err(error(ErrorKind::Corruption(format!(
+                "{}: {}",
+                data_dir.join(&first.file).display(),
+                first.problem
+            ))));
+        }
+        let state = state.ok_or_else(|| {
             error(ErrorKind::Unavailable(format!(
                 "no cluster in {}: run `strata recover` first",
                 data_dir.display()
@@ -70,22 +88,7 @@ impl Snapshot {
         // As recovery reads it: storage first, then each log opened with the version known
         // committed that it must hold, so a damaged record of a committed version is an error,
         // never cut off as a torn write.
-        let held = read_holdings(
-            data_dir,
-            Some(&state),
-            state.storage,
-            |dir, place, committed| {
-                FileLog::open_dir(
-                    Arc::new(RealFs),
-                    dir,
-                    place.id,
-                    OpenMode::Existing { committed },
-                    FileLogConfig::default(),
-                )
-                .map(Arc::new)
-            },
-        )
-        .await?;
+        let held = read_holdings(data_dir, Some(&state), state.storage, open_named_log).await?;
         let close_logs = |held: &crate::check::Holdings| {
             for (_, log) in &held.logs {
                 log.close();
@@ -174,10 +177,36 @@ impl Snapshot {
                 RedbStorage::open(path, vec![shard.clone()], follow.clone(), read_only).await?;
             self.servers.push((shard, Arc::new(server)));
         }
-        for (_, server) in &self.servers {
-            server.wait_applied(self.version).await?;
+        for (i, (_, server)) in self.servers.iter().enumerate() {
+            self.caught_up(i, server).await?;
         }
         Ok(())
+    }
+
+    /// Waits until `server` (storage server `i`) applied the snapshot's version, for as long
+    /// as it makes progress: a server whose applied version stands still for
+    /// [`STALL_AFTER`] is an error naming where it stopped, never a wait without end.
+    async fn caught_up(&self, i: usize, server: &RedbStorage) -> Result<()> {
+        let mut reached = server.applied_version().await?;
+        loop {
+            match tokio::time::timeout(STALL_AFTER, server.wait_applied(self.version)).await {
+                Ok(done) => return done,
+                Err(_) => {
+                    let now = server.applied_version().await?;
+                    if now == reached {
+                        return Err(error(ErrorKind::Timeout {
+                            what: format!(
+                                "storage server {i} to replay up to {} from the logs (it stands \
+                                 at {now})",
+                                self.version
+                            ),
+                            after_ms: u64::try_from(STALL_AFTER.as_millis()).unwrap_or(u64::MAX),
+                        }));
+                    }
+                    reached = now;
+                }
+            }
+        }
     }
 
     /// The coordinated state as stored.
@@ -211,6 +240,11 @@ impl Snapshot {
             };
             let left = limit.saturating_sub(entries.len());
             if left == 0 {
+                // The limit is reached: more exist only if this shard holds a key of the range.
+                let probe = server.get_range(part, self.version, 1, false).await?;
+                if probe.entries.is_empty() {
+                    continue;
+                }
                 return Ok((entries, true));
             }
             let read = server.get_range(part, self.version, left, false).await?;

@@ -1,5 +1,5 @@
 //! `strata status`: the epoch, layout, versions, sizes and health of a cluster, read from a
-//! data directory without starting an epoch ([`status`]) or from a running cluster
+//! data directory without starting an epoch ([`status()`]) or from a running cluster
 //! ([`crate::EmbeddedCluster::status`], the interactive shell's).
 
 use std::path::Path;

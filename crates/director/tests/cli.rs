@@ -5,30 +5,15 @@
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+#[path = "common/bin.rs"]
+mod bin;
 mod common;
+
+use bin::{ok, strata};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-
-fn strata(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = strata(dir, args);
-    assert!(
-        out.status.success(),
-        "strata {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use std::process::{Child, Command, Stdio};
 
 /// `strata serve` on `dir` in a child process, once it serves, with the rest of its output.
 fn serving(dir: &Path) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {

@@ -5,30 +5,15 @@
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+#[path = "common/bin.rs"]
+mod bin;
 mod common;
+
+use bin::{ok, strata};
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-fn strata(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = strata(dir, args);
-    assert!(
-        out.status.success(),
-        "strata {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Runs `args`, which must fail with `code` and exactly one line on stderr; returns it.
 fn refused(dir: &Path, args: &[&str], code: i32) -> String {
@@ -346,4 +331,89 @@ fn a_failed_shell_line_is_reported_and_the_script_exits_1() {
         assert!(stdout.contains(&format!("  {command} ")), "{stdout}");
     }
     assert_eq!(ok(d, &["get", "k"]).trim(), "`k' is `v'");
+}
+
+#[test]
+fn a_read_at_rest_refuses_what_recovery_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["set", "hello", "world"]);
+    let state_file = d.join("coordinated.json");
+    let good = std::fs::read(&state_file).unwrap();
+
+    // A state that names no logs while the logs hold records: recovery refuses it, and a read
+    // must not answer "not found" from it.
+    let mut state = json(&String::from_utf8(good.clone()).unwrap());
+    state["logs"] = serde_json::json!([]);
+    state["recovery_version"] = serde_json::json!(0);
+    std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let recover = refused(d, &["recover"], 1);
+    assert!(recover.contains("names no logs"), "{recover}");
+    for args in [
+        &["get", "hello"][..],
+        &["getrange", ""],
+        &["workload", "check"],
+        &["dump"],
+    ] {
+        let read = refused(d, args, 1);
+        assert!(read.contains("names no logs"), "strata {args:?}: {read}");
+    }
+
+    // No state at all, beside data: not a new cluster, and not "run recover" either.
+    std::fs::remove_file(&state_file).unwrap();
+    let read = refused(d, &["get", "hello"], 1);
+    assert!(!read.contains("run `strata recover` first"), "{read}");
+    std::fs::write(&state_file, &good).unwrap();
+    assert_eq!(ok(d, &["get", "hello"]).trim(), "`hello' is `world'");
+}
+
+#[test]
+fn a_range_at_rest_says_more_only_when_more_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Two storage servers: `a` and `b` on the first, nothing on the second.
+    ok(d, &["recover", "--storage", "2"]);
+    ok(d, &["set", "a", "1"]);
+    ok(d, &["set", "b", "2"]);
+    let exact = json(&ok(d, &["getrange", "", "--limit", "2", "--json"]));
+    assert_eq!(exact["pairs"].as_array().unwrap().len(), 2);
+    assert_eq!(exact["more"], false, "{exact}");
+    // A key on the second server is more.
+    ok(d, &["set", r"\x90", "3"]);
+    let more = json(&ok(d, &["getrange", "", "--limit", "2", "--json"]));
+    assert_eq!(more["more"], true, "{more}");
+    let all = json(&ok(d, &["getrange", "", "--limit", "3", "--json"]));
+    assert_eq!(all["more"], false, "{all}");
+    assert_eq!(all["pairs"][2]["key"], r"\x90");
+}
+
+#[test]
+fn shell_words_take_quotes_dashes_and_skip_a_line_that_is_not_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut script = b"set k -5\nset \"my key\"s v\nset \"a\\\\\" x\n".to_vec();
+    script.extend_from_slice(b"\xff\xfe\n");
+    script.extend_from_slice(b"get k\nget \"my keys\"\nget a\\\\\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["shell", "--data-dir"])
+        .arg(d)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&script).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    // The line that is not text fails alone; the lines after it run.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        ["error: a line is not UTF-8 text", "error: 1 line(s) failed"]
+    );
+    assert_eq!(
+        stdout.lines().skip(3).collect::<Vec<_>>(),
+        ["`k' is `-5'", "`my keys' is `v'", r"`a\\' is `x'"]
+    );
 }

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_core::{
-    AtomicOp, Epoch, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire,
-};
+use strata_core::{AtomicOp, KeyRange, LogId, Mutation, StorageServer, Version};
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_testkit::MemoryLog;
 use strata_testkit::rng::SplitMix64;
@@ -38,25 +36,8 @@ fn add(key: &str, n: u64) -> Mutation {
     atomic(AtomicOp::Add, key, &n.to_le_bytes())
 }
 
-fn apply(state: &mut State, m: &Mutation) {
-    match m {
-        Mutation::Set { key, value } => {
-            state.insert(key.clone(), value.clone());
-        }
-        Mutation::Clear { key } => {
-            state.remove(key);
-        }
-        Mutation::ClearRange { range } => state.retain(|k, _| !range.contains(k)),
-        Mutation::Atomic { op, key, operand } => {
-            let value = op.apply(state.get(key).map(|v| v.as_ref()), operand);
-            state.insert(key.clone(), value);
-        }
-    }
-}
-
 async fn push(log: &MemoryLog, previous: u64, version: u64, mutations: &[Mutation]) {
-    let payload = wire::encode_parts(None, &[], &[], mutations, Some(Version(version))).unwrap();
-    log.push(Epoch(1), Version(previous), Version(version), payload)
+    log.push_mutations(Version(previous), Version(version), mutations)
         .await
         .unwrap();
 }
@@ -250,7 +231,7 @@ async fn extend(log: &MemoryLog, state: &mut State, rng: &mut SplitMix64, first:
     for v in first..=last {
         let mutations = batch(rng, v);
         for m in &mutations {
-            apply(state, m);
+            strata_testkit::model::apply(state, m);
         }
         push(log, v - 1, v, &mutations).await;
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_core::{
-    AtomicOp, Epoch, ErrorKind, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire,
+    AtomicOp, ErrorKind, KeyRange, LogId, LogServer, Mutation, StorageServer, Version,
 };
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_testkit::MemoryLog;
@@ -72,25 +72,8 @@ fn batch(rng: &mut Lcg, keys: u64, tag: &str, version: u64) -> Vec<Mutation> {
         .collect()
 }
 
-fn apply(state: &mut State, m: &Mutation) {
-    match m {
-        Mutation::Set { key, value } => {
-            state.insert(key.clone(), value.clone());
-        }
-        Mutation::Clear { key } => {
-            state.remove(key);
-        }
-        Mutation::ClearRange { range } => state.retain(|k, _| !range.contains(k)),
-        Mutation::Atomic { op, key, operand } => {
-            let value = op.apply(state.get(key).map(|v| v.as_ref()), operand);
-            state.insert(key.clone(), value);
-        }
-    }
-}
-
 async fn push(log: &MemoryLog, previous: Version, version: Version, mutations: &[Mutation]) {
-    let payload = wire::encode_parts(None, &[], &[], mutations, Some(version)).unwrap();
-    log.push(Epoch(1), previous, version, payload)
+    log.push_mutations(previous, version, mutations)
         .await
         .unwrap();
 }
@@ -103,7 +86,7 @@ async fn extend(log: &MemoryLog, history: &mut History, rng: &mut Lcg, tag: &str
         let next = Version(version.0 + 1);
         let mutations = batch(rng, 40, tag, next.0);
         for m in &mutations {
-            apply(&mut state, m);
+            strata_testkit::model::apply(&mut state, m);
         }
         push(log, version, next, &mutations).await;
         history.push((next, state.clone()));

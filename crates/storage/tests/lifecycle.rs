@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_core::{
-    Epoch, ErrorKind, KeyRange, LogId, LogServer, MVCC_WINDOW_VERSIONS, Mutation, StorageServer,
-    Version, wire,
+    ErrorKind, KeyRange, LogId, LogServer, MVCC_WINDOW_VERSIONS, Mutation, StorageServer, Version,
 };
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_testkit::MemoryLog;
@@ -28,8 +27,7 @@ fn set(key: String, value: String) -> Mutation {
 }
 
 async fn push(log: &MemoryLog, previous: u64, version: u64, mutations: &[Mutation]) {
-    let payload = wire::encode_parts(None, &[], &[], mutations, Some(Version(version))).unwrap();
-    log.push(Epoch(1), Version(previous), Version(version), payload)
+    log.push_mutations(Version(previous), Version(version), mutations)
         .await
         .unwrap();
 }

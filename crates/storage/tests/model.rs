@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use strata_core::{
-    AtomicOp, Epoch, ErrorKind, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire,
-};
+use strata_core::{AtomicOp, ErrorKind, KeyRange, LogId, Mutation, StorageServer, Version};
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_testkit::MemoryLog;
 
@@ -58,22 +56,6 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn apply(state: &mut State, m: &Mutation) {
-    match m {
-        Mutation::Set { key, value } => {
-            state.insert(key.clone(), value.clone());
-        }
-        Mutation::Clear { key } => {
-            state.remove(key);
-        }
-        Mutation::ClearRange { range } => state.retain(|k, _| !range.contains(k)),
-        Mutation::Atomic { op, key, operand } => {
-            let value = op.apply(state.get(key).map(|v| v.as_ref()), operand);
-            state.insert(key.clone(), value);
-        }
-    }
-}
-
 /// The state at `version`: after the newest batch at or before it.
 fn at(history: &[(Version, State)], version: Version) -> State {
     history
@@ -106,11 +88,9 @@ async fn run(steps: Vec<Step>) {
                 version += gap;
                 let mut state = history.last().unwrap().1.clone();
                 for m in &mutations {
-                    apply(&mut state, m);
+                    strata_testkit::model::apply(&mut state, m);
                 }
-                let payload =
-                    wire::encode_parts(None, &[], &[], &mutations, Some(Version(version))).unwrap();
-                log.push(Epoch(1), Version(previous), Version(version), payload)
+                log.push_mutations(Version(previous), Version(version), &mutations)
                     .await
                     .unwrap();
                 history.push((Version(version), state));

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_core::{Epoch, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire};
+use strata_core::{KeyRange, LogId, Mutation, StorageServer, Version};
 use strata_storage::{RedbStorage, StorageConfig, durable_version_at};
 use strata_testkit::MemoryLog;
 
@@ -30,17 +30,8 @@ async fn reading_the_durable_version_never_writes_the_file() {
     )
     .await
     .unwrap();
-    for v in 1..=50u64 {
-        let set = Mutation::Set {
-            key: format!("k{}", v % 7).into(),
-            value: format!("v{v}").into(),
-        };
-        let payload = wire::encode_parts(None, &[], &[], &[set], Some(Version(v))).unwrap();
-        log.push(Epoch(1), Version(v - 1), Version(v), payload)
-            .await
-            .unwrap();
-        storage.advance_committed(Version(v));
-    }
+    push_sets(&log, 1, 50).await;
+    storage.advance_committed(Version(50));
     storage.wait_applied(Version(50)).await.unwrap();
     storage.flush().await.unwrap();
 
@@ -68,8 +59,7 @@ async fn push_sets(log: &MemoryLog, from: u64, to: u64) {
             key: format!("k{}", v % 7).into(),
             value: format!("v{v}").into(),
         };
-        let payload = wire::encode_parts(None, &[], &[], &[set], Some(Version(v))).unwrap();
-        log.push(Epoch(1), Version(v - 1), Version(v), payload)
+        log.push_mutations(Version(v - 1), Version(v), &[set])
             .await
             .unwrap();
     }

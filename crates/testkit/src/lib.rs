@@ -13,6 +13,7 @@
 //!   also what the real resolver is checked against.
 //! - [`faults`]: decorators of every stage trait that fail, hang or delay an armed call.
 //! - [`rng`]: SplitMix64, a seeded generator whose sequence never changes.
+//! - [`model`]: what a mutation does to a map, the reference state tests compare with.
 //! - [`fixtures`]: small complete values (a system configuration).
 //! - [`disk`]: the disk's fsync floor, which commit latency is measured against.
 //!
@@ -36,6 +37,7 @@ pub mod faults;
 pub mod fixtures;
 mod gate;
 mod log;
+pub mod model;
 mod resolver;
 pub mod rng;
 mod sequencer;

@@ -66,6 +66,19 @@ impl MemoryLog {
         self
     }
 
+    /// Pushes `mutations` as the batch of `version` (epoch 1, after `previous`), encoded as a
+    /// commit proxy encodes a batch: how storage tests feed a server an exact history.
+    pub async fn push_mutations(
+        &self,
+        previous: Version,
+        version: Version,
+        mutations: &[strata_core::Mutation],
+    ) -> Result<()> {
+        let payload = strata_core::wire::encode_parts(None, &[], &[], mutations, Some(version))
+            .map_err(|e| self.chain.error(ErrorKind::Wire(e)))?;
+        LogServer::push(self, strata_core::Epoch(1), previous, version, payload).await
+    }
+
     /// Every entry held, oldest first (a test's view of what reached the log).
     pub fn entries(&self) -> Vec<LogEntry> {
         self.held()

@@ -3,7 +3,7 @@
 //!
 //! Keys and values are written as FoundationDB writes them: printable ASCII as it is, `\\` for
 //! a backslash and `\xNN` for any other byte. At rest, reads and `status` open the directory
-//! read-only ([`Snapshot`], [`strata_director::status`]): no epoch starts and nothing is
+//! read-only ([`Snapshot`], [`strata_director::status()`]): no epoch starts and nothing is
 //! created. A write recovers the directory under a new epoch (as every command that runs the
 //! pipeline does), commits one transaction and stops. In the shell, one running cluster
 //! answers every line.
@@ -38,6 +38,7 @@ pub(crate) enum DataCommand {
     /// On a data directory at rest, the value is read without starting an epoch.
     Get {
         /// The key, e.g. `hello` or `\x01\x02`.
+        #[arg(allow_hyphen_values = true)]
         key: String,
         #[command(flatten)]
         target: Target,
@@ -47,8 +48,10 @@ pub(crate) enum DataCommand {
     /// On a data directory at rest, the cluster is recovered under a new epoch first.
     Set {
         /// The key (below `\xff`: system keys are not written from here).
+        #[arg(allow_hyphen_values = true)]
         key: String,
         /// The value (up to 100,000 bytes).
+        #[arg(allow_hyphen_values = true)]
         value: String,
         #[command(flatten)]
         target: Target,
@@ -56,6 +59,7 @@ pub(crate) enum DataCommand {
     /// Remove KEY in one transaction.
     Clear {
         /// The key.
+        #[arg(allow_hyphen_values = true)]
         key: String,
         #[command(flatten)]
         target: Target,
@@ -65,8 +69,10 @@ pub(crate) enum DataCommand {
     /// On a data directory at rest, they are read without starting an epoch.
     Getrange {
         /// The first key of the range.
+        #[arg(allow_hyphen_values = true)]
         begin: String,
         /// The end of the range, not included [default: \xff, the end of the user keys].
+        #[arg(allow_hyphen_values = true)]
         end: Option<String>,
         /// Pairs to print at most (1 to 1,000,000).
         #[arg(long, default_value_t = RANGE_LIMIT_DEFAULT, value_parser = crate::bounded(1, 1_000_000))]
@@ -77,8 +83,10 @@ pub(crate) enum DataCommand {
     /// Remove every key from BEGIN up to END (not included) in one transaction.
     Clearrange {
         /// The first key of the range.
+        #[arg(allow_hyphen_values = true)]
         begin: String,
         /// The end of the range, not included.
+        #[arg(allow_hyphen_values = true)]
         end: String,
         #[command(flatten)]
         target: Target,
@@ -121,21 +129,26 @@ fn invalid(message: String) -> Error {
     Error::new(Stage::Director, ErrorKind::InvalidRequest(message))
 }
 
-/// Reads a key as written on the command line.
-pub(crate) fn parse_key(text: &str) -> strata_core::Result<Key> {
-    let key = strata_core::parse_printable(text).ok_or_else(|| {
+/// Reads a key or value (`what`) as written on the command line, at most `limit` bytes.
+fn parse_bytes(text: &str, what: &str, limit: usize) -> strata_core::Result<Bytes> {
+    let bytes = strata_core::parse_printable(text).ok_or_else(|| {
         invalid(format!(
-            "{text:?} is not a key as written here: use \\xNN for a byte outside printable \
+            "{text:?} is not a {what} as written here: use \\xNN for a byte outside printable \
              ASCII and \\\\ for a backslash"
         ))
     })?;
-    if key.len() > KEY_BYTES_MAX {
+    if bytes.len() > limit {
         return Err(invalid(format!(
-            "the key is {} bytes, over the limit of {KEY_BYTES_MAX}",
-            key.len()
+            "the {what} is {} bytes, over the limit of {limit}",
+            bytes.len()
         )));
     }
-    Ok(Bytes::from(key))
+    Ok(Bytes::from(bytes))
+}
+
+/// Reads a key as written on the command line.
+pub(crate) fn parse_key(text: &str) -> strata_core::Result<Key> {
+    parse_bytes(text, "key", KEY_BYTES_MAX)
 }
 
 /// Reads a key that is written: below `\xff`, where the system's keys start.
@@ -150,19 +163,7 @@ fn parse_user_key(text: &str) -> strata_core::Result<Key> {
 }
 
 fn parse_value(text: &str) -> strata_core::Result<Value> {
-    let value = strata_core::parse_printable(text).ok_or_else(|| {
-        invalid(format!(
-            "{text:?} is not a value as written here: use \\xNN for a byte outside printable \
-             ASCII and \\\\ for a backslash"
-        ))
-    })?;
-    if value.len() > VALUE_BYTES_MAX {
-        return Err(invalid(format!(
-            "the value is {} bytes, over the limit of {VALUE_BYTES_MAX}",
-            value.len()
-        )));
-    }
-    Ok(Bytes::from(value))
+    parse_bytes(text, "value", VALUE_BYTES_MAX)
 }
 
 fn range(begin: &str, end: Option<&str>) -> strata_core::Result<KeyRange> {

@@ -1,9 +1,10 @@
 //! `strata shell`: the data commands at a prompt, on one cluster kept running across lines,
 //! with line editing, history and completion of command names.
 //!
-//! A line is split into words at spaces; a word in double quotes may hold spaces (`\"` inside
-//! is a quote). Backslashes are left for the key escaping (`\xff`, `\\`), so a key is written
-//! the same at the prompt as on the command line. Reading from a pipe works too: each line
+//! A line is split into words at spaces; a part in double quotes may hold spaces and joins
+//! what touches it (`"my key"s` is `my keys`; `\"` inside is a quote). Backslashes are left
+//! for the key escaping (`\xff`, `\\`), so a key is written the same at the prompt as on the
+//! command line. A line that is not UTF-8 fails alone. Reading from a pipe works too: each line
 //! is run in turn, and the shell exits 1 at the end when a line failed.
 
 use std::path::PathBuf;
@@ -106,26 +107,30 @@ pub(crate) fn words(line: &str) -> strata_core::Result<Vec<String>> {
     let mut chars = line.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let Some(&first) = chars.peek() else {
+        if chars.peek().is_none() {
             return Ok(words);
-        };
+        }
+        // A word runs to the next space outside quotes; quoted parts join what is around
+        // them (`"my key"s` is `my keys`), as in a POSIX shell.
         let mut word = String::new();
-        if first == '"' {
-            chars.next();
+        while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+            if c != '"' {
+                word.push(c);
+                continue;
+            }
             loop {
                 match chars.next() {
                     None => return Err(invalid("a quote is not closed".into())),
                     Some('"') => break,
-                    Some('\\') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        word.push('"');
-                    }
+                    // `\"` is a quote; `\\` stays as it is, for the key escaping, so that a
+                    // word may end with an escaped backslash (`"a\\"`).
+                    Some('\\') => match chars.next_if(|c| *c == '"' || *c == '\\') {
+                        Some('"') => word.push('"'),
+                        Some(_) => word.push_str("\\\\"),
+                        None => word.push('\\'),
+                    },
                     Some(c) => word.push(c),
                 }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                word.push(c);
             }
         }
         words.push(word);
@@ -160,6 +165,12 @@ async fn prompt(cluster: &EmbeddedCluster, dir: &std::path::Path) -> strata_core
             // Ctrl-C drops the line being typed, as a shell does.
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => break,
+            // A line that is not UTF-8 is that line's error; the next lines still run.
+            Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                failed += 1;
+                eprintln!("error: a line is not UTF-8 text");
+                continue;
+            }
             Err(e) => return Err(invalid(format!("cannot read a line: {e}"))),
         };
         if line.trim().is_empty() {
@@ -242,6 +253,16 @@ mod tests {
             ])
         );
         assert_eq!(words("").ok(), Some(Vec::new()));
+        // Quotes join what touches them; an escaped backslash may end a quoted word.
+        assert_eq!(
+            words(r#"set "my key"s "a\\" x"#).ok(),
+            Some(vec![
+                "set".to_owned(),
+                "my keys".to_owned(),
+                r"a\\".to_owned(),
+                "x".to_owned()
+            ])
+        );
         assert!(words(r#"get "open"#).is_err());
     }
 }
