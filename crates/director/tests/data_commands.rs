@@ -417,3 +417,25 @@ fn shell_words_take_quotes_dashes_and_skip_a_line_that_is_not_text() {
         ["`k' is `-5'", "`my keys' is `v'", r"`a\\' is `x'"]
     );
 }
+
+#[test]
+fn a_ring_larger_than_one_transaction_is_created_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 250,000 nodes do not fit one transaction (10,000,000 bytes); they are created in
+    // chunks, the ring's size last.
+    let out = ok(
+        d,
+        &[
+            "workload",
+            "cycle",
+            "--keys",
+            "250000",
+            "--transactions",
+            "20",
+        ],
+    );
+    assert!(out.contains("ring of 250000 keys intact"), "{out}");
+    let check = ok(d, &["workload", "check"]);
+    assert!(check.starts_with("ring of 250000 keys intact"), "{check}");
+}

@@ -59,22 +59,44 @@ fn broken(why: &str) -> Error {
     )
 }
 
+/// Nodes written per transaction when a ring is created: a node takes about 40 bytes of a
+/// transaction, so a chunk stays far below the transaction size limit, and a ring of the
+/// command's largest size (1,000,000 keys) takes 100 transactions.
+pub const NODES_PER_TRANSACTION: u64 = 10_000;
+
 /// Creates a ring of `keys` nodes (at least 4) unless one exists; returns its size.
+///
+/// The nodes are written [`NODES_PER_TRANSACTION`] at a time and the ring's size last: a ring
+/// exists only once its size is stored, so a creation cut short leaves no ring, and the next
+/// call writes every node again.
 pub async fn ensure_ring(db: &Database, keys: u64) -> Result<u64> {
+    if let Some(stored) = db.begin().await?.snapshot_get(&count_key()).await? {
+        return number(&stored);
+    }
     let keys = keys.max(4);
+    let mut first = 0;
+    while first < keys {
+        let last = (first + NODES_PER_TRANSACTION).min(keys);
+        db.run(|tx| async move {
+            for i in first..last {
+                tx.set(node(i), Bytes::from(((i + 1) % keys).to_string()));
+            }
+            Ok(())
+        })
+        .await?;
+        first = last;
+    }
     let ((), _) = db
         .run(|tx| async move {
             if tx.get(&count_key()).await?.is_none() {
-                for i in 0..keys {
-                    tx.set(node(i), Bytes::from(((i + 1) % keys).to_string()));
-                }
                 tx.set(count_key(), Bytes::from(keys.to_string()));
             }
             Ok(())
         })
         .await?;
-    let tx = db.begin().await?;
-    let stored = tx
+    let stored = db
+        .begin()
+        .await?
         .snapshot_get(&count_key())
         .await?
         .ok_or_else(|| broken("no ring"))?;
