@@ -138,6 +138,12 @@ impl EmbeddedConfig {
     /// Commands that only use a cluster call this, so they work on any directory whatever
     /// layout created it.
     pub fn with_stored_layout(self, data_dir: &Path) -> Result<EmbeddedConfig> {
+        if data_dir.exists() && !data_dir.is_dir() {
+            return Err(Error::new(
+                Stage::Director,
+                ErrorKind::InvalidRequest(format!("{} is not a directory", data_dir.display())),
+            ));
+        }
         let Some(state) = FileStateStore::new(data_dir).read()? else {
             return Ok(self);
         };

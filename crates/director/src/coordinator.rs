@@ -21,6 +21,14 @@ fn io(e: std::io::Error) -> Error {
     Error::io(Stage::Coordinator, e)
 }
 
+/// An I/O error on `path`, naming it: a user reads which file failed, not only why.
+fn io_at(path: &Path, e: std::io::Error) -> Error {
+    io(std::io::Error::new(
+        e.kind(),
+        format!("{}: {e}", path.display()),
+    ))
+}
+
 /// Where one log of a generation lives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPlace {
@@ -102,7 +110,7 @@ impl FileStateStore {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(io)?;
+            .map_err(|e| io_at(&path, e))?;
         let started = Instant::now();
         loop {
             match lock.try_lock() {
@@ -125,12 +133,12 @@ impl FileStateStore {
                         self.lock_wait.as_millis()
                     ))));
                 }
-                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_at(&path, e)),
             }
         }
         lock.set_len(0)
             .and_then(|()| lock.write_all(format!("{}\n", std::process::id()).as_bytes()))
-            .map_err(io)?;
+            .map_err(|e| io_at(&path, e))?;
         Ok(lock)
     }
 
@@ -142,7 +150,7 @@ impl FileStateStore {
         let bytes = match std::fs::read(self.path()) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(e)),
+            Err(e) => return Err(io_at(&self.path(), e)),
         };
         let state: CoordinatedState = serde_json::from_slice(&bytes).map_err(|e| {
             error(ErrorKind::Corruption(format!(
@@ -171,7 +179,7 @@ impl StateStore for FileStateStore {
         expected: u64,
         mut new: CoordinatedState,
     ) -> Result<CoordinatedState> {
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_at(&self.dir, e))?;
         let lock = self.lock()?;
         let stored = self.read_unlocked()?;
         if stored.as_ref().map_or(0, |s| s.generation) != expected {
@@ -186,14 +194,15 @@ impl StateStore for FileStateStore {
         let bytes = serde_json::to_vec_pretty(&new)
             .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?;
         let tmp = self.dir.join("coordinated.json.tmp");
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, self.path()).map_err(io)?;
+        File::create(&tmp)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+            .map_err(|e| io_at(&tmp, e))?;
+        std::fs::rename(&tmp, self.path()).map_err(|e| io_at(&self.path(), e))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        lock.unlock().map_err(io)?;
+            .map_err(|e| io_at(&self.dir, e))?;
+        lock.unlock()
+            .map_err(|e| io_at(&self.dir.join("coordinated.lock"), e))?;
         Ok(new)
     }
 }

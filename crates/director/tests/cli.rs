@@ -274,3 +274,35 @@ fn a_closed_pipe_changes_no_exit_status_and_stops_no_server() {
     drop(check.stdout.take());
     assert_eq!(check.wait().unwrap().code(), Some(1));
 }
+
+#[test]
+fn a_file_given_as_the_data_directory_is_named_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"mine").unwrap();
+    for args in [
+        &["recover"][..],
+        &["serve"],
+        &["set", "k", "v"],
+        &["get", "k"],
+        &["status"],
+        &["workload", "cycle"],
+        &["workload", "check"],
+        &["bench"],
+        &["shell"],
+    ] {
+        let out = strata(&file, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "strata {args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "strata {args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&file.display().to_string()),
+            "strata {args:?}: the error does not name the path: {stderr}"
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+}
