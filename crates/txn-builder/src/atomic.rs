@@ -22,9 +22,16 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use strata_core::merge::Answer;
-use strata_core::{AtomicOp, Key, KeyRange, Mutation, Result, Value};
+use strata_core::{AtomicOp, Key, KeyRange, Mutation, Value};
 
 use crate::{Transaction, TxState};
+
+/// `value` with `ops` applied to it in order.
+pub(crate) fn fold(ops: &[(AtomicOp, Value)], value: Option<Value>) -> Option<Value> {
+    ops.iter().fold(value, |before, (op, operand)| {
+        Some(op.apply(before.as_deref(), operand))
+    })
+}
 
 /// Atomic operations on keys whose value the transaction's own writes do not know, by key, each
 /// key's in the order they were made. A key here is never in the transaction's point writes nor
@@ -36,11 +43,14 @@ impl Pending {
     /// `value`, read from storage for `key`, with the key's pending operations applied.
     pub(crate) fn fold(&self, key: &[u8], value: Option<Value>) -> Option<Value> {
         match self.0.get(key) {
-            Some(ops) => ops.iter().fold(value, |before, (op, operand)| {
-                Some(op.apply(before.as_deref(), operand))
-            }),
+            Some(ops) => fold(ops, value),
             None => value,
         }
+    }
+
+    /// The pending operations of `key`, in order (none when it has none).
+    pub(crate) fn of(&self, key: &[u8]) -> Vec<(AtomicOp, Value)> {
+        self.0.get(key).cloned().unwrap_or_default()
     }
 
     /// Forgets the pending operations of `key` (it was set or cleared).
@@ -164,11 +174,5 @@ impl Transaction {
     /// [`strata_core::atomic::le_u64`] (and cast to `i64` for a signed one).
     pub fn atomic_add_i64(&self, key: Key, delta: i64) {
         self.atomic_add(key, Value::copy_from_slice(&delta.to_le_bytes()));
-    }
-
-    /// `value` read from storage for `key`, with the transaction's pending atomic operations
-    /// on it applied.
-    pub(crate) fn with_pending(&self, key: &[u8], value: Option<Value>) -> Result<Option<Value>> {
-        Ok(self.state()?.pending.fold(key, value))
     }
 }

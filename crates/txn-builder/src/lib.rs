@@ -472,7 +472,12 @@ impl Transaction {
     /// the transaction's own writes answer it.
     pub async fn get(&self, key: &Key) -> Result<Option<Value>> {
         self.check_lifetime()?;
-        let local = self.state()?.local(key);
+        // The pending operations are taken with the local answer, under one lock: a write
+        // of the key while the read is at storage must not change what this read applies.
+        let (local, pending) = {
+            let st = self.state()?;
+            (st.local(key), st.pending.of(key))
+        };
         match local {
             Answer::Value(v) => Ok(Some(v)),
             Answer::Deleted => Ok(None),
@@ -481,7 +486,7 @@ impl Transaction {
                 self.state()?
                     .read_conflicts
                     .push(KeyRange::single(key.clone()));
-                self.with_pending(key, value)
+                Ok(atomic::fold(&pending, value))
             }
         }
     }
@@ -615,7 +620,12 @@ impl Transaction {
             // Fetch enough that local clears cannot starve the page.
             let local_writes = self.state()?.writes.len();
             let mut page = self
-                .snapshot_page(&r, limit - out.len() + local_writes, reverse)
+                // `limit` may be `usize::MAX`: everything.
+                .snapshot_page(
+                    &r,
+                    (limit - out.len()).saturating_add(local_writes),
+                    reverse,
+                )
                 .await?;
             let st = self.state()?;
             // The part of `r` this page covers completely.
