@@ -164,6 +164,27 @@ impl Inner {
         })
     }
 
+    /// [`StorageServer::roll_back`] to `version` under the state lock `st`: drops what is
+    /// applied above it and bumps the generation, so an apply in flight drops its entries.
+    pub(crate) fn roll_back_locked(&self, st: &mut State, version: Version) -> Result<()> {
+        if version < st.oldest_readable {
+            return Err(error(ErrorKind::InvalidRequest(format!(
+                "cannot roll back to {version}: versions up to {} are durable",
+                st.oldest_readable
+            ))));
+        }
+        st.window.forget_after(version);
+        st.applied = st.applied.min(version);
+        // The recovery version is committed by definition, and everything above it is gone:
+        // a known committed version above it would speak of versions that no longer exist.
+        // Set under the state lock, so no flush chooses its target in between.
+        self.committed.store(version.0, Ordering::Release);
+        st.generation += 1;
+        self.applied.send_replace(st.applied);
+        tracing::info!(version = version.0, "storage rolled back");
+        Ok(())
+    }
+
     /// The database; `Unavailable` once closed.
     pub(crate) fn db(&self) -> Result<Arc<redb::Database>> {
         self.db
@@ -298,23 +319,26 @@ impl RedbStorage {
         })
     }
 
-    /// Follows `log` from now on, pulling after the applied version; entries already pulled
-    /// from the previous log and not applied yet are dropped.
+    /// Follows `log` from `from` on, in one step: the server rolls back to `from` (as
+    /// [`StorageServer::roll_back`] does), drops the entries it pulled from the previous log and
+    /// has not applied, and pulls after `from` from `log`, which must hold the entries after it
+    /// (a popped one answers `TooOld`, and the server retries).
     ///
-    /// It moves a running server to another log without closing its file: after
-    /// [`StorageServer::roll_back`] to the version a new log goes on from, or to another log of
-    /// the same history. The new log must hold the entries after the applied version (a popped
-    /// one answers `TooOld`, and the server retries). The director's recovery does not call it:
-    /// it opens its storage servers anew on the new epoch's logs and rolls them back, so a
-    /// server never outlives the epoch it was opened in.
-    pub fn follow(&self, log: Arc<dyn LogServer>) -> Result<()> {
+    /// One step, because two would let the server pull again from the old log, between a roll
+    /// back and a change of log, the very versions the roll back dropped, and then apply the
+    /// new history over them. It moves a running server to another log without closing its
+    /// file: to the log of a new generation going on from `from`, or to another log of the same
+    /// history (with `from` its applied version). The director's recovery does not call it: it
+    /// opens its storage servers anew on the new epoch's logs and rolls them back, so a server
+    /// never outlives the epoch it was opened in.
+    pub fn follow(&self, log: Arc<dyn LogServer>, from: Version) -> Result<()> {
         let mut st = self.inner.state()?;
+        self.inner.roll_back_locked(&mut st, from)?;
         *self.inner.log.lock().map_err(|_| {
             error(ErrorKind::Unavailable(
                 "storage log poisoned by a panic".into(),
             ))
         })? = log;
-        st.generation += 1;
         Ok(())
     }
 
@@ -433,21 +457,6 @@ impl StorageServer for RedbStorage {
 
     async fn roll_back(&self, version: Version) -> Result<()> {
         let mut st = self.inner.state()?;
-        if version < st.oldest_readable {
-            return Err(error(ErrorKind::InvalidRequest(format!(
-                "cannot roll back to {version}: versions up to {} are durable",
-                st.oldest_readable
-            ))));
-        }
-        st.window.forget_after(version);
-        st.applied = st.applied.min(version);
-        // The recovery version is committed by definition, and everything above it is gone:
-        // a known committed version above it would speak of versions that no longer exist.
-        // Set under the state lock, so no flush chooses its target in between.
-        self.inner.committed.store(version.0, Ordering::Release);
-        st.generation += 1;
-        self.inner.applied.send_replace(st.applied);
-        tracing::info!(version = version.0, "storage rolled back");
-        Ok(())
+        self.inner.roll_back_locked(&mut st, version)
     }
 }

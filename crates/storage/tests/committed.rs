@@ -275,11 +275,10 @@ async fn the_known_committed_version_only_rises_except_by_open_and_roll_back() {
 
     // A roll back makes its version committed (recovery chose it), so it can become durable,
     // and nothing the new generation adds above it is, until reported.
-    storage.roll_back(Version(195)).await.unwrap();
+    let new_log = Arc::new(MemoryLog::new(LogId(2), Version(195)));
+    storage.follow(new_log.clone(), Version(195)).unwrap();
     assert_eq!(storage.committed_version(), Version(195));
     history.truncate(196);
-    let new_log = Arc::new(MemoryLog::new(LogId(2), Version(195)));
-    storage.follow(new_log.clone()).unwrap();
     extend(&new_log, &mut history, &mut rng, "n", 400).await;
     wait_applied(&storage, Version(400)).await;
     storage.flush().await.unwrap();

@@ -130,10 +130,8 @@ async fn roll_back_then_a_different_history_gives_the_new_values() {
     );
 
     // Recovery: versions above 6 were never acknowledged; the new epoch's log goes on from 6.
-    storage.roll_back(Version(6)).await.unwrap();
-    assert_eq!(storage.applied_version().await.unwrap(), Version(6));
     let new_log = Arc::new(MemoryLog::new(LogId(2), Version(6)));
-    storage.follow(new_log.clone()).unwrap();
+    storage.follow(new_log.clone(), Version(6)).unwrap();
     push(
         &new_log,
         6,
@@ -268,4 +266,39 @@ async fn memory_stays_bounded_while_ten_million_versions_stream_through() {
         .await
         .unwrap();
     assert_eq!(first, Some("v".into()));
+}
+
+/// Found by review: rolled back, a server still following the old log pulls the versions it
+/// dropped again before it is told to follow the new one, and then applies the new history
+/// over them. Moving to a new log is one step: `follow(log, from)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_to_a_new_log_never_brings_back_what_was_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_log = Arc::new(MemoryLog::new(LogId(1), Version(0)));
+    let storage = open(
+        &dir.path().join("s.redb"),
+        old_log.clone(),
+        StorageConfig::default(),
+    )
+    .await;
+    for n in 1..=10u64 {
+        push(&old_log, n - 1, n, &[set("k".into(), format!("old{n}"))]).await;
+    }
+    storage.wait_applied(Version(10)).await.unwrap();
+    let new_log = Arc::new(MemoryLog::new(LogId(2), Version(6)));
+    storage.follow(new_log.clone(), Version(6)).unwrap();
+    push(&new_log, 6, 20, &[set("j".into(), "new20".into())]).await;
+    storage.wait_applied(Version(20)).await.unwrap();
+    // Nothing of the old log above 6 survives, at any version.
+    for v in [6, 10, 19, 20] {
+        assert_eq!(
+            storage.get("k".into(), Version(v)).await.unwrap(),
+            Some("old6".into()),
+            "k at {v}"
+        );
+    }
+    assert_eq!(
+        storage.get("j".into(), Version(20)).await.unwrap(),
+        Some("new20".into())
+    );
 }
