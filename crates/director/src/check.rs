@@ -238,7 +238,7 @@ pub(crate) struct Holdings {
 /// space), then every log the state names, opened by `open_log` with the version known
 /// committed that it must hold (so a log that looks torn below it is reported, not repaired).
 /// Finds logs ending below the recovery version the state recorded, and storage durable above
-/// what every log holds. Writes nothing, beyond a genuine torn write at the end of a log. When a
+/// what every log holds. Writes nothing but what `open_log` writes. When a
 /// storage file cannot be read, the logs are not opened (their `holds` is `None`).
 /// Recovery stops at the first finding; `strata check` reports them all.
 pub(crate) async fn read_holdings(
@@ -354,9 +354,10 @@ pub(crate) async fn read_holdings(
     })
 }
 
-/// Opens the log at `dir` that the coordinated state names as `place`, which must exist and
-/// hold `committed` (see [`OpenMode::Existing`]), with the default tuning: how the tools that
-/// only read (`strata check`, a [`crate::Snapshot`]) open logs for [`read_holdings`].
+/// Opens the log at `dir` that the coordinated state names as `place` to be read only: it must
+/// exist and hold `committed`, and nothing in its directory changes, whatever a crash left
+/// there (see [`OpenMode::ReadOnly`]). How the tools that only read (`strata check`, a
+/// [`crate::Snapshot`]) open logs for [`read_holdings`].
 pub(crate) fn open_named_log(
     dir: &Path,
     place: &LogPlace,
@@ -366,7 +367,7 @@ pub(crate) fn open_named_log(
         Arc::new(RealFs),
         dir,
         place.id,
-        OpenMode::Existing { committed },
+        OpenMode::ReadOnly { committed },
         FileLogConfig::default(),
     )
     .map(Arc::new)
@@ -376,8 +377,8 @@ pub(crate) fn open_named_log(
 /// coordinated state against the directory ([`check_directory`]), every storage file and every
 /// log it names (`read_holdings`), and whether some log holds all the history the next
 /// recovery would replay. It first takes the directory's lock ([`crate::owner`], creating
-/// `strata.lock`). (Opening a log repairs a genuine torn write at its very end, as any open
-/// does; nothing else is written.) An error is returned when the directory is missing, in use
+/// `strata.lock`); the logs are opened to be read only ([`open_named_log`]), so nothing else is
+/// written, whatever a crash left. An error is returned when the directory is missing, in use
 /// by another process, or cannot be read at all.
 pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
     let _owner = crate::owner::lock_directory(data_dir, false)?;

@@ -10,11 +10,10 @@
 //! refused before anything is read, and history the logs no longer hold is an error naming
 //! the versions missing, as it is for recovery.
 //!
-//! No data is written. Opening a log does what any open of it does after a crash: it cuts a
-//! genuine torn write at its very end (never a record of a version known committed) and
-//! removes the files a crash left that never held a record (a spare segment being prepared,
-//! a segment torn at its creation, a manifest not yet renamed), and it creates the log's
-//! `LOCK` file when missing. The directory's `strata.lock` gets the reader's process id.
+//! Nothing in the directory changes but `strata.lock`, which gets the reader's process id: the
+//! logs are opened to be read only (`strata_tlog::OpenMode::ReadOnly`), so what a crash left
+//! in them (a torn write at the end, a spare segment being prepared) stays for the next
+//! recovery to repair, and the storage files through redb's in-memory overlay.
 //!
 //! ```no_run
 //! # async fn example() -> strata_core::Result<()> {

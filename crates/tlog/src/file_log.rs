@@ -44,6 +44,26 @@ pub enum OpenMode {
         /// A version the log must hold.
         committed: Version,
     },
+    /// Read the log that must exist, changing nothing: checked as [`OpenMode::Existing`]
+    /// (including `committed`), but what a crash leaves is left as it is — a torn write at the
+    /// end is ignored rather than cut off, a segment torn at its creation is skipped rather
+    /// than removed, the crash's temporary files stay — the directory's `LOCK` file is not
+    /// created (it is locked when there is one), no writer starts, and `push`, `lock` and
+    /// `pop` are refused. For tools that look at a cluster at rest.
+    ReadOnly {
+        /// A version the log must hold.
+        committed: Version,
+    },
+}
+
+impl OpenMode {
+    /// The version known committed the log must hold (none for a new log).
+    fn committed(self) -> Version {
+        match self {
+            OpenMode::Create(_) => Version::ZERO,
+            OpenMode::Existing { committed } | OpenMode::ReadOnly { committed } => committed,
+        }
+    }
 }
 
 /// What the log's handle, its writer thread and its spare helper share.
@@ -62,6 +82,8 @@ pub(crate) struct Shared {
     /// the open: a log that is only read (`strata check`, a recovery that then refuses the
     /// directory) is left as it was.
     pub(crate) manifest_pending: Mutex<Option<Version>>,
+    /// Opened with [`OpenMode::ReadOnly`]: nothing may change the directory.
+    pub(crate) read_only: bool,
 }
 
 impl Shared {
@@ -158,7 +180,7 @@ impl FileLog {
     ) -> Result<FileLog> {
         match mode {
             OpenMode::Create(_) => std::fs::create_dir_all(dir).map_err(io_error)?,
-            OpenMode::Existing { .. } => match std::fs::metadata(dir) {
+            OpenMode::Existing { .. } | OpenMode::ReadOnly { .. } => match std::fs::metadata(dir) {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => return Err(missing_log(dir, "is not a directory")),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -167,13 +189,21 @@ impl FileLog {
                 Err(e) => return Err(io_error(e)),
             },
         }
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
+        let read_only = matches!(mode, OpenMode::ReadOnly { .. });
+        let lock = match std::fs::OpenOptions::new()
+            .create(!read_only)
             .truncate(false)
-            .write(true)
+            .write(!read_only)
+            .read(read_only)
             .open(dir.join("LOCK"))
-            .map_err(io_error)?;
-        match lock.try_lock() {
+        {
+            Ok(lock) => Some(lock),
+            // A reader creates nothing; with no LOCK file there is no other log to exclude
+            // that this process's directory lock does not exclude already.
+            Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_error(e)),
+        };
+        match lock.as_ref().map_or(Ok(()), std::fs::File::try_lock) {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(error(ErrorKind::Unavailable(format!(
@@ -185,7 +215,7 @@ impl FileLog {
         }
         let log = FileLog::open_mode(fs, dir, id, mode, config)?;
         if let Ok(mut held) = log.dir_lock.lock() {
-            *held = Some(lock);
+            *held = lock;
         }
         Ok(log)
     }
@@ -214,17 +244,23 @@ impl FileLog {
             fs.create_dir_all(dir).map_err(io_error)?;
         }
         let epoch = read_epoch(fs.as_ref(), dir)?;
-        let committed = match mode {
-            OpenMode::Existing { committed } => committed,
-            OpenMode::Create(_) => Version::ZERO,
-        };
-        let recovered = recover(fs.as_ref(), dir, id, config.payload_bytes_max, committed)?;
+        let read_only = matches!(mode, OpenMode::ReadOnly { .. });
+        let recovered = recover(
+            fs.as_ref(),
+            dir,
+            id,
+            config.payload_bytes_max,
+            mode.committed(),
+            !read_only,
+        )?;
         let start = match mode {
             OpenMode::Create(start) => start,
-            OpenMode::Existing { .. } if recovered.segments.is_empty() => {
+            OpenMode::Existing { .. } | OpenMode::ReadOnly { .. }
+                if recovered.segments.is_empty() =>
+            {
                 return Err(missing_log(dir, "holds no segment"));
             }
-            OpenMode::Existing { .. } => Version::ZERO,
+            OpenMode::Existing { .. } | OpenMode::ReadOnly { .. } => Version::ZERO,
         };
         let last = recovered.last.unwrap_or(start);
         let queue_units_max = config.queue_bytes_max / QUEUE_UNIT_BYTES;
@@ -242,6 +278,7 @@ impl FileLog {
             }),
             queue: Arc::new(Semaphore::new(queue_units_max)),
             manifest_pending: Mutex::new(None),
+            read_only,
         });
         shared.chain.set_durable(last);
         let (active, write_at) = {
@@ -269,7 +306,18 @@ impl FileLog {
                         *pending = Some(active.base);
                     }
                 }
+                // Nothing will be written, so nothing needs naming.
+                OpenMode::ReadOnly { .. } => {}
             }
+        }
+        if read_only {
+            tracing::info!(log = id.0, dir = %dir.display(), last = last.0, "log opened to read");
+            return Ok(FileLog {
+                shared,
+                to_writer: Mutex::new(None),
+                writer: Mutex::new(None),
+                dir_lock: Mutex::new(None),
+            });
         }
         // Zeros written ahead of the data (a zero-filled segment, or a torn group zeroed by
         // recovery) are room to overwrite.
@@ -310,6 +358,17 @@ impl FileLog {
     /// later `Poisoned` error of this log carries.
     pub fn poisoned_by(&self) -> Option<String> {
         self.shared.chain.poisoned_by()
+    }
+
+    /// `Unavailable` for a log opened read-only, before `what` changes anything.
+    fn writable(&self, what: &str) -> Result<()> {
+        if self.shared.read_only {
+            return Err(error(ErrorKind::Unavailable(format!(
+                "log {} is open to read only: no {what}",
+                self.shared.dir.display()
+            ))));
+        }
+        Ok(())
     }
 
     fn sender(&self) -> Result<Sender<Write>> {
@@ -410,6 +469,7 @@ impl LogServer for FileLog {
         version: Version,
         payload: Bytes,
     ) -> Result<()> {
+        self.writable("push")?;
         let config = &self.shared.config;
         if payload.len() > config.payload_bytes_max {
             return Err(error(ErrorKind::InvalidRequest(format!(
@@ -485,6 +545,7 @@ impl LogServer for FileLog {
     }
 
     async fn lock(&self, epoch: Epoch) -> Result<LogState> {
+        self.writable("lock")?;
         self.shared.settle_manifest()?;
         let previous = self.shared.chain.locked()?;
         self.shared.chain.lock(epoch)?;
@@ -505,6 +566,7 @@ impl LogServer for FileLog {
     }
 
     async fn pop(&self, version: Version) -> Result<()> {
+        self.writable("pop")?;
         let removed: Vec<Segment> = {
             let mut index = self.shared.index()?;
             // Segment i holds versions up to the next one's base; the last is never removed.

@@ -53,12 +53,15 @@ impl Recovered {
 /// missing segment or manifest is reported with the directory as it was found, for whoever
 /// investigates.
 /// `committed`: a version the log must hold (see [`OpenMode::Existing`](crate::OpenMode)).
+/// Without `repair` ([`OpenMode::ReadOnly`](crate::OpenMode)) nothing is changed: what would
+/// be repaired is only left out of what is read.
 pub(crate) fn recover(
     fs: &dyn Fs,
     dir: &Path,
     id: LogId,
     payload_bytes_max: usize,
     committed: Version,
+    repair: bool,
 ) -> Result<Recovered> {
     let names = fs.list(dir).map_err(io_error)?;
     let named = read_manifest(fs, dir, id)?;
@@ -73,7 +76,9 @@ pub(crate) fn recover(
     for (i, &base) in bases.iter().enumerate() {
         let is_last = i + 1 == bases.len();
         let path = segment_path(dir, base);
-        let Some((file, len)) = open_segment(fs, dir, &path, Version(base), is_last, named)? else {
+        let Some((file, len)) =
+            open_segment(fs, dir, &path, Version(base), is_last, named, repair)?
+        else {
             continue;
         };
         let mut bytes = vec![0u8; len];
@@ -88,6 +93,7 @@ pub(crate) fn recover(
             header.base_version,
             &scanned,
             committed,
+            repair,
         )?;
         let segment = Segment {
             base: header.base_version,
@@ -97,7 +103,9 @@ pub(crate) fn recover(
         };
         out.keep(segment, &scanned);
     }
-    remove_leftovers(fs, dir, &names)?;
+    if repair {
+        remove_leftovers(fs, dir, &names)?;
+    }
     Ok(out)
 }
 
@@ -121,6 +129,7 @@ fn open_segment(
     base: Version,
     is_last: bool,
     named: Option<Version>,
+    repair: bool,
 ) -> Result<Option<(Arc<dyn FsFile>, usize)>> {
     let file = match fs.open(path) {
         Ok(f) => Some(f),
@@ -141,9 +150,11 @@ fn open_segment(
     };
     if fate == SegmentFate::TornAtCreation {
         // A crash while the segment was being created: it never held a record.
-        tracing::warn!(path = %path.display(), "removing a segment torn at creation");
-        fs.remove(path).map_err(io_error)?;
-        fs.sync_dir(dir).map_err(io_error)?;
+        if repair {
+            tracing::warn!(path = %path.display(), "removing a segment torn at creation");
+            fs.remove(path).map_err(io_error)?;
+            fs.sync_dir(dir).map_err(io_error)?;
+        }
         return Ok(None);
     }
     Ok(Some((file, len)))
@@ -188,7 +199,8 @@ fn check_header(
 /// Repairs what the scan of the segment at `path` (`len` bytes, starting after `base`) found
 /// after its data: a torn record is truncated, a torn group zeroed, each synced. Refused, as
 /// `Corruption` with nothing changed, when the records to drop would lose `committed`: then
-/// they were acknowledged, and are damaged, not torn.
+/// they were acknowledged, and are damaged, not torn. Without `repair`, only that check: the
+/// torn bytes stay, past the end of what is read.
 fn repair_tail(
     file: &dyn FsFile,
     path: &Path,
@@ -196,6 +208,7 @@ fn repair_tail(
     base: Version,
     scanned: &Scanned,
     committed: Version,
+    repair: bool,
 ) -> Result<()> {
     let data_end = scanned.data_end;
     let ends_at = scanned.records.last().map_or(base, |r| r.version);
@@ -210,6 +223,9 @@ fn repair_tail(
                  committed"
             ),
         ));
+    }
+    if !repair {
+        return Ok(());
     }
     match scanned.end {
         ScanEnd::Clean => {}

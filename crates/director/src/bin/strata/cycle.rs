@@ -48,8 +48,9 @@ pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
     Ok(())
 }
 
-/// Reads the ring at rest ([`Snapshot`]): no epoch starts, no directory is created and no data
-/// is written, so checking after a crash leaves the data as the crash left it.
+/// Reads the ring at rest ([`Snapshot`]): no epoch starts, no directory is created and nothing
+/// but the lock file is written, so checking after a crash leaves the directory as the crash
+/// left it.
 pub(crate) async fn check(args: CheckArgs) -> strata_core::Result<()> {
     let snapshot = Snapshot::open(&args.data_dir).await?;
     let checked = check_ring_in(&snapshot).await;
