@@ -137,6 +137,11 @@
 //! and the open is `Corruption` with nothing repaired. This closes the first blind spot
 //! whenever a storage server has made the damaged version durable.
 //!
+//! [`OpenMode::ReadOnly`]`{ committed }` checks the same and reads the same valid prefix, but
+//! repairs nothing: a torn tail, a segment torn at its creation and a crash's temporary files
+//! stay where they are, no `LOCK` file is created, no writer starts, and `push`, `lock` and
+//! `pop` are refused. Tools that look at a log without owning it open it this way.
+//!
 //! # Limits
 //!
 //! | what                    | default (in [`FileLogConfig`])     |
