@@ -41,6 +41,22 @@ impl std::fmt::Display for Finding {
     }
 }
 
+impl Finding {
+    /// The error a command that stops at this finding returns: `cause`, the error met when it
+    /// is not damage (an I/O error the next try may not meet), else `Corruption` naming the
+    /// file under `data_dir`.
+    pub(crate) fn into_error(self, data_dir: &Path, cause: Option<Error>) -> Error {
+        match cause {
+            Some(e) if !matches!(e.kind, ErrorKind::Corruption(_)) => e,
+            _ => crate::error(ErrorKind::Corruption(format!(
+                "{}: {}",
+                data_dir.join(&self.file).display(),
+                self.problem
+            ))),
+        }
+    }
+}
+
 fn finding(file: impl Into<String>, problem: impl Into<String>) -> Finding {
     Finding {
         file: file.into(),

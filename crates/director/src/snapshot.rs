@@ -71,12 +71,8 @@ impl Snapshot {
         let state = FileStateStore::new(data_dir).read()?;
         // What recovery refuses, a read refuses too, before it reads anything: a state that
         // does not match the directory would answer from the wrong logs (or none).
-        if let Some(first) = check_directory(data_dir, state.as_ref()).first() {
-            return Err(error(ErrorKind::Corruption(format!(
-                "{}: {}",
-                data_dir.join(&first.file).display(),
-                first.problem
-            ))));
+        if let Some(first) = check_directory(data_dir, state.as_ref()).into_iter().next() {
+            return Err(first.into_error(data_dir, None));
         }
         let state = state.ok_or_else(|| {
             error(ErrorKind::Unavailable(format!(
@@ -88,32 +84,30 @@ impl Snapshot {
         // committed that it must hold, so a damaged record of a committed version is an error,
         // never cut off as a torn write.
         let held = read_holdings(data_dir, Some(&state), state.storage, open_named_log).await?;
-        let close_logs = |held: &crate::check::Holdings| {
-            for (_, log) in &held.logs {
+        let logs = held.logs;
+        let refused = match (held.findings.into_iter().next(), held.holds) {
+            (Some((first, cause)), _) => Some(first.into_error(data_dir, cause)),
+            (None, None) => Some(error(ErrorKind::Corruption(format!(
+                "{}: the logs it names could not all be read",
+                data_dir.display()
+            )))),
+            (None, Some(_)) => None,
+        };
+        if let Some(e) = refused {
+            for (_, log) in &logs {
                 log.close();
             }
-        };
-        if let Some((first, cause)) = held.findings.first() {
-            close_logs(&held);
-            return Err(match cause {
-                Some(e) if !matches!(e.kind, ErrorKind::Corruption(_)) => e.clone(),
-                _ => error(ErrorKind::Corruption(format!(
-                    "{}: {}",
-                    data_dir.join(&first.file).display(),
-                    first.problem
-                ))),
-            });
+            return Err(e);
         }
-        let (Some(version), Some(oldest)) =
-            (held.holds, held.durable.iter().flatten().copied().min())
-        else {
-            close_logs(&held);
-            return Err(error(ErrorKind::Corruption(format!(
-                "{}: the logs or storage files it names could not all be read",
-                data_dir.display()
-            ))));
-        };
-        let logs = held.logs;
+        // Every log opened and every storage file was read (else a finding above).
+        let version = held.holds.unwrap_or(Version::ZERO);
+        let oldest = held
+            .durable
+            .iter()
+            .flatten()
+            .copied()
+            .min()
+            .unwrap_or(version);
         let mut snapshot = Snapshot {
             state,
             version,
@@ -150,9 +144,6 @@ impl Snapshot {
             return Ok(());
         }
         let shards = split_ranges(self.state.storage)?;
-        let paths: Vec<_> = (0..shards.len())
-            .map(|i| data_dir.join("storage").join(format!("{i}.redb")))
-            .collect();
         // A log that holds (oldest, version]; with nothing to read, any log.
         let follow = match crate::recovery::replay::choose_source(named, oldest, self.version)
             .await?
@@ -171,9 +162,10 @@ impl Snapshot {
             flush_interval: std::time::Duration::from_secs(u64::from(u32::MAX)),
             ..StorageConfig::default()
         };
-        for (shard, path) in shards.into_iter().zip(&paths) {
+        for (i, shard) in shards.into_iter().enumerate() {
+            let path = data_dir.join("storage").join(format!("{i}.redb"));
             let server =
-                RedbStorage::open(path, vec![shard.clone()], follow.clone(), read_only).await?;
+                RedbStorage::open(&path, vec![shard.clone()], follow.clone(), read_only).await?;
             self.servers.push((shard, Arc::new(server)));
         }
         for (i, (_, server)) in self.servers.iter().enumerate() {

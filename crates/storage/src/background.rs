@@ -65,10 +65,10 @@ impl Inner {
                 .map(|e| decode_entry(e.version, e.payload))
                 .collect();
             let result = match decoded {
-                Ok(entries) => match self.atomic_bases(&entries).await {
-                    Ok(bases) => self.apply(generation, entries, &bases),
-                    Err(e) => Err(e),
-                },
+                Ok(entries) => self
+                    .atomic_bases(&entries)
+                    .await
+                    .and_then(|bases| self.apply(generation, entries, &bases)),
                 Err(e) => Err(e),
             };
             if let Err(e) = result {

@@ -235,15 +235,9 @@ pub fn stored_at(path: &Path) -> Result<Stored> {
     }
     guarded(path, "reading the durable version", || {
         let doing = "reading the durable version";
-        let file = std::fs::File::open(path).map_err(|e| io_error(path, doing, &e))?;
-        let backend = ReadOnlyOverlay::new(file).map_err(|e| io_error(path, doing, &e))?;
-        let mut builder = redb::Builder::new();
-        builder.set_check_integrity_on_open(true);
         // An existing file is opened, never initialized: it is not empty (it was created
         // whole, see `create_if_missing`), and an empty one is refused below.
-        let db = builder
-            .create_with_backend(backend)
-            .map_err(db_error(path, doing))?;
+        let db = open_read_only(path, true, doing)?;
         let tx = db.begin_read().map_err(db_error(path, doing))?;
         let durable = match tx.open_table(META) {
             Ok(meta) => {

@@ -429,14 +429,13 @@ async fn inspect_directory(
     config
         .validate_against(previous.as_ref())
         .map_err(RecoveryError::Unrecoverable)?;
-    if let Some(first) = check_directory(data_dir, previous.as_ref()).first() {
-        return Err(RecoveryError::Unrecoverable(error(ErrorKind::Corruption(
-            format!(
-                "{}: {}",
-                data_dir.join(&first.file).display(),
-                first.problem
-            ),
-        ))));
+    if let Some(first) = check_directory(data_dir, previous.as_ref())
+        .into_iter()
+        .next()
+    {
+        return Err(RecoveryError::Unrecoverable(
+            first.into_error(data_dir, None),
+        ));
     }
     // Storage first, then the logs, each opened with the version known committed that it
     // must hold (see `read_holdings`); reading writes nothing.
@@ -452,14 +451,7 @@ async fn inspect_directory(
     if let Some((first, cause)) = held.findings.into_iter().next() {
         // Damage, unless it is an I/O error (the next epoch may read it) or another
         // coordinator took over and removed the logs this attempt read about.
-        let e = match cause {
-            Some(e) if !matches!(e.kind, ErrorKind::Corruption(_)) => e,
-            _ => error(ErrorKind::Corruption(format!(
-                "{}: {}",
-                data_dir.join(&first.file).display(),
-                first.problem
-            ))),
-        };
+        let e = first.into_error(data_dir, cause);
         return Err(superseded_or(store, previous.as_ref(), e));
     }
     let logs = held.logs;

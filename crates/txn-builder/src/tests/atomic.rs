@@ -6,6 +6,26 @@ use strata_testkit::rng::SplitMix64;
 
 use super::*;
 
+/// What a range read of `model` gives: its pairs in `range`, in the read's order, at most
+/// `limit`.
+fn model_range_read(
+    model: &BTreeMap<Key, Value>,
+    range: &KeyRange,
+    limit: usize,
+    reverse: bool,
+) -> Vec<(Key, Value)> {
+    let mut pairs: Vec<(Key, Value)> = model
+        .iter()
+        .filter(|(k, _)| range.contains(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if reverse {
+        pairs.reverse();
+    }
+    pairs.truncate(limit);
+    pairs
+}
+
 fn le(n: u64) -> Value {
     Value::copy_from_slice(&n.to_le_bytes())
 }
@@ -189,15 +209,7 @@ async fn a_range_read_shows_pending_operations_in_both_directions_at_every_limit
     ] {
         for reverse in [false, true] {
             for limit in 1..=13 {
-                let mut expected: Vec<(Key, Value)> = model
-                    .iter()
-                    .filter(|(k, _)| r.contains(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                if reverse {
-                    expected.reverse();
-                }
-                expected.truncate(limit);
+                let expected = model_range_read(&model, &r, limit, reverse);
                 assert_eq!(
                     tx.get_range(&r, limit, reverse).await.unwrap(),
                     expected,
@@ -426,15 +438,7 @@ async fn random_transactions_read_what_a_model_of_their_writes_says() {
                         _ => 1 + rng.below(8) as usize,
                     };
                     let reverse = rng.below(2) == 0;
-                    let mut expected: Vec<(Key, Value)> = model
-                        .iter()
-                        .filter(|(k, _)| r.contains(k))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    if reverse {
-                        expected.reverse();
-                    }
-                    expected.truncate(limit);
+                    let expected = model_range_read(&model, &r, limit, reverse);
                     let got = tx.get_range(&r, limit, reverse).await.unwrap();
                     assert_eq!(
                         got, expected,

@@ -280,9 +280,8 @@ pub(crate) async fn run(command: &DataCommand, store: Store<'_>) -> strata_core:
         }
         DataCommand::Clearrange { begin, end, .. } => {
             let range = range(begin, Some(end))?;
-            if range.end().first() == Some(&0xff) && range.end().len() > 1
-                || range.begin().first() == Some(&0xff)
-            {
+            // User keys end at \xff; a range ending past it holds system keys.
+            if range.end().as_ref() > b"\xff".as_slice() {
                 return Err(invalid(
                     "the range reaches system keys (past \\xff): the cluster writes those itself"
                         .into(),
