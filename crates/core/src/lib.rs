@@ -66,6 +66,7 @@
 //! ```
 
 pub mod atomic;
+pub mod blocking;
 pub mod chain;
 pub mod error;
 pub mod merge;
@@ -76,6 +77,7 @@ pub mod types;
 pub mod wire;
 
 pub use atomic::AtomicOp;
+pub use blocking::Blocking;
 pub use error::{Error, ErrorKind, Result, Stage};
 pub use traits::{
     CommitProxy, LogEntry, LogId, LogServer, LogState, RangeRead, ResolveBatch, Resolver,

@@ -40,7 +40,7 @@
 //! ```
 
 use std::sync::Mutex;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use strata_core::{Epoch, Error, ErrorKind, Result, Sequencer, Stage, Version, VersionPair};

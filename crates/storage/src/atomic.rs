@@ -32,6 +32,7 @@ use bytes::Bytes;
 use strata_core::merge::Answer;
 use strata_core::{ErrorKind, Key, Mutation, Result, Value, Version, printable};
 
+use crate::blocking;
 use crate::codec::DATA;
 use crate::errors::{db_error, error, guarded};
 use crate::server::Inner;
@@ -148,7 +149,7 @@ impl Inner {
         snapshot: redb::ReadTransaction,
     ) -> Result<Vec<(Key, Option<Value>)>> {
         let inner = self.clone();
-        let read = tokio::task::spawn_blocking(move || {
+        let read = blocking::run(self.config.blocking, "read", move || {
             let path = &inner.path;
             let doing = "reading the values atomic operations apply to";
             // The snapshot moves in, so a panic drops it inside the guard.
@@ -163,8 +164,7 @@ impl Inner {
                     .collect()
             })
         })
-        .await
-        .map_err(|e| error(ErrorKind::Unavailable(format!("read task: {e}"))))?;
+        .await?;
         self.note(read)
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use strata_core::{ErrorKind, KeyRange, Mutation, Result, Version};
 
 use crate::atomic::Bases;
+use crate::blocking;
 use crate::codec::{DATA, DURABLE_VERSION, META, decode_entry};
 use crate::errors::{db_error, error, guarded};
 use crate::files::write_tx;
@@ -130,9 +131,10 @@ impl Inner {
             (target, clears, keys)
         };
         let inner = self.clone();
-        let wrote = tokio::task::spawn_blocking(move || inner.write(target, &clears, &keys))
-            .await
-            .map_err(|e| error(ErrorKind::Unavailable(format!("flush task: {e}"))))?;
+        let wrote = blocking::run(self.config.blocking, "flush", move || {
+            inner.write(target, &clears, &keys)
+        })
+        .await?;
         let wrote = self.note(wrote)?;
         {
             // Whether this flush wrote or an overlapping one with a newer target wrote first

@@ -126,6 +126,7 @@
 
 mod atomic;
 mod background;
+mod blocking;
 mod codec;
 mod errors;
 mod files;

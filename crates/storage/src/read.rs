@@ -10,6 +10,7 @@ use redb::ReadableDatabase;
 use strata_core::merge::{Direction, OlderEntry, merge};
 use strata_core::{ErrorKind, Key, KeyRange, RangeRead, Result, Value, Version, printable};
 
+use crate::blocking;
 use crate::codec::DATA;
 use crate::errors::{db_error, error, guarded};
 use crate::server::{Inner, State};
@@ -95,7 +96,7 @@ impl Inner {
         snapshot: redb::ReadTransaction,
     ) -> Result<Option<Value>> {
         let inner = self.clone();
-        let read = tokio::task::spawn_blocking(move || {
+        let read = blocking::run(self.config.blocking, "read", move || {
             let path = &inner.path;
             let doing = &format!("reading {}", printable(&key));
             // The snapshot moves in, so a panic drops it inside the guard.
@@ -105,8 +106,7 @@ impl Inner {
                 Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
             })
         })
-        .await
-        .map_err(|e| error(ErrorKind::Unavailable(format!("read task: {e}"))))?;
+        .await?;
         self.note(read)
     }
 
@@ -135,7 +135,7 @@ impl Inner {
             (window, clears, self.begin_read(&mut st)?)
         };
         let inner = self.clone();
-        let read = tokio::task::spawn_blocking(move || {
+        let read = blocking::run(self.config.blocking, "read", move || {
             let path = &inner.path;
             let doing = &format!("reading {range}");
             // The snapshot moves in, so a panic drops it inside the guard.
@@ -156,8 +156,7 @@ impl Inner {
                 .map_err(db_error(path, doing))
             })
         })
-        .await
-        .map_err(|e| error(ErrorKind::Unavailable(format!("read task: {e}"))))?;
+        .await?;
         self.note(read)
     }
 }

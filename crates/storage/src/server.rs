@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use strata_core::{
-    Error, ErrorKind, Key, KeyRange, LogServer, MVCC_WINDOW_VERSIONS, RangeRead, Result,
+    Blocking, Error, ErrorKind, Key, KeyRange, LogServer, MVCC_WINDOW_VERSIONS, RangeRead, Result,
     StorageServer, Value, Version,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::blocking;
 use crate::errors::error;
 use crate::files::{drop_db, open_file};
 use crate::window::Window;
@@ -57,6 +58,9 @@ pub struct StorageConfig {
     /// durable or popped, whatever [`RedbStorage::advance_committed`] says. The server still
     /// follows its log and answers reads from memory. Off by default.
     pub read_only: bool,
+    /// Where redb's file is read and written: tokio's blocking pool (the default), or, for
+    /// the simulation's single thread, the asking task (see [`Blocking`]).
+    pub blocking: Blocking,
 }
 
 impl Default for StorageConfig {
@@ -69,6 +73,7 @@ impl Default for StorageConfig {
             pop_log: true,
             check_integrity: true,
             read_only: false,
+            blocking: Blocking::Threads,
         }
     }
 }
@@ -275,11 +280,10 @@ impl RedbStorage {
     ) -> Result<RedbStorage> {
         let path = path.to_owned();
         let (opening, asked) = (path.clone(), shards.clone());
-        let (db, durable) = tokio::task::spawn_blocking(move || {
+        let (db, durable) = blocking::run(config.blocking, "open", move || {
             open_file(&opening, &asked, config.check_integrity, config.read_only)
         })
-        .await
-        .map_err(|e| error(ErrorKind::Unavailable(format!("open task: {e}"))))??;
+        .await??;
         tracing::info!(
             durable = durable.0,
             shards = shards.len(),
@@ -361,7 +365,11 @@ impl RedbStorage {
         // An aborted flush task leaves its redb write running on a blocking thread, holding
         // the database; wait for it on a blocking thread too.
         let inner = self.inner.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || inner.close_db()).await {
+        if let Err(e) = blocking::run(self.inner.config.blocking, "close", move || {
+            inner.close_db()
+        })
+        .await
+        {
             tracing::error!(error = %e, "storage close task failed");
         }
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_core::{
-    ErrorKind, KeyRange, LogId, LogServer, MVCC_WINDOW_VERSIONS, Mutation, StorageServer, Version,
+    Blocking, ErrorKind, KeyRange, LogId, LogServer, MVCC_WINDOW_VERSIONS, Mutation, StorageServer,
+    Version,
 };
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_testkit::MemoryLog;
@@ -40,12 +41,24 @@ async fn open(path: &Path, log: Arc<MemoryLog>, config: StorageConfig) -> RedbSt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_stream_recovers_durable_data_and_repulls_the_rest() {
+    restart_mid_stream(Blocking::Threads).await;
+}
+
+/// The same with redb's file read and written on the asking task, as the simulation runs it
+/// on its one thread: opening, flushing, closing and reading all work there.
+#[tokio::test(flavor = "current_thread")]
+async fn restart_mid_stream_with_inline_disk_work() {
+    restart_mid_stream(Blocking::Inline).await;
+}
+
+async fn restart_mid_stream(blocking: Blocking) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
     let log = Arc::new(MemoryLog::new(LogId(1), Version(0)));
     let config = StorageConfig {
         window_versions: 100,
         flush_interval: Duration::from_secs(3600),
+        blocking,
         ..StorageConfig::default()
     };
     let mut model = BTreeMap::new();

@@ -1,6 +1,6 @@
 //! The ordering and fencing rules every log shares: which push may enter the log next.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,13 +26,15 @@ struct ChainState {
     /// `v` wakes only the pushes that name `v` as their previous version, instead of every
     /// waiter: with many concurrent pushers arriving out of order, a broadcast would wake each
     /// of them once per accepted push.
-    waiters: HashMap<Version, Vec<oneshot::Sender<()>>>,
+    /// Ordered, so that waking them all wakes them in one order every run (the simulation
+    /// replays a seed exactly).
+    waiters: BTreeMap<Version, Vec<oneshot::Sender<()>>>,
 }
 
 impl ChainState {
     /// Wakes every waiter, so each re-checks the chain (after a lock or a poisoning).
     fn wake_all(&mut self) {
-        for (_, waiters) in self.waiters.drain() {
+        for (_, waiters) in std::mem::take(&mut self.waiters) {
             for w in waiters {
                 let _ = w.send(());
             }
@@ -56,7 +58,7 @@ impl Chain {
                 locked,
                 last_accepted: last,
                 poisoned: None,
-                waiters: HashMap::new(),
+                waiters: BTreeMap::new(),
             }),
             durable: watch::Sender::new(last),
         }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use strata_core::{ErrorKind, Result};
+use strata_core::{Blocking, ErrorKind, Result};
 use tokio::sync::Semaphore;
 
 use crate::error::error;
@@ -48,6 +48,11 @@ pub struct FileLogConfig {
     /// spares grow with use, up to `segment_bytes` (see `segment_bytes`). Turn it off on file
     /// systems that never overwrite in place (btrfs, ZFS), where it only costs the zeros.
     pub preallocate: bool,
+    /// Where the writer and the spare segments run: a thread each (the default), or, for a
+    /// simulated disk under a current-thread runtime, a task and the writer itself (see
+    /// [`Blocking`]). Inline, closing a log drops the pushes still queued (their pushers see
+    /// `Unavailable`) where the thread would write them first.
+    pub blocking: Blocking,
 }
 
 impl Default for FileLogConfig {
@@ -63,6 +68,7 @@ impl Default for FileLogConfig {
             pull_wait: Duration::from_millis(100),
             pull_cache_bytes: 64 << 20,
             preallocate: true,
+            blocking: Blocking::Threads,
         }
     }
 }

@@ -8,9 +8,7 @@
 //! segment in `spare.rs`, recovery in `recover.rs`, the manifest and epoch files in `meta.rs`.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,7 +26,7 @@ use crate::index::{Index, Placed};
 use crate::meta::{read_epoch, write_epoch, write_manifest};
 use crate::recover::recover;
 use crate::segment::Segment;
-use crate::writer::{Write, Writer};
+use crate::writer::{Queue, Running, Write, Writer};
 
 /// What [`FileLog::open_dir`] does when the directory holds no log yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,8 +133,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct FileLog {
     shared: Arc<Shared>,
-    to_writer: Mutex<Option<Sender<Write>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    to_writer: Mutex<Option<Queue>>,
+    writer: Mutex<Option<Running>>,
     /// Held (locked) while the log is open; see [`FileLog::open`].
     dir_lock: Mutex<Option<std::fs::File>>,
 }
@@ -371,7 +369,7 @@ impl FileLog {
         Ok(())
     }
 
-    fn sender(&self) -> Result<Sender<Write>> {
+    fn sender(&self) -> Result<Queue> {
         self.to_writer
             .lock()
             .ok()
@@ -441,8 +439,8 @@ impl FileLog {
         if let Ok(mut tx) = self.to_writer.lock() {
             tx.take();
         }
-        if let Some(handle) = self.writer.lock().ok().and_then(|mut h| h.take()) {
-            let _ = handle.join();
+        if let Some(running) = self.writer.lock().ok().and_then(|mut h| h.take()) {
+            running.stop();
         }
         if let Ok(mut lock) = self.dir_lock.lock() {
             lock.take();

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::thread::JoinHandle;
 
+use strata_core::Blocking;
+
 use crate::file_log::Shared;
 use crate::fs::{Fs, FsFile, remove_if_present};
 
@@ -76,13 +78,7 @@ impl Spare {
             if let Spare::Preparing { thread, .. } = std::mem::replace(self, Spare::None) {
                 let _ = thread.join();
             }
-            *self = match outcome {
-                Ok(file) => Spare::Ready(file),
-                Err(e) => {
-                    tracing::warn!(log = shared.id.0, error = %e, "could not prepare a zero-filled segment; the next one is appended to");
-                    Spare::Failed
-                }
-            };
+            *self = prepared_as(shared, outcome);
         }
         let config = &shared.config;
         let smallest_spare = SPARE_BYTES_MIN.min(config.segment_bytes);
@@ -119,8 +115,25 @@ impl Spare {
     }
 }
 
-/// Starts a helper thread that writes a spare segment of `bytes`.
+/// The spare a finished preparation leaves: ready, or failed (and said so).
+fn prepared_as(shared: &Shared, prepared: std::io::Result<Arc<dyn FsFile>>) -> Spare {
+    match prepared {
+        Ok(file) => Spare::Ready(file),
+        Err(e) => {
+            tracing::warn!(log = shared.id.0, error = %e, "could not prepare a zero-filled segment; the next one is appended to");
+            Spare::Failed
+        }
+    }
+}
+
+/// Starts a helper thread that writes a spare segment of `bytes`; with [`Blocking::Inline`]
+/// (the simulation's disk, where writing costs nothing) the writer writes it itself, now.
 fn start_spare(shared: &Shared, bytes: u64) -> Spare {
+    if shared.config.blocking == Blocking::Inline {
+        let path = shared.dir.join(SPARE_FILE);
+        let prepared = prepare_spare(shared.fs.as_ref(), &path, bytes, &AtomicBool::new(false));
+        return prepared_as(shared, prepared);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, done) = std::sync::mpsc::channel();
     let fs = shared.fs.clone();

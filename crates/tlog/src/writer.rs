@@ -1,6 +1,7 @@
 //! The writer thread: it takes every push queued, writes them as one group commit into the
 //! active segment (rolling into a new segment when it is full), syncs once and only then
-//! answers them all. A failed write or sync poisons the log.
+//! answers them all. A failed write or sync poisons the log. With [`Blocking::Inline`] (the
+//! simulation) the same writer runs as a task instead.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -8,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_core::{Result, Version};
+use strata_core::{Blocking, Result, Version};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::error::io_error;
@@ -45,18 +46,57 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
 }
 
+/// The way to the writer: a channel to its thread, or to its task.
+#[derive(Clone, Debug)]
+pub(crate) enum Queue {
+    Thread(Sender<Write>),
+    Task(tokio::sync::mpsc::UnboundedSender<Write>),
+}
+
+impl Queue {
+    /// Queues `w`; gives it back when the writer has stopped.
+    pub(crate) fn send(&self, w: Write) -> std::result::Result<(), Write> {
+        match self {
+            Queue::Thread(tx) => tx.send(w).map_err(|e| e.0),
+            Queue::Task(tx) => tx.send(w).map_err(|e| e.0),
+        }
+    }
+}
+
+/// The running writer, to stop it.
+#[derive(Debug)]
+pub(crate) enum Running {
+    Thread(JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl Running {
+    /// Waits for a thread to finish what it holds (its queue is closed); a task is cancelled
+    /// where it waits, between two groups (a group is written within one poll), and what it
+    /// still holds is refused.
+    pub(crate) fn stop(self) {
+        match self {
+            Running::Thread(handle) => {
+                let _ = handle.join();
+            }
+            Running::Task(handle) => handle.abort(),
+        }
+    }
+}
+
 impl Writer {
-    /// Starts the writer thread of the log `shared`, writing into `active` from `write_at`
-    /// (its zeros end at `room_end`); pushes go to it through the returned sender, and it
-    /// stops once every sender is dropped and it has answered what it holds.
+    /// Starts the writer of the log `shared` (a thread, or a task when its configuration
+    /// says [`Blocking::Inline`]), writing into `active` from `write_at` (its zeros end at
+    /// `room_end`); pushes go to it through the returned queue, and a thread stops once every
+    /// sender is dropped and it has answered what it holds.
     pub(crate) fn start(
         shared: Arc<Shared>,
         active: Segment,
         write_at: u64,
         room_end: u64,
-    ) -> std::io::Result<(Sender<Write>, JoinHandle<()>)> {
-        let (tx, rx) = std::sync::mpsc::channel();
+    ) -> std::io::Result<(Queue, Running)> {
         let id = shared.id;
+        let blocking = shared.config.blocking;
         let writer = Writer {
             shared,
             active,
@@ -66,10 +106,36 @@ impl Writer {
             spare: Spare::None,
             buf: Vec::new(),
         };
-        let handle = std::thread::Builder::new()
-            .name(format!("strata-tlog-{}", id.0))
-            .spawn(move || writer.run(rx))?;
-        Ok((tx, handle))
+        match blocking {
+            Blocking::Threads => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let handle = std::thread::Builder::new()
+                    .name(format!("strata-tlog-{}", id.0))
+                    .spawn(move || writer.run(rx))?;
+                Ok((Queue::Thread(tx), Running::Thread(handle)))
+            }
+            Blocking::Inline => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let task = tokio::spawn(writer.run_task(rx));
+                Ok((Queue::Task(tx), Running::Task(task)))
+            }
+        }
+    }
+
+    /// The writer as a task: each wake-up takes every push queued as one group. It never
+    /// waits for stragglers (there is no sync time to overlap on a simulated disk).
+    async fn run_task(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Write>) {
+        while let Some(first) = rx.recv().await {
+            let mut bytes = first.payload.len() + RECORD_HEADER_BYTES;
+            let mut group = vec![first];
+            while bytes < self.shared.config.group_bytes_max {
+                let Ok(w) = rx.try_recv() else { break };
+                bytes += w.payload.len() + RECORD_HEADER_BYTES;
+                group.push(w);
+            }
+            self.commit(group);
+        }
+        self.spare.retire(&self.shared);
     }
 
     fn run(mut self, rx: Receiver<Write>) {
@@ -103,43 +169,47 @@ impl Writer {
                 group.push(w);
             }
             last_group = group.len();
-            if let Some(poisoned) = self.shared.chain.poisoned_error() {
-                for w in group {
-                    let _ = w.ack.send(Err(poisoned.clone()));
-                }
-                continue;
-            }
             let started = std::time::Instant::now();
-            let written = self.write_group(&group);
+            self.commit(group);
             last_sync = started.elapsed().min(Duration::from_millis(2));
-            match written {
-                Ok(placed) => {
-                    let last = placed.last().map(|p| p.version);
-                    if let Ok(mut index) = self.shared.index() {
-                        index.append(placed, self.shared.config.pull_cache_bytes);
-                    }
-                    if let Some(v) = last {
-                        self.shared.chain.set_durable(v);
-                    }
-                    for w in group {
-                        let _ = w.ack.send(Ok(()));
-                    }
+        }
+        self.spare.retire(&self.shared);
+    }
+
+    /// Writes and syncs `group` and answers its pushers; refuses it on a poisoned log.
+    fn commit(&mut self, group: Vec<Write>) {
+        if let Some(poisoned) = self.shared.chain.poisoned_error() {
+            for w in group {
+                let _ = w.ack.send(Err(poisoned.clone()));
+            }
+            return;
+        }
+        match self.write_group(&group) {
+            Ok(placed) => {
+                let last = placed.last().map(|p| p.version);
+                if let Ok(mut index) = self.shared.index() {
+                    index.append(placed, self.shared.config.pull_cache_bytes);
                 }
-                Err(e) => {
-                    // After a failed write or sync the page cache and the file may disagree
-                    // with what we think is on disk: refuse everything from now on. Recovery
-                    // on the next open finds the truth. The error is kept, so that a refusal
-                    // long after it still says what went wrong.
-                    self.shared.chain.poison(format!("i/o: {e} ({})", e.kind()));
-                    tracing::error!(log = self.shared.id.0, error = %e, "log write failed; log poisoned");
-                    let err = io_error(e);
-                    for w in group {
-                        let _ = w.ack.send(Err(err.clone()));
-                    }
+                if let Some(v) = last {
+                    self.shared.chain.set_durable(v);
+                }
+                for w in group {
+                    let _ = w.ack.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // After a failed write or sync the page cache and the file may disagree
+                // with what we think is on disk: refuse everything from now on. Recovery
+                // on the next open finds the truth. The error is kept, so that a refusal
+                // long after it still says what went wrong.
+                self.shared.chain.poison(format!("i/o: {e} ({})", e.kind()));
+                tracing::error!(log = self.shared.id.0, error = %e, "log write failed; log poisoned");
+                let err = io_error(e);
+                for w in group {
+                    let _ = w.ack.send(Err(err.clone()));
                 }
             }
         }
-        self.spare.retire(&self.shared);
     }
 
     /// Appends the group, rolling to new segments as needed, and syncs. Returns where each
