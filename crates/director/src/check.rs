@@ -10,11 +10,11 @@
 //! that never made anything durable, is what such a recovery leaves; it is taken for one, and
 //! the next recovery starts an empty cluster. Everything the cluster held was in those logs.
 
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
-use strata_core::{Epoch, Error, ErrorKind, Result, Version};
+use strata_core::{Blocking, Epoch, Error, ErrorKind, Result, Version};
 use strata_tlog::fs::RealFs;
 use strata_tlog::{FileLog, FileLogConfig, OpenMode};
 
@@ -249,6 +249,17 @@ pub(crate) struct Holdings {
     pub(crate) findings: Vec<(Finding, Option<Error>)>,
 }
 
+/// What the storage file at `path` holds, read on a blocking thread or inline as `blocking`
+/// says; the outer error is the blocking task's.
+async fn stored_at(path: PathBuf, blocking: Blocking) -> Result<Result<strata_storage::Stored>> {
+    match blocking {
+        Blocking::Threads => tokio::task::spawn_blocking(move || strata_storage::stored_at(&path))
+            .await
+            .map_err(|e| crate::error(ErrorKind::Unavailable(e.to_string()))),
+        Blocking::Inline => Ok(strata_storage::stored_at(&path)),
+    }
+}
+
 /// Reads what the directory holds against its coordinated state `state`: each storage file's
 /// durable version and shard (storage server `i` of `storage` owns the `i`th range of the key
 /// space), then every log the state names, opened by `open_log` with the version known
@@ -256,11 +267,14 @@ pub(crate) struct Holdings {
 /// Finds logs ending below the recovery version the state recorded, and storage durable above
 /// what every log holds. Writes nothing but what `open_log` writes. When a
 /// storage file cannot be read, the logs are not opened (their `holds` is `None`).
-/// Recovery stops at the first finding; `strata check` reports them all.
+/// Recovery stops at the first finding; `strata check` reports them all. The storage files
+/// are read as `blocking` says (inline in the simulation, whose clock must not move while a
+/// thread reads).
 pub(crate) async fn read_holdings(
     data_dir: &Path,
     state: Option<&CoordinatedState>,
     storage: usize,
+    blocking: Blocking,
     mut open_log: impl FnMut(&Path, &LogPlace, Version) -> Result<Arc<FileLog>>,
 ) -> Result<Holdings> {
     let mut found: Vec<(Finding, Option<Error>)> = Vec::new();
@@ -269,9 +283,7 @@ pub(crate) async fn read_holdings(
     for (i, owned) in crate::split_ranges(storage)?.into_iter().enumerate() {
         let file = format!("storage/{i}.redb");
         let path = data_dir.join(&file);
-        let read = tokio::task::spawn_blocking(move || strata_storage::stored_at(&path))
-            .await
-            .map_err(|e| crate::error(ErrorKind::Unavailable(e.to_string())))?;
+        let read = stored_at(path, blocking).await?;
         match read {
             Ok(stored) => {
                 // A file holds the shard it was first opened for: one swapped with another
@@ -411,7 +423,14 @@ pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
         return Ok(report);
     };
     report.epoch = Some(state.epoch);
-    let held = read_holdings(data_dir, Some(&state), state.storage, open_named_log).await?;
+    let held = read_holdings(
+        data_dir,
+        Some(&state),
+        state.storage,
+        Blocking::Threads,
+        open_named_log,
+    )
+    .await?;
     report.storage = (0..state.storage)
         .map(|i| format!("storage/{i}.redb"))
         .zip(held.durable.iter().copied())

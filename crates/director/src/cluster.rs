@@ -278,11 +278,12 @@ pub async fn serve(
     loop {
         let (cluster, report) =
             EmbeddedCluster::start_with_env(data_dir, config, &store, env).await?;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         serving.send_replace(Some((report.epoch, cluster.database())));
         tracing::info!(epoch = report.epoch.0, "serving");
         let failure = loop {
             tokio::select! {
+                biased;
                 () = &mut shutdown => {
                     serving.send_replace(None);
                     cluster.stop().await;

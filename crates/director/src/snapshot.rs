@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata_core::{ErrorKind, Key, KeyRange, Result, StorageServer, Value, Version};
+use strata_core::{Blocking, ErrorKind, Key, KeyRange, Result, StorageServer, Value, Version};
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_tlog::FileLog;
 
@@ -83,7 +83,14 @@ impl Snapshot {
         // As recovery reads it: storage first, then each log opened with the version known
         // committed that it must hold, so a damaged record of a committed version is an error,
         // never cut off as a torn write.
-        let held = read_holdings(data_dir, Some(&state), state.storage, open_named_log).await?;
+        let held = read_holdings(
+            data_dir,
+            Some(&state),
+            state.storage,
+            Blocking::Threads,
+            open_named_log,
+        )
+        .await?;
         let logs = held.logs;
         let refused = match (held.findings.into_iter().next(), held.holds) {
             (Some((first, cause)), _) => Some(first.into_error(data_dir, cause)),

@@ -5,11 +5,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use std::sync::atomic::{AtomicU64, Ordering};
 use strata_core::chain::{self, Admission};
 use strata_core::{
     Epoch, Error, ErrorKind, ResolveBatch, Resolver, Result, Stage, Verdict, Version,
 };
-use tokio::sync::watch;
+
+use tokio::sync::Notify;
 
 use crate::history::{ConflictHistory, HistoryConfig, HistoryStats};
 
@@ -69,8 +71,12 @@ pub struct WindowResolver {
     epoch: Epoch,
     config: ResolverConfig,
     history: Mutex<ConflictHistory>,
-    /// The last version resolved; waiters for a predecessor watch it.
-    last: watch::Sender<Version>,
+    /// The last version resolved (written under the history's lock).
+    last: AtomicU64,
+    /// Wakes the batches waiting for their predecessor when `last` moves. (Not a tokio
+    /// `watch`: its receivers wait on one of eight queues picked at random, so a seeded
+    /// simulation would not wake them in one order every run.)
+    advanced: Notify,
 }
 
 impl WindowResolver {
@@ -81,7 +87,8 @@ impl WindowResolver {
             epoch,
             config,
             history: Mutex::new(ConflictHistory::starting_at(config.history, start_version)),
-            last: watch::Sender::new(start_version),
+            last: AtomicU64::new(start_version.0),
+            advanced: Notify::new(),
         }
     }
 
@@ -92,7 +99,7 @@ impl WindowResolver {
 
     /// The last version resolved.
     pub fn last_version(&self) -> Version {
-        *self.last.borrow()
+        Version(self.last.load(Ordering::SeqCst))
     }
 
     /// Memory and window figures of the history.
@@ -118,16 +125,16 @@ impl WindowResolver {
     }
 
     async fn wait_for_predecessor(&self, batch: &ResolveBatch) -> Result<()> {
-        let mut last = self.last.subscribe();
         let wait = async {
             loop {
-                if Self::is_next(batch, *last.borrow_and_update())? {
-                    return Ok(());
+                // Listening before looking: a move between the two still wakes this one.
+                let moved = self.advanced.notified();
+                tokio::pin!(moved);
+                moved.as_mut().enable();
+                if Self::is_next(batch, self.last_version())? {
+                    return Ok::<(), Error>(());
                 }
-                // The sender lives as long as `self`, so `changed` cannot fail while we wait.
-                if last.changed().await.is_err() {
-                    return Err(error(ErrorKind::Unavailable("resolver stopped".into())));
-                }
+                moved.await;
             }
         };
         match tokio::time::timeout(self.config.predecessor_wait, wait).await {
@@ -182,7 +189,8 @@ impl Resolver for WindowResolver {
                 }));
             }
             let verdicts = history.resolve(batch.version, &batch.transactions);
-            self.last.send_replace(batch.version);
+            self.last.store(batch.version.0, Ordering::SeqCst);
+            self.advanced.notify_waiters();
             verdicts
         };
         tracing::trace!(

@@ -158,6 +158,15 @@ impl Faults {
         self.proxies.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
+    /// Lets go of the proxies recorded so far. They hold their stages, whose decorators hold
+    /// this switchboard: while it keeps them, none of those stages (nor the files they hold
+    /// open) is ever dropped. A harness that runs cluster after cluster in one process (the
+    /// simulation, where a crash drops a cluster in place) calls this when one is gone.
+    pub fn release_proxies(&self) {
+        let released = self.proxies.lock().map(|mut p| std::mem::take(&mut *p));
+        drop(released);
+    }
+
     /// Counts a call at `point` and misbehaves if armed, failing [`Fault::Usual`] with
     /// `usual()`.
     async fn pass(&self, point: FaultPoint, usual: impl FnOnce() -> Error) -> Result<()> {

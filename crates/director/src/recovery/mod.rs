@@ -443,6 +443,7 @@ async fn inspect_directory(
         data_dir,
         previous.as_ref(),
         config.storage,
+        config.storage_config.blocking,
         |dir, place, committed| {
             env.open_log(dir, place.id, OpenMode::Existing { committed }, config.log)
         },

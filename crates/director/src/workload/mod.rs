@@ -29,7 +29,9 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use strata_core::{Error, ErrorKind, Key, KeyRange, Result, Stage, Value, Version};
 use strata_testkit::rng::SplitMix64;
@@ -206,6 +208,7 @@ pub async fn drive_until<W: Workload>(
                 break (&mut task).await;
             }
             tokio::select! {
+                biased;
                 joined = &mut task => break joined,
                 () = &mut stop => {
                     stopping.store(true, Ordering::SeqCst);
