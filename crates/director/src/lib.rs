@@ -111,6 +111,7 @@ mod dump;
 pub mod faults;
 pub mod owner;
 pub mod recovery;
+pub mod sim;
 pub mod snapshot;
 pub mod status;
 pub mod workload;

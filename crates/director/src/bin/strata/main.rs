@@ -140,6 +140,9 @@ enum Command {
     Data(data::DataCommand),
     /// Type data commands at a prompt, on one cluster kept running (history, Tab completes).
     Shell(shell::ShellArgs),
+    /// Run the seeded simulation: the whole cluster on one thread under a simulated clock,
+    /// with faults and crashes chosen by each seed (exit 1 when a seed fails).
+    Sim(sim::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -263,10 +266,13 @@ struct RecoverArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        _ => tracing::Level::DEBUG,
+    let level = match (cli.verbose, &cli.command) {
+        // The simulation's faults make the cluster warn all the time; its own report says
+        // what matters. -v shows the cluster's warnings too.
+        (0, Command::Sim(_)) => tracing::level_filters::LevelFilter::OFF,
+        (1, Command::Sim(_)) | (0, _) => tracing::level_filters::LevelFilter::WARN,
+        (2, Command::Sim(_)) | (1, _) => tracing::level_filters::LevelFilter::INFO,
+        _ => tracing::level_filters::LevelFilter::DEBUG,
     };
     tracing_subscriber::fmt()
         .with_max_level(level)
@@ -301,6 +307,8 @@ fn main() -> ExitCode {
             runtime.block_on(data::run(&command, data::Store::AtRest(&dir)))
         }
         Command::Shell(args) => runtime.block_on(shell::run(args)),
+        // Each seed builds its own single-threaded runtimes.
+        Command::Sim(args) => sim::run(&args, verbose),
     };
     match result {
         Ok(()) => match STOPPED_BY.load(std::sync::atomic::Ordering::SeqCst) {
@@ -499,3 +507,4 @@ mod cycle;
 mod data;
 mod load;
 mod shell;
+mod sim;

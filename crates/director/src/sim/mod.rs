@@ -1,0 +1,515 @@
+//! Seeded simulation: the whole embedded cluster on one thread under a simulated clock, with
+//! faults, layouts and workloads chosen by one seed, so that a failing seed replays exactly.
+//!
+//! One run ([`run`]) is a sequence of *boots*. A boot builds a current-thread tokio runtime
+//! whose clock is paused (it jumps to the next timer whenever every task waits, so simulated
+//! seconds cost milliseconds), starts [`crate::serve`] on the run's data directory, and drives
+//! the Cycle workload from seeded clients while a chaos task injects stage faults (a call
+//! that fails, or stalls until monitoring ends the epoch). A boot ends in a crash: the
+//! runtime is dropped with every task in it, mid-commit, mid-flush or mid-recovery, and the
+//! next boot recovers what is on disk. The last boot has no faults and must recover within a
+//! bounded number of epochs; then the checks run: the ring is one ring, every acknowledged
+//! transaction is there, every epoch was newer than the one before, and each recovery wrote
+//! a monolithic configuration equal to its decomposed keys, naming its own epoch.
+//!
+//! Everything that decides what happens comes from the seed: the layout, the tuning (windows
+//! and segments small enough to wrap many times in a run), the clients, the faults and their
+//! times. The cluster runs with [`strata_core::Blocking::Inline`], so the logs' writers and
+//! the storage servers' disk work run on the one thread too, in an order the program alone
+//! decides. The run's events form a trace whose digest [`SimReport::digest`] is the same for
+//! the same seed on the same build.
+//!
+//! What this simulation does not do yet: the disk is real (a directory on a memory file
+//! system where there is one), so a crash is a process crash that keeps what was written but
+//! not synced; torn writes, lost files, a full disk and failing syncs are covered by the
+//! log's and storage's own crash tests, not here.
+//!
+//! ```no_run
+//! let report = strata_director::sim::run(7, &strata_director::sim::SimOptions::default());
+//! assert!(report.failure.is_none(), "{:?}", report.failure);
+//! println!("{} simulated seconds, digest {:016x}", report.simulated.as_secs(), report.digest);
+//! ```
+
+mod chaos;
+mod plan;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use strata_core::system::{SystemConfig, keys};
+use strata_core::{Epoch, Error, ErrorKind, Result, Stage};
+use strata_testkit::faults::Faults;
+use strata_testkit::rng::SplitMix64;
+use strata_txn_builder::Database;
+use tokio::sync::watch;
+
+pub use plan::{Layout, Plan};
+
+use crate::cluster::{Serving, serve};
+use crate::recovery::RecoveryEnv;
+use crate::workload::cycle;
+
+/// What a run covers beyond what its seed chooses.
+#[derive(Clone, Copy, Debug)]
+pub struct SimOptions {
+    /// Simulated time the faulty boots run, in all (the last, clean boot comes on top).
+    pub duration: Duration,
+    /// Whether the report keeps every event of the run ([`SimReport::trace`]).
+    pub trace: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> SimOptions {
+        SimOptions {
+            duration: Duration::from_secs(60),
+            trace: false,
+        }
+    }
+}
+
+/// What one run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimReport {
+    /// The seed that chose everything.
+    pub seed: u64,
+    /// The layout it chose.
+    pub layout: Layout,
+    /// Simulated time covered, every boot included.
+    #[serde(serialize_with = "as_secs")]
+    pub simulated: Duration,
+    /// Boots (each after a crash but the first).
+    pub boots: u64,
+    /// Epochs served.
+    pub epochs: u64,
+    /// Faults injected, crashes included.
+    pub faults: u64,
+    /// Transactions acknowledged to the workload's clients.
+    pub acked: u64,
+    /// A digest of the run's trace of events: the same seed gives the same digest (in JSON,
+    /// as 16 hexadecimal digits).
+    #[serde(serialize_with = "as_hex")]
+    pub digest: u64,
+    /// What broke, if anything did.
+    pub failure: Option<String>,
+    /// On a failure, the last events before it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub last_events: Vec<String>,
+    /// Every event of the run, when [`SimOptions::trace`] asked for them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<String>,
+}
+
+fn as_hex<S: serde::Serializer>(d: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{d:016x}"))
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// The run's events in order, and what the checks need across boots. Everything is pushed
+/// from the one simulation thread, so the order is the program's.
+#[derive(Debug, Default)]
+pub(crate) struct Trace {
+    events: Mutex<Vec<String>>,
+    acked: Mutex<Vec<(u64, u64)>>,
+    faults: Mutex<u64>,
+}
+
+impl Trace {
+    pub(crate) fn event(&self, line: String) {
+        tracing::debug!(target: "strata::sim", "{line}");
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(line);
+    }
+
+    pub(crate) fn fault(&self, line: String) {
+        *self.faults.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.event(line);
+    }
+
+    fn ack(&self, client: u64, n: u64) {
+        self.event(format!("ack {client}/{n}"));
+        self.acked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((client, n));
+    }
+
+    fn acked(&self) -> Vec<(u64, u64)> {
+        self.acked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// SipHash with fixed keys over every event: stable within one build.
+    fn digest(&self) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .hash(&mut h);
+        h.finish()
+    }
+
+    /// The last `n` events, for a failure's report.
+    fn tail(&self, n: usize) -> Vec<String> {
+        let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        events[events.len().saturating_sub(n)..].to_vec()
+    }
+}
+
+/// Runs seed `seed`: boots with faults for `options.duration` of simulated time, then a clean
+/// boot and the checks. Never panics on a cluster's failure: it is reported.
+pub fn run(seed: u64, options: &SimOptions) -> SimReport {
+    let plan = Plan::new(seed);
+    let trace = Arc::new(Trace::default());
+    let mut report = SimReport {
+        seed,
+        layout: plan.layout,
+        simulated: Duration::ZERO,
+        boots: 0,
+        epochs: 0,
+        faults: 0,
+        acked: 0,
+        digest: 0,
+        failure: None,
+        last_events: Vec::new(),
+        trace: Vec::new(),
+    };
+    let outcome =
+        data_dir().and_then(|dir| run_boots(&plan, options, dir.path(), &trace, &mut report));
+    if let Err(e) = outcome {
+        trace.event(format!("failed: {e}"));
+        report.failure = Some(e.to_string());
+        report.last_events = trace.tail(20);
+    }
+    report.faults = *trace.faults.lock().unwrap_or_else(PoisonError::into_inner);
+    report.acked = trace.acked().len() as u64;
+    report.digest = trace.digest();
+    if options.trace {
+        report.trace = trace.tail(usize::MAX);
+    }
+    report
+}
+
+/// A fresh directory, on a memory file system where there is one: the simulation's syncs
+/// then cost nothing.
+fn data_dir() -> Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let made = if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("strata-sim-")
+            .tempdir_in(shm)
+    } else {
+        tempfile::Builder::new().prefix("strata-sim-").tempdir()
+    };
+    made.map_err(|e| Error::io(Stage::Director, e))
+}
+
+fn run_boots(
+    plan: &Plan,
+    options: &SimOptions,
+    data_dir: &Path,
+    trace: &Arc<Trace>,
+    report: &mut SimReport,
+) -> Result<()> {
+    let mut rng = SplitMix64(plan.seed ^ 0x5eed_b007);
+    let mut left = options.duration;
+    let mut last_epoch = Epoch(0);
+    while !left.is_zero() {
+        let length = plan.boot_length(&mut rng).min(left);
+        left = left.saturating_sub(length);
+        let boot = Boot {
+            plan,
+            data_dir: data_dir.to_owned(),
+            trace: trace.clone(),
+            number: report.boots,
+            chaos_seed: rng.next_u64(),
+        };
+        let done = boot.run(length, true, &mut last_epoch)?;
+        report.boots += 1;
+        report.epochs += done.epochs;
+        report.simulated += done.simulated;
+    }
+    // Faults stop: the last boot must recover and pass the checks.
+    let boot = Boot {
+        plan,
+        data_dir: data_dir.to_owned(),
+        trace: trace.clone(),
+        number: report.boots,
+        chaos_seed: rng.next_u64(),
+    };
+    let done = boot.run(Duration::from_secs(2), false, &mut last_epoch)?;
+    report.boots += 1;
+    report.epochs += done.epochs;
+    report.simulated += done.simulated;
+    Ok(())
+}
+
+/// What a boot did.
+struct Booted {
+    epochs: u64,
+    simulated: Duration,
+}
+
+/// One boot: a runtime, the cluster served in it, clients and chaos, until its crash.
+struct Boot<'a> {
+    plan: &'a Plan,
+    data_dir: PathBuf,
+    trace: Arc<Trace>,
+    number: u64,
+    chaos_seed: u64,
+}
+
+impl Boot<'_> {
+    /// Runs the boot for `length` of simulated time (with faults when `chaos`), then drops the
+    /// runtime: every task stops where it is, as in a crash. A clean boot ends with the checks.
+    fn run(self, length: Duration, chaos: bool, last_epoch: &mut Epoch) -> Result<Booted> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .map_err(|e| Error::io(Stage::Director, e))?;
+        let trace = self.trace.clone();
+        trace.event(format!(
+            "boot {} for {} ms",
+            self.number,
+            length.as_millis()
+        ));
+        let faults = Faults::new();
+        let outcome = runtime.block_on(self.serve_for(length, chaos, *last_epoch, &faults));
+        // The crash: whatever the boot's tasks were doing, they stop here, and nothing of the
+        // boot may stay open (its logs' and storage files' locks would refuse the next boot).
+        faults.release_proxies();
+        drop(runtime);
+        let (booted, newest) = outcome?;
+        *last_epoch = newest;
+        Ok(booted)
+    }
+
+    async fn serve_for(
+        &self,
+        length: Duration,
+        chaos: bool,
+        last_epoch: Epoch,
+        faults: &Arc<Faults>,
+    ) -> Result<(Booted, Epoch)> {
+        let started = tokio::time::Instant::now();
+        let env = RecoveryEnv::with_faults(faults.clone());
+        let (serving_tx, serving) = watch::channel::<Serving>(None);
+        let config = self.plan.config();
+        let data_dir = self.data_dir.clone();
+        let server = tokio::spawn(async move {
+            serve(&data_dir, config, &env, &serving_tx, std::future::pending()).await
+        });
+        let seen = Arc::new(Mutex::new(Seen {
+            epochs: 0,
+            newest: last_epoch,
+            broken: None,
+        }));
+        let relay = Arc::new(Relay::default());
+        let watcher = tokio::spawn(watch_epochs(
+            serving,
+            relay.clone(),
+            self.trace.clone(),
+            seen.clone(),
+        ));
+        let mut tasks = self
+            .plan
+            .start_clients(self.number, &relay, &self.trace, self.chaos_seed);
+        if chaos {
+            tasks.push(tokio::spawn(chaos::run(
+                faults.clone(),
+                SplitMix64(self.chaos_seed.rotate_left(17)),
+                self.trace.clone(),
+            )));
+        }
+        let ended = tokio::select! {
+            biased;
+            served = server => Some(served),
+            () = tokio::time::sleep(length) => None,
+        };
+        let simulated = started.elapsed();
+        for t in &tasks {
+            t.abort();
+        }
+        watcher.abort();
+        if let Some(served) = ended {
+            let served = served.map_err(|e| director(format!("the server task stopped: {e}")))?;
+            served?;
+            return Err(director("serving ended without a shutdown".into()));
+        }
+        let (epochs, newest, broken) = {
+            let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            (seen.epochs, seen.newest, seen.broken.clone())
+        };
+        if let Some(e) = broken {
+            return Err(e);
+        }
+        if !chaos {
+            self.check(&relay).await?;
+        }
+        self.trace.event(format!(
+            "boot {} ends after {} ms",
+            self.number,
+            simulated.as_millis()
+        ));
+        Ok((Booted { epochs, simulated }, newest))
+    }
+
+    /// The checks of a clean boot, on the epoch it serves.
+    async fn check(&self, relay: &Relay) -> Result<()> {
+        let Some((epoch, db)) = relay.get() else {
+            return Err(director(
+                "no epoch serving at the end of the clean boot: the cluster did not recover".into(),
+            ));
+        };
+        let nodes = cycle::check_ring(&db).await?;
+        let acked = self.trace.acked();
+        cycle::check_acks(&db, &acked).await?;
+        check_system_keys(&db, epoch).await?;
+        self.trace.event(format!(
+            "checked: {epoch}, ring of {nodes}, {} acknowledged",
+            acked.len()
+        ));
+        Ok(())
+    }
+}
+
+/// The epoch serving, as the simulation's tasks see it. The server publishes on a tokio
+/// `watch`, whose receivers wait on one of eight queues picked at random: with several of them
+/// waiting, the order they wake in would change from run to run. So the epoch watcher is its one
+/// receiver, and passes each change on here, where waiters wake in the order they came.
+#[derive(Default)]
+pub(crate) struct Relay {
+    current: Mutex<Serving>,
+    moved: tokio::sync::Notify,
+}
+
+impl Relay {
+    fn set(&self, serving: Serving) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = serving;
+        self.moved.notify_waiters();
+    }
+
+    fn get(&self) -> Serving {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The database of the epoch serving, once there is one.
+    pub(crate) async fn database(&self) -> Database {
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if let Some((_, db)) = self.get() {
+                return db;
+            }
+            moved.await;
+        }
+    }
+}
+
+/// What the epoch watcher saw in a boot.
+#[derive(Debug)]
+struct Seen {
+    epochs: u64,
+    newest: Epoch,
+    broken: Option<Error>,
+}
+
+/// Follows the epochs served: each must be newer than every one before (across boots too),
+/// and its system keys must hold its configuration both ways. A check cut short by the
+/// epoch's end is no finding; one that reads damage is.
+async fn watch_epochs(
+    mut serving: watch::Receiver<Serving>,
+    relay: Arc<Relay>,
+    trace: Arc<Trace>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    loop {
+        let current = serving.borrow_and_update().clone();
+        relay.set(current.clone());
+        if let Some((epoch, db)) = current {
+            let last = seen.lock().unwrap_or_else(PoisonError::into_inner).newest;
+            let mut broken = (epoch <= last)
+                .then(|| corruption(format!("{epoch} served after {last}: epochs must increase")));
+            let checked = check_system_keys(&db, epoch).await;
+            trace.event(format!(
+                "epoch {} served, system keys {}",
+                epoch.0,
+                match &checked {
+                    Ok(()) => "agree".to_owned(),
+                    Err(e) => format!("not read: {e}"),
+                }
+            ));
+            if let Err(e) = checked
+                && matches!(e.kind, ErrorKind::Corruption(_))
+            {
+                broken.get_or_insert(e);
+            }
+            let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            seen.epochs += 1;
+            seen.newest = seen.newest.max(epoch);
+            if let Some(e) = broken {
+                seen.broken.get_or_insert(e);
+            }
+        }
+        if serving.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads the monolithic configuration and the decomposed keys in one transaction: both must
+/// say the same, and name `epoch` as the layout's and the last completed recovery's epoch.
+/// (Reassembling fails on a stale decomposed key of an older layout.)
+pub(crate) async fn check_system_keys(db: &Database, epoch: Epoch) -> Result<()> {
+    let tx = db.begin().await?;
+    let monolithic = tx
+        .snapshot_get(&keys::config())
+        .await?
+        .ok_or_else(|| corruption("the monolithic configuration is missing".into()))?;
+    let mut pairs = Vec::new();
+    for range in [keys::cluster_range(), keys::layout_range()] {
+        pairs.extend(tx.snapshot_get_range(&range, 100_000, false).await?);
+    }
+    let last = keys::recovery_last_completed();
+    if let Some(v) = tx.snapshot_get(&last).await? {
+        pairs.push((last, v));
+    }
+    let whole = SystemConfig::from_monolithic(&monolithic)
+        .map_err(|e| corruption(format!("the monolithic configuration: {e}")))?;
+    let parts = SystemConfig::from_decomposed(pairs)
+        .map_err(|e| corruption(format!("the decomposed configuration: {e}")))?;
+    if whole != parts {
+        return Err(corruption(
+            "the monolithic configuration differs from the decomposed keys".into(),
+        ));
+    }
+    if whole.layout.epoch != epoch || whole.last_completed.epoch != epoch {
+        return Err(corruption(format!(
+            "{epoch} serves a configuration of {} completed by {}",
+            whole.layout.epoch, whole.last_completed.epoch
+        )));
+    }
+    Ok(())
+}
+
+fn director(why: String) -> Error {
+    Error::new(Stage::Director, ErrorKind::Unavailable(why))
+}
+
+fn corruption(why: String) -> Error {
+    Error::new(Stage::Director, ErrorKind::Corruption(why))
+}

@@ -1,0 +1,71 @@
+//! The seeded simulation: a seed replays exactly, another seed runs differently, and seeds of
+//! every layout pass (the checks inside a run are the simulation's own; see
+//! `strata_director::sim`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use strata_director::sim::{self, SimOptions};
+
+fn options(seconds: u64) -> SimOptions {
+    SimOptions {
+        duration: Duration::from_secs(seconds),
+        trace: true,
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly_and_another_seed_does_not() {
+    let first = sim::run(11, &options(10));
+    assert_eq!(first.failure, None, "{:#?}", first.last_events);
+    assert!(
+        first.faults > 0 && first.acked > 0 && first.boots > 1 && first.epochs > first.boots,
+        "{first:?}"
+    );
+    let again = sim::run(11, &options(10));
+    assert_eq!(first.trace, again.trace, "the same seed ran differently");
+    assert_eq!(first.digest, again.digest);
+    assert_eq!(
+        (
+            first.simulated,
+            first.boots,
+            first.epochs,
+            first.faults,
+            first.acked
+        ),
+        (
+            again.simulated,
+            again.boots,
+            again.epochs,
+            again.faults,
+            again.acked
+        )
+    );
+    let other = sim::run(12, &options(10));
+    assert_ne!(first.digest, other.digest, "another seed, the same run");
+}
+
+#[test]
+fn seeds_of_every_layout_pass() {
+    let mut logs = BTreeSet::new();
+    let mut storage = BTreeSet::new();
+    for seed in 100..109 {
+        let report = sim::run(
+            seed,
+            &SimOptions {
+                trace: false,
+                ..options(10)
+            },
+        );
+        assert_eq!(
+            report.failure, None,
+            "seed {seed}: {:#?}\nreplay: strata sim --seed {seed} --seconds 10",
+            report.last_events
+        );
+        logs.insert(report.layout.logs);
+        storage.insert(report.layout.storage);
+    }
+    // The seeds above cover every count of logs and storage servers.
+    assert_eq!(logs.len(), 3, "{logs:?}");
+    assert_eq!(storage.len(), 3, "{storage:?}");
+}
