@@ -5,14 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use strata_core::Blocking;
+use std::path::Path;
+
+use strata_core::{Blocking, Error, ErrorKind, Result, Stage, Version};
 use strata_testkit::rng::SplitMix64;
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use super::{Relay, Trace};
 use crate::config::EmbeddedConfig;
+use crate::workload::Workload;
 use crate::workload::cycle;
+use crate::workload::increment::Increment;
+use strata_txn_builder::Database;
 
 /// How many of each stage a run has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -45,6 +50,9 @@ pub struct Plan {
     pub clients: u64,
     /// Nodes in the Cycle ring.
     pub nodes: u64,
+    /// Counters in each half of the key space for the Increment workload: its transactions
+    /// span two storage servers and two resolvers where there are two.
+    pub increment_keys: u64,
     /// Each client waits 1 ms to this long between two transactions. The simulated disk
     /// costs no time, so without it commits would follow each other in one instant and the
     /// clock would never move.
@@ -73,6 +81,7 @@ impl Plan {
             flush_interval: Duration::from_millis(pick(&[10, 50, 100])),
             clients: pick(&[1, 2, 4, 8]),
             nodes: pick(&[4, 16, 64]),
+            increment_keys: pick(&[1, 4, 16]),
             think_ms_max: pick(&[1, 5, 20]),
         }
     }
@@ -111,7 +120,7 @@ impl Plan {
         }
     }
 
-    /// Starts the boot's Cycle clients; each runs against whichever epoch is serving, and
+    /// Starts the boot's clients; each runs against whichever epoch is serving, and
     /// its acknowledgements go to the trace. Client ids are unique across boots, so no
     /// acknowledgement key is ever written twice.
     pub(crate) fn start_clients(
@@ -127,6 +136,7 @@ impl Plan {
                 let client = Client {
                     id: boot * 16 + c,
                     nodes: self.nodes,
+                    increment_keys: self.increment_keys,
                     think_ms_max: self.think_ms_max,
                     ring: ring.clone(),
                     relay: relay.clone(),
@@ -139,10 +149,20 @@ impl Plan {
     }
 }
 
-/// One Cycle client of a boot.
+/// Which workload a transaction was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A Cycle rewiring, acknowledged as `ring/ack/<client>/<n>`.
+    Cycle,
+    /// An Increment, acknowledged as `ledger/<client>/<n>`.
+    Increment,
+}
+
+/// One client of a boot.
 struct Client {
     id: u64,
     nodes: u64,
+    increment_keys: u64,
     think_ms_max: u64,
     /// The ring's size, once one client made sure it exists.
     ring: Arc<OnceCell<u64>>,
@@ -152,22 +172,30 @@ struct Client {
 }
 
 impl Client {
+    /// Transactions one after another, each a Cycle rewiring or an Increment (a coin decides),
+    /// against the epoch serving.
     async fn run(mut self) {
         let mut n = 0;
         loop {
             let think = 1 + self.rng.below(self.think_ms_max);
             tokio::time::sleep(Duration::from_millis(think)).await;
             let db = self.relay.database().await;
-            let nodes = self
-                .ring
-                .get_or_try_init(|| cycle::ensure_ring(&db, self.nodes))
-                .await;
-            let done = match nodes {
-                Ok(&nodes) => cycle::rewire(&db, nodes, &mut self.rng, self.id, n).await,
-                Err(e) => Err(e),
+            let kind = if self.rng.below(2) == 0 {
+                Kind::Cycle
+            } else {
+                Kind::Increment
+            };
+            let done = match kind {
+                Kind::Cycle => self.rewire(&db, n).await,
+                Kind::Increment => {
+                    let increment = Increment {
+                        keys: self.increment_keys,
+                    };
+                    increment.transaction(&db, &mut self.rng, self.id, n).await
+                }
             };
             match done {
-                Ok(_) => self.trace.ack(self.id, n),
+                Ok(_) => self.trace.ack(kind, self.id, n),
                 // Failed, or unknown: it may have committed (an epoch ended during its commit),
                 // so its number is not used again, and it is not counted as acknowledged.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -175,4 +203,71 @@ impl Client {
             n += 1;
         }
     }
+
+    async fn rewire(&mut self, db: &Database, n: u64) -> Result<u64> {
+        let nodes = *self
+            .ring
+            .get_or_try_init(|| cycle::ensure_ring(db, self.nodes))
+            .await?;
+        cycle::rewire(db, nodes, &mut self.rng, self.id, n).await
+    }
+}
+
+/// Bytes under `dir`, at any depth (0 when it does not exist).
+pub(crate) fn bytes_under(dir: &Path) -> Result<u64> {
+    if !dir.exists() {
+        return Ok(0);
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let meta = entry.metadata().map_err(io)?;
+        total += if meta.is_dir() {
+            bytes_under(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// Checks at rest that popping followed the slowest reader: no log of the data directory keeps
+/// a segment wholly below the oldest durable version of the storage servers (one whose
+/// successor starts below it), which the director pops every watermark interval. Run after a
+/// quiet spell of several intervals, so the last pop has caught up.
+pub(crate) fn check_popped(data_dir: &Path, storage: usize) -> Result<()> {
+    let mut oldest = None::<Version>;
+    for i in 0..storage {
+        let durable =
+            strata_storage::durable_version_at(&data_dir.join(format!("storage/{i}.redb")))?;
+        oldest = Some(oldest.map_or(durable, |o| o.min(durable)));
+    }
+    let Some(oldest) = oldest else { return Ok(()) };
+    for log in std::fs::read_dir(data_dir.join("logs")).map_err(io)? {
+        let log = log.map_err(io)?.path();
+        let mut bases: Vec<u64> = std::fs::read_dir(&log)
+            .map_err(io)?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".seg")?.parse().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        let stale = bases.windows(2).filter(|w| w[1] < oldest.0).count();
+        if stale > 0 {
+            return Err(Error::new(
+                Stage::Log,
+                ErrorKind::Corruption(format!(
+                    "{} keeps {stale} segments wholly below {oldest}, the oldest durable \
+                     version of the storage servers: it is not popped",
+                    log.display()
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::io(Stage::Director, e)
 }
