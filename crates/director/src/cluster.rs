@@ -95,6 +95,8 @@ pub struct EmbeddedCluster {
     pub(crate) logs: Vec<Arc<FileLog>>,
     pub(crate) storage: Vec<Arc<RedbStorage>>,
     pub(crate) watermark: Watermark,
+    /// How long [`EmbeddedCluster::check_health`] waits for each probe.
+    pub(crate) probe_timeout: std::time::Duration,
     /// This process's hold on the data directory, released when the cluster is dropped.
     pub(crate) _owner: Arc<DirectoryLock>,
 }
@@ -174,12 +176,33 @@ impl EmbeddedCluster {
         }
     }
 
-    /// Monitoring's probe: an error names the first stage found failed — a stopped
+    /// Monitoring's probe: an error names the first stage found failed — a sequencer or a
+    /// storage server that does not answer within [`EmbeddedConfig::probe_timeout`], a stopped
     /// sequencer, a poisoned or newer-epoch-locked log, a commit proxy whose batch failed
     /// (a hole in the version chain) or whose chain stopped advancing, a storage server that
     /// stopped applying. The director then ends the epoch.
     pub async fn check_health(&self) -> Result<()> {
-        self.pipeline.decorated_sequencer.read_version().await?;
+        let probe_timeout = self.probe_timeout;
+        let answer = |stage: Stage, what: &'static str| {
+            move |_| {
+                Error::new(
+                    stage,
+                    ErrorKind::Timeout {
+                        what: what.into(),
+                        after_ms: u64::try_from(probe_timeout.as_millis()).unwrap_or(u64::MAX),
+                    },
+                )
+            }
+        };
+        tokio::time::timeout(
+            probe_timeout,
+            self.pipeline.decorated_sequencer.read_version(),
+        )
+        .await
+        .map_err(answer(
+            Stage::Sequencer,
+            "the sequencer to answer monitoring's probe",
+        ))??;
         for log in &self.logs {
             if let Some(cause) = log.poisoned_by() {
                 return Err(Error::new(Stage::Log, ErrorKind::Poisoned(cause)));
@@ -205,7 +228,12 @@ impl EmbeddedCluster {
             p.health()?;
         }
         for s in &self.pipeline.decorated_storage {
-            s.applied_version().await?;
+            tokio::time::timeout(probe_timeout, s.applied_version())
+                .await
+                .map_err(answer(
+                    Stage::Storage,
+                    "a storage server to answer monitoring's probe",
+                ))??;
         }
         Ok(())
     }

@@ -56,6 +56,9 @@ pub struct EmbeddedConfig {
     pub recovery_attempts_max: u32,
     /// How often a served cluster's stages are probed.
     pub monitor_interval: Duration,
+    /// How long monitoring waits for a stage to answer a probe: one that does not answer in
+    /// time has failed (a hung stage would otherwise wedge monitoring, and the epoch with it).
+    pub probe_timeout: Duration,
     /// How often the director tells storage servers what is committed and pops the logs.
     pub watermark_interval: Duration,
 }
@@ -85,6 +88,7 @@ impl Default for EmbeddedConfig {
             storage_catch_up: Duration::from_secs(60),
             recovery_attempts_max: 5,
             monitor_interval: Duration::from_millis(100),
+            probe_timeout: Duration::from_secs(1),
             watermark_interval: Duration::from_millis(100),
         }
     }

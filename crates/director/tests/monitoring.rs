@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use strata_core::Epoch;
-use strata_director::faults::{FaultPoint, Faults};
+use strata_director::faults::{Fault, FaultPoint, Faults};
 use strata_director::{EmbeddedConfig, Serving};
 use tokio::sync::watch;
 
@@ -60,4 +60,26 @@ async fn a_failed_stage_ends_the_epoch_and_the_next_one_serves() {
 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+/// A probe that never answers is a failed stage too: monitoring gives each probe a bound
+/// ([`EmbeddedConfig::probe_timeout`]), so a hung sequencer or storage server ends the epoch
+/// instead of wedging monitoring for good (found by review of the simulation, whose hangs
+/// went unnoticed until the next crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_never_answers_ends_the_epoch() {
+    for point in [FaultPoint::ReadVersion, FaultPoint::StorageStop] {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::new();
+        let config = EmbeddedConfig {
+            monitor_interval: Duration::from_millis(20),
+            ..EmbeddedConfig::default()
+        };
+        let (mut watching, stop, server) = common::served(dir.path(), config, faults.clone());
+        wait_for(&mut watching, Epoch(1)).await;
+        faults.arm_at(point, 1, Fault::Hang);
+        wait_for(&mut watching, Epoch(2)).await;
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
 }

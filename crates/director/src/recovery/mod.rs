@@ -399,6 +399,7 @@ async fn start_and_persist(
         logs: logs.logs.clone(),
         storage: storage.to_vec(),
         watermark,
+        probe_timeout: config.probe_timeout,
         _owner: owner.clone(),
     };
     Ok((cluster, report))
