@@ -50,8 +50,7 @@ pub struct FileLogConfig {
     pub preallocate: bool,
     /// Where the writer and the spare segments run: a thread each (the default), or, for a
     /// simulated disk under a current-thread runtime, a task and the writer itself (see
-    /// [`Blocking`]). Inline, closing a log drops the pushes still queued (their pushers see
-    /// `Unavailable`) where the thread would write them first.
+    /// [`Blocking`]). Either way, closing a log writes what is queued before it returns.
     pub blocking: Blocking,
 }
 

@@ -46,11 +46,11 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
 }
 
-/// The way to the writer: a channel to its thread, or to its task.
+/// The way to the writer: a channel to its thread, or the queue its task writes from.
 #[derive(Clone, Debug)]
 pub(crate) enum Queue {
     Thread(Sender<Write>),
-    Task(tokio::sync::mpsc::UnboundedSender<Write>),
+    Task(Arc<Inline>),
 }
 
 impl Queue {
@@ -58,7 +58,7 @@ impl Queue {
     pub(crate) fn send(&self, w: Write) -> std::result::Result<(), Write> {
         match self {
             Queue::Thread(tx) => tx.send(w).map_err(|e| e.0),
-            Queue::Task(tx) => tx.send(w).map_err(|e| e.0),
+            Queue::Task(inline) => inline.send(w),
         }
     }
 }
@@ -67,19 +67,99 @@ impl Queue {
 #[derive(Debug)]
 pub(crate) enum Running {
     Thread(JoinHandle<()>),
-    Task(tokio::task::JoinHandle<()>),
+    Task(Arc<Inline>, tokio::task::JoinHandle<()>),
 }
 
 impl Running {
-    /// Waits for a thread to finish what it holds (its queue is closed); a task is cancelled
-    /// where it waits, between two groups (a group is written within one poll), and what it
-    /// still holds is refused.
+    /// Stops the writer once it has written and answered what it holds: a thread is joined
+    /// (its queue is closed); an inline writer's queue is written here and now, so a log
+    /// reopened right after never meets a writer of the old handle.
     pub(crate) fn stop(self) {
         match self {
             Running::Thread(handle) => {
                 let _ = handle.join();
             }
-            Running::Task(handle) => handle.abort(),
+            Running::Task(inline, task) => {
+                inline.close();
+                task.abort();
+            }
+        }
+    }
+}
+
+/// An inline writer ([`Blocking::Inline`]): the pushes queued and the writer, shared by the
+/// pushers, the task that writes what they queue, and `close`. Everything runs on one thread,
+/// so the lock is never waited for; it is held while a group is written and synced.
+#[derive(Debug)]
+pub(crate) struct Inline {
+    state: std::sync::Mutex<InlineState>,
+    queued: tokio::sync::Notify,
+}
+
+struct InlineState {
+    queue: std::collections::VecDeque<Write>,
+    /// `None` once closed.
+    writer: Option<Writer>,
+}
+
+impl std::fmt::Debug for InlineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineState")
+            .field("queued", &self.queue.len())
+            .field("closed", &self.writer.is_none())
+            .finish()
+    }
+}
+
+impl Inline {
+    fn state(&self) -> std::sync::MutexGuard<'_, InlineState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn send(&self, w: Write) -> std::result::Result<(), Write> {
+        let mut st = self.state();
+        if st.writer.is_none() {
+            return Err(w);
+        }
+        st.queue.push_back(w);
+        drop(st);
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    /// Writes everything queued, a group (at most `group_bytes_max`) at a time; `false` once
+    /// closed.
+    fn write_queued(&self) -> bool {
+        let mut st = self.state();
+        let InlineState { queue, writer } = &mut *st;
+        let Some(writer) = writer else { return false };
+        while let Some(first) = queue.pop_front() {
+            let mut bytes = first.payload.len() + RECORD_HEADER_BYTES;
+            let mut group = vec![first];
+            while bytes < writer.shared.config.group_bytes_max {
+                let Some(w) = queue.pop_front() else { break };
+                bytes += w.payload.len() + RECORD_HEADER_BYTES;
+                group.push(w);
+            }
+            writer.commit(group);
+        }
+        true
+    }
+
+    /// Writes what is queued, then stops: later pushes are refused.
+    fn close(&self) {
+        self.write_queued();
+        if let Some(mut writer) = self.state().writer.take() {
+            writer.spare.retire(&writer.shared);
+        }
+    }
+
+    /// The task: writes what is queued each time a push wakes it, until closed.
+    async fn run(self: Arc<Self>) {
+        while self.write_queued() {
+            self.queued.notified().await;
         }
     }
 }
@@ -115,27 +195,17 @@ impl Writer {
                 Ok((Queue::Thread(tx), Running::Thread(handle)))
             }
             Blocking::Inline => {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let task = tokio::spawn(writer.run_task(rx));
-                Ok((Queue::Task(tx), Running::Task(task)))
+                let inline = Arc::new(Inline {
+                    state: std::sync::Mutex::new(InlineState {
+                        queue: std::collections::VecDeque::new(),
+                        writer: Some(writer),
+                    }),
+                    queued: tokio::sync::Notify::new(),
+                });
+                let task = tokio::spawn(inline.clone().run());
+                Ok((Queue::Task(inline.clone()), Running::Task(inline, task)))
             }
         }
-    }
-
-    /// The writer as a task: each wake-up takes every push queued as one group. It never
-    /// waits for stragglers (there is no sync time to overlap on a simulated disk).
-    async fn run_task(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Write>) {
-        while let Some(first) = rx.recv().await {
-            let mut bytes = first.payload.len() + RECORD_HEADER_BYTES;
-            let mut group = vec![first];
-            while bytes < self.shared.config.group_bytes_max {
-                let Ok(w) = rx.try_recv() else { break };
-                bytes += w.payload.len() + RECORD_HEADER_BYTES;
-                group.push(w);
-            }
-            self.commit(group);
-        }
-        self.spare.retire(&self.shared);
     }
 
     fn run(mut self, rx: Receiver<Write>) {
