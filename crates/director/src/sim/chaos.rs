@@ -24,7 +24,7 @@ const POINTS: [FaultPoint; 9] = [
 
 /// Arms faults until the boot ends: after a gap (a quarter of them within 20 ms of the one
 /// before, so faults land on a recovery in progress), one point fails, stalls for a while, or
-/// hangs, on its next call or one of the two after it.
+/// hangs, on its next call or one of the two after it (`call 1` to `call 3` in the trace).
 pub(crate) async fn run(faults: Arc<Faults>, mut rng: SplitMix64, trace: Arc<Trace>) {
     let started = tokio::time::Instant::now();
     loop {
@@ -40,9 +40,10 @@ pub(crate) async fn run(faults: Arc<Faults>, mut rng: SplitMix64, trace: Arc<Tra
             1 => Fault::Hang,
             _ => Fault::Usual,
         };
-        let nth = rng.below(3) as usize;
+        // 1 is the next call; `arm_at` counts from 1.
+        let nth = 1 + rng.below(3) as usize;
         trace.fault(format!(
-            "at {} ms: {point:?} call +{nth}: {}",
+            "at {} ms: {point:?} call {nth}: {}",
             started.elapsed().as_millis(),
             match &fault {
                 Fault::Delay(d) => format!("delay {} ms", d.as_millis()),

@@ -51,6 +51,7 @@ use plan::Kind;
 pub use plan::{Layout, Plan};
 
 use crate::cluster::{Serving, serve};
+use crate::coordinator::{FileStateStore, StateStore};
 use crate::recovery::RecoveryEnv;
 use crate::workload::{cycle, increment};
 
@@ -86,7 +87,7 @@ pub struct SimReport {
     pub boots: u64,
     /// Epochs served.
     pub epochs: u64,
-    /// Faults injected, crashes included.
+    /// Stage faults armed (the crashes are the boots after the first).
     pub faults: u64,
     /// Transactions acknowledged to the workload's clients.
     pub acked: u64,
@@ -271,6 +272,24 @@ fn run_boots(
     Ok(())
 }
 
+/// Copies the directory `from` to `to` (made anew), files and directories at any depth.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
 /// What a boot did.
 struct Booted {
     epochs: u64,
@@ -303,12 +322,24 @@ impl Boot<'_> {
         ));
         let faults = Faults::new();
         let outcome = runtime.block_on(self.serve_for(length, chaos, *last_epoch, &faults));
-        // The crash: whatever the boot's tasks were doing, they stop here, and nothing of the
-        // boot may stay open (its logs' and storage files' locks would refuse the next boot).
+        // The crash: the files as they are now are what survives (what was written, synced
+        // or not: a process crash). Dropping the runtime stops every task where it stands, but
+        // runs destructors, which a crash does not (redb would close its files cleanly), so
+        // what they write is undone by putting the copy back.
+        let image = self.data_dir.with_extension("crash");
+        copy_dir(&self.data_dir, &image).map_err(|e| Error::io(Stage::Director, e))?;
         faults.release_proxies();
         drop(runtime);
+        std::fs::remove_dir_all(&self.data_dir)
+            .and_then(|()| std::fs::rename(&image, &self.data_dir))
+            .map_err(|e| Error::io(Stage::Director, e))?;
         let (booted, newest) = outcome?;
-        *last_epoch = newest;
+        // An epoch claimed just before the crash, never seen serving, still counts: the next
+        // boot must serve a newer one.
+        let claimed = FileStateStore::new(&self.data_dir)
+            .read()?
+            .map_or(Epoch(0), |s| s.epoch);
+        *last_epoch = newest.max(claimed);
         Ok(booted)
     }
 
@@ -355,10 +386,19 @@ impl Boot<'_> {
             () = tokio::time::sleep(length) => None,
         };
         let simulated = started.elapsed();
+        tasks.push(watcher);
         for t in &tasks {
             t.abort();
         }
-        watcher.abort();
+        // A task that panicked (a client, the chaos, the watcher) fails the run: cancelled is
+        // how the others end.
+        for t in tasks {
+            if let Err(e) = t.await
+                && e.is_panic()
+            {
+                return Err(director(format!("a simulation task panicked: {e}")));
+            }
+        }
         if let Some(served) = ended {
             let served = served.map_err(|e| director(format!("the server task stopped: {e}")))?;
             served?;
@@ -458,6 +498,9 @@ impl Relay {
     }
 }
 
+/// How long the watcher's read of a new epoch's system keys may take.
+const SYSTEM_CHECK_WAIT: Duration = Duration::from_secs(2);
+
 /// What the epoch watcher saw in a boot.
 #[derive(Debug)]
 struct Seen {
@@ -482,7 +525,10 @@ async fn watch_epochs(
             let last = seen.lock().unwrap_or_else(PoisonError::into_inner).newest;
             let mut broken = (epoch <= last)
                 .then(|| corruption(format!("{epoch} served after {last}: epochs must increase")));
-            let checked = check_system_keys(&db, epoch).await;
+            // Bounded: a stage that hangs must not stop the watcher seeing later epochs.
+            let checked = tokio::time::timeout(SYSTEM_CHECK_WAIT, check_system_keys(&db, epoch))
+                .await
+                .unwrap_or_else(|_| Err(director("the read timed out".into())));
             trace.event(format!(
                 "epoch {} served, system keys {}",
                 epoch.0,

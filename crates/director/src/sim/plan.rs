@@ -46,6 +46,8 @@ pub struct Plan {
     pub window_versions: u64,
     /// How often storage servers flush and the director pops the logs.
     pub flush_interval: Duration,
+    /// How long a batch may wait on one stage before its proxy reports a stall.
+    pub stall_timeout: Duration,
     /// Concurrent Cycle clients per boot.
     pub clients: u64,
     /// Nodes in the Cycle ring.
@@ -79,6 +81,7 @@ impl Plan {
             segment_bytes: pick(&[16 << 10, 64 << 10, 1 << 20]),
             window_versions: pick(&[20_000, 200_000, 1_000_000]),
             flush_interval: Duration::from_millis(pick(&[10, 50, 100])),
+            stall_timeout: Duration::from_millis(pick(&[500, 2_000])),
             clients: pick(&[1, 2, 4, 8]),
             nodes: pick(&[4, 16, 64]),
             increment_keys: pick(&[1, 4, 16]),
@@ -107,6 +110,10 @@ impl Plan {
         c.storage_config.window_versions = self.window_versions;
         c.storage_config.flush_interval = self.flush_interval;
         c.storage_config.blocking = Blocking::Inline;
+        // Stalls must be found within a boot (at most 10 s): a stage that hangs on the commit
+        // path ends the epoch after this, and a hung persistence phase after 2 s.
+        c.proxy.stall_timeout = self.stall_timeout;
+        c.persistence_deadline = Duration::from_secs(2);
         c
     }
 
