@@ -55,7 +55,7 @@ use crate::owner::{DirectoryLock, lock_directory};
 use crate::{split_begins, split_ranges};
 
 mod logs;
-mod persistence;
+pub(crate) mod persistence;
 pub(crate) mod replay;
 
 use logs::{

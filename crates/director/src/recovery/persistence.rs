@@ -9,6 +9,7 @@ use strata_core::system::{
 };
 use strata_core::{Error, ErrorKind, Mutation, Result, Stage, Version};
 use strata_storage::RedbStorage;
+use strata_txn_builder::Transaction;
 
 use super::{Attempt, RecoveryError, error, millis};
 use crate::cluster::Pipeline;
@@ -121,21 +122,7 @@ async fn persist(
         ));
     }
     at(Stage::Storage);
-    let monolithic = check.snapshot_get(&keys::config()).await?.ok_or_else(|| {
-        error(ErrorKind::Corruption(
-            "the monolithic key is missing".into(),
-        ))
-    })?;
-    let mut pairs = Vec::new();
-    for range in [keys::cluster_range(), keys::layout_range()] {
-        pairs.extend(check.snapshot_get_range(&range, 100_000, false).await?);
-    }
-    let last = keys::recovery_last_completed();
-    if let Some(v) = check.snapshot_get(&last).await? {
-        pairs.push((last, v));
-    }
-    let from_monolithic = SystemConfig::from_monolithic(&monolithic).map_err(config_error)?;
-    let from_decomposed = SystemConfig::from_decomposed(pairs).map_err(config_error)?;
+    let (from_monolithic, from_decomposed) = read_both_views(&check).await?;
     if from_monolithic != system || from_decomposed != system {
         return Err(error(ErrorKind::Corruption(
             "the configuration read back differs from the one written".into(),
@@ -147,6 +134,32 @@ async fn persist(
         "persistence phase complete"
     );
     Ok((version, system))
+}
+
+/// The configuration as `tx` reads it twice: from the monolithic key, and reassembled from the
+/// decomposed keys and the recovery record (which fails on a key of an older, larger layout
+/// left behind). A view missing or unreadable is `Corruption`. The persistence phase checks
+/// both against what it wrote; the simulation checks them after every recovery.
+pub(crate) async fn read_both_views(tx: &Transaction) -> Result<(SystemConfig, SystemConfig)> {
+    let config_error =
+        |e: strata_core::system::ConfigError| error(ErrorKind::Corruption(e.to_string()));
+    let monolithic = tx.snapshot_get(&keys::config()).await?.ok_or_else(|| {
+        error(ErrorKind::Corruption(
+            "the monolithic key is missing".into(),
+        ))
+    })?;
+    let mut pairs = Vec::new();
+    for range in [keys::cluster_range(), keys::layout_range()] {
+        pairs.extend(tx.snapshot_get_range(&range, 100_000, false).await?);
+    }
+    let last = keys::recovery_last_completed();
+    if let Some(v) = tx.snapshot_get(&last).await? {
+        pairs.push((last, v));
+    }
+    Ok((
+        SystemConfig::from_monolithic(&monolithic).map_err(config_error)?,
+        SystemConfig::from_decomposed(pairs).map_err(config_error)?,
+    ))
 }
 
 /// The writes of the system transaction, in order: clear [`keys::cluster_range`] and

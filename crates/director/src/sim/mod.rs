@@ -40,7 +40,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
-use strata_core::system::{SystemConfig, keys};
 use strata_core::{Epoch, Error, ErrorKind, Result, Stage};
 use strata_testkit::faults::Faults;
 use strata_testkit::rng::SplitMix64;
@@ -53,6 +52,7 @@ pub use plan::{Layout, Plan};
 use crate::cluster::{Serving, serve};
 use crate::coordinator::{FileStateStore, StateStore};
 use crate::recovery::RecoveryEnv;
+use crate::recovery::persistence::read_both_views;
 use crate::workload::{cycle, increment};
 
 /// What a run covers beyond what its seed chooses.
@@ -240,13 +240,7 @@ fn run_boots(
     while !left.is_zero() {
         let length = plan.boot_length(&mut rng).min(left);
         left = left.saturating_sub(length);
-        let boot = Boot {
-            plan,
-            data_dir: data_dir.to_owned(),
-            trace: trace.clone(),
-            number: report.boots,
-            chaos_seed: rng.next_u64(),
-        };
+        let boot = Boot::new(plan, data_dir, trace, report.boots, &mut rng);
         let done = boot.run(length, true, &mut last_epoch)?;
         report.log_bytes_max = report
             .log_bytes_max
@@ -256,13 +250,7 @@ fn run_boots(
         report.simulated += done.simulated;
     }
     // Faults stop: the last boot must recover and pass the checks.
-    let boot = Boot {
-        plan,
-        data_dir: data_dir.to_owned(),
-        trace: trace.clone(),
-        number: report.boots,
-        chaos_seed: rng.next_u64(),
-    };
+    let boot = Boot::new(plan, data_dir, trace, report.boots, &mut rng);
     let done = boot.run(Duration::from_secs(2), false, &mut last_epoch)?;
     report.boots += 1;
     report.epochs += done.epochs;
@@ -305,7 +293,23 @@ struct Boot<'a> {
     chaos_seed: u64,
 }
 
-impl Boot<'_> {
+impl<'a> Boot<'a> {
+    fn new(
+        plan: &'a Plan,
+        data_dir: &Path,
+        trace: &Arc<Trace>,
+        number: u64,
+        rng: &mut SplitMix64,
+    ) -> Boot<'a> {
+        Boot {
+            plan,
+            data_dir: data_dir.to_owned(),
+            trace: trace.clone(),
+            number,
+            chaos_seed: rng.next_u64(),
+        }
+    }
+
     /// Runs the boot for `length` of simulated time (with faults when `chaos`), then drops the
     /// runtime: every task stops where it is, as in a crash. A clean boot ends with the checks.
     fn run(self, length: Duration, chaos: bool, last_epoch: &mut Epoch) -> Result<Booted> {
@@ -559,23 +563,7 @@ async fn watch_epochs(
 /// say the same, and name `epoch` as the layout's and the last completed recovery's epoch.
 /// (Reassembling fails on a stale decomposed key of an older layout.)
 pub(crate) async fn check_system_keys(db: &Database, epoch: Epoch) -> Result<()> {
-    let tx = db.begin().await?;
-    let monolithic = tx
-        .snapshot_get(&keys::config())
-        .await?
-        .ok_or_else(|| corruption("the monolithic configuration is missing".into()))?;
-    let mut pairs = Vec::new();
-    for range in [keys::cluster_range(), keys::layout_range()] {
-        pairs.extend(tx.snapshot_get_range(&range, 100_000, false).await?);
-    }
-    let last = keys::recovery_last_completed();
-    if let Some(v) = tx.snapshot_get(&last).await? {
-        pairs.push((last, v));
-    }
-    let whole = SystemConfig::from_monolithic(&monolithic)
-        .map_err(|e| corruption(format!("the monolithic configuration: {e}")))?;
-    let parts = SystemConfig::from_decomposed(pairs)
-        .map_err(|e| corruption(format!("the decomposed configuration: {e}")))?;
+    let (whole, parts) = read_both_views(&db.begin().await?).await?;
     if whole != parts {
         return Err(corruption(
             "the monolithic configuration differs from the decomposed keys".into(),
