@@ -1,12 +1,17 @@
-//! The chaos of a faulty boot: stage faults armed at seeded times, sometimes back to back.
+//! The chaos of a faulty boot: stage faults armed at seeded times, sometimes back to back; and
+//! between boots, sometimes, a file lost.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use strata_core::{Error, Result, Stage};
 
 use strata_testkit::faults::{Fault, FaultPoint, Faults};
 use strata_testkit::rng::SplitMix64;
 
 use super::Trace;
+use crate::coordinator::{FileStateStore, StateStore};
 
 /// The points the stage decorators fire (a log's sync belongs to its file system, which the
 /// simulation does not wrap yet).
@@ -53,4 +58,35 @@ pub(crate) async fn run(faults: Arc<Faults>, mut rng: SplitMix64, trace: Arc<Tra
         ));
         faults.arm_at(point, nth, fault);
     }
+}
+
+/// A file lost between two boots: a log directory the coordinated state names, or a storage
+/// server's file, is removed. Most often it held history that exists nowhere else (the logs
+/// are popped; a storage file is the only copy of what it made durable), and the next recovery
+/// must refuse the directory with `Corruption`; where it did not (a storage file that never
+/// flushed while the logs hold everything), recovery may serve, and the run's final checks
+/// then find any acknowledged commit lost. Returns what was lost, or `None` when there was
+/// nothing to lose yet.
+pub(crate) fn lose_a_file(data_dir: &Path, rng: &mut SplitMix64) -> Result<Option<String>> {
+    let Some(state) = FileStateStore::new(data_dir).read()? else {
+        return Ok(None);
+    };
+    let storage = data_dir.join(format!("storage/{}.redb", rng.below(state.storage as u64)));
+    let lost = if rng.below(2) == 0 && !state.logs.is_empty() {
+        let place = &state.logs[rng.below(state.logs.len() as u64) as usize];
+        let dir = data_dir.join(&place.dir);
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(Stage::Director, e))?;
+        place.dir.clone()
+    } else if storage.exists() {
+        std::fs::remove_file(&storage).map_err(|e| Error::io(Stage::Director, e))?;
+        format!(
+            "storage/{}",
+            storage
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        )
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(lost))
 }

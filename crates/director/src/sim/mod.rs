@@ -119,6 +119,9 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::O
 /// from the one simulation thread, so the order is the program's.
 #[derive(Debug, Default)]
 pub(crate) struct Trace {
+    /// The run's scratch directory, named differently each run: written as `<data-dir>` in
+    /// the events (errors name files in it), so the digest does not depend on it.
+    data_dir: Mutex<Option<String>>,
     events: Mutex<Vec<String>>,
     acked: Mutex<Vec<(Kind, u64, u64)>>,
     faults: Mutex<u64>,
@@ -126,11 +129,19 @@ pub(crate) struct Trace {
 
 impl Trace {
     pub(crate) fn event(&self, line: String) {
+        let line = self.scrub(line);
         tracing::debug!(target: "strata::sim", "{line}");
         self.events
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(line);
+    }
+
+    fn scrub(&self, text: String) -> String {
+        match &*self.data_dir.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(dir) => text.replace(dir.as_str(), "<data-dir>"),
+            None => text,
+        }
     }
 
     pub(crate) fn fault(&self, line: String) {
@@ -193,11 +204,17 @@ pub fn run(seed: u64, options: &SimOptions) -> SimReport {
         last_events: Vec::new(),
         trace: Vec::new(),
     };
-    let outcome =
-        data_dir().and_then(|dir| run_boots(&plan, options, dir.path(), &trace, &mut report));
+    let outcome = data_dir().and_then(|dir| {
+        *trace
+            .data_dir
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(dir.path().display().to_string());
+        run_boots(&plan, options, dir.path(), &trace, &mut report)
+    });
     if let Err(e) = outcome {
-        trace.event(format!("failed: {e}"));
-        report.failure = Some(e.to_string());
+        let failure = trace.scrub(e.to_string());
+        trace.event(format!("failed: {failure}"));
+        report.failure = Some(failure);
         report.last_events = trace.tail(20);
     }
     report.faults = *trace.faults.lock().unwrap_or_else(PoisonError::into_inner);
@@ -237,21 +254,40 @@ fn run_boots(
     let mut rng = SplitMix64(plan.seed ^ 0x5eed_b007);
     let mut left = options.duration;
     let mut last_epoch = Epoch(0);
+    let mut lost = None::<String>;
     while !left.is_zero() {
         let length = plan.boot_length(&mut rng).min(left);
         left = left.saturating_sub(length);
         let boot = Boot::new(plan, data_dir, trace, report.boots, &mut rng);
-        let done = boot.run(length, true, &mut last_epoch)?;
+        let done = match boot.run(length, true, &mut last_epoch) {
+            Err(e) if lost.is_some() => return refused(lost, e, trace),
+            done => done?,
+        };
+        if let Some(file) = lost.take() {
+            survived(&file, done.epochs, trace)?;
+        }
         report.log_bytes_max = report
             .log_bytes_max
             .max(plan::bytes_under(&data_dir.join("logs"))?);
         report.boots += 1;
         report.epochs += done.epochs;
         report.simulated += done.simulated;
+        if rng.below(LOSE_A_FILE_ONE_IN) == 0 {
+            lost = chaos::lose_a_file(data_dir, &mut rng)?;
+            if let Some(file) = &lost {
+                trace.fault(format!("{file} lost after boot {}", report.boots - 1));
+            }
+        }
     }
     // Faults stop: the last boot must recover and pass the checks.
     let boot = Boot::new(plan, data_dir, trace, report.boots, &mut rng);
-    let done = boot.run(Duration::from_secs(2), false, &mut last_epoch)?;
+    let done = match boot.run(Duration::from_secs(2), false, &mut last_epoch) {
+        Err(e) if lost.is_some() => return refused(lost, e, trace),
+        done => done?,
+    };
+    if let Some(file) = lost {
+        survived(&file, done.epochs, trace)?;
+    }
     report.boots += 1;
     report.epochs += done.epochs;
     report.simulated += done.simulated;
@@ -275,6 +311,37 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
             std::fs::copy(entry.path(), &target)?;
         }
     }
+    Ok(())
+}
+
+/// One boot in this many is followed by a lost file (then the run ends at the next boot).
+const LOSE_A_FILE_ONE_IN: u64 = 24;
+
+/// The end of a run after a lost file whose next boot failed: refused as `Corruption` is what
+/// it must be; any other failure is the run's.
+fn refused(lost: Option<String>, e: Error, trace: &Trace) -> Result<()> {
+    if matches!(e.kind, ErrorKind::Corruption(_)) {
+        trace.event(format!(
+            "refused after {} was lost: {}",
+            lost.unwrap_or_default(),
+            e.kind
+        ));
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// A boot after a lost file that was not refused: it must have served (the file held nothing
+/// that exists nowhere else, as a storage file never flushed while the logs still hold all
+/// history), and then the run goes on: its final checks find any acknowledged commit lost.
+fn survived(file: &str, epochs: u64, trace: &Trace) -> Result<()> {
+    if epochs == 0 {
+        return Err(corruption(format!(
+            "{file} was lost, and recovery neither refused the directory nor served"
+        )));
+    }
+    trace.event(format!("recovered after {file} was lost"));
     Ok(())
 }
 
