@@ -259,10 +259,10 @@ fn run_boots(
         let length = plan.boot_length(&mut rng).min(left);
         left = left.saturating_sub(length);
         let boot = Boot::new(plan, data_dir, trace, report.boots, &mut rng);
-        let done = match boot.run(length, true, &mut last_epoch) {
-            Err(e) if lost.is_some() => return refused(lost, e, trace),
-            done => done?,
-        };
+        let done = boot.run(length, true, &mut last_epoch)?;
+        if let Some(e) = done.gave_up {
+            return refused(lost, e, trace);
+        }
         if let Some(file) = lost.take() {
             survived(&file, done.epochs, trace)?;
         }
@@ -281,10 +281,10 @@ fn run_boots(
     }
     // Faults stop: the last boot must recover and pass the checks.
     let boot = Boot::new(plan, data_dir, trace, report.boots, &mut rng);
-    let done = match boot.run(Duration::from_secs(2), false, &mut last_epoch) {
-        Err(e) if lost.is_some() => return refused(lost, e, trace),
-        done => done?,
-    };
+    let done = boot.run(Duration::from_secs(2), false, &mut last_epoch)?;
+    if let Some(e) = done.gave_up {
+        return refused(lost, e, trace);
+    }
     if let Some(file) = lost {
         survived(&file, done.epochs, trace)?;
     }
@@ -317,18 +317,15 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 /// One boot in this many is followed by a lost file (then the run ends at the next boot).
 const LOSE_A_FILE_ONE_IN: u64 = 24;
 
-/// The end of a run after a lost file whose next boot failed: refused as `Corruption` is what
-/// it must be; any other failure is the run's.
+/// The end of a run whose coordinator gave up: right only when a file was lost before the
+/// boot and the refusal is `Corruption`; otherwise the giving up is the run's failure.
 fn refused(lost: Option<String>, e: Error, trace: &Trace) -> Result<()> {
-    if matches!(e.kind, ErrorKind::Corruption(_)) {
-        trace.event(format!(
-            "refused after {} was lost: {}",
-            lost.unwrap_or_default(),
-            e.kind
-        ));
-        Ok(())
-    } else {
-        Err(e)
+    match lost {
+        Some(file) if matches!(e.kind, ErrorKind::Corruption(_)) => {
+            trace.event(format!("refused after {file} was lost: {}", e.kind));
+            Ok(())
+        }
+        _ => Err(e),
     }
 }
 
@@ -349,6 +346,9 @@ fn survived(file: &str, epochs: u64, trace: &Trace) -> Result<()> {
 struct Booted {
     epochs: u64,
     simulated: Duration,
+    /// Why the coordinator gave up, when it did: a refusal, right only after a lost file.
+    /// (A failed check is an error of the boot itself, never taken for a refusal.)
+    gave_up: Option<Error>,
 }
 
 /// One boot: a runtime, the cluster served in it, clients and chaos, until its crash.
@@ -470,10 +470,14 @@ impl<'a> Boot<'a> {
                 return Err(director(format!("a simulation task panicked: {e}")));
             }
         }
+        let mut gave_up = None;
         if let Some(served) = ended {
             let served = served.map_err(|e| director(format!("the server task stopped: {e}")))?;
-            served?;
-            return Err(director("serving ended without a shutdown".into()));
+            gave_up = Some(
+                served
+                    .err()
+                    .unwrap_or_else(|| director("serving ended without a shutdown".into())),
+            );
         }
         let (epochs, newest, broken) = {
             let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
@@ -482,7 +486,7 @@ impl<'a> Boot<'a> {
         if let Some(e) = broken {
             return Err(e);
         }
-        if !chaos {
+        if gave_up.is_none() && !chaos {
             // A quiet spell, so the storage servers flush and the director pops the logs up to
             // them before the checks (and the popping check after the boot).
             tokio::time::sleep(self.plan.flush_interval * 5).await;
@@ -493,7 +497,14 @@ impl<'a> Boot<'a> {
             self.number,
             simulated.as_millis()
         ));
-        Ok((Booted { epochs, simulated }, newest))
+        Ok((
+            Booted {
+                epochs,
+                simulated,
+                gave_up,
+            },
+            newest,
+        ))
     }
 
     /// The checks of a clean boot, on the epoch it serves.
