@@ -97,6 +97,14 @@ pub fn lock_directory(data_dir: &Path, create: bool) -> Result<Arc<DirectoryLock
             {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
+            // A process killed a moment ago keeps its lock until the kernel has closed its
+            // files, which a thread in the middle of an fsync delays: `kill -9` then `strata
+            // recover` must not be refused by the process that is going away.
+            Taken::Busy(holder)
+                if started.elapsed() < EXITING_HOLDER_WAIT && holder_is_exiting(&holder) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             Taken::Busy(holder) => {
                 let holder = match holder.as_str() {
                     "" => "another process".to_owned(),
@@ -109,6 +117,36 @@ pub fn lock_directory(data_dir: &Path, create: bool) -> Result<Arc<DirectoryLock
             }
         }
     }
+}
+
+/// How long a command waits for a holder that is exiting to let the directory go.
+const EXITING_HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the process `pid` (as the lock file names it) is going away: gone already, a
+/// zombie, or exiting (`PF_EXITING` in `/proc/<pid>/stat`). Where `/proc` cannot say (another
+/// system, a pid that is not a number), the holder is taken as alive.
+fn holder_is_exiting(pid: &str) -> bool {
+    /// `PF_EXITING`, set on a task as it starts to exit (include/linux/sched.h).
+    const PF_EXITING: u64 = 0x4;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        // Gone, where /proc exists.
+        return std::path::Path::new("/proc/self/stat").exists();
+    };
+    // The fields after the command name (which may hold spaces), from the third: state, ppid,
+    // pgrp, session, tty_nr, tpgid, flags.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = matches!(fields.first(), Some(&("Z" | "X" | "x")));
+    let exiting = fields
+        .get(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_EXITING != 0);
+    zombie || exiting
 }
 
 /// What one try to take a directory gave.
@@ -164,6 +202,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_holder_that_is_exiting_or_gone_is_told_from_a_live_one() {
+        // A live process: this one.
+        assert!(!holder_is_exiting(&std::process::id().to_string()));
+        // A child that has exited and is not reaped yet is a zombie.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !holder_is_exiting(&pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(holder_is_exiting(&pid), "a zombie is exiting");
+        child.wait().unwrap();
+        // Reaped: gone.
+        assert!(holder_is_exiting(&pid), "a process gone is exiting");
+        // What the lock file may hold that names no process: taken as alive.
+        assert!(!holder_is_exiting(""));
+        assert!(!holder_is_exiting("not a pid"));
+    }
 
     #[test]
     fn one_process_shares_its_lock_and_releases_it_with_the_last_handle() {
