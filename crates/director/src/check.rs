@@ -249,6 +249,22 @@ pub(crate) struct Holdings {
     pub(crate) findings: Vec<(Finding, Option<Error>)>,
 }
 
+/// [`read_holdings`] for a directory read at rest (`strata check`, [`crate::Snapshot`]): the
+/// logs opened read-only, the storage files read on blocking threads.
+pub(crate) async fn read_holdings_at_rest(
+    data_dir: &Path,
+    state: &CoordinatedState,
+) -> Result<Holdings> {
+    read_holdings(
+        data_dir,
+        Some(state),
+        state.storage,
+        Blocking::Threads,
+        open_named_log,
+    )
+    .await
+}
+
 /// What the storage file at `path` holds, read on a blocking thread or inline as `blocking`
 /// says; the outer error is the blocking task's.
 async fn stored_at(path: PathBuf, blocking: Blocking) -> Result<Result<strata_storage::Stored>> {
@@ -423,14 +439,7 @@ pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
         return Ok(report);
     };
     report.epoch = Some(state.epoch);
-    let held = read_holdings(
-        data_dir,
-        Some(&state),
-        state.storage,
-        Blocking::Threads,
-        open_named_log,
-    )
-    .await?;
+    let held = read_holdings_at_rest(data_dir, &state).await?;
     report.storage = (0..state.storage)
         .map(|i| format!("storage/{i}.redb"))
         .zip(held.durable.iter().copied())

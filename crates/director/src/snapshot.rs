@@ -28,11 +28,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata_core::{Blocking, ErrorKind, Key, KeyRange, Result, StorageServer, Value, Version};
+use strata_core::{ErrorKind, Key, KeyRange, Result, StorageServer, Value, Version};
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_tlog::FileLog;
 
-use crate::check::{check_directory, open_named_log, read_holdings};
+use crate::check::{check_directory, read_holdings_at_rest};
 use crate::coordinator::{CoordinatedState, FileStateStore, StateStore};
 use crate::owner::{DirectoryLock, lock_directory};
 use crate::{error, split_ranges};
@@ -83,14 +83,7 @@ impl Snapshot {
         // As recovery reads it: storage first, then each log opened with the version known
         // committed that it must hold, so a damaged record of a committed version is an error,
         // never cut off as a torn write.
-        let held = read_holdings(
-            data_dir,
-            Some(&state),
-            state.storage,
-            Blocking::Threads,
-            open_named_log,
-        )
-        .await?;
+        let held = read_holdings_at_rest(data_dir, &state).await?;
         let logs = held.logs;
         let refused = match (held.findings.into_iter().next(), held.holds) {
             (Some((first, cause)), _) => Some(first.into_error(data_dir, cause)),

@@ -119,8 +119,13 @@ async fn exercise(log: Arc<FileLog>, last: u64) -> Vec<(u64, Bytes)> {
         p.await.unwrap().unwrap();
     }
     log.pop(Version(last / 2)).await.unwrap();
+    pull_all(&log, last / 2, last).await
+}
+
+/// Every entry after `after` through `last`, pulled a page at a time.
+async fn pull_all(log: &FileLog, after: u64, last: u64) -> Vec<(u64, Bytes)> {
     let mut out = Vec::new();
-    let mut after = Version(last / 2);
+    let mut after = Version(after);
     while after.0 < last {
         for e in log.pull(after, 100).await.unwrap() {
             after = e.version;
@@ -130,6 +135,23 @@ async fn exercise(log: Arc<FileLog>, last: u64) -> Vec<(u64, Bytes)> {
     out
 }
 
+type Threads = Arc<Mutex<Vec<ThreadId>>>;
+
+/// A new log in `dir` on the watched disk, and the threads its writes and syncs ran on.
+fn open_watched(dir: &Path, blocking: Blocking) -> (Arc<FileLog>, Threads) {
+    let watched = Watched::default();
+    let threads = watched.threads.clone();
+    let log = FileLog::open_dir(
+        Arc::new(watched),
+        dir,
+        LogId(1),
+        OpenMode::Create(Version(0)),
+        config(blocking),
+    )
+    .unwrap();
+    (Arc::new(log), threads)
+}
+
 fn expected(last: u64) -> Vec<(u64, Bytes)> {
     (last / 2 + 1..=last).map(|v| (v, payload(v))).collect()
 }
@@ -137,17 +159,7 @@ fn expected(last: u64) -> Vec<(u64, Bytes)> {
 #[tokio::test(flavor = "current_thread")]
 async fn an_inline_log_writes_on_the_runtime_thread_and_reads_back_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let watched = Watched::default();
-    let threads = watched.threads.clone();
-    let log = FileLog::open_dir(
-        Arc::new(watched),
-        dir.path(),
-        LogId(1),
-        OpenMode::Create(Version(0)),
-        config(Blocking::Inline),
-    )
-    .unwrap();
-    let log = Arc::new(log);
+    let (log, threads) = open_watched(dir.path(), Blocking::Inline);
     assert_eq!(exercise(log.clone(), 2_000).await, expected(2_000));
     log.close();
     drop(log);
@@ -162,15 +174,7 @@ async fn an_inline_log_writes_on_the_runtime_thread_and_reads_back_after_a_reope
 
     // What it wrote is a log like any other: reopened with its threads, it holds the same.
     let log = FileLog::open_existing(dir.path(), LogId(1), config(Blocking::Threads)).unwrap();
-    let mut back = Vec::new();
-    let mut after = Version(1_000);
-    while after.0 < 2_000 {
-        for e in log.pull(after, 100).await.unwrap() {
-            after = e.version;
-            back.push((e.version.0, e.payload));
-        }
-    }
-    assert_eq!(back, expected(2_000));
+    assert_eq!(pull_all(&log, 1_000, 2_000).await, expected(2_000));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,17 +182,7 @@ async fn a_threaded_log_writes_on_its_own_threads() {
     // The control: the same run with threads does its writes elsewhere, so the test above
     // would notice a writer that still ran on a thread.
     let dir = tempfile::tempdir().unwrap();
-    let watched = Watched::default();
-    let threads = watched.threads.clone();
-    let log = FileLog::open_dir(
-        Arc::new(watched),
-        dir.path(),
-        LogId(1),
-        OpenMode::Create(Version(0)),
-        config(Blocking::Threads),
-    )
-    .unwrap();
-    let log = Arc::new(log);
+    let (log, threads) = open_watched(dir.path(), Blocking::Threads);
     assert_eq!(exercise(log.clone(), 500).await, expected(500));
     log.close();
     let writer = threads.lock().unwrap().last().copied().unwrap();

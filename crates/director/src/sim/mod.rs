@@ -255,23 +255,33 @@ fn run_boots(
     let mut left = options.duration;
     let mut last_epoch = Epoch(0);
     let mut lost = None::<String>;
-    while !left.is_zero() {
-        let length = plan.boot_length(&mut rng).min(left);
+    // Boots with faults until `left` is spent; then one without, which must recover and pass
+    // the checks.
+    loop {
+        let chaos = !left.is_zero();
+        let length = if chaos {
+            plan.boot_length(&mut rng).min(left)
+        } else {
+            Duration::from_secs(2)
+        };
         left = left.saturating_sub(length);
         let boot = Boot::new(plan, data_dir, trace, report.boots, &mut rng);
-        let done = boot.run(length, true, &mut last_epoch)?;
+        let done = boot.run(length, chaos, &mut last_epoch)?;
         if let Some(e) = done.gave_up {
             return refused(lost, e, trace);
         }
         if let Some(file) = lost.take() {
             survived(&file, done.epochs, trace)?;
         }
-        report.log_bytes_max = report
-            .log_bytes_max
-            .max(plan::bytes_under(&data_dir.join("logs"))?);
         report.boots += 1;
         report.epochs += done.epochs;
         report.simulated += done.simulated;
+        if !chaos {
+            break;
+        }
+        report.log_bytes_max = report
+            .log_bytes_max
+            .max(plan::bytes_under(&data_dir.join("logs"))?);
         if rng.below(LOSE_A_FILE_ONE_IN) == 0 {
             lost = chaos::lose_a_file(data_dir, &mut rng)?;
             if let Some(file) = &lost {
@@ -279,18 +289,6 @@ fn run_boots(
             }
         }
     }
-    // Faults stop: the last boot must recover and pass the checks.
-    let boot = Boot::new(plan, data_dir, trace, report.boots, &mut rng);
-    let done = boot.run(Duration::from_secs(2), false, &mut last_epoch)?;
-    if let Some(e) = done.gave_up {
-        return refused(lost, e, trace);
-    }
-    if let Some(file) = lost {
-        survived(&file, done.epochs, trace)?;
-    }
-    report.boots += 1;
-    report.epochs += done.epochs;
-    report.simulated += done.simulated;
     plan::check_popped(data_dir, plan.layout.storage)?;
     trace.event("every log popped to the storage servers' oldest durable version".into());
     Ok(())
