@@ -195,6 +195,10 @@ pub struct RecoveryEnv {
     /// Armed faults, injected through decorators around every stage the pipeline uses, and
     /// into the logs' file system (a failing sync).
     pub faults: Option<Arc<Faults>>,
+    /// The file system the logs are opened through: `None` for the operating system's (under
+    /// `faults`' failing sync, when there are faults). The simulation puts a disk here that
+    /// remembers what was synced, to lose the rest in a power loss.
+    pub log_fs: Option<Arc<dyn Fs>>,
     logs: Arc<Mutex<HashMap<PathBuf, Weak<FileLog>>>>,
 }
 
@@ -228,9 +232,10 @@ impl RecoveryEnv {
             tracing::warn!(dir = %dir.display(), "reopening a poisoned log from disk");
             log.close();
         }
-        let fs: Arc<dyn Fs> = match &self.faults {
-            Some(f) => Arc::new(FaultyFs(f.clone())),
-            None => Arc::new(RealFs),
+        let fs: Arc<dyn Fs> = match (&self.log_fs, &self.faults) {
+            (Some(fs), _) => fs.clone(),
+            (None, Some(f)) => Arc::new(FaultyFs(f.clone())),
+            (None, None) => Arc::new(RealFs),
         };
         let log = Arc::new(FileLog::open_dir(fs, dir, id, mode, config)?);
         logs.insert(dir.to_owned(), Arc::downgrade(&log));

@@ -11,10 +11,11 @@ use strata_testkit::faults::{Fault, FaultPoint, Faults};
 use strata_testkit::rng::SplitMix64;
 
 use super::Trace;
+use super::disk::PowerDisk;
 use crate::coordinator::{FileStateStore, StateStore};
 
-/// The points the stage decorators fire (a log's sync belongs to its file system, which the
-/// simulation does not wrap yet).
+/// The points the stage decorators fire (a log's failing sync is the simulated disk's own
+/// fault: `FaultPoint::LogSync` fires only on a writer thread, and the simulation has none).
 const POINTS: [FaultPoint; 9] = [
     FaultPoint::Resolve,
     FaultPoint::CommitVersion,
@@ -30,7 +31,12 @@ const POINTS: [FaultPoint; 9] = [
 /// Arms faults until the boot ends: after a gap (a quarter of them within 20 ms of the one
 /// before, so faults land on a recovery in progress), one point fails, stalls for a while, or
 /// hangs, on its next call or one of the two after it (`call 1` to `call 3` in the trace).
-pub(crate) async fn run(faults: Arc<Faults>, mut rng: SplitMix64, trace: Arc<Trace>) {
+pub(crate) async fn run(
+    faults: Arc<Faults>,
+    disk: Arc<PowerDisk>,
+    mut rng: SplitMix64,
+    trace: Arc<Trace>,
+) {
     let started = tokio::time::Instant::now();
     loop {
         let gap = if rng.below(4) == 0 {
@@ -39,6 +45,34 @@ pub(crate) async fn run(faults: Arc<Faults>, mut rng: SplitMix64, trace: Arc<Tra
             100 + rng.below(2_900)
         };
         tokio::time::sleep(Duration::from_millis(gap)).await;
+        // One fault in eight is the logs' disk's: syncs fail, the power goes in the middle of
+        // one (the boot runs on without its logs' disk, and ends in a power loss), or it fills
+        // for a while.
+        if rng.below(8) == 0 {
+            let at = started.elapsed().as_millis();
+            let kind = rng.below(5);
+            if kind == 0 {
+                let n = 1 + rng.below(20);
+                trace.fault(format!(
+                    "at {at} ms: the power goes in the logs' sync {n} from now"
+                ));
+                disk.die_at_sync(n);
+            } else if kind <= 2 {
+                let n = 1 + rng.below(3);
+                trace.fault(format!("at {at} ms: the logs' next {n} syncs fail"));
+                disk.fail_syncs(n);
+            } else {
+                let lasting = Duration::from_millis(100 + rng.below(3_000));
+                trace.fault(format!(
+                    "at {at} ms: the logs' disk full for {} ms",
+                    lasting.as_millis()
+                ));
+                disk.set_full(true);
+                tokio::time::sleep(lasting).await;
+                disk.set_full(false);
+            }
+            continue;
+        }
         let point = POINTS[rng.below(POINTS.len() as u64) as usize];
         let fault = match rng.below(4) {
             0 => Fault::Delay(Duration::from_millis(100 + rng.below(3_000))),

@@ -20,10 +20,11 @@
 //! decides. The run's events form a trace whose digest [`SimReport::digest`] is the same for
 //! the same seed on the same build.
 //!
-//! What this simulation does not do yet: the disk is real (a directory on a memory file
-//! system where there is one), so a crash is a process crash that keeps what was written but
-//! not synced; torn writes, lost files, a full disk and failing syncs are covered by the
-//! log's and storage's own crash tests, not here.
+//! Half the crashes are a power loss for the logs: they write through a simulated disk
+//! (`sim/disk.rs`) that remembers what was synced, and the crash leaves only that, with torn
+//! sectors of the rest; the same disk fails syncs, fills up, or loses power in the middle of a
+//! sync. The storage servers' files and the coordinated state keep what was written, as a
+//! process crash does.
 //!
 //! ```no_run
 //! let report = strata_director::sim::run(7, &strata_director::sim::SimOptions::default());
@@ -32,6 +33,7 @@
 //! ```
 
 mod chaos;
+mod disk;
 mod plan;
 
 use std::hash::{Hash, Hasher};
@@ -46,11 +48,13 @@ use strata_testkit::rng::SplitMix64;
 use strata_txn_builder::Database;
 use tokio::sync::watch;
 
+use disk::PowerDisk;
 use plan::Kind;
 pub use plan::{Layout, Plan};
 
 use crate::cluster::{Serving, serve};
 use crate::coordinator::{FileStateStore, StateStore};
+use crate::faults::FaultyFs;
 use crate::recovery::RecoveryEnv;
 use crate::recovery::persistence::read_both_views;
 use crate::workload::{cycle, increment};
@@ -356,6 +360,9 @@ struct Boot<'a> {
     trace: Arc<Trace>,
     number: u64,
     chaos_seed: u64,
+    /// Whether the crash that ends it is a power loss (the logs keep only what they synced)
+    /// rather than a process crash.
+    power_loss: bool,
 }
 
 impl<'a> Boot<'a> {
@@ -372,6 +379,7 @@ impl<'a> Boot<'a> {
             trace: trace.clone(),
             number,
             chaos_seed: rng.next_u64(),
+            power_loss: rng.below(2) == 0,
         }
     }
 
@@ -390,13 +398,25 @@ impl<'a> Boot<'a> {
             length.as_millis()
         ));
         let faults = Faults::new();
-        let outcome = runtime.block_on(self.serve_for(length, chaos, *last_epoch, &faults));
+        let disk = Arc::new(PowerDisk::new(Arc::new(FaultyFs(faults.clone()))));
+        let outcome = runtime.block_on(self.serve_for(length, chaos, *last_epoch, &faults, &disk));
         // The crash: the files as they are now are what survives (what was written, synced
-        // or not: a process crash). Dropping the runtime stops every task where it stands, but
-        // runs destructors, which a crash does not (redb would close its files cleanly), so
-        // what they write is undone by putting the copy back.
+        // or not: a process crash), or, in a power loss, the logs lose what they did not sync.
+        // Dropping the runtime stops every task where it stands, but runs destructors, which a
+        // crash does not (redb would close its files cleanly), so what they write is undone by
+        // putting the copy back.
         let image = self.data_dir.with_extension("crash");
         copy_dir(&self.data_dir, &image).map_err(|e| Error::io(Stage::Director, e))?;
+        if self.power_loss || disk.is_dead() {
+            let mut rng = SplitMix64(self.chaos_seed.rotate_left(29));
+            let lost = disk
+                .lose_power(&self.data_dir, &image, &mut rng)
+                .map_err(|e| Error::io(Stage::Director, e))?;
+            self.trace.fault(format!(
+                "power lost after boot {}: {lost} unsynced log changes torn or lost",
+                self.number
+            ));
+        }
         faults.release_proxies();
         drop(runtime);
         std::fs::remove_dir_all(&self.data_dir)
@@ -418,9 +438,11 @@ impl<'a> Boot<'a> {
         chaos: bool,
         last_epoch: Epoch,
         faults: &Arc<Faults>,
+        disk: &Arc<PowerDisk>,
     ) -> Result<(Booted, Epoch)> {
         let started = tokio::time::Instant::now();
-        let env = RecoveryEnv::with_faults(faults.clone());
+        let mut env = RecoveryEnv::with_faults(faults.clone());
+        env.log_fs = Some(disk.clone());
         let (serving_tx, serving) = watch::channel::<Serving>(None);
         let config = self.plan.config();
         let data_dir = self.data_dir.clone();
@@ -445,6 +467,7 @@ impl<'a> Boot<'a> {
         if chaos {
             tasks.push(tokio::spawn(chaos::run(
                 faults.clone(),
+                disk.clone(),
                 SplitMix64(self.chaos_seed.rotate_left(17)),
                 self.trace.clone(),
             )));
