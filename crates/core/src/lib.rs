@@ -67,6 +67,7 @@
 
 pub mod atomic;
 pub mod blocking;
+pub mod buggify;
 pub mod chain;
 pub mod error;
 pub mod merge;

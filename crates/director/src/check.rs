@@ -421,7 +421,7 @@ pub(crate) fn open_named_log(
 /// coordinated state against the directory ([`check_directory`]), every storage file and every
 /// log it names (`read_holdings`), and whether some log holds all the history the next
 /// recovery would replay. It first takes the directory's lock ([`crate::owner`], creating
-/// `strata.lock`); the logs are opened to be read only ([`open_named_log`]), so nothing else is
+/// `strata.lock`); the logs are opened to be read only (`open_named_log`), so nothing else is
 /// written, whatever a crash left. An error is returned when the directory is missing, in use
 /// by another process, or cannot be read at all.
 pub async fn verify(data_dir: &Path) -> Result<CheckReport> {

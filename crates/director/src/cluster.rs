@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_commit_proxy::BatchingProxy;
+use strata_core::buggify;
 use strata_core::{
     CommitProxy, Epoch, Error, ErrorKind, LogServer, Result, Sequencer, Stage, StorageServer,
     Version,
@@ -54,6 +55,9 @@ impl Watermark {
             let mut popped = Version::ZERO;
             loop {
                 tokio::time::sleep(interval).await;
+                if buggify::fires("director.pop.skip") {
+                    continue;
+                }
                 // The read version is the newest version reported committed: on every log.
                 let Ok(committed) = sequencer.read_version().await else {
                     return; // stopped: the epoch is over

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use strata_core::{ErrorKind, KeyRange, Mutation, Result, Version};
+use strata_core::{ErrorKind, KeyRange, Mutation, Result, Version, buggify};
 
 use crate::atomic::Bases;
 use crate::blocking;
@@ -61,6 +61,9 @@ impl Inner {
                     continue;
                 }
             };
+            if !entries.is_empty() && buggify::fires("storage.apply.lag") {
+                tokio::time::sleep(Duration::from_millis(1 + buggify::below(50))).await;
+            }
             let decoded: Result<Vec<(Version, Vec<Mutation>)>> = entries
                 .into_iter()
                 .map(|e| decode_entry(e.version, e.payload))
@@ -85,6 +88,9 @@ impl Inner {
     pub(crate) async fn flush_loop(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.config.flush_interval).await;
+            if buggify::fires("storage.flush.skip") {
+                continue;
+            }
             if let Err(e) = self.flush().await {
                 // A damaged file is never written again: retrying would only repeat the error.
                 if self.state().is_ok_and(|st| st.damaged.is_some()) {

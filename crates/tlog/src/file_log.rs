@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use strata_core::{Epoch, ErrorKind, LogEntry, LogId, LogServer, LogState, Result, Version};
+use strata_core::{
+    Epoch, ErrorKind, LogEntry, LogId, LogServer, LogState, Result, Version, buggify,
+};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::chain::Chain;
@@ -531,6 +533,11 @@ impl LogServer for FileLog {
     }
 
     async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
+        let limit = if buggify::fires("tlog.pull.short") {
+            limit.min(1)
+        } else {
+            limit
+        };
         let found = self.read_entries(after, limit)?;
         if !found.is_empty() || limit == 0 {
             return Ok(found);

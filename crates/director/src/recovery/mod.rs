@@ -31,6 +31,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use strata_commit_proxy::BatchingProxy;
+use strata_core::buggify;
 use strata_core::system::{BeginKey, SystemConfig, TransactionSystemLayout, keys};
 use strata_core::{
     CommitProxy, Epoch, Error, ErrorKind, Key, LogId, LogServer, Resolver, Result, Sequencer,
@@ -173,6 +174,9 @@ impl Phases {
         name: &'static str,
         body: impl std::future::Future<Output = Attempt<T>>,
     ) -> Attempt<T> {
+        if buggify::fires("recovery.phase.slow") {
+            tokio::time::sleep(std::time::Duration::from_millis(1 + buggify::below(200))).await;
+        }
         let started = Instant::now();
         let result = body
             .instrument(tracing::info_span!("recovery phase", phase = name))

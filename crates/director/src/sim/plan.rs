@@ -12,7 +12,7 @@ use strata_testkit::rng::SplitMix64;
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
-use super::{Relay, Trace};
+use super::{Relay, Trace, registers};
 use crate::config::EmbeddedConfig;
 use crate::workload::Workload;
 use crate::workload::cycle;
@@ -163,6 +163,8 @@ pub(crate) enum Kind {
     Cycle,
     /// An Increment, acknowledged as `ledger/<client>/<n>`.
     Increment,
+    /// A read/write of the client's registers, checked against the model as it reads.
+    Register,
 }
 
 /// One client of a boot.
@@ -179,30 +181,45 @@ struct Client {
 }
 
 impl Client {
-    /// Transactions one after another, each a Cycle rewiring or an Increment (a coin decides),
-    /// against the epoch serving.
+    /// Transactions one after another, each a Cycle rewiring, an Increment or a read/write of
+    /// registers (the generator decides), against the epoch serving. A read the registers'
+    /// model does not allow breaks the run.
     async fn run(mut self) {
         let mut n = 0;
         loop {
             let think = 1 + self.rng.below(self.think_ms_max);
             tokio::time::sleep(Duration::from_millis(think)).await;
             let db = self.relay.database().await;
-            let kind = if self.rng.below(2) == 0 {
-                Kind::Cycle
-            } else {
-                Kind::Increment
-            };
+            let kind = [Kind::Cycle, Kind::Increment, Kind::Register][self.rng.below(3) as usize];
             let done = match kind {
-                Kind::Cycle => self.rewire(&db, n).await,
+                Kind::Cycle => self.rewire(&db, n).await.map(|_| true),
                 Kind::Increment => {
                     let increment = Increment {
                         keys: self.increment_keys,
                     };
-                    increment.transaction(&db, &mut self.rng, self.id, n).await
+                    increment
+                        .transaction(&db, &mut self.rng, self.id, n)
+                        .await
+                        .map(|_| true)
+                }
+                Kind::Register => {
+                    match registers::transaction(
+                        &self.trace.registers,
+                        &db,
+                        &mut self.rng,
+                        self.id,
+                        n,
+                    )
+                    .await
+                    {
+                        Err(e) => return self.trace.broken(e),
+                        acked => acked,
+                    }
                 }
             };
             match done {
-                Ok(_) => self.trace.ack(kind, self.id, n),
+                Ok(true) => self.trace.ack(kind, self.id, n),
+                Ok(false) => tokio::time::sleep(Duration::from_millis(10)).await,
                 // Failed, or unknown: it may have committed (an epoch ended during its commit),
                 // so its number is not used again, and it is not counted as acknowledged.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,

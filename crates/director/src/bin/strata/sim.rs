@@ -104,7 +104,7 @@ fn describe(r: &SimReport, seconds: u64) {
     let l = r.layout;
     out!(
         "seed {}: {} logs, {} storage, {} resolvers, {} proxies; {:.1} simulated s, {} boots, \
-         {} epochs, {} faults, {} acknowledged; digest {:016x}",
+         {} epochs, {} faults, {} fault points fired, {} acknowledged; digest {:016x}",
         r.seed,
         l.logs,
         l.storage,
@@ -114,6 +114,7 @@ fn describe(r: &SimReport, seconds: u64) {
         r.boots,
         r.epochs,
         r.faults,
+        r.points_fired,
         r.acked,
         r.digest
     );
