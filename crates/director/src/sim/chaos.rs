@@ -45,6 +45,18 @@ pub(crate) async fn run(
             100 + rng.below(2_900)
         };
         tokio::time::sleep(Duration::from_millis(gap)).await;
+        // One fault in sixteen is the clock jumping forward (a machine that froze: a VM paused,
+        // a long stall): every timer that falls due meanwhile fires at once, versions leap.
+        if rng.below(16) == 0 {
+            let jump = Duration::from_millis(100 + rng.below(4_900));
+            trace.fault(format!(
+                "at {} ms: the clock jumps {} ms",
+                started.elapsed().as_millis(),
+                jump.as_millis()
+            ));
+            tokio::time::advance(jump).await;
+            continue;
+        }
         // One fault in eight is the logs' disk's: syncs fail, the power goes in the middle of
         // one (the boot runs on without its logs' disk, and ends in a power loss), or it fills
         // for a while.

@@ -672,10 +672,14 @@ async fn watch_epochs(
     trace: Arc<Trace>,
     seen: Arc<Mutex<Seen>>,
 ) {
+    let mut previous = None::<(Epoch, Database)>;
     loop {
         let current = serving.borrow_and_update().clone();
         relay.set(current.clone());
         if let Some((epoch, db)) = current {
+            if let Some((old, old_db)) = previous.replace((epoch, db.clone())) {
+                tokio::spawn(check_fenced(old, old_db, epoch, db.clone(), trace.clone()));
+            }
             let last = seen.lock().unwrap_or_else(PoisonError::into_inner).newest;
             let mut broken = (epoch <= last)
                 .then(|| corruption(format!("{epoch} served after {last}: epochs must increase")));
@@ -706,6 +710,35 @@ async fn watch_epochs(
         if serving.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// How long a commit through a replaced epoch, or the read of its key, may take.
+const FENCE_WAIT: Duration = Duration::from_secs(1);
+
+/// Once `new` serves, the epoch `old` it replaced must be fenced: a write committed through
+/// `old`'s database (its sequencer, proxies and logs, as a client that missed the change would
+/// use them) is refused or never answered, and never shows at `new`. A finding breaks the run.
+async fn check_fenced(old: Epoch, old_db: Database, new: Epoch, db: Database, trace: Arc<Trace>) {
+    let key = bytes::Bytes::from(format!("fence/{:010}/{:010}", old.0, new.0));
+    let attempt = async {
+        let tx = old_db.begin().await?;
+        tx.set(key.clone(), bytes::Bytes::from_static(b"stale"));
+        tx.commit().await
+    };
+    if let Ok(Ok(version)) = tokio::time::timeout(FENCE_WAIT, attempt).await {
+        return trace.broken(corruption(format!(
+            "{old} acknowledged a commit at {version} after {new} served: it is not fenced"
+        )));
+    }
+    let read = async { db.begin().await?.snapshot_get(&key).await };
+    match tokio::time::timeout(FENCE_WAIT, read).await {
+        Ok(Ok(Some(_))) => trace.broken(corruption(format!(
+            "a write refused by {old} after {new} served is visible in {new}"
+        ))),
+        Ok(Ok(None)) => trace.event(format!("{old} fenced after {new} served")),
+        // The new epoch ended (or hangs) too: nothing to read it with.
+        _ => trace.event(format!("{old} fenced after {new} served (not read back)")),
     }
 }
 
