@@ -8,6 +8,7 @@ use std::sync::Arc;
 use redb::{ReadableDatabase, ReadableTable};
 use strata_core::{KeyRange, Result, Version};
 
+use crate::backend;
 use crate::codec::{
     DATA, DURABLE_VERSION, META, SHARDS, SHARDS_KEY, decode_shards, encode_shards, shown,
 };
@@ -45,7 +46,7 @@ pub struct Stored {
 fn open_db(path: &Path, check: bool, doing: &str) -> Result<redb::Database> {
     let mut builder = redb::Builder::new();
     builder.set_check_integrity_on_open(check);
-    builder.create(path).map_err(db_error(path, doing))
+    backend::create(&builder, path).map_err(db_error(path, doing))
 }
 
 /// Opens the file at `path` so that nothing is ever written to it: every write redb makes
@@ -181,7 +182,8 @@ fn create_if_missing(path: &Path) -> Result<()> {
         _ => {}
     }
     {
-        let db = redb::Database::create(&creating).map_err(db_error(&creating, doing))?;
+        let db = backend::create(&redb::Builder::new(), &creating)
+            .map_err(db_error(&creating, doing))?;
         let tx = write_tx(&db, &creating)?;
         tx.open_table(DATA).map_err(db_error(&creating, doing))?;
         tx.open_table(META).map_err(db_error(&creating, doing))?;

@@ -125,6 +125,7 @@
 //! //! ```
 
 mod atomic;
+pub mod backend;
 mod background;
 mod blocking;
 mod codec;

@@ -57,8 +57,8 @@ pub(crate) async fn run(
             tokio::time::advance(jump).await;
             continue;
         }
-        // One fault in eight is the logs' disk's: syncs fail, the power goes in the middle of
-        // one (the boot runs on without its logs' disk, and ends in a power loss), or it fills
+        // One fault in eight is the disk's: syncs fail, the power goes in the middle of
+        // one (the boot runs on without its disk, and ends in a power loss), or it fills
         // for a while.
         if rng.below(8) == 0 {
             let at = started.elapsed().as_millis();
@@ -66,17 +66,17 @@ pub(crate) async fn run(
             if kind == 0 {
                 let n = 1 + rng.below(20);
                 trace.fault(format!(
-                    "at {at} ms: the power goes in the logs' sync {n} from now"
+                    "at {at} ms: the power goes in the disk's sync {n} from now"
                 ));
                 disk.die_at_sync(n);
             } else if kind <= 2 {
                 let n = 1 + rng.below(3);
-                trace.fault(format!("at {at} ms: the logs' next {n} syncs fail"));
+                trace.fault(format!("at {at} ms: the disk's next {n} syncs fail"));
                 disk.fail_syncs(n);
             } else {
                 let lasting = Duration::from_millis(100 + rng.below(3_000));
                 trace.fault(format!(
-                    "at {at} ms: the logs' disk full for {} ms",
+                    "at {at} ms: the disk is full for {} ms",
                     lasting.as_millis()
                 ));
                 disk.set_full(true);

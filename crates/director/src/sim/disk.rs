@@ -1,8 +1,9 @@
-//! The logs' disk in the simulation: the real files, plus a record of what was synced, so that
-//! a crash can be a power loss rather than a process crash.
+//! The simulation's disk: the real files, plus a record of what was synced, so that a crash can
+//! be a power loss rather than a process crash.
 //!
 //! [`PowerDisk`] sits between the logs and their file system (the fault switchboard's, over the
-//! real one). Every write goes to the real file at once, so everything that reads the data
+//! real one), and between the storage servers and their redb files (a redb backend, installed
+//! for the simulation's thread). Every write goes to the real file at once, so everything that reads the data
 //! directory (recovery's checks, the popping check, a byte count) sees it as a process would;
 //! beside it, for every file it has touched, it keeps the file's *durable* contents (as of its
 //! last `sync_data`) and the writes made since, and for every directory it has touched, the
@@ -15,9 +16,11 @@
 //! on Linux after a failed writeback, what they should have made durable is gone at the next
 //! power loss, though reads still see it), or the disk is full for a while (no file grows).
 //!
-//! What it does not model: the storage servers' redb files and the coordinated state (they keep
-//! what was written, which a power loss may also do), and a directory's own entry in its parent
-//! (the log directories are made by `create_dir_all`, outside this file system).
+//! What it does not model: the coordinated state (it keeps what was written, which a power loss
+//! may also do), the storage directory's entries (the storage crate creates its file under a
+//! temporary name and renames it into place itself: a power loss keeps those changes), and a
+//! directory's own entry in its parent (the log directories are made by `create_dir_all`,
+//! outside this file system).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -44,6 +47,9 @@ struct State {
     /// Each touched directory's entries as of its last sync (or as found when first touched).
     durable_dirs: BTreeMap<PathBuf, BTreeMap<String, u64>>,
     files: BTreeMap<u64, Inode>,
+    /// The storage servers' redb files, by the path they were opened at. Their directory is
+    /// not followed: the storage crate creates, renames and syncs it by itself.
+    storage: BTreeMap<PathBuf, u64>,
     next_inode: u64,
     /// Syncs still to fail.
     failing_syncs: u64,
@@ -260,16 +266,26 @@ impl PowerDisk {
                     continue;
                 };
                 let mut contents = contents.clone();
-                for op in &file.pending {
-                    lost += 1;
-                    match op {
-                        Pending::Write(at, bytes) => torn(&mut contents, *at, bytes, rng),
-                        Pending::SetLen(_) if rng.below(2) == 0 => apply(&mut contents, op),
-                        Pending::SetLen(_) => {}
-                    }
-                }
+                lost += torn_pending(&mut contents, &file.pending, rng);
                 std::fs::write(target.join(name), &contents)?;
             }
+        }
+        for (path, inode) in &state.storage {
+            let Ok(relative) = path.strip_prefix(live) else {
+                continue;
+            };
+            // Gone since (a file created under a temporary name and renamed into place once
+            // closed: its writes were synced by then).
+            if !path.exists() {
+                continue;
+            }
+            let file = &state.files[inode];
+            let Some(durable) = &file.durable else {
+                continue;
+            };
+            let mut contents = durable.clone();
+            lost += torn_pending(&mut contents, &file.pending, rng);
+            std::fs::write(image.join(relative), &contents)?;
         }
         Ok(lost)
     }
@@ -281,6 +297,19 @@ impl PowerDisk {
             state: self.state.clone(),
         })
     }
+}
+
+/// Applies to `contents` what `rng` keeps of the changes `pending` since the last sync: some
+/// sectors of each write, and each change of length or not. Returns how many there were.
+fn torn_pending(contents: &mut Vec<u8>, pending: &[Pending], rng: &mut SplitMix64) -> u64 {
+    for op in pending {
+        match op {
+            Pending::Write(at, bytes) => torn(contents, *at, bytes, rng),
+            Pending::SetLen(_) if rng.below(2) == 0 => apply(contents, op),
+            Pending::SetLen(_) => {}
+        }
+    }
+    pending.len() as u64
 }
 
 /// Applies to `contents` the sectors of the write of `bytes` at `at` that `rng` keeps.
@@ -373,6 +402,86 @@ impl Fs for PowerDisk {
     }
 }
 
+impl strata_storage::backend::FileBackends for PowerDisk {
+    fn open(&self, path: &Path) -> io::Result<Box<dyn redb::StorageBackend>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let mut state = lock(&self.state);
+        state.alive()?;
+        let inode = match state.storage.get(path) {
+            Some(&inode) => inode,
+            None => {
+                let inode = state.new_inode(None);
+                state.storage.insert(path.to_owned(), inode);
+                inode
+            }
+        };
+        Ok(Box::new(PowerBackend {
+            file,
+            inode,
+            state: self.state.clone(),
+        }))
+    }
+}
+
+/// A storage server's redb file on a [`PowerDisk`].
+#[derive(Debug)]
+struct PowerBackend {
+    file: std::fs::File,
+    inode: u64,
+    state: Arc<Mutex<State>>,
+}
+
+impl PowerBackend {
+    fn read_all(&self) -> io::Result<Vec<u8>> {
+        let mut contents = vec![0; self.file.metadata()?.len() as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut contents, 0)?;
+        Ok(contents)
+    }
+}
+
+impl redb::StorageBackend for PowerBackend {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let now = self.len()?;
+        change(
+            &self.state,
+            self.inode,
+            now,
+            || self.read_all(),
+            Pending::SetLen(len),
+            || self.file.set_len(len),
+        )
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        sync(&self.state, self.inode, || self.file.sync_data())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let now = self.len()?;
+        change(
+            &self.state,
+            self.inode,
+            now,
+            || self.read_all(),
+            Pending::Write(offset, data.to_vec()),
+            || std::os::unix::fs::FileExt::write_all_at(&self.file, data, offset),
+        )
+    }
+}
+
 /// A file on a [`PowerDisk`].
 #[derive(Debug)]
 struct PowerFile {
@@ -381,27 +490,72 @@ struct PowerFile {
     state: Arc<Mutex<State>>,
 }
 
+/// Records `op` on the file `inode` (now `len` bytes long), which `write` does to the real
+/// file, keeping the durable contents first (`read_all` reads them while they are still on the
+/// disk). Refused when the power went, or when the disk is full and `op` grows the file.
+fn change(
+    state: &Mutex<State>,
+    inode: u64,
+    len: u64,
+    read_all: impl FnOnce() -> io::Result<Vec<u8>>,
+    op: Pending,
+    write: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    let mut state = lock(state);
+    state.alive()?;
+    let grows = match &op {
+        Pending::Write(at, bytes) => at + bytes.len() as u64,
+        Pending::SetLen(len) => *len,
+    } > len;
+    if grows && state.full {
+        return Err(io::Error::from(io::ErrorKind::StorageFull));
+    }
+    let Some(file) = state.files.get_mut(&inode) else {
+        return write();
+    };
+    if file.durable.is_none() {
+        file.durable = Some(read_all()?);
+    }
+    write()?;
+    file.pending.push(op);
+    Ok(())
+}
+
+/// Syncs the file `inode` with `sync`: what was written since becomes durable, unless the sync
+/// fails (injected, or the power going in the middle of it).
+fn sync(state: &Mutex<State>, inode: u64, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    let mut state = lock(state);
+    let result = state.sync_fails().and_then(|()| sync());
+    if state.dead {
+        // The power went during this sync: its writes stay pending, torn at the crash.
+        return result;
+    }
+    let Some(file) = state.files.get_mut(&inode) else {
+        return result;
+    };
+    let pending = std::mem::take(&mut file.pending);
+    // What the sync made durable. After a failure, as Linux does after a failed writeback,
+    // the pages count as clean: reads still see the writes, but no later sync makes them
+    // durable.
+    if result.is_ok()
+        && let Some(durable) = &mut file.durable
+    {
+        pending.iter().for_each(|op| apply(durable, op));
+    }
+    result
+}
+
 impl PowerFile {
-    /// Records `op`, done on the real file by `write`, keeping the durable contents first.
     fn change(&self, op: Pending, write: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-        let mut state = lock(&self.state);
-        state.alive()?;
-        let grows = match &op {
-            Pending::Write(at, bytes) => at + bytes.len() as u64,
-            Pending::SetLen(len) => *len,
-        } > self.file.len()?;
-        if grows && state.full {
-            return Err(io::Error::from(io::ErrorKind::StorageFull));
-        }
-        let Some(inode) = state.files.get_mut(&self.inode) else {
-            return write();
-        };
-        if inode.durable.is_none() {
-            inode.durable = Some(read_all(self.file.as_ref())?);
-        }
-        write()?;
-        inode.pending.push(op);
-        Ok(())
+        let len = self.file.len()?;
+        change(
+            &self.state,
+            self.inode,
+            len,
+            || read_all(self.file.as_ref()),
+            op,
+            write,
+        )
     }
 }
 
@@ -421,25 +575,7 @@ impl FsFile for PowerFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let mut state = lock(&self.state);
-        let result = state.sync_fails().and_then(|()| self.file.sync_data());
-        if state.dead {
-            // The power went during this sync: its writes stay pending, torn at the crash.
-            return result;
-        }
-        let Some(inode) = state.files.get_mut(&self.inode) else {
-            return result;
-        };
-        let pending = std::mem::take(&mut inode.pending);
-        // What the sync made durable. After a failure, as Linux does after a failed writeback,
-        // the pages count as clean: reads still see the writes, but no later sync makes them
-        // durable.
-        if result.is_ok()
-            && let Some(durable) = &mut inode.durable
-        {
-            pending.iter().for_each(|op| apply(durable, op));
-        }
-        result
+        sync(&self.state, self.inode, || self.file.sync_data())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -598,6 +734,36 @@ mod tests {
             seen.insert(after_power_loss(root.path(), &disk, seed)["f"].clone());
         }
         assert_eq!(seen, [b"KEPT".to_vec(), b"KEPTtorn".to_vec()].into());
+    }
+
+    #[test]
+    fn a_storage_file_keeps_what_redb_synced() {
+        use strata_storage::backend::FileBackends;
+        let (root, dir, disk) = setup();
+        let path = dir.join("0.redb");
+        let file = FileBackends::open(&disk, &path).unwrap();
+        file.write(0, b"committed").unwrap();
+        file.sync_data().unwrap();
+        file.write(0, b"COMMITTED and more").unwrap();
+        file.set_len(4096).unwrap();
+        assert_eq!(file.len().unwrap(), 4096);
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..16 {
+            let image = after_power_loss(root.path(), &disk, seed);
+            let kept = image["0.redb"].clone();
+            assert!([9, 18, 4096].contains(&kept.len()), "{}", kept.len());
+            seen.insert(kept[..9].to_vec());
+        }
+        assert_eq!(seen, [b"COMMITTED".to_vec(), b"committed".to_vec()].into());
+        // A second open of the same path is the same file.
+        FileBackends::open(&disk, &path)
+            .unwrap()
+            .sync_data()
+            .unwrap();
+        assert_eq!(
+            &after_power_loss(root.path(), &disk, 0)["0.redb"][..9],
+            b"COMMITTED"
+        );
     }
 
     #[test]

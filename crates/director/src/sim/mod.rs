@@ -22,11 +22,10 @@
 //! decides. The run's events form a trace whose digest [`SimReport::digest`] is the same for
 //! the same seed on the same build.
 //!
-//! Half the crashes are a power loss for the logs: they write through a simulated disk
-//! (`sim/disk.rs`) that remembers what was synced, and the crash leaves only that, with torn
-//! sectors of the rest; the same disk fails syncs, fills up, or loses power in the middle of a
-//! sync. The storage servers' files and the coordinated state keep what was written, as a
-//! process crash does.
+//! Half the crashes are a power loss: the logs and the storage servers' redb files go through
+//! a simulated disk (`sim/disk.rs`) that remembers what was synced, and the crash leaves only
+//! that, with torn sectors of the rest; the same disk fails syncs, fills up, or loses power in
+//! the middle of a sync. The coordinated state keeps what was written, as a process crash does.
 //!
 //! ```no_run
 //! let report = strata_director::sim::run(7, &strata_director::sim::SimOptions::default());
@@ -443,6 +442,8 @@ impl<'a> Boot<'a> {
         ));
         let faults = Faults::new();
         let disk = Arc::new(PowerDisk::new(Arc::new(FaultyFs(faults.clone()))));
+        // The storage servers' files too (their work runs on this thread).
+        let _storage_files = strata_storage::backend::install(disk.clone());
         let outcome = runtime.block_on(self.serve_for(length, chaos, *last_epoch, &faults, &disk));
         // The crash: the files as they are now are what survives (what was written, synced
         // or not: a process crash), or, in a power loss, the logs lose what they did not sync.
@@ -457,7 +458,7 @@ impl<'a> Boot<'a> {
                 .lose_power(&self.data_dir, &image, &mut rng)
                 .map_err(|e| Error::io(Stage::Director, e))?;
             self.trace.fault(format!(
-                "power lost after boot {}: {lost} unsynced log changes torn or lost",
+                "power lost after boot {}: {lost} unsynced changes torn or lost",
                 self.number
             ));
         }
