@@ -23,7 +23,7 @@
 //! | `storage.apply.lag` | storage apply loop | waits 1-50 ms before applying what it pulled: reads wait for versions, the window holds more |
 //! | `storage.flush.skip` | storage flush loop | skips a flush: durability and popping come later |
 //! | `tlog.pull.short` | log pull | answers with one entry: the storage servers apply in small steps |
-//! | `director.pop.skip` | watermark loop | skips a round of popping the logs |
+//! | `director.watermark.skip` | watermark loop | skips a round: the storage servers learn the committed version, and the logs are popped, a round later |
 //! | `recovery.phase.slow` | every recovery phase | waits 1-200 ms before it: faults and crashes land inside recoveries |
 //!
 //! ```
@@ -92,7 +92,14 @@ pub fn enable(seed: u64) -> Enabled {
     Enabled(())
 }
 
-/// Whether the fault point `point` fires now (always `false` outside a run).
+/// Quiets the fault points of this thread's run: none fires from now on, but [`fired`] and
+/// [`points`] still tell what the run did. (The simulation's last, clean boot, whose checks
+/// wait a fixed time for flushes and pops, runs quiet.)
+pub fn quiet() {
+    ON.with(|on| on.set(false));
+}
+
+/// Whether the fault point `point` fires now (always `false` outside a run, or once quiet).
 #[inline]
 pub fn fires(point: &'static str) -> bool {
     ON.with(Cell::get) && fires_in_run(point)
@@ -175,6 +182,19 @@ mod tests {
             assert_eq!(points(), [("p", fired > 0)]);
         }
         assert!((25..75).contains(&active_runs), "{active_runs} of 200 runs");
+    }
+
+    #[test]
+    fn a_quiet_run_fires_nothing_and_keeps_its_record() {
+        let _run = enable(5);
+        let before = (0..400)
+            .filter(|i| fires(["a", "b", "c", "d"][i % 4]))
+            .count();
+        let active = points();
+        quiet();
+        assert!(!(0..400).any(|i| fires(["a", "b", "c", "d", "e"][i % 5])));
+        assert_eq!(super::fired() as usize, before);
+        assert_eq!(points(), active);
     }
 
     #[test]

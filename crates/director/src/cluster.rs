@@ -55,7 +55,7 @@ impl Watermark {
             let mut popped = Version::ZERO;
             loop {
                 tokio::time::sleep(interval).await;
-                if buggify::fires("director.pop.skip") {
+                if buggify::fires("director.watermark.skip") {
                     continue;
                 }
                 // The read version is the newest version reported committed: on every log.

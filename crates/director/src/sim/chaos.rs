@@ -34,6 +34,7 @@ const POINTS: [FaultPoint; 9] = [
 pub(crate) async fn run(
     faults: Arc<Faults>,
     disk: Arc<PowerDisk>,
+    may_lose_power: bool,
     mut rng: SplitMix64,
     trace: Arc<Trace>,
 ) {
@@ -63,7 +64,7 @@ pub(crate) async fn run(
         if rng.below(8) == 0 {
             let at = started.elapsed().as_millis();
             let kind = rng.below(5);
-            if kind == 0 {
+            if kind == 0 && may_lose_power {
                 let n = 1 + rng.below(20);
                 trace.fault(format!(
                     "at {at} ms: the power goes in the disk's sync {n} from now"

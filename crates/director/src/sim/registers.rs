@@ -53,11 +53,18 @@ impl Model {
         self.possible.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Checks that `read` (what `key` held at `version`) is a value it may hold.
+    /// Checks that `read` (what `key` held at `version`) is a value it may hold. It then
+    /// narrows what the register may hold from now on: what was read, and what was sent after
+    /// it. (The writes of one register are sent one after another, each by a transaction that
+    /// read it, so a value once read can only be followed by later ones; and a read version is
+    /// committed on every log, so what was read must survive any crash.)
     fn check(&self, key: &Key, read: Option<&Value>, at: &str) -> Result<()> {
-        let possible = self.possible();
+        let mut possible = self.possible();
         let allowed = possible.get(key).map_or(&[None][..], Vec::as_slice);
-        if allowed.iter().any(|v| v.as_ref() == read) {
+        if let Some(at) = allowed.iter().position(|v| v.as_ref() == read) {
+            if let Some(values) = possible.get_mut(key) {
+                values.drain(..at);
+            }
             return Ok(());
         }
         Err(Error::new(
@@ -213,10 +220,14 @@ mod tests {
         model.record(vec![(k.clone(), v("a"))], true);
         model.check(&k, v("a").as_ref(), "").unwrap();
         assert!(model.check(&k, None, "").is_err());
-        // Unknown: either.
+        // Unknown: either, until one is read.
         model.record(vec![(k.clone(), v("b"))], false);
+        model.record(vec![(k.clone(), v("c"))], false);
         model.check(&k, v("a").as_ref(), "").unwrap();
-        model.check(&k, v("b").as_ref(), "").unwrap();
+        model.check(&k, v("c").as_ref(), "").unwrap();
+        model.check(&k, v("b").as_ref(), "").unwrap_err();
+        model.check(&k, v("a").as_ref(), "").unwrap_err();
+        model.check(&k, v("c").as_ref(), "").unwrap();
         // Acknowledged: only that again.
         model.record(vec![(k.clone(), None)], true);
         model.check(&k, None, "").unwrap();
