@@ -76,6 +76,21 @@ enum Pending {
     SetLen(u64),
 }
 
+impl Inode {
+    /// Writes at `to` what a power loss leaves of this file: its durable contents and what
+    /// `rng` keeps of its changes since; returns how many changes were pending. A file
+    /// untouched since the boot began is left as the copy holds it.
+    fn write_image(&self, to: &Path, rng: &mut SplitMix64) -> io::Result<u64> {
+        let Some(durable) = &self.durable else {
+            return Ok(0);
+        };
+        let mut contents = durable.clone();
+        let lost = torn_pending(&mut contents, &self.pending, rng);
+        std::fs::write(to, &contents)?;
+        Ok(lost)
+    }
+}
+
 fn apply(contents: &mut Vec<u8>, op: &Pending) {
     match op {
         Pending::Write(at, bytes) => {
@@ -260,14 +275,7 @@ impl PowerDisk {
                 }
             }
             for (name, inode) in durable {
-                let file = &state.files[inode];
-                let Some(contents) = &file.durable else {
-                    // Untouched since the boot began: the copy holds it as it was.
-                    continue;
-                };
-                let mut contents = contents.clone();
-                lost += torn_pending(&mut contents, &file.pending, rng);
-                std::fs::write(target.join(name), &contents)?;
+                lost += state.files[inode].write_image(&target.join(name), rng)?;
             }
         }
         for (path, inode) in &state.storage {
@@ -279,13 +287,7 @@ impl PowerDisk {
             if !path.exists() {
                 continue;
             }
-            let file = &state.files[inode];
-            let Some(durable) = &file.durable else {
-                continue;
-            };
-            let mut contents = durable.clone();
-            lost += torn_pending(&mut contents, &file.pending, rng);
-            std::fs::write(image.join(relative), &contents)?;
+            lost += state.files[inode].write_image(&image.join(relative), rng)?;
         }
         Ok(lost)
     }
