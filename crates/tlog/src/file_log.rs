@@ -27,6 +27,7 @@ use crate::fs::{Fs, RealFs};
 use crate::index::{Index, Placed};
 use crate::meta::{read_epoch, write_epoch, write_manifest};
 use crate::recover::recover;
+use crate::resync;
 use crate::segment::Segment;
 use crate::writer::{Queue, Running, Write, Writer};
 
@@ -243,8 +244,15 @@ impl FileLog {
         if let OpenMode::Create(_) = mode {
             fs.create_dir_all(dir).map_err(io_error)?;
         }
-        let epoch = read_epoch(fs.as_ref(), dir)?;
         let read_only = matches!(mode, OpenMode::ReadOnly { .. });
+        if read_only {
+            if resync::is_marked(&fs.list(dir).map_err(io_error)?) {
+                tracing::warn!(log = id.0, dir = %dir.display(), "reading a log whose last sync failed: what it holds past that sync may not be on disk");
+            }
+        } else if resync::resync_if_marked(fs.as_ref(), dir).map_err(io_error)? {
+            tracing::info!(log = id.0, dir = %dir.display(), "log written again and synced after a failed sync");
+        }
+        let epoch = read_epoch(fs.as_ref(), dir)?;
         let recovered = recover(
             fs.as_ref(),
             dir,

@@ -132,6 +132,9 @@ impl FsFile for RealFile {
 ///
 /// - A file's data is durable up to its last [`FsFile::sync_data`]; a directory's entries
 ///   (creations, removals, renames) are durable after [`Fs::sync_dir`].
+/// - A sync that fails leaves its writes as Linux does after a failed writeback: reads still
+///   see them, but no later sync makes them durable (the pages count as clean). Only writing
+///   them again, then syncing, does; until then a crash may keep a torn part of them.
 /// - [`SimFs::crash_image`] returns the file system a machine would find after losing power
 ///   while writes were in flight: only durable state, plus, if asked, a torn prefix of each
 ///   file's unsynced writes, in the order they were made.
@@ -209,6 +212,9 @@ struct SimData {
     synced: Vec<u8>,
     /// The writes since the last sync, in order: offset and bytes.
     pending: Vec<(usize, Vec<u8>)>,
+    /// How many of the first `pending` writes a failed sync took: the next sync that succeeds
+    /// drops them without making them durable.
+    failed: usize,
     /// The shortest length a truncation since the last sync left.
     shrunk_to: Option<usize>,
 }
@@ -342,6 +348,7 @@ impl SimFs {
                     current: kept.clone(),
                     synced: kept,
                     pending: Vec::new(),
+                    failed: 0,
                     shrunk_to: None,
                 }),
                 fs: Arc::downgrade(&image.inner),
@@ -495,22 +502,25 @@ impl FsFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         if let Some(fs) = self.fs.upgrade() {
             if fs.sync_fails() {
+                let mut d = lock(&self.data);
+                d.failed = d.pending.len();
                 return Err(io::Error::other("simulated sync failure"));
             }
             fs.syncs.fetch_add(1, Ordering::SeqCst);
         }
         let mut guard = lock(&self.data);
         let d = &mut *guard;
+        let failed = std::mem::take(&mut d.failed);
         // Only what changed is copied: preallocated files are large.
         let len = d.current.len();
         if let Some(shrunk) = d.shrunk_to.take() {
             d.synced.truncate(shrunk);
         }
         d.synced.resize(len, 0);
-        for (offset, bytes) in d.pending.drain(..) {
+        for (offset, bytes) in d.pending.drain(..).skip(failed) {
             let end = (offset + bytes.len()).min(len);
             if offset < end {
-                d.synced[offset..end].copy_from_slice(&d.current[offset..end]);
+                d.synced[offset..end].copy_from_slice(&bytes[..end - offset]);
             }
         }
         Ok(())
@@ -657,6 +667,13 @@ mod tests {
         fs.fail_syncs(false);
         f.sync_data().unwrap();
         assert_eq!(fs.sync_count(), synced + 1);
+        // As on Linux after a failed writeback: reads see the write, but the sync that
+        // succeeds later does not make it durable. Writing it again does.
+        assert_eq!(contents(&fs, "a"), b"data");
+        let kept = contents(&fs.crash_image(0), "a");
+        assert!(kept.iter().all(|&b| b == 0), "{kept:?}");
+        f.write_all_at(b"data", 0).unwrap();
+        f.sync_data().unwrap();
         assert_eq!(contents(&fs.crash_image(0), "a"), b"data");
     }
 

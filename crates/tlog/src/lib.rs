@@ -23,7 +23,9 @@
 //!   before it, and reports the first and last versions held.
 //! - `pop(version)` deletes whole segments whose entries are all below `version`.
 //! - After a failed write or sync the log is *poisoned* and refuses every push: the page cache
-//!   can no longer be trusted. Reopen it to recover. The pushes of the failed group commit get
+//!   can no longer be trusted. Reopen it to recover: the open first writes the directory again
+//!   and syncs it, since after a failed sync the page cache may hold records the disk never
+//!   got (the writer leaves a `resync` marker for it). The pushes of the failed group commit get
 //!   the I/O error itself; every later refusal is `Poisoned` carrying that first error's text
 //!   ("poisoned by: i/o: ..."), as does [`FileLog::poisoned_by`].
 //!
@@ -32,7 +34,9 @@
 //! A log directory holds segment files named `<base version, 20 digits>.seg`, the files
 //! `manifest` and `epoch`, and at times `spare.zeroed` (the next segment, being written full of
 //! zeros), `segment.new` (a new segment before it is renamed into place) or `manifest.tmp` (a
-//! manifest before it replaces the old one); recovery removes those three. All integers are
+//! manifest before it replaces the old one); recovery removes those three. A log poisoned by a
+//! failed write or sync leaves an empty `resync` file, which the next open removes once it has
+//! written the directory again and synced it. All integers are
 //! little-endian.
 //!
 //! Segment header (32 bytes; a new segment's header is written and synced under a temporary
@@ -210,6 +214,7 @@ pub mod fs;
 mod index;
 mod meta;
 mod recover;
+mod resync;
 mod segment;
 mod spare;
 mod writer;

@@ -17,6 +17,7 @@ use crate::file_log::Shared;
 use crate::format::{RECORD_HEADER_BYTES, RecordHeader, SEGMENT_FORMAT, SEGMENT_HEADER_BYTES};
 use crate::index::Placed;
 use crate::meta::write_manifest;
+use crate::resync;
 use crate::segment::Segment;
 use crate::spare::{SPARE_FILE, Spare};
 
@@ -274,6 +275,11 @@ impl Writer {
                 // long after it still says what went wrong.
                 self.shared.chain.poison(format!("i/o: {e} ({})", e.kind()));
                 tracing::error!(log = self.shared.id.0, error = %e, "log write failed; log poisoned");
+                // What the failed sync wrote may sit in the page cache without ever reaching
+                // the disk: the next open must write it again before trusting it.
+                if let Err(e) = resync::mark(self.shared.fs.as_ref(), &self.shared.dir) {
+                    tracing::error!(log = self.shared.id.0, error = %e, "could not mark the log for a resync");
+                }
                 let err = io_error(e);
                 for w in group {
                     let _ = w.ack.send(Err(err.clone()));

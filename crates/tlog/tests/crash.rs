@@ -167,6 +167,30 @@ async fn failing_sync_answers_with_the_error_and_poisons_the_log() {
     assert_eq!(everything(&log).await, acked);
 }
 
+/// A log poisoned by a failed sync and opened again by the same machine (its page cache still
+/// holding what the failed sync never wrote back) serves only what a power loss keeps: a
+/// version it serves may be chosen as committed, and must not vanish with the power.
+#[tokio::test]
+async fn a_log_reopened_after_a_failed_sync_serves_only_what_survives_a_power_loss() {
+    let fs = SimFs::new();
+    let log = open(&fs).unwrap();
+    push_n(&log, 0, 3).await;
+    fs.fail_syncs(true);
+    assert!(
+        log.push(EPOCH, Version(3), Version(4), payload(4))
+            .await
+            .is_err()
+    );
+    assert!(log.is_poisoned());
+    drop(log);
+    fs.fail_syncs(false);
+    let served = everything(&open(&fs).unwrap()).await;
+    let after_power_loss = everything(&open(&fs.crash_image(0)).unwrap()).await;
+    let versions = |entries: &[(Version, Bytes)]| entries.iter().map(|e| e.0).collect::<Vec<_>>();
+    assert_eq!(versions(&after_power_loss), versions(&served));
+    assert_eq!(after_power_loss, served);
+}
+
 /// After the log is poisoned, every later error (a push refused at once, a push queued behind
 /// the failed group commit, a lock waiting for pushes to land) says what poisoned it: the
 /// original I/O error's text, not only "poisoned".

@@ -215,9 +215,10 @@ impl RecoveryEnv {
         }
     }
 
-    /// The log in `dir`: the one this process has open, unless a failed write poisoned it (its
-    /// page cache can no longer be trusted: it is closed and opened again from disk), or a new
-    /// handle opened by `mode`.
+    /// The log in `dir`: the one this process has open, unless a failed write poisoned it (it
+    /// is closed and opened again, and the open writes its directory again and syncs it first:
+    /// the page cache may hold records the failed sync never wrote back), or a new handle
+    /// opened by `mode`.
     fn open_log(
         &self,
         dir: &Path,
