@@ -92,9 +92,14 @@ impl Inner {
                 continue;
             }
             if let Err(e) = self.flush().await {
-                // A damaged file is never written again: retrying would only repeat the error.
+                // A damaged file is never written again, and redb refuses every write after
+                // one failed: retrying would only repeat the error.
                 if self.state().is_ok_and(|st| st.damaged.is_some()) {
                     tracing::error!(error = %e, "storage file damaged; flushes stop");
+                    return;
+                }
+                if self.state().is_ok_and(|st| st.failed.is_some()) {
+                    tracing::error!(error = %e, "storage flush failed; flushes stop until the file is opened again");
                     return;
                 }
                 tracing::error!(error = %e, "storage flush failed; retrying");
@@ -141,7 +146,18 @@ impl Inner {
             inner.write(target, &clears, &keys)
         })
         .await?;
-        let wrote = self.note(wrote)?;
+        let wrote = self.note(wrote);
+        if let Err(e) = &wrote
+            && matches!(e.kind, ErrorKind::Io(_))
+            && let Ok(mut st) = self.state()
+        {
+            // redb refuses every write after an I/O error, so this server can make nothing
+            // durable any more: it stops, monitoring ends the epoch, and the next one opens
+            // the file again (redb's repair at that open rewrites the commit header, so what
+            // it then reports is on the disk).
+            st.failed.get_or_insert_with(|| e.clone());
+        }
+        let wrote = wrote?;
         {
             // Whether this flush wrote or an overlapping one with a newer target wrote first
             // (redb holds `target` or newer either way), everything up to `target` is durable

@@ -92,7 +92,8 @@ pub(crate) struct State {
     /// Bumped by every roll back and every change of log, so an apply loop holding entries
     /// pulled before it drops them.
     pub(crate) generation: u64,
-    /// Set when the apply loop met an entry it cannot apply; every read then fails with it.
+    /// Set when the apply loop met an entry it cannot apply, or a flush failed to write the
+    /// file (redb then refuses every later write); every read then fails with it.
     pub(crate) failed: Option<Error>,
     /// Set when redb found the file damaged (or panicked on it) during a read or a flush. Every
     /// read and flush then fails with it without touching the file again, and the apply loop

@@ -85,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) manifest_pending: Mutex<Option<Version>>,
     /// Opened with [`OpenMode::ReadOnly`]: nothing may change the directory.
     pub(crate) read_only: bool,
+    /// Set once a poisoned log's directory was written again and synced at its close.
+    pub(crate) resynced: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -287,6 +289,7 @@ impl FileLog {
             queue: Arc::new(Semaphore::new(queue_units_max)),
             manifest_pending: Mutex::new(None),
             read_only,
+            resynced: std::sync::atomic::AtomicBool::new(false),
         });
         shared.chain.set_durable(last);
         let (active, write_at) = {
@@ -444,7 +447,38 @@ impl FileLog {
     /// Stops the log: the writer finishes what it holds, later pushes are `Unavailable`, and
     /// the directory is unlocked for the next opener, even while handles to this log remain.
     /// Blocks until the writer has stopped.
+    ///
+    /// A log poisoned by a failed write or sync has its directory written again and synced
+    /// before it is unlocked (see [`FileLog::close_resynced`]); a failure there is logged, and
+    /// the `resync` marker the writer left makes the next open try again.
     pub fn close(&self) {
+        if let Err(e) = self.close_resynced() {
+            tracing::error!(log = self.shared.id.0, error = %e, "could not write a poisoned log again at its close");
+        }
+    }
+
+    /// [`FileLog::close`], returning the error of making a poisoned log's directory durable
+    /// again, if that failed (it is tried again at each call, and the directory stays locked
+    /// meanwhile). Linux counts the pages a failed sync could not write back clean: the page
+    /// cache may hold records the disk never got, and no later sync would write them, so the
+    /// next open would serve them though a power loss can take them. The segments, `manifest`
+    /// and `epoch` are written again from what reads return and synced, then the directory.
+    /// The writer's `resync` marker does the same at the next open, but making it may have
+    /// failed on the same disk: a caller that reopens a poisoned log calls this first.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use std::sync::Arc;
+    /// use strata_core::{LogId, Version};
+    /// use strata_tlog::fs::SimFs;
+    /// use strata_tlog::{FileLog, FileLogConfig};
+    ///
+    /// let fs = Arc::new(SimFs::new());
+    /// let log = FileLog::open_with(fs, Path::new("/log"), LogId(1), Version(0), FileLogConfig::default())?;
+    /// log.close_resynced()?; // a log that was not poisoned closes as `close` does
+    /// # Ok::<(), strata_core::Error>(())
+    /// ```
+    pub fn close_resynced(&self) -> Result<()> {
         // Closing the queue lets the writer finish what it holds and stop.
         if let Ok(mut tx) = self.to_writer.lock() {
             tx.take();
@@ -452,9 +486,18 @@ impl FileLog {
         if let Some(running) = self.writer.lock().ok().and_then(|mut h| h.take()) {
             running.stop();
         }
+        let resynced = &self.shared.resynced;
+        if !self.shared.read_only
+            && self.shared.chain.is_poisoned()
+            && !resynced.load(std::sync::atomic::Ordering::Acquire)
+        {
+            resync::resync(self.shared.fs.as_ref(), &self.shared.dir).map_err(io_error)?;
+            resynced.store(true, std::sync::atomic::Ordering::Release);
+        }
         if let Ok(mut lock) = self.dir_lock.lock() {
             lock.take();
         }
+        Ok(())
     }
 }
 

@@ -520,7 +520,7 @@ impl FsFile for SimFile {
         for (offset, bytes) in d.pending.drain(..).skip(failed) {
             let end = (offset + bytes.len()).min(len);
             if offset < end {
-                d.synced[offset..end].copy_from_slice(&bytes[..end - offset]);
+                d.synced[offset..end].copy_from_slice(&d.current[offset..end]);
             }
         }
         Ok(())

@@ -10,11 +10,11 @@ use crate::error::{corruption, io_error};
 use crate::format::{MANIFEST_BYTES, Manifest, le_u32, le_u64};
 use crate::fs::{Fs, remove_if_present};
 
-const EPOCH_FILE: &str = "epoch";
+pub(crate) const EPOCH_FILE: &str = "epoch";
 const EPOCH_TMP_FILE: &str = "epoch.tmp";
 const EPOCH_MAGIC: [u8; 4] = *b"STEP";
 /// Names the newest segment that may hold records; see the crate docs.
-const MANIFEST_FILE: &str = "manifest";
+pub(crate) const MANIFEST_FILE: &str = "manifest";
 /// A manifest before it replaces the old one.
 pub(crate) const MANIFEST_TMP_FILE: &str = "manifest.tmp";
 

@@ -13,18 +13,19 @@
 //! directory, and only then removes the marker. The marker itself is never synced: it only has
 //! to last as long as the page cache it warns about, and a power loss that takes it also takes
 //! the writes it stood for. A crash in the middle leaves it for the next open to start again.
+//! The poisoned log does the same when it is closed (or dropped), while its directory is still
+//! locked, so that the marker is only needed when that fails or the process dies first
+//! ([`FileLog::close_resynced`](crate::FileLog::close_resynced)).
 
 use std::io;
 use std::path::Path;
 
 use crate::fs::{Fs, remove_if_present};
-use crate::spare::SPARE_FILE;
+use crate::meta::{EPOCH_FILE, MANIFEST_FILE};
+use crate::segment::parse_segment_name;
 
 /// The marker a poisoned log leaves in its directory; see the module's documentation.
 pub(crate) const RESYNC_FILE: &str = "resync";
-
-/// The file each open log holds locked; it holds no data.
-const LOCK_FILE: &str = "LOCK";
 
 /// How much of a file is read and written again at a time.
 const CHUNK_BYTES: u64 = 1 << 20;
@@ -42,25 +43,33 @@ pub(crate) fn is_marked(names: &[String]) -> bool {
     names.iter().any(|n| n == RESYNC_FILE)
 }
 
-/// If `dir` holds the marker, writes every file in it again and syncs it, syncs the directory,
-/// then removes the marker. Returns whether it did. The spare segment is left out: recovery
-/// removes it unread.
+/// If `dir` holds the marker, [`resync`]s it. Returns whether it did.
 pub(crate) fn resync_if_marked(fs: &dyn Fs, dir: &Path) -> io::Result<bool> {
-    let mut names = fs.list(dir)?;
-    if !is_marked(&names) {
+    if !is_marked(&fs.list(dir)?) {
         return Ok(false);
     }
+    resync(fs, dir)?;
+    Ok(true)
+}
+
+/// Writes every file of the log in `dir` (its segments, `manifest` and `epoch`) again and
+/// syncs it, syncs the directory, then removes the marker if there is one. Other names are
+/// left alone: the temporary files recovery removes or ignores, the lock, and whatever else
+/// someone put there.
+pub(crate) fn resync(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
+    let mut names = fs.list(dir)?;
     names.sort();
-    for name in names
-        .iter()
-        .filter(|n| ![RESYNC_FILE, LOCK_FILE, SPARE_FILE].contains(&n.as_str()))
-    {
+    for name in names.iter().filter(|n| {
+        parse_segment_name(n).is_some() || [MANIFEST_FILE, EPOCH_FILE].contains(&n.as_str())
+    }) {
         rewrite(fs, &dir.join(name))?;
     }
     fs.sync_dir(dir)?;
-    remove_if_present(fs, &dir.join(RESYNC_FILE))?;
-    fs.sync_dir(dir)?;
-    Ok(true)
+    if is_marked(&names) {
+        remove_if_present(fs, &dir.join(RESYNC_FILE))?;
+        fs.sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Writes the file at `path` again with what reads return, then syncs it.

@@ -235,7 +235,9 @@ impl RecoveryEnv {
                 return Ok(log);
             }
             tracing::warn!(dir = %dir.display(), "reopening a poisoned log from disk");
-            log.close();
+            // Written again and synced first: the page cache may hold records its failed sync
+            // never wrote back (see `FileLog::close_resynced`).
+            log.close_resynced()?;
         }
         let fs: Arc<dyn Fs> = match (&self.log_fs, &self.faults) {
             (Some(fs), _) => fs.clone(),

@@ -53,6 +53,8 @@ struct State {
     next_inode: u64,
     /// Syncs still to fail.
     failing_syncs: u64,
+    /// Syncs still to succeed before those fail.
+    syncs_before_failing: u64,
     /// While set, no file grows.
     full: bool,
     /// The sync at which the power goes (1: the next one), when the chaos chose one.
@@ -189,7 +191,9 @@ impl State {
                 return self.alive();
             }
         }
-        if self.failing_syncs > 0 {
+        if self.failing_syncs > 0 && self.syncs_before_failing > 0 {
+            self.syncs_before_failing -= 1;
+        } else if self.failing_syncs > 0 {
             self.failing_syncs -= 1;
             return Err(io::Error::other("injected sync failure (simulated disk)"));
         }
@@ -216,7 +220,14 @@ impl PowerDisk {
 
     /// Makes the next `n` syncs (of files or directories) fail.
     pub(crate) fn fail_syncs(&self, n: u64) {
-        lock(&self.state).failing_syncs = n;
+        self.fail_syncs_after(0, n);
+    }
+
+    /// Makes `n` syncs (of files or directories) fail once the next `ok` have succeeded.
+    pub(crate) fn fail_syncs_after(&self, ok: u64, n: u64) {
+        let mut state = lock(&self.state);
+        state.syncs_before_failing = ok;
+        state.failing_syncs = n;
     }
 
     /// Fills the disk (no file may grow), or frees it.
@@ -781,5 +792,86 @@ mod tests {
         disk.set_full(false);
         f.write_all_at(b"abcde", 0).unwrap();
         assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"abcde");
+    }
+
+    /// A storage server whose flush failed at either sync of its two-phase commit, closed and opened again on the
+    /// same machine (the page cache holding what the failed sync did not write back), reports
+    /// as durable only what a power loss keeps: the logs are popped up to what it reports.
+    /// redb's two-phase commit and the repair its open makes after an unclean close keep this
+    /// true; a failed flush also stops the server, so that the epoch ends and the file is
+    /// opened again (redb refuses every write after an I/O error).
+    #[test]
+    fn a_storage_file_reopened_after_a_failed_flush_holds_what_it_reports() {
+        for ok in 0..2 {
+            let (kept, reopened) = reopen_after_failed_flush(ok);
+            assert_eq!(kept, reopened, "the flush's sync {} failed", ok + 1);
+        }
+    }
+
+    /// Flushes a storage server once, then again with its sync `ok + 1` failing; closes it,
+    /// opens it again and returns the durable version a power loss then keeps and the one the
+    /// server reported.
+    fn reopen_after_failed_flush(ok: u64) -> (strata_core::Version, strata_core::Version) {
+        use strata_core::{ErrorKind, KeyRange, LogId, Mutation, StorageServer, Version};
+        use strata_storage::{RedbStorage, StorageConfig, durable_version_at};
+        let (root, dir, disk) = setup();
+        let disk = Arc::new(disk);
+        let path = dir.join("0.redb");
+        let _installed = strata_storage::backend::install(disk.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let log = Arc::new(strata_testkit::MemoryLog::new(LogId(1), Version(0)));
+        let config = StorageConfig {
+            window_versions: 0,
+            flush_interval: std::time::Duration::from_secs(3600),
+            pop_log: false,
+            blocking: strata_core::Blocking::Inline,
+            ..StorageConfig::default()
+        };
+        let shard = || vec![KeyRange::new("", "\u{7f}").unwrap()];
+        let reopened = runtime.block_on(async {
+            let storage = RedbStorage::open(&path, shard(), log.clone(), config)
+                .await
+                .unwrap();
+            for v in 1..=20u64 {
+                let set = Mutation::Set {
+                    key: format!("k{}", v % 7).into(),
+                    value: format!("v{v}").into(),
+                };
+                log.push_mutations(Version(v - 1), Version(v), &[set])
+                    .await
+                    .unwrap();
+                storage.advance_committed(Version(v));
+                storage.wait_applied(Version(v)).await.unwrap();
+                if v == 10 {
+                    storage.flush().await.unwrap();
+                    disk.fail_syncs_after(ok, 1);
+                }
+            }
+            let failed = storage.flush().await.unwrap_err();
+            assert!(matches!(failed.kind, ErrorKind::Io(_)), "{failed}");
+            // The server stopped: monitoring's probe says why.
+            let probe = storage.applied_version().await.unwrap_err();
+            assert!(
+                probe.to_string().contains("injected sync failure"),
+                "{probe}"
+            );
+            storage.close().await;
+            let storage = RedbStorage::open(&path, shard(), log.clone(), config)
+                .await
+                .unwrap();
+            let reopened = storage.durable_version().await.unwrap();
+            storage.close().await;
+            reopened
+        });
+        let image = root.path().with_extension("image");
+        crate::sim::copy_dir(root.path(), &image).unwrap();
+        disk.lose_power(root.path(), &image, &mut SplitMix64(1))
+            .unwrap();
+        let kept = durable_version_at(&image.join("log").join("0.redb")).unwrap();
+        std::fs::remove_dir_all(&image).unwrap();
+        (kept, reopened)
     }
 }
