@@ -50,6 +50,12 @@ pub(crate) fn db_error<E: Into<redb::Error>>(path: &Path, doing: &str) -> impl F
             corruption(path, doing, io)
         }
         redb::Error::Io(io) => io_error(path, doing, &io),
+        // Any failed read, write or sync of the file latches this in redb: an I/O error.
+        redb::Error::PreviousIo => io_error(
+            path,
+            doing,
+            &std::io::Error::other("redb refuses the file after an earlier I/O error"),
+        ),
         redb::Error::Corrupted(why) => corruption(path, doing, why),
         e @ (redb::Error::UpgradeRequired(_)
         | redb::Error::TableTypeMismatch { .. }
@@ -92,5 +98,26 @@ pub(crate) fn guarded<T>(path: &Path, doing: &str, work: impl FnOnce() -> Result
                 format!("redb panicked ({message}); the file is damaged"),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// redb answers every call after a failed read, write or sync with `PreviousIo`: an I/O
+    /// error, so that a flush meeting it stops the server (a server whose read failed would
+    /// otherwise retry its flushes for ever while monitoring saw nothing wrong).
+    #[test]
+    fn redb_errors_map_to_damage_or_io_never_the_other() {
+        let path = Path::new("/data/storage/0.redb");
+        let map = |e: redb::Error| db_error(path, "flushing")(e);
+        let previous = map(redb::Error::PreviousIo);
+        assert!(matches!(previous.kind, ErrorKind::Io(_)), "{previous}");
+        assert!(previous.to_string().contains("0.redb"), "{previous}");
+        let io = map(redb::Error::Io(std::io::Error::other("EIO")));
+        assert!(matches!(io.kind, ErrorKind::Io(_)), "{io}");
+        let bad = map(redb::Error::Io(std::io::ErrorKind::InvalidData.into()));
+        assert!(matches!(bad.kind, ErrorKind::Corruption(_)), "{bad}");
     }
 }

@@ -8,7 +8,7 @@
 //! segment in `spare.rs`, recovery in `recover.rs`, the manifest and epoch files in `meta.rs`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -483,7 +483,10 @@ impl FileLog {
         if let Ok(mut tx) = self.to_writer.lock() {
             tx.take();
         }
-        if let Some(running) = self.writer.lock().ok().and_then(|mut h| h.take()) {
+        // Held to the end, so that a second close at the same time waits for this one: it
+        // must not unlock the directory before the writer stopped and the rewrite is done.
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(running) = writer.take() {
             running.stop();
         }
         let resynced = &self.shared.resynced;
@@ -497,6 +500,7 @@ impl FileLog {
         if let Ok(mut lock) = self.dir_lock.lock() {
             lock.take();
         }
+        drop(writer);
         Ok(())
     }
 }
