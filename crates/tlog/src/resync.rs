@@ -8,9 +8,9 @@
 //! power loss the storage servers hold a version no log holds.
 //!
 //! So the writer that poisons the log leaves a marker file, [`RESYNC_FILE`], in its directory,
-//! and the next open that may write finds it and, before reading anything, writes every file of
-//! the directory again from what reads return (dirtying the pages anew), syncs each, syncs the
-//! directory, and only then removes the marker. The marker itself is never synced: it only has
+//! and the next open that may write finds it and, before reading anything, writes the log's
+//! files (its segments, `manifest` and `epoch`) again from what reads return (dirtying the
+//! pages anew), syncs each, syncs the directory, and only then removes the marker. The marker itself is never synced: it only has
 //! to last as long as the page cache it warns about, and a power loss that takes it also takes
 //! the writes it stood for. A crash in the middle leaves it for the next open to start again.
 //! The poisoned log does the same when it is closed (or dropped), while its directory is still
