@@ -10,9 +10,9 @@
 //! So the writer that poisons the log leaves a marker file, [`RESYNC_FILE`], in its directory,
 //! and the next open that may write finds it and, before reading anything, writes the log's
 //! files (its segments, `manifest` and `epoch`) again from what reads return (dirtying the
-//! pages anew), syncs each, syncs the directory, and only then removes the marker. The marker itself is never synced: it only has
-//! to last as long as the page cache it warns about, and a power loss that takes it also takes
-//! the writes it stood for. A crash in the middle leaves it for the next open to start again.
+//! pages anew), syncs each, syncs the directory, and only then removes the marker. The marker
+//! itself is never synced: it only has to last as long as the page cache it warns about, and a
+//! power loss that takes it also takes the writes it stood for. A crash in the middle leaves it for the next open to start again.
 //! The poisoned log does the same when it is closed (or dropped), while its directory is still
 //! locked, so that the marker is only needed when that fails or the process dies first
 //! ([`FileLog::close_resynced`](crate::FileLog::close_resynced)). What is left uncovered: a
@@ -47,10 +47,11 @@ pub(crate) fn is_marked(names: &[String]) -> bool {
 
 /// If `dir` holds the marker, [`resync`]s it. Returns whether it did.
 pub(crate) fn resync_if_marked(fs: &dyn Fs, dir: &Path) -> io::Result<bool> {
-    if !is_marked(&fs.list(dir)?) {
+    let names = fs.list(dir)?;
+    if !is_marked(&names) {
         return Ok(false);
     }
-    resync(fs, dir)?;
+    resync_listed(fs, dir, names)?;
     Ok(true)
 }
 
@@ -59,7 +60,11 @@ pub(crate) fn resync_if_marked(fs: &dyn Fs, dir: &Path) -> io::Result<bool> {
 /// left alone: the temporary files recovery removes or ignores, the lock, and whatever else
 /// someone put there.
 pub(crate) fn resync(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
-    let mut names = fs.list(dir)?;
+    resync_listed(fs, dir, fs.list(dir)?)
+}
+
+/// [`resync`] of `dir`, whose listing is `names`.
+fn resync_listed(fs: &dyn Fs, dir: &Path, mut names: Vec<String>) -> io::Result<()> {
     names.sort();
     for name in names.iter().filter(|n| {
         parse_segment_name(n).is_some() || [MANIFEST_FILE, EPOCH_FILE].contains(&n.as_str())

@@ -794,8 +794,9 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"abcde");
     }
 
-    /// A storage server whose flush failed at either sync of its two-phase commit, closed and opened again on the
-    /// same machine (the page cache holding what the failed sync did not write back), reports
+    /// A storage server whose flush failed at either sync of its two-phase commit, closed and
+    /// opened again on the same machine (the page cache holding what the failed sync did not
+    /// write back), reports
     /// as durable only what a power loss keeps: the logs are popped up to what it reports.
     /// redb's two-phase commit and the repair its open makes after an unclean close keep this
     /// true; a failed flush also stops the server, so that the epoch ends and the file is
