@@ -4,7 +4,8 @@
 //! A fault is armed on a shared [`Faults`] switchboard at a [`FaultPoint`], for the next call
 //! that reaches the point or the `n`-th from now, and fires once; then it is spent. Each
 //! point counts the calls that reached it ([`Faults::calls`]), so a test can wait for a call
-//! or check that none came.
+//! or check that none came. A harness that must know when a fault fired (the simulation checks
+//! that a failed batch ends its epoch in time) registers a watcher ([`Faults::watch`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -89,12 +90,29 @@ struct Armed {
     fault: Fault,
 }
 
+/// A fault as it fires: where, on a call for which epoch, and what it does to the call.
+#[derive(Clone, Debug)]
+pub struct Fired {
+    /// The point it fired at.
+    pub point: FaultPoint,
+    /// The epoch the call was made for, when the call names one (a push, a resolution, a
+    /// commit version or report, a proxy's commit, the sequencer's read version); `None` for a
+    /// storage server's calls and a file system's.
+    pub epoch: Option<Epoch>,
+    /// What the call gets.
+    pub fault: Fault,
+}
+
+/// Called with each fault as it fires.
+type Watcher = Arc<dyn Fn(&Fired) + Send + Sync>;
+
 /// The switchboard of armed faults, shared by every decorator of a cluster.
 #[derive(Default)]
 pub struct Faults {
     armed: Mutex<HashMap<FaultPoint, Armed>>,
     calls: Mutex<HashMap<FaultPoint, usize>>,
     proxies: Mutex<Vec<Arc<dyn CommitProxy>>>,
+    watcher: Mutex<Option<Watcher>>,
 }
 
 impl std::fmt::Debug for Faults {
@@ -137,19 +155,44 @@ impl Faults {
             .map_or(0, |c| c.get(&point).copied().unwrap_or(0))
     }
 
+    /// Calls `watcher` with every fault as it fires, on the task of the call it fires on,
+    /// before the fault acts. Replaces the watcher registered before, if any.
+    pub fn watch(&self, watcher: impl Fn(&Fired) + Send + Sync + 'static) {
+        if let Ok(mut w) = self.watcher.lock() {
+            *w = Some(Arc::new(watcher));
+        }
+    }
+
     /// Counts a call at `point` and takes its fault if this is the call armed: `Some` means
     /// "misbehave this way". For decorators outside this crate (a file system, say).
     pub fn fire(&self, point: FaultPoint) -> Option<Fault> {
+        self.fire_for(point, None)
+    }
+
+    /// [`Faults::fire`] for a call made for `epoch`, which the watcher is told.
+    pub fn fire_for(&self, point: FaultPoint, epoch: Option<Epoch>) -> Option<Fault> {
         if let Ok(mut calls) = self.calls.lock() {
             *calls.entry(point).or_default() += 1;
         }
-        let mut armed = self.armed.lock().ok()?;
-        let entry = armed.get_mut(&point)?;
-        if entry.passes > 0 {
-            entry.passes -= 1;
-            return None;
+        let fault = {
+            let mut armed = self.armed.lock().ok()?;
+            let entry = armed.get_mut(&point)?;
+            if entry.passes > 0 {
+                entry.passes -= 1;
+                return None;
+            }
+            armed.remove(&point)?.fault
+        };
+        // Cloned out, so a watcher may arm faults itself without deadlocking.
+        let watcher = self.watcher.lock().ok().and_then(|w| w.clone());
+        if let Some(watcher) = watcher {
+            watcher(&Fired {
+                point,
+                epoch,
+                fault: fault.clone(),
+            });
         }
-        armed.remove(&point).map(|a| a.fault)
+        Some(fault)
     }
 
     /// Every commit proxy decorated so far, oldest first: tests use the proxy of a failed
@@ -167,10 +210,15 @@ impl Faults {
         drop(released);
     }
 
-    /// Counts a call at `point` and misbehaves if armed, failing [`Fault::Usual`] with
-    /// `usual()`.
-    async fn pass(&self, point: FaultPoint, usual: impl FnOnce() -> Error) -> Result<()> {
-        match self.fire(point) {
+    /// Counts a call at `point`, made for `epoch`, and misbehaves if armed, failing
+    /// [`Fault::Usual`] with `usual()`.
+    async fn pass(
+        &self,
+        point: FaultPoint,
+        epoch: Option<Epoch>,
+        usual: impl FnOnce() -> Error,
+    ) -> Result<()> {
+        match self.fire_for(point, epoch) {
             None => Ok(()),
             Some(fault) => act(fault, usual()).await,
         }
@@ -215,7 +263,7 @@ impl Sequencer for FaultySequencer {
     async fn next_commit_version(&self, epoch: Epoch) -> Result<VersionPair> {
         let point = FaultPoint::CommitVersion;
         self.1
-            .pass(point, || injected(Stage::Sequencer, point))
+            .pass(point, Some(epoch), || injected(Stage::Sequencer, point))
             .await?;
         self.0.next_commit_version(epoch).await
     }
@@ -223,7 +271,7 @@ impl Sequencer for FaultySequencer {
     async fn report_committed(&self, epoch: Epoch, version: Version) -> Result<()> {
         let point = FaultPoint::ReportCommitted;
         self.1
-            .pass(point, || injected(Stage::Sequencer, point))
+            .pass(point, Some(epoch), || injected(Stage::Sequencer, point))
             .await?;
         self.0.report_committed(epoch, version).await
     }
@@ -231,7 +279,9 @@ impl Sequencer for FaultySequencer {
     async fn read_version(&self) -> Result<Version> {
         let point = FaultPoint::ReadVersion;
         self.1
-            .pass(point, || injected(Stage::Sequencer, point))
+            .pass(point, Some(self.0.epoch()), || {
+                injected(Stage::Sequencer, point)
+            })
             .await?;
         self.0.read_version().await
     }
@@ -245,7 +295,9 @@ impl Resolver for FaultyResolver {
     async fn resolve(&self, batch: ResolveBatch) -> Result<Vec<Verdict>> {
         let point = FaultPoint::Resolve;
         self.1
-            .pass(point, || injected(Stage::Resolver, point))
+            .pass(point, Some(batch.epoch), || {
+                injected(Stage::Resolver, point)
+            })
             .await?;
         self.0.resolve(batch).await
     }
@@ -269,8 +321,10 @@ impl LogServer for FaultyLog {
         payload: Bytes,
     ) -> Result<()> {
         let point = FaultPoint::LogPush;
-        self.1.pass(point, || injected(Stage::Log, point)).await?;
-        if let Some(fault) = self.1.fire(FaultPoint::LogStall) {
+        self.1
+            .pass(point, Some(epoch), || injected(Stage::Log, point))
+            .await?;
+        if let Some(fault) = self.1.fire_for(FaultPoint::LogStall, Some(epoch)) {
             let fault = match fault {
                 Fault::Usual => Fault::Delay(Duration::from_secs(10)),
                 other => other,
@@ -339,7 +393,7 @@ impl StorageServer for FaultyStorage {
     async fn applied_version(&self) -> Result<Version> {
         let point = FaultPoint::StorageStop;
         self.1
-            .pass(point, || injected(Stage::Storage, point))
+            .pass(point, None, || injected(Stage::Storage, point))
             .await?;
         self.0.applied_version().await
     }
@@ -375,7 +429,9 @@ impl CommitProxy for FaultyProxy {
     async fn commit(&self, transaction: Bytes) -> Result<Version> {
         let point = FaultPoint::ProxyCommit;
         self.1
-            .pass(point, || injected(Stage::CommitProxy, point))
+            .pass(point, Some(self.0.epoch()), || {
+                injected(Stage::CommitProxy, point)
+            })
             .await?;
         self.0.commit(transaction).await
     }

@@ -101,10 +101,22 @@ async fn a_fault_fires_on_the_call_armed_and_once() {
         Arc::new(ModelResolver::new(Epoch(1), Version(0))),
         faults.clone(),
     );
+    // The watcher hears of the fault once, when it fires, with the epoch its call named.
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ear = heard.clone();
+    faults.watch(move |f| ear.lock().unwrap().push((f.point, f.epoch)));
     faults.arm_at(FaultPoint::Resolve, 2, Fault::Usual);
     r.resolve(batch(1, 0, 1, 0)).await.unwrap();
     assert!(faults.is_armed(FaultPoint::Resolve));
+    assert!(
+        heard.lock().unwrap().is_empty(),
+        "a call that passes is not a fault"
+    );
     let e = r.resolve(batch(1, 1, 2, 1)).await.unwrap_err();
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [(FaultPoint::Resolve, Some(Epoch(1)))]
+    );
     assert_eq!(e.stage, Stage::Resolver);
     assert!(e.to_string().contains("injected fault at Resolve"), "{e}");
     assert!(!faults.is_armed(FaultPoint::Resolve));
@@ -112,6 +124,7 @@ async fn a_fault_fires_on_the_call_armed_and_once() {
     r.resolve(batch(1, 1, 2, 1)).await.unwrap();
     assert_eq!(faults.calls(FaultPoint::Resolve), 3);
     assert_eq!(faults.calls(FaultPoint::LogPush), 0);
+    assert_eq!(heard.lock().unwrap().len(), 1, "a fault fires once");
 }
 
 /// The log's order of refusals: a malformed push is refused before it is told it is fenced.
