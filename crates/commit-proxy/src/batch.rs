@@ -261,16 +261,20 @@ pub(crate) async fn push_all(stages: &Stages, pair: VersionPair, payload: Bytes)
         let (log, payload, epoch) = (log.clone(), payload.clone(), stages.epoch);
         set.spawn(async move { log.push(epoch, pair.previous, pair.version, payload).await });
     }
-    let mut result = Ok(());
     while let Some(joined) = set.join_next().await {
         let pushed = joined
             .map_err(|e| error(ErrorKind::Unavailable(format!("log push task: {e}"))))
             .and_then(|r| r);
-        if result.is_ok() {
-            result = pushed;
+        if let Err(e) = pushed {
+            // The batch can never be on every log now, so it fails at once: waiting for the
+            // other pushes would hold the epoch's end behind the slowest log (one waiting on a
+            // stalled predecessor waits until the stall detector fires). They run on, detached,
+            // to their own end; the next epoch's lock settles what they left.
+            set.detach_all();
+            return Err(e);
         }
     }
-    result
+    Ok(())
 }
 
 #[cfg(test)]

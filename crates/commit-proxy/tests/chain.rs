@@ -37,6 +37,8 @@ struct Layout {
     logs: usize,
     faulty_log: usize,
     log_predecessor_wait: Option<Duration>,
+    /// A log whose first push never returns (its own switchboard, armed at once).
+    hung_log: Option<usize>,
 }
 
 impl Default for Layout {
@@ -45,6 +47,7 @@ impl Default for Layout {
             logs: 1,
             faulty_log: 0,
             log_predecessor_wait: None,
+            hung_log: None,
         }
     }
 }
@@ -80,6 +83,8 @@ fn cluster(layout: Layout, config: ProxyConfig) -> Cluster {
             Arc::new(log)
         })
         .collect();
+    let hung = Faults::new();
+    hung.arm_at(FaultPoint::LogStall, 1, Fault::Hang);
     let pushed: Vec<Arc<dyn LogServer>> = logs
         .iter()
         .enumerate()
@@ -87,6 +92,8 @@ fn cluster(layout: Layout, config: ProxyConfig) -> Cluster {
             let log: Arc<dyn LogServer> = log.clone();
             if i == layout.faulty_log {
                 Arc::new(FaultyLog(log, log_faults.clone()))
+            } else if Some(i) == layout.hung_log {
+                Arc::new(FaultyLog(log, hung.clone()))
             } else {
                 log
             }
@@ -232,6 +239,33 @@ async fn a_failed_push_ends_the_epoch_and_every_later_commit_names_it() {
     assert_eq!(c.sequencer.read_version().await.unwrap(), START);
     let held = c.logs[0].pull(START, 100).await.unwrap();
     assert!(held.len() <= 1, "{} batches on the healthy log", held.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_push_ends_the_epoch_without_waiting_for_the_other_logs() {
+    // One log fails the push, another never answers it (say, it waits on a predecessor that a
+    // stalled push holds back): the batch can never be on every log, so the epoch ends now,
+    // not when the stall detector notices seconds later. (Found by the simulation's check that
+    // a failed batch ends its epoch at once, seed 16: three logs, a push delayed 2.7 s, then
+    // another batch's push failing behind it; the proxy waited out the delay.)
+    let c = cluster(
+        Layout {
+            logs: 3,
+            faulty_log: 0,
+            hung_log: Some(2),
+            ..Layout::default()
+        },
+        ProxyConfig::default(),
+    );
+    c.log_faults
+        .arm_at(FaultPoint::LogPush, 1, Fault::FailWith(disk_on_fire()));
+    let answered = tokio::time::timeout(Duration::from_secs(5), c.proxy.commit(write("a"))).await;
+    let err = answered
+        .expect("the commit waited for the hung log")
+        .unwrap_err();
+    assert_disk_on_fire(&err);
+    assert_disk_on_fire(&c.proxy.failure().unwrap());
+    assert_disk_on_fire(&c.proxy.health().unwrap_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
