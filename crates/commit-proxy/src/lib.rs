@@ -33,7 +33,8 @@
 //! pair and then could not be resolved, encoded, pushed to every log or reported leaves a hole
 //! no later batch of the epoch can get past: each would wait on the missing link and fail out
 //! of order, one bounded wait after another. So the first such error, or an error of the
-//! sequencer handing out a version pair, ends the epoch at once: the proxy records it
+//! sequencer handing out a version pair, ends the epoch at once (the first log to refuse a
+//! push fails the batch; the pushes to the other logs are not waited for): the proxy records it
 //! ([`BatchingProxy::failure`]) and answers with it every batch behind the hole, every
 //! transaction still queued and every later commit, without touching a stage again. The
 //! director then recovers into a new epoch. Batches ahead of the hole are not in its way and
