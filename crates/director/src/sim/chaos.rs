@@ -12,6 +12,7 @@ use strata_testkit::rng::SplitMix64;
 
 use super::Trace;
 use super::disk::PowerDisk;
+use super::liveness::EpochEnds;
 use crate::coordinator::{FileStateStore, StateStore};
 
 /// The points the stage decorators fire (a log's failing sync is the simulated disk's own
@@ -34,6 +35,7 @@ const POINTS: [FaultPoint; 9] = [
 pub(crate) async fn run(
     faults: Arc<Faults>,
     disk: Arc<PowerDisk>,
+    ends: Arc<EpochEnds>,
     may_lose_power: bool,
     mut rng: SplitMix64,
     trace: Arc<Trace>,
@@ -55,6 +57,7 @@ pub(crate) async fn run(
                 started.elapsed().as_millis(),
                 jump.as_millis()
             ));
+            ends.clock_jumps();
             tokio::time::advance(jump).await;
             continue;
         }

@@ -7,9 +7,10 @@
 //! the Cycle, Increment and register workloads from seeded clients while a chaos task injects
 //! stage faults (a call that fails, or stalls until monitoring ends the epoch) and fault points
 //! inside the stages fire ([`strata_core::buggify`]). Every register read is checked against a
-//! model of what may have committed as it happens. A boot ends in a crash: the
-//! runtime is dropped with every task in it, mid-commit, mid-flush or mid-recovery, and the
-//! next boot recovers what is on disk. The last boot has no faults and must recover within a
+//! model of what may have committed as it happens, and every injected failure of a batch's
+//! stage call must end its epoch within a few monitoring rounds (`sim/liveness.rs`). A boot
+//! ends in a crash: the runtime is dropped with every task in it, mid-commit, mid-flush or
+//! mid-recovery, and the next boot recovers what is on disk. The last boot has no faults and must recover within a
 //! bounded number of epochs; then the checks run: the ring is one ring, the Increment totals
 //! agree, every acknowledged transaction is there, every epoch was newer than the one before,
 //! each recovery wrote a monolithic configuration equal to its decomposed keys, naming its own
@@ -35,6 +36,7 @@
 
 mod chaos;
 mod disk;
+mod liveness;
 mod plan;
 mod registers;
 
@@ -513,6 +515,14 @@ impl<'a> Boot<'a> {
             newest: last_epoch,
             broken: None,
         }));
+        let current = serving.clone();
+        let ends = liveness::EpochEnds::new(
+            Box::new(move || current.borrow().as_ref().map(|(epoch, _)| *epoch)),
+            config.monitor_interval,
+            self.trace.clone(),
+        );
+        let heard = ends.clone();
+        faults.watch(move |fired| heard.fired(fired));
         let relay = Arc::new(Relay::default());
         let watcher = tokio::spawn(watch_epochs(
             serving,
@@ -527,6 +537,7 @@ impl<'a> Boot<'a> {
             tasks.push(tokio::spawn(chaos::run(
                 faults.clone(),
                 disk.clone(),
+                ends,
                 self.may_lose_power,
                 SplitMix64(self.chaos_seed.rotate_left(17)),
                 self.trace.clone(),
