@@ -158,3 +158,78 @@ async fn drain(wave: &mut tokio::task::JoinSet<Result<()>>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::Path;
+
+    use bytes::Bytes;
+    use strata_core::{LogId, LogServer};
+    use strata_tlog::FileLogConfig;
+
+    use super::*;
+
+    /// A log holding versions 1 to 100, each the successor of the one before, in segments of
+    /// a few entries; popped below `popped` (whole segments only, so it keeps a little more).
+    async fn log(dir: &Path, popped: Version) -> Arc<FileLog> {
+        let config = FileLogConfig {
+            segment_bytes: 4 << 10,
+            ..FileLogConfig::default()
+        };
+        let log = FileLog::open(dir, LogId(0), Version(0), config).unwrap();
+        for v in 1..=100 {
+            let payload = Bytes::from(vec![7; 500]);
+            log.push(Epoch(1), Version(v - 1), Version(v), payload)
+                .await
+                .unwrap();
+        }
+        log.pop(popped).await.unwrap();
+        Arc::new(log)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_source_is_a_log_that_holds_the_whole_range_or_there_is_none() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let popped = log(a.path(), Version(60)).await;
+        let first = popped.pull(Version::ZERO, 1).await;
+        let first = first.map(|e| e[0].previous_version).unwrap_or(Version(60));
+        assert!(
+            first > Version(10),
+            "the popped log no longer holds v11: {first}"
+        );
+        let logs = vec![
+            ("logs/popped".to_owned(), popped),
+            ("logs/whole".to_owned(), log(b.path(), Version::ZERO).await),
+        ];
+
+        // The first log listed lacks the start of the range: the second is the source, and the
+        // new logs start from the predecessor of the first entry copied.
+        let source = choose_source(&logs, Version(10), Version(100))
+            .await
+            .unwrap();
+        assert_eq!(source.log.unwrap().0, "logs/whole");
+        assert_eq!(source.anchor, Version(10));
+
+        // A range the popped log holds whole: the first log listed serves.
+        let source = choose_source(&logs, Version(95), Version(100))
+            .await
+            .unwrap();
+        assert_eq!(source.log.unwrap().0, "logs/popped");
+
+        // A range past the end of every log, or a start no log holds: refused, naming the
+        // range and what each log holds.
+        let e = choose_source(&logs, Version(10), Version(101))
+            .await
+            .unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
+        let e = choose_source(&logs[..1], Version(10), Version(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
+        let why = e.to_string();
+        assert!(why.contains("(v10, v100]"), "{why}");
+        assert!(why.contains("logs/popped"), "{why}");
+    }
+}
