@@ -24,8 +24,10 @@ use super::{Trace, corruption};
 /// finds it, plus room for the one in progress when it failed.
 pub(crate) const ROUNDS: u32 = 5;
 
-/// How far back a slowed probe still counts: the longest injected delay (3.1 s) under the
-/// probes' 1 s timeouts, rounded up.
+/// How far back a slowed probe still counts: the longest a monitoring round can take while its
+/// probes answer, each within its timeout (a probe slower than that fails the round, and the
+/// epoch ends anyway): the sequencer's and up to three storage servers' probes, 1 s each in the
+/// simulation's configuration (a test holds this to every plan).
 const SLOWED_REACH: Duration = Duration::from_secs(4);
 
 /// The epoch serving now, if one is.
@@ -142,6 +144,21 @@ mod tests {
             .unwrap()
             .as_ref()
             .map(ToString::to_string)
+    }
+
+    #[test]
+    fn a_slowed_round_reaches_no_further_than_the_excuse() {
+        for seed in 0..500 {
+            let plan = super::super::Plan::new(seed);
+            let config = plan.config();
+            let probes = 1 + u32::try_from(config.storage).unwrap();
+            assert!(
+                config.probe_timeout * probes <= SLOWED_REACH,
+                "seed {seed}: {probes} probes of {:?}",
+                config.probe_timeout
+            );
+            assert!(config.monitor_interval * ROUNDS < config.proxy.stall_timeout);
+        }
     }
 
     #[tokio::test(start_paused = true)]
