@@ -201,13 +201,17 @@ impl Faults {
         self.proxies.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
-    /// Lets go of the proxies recorded so far. They hold their stages, whose decorators hold
-    /// this switchboard: while it keeps them, none of those stages (nor the files they hold
-    /// open) is ever dropped. A harness that runs cluster after cluster in one process (the
-    /// simulation, where a crash drops a cluster in place) calls this when one is gone.
-    pub fn release_proxies(&self) {
-        let released = self.proxies.lock().map(|mut p| std::mem::take(&mut *p));
-        drop(released);
+    /// Lets go of what the switchboard holds of a cluster: the proxies recorded so far, and
+    /// the watcher ([`Faults::watch`]). Proxies hold their stages, whose decorators hold this
+    /// switchboard, and a watcher may hold a cluster too (the simulation's holds the epoch
+    /// being served): while the switchboard keeps them, none of those stages (nor the files
+    /// they hold open) is ever dropped. A harness that runs cluster after cluster in one
+    /// process (the simulation, where a crash drops a cluster in place) calls this when one is
+    /// gone.
+    pub fn release(&self) {
+        let proxies = self.proxies.lock().map(|mut p| std::mem::take(&mut *p));
+        let watcher = self.watcher.lock().map(|mut w| w.take());
+        drop((proxies, watcher));
     }
 
     /// Counts a call at `point`, made for `epoch`, and misbehaves if armed, failing

@@ -478,7 +478,7 @@ impl<'a> Boot<'a> {
                 self.number
             ));
         }
-        faults.release_proxies();
+        faults.release();
         drop(runtime);
         std::fs::remove_dir_all(&self.data_dir)
             .and_then(|()| std::fs::rename(&image, &self.data_dir))
