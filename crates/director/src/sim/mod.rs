@@ -10,11 +10,11 @@
 //! model of what may have committed as it happens, and every injected failure of a batch's
 //! stage call must end its epoch within a few monitoring rounds (`sim/liveness.rs`). A boot
 //! ends in a crash: the runtime is dropped with every task in it, mid-commit, mid-flush or
-//! mid-recovery, and the next boot recovers what is on disk. The last boot has no faults and must recover within a
-//! bounded number of epochs; then the checks run: the ring is one ring, the Increment totals
-//! agree, every acknowledged transaction is there, every epoch was newer than the one before,
-//! each recovery wrote a monolithic configuration equal to its decomposed keys, naming its own
-//! epoch, and no log keeps a segment the storage servers no longer need.
+//! mid-recovery, and the next boot recovers what is on disk. The last boot has no faults and
+//! must recover within a bounded number of epochs; then the checks run: the ring is one ring,
+//! the Increment totals agree, every acknowledged transaction is there, every epoch was newer
+//! than the one before, each recovery wrote a monolithic configuration equal to its decomposed
+//! keys, naming its own epoch, and no log keeps a segment the storage servers no longer need.
 //!
 //! Everything that decides what happens comes from the seed: the layout, the tuning (windows
 //! and segments small enough to wrap many times in a run), the clients, the faults and their
