@@ -12,10 +12,10 @@
 //! files (its segments, `manifest` and `epoch`) again from what reads return (dirtying the
 //! pages anew), syncs each, syncs the directory, and only then removes the marker. The marker
 //! itself is never synced: it only has to last as long as the page cache it warns about, and a
-//! power loss that takes it also takes the writes it stood for. A crash in the middle leaves it for the next open to start again.
-//! The poisoned log does the same when it is closed (or dropped), while its directory is still
-//! locked, so that the marker is only needed when that fails or the process dies first
-//! ([`FileLog::close_resynced`](crate::FileLog::close_resynced)). What is left uncovered: a
+//! power loss that takes it also takes the writes it stood for. A crash in the middle leaves it
+//! for the next open to start again. The poisoned log does the same when it is closed (or
+//! dropped), while its directory is still locked, so that the marker is only needed when that
+//! fails or the process dies first ([`FileLog::close_resynced`](crate::FileLog::close_resynced)). What is left uncovered: a
 //! marker that could not be made, then a rewrite at the close that failed too, then an open
 //! of the same directory by a process whose disk works again before the page cache is gone.
 

@@ -796,8 +796,8 @@ mod tests {
 
     /// A storage server whose flush failed at either sync of its two-phase commit, closed and
     /// opened again on the same machine (the page cache holding what the failed sync did not
-    /// write back), reports
-    /// as durable only what a power loss keeps: the logs are popped up to what it reports.
+    /// write back), reports as durable only what a power loss keeps: the logs are popped up to
+    /// what it reports.
     /// redb's two-phase commit and the repair its open makes after an unclean close keep this
     /// true; a failed flush also stops the server, so that the epoch ends and the file is
     /// opened again (redb refuses every write after an I/O error).
