@@ -238,6 +238,13 @@ fn sigint_ends_a_bench_early_with_its_report_and_exit_130() {
     assert_eq!(out.status.code(), Some(130), "{:?}", out.status);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["transactions"].as_u64().unwrap() > 0, "{report}");
+    // Two seconds of commits cost CPU: a report that did not measure it would say 0.
+    let cpu = report["cpu_us_per_commit"].as_f64().unwrap();
+    assert!(cpu > 0.0 && cpu.is_finite(), "{report}");
+    assert!(
+        report["fsync_floor_prealloc_us"].as_u64().is_some(),
+        "{report}"
+    );
     ok(dir.path(), &["check"]);
 }
 

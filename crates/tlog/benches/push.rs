@@ -21,7 +21,6 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use strata_core::{Epoch, LogId, LogServer, Version};
-use strata_testkit::disk::SyncProbe;
+use strata_testkit::disk::{OverwriteProbe, SyncProbe};
 use strata_tlog::{FileLog, FileLogConfig};
 
 fn bench_dir() -> tempfile::TempDir {
@@ -57,32 +56,14 @@ fn floors(c: &mut Criterion) {
     // The same 4 KiB sync when nothing about the file changes but its data: an overwrite in
     // a file written full of zeros beforehand (what a log with preallocated segments pays).
     group.bench_function("fsync_floor_4k_prealloc", |b| {
-        const FILE_BYTES: u64 = 64 << 20;
-        let path = dir.path().join("floor-prealloc");
-        let zeros = vec![0u8; 1 << 20];
-        let made = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .and_then(|mut f| {
-                for _ in 0..FILE_BYTES / zeros.len() as u64 {
-                    f.write_all(&zeros)?;
-                }
-                f.sync_all()?;
-                Ok(f)
-            });
-        let f = match made {
-            Ok(f) => f,
+        let mut probe = match OverwriteProbe::create(dir.path(), 64 << 20) {
+            Ok(p) => p,
             Err(e) => panic!("{e}"),
         };
-        let block = [7u8; 4096];
-        let mut at = 0u64;
         b.iter(|| {
-            if let Err(e) = f.write_all_at(&block, at).and_then(|()| f.sync_data()) {
+            if let Err(e) = probe.overwrite_and_sync() {
                 panic!("{e}");
             }
-            at = (at + block.len() as u64) % FILE_BYTES;
         });
     });
     group.sample_size(10);

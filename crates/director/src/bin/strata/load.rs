@@ -12,7 +12,7 @@ use strata_core::{Error, ErrorKind, Stage};
 use strata_director::workload::load::Load;
 use strata_director::workload::{self, Plan, Span};
 use strata_director::{EmbeddedCluster, EmbeddedConfig};
-use strata_testkit::disk::fsync_floor;
+use strata_testkit::disk::{fsync_floor, fsync_floor_prealloc};
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
@@ -57,7 +57,25 @@ struct Report {
     commits_per_second: f64,
     aborts: u64,
     latency_us: Latency,
+    /// The process's CPU time (user and system, every thread) while the clients ran, over the
+    /// transactions acknowledged: what a commit costs the machine, whatever the disk's speed.
+    cpu_us_per_commit: f64,
     fsync_floor_us: u64,
+    fsync_floor_prealloc_us: u64,
+}
+
+/// CPU time this process has used so far, user and system, all threads.
+fn process_cpu() -> strata_core::Result<std::time::Duration> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_SELF)
+        .map_err(|e| Error::io(Stage::Director, std::io::Error::from(e)))?;
+    let micros = |t: nix::sys::time::TimeVal| {
+        let whole = u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000;
+        whole + u64::try_from(t.tv_usec()).unwrap_or(0)
+    };
+    Ok(std::time::Duration::from_micros(
+        micros(usage.user_time()) + micros(usage.system_time()),
+    ))
 }
 
 pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
@@ -71,6 +89,8 @@ pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
     // Owned before the floor's probe file is written into it.
     let _owner = strata_director::owner::lock_directory(&args.data_dir, true)?;
     let floor = fsync_floor(&args.data_dir, 100).map_err(|e| Error::io(Stage::Director, e))?;
+    let floor_prealloc =
+        fsync_floor_prealloc(&args.data_dir, 100).map_err(|e| Error::io(Stage::Director, e))?;
     let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
     let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
     let db = cluster.database();
@@ -94,8 +114,10 @@ pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
     let ticker = progress.clone();
     let on_ack: workload::OnAck = Arc::new(move |_, _| ticker.inc(1));
     // A signal ends the run early, and what ran until then is reported.
+    let cpu_before = process_cpu()?;
     let driven =
         workload::drive_until(&db, Arc::new(load), &plan, on_ack, super::stop_requested()).await;
+    let cpu = process_cpu()?.saturating_sub(cpu_before);
     progress.finish_and_clear();
     drop(db);
     cluster.stop().await;
@@ -115,7 +137,9 @@ pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
             p99: driven.latency_us(0.99),
             max: driven.latency_us(1.0),
         },
+        cpu_us_per_commit: cpu.as_secs_f64() * 1e6 / (driven.acked.len().max(1) as f64),
         fsync_floor_us: u64::try_from(floor.as_micros()).unwrap_or(u64::MAX),
+        fsync_floor_prealloc_us: u64::try_from(floor_prealloc.as_micros()).unwrap_or(u64::MAX),
     };
     if args.json {
         super::print_json(&report)?;
@@ -141,9 +165,17 @@ pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
             report.latency_us.max
         );
         out!(
+            "CPU per commit: {:.1} µs (user + system)",
+            report.cpu_us_per_commit
+        );
+        out!(
             "fsync floor (4 KiB append + fdatasync, median of 100): {} µs; p50 is {:.2}× it",
             report.fsync_floor_us,
             report.latency_us.p50 as f64 / report.fsync_floor_us.max(1) as f64
+        );
+        out!(
+            "fsync floor (4 KiB overwrite in a preallocated file + fdatasync): {} µs",
+            report.fsync_floor_prealloc_us
         );
     }
     Ok(())
