@@ -40,6 +40,24 @@ pub(crate) async fn batch_loop(
             fail(vec![first], e);
             continue;
         }
+        // Room in the pipeline is taken before the batch is formed, so that what queues while
+        // the batches in flight fill it goes into one batch: under load, batches grow with
+        // the queue instead of staying one transaction each, and the per-batch work (a
+        // version pair, a resolution, a push to every log, a report) is shared. An idle
+        // pipeline has room at once, so a lone commit waits for nothing. The wait ends early
+        // if the chain breaks meanwhile: the batches in flight may be stuck behind the hole
+        // until they are cut.
+        let permit = tokio::select! {
+            biased;
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            e = stages.until_failed(|s| s.failure.get().cloned()) => {
+                fail(vec![first], &e);
+                continue;
+            }
+        };
         let mut bytes = first.bytes;
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + config.batch_window;
@@ -62,19 +80,6 @@ pub(crate) async fn batch_loop(
             bytes += p.bytes;
             batch.push(p);
         }
-        // Wait for room in the pipeline, unless the chain breaks meanwhile: the batches in flight
-        // may be stuck behind the hole until they are cut.
-        let permit = tokio::select! {
-            biased;
-            permit = in_flight.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            e = stages.until_failed(|s| s.failure.get().cloned()) => {
-                fail(batch, &e);
-                continue;
-            }
-        };
         // Versions are taken here, one batch at a time, so they follow the queue's order.
         seq += 1;
         let flight = InFlight::begin(&stages, seq);

@@ -14,7 +14,10 @@
 //! pipelined (up to [`ProxyConfig::in_flight_batches_max`] at once): versions are taken in
 //! order, and resolvers and logs apply batches along the version chain, so while one batch
 //! waits for its logs the next is already being resolved. The logs' group commit then makes
-//! concurrent batches share a sync.
+//! concurrent batches share a sync. A batch is formed only once the pipeline has room for
+//! it, so the bound also sizes batches: a lone commit finds room and goes alone at once,
+//! while under load commits gather in the queue as long as the pipeline is full, and the
+//! next batch takes all of them.
 //!
 //! A failure of any stage fails the whole batch with that stage's error (its [`Stage`] names
 //! it). The queue is bounded: a full proxy makes callers wait, then refuses them as

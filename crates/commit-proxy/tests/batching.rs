@@ -14,6 +14,7 @@ use strata_core::{
     CommitProxy, Epoch, KeyRange, LogId, LogServer, Mutation, Resolver, Transaction,
     TransactionView, Version,
 };
+use strata_testkit::faults::{Fault, FaultPoint, Faults, FaultyLog};
 use strata_testkit::{MemoryLog, ModelResolver, StepSequencer};
 
 const EPOCH: Epoch = Epoch(1);
@@ -126,4 +127,63 @@ async fn a_transaction_larger_than_the_byte_bound_still_commits_alone() {
     )
     .await;
     assert_eq!(sizes(&got), [1, 1, 1, 1]);
+}
+
+/// The pipeline's room is taken before a batch is formed: a transaction that arrives while
+/// every batch in flight is waiting on a stage waits in the queue, and the next batch takes it
+/// with everything else queued by then. (Formed first and then held for room, a batch would
+/// hold only what was queued when the room ran out, and under steady load every batch would
+/// be a single transaction.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn transactions_that_wait_for_room_in_the_pipeline_share_one_batch() {
+    let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+    let faults = Faults::new();
+    // The first batch's push waits 100 ms (of the paused clock) before it reaches the log.
+    faults.arm_at(
+        FaultPoint::LogPush,
+        1,
+        Fault::Delay(Duration::from_millis(100)),
+    );
+    let resolver: Arc<dyn Resolver> = Arc::new(ModelResolver::new(EPOCH, Version(0)));
+    let proxy = Arc::new(
+        BatchingProxy::new(
+            EPOCH,
+            Arc::new(StepSequencer::new(EPOCH, Version(0))),
+            vec![(Bytes::new(), resolver)],
+            vec![Arc::new(FaultyLog(log.clone(), faults)) as Arc<dyn LogServer>],
+            ProxyConfig {
+                in_flight_batches_max: 1,
+                ..ProxyConfig::default()
+            },
+        )
+        .unwrap(),
+    );
+    let commit = |i: usize| {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.commit(blind(format!("k{i:03}"), 10)).await })
+    };
+    // Each step runs every task until all wait on the clock: the first batch is then held at
+    // the log, and the second transaction is with the batcher, which waits for room.
+    let mut tasks = vec![commit(0)];
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    tasks.push(commit(1));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for i in 2..6 {
+        tasks.push(commit(i));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let entries: Vec<usize> = log
+        .entries()
+        .iter()
+        .map(|e| {
+            TransactionView::parse(e.payload.clone())
+                .unwrap()
+                .mutations()
+                .unwrap()
+                .len()
+        })
+        .collect();
+    assert_eq!(entries, [1, 5]);
 }
