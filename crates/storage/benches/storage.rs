@@ -6,6 +6,8 @@
 //!   and one in ten was overwritten since, in the window, so the read merges both.
 //! - `storage/apply`: batches of 1,000 sets (16-byte keys, 100-byte values) pushed to an
 //!   in-memory log, decoded and applied; mutations per second.
+//! - `storage/apply_random`: the same with keys drawn at random from a million, into a window
+//!   already holding 300 such batches (the window of a server under steady random writes).
 //!
 //! The server runs on a two-thread tokio runtime; reads are issued one after another from one
 //! task. Run: `cargo bench -p strata-storage --bench storage`.
@@ -19,6 +21,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use strata_core::{Epoch, KeyRange, LogId, LogServer, Mutation, StorageServer, Version, wire};
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_testkit::MemoryLog;
+use strata_testkit::rng::SplitMix64;
 
 const KEYS: u64 = 10_000;
 
@@ -122,15 +125,16 @@ fn reads(c: &mut Criterion) {
     group.finish();
 }
 
-fn apply(c: &mut Criterion) {
-    let runtime = ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build());
-    let mut group = c.benchmark_group("storage");
-    const BATCH: u64 = 1_000;
-    group.throughput(Throughput::Elements(BATCH));
-    group.bench_function("apply", |b| {
+/// Batches of 1,000 sets pushed to an in-memory log and applied, after `prefill` batches
+/// applied untimed. `keys(n)` are the keys of batch `n` (counting the prefill's).
+fn apply_after(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    prefill: u64,
+    keys: impl Fn(u64) -> Vec<u64>,
+) {
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             runtime.block_on(async {
                 let dir = ok(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")));
@@ -147,20 +151,30 @@ fn apply(c: &mut Criterion) {
                 )
                 .await);
                 // Encode before timing: the bench measures the server, not the client.
-                let batches: Vec<Bytes> = (0..iters)
+                let batches: Vec<Bytes> = (0..prefill + iters)
                     .map(|n| {
-                        let m = sets(n * BATCH..(n + 1) * BATCH, 3);
+                        let m = sets(keys(n).into_iter(), 3);
                         ok(wire::encode_parts(None, &[], &[], &m, Some(Version(n + 1))))
                     })
                     .collect();
-                let start = Instant::now();
-                for (n, payload) in batches.into_iter().enumerate() {
+                let mut batches = batches.into_iter().enumerate();
+                for (n, payload) in batches.by_ref().take(prefill as usize) {
                     let n = n as u64;
                     ok(log
                         .push(Epoch(1), Version(n), Version(n + 1), payload)
                         .await);
                 }
-                while ok(storage.applied_version().await) < Version(iters) {
+                while ok(storage.applied_version().await) < Version(prefill) {
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                }
+                let start = Instant::now();
+                for (n, payload) in batches {
+                    let n = n as u64;
+                    ok(log
+                        .push(Epoch(1), Version(n), Version(n + 1), payload)
+                        .await);
+                }
+                while ok(storage.applied_version().await) < Version(prefill + iters) {
                     tokio::time::sleep(Duration::from_micros(100)).await;
                 }
                 let elapsed = start.elapsed();
@@ -168,6 +182,26 @@ fn apply(c: &mut Criterion) {
                 elapsed
             })
         })
+    });
+}
+
+fn apply(c: &mut Criterion) {
+    let runtime = ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build());
+    let mut group = c.benchmark_group("storage");
+    const BATCH: u64 = 1_000;
+    group.throughput(Throughput::Elements(BATCH));
+    apply_after(&mut group, &runtime, "apply", 0, |n| {
+        (n * BATCH..(n + 1) * BATCH).collect()
+    });
+    // The window as a busy server holds it: 300 batches (300,000 keys) applied before the
+    // measured ones, and every key random among a million, so inserts land all over it.
+    group.sample_size(20);
+    apply_after(&mut group, &runtime, "apply_random", 300, |n| {
+        let mut rng = SplitMix64(n);
+        (0..BATCH).map(|_| rng.below(1_000_000)).collect()
     });
     group.finish();
 }
