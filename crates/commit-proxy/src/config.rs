@@ -14,7 +14,9 @@ use crate::error;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProxyConfig {
     /// How long a batch waits for more transactions after its first; zero takes only what is
-    /// already queued (pipelining and the logs' group commit do the rest).
+    /// already queued (pipelining and the logs' group commit do the rest). The batch waits
+    /// with its room in the pipeline already taken (see `in_flight_batches_max`), so a window
+    /// overlaps one batch fewer in flight.
     pub batch_window: Duration,
     /// Most transactions in one batch.
     pub batch_transactions_max: usize,
@@ -36,7 +38,7 @@ pub struct ProxyConfig {
     /// batches under load (and the less per-batch work per commit), the larger, the more
     /// batches overlap. Default 8: on the reference machine, 64 clients of one-key commits
     /// on the default cluster, bounds of 2, 3, 4, 8 and 64 cost 16.1, 17.1, 15.6, 14.5 and
-    /// 20.5 µs of CPU per commit (medians of five runs; docs/performance.md). At least 1.
+    /// 20.5 µs of CPU per commit (medians of five runs; docs/performance.md). 0 counts as 1.
     pub in_flight_batches_max: usize,
     /// How long the oldest batch may stay in flight (from asking the sequencer for its version
     /// pair to its answer) before [`BatchingProxy::health`] reports the stage it waits on as

@@ -63,7 +63,7 @@
 //! | transactions per batch            | 1,000                         | any                       |
 //! | bytes per batch                   | 8 MiB                         | 9,999,983                 |
 //! | transactions queued               | 10,000, then a 5 s wait       | any                       |
-//! | batches in flight                 | 64                            | any                       |
+//! | batches in flight                 | 8                             | 1 or more (0 counts as 1) |
 //! | oldest batch before `health` fails| 10 s                          | above zero                |
 //!
 //! # Example
