@@ -125,6 +125,25 @@ fn reads(c: &mut Criterion) {
     group.finish();
 }
 
+/// Pushes each batch `n` as version `n + 1` after `n`, then waits until `storage` has applied
+/// `through`.
+async fn feed(
+    log: &MemoryLog,
+    storage: &RedbStorage,
+    batches: impl Iterator<Item = (usize, Bytes)>,
+    through: u64,
+) {
+    for (n, payload) in batches {
+        let n = n as u64;
+        ok(log
+            .push(Epoch(1), Version(n), Version(n + 1), payload)
+            .await);
+    }
+    while ok(storage.applied_version().await) < Version(through) {
+        tokio::time::sleep(Duration::from_micros(100)).await;
+    }
+}
+
 /// Batches of 1,000 sets pushed to an in-memory log and applied, after `prefill` batches
 /// applied untimed. `keys(n)` are the keys of batch `n` (counting the prefill's).
 fn apply_after(
@@ -158,25 +177,10 @@ fn apply_after(
                     })
                     .collect();
                 let mut batches = batches.into_iter().enumerate();
-                for (n, payload) in batches.by_ref().take(prefill as usize) {
-                    let n = n as u64;
-                    ok(log
-                        .push(Epoch(1), Version(n), Version(n + 1), payload)
-                        .await);
-                }
-                while ok(storage.applied_version().await) < Version(prefill) {
-                    tokio::time::sleep(Duration::from_micros(100)).await;
-                }
+                let prefilled = batches.by_ref().take(prefill as usize);
+                feed(&log, &storage, prefilled, prefill).await;
                 let start = Instant::now();
-                for (n, payload) in batches {
-                    let n = n as u64;
-                    ok(log
-                        .push(Epoch(1), Version(n), Version(n + 1), payload)
-                        .await);
-                }
-                while ok(storage.applied_version().await) < Version(prefill + iters) {
-                    tokio::time::sleep(Duration::from_micros(100)).await;
-                }
+                feed(&log, &storage, batches, prefill + iters).await;
                 let elapsed = start.elapsed();
                 storage.close().await;
                 elapsed

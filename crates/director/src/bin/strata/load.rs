@@ -67,14 +67,12 @@ struct Report {
 /// CPU time this process has used so far, user and system, all threads.
 fn process_cpu() -> strata_core::Result<std::time::Duration> {
     use nix::sys::resource::{UsageWho, getrusage};
+    use nix::sys::time::TimeValLike;
     let usage = getrusage(UsageWho::RUSAGE_SELF)
         .map_err(|e| Error::io(Stage::Director, std::io::Error::from(e)))?;
-    let micros = |t: nix::sys::time::TimeVal| {
-        let whole = u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000;
-        whole + u64::try_from(t.tv_usec()).unwrap_or(0)
-    };
+    let micros = usage.user_time().num_microseconds() + usage.system_time().num_microseconds();
     Ok(std::time::Duration::from_micros(
-        micros(usage.user_time()) + micros(usage.system_time()),
+        u64::try_from(micros).unwrap_or(0),
     ))
 }
 
