@@ -71,7 +71,7 @@
 //! overwrite those zeros. A sync of an overwrite commits only data, no change of file size;
 //! on this project's test machine (ext4 on a virtio disk) it takes half as long as a sync
 //! after an append. The first segment of a log is appended to (opening a log writes no zeros);
-//! a spare is asked for once 1 MiB (or a quarter of `segment_bytes`) is written, and the log
+//! a spare is asked for once 64 KiB (or a quarter of `segment_bytes`) is written, and the log
 //! moves into it as soon as a record would otherwise append. Spares grow with use: the first
 //! is four times what the log had written into its segment (at least 1 MiB), each next one is
 //! asked for at half of the one before and so doubles, up to `segment_bytes`. A little-used

@@ -21,6 +21,12 @@ pub(crate) const SPARE_FILE: &str = "spare.zeroed";
 const SPARE_PIECE_BYTES: usize = 1 << 20;
 /// The smallest spare segment (unless `segment_bytes` is smaller).
 const SPARE_BYTES_MIN: u64 = 1 << 20;
+/// How far an appended segment is written before a spare is asked for (unless a quarter of
+/// `segment_bytes` is less). Small, because every sync of an appended record also commits the
+/// file's new size, which on ext4 costs about as much again as the data (a lone commit paid
+/// 15% more latency while the first MiB of a new log was appended); large enough that a log
+/// which only ever takes a recovery's system transaction writes no zeros.
+const APPENDED_BYTES_MAX: u64 = 64 << 10;
 
 /// The zero-filled segment the writer rolls into next.
 pub(crate) enum Spare {
@@ -64,8 +70,8 @@ impl Spare {
     }
 
     /// Takes a finished spare, and asks for one when the active segment is far enough along:
-    /// half full for a zero-filled segment, a quarter (at most 1 MiB) for an appended one, so
-    /// a log that is barely used never writes a spare.
+    /// half full for a zero-filled segment, a quarter (at most [`APPENDED_BYTES_MAX`]) for an
+    /// appended one, so a log that is barely used never writes a spare.
     pub(crate) fn tend(&mut self, shared: &Shared, write_at: u64, room_end: u64) {
         if let Spare::Preparing { done, .. } = &*self {
             let outcome = match done.try_recv() {
@@ -88,7 +94,7 @@ impl Spare {
         let due = if room_end >= smallest_spare {
             room_end / 2
         } else {
-            (config.segment_bytes / 4).min(SPARE_BYTES_MIN)
+            (config.segment_bytes / 4).min(APPENDED_BYTES_MAX)
         };
         if config.preallocate && matches!(self, Spare::None) && write_at >= due {
             // Four times what this segment took so far: the first spare of a log is small,

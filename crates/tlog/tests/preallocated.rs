@@ -404,7 +404,7 @@ async fn spares_start_small_and_double_up_to_the_segment_size() {
     let log = open(&fs);
     let big = |v: u64| Bytes::from(vec![v as u8; 16 << 10]);
     let mut v = 0;
-    while !(segments(&fs).len() == 3 && len(&fs, &newest_segment(&fs)) == 8 * MIB) {
+    while len(&fs, &newest_segment(&fs)) < 8 * MIB {
         assert!(v < 4_000, "segments: {:?}", segments(&fs));
         v += 1;
         log.push(EPOCH, Version(v - 1), Version(v), big(v))
@@ -413,9 +413,13 @@ async fn spares_start_small_and_double_up_to_the_segment_size() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let lens: Vec<u64> = segments(&fs).iter().map(|s| len(&fs, s)).collect();
-    // Appended up to 1 MiB and a little, then four times that, then double that, capped.
-    assert!((MIB..2 * MIB).contains(&lens[0]), "{lens:?}");
-    assert!((4 * MIB..5 * MIB).contains(&lens[1]), "{lens:?}");
+    // Appended up to 64 KiB and a little (so that a lone commit soon overwrites zeros instead
+    // of growing the file), then the smallest spare, then each twice the one before, capped.
+    assert_eq!(lens.len(), 5, "{lens:?}");
+    assert!((64 << 10..MIB).contains(&lens[0]), "{lens:?}");
+    for (i, spare) in [MIB, 2 * MIB, 4 * MIB, 8 * MIB].into_iter().enumerate() {
+        assert!((spare..spare + MIB).contains(&lens[i + 1]), "{lens:?}");
+    }
     drop(log);
     let log = open(&fs.crash_image(0));
     let all = everything(&log).await;
