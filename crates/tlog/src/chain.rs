@@ -1,6 +1,7 @@
 //! The ordering and fencing rules every log shares: which push may enter the log next.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -47,6 +48,10 @@ impl ChainState {
 #[derive(Debug)]
 pub(crate) struct Chain {
     state: Mutex<ChainState>,
+    /// Set (under the lock) when `poisoned` is, so that the writer can see the log is healthy
+    /// without the lock: a pusher queues its write while holding the lock, and a writer woken
+    /// by it would otherwise wait for that same lock before every group commit.
+    poisoned_flag: AtomicBool,
     durable: watch::Sender<Version>,
 }
 
@@ -60,6 +65,7 @@ impl Chain {
                 poisoned: None,
                 waiters: BTreeMap::new(),
             }),
+            poisoned_flag: AtomicBool::new(false),
             durable: watch::Sender::new(last),
         }
     }
@@ -162,6 +168,7 @@ impl Chain {
     pub(crate) fn poison(&self, cause: String) {
         if let Ok(mut st) = self.state.lock() {
             st.poisoned.get_or_insert(cause);
+            self.poisoned_flag.store(true, Ordering::Release);
             st.wake_all();
         }
         // Wake whoever waits for durability: it will never come.
@@ -180,8 +187,12 @@ impl Chain {
         }
     }
 
-    /// The error every refused push gets once the log is poisoned, if it is.
+    /// The error every refused push gets once the log is poisoned, if it is. A healthy log
+    /// answers without taking the lock.
     pub(crate) fn poisoned_error(&self) -> Option<Error> {
+        if !self.poisoned_flag.load(Ordering::Acquire) && !self.state.is_poisoned() {
+            return None;
+        }
         self.poisoned_by()
             .map(|cause| error(ErrorKind::Poisoned(cause)))
     }
