@@ -7,12 +7,17 @@
 //! - `compare/redb_1`, `compare/redb_64`: a redb write transaction committed with its default,
 //!   immediate durability.
 //! - `compare/fjall_1`, `compare/fjall_64`: a fjall insert followed by `persist(SyncAll)`.
+//! - `compare/rocksdb_1`, `compare/rocksdb_64`: a RocksDB `put` with `sync` set (its write-ahead
+//!   log synced before the call returns; concurrent writers share a sync through RocksDB's write
+//!   groups). Built only with the `rocksdb` feature, which compiles RocksDB's C++ and needs
+//!   libclang (Debian: `apt-get install libclang-dev`); CI never builds it.
 //! - `compare/fsync_floor_4k`: append 4 KiB and `fdatasync`, the floor, in the same run.
 //!
 //! Writers are tasks for Strata and threads for redb and fjall (their APIs block). Each
 //! measured iteration is one commit per writer; throughput is commits per second.
 //!
-//! Run: `cargo bench -p strata-benches --bench compare`.
+//! Run: `cargo bench -p strata-benches --bench compare`, or with RocksDB:
+//! `cargo bench -p strata-benches --features rocksdb --bench compare`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,7 +134,34 @@ fn compare(c: &mut Criterion) {
             })
         });
     }
+    drop(keyspace);
+    drop(fjall_db);
+
+    #[cfg(feature = "rocksdb")]
+    rocksdb_commits(&mut group, dir.path());
+
     group.finish();
+}
+
+/// RocksDB with its write-ahead log synced on every write: `sync` in the write options, no
+/// compression (none is compiled in, and 100-byte values gain nothing from it).
+#[cfg(feature = "rocksdb")]
+fn rocksdb_commits(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    dir: &std::path::Path,
+) {
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(true);
+    options.set_compression_type(rocksdb::DBCompressionType::None);
+    let db = ok(rocksdb::DB::open(&options, dir.join("rocksdb")));
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    for writers in [1u64, 64] {
+        group.throughput(Throughput::Elements(writers));
+        group.bench_function(format!("rocksdb_{writers}"), |b| {
+            b.iter_custom(|iters| threads(writers, iters, |n| ok(db.put_opt(key(n), VALUE, &sync))))
+        });
+    }
 }
 
 criterion_group!(benches, compare);
