@@ -71,9 +71,10 @@
 //! overwrite those zeros. A sync of an overwrite commits only data, no change of file size;
 //! on this project's test machine (ext4 on a virtio disk) it takes half as long as a sync
 //! after an append. The first segment of a log is appended to (opening a log writes no zeros);
-//! a spare is asked for once 64 KiB (or a quarter of `segment_bytes`) is written, and the log
-//! moves into it as soon as a record would otherwise append. Spares grow with use: the first
-//! is four times what the log had written into its segment (at least 1 MiB), each next one is
+//! a spare is asked for once 64 KiB (or a quarter of `segment_bytes`, whichever is less) is
+//! written, and the log moves into it as soon as a record would otherwise append. Spares grow
+//! with use: the first is 1 MiB (or four times what the log had written into its segment, when
+//! that is more: a log reopened with more written), each next one is
 //! asked for at half of the one before and so doubles, up to `segment_bytes`. A little-used
 //! log writes, and its recovery reads, a few MiB of zeros; a busy one reaches full-size
 //! segments after about as much data. Each log keeps at most one spare on disk.

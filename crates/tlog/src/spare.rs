@@ -25,7 +25,8 @@ const SPARE_BYTES_MIN: u64 = 1 << 20;
 /// `segment_bytes` is less). Small, because every sync of an appended record also commits the
 /// file's new size, which on ext4 costs about as much again as the data (a lone commit paid
 /// 15% more latency while the first MiB of a new log was appended); large enough that a log
-/// which only ever takes a recovery's system transaction writes no zeros.
+/// which only ever takes a recovery's system transaction (about 3.5 KiB with 8 storage servers)
+/// writes no zeros.
 const APPENDED_BYTES_MAX: u64 = 64 << 10;
 
 /// The zero-filled segment the writer rolls into next.
@@ -71,7 +72,7 @@ impl Spare {
 
     /// Takes a finished spare, and asks for one when the active segment is far enough along:
     /// half full for a zero-filled segment, a quarter (at most [`APPENDED_BYTES_MAX`]) for an
-    /// appended one, so a log that is barely used never writes a spare.
+    /// appended one, so a log that has written less than that never writes a spare.
     pub(crate) fn tend(&mut self, shared: &Shared, write_at: u64, room_end: u64) {
         if let Spare::Preparing { done, .. } = &*self {
             let outcome = match done.try_recv() {
@@ -97,9 +98,10 @@ impl Spare {
             (config.segment_bytes / 4).min(APPENDED_BYTES_MAX)
         };
         if config.preallocate && matches!(self, Spare::None) && write_at >= due {
-            // Four times what this segment took so far: the first spare of a log is small,
-            // and each next one doubles (asked for at half of the one before), up to the
-            // segment size. A little-used log writes, and its recovery reads, few zeros.
+            // Four times what this segment took so far, at least the smallest spare: a new
+            // log's first spare is the smallest, and each next one doubles (asked for at half
+            // of the one before), up to the segment size. A little-used log writes, and its
+            // recovery reads, few zeros.
             let bytes = write_at
                 .saturating_mul(4)
                 .max(smallest_spare)
