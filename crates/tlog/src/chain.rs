@@ -48,9 +48,10 @@ impl ChainState {
 #[derive(Debug)]
 pub(crate) struct Chain {
     state: Mutex<ChainState>,
-    /// Set (under the lock) when `poisoned` is, so that the writer can see the log is healthy
-    /// without the lock: a pusher queues its write while holding the lock, and a writer woken
-    /// by it would otherwise wait for that same lock before every group commit.
+    /// Set (under the lock) when `poisoned` is, so that the writer (and anyone asking
+    /// [`Chain::is_poisoned`]) sees the log is healthy without the lock: a pusher queues its
+    /// write while holding the lock, and a writer woken by it would otherwise wait for that
+    /// same lock before every group commit.
     poisoned_flag: AtomicBool,
     durable: watch::Sender<Version>,
 }
@@ -175,8 +176,9 @@ impl Chain {
         self.durable.send_modify(|_| {});
     }
 
+    /// Whether the log is poisoned (or its state by a panic), without taking the lock.
     pub(crate) fn is_poisoned(&self) -> bool {
-        self.state.lock().map_or(true, |st| st.poisoned.is_some())
+        self.poisoned_flag.load(Ordering::Acquire) || self.state.is_poisoned()
     }
 
     /// What poisoned the log, if it is.
@@ -190,7 +192,7 @@ impl Chain {
     /// The error every refused push gets once the log is poisoned, if it is. A healthy log
     /// answers without taking the lock.
     pub(crate) fn poisoned_error(&self) -> Option<Error> {
-        if !self.poisoned_flag.load(Ordering::Acquire) && !self.state.is_poisoned() {
+        if !self.is_poisoned() {
             return None;
         }
         self.poisoned_by()
