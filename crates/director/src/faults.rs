@@ -14,11 +14,13 @@ pub use strata_testkit::faults::{
     Fault, FaultPoint, Faults, FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer,
     FaultyStorage,
 };
-use strata_tlog::fs::{Fs, FsFile, RealFs};
+use strata_tlog::fs::{Fs, FsFile, RealFs, writing_group};
 
-/// The real file system under a log, whose next `fdatasync` by a log's writer thread fails
-/// when [`FaultPoint::LogSync`] is armed: the log's own error path runs (the group's pushes
-/// fail, the log is poisoned), not a decorator's imitation of it.
+/// The real file system under a log, whose next `fdatasync` inside a group commit fails when
+/// [`FaultPoint::LogSync`] is armed: the log's own error path runs (the group's pushes fail,
+/// the log is poisoned), not a decorator's imitation of it. Syncs outside a group (a log's
+/// open and recovery, its spare segments) fall back or fail differently, so the fault leaves
+/// them alone (see [`writing_group`]).
 #[derive(Debug)]
 pub struct FaultyFs(pub Arc<Faults>);
 
@@ -35,16 +37,6 @@ impl FaultyFs {
             faults: self.0.clone(),
         })
     }
-}
-
-/// Whether the calling thread is a log's writer (named `strata-tlog-<id>`), the one thread
-/// that syncs acknowledged records. Its spare-segment helper (`strata-tlog-<id>-spare`) and
-/// recovery's syncs on open fall back or fail differently, so the fault leaves them alone.
-fn on_log_writer() -> bool {
-    std::thread::current().name().is_some_and(|n| {
-        n.strip_prefix("strata-tlog-")
-            .is_some_and(|id| id.bytes().all(|b| b.is_ascii_digit()))
-    })
 }
 
 impl Fs for FaultyFs {
@@ -91,7 +83,7 @@ impl FsFile for FaultyFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        if on_log_writer() && self.faults.fire(FaultPoint::LogSync).is_some() {
+        if writing_group() && self.faults.fire(FaultPoint::LogSync).is_some() {
             return Err(io::Error::other("injected fdatasync failure"));
         }
         self.file.sync_data()

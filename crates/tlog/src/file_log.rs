@@ -29,7 +29,7 @@ use crate::meta::{read_epoch, write_epoch, write_manifest};
 use crate::recover::recover;
 use crate::resync;
 use crate::segment::Segment;
-use crate::writer::{Queue, Running, Write, Writer};
+use crate::writer::{Queue, Running, Sent, Write, Writer};
 
 /// What [`FileLog::open_dir`] does when the directory holds no log yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -336,7 +336,7 @@ impl FileLog {
         tracing::info!(log = id.0, dir = %dir.display(), last = last.0, "log opened");
 
         let (tx, handle) =
-            Writer::start(shared.clone(), active, write_at, room_end).map_err(io_error)?;
+            Writer::start(shared.clone(), last, active, write_at, room_end).map_err(io_error)?;
         Ok(FileLog {
             shared,
             to_writer: Mutex::new(Some(tx)),
@@ -562,7 +562,11 @@ impl LogServer for FileLog {
         let tx = self.sender()?;
         let header = RecordHeader::new(version, previous_version, &payload);
         let (ack, answer) = oneshot::channel();
-        self.shared
+        // A log found idle hands the push back: it writes and syncs itself, blocking this
+        // thread for one sync instead of waking the writer's and waiting to be woken back
+        // (see `writer.rs`). The writer is released before anything else is awaited.
+        if let Sent::Lead(led) = self
+            .shared
             .chain
             .admit(
                 epoch,
@@ -581,7 +585,10 @@ impl LogServer for FileLog {
                     .map_err(|_| error(ErrorKind::Unavailable("log writer stopped".into())))
                 },
             )
-            .await?;
+            .await?
+        {
+            led.write();
+        }
         answer
             .await
             .map_err(|_| error(ErrorKind::Unavailable("log writer stopped".into())))?

@@ -49,6 +49,36 @@ pub trait FsFile: Send + Sync + Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
 }
 
+thread_local! {
+    static WRITING_GROUP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is writing a log's group commit right now: its records, and the
+/// rolls and manifest writes they cause, whose failure poisons the log. A group is written on
+/// the log's writer thread, or on the thread of a push that found the log idle, so a file
+/// system under a log that wants to fail only those calls (a test injecting a failed
+/// `fdatasync` into the log's own error path) asks this rather than the thread's name. The
+/// log's open, its recovery and its spare segments are never inside a group.
+pub fn writing_group() -> bool {
+    WRITING_GROUP.with(std::cell::Cell::get)
+}
+
+/// Marks the calling thread as writing a group commit until dropped ([`writing_group`]).
+pub(crate) struct GroupMark(());
+
+impl GroupMark {
+    pub(crate) fn set() -> GroupMark {
+        WRITING_GROUP.with(|w| w.set(true));
+        GroupMark(())
+    }
+}
+
+impl Drop for GroupMark {
+    fn drop(&mut self) {
+        WRITING_GROUP.with(|w| w.set(false));
+    }
+}
+
 /// Removes `path`, if it is there: a missing file is no error.
 pub(crate) fn remove_if_present(fs: &dyn Fs, path: &Path) -> io::Result<()> {
     match fs.remove(path) {

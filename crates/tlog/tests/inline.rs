@@ -1,106 +1,23 @@
-//! A log with `Blocking::Inline`, as the simulation runs it: the writer is a task and the spare
-//! segments are written by the writer itself, so every disk call happens on the runtime's one
-//! thread; the log behaves as with its threads.
+//! Where a log's writes and syncs run. With `Blocking::Inline`, as the simulation runs it, the
+//! writer is a task and the spare segments are written by the writer itself, so every disk call
+//! happens on the runtime's one thread; the log behaves as with its threads. With threads,
+//! concurrent pushers share syncs on any runtime, and a panic on the writer thread poisons the
+//! log. (A lone push writing itself is `lead.rs`: alone in its test binary.)
 
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::io;
+mod watched;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::thread::ThreadId;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use strata_core::{Blocking, Epoch, LogId, LogServer, Version};
-use strata_tlog::fs::{Fs, FsFile, RealFs};
-use strata_tlog::{FileLog, FileLogConfig, OpenMode};
-
-/// The real disk, noting the thread of every write and sync.
-#[derive(Debug, Default)]
-struct Watched {
-    threads: Arc<Mutex<Vec<ThreadId>>>,
-}
-
-#[derive(Debug)]
-struct WatchedFile {
-    file: Arc<dyn FsFile>,
-    threads: Arc<Mutex<Vec<ThreadId>>>,
-}
-
-impl WatchedFile {
-    fn note(&self) {
-        self.threads
-            .lock()
-            .unwrap()
-            .push(std::thread::current().id());
-    }
-}
-
-impl Watched {
-    fn wrap(&self, file: Arc<dyn FsFile>) -> Arc<dyn FsFile> {
-        Arc::new(WatchedFile {
-            file,
-            threads: self.threads.clone(),
-        })
-    }
-}
-
-impl Fs for Watched {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        RealFs.create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        RealFs.list(dir)
-    }
-    fn open(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
-        Ok(self.wrap(RealFs.open(path)?))
-    }
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
-        Ok(self.wrap(RealFs.create(path)?))
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        RealFs.remove(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        RealFs.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        RealFs.sync_dir(dir)
-    }
-}
-
-impl FsFile for WatchedFile {
-    fn len(&self) -> io::Result<u64> {
-        self.file.len()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.note();
-        self.file.write_all_at(buf, offset)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.note();
-        self.file.sync_data()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)
-    }
-}
-
-fn config(blocking: Blocking) -> FileLogConfig {
-    FileLogConfig {
-        // Small segments and a small first spare: many rolls, into spares and appended ones.
-        segment_bytes: 64 << 10,
-        blocking,
-        ..FileLogConfig::default()
-    }
-}
-
-fn payload(v: u64) -> Bytes {
-    Bytes::from(format!("entry {v} ").repeat(1 + (v as usize % 50)))
-}
+use strata_core::{Blocking, Epoch, ErrorKind, LogId, LogServer, Version};
+use strata_tlog::fs::SimFs;
+use strata_tlog::{FileLog, FileLogConfig};
+use watched::{Threads, config, open_armed, payload, pull_all};
 
 /// Pushes versions 1..=last from concurrent tasks in reverse order (each waits for its
 /// predecessor), pops half, and reads back the rest.
@@ -122,34 +39,10 @@ async fn exercise(log: Arc<FileLog>, last: u64) -> Vec<(u64, Bytes)> {
     pull_all(&log, last / 2, last).await
 }
 
-/// Every entry after `after` through `last`, pulled a page at a time.
-async fn pull_all(log: &FileLog, after: u64, last: u64) -> Vec<(u64, Bytes)> {
-    let mut out = Vec::new();
-    let mut after = Version(after);
-    while after.0 < last {
-        for e in log.pull(after, 100).await.unwrap() {
-            after = e.version;
-            out.push((e.version.0, e.payload));
-        }
-    }
-    out
-}
-
-type Threads = Arc<Mutex<Vec<ThreadId>>>;
-
 /// A new log in `dir` on the watched disk, and the threads its writes and syncs ran on.
 fn open_watched(dir: &Path, blocking: Blocking) -> (Arc<FileLog>, Threads) {
-    let watched = Watched::default();
-    let threads = watched.threads.clone();
-    let log = FileLog::open_dir(
-        Arc::new(watched),
-        dir,
-        LogId(1),
-        OpenMode::Create(Version(0)),
-        config(blocking),
-    )
-    .unwrap();
-    (Arc::new(log), threads)
+    let (log, threads, _) = open_armed(dir, blocking);
+    (log, threads)
 }
 
 fn expected(last: u64) -> Vec<(u64, Bytes)> {
@@ -168,7 +61,7 @@ async fn an_inline_log_writes_on_the_runtime_thread_and_reads_back_after_a_reope
     let seen = threads.lock().unwrap().clone();
     assert!(seen.len() > 100, "{} writes and syncs", seen.len());
     assert!(
-        seen.iter().all(|t| *t == here),
+        seen.iter().all(|t| t.0 == here),
         "a write or sync ran on another thread"
     );
 
@@ -185,6 +78,87 @@ async fn a_threaded_log_writes_on_its_own_threads() {
     let (log, threads) = open_watched(dir.path(), Blocking::Threads);
     assert_eq!(exercise(log.clone(), 500).await, expected(500));
     log.close();
-    let writer = threads.lock().unwrap().last().copied().unwrap();
-    assert_ne!(writer, std::thread::current().id());
+    let writer = threads.lock().unwrap().last().cloned().unwrap();
+    assert_ne!(writer.0, std::thread::current().id());
+}
+
+/// Syncs of a log on a slow simulated disk that 64 concurrent pushers push 20 entries each to.
+async fn syncs_for_64_pushers() -> u64 {
+    let fs = Arc::new(SimFs::new());
+    fs.set_sync_latency(std::time::Duration::from_millis(1));
+    let log = Arc::new(
+        FileLog::open_with(
+            fs.clone(),
+            Path::new("/log"),
+            LogId(1),
+            Version(0),
+            FileLogConfig::default(),
+        )
+        .unwrap(),
+    );
+    let opened = fs.sync_count();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut pushers = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (log, next) = (log.clone(), next.clone());
+        pushers.spawn(async move {
+            for _ in 0..20 {
+                // Versions in the order pushes take them; a push waits for its predecessor.
+                let v = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                log.push(Epoch(0), Version(v - 1), Version(v), payload(v))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(pushed) = pushers.join_next().await {
+        pushed.unwrap();
+    }
+    assert_eq!(log.last_version(), Version(64 * 20));
+    fs.sync_count() - opened
+}
+
+// Concurrent pushers share syncs whatever runtime runs them. On a runtime of one thread a push
+// that wrote itself would block every other pusher for its sync, so that none could queue
+// behind it: each would lead in turn, one sync per push (1,280 here).
+
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_pushers_share_syncs_on_a_current_thread_runtime() {
+    let syncs = syncs_for_64_pushers().await;
+    assert!(syncs < 1_280 / 4, "{syncs} syncs for 1,280 pushes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pushers_share_syncs_on_a_multi_thread_runtime() {
+    let syncs = syncs_for_64_pushers().await;
+    assert!(syncs < 1_280 / 4, "{syncs} syncs for 1,280 pushes");
+}
+
+/// A panic on the writer thread poisons the log: the group's pushes were admitted, so a `lock`
+/// waiting for them to become durable would otherwise wait out its whole `queue_wait` and fail
+/// as a timeout, at every recovery attempt on this handle, and every later push would be told
+/// only that the writer stopped. (A current-thread runtime never leads: the push is the
+/// thread's.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_panic_on_the_writer_thread_poisons_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _, armed) = open_armed(dir.path(), Blocking::Threads);
+    log.push(Epoch(0), Version(0), Version(1), payload(1))
+        .await
+        .unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let err = log
+        .push(Epoch(0), Version(1), Version(2), payload(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Unavailable(_)), "{err}");
+    assert!(log.is_poisoned());
+    let err = log.lock(Epoch(1)).await.unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Poisoned(_)), "{err}");
+    assert!(err.to_string().contains("panic"), "{err}");
+    let err = log
+        .push(Epoch(1), Version(1), Version(2), payload(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Poisoned(_)), "{err}");
 }

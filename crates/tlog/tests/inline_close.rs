@@ -3,15 +3,21 @@
 //! the process still holds the closed log) answers at once with it. (Found by review: the first
 //! inline writer was cancelled by `close`, dropping the queued push while the chain counted it
 //! accepted, so the `lock` waited out `queue_wait` and failed the recovery attempt.)
+//!
+//! With threads, a lone push on an idle log writes itself (it leads), so the queued push here
+//! is one that arrived while another held the writer: the close must wait for the leader, then
+//! have the thread write the queued one.
 
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use strata_core::{Blocking, Epoch, LogId, LogServer, LogState, Version};
-use strata_tlog::fs::RealFs;
+use strata_core::{Blocking, Epoch, ErrorKind, LogId, LogServer, LogState, Version};
+use strata_tlog::fs::{RealFs, SimFs};
 use strata_tlog::{FileLog, FileLogConfig, OpenMode};
 
 async fn close_with_a_queued_push(blocking: Blocking) -> strata_core::Result<LogState> {
@@ -57,10 +63,49 @@ async fn inline_close_then_lock_on_the_same_handle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threads_close_then_lock_on_the_same_handle() {
-    let state = close_with_a_queued_push(Blocking::Threads).await.unwrap();
+    // A slow disk: the first push leads, holding the writer through a 50 ms sync on a runtime
+    // thread, so the second is queued for the writer thread behind it.
+    let fs = Arc::new(SimFs::new());
+    fs.set_sync_latency(Duration::from_millis(50));
+    let log = Arc::new(
+        FileLog::open_with(
+            fs,
+            Path::new("/log"),
+            LogId(1),
+            Version(0),
+            FileLogConfig::default(),
+        )
+        .unwrap(),
+    );
+    let leader = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            log.push(Epoch(0), Version(0), Version(1), Bytes::from_static(b"1"))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    {
+        let push = log.push(Epoch(0), Version(1), Version(2), Bytes::from_static(b"2"));
+        tokio::pin!(push);
+        tokio::select! {
+            biased;
+            _ = &mut push => panic!("answered while the leader held the writer"),
+            () = std::future::ready(()) => {}
+        }
+    }
+    log.close();
+    let state = log.lock(Epoch(1)).await.unwrap();
     assert_eq!(
         state.last_version,
-        Version(1),
-        "the queued push was written"
+        Version(2),
+        "the leader's push and the one queued behind it were written"
     );
+    leader.await.unwrap().unwrap();
+    // Later pushes are refused: the writer stopped with the close.
+    let after = log
+        .push(Epoch(1), Version(2), Version(3), Bytes::from_static(b"3"))
+        .await
+        .unwrap_err();
+    assert!(matches!(after.kind, ErrorKind::Unavailable(_)), "{after}");
 }

@@ -16,7 +16,8 @@ use super::liveness::EpochEnds;
 use crate::coordinator::{FileStateStore, StateStore};
 
 /// The points the stage decorators fire (a log's failing sync is the simulated disk's own
-/// fault: `FaultPoint::LogSync` fires only on a writer thread, and the simulation has none).
+/// fault: `FaultPoint::LogSync` is fired by the director's `FaultyFs` over the real disk,
+/// which the simulation does not use).
 const POINTS: [FaultPoint; 9] = [
     FaultPoint::Resolve,
     FaultPoint::CommitVersion,
