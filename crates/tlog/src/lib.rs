@@ -9,7 +9,8 @@
 //! - [`FileLog`]: segment files on disk; one writer thread appends everything queued, syncs
 //!   once (`fdatasync`) and acknowledges all of it (group commit). A push that finds the log
 //!   idle writes and syncs itself on its own thread instead (on a runtime of two threads or
-//!   more, leaving one free), saving the two wake-ups of a trip to the writer thread and back.
+//!   more, while another of them is parked), saving the two wake-ups of a trip to the writer
+//!   thread and back.
 //! - [`fs`]: the file-system trait all disk I/O goes through, with [`fs::SimFs`] to simulate
 //!   crashes, torn writes, failing syncs and a full disk.
 //!
@@ -167,7 +168,8 @@
 //! the first segment and manifest of a log, are written by the caller of `open`. Everything
 //! else on disk (records, rolls and the manifest they write) happens in a group commit: on the
 //! writer thread, or, for a push that found the log idle (nothing queued, no group being
-//! written), on the pushing thread, which blocks for that one write and sync.
+//! written) and another runtime thread parked, on the pushing thread, which blocks for that
+//! one write and sync.
 //!
 //! # Example
 //!

@@ -123,6 +123,18 @@ pub(crate) async fn pull_all(log: &FileLog, after: u64, last: u64) -> Vec<(u64, 
     out
 }
 
+/// The names of the threads the disk calls after the first `from` ran on, each once.
+#[allow(dead_code)] // not every test binary sharing this module asks where calls ran
+pub(crate) fn names_after(threads: &Threads, from: usize) -> Vec<String> {
+    let mut names: Vec<String> = threads.lock().unwrap()[from..]
+        .iter()
+        .map(|t| t.1.clone().unwrap_or_default())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// A new log in `dir` on the watched disk, the threads its writes and syncs ran on, and the
 /// switch that makes the disk's next write panic.
 pub(crate) fn open_armed(
