@@ -52,6 +52,33 @@ pub struct FileLogConfig {
     /// simulated disk under a current-thread runtime, a task and the writer itself (see
     /// [`Blocking`]). Either way, closing a log writes what is queued before it returns.
     pub blocking: Blocking,
+    /// When a push on an idle log writes and syncs its own record, on the pushing thread,
+    /// instead of queuing it for the writer thread (see [`Leaders`]). Only with
+    /// [`Blocking::Threads`]: with [`Blocking::Inline`] every push queues.
+    pub leaders: Leaders,
+}
+
+/// When a push leads: writes and syncs its own record on the runtime thread that pushed it,
+/// instead of handing it to the log's writer thread and waiting for the answer. A lone push
+/// that leads skips two wake-ups across CPUs (the handing over and the answer), but blocks its
+/// runtime thread for one sync. Whatever the choice, a push leads only when nothing queued
+/// before it is unwritten and no group is being written (chain order), never on a runtime of
+/// one thread, and at most one fewer than the runtime's threads lead at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Leaders {
+    /// When the log is idle (its writer thread's last two groups were lone pushes, with
+    /// nothing queued behind them) and another thread of the pusher's runtime is parked, with
+    /// nothing to run. A busy runtime is short of CPU, not of wake-ups, and the writer
+    /// thread's sync leaves it every thread. The default. (Tokio counts parks only on
+    /// targets with 64-bit atomics; on others, `Auto` never leads.)
+    #[default]
+    Auto,
+    /// Whenever the log is idle, whatever the runtime's other threads are doing: for a runtime
+    /// that serves little but the log, and for tests that must know which thread writes.
+    WhenLogIdle,
+    /// Never: every push queues for the writer thread, and no runtime thread ever blocks on
+    /// the disk.
+    Never,
 }
 
 impl Default for FileLogConfig {
@@ -68,6 +95,7 @@ impl Default for FileLogConfig {
             pull_cache_bytes: 64 << 20,
             preallocate: true,
             blocking: Blocking::Threads,
+            leaders: Leaders::Auto,
         }
     }
 }

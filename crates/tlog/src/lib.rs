@@ -226,5 +226,5 @@ mod segment;
 mod spare;
 mod writer;
 
-pub use config::FileLogConfig;
+pub use config::{FileLogConfig, Leaders};
 pub use file_log::{FileLog, OpenMode};

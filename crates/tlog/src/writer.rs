@@ -23,6 +23,7 @@ use bytes::Bytes;
 use strata_core::{Blocking, Result, Version};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
+use crate::config::Leaders;
 use crate::error::io_error;
 use crate::file_log::Shared;
 use crate::format::{RECORD_HEADER_BYTES, RecordHeader, SEGMENT_FORMAT, SEGMENT_HEADER_BYTES};
@@ -78,6 +79,8 @@ pub(crate) struct Lane {
     /// Taken by a pusher under the chain's lock (before it holds the writer, which it only
     /// tries for), and by the thread while it holds the writer.
     queue: Mutex<LaneQueue>,
+    /// When an idle log's pushes lead (the log's configuration).
+    leaders: Leaders,
 }
 
 /// The pushes the thread holds, and whether the log looks idle.
@@ -206,14 +209,19 @@ static LEADING: AtomicUsize = AtomicUsize::new(0);
 /// during the leader's sync, so no push could queue behind it and clear `idle`, and a hundred
 /// concurrent pushers would each lead in turn, one sync each. A disk that stalls holds up its
 /// leaders, never the whole runtime: the deadlines that end a stalled epoch still fire. (The
-/// count is the process's, not one runtime's: a process of several runtimes leads less.)
+/// count is the process's, not one runtime's: a process of several runtimes leads less. A push
+/// from a thread that is not one of the runtime's workers, such as `block_on`'s, also takes a
+/// turn, though it blocks no worker.)
 struct LeadSlot(());
 
 impl LeadSlot {
-    fn take() -> Option<LeadSlot> {
+    fn take(leaders: Leaders) -> Option<LeadSlot> {
+        if leaders == Leaders::Never {
+            return None;
+        }
         let metrics = tokio::runtime::Handle::try_current().ok()?.metrics();
         let threads = metrics.num_workers();
-        if !some_thread_parked(&metrics) {
+        if leaders == Leaders::Auto && !some_thread_parked(&metrics) {
             return None;
         }
         let mut leading = LEADING.load(Ordering::Acquire);
@@ -234,7 +242,8 @@ impl LeadSlot {
     }
 }
 
-/// Whether a thread of the runtime is parked, with nothing to run. A leader blocks its thread
+/// Whether a thread of the runtime is parked, with nothing to run (a snapshot: it may be
+/// waking that moment, and then the push queues). A leader blocks its thread
 /// for a whole sync: that costs nothing while another thread idles (the time it saves is
 /// wake-ups, not CPU), but when every other thread is busy the runtime is short of CPU, and
 /// the writer thread's sync leaves the runtime all of its threads. At 256 clients of `strata
@@ -282,7 +291,7 @@ impl Queue {
             Queue::Thread(tx, lane) => {
                 let mut queue = lane.queue();
                 if queue.may_lead()
-                    && let Some(slot) = LeadSlot::take()
+                    && let Some(slot) = LeadSlot::take(lane.leaders)
                     && let Ok(writer) = lane.writer.try_lock()
                 {
                     return Ok(Sent::Lead(Led {
@@ -429,6 +438,7 @@ impl Writer {
         match blocking {
             Blocking::Threads => {
                 let lane = Arc::new(Lane {
+                    leaders: writer.shared.config.leaders,
                     writer: Mutex::new(Some(writer)),
                     queue: Mutex::new(LaneQueue::new()),
                 });

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use strata_core::{Blocking, Epoch, ErrorKind, LogId, LogServer, Version};
 use strata_tlog::fs::SimFs;
-use strata_tlog::{FileLog, FileLogConfig};
+use strata_tlog::{FileLog, FileLogConfig, Leaders};
 use watched::{Threads, config, open_armed, payload, pull_all};
 
 /// Pushes versions 1..=last from concurrent tasks in reverse order (each waits for its
@@ -41,7 +41,7 @@ async fn exercise(log: Arc<FileLog>, last: u64) -> Vec<(u64, Bytes)> {
 
 /// A new log in `dir` on the watched disk, and the threads its writes and syncs ran on.
 fn open_watched(dir: &Path, blocking: Blocking) -> (Arc<FileLog>, Threads) {
-    let (log, threads, _) = open_armed(dir, blocking);
+    let (log, threads, _) = open_armed(dir, blocking, Leaders::Auto);
     (log, threads)
 }
 
@@ -142,7 +142,7 @@ async fn concurrent_pushers_share_syncs_on_a_multi_thread_runtime() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_panic_on_the_writer_thread_poisons_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, _, armed) = open_armed(dir.path(), Blocking::Threads);
+    let (log, _, armed) = open_armed(dir.path(), Blocking::Threads, Leaders::Auto);
     log.push(Epoch(0), Version(0), Version(1), payload(1))
         .await
         .unwrap();

@@ -2,6 +2,10 @@
 //! that queue behind another are written by the log's writer thread; the two never write the
 //! log out of chain order; a panic in a leader poisons the log.
 //!
+//! The logs here lead whenever they are idle (`Leaders::WhenLogIdle`), so that which thread
+//! writes does not depend on what the runtime's other thread is doing; `lead_busy.rs` tests
+//! the default's runtime check.
+//!
 //! One test, alone in this binary: at most one runtime thread of a process leads at a time on a
 //! two-thread runtime, so tests running beside it in one process would take some of its turns.
 
@@ -13,28 +17,13 @@ mod watched;
 use std::sync::atomic::Ordering;
 
 use strata_core::{Blocking, Epoch, ErrorKind, LogId, LogServer, Version};
-use strata_tlog::FileLog;
-use watched::{Threads, config, names_after, open_armed, payload, pull_all};
-
-/// The writes and syncs after the first `from` that ran on runtime threads (leaders), and
-/// those that ran on the log's writer thread. Panics on a call from any other thread.
-fn calls_by_leaders_and_writer(threads: &Threads, from: usize) -> (usize, usize) {
-    let (mut led, mut queued) = (0, 0);
-    for (_, name) in &threads.lock().unwrap()[from..] {
-        match name.as_deref() {
-            Some("tokio-rt-worker") => led += 1,
-            Some("strata-tlog-1") => queued += 1,
-            Some("strata-tlog-1-spare") => {}
-            other => panic!("a disk call on {other:?}"),
-        }
-    }
-    (led, queued)
-}
+use strata_tlog::{FileLog, Leaders};
+use watched::{config, names_after, open_armed, payload, pull_all};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_pushes_lead_queued_ones_go_to_the_writer_and_a_panic_in_a_leader_poisons() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, threads, _) = open_armed(dir.path(), Blocking::Threads);
+    let (log, threads, _) = open_armed(dir.path(), Blocking::Threads, Leaders::WhenLogIdle);
     // Pushes one at a time, each answered before the next: the log is idle at every push.
     // Enough of them to roll through several segments, appended and zero-filled.
     let opened = threads.lock().unwrap().len();
@@ -50,14 +39,11 @@ async fn lone_pushes_lead_queued_ones_go_to_the_writer_and_a_panic_in_a_leader_p
     };
     pusher.await.unwrap();
     assert!(log.segment_count().unwrap() > 3, "the log rolled");
-    // Each push wrote and synced on the runtime thread that ran it, not on the writer thread
-    // (`strata-tlog-1`); the spare segments' zeros are written by their helper. Nearly each:
-    // a push leads only while the runtime's other thread is parked, and now and then it is
-    // awake (a timer, a wake-up meant for the test's own task).
-    let (led, queued) = calls_by_leaders_and_writer(&threads, opened);
-    assert!(
-        led >= 9 * (led + queued) / 10,
-        "{led} writes and syncs by leaders, {queued} by the writer thread"
+    // Each push wrote and synced on the runtime thread that ran it, never on the writer
+    // thread (`strata-tlog-1`); the spare segments' zeros are written by their helper.
+    assert_eq!(
+        names_after(&threads, opened),
+        ["strata-tlog-1-spare", "tokio-rt-worker"]
     );
 
     // Pushes that arrive while another holds the writer are queued for the writer thread.
@@ -93,33 +79,22 @@ async fn lone_pushes_lead_queued_ones_go_to_the_writer_and_a_panic_in_a_leader_p
     // A panic while a leader writes (here its record's write) poisons the log: the push was
     // admitted, so a `lock` waiting for it to become durable would otherwise wait out its whole
     // `queue_wait` and fail as a timeout, at every recovery attempt on this handle.
-    // (The push that panics is a lone one, but it may find the runtime's other thread awake
-    // and queue; then the writer thread panics instead, which `inline.rs` covers: try again on
-    // a new log.)
     drop(log);
-    let mut tries = 0;
-    let (log, _dir) = loop {
-        tries += 1;
-        assert!(tries <= 20, "none of 20 lone pushes led");
-        let dir = tempfile::tempdir().unwrap();
-        let (log, threads, armed) = open_armed(dir.path(), Blocking::Threads);
-        log.push(Epoch(0), Version(0), Version(1), payload(1))
-            .await
-            .unwrap();
-        armed.store(true, Ordering::SeqCst);
-        let pusher = {
-            let log = log.clone();
-            tokio::spawn(
-                async move { log.push(Epoch(0), Version(1), Version(2), payload(2)).await },
-            )
-        };
-        let pushed = pusher.await;
-        let ran_on = threads.lock().unwrap().last().unwrap().1.clone();
-        if ran_on.as_deref() == Some("tokio-rt-worker") {
-            assert!(pushed.unwrap_err().is_panic(), "the leader panicked");
-            break (log, dir);
-        }
+    let dir = tempfile::tempdir().unwrap();
+    let (log, threads, armed) = open_armed(dir.path(), Blocking::Threads, Leaders::WhenLogIdle);
+    log.push(Epoch(0), Version(0), Version(1), payload(1))
+        .await
+        .unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let pusher = {
+        let log = log.clone();
+        tokio::spawn(async move { log.push(Epoch(0), Version(1), Version(2), payload(2)).await })
     };
+    assert!(pusher.await.unwrap_err().is_panic(), "the leader panicked");
+    assert_eq!(
+        threads.lock().unwrap().last().unwrap().1.as_deref(),
+        Some("tokio-rt-worker")
+    );
     assert!(log.is_poisoned());
     let err = log.lock(Epoch(1)).await.unwrap_err();
     assert!(matches!(err.kind, ErrorKind::Poisoned(_)), "{err}");

@@ -1,8 +1,10 @@
-//! A push leads only while another thread of its runtime has nothing to do. When every other
-//! thread is busy, the runtime is short of CPU, not of wake-ups: a leader would block one of
-//! its threads for a whole sync, so the push queues for the log's writer thread instead.
+//! Under the default `Leaders::Auto`, a push leads only while another thread of its runtime
+//! has nothing to do. When every other thread is busy, the runtime is short of CPU, not of
+//! wake-ups: a leader would block one of its threads for a whole sync, so the push queues
+//! for the log's writer thread instead. Under `Leaders::Never` no push leads.
 //!
-//! Alone in its binary, as `lead.rs` is: leaders are counted over the whole process.
+//! Apart from `lead.rs`: leaders are counted over the whole process. (The test of `Never`
+//! beside this one takes no leader's turn.)
 
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -13,9 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use strata_core::{Blocking, Epoch, LogServer, Version};
-use strata_tlog::FileLog;
-use watched::{names_after, open_armed, payload, pull_all};
+use strata_core::{Blocking, Epoch, LogId, LogServer, Version};
+use strata_tlog::{FileLog, Leaders};
+use watched::{config, names_after, open_armed, payload, pull_all};
 
 /// Pushes `from..=to` one at a time from a task of the runtime, each answered before the next.
 async fn push_one_at_a_time(log: &Arc<FileLog>, from: u64, to: u64) {
@@ -44,7 +46,7 @@ impl Drop for Release {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_does_not_lead_while_every_other_runtime_thread_is_busy() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, threads, _) = open_armed(dir.path(), Blocking::Threads);
+    let (log, threads, _) = open_armed(dir.path(), Blocking::Threads, Leaders::Auto);
 
     // One of the two runtime threads runs a task that never yields until told to stop: the
     // pushes run on the other one, and no runtime thread is ever idle meanwhile.
@@ -73,15 +75,42 @@ async fn a_push_does_not_lead_while_every_other_runtime_thread_is_busy() {
     );
 
     // The other thread idle again, lone pushes lead once the writer thread has written two
-    // lone groups in a row; the log holds every push in order.
+    // lone groups in a row: most of them (the other thread is awake now and then, as when
+    // tokio wakes it for the pusher's own wake-up).
     drop(release);
     hog.await.unwrap();
     let opened = threads.lock().unwrap().len();
     push_one_at_a_time(&log, 301, 600).await;
-    let names = names_after(&threads, opened);
-    assert!(names.contains(&"tokio-rt-worker".to_owned()), "{names:?}");
+    let on_runtime = threads.lock().unwrap()[opened..]
+        .iter()
+        .filter(|t| t.1.as_deref() == Some("tokio-rt-worker"))
+        .count();
+    assert!(
+        on_runtime >= 300,
+        "{on_runtime} of the writes and syncs of 300 lone pushes ran on a runtime thread"
+    );
+
+    // Reopened, the log holds every push in order.
+    log.close();
+    drop(log);
+    let log = FileLog::open_existing(dir.path(), LogId(1), config(Blocking::Threads)).unwrap();
     assert_eq!(
         pull_all(&log, 0, 600).await,
         (1..=600).map(|v| (v, payload(v))).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_never_no_push_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, threads, _) = open_armed(dir.path(), Blocking::Threads, Leaders::Never);
+    let opened = threads.lock().unwrap().len();
+    push_one_at_a_time(&log, 1, 300).await;
+    let names = names_after(&threads, opened);
+    assert!(names.contains(&"strata-tlog-1".to_owned()), "{names:?}");
+    assert!(!names.contains(&"tokio-rt-worker".to_owned()), "{names:?}");
+    assert_eq!(
+        pull_all(&log, 0, 300).await,
+        (1..=300).map(|v| (v, payload(v))).collect::<Vec<_>>()
     );
 }

@@ -10,7 +10,7 @@ use std::thread::ThreadId;
 use bytes::Bytes;
 use strata_core::{Blocking, LogId, LogServer, Version};
 use strata_tlog::fs::{Fs, FsFile, RealFs};
-use strata_tlog::{FileLog, FileLogConfig, OpenMode};
+use strata_tlog::{FileLog, FileLogConfig, Leaders, OpenMode};
 
 /// The threads disk calls ran on, in order: each one's id and name.
 pub(crate) type Threads = Arc<Mutex<Vec<(ThreadId, Option<String>)>>>;
@@ -140,6 +140,7 @@ pub(crate) fn names_after(threads: &Threads, from: usize) -> Vec<String> {
 pub(crate) fn open_armed(
     dir: &Path,
     blocking: Blocking,
+    leaders: Leaders,
 ) -> (Arc<FileLog>, Threads, Arc<AtomicBool>) {
     let watched = Watched::default();
     let threads = watched.threads.clone();
@@ -151,6 +152,7 @@ pub(crate) fn open_armed(
         OpenMode::Create(Version(0)),
         FileLogConfig {
             queue_wait: std::time::Duration::from_secs(2),
+            leaders,
             ..config(blocking)
         },
     )
