@@ -17,7 +17,7 @@ use bytes::Bytes;
 use strata_core::{Blocking, Epoch, ErrorKind, LogId, LogServer, Version};
 use strata_tlog::fs::SimFs;
 use strata_tlog::{FileLog, FileLogConfig, Leaders};
-use watched::{Threads, config, open_armed, payload, pull_all};
+use watched::{Threads, assert_poisoned_by_a_panic, config, open_armed, payload, pull_all};
 
 /// Pushes versions 1..=last from concurrent tasks in reverse order (each waits for its
 /// predecessor), pops half, and reads back the rest.
@@ -152,13 +152,5 @@ async fn a_panic_on_the_writer_thread_poisons_the_log() {
         .await
         .unwrap_err();
     assert!(matches!(err.kind, ErrorKind::Unavailable(_)), "{err}");
-    assert!(log.is_poisoned());
-    let err = log.lock(Epoch(1)).await.unwrap_err();
-    assert!(matches!(err.kind, ErrorKind::Poisoned(_)), "{err}");
-    assert!(err.to_string().contains("panic"), "{err}");
-    let err = log
-        .push(Epoch(1), Version(1), Version(2), payload(2))
-        .await
-        .unwrap_err();
-    assert!(matches!(err.kind, ErrorKind::Poisoned(_)), "{err}");
+    assert_poisoned_by_a_panic(&log).await;
 }

@@ -16,9 +16,9 @@ mod watched;
 
 use std::sync::atomic::Ordering;
 
-use strata_core::{Blocking, Epoch, ErrorKind, LogId, LogServer, Version};
+use strata_core::{Blocking, Epoch, LogId, LogServer, Version};
 use strata_tlog::{FileLog, Leaders};
-use watched::{config, names_after, open_armed, payload, pull_all};
+use watched::{assert_poisoned_by_a_panic, config, names_after, open_armed, payload, pull_all};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_pushes_lead_queued_ones_go_to_the_writer_and_a_panic_in_a_leader_poisons() {
@@ -95,13 +95,5 @@ async fn lone_pushes_lead_queued_ones_go_to_the_writer_and_a_panic_in_a_leader_p
         threads.lock().unwrap().last().unwrap().1.as_deref(),
         Some("tokio-rt-worker")
     );
-    assert!(log.is_poisoned());
-    let err = log.lock(Epoch(1)).await.unwrap_err();
-    assert!(matches!(err.kind, ErrorKind::Poisoned(_)), "{err}");
-    assert!(err.to_string().contains("panic"), "{err}");
-    let err = log
-        .push(Epoch(1), Version(1), Version(2), payload(2))
-        .await
-        .unwrap_err();
-    assert!(matches!(err.kind, ErrorKind::Poisoned(_)), "{err}");
+    assert_poisoned_by_a_panic(&log).await;
 }

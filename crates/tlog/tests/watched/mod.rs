@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use bytes::Bytes;
-use strata_core::{Blocking, LogId, LogServer, Version};
+use strata_core::{Blocking, Epoch, ErrorKind, LogId, LogServer, Version};
 use strata_tlog::fs::{Fs, FsFile, RealFs};
 use strata_tlog::{FileLog, FileLogConfig, Leaders, OpenMode};
 
@@ -133,6 +133,22 @@ pub(crate) fn names_after(threads: &Threads, from: usize) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// Checks that `log` was poisoned by a panic in a group commit: `lock` (recovery's first call)
+/// fails at once naming the panic, instead of waiting for the group to become durable, and a
+/// later push is refused as poisoned.
+#[allow(dead_code)] // not every test binary sharing this module makes a group commit panic
+pub(crate) async fn assert_poisoned_by_a_panic(log: &FileLog) {
+    assert!(log.is_poisoned());
+    let err = log.lock(Epoch(1)).await.unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Poisoned(_)), "{err}");
+    assert!(err.to_string().contains("panic"), "{err}");
+    let err = log
+        .push(Epoch(1), Version(1), Version(2), payload(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Poisoned(_)), "{err}");
 }
 
 /// A new log in `dir` on the watched disk, the threads its writes and syncs ran on, and the
