@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_core::{Blocking, Result, Version};
+use strata_core::{Blocking, Error, Result, Version};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::config::Leaders;
@@ -89,15 +89,9 @@ struct LaneQueue {
     /// Pushes sent to the thread and not yet written: raised before a push is sent, lowered
     /// once its group is written.
     unwritten: usize,
-    /// Groups of one push in a row that the thread wrote with nothing queued behind them.
+    /// Groups of one push in a row that the thread wrote with nothing queued behind them (a
+    /// new log starts at [`LONE_GROUPS_TO_LEAD`]: idle).
     lone_groups: u32,
-    /// Whether a push that finds the writer free may lead. Only ever set with `unwritten`
-    /// at zero, and cleared whenever a push is queued, so a leader never passes a push
-    /// admitted before it: that is what keeps the log in chain order. Set again once the
-    /// thread has written [`LONE_GROUPS_TO_LEAD`] lone groups in a row: under load a leader
-    /// costs more than it saves (it writes a group of one while the pushes behind it wait,
-    /// and blocks a runtime thread for its sync).
-    idle: bool,
 }
 
 /// Lone groups in a row after which a log that was busy counts as idle again. A busy log
@@ -119,20 +113,22 @@ impl LaneQueue {
     fn new() -> LaneQueue {
         LaneQueue {
             unwritten: 0,
-            lone_groups: 0,
-            idle: true,
+            lone_groups: LONE_GROUPS_TO_LEAD,
         }
     }
 
-    /// Whether a push may lead, if it can take the writer.
+    /// Whether a push may lead, if it can take the writer: only with nothing unwritten, so a
+    /// leader never passes a push admitted before it (that is what keeps the log in chain
+    /// order), and only once the thread has written [`LONE_GROUPS_TO_LEAD`] lone groups in a
+    /// row: under load a leader costs more than it saves (it writes a group of one while the
+    /// pushes behind it wait, and blocks a runtime thread for its sync).
     fn may_lead(&self) -> bool {
-        self.idle
+        self.unwritten == 0 && self.lone_groups >= LONE_GROUPS_TO_LEAD
     }
 
     /// A push that may not lead (or found the writer held) is queued for the thread.
     fn queued(&mut self) {
         self.unwritten += 1;
-        self.idle = false;
     }
 
     /// The thread wrote a group of `n` pushes.
@@ -143,7 +139,6 @@ impl LaneQueue {
         } else {
             0
         };
-        self.idle = self.lone_groups >= LONE_GROUPS_TO_LEAD;
     }
 }
 
@@ -206,12 +201,12 @@ static LEADING: AtomicUsize = AtomicUsize::new(0);
 /// [`some_thread_parked`]), and at most one fewer than the runtime has threads lead at once,
 /// whatever the number of logs, so that at least one always runs everything else. A
 /// runtime of one thread (tokio's current-thread one) never leads: nothing else could run
-/// during the leader's sync, so no push could queue behind it and clear `idle`, and a hundred
-/// concurrent pushers would each lead in turn, one sync each. A disk that stalls holds up its
-/// leaders, never the whole runtime: the deadlines that end a stalled epoch still fire. (The
-/// count is the process's, not one runtime's: a process of several runtimes leads less. A push
-/// from a thread that is not one of the runtime's workers, such as `block_on`'s, also takes a
-/// turn, though it blocks no worker.)
+/// during the leader's sync, so no push could queue behind it and end the idleness, and a
+/// hundred concurrent pushers would each lead in turn, one sync each. A disk that stalls
+/// holds up its leaders, never the whole runtime: the deadlines that end a stalled epoch still
+/// fire. (The count is the process's, not one runtime's: a process of several runtimes leads
+/// less. A push from a thread that is not one of the runtime's workers, such as `block_on`'s,
+/// also takes a turn, though it blocks no worker.)
 struct LeadSlot(());
 
 impl LeadSlot {
@@ -471,31 +466,14 @@ impl Writer {
     /// corruption on the next open, while a poisoned one only ends the epoch.
     fn commit(&mut self, group: Vec<Write>) {
         let _poison_on_panic = PoisonOnPanic(self.shared.clone());
-        if let Some(poisoned) = self.shared.chain.poisoned_error() {
-            for w in group {
-                let _ = w.ack.send(Err(poisoned.clone()));
-            }
-            return;
-        }
-        let mut previous = self.written;
-        for w in &group {
-            if w.previous != previous {
-                self.shared.chain.poison(format!(
-                    "push {} (after {}) reached the writer after {previous}",
-                    w.version, w.previous
-                ));
-                tracing::error!(
-                    log = self.shared.id.0,
-                    version = w.version.0,
-                    written = previous.0,
-                    "a push reached the writer out of chain order; log poisoned"
-                );
-                break;
-            }
-            previous = w.version;
-        }
-        // Refused just now if out of order.
-        if let Some(poisoned) = self.shared.chain.poisoned_error() {
+        // Checked for order only on a healthy log: after a failed write the versions written
+        // are not known, and an out-of-order complaint would hide the real cause.
+        let refused = self
+            .shared
+            .chain
+            .poisoned_error()
+            .or_else(|| self.poison_if_out_of_order(&group));
+        if let Some(poisoned) = refused {
             for w in group {
                 let _ = w.ack.send(Err(poisoned.clone()));
             }
@@ -539,6 +517,29 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Poisons the log, and returns its error, when `group` does not continue the versions
+    /// written.
+    fn poison_if_out_of_order(&self, group: &[Write]) -> Option<Error> {
+        let mut previous = self.written;
+        for w in group {
+            if w.previous != previous {
+                self.shared.chain.poison(format!(
+                    "push {} (after {}) reached the writer after {previous}",
+                    w.version, w.previous
+                ));
+                tracing::error!(
+                    log = self.shared.id.0,
+                    version = w.version.0,
+                    written = previous.0,
+                    "a push reached the writer out of chain order; log poisoned"
+                );
+                return self.shared.chain.poisoned_error();
+            }
+            previous = w.version;
+        }
+        None
     }
 
     /// Appends the group, rolling to new segments as needed, and syncs. Returns where each

@@ -18,7 +18,10 @@ use std::sync::atomic::Ordering;
 
 use strata_core::{Blocking, Epoch, LogId, LogServer, Version};
 use strata_tlog::{FileLog, Leaders};
-use watched::{assert_poisoned_by_a_panic, config, names_after, open_armed, payload, pull_all};
+use watched::{
+    assert_poisoned_by_a_panic, config, names_after, open_armed, payload, pull_all,
+    push_one_at_a_time,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_pushes_lead_queued_ones_go_to_the_writer_and_a_panic_in_a_leader_poisons() {
@@ -27,17 +30,7 @@ async fn lone_pushes_lead_queued_ones_go_to_the_writer_and_a_panic_in_a_leader_p
     // Pushes one at a time, each answered before the next: the log is idle at every push.
     // Enough of them to roll through several segments, appended and zero-filled.
     let opened = threads.lock().unwrap().len();
-    let pusher = {
-        let log = log.clone();
-        tokio::spawn(async move {
-            for v in 1..=1_000 {
-                log.push(Epoch(0), Version(v - 1), Version(v), payload(v))
-                    .await
-                    .unwrap();
-            }
-        })
-    };
-    pusher.await.unwrap();
+    push_one_at_a_time(&log, 1, 1_000).await;
     assert!(log.segment_count().unwrap() > 3, "the log rolled");
     // Each push wrote and synced on the runtime thread that ran it, never on the writer
     // thread (`strata-tlog-1`); the spare segments' zeros are written by their helper.

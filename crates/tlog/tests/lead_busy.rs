@@ -15,23 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use strata_core::{Blocking, Epoch, LogId, LogServer, Version};
+use strata_core::{Blocking, LogId};
 use strata_tlog::{FileLog, Leaders};
-use watched::{config, names_after, open_armed, payload, pull_all};
-
-/// Pushes `from..=to` one at a time from a task of the runtime, each answered before the next.
-async fn push_one_at_a_time(log: &Arc<FileLog>, from: u64, to: u64) {
-    let log = log.clone();
-    tokio::spawn(async move {
-        for v in from..=to {
-            log.push(Epoch(0), Version(v - 1), Version(v), payload(v))
-                .await
-                .unwrap();
-        }
-    })
-    .await
-    .unwrap();
-}
+use watched::{config, names_after, open_armed, payload, pull_all, push_one_at_a_time};
 
 /// Lets the busy task go when dropped: by the test, or by its unwinding on a failed assertion
 /// (the runtime's shutdown would otherwise wait forever for a task that never yields).

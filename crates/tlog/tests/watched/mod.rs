@@ -123,6 +123,21 @@ pub(crate) async fn pull_all(log: &FileLog, after: u64, last: u64) -> Vec<(u64, 
     out
 }
 
+/// Pushes `from..=to` one at a time from a task of the runtime, each answered before the next.
+#[allow(dead_code)] // not every test binary sharing this module pushes this way
+pub(crate) async fn push_one_at_a_time(log: &Arc<FileLog>, from: u64, to: u64) {
+    let log = log.clone();
+    tokio::spawn(async move {
+        for v in from..=to {
+            log.push(Epoch(0), Version(v - 1), Version(v), payload(v))
+                .await
+                .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+}
+
 /// The names of the threads the disk calls after the first `from` ran on, each once.
 #[allow(dead_code)] // not every test binary sharing this module asks where calls ran
 pub(crate) fn names_after(threads: &Threads, from: usize) -> Vec<String> {
