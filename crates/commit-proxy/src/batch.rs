@@ -2,6 +2,7 @@
 //! each through the resolvers, every log and the sequencer's report.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use strata_core::shard::combine_verdicts;
@@ -9,7 +10,7 @@ use strata_core::{
     Error, ErrorKind, Mutation, ResolveBatch, Result, Stage, TransactionConflicts, Verdict,
     Version, VersionPair, wire,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::config::ProxyConfig;
@@ -17,20 +18,52 @@ use crate::error;
 use crate::flight::{InFlight, ON_LOG, ON_RESOLVER, ON_SEQUENCER};
 use crate::stages::{Pending, Reply, Stages};
 
+/// What the batcher shares with the proxy's lone commits (see the crate docs, "A lone
+/// commit").
+pub(crate) struct Order {
+    /// Transactions sent to the queue and not yet taken out by the batcher. Only a hint: read
+    /// as zero while one is on its way in, it lets a lone commit take its version before a
+    /// transaction that was concurrent with it, an order no client can rely on anyway.
+    pub(crate) queued: AtomicUsize,
+    /// Room in the pipeline: a permit per batch in flight.
+    pub(crate) in_flight: Arc<Semaphore>,
+    /// The pipeline's depth: the permits of `in_flight` when no batch is in flight.
+    pub(crate) depth: usize,
+    /// Held from the moment a batch starts forming until it has its version pair, by the
+    /// batcher or by a lone commit, so that batches take their versions one at a time and in
+    /// the order they were listed in flight. It holds the number of the last batch listed.
+    pub(crate) forming: Arc<Mutex<u64>>,
+}
+
+impl Order {
+    pub(crate) fn new(config: &ProxyConfig) -> Order {
+        let depth = config.in_flight_batches_max.max(1);
+        Order {
+            queued: AtomicUsize::new(0),
+            in_flight: Arc::new(Semaphore::new(depth)),
+            depth,
+            forming: Arc::new(Mutex::new(0)),
+        }
+    }
+}
+
 pub(crate) async fn batch_loop(
     stages: Arc<Stages>,
     config: ProxyConfig,
+    order: Arc<Order>,
     mut rx: mpsc::Receiver<Pending>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(config.in_flight_batches_max.max(1)));
+    let taken = || order.queued.fetch_sub(1, Ordering::Relaxed);
     // A transaction that would take a batch past its byte bound opens the next batch instead.
     let mut carry: Option<Pending> = None;
-    let mut seq = 0;
     loop {
         let first = match carry.take() {
             Some(p) => p,
             None => match rx.recv().await {
-                Some(p) => p,
+                Some(p) => {
+                    taken();
+                    p
+                }
                 None => return,
             },
         };
@@ -40,6 +73,8 @@ pub(crate) async fn batch_loop(
             fail(vec![first], e);
             continue;
         }
+        // From here until the batch has its versions, a lone commit queues behind it.
+        let forming = order.forming.clone().lock_owned().await;
         // Room in the pipeline is taken before the batch is formed, so that what queues while
         // the batches in flight fill it goes into one batch: under load, batches grow with
         // the queue instead of staying one transaction each, and the per-batch work (a
@@ -49,7 +84,7 @@ pub(crate) async fn batch_loop(
         // until they are cut.
         let permit = tokio::select! {
             biased;
-            permit = in_flight.clone().acquire_owned() => match permit {
+            permit = order.in_flight.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
@@ -73,6 +108,7 @@ pub(crate) async fn batch_loop(
                 Err(_) => None,
             };
             let Some(p) = next else { break };
+            taken();
             if bytes + p.bytes > config.batch_bytes_max {
                 carry = Some(p);
                 break;
@@ -80,38 +116,55 @@ pub(crate) async fn batch_loop(
             bytes += p.bytes;
             batch.push(p);
         }
-        // Versions are taken here, one batch at a time, so they follow the queue's order.
-        seq += 1;
-        let flight = InFlight::begin(&stages, seq);
-        let asked = tokio::select! {
-            biased;
-            pair = stages.sequencer.next_commit_version(stages.epoch) => pair,
-            e = stages.until_failed(|s| s.failure.get().cloned()) => {
-                fail(batch, &e);
-                continue;
-            }
-        };
-        let pair = match asked {
-            Ok(pair) => pair,
-            Err(e) => {
-                // The sequencer's chain can no longer be trusted to have no gap.
-                stages.record(None, &e);
-                fail(batch, &e);
-                continue;
-            }
-        };
-        // A batch that failed while this one was being formed leaves a hole before it.
-        if let Some(e) = stages.failure.get() {
-            fail(batch, e);
+        let Some((flight, pair, batch)) = take_version(&stages, forming, batch).await else {
             continue;
-        }
-        flight.versioned(pair.version);
+        };
         tokio::spawn(async move {
             commit_batch(&flight, pair, batch).await;
             drop(flight);
             drop(permit);
         });
     }
+}
+
+/// Lists a formed batch in flight and takes its version pair, then lets the next batch form
+/// (`forming` is released). On a failure, recorded now or before, the batch is answered with
+/// it and `None` returned.
+pub(crate) async fn take_version(
+    stages: &Arc<Stages>,
+    mut forming: OwnedMutexGuard<u64>,
+    batch: Vec<Pending>,
+) -> Option<(InFlight, VersionPair, Vec<Pending>)> {
+    if let Some(e) = stages.failure.get() {
+        fail(batch, e);
+        return None;
+    }
+    *forming += 1;
+    let flight = InFlight::begin(stages, *forming);
+    let asked = tokio::select! {
+        biased;
+        pair = stages.sequencer.next_commit_version(stages.epoch) => pair,
+        e = stages.until_failed(|s| s.failure.get().cloned()) => {
+            fail(batch, &e);
+            return None;
+        }
+    };
+    let pair = match asked {
+        Ok(pair) => pair,
+        Err(e) => {
+            // The sequencer's chain can no longer be trusted to have no gap.
+            stages.record(None, &e);
+            fail(batch, &e);
+            return None;
+        }
+    };
+    // A batch that failed while this one was being formed leaves a hole before it.
+    if let Some(e) = stages.failure.get() {
+        fail(batch, e);
+        return None;
+    }
+    flight.versioned(pair.version);
+    Some((flight, pair, batch))
 }
 
 pub(crate) fn fail(batch: Vec<Pending>, e: &Error) {

@@ -19,6 +19,21 @@
 //! while under load commits gather in the queue as long as the pipeline is full, and the
 //! next batch takes all of them.
 //!
+//! # A lone commit
+//!
+//! A commit that finds the proxy idle (nothing queued, no batch forming or in flight, and no
+//! [`ProxyConfig::batch_window`]) would become a batch of one at once anyway, so it skips the
+//! batcher: the committing task takes the version pair and runs the batch itself, with no hand-off
+//! to the batcher's task, no spawned task for the batch and no wake-up for the answer. With
+//! one log that is idle too, the log's own leader path then writes and syncs the record on the
+//! same thread, so a lone commit costs its sync plus the stages' own work. Commits that arrive
+//! while a batch is in flight queue as before, to share the next batch. The lone batch holds
+//! the same room in the pipeline and the same place in the version order as a batch of the
+//! batcher's (versions are still taken one batch at a time), and once it has started it runs
+//! to its end even if its caller gives up on it (a timeout, a cancelled task): the rest of it
+//! is then spawned on the runtime, since a version taken but never pushed would be a hole in
+//! the chain (below).
+//!
 //! A failure of any stage fails the whole batch with that stage's error (its [`Stage`] names
 //! it). The queue is bounded: a full proxy makes callers wait, then refuses them as
 //! `Overloaded`.
@@ -104,6 +119,7 @@ use strata_core::{Error, ErrorKind, Stage};
 
 mod batch;
 mod config;
+mod finish;
 mod flight;
 mod proxy;
 mod stages;

@@ -11,12 +11,14 @@ use strata_core::{
     CommitProxy, Epoch, Error, ErrorKind, Key, LogServer, Resolver, Result, Sequencer, Stage,
     TRANSACTION_BYTES_MAX, TransactionView, Version, WireError,
 };
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::batch::batch_loop;
+use crate::batch::{Order, batch_loop, commit_batch, take_version};
 use crate::config::{ProxyConfig, commit_section_bytes};
 use crate::error;
+use crate::finish::RunToEnd;
 use crate::flight::{Oldest, WAITED_ON};
 use crate::stages::{Pending, Stages};
 
@@ -27,6 +29,9 @@ pub struct BatchingProxy {
     /// The largest client transaction whose batch still fits the wire limit.
     transaction_bytes_max: usize,
     queue: mpsc::Sender<Pending>,
+    order: Arc<Order>,
+    /// Where a lone commit given up by its caller finishes its batch.
+    runtime: Handle,
     batcher: JoinHandle<()>,
 }
 
@@ -102,12 +107,16 @@ impl BatchingProxy {
             flights: Mutex::new(VecDeque::new()),
         });
         let (queue, rx) = mpsc::channel(config.queue_transactions_max.max(1));
-        let batcher = tokio::spawn(batch_loop(stages.clone(), config, rx));
+        let order = Arc::new(Order::new(&config));
+        let runtime = Handle::current();
+        let batcher = runtime.spawn(batch_loop(stages.clone(), config, order.clone(), rx));
         Ok(BatchingProxy {
             stages,
             config,
             transaction_bytes_max,
             queue,
+            order,
+            runtime,
             batcher,
         })
     }
@@ -179,6 +188,36 @@ impl BatchingProxy {
         self.oldest().map(|o| o.stage)
     }
 
+    /// A lone commit's batch, for the committing task to run itself, or the transaction back
+    /// if it must go through the queue. A commit is lone when no batch is in flight or
+    /// forming and nothing is queued, and no batch window is set: the batcher would then make
+    /// it a batch of one at once anyway, only through two hand-offs between tasks and a
+    /// spawned one. While batches are in flight, commits still queue, so that they gather
+    /// into shared batches (see the crate docs, "A lone commit").
+    fn lone(&self, pending: Pending) -> std::result::Result<RunToEnd, Pending> {
+        let order = &self.order;
+        if !self.config.batch_window.is_zero()
+            || order.queued.load(Ordering::Relaxed) != 0
+            || order.in_flight.available_permits() != order.depth
+        {
+            return Err(pending);
+        }
+        let Ok(permit) = self.order.in_flight.clone().try_acquire_owned() else {
+            return Err(pending);
+        };
+        let Ok(forming) = self.order.forming.clone().try_lock_owned() else {
+            return Err(pending);
+        };
+        let stages = self.stages.clone();
+        Ok(RunToEnd::new(self.runtime.clone(), async move {
+            if let Some((flight, pair, batch)) = take_version(&stages, forming, vec![pending]).await
+            {
+                commit_batch(&flight, pair, batch).await;
+            }
+            drop(permit);
+        }))
+    }
+
     fn oldest(&self) -> Option<Oldest> {
         let flights = self.stages.flights();
         let track = flights.front()?;
@@ -227,19 +266,36 @@ impl CommitProxy for BatchingProxy {
             bytes,
             reply,
         };
+        let stopped = || error(ErrorKind::Unavailable("proxy stopped".into()));
+        let pending = match self.lone(pending) {
+            Ok(batch) => {
+                // Every path of the batch answers its transaction before it ends.
+                batch.await;
+                return answer.await.map_err(|_| stopped())?;
+            }
+            Err(pending) => pending,
+        };
+        // Counted before it is sent, so the batcher never takes out what is not counted.
+        self.order.queued.fetch_add(1, Ordering::Relaxed);
+        let not_queued = || self.order.queued.fetch_sub(1, Ordering::Relaxed);
         // Room is usually there: queue without arming a timer.
         let pending = match self.queue.try_send(pending) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(p)) => Some(p),
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(error(ErrorKind::Unavailable("proxy stopped".into())));
+                not_queued();
+                return Err(stopped());
             }
         };
         if let Some(pending) = pending {
             match tokio::time::timeout(self.config.queue_wait, self.queue.send(pending)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(error(ErrorKind::Unavailable("proxy stopped".into()))),
+                Ok(Err(_)) => {
+                    not_queued();
+                    return Err(stopped());
+                }
                 Err(_) => {
+                    not_queued();
                     return Err(error(ErrorKind::Overloaded(format!(
                         "the proxy's queue stayed full for {} ms",
                         self.config.queue_wait.as_millis()
@@ -247,8 +303,6 @@ impl CommitProxy for BatchingProxy {
                 }
             }
         }
-        answer
-            .await
-            .map_err(|_| error(ErrorKind::Unavailable("proxy stopped".into())))?
+        answer.await.map_err(|_| stopped())?
     }
 }

@@ -1,0 +1,279 @@
+//! A lone commit: when nothing is queued and the pipeline has room, the committing task forms
+//! and runs its batch of one itself, and the batch reaches every log even if the caller gives
+//! up on it halfway.
+
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use strata_commit_proxy::{BatchingProxy, ProxyConfig};
+use strata_core::{
+    CommitProxy, Epoch, KeyRange, LogEntry, LogId, LogServer, LogState, Mutation, Resolver, Result,
+    Transaction, Version,
+};
+use strata_testkit::faults::{Fault, FaultPoint, Faults, FaultyLog};
+use strata_testkit::{MemoryLog, ModelResolver, StepSequencer};
+use tokio::task::Id;
+
+const EPOCH: Epoch = Epoch(1);
+
+fn blind(key: &str) -> Bytes {
+    Transaction {
+        write_conflicts: vec![KeyRange::single(Bytes::from(key.to_owned()))],
+        mutations: vec![Mutation::Set {
+            key: Bytes::from(key.to_owned()),
+            value: Bytes::from_static(b"v"),
+        }],
+        ..Transaction::default()
+    }
+    .encode()
+    .unwrap()
+}
+
+fn proxy_over(logs: Vec<Arc<dyn LogServer>>, config: ProxyConfig) -> Arc<BatchingProxy> {
+    let resolver: Arc<dyn Resolver> = Arc::new(ModelResolver::new(EPOCH, Version(0)));
+    Arc::new(
+        BatchingProxy::new(
+            EPOCH,
+            Arc::new(StepSequencer::new(EPOCH, Version(0))),
+            vec![(Bytes::new(), resolver)],
+            logs,
+            config,
+        )
+        .unwrap(),
+    )
+}
+
+/// A log that notes which task pushed each version and, if `yields`, gives the runtime a few
+/// turns before each push (so that a caller can give up on a commit halfway through it).
+struct TestLog {
+    log: MemoryLog,
+    yields: bool,
+    pushed_by: Mutex<Vec<(Version, Option<Id>)>>,
+}
+
+impl TestLog {
+    fn new(yields: bool) -> TestLog {
+        TestLog {
+            log: MemoryLog::new(LogId(0), Version(0)),
+            yields,
+            pushed_by: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl LogServer for TestLog {
+    fn id(&self) -> LogId {
+        self.log.id()
+    }
+
+    async fn push(
+        &self,
+        epoch: Epoch,
+        previous_version: Version,
+        version: Version,
+        payload: Bytes,
+    ) -> Result<()> {
+        self.pushed_by
+            .lock()
+            .unwrap()
+            .push((version, tokio::task::try_id()));
+        if self.yields {
+            for _ in 0..version.0 % 4 {
+                tokio::task::yield_now().await;
+            }
+        }
+        self.log
+            .push(epoch, previous_version, version, payload)
+            .await
+    }
+
+    async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
+        self.log.pull(after, limit).await
+    }
+
+    async fn lock(&self, epoch: Epoch) -> Result<LogState> {
+        self.log.lock(epoch).await
+    }
+
+    async fn pop(&self, version: Version) -> Result<()> {
+        self.log.pop(version).await
+    }
+}
+
+/// The saving a lone commit is for: no hand-off to the batcher's task and no spawned task for
+/// its batch, so the push runs on the task that called `commit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_commit_is_pushed_by_the_committing_task() {
+    let log = Arc::new(TestLog::new(false));
+    let proxy = proxy_over(vec![log.clone()], ProxyConfig::default());
+    for i in 0..3 {
+        let proxy = proxy.clone();
+        let (task, version) = tokio::spawn(async move {
+            let version = proxy.commit(blind(&format!("k{i}"))).await.unwrap();
+            (tokio::task::id(), version)
+        })
+        .await
+        .unwrap();
+        let pushed_by = log.pushed_by.lock().unwrap().last().copied();
+        assert_eq!(pushed_by, Some((version, Some(task))), "commit {i}");
+    }
+}
+
+/// A batch window asks for batches to wait for company, so even a lone commit goes through the
+/// batcher then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_batch_window_a_lone_commit_still_goes_through_the_batcher() {
+    let log = Arc::new(TestLog::new(false));
+    let config = ProxyConfig {
+        batch_window: Duration::from_millis(1),
+        ..ProxyConfig::default()
+    };
+    let proxy = proxy_over(vec![log.clone()], config);
+    let p = proxy.clone();
+    let (task, version) = tokio::spawn(async move {
+        let version = p.commit(blind("k")).await.unwrap();
+        (tokio::task::id(), version)
+    })
+    .await
+    .unwrap();
+    let pushed_by = log.pushed_by.lock().unwrap().last().copied();
+    assert!(
+        matches!(pushed_by, Some((v, Some(t))) if v == version && t != task),
+        "{pushed_by:?}"
+    );
+}
+
+/// A caller that gives up on a lone commit (a timeout, a cancelled task) must not take its
+/// batch with it: the batch holds a version pair, and a version that never reaches the logs is
+/// a hole no later batch of the epoch can get past. The batch finishes without the caller, and
+/// the next commit goes through.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_lone_commit_given_up_by_its_caller_still_reaches_every_log() {
+    let logs: Vec<Arc<MemoryLog>> = (0..2)
+        .map(|i| Arc::new(MemoryLog::new(LogId(i), Version(0))))
+        .collect();
+    let faults = Faults::new();
+    // The first push to the first log waits 100 ms (of the paused clock).
+    faults.arm_at(
+        FaultPoint::LogPush,
+        1,
+        Fault::Delay(Duration::from_millis(100)),
+    );
+    let proxy = proxy_over(
+        vec![
+            Arc::new(FaultyLog(logs[0].clone(), faults)),
+            logs[1].clone(),
+        ],
+        ProxyConfig::default(),
+    );
+    let given_up = tokio::time::timeout(Duration::from_millis(10), proxy.commit(blind("a"))).await;
+    assert!(given_up.is_err(), "the commit was still waiting on its log");
+
+    let version = tokio::time::timeout(Duration::from_millis(500), proxy.commit(blind("b")))
+        .await
+        .expect("the next commit is not stuck behind a hole")
+        .unwrap();
+    assert!(proxy.failure().is_none(), "{:?}", proxy.failure());
+    for log in &logs {
+        let entries = log.entries();
+        assert_eq!(entries.len(), 2, "both batches on log {:?}", log.id());
+        assert_eq!(entries[1].version, version);
+    }
+}
+
+/// Callers giving up at every point of a lone commit: before it ran, while it takes its
+/// version, while it waits on its log. Whatever took a version reaches the log, and the chain
+/// has no hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_commits_given_up_at_any_point_leave_no_hole() {
+    let log = Arc::new(TestLog::new(true));
+    let proxy = proxy_over(vec![log.clone()], ProxyConfig::default());
+    let (mut given_up, mut committed) = (0, 0);
+    for i in 0..300u64 {
+        // Each commit finds the pipeline idle, so each one is lone.
+        while proxy.waiting_on().is_some() {
+            tokio::task::yield_now().await;
+        }
+        let commit = proxy.commit(blind(&format!("k{i}")));
+        let ticks = i % 5;
+        let give_up = async {
+            for _ in 0..ticks {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            () = give_up => given_up += 1,
+            done = commit => {
+                done.unwrap();
+                committed += 1;
+            }
+        }
+    }
+    assert!(
+        given_up > 0 && committed > 0,
+        "{given_up} given up, {committed} committed"
+    );
+    let last = tokio::time::timeout(Duration::from_secs(5), proxy.commit(blind("last")))
+        .await
+        .expect("the chain has no hole")
+        .unwrap();
+    assert!(proxy.failure().is_none(), "{:?}", proxy.failure());
+    // Every version handed to the log is on it, in one chain ending at the last commit.
+    let entries = log.log.entries();
+    assert_eq!(entries.last().map(|e| e.version), Some(last));
+    let mut pushed: Vec<Version> = log.pushed_by.lock().unwrap().iter().map(|p| p.0).collect();
+    pushed.sort();
+    pushed.dedup();
+    let logged: Vec<Version> = entries.iter().map(|e| e.version).collect();
+    assert_eq!(logged, pushed);
+}
+
+/// Only a commit that finds the pipeline idle goes alone: commits that arrive while a batch is
+/// in flight queue, even with room for more batches, and share the batcher's next batch.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn commits_arriving_while_a_batch_is_in_flight_share_a_batch() {
+    let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+    let faults = Faults::new();
+    // The first batch's push waits 100 ms (of the paused clock) before it reaches the log.
+    faults.arm_at(
+        FaultPoint::LogPush,
+        1,
+        Fault::Delay(Duration::from_millis(100)),
+    );
+    let proxy = proxy_over(
+        vec![Arc::new(FaultyLog(log.clone(), faults))],
+        ProxyConfig::default(),
+    );
+    assert!(ProxyConfig::default().in_flight_batches_max > 2);
+    let commit = |i: usize| {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.commit(blind(&format!("k{i}"))).await })
+    };
+    let mut tasks = vec![commit(0)];
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for i in 1..6 {
+        tasks.push(commit(i));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let sizes: Vec<usize> = log
+        .entries()
+        .iter()
+        .map(|e| {
+            strata_core::TransactionView::parse(e.payload.clone())
+                .unwrap()
+                .mutations()
+                .unwrap()
+                .len()
+        })
+        .collect();
+    assert_eq!(sizes, [1, 5]);
+}
