@@ -23,16 +23,21 @@
 //!
 //! A commit that finds the proxy idle (nothing queued, no batch forming or in flight, and no
 //! [`ProxyConfig::batch_window`]) would become a batch of one at once anyway, so it skips the
-//! batcher: the committing task takes the version pair and runs the batch itself, with no hand-off
-//! to the batcher's task, no spawned task for the batch and no wake-up for the answer. With
-//! one log that is idle too, the log's own leader path then writes and syncs the record on the
-//! same thread, so a lone commit costs its sync plus the stages' own work. Commits that arrive
-//! while a batch is in flight queue as before, to share the next batch. The lone batch holds
-//! the same room in the pipeline and the same place in the version order as a batch of the
-//! batcher's (versions are still taken one batch at a time), and once it has started it runs
-//! to its end even if its caller gives up on it (a timeout, a cancelled task): the rest of it
-//! is then spawned on the runtime, since a version taken but never pushed would be a hole in
-//! the chain (below).
+//! batcher: the committing task takes the version pair and runs the batch itself, with no
+//! hand-off to the batcher's task, no spawned task for the batch and no wake-up for the
+//! answer. With one log that is idle too, the log's own leader path writes and syncs the
+//! record on the same thread, so a lone commit costs its sync plus the stages' own work.
+//! Commits that arrive while a batch is in flight queue as before, to share the next batch.
+//!
+//! The lone batch holds the same room in the pipeline and the same place in the version order
+//! as one of the batcher's (versions are still taken one batch at a time, in order). Only its
+//! start belongs to the caller: if the batch has to wait on a stage (a log whose writer thread
+//! does the sync, a resolver waiting for a predecessor), the rest of it is spawned on the
+//! proxy's runtime at once. So a caller that gives up on the commit, or stops polling it for a
+//! while, never strands a version that the logs must see: such a version would be a hole in
+//! the chain (below). For the same reason a commit from outside the proxy's runtime (a task of
+//! another runtime) always goes through the batcher. A panic in a lone batch (a bug) is caught
+//! and answered as `Unavailable`, as a panic in a batch's own task would be.
 //!
 //! A failure of any stage fails the whole batch with that stage's error (its [`Stage`] names
 //! it). The queue is bounded: a full proxy makes callers wait, then refuses them as

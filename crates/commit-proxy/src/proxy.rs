@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::batch::{Order, batch_loop, commit_batch, take_version};
 use crate::config::{ProxyConfig, commit_section_bytes};
 use crate::error;
-use crate::finish::RunToEnd;
+use crate::finish::{Handoff, Ran};
 use crate::flight::{Oldest, WAITED_ON};
 use crate::stages::{Pending, Stages};
 
@@ -188,28 +188,34 @@ impl BatchingProxy {
         self.oldest().map(|o| o.stage)
     }
 
-    /// A lone commit's batch, for the committing task to run itself, or the transaction back
-    /// if it must go through the queue. A commit is lone when no batch is in flight or
+    /// A lone commit's batch, for the committing task to start itself, or the transaction
+    /// back if it must go through the queue. A commit is lone when no batch is in flight or
     /// forming and nothing is queued, and no batch window is set: the batcher would then make
     /// it a batch of one at once anyway, only through two hand-offs between tasks and a
     /// spawned one. While batches are in flight, commits still queue, so that they gather
-    /// into shared batches (see the crate docs, "A lone commit").
-    fn lone(&self, pending: Pending) -> std::result::Result<RunToEnd, Pending> {
+    /// into shared batches. A commit from outside the proxy's runtime (a task of another
+    /// runtime, a thread blocking on a runtime of its own) is never lone: the tasks its batch
+    /// spawns (a push to each of several logs) would belong to a runtime that may stop being
+    /// driven, or be dropped, while they carry a version. See the crate docs, "A lone commit".
+    fn lone(&self, pending: Pending) -> std::result::Result<Handoff, Pending> {
         let order = &self.order;
+        let on_our_runtime = Handle::try_current().is_ok_and(|h| h.id() == self.runtime.id());
         if !self.config.batch_window.is_zero()
             || order.queued.load(Ordering::Relaxed) != 0
             || order.in_flight.available_permits() != order.depth
+            || !on_our_runtime
+            || self.batcher.is_finished()
         {
             return Err(pending);
         }
-        let Ok(permit) = self.order.in_flight.clone().try_acquire_owned() else {
+        let Ok(permit) = order.in_flight.clone().try_acquire_owned() else {
             return Err(pending);
         };
-        let Ok(forming) = self.order.forming.clone().try_lock_owned() else {
+        let Ok(forming) = order.forming.clone().try_lock_owned() else {
             return Err(pending);
         };
         let stages = self.stages.clone();
-        Ok(RunToEnd::new(self.runtime.clone(), async move {
+        Ok(Handoff::new(self.runtime.clone(), async move {
             if let Some((flight, pair, batch)) = take_version(&stages, forming, vec![pending]).await
             {
                 commit_batch(&flight, pair, batch).await;
@@ -269,39 +275,48 @@ impl CommitProxy for BatchingProxy {
         let stopped = || error(ErrorKind::Unavailable("proxy stopped".into()));
         let pending = match self.lone(pending) {
             Ok(batch) => {
+                if batch.await == Ran::Panicked {
+                    return Err(error(ErrorKind::Unavailable(
+                        "the batch of this commit panicked (a bug; the panic message is on \
+                         standard error)"
+                            .into(),
+                    )));
+                }
                 // Every path of the batch answers its transaction before it ends.
-                batch.await;
                 return answer.await.map_err(|_| stopped())?;
             }
             Err(pending) => pending,
         };
-        // Counted before it is sent, so the batcher never takes out what is not counted.
-        self.order.queued.fetch_add(1, Ordering::Relaxed);
-        let not_queued = || self.order.queued.fetch_sub(1, Ordering::Relaxed);
-        // Room is usually there: queue without arming a timer.
+        // Counted just before it is sent, with no wait in between: the batcher never takes
+        // out what was not counted, and a caller that gives up while it waits for room in a
+        // full queue has counted nothing.
+        let queued = &self.order.queued;
+        queued.fetch_add(1, Ordering::Relaxed);
         let pending = match self.queue.try_send(pending) {
             Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(p)) => Some(p),
+            Err(mpsc::error::TrySendError::Full(p)) => {
+                queued.fetch_sub(1, Ordering::Relaxed);
+                Some(p)
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                not_queued();
+                queued.fetch_sub(1, Ordering::Relaxed);
                 return Err(stopped());
             }
         };
         if let Some(pending) = pending {
-            match tokio::time::timeout(self.config.queue_wait, self.queue.send(pending)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    not_queued();
-                    return Err(stopped());
-                }
-                Err(_) => {
-                    not_queued();
-                    return Err(error(ErrorKind::Overloaded(format!(
-                        "the proxy's queue stayed full for {} ms",
-                        self.config.queue_wait.as_millis()
-                    ))));
-                }
-            }
+            let room =
+                match tokio::time::timeout(self.config.queue_wait, self.queue.reserve()).await {
+                    Ok(Ok(room)) => room,
+                    Ok(Err(_)) => return Err(stopped()),
+                    Err(_) => {
+                        return Err(error(ErrorKind::Overloaded(format!(
+                            "the proxy's queue stayed full for {} ms",
+                            self.config.queue_wait.as_millis()
+                        ))));
+                    }
+                };
+            queued.fetch_add(1, Ordering::Relaxed);
+            room.send(pending);
         }
         answer.await.map_err(|_| stopped())?
     }

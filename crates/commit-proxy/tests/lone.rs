@@ -277,3 +277,183 @@ async fn commits_arriving_while_a_batch_is_in_flight_share_a_batch() {
         .collect();
     assert_eq!(sizes, [1, 5]);
 }
+
+/// A caller that gives up while it waits for room in a full queue never queued anything, so
+/// it must not be counted as queued: a count left behind would keep every later commit off
+/// the lone path for the rest of the epoch.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_caller_giving_up_on_a_full_queue_leaves_lone_commits_possible() {
+    let log = Arc::new(TestLog::new(false));
+    let faults = Faults::new();
+    // The first batch's push waits 100 ms (of the paused clock) before it reaches the log.
+    faults.arm_at(
+        FaultPoint::LogPush,
+        1,
+        Fault::Delay(Duration::from_millis(100)),
+    );
+    let proxy = proxy_over(
+        vec![Arc::new(FaultyLog(log.clone(), faults))],
+        ProxyConfig {
+            queue_transactions_max: 1,
+            in_flight_batches_max: 1,
+            ..ProxyConfig::default()
+        },
+    );
+    let commit = |key: &'static str| {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.commit(blind(key)).await })
+    };
+    // A lone batch held at the log; then one commit the batcher holds while it waits for room
+    // in the pipeline, and one in the queue's only place.
+    let mut tasks = vec![commit("a")];
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    tasks.push(commit("b"));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    tasks.push(commit("c"));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // The queue is full: this caller waits for room, and gives up.
+    let given_up = tokio::time::timeout(Duration::from_millis(10), proxy.commit(blind("d"))).await;
+    assert!(given_up.is_err(), "the queue was full");
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+
+    let (task, version) = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            let version = proxy.commit(blind("e")).await.unwrap();
+            (tokio::task::id(), version)
+        }
+    })
+    .await
+    .unwrap();
+    let pushed_by = log.pushed_by.lock().unwrap().last().copied();
+    assert_eq!(
+        pushed_by,
+        Some((version, Some(task))),
+        "a lone commit again"
+    );
+}
+
+/// A caller may also keep a commit's future and stop polling it for a while (a `select!` that
+/// went on to other work). A lone batch that had to wait is then no longer the caller's to
+/// drive: it runs on without it, and the commits behind it are not held up.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_lone_commit_whose_caller_stops_polling_does_not_hold_up_the_next() {
+    let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+    let faults = Faults::new();
+    faults.arm_at(
+        FaultPoint::LogPush,
+        1,
+        Fault::Delay(Duration::from_millis(100)),
+    );
+    let proxy = proxy_over(
+        vec![Arc::new(FaultyLog(log.clone(), faults))],
+        ProxyConfig::default(),
+    );
+    let mut first = std::pin::pin!(proxy.commit(blind("a")));
+    // Polled until it waits on its log, then left alone.
+    let waiting = tokio::time::timeout(Duration::from_millis(1), first.as_mut()).await;
+    assert!(waiting.is_err(), "the first commit waits on its log");
+
+    let second = tokio::time::timeout(Duration::from_secs(1), proxy.commit(blind("b")))
+        .await
+        .expect("the next commit is not held up by a commit nobody polls")
+        .unwrap();
+    assert!(proxy.failure().is_none(), "{:?}", proxy.failure());
+    assert_eq!(log.entries().len(), 2);
+    // The first caller, back at last, finds its answer.
+    let first = first.await.unwrap();
+    assert!(first < second);
+}
+
+/// A commit from a task of another runtime (a blocking client with a runtime of its own) is
+/// not lone: its batch's pushes would be tasks of that runtime, which may stop being driven or
+/// be dropped while they still carry a version. It goes through the batcher, on the proxy's
+/// runtime, and a caller that gives up and drops its runtime loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_from_another_runtime_is_batched_on_the_proxys() {
+    let logs: Vec<Arc<MemoryLog>> = (0..2)
+        .map(|i| Arc::new(MemoryLog::new(LogId(i), Version(0))))
+        .collect();
+    let faults = Faults::new();
+    faults.arm_at(
+        FaultPoint::LogPush,
+        1,
+        Fault::Delay(Duration::from_millis(200)),
+    );
+    let proxy = proxy_over(
+        vec![
+            Arc::new(FaultyLog(logs[0].clone(), faults)),
+            logs[1].clone(),
+        ],
+        ProxyConfig::default(),
+    );
+    let p = proxy.clone();
+    std::thread::spawn(move || {
+        let own = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let given_up = own.block_on(async {
+            tokio::time::timeout(Duration::from_millis(20), p.commit(blind("a"))).await
+        });
+        assert!(given_up.is_err(), "the commit was still waiting on its log");
+        drop(own);
+    })
+    .join()
+    .unwrap();
+
+    let version = tokio::time::timeout(Duration::from_secs(5), proxy.commit(blind("b")))
+        .await
+        .expect("the next commit is not stuck behind a hole")
+        .unwrap();
+    assert!(proxy.failure().is_none(), "{:?}", proxy.failure());
+    for log in &logs {
+        let entries = log.entries();
+        assert_eq!(entries.len(), 2, "both batches on log {:?}", log.id());
+        assert_eq!(entries[1].version, version);
+    }
+}
+
+/// A resolver with a bug that panics.
+struct PanickingResolver;
+
+#[async_trait]
+impl Resolver for PanickingResolver {
+    async fn resolve(
+        &self,
+        _batch: strata_core::ResolveBatch,
+    ) -> Result<Vec<strata_core::Verdict>> {
+        panic!("a resolver bug");
+    }
+}
+
+/// A stage that panics (a bug) while a lone commit runs its batch: the panic stays in the
+/// proxy, as it did in a batch's own task, and the caller gets an error that says so instead
+/// of a panic of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_lone_batch_is_an_error_for_its_caller() {
+    let proxy = Arc::new(
+        BatchingProxy::new(
+            EPOCH,
+            Arc::new(StepSequencer::new(EPOCH, Version(0))),
+            vec![(
+                Bytes::new(),
+                Arc::new(PanickingResolver) as Arc<dyn Resolver>,
+            )],
+            vec![Arc::new(MemoryLog::new(LogId(0), Version(0))) as Arc<dyn LogServer>],
+            ProxyConfig::default(),
+        )
+        .unwrap(),
+    );
+    let p = proxy.clone();
+    let answered = tokio::spawn(async move { p.commit(blind("a")).await })
+        .await
+        .expect("the caller's task did not panic");
+    let e = answered.unwrap_err();
+    assert!(
+        matches!(&e.kind, strata_core::ErrorKind::Unavailable(m) if m.contains("panicked")),
+        "{e}"
+    );
+}
