@@ -2,7 +2,7 @@
 //! each through the resolvers, every log and the sequencer's report.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use strata_core::shard::combine_verdicts;
@@ -33,6 +33,8 @@ pub(crate) struct Order {
     /// batcher or by a lone commit, so that batches take their versions one at a time and in
     /// the order they were listed in flight. It holds the number of the last batch listed.
     pub(crate) forming: Arc<Mutex<u64>>,
+    /// Commits that ran as lone commits, for [`crate::BatchingProxy::lone_commits`].
+    pub(crate) lone_commits: AtomicU64,
 }
 
 impl Order {
@@ -43,6 +45,7 @@ impl Order {
             in_flight: Arc::new(Semaphore::new(depth)),
             depth,
             forming: Arc::new(Mutex::new(0)),
+            lone_commits: AtomicU64::new(0),
         }
     }
 }

@@ -36,8 +36,16 @@
 //! proxy's runtime at once. So a caller that gives up on the commit, or stops polling it for a
 //! while, never strands a version that the logs must see: such a version would be a hole in
 //! the chain (below). For the same reason a commit from outside the proxy's runtime (a task of
-//! another runtime) always goes through the batcher. A panic in a lone batch (a bug) is caught
-//! and answered as `Unavailable`, as a panic in a batch's own task would be.
+//! another runtime) always goes through the batcher. A panic in a lone batch (a bug) is caught,
+//! answered as `Unavailable`, and ends the epoch: the batch may hold a version that will never
+//! reach the logs. [`BatchingProxy::lone_commits`] counts the commits that went alone.
+//!
+//! What does not wait is a sync: a log that leads writes and syncs on the committing task's
+//! thread, as an embedded store's commit does, so a deadline around `commit` cannot fire while
+//! that sync runs, and on a disk that stalls it fires only once the sync returns. A deadline
+//! that must fire during a stall belongs on another task: spawn the commit and bound the wait
+//! for its task, as the director's persistence phase does. (Deadlines on other tasks, such as
+//! monitoring's, are not held up: at most one fewer than the runtime's threads lead at once.)
 //!
 //! A failure of any stage fails the whole batch with that stage's error (its [`Stage`] names
 //! it). The queue is bounded: a full proxy makes callers wait, then refuses them as

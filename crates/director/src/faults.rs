@@ -18,7 +18,8 @@ use strata_tlog::fs::{Fs, FsFile, RealFs, writing_group};
 
 /// The real file system under a log, whose next `fdatasync` inside a group commit fails when
 /// [`FaultPoint::LogSync`] is armed: the log's own error path runs (the group's pushes fail,
-/// the log is poisoned), not a decorator's imitation of it. Syncs outside a group (a log's
+/// the log is poisoned), not a decorator's imitation of it. Armed with [`Fault::Delay`], the
+/// sync instead blocks its thread that long and then goes through: a disk that stalls. Syncs outside a group (a log's
 /// open and recovery, its spare segments) fall back or fail differently, so the fault leaves
 /// them alone (see [`writing_group`]).
 #[derive(Debug)]
@@ -83,8 +84,13 @@ impl FsFile for FaultyFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        if writing_group() && self.faults.fire(FaultPoint::LogSync).is_some() {
-            return Err(io::Error::other("injected fdatasync failure"));
+        if writing_group() {
+            match self.faults.fire(FaultPoint::LogSync) {
+                // A disk that stalls: the sync blocks its thread that long, then goes through.
+                Some(Fault::Delay(stall)) => std::thread::sleep(stall),
+                Some(_) => return Err(io::Error::other("injected fdatasync failure")),
+                None => {}
+            }
         }
         self.file.sync_data()
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use strata_core::system::{SystemConfig, keys};
 use strata_core::{Epoch, ErrorKind, KeyRange, Mutation, Stage, Transaction};
 use strata_director::EmbeddedConfig;
-use strata_director::faults::FaultPoint;
+use strata_director::faults::{Fault, FaultPoint};
 use strata_director::recovery::recover;
 
 fn config() -> EmbeddedConfig {
@@ -152,6 +152,43 @@ async fn a_hung_log_times_out_the_persistence_phase_naming_the_log() {
 
     let (cluster, report) = recover(dir.path(), impatient, &store, &env).await.unwrap();
     assert_eq!(report.epoch, Epoch(3));
+    cluster.stop().await;
+}
+
+/// A disk whose sync stalls during the persistence phase, on the embedded default of one log
+/// whose idle pushes write and sync on the thread that pushes: the phase's deadline still
+/// fires, naming the log, though the system transaction is a lone commit whose sync would run
+/// on the director's own task if the director committed it there. The next epoch recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sync_times_out_the_persistence_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults, env) = common::with_faults(dir.path());
+    let mut one_log = EmbeddedConfig {
+        persistence_deadline: std::time::Duration::from_millis(300),
+        ..EmbeddedConfig::default()
+    };
+    assert_eq!(one_log.logs, 1);
+    // Every idle push leads, whatever the runtime's other thread is doing.
+    one_log.log.leaders = strata_tlog::Leaders::WhenLogIdle;
+
+    // A new cluster has no history to replay: the first group the log syncs is the system
+    // transaction's, and that sync stalls for far longer than the deadline.
+    faults.arm_at(
+        FaultPoint::LogSync,
+        1,
+        Fault::Delay(std::time::Duration::from_secs(2)),
+    );
+    let err = recover(dir.path(), one_log, &store, &env)
+        .await
+        .expect_err("the stalled sync times the persistence phase out");
+    assert!(matches!(err.kind, ErrorKind::Timeout { .. }), "{err}");
+    assert_eq!(err.stage, Stage::Log, "{err}");
+
+    let (cluster, _) = recover(dir.path(), one_log, &store, &env).await.unwrap();
+    let db = cluster.database();
+    let tx = db.begin().await.unwrap();
+    tx.set("after".into(), "the stall".into());
+    tx.commit().await.unwrap();
     cluster.stop().await;
 }
 

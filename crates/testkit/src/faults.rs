@@ -57,7 +57,7 @@ pub enum FaultPoint {
     LogStall,
     /// A log's next `fdatasync` of a segment. No decorator here fires it: it belongs to a
     /// file system under the real log (the director's `FaultyFs`), so the log's own error path
-    /// runs.
+    /// runs. [`Fault::Delay`] blocks the syncing thread instead (a disk that stalls).
     LogSync,
     /// A storage server's reads, failing by default as a version not applied in time.
     StorageApply,

@@ -50,6 +50,11 @@ pub struct TransactionOptions {
     /// included; `None` (the default) for no bound. When it passes, the attempt in flight is
     /// abandoned and `run` fails with [`ErrorKind::TransactionTimedOut`]. An attempt cut off
     /// while committing may still have committed, as with any commit whose answer was lost.
+    /// A commit that finds the cluster idle may write and sync its log record on the calling
+    /// task's thread (as an embedded store's commit does; see the commit proxy's "A lone
+    /// commit"), and a timeout cannot fire while that thread is inside the sync: on a disk
+    /// that stalls, it fires when the sync returns. Run `run` on a task of its own, and bound
+    /// the wait for that task, when a deadline must fire during such a stall.
     /// Above zero when set.
     pub timeout: Option<Duration>,
     /// How [`Database::run`] retries: how many attempts, and the waits between them.

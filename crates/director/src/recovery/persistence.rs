@@ -101,7 +101,17 @@ async fn persist(
         }
     }
     at(Stage::CommitProxy);
-    let version = tx.commit().await?;
+    // On a task of its own: the system transaction is a lone commit, which runs its batch,
+    // and with an idle log writes and syncs its record, on the thread of the task that
+    // commits. Committed here, a stalled sync would hold this task, and the phase's deadline
+    // around it could not fire until the disk came back.
+    let version = tokio::spawn(async move { tx.commit().await })
+        .await
+        .map_err(|e| {
+            error(ErrorKind::Unavailable(format!(
+                "the system transaction's task: {e}"
+            )))
+        })??;
 
     // Wait until the storage servers have applied it (the phase's deadline bounds this), so
     // the read back below does not depend on how long a single read may wait.
