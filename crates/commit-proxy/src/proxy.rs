@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::batch::{Order, batch_loop, commit_batch, take_version};
+use crate::batch::{Order, SINGLES_TO_GO_ALONE, batch_loop, commit_batch, take_version};
 use crate::config::{ProxyConfig, commit_section_bytes};
 use crate::error;
 use crate::finish::{Handoff, Ran};
@@ -190,21 +190,24 @@ impl BatchingProxy {
 
     /// A lone commit's batch, for the committing task to start itself, or the transaction
     /// back if it must go through the queue. A commit is lone when no batch is in flight or
-    /// forming and nothing is queued, and no batch window is set: the batcher would then make
-    /// it a batch of one at once anyway, only through two hand-offs between tasks and a
-    /// spawned one. While batches are in flight, commits still queue, so that they gather
-    /// into shared batches. A commit from outside the proxy's runtime (a task of another
+    /// forming and nothing is queued, no batch window is set, and the last batches held one
+    /// transaction each ([`SINGLES_TO_GO_ALONE`]): the batcher would then make it a batch of
+    /// one at once anyway, only through two hand-offs between tasks and a spawned one. While
+    /// batches are in flight, or just after batches of several, commits still queue, so that
+    /// they gather into shared batches. A commit from outside the proxy's runtime (a task of another
     /// runtime, a thread blocking on a runtime of its own) is never lone: the tasks its batch
     /// spawns (a push to each of several logs) would belong to a runtime that may stop being
     /// driven, or be dropped, while they carry a version. See the crate docs, "A lone commit".
     fn lone(&self, pending: Pending) -> std::result::Result<Handoff, Pending> {
         let order = &self.order;
-        let on_our_runtime = Handle::try_current().is_ok_and(|h| h.id() == self.runtime.id());
-        if !self.config.batch_window.is_zero()
-            || order.queued.load(Ordering::Relaxed) != 0
-            || order.in_flight.available_permits() != order.depth
-            || !on_our_runtime
+        // Cheapest first: under load the first two fail. An empty queue is one whose every
+        // place is free (a sender waiting for room holds none).
+        if order.in_flight.available_permits() != order.depth
+            || self.queue.capacity() != self.queue.max_capacity()
+            || order.singles.load(Ordering::Relaxed) < SINGLES_TO_GO_ALONE
+            || !self.config.batch_window.is_zero()
             || self.batcher.is_finished()
+            || !Handle::try_current().is_ok_and(|h| h.id() == self.runtime.id())
         {
             return Err(pending);
         }
@@ -301,36 +304,23 @@ impl CommitProxy for BatchingProxy {
             }
             Err(pending) => pending,
         };
-        // Counted just before it is sent, with no wait in between: the batcher never takes
-        // out what was not counted, and a caller that gives up while it waits for room in a
-        // full queue has counted nothing.
-        let queued = &self.order.queued;
-        queued.fetch_add(1, Ordering::Relaxed);
+        // Room is usually there: queue without arming a timer.
         let pending = match self.queue.try_send(pending) {
             Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(p)) => {
-                queued.fetch_sub(1, Ordering::Relaxed);
-                Some(p)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                queued.fetch_sub(1, Ordering::Relaxed);
-                return Err(stopped());
-            }
+            Err(mpsc::error::TrySendError::Full(p)) => Some(p),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
         };
         if let Some(pending) = pending {
-            let room =
-                match tokio::time::timeout(self.config.queue_wait, self.queue.reserve()).await {
-                    Ok(Ok(room)) => room,
-                    Ok(Err(_)) => return Err(stopped()),
-                    Err(_) => {
-                        return Err(error(ErrorKind::Overloaded(format!(
-                            "the proxy's queue stayed full for {} ms",
-                            self.config.queue_wait.as_millis()
-                        ))));
-                    }
-                };
-            queued.fetch_add(1, Ordering::Relaxed);
-            room.send(pending);
+            match tokio::time::timeout(self.config.queue_wait, self.queue.send(pending)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(stopped()),
+                Err(_) => {
+                    return Err(error(ErrorKind::Overloaded(format!(
+                        "the proxy's queue stayed full for {} ms",
+                        self.config.queue_wait.as_millis()
+                    ))));
+                }
+            }
         }
         answer.await.map_err(|_| stopped())?
     }

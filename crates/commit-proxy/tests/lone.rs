@@ -243,7 +243,8 @@ async fn lone_commits_given_up_at_any_point_leave_no_hole() {
 }
 
 /// Only a commit that finds the pipeline idle goes alone: commits that arrive while a batch is
-/// in flight queue, even with room for more batches, and share the batcher's next batch.
+/// in flight queue, even with room for more batches, and share the batcher's next batch. And
+/// after such a batch, going alone waits for two batches of one in a row.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn commits_arriving_while_a_batch_is_in_flight_share_a_batch() {
     let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
@@ -284,6 +285,15 @@ async fn commits_arriving_while_a_batch_is_in_flight_share_a_batch() {
         .collect();
     assert_eq!(sizes, [1, 5]);
     assert_eq!(proxy.lone_commits(), 1);
+
+    // Just after a batch of several, an idle proxy is not taken for a lone client's: the next
+    // commits go through the batcher until two batches in a row held one transaction each.
+    let mut lone = Vec::new();
+    for i in 6..9 {
+        proxy.commit(blind(&format!("k{i}"))).await.unwrap();
+        lone.push(proxy.lone_commits());
+    }
+    assert_eq!(lone, [1, 1, 2]);
 }
 
 /// A caller that gives up while it waits for room in a full queue never queued anything, so
@@ -324,6 +334,11 @@ async fn a_caller_giving_up_on_a_full_queue_leaves_lone_commits_possible() {
     assert!(given_up.is_err(), "the queue was full");
     for t in tasks {
         t.await.unwrap().unwrap();
+    }
+    // After the batch of "b" and "c", two batches of one, then the proxy counts as a lone
+    // client's again.
+    for key in ["e1", "e2"] {
+        proxy.commit(blind(key)).await.unwrap();
     }
 
     let (task, version) = tokio::spawn({
