@@ -31,7 +31,7 @@ pub(crate) struct Order {
     pub(crate) forming: Arc<Mutex<u64>>,
     /// Commits that ran as lone commits, for [`crate::BatchingProxy::lone_commits`].
     pub(crate) lone_commits: AtomicU64,
-    /// Batches of one transaction in a row, lone ones included, up to
+    /// Batches of one transaction in a row, as the batcher formed them, up to
     /// [`SINGLES_TO_GO_ALONE`]: a commit may go alone only once the proxy's load has been
     /// one transaction at a time for that long.
     pub(crate) singles: AtomicU32,
@@ -192,6 +192,11 @@ pub(crate) fn fail(batch: Vec<Pending>, e: &Error) {
 /// waiting on its stages at once and answers with the recorded failure.
 pub(crate) async fn commit_batch(flight: &InFlight, pair: VersionPair, batch: Vec<Pending>) {
     let stages = &*flight.stages;
+    let mut unfinished = Unfinished {
+        stages,
+        version: pair.version,
+        finished: false,
+    };
     let mut conflicts = Vec::with_capacity(batch.len());
     let mut mutations = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
@@ -217,6 +222,32 @@ pub(crate) async fn commit_batch(flight: &InFlight, pair: VersionPair, batch: Ve
     if let Some(e) = ended {
         for reply in replies.into_iter().flatten() {
             let _ = reply.send(Err(e.clone()));
+        }
+    }
+    unfinished.finished = true;
+}
+
+/// Ends the epoch if the batch of `version` stops before it finished: a stage panicked (a bug)
+/// while it ran, or its runtime shut down under it. Either way its version may never reach
+/// the logs, and the batches behind it are cut at once, with this cause, instead of each
+/// waiting out its stages' wait for a predecessor.
+struct Unfinished<'a> {
+    stages: &'a Stages,
+    version: Version,
+    finished: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.stages.record(
+                Some(self.version),
+                &error(ErrorKind::Unavailable(format!(
+                    "the batch of {} stopped unfinished: a stage panicked (a bug; the panic \
+                     message is on standard error) or the runtime shut down",
+                    self.version
+                ))),
+            );
         }
     }
 }

@@ -39,9 +39,9 @@
 //! proxy's runtime at once. So a caller that gives up on the commit, or stops polling it for a
 //! while, never strands a version that the logs must see: such a version would be a hole in
 //! the chain (below). For the same reason a commit from outside the proxy's runtime (a task of
-//! another runtime) always goes through the batcher. A panic in a lone batch (a bug) is caught,
-//! answered as `Unavailable`, and ends the epoch: the batch may hold a version that will never
-//! reach the logs. [`BatchingProxy::lone_commits`] counts the commits that went alone.
+//! another runtime) always goes through the batcher. A panic in a lone batch (a bug) is caught
+//! and stays in the proxy: the caller gets an `Unavailable` error, not the panic.
+//! [`BatchingProxy::lone_commits`] counts the commits that went alone.
 //!
 //! What does not wait is a sync: a log that leads writes and syncs on the committing task's
 //! thread, as an embedded store's commit does, so a deadline around `commit` cannot fire while
@@ -73,7 +73,9 @@
 //! transaction still queued and every later commit, without touching a stage again. The
 //! director then recovers into a new epoch. Batches ahead of the hole are not in its way and
 //! finish as usual. A conflict or a too-old read version is an answer to one client, not a
-//! failure. A proxy fenced by a newer epoch has failed too; it refuses later commits as
+//! failure. A batch that stops unfinished after taking its version (a stage panicked, a bug,
+//! or the runtime shut down under it) is such a failure too, recorded as it stops: its
+//! clients, the batches behind it and every later commit get that cause. A proxy fenced by a newer epoch has failed too; it refuses later commits as
 //! unavailable.
 //!
 //! # Stall detection

@@ -289,18 +289,21 @@ impl CommitProxy for BatchingProxy {
                 if batch.await == Ran::Panicked {
                     // The batch may hold a version that will never reach the logs: the chain
                     // is broken, as far as anyone can tell, so the epoch ends now, with the
-                    // cause, rather than at the next batch's wait for its predecessor.
+                    // cause (the batch recorded its own if it had a version).
                     let e = error(ErrorKind::Unavailable(
                         "a lone commit's batch panicked (a bug; the panic message is on \
                          standard error)"
                             .into(),
                     ));
                     self.stages.record(None, &e);
+                    let e = self.failure().unwrap_or(e);
                     // A refusal (a conflict, too old) is answered before the push: it stands.
                     return answer.try_recv().unwrap_or(Err(e));
                 }
                 // Every path of the batch answers its transaction before it ends.
-                return answer.await.map_err(|_| stopped())?;
+                return answer
+                    .await
+                    .map_err(|_| self.failure().unwrap_or_else(stopped))?;
             }
             Err(pending) => pending,
         };
@@ -322,6 +325,9 @@ impl CommitProxy for BatchingProxy {
                 }
             }
         }
-        answer.await.map_err(|_| stopped())?
+        // Unanswered, the batch stopped unfinished and recorded why, or the proxy stopped.
+        answer
+            .await
+            .map_err(|_| self.failure().unwrap_or_else(stopped))?
     }
 }

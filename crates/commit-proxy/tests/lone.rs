@@ -48,6 +48,14 @@ fn proxy_over(logs: Vec<Arc<dyn LogServer>>, config: ProxyConfig) -> Arc<Batchin
     )
 }
 
+/// `log`, whose first push waits `held` (of the paused clock, in the tests that pause it)
+/// before it reaches the log.
+fn first_push_held(log: Arc<dyn LogServer>, held: Duration) -> Arc<dyn LogServer> {
+    let faults = Faults::new();
+    faults.arm_at(FaultPoint::LogPush, 1, Fault::Delay(held));
+    Arc::new(FaultyLog(log, faults))
+}
+
 /// A log that notes which task pushed each version and, if `yields`, gives the runtime a few
 /// turns before each push (so that a caller can give up on a commit halfway through it).
 struct TestLog {
@@ -159,16 +167,9 @@ async fn a_lone_commit_given_up_by_its_caller_still_reaches_every_log() {
     let logs: Vec<Arc<MemoryLog>> = (0..2)
         .map(|i| Arc::new(MemoryLog::new(LogId(i), Version(0))))
         .collect();
-    let faults = Faults::new();
-    // The first push to the first log waits 100 ms (of the paused clock).
-    faults.arm_at(
-        FaultPoint::LogPush,
-        1,
-        Fault::Delay(Duration::from_millis(100)),
-    );
     let proxy = proxy_over(
         vec![
-            Arc::new(FaultyLog(logs[0].clone(), faults)),
+            first_push_held(logs[0].clone(), Duration::from_millis(100)),
             logs[1].clone(),
         ],
         ProxyConfig::default(),
@@ -248,15 +249,8 @@ async fn lone_commits_given_up_at_any_point_leave_no_hole() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn commits_arriving_while_a_batch_is_in_flight_share_a_batch() {
     let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
-    let faults = Faults::new();
-    // The first batch's push waits 100 ms (of the paused clock) before it reaches the log.
-    faults.arm_at(
-        FaultPoint::LogPush,
-        1,
-        Fault::Delay(Duration::from_millis(100)),
-    );
     let proxy = proxy_over(
-        vec![Arc::new(FaultyLog(log.clone(), faults))],
+        vec![first_push_held(log.clone(), Duration::from_millis(100))],
         ProxyConfig::default(),
     );
     assert!(ProxyConfig::default().in_flight_batches_max > 2);
@@ -302,15 +296,8 @@ async fn commits_arriving_while_a_batch_is_in_flight_share_a_batch() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_caller_giving_up_on_a_full_queue_leaves_lone_commits_possible() {
     let log = Arc::new(TestLog::new(false));
-    let faults = Faults::new();
-    // The first batch's push waits 100 ms (of the paused clock) before it reaches the log.
-    faults.arm_at(
-        FaultPoint::LogPush,
-        1,
-        Fault::Delay(Duration::from_millis(100)),
-    );
     let proxy = proxy_over(
-        vec![Arc::new(FaultyLog(log.clone(), faults))],
+        vec![first_push_held(log.clone(), Duration::from_millis(100))],
         ProxyConfig {
             queue_transactions_max: 1,
             in_flight_batches_max: 1,
@@ -365,14 +352,8 @@ async fn a_caller_giving_up_on_a_full_queue_leaves_lone_commits_possible() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_lone_commit_whose_caller_stops_polling_does_not_hold_up_the_next() {
     let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
-    let faults = Faults::new();
-    faults.arm_at(
-        FaultPoint::LogPush,
-        1,
-        Fault::Delay(Duration::from_millis(100)),
-    );
     let proxy = proxy_over(
-        vec![Arc::new(FaultyLog(log.clone(), faults))],
+        vec![first_push_held(log.clone(), Duration::from_millis(100))],
         ProxyConfig::default(),
     );
     let mut first = std::pin::pin!(proxy.commit(blind("a")));
@@ -401,15 +382,9 @@ async fn a_commit_from_another_runtime_is_batched_on_the_proxys() {
     let logs: Vec<Arc<MemoryLog>> = (0..2)
         .map(|i| Arc::new(MemoryLog::new(LogId(i), Version(0))))
         .collect();
-    let faults = Faults::new();
-    faults.arm_at(
-        FaultPoint::LogPush,
-        1,
-        Fault::Delay(Duration::from_millis(200)),
-    );
     let proxy = proxy_over(
         vec![
-            Arc::new(FaultyLog(logs[0].clone(), faults)),
+            first_push_held(logs[0].clone(), Duration::from_millis(200)),
             logs[1].clone(),
         ],
         ProxyConfig::default(),
@@ -489,4 +464,34 @@ async fn a_panic_in_a_lone_batch_is_an_error_for_its_caller() {
     assert_eq!(proxy.waiting_on(), None);
     let next = proxy.commit(blind("b")).await.unwrap_err();
     assert_eq!(next.to_string(), e.to_string());
+}
+
+/// The same panic in one of the batcher's batches (a batch window keeps commits off the lone
+/// path): the batch stops unfinished, the epoch ends with that cause, and the caller hears it
+/// rather than that the proxy stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_batchers_batch_ends_the_epoch_with_its_cause() {
+    let proxy = Arc::new(
+        BatchingProxy::new(
+            EPOCH,
+            Arc::new(StepSequencer::new(EPOCH, Version(0))),
+            vec![(
+                Bytes::new(),
+                Arc::new(PanickingResolver) as Arc<dyn Resolver>,
+            )],
+            vec![Arc::new(MemoryLog::new(LogId(0), Version(0))) as Arc<dyn LogServer>],
+            ProxyConfig {
+                batch_window: Duration::from_millis(1),
+                ..ProxyConfig::default()
+            },
+        )
+        .unwrap(),
+    );
+    let e = proxy.commit(blind("a")).await.unwrap_err();
+    assert!(
+        matches!(&e.kind, strata_core::ErrorKind::Unavailable(m) if m.contains("panicked")),
+        "{e}"
+    );
+    assert_eq!(proxy.lone_commits(), 0);
+    assert_eq!(proxy.failure().map(|f| f.to_string()), Some(e.to_string()));
 }

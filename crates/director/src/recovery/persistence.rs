@@ -105,13 +105,16 @@ async fn persist(
     // and with an idle log writes and syncs its record, on the thread of the task that
     // commits. Committed here, a stalled sync would hold this task, and the phase's deadline
     // around it could not fire until the disk came back.
-    let version = tokio::spawn(async move { tx.commit().await })
-        .await
-        .map_err(|e| {
-            error(ErrorKind::Unavailable(format!(
+    let version = match tokio::spawn(async move { tx.commit().await }).await {
+        Ok(committed) => committed?,
+        // A bug: the director's own, as it was when it committed on its own task.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => {
+            return Err(error(ErrorKind::Unavailable(format!(
                 "the system transaction's task: {e}"
-            )))
-        })??;
+            ))));
+        }
+    };
 
     // Wait until the storage servers have applied it (the phase's deadline bounds this), so
     // the read back below does not depend on how long a single read may wait.
