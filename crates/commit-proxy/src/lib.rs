@@ -22,15 +22,15 @@
 //! # A lone commit
 //!
 //! A commit that finds the proxy idle (nothing queued, no batch forming or in flight, and no
-//! [`ProxyConfig::batch_window`]) after a run of batches of one transaction each (two in a
-//! row; a new proxy counts as having had them) would become a batch of one at once anyway, so
-//! it skips the batcher: the committing task takes the version pair and runs the batch itself, with no
-//! hand-off to the batcher's task, no spawned task for the batch and no wake-up for the
-//! answer. With one log that is idle too, the log's own leader path writes and syncs the
-//! record on the same thread, so a lone commit costs its sync plus the stages' own work.
-//! Commits that arrive while a batch is in flight queue as before, to share the next batch;
-//! so does the first commit after batches of several, when a loaded pipeline drains for a
-//! moment (alone it would take a version, and often a sync, of its own ahead of the crowd).
+//! [`ProxyConfig::batch_window`]) after a run of batches of one transaction each (two in a row;
+//! a new proxy counts as having had them) would become a batch of one at once anyway, so it
+//! skips the batcher: the committing task takes the version pair and runs the batch itself,
+//! with no hand-off to the batcher's task, no spawned task for the batch and no wake-up for the
+//! answer. With one log that is idle too, the log's own leader path writes and syncs the record
+//! on the same thread, so a lone commit costs its sync plus the stages' own work. Commits that
+//! arrive while a batch is in flight queue as before, to share the next batch; so does the
+//! first commit after batches of several, when a loaded pipeline drains for a moment (alone it
+//! would take a version, and often a sync, of its own ahead of the crowd).
 //!
 //! The lone batch holds the same room in the pipeline and the same place in the version order
 //! as one of the batcher's (versions are still taken one batch at a time, in order). Only its
@@ -75,8 +75,8 @@
 //! finish as usual. A conflict or a too-old read version is an answer to one client, not a
 //! failure. A batch that stops unfinished after taking its version (a stage panicked, a bug,
 //! or the runtime shut down under it) is such a failure too, recorded as it stops: its
-//! clients, the batches behind it and every later commit get that cause. A proxy fenced by a newer epoch has failed too; it refuses later commits as
-//! unavailable.
+//! clients, the batches behind it and every later commit get that cause. A proxy fenced by a
+//! newer epoch has failed too; it refuses later commits as unavailable.
 //!
 //! # Stall detection
 //!

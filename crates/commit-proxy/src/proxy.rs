@@ -30,7 +30,8 @@ pub struct BatchingProxy {
     transaction_bytes_max: usize,
     queue: mpsc::Sender<Pending>,
     order: Arc<Order>,
-    /// Where a lone commit given up by its caller finishes its batch.
+    /// The proxy's runtime: a commit goes alone only from one of its tasks, and a lone batch
+    /// that has to wait finishes there.
     runtime: Handle,
     batcher: JoinHandle<()>,
 }
@@ -188,16 +189,16 @@ impl BatchingProxy {
         self.oldest().map(|o| o.stage)
     }
 
-    /// A lone commit's batch, for the committing task to start itself, or the transaction
-    /// back if it must go through the queue. A commit is lone when no batch is in flight or
-    /// forming and nothing is queued, no batch window is set, and the last batches held one
-    /// transaction each ([`SINGLES_TO_GO_ALONE`]): the batcher would then make it a batch of
-    /// one at once anyway, only through two hand-offs between tasks and a spawned one. While
-    /// batches are in flight, or just after batches of several, commits still queue, so that
-    /// they gather into shared batches. A commit from outside the proxy's runtime (a task of another
-    /// runtime, a thread blocking on a runtime of its own) is never lone: the tasks its batch
-    /// spawns (a push to each of several logs) would belong to a runtime that may stop being
-    /// driven, or be dropped, while they carry a version. See the crate docs, "A lone commit".
+    /// A lone commit's batch, for the committing task to start itself, or the transaction back
+    /// if it must go through the queue. A commit is lone when no batch is in flight or forming
+    /// and nothing is queued, no batch window is set, and the last batches held one transaction
+    /// each ([`SINGLES_TO_GO_ALONE`]): the batcher would then make it a batch of one at once
+    /// anyway, only through two hand-offs between tasks and a spawned one. While batches are in
+    /// flight, or just after batches of several, commits still queue, so that they gather into
+    /// shared batches. A commit from outside the proxy's runtime (a task of another runtime, a
+    /// thread blocking on a runtime of its own) is never lone: the tasks its batch spawns (a
+    /// push to each of several logs) would belong to a runtime that may stop being driven, or
+    /// be dropped, while they carry a version. See the crate docs, "A lone commit".
     fn lone(&self, pending: Pending) -> std::result::Result<Handoff, Pending> {
         let order = &self.order;
         // Cheapest first: under load the first two fail. An empty queue is one whose every

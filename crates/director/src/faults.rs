@@ -19,9 +19,9 @@ use strata_tlog::fs::{Fs, FsFile, RealFs, writing_group};
 /// The real file system under a log, whose next `fdatasync` inside a group commit fails when
 /// [`FaultPoint::LogSync`] is armed: the log's own error path runs (the group's pushes fail,
 /// the log is poisoned), not a decorator's imitation of it. Armed with [`Fault::Delay`], the
-/// sync instead blocks its thread that long and then goes through: a disk that stalls. Syncs outside a group (a log's
-/// open and recovery, its spare segments) fall back or fail differently, so the fault leaves
-/// them alone (see [`writing_group`]).
+/// sync instead blocks its thread that long and then goes through: a disk that stalls. Syncs
+/// outside a group (a log's open and recovery, its spare segments) fall back or fail
+/// differently, so the fault leaves them alone (see [`writing_group`]).
 #[derive(Debug)]
 pub struct FaultyFs(pub Arc<Faults>);
 

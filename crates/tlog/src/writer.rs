@@ -206,9 +206,10 @@ static LEADING: AtomicUsize = AtomicUsize::new(0);
 /// holds up its leaders, never the whole runtime: the deadlines that end a stalled epoch still
 /// fire, on other tasks. The leader is the task that pushed (a lone commit's caller, through
 /// the commit proxy), so a deadline of that task's own cannot fire during the sync: the
-/// director's persistence phase commits on a task of its own for that reason. (The count is the process's, not one runtime's: a process of several runtimes leads
-/// less. A push from a thread that is not one of the runtime's workers, such as `block_on`'s,
-/// also takes a turn, though it blocks no worker.)
+/// director's persistence phase commits on a task of its own for that reason. (The count is
+/// the process's, not one runtime's: a process of several runtimes leads less. A push from a
+/// thread that is not one of the runtime's workers, such as `block_on`'s, also takes a turn,
+/// though it blocks no worker.)
 struct LeadSlot(());
 
 impl LeadSlot {
