@@ -41,9 +41,8 @@ pub(crate) struct Order {
 /// the pipeline still drains now and then (every batch answered at once, every client about
 /// to commit again), and the first commit back would find it idle: alone, it would take a
 /// batch, a version and often a sync of its own, ahead of the crowd the batcher is about to
-/// take in one. With two, 64 clients keep the batcher's batches (their CPU per commit was 12%
-/// higher when any idle moment counted), and a lone client still goes alone from its third
-/// commit on (from its first on a new proxy).
+/// take in one. With two, 64 clients keep the batcher's batches, and a lone client still goes
+/// alone from its third commit on (from its first on a new proxy).
 pub(crate) const SINGLES_TO_GO_ALONE: u32 = 2;
 
 impl Order {
