@@ -285,7 +285,7 @@ impl CommitProxy for BatchingProxy {
             reply,
         };
         let stopped = || error(ErrorKind::Unavailable("proxy stopped".into()));
-        let pending = match self.lone(pending) {
+        match self.lone(pending) {
             Ok(batch) => {
                 if batch.await == Ran::Panicked {
                     // The batch may hold a version that will never reach the logs: the chain
@@ -301,28 +301,27 @@ impl CommitProxy for BatchingProxy {
                     // A refusal (a conflict, too old) is answered before the push: it stands.
                     return answer.try_recv().unwrap_or(Err(e));
                 }
-                // Every path of the batch answers its transaction before it ends.
-                return answer
-                    .await
-                    .map_err(|_| self.failure().unwrap_or_else(stopped))?;
+                // Every other path of the batch answers its transaction before it ends.
             }
-            Err(pending) => pending,
-        };
-        // Room is usually there: queue without arming a timer.
-        let pending = match self.queue.try_send(pending) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(p)) => Some(p),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
-        };
-        if let Some(pending) = pending {
-            match tokio::time::timeout(self.config.queue_wait, self.queue.send(pending)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(stopped()),
-                Err(_) => {
-                    return Err(error(ErrorKind::Overloaded(format!(
-                        "the proxy's queue stayed full for {} ms",
-                        self.config.queue_wait.as_millis()
-                    ))));
+            Err(pending) => {
+                // Room is usually there: queue without arming a timer.
+                let pending = match self.queue.try_send(pending) {
+                    Ok(()) => None,
+                    Err(mpsc::error::TrySendError::Full(p)) => Some(p),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+                };
+                if let Some(pending) = pending {
+                    let sent = self.queue.send(pending);
+                    match tokio::time::timeout(self.config.queue_wait, sent).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Err(stopped()),
+                        Err(_) => {
+                            return Err(error(ErrorKind::Overloaded(format!(
+                                "the proxy's queue stayed full for {} ms",
+                                self.config.queue_wait.as_millis()
+                            ))));
+                        }
+                    }
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! up on it halfway.
 
 // Test helpers may unwrap: a panic there is a failed test.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +54,37 @@ fn first_push_held(log: Arc<dyn LogServer>, held: Duration) -> Arc<dyn LogServer
     let faults = Faults::new();
     faults.arm_at(FaultPoint::LogPush, 1, Fault::Delay(held));
     Arc::new(FaultyLog(log, faults))
+}
+
+/// A proxy over two logs, the first of which holds its first push for `held`.
+fn two_logs_first_push_held(held: Duration) -> (Vec<Arc<MemoryLog>>, Arc<BatchingProxy>) {
+    let logs: Vec<Arc<MemoryLog>> = (0..2)
+        .map(|i| Arc::new(MemoryLog::new(LogId(i), Version(0))))
+        .collect();
+    let proxy = proxy_over(
+        vec![first_push_held(logs[0].clone(), held), logs[1].clone()],
+        ProxyConfig::default(),
+    );
+    (logs, proxy)
+}
+
+/// After a first commit its caller gave up on: the next commit goes through within `wait`,
+/// with no failure, and every log holds both batches, the second at its version.
+async fn next_commit_lands_after_the_first(
+    proxy: &BatchingProxy,
+    logs: &[Arc<MemoryLog>],
+    wait: Duration,
+) {
+    let version = tokio::time::timeout(wait, proxy.commit(blind("b")))
+        .await
+        .expect("the next commit is not stuck behind a hole")
+        .unwrap();
+    assert!(proxy.failure().is_none(), "{:?}", proxy.failure());
+    for log in logs {
+        let entries = log.entries();
+        assert_eq!(entries.len(), 2, "both batches on log {:?}", log.id());
+        assert_eq!(entries[1].version, version);
+    }
 }
 
 /// A log that notes which task pushed each version and, if `yields`, gives the runtime a few
@@ -164,30 +195,12 @@ async fn with_a_batch_window_a_lone_commit_still_goes_through_the_batcher() {
 /// the next commit goes through.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_lone_commit_given_up_by_its_caller_still_reaches_every_log() {
-    let logs: Vec<Arc<MemoryLog>> = (0..2)
-        .map(|i| Arc::new(MemoryLog::new(LogId(i), Version(0))))
-        .collect();
-    let proxy = proxy_over(
-        vec![
-            first_push_held(logs[0].clone(), Duration::from_millis(100)),
-            logs[1].clone(),
-        ],
-        ProxyConfig::default(),
-    );
+    let (logs, proxy) = two_logs_first_push_held(Duration::from_millis(100));
     let given_up = tokio::time::timeout(Duration::from_millis(10), proxy.commit(blind("a"))).await;
     assert!(given_up.is_err(), "the commit was still waiting on its log");
     assert_eq!(proxy.lone_commits(), 1);
 
-    let version = tokio::time::timeout(Duration::from_millis(500), proxy.commit(blind("b")))
-        .await
-        .expect("the next commit is not stuck behind a hole")
-        .unwrap();
-    assert!(proxy.failure().is_none(), "{:?}", proxy.failure());
-    for log in &logs {
-        let entries = log.entries();
-        assert_eq!(entries.len(), 2, "both batches on log {:?}", log.id());
-        assert_eq!(entries[1].version, version);
-    }
+    next_commit_lands_after_the_first(&proxy, &logs, Duration::from_millis(500)).await;
 }
 
 /// Callers giving up at every point of a lone commit: before it ran, while it takes its
@@ -379,16 +392,7 @@ async fn a_lone_commit_whose_caller_stops_polling_does_not_hold_up_the_next() {
 /// runtime, and a caller that gives up and drops its runtime loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_from_another_runtime_is_batched_on_the_proxys() {
-    let logs: Vec<Arc<MemoryLog>> = (0..2)
-        .map(|i| Arc::new(MemoryLog::new(LogId(i), Version(0))))
-        .collect();
-    let proxy = proxy_over(
-        vec![
-            first_push_held(logs[0].clone(), Duration::from_millis(200)),
-            logs[1].clone(),
-        ],
-        ProxyConfig::default(),
-    );
+    let (logs, proxy) = two_logs_first_push_held(Duration::from_millis(200));
     let p = proxy.clone();
     std::thread::spawn(move || {
         let own = tokio::runtime::Builder::new_current_thread()
@@ -405,16 +409,7 @@ async fn a_commit_from_another_runtime_is_batched_on_the_proxys() {
     .unwrap();
     assert_eq!(proxy.lone_commits(), 0);
 
-    let version = tokio::time::timeout(Duration::from_secs(5), proxy.commit(blind("b")))
-        .await
-        .expect("the next commit is not stuck behind a hole")
-        .unwrap();
-    assert!(proxy.failure().is_none(), "{:?}", proxy.failure());
-    for log in &logs {
-        let entries = log.entries();
-        assert_eq!(entries.len(), 2, "both batches on log {:?}", log.id());
-        assert_eq!(entries[1].version, version);
-    }
+    next_commit_lands_after_the_first(&proxy, &logs, Duration::from_secs(5)).await;
 }
 
 /// A resolver with a bug that panics.
