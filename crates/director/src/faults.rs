@@ -68,6 +68,10 @@ impl Fs for FaultyFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         RealFs.sync_dir(dir)
     }
+
+    fn open_pages(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        Ok(self.wrap(RealFs.open_pages(path)?))
+    }
 }
 
 impl FsFile for FaultyFile {
@@ -97,5 +101,9 @@ impl FsFile for FaultyFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+
+    fn write_pages_at(&self, pages: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_pages_at(pages, offset)
     }
 }

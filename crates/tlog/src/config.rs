@@ -56,6 +56,14 @@ pub struct FileLogConfig {
     /// instead of queuing it for the writer thread (see [`Leaders`]). Only with
     /// [`Blocking::Threads`]: with [`Blocking::Inline`] every push queues.
     pub leaders: Leaders,
+    /// Whether the writer writes its records around the operating system's page cache
+    /// (`O_DIRECT` on Linux), as whole pages: the partial page before a group rewritten with
+    /// it, zeros after it. The sync after it then has no dirty pages to find and write back,
+    /// only the disk's cache to flush: on the project's test machine a lone commit's write and
+    /// sync took about 5 µs less, and 4-7 µs less CPU. Where the file system refuses direct
+    /// I/O the log writes the same pages through the page cache. Turn it off to write only
+    /// the new bytes, through the page cache.
+    pub direct_io: bool,
 }
 
 /// When a push leads: writes and syncs its own record on the runtime thread that pushed it,
@@ -96,6 +104,7 @@ impl Default for FileLogConfig {
             preallocate: true,
             blocking: Blocking::Threads,
             leaders: Leaders::Auto,
+            direct_io: true,
         }
     }
 }

@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// The unit of [`FsFile::write_pages_at`]: its offset, its length and its buffer's address
+/// are multiples of this. A page of the file systems the log runs on, and a multiple of
+/// every disk's logical block.
+pub const PAGE_BYTES: usize = 4096;
+
 /// A directory-level file system.
 pub trait Fs: Send + Sync + Debug {
     /// Creates `dir` and its parents.
@@ -29,6 +34,12 @@ pub trait Fs: Send + Sync + Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the creations, removals and renames in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Opens an existing file, as another handle beside those already open, to write whole
+    /// pages to with [`FsFile::write_pages_at`]. The operating system's opens it for direct
+    /// I/O where the file system allows it; the default is [`Fs::open`].
+    fn open_pages(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        self.open(path)
+    }
 }
 
 /// An open file, shared between the log's writer and its readers.
@@ -47,6 +58,33 @@ pub trait FsFile: Send + Sync + Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// Truncates or extends the file.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Writes all of `pages` at `offset`: whole pages, so `offset`, the length and the
+    /// buffer's address must be multiples of [`PAGE_BYTES`] (else `InvalidInput`, nothing
+    /// written). A file from [`Fs::open_pages`] on the operating system's file system writes
+    /// them around the page cache (`O_DIRECT`) when it can; data written so is durable after
+    /// [`FsFile::sync_data`], as any other. The default checks and calls
+    /// [`FsFile::write_all_at`].
+    fn write_pages_at(&self, pages: &[u8], offset: u64) -> io::Result<()> {
+        check_pages(pages, offset)?;
+        self.write_all_at(pages, offset)
+    }
+}
+
+/// Refuses a [`FsFile::write_pages_at`] that is not of whole, aligned pages.
+pub fn check_pages(pages: &[u8], offset: u64) -> io::Result<()> {
+    let off_page = |n: u64| n % PAGE_BYTES as u64;
+    let (len, address) = (pages.len() as u64, pages.as_ptr().addr() as u64);
+    if off_page(offset) != 0 || off_page(len) != 0 || off_page(address) != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a write of whole pages got {len} bytes for offset {offset}, from an address \
+                 {} bytes into a page (all three must be multiples of {PAGE_BYTES})",
+                off_page(address)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 thread_local! {
@@ -92,7 +130,48 @@ pub(crate) fn remove_if_present(fs: &dyn Fs, path: &Path) -> io::Result<()> {
 pub struct RealFs;
 
 #[derive(Debug)]
-struct RealFile(File);
+struct RealFile {
+    file: File,
+    /// A handle opened for direct I/O, for [`FsFile::write_pages_at`] (only from
+    /// [`Fs::open_pages`], and only where the file system allows it).
+    direct: Option<File>,
+    /// Set when the file system refused a direct write its open allowed: from then on every
+    /// write goes through the page cache.
+    direct_refused: AtomicBool,
+}
+
+impl RealFile {
+    fn shared(file: File, direct: Option<File>) -> Arc<dyn FsFile> {
+        Arc::new(RealFile {
+            file,
+            direct,
+            direct_refused: AtomicBool::new(false),
+        })
+    }
+}
+
+/// `path` opened to write with direct I/O, or `None` where the file system refuses it (or the
+/// platform has no `O_DIRECT`).
+#[cfg(target_os = "linux")]
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "no direct I/O; writing through the page cache");
+            None
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_: &Path) -> Option<File> {
+    None
+}
 
 impl Fs for RealFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -111,7 +190,12 @@ impl Fs for RealFs {
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
         let f = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(Arc::new(RealFile(f)))
+        Ok(RealFile::shared(f, None))
+    }
+
+    fn open_pages(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        let f = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(RealFile::shared(f, open_direct(path)))
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
@@ -120,7 +204,7 @@ impl Fs for RealFs {
             .write(true)
             .create_new(true)
             .open(path)?;
-        Ok(Arc::new(RealFile(f)))
+        Ok(RealFile::shared(f, None))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -138,23 +222,43 @@ impl Fs for RealFs {
 
 impl FsFile for RealFile {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        FileExt::read_exact_at(&self.0, buf, offset)
+        FileExt::read_exact_at(&self.file, buf, offset)
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        FileExt::write_all_at(&self.0, buf, offset)
+        FileExt::write_all_at(&self.file, buf, offset)
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        // One inode: this also makes what the direct handle wrote durable.
+        self.file.sync_data()
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.file.set_len(len)
+    }
+
+    fn write_pages_at(&self, pages: &[u8], offset: u64) -> io::Result<()> {
+        check_pages(pages, offset)?;
+        if let Some(direct) = &self.direct
+            && !self.direct_refused.load(Ordering::Relaxed)
+        {
+            match FileExt::write_all_at(direct, pages, offset) {
+                // A file system that opened the file for direct I/O yet refuses this write
+                // (a disk whose logical blocks are larger than a page, say). Written again
+                // whole through the page cache below: the same bytes at the same offsets.
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    tracing::warn!(error = %e, "direct write refused; writing through the page cache from now on");
+                    self.direct_refused.store(true, Ordering::Relaxed);
+                }
+                written => return written,
+            }
+        }
+        FileExt::write_all_at(&self.file, pages, offset)
     }
 }
 
@@ -857,5 +961,72 @@ mod tests {
         f.sync_data().unwrap();
         fs.sync_dir(Path::new(DIR)).unwrap();
         assert!(started.elapsed() >= std::time::Duration::from_millis(40));
+    }
+
+    /// A page-aligned run of `len` bytes of `fill` inside `buf` (over-allocated by a page).
+    fn aligned(buf: &mut Vec<u8>, len: usize, fill: u8) -> &mut [u8] {
+        buf.clear();
+        buf.reserve(len + PAGE_BYTES);
+        let lead = buf.as_ptr().align_offset(PAGE_BYTES);
+        buf.resize(lead + len, fill);
+        &mut buf[lead..]
+    }
+
+    #[test]
+    fn whole_page_writes_outside_pages_are_refused_and_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("f");
+        RealFs.create(&real).unwrap();
+        let sim = SimFs::new();
+        sim.create(&path("f")).unwrap();
+        let mut buf = Vec::new();
+        let page = aligned(&mut buf, 2 * PAGE_BYTES, 9);
+        for f in [
+            RealFs.open_pages(&real).unwrap(),
+            sim.open_pages(&path("f")).unwrap(),
+        ] {
+            for (pages, offset) in [
+                (&page[..PAGE_BYTES], 512),
+                (&page[..PAGE_BYTES - 1], 0),
+                (&page[1..=PAGE_BYTES], 0),
+            ] {
+                let err = f.write_pages_at(pages, offset).unwrap_err();
+                assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+                assert_eq!(f.len().unwrap(), 0);
+            }
+        }
+    }
+
+    /// What one handle writes as whole pages (around the page cache where the file system
+    /// allows it) the file's other handles read, before and after a sync, rewrites included.
+    #[test]
+    fn whole_pages_written_directly_are_read_through_the_other_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("seg");
+        let reader = RealFs.create(&at).unwrap();
+        reader.write_all_at(b"header", 0).unwrap();
+        reader.sync_data().unwrap();
+        let mut before = vec![0; 6];
+        reader.read_exact_at(&mut before, 0).unwrap();
+        let file = RealFile {
+            file: OpenOptions::new().read(true).write(true).open(&at).unwrap(),
+            direct: open_direct(&at),
+            direct_refused: AtomicBool::new(false),
+        };
+        let mut buf = Vec::new();
+        for (round, fill) in [(0u64, 1u8), (1, 2), (0, 3)] {
+            let pages = aligned(&mut buf, 2 * PAGE_BYTES, fill);
+            file.write_pages_at(pages, round * PAGE_BYTES as u64)
+                .unwrap();
+            let mut read = vec![0; 2 * PAGE_BYTES];
+            reader
+                .read_exact_at(&mut read, round * PAGE_BYTES as u64)
+                .unwrap();
+            assert!(read.iter().all(|&b| b == fill), "round {round}");
+            file.sync_data().unwrap();
+        }
+        // A file system that took the direct handle took its writes too.
+        assert!(!file.direct_refused.load(Ordering::Relaxed));
+        assert_eq!(reader.len().unwrap(), 3 * PAGE_BYTES as u64);
     }
 }

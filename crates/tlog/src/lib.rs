@@ -10,7 +10,8 @@
 //!   once (`fdatasync`) and acknowledges all of it (group commit). A push that finds the log
 //!   idle writes and syncs itself on its own thread instead (on a runtime of two threads or
 //!   more, while another of them is parked), saving the two wake-ups of a trip to the writer
-//!   thread and back.
+//!   thread and back. Records are written as whole pages with direct I/O (`O_DIRECT`), around
+//!   the page cache, so the sync only flushes the disk's cache ([`FileLogConfig::direct_io`]).
 //! - [`fs`]: the file-system trait all disk I/O goes through, with [`fs::SimFs`] to simulate
 //!   crashes, torn writes, failing syncs and a full disk.
 //!
@@ -81,6 +82,16 @@
 //! asked for at half of the one before and so doubles, up to `segment_bytes`. A little-used
 //! log writes, and its recovery reads, a few MiB of zeros; a busy one reaches full-size
 //! segments after about as much data. Each log keeps at most one spare on disk.
+//!
+//! Records are written as whole 4 KiB pages with direct I/O ([`FileLogConfig::direct_io`], on
+//! by default): each group's bytes together with the partial page before them (the bytes
+//! already on disk, kept in memory) and zeros to the end of their last page, from a page-aligned
+//! buffer, through a second handle opened with `O_DIRECT`. The `fdatasync` after it then finds
+//! no dirty page to write back, only the disk's cache to flush; a lone commit's write and sync
+//! on the test machine took 54-57 µs instead of 64-72 µs. The bytes rewritten before a group
+//! are the ones on disk, so a write torn at any sector leaves the acknowledged records as they
+//! were, and the zeros after it read as the segment's clean end. A file system that refuses
+//! direct I/O (at the open, or at a write) gets the same pages through the page cache.
 //!
 //! `epoch` (16 bytes, replaced by write-temp, sync, rename, sync-directory): magic `STEP`, the
 //! locked epoch (`u64`), CRC-32 of the first 12 bytes.
@@ -161,6 +172,7 @@
 //! | wait for a predecessor  | 1 s                                |
 //! | wait of an empty pull   | 100 ms                             |
 //! | preallocated segments   | on: up to one spare segment per log on disk |
+//! | direct I/O              | on, where the file system allows it; writes whole 4 KiB pages |
 //!
 //! Reads (`pull`) use positional reads of recently written, page-cached data directly on the
 //! calling task; the `epoch` file is written on the calling task by `lock`, which only recovery
@@ -220,6 +232,7 @@ mod format;
 pub mod fs;
 mod index;
 mod meta;
+mod pages;
 mod recover;
 mod resync;
 mod segment;

@@ -7,6 +7,11 @@
 //! committed (every log seems to hold it), the storage servers make it durable, and after a
 //! power loss the storage servers hold a version no log holds.
 //!
+//! Records written with direct I/O (the default) bypass the page cache, but a failed sync
+//! still leaves them in the disk's volatile cache, readable until a power loss, and the
+//! segment's header, the manifest and `epoch` go through the page cache: the same rewrite
+//! covers both.
+//!
 //! So the writer that poisons the log leaves a marker file, [`RESYNC_FILE`], in its directory,
 //! and the next open that may write finds it and, before reading anything, writes the log's
 //! files (its segments, `manifest` and `epoch`) again from what reads return (dirtying the

@@ -30,6 +30,7 @@ use crate::format::{RECORD_HEADER_BYTES, RecordHeader, SEGMENT_FORMAT, SEGMENT_H
 use crate::fs::GroupMark;
 use crate::index::Placed;
 use crate::meta::write_manifest;
+use crate::pages::PageWriter;
 use crate::resync;
 use crate::segment::Segment;
 use crate::spare::{SPARE_FILE, Spare};
@@ -61,6 +62,9 @@ pub(crate) struct Writer {
     room_end: u64,
     spare: Spare,
     buf: Vec<u8>,
+    /// The active segment opened for whole-page writes, when the log writes with direct I/O
+    /// ([`FileLogConfig::direct_io`](crate::FileLogConfig::direct_io)).
+    pages: Option<PageWriter>,
 }
 
 /// The way to the writer: a channel to its thread, or the queue its task writes from.
@@ -423,6 +427,11 @@ impl Writer {
     ) -> std::io::Result<(Queue, Running)> {
         let id = shared.id;
         let blocking = shared.config.blocking;
+        let pages = if shared.config.direct_io {
+            Some(PageWriter::open(shared.fs.as_ref(), &active, write_at)?)
+        } else {
+            None
+        };
         let writer = Writer {
             shared,
             written,
@@ -432,6 +441,7 @@ impl Writer {
             room_end,
             spare: Spare::None,
             buf: Vec::new(),
+            pages,
         };
         match blocking {
             Blocking::Threads => {
@@ -567,7 +577,7 @@ impl Writer {
                 && (end > self.shared.config.segment_bytes || (end > self.room_end && spare_ready))
             {
                 self.flush()?;
-                self.active.file.sync_data()?;
+                self.sync()?;
                 self.roll(w.previous)?;
             }
             let offset = self.write_at + self.buf.len() as u64;
@@ -587,17 +597,31 @@ impl Writer {
             });
         }
         self.flush()?;
-        self.active.file.sync_data()?;
+        self.sync()?;
         Ok(placed)
     }
 
+    /// Writes the bytes gathered in `buf` where the active segment's data ends.
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
-            self.active.file.write_all_at(&self.buf, self.write_at)?;
+            match &mut self.pages {
+                Some(pages) => {
+                    pages.append(&self.buf)?;
+                }
+                None => self.active.file.write_all_at(&self.buf, self.write_at)?,
+            }
             self.write_at += self.buf.len() as u64;
             self.buf.clear();
         }
         Ok(())
+    }
+
+    /// Makes what [`Writer::flush`] wrote durable.
+    fn sync(&self) -> std::io::Result<()> {
+        match &self.pages {
+            Some(pages) => pages.sync(),
+            None => self.active.file.sync_data(),
+        }
     }
 
     /// Starts the next segment after `base`: the spare when it is ready, else an empty file;
@@ -630,6 +654,9 @@ impl Writer {
             zero_filled,
             "new segment"
         );
+        if self.shared.config.direct_io {
+            self.pages = Some(PageWriter::open(fs, &segment, SEGMENT_HEADER_BYTES as u64)?);
+        }
         self.active = segment;
         self.write_at = SEGMENT_HEADER_BYTES as u64;
         self.has_records = false;

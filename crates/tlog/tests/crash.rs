@@ -11,19 +11,27 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use strata_core::{Epoch, ErrorKind, LogEntry, LogId, LogServer, Version};
-use strata_tlog::fs::{Fs, SimFs};
+use strata_tlog::fs::{Fs, PAGE_BYTES, SimFs};
 use strata_tlog::{FileLog, FileLogConfig};
 
 const DIR: &str = "/log";
 const EPOCH: Epoch = Epoch(1);
 
 fn open(fs: &SimFs) -> strata_core::Result<FileLog> {
+    open_direct(fs, FileLogConfig::default().direct_io)
+}
+
+/// [`open`], writing records as whole pages (`direct_io`) or only their own bytes.
+fn open_direct(fs: &SimFs, direct_io: bool) -> strata_core::Result<FileLog> {
     FileLog::open_with(
         Arc::new(fs.clone()),
         Path::new(DIR),
         LogId(9),
         Version(0),
-        FileLogConfig::default(),
+        FileLogConfig {
+            direct_io,
+            ..FileLogConfig::default()
+        },
     )
 }
 
@@ -61,9 +69,13 @@ fn only_segment(fs: &SimFs) -> PathBuf {
     Path::new(DIR).join(&names[0])
 }
 
+/// Written as whole pages, the write in flight rewrites the acknowledged records before the
+/// new one in its page: a tear anywhere in it keeps them, as a tear in the new record alone
+/// does when only its bytes are written.
 #[tokio::test]
 async fn crash_at_every_byte_of_the_last_records_keeps_exactly_the_acknowledged_prefix() {
-    for unacked_version in [6u64, 7] {
+    for (unacked_version, direct_io) in [(6u64, false), (7, false), (6, true), (7, true)] {
+        let open = |fs: &SimFs| open_direct(fs, direct_io);
         let fs = SimFs::new();
         let log = open(&fs).unwrap();
         let acked = push_n(&log, 0, unacked_version - 1).await;
@@ -76,18 +88,23 @@ async fn crash_at_every_byte_of_the_last_records_keeps_exactly_the_acknowledged_
         assert!(failed.is_err());
         let segment = only_segment(&fs);
         let unsynced = fs.unsynced_len(&segment);
-        assert_eq!(
-            unsynced,
-            24 + payload(v).len(),
-            "one whole record is in flight"
-        );
+        // Where the new record ends in the write in flight: that page, from the segment's
+        // header on, or the record's own bytes.
+        let (in_flight, whole_at) = if direct_io {
+            let end = 32 + (1..=v).map(|u| 24 + payload(u).len()).sum::<usize>();
+            assert!(end < PAGE_BYTES, "the records fit in the first page");
+            (PAGE_BYTES, end)
+        } else {
+            (24 + payload(v).len(), 24 + payload(v).len())
+        };
+        assert_eq!(unsynced, in_flight, "one whole record is in flight");
         drop(log);
 
         for torn in 0..=unsynced {
             let image = fs.crash_image(torn);
             let log = open(&image).unwrap();
             let found = everything(&log).await;
-            if torn == unsynced {
+            if torn >= whole_at {
                 // The whole record reached the disk: keeping it is allowed (never promised).
                 assert_eq!(found[..acked.len()], acked[..], "torn at {torn}");
                 assert_eq!(found.len(), acked.len() + 1);
@@ -285,7 +302,8 @@ async fn full_disk_refuses_the_push_and_loses_nothing_acknowledged() {
         fs.open(&seg).unwrap().len().unwrap()
     };
     fs.set_capacity(used + 100);
-    let big = Bytes::from(vec![1u8; 500]);
+    // Past the end of the file whether records are written alone or as whole pages.
+    let big = Bytes::from(vec![1u8; 5_000]);
     let err = log
         .push(EPOCH, Version(3), Version(4), big)
         .await
