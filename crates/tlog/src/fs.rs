@@ -135,8 +135,8 @@ struct RealFile {
     /// A handle opened for direct I/O, for [`FsFile::write_pages_at`] (only from
     /// [`Fs::open_pages`], and only where the file system allows it).
     direct: Option<File>,
-    /// Set when the file system refused a direct write its open allowed: from then on every
-    /// write goes through the page cache.
+    /// Set when the file system refused a direct write its open allowed: from then on this
+    /// file's writes go through the page cache (the next segment tries again).
     direct_refused: AtomicBool,
 }
 
@@ -147,6 +147,19 @@ impl RealFile {
             direct,
             direct_refused: AtomicBool::new(false),
         })
+    }
+}
+
+/// Whether this process has said yet that it writes through the page cache: said once (a log
+/// opens a file for direct I/O at every new segment), then only at debug level.
+static SAID_NO_DIRECT: AtomicBool = AtomicBool::new(false);
+
+fn say_no_direct(path: Option<&Path>, error: &io::Error) {
+    let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+    if SAID_NO_DIRECT.swap(true, Ordering::Relaxed) {
+        tracing::debug!(%path, %error, "no direct I/O; writing through the page cache");
+    } else {
+        tracing::warn!(%path, %error, "no direct I/O; writing through the page cache");
     }
 }
 
@@ -162,7 +175,7 @@ fn open_direct(path: &Path) -> Option<File> {
     {
         Ok(f) => Some(f),
         Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "no direct I/O; writing through the page cache");
+            say_no_direct(Some(path), &e);
             None
         }
     }
@@ -252,7 +265,7 @@ impl FsFile for RealFile {
                 // (a disk whose logical blocks are larger than a page, say). Written again
                 // whole through the page cache below: the same bytes at the same offsets.
                 Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                    tracing::warn!(error = %e, "direct write refused; writing through the page cache from now on");
+                    say_no_direct(None, &e);
                     self.direct_refused.store(true, Ordering::Relaxed);
                 }
                 written => return written,
@@ -1001,7 +1014,11 @@ mod tests {
     /// allows it) the file's other handles read, before and after a sync, rewrites included.
     #[test]
     fn whole_pages_written_directly_are_read_through_the_other_handles() {
-        let dir = tempfile::tempdir().unwrap();
+        // On a disk (Linux keeps /var/tmp on one), where direct I/O is allowed; the system's
+        // temporary directory may be in memory.
+        let dir = tempfile::tempdir_in("/var/tmp")
+            .or_else(|_| tempfile::tempdir())
+            .unwrap();
         let at = dir.path().join("seg");
         let reader = RealFs.create(&at).unwrap();
         reader.write_all_at(b"header", 0).unwrap();
@@ -1024,6 +1041,12 @@ mod tests {
                 .unwrap();
             assert!(read.iter().all(|&b| b == fill), "round {round}");
             file.sync_data().unwrap();
+        }
+        if cfg!(target_os = "linux") && file.direct.is_none() {
+            eprintln!(
+                "no direct I/O in {}: only the page cache was tested",
+                dir.path().display()
+            );
         }
         // A file system that took the direct handle took its writes too.
         assert!(!file.direct_refused.load(Ordering::Relaxed));

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use strata_core::Blocking;
 
 use crate::file_log::Shared;
-use crate::fs::{Fs, FsFile, remove_if_present};
+use crate::fs::{Fs, FsFile, PAGE_BYTES, remove_if_present};
 
 /// A zero-filled segment being prepared, or ready, for the writer to roll into.
 pub(crate) const SPARE_FILE: &str = "spare.zeroed";
@@ -101,11 +101,13 @@ impl Spare {
             // Four times what this segment took so far, at least the smallest spare: a new
             // log's first spare is the smallest, and each next one doubles (asked for at half
             // of the one before), up to the segment size. A little-used log writes, and its
-            // recovery reads, few zeros.
+            // recovery reads, few zeros. Whole pages: the writer's whole-page writes
+            // (`FileLogConfig::direct_io`) must end within the zeros, never grow the file.
             let bytes = write_at
                 .saturating_mul(4)
                 .max(smallest_spare)
-                .min(config.segment_bytes);
+                .min(config.segment_bytes)
+                .next_multiple_of(PAGE_BYTES as u64);
             *self = start_spare(shared, bytes);
         }
     }
