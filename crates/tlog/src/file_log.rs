@@ -263,6 +263,13 @@ impl FileLog {
             mode.committed(),
             !read_only,
         )?;
+        if !read_only && let Some(newest) = recovered.segments.last() {
+            // What a process wrote and never synced before it died is read like the rest (from
+            // the page cache, or the disk's cache), and the log is about to serve it as held:
+            // make it durable first, so that a power loss cannot take what recovery counted.
+            // Only the newest segment can hold any: a roll syncs the one before.
+            newest.file.sync_data().map_err(io_error)?;
+        }
         let start = match mode {
             OpenMode::Create(start) => start,
             OpenMode::Existing { .. } | OpenMode::ReadOnly { .. }

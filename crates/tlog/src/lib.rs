@@ -120,8 +120,12 @@
 //!
 //! Opening a log reads every segment in version order and keeps the valid prefix. Records must
 //! chain (each names the one before as its previous version, segment to segment). An I/O
-//! error is returned as such, never taken for a torn write. The full decision tables are on
-//! `segment_fate` (whole segment files) and `scan_segment` (records) in `format.rs`; in short:
+//! error is returned as such, never taken for a torn write. An open that may write then syncs
+//! the newest segment before it serves anything: records a process wrote and never synced
+//! before it died are read like the rest (from the page cache, or the disk's cache), and would
+//! otherwise be served as held while a power loss could still take them. The full decision
+//! tables are on `segment_fate` (whole segment files) and `scan_segment` (records) in
+//! `format.rs`; in short:
 //!
 //! - Segment files: the one the manifest names must be there with a valid header; missing,
 //!   empty or shorter than its header, it is `Corruption` naming the file (it may hold

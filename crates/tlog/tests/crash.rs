@@ -363,3 +363,59 @@ async fn segment_of_another_log_is_refused() {
     .unwrap_err();
     assert!(matches!(err.kind, ErrorKind::Corruption(_)), "{err}");
 }
+
+/// A process that dies between a group's write and its sync leaves the record where the next
+/// process reads it (the page cache, or, written directly, the disk's cache), and the next
+/// open serves it as held. So the open makes it durable first: otherwise a power loss after
+/// the open takes a record that recovery has already counted (storage servers may have made
+/// it durable, and the log could then never be opened with their version as committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_makes_durable_the_unsynced_records_it_reads() {
+    for direct_io in [true, false] {
+        let fs = SimFs::new();
+        let config = FileLogConfig {
+            direct_io,
+            // The writer thread syncs, so that its slow sync holds no runtime thread.
+            leaders: strata_tlog::Leaders::Never,
+            ..FileLogConfig::default()
+        };
+        let open = |fs: &SimFs| {
+            FileLog::open_with(
+                Arc::new(fs.clone()),
+                Path::new(DIR),
+                LogId(9),
+                Version(0),
+                config,
+            )
+        };
+        let log = Arc::new(open(&fs).unwrap());
+        let acked = push_n(&log, 0, 5).await;
+        // The next record is written and its sync hangs: the process dies right there.
+        fs.set_sync_latency(std::time::Duration::from_millis(500));
+        let dying = log.clone();
+        let in_flight =
+            tokio::spawn(
+                async move { dying.push(EPOCH, Version(5), Version(6), payload(6)).await },
+            );
+        let segment = only_segment(&fs);
+        while fs.unsynced_len(&segment) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        fs.set_sync_latency(std::time::Duration::ZERO);
+
+        // The next process opens the log, which reads the record...
+        let reopened = open(&fs).unwrap();
+        let held = everything(&reopened).await;
+        assert_eq!(held[..5], acked[..], "direct {direct_io}");
+        assert_eq!(held.len(), 6, "direct {direct_io}");
+        // ...and a power loss after that open keeps everything the open said it held.
+        let after_power_loss = open(&fs.crash_image(0)).unwrap();
+        assert_eq!(
+            everything(&after_power_loss).await,
+            held,
+            "direct {direct_io}"
+        );
+        drop(reopened);
+        let _ = in_flight.await;
+    }
+}
