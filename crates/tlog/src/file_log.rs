@@ -26,7 +26,7 @@ use crate::format::{
 use crate::fs::{Fs, RealFs};
 use crate::index::{Index, Placed};
 use crate::meta::{read_epoch, write_epoch, write_manifest};
-use crate::recover::recover;
+use crate::recover::{Recovered, recover};
 use crate::resync;
 use crate::segment::Segment;
 use crate::writer::{Queue, Running, Sent, Write, Writer};
@@ -255,21 +255,7 @@ impl FileLog {
             tracing::info!(log = id.0, dir = %dir.display(), "log written again and synced after a failed sync");
         }
         let epoch = read_epoch(fs.as_ref(), dir)?;
-        let recovered = recover(
-            fs.as_ref(),
-            dir,
-            id,
-            config.payload_bytes_max,
-            mode.committed(),
-            !read_only,
-        )?;
-        if !read_only && let Some(newest) = recovered.segments.last() {
-            // What a process wrote and never synced before it died is read like the rest (from
-            // the page cache, or the disk's cache), and the log is about to serve it as held:
-            // make it durable first, so that a power loss cannot take what recovery counted.
-            // Only the newest segment can hold any: a roll syncs the one before.
-            newest.file.sync_data().map_err(io_error)?;
-        }
+        let recovered = recover_to_serve(fs.as_ref(), dir, id, &config, mode, read_only)?;
         let start = match mode {
             OpenMode::Create(start) => start,
             OpenMode::Existing { .. } | OpenMode::ReadOnly { .. }
@@ -672,5 +658,48 @@ impl LogServer for FileLog {
             "popped"
         );
         Ok(())
+    }
+}
+
+/// [`recover`]s the log in `dir` for an open in `mode`; when the open may write, then makes the
+/// newest segment durable before anything is served from it, and leaves the resync marker when
+/// a sync on the way failed.
+fn recover_to_serve(
+    fs: &dyn Fs,
+    dir: &Path,
+    id: LogId,
+    config: &FileLogConfig,
+    mode: OpenMode,
+    read_only: bool,
+) -> Result<Recovered> {
+    let recovered = recover(
+        fs,
+        dir,
+        id,
+        config.payload_bytes_max,
+        mode.committed(),
+        !read_only,
+    )
+    .and_then(|recovered| {
+        if !read_only && let Some(newest) = recovered.segments.last() {
+            // What a process wrote and never synced before it died is read like the rest
+            // (from the page cache, or the disk's cache), and the log is about to serve it as
+            // held: make it durable first, so that a power loss cannot take what recovery
+            // counted. Only the newest segment can hold any: a roll syncs the one before.
+            newest.file.sync_data().map_err(io_error)?;
+        }
+        Ok(recovered)
+    });
+    match recovered {
+        // A sync that failed here (this one, or a repair's) leaves its pages clean but not on
+        // disk, where the next open would read them and sync nothing: leave the marker that
+        // makes it write the directory again first, as a failed group commit does.
+        Err(e) if !read_only && matches!(e.kind, ErrorKind::Io(_)) => {
+            if let Err(m) = resync::mark(fs, dir) {
+                tracing::error!(log = id.0, error = %m, "could not mark the log for a resync");
+            }
+            Err(e)
+        }
+        recovered => recovered,
     }
 }

@@ -264,7 +264,12 @@ impl FsFile for RealFile {
                 // A file system that opened the file for direct I/O yet refuses this write
                 // (a disk whose logical blocks are larger than a page, say). Written again
                 // whole through the page cache below: the same bytes at the same offsets.
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+                    ) =>
+                {
                     say_no_direct(None, &e);
                     self.direct_refused.store(true, Ordering::Relaxed);
                 }

@@ -91,7 +91,9 @@
 //! on the test machine took 54-57 µs instead of 64-72 µs. The bytes rewritten before a group
 //! are the ones on disk, so a write torn at any sector leaves the acknowledged records as they
 //! were, and the zeros after it read as the segment's clean end. A file system that refuses
-//! direct I/O (at the open, or at a write) gets the same pages through the page cache.
+//! direct I/O (at the open, or at a write) gets the same pages through the page cache. Spare
+//! segments are whole pages long, so a group never pads past their zeros; a zero-filled
+//! segment written before that rule may grow by its last partial page, once.
 //!
 //! `epoch` (16 bytes, replaced by write-temp, sync, rename, sync-directory): magic `STEP`, the
 //! locked epoch (`u64`), CRC-32 of the first 12 bytes.
@@ -178,8 +180,10 @@
 //! | preallocated segments   | on: up to one spare segment per log on disk |
 //! | direct I/O              | on, where the file system allows it; writes whole 4 KiB pages |
 //!
-//! Reads (`pull`) use positional reads of recently written, page-cached data directly on the
-//! calling task; the `epoch` file is written on the calling task by `lock`, which only recovery
+//! Reads (`pull`) of entries outside the pull cache (the newest `pull_cache_bytes` of
+//! payloads) are positional reads on the calling task; with direct I/O the records written are
+//! not in the page cache, so such a read goes to the disk (a follower far behind, or a log just
+//! opened). The `epoch` file is written on the calling task by `lock`, which only recovery
 //! calls; the spare segment's zeros are written by a short-lived helper thread; recovery, and
 //! the first segment and manifest of a log, are written by the caller of `open`. Everything
 //! else on disk (records, rolls and the manifest they write) happens in a group commit: on the

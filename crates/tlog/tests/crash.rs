@@ -364,6 +364,51 @@ async fn segment_of_another_log_is_refused() {
     assert!(matches!(err.kind, ErrorKind::Corruption(_)), "{err}");
 }
 
+/// A log whose writer thread hangs in the sync of version 6 (of 6 pushes): the process dies
+/// there, the record written, never synced. `direct_io` as given.
+async fn died_in_a_sync(direct_io: bool) -> (SimFs, FileLogConfig, Vec<(Version, Bytes)>) {
+    let fs = SimFs::new();
+    let config = FileLogConfig {
+        direct_io,
+        // The writer thread syncs, so that its hanging sync holds no runtime thread.
+        leaders: strata_tlog::Leaders::Never,
+        ..FileLogConfig::default()
+    };
+    let log = Arc::new(
+        FileLog::open_with(
+            Arc::new(fs.clone()),
+            Path::new(DIR),
+            LogId(9),
+            Version(0),
+            config,
+        )
+        .unwrap(),
+    );
+    let acked = push_n(&log, 0, 5).await;
+    // Long enough that the hanging sync never completes during the test.
+    fs.set_sync_latency(std::time::Duration::from_secs(600));
+    // The dead process: never dropped (closing would wait for the hanging writer thread), and
+    // its push never awaited.
+    std::mem::forget(log.clone());
+    tokio::spawn(async move { log.push(EPOCH, Version(5), Version(6), payload(6)).await });
+    let segment = only_segment(&fs);
+    while fs.unsynced_len(&segment) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    fs.set_sync_latency(std::time::Duration::ZERO);
+    (fs, config, acked)
+}
+
+fn open_config(fs: &SimFs, config: FileLogConfig) -> strata_core::Result<FileLog> {
+    FileLog::open_with(
+        Arc::new(fs.clone()),
+        Path::new(DIR),
+        LogId(9),
+        Version(0),
+        config,
+    )
+}
+
 /// A process that dies between a group's write and its sync leaves the record where the next
 /// process reads it (the page cache, or, written directly, the disk's cache), and the next
 /// open serves it as held. So the open makes it durable first: otherwise a power loss after
@@ -372,50 +417,45 @@ async fn segment_of_another_log_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_makes_durable_the_unsynced_records_it_reads() {
     for direct_io in [true, false] {
-        let fs = SimFs::new();
-        let config = FileLogConfig {
-            direct_io,
-            // The writer thread syncs, so that its slow sync holds no runtime thread.
-            leaders: strata_tlog::Leaders::Never,
-            ..FileLogConfig::default()
-        };
-        let open = |fs: &SimFs| {
-            FileLog::open_with(
-                Arc::new(fs.clone()),
-                Path::new(DIR),
-                LogId(9),
-                Version(0),
-                config,
-            )
-        };
-        let log = Arc::new(open(&fs).unwrap());
-        let acked = push_n(&log, 0, 5).await;
-        // The next record is written and its sync hangs: the process dies right there.
-        fs.set_sync_latency(std::time::Duration::from_millis(500));
-        let dying = log.clone();
-        let in_flight =
-            tokio::spawn(
-                async move { dying.push(EPOCH, Version(5), Version(6), payload(6)).await },
-            );
-        let segment = only_segment(&fs);
-        while fs.unsynced_len(&segment) == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        fs.set_sync_latency(std::time::Duration::ZERO);
-
+        let (fs, config, acked) = died_in_a_sync(direct_io).await;
         // The next process opens the log, which reads the record...
-        let reopened = open(&fs).unwrap();
+        let reopened = open_config(&fs, config).unwrap();
         let held = everything(&reopened).await;
         assert_eq!(held[..5], acked[..], "direct {direct_io}");
         assert_eq!(held.len(), 6, "direct {direct_io}");
         // ...and a power loss after that open keeps everything the open said it held.
-        let after_power_loss = open(&fs.crash_image(0)).unwrap();
+        let after_power_loss = open_config(&fs.crash_image(0), config).unwrap();
         assert_eq!(
             everything(&after_power_loss).await,
             held,
             "direct {direct_io}"
         );
-        drop(reopened);
-        let _ = in_flight.await;
+    }
+}
+
+/// The same, when the open's own sync fails: the open fails, and leaves the log marked, so
+/// that the open after it (on a disk that works again) writes the records again before it
+/// syncs them. A failed sync leaves its pages clean: syncing them again writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_whose_sync_fails_leaves_the_log_to_be_written_again() {
+    for direct_io in [true, false] {
+        let (fs, config, acked) = died_in_a_sync(direct_io).await;
+        fs.fail_syncs(true);
+        let err = open_config(&fs, config).err().unwrap();
+        assert!(
+            matches!(err.kind, ErrorKind::Io(_)),
+            "direct {direct_io}: {err}"
+        );
+        fs.fail_syncs(false);
+
+        let reopened = open_config(&fs, config).unwrap();
+        let held = everything(&reopened).await;
+        assert_eq!(held[..5], acked[..], "direct {direct_io}");
+        let after_power_loss = open_config(&fs.crash_image(0), config).unwrap();
+        assert_eq!(
+            everything(&after_power_loss).await,
+            held,
+            "direct {direct_io}"
+        );
     }
 }
