@@ -23,15 +23,21 @@ fn open(fs: &SimFs) -> strata_core::Result<FileLog> {
 
 /// [`open`], writing records as whole pages (`direct_io`) or only their own bytes.
 fn open_direct(fs: &SimFs, direct_io: bool) -> strata_core::Result<FileLog> {
+    let config = FileLogConfig {
+        direct_io,
+        ..FileLogConfig::default()
+    };
+    open_config(fs, config)
+}
+
+/// The log in the test directory of `fs`, opened with `config`.
+fn open_config(fs: &SimFs, config: FileLogConfig) -> strata_core::Result<FileLog> {
     FileLog::open_with(
         Arc::new(fs.clone()),
         Path::new(DIR),
         LogId(9),
         Version(0),
-        FileLogConfig {
-            direct_io,
-            ..FileLogConfig::default()
-        },
+        config,
     )
 }
 
@@ -374,16 +380,7 @@ async fn died_in_a_sync(direct_io: bool) -> (SimFs, FileLogConfig, Vec<(Version,
         leaders: strata_tlog::Leaders::Never,
         ..FileLogConfig::default()
     };
-    let log = Arc::new(
-        FileLog::open_with(
-            Arc::new(fs.clone()),
-            Path::new(DIR),
-            LogId(9),
-            Version(0),
-            config,
-        )
-        .unwrap(),
-    );
+    let log = Arc::new(open_config(&fs, config).unwrap());
     let acked = push_n(&log, 0, 5).await;
     // Long enough that the hanging sync never completes during the test.
     fs.set_sync_latency(std::time::Duration::from_secs(600));
@@ -397,16 +394,6 @@ async fn died_in_a_sync(direct_io: bool) -> (SimFs, FileLogConfig, Vec<(Version,
     }
     fs.set_sync_latency(std::time::Duration::ZERO);
     (fs, config, acked)
-}
-
-fn open_config(fs: &SimFs, config: FileLogConfig) -> strata_core::Result<FileLog> {
-    FileLog::open_with(
-        Arc::new(fs.clone()),
-        Path::new(DIR),
-        LogId(9),
-        Version(0),
-        config,
-    )
 }
 
 /// A process that dies between a group's write and its sync leaves the record where the next
