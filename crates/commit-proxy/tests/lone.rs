@@ -35,7 +35,19 @@ fn blind(key: &str) -> Bytes {
 }
 
 fn proxy_over(logs: Vec<Arc<dyn LogServer>>, config: ProxyConfig) -> Arc<BatchingProxy> {
-    let resolver: Arc<dyn Resolver> = Arc::new(ModelResolver::new(EPOCH, Version(0)));
+    proxy_with(
+        Arc::new(ModelResolver::new(EPOCH, Version(0))),
+        logs,
+        config,
+    )
+}
+
+/// A proxy of one resolver, `resolver`, over `logs`.
+fn proxy_with(
+    resolver: Arc<dyn Resolver>,
+    logs: Vec<Arc<dyn LogServer>>,
+    config: ProxyConfig,
+) -> Arc<BatchingProxy> {
     Arc::new(
         BatchingProxy::new(
             EPOCH,
@@ -430,18 +442,10 @@ impl Resolver for PanickingResolver {
 /// of a panic of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_a_lone_batch_is_an_error_for_its_caller() {
-    let proxy = Arc::new(
-        BatchingProxy::new(
-            EPOCH,
-            Arc::new(StepSequencer::new(EPOCH, Version(0))),
-            vec![(
-                Bytes::new(),
-                Arc::new(PanickingResolver) as Arc<dyn Resolver>,
-            )],
-            vec![Arc::new(MemoryLog::new(LogId(0), Version(0))) as Arc<dyn LogServer>],
-            ProxyConfig::default(),
-        )
-        .unwrap(),
+    let proxy = proxy_with(
+        Arc::new(PanickingResolver),
+        vec![Arc::new(MemoryLog::new(LogId(0), Version(0)))],
+        ProxyConfig::default(),
     );
     let p = proxy.clone();
     let answered = tokio::spawn(async move { p.commit(blind("a")).await })
@@ -466,21 +470,13 @@ async fn a_panic_in_a_lone_batch_is_an_error_for_its_caller() {
 /// rather than that the proxy stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_a_batchers_batch_ends_the_epoch_with_its_cause() {
-    let proxy = Arc::new(
-        BatchingProxy::new(
-            EPOCH,
-            Arc::new(StepSequencer::new(EPOCH, Version(0))),
-            vec![(
-                Bytes::new(),
-                Arc::new(PanickingResolver) as Arc<dyn Resolver>,
-            )],
-            vec![Arc::new(MemoryLog::new(LogId(0), Version(0))) as Arc<dyn LogServer>],
-            ProxyConfig {
-                batch_window: Duration::from_millis(1),
-                ..ProxyConfig::default()
-            },
-        )
-        .unwrap(),
+    let proxy = proxy_with(
+        Arc::new(PanickingResolver),
+        vec![Arc::new(MemoryLog::new(LogId(0), Version(0)))],
+        ProxyConfig {
+            batch_window: Duration::from_millis(1),
+            ..ProxyConfig::default()
+        },
     );
     let e = proxy.commit(blind("a")).await.unwrap_err();
     assert!(
