@@ -19,15 +19,14 @@ use std::sync::Arc;
 use crate::fs::{Fs, FsFile, PAGE_BYTES};
 use crate::segment::Segment;
 
-/// The active segment, opened for whole-page writes, and where its data ends.
+/// The active segment, opened for whole-page writes, with the partial page its data ends in.
+/// Where the data ends is the writer's to say (its `write_at`).
 #[derive(Debug)]
 pub(crate) struct PageWriter {
     file: Arc<dyn FsFile>,
     /// The bytes from the start of the page that holds the data's end up to that end: what
     /// the next write rewrites before its own bytes. Shorter than a page.
     tail: Vec<u8>,
-    /// Where the data ends: the next write's bytes go here.
-    end: u64,
     /// Room for one write's pages, with a page to spare so that a page-aligned run of it can
     /// always be found (`Vec` promises no alignment; asking for none keeps this safe code).
     out: Vec<u8>,
@@ -49,15 +48,20 @@ impl PageWriter {
         Ok(PageWriter {
             file,
             tail,
-            end,
             out: Vec::new(),
         })
     }
 
-    /// Writes `data` where the data ends, as whole pages: the partial page before it, `data`,
-    /// and zeros to the end of its last page. Nothing is durable before [`PageWriter::sync`].
-    pub(crate) fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        let start = self.end - self.tail.len() as u64;
+    /// Writes `data` where the data ends (`end`, the end given to [`PageWriter::open`] plus
+    /// everything appended since), as whole pages: the partial page before it, `data`, and
+    /// zeros to the end of its last page. Nothing is durable before [`PageWriter::sync`].
+    pub(crate) fn append(&mut self, end: u64, data: &[u8]) -> io::Result<()> {
+        let start = page_start(end);
+        debug_assert_eq!(
+            start + self.tail.len() as u64,
+            end,
+            "the tail ends at the data's end"
+        );
         let filled = self.tail.len() + data.len();
         let len = filled.next_multiple_of(PAGE_BYTES);
         self.out.clear();
@@ -69,8 +73,8 @@ impl PageWriter {
         pages[..self.tail.len()].copy_from_slice(&self.tail);
         pages[self.tail.len()..filled].copy_from_slice(data);
         self.file.write_pages_at(pages, start)?;
-        self.end += data.len() as u64;
-        let kept = usize::try_from(self.end - page_start(self.end)).map_err(io::Error::other)?;
+        let new_end = end + data.len() as u64;
+        let kept = usize::try_from(new_end - page_start(new_end)).map_err(io::Error::other)?;
         self.tail.clear();
         self.tail.extend_from_slice(&pages[filled - kept..filled]);
         Ok(())
@@ -114,7 +118,7 @@ mod tests {
             .enumerate()
         {
             let data = vec![u8::try_from(i + 1).unwrap(); n];
-            pages.append(&data).unwrap();
+            pages.append(expected.len() as u64, &data).unwrap();
             expected.extend_from_slice(&data);
             let on_disk = contents(segment.file.as_ref());
             assert_eq!(on_disk.len(), expected.len().next_multiple_of(PAGE_BYTES));
@@ -123,7 +127,7 @@ mod tests {
         }
         // A writer opened afterwards at the data's end reads the same partial page back.
         let mut reopened = PageWriter::open(&fs, &segment, expected.len() as u64).unwrap();
-        reopened.append(b"more").unwrap();
+        reopened.append(expected.len() as u64, b"more").unwrap();
         expected.extend_from_slice(b"more");
         assert_eq!(
             contents(segment.file.as_ref())[..expected.len()],

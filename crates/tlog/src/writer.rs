@@ -605,7 +605,7 @@ impl Writer {
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
             match &mut self.pages {
-                Some(pages) => pages.append(&self.buf)?,
+                Some(pages) => pages.append(self.write_at, &self.buf)?,
                 None => self.active.file.write_all_at(&self.buf, self.write_at)?,
             }
             self.write_at += self.buf.len() as u64;
