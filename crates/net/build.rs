@@ -1,0 +1,17 @@
+//! Generates the services' Rust code from `proto/` with protox, a protobuf compiler written in
+//! Rust: a fresh machine builds the crate with nothing installed beside the toolchain.
+
+use std::error::Error;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let protos = ["proto/strata/v1/failure.proto", "proto/strata/v1/log.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        // Payloads stay `Bytes` from the socket to the log, without a copy into a `Vec`.
+        .bytes(".")
+        .compile_fds(descriptors)?;
+    Ok(())
+}
