@@ -61,7 +61,9 @@ fn loopback(c: &mut Criterion) {
             listener,
             std::future::pending(),
         ));
-        RemoteLog::connect(&address, cluster).await.unwrap()
+        RemoteLog::connect(&address, cluster, LogId(1))
+            .await
+            .unwrap()
     });
 
     let mut group = c.benchmark_group("net");

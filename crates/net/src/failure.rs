@@ -1,6 +1,7 @@
 //! A strata-core [`Error`] across the wire: in a failed call's gRPC status, as a `Failure`
 //! message in the status details, so a remote caller sees the stage and kind a local caller
-//! would (`Fenced` with both epochs, `OutOfOrder` with both versions, ...).
+//! would (`Fenced` with both epochs, `OutOfOrder` with both versions, an I/O error's kind,
+//! ...).
 
 use std::sync::Arc;
 
@@ -9,6 +10,10 @@ use strata_core::{Epoch, Error, ErrorKind, Stage, Version};
 use tonic::{Code, Status};
 
 use crate::proto::{self, failure::Kind};
+
+/// The tag every [`proto::Failure`] carries: "STRATAF1". Status details without it are not
+/// read as a failure (see `failure.proto`).
+const FAILURE_TAG: u64 = 0x5354_5241_5441_4631;
 
 fn stage_to_wire(stage: Stage) -> proto::Stage {
     match stage {
@@ -175,6 +180,7 @@ fn kind_from_wire(kind: Kind) -> ErrorKind {
 /// the message, and the whole error in the details.
 pub(crate) fn to_status(error: &Error) -> Status {
     let failure = proto::Failure {
+        tag: FAILURE_TAG,
         stage: stage_to_wire(error.stage) as i32,
         kind: Some(kind_to_wire(&error.kind)),
     };
@@ -190,6 +196,7 @@ pub(crate) fn to_status(error: &Error) -> Status {
 /// limit) is an `Unavailable` error of `stage`, whose call may or may not have taken effect.
 pub(crate) fn from_status(stage: Stage, peer: &str, status: &Status) -> Error {
     if let Ok(failure) = proto::Failure::decode(status.details())
+        && failure.tag == FAILURE_TAG
         && let Some(kind) = failure.kind
     {
         let failed = proto::Stage::try_from(failure.stage)
@@ -341,6 +348,16 @@ mod tests {
         // took effect.
         let junk = Status::with_details(Code::Internal, "x", vec![0xff, 0xff, 0xff].into());
         let e = from_status(Stage::Resolver, "peer", &junk);
+        assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+        // A proxy's own google.rpc.Status { code: 9, message: "x" } decodes as a Failure with
+        // a stage and a kind: without the tag it is still not trusted.
+        let foreign = proto::Failure {
+            tag: 0,
+            stage: 9,
+            kind: Some(Kind::Fenced(proto::Fenced::default())),
+        };
+        let status = Status::with_details(Code::Unavailable, "x", foreign.encode_to_vec().into());
+        let e = from_status(Stage::Log, "peer", &status);
         assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
         for code in [
             Code::ResourceExhausted,

@@ -18,14 +18,20 @@
 //! - Epochs travel inside the calls that have one (a push, a lock) and are fenced by the stage
 //!   itself, exactly as for a local caller.
 //! - A stage's error travels whole: the status details hold its stage and kind with their
-//!   fields, so `Fenced`, `OutOfOrder`, `TooOld`, `Poisoned` or an I/O error with its OS code
-//!   reach the remote caller as the local caller would see them. Failures of the connection
-//!   itself (nothing listening, a connection lost before the answer) are `Unavailable`.
+//!   fields, so `Fenced`, `OutOfOrder`, `TooOld` or `Poisoned` reach the remote caller as the
+//!   local caller would see them, and an I/O error keeps its kind (out of space, say) and its
+//!   text. Texts are cut at 2 KiB. Anything else is `Unavailable`, an outcome unknown:
+//!   failures of the connection itself (nothing listening, a connection lost before the
+//!   answer), a status without the server's own failure, a kind with no message of its own.
+//! - Every call but the first names the log it means (the id its client connected to), and a
+//!   server refuses a call meant for another log: a client whose connection comes back to
+//!   another log at the same address can neither lock, write, read nor pop it.
 //!
 //! # Limits
 //!
-//! - A message is at most [`MESSAGE_BYTES_MAX`] (16 MiB) either way: a log entry is never
-//!   larger than a transaction (10,000,000 bytes). A larger message is refused by its reader.
+//! - A message is at most [`MESSAGE_BYTES_MAX`] (16 MiB) either way; a larger one is refused
+//!   by its reader. A push of more than a transaction's 10,000,000 bytes (a batch is never
+//!   larger) is refused before the log, so every entry a log holds can be pulled back.
 //! - A pull asks the log for at most [`PULL_ENTRIES_MAX`] (1,000) entries, whatever its limit,
 //!   and answers with the first that fit in [`PULL_REPLY_BYTES_MAX`] (12 MiB), always at least
 //!   one when there is one: the trait lets a pull return fewer than its limit, and a log
@@ -35,7 +41,9 @@
 //!   progress fail (`Unavailable`) within [`KEEPALIVE_TIMEOUT`] of a missed ping. A call the
 //!   server is still working on (a push waiting for its sync) waits as long as it would in
 //!   process: the stage's own waits bound it, and a caller that wants a shorter bound drops
-//!   the call (the server then finishes a push, lock or pop anyway; see [`RemoteLog`]).
+//!   the call (the server then finishes a push, lock or pop anyway, and waits for it before
+//!   [`LogService::serve`] returns; see [`RemoteLog`]). The server pings its connections the
+//!   same way, so a client host that dies mid-reply holds nothing up.
 //!
 //! # Example
 //!
@@ -61,7 +69,7 @@
 //!     let _ = stopped.await;
 //! }));
 //!
-//! let remote = RemoteLog::connect(&address.to_string(), cluster).await?;
+//! let remote = RemoteLog::connect(&address.to_string(), cluster, LogId(7)).await?;
 //! assert_eq!(remote.id(), LogId(7));
 //! remote.push(Epoch(1), Version(0), Version(10), Bytes::from_static(b"batch")).await?;
 //! let entries = remote.pull(Version(0), 100).await?;

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use strata_core::Version;
 use strata_core::{Epoch, Error, ErrorKind, LogEntry, LogId, LogServer, LogState, Result, Stage};
+use strata_core::{TRANSACTION_BYTES_MAX, Version};
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Server};
@@ -20,22 +21,29 @@ use crate::failure::{from_status, to_status};
 use crate::proto;
 use crate::proto::log_client::LogClient;
 use crate::proto::log_server::{Log, LogServer as GrpcLogServer};
-use crate::{MESSAGE_BYTES_MAX, PULL_ENTRIES_MAX, PULL_REPLY_BYTES_MAX, connect};
+use crate::{
+    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MESSAGE_BYTES_MAX, PULL_ENTRIES_MAX,
+    PULL_REPLY_BYTES_MAX, connect,
+};
 
-/// Serves one [`LogServer`] to [`RemoteLog`]s of its cluster (see the crate docs).
+/// Serves one [`LogServer`] to [`RemoteLog`]s of its cluster (see the crate docs). Built only
+/// by [`LogService::serve`], which puts the cluster check and the size limits in front of it.
 pub struct LogService {
     log: Arc<dyn LogServer>,
+    /// The stage calls detached from their requests, for `serve` to wait for.
+    calls: TaskTracker,
 }
 
 impl LogService {
-    /// A service for `log`.
-    pub fn new(log: Arc<dyn LogServer>) -> LogService {
-        LogService { log }
-    }
-
     /// Serves `log` on `listener` to calls of `cluster` until `shutdown` completes, then waits
-    /// for the calls in progress to end. Calls of another cluster are refused before they
-    /// reach the log.
+    /// for the calls in progress to end, those whose callers gave up included: once it
+    /// returns, nothing it started still runs on the log. Calls of another cluster are refused
+    /// before they reach the log.
+    ///
+    /// The server pings each connection every [`KEEPALIVE_INTERVAL`](crate::KEEPALIVE_INTERVAL)
+    /// and drops one whose peer does not answer within
+    /// [`KEEPALIVE_TIMEOUT`](crate::KEEPALIVE_TIMEOUT), so a client host that dies in the
+    /// middle of a reply holds neither the reply nor the shutdown.
     ///
     /// Errors: `Unavailable` when the server fails (its listener does).
     pub async fn serve(
@@ -48,23 +56,31 @@ impl LogService {
             cluster,
             stage: Stage::Log,
         };
-        let service = GrpcLogServer::new(LogService::new(log))
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let calls = TaskTracker::new();
+        let service = GrpcLogServer::new(LogService {
+            log,
+            calls: calls.clone(),
+        })
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        Server::builder()
+        let served = Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .serve_with_incoming_shutdown(
                 InterceptedService::new(service, check),
                 incoming,
                 shutdown,
             )
-            .await
-            .map_err(|e| {
-                Error::new(
-                    Stage::Log,
-                    ErrorKind::Unavailable(format!("log server stopped: {e}")),
-                )
-            })
+            .await;
+        calls.close();
+        calls.wait().await;
+        served.map_err(|e| {
+            Error::new(
+                Stage::Log,
+                ErrorKind::Unavailable(format!("log server stopped: {e}")),
+            )
+        })
     }
 }
 
@@ -75,17 +91,19 @@ fn answered<T>(result: Result<T>) -> std::result::Result<T, Status> {
 impl LogService {
     /// Refuses a call meant for another log: its client learned the id of the log that
     /// answered at this address before, and this one is not it.
-    fn check_id(&self, meant: u64) -> std::result::Result<(), Status> {
+    fn check_id(&self, meant: Option<u64>) -> std::result::Result<(), Status> {
         let id = self.log.id();
-        if meant == id.0 {
-            return Ok(());
-        }
-        Err(to_status(&Error::new(
-            Stage::Log,
-            ErrorKind::InvalidRequest(format!(
+        let why = match meant {
+            Some(meant) if meant == id.0 => return Ok(()),
+            Some(meant) => format!(
                 "a call meant for log {meant} reached log {id}: another log now serves this \
                  address"
-            )),
+            ),
+            None => format!("a call to log {id} that names no log"),
+        };
+        Err(to_status(&Error::new(
+            Stage::Log,
+            ErrorKind::InvalidRequest(why),
         )))
     }
 
@@ -97,7 +115,7 @@ impl LogService {
         &self,
         call: impl FnOnce(Arc<dyn LogServer>) -> Call<T>,
     ) -> std::result::Result<T, Status> {
-        let task = tokio::spawn(call(self.log.clone()));
+        let task = self.calls.spawn(call(self.log.clone()));
         match task.await {
             Ok(result) => answered(result),
             Err(e) => Err(to_status(&Error::new(
@@ -144,6 +162,18 @@ impl Log for LogService {
     ) -> std::result::Result<Response<proto::PushReply>, Status> {
         let r = request.into_inner();
         self.check_id(r.log_id)?;
+        if r.payload.len() > TRANSACTION_BYTES_MAX {
+            // Held, it could never be pulled back in one message: every follower would stop
+            // at it.
+            return Err(to_status(&Error::new(
+                Stage::Log,
+                ErrorKind::InvalidRequest(format!(
+                    "a batch of {} bytes, over the limit of {TRANSACTION_BYTES_MAX} (a batch is \
+                     never larger than a transaction)",
+                    r.payload.len()
+                )),
+            )));
+        }
         self.detached(move |log| {
             Box::pin(async move {
                 log.push(
@@ -227,23 +257,32 @@ pub struct RemoteLog {
 }
 
 impl RemoteLog {
-    /// Connects to the log served at `address` (`host:port`) for `cluster`, and asks its id.
+    /// Connects to log `expected`, served at `address` (`host:port`) for `cluster`.
     ///
     /// Errors: `Unavailable` when nothing answers at `address`; `InvalidRequest` when the
-    /// server is of another cluster.
-    pub async fn connect(address: &str, cluster: ClusterId) -> Result<RemoteLog> {
+    /// server is of another cluster, or serves another log.
+    pub async fn connect(address: &str, cluster: ClusterId, expected: LogId) -> Result<RemoteLog> {
         let peer = format!("log at {address}");
         let channel = connect(Stage::Log, &peer, address).await?;
         let client = LogClient::with_interceptor(channel, Tag(cluster))
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
-        let mut log = RemoteLog {
-            id: LogId(0),
+        let log = RemoteLog {
+            id: expected,
             peer,
             client,
         };
         let reply = log.client.clone().id(proto::IdRequest {}).await;
-        log.id = LogId(log.answer(reply)?.log_id);
+        let id = LogId(log.answer(reply)?.log_id);
+        if id != expected {
+            return Err(Error::new(
+                Stage::Log,
+                ErrorKind::InvalidRequest(format!(
+                    "{}: log {id} answers there, not log {expected}",
+                    log.peer
+                )),
+            ));
+        }
         Ok(log)
     }
 
@@ -268,7 +307,7 @@ impl LogServer for RemoteLog {
         payload: Bytes,
     ) -> Result<()> {
         let request = proto::PushRequest {
-            log_id: self.id.0,
+            log_id: Some(self.id.0),
             epoch: epoch.0,
             previous_version: previous_version.0,
             version: version.0,
@@ -280,7 +319,7 @@ impl LogServer for RemoteLog {
 
     async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
         let request = proto::PullRequest {
-            log_id: self.id.0,
+            log_id: Some(self.id.0),
             after: after.0,
             limit: u64::try_from(limit).unwrap_or(u64::MAX),
         };
@@ -298,7 +337,7 @@ impl LogServer for RemoteLog {
 
     async fn lock(&self, epoch: Epoch) -> Result<LogState> {
         let request = proto::LockRequest {
-            log_id: self.id.0,
+            log_id: Some(self.id.0),
             epoch: epoch.0,
         };
         let reply = self.answer(self.client.clone().lock(request).await)?;
@@ -311,7 +350,7 @@ impl LogServer for RemoteLog {
 
     async fn pop(&self, version: Version) -> Result<()> {
         let request = proto::PopRequest {
-            log_id: self.id.0,
+            log_id: Some(self.id.0),
             version: version.0,
         };
         self.answer(self.client.clone().pop(request).await)

@@ -68,8 +68,8 @@ fn payload(v: u64) -> Bytes {
 async fn a_remote_log_is_the_log_it_serves_over_many_segments() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(file_log(dir.path()));
-    let served = Served::start(local.clone(), "c1").await;
-    let remote = RemoteLog::connect(&served.address, cluster("c1"))
+    let served = Served::start(local.clone(), "t-segments").await;
+    let remote = RemoteLog::connect(&served.address, cluster("t-segments"), LogId(3))
         .await
         .unwrap();
     assert_eq!(remote.id(), LogId(3));
@@ -122,8 +122,8 @@ async fn a_remote_log_is_the_log_it_serves_over_many_segments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_logs_refusals_arrive_with_their_kind_and_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let served = Served::start(Arc::new(file_log(dir.path())), "c1").await;
-    let remote = RemoteLog::connect(&served.address, cluster("c1"))
+    let served = Served::start(Arc::new(file_log(dir.path())), "t-refusals").await;
+    let remote = RemoteLog::connect(&served.address, cluster("t-refusals"), LogId(3))
         .await
         .unwrap();
     remote.lock(Epoch(2)).await.unwrap();
@@ -182,16 +182,16 @@ async fn the_logs_refusals_arrive_with_their_kind_and_fields() {
 async fn a_call_of_another_cluster_or_of_none_is_refused_before_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(file_log(dir.path()));
-    let served = Served::start(local.clone(), "cluster-a").await;
+    let served = Served::start(local.clone(), "t-clusters-a").await;
 
-    let e = RemoteLog::connect(&served.address, cluster("cluster-b"))
+    let e = RemoteLog::connect(&served.address, cluster("t-clusters-b"), LogId(3))
         .await
         .unwrap_err();
     assert_eq!(e.stage, Stage::Log);
     assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
     let text = e.to_string();
     assert!(
-        text.contains("cluster-b") && text.contains("cluster-a"),
+        text.contains("t-clusters-b") && text.contains("t-clusters-a"),
         "{text}"
     );
 
@@ -201,9 +201,10 @@ async fn a_call_of_another_cluster_or_of_none_is_refused_before_the_log() {
         .connect()
         .await
         .unwrap();
-    let status = LogClient::new(channel)
+    let mut client = LogClient::new(channel);
+    let status = client
         .push(strata_net::proto::PushRequest {
-            log_id: 3,
+            log_id: Some(3),
             epoch: 1,
             previous_version: 0,
             version: 5,
@@ -216,6 +217,20 @@ async fn a_call_of_another_cluster_or_of_none_is_refused_before_the_log() {
         status.message().contains("without a cluster id"),
         "{status:?}"
     );
+    // The right cluster but no log named: refused too, with the stage's own failure.
+    let mut request = tonic::Request::new(strata_net::proto::PushRequest {
+        log_id: None,
+        epoch: 1,
+        previous_version: 0,
+        version: 5,
+        payload: payload(5),
+    });
+    request
+        .metadata_mut()
+        .insert(CLUSTER_ID_HEADER, "t-clusters-a".parse().unwrap());
+    let status = client.push(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("names no log"), "{status:?}");
     assert_eq!(local.last_version(), Version(0));
     assert!(local.pull(Version(0), 10).await.unwrap().is_empty());
     served.stop().await;
@@ -228,19 +243,19 @@ async fn a_server_not_there_or_gone_is_unavailable() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let e = RemoteLog::connect(&format!("127.0.0.1:{port}"), cluster("c1"))
+    let e = RemoteLog::connect(&format!("127.0.0.1:{port}"), cluster("t-gone"), LogId(3))
         .await
         .unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
     assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
-    let e = RemoteLog::connect("not an address", cluster("c1"))
+    let e = RemoteLog::connect("not an address", cluster("t-gone"), LogId(3))
         .await
         .unwrap_err();
     assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
-    let served = Served::start(Arc::new(file_log(dir.path())), "c1").await;
-    let remote = RemoteLog::connect(&served.address, cluster("c1"))
+    let served = Served::start(Arc::new(file_log(dir.path())), "t-gone").await;
+    let remote = RemoteLog::connect(&served.address, cluster("t-gone"), LogId(3))
         .await
         .unwrap();
     remote
@@ -301,7 +316,7 @@ impl Decoder for RawCodec {
 async fn fuzzed_request_bytes_get_an_error_or_an_answer_never_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(file_log(dir.path()));
-    let served = Served::start(local.clone(), "c1").await;
+    let served = Served::start(local.clone(), "t-fuzz").await;
     let channel = Channel::from_shared(format!("http://{}", served.address))
         .unwrap()
         .connect()
@@ -325,7 +340,7 @@ async fn fuzzed_request_bytes_get_an_error_or_an_answer_never_a_panic() {
         let mut request = tonic::Request::new(body);
         request
             .metadata_mut()
-            .insert(CLUSTER_ID_HEADER, "c1".parse().unwrap());
+            .insert(CLUSTER_ID_HEADER, "t-fuzz".parse().unwrap());
         grpc.ready().await.unwrap();
         let path = format!("/strata.v1.Log/{method}").parse().unwrap();
         match grpc.unary(request, path, RawCodec).await {
@@ -346,7 +361,7 @@ async fn fuzzed_request_bytes_get_an_error_or_an_answer_never_a_panic() {
         "only {refused} of 400 random requests refused"
     );
     // The server still serves, and the log still follows its chain.
-    let remote = RemoteLog::connect(&served.address, cluster("c1"))
+    let remote = RemoteLog::connect(&served.address, cluster("t-fuzz"), LogId(3))
         .await
         .unwrap();
     // Random locks may have raised the epoch: push under whatever it is now.
@@ -370,6 +385,7 @@ async fn fuzzed_request_bytes_get_an_error_or_an_answer_never_a_panic() {
 struct SlowPushes {
     log: Arc<dyn LogServer>,
     delay: Duration,
+    entered: tokio::sync::Notify,
 }
 
 #[async_trait::async_trait]
@@ -384,6 +400,7 @@ impl LogServer for SlowPushes {
         version: Version,
         b: Bytes,
     ) -> Result<()> {
+        self.entered.notify_one();
         tokio::time::sleep(self.delay).await;
         self.log.push(epoch, previous, version, b).await
     }
@@ -405,22 +422,28 @@ async fn a_push_whose_caller_gives_up_still_reaches_the_log_whole() {
     let slow = Arc::new(SlowPushes {
         log: local.clone(),
         delay: Duration::from_millis(300),
+        entered: tokio::sync::Notify::new(),
     });
-    let served = Served::start(slow, "c1").await;
-    let remote = RemoteLog::connect(&served.address, cluster("c1"))
+    let served = Served::start(slow.clone(), "t-gives-up").await;
+    let remote = RemoteLog::connect(&served.address, cluster("t-gives-up"), LogId(3))
         .await
         .unwrap();
-    // The caller stops waiting (and drops the call) while the push is on its way to the log.
-    let gave_up = tokio::time::timeout(
-        Duration::from_millis(50),
-        remote.push(Epoch(1), Version(0), Version(5), payload(5)),
-    )
-    .await;
-    assert!(gave_up.is_err());
+    // The caller stops waiting (and drops the call) once the push is on its way to the log.
+    let push = remote.push(Epoch(1), Version(0), Version(5), payload(5));
+    tokio::select! {
+        answer = push => panic!("the push answered before its caller gave up: {answer:?}"),
+        () = slow.entered.notified() => {}
+    }
     // The push the server took in still ends: the log holds it, and the chain goes on after
     // it, as it would had the caller waited. A cancelled push would leave the log at 0.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(local.last_version(), Version(5));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while local.last_version() != Version(5) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the push never reached the log"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     remote
         .push(Epoch(1), Version(5), Version(6), payload(6))
         .await
@@ -432,8 +455,8 @@ async fn a_push_whose_caller_gives_up_still_reaches_the_log_whole() {
 async fn a_client_of_one_log_is_refused_by_another_at_the_same_address() {
     let dir = tempfile::tempdir().unwrap();
     let first = Arc::new(file_log(dir.path().join("a").as_path()));
-    let served = Served::start(first, "c1").await;
-    let remote = RemoteLog::connect(&served.address, cluster("c1"))
+    let served = Served::start(first, "t-swap").await;
+    let remote = RemoteLog::connect(&served.address, cluster("t-swap"), LogId(3))
         .await
         .unwrap();
     assert_eq!(remote.id(), LogId(3));
@@ -456,7 +479,7 @@ async fn a_client_of_one_log_is_refused_by_another_at_the_same_address() {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(LogService::serve(
         other.clone(),
-        cluster("c1"),
+        cluster("t-swap"),
         listener,
         async {
             let _ = stopped.await;
@@ -487,6 +510,12 @@ async fn a_client_of_one_log_is_refused_by_another_at_the_same_address() {
         .await
         .unwrap_err();
     assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+    // A new client that expects log 3 there is refused at once.
+    let e = RemoteLog::connect(&address, cluster("t-swap"), LogId(3))
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+    assert!(e.to_string().contains("log 4"), "{e}");
     // Log 4 was neither locked nor written.
     assert_eq!(other.lock(Epoch(0)).await.unwrap().epoch, Epoch(0));
     assert_eq!(other.last_version(), Version(0));
@@ -502,8 +531,8 @@ async fn an_entry_as_large_as_a_transaction_crosses_both_ways() {
         ..FileLogConfig::default()
     };
     let local = Arc::new(FileLog::open(dir.path(), LogId(3), Version(0), config).unwrap());
-    let served = Served::start(local.clone(), "c1").await;
-    let remote = RemoteLog::connect(&served.address, cluster("c1"))
+    let served = Served::start(local.clone(), "t-large").await;
+    let remote = RemoteLog::connect(&served.address, cluster("t-large"), LogId(3))
         .await
         .unwrap();
     let big = |seed: u8| -> Bytes {
@@ -526,5 +555,15 @@ async fn an_entry_as_large_as_a_transaction_crosses_both_ways() {
     let second = remote.pull(Version(5), 10).await.unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].payload, big(2));
+
+    // One byte more is refused before the log, as a definite refusal: no follower could pull
+    // it back in one message once it were held.
+    let over = Bytes::from(vec![1u8; strata_core::TRANSACTION_BYTES_MAX + 1]);
+    let e = remote
+        .push(Epoch(1), Version(6), Version(7), over)
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+    assert_eq!(local.last_version(), Version(6));
     served.stop().await;
 }
