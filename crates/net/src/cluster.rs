@@ -7,7 +7,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-use crate::failure::to_status;
+use crate::failure::to_status_as;
 
 /// The metadata entry every call carries its cluster id in.
 pub const CLUSTER_ID_HEADER: &str = "strata-cluster-id";
@@ -117,13 +117,10 @@ impl Interceptor for Check {
                 self.cluster
             ),
         };
-        let mut status = to_status(&Error::new(self.stage, ErrorKind::InvalidRequest(why)));
         // The code for a generic client: the caller is not allowed here, whatever it sent.
-        status = Status::with_details(
+        Err(to_status_as(
             tonic::Code::PermissionDenied,
-            status.message().to_owned(),
-            status.details().to_vec().into(),
-        );
-        Err(status)
+            &Error::new(self.stage, ErrorKind::InvalidRequest(why)),
+        ))
     }
 }

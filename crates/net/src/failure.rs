@@ -179,13 +179,18 @@ fn kind_from_wire(kind: Kind) -> ErrorKind {
 /// `error` as a failed call's status: a code for generic gRPC clients, the error's text as
 /// the message, and the whole error in the details.
 pub(crate) fn to_status(error: &Error) -> Status {
+    to_status_as(code(&error.kind), error)
+}
+
+/// [`to_status`] with the gRPC `code` given instead of the one the kind maps to.
+pub(crate) fn to_status_as(code: Code, error: &Error) -> Status {
     let failure = proto::Failure {
         tag: FAILURE_TAG,
         stage: stage_to_wire(error.stage) as i32,
         kind: Some(kind_to_wire(&error.kind)),
     };
     Status::with_details(
-        code(&error.kind),
+        code,
         bounded(&error.to_string()),
         failure.encode_to_vec().into(),
     )

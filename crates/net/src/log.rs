@@ -2,7 +2,6 @@
 //! [`RemoteLog`] is a [`LogServer`] whose calls go to one.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -82,13 +81,7 @@ impl LogService {
             )
         })
     }
-}
 
-fn answered<T>(result: Result<T>) -> std::result::Result<T, Status> {
-    result.map_err(|e| to_status(&e))
-}
-
-impl LogService {
     /// Refuses a call meant for another log: its client learned the id of the log that
     /// answered at this address before, and this one is not it.
     fn check_id(&self, meant: Option<u64>) -> std::result::Result<(), Status> {
@@ -111,10 +104,14 @@ impl LogService {
     /// request: a caller that gives up, or a connection that breaks, drops the request's
     /// handler, and a push cut off between its admission and its sync would leave the log
     /// holding a version it never made durable.
-    async fn detached<T: Send + 'static>(
+    async fn detached<T, F>(
         &self,
-        call: impl FnOnce(Arc<dyn LogServer>) -> Call<T>,
-    ) -> std::result::Result<T, Status> {
+        call: impl FnOnce(Arc<dyn LogServer>) -> F,
+    ) -> std::result::Result<T, Status>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
         let task = self.calls.spawn(call(self.log.clone()));
         match task.await {
             Ok(result) => answered(result),
@@ -126,8 +123,9 @@ impl LogService {
     }
 }
 
-/// The future of one call on the log, for [`LogService::detached`].
-type Call<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
+fn answered<T>(result: Result<T>) -> std::result::Result<T, Status> {
+    result.map_err(|e| to_status(&e))
+}
 
 /// Keeps the first entries whose encodings fit in `budget` bytes, and always the first: an
 /// entry is never larger than a transaction (10,000,000 bytes), which a message holds.
@@ -174,16 +172,14 @@ impl Log for LogService {
                 )),
             )));
         }
-        self.detached(move |log| {
-            Box::pin(async move {
-                log.push(
-                    Epoch(r.epoch),
-                    Version(r.previous_version),
-                    Version(r.version),
-                    r.payload,
-                )
-                .await
-            })
+        self.detached(move |log| async move {
+            log.push(
+                Epoch(r.epoch),
+                Version(r.previous_version),
+                Version(r.version),
+                r.payload,
+            )
+            .await
         })
         .await?;
         Ok(Response::new(proto::PushReply {}))
@@ -217,7 +213,7 @@ impl Log for LogService {
         let r = request.into_inner();
         self.check_id(r.log_id)?;
         let state = self
-            .detached(move |log| Box::pin(async move { log.lock(Epoch(r.epoch)).await }))
+            .detached(move |log| async move { log.lock(Epoch(r.epoch)).await })
             .await?;
         Ok(Response::new(proto::LockReply {
             epoch: state.epoch.0,
@@ -232,7 +228,7 @@ impl Log for LogService {
     ) -> std::result::Result<Response<proto::PopReply>, Status> {
         let r = request.into_inner();
         self.check_id(r.log_id)?;
-        self.detached(move |log| Box::pin(async move { log.pop(Version(r.version)).await }))
+        self.detached(move |log| async move { log.pop(Version(r.version)).await })
             .await?;
         Ok(Response::new(proto::PopReply {}))
     }

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
-/// A log served on a loopback port until dropped.
+/// A log served on a loopback port until [`Served::stop`].
 struct Served {
     address: String,
     stop: Option<oneshot::Sender<()>>,
@@ -26,7 +26,12 @@ struct Served {
 
 impl Served {
     async fn start(log: Arc<dyn LogServer>, cluster: &str) -> Served {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Served::start_at("127.0.0.1:0", log, cluster).await
+    }
+
+    /// Serves `log` at `address` (a port of 0 picks one).
+    async fn start_at(address: &str, log: Arc<dyn LogServer>, cluster: &str) -> Served {
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (stop, stopped) = oneshot::channel::<()>();
         let cluster = ClusterId::new(cluster).unwrap();
@@ -473,18 +478,7 @@ async fn a_client_of_one_log_is_refused_by_another_at_the_same_address() {
     )
     .unwrap();
     let other = Arc::new(other);
-    let listener = tokio::net::TcpListener::bind(address.as_str())
-        .await
-        .unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(LogService::serve(
-        other.clone(),
-        cluster("t-swap"),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let served = Served::start_at(&address, other.clone(), "t-swap").await;
     let mut refusals = Vec::new();
     for _ in 0..50 {
         match remote.lock(Epoch(9)).await {
@@ -519,8 +513,7 @@ async fn a_client_of_one_log_is_refused_by_another_at_the_same_address() {
     // Log 4 was neither locked nor written.
     assert_eq!(other.lock(Epoch(0)).await.unwrap().epoch, Epoch(0));
     assert_eq!(other.last_version(), Version(0));
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
