@@ -4,7 +4,15 @@
 use std::error::Error;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let protos = ["proto/strata/v1/failure.proto", "proto/strata/v1/log.proto"];
+    let protos = [
+        "proto/strata/v1/failure.proto",
+        "proto/strata/v1/cluster.proto",
+        "proto/strata/v1/log.proto",
+        "proto/strata/v1/sequencer.proto",
+        "proto/strata/v1/resolver.proto",
+        "proto/strata/v1/storage.proto",
+        "proto/strata/v1/proxy.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use strata_core::{Epoch, LogId, LogServer, Version};
-use strata_net::{ClusterId, LogService, RemoteLog};
+use strata_net::{ClusterId, RemoteLog, Stages};
 use strata_testkit::MemoryLog;
 
 const BATCH: [u8; 100] = [7; 100];
@@ -87,10 +87,14 @@ fn loopback(c: &mut Criterion) {
     let remote = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let served: Arc<dyn LogServer> = local.clone();
-        tokio::spawn(LogService::serve(
-            served,
+        let stages = Stages {
+            logs: vec![local.clone()],
+            ..Stages::default()
+        };
+        let (_, published) = tokio::sync::watch::channel(Arc::new(stages));
+        tokio::spawn(strata_net::serve(
             cluster.clone(),
+            published,
             listener,
             std::future::pending(),
         ));

@@ -1,10 +1,14 @@
 //! Strata's stages as network services, so that a stage can run in one process and be used
 //! from another: a gRPC service around each strata-core stage trait, and a remote client that
-//! implements the same trait, so a director or a commit proxy composes local and remote stages
-//! alike.
+//! implements the same trait, so a director, a commit proxy or a client's `Database` composes
+//! local and remote stages alike.
 //!
-//! Today: the transaction log ([`LogService`], [`RemoteLog`]). The other stages follow the
-//! same pattern.
+//! - [`serve`] answers, on one listener, for every stage a process runs: the [`Stages`] it
+//!   publishes (on a watch channel, so a process that recovers in place serves each epoch's
+//!   stages in turn).
+//! - [`Stages::connect`] learns what a server serves and returns a remote stage for each, on
+//!   one shared connection: [`RemoteSequencer`], [`RemoteProxy`], [`RemoteResolver`],
+//!   [`RemoteStorage`], [`RemoteLog`]. Each also connects alone, to one stage.
 //!
 //! # On the wire
 //!
@@ -23,9 +27,11 @@
 //!   text. Texts are cut at 2 KiB. Anything else is `Unavailable`, an outcome unknown:
 //!   failures of the connection itself (nothing listening, a connection lost before the
 //!   answer), a status without the server's own failure, a kind with no message of its own.
-//! - Every call but the first names the log it means (the id its client connected to), and a
-//!   server refuses a call meant for another log: a client whose connection comes back to
-//!   another log at the same address can neither lock, write, read nor pop it.
+//! - A process may serve several stages of a kind: every call names the one it means (a log
+//!   by its id, the others by their index), and a server refuses a call for one it does not
+//!   serve (`InvalidRequest`; `Unavailable` while it serves none of that kind, between two
+//!   epochs, say): a client whose connection comes back to another log at the same address
+//!   can neither lock, write, read nor pop it.
 //!
 //! # Limits
 //!
@@ -36,14 +42,20 @@
 //!   and answers with the first that fit in [`PULL_REPLY_BYTES_MAX`] (12 MiB), always at least
 //!   one when there is one: the trait lets a pull return fewer than its limit, and a log
 //!   follower pulls again from the last version it got.
+//! - A range read asks the storage server for at most [`RANGE_ENTRIES_MAX`] (10,000) pairs,
+//!   and answers with the first that fit in [`RANGE_REPLY_BYTES_MAX`] (12 MiB), with `more`
+//!   set when it kept fewer than it read: the caller reads on, as after its own limit.
+//! - A commit of more than a transaction's 10,000,000 bytes is refused before the proxy; key
+//!   ranges with a bound longer than a range end may be (10,001 bytes) are refused before
+//!   the stage.
 //! - A client gives up connecting after [`CONNECT_TIMEOUT`], and pings its connection every
 //!   [`KEEPALIVE_INTERVAL`]: when the server's process or host stops answering, the calls in
 //!   progress fail (`Unavailable`) within [`KEEPALIVE_TIMEOUT`] of a missed ping. A call the
 //!   server is still working on (a push waiting for its sync) waits as long as it would in
 //!   process: the stage's own waits bound it, and a caller that wants a shorter bound drops
-//!   the call (the server then finishes a push, lock or pop anyway, and waits for it before
-//!   [`LogService::serve`] returns; see [`RemoteLog`]). The server pings its connections the
-//!   same way, so a client host that dies mid-reply holds nothing up.
+//!   the call (the server then finishes any call that changes a stage anyway, and waits for
+//!   it before [`serve`] returns). The server pings its connections the same way, so a client
+//!   host that dies mid-reply holds nothing up.
 //!
 //! # Example
 //!
@@ -51,29 +63,32 @@
 //! use std::sync::Arc;
 //! use bytes::Bytes;
 //! use strata_core::{Epoch, LogId, LogServer, Version};
-//! use strata_net::{ClusterId, LogService, RemoteLog};
+//! use strata_net::{ClusterId, RemoteLog, Stages};
 //! use strata_testkit::MemoryLog;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> strata_core::Result<()> {
 //! let cluster = ClusterId::new("example")?;
 //! let log: Arc<dyn LogServer> = Arc::new(MemoryLog::new(LogId(7), Version(0)));
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| {
-//!     strata_core::Error::io(strata_core::Stage::Log, e)
-//! })?;
-//! let address = listener.local_addr().map_err(|e| {
-//!     strata_core::Error::io(strata_core::Stage::Log, e)
-//! })?;
+//! let stages = Stages { logs: vec![log], ..Stages::default() };
+//! let (_publish, published) = tokio::sync::watch::channel(Arc::new(stages));
+//! let io = |e| strata_core::Error::io(strata_core::Stage::Log, e);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+//! let address = listener.local_addr().map_err(io)?.to_string();
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! let server = tokio::spawn(LogService::serve(log, cluster.clone(), listener, async {
+//! let server = tokio::spawn(strata_net::serve(cluster.clone(), published, listener, async {
 //!     let _ = stopped.await;
 //! }));
 //!
-//! let remote = RemoteLog::connect(&address.to_string(), cluster, LogId(7)).await?;
-//! assert_eq!(remote.id(), LogId(7));
+//! let remote = RemoteLog::connect(&address, cluster.clone(), LogId(7)).await?;
 //! remote.push(Epoch(1), Version(0), Version(10), Bytes::from_static(b"batch")).await?;
 //! let entries = remote.pull(Version(0), 100).await?;
 //! assert_eq!(entries[0].version, Version(10));
+//!
+//! // Or everything the server serves, at once.
+//! let served = Stages::connect(&address, cluster).await?;
+//! assert_eq!(served.logs[0].id(), LogId(7));
+//! assert!(served.sequencer.is_none());
 //!
 //! let _ = stop.send(());
 //! let _ = server.await;
@@ -83,15 +98,24 @@
 
 use std::time::Duration;
 
-use strata_core::{Error, ErrorKind, Result, Stage};
-use tonic::transport::{Channel, Endpoint};
-
+mod client;
 mod cluster;
+mod convert;
 mod failure;
 mod log;
+mod proxy;
+mod resolver;
+mod sequencer;
+mod server;
+mod storage;
 
 pub use cluster::{CLUSTER_ID_BYTES_MAX, CLUSTER_ID_HEADER, ClusterId};
-pub use log::{LogService, RemoteLog};
+pub use log::RemoteLog;
+pub use proxy::RemoteProxy;
+pub use resolver::RemoteResolver;
+pub use sequencer::RemoteSequencer;
+pub use server::{Stages, serve};
+pub use storage::RemoteStorage;
 
 /// The messages and services generated from `proto/strata/v1/`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -108,6 +132,12 @@ pub const PULL_ENTRIES_MAX: usize = 1_000;
 /// The most entry bytes one pull answers with (beyond its first entry).
 pub const PULL_REPLY_BYTES_MAX: usize = 12 << 20;
 
+/// The most pairs a range read asks the storage server for, whatever the caller's limit.
+pub const RANGE_ENTRIES_MAX: usize = 10_000;
+
+/// The most pair bytes one range read answers with (beyond its first pair).
+pub const RANGE_REPLY_BYTES_MAX: usize = 12 << 20;
+
 /// How long a client tries to connect before the connection is `Unavailable`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -116,40 +146,3 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a client waits for a ping's answer before it drops the connection.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A connection to `address` for a client of `stage`; `peer` names it in errors.
-async fn connect(stage: Stage, peer: &str, address: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| {
-        Error::new(
-            stage,
-            ErrorKind::InvalidRequest(format!("{peer}: not a host:port address: {e}")),
-        )
-    })?;
-    endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-        .map_err(|e| {
-            Error::new(
-                stage,
-                ErrorKind::Unavailable(format!("{peer}: cannot connect: {}", causes(&e))),
-            )
-        })
-}
-
-/// An error and its sources, joined: the transport's own text is often only "transport
-/// error", and the cause (connection refused, timed out) is in its sources.
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

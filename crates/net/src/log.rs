@@ -1,131 +1,18 @@
-//! The transaction log as a network service: [`LogService`] serves any [`LogServer`], and
-//! [`RemoteLog`] is a [`LogServer`] whose calls go to one.
-
-use std::future::Future;
-use std::sync::Arc;
+//! The transaction log as a network service: the log calls of [`serve`](crate::serve), and
+//! [`RemoteLog`], a [`LogServer`] whose calls go to one.
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use strata_core::{Epoch, Error, ErrorKind, LogEntry, LogId, LogServer, LogState, Result, Stage};
+use strata_core::{Epoch, ErrorKind, LogEntry, LogId, LogServer, LogState, Result, Stage};
 use strata_core::{TRANSACTION_BYTES_MAX, Version};
-use tokio::net::TcpListener;
-use tokio_util::task::TaskTracker;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{Check, ClusterId, Tag};
-use crate::failure::{from_status, to_status};
+use crate::client::{Link, Tagged};
+use crate::cluster::ClusterId;
 use crate::proto;
 use crate::proto::log_client::LogClient;
-use crate::proto::log_server::{Log, LogServer as GrpcLogServer};
-use crate::{
-    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MESSAGE_BYTES_MAX, PULL_ENTRIES_MAX,
-    PULL_REPLY_BYTES_MAX, connect,
-};
-
-/// Serves one [`LogServer`] to [`RemoteLog`]s of its cluster (see the crate docs). Built only
-/// by [`LogService::serve`], which puts the cluster check and the size limits in front of it.
-pub struct LogService {
-    log: Arc<dyn LogServer>,
-    /// The stage calls detached from their requests, for `serve` to wait for.
-    calls: TaskTracker,
-}
-
-impl LogService {
-    /// Serves `log` on `listener` to calls of `cluster` until `shutdown` completes, then waits
-    /// for the calls in progress to end, those whose callers gave up included: once it
-    /// returns, nothing it started still runs on the log. Calls of another cluster are refused
-    /// before they reach the log.
-    ///
-    /// The server pings each connection every [`KEEPALIVE_INTERVAL`](crate::KEEPALIVE_INTERVAL)
-    /// and drops one whose peer does not answer within
-    /// [`KEEPALIVE_TIMEOUT`](crate::KEEPALIVE_TIMEOUT), so a client host that dies in the
-    /// middle of a reply holds neither the reply nor the shutdown.
-    ///
-    /// Errors: `Unavailable` when the server fails (its listener does).
-    pub async fn serve(
-        log: Arc<dyn LogServer>,
-        cluster: ClusterId,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<()> {
-        let check = Check {
-            cluster,
-            stage: Stage::Log,
-        };
-        let calls = TaskTracker::new();
-        let service = GrpcLogServer::new(LogService {
-            log,
-            calls: calls.clone(),
-        })
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let served = Server::builder()
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .serve_with_incoming_shutdown(
-                InterceptedService::new(service, check),
-                incoming,
-                shutdown,
-            )
-            .await;
-        calls.close();
-        calls.wait().await;
-        served.map_err(|e| {
-            Error::new(
-                Stage::Log,
-                ErrorKind::Unavailable(format!("log server stopped: {e}")),
-            )
-        })
-    }
-
-    /// Refuses a call meant for another log: its client learned the id of the log that
-    /// answered at this address before, and this one is not it.
-    fn check_id(&self, meant: Option<u64>) -> std::result::Result<(), Status> {
-        let id = self.log.id();
-        let why = match meant {
-            Some(meant) if meant == id.0 => return Ok(()),
-            Some(meant) => format!(
-                "a call meant for log {meant} reached log {id}: another log now serves this \
-                 address"
-            ),
-            None => format!("a call to log {id} that names no log"),
-        };
-        Err(to_status(&Error::new(
-            Stage::Log,
-            ErrorKind::InvalidRequest(why),
-        )))
-    }
-
-    /// Runs `call` on the log in a task of its own, to its end, whatever becomes of the
-    /// request: a caller that gives up, or a connection that breaks, drops the request's
-    /// handler, and a push cut off between its admission and its sync would leave the log
-    /// holding a version it never made durable.
-    async fn detached<T, F>(
-        &self,
-        call: impl FnOnce(Arc<dyn LogServer>) -> F,
-    ) -> std::result::Result<T, Status>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T>> + Send + 'static,
-    {
-        let task = self.calls.spawn(call(self.log.clone()));
-        match task.await {
-            Ok(result) => answered(result),
-            Err(e) => Err(to_status(&Error::new(
-                Stage::Log,
-                ErrorKind::Unavailable(format!("the log's call did not finish: {e}")),
-            ))),
-        }
-    }
-}
-
-fn answered<T>(result: Result<T>) -> std::result::Result<T, Status> {
-    result.map_err(|e| to_status(&e))
-}
+use crate::server::{Served, answered, refuse};
+use crate::{MESSAGE_BYTES_MAX, PULL_ENTRIES_MAX, PULL_REPLY_BYTES_MAX};
 
 /// Keeps the first entries whose encodings fit in `budget` bytes, and always the first: an
 /// entry is never larger than a transaction (10,000,000 bytes), which a message holds.
@@ -144,35 +31,26 @@ fn fit(mut entries: Vec<LogEntry>, budget: usize) -> Vec<LogEntry> {
 }
 
 #[tonic::async_trait]
-impl Log for LogService {
-    async fn id(
-        &self,
-        _: Request<proto::IdRequest>,
-    ) -> std::result::Result<Response<proto::IdReply>, Status> {
-        Ok(Response::new(proto::IdReply {
-            log_id: self.log.id().0,
-        }))
-    }
-
+impl proto::log_server::Log for Served {
     async fn push(
         &self,
         request: Request<proto::PushRequest>,
     ) -> std::result::Result<Response<proto::PushReply>, Status> {
         let r = request.into_inner();
-        self.check_id(r.log_id)?;
+        let log = self.log(r.log_id)?;
         if r.payload.len() > TRANSACTION_BYTES_MAX {
             // Held, it could never be pulled back in one message: every follower would stop
             // at it.
-            return Err(to_status(&Error::new(
+            return Err(refuse(
                 Stage::Log,
                 ErrorKind::InvalidRequest(format!(
                     "a batch of {} bytes, over the limit of {TRANSACTION_BYTES_MAX} (a batch is \
                      never larger than a transaction)",
                     r.payload.len()
                 )),
-            )));
+            ));
         }
-        self.detached(move |log| async move {
+        self.detached(Stage::Log, async move {
             log.push(
                 Epoch(r.epoch),
                 Version(r.previous_version),
@@ -190,11 +68,11 @@ impl Log for LogService {
         request: Request<proto::PullRequest>,
     ) -> std::result::Result<Response<proto::PullReply>, Status> {
         let r = request.into_inner();
-        self.check_id(r.log_id)?;
+        let log = self.log(r.log_id)?;
         let limit = usize::try_from(r.limit)
             .unwrap_or(usize::MAX)
             .min(PULL_ENTRIES_MAX);
-        let entries = answered(self.log.pull(Version(r.after), limit).await)?;
+        let entries = answered(log.pull(Version(r.after), limit).await)?;
         let entries = fit(entries, PULL_REPLY_BYTES_MAX)
             .into_iter()
             .map(|e| proto::Entry {
@@ -211,9 +89,9 @@ impl Log for LogService {
         request: Request<proto::LockRequest>,
     ) -> std::result::Result<Response<proto::LockReply>, Status> {
         let r = request.into_inner();
-        self.check_id(r.log_id)?;
+        let log = self.log(r.log_id)?;
         let state = self
-            .detached(move |log| async move { log.lock(Epoch(r.epoch)).await })
+            .detached(Stage::Log, async move { log.lock(Epoch(r.epoch)).await })
             .await?;
         Ok(Response::new(proto::LockReply {
             epoch: state.epoch.0,
@@ -227,14 +105,14 @@ impl Log for LogService {
         request: Request<proto::PopRequest>,
     ) -> std::result::Result<Response<proto::PopReply>, Status> {
         let r = request.into_inner();
-        self.check_id(r.log_id)?;
-        self.detached(move |log| async move { log.pop(Version(r.version)).await })
+        let log = self.log(r.log_id)?;
+        self.detached(Stage::Log, async move { log.pop(Version(r.version)).await })
             .await?;
         Ok(Response::new(proto::PopReply {}))
     }
 }
 
-/// A [`LogServer`] served by a [`LogService`] elsewhere: each method is one call.
+/// A [`LogServer`] served elsewhere by [`serve`](crate::serve): each method is one call.
 ///
 /// Failures of the remote log arrive as the log raised them (`Fenced`, `OutOfOrder`,
 /// `Poisoned`, ...). A call that cannot reach the log, or whose connection breaks before the
@@ -242,50 +120,46 @@ impl Log for LogService {
 /// answer was lost, and recovery settles it. A push, lock or pop the server took in runs to
 /// its end even when its caller stops waiting.
 ///
-/// Every call names the log it means (the id it answered when the client connected): when
-/// another log answers at the address later, its calls are refused (`InvalidRequest`) instead
-/// of locking, writing or popping the wrong log.
+/// Every call names the log it means by its id: when the server at the address no longer
+/// serves that log (another process took the port, say), its calls are refused
+/// (`InvalidRequest`) instead of locking, writing or popping the wrong log.
 #[derive(Clone, Debug)]
 pub struct RemoteLog {
     id: LogId,
-    peer: String,
-    client: LogClient<InterceptedService<Channel, Tag>>,
+    link: Link,
+    client: LogClient<Tagged>,
 }
 
 impl RemoteLog {
     /// Connects to log `expected`, served at `address` (`host:port`) for `cluster`.
     ///
     /// Errors: `Unavailable` when nothing answers at `address`; `InvalidRequest` when the
-    /// server is of another cluster, or serves another log.
+    /// server is of another cluster, or does not serve that log.
     pub async fn connect(address: &str, cluster: ClusterId, expected: LogId) -> Result<RemoteLog> {
-        let peer = format!("log at {address}");
-        let channel = connect(Stage::Log, &peer, address).await?;
-        let client = LogClient::with_interceptor(channel, Tag(cluster))
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX);
-        let log = RemoteLog {
-            id: expected,
-            peer,
-            client,
-        };
-        let reply = log.client.clone().id(proto::IdRequest {}).await;
-        let id = LogId(log.answer(reply)?.log_id);
-        if id != expected {
-            return Err(Error::new(
+        let link = Link::connect(Stage::Log, address, cluster).await?;
+        let served = link.describe(Stage::Log).await?.logs;
+        if !served.contains(&expected.0) {
+            let served: Vec<String> = served.iter().map(|id| format!("log {id}")).collect();
+            return Err(link.refused(
                 Stage::Log,
-                ErrorKind::InvalidRequest(format!(
-                    "{}: log {id} answers there, not log {expected}",
-                    log.peer
-                )),
+                format!(
+                    "does not serve log {expected} (it serves {})",
+                    if served.is_empty() {
+                        "no log".into()
+                    } else {
+                        served.join(", ")
+                    }
+                ),
             ));
         }
-        Ok(log)
+        Ok(RemoteLog::new(link, expected))
     }
 
-    fn answer<T>(&self, reply: std::result::Result<Response<T>, Status>) -> Result<T> {
-        reply
-            .map(Response::into_inner)
-            .map_err(|status| from_status(Stage::Log, &self.peer, &status))
+    pub(crate) fn new(link: Link, id: LogId) -> RemoteLog {
+        let client = LogClient::new(link.channel.clone())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        RemoteLog { id, link, client }
     }
 }
 
@@ -309,8 +183,8 @@ impl LogServer for RemoteLog {
             version: version.0,
             payload,
         };
-        self.answer(self.client.clone().push(request).await)
-            .map(|_| ())
+        let reply = self.client.clone().push(request).await;
+        self.link.answer(Stage::Log, reply).map(|_| ())
     }
 
     async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
@@ -319,8 +193,10 @@ impl LogServer for RemoteLog {
             after: after.0,
             limit: u64::try_from(limit).unwrap_or(u64::MAX),
         };
-        let reply = self.answer(self.client.clone().pull(request).await)?;
-        Ok(reply
+        let reply = self.client.clone().pull(request).await;
+        Ok(self
+            .link
+            .answer(Stage::Log, reply)?
             .entries
             .into_iter()
             .map(|e| LogEntry {
@@ -336,7 +212,8 @@ impl LogServer for RemoteLog {
             log_id: Some(self.id.0),
             epoch: epoch.0,
         };
-        let reply = self.answer(self.client.clone().lock(request).await)?;
+        let reply = self.client.clone().lock(request).await;
+        let reply = self.link.answer(Stage::Log, reply)?;
         Ok(LogState {
             epoch: Epoch(reply.epoch),
             first_version: reply.first_version.map(Version),
@@ -349,8 +226,8 @@ impl LogServer for RemoteLog {
             log_id: Some(self.id.0),
             version: version.0,
         };
-        self.answer(self.client.clone().pop(request).await)
-            .map(|_| ())
+        let reply = self.client.clone().pop(request).await;
+        self.link.answer(Stage::Log, reply).map(|_| ())
     }
 }
 

@@ -7,49 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use strata_core::{Epoch, ErrorKind, LogId, LogServer, Result, Stage, Version};
 use strata_net::proto::log_client::LogClient;
-use strata_net::{CLUSTER_ID_HEADER, ClusterId, LogService, RemoteLog};
+use strata_net::{CLUSTER_ID_HEADER, RemoteLog};
 use strata_tlog::{FileLog, FileLogConfig};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::Channel;
 
-/// A log served on a loopback port until [`Served::stop`].
-struct Served {
-    address: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<()>>,
-}
-
-impl Served {
-    async fn start(log: Arc<dyn LogServer>, cluster: &str) -> Served {
-        Served::start_at("127.0.0.1:0", log, cluster).await
-    }
-
-    /// Serves `log` at `address` (a port of 0 picks one).
-    async fn start_at(address: &str, log: Arc<dyn LogServer>, cluster: &str) -> Served {
-        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let cluster = ClusterId::new(cluster).unwrap();
-        let task = tokio::spawn(LogService::serve(log, cluster, listener, async {
-            let _ = stopped.await;
-        }));
-        Served {
-            address,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        (&mut self.task).await.unwrap().unwrap();
-    }
-}
+mod common;
+use common::{RawCodec, Served, cluster};
 
 fn file_log(dir: &std::path::Path) -> FileLog {
     let config = FileLogConfig {
@@ -61,10 +26,6 @@ fn file_log(dir: &std::path::Path) -> FileLog {
     FileLog::open(dir, LogId(3), Version(0), config).unwrap()
 }
 
-fn cluster(id: &str) -> ClusterId {
-    ClusterId::new(id).unwrap()
-}
-
 fn payload(v: u64) -> Bytes {
     Bytes::from(format!("batch {v} ").repeat(60))
 }
@@ -73,7 +34,7 @@ fn payload(v: u64) -> Bytes {
 async fn a_remote_log_is_the_log_it_serves_over_many_segments() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(file_log(dir.path()));
-    let served = Served::start(local.clone(), "t-segments").await;
+    let served = Served::log(local.clone(), "t-segments").await;
     let remote = RemoteLog::connect(&served.address, cluster("t-segments"), LogId(3))
         .await
         .unwrap();
@@ -127,7 +88,7 @@ async fn a_remote_log_is_the_log_it_serves_over_many_segments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_logs_refusals_arrive_with_their_kind_and_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let served = Served::start(Arc::new(file_log(dir.path())), "t-refusals").await;
+    let served = Served::log(Arc::new(file_log(dir.path())), "t-refusals").await;
     let remote = RemoteLog::connect(&served.address, cluster("t-refusals"), LogId(3))
         .await
         .unwrap();
@@ -187,7 +148,7 @@ async fn the_logs_refusals_arrive_with_their_kind_and_fields() {
 async fn a_call_of_another_cluster_or_of_none_is_refused_before_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(file_log(dir.path()));
-    let served = Served::start(local.clone(), "t-clusters-a").await;
+    let served = Served::log(local.clone(), "t-clusters-a").await;
 
     let e = RemoteLog::connect(&served.address, cluster("t-clusters-b"), LogId(3))
         .await
@@ -201,11 +162,7 @@ async fn a_call_of_another_cluster_or_of_none_is_refused_before_the_log() {
     );
 
     // A plain gRPC client that names no cluster: refused, and its push never reaches the log.
-    let channel = Channel::from_shared(format!("http://{}", served.address))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = served.channel().await;
     let mut client = LogClient::new(channel);
     let status = client
         .push(strata_net::proto::PushRequest {
@@ -259,7 +216,7 @@ async fn a_server_not_there_or_gone_is_unavailable() {
     assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
-    let served = Served::start(Arc::new(file_log(dir.path())), "t-gone").await;
+    let served = Served::log(Arc::new(file_log(dir.path())), "t-gone").await;
     let remote = RemoteLog::connect(&served.address, cluster("t-gone"), LogId(3))
         .await
         .unwrap();
@@ -276,59 +233,14 @@ async fn a_server_not_there_or_gone_is_unavailable() {
     assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
 }
 
-/// Sends and receives raw message bytes, so a test can send what no client would.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
-        let mut out = BytesMut::new();
-        while bytes::Buf::has_remaining(src) {
-            let chunk = bytes::Buf::chunk(src);
-            out.extend_from_slice(chunk);
-            let n = chunk.len();
-            bytes::Buf::advance(src, n);
-        }
-        Ok(Some(out.freeze()))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzed_request_bytes_get_an_error_or_an_answer_never_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(file_log(dir.path()));
-    let served = Served::start(local.clone(), "t-fuzz").await;
-    let channel = Channel::from_shared(format!("http://{}", served.address))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let served = Served::log(local.clone(), "t-fuzz").await;
+    let channel = served.channel().await;
     let mut grpc = tonic::client::Grpc::new(channel);
-    let methods = ["Id", "Push", "Pull", "Lock", "Pop"];
+    let methods = ["Push", "Pull", "Lock", "Pop"];
     // A seeded xorshift: the same bytes every run.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -429,7 +341,7 @@ async fn a_push_whose_caller_gives_up_still_reaches_the_log_whole() {
         delay: Duration::from_millis(300),
         entered: tokio::sync::Notify::new(),
     });
-    let served = Served::start(slow.clone(), "t-gives-up").await;
+    let served = Served::log(slow.clone(), "t-gives-up").await;
     let remote = RemoteLog::connect(&served.address, cluster("t-gives-up"), LogId(3))
         .await
         .unwrap();
@@ -460,7 +372,7 @@ async fn a_push_whose_caller_gives_up_still_reaches_the_log_whole() {
 async fn a_client_of_one_log_is_refused_by_another_at_the_same_address() {
     let dir = tempfile::tempdir().unwrap();
     let first = Arc::new(file_log(dir.path().join("a").as_path()));
-    let served = Served::start(first, "t-swap").await;
+    let served = Served::log(first, "t-swap").await;
     let remote = RemoteLog::connect(&served.address, cluster("t-swap"), LogId(3))
         .await
         .unwrap();
@@ -478,7 +390,11 @@ async fn a_client_of_one_log_is_refused_by_another_at_the_same_address() {
     )
     .unwrap();
     let other = Arc::new(other);
-    let served = Served::start_at(&address, other.clone(), "t-swap").await;
+    let stages = strata_net::Stages {
+        logs: vec![other.clone()],
+        ..strata_net::Stages::default()
+    };
+    let served = Served::start_at(&address, stages, "t-swap").await;
     let mut refusals = Vec::new();
     for _ in 0..50 {
         match remote.lock(Epoch(9)).await {
@@ -524,7 +440,7 @@ async fn an_entry_as_large_as_a_transaction_crosses_both_ways() {
         ..FileLogConfig::default()
     };
     let local = Arc::new(FileLog::open(dir.path(), LogId(3), Version(0), config).unwrap());
-    let served = Served::start(local.clone(), "t-large").await;
+    let served = Served::log(local.clone(), "t-large").await;
     let remote = RemoteLog::connect(&served.address, cluster("t-large"), LogId(3))
         .await
         .unwrap();

@@ -1,0 +1,175 @@
+//! The client side: one connection to a server, shared by the remote stages it serves, and
+//! [`Stages::connect`], which learns what a server serves and builds a remote stage for each.
+
+use std::sync::Arc;
+
+use strata_core::{Epoch, Error, ErrorKind, KeyRange, LogId, Result, Stage};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Response, Status};
+
+use crate::cluster::{ClusterId, Tag};
+use crate::failure::from_status;
+use crate::proto;
+use crate::server::Stages;
+use crate::{
+    CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, RemoteLog, RemoteProxy, RemoteResolver,
+    RemoteSequencer, RemoteStorage,
+};
+
+/// A connection whose calls carry the cluster id.
+pub(crate) type Tagged = InterceptedService<Channel, Tag>;
+
+/// One connection to a server and the name its errors give it. Cheap to clone: the clones
+/// share the connection, and their calls travel on it side by side (HTTP/2 streams).
+#[derive(Clone, Debug)]
+pub(crate) struct Link {
+    pub(crate) channel: Tagged,
+    /// "server at HOST:PORT", for errors.
+    pub(crate) peer: String,
+}
+
+impl Link {
+    /// Connects to the server at `address` (`host:port`) for `cluster`; `stage` is the stage
+    /// a failure to connect is reported for.
+    pub(crate) async fn connect(stage: Stage, address: &str, cluster: ClusterId) -> Result<Link> {
+        let peer = format!("server at {address}");
+        let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| {
+            Error::new(
+                stage,
+                ErrorKind::InvalidRequest(format!("{peer}: not a host:port address: {e}")),
+            )
+        })?;
+        let channel = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|e| {
+                Error::new(
+                    stage,
+                    ErrorKind::Unavailable(format!("{peer}: cannot connect: {}", causes(&e))),
+                )
+            })?;
+        Ok(Link {
+            channel: InterceptedService::new(channel, Tag(cluster)),
+            peer,
+        })
+    }
+
+    /// A call's answer, or its failure as the stage raised it.
+    pub(crate) fn answer<T>(
+        &self,
+        stage: Stage,
+        reply: std::result::Result<Response<T>, Status>,
+    ) -> Result<T> {
+        reply
+            .map(Response::into_inner)
+            .map_err(|status| from_status(stage, &self.peer, &status))
+    }
+
+    /// What the server serves now; a failure is reported as `stage`'s, the stage the caller
+    /// asked about.
+    pub(crate) async fn describe(&self, stage: Stage) -> Result<proto::DescribeReply> {
+        let mut client = proto::cluster_client::ClusterClient::new(self.channel.clone());
+        self.answer(stage, client.describe(proto::DescribeRequest {}).await)
+            .map_err(|e| Error::new(stage, e.kind))
+    }
+
+    /// An `InvalidRequest` of `stage` that names the server: it is not the server, or does not
+    /// serve the stage, the caller asked for.
+    pub(crate) fn refused(&self, stage: Stage, why: String) -> Error {
+        Error::new(
+            stage,
+            ErrorKind::InvalidRequest(format!("{}: {why}", self.peer)),
+        )
+    }
+
+    /// An answer that cannot be right (a verdict missing, a reversed range): `Unavailable` of
+    /// `stage`, an outcome unknown, as for an answer lost on the way. Never trusted.
+    pub(crate) fn garbled(&self, stage: Stage, why: String) -> Error {
+        Error::new(
+            stage,
+            ErrorKind::Unavailable(format!("{}: {why}", self.peer)),
+        )
+    }
+}
+
+/// An error and its sources, joined: the transport's own text is often only "transport
+/// error", and the cause (connection refused, timed out) is in its sources.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Ranges from a server's answer. A server never sends an empty or reversed range; an answer
+/// that holds one is not trusted (see [`Link::garbled`]).
+pub(crate) fn ranges_from_wire(
+    link: &Link,
+    stage: Stage,
+    ranges: Vec<proto::KeyRange>,
+) -> Result<Vec<KeyRange>> {
+    ranges
+        .into_iter()
+        .map(|r| {
+            KeyRange::new(r.begin, r.end)
+                .map_err(|e| link.garbled(stage, format!("answered a bad key range: {e}")))
+        })
+        .collect()
+}
+
+impl Stages {
+    /// The stages the server at `address` (`host:port`) serves for `cluster` now, each as a
+    /// remote stage on one shared connection: its sequencer, its proxies, resolvers and
+    /// storage servers by index, its logs by id. Between two epochs that may be nothing but
+    /// the logs and storage servers; ask again later.
+    ///
+    /// The remote stages follow the server, not the epoch they were learned in: once the
+    /// server runs a newer epoch, proxy 0 is that epoch's proxy 0. A stage that is no longer
+    /// served answers `Unavailable` (none of its kind) or `InvalidRequest` (not this one).
+    ///
+    /// Errors: `Unavailable` when nothing answers at `address`; `InvalidRequest` when the
+    /// server is of another cluster.
+    pub async fn connect(address: &str, cluster: ClusterId) -> Result<Stages> {
+        let link = Link::connect(Stage::Director, address, cluster).await?;
+        let described = link.describe(Stage::Director).await?;
+        let mut stages = Stages::default();
+        if described.sequencer {
+            let epoch = described.epoch.ok_or_else(|| {
+                link.garbled(Stage::Director, "serves a sequencer of no epoch".into())
+            })?;
+            stages.sequencer = Some(Arc::new(RemoteSequencer::new(link.clone(), Epoch(epoch))));
+        }
+        for index in 0..described.proxies {
+            stages
+                .proxies
+                .push(Arc::new(RemoteProxy::on(link.clone(), index).await?));
+        }
+        for index in 0..described.resolvers {
+            stages
+                .resolvers
+                .push(Arc::new(RemoteResolver::new(link.clone(), index)));
+        }
+        for (index, shards) in (0u32..).zip(described.storage) {
+            let shards = ranges_from_wire(&link, Stage::Storage, shards.shards)?;
+            stages
+                .storage
+                .push(Arc::new(RemoteStorage::new(link.clone(), index, shards)));
+        }
+        for id in described.logs {
+            stages
+                .logs
+                .push(Arc::new(RemoteLog::new(link.clone(), LogId(id))));
+        }
+        Ok(stages)
+    }
+}

@@ -1,0 +1,336 @@
+//! One server for every stage a process runs: [`serve`] answers the calls of every service on
+//! one listener, for the stages [`Stages`] names at the moment of each call.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use strata_core::{
+    CommitProxy, Epoch, Error, ErrorKind, LogId, LogServer, Resolver, Result, Sequencer, Stage,
+    StorageServer,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::cluster::{Check, ClusterId};
+use crate::failure::to_status;
+use crate::proto;
+use crate::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MESSAGE_BYTES_MAX};
+
+/// The stages one process serves, or, on a client, the remote stages one server offers
+/// ([`Stages::connect`](crate::Stages::connect)).
+///
+/// Proxies, resolvers and storage servers are known by their index here; logs by their
+/// [`LogId`]. A process that runs the stages of one epoch after another (a director that
+/// recovers in place) publishes each epoch's stages on a [`watch`] channel, and [`serve`]
+/// answers every call for the stages published at that moment: between two epochs it serves
+/// `Stages::default()`, nothing.
+#[derive(Clone, Default)]
+pub struct Stages {
+    /// The sequencer, if this process runs it.
+    pub sequencer: Option<Arc<dyn Sequencer>>,
+    /// Commit proxies, by index.
+    pub proxies: Vec<Arc<dyn CommitProxy>>,
+    /// Resolvers, by index.
+    pub resolvers: Vec<Arc<dyn Resolver>>,
+    /// Storage servers, by index.
+    pub storage: Vec<Arc<dyn StorageServer>>,
+    /// Transaction logs, found by their id (two with the same id: the first answers).
+    pub logs: Vec<Arc<dyn LogServer>>,
+}
+
+impl std::fmt::Debug for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stages")
+            .field("epoch", &self.epoch())
+            .field("sequencer", &self.sequencer.is_some())
+            .field("proxies", &self.proxies.len())
+            .field("resolvers", &self.resolvers.len())
+            .field("storage", &self.storage.len())
+            .field(
+                "logs",
+                &self.logs.iter().map(|l| l.id()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Stages {
+    /// The epoch these stages run for: the sequencer's, or else the first proxy's; `None` for
+    /// stages that outlive epochs (logs, storage servers) served alone.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.sequencer
+            .as_ref()
+            .map(|s| s.epoch())
+            .or_else(|| self.proxies.first().map(|p| p.epoch()))
+    }
+
+    /// Whether nothing is served.
+    pub fn is_empty(&self) -> bool {
+        self.sequencer.is_none()
+            && self.proxies.is_empty()
+            && self.resolvers.is_empty()
+            && self.storage.is_empty()
+            && self.logs.is_empty()
+    }
+}
+
+/// Serves the stages published on `stages` on `listener`, to calls of `cluster`, until
+/// `shutdown` completes; then waits for the stage calls in progress to end, those whose
+/// callers gave up included: once it returns, nothing it started still runs on a stage.
+/// Calls of another cluster are refused before they reach a stage.
+///
+/// Every service (log, sequencer, resolver, storage, commit proxy, and the `Cluster` service
+/// that describes what is served) answers on the one listener. A call for a stage this process
+/// does not serve now is refused: `Unavailable` while nothing of its kind is served (between
+/// two epochs), `InvalidRequest` when others of its kind are (the caller names a log, proxy,
+/// resolver or storage server that is not here).
+///
+/// Each call that changes a stage (a push, lock or pop; a version handed out or reported; a
+/// batch resolved; a roll back; a commit) runs to its end in a task of its own, whatever
+/// becomes of its caller: a call cut off between its admission and its end (a push admitted
+/// but never synced) would leave the stage holding what it never finished.
+///
+/// The server pings each connection every [`KEEPALIVE_INTERVAL`](crate::KEEPALIVE_INTERVAL)
+/// and drops one whose peer does not answer within
+/// [`KEEPALIVE_TIMEOUT`](crate::KEEPALIVE_TIMEOUT), so a client host that dies in the
+/// middle of a reply holds neither the reply nor the shutdown.
+///
+/// Errors: `Unavailable` when the server fails (its listener does).
+pub async fn serve(
+    cluster: ClusterId,
+    stages: watch::Receiver<Arc<Stages>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let calls = TaskTracker::new();
+    let shared = Arc::new(Shared {
+        stages,
+        calls: calls.clone(),
+    });
+    let check = |stage| Check {
+        cluster: cluster.clone(),
+        stage,
+    };
+    macro_rules! service {
+        ($server:ty, $stage:expr) => {
+            InterceptedService::new(
+                <$server>::new(Served(shared.clone()))
+                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(MESSAGE_BYTES_MAX),
+                check($stage),
+            )
+        };
+    }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(service!(
+            proto::cluster_server::ClusterServer<Served>,
+            Stage::Director
+        ))
+        .add_service(service!(proto::log_server::LogServer<Served>, Stage::Log))
+        .add_service(service!(
+            proto::sequencer_server::SequencerServer<Served>,
+            Stage::Sequencer
+        ))
+        .add_service(service!(
+            proto::resolver_server::ResolverServer<Served>,
+            Stage::Resolver
+        ))
+        .add_service(service!(
+            proto::storage_server::StorageServer<Served>,
+            Stage::Storage
+        ))
+        .add_service(service!(
+            proto::proxy_server::ProxyServer<Served>,
+            Stage::CommitProxy
+        ))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    calls.close();
+    calls.wait().await;
+    served.map_err(|e| {
+        Error::new(
+            Stage::Director,
+            ErrorKind::Unavailable(format!("server stopped: {e}")),
+        )
+    })
+}
+
+/// What every service of one server shares.
+pub(crate) struct Shared {
+    stages: watch::Receiver<Arc<Stages>>,
+    /// The stage calls detached from their requests, for `serve` to wait for.
+    calls: TaskTracker,
+}
+
+/// The handler of every service of one server (each service's impl is in its stage's module).
+#[derive(Clone)]
+pub(crate) struct Served(pub(crate) Arc<Shared>);
+
+/// A refusal of `stage`, as a status.
+pub(crate) fn refuse(stage: Stage, kind: ErrorKind) -> Status {
+    to_status(&Error::new(stage, kind))
+}
+
+/// `result`'s error as a status.
+pub(crate) fn answered<T>(result: Result<T>) -> std::result::Result<T, Status> {
+    result.map_err(|e| to_status(&e))
+}
+
+/// The one of `served` that `index` names, if the request names one.
+fn by_index<T: ?Sized>(
+    stage: Stage,
+    what: &str,
+    served: &[Arc<T>],
+    index: Option<u32>,
+) -> std::result::Result<Arc<T>, Status> {
+    let Some(index) = index else {
+        return Err(refuse(
+            stage,
+            ErrorKind::InvalidRequest(format!("a call that names no {what}")),
+        ));
+    };
+    match served.get(index as usize) {
+        Some(stage) => Ok(stage.clone()),
+        None if served.is_empty() => Err(refuse(
+            stage,
+            ErrorKind::Unavailable(format!("no {what} is served here now")),
+        )),
+        None => Err(refuse(
+            stage,
+            ErrorKind::InvalidRequest(format!(
+                "{what} {index} is not served here: this server has {} (from 0)",
+                served.len()
+            )),
+        )),
+    }
+}
+
+impl Served {
+    /// The stages served now.
+    pub(crate) fn now(&self) -> Arc<Stages> {
+        self.0.stages.borrow().clone()
+    }
+
+    pub(crate) fn sequencer(&self) -> std::result::Result<Arc<dyn Sequencer>, Status> {
+        self.now().sequencer.clone().ok_or_else(|| {
+            refuse(
+                Stage::Sequencer,
+                ErrorKind::Unavailable("no sequencer is served here now".into()),
+            )
+        })
+    }
+
+    pub(crate) fn proxy(
+        &self,
+        index: Option<u32>,
+    ) -> std::result::Result<Arc<dyn CommitProxy>, Status> {
+        by_index(
+            Stage::CommitProxy,
+            "commit proxy",
+            &self.now().proxies,
+            index,
+        )
+    }
+
+    pub(crate) fn resolver(
+        &self,
+        index: Option<u32>,
+    ) -> std::result::Result<Arc<dyn Resolver>, Status> {
+        by_index(Stage::Resolver, "resolver", &self.now().resolvers, index)
+    }
+
+    pub(crate) fn storage(
+        &self,
+        index: Option<u32>,
+    ) -> std::result::Result<Arc<dyn StorageServer>, Status> {
+        by_index(Stage::Storage, "storage server", &self.now().storage, index)
+    }
+
+    /// The log the request names: refused when it names none, or one not served here (a
+    /// client whose connection came back to another log at the same address, say).
+    pub(crate) fn log(&self, id: Option<u64>) -> std::result::Result<Arc<dyn LogServer>, Status> {
+        let stages = self.now();
+        let Some(id) = id else {
+            return Err(refuse(
+                Stage::Log,
+                ErrorKind::InvalidRequest("a call that names no log".into()),
+            ));
+        };
+        if let Some(log) = stages.logs.iter().find(|l| l.id() == LogId(id)) {
+            return Ok(log.clone());
+        }
+        let kind = if stages.logs.is_empty() {
+            ErrorKind::Unavailable(format!("log {id} is not served here now; no log is"))
+        } else {
+            let here: Vec<String> = stages
+                .logs
+                .iter()
+                .map(|l| format!("log {}", l.id()))
+                .collect();
+            ErrorKind::InvalidRequest(format!(
+                "log {id} is not served here: this server serves {}",
+                here.join(", ")
+            ))
+        };
+        Err(refuse(Stage::Log, kind))
+    }
+
+    /// Runs `call` in a task of its own, to its end, whatever becomes of the request: a caller
+    /// that gives up, or a connection that breaks, drops the request's handler, and a call cut
+    /// off between its admission and its end would leave the stage holding what it never
+    /// finished (a push admitted but never synced, a version handed out but never pushed).
+    pub(crate) async fn detached<T, F>(
+        &self,
+        stage: Stage,
+        call: F,
+    ) -> std::result::Result<T, Status>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        match self.0.calls.spawn(call).await {
+            Ok(result) => answered(result),
+            Err(e) => Err(refuse(
+                stage,
+                ErrorKind::Unavailable(format!("the call did not finish: {e}")),
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::cluster_server::Cluster for Served {
+    async fn describe(
+        &self,
+        _: tonic::Request<proto::DescribeRequest>,
+    ) -> std::result::Result<tonic::Response<proto::DescribeReply>, Status> {
+        let stages = self.now();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(tonic::Response::new(proto::DescribeReply {
+            epoch: stages.epoch().map(|e| e.0),
+            sequencer: stages.sequencer.is_some(),
+            proxies: count(stages.proxies.len()),
+            resolvers: count(stages.resolvers.len()),
+            storage: stages
+                .storage
+                .iter()
+                .map(|s| proto::StorageShards {
+                    shards: s
+                        .shards()
+                        .iter()
+                        .map(crate::convert::range_to_wire)
+                        .collect(),
+                })
+                .collect(),
+            logs: stages.logs.iter().map(|l| l.id().0).collect(),
+        }))
+    }
+}

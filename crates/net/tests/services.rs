@@ -1,0 +1,208 @@
+//! Every service at once, on real stages: a call of another cluster is refused by each, and
+//! random request bytes to every method get an error or an answer, never a panic, and leave
+//! the server serving.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use strata_commit_proxy::{BatchingProxy, ProxyConfig};
+use strata_core::{
+    Epoch, ErrorKind, Key, KeyRange, LogId, LogServer, Resolver, Sequencer, Stage, StorageServer,
+    Version,
+};
+use strata_net::{RemoteLog, RemoteProxy, RemoteResolver, RemoteSequencer, RemoteStorage, Stages};
+use strata_resolver::{ResolverConfig, WindowResolver};
+use strata_sequencer::ClockSequencer;
+use strata_storage::{RedbStorage, StorageConfig};
+use strata_testkit::MemoryLog;
+
+mod common;
+use common::{Served, cluster, raw_call, xorshift};
+
+/// Every method of every service, by path.
+const METHODS: &[&str] = &[
+    "/strata.v1.Cluster/Describe",
+    "/strata.v1.Log/Push",
+    "/strata.v1.Log/Pull",
+    "/strata.v1.Log/Lock",
+    "/strata.v1.Log/Pop",
+    "/strata.v1.Sequencer/Epoch",
+    "/strata.v1.Sequencer/NextCommitVersion",
+    "/strata.v1.Sequencer/ReportCommitted",
+    "/strata.v1.Sequencer/ReadVersion",
+    "/strata.v1.Resolver/Resolve",
+    "/strata.v1.Storage/Shards",
+    "/strata.v1.Storage/Get",
+    "/strata.v1.Storage/GetRange",
+    "/strata.v1.Storage/AppliedVersion",
+    "/strata.v1.Storage/DurableVersion",
+    "/strata.v1.Storage/RollBack",
+    "/strata.v1.Proxy/Epoch",
+    "/strata.v1.Proxy/Commit",
+];
+
+/// One of each stage, all real but the log (in memory), served together.
+async fn everything(dir: &std::path::Path, name: &str) -> (Served, Arc<RedbStorage>) {
+    let epoch = Epoch(1);
+    let log: Arc<dyn LogServer> = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+    let sequencer: Arc<dyn Sequencer> = Arc::new(ClockSequencer::new(epoch, Version(0)));
+    let resolver: Arc<dyn Resolver> = Arc::new(WindowResolver::new(
+        epoch,
+        Version(0),
+        ResolverConfig::default(),
+    ));
+    let proxy = BatchingProxy::new(
+        epoch,
+        sequencer.clone(),
+        vec![(Key::new(), resolver.clone())],
+        vec![log.clone()],
+        ProxyConfig::default(),
+    )
+    .unwrap();
+    let all = KeyRange::new(Key::new(), Bytes::from_static(&[0xff; 4])).unwrap();
+    let storage = RedbStorage::open(
+        &dir.join("storage.redb"),
+        vec![all],
+        log.clone(),
+        StorageConfig::default(),
+    )
+    .await
+    .unwrap();
+    let storage = Arc::new(storage);
+    let stages = Stages {
+        sequencer: Some(sequencer),
+        proxies: vec![Arc::new(proxy)],
+        resolvers: vec![resolver],
+        storage: vec![storage.clone() as Arc<dyn StorageServer>],
+        logs: vec![log],
+    };
+    (Served::start(stages, name).await, storage)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_refuses_another_clusters_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (served, storage) = everything(dir.path(), "t-ours").await;
+    let theirs = || cluster("t-theirs");
+    let a = &served.address;
+    let refusals = [
+        (
+            Stage::Sequencer,
+            RemoteSequencer::connect(a, theirs()).await.err(),
+        ),
+        (
+            Stage::CommitProxy,
+            RemoteProxy::connect(a, theirs(), 0).await.err(),
+        ),
+        (
+            Stage::Resolver,
+            RemoteResolver::connect(a, theirs(), 0).await.err(),
+        ),
+        (
+            Stage::Storage,
+            RemoteStorage::connect(a, theirs(), 0).await.err(),
+        ),
+        (
+            Stage::Log,
+            RemoteLog::connect(a, theirs(), LogId(0)).await.err(),
+        ),
+        (Stage::Director, Stages::connect(a, theirs()).await.err()),
+    ];
+    for (stage, refusal) in refusals {
+        let e = refusal.unwrap_or_else(|| panic!("{stage} client of another cluster accepted"));
+        assert_eq!(e.stage, stage);
+        assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("t-theirs") && text.contains("t-ours"),
+            "{text}"
+        );
+    }
+    // And every method, called raw without the right id, is refused before its stage.
+    let mut grpc = tonic::client::Grpc::new(served.channel().await);
+    for path in METHODS {
+        let status = raw_call(&mut grpc, "t-theirs", path, Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{path}");
+    }
+    served.stop().await;
+    storage.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_bytes_to_every_method_get_an_error_or_an_answer_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (served, storage) = everything(dir.path(), "t-fuzz-all").await;
+    let mut grpc = tonic::client::Grpc::new(served.channel().await);
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+    let mut refused = 0;
+    let rounds = METHODS.len() * 60;
+    for round in 0..rounds {
+        let path = METHODS[round % METHODS.len()];
+        let len = usize::try_from(next() % 96).unwrap();
+        let body: Bytes = (0..len).map(|_| next() as u8).collect();
+        if let Err(status) = raw_call(&mut grpc, "t-fuzz-all", path, body).await {
+            refused += 1;
+            // Never the sign of a handler that died: a panic reaches the client as a reset
+            // stream or an unknown error.
+            assert!(
+                !matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled),
+                "{path}: {status:?}"
+            );
+        }
+    }
+    assert!(refused > rounds / 4, "only {refused} of {rounds} refused");
+    // Still serving: every stage answers a well-formed call.
+    let stages = Stages::connect(&served.address, cluster("t-fuzz-all"))
+        .await
+        .unwrap();
+    stages
+        .sequencer
+        .as_ref()
+        .unwrap()
+        .read_version()
+        .await
+        .unwrap();
+    stages.storage[0].applied_version().await.unwrap();
+    stages.logs[0].pull(Version(0), 1).await.unwrap_or_default();
+    assert_eq!(stages.proxies.len(), 1);
+    served.stop().await;
+    storage.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_range_is_refused_before_the_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (served, storage) = everything(dir.path(), "t-ranges").await;
+    let mut client = strata_net::proto::storage_client::StorageClient::with_interceptor(
+        served.channel().await,
+        |mut r: tonic::Request<()>| {
+            r.metadata_mut()
+                .insert(strata_net::CLUSTER_ID_HEADER, "t-ranges".parse().unwrap());
+            Ok(r)
+        },
+    );
+    let range = |begin: Vec<u8>, end: Vec<u8>| strata_net::proto::GetRangeRequest {
+        storage: Some(0),
+        range: Some(strata_net::proto::KeyRange {
+            begin: begin.into(),
+            end: end.into(),
+        }),
+        version: 0,
+        limit: 10,
+        reverse: false,
+    };
+    for (request, why) in [
+        (range(b"b".to_vec(), b"a".to_vec()), "empty or inverted"),
+        (range(Vec::new(), vec![b'z'; 20_000]), "over the limit"),
+    ] {
+        let status = client.get_range(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(why), "{status:?}");
+    }
+    served.stop().await;
+    storage.close().await;
+}
