@@ -9,9 +9,10 @@ use std::time::Duration;
 use strata_commit_proxy::BatchingProxy;
 use strata_core::buggify;
 use strata_core::{
-    CommitProxy, Epoch, Error, ErrorKind, LogServer, Result, Sequencer, Stage, StorageServer,
-    Version,
+    CommitProxy, Epoch, Error, ErrorKind, LogServer, Resolver, Result, Sequencer, Stage,
+    StorageServer, Version,
 };
+use strata_net::Stages;
 use strata_sequencer::ClockSequencer;
 use strata_storage::RedbStorage;
 use strata_tlog::FileLog;
@@ -28,6 +29,7 @@ use crate::recovery::{self, RecoveryEnv, RecoveryError, RecoveryReport};
 pub(crate) struct Pipeline {
     pub(crate) sequencer: Arc<ClockSequencer>,
     pub(crate) decorated_sequencer: Arc<dyn Sequencer>,
+    pub(crate) decorated_resolvers: Vec<Arc<dyn Resolver>>,
     pub(crate) proxies: Vec<Arc<BatchingProxy>>,
     pub(crate) decorated_proxies: Vec<Arc<dyn CommitProxy>>,
     pub(crate) decorated_storage: Vec<Arc<dyn StorageServer>>,
@@ -267,6 +269,24 @@ impl EmbeddedCluster {
         &self.logs
     }
 
+    /// Every stage of this epoch, as the commit path sees it, for [`strata_net::serve`] to
+    /// serve to other processes: the sequencer, the proxies, the resolvers (in the order of
+    /// the key ranges they resolve), the storage servers (in the order of their ranges) and
+    /// the logs of this generation.
+    pub fn stages(&self) -> Stages {
+        Stages {
+            sequencer: Some(self.pipeline.decorated_sequencer.clone()),
+            proxies: self.pipeline.decorated_proxies.clone(),
+            resolvers: self.pipeline.decorated_resolvers.clone(),
+            storage: self.pipeline.decorated_storage.clone(),
+            logs: self
+                .logs
+                .iter()
+                .map(|l| l.clone() as Arc<dyn LogServer>)
+                .collect(),
+        }
+    }
+
     /// Stops the cluster: no new commits, the storage servers close their databases (waiting
     /// for a flush in progress) and the logs their files, so the data directory can be
     /// recovered again at once, even while `Database` handles remain (their requests then fail
@@ -302,6 +322,20 @@ pub async fn serve(
     serving: &tokio::sync::watch::Sender<Serving>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    let (stages, _) = tokio::sync::watch::channel(Arc::new(Stages::default()));
+    serve_stages(data_dir, config, env, serving, &stages, shutdown).await
+}
+
+/// [`serve`], also publishing each epoch's stages ([`EmbeddedCluster::stages`]) on `stages`,
+/// and nothing between two epochs, for [`strata_net::serve`] to serve to other processes.
+pub async fn serve_stages(
+    data_dir: &Path,
+    config: EmbeddedConfig,
+    env: &RecoveryEnv,
+    serving: &tokio::sync::watch::Sender<Serving>,
+    stages: &tokio::sync::watch::Sender<Arc<Stages>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     // Held across epochs, so no other process can take the directory between two of them.
     let _owner = lock_directory(data_dir, true)?;
     let store = FileStateStore::new(data_dir);
@@ -311,12 +345,14 @@ pub async fn serve(
         let (cluster, report) =
             EmbeddedCluster::start_with_env(data_dir, config, &store, env).await?;
         let started = tokio::time::Instant::now();
+        stages.send_replace(Arc::new(cluster.stages()));
         serving.send_replace(Some((report.epoch, cluster.database())));
         tracing::info!(epoch = report.epoch.0, "serving");
         let failure = loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => {
+                    stages.send_replace(Arc::new(Stages::default()));
                     serving.send_replace(None);
                     cluster.stop().await;
                     return Ok(());
@@ -329,6 +365,7 @@ pub async fn serve(
             }
         };
         tracing::warn!(epoch = report.epoch.0, error = %failure, "a stage failed; ending the epoch");
+        stages.send_replace(Arc::new(Stages::default()));
         serving.send_replace(None);
         cluster.stop().await;
         if started.elapsed() < Duration::from_secs(1) {

@@ -59,6 +59,12 @@ pub struct CoordinatedState {
     /// How many commit proxies the last recovery ran (absent in older states).
     #[serde(default)]
     pub proxies: Option<usize>,
+    /// Where the newest epoch's stages are served to other processes (`host:port`): how a
+    /// client that knows the cluster by its cluster file finds it. Absent when the process
+    /// that recovered it serves no one (`strata serve` without `--listen`, a library's
+    /// embedded cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_at: Option<String>,
 }
 
 /// A store for the coordinated state. The embedded one is [`FileStateStore`]; clusters spread
@@ -224,6 +230,7 @@ mod tests {
             recovery_version: Version(0),
             resolvers: Some(1),
             proxies: Some(1),
+            served_at: None,
         }
     }
 

@@ -105,6 +105,7 @@ pub use strata_txn_builder::{Database, RetryConfig, Transaction, TransactionOpti
 
 pub mod check;
 mod cluster;
+pub mod cluster_file;
 pub mod config;
 pub mod coordinator;
 mod dump;
@@ -123,7 +124,7 @@ pub mod workload;
 pub struct ReadmeExample;
 
 pub use check::{CheckReport, Finding, verify};
-pub use cluster::{EmbeddedCluster, Serving, serve};
+pub use cluster::{EmbeddedCluster, Serving, serve, serve_stages};
 pub use config::EmbeddedConfig;
 pub use coordinator::{CoordinatedState, FileStateStore, StateStore};
 pub use dump::{Dump, dump};

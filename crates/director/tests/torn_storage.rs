@@ -33,6 +33,7 @@ fn killed_while_creating_storage(dir: &Path, contents: &[u8]) {
                 recovery_version: Version::ZERO,
                 resolvers: None,
                 proxies: None,
+                served_at: None,
             },
         )
         .unwrap();

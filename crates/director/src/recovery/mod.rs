@@ -203,6 +203,10 @@ pub struct RecoveryEnv {
     /// `faults`' failing sync, when there are faults). The simulation puts a disk here that
     /// remembers what was synced, to lose the rest in a power loss.
     pub log_fs: Option<Arc<dyn Fs>>,
+    /// Where this process serves its stages to other processes (`host:port`, as `strata serve
+    /// --listen` bound it), if it does: recorded in the coordinated state, where a client that
+    /// knows the cluster by its cluster file finds it, and in the layout's names.
+    pub served_at: Option<String>,
     logs: Arc<Mutex<HashMap<PathBuf, Weak<FileLog>>>>,
 }
 
@@ -271,7 +275,10 @@ pub async fn recover(
         )
         .await?;
     let claim = phases
-        .run("claim_epoch", claim_epoch(store, &config, &inspected))
+        .run(
+            "claim_epoch",
+            claim_epoch(store, &config, &inspected, env.served_at.as_deref()),
+        )
         .await?;
     let old = phases
         .run("lock_previous_logs", lock_previous_logs(&inspected, &claim))
@@ -374,13 +381,27 @@ async fn start_and_persist(
     );
     let layout = phases
         .run("build_layout", async {
-            Ok(build_layout(config, claim.epoch, &logs.places))
+            Ok(build_layout(
+                config,
+                claim.epoch,
+                &logs.places,
+                env.served_at.as_deref(),
+            ))
         })
         .await?;
     phases
         .run(
             "write_coordinated_state",
-            write_state(data_dir, store, config, claim, old, logs, recovery_version),
+            write_state(
+                data_dir,
+                store,
+                config,
+                env,
+                claim,
+                old,
+                logs,
+                recovery_version,
+            ),
         )
         .await?;
     *recorded = true;
@@ -511,6 +532,7 @@ async fn claim_epoch(
     store: &dyn StateStore,
     config: &EmbeddedConfig,
     inspected: &Inspected,
+    served_at: Option<&str>,
 ) -> Attempt<Claim> {
     let previous = inspected.previous.as_ref();
     // Phase 1 refused an epoch that cannot be followed.
@@ -525,6 +547,9 @@ async fn claim_epoch(
         recovery_version: previous.map_or(Version::ZERO, |s| s.recovery_version),
         resolvers: previous.and_then(|s| s.resolvers),
         proxies: previous.and_then(|s| s.proxies),
+        // This epoch is served from here (from the end of the recovery): a client that finds
+        // the previous epoch's address would wait on a process that is gone.
+        served_at: served_at.map(str::to_owned),
     };
     let written = store
         .compare_and_swap(generation, claimed)
@@ -653,6 +678,7 @@ fn start_pipeline(
             (begin, r)
         })
         .collect();
+    let decorated_resolvers = resolvers.iter().map(|(_, r)| r.clone()).collect();
     let mut proxies = Vec::new();
     let mut decorated_proxies: Vec<Arc<dyn CommitProxy>> = Vec::new();
     for _ in 0..config.proxies {
@@ -689,6 +715,7 @@ fn start_pipeline(
     Ok(Pipeline {
         sequencer,
         decorated_sequencer,
+        decorated_resolvers,
         proxies,
         decorated_proxies,
         decorated_storage,
@@ -697,26 +724,37 @@ fn start_pipeline(
 }
 
 /// Phase 8: the Transaction System Layout of this epoch.
+///
+/// Each stage is named by its kind and index (`proxy-1`), with the address other processes
+/// reach it at when this process serves them (`proxy-1@127.0.0.1:4500`); each log by its
+/// directory, and by its address too when served.
 fn build_layout(
     config: &EmbeddedConfig,
     epoch: Epoch,
     places: &[LogPlace],
+    served_at: Option<&str>,
 ) -> TransactionSystemLayout {
+    let at = |name: String| match served_at {
+        Some(address) => format!("{name}@{address}"),
+        None => name,
+    };
     TransactionSystemLayout {
         id: epoch.0,
         epoch,
-        sequencer: "sequencer-0".into(),
-        commit_proxies: (0..config.proxies).map(|i| format!("proxy-{i}")).collect(),
+        sequencer: at("sequencer-0".into()),
+        commit_proxies: (0..config.proxies)
+            .map(|i| at(format!("proxy-{i}")))
+            .collect(),
         resolvers: split_begins(config.resolvers)
             .into_iter()
             .enumerate()
-            .map(|(i, b)| (BeginKey(b), format!("resolver-{i}")))
+            .map(|(i, b)| (BeginKey(b), at(format!("resolver-{i}"))))
             .collect(),
-        logs: places.iter().map(|p| (p.id, p.dir.clone())).collect(),
+        logs: places.iter().map(|p| (p.id, at(p.dir.clone()))).collect(),
         storage_teams: split_begins(config.storage)
             .into_iter()
             .enumerate()
-            .map(|(i, b)| (BeginKey(b), vec![format!("storage-{i}")]))
+            .map(|(i, b)| (BeginKey(b), vec![at(format!("storage-{i}"))]))
             .collect(),
         services: BTreeMap::new(),
     }
@@ -725,10 +763,12 @@ fn build_layout(
 /// Phase 9: the new coordinated state, so a later recovery finds the new logs; then the old
 /// generation, unreachable now, is closed and removed, with logs that interrupted attempts
 /// left behind (nothing refers to them).
+#[allow(clippy::too_many_arguments)] // one per input of the phase, each used once
 async fn write_state(
     data_dir: &Path,
     store: &dyn StateStore,
     config: &EmbeddedConfig,
+    env: &RecoveryEnv,
     claim: &Claim,
     old: Vec<OldLog>,
     logs: &NewLogs,
@@ -745,6 +785,7 @@ async fn write_state(
             recovery_version,
             resolvers: Some(config.resolvers),
             proxies: Some(config.proxies),
+            served_at: env.served_at.clone(),
         },
     )?;
     for o in &old {

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use strata_director::cluster_file::ClusterFile;
 use strata_director::workload::cycle::{Cycle, check_ring, check_ring_in, ensure_ring};
 use strata_director::workload::{self, Plan, Span};
 use strata_director::{EmbeddedCluster, EmbeddedConfig, Snapshot};
@@ -12,9 +13,16 @@ use super::{CheckArgs, CycleArgs};
 
 pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
     super::listen_for_signals();
-    let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
-    let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
-    let db = cluster.database();
+    // The cluster this process starts, or none when it connects to one served elsewhere.
+    let (cluster, db) = match &args.cluster_file {
+        Some(file) => (None, ClusterFile::read(file)?.connect().await?),
+        None => {
+            let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
+            let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
+            let db = cluster.database();
+            (Some(cluster), db)
+        }
+    };
     let nodes = ensure_ring(&db, args.keys).await?;
     let plan = Plan {
         clients: args.clients,
@@ -44,7 +52,9 @@ pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
         driven.elapsed.as_secs_f64(),
         driven.per_second()
     );
-    cluster.stop().await;
+    if let Some(cluster) = cluster {
+        cluster.stop().await;
+    }
     Ok(())
 }
 
@@ -52,6 +62,18 @@ pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
 /// but the lock file is written, so checking after a crash leaves the directory as the crash
 /// left it.
 pub(crate) async fn check(args: CheckArgs) -> strata_core::Result<()> {
+    if let Some(file) = &args.cluster_file {
+        // Through the serving process: a read version of the running cluster, no epoch.
+        let db = ClusterFile::read(file)?.connect().await?;
+        let tx = db.begin().await?;
+        let nodes = check_ring_in(&tx).await?;
+        out!(
+            "ring of {nodes} keys intact at version {} (read through {})",
+            tx.read_version().0,
+            file.display()
+        );
+        return Ok(());
+    }
     let snapshot = Snapshot::open(&args.data_dir).await?;
     let checked = check_ring_in(&snapshot).await;
     let (epoch, version) = (snapshot.state().epoch, snapshot.version());

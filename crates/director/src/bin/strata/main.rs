@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// mimalloc instead of the system allocator: the commit path allocates many small, short-lived
 /// buffers on two threads, and the resolver frees and reallocates large runs; with glibc's
@@ -165,6 +166,10 @@ struct CycleArgs {
     /// The data directory (created when missing).
     #[arg(long, default_value = "./strata-data")]
     data_dir: PathBuf,
+    /// Run against the cluster this file names, served by another process (`strata serve
+    /// --listen`), instead of starting one on --data-dir.
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    cluster_file: Option<PathBuf>,
     /// Keys in the ring, 4 to 1,000,000 (used when the ring is created).
     #[arg(long, default_value_t = 100, value_parser = bounded(4, 1_000_000))]
     keys: u64,
@@ -183,6 +188,11 @@ struct CycleArgs {
 struct ServeArgs {
     #[command(flatten)]
     layout: LayoutArgs,
+    /// Also serve every stage to other processes, over gRPC at HOST:PORT (port 0 picks one),
+    /// and write the cluster file clients connect with to DATA_DIR/strata.cluster. Clients are
+    /// told this address: give one they can reach.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
 }
 
 #[derive(Args)]
@@ -213,6 +223,10 @@ struct CheckArgs {
     /// The data directory.
     #[arg(long, default_value = "./strata-data")]
     data_dir: PathBuf,
+    /// Check the ring of the cluster this file names, read through the process that serves
+    /// it (`strata serve --listen`), instead of reading --data-dir at rest.
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    cluster_file: Option<PathBuf>,
 }
 
 /// The cluster to recover: where it is and how many of each stage the new epoch runs. A count
@@ -365,29 +379,108 @@ async fn recover(args: RecoverArgs) -> strata_core::Result<()> {
 async fn serve(args: ServeArgs) -> strata_core::Result<()> {
     listen_for_signals();
     let config = args.layout.config()?;
+    let mut env = strata_director::RecoveryEnv::default();
+    // Bound before the first recovery: an address in use fails at once, and the address with
+    // its port picked is the one the coordinated state records.
+    let network = match &args.listen {
+        Some(address) => Some(Network::bind(address, &args.layout.data_dir).await?),
+        None => None,
+    };
+    env.served_at = network.as_ref().map(|n| n.address.clone());
+    let at = env
+        .served_at
+        .as_ref()
+        .map(|a| format!(" at {a}"))
+        .unwrap_or_default();
     let (serving, mut watching) = tokio::sync::watch::channel::<strata_director::Serving>(None);
     let announce = tokio::spawn(async move {
         while watching.changed().await.is_ok() {
             if let Some((epoch, _)) = &*watching.borrow_and_update() {
-                out!("serving epoch {}; Ctrl-C or SIGTERM stops", epoch.0);
+                out!("serving epoch {}{at}; Ctrl-C or SIGTERM stops", epoch.0);
             }
         }
     });
-    let env = strata_director::RecoveryEnv::default();
-    let result = strata_director::serve(
+    let (stages, published) = tokio::sync::watch::channel(Arc::new(strata_net::Stages::default()));
+    let (stop_network, network_stopped) = tokio::sync::oneshot::channel::<()>();
+    let _owner = network.as_ref().map(|n| n.owner.clone());
+    let network = network.map(|n| {
+        out!("cluster file: {}", n.cluster_file_path.display());
+        tokio::spawn(strata_net::serve(
+            n.cluster.id.clone(),
+            published,
+            n.listener,
+            async {
+                let _ = network_stopped.await;
+            },
+        ))
+    });
+    let result = strata_director::serve_stages(
         &args.layout.data_dir,
         config,
         &env,
         &serving,
+        &stages,
         stop_requested(),
     )
     .await;
     drop(serving);
+    let _ = stop_network.send(());
+    if let Some(network) = network {
+        match network.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the network server failed"),
+            Err(e) => tracing::warn!(error = %e, "the network server did not stop cleanly"),
+            Ok(Ok(())) => {}
+        }
+    }
     let _ = announce.await;
     if result.is_ok() {
         out!("stopped");
     }
     result
+}
+
+/// What `strata serve --listen` serves on: its listener, the address clients are told, and
+/// the cluster file they connect with.
+struct Network {
+    /// Held from before the cluster file is read until the process ends.
+    owner: Arc<strata_director::owner::DirectoryLock>,
+    listener: tokio::net::TcpListener,
+    address: String,
+    cluster: strata_director::cluster_file::ClusterFile,
+    cluster_file_path: PathBuf,
+}
+
+impl Network {
+    async fn bind(address: &str, data_dir: &std::path::Path) -> strata_core::Result<Network> {
+        let refuse = |why: String| {
+            strata_core::Error::new(
+                strata_core::Stage::Director,
+                strata_core::ErrorKind::InvalidRequest(why),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| refuse(format!("cannot listen on {address}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| refuse(format!("cannot listen on {address}: {e}")))?;
+        if bound.ip().is_unspecified() {
+            return Err(refuse(format!(
+                "{address} is every interface, and clients are told the address: give the                  one they reach this host at"
+            )));
+        }
+        // Owned before the cluster file is read or made: a second `serve` of the directory
+        // stops here, before it could replace the file (and its id) the first one serves.
+        let owner = strata_director::owner::lock_directory(data_dir, true)?;
+        let cluster = strata_director::cluster_file::ClusterFile::for_data_dir(data_dir)?;
+        Ok(Network {
+            owner,
+            listener,
+            address: bound.to_string(),
+            cluster,
+            cluster_file_path: data_dir.join(strata_director::cluster_file::CLUSTER_FILE_NAME),
+        })
+    }
 }
 
 async fn check(args: VerifyArgs) -> strata_core::Result<()> {

@@ -1,0 +1,191 @@
+//! A cluster used from another process: `strata serve --listen` serves it on loopback and
+//! writes its cluster file; `strata workload cycle --cluster-file` runs Cycle against it from a
+//! second process. The server is killed with SIGKILL in the middle of the workload, twice in a
+//! row, and restarted on the same address each time; then the ring must be one ring and every
+//! commit the client saw acknowledged must be there, read through the network.
+
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Lines};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use strata_director::cluster_file::{CLUSTER_FILE_NAME, ClusterFile};
+use strata_director::workload::cycle::{check_acks, check_ring};
+
+fn strata() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+/// `strata serve --listen address` on `dir`, once it serves; returns the address it serves at.
+fn serve(dir: &Path, address: &str) -> (Child, String, Lines<BufReader<ChildStdout>>) {
+    let mut child = strata()
+        .args(["serve", "--listen", address, "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("serve printed a line").unwrap();
+    assert!(first.starts_with("cluster file: "), "{first}");
+    let second = lines.next().expect("serve printed a second line").unwrap();
+    // "serving epoch N at HOST:PORT; Ctrl-C or SIGTERM stops"
+    let at = second
+        .strip_prefix("serving epoch ")
+        .and_then(|rest| rest.split(" at ").nth(1))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("{second}"))
+        .to_owned();
+    (child, at, lines)
+}
+
+/// Cycle from another process through the cluster file, printing acknowledgements, which a
+/// thread collects until the client ends.
+fn cycle_client(cluster_file: &Path) -> (Child, mpsc::Receiver<(u64, u64)>) {
+    let mut child = strata()
+        .args(["workload", "cycle", "--keys", "30", "--clients", "8"])
+        .args([
+            "--transactions",
+            "1000000",
+            "--print-acks",
+            "--cluster-file",
+        ])
+        .arg(cluster_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let ["ack", c, n] = line.split(' ').collect::<Vec<_>>()[..] {
+                let _ = tx.send((c.parse().unwrap(), n.parse().unwrap()));
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Collects acknowledgements for `span`, and then until there are `at_least` more than
+/// before (for at most 60 s).
+fn collect_acks(
+    acks: &mpsc::Receiver<(u64, u64)>,
+    seen: &mut Vec<(u64, u64)>,
+    span: Duration,
+    at_least: usize,
+) {
+    let started = Instant::now();
+    let wanted = seen.len() + at_least;
+    while (seen.len() < wanted || started.elapsed() < span)
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        if let Ok(ack) = acks.recv_timeout(Duration::from_millis(20)) {
+            seen.push(ack);
+        }
+    }
+    assert!(seen.len() >= wanted, "only {} acknowledgements", seen.len());
+}
+
+fn check_through_the_network(cluster_file: &Path, acked: &[(u64, u64)]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let db = ClusterFile::read(cluster_file)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(check_ring(&db).await.unwrap(), 30);
+        check_acks(&db, acked).await.unwrap();
+    });
+}
+
+#[test]
+fn a_client_process_keeps_every_acknowledged_commit_across_two_server_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, address, _) = serve(&data, "127.0.0.1:0");
+    let cluster_file = data.join(CLUSTER_FILE_NAME);
+    let mut acked = Vec::new();
+    for _ in 0..2 {
+        let (mut client, acks) = cycle_client(&cluster_file);
+        // Long enough that the two rounds' history outlasts the MVCC window (5 s).
+        collect_acks(&acks, &mut acked, Duration::from_secs(3), 100);
+        server.kill().unwrap(); // SIGKILL, in the middle of the client's commits
+        server.wait().unwrap();
+        // The client's calls fail once the server is gone: it ends with an error, and every
+        // acknowledgement it printed before counts.
+        let status = client.wait().unwrap();
+        assert_eq!(status.code(), Some(1), "{status:?}");
+        acked.extend(acks.iter());
+        let restarted;
+        (server, restarted, _) = serve(&data, &address);
+        assert_eq!(restarted, address);
+    }
+
+    check_through_the_network(&cluster_file, &acked);
+    let checked = strata()
+        .args(["workload", "check", "--cluster-file"])
+        .arg(&cluster_file)
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    let text = String::from_utf8_lossy(&checked.stdout);
+    assert!(text.starts_with("ring of 30 keys intact"), "{text}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn a_cluster_file_of_another_cluster_or_of_no_server_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, _, _) = serve(&data, "127.0.0.1:0");
+    let ours = ClusterFile::read(&data.join(CLUSTER_FILE_NAME)).unwrap();
+
+    // The same place, another id: every call is refused by the server, naming both ids.
+    let theirs = dir.path().join("theirs.cluster");
+    let forged = format!("{}:0123456789abcdef@file:{}", ours.name, data.display());
+    std::fs::write(&theirs, forged).unwrap();
+    let refused = strata()
+        .args(["workload", "check", "--cluster-file"])
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        text.contains("0123456789abcdef") && text.contains(ours.id.as_str()),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    // A directory whose cluster is not served to other processes: said so, with the fix.
+    let quiet = dir.path().join("quiet");
+    let recovered = strata()
+        .args(["recover", "--data-dir"])
+        .arg(&quiet)
+        .output()
+        .unwrap();
+    assert!(recovered.status.success(), "{recovered:?}");
+    let file = dir.path().join("quiet.cluster");
+    std::fs::write(&file, format!("quiet:q1@file:{}", quiet.display())).unwrap();
+    let refused = strata()
+        .args(["workload", "cycle", "--cluster-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(text.contains("strata serve --listen"), "{text}");
+}
