@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use strata_core::{Epoch, LogId, LogServer, Version};
-use strata_net::{ClusterId, RemoteLog, Stages};
+use strata_net::{ClusterId, Exposure, RemoteLog, Stages};
 use strata_testkit::MemoryLog;
 
 const BATCH: [u8; 100] = [7; 100];
@@ -94,6 +94,7 @@ fn loopback(c: &mut Criterion) {
         let (_, published) = tokio::sync::watch::channel(Arc::new(stages));
         tokio::spawn(strata_net::serve(
             cluster.clone(),
+            Exposure::Everything,
             published,
             listener,
             std::future::pending(),

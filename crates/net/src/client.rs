@@ -133,9 +133,10 @@ impl Stages {
     /// storage servers by index, its logs by id. Between two epochs that may be nothing but
     /// the logs and storage servers; ask again later.
     ///
-    /// The remote stages follow the server, not the epoch they were learned in: once the
-    /// server runs a newer epoch, proxy 0 is that epoch's proxy 0. A stage that is no longer
-    /// served answers `Unavailable` (none of its kind) or `InvalidRequest` (not this one).
+    /// The sequencer and proxies are those of the epoch served now: once the server runs
+    /// another epoch, they are `Unavailable`, and the caller connects again for the new ones.
+    /// Storage servers and logs outlive epochs; one that is no longer served answers
+    /// `Unavailable` (none of its kind is) or `InvalidRequest` (not this one).
     ///
     /// Errors: `Unavailable` when nothing answers at `address`; `InvalidRequest` when the
     /// server is of another cluster.

@@ -182,17 +182,36 @@ pub(crate) fn to_status(error: &Error) -> Status {
     to_status_as(code(&error.kind), error)
 }
 
-/// [`to_status`] with the gRPC `code` given instead of the one the kind maps to.
-pub(crate) fn to_status_as(code: Code, error: &Error) -> Status {
-    let failure = proto::Failure {
+/// `error` as a message of its own, for an answer that carries one failure per item (a batch
+/// of commits).
+pub(crate) fn to_failure(error: &Error) -> proto::Failure {
+    proto::Failure {
         tag: FAILURE_TAG,
         stage: stage_to_wire(error.stage) as i32,
         kind: Some(kind_to_wire(&error.kind)),
-    };
+    }
+}
+
+/// The error `failure` carries, `None` when it is not a Strata failure (no tag, no kind).
+/// `stage` stands in for a stage this build does not know.
+pub(crate) fn from_failure(stage: Stage, failure: proto::Failure) -> Option<Error> {
+    if failure.tag != FAILURE_TAG {
+        return None;
+    }
+    let kind = failure.kind?;
+    let failed = proto::Stage::try_from(failure.stage)
+        .ok()
+        .and_then(stage_from_wire)
+        .unwrap_or(stage);
+    Some(Error::new(failed, kind_from_wire(kind)))
+}
+
+/// [`to_status`] with the gRPC `code` given instead of the one the kind maps to.
+pub(crate) fn to_status_as(code: Code, error: &Error) -> Status {
     Status::with_details(
         code,
         bounded(&error.to_string()),
-        failure.encode_to_vec().into(),
+        to_failure(error).encode_to_vec().into(),
     )
 }
 
@@ -200,15 +219,11 @@ pub(crate) fn to_status_as(code: Code, error: &Error) -> Status {
 /// the transport: the server unreachable, the connection lost, a message over the size
 /// limit) is an `Unavailable` error of `stage`, whose call may or may not have taken effect.
 pub(crate) fn from_status(stage: Stage, peer: &str, status: &Status) -> Error {
-    if let Ok(failure) = proto::Failure::decode(status.details())
-        && failure.tag == FAILURE_TAG
-        && let Some(kind) = failure.kind
+    if let Some(error) = proto::Failure::decode(status.details())
+        .ok()
+        .and_then(|failure| from_failure(stage, failure))
     {
-        let failed = proto::Stage::try_from(failure.stage)
-            .ok()
-            .and_then(stage_from_wire)
-            .unwrap_or(stage);
-        return Error::new(failed, kind_from_wire(kind));
+        return error;
     }
     // Without the server's own failure nothing says the call was refused before it took
     // effect: a connection lost after a push was made durable reads the same as one lost

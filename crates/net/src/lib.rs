@@ -76,9 +76,14 @@
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
 //! let address = listener.local_addr().map_err(io)?.to_string();
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! let server = tokio::spawn(strata_net::serve(cluster.clone(), published, listener, async {
-//!     let _ = stopped.await;
-//! }));
+//! let everything = strata_net::Exposure::Everything; // a log is for the cluster's own calls
+//! let server = tokio::spawn(strata_net::serve(
+//!     cluster.clone(),
+//!     everything,
+//!     published,
+//!     listener,
+//!     async { let _ = stopped.await; },
+//! ));
 //!
 //! let remote = RemoteLog::connect(&address, cluster.clone(), LogId(7)).await?;
 //! remote.push(Epoch(1), Version(0), Version(10), Bytes::from_static(b"batch")).await?;
@@ -98,6 +103,7 @@
 
 use std::time::Duration;
 
+mod batch;
 mod client;
 mod cluster;
 mod convert;
@@ -114,7 +120,7 @@ pub use log::RemoteLog;
 pub use proxy::RemoteProxy;
 pub use resolver::RemoteResolver;
 pub use sequencer::RemoteSequencer;
-pub use server::{Stages, serve};
+pub use server::{Exposure, SHUTDOWN_GRACE, Stages, serve};
 pub use storage::RemoteStorage;
 
 /// The messages and services generated from `proto/strata/v1/`.
@@ -137,6 +143,12 @@ pub const RANGE_ENTRIES_MAX: usize = 10_000;
 
 /// The most pair bytes one range read answers with (beyond its first pair).
 pub const RANGE_REPLY_BYTES_MAX: usize = 12 << 20;
+
+/// The most transactions one commit call carries.
+pub const COMMIT_BATCH_TRANSACTIONS_MAX: usize = 1_000;
+
+/// The most transaction bytes one commit call carries (beyond its first transaction).
+pub const COMMIT_BATCH_BYTES_MAX: usize = 12 << 20;
 
 /// How long a client tries to connect before the connection is `Unavailable`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

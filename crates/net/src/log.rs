@@ -36,6 +36,7 @@ impl proto::log_server::Log for Served {
         &self,
         request: Request<proto::PushRequest>,
     ) -> std::result::Result<Response<proto::PushReply>, Status> {
+        self.internal(Stage::Log, "Log.Push")?;
         let r = request.into_inner();
         let log = self.log(r.log_id)?;
         if r.payload.len() > TRANSACTION_BYTES_MAX {
@@ -67,6 +68,7 @@ impl proto::log_server::Log for Served {
         &self,
         request: Request<proto::PullRequest>,
     ) -> std::result::Result<Response<proto::PullReply>, Status> {
+        self.internal(Stage::Log, "Log.Pull")?;
         let r = request.into_inner();
         let log = self.log(r.log_id)?;
         let limit = usize::try_from(r.limit)
@@ -88,6 +90,7 @@ impl proto::log_server::Log for Served {
         &self,
         request: Request<proto::LockRequest>,
     ) -> std::result::Result<Response<proto::LockReply>, Status> {
+        self.internal(Stage::Log, "Log.Lock")?;
         let r = request.into_inner();
         let log = self.log(r.log_id)?;
         let state = self
@@ -104,6 +107,7 @@ impl proto::log_server::Log for Served {
         &self,
         request: Request<proto::PopRequest>,
     ) -> std::result::Result<Response<proto::PopReply>, Status> {
+        self.internal(Stage::Log, "Log.Pop")?;
         let r = request.into_inner();
         let log = self.log(r.log_id)?;
         self.detached(Stage::Log, async move { log.pop(Version(r.version)).await })

@@ -1,17 +1,37 @@
 //! The commit proxy as a network service: the proxy calls of [`serve`](crate::serve), and
 //! [`RemoteProxy`], a [`CommitProxy`] whose calls go to one.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
-use strata_core::{CommitProxy, Epoch, ErrorKind, Result, Stage, TRANSACTION_BYTES_MAX, Version};
+use strata_core::{
+    CommitProxy, Epoch, Error, ErrorKind, Result, Stage, TRANSACTION_BYTES_MAX, Version,
+};
 use tonic::{Request, Response, Status};
 
-use crate::MESSAGE_BYTES_MAX;
-use crate::client::{Link, Tagged};
+use crate::batch::{Batcher, Limits};
+use crate::client::Link;
 use crate::cluster::ClusterId;
+use crate::failure::{from_failure, to_failure};
 use crate::proto;
+use crate::proto::commit_outcome::Outcome;
 use crate::proto::proxy_client::ProxyClient;
 use crate::server::{Served, refuse};
+use crate::{COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_TRANSACTIONS_MAX, MESSAGE_BYTES_MAX};
+
+/// How many commit calls one [`RemoteProxy`] keeps in flight at once: enough that the proxy
+/// has a batch to work on while the answer to the last one travels back.
+const COMMIT_FLIGHTS_MAX: usize = 4;
+
+fn outcome(result: Result<Version>) -> proto::CommitOutcome {
+    proto::CommitOutcome {
+        outcome: Some(match result {
+            Ok(version) => Outcome::Version(version.0),
+            Err(e) => Outcome::Failure(to_failure(&e)),
+        }),
+    }
+}
 
 #[tonic::async_trait]
 impl proto::proxy_server::Proxy for Served {
@@ -28,39 +48,91 @@ impl proto::proxy_server::Proxy for Served {
         request: Request<proto::CommitRequest>,
     ) -> std::result::Result<Response<proto::CommitReply>, Status> {
         let r = request.into_inner();
-        let proxy = self.proxy(r.proxy)?;
-        if r.transaction.len() > TRANSACTION_BYTES_MAX {
+        let proxy = self.proxy_of(r.proxy, r.epoch)?;
+        if r.transactions.len() > COMMIT_BATCH_TRANSACTIONS_MAX {
             return Err(refuse(
                 Stage::CommitProxy,
                 ErrorKind::InvalidRequest(format!(
-                    "a transaction of {} bytes, over the limit of {TRANSACTION_BYTES_MAX}",
-                    r.transaction.len()
+                    "{} transactions in one call, over the limit of \
+                     {COMMIT_BATCH_TRANSACTIONS_MAX}",
+                    r.transactions.len()
                 )),
             ));
         }
-        let version = self
-            .detached(Stage::CommitProxy, async move {
-                proxy.commit(r.transaction).await
+        // Every transaction commits on its own, side by side, each to its end whatever
+        // becomes of the call.
+        let commits: Vec<_> = r
+            .transactions
+            .into_iter()
+            .map(|transaction| {
+                if transaction.len() > TRANSACTION_BYTES_MAX {
+                    return Err(Error::new(
+                        Stage::CommitProxy,
+                        ErrorKind::InvalidRequest(format!(
+                            "a transaction of {} bytes, over the limit of \
+                             {TRANSACTION_BYTES_MAX}",
+                            transaction.len()
+                        )),
+                    ));
+                }
+                let proxy = proxy.clone();
+                self.spawn(Stage::CommitProxy, async move {
+                    proxy.commit(transaction).await
+                })
+                .map_err(|_| {
+                    Error::new(
+                        Stage::CommitProxy,
+                        ErrorKind::Unavailable("the server is stopping".into()),
+                    )
+                })
             })
-            .await?;
-        Ok(Response::new(proto::CommitReply { version: version.0 }))
+            .collect();
+        let mut outcomes = Vec::with_capacity(commits.len());
+        for commit in commits {
+            let result = match commit {
+                Ok(task) => task.await.unwrap_or_else(|e| {
+                    Err(Error::new(
+                        Stage::CommitProxy,
+                        ErrorKind::Unavailable(format!("the commit did not finish: {e}")),
+                    ))
+                }),
+                Err(refused) => Err(refused),
+            };
+            outcomes.push(outcome(result));
+        }
+        Ok(Response::new(proto::CommitReply { outcomes }))
     }
 }
 
 /// A [`CommitProxy`] served elsewhere by [`serve`](crate::serve), known by its index there.
 ///
-/// Its [`epoch`](CommitProxy::epoch) is the one it had when the client connected; commits go to
-/// the proxy of that index the server runs at the moment of the call, of a newer epoch after
-/// a recovery (any proxy of the current epoch commits any transaction). A commit whose
-/// connection breaks before the answer is `Unavailable`: its outcome is unknown, as the
-/// [`CommitProxy::commit`] contract says of a failure after the push; the server lets the
-/// commit run to its end.
-#[derive(Clone, Debug)]
+/// Concurrent commits travel together: a commit waits for the next call to leave (at most
+/// four are in flight at once), and each call carries every commit waiting then, up to
+/// [`COMMIT_BATCH_TRANSACTIONS_MAX`] transactions and [`COMMIT_BATCH_BYTES_MAX`] bytes. Each
+/// transaction still commits on its own and gets its own outcome.
+///
+/// It is the proxy of one epoch, the one the server ran when the client connected
+/// ([`epoch`](CommitProxy::epoch)): once the server runs another epoch, its commits are
+/// `Unavailable` (that proxy is stopped, as far as the client knows), and the client connects
+/// again to commit through the new epoch's proxies. A commit whose connection breaks before
+/// the answer is `Unavailable` too: its outcome is unknown, as the [`CommitProxy::commit`]
+/// contract says of a failure after the push; the server lets the commit run to its end.
+#[derive(Clone)]
 pub struct RemoteProxy {
     index: u32,
     epoch: Epoch,
     link: Link,
-    client: ProxyClient<Tagged>,
+    commits: Arc<Batcher<Bytes, Version>>,
+}
+
+impl std::fmt::Debug for RemoteProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteProxy")
+            .field("index", &self.index)
+            .field("epoch", &self.epoch)
+            .field("peer", &self.link.peer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemoteProxy {
@@ -75,18 +147,61 @@ impl RemoteProxy {
 
     /// Proxy `index` of the server `link` reaches; asks its epoch.
     pub(crate) async fn on(link: Link, index: u32) -> Result<RemoteProxy> {
-        let mut client = ProxyClient::new(link.channel.clone())
+        let client = ProxyClient::new(link.channel.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
         let request = proto::ProxyEpochRequest { proxy: Some(index) };
-        let reply = client.epoch(request).await;
+        let reply = client.clone().epoch(request).await;
         let epoch = Epoch(link.answer(Stage::CommitProxy, reply)?.epoch);
+        let sender = link.clone();
+        let commits = Batcher::new(
+            Stage::CommitProxy,
+            Box::new(move |transactions: Vec<Bytes>| {
+                let (link, mut client) = (sender.clone(), client.clone());
+                Box::pin(async move {
+                    let count = transactions.len();
+                    let request = proto::CommitRequest {
+                        proxy: Some(index),
+                        transactions,
+                        epoch: Some(epoch.0),
+                    };
+                    let reply = client.commit(request).await;
+                    match link.answer(Stage::CommitProxy, reply) {
+                        Ok(reply) => reply
+                            .outcomes
+                            .into_iter()
+                            .map(|o| read_outcome(&link, o))
+                            .collect(),
+                        Err(e) => vec![Err(e); count],
+                    }
+                })
+            }),
+            Bytes::len,
+            Limits {
+                flights_max: COMMIT_FLIGHTS_MAX,
+                count_max: COMMIT_BATCH_TRANSACTIONS_MAX,
+                bytes_max: COMMIT_BATCH_BYTES_MAX,
+            },
+        );
         Ok(RemoteProxy {
             index,
             epoch,
             link,
-            client,
+            commits,
         })
+    }
+}
+
+/// One transaction's outcome from a commit answer; an outcome that says nothing is not
+/// trusted (`Unavailable`: the commit may or may not have happened).
+fn read_outcome(link: &Link, outcome: proto::CommitOutcome) -> Result<Version> {
+    match outcome.outcome {
+        Some(Outcome::Version(v)) => Ok(Version(v)),
+        Some(Outcome::Failure(failure)) => Err(from_failure(Stage::CommitProxy, failure)
+            .unwrap_or_else(|| {
+                link.garbled(Stage::CommitProxy, "answered an unreadable failure".into())
+            })),
+        None => Err(link.garbled(Stage::CommitProxy, "answered an empty outcome".into())),
     }
 }
 
@@ -97,13 +212,6 @@ impl CommitProxy for RemoteProxy {
     }
 
     async fn commit(&self, transaction: Bytes) -> Result<Version> {
-        let request = proto::CommitRequest {
-            proxy: Some(self.index),
-            transaction,
-        };
-        let reply = self.client.clone().commit(request).await;
-        Ok(Version(
-            self.link.answer(Stage::CommitProxy, reply)?.version,
-        ))
+        self.commits.call(transaction).await
     }
 }

@@ -1,10 +1,13 @@
 //! The sequencer as a network service: the sequencer calls of [`serve`](crate::serve), and
 //! [`RemoteSequencer`], a [`Sequencer`] whose calls go to one.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use strata_core::{Epoch, Result, Sequencer, Stage, Version, VersionPair};
 use tonic::{Request, Response, Status};
 
+use crate::batch::{Batcher, Limits};
 use crate::client::{Link, Tagged};
 use crate::cluster::ClusterId;
 use crate::proto;
@@ -25,6 +28,7 @@ impl proto::sequencer_server::Sequencer for Served {
         &self,
         request: Request<proto::NextCommitVersionRequest>,
     ) -> std::result::Result<Response<proto::VersionPair>, Status> {
+        self.internal(Stage::Sequencer, "Sequencer.NextCommitVersion")?;
         let epoch = Epoch(request.into_inner().epoch);
         let sequencer = self.sequencer()?;
         let pair = self
@@ -42,6 +46,7 @@ impl proto::sequencer_server::Sequencer for Served {
         &self,
         request: Request<proto::ReportCommittedRequest>,
     ) -> std::result::Result<Response<proto::ReportCommittedReply>, Status> {
+        self.internal(Stage::Sequencer, "Sequencer.ReportCommitted")?;
         let r = request.into_inner();
         let sequencer = self.sequencer()?;
         self.detached(Stage::Sequencer, async move {
@@ -55,9 +60,10 @@ impl proto::sequencer_server::Sequencer for Served {
 
     async fn read_version(
         &self,
-        _: Request<proto::ReadVersionRequest>,
+        request: Request<proto::ReadVersionRequest>,
     ) -> std::result::Result<Response<proto::ReadVersionReply>, Status> {
-        let version = answered(self.sequencer()?.read_version().await)?;
+        let sequencer = self.sequencer_of(request.into_inner().epoch)?;
+        let version = answered(sequencer.read_version().await)?;
         Ok(Response::new(proto::ReadVersionReply {
             version: version.0,
         }))
@@ -66,17 +72,33 @@ impl proto::sequencer_server::Sequencer for Served {
 
 /// A [`Sequencer`] served elsewhere by [`serve`](crate::serve): each method is one call.
 ///
-/// Its [`epoch`](Sequencer::epoch) is the one the server's sequencer had when the client
-/// connected. Calls go to the sequencer the server runs at the moment of the call: after the
-/// server moved to a newer epoch, a `next_commit_version` of the old epoch is `Fenced` by the
-/// new sequencer, as it would be in process, and `read_version` answers for the new epoch
-/// (still at least every acknowledged commit's version). Between two epochs calls are
-/// `Unavailable`.
-#[derive(Clone, Debug)]
+/// It is the sequencer of one epoch, the one the server ran when the client connected
+/// ([`epoch`](Sequencer::epoch)). Once the server runs another epoch, that sequencer is
+/// stopped as far as the client knows: `read_version` is `Unavailable` (the old epoch's
+/// versions above the recovery version were discarded, and a reader must not take the new
+/// epoch's versions for the old one's), and a `next_commit_version` or `report_committed`
+/// of the old epoch is `Fenced` by the new sequencer, as in process. Between two epochs every
+/// call is `Unavailable`. To follow the cluster into its next epoch, connect again.
+///
+/// Concurrent [`read_version`](Sequencer::read_version) calls share one call across the
+/// network, as FoundationDB's clients share their read version requests: a caller waits for
+/// the next call to leave and takes its answer, so the version is still at least that of
+/// every commit acknowledged before the caller asked.
+#[derive(Clone)]
 pub struct RemoteSequencer {
     epoch: Epoch,
     link: Link,
     client: SequencerClient<Tagged>,
+    read_versions: Arc<Batcher<(), Version>>,
+}
+
+impl std::fmt::Debug for RemoteSequencer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSequencer")
+            .field("epoch", &self.epoch)
+            .field("peer", &self.link.peer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemoteSequencer {
@@ -94,10 +116,34 @@ impl RemoteSequencer {
 
     pub(crate) fn new(link: Link, epoch: Epoch) -> RemoteSequencer {
         let client = SequencerClient::new(link.channel.clone());
+        let (sender, asker) = (link.clone(), client.clone());
+        let read_versions = Batcher::new(
+            Stage::Sequencer,
+            Box::new(move |callers: Vec<()>| {
+                let (link, mut client) = (sender.clone(), asker.clone());
+                Box::pin(async move {
+                    let request = proto::ReadVersionRequest {
+                        epoch: Some(epoch.0),
+                    };
+                    let reply = client.read_version(request).await;
+                    let version = link
+                        .answer(Stage::Sequencer, reply)
+                        .map(|r| Version(r.version));
+                    vec![version; callers.len()]
+                })
+            }),
+            |()| 0,
+            Limits {
+                flights_max: 1,
+                count_max: usize::MAX,
+                bytes_max: usize::MAX,
+            },
+        );
         RemoteSequencer {
             epoch,
             link,
             client,
+            read_versions,
         }
     }
 }
@@ -128,11 +174,6 @@ impl Sequencer for RemoteSequencer {
     }
 
     async fn read_version(&self) -> Result<Version> {
-        let reply = self
-            .client
-            .clone()
-            .read_version(proto::ReadVersionRequest {})
-            .await;
-        Ok(Version(self.link.answer(Stage::Sequencer, reply)?.version))
+        self.read_versions.call(()).await
     }
 }

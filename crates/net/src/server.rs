@@ -2,7 +2,8 @@
 //! one listener, for the stages [`Stages`] names at the moment of each call.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use strata_core::{
     CommitProxy, Epoch, Error, ErrorKind, LogId, LogServer, Resolver, Result, Sequencer, Stage,
@@ -17,7 +18,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::cluster::{Check, ClusterId};
-use crate::failure::to_status;
+use crate::failure::{to_status, to_status_as};
 use crate::proto;
 use crate::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MESSAGE_BYTES_MAX};
 
@@ -79,6 +80,28 @@ impl Stages {
     }
 }
 
+/// How long [`serve`] waits, once told to stop, for its connections to close: calls in
+/// progress end (and a client that reads its answer meanwhile gets it); a connection still open
+/// afterwards is left, refused every call.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Which calls a server answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposure {
+    /// Only what a client's `Database` needs: read versions, commits, reads of storage, and
+    /// the stages' descriptions. The cluster's own calls (log pushes, locks, pulls and pops,
+    /// versions handed out or reported, batches resolved, storage rolled back) are refused
+    /// (`PERMISSION_DENIED`), and logs and resolvers are not described. For a server that
+    /// clients reach: none of them can fence, pop or roll back the cluster under it.
+    Clients,
+    /// Every call: for the processes of one cluster, which call each other's stages.
+    ///
+    /// The cluster id is a guard against a process given the wrong address, not a password:
+    /// it travels in the clear. Whoever reaches the port with the id can lock or pop a log,
+    /// so serve everything only where only the cluster's own processes reach it.
+    Everything,
+}
+
 /// Serves the stages published on `stages` on `listener`, to calls of `cluster`, until
 /// `shutdown` completes; then waits for the stage calls in progress to end, those whose
 /// callers gave up included: once it returns, nothing it started still runs on a stage.
@@ -100,9 +123,12 @@ impl Stages {
 /// [`KEEPALIVE_TIMEOUT`](crate::KEEPALIVE_TIMEOUT), so a client host that dies in the
 /// middle of a reply holds neither the reply nor the shutdown.
 ///
+/// Only the calls `exposure` allows are answered.
+///
 /// Errors: `Unavailable` when the server fails (its listener does).
 pub async fn serve(
     cluster: ClusterId,
+    exposure: Exposure,
     stages: watch::Receiver<Arc<Stages>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
@@ -110,7 +136,9 @@ pub async fn serve(
     let calls = TaskTracker::new();
     let shared = Arc::new(Shared {
         stages,
+        exposure,
         calls: calls.clone(),
+        stopped: Mutex::new(false),
     });
     let check = |stage| Check {
         cluster: cluster.clone(),
@@ -127,6 +155,7 @@ pub async fn serve(
         };
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (begun, shutting) = tokio::sync::oneshot::channel::<()>();
     let served = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -151,8 +180,26 @@ pub async fn serve(
             proto::proxy_server::ProxyServer<Served>,
             Stage::CommitProxy
         ))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, async {
+            shutdown.await;
+            let _ = begun.send(());
+        });
+    let served = tokio::select! {
+        served = served => served,
+        // Connections that do not close within the grace (one that never finished its
+        // handshake holds the transport's graceful shutdown forever) are left behind,
+        // refused every call from now on.
+        () = async {
+            match shutting.await {
+                Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+                Err(_) => std::future::pending().await,
+            }
+        } => {
+            tracing::warn!("connections still open after the shutdown grace are dropped");
+            Ok(())
+        }
+    };
+    shared.stop();
     calls.close();
     calls.wait().await;
     served.map_err(|e| {
@@ -166,8 +213,24 @@ pub async fn serve(
 /// What every service of one server shares.
 pub(crate) struct Shared {
     stages: watch::Receiver<Arc<Stages>>,
+    exposure: Exposure,
     /// The stage calls detached from their requests, for `serve` to wait for.
     calls: TaskTracker,
+    /// Set once `serve` stops: no stage is served, and no call detached, from then on. A lock,
+    /// not a flag: a call is detached while it is held, so none slips in after `serve`
+    /// finished waiting for them.
+    stopped: Mutex<bool>,
+}
+
+impl Shared {
+    /// Stops serving every stage, to every connection, those left open included.
+    fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The handler of every service of one server (each service's impl is in its stage's module).
@@ -182,6 +245,29 @@ pub(crate) fn refuse(stage: Stage, kind: ErrorKind) -> Status {
 /// `result`'s error as a status.
 pub(crate) fn answered<T>(result: Result<T>) -> std::result::Result<T, Status> {
     result.map_err(|e| to_status(&e))
+}
+
+/// Refuses a call for a stage of epoch `meant` that reached the stage of epoch `served`.
+fn same_epoch(
+    stage: Stage,
+    what: &str,
+    served: Epoch,
+    meant: Option<u64>,
+) -> std::result::Result<(), Status> {
+    match meant {
+        Some(meant) if meant == served.0 => Ok(()),
+        Some(meant) => Err(refuse(
+            stage,
+            ErrorKind::Unavailable(format!(
+                "the {what} of epoch {meant} is no longer served here; {served} is: connect \
+                 again"
+            )),
+        )),
+        None => Err(refuse(
+            stage,
+            ErrorKind::InvalidRequest(format!("a call to the {what} that names no epoch")),
+        )),
+    }
 }
 
 /// The one of `served` that `index` names, if the request names one.
@@ -214,8 +300,28 @@ fn by_index<T: ?Sized>(
 }
 
 impl Served {
-    /// The stages served now.
+    /// Refuses `call`, one of the cluster's own calls to `stage`, unless everything is served.
+    pub(crate) fn internal(&self, stage: Stage, call: &str) -> std::result::Result<(), Status> {
+        match self.0.exposure {
+            Exposure::Everything => Ok(()),
+            Exposure::Clients => Err(to_status_as(
+                tonic::Code::PermissionDenied,
+                &Error::new(
+                    stage,
+                    ErrorKind::InvalidRequest(format!(
+                        "this server serves clients only: {call} is for the cluster's own \
+                         processes"
+                    )),
+                ),
+            )),
+        }
+    }
+
+    /// The stages served now: none once [`serve`] stopped.
     pub(crate) fn now(&self) -> Arc<Stages> {
+        if self.0.is_stopped() {
+            return Arc::new(Stages::default());
+        }
         self.0.stages.borrow().clone()
     }
 
@@ -226,6 +332,28 @@ impl Served {
                 ErrorKind::Unavailable("no sequencer is served here now".into()),
             )
         })
+    }
+
+    /// The sequencer of `epoch`: refused when the caller names no epoch, and unavailable when
+    /// the sequencer served now is of another epoch (the caller's is stopped).
+    pub(crate) fn sequencer_of(
+        &self,
+        epoch: Option<u64>,
+    ) -> std::result::Result<Arc<dyn Sequencer>, Status> {
+        let sequencer = self.sequencer()?;
+        same_epoch(Stage::Sequencer, "sequencer", sequencer.epoch(), epoch)?;
+        Ok(sequencer)
+    }
+
+    /// Proxy `index` of `epoch`, as [`Served::sequencer_of`] for the sequencer.
+    pub(crate) fn proxy_of(
+        &self,
+        index: Option<u32>,
+        epoch: Option<u64>,
+    ) -> std::result::Result<Arc<dyn CommitProxy>, Status> {
+        let proxy = self.proxy(index)?;
+        same_epoch(Stage::CommitProxy, "commit proxy", proxy.epoch(), epoch)?;
+        Ok(proxy)
     }
 
     pub(crate) fn proxy(
@@ -283,6 +411,33 @@ impl Served {
         Err(refuse(Stage::Log, kind))
     }
 
+    /// Starts `call` in a task of its own that runs to its end, whatever becomes of the
+    /// request, and that [`serve`] waits for before it returns.
+    ///
+    /// Errors: `Unavailable` of `stage` once `serve` stopped.
+    pub(crate) fn spawn<T, F>(
+        &self,
+        stage: Stage,
+        call: F,
+    ) -> std::result::Result<tokio::task::JoinHandle<Result<T>>, Status>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let stopped = self
+            .0
+            .stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *stopped {
+            return Err(refuse(
+                stage,
+                ErrorKind::Unavailable("the server is stopping".into()),
+            ));
+        }
+        Ok(self.0.calls.spawn(call))
+    }
+
     /// Runs `call` in a task of its own, to its end, whatever becomes of the request: a caller
     /// that gives up, or a connection that breaks, drops the request's handler, and a call cut
     /// off between its admission and its end would leave the stage holding what it never
@@ -296,7 +451,7 @@ impl Served {
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        match self.0.calls.spawn(call).await {
+        match self.spawn(stage, call)?.await {
             Ok(result) => answered(result),
             Err(e) => Err(refuse(
                 stage,
@@ -314,11 +469,16 @@ impl proto::cluster_server::Cluster for Served {
     ) -> std::result::Result<tonic::Response<proto::DescribeReply>, Status> {
         let stages = self.now();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let internal = self.0.exposure == Exposure::Everything;
         Ok(tonic::Response::new(proto::DescribeReply {
             epoch: stages.epoch().map(|e| e.0),
             sequencer: stages.sequencer.is_some(),
             proxies: count(stages.proxies.len()),
-            resolvers: count(stages.resolvers.len()),
+            resolvers: if internal {
+                count(stages.resolvers.len())
+            } else {
+                0
+            },
             storage: stages
                 .storage
                 .iter()
@@ -330,7 +490,11 @@ impl proto::cluster_server::Cluster for Served {
                         .collect(),
                 })
                 .collect(),
-            logs: stages.logs.iter().map(|l| l.id().0).collect(),
+            logs: if internal {
+                stages.logs.iter().map(|l| l.id().0).collect()
+            } else {
+                Vec::new()
+            },
         }))
     }
 }

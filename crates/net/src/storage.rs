@@ -104,6 +104,7 @@ impl proto::storage_server::Storage for Served {
         &self,
         request: Request<proto::RollBackRequest>,
     ) -> std::result::Result<Response<proto::RollBackReply>, Status> {
+        self.internal(Stage::Storage, "Storage.RollBack")?;
         let r = request.into_inner();
         let storage = self.storage(r.storage)?;
         self.detached(Stage::Storage, async move {

@@ -294,7 +294,7 @@ async fn a_pipeline_of_remote_stages_keeps_every_acknowledged_increment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_stages_follow_the_epoch_the_server_serves() {
+async fn a_remote_stage_of_an_epoch_the_server_no_longer_runs_is_unavailable() {
     let epoch_one = Arc::new(ClockSequencer::new(Epoch(1), Version(0)));
     let served = Served::start(
         Stages {
@@ -326,7 +326,10 @@ async fn remote_stages_follow_the_epoch_the_server_serves() {
     assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
 
     // Epoch 2 from the recovery version: the old epoch's requests are fenced by the new
-    // sequencer, and reads answer for the new one.
+    // sequencer. Its read versions are not given to epoch 1's client: the versions epoch 1
+    // handed out above the recovery version were discarded, and a reader that took epoch 2's
+    // newer versions as epoch 1's (a storage server told what is committed, say) would keep
+    // them. As in process, a stopped sequencer's reads are unavailable.
     let epoch_two = Arc::new(ClockSequencer::new(Epoch(2), pair.version));
     served.publish.send_replace(Arc::new(Stages {
         sequencer: Some(epoch_two.clone()),
@@ -343,9 +346,15 @@ async fn remote_stages_follow_the_epoch_the_server_serves() {
         ),
         "{e}"
     );
-    let next = remote.next_commit_version(Epoch(2)).await.unwrap();
-    assert_eq!(next.previous, pair.version);
-    assert!(remote.read_version().await.unwrap() >= pair.version);
+    let e = remote.read_version().await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("epoch 2"), "{e}");
+    // A client of epoch 2 reads it.
+    let now = RemoteSequencer::connect(&served.address, cluster(CLUSTER))
+        .await
+        .unwrap();
+    assert_eq!(now.epoch(), Epoch(2));
+    assert!(now.read_version().await.unwrap() >= pair.version);
     served.stop().await;
 }
 
@@ -377,12 +386,12 @@ async fn a_stage_not_served_is_refused_by_index_or_id() {
 
 /// A commit proxy that answers with the version it was given, to check what a commit carries
 /// across.
-struct Echo(AtomicU64);
+struct Echo(AtomicU64, Epoch);
 
 #[async_trait::async_trait]
 impl CommitProxy for Echo {
     fn epoch(&self) -> Epoch {
-        Epoch(4)
+        self.1
     }
 
     async fn commit(&self, transaction: Bytes) -> strata_core::Result<Version> {
@@ -393,10 +402,8 @@ impl CommitProxy for Echo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_are_reached_by_index_with_their_own_epoch() {
-    let (a, b) = (
-        Arc::new(Echo(AtomicU64::new(0))),
-        Arc::new(Echo(AtomicU64::new(0))),
-    );
+    let echo = || Arc::new(Echo(AtomicU64::new(0), Epoch(4)));
+    let (a, b) = (echo(), echo());
     let served = Served::start(
         Stages {
             proxies: vec![a.clone(), b.clone()],
@@ -429,5 +436,32 @@ async fn proxies_are_reached_by_index_with_their_own_epoch() {
         .unwrap_err();
     assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
     assert_eq!(b.0.load(Ordering::SeqCst), 1);
+
+    // Concurrent commits share calls, each with its own outcome.
+    let commits: Vec<_> = (1..=200u64)
+        .map(|n| {
+            let remote = remote.clone();
+            tokio::spawn(async move { remote.commit(Bytes::from(vec![1u8; n as usize])).await })
+        })
+        .collect();
+    for (n, commit) in (1..=200u64).zip(commits) {
+        assert_eq!(commit.await.unwrap().unwrap(), Version(n));
+    }
+    assert_eq!(b.0.load(Ordering::SeqCst), 201);
+
+    // After a recovery the server runs epoch 5's proxies: epoch 4's client is not let commit
+    // through them (its proxy is stopped, as in process), and nothing reaches them.
+    let next = Arc::new(Echo(AtomicU64::new(0), Epoch(5)));
+    served.publish.send_replace(Arc::new(Stages {
+        proxies: vec![next.clone(), next.clone()],
+        ..Stages::default()
+    }));
+    let e = remote
+        .commit(Bytes::from_static(b"late"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("epoch 5"), "{e}");
+    assert_eq!(next.0.load(Ordering::SeqCst), 0);
     served.stop().await;
 }

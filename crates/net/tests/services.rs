@@ -43,8 +43,14 @@ const METHODS: &[&str] = &[
     "/strata.v1.Proxy/Commit",
 ];
 
-/// One of each stage, all real but the log (in memory), served together.
+/// One of each stage, all real but the log (in memory), served together, every call.
 async fn everything(dir: &std::path::Path, name: &str) -> (Served, Arc<RedbStorage>) {
+    let (stages, storage) = stages(dir).await;
+    (Served::start(stages, name).await, storage)
+}
+
+/// One of each stage, all real but the log (in memory).
+async fn stages(dir: &std::path::Path) -> (Stages, Arc<RedbStorage>) {
     let epoch = Epoch(1);
     let log: Arc<dyn LogServer> = Arc::new(MemoryLog::new(LogId(0), Version(0)));
     let sequencer: Arc<dyn Sequencer> = Arc::new(ClockSequencer::new(epoch, Version(0)));
@@ -78,7 +84,7 @@ async fn everything(dir: &std::path::Path, name: &str) -> (Served, Arc<RedbStora
         storage: vec![storage.clone() as Arc<dyn StorageServer>],
         logs: vec![log],
     };
-    (Served::start(stages, name).await, storage)
+    (stages, storage)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,5 +210,95 @@ async fn a_bad_range_is_refused_before_the_stage() {
         assert!(status.message().contains(why), "{status:?}");
     }
     served.stop().await;
+    storage.close().await;
+}
+
+/// The calls a client's `Database` never makes: the cluster's own.
+const INTERNAL: &[&str] = &[
+    "/strata.v1.Log/Push",
+    "/strata.v1.Log/Pull",
+    "/strata.v1.Log/Lock",
+    "/strata.v1.Log/Pop",
+    "/strata.v1.Sequencer/NextCommitVersion",
+    "/strata.v1.Sequencer/ReportCommitted",
+    "/strata.v1.Resolver/Resolve",
+    "/strata.v1.Storage/RollBack",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_for_clients_refuses_the_clusters_own_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stages, storage) = stages(dir.path()).await;
+    let log = stages.logs[0].clone();
+    let served = Served::start_with(
+        "127.0.0.1:0",
+        strata_net::Exposure::Clients,
+        stages,
+        "t-clients",
+    )
+    .await;
+    // Well-formed requests that would change a stage: a lock far in the future, a pop of
+    // everything, a version handed out and never pushed, a roll back. Each is refused before
+    // it reaches its stage.
+    let mut grpc = tonic::client::Grpc::new(served.channel().await);
+    for path in INTERNAL {
+        // Field 1 set to 0 and field 2 to a large number: the log, resolver or storage server
+        // served (or an epoch), and an epoch or version, in the requests above.
+        let body = Bytes::from_static(&[0x08, 0x00, 0x10, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+        let status = raw_call(&mut grpc, "t-clients", path, body)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{path}");
+        assert!(
+            status.message().contains("clients only"),
+            "{path}: {status:?}"
+        );
+    }
+    assert_eq!(log.lock(Epoch(0)).await.unwrap().epoch, Epoch(0));
+    // What a client needs is there, and only that is described.
+    let client = Stages::connect(&served.address, cluster("t-clients"))
+        .await
+        .unwrap();
+    assert!(client.logs.is_empty() && client.resolvers.is_empty());
+    let sequencer = client.sequencer.clone().unwrap();
+    let db = strata_txn_builder::Database::new(
+        sequencer.clone(),
+        client.proxies.clone(),
+        client.storage.clone(),
+        strata_txn_builder::RetryConfig::default(),
+    )
+    .unwrap();
+    let (_, version) = db
+        .run(|tx| async move {
+            tx.set(Bytes::from_static(b"k"), Bytes::from_static(b"v"));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let tx = db.begin().await.unwrap();
+    assert!(tx.read_version() >= version);
+    assert_eq!(
+        tx.get(&Bytes::from_static(b"k")).await.unwrap(),
+        Some(Bytes::from_static(b"v"))
+    );
+    served.stop().await;
+    storage.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_speaks_does_not_hold_the_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (served, storage) = everything(dir.path(), "t-silent").await;
+    // A TCP connection that never sends the HTTP/2 preface: a port scanner, a health probe, a
+    // client host that died after connecting. Keepalive pings start only after the preface.
+    let silent = tokio::net::TcpStream::connect(&served.address)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The bound is a liveness bound, far above the grace the server gives such connections.
+    tokio::time::timeout(std::time::Duration::from_secs(60), served.stop())
+        .await
+        .expect("the server never stopped");
+    drop(silent);
     storage.close().await;
 }

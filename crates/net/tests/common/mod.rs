@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
 use strata_core::{LogServer, Result};
-use strata_net::{CLUSTER_ID_HEADER, ClusterId, Stages};
+use strata_net::{CLUSTER_ID_HEADER, ClusterId, Exposure, Stages};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -35,16 +35,32 @@ impl Served {
         Served::start(stages, cluster).await
     }
 
-    /// Serves `stages` at `address` (a port of 0 picks one).
+    /// Serves `stages` at `address` (a port of 0 picks one), every call.
     pub async fn start_at(address: &str, stages: Stages, cluster: &str) -> Served {
+        Served::start_with(address, Exposure::Everything, stages, cluster).await
+    }
+
+    /// Serves `stages` on a port of its own, `exposure`'s calls only.
+    pub async fn start_with(
+        address: &str,
+        exposure: Exposure,
+        stages: Stages,
+        cluster: &str,
+    ) -> Served {
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (stop, stopped) = oneshot::channel::<()>();
         let (publish, published) = watch::channel(Arc::new(stages));
         let cluster = ClusterId::new(cluster).unwrap();
-        let task = tokio::spawn(strata_net::serve(cluster, published, listener, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(strata_net::serve(
+            cluster,
+            exposure,
+            published,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Served {
             address,
             publish,

@@ -407,6 +407,9 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
         out!("cluster file: {}", n.cluster_file_path.display());
         tokio::spawn(strata_net::serve(
             n.cluster.id.clone(),
+            // Every process that reaches the port is a client: none may lock, pop or roll
+            // back the stages of this one.
+            strata_net::Exposure::Clients,
             published,
             n.listener,
             async {
