@@ -143,6 +143,17 @@ impl ClusterFile {
             }
             return Ok(file);
         }
+        // The file names the directory as text on one line, read back trimmed: a path that
+        // would not read back the same would refuse every later start.
+        let text = dir.to_str().unwrap_or_default();
+        if text.is_empty() || text.contains(['\n', '\r']) || text.trim() != text {
+            return Err(invalid(format!(
+                "{}: a cluster file names its data directory on one line of text; this path \
+                 is not valid UTF-8, holds a line break, or starts or ends with a space: serve \
+                 a directory with a plainer name",
+                dir.display()
+            )));
+        }
         let file = ClusterFile {
             name: "strata".into(),
             id: ClusterId::new(random_id())?,
@@ -311,5 +322,22 @@ mod tests {
         // A cluster never served names no address.
         let e = first.served_at().unwrap_err();
         assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+    }
+
+    #[test]
+    fn a_directory_whose_name_would_not_read_back_is_refused_before_any_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = [
+            dir.path().join("ends with a space "),
+            dir.path().join("two\nlines"),
+            dir.path()
+                .join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xffbad")),
+        ];
+        for path in odd {
+            std::fs::create_dir(&path).unwrap();
+            let e = ClusterFile::for_data_dir(&path).unwrap_err();
+            assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+            assert!(!path.join(CLUSTER_FILE_NAME).exists());
+        }
     }
 }
