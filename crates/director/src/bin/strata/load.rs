@@ -9,6 +9,7 @@ use bytes::Bytes;
 use clap::Args;
 use serde::Serialize;
 use strata_core::{Error, ErrorKind, Stage};
+use strata_director::cluster_file::ClusterFile;
 use strata_director::workload::load::Load;
 use strata_director::workload::{self, Plan, Span};
 use strata_director::{EmbeddedCluster, EmbeddedConfig};
@@ -34,6 +35,12 @@ pub(crate) struct BenchArgs {
     /// Fraction of key operations that are reads (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     read_fraction: f64,
+    /// Drive the cluster this file names, served by another process (`strata serve
+    /// --listen`), instead of starting one on --data-dir. The disk's floors are then not
+    /// measured (the directory is the other process's), and the CPU per commit is this
+    /// client's alone.
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    cluster_file: Option<PathBuf>,
     /// Print one JSON object instead of text (and no progress bar).
     #[arg(long)]
     json: bool,
@@ -59,9 +66,21 @@ struct Report {
     latency_us: Latency,
     /// The process's CPU time (user and system, every thread) while the clients ran, over the
     /// transactions acknowledged: what a commit costs the machine, whatever the disk's speed.
+    /// With `--cluster-file`, the client's share only.
     cpu_us_per_commit: f64,
-    fsync_floor_us: u64,
-    fsync_floor_prealloc_us: u64,
+    /// Where the cluster was served, with `--cluster-file`; absent when it ran in process.
+    served_at: Option<String>,
+    /// The disk's floors; absent with `--cluster-file`.
+    fsync_floor_us: Option<u64>,
+    fsync_floor_prealloc_us: Option<u64>,
+}
+
+/// The disk's two fsync floors in `dir`, in microseconds.
+fn floors(dir: &std::path::Path) -> strata_core::Result<(u64, u64)> {
+    let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let floor = fsync_floor(dir, 100).map_err(|e| Error::io(Stage::Director, e))?;
+    let prealloc = fsync_floor_prealloc(dir, 100).map_err(|e| Error::io(Stage::Director, e))?;
+    Ok((micros(floor), micros(prealloc)))
 }
 
 /// CPU time this process has used so far, user and system, all threads.
@@ -84,14 +103,28 @@ pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
             ErrorKind::InvalidRequest("--read-fraction must be between 0 and 1".into()),
         ));
     }
-    // Owned before the floor's probe file is written into it.
-    let _owner = strata_director::owner::lock_directory(&args.data_dir, true)?;
-    let floor = fsync_floor(&args.data_dir, 100).map_err(|e| Error::io(Stage::Director, e))?;
-    let floor_prealloc =
-        fsync_floor_prealloc(&args.data_dir, 100).map_err(|e| Error::io(Stage::Director, e))?;
-    let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
-    let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
-    let db = cluster.database();
+    // Owned before the floor's probe file is written into it, until the end.
+    let _owner = match &args.cluster_file {
+        Some(_) => None,
+        None => Some(strata_director::owner::lock_directory(
+            &args.data_dir,
+            true,
+        )?),
+    };
+    let (cluster, db, floors, served_at) = match &args.cluster_file {
+        Some(file) => {
+            let file = ClusterFile::read(file)?;
+            let served_at = file.served_at()?;
+            (None, file.connect().await?, None, Some(served_at))
+        }
+        None => {
+            let floors = floors(&args.data_dir)?;
+            let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
+            let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
+            let db = cluster.database();
+            (Some(cluster), db, Some(floors), None)
+        }
+    };
 
     let progress = if args.json || !std::io::stdout().is_terminal() {
         indicatif::ProgressBar::hidden()
@@ -118,7 +151,9 @@ pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
     let cpu = process_cpu()?.saturating_sub(cpu_before);
     progress.finish_and_clear();
     drop(db);
-    cluster.stop().await;
+    if let Some(cluster) = cluster {
+        cluster.stop().await;
+    }
     let driven = driven?;
 
     let report = Report {
@@ -136,45 +171,66 @@ pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
             max: driven.latency_us(1.0),
         },
         cpu_us_per_commit: cpu.as_secs_f64() * 1e6 / (driven.acked.len().max(1) as f64),
-        fsync_floor_us: u64::try_from(floor.as_micros()).unwrap_or(u64::MAX),
-        fsync_floor_prealloc_us: u64::try_from(floor_prealloc.as_micros()).unwrap_or(u64::MAX),
+        served_at,
+        fsync_floor_us: floors.map(|f| f.0),
+        fsync_floor_prealloc_us: floors.map(|f| f.1),
     };
     if args.json {
         super::print_json(&report)?;
     } else {
-        out!(
-            "strata bench: {} transactions, {} clients, {} key(s) each, {}-byte values, {:.0}% reads",
-            report.transactions,
-            report.clients,
-            report.keys_per_transaction,
-            report.value_bytes,
-            report.read_fraction * 100.0
-        );
-        out!(
-            "commits/s: {:.0}   aborts: {}   elapsed: {:.2} s",
-            report.commits_per_second,
-            report.aborts,
-            report.elapsed_s
-        );
-        out!(
-            "commit latency µs: p50 {}   p99 {}   max {}",
-            report.latency_us.p50,
-            report.latency_us.p99,
-            report.latency_us.max
-        );
-        out!(
-            "CPU per commit: {:.1} µs (user + system)",
-            report.cpu_us_per_commit
-        );
-        out!(
-            "fsync floor (4 KiB append + fdatasync, median of 100): {} µs; p50 is {:.2}× it",
-            report.fsync_floor_us,
-            report.latency_us.p50 as f64 / report.fsync_floor_us.max(1) as f64
-        );
-        out!(
-            "fsync floor (4 KiB overwrite in a preallocated file + fdatasync): {} µs",
-            report.fsync_floor_prealloc_us
-        );
+        print_text(&report);
     }
     Ok(())
+}
+
+/// The report as text, one figure per line.
+fn print_text(report: &Report) {
+    out!(
+        "strata bench: {} transactions, {} clients, {} key(s) each, {}-byte values, {:.0}% reads",
+        report.transactions,
+        report.clients,
+        report.keys_per_transaction,
+        report.value_bytes,
+        report.read_fraction * 100.0
+    );
+    out!(
+        "commits/s: {:.0}   aborts: {}   elapsed: {:.2} s",
+        report.commits_per_second,
+        report.aborts,
+        report.elapsed_s
+    );
+    out!(
+        "commit latency µs: p50 {}   p99 {}   max {}",
+        report.latency_us.p50,
+        report.latency_us.p99,
+        report.latency_us.max
+    );
+    match (
+        &report.served_at,
+        report.fsync_floor_us,
+        report.fsync_floor_prealloc_us,
+    ) {
+        (Some(at), _, _) => {
+            out!(
+                "client CPU per commit: {:.1} µs (user + system); cluster served at {at}",
+                report.cpu_us_per_commit
+            );
+        }
+        (None, Some(floor), Some(prealloc)) => {
+            out!(
+                "CPU per commit: {:.1} µs (user + system)",
+                report.cpu_us_per_commit
+            );
+            out!(
+                "fsync floor (4 KiB append + fdatasync, median of 100): {floor} µs; p50 is \
+                 {:.2}× it",
+                report.latency_us.p50 as f64 / floor.max(1) as f64
+            );
+            out!(
+                "fsync floor (4 KiB overwrite in a preallocated file + fdatasync): {prealloc} \
+                 µs"
+            );
+        }
+        _ => {}
+    }
 }
