@@ -189,3 +189,25 @@ fn a_cluster_file_of_another_cluster_or_of_no_server_is_refused_in_one_line() {
     let text = String::from_utf8_lossy(&refused.stderr);
     assert!(text.contains("strata serve --listen"), "{text}");
 }
+
+#[test]
+fn bench_drives_a_served_cluster_and_says_where_it_was_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, address, _) = serve(&data, "127.0.0.1:0");
+    let benched = strata()
+        .args(["bench", "--clients", "8", "--transactions", "300", "--json"])
+        .arg("--cluster-file")
+        .arg(data.join(CLUSTER_FILE_NAME))
+        .output()
+        .unwrap();
+    assert!(benched.status.success(), "{benched:?}");
+    let report: serde_json::Value = serde_json::from_slice(&benched.stdout).unwrap();
+    assert_eq!(report["transactions"], 300);
+    assert_eq!(report["served_at"], address.as_str());
+    // The disk is the server's: no floor is measured through the network.
+    assert!(report["fsync_floor_us"].is_null(), "{report}");
+    assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -188,9 +188,9 @@ struct CycleArgs {
 struct ServeArgs {
     #[command(flatten)]
     layout: LayoutArgs,
-    /// Also serve every stage to other processes, over gRPC at HOST:PORT (port 0 picks one),
-    /// and write the cluster file clients connect with to DATA_DIR/strata.cluster. Clients are
-    /// told this address: give one they can reach.
+    /// Also serve the cluster to client processes, over gRPC at HOST:PORT (port 0 picks
+    /// one), and write the cluster file they connect with to DATA_DIR/strata.cluster. Clients
+    /// are told this address, and read it from the data directory: run them on this host.
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
 }
