@@ -204,9 +204,10 @@ impl ClusterFile {
     /// the default transaction options. Between two epochs (nothing served yet) it asks again,
     /// for at most [`CONNECT_WAIT`].
     ///
-    /// The database follows the server at that address from epoch to epoch, and across a
-    /// restart of the server on the same address; calls made while the server is down fail
-    /// as `Unavailable`.
+    /// The database is bound to the epoch served when it connected: once the server recovers
+    /// (a stage failed, or it restarted), its read versions and commits fail as
+    /// `Unavailable`, and a new `connect` reaches the new epoch. Calls made while the server
+    /// is down fail as `Unavailable` too.
     ///
     /// Errors: `Unavailable` when the cluster is not served or not reachable; `InvalidRequest`
     /// when the server there is of another cluster.

@@ -29,7 +29,8 @@ pub(crate) struct Limits {
     pub(crate) flights_max: usize,
     /// Requests in one call.
     pub(crate) count_max: usize,
-    /// Bytes of requests in one call (by `weigh`), beyond its first request.
+    /// Bytes of requests in one call (by `weigh`), the first request's included; the first
+    /// always goes, even when it alone weighs more.
     pub(crate) bytes_max: usize,
 }
 
@@ -83,7 +84,13 @@ impl<T: std::marker::Send + 'static, R: std::marker::Send + 'static> Batcher<T, 
             fly
         };
         if fly {
-            tokio::spawn(self.clone().fly());
+            tokio::spawn(
+                Flight {
+                    batcher: self.clone(),
+                    landed: false,
+                }
+                .fly(),
+            );
         }
         answered.await.unwrap_or_else(|_| {
             Err(Error::new(
@@ -94,32 +101,51 @@ impl<T: std::marker::Send + 'static, R: std::marker::Send + 'static> Batcher<T, 
             ))
         })
     }
+}
 
-    /// One flight: calls, each with the requests waiting when it starts, until none waits.
-    async fn fly(self: Arc<Self>) {
+/// One flight of a [`Batcher`]: calls, each with the requests waiting when it starts, until
+/// none waits. A flight that dies before it lands (its task dropped when the runtime shuts
+/// down, a panic) gives its place back and, when it was the last in the air, fails the
+/// requests left waiting: none waits for an answer that will never come, and the next request
+/// starts a flight again.
+struct Flight<T, R> {
+    batcher: Arc<Batcher<T, R>>,
+    /// Set when the flight ended with nothing waiting, its place given back.
+    landed: bool,
+}
+
+impl<T: std::marker::Send + 'static, R: std::marker::Send + 'static> Flight<T, R> {
+    async fn fly(mut self) {
+        let batcher = self.batcher.clone();
         loop {
             let (requests, answers): (Vec<T>, Vec<_>) = {
-                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut queue = batcher.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                // A request whose caller stopped waiting is not sent: a commit its caller was
+                // told had timed out must not leave afterwards.
+                queue.waiting.retain(|(_, answer)| !answer.is_closed());
                 if queue.waiting.is_empty() {
+                    // Under the lock that saw the queue empty: a request queued after this
+                    // sees a free place and starts a flight.
                     queue.flying -= 1;
+                    self.landed = true;
                     return;
                 }
                 let mut bytes = 0usize;
                 let mut count = 0usize;
+                let limits = batcher.limits;
                 let take = queue
                     .waiting
                     .iter()
                     .take_while(|(request, _)| {
-                        bytes = bytes.saturating_add((self.weigh)(request));
+                        bytes = bytes.saturating_add((batcher.weigh)(request));
                         count += 1;
-                        count == 1
-                            || (count <= self.limits.count_max && bytes <= self.limits.bytes_max)
+                        count == 1 || (count <= limits.count_max && bytes <= limits.bytes_max)
                     })
                     .count();
                 queue.waiting.drain(..take).unzip()
             };
             let sent = requests.len();
-            let results = (self.send)(requests).await;
+            let results = (batcher.send)(requests).await;
             if results.len() == sent {
                 for (answer, result) in answers.into_iter().zip(results) {
                     let _ = answer.send(result);
@@ -128,10 +154,31 @@ impl<T: std::marker::Send + 'static, R: std::marker::Send + 'static> Batcher<T, 
                 let why = format!("{} answers for {sent} requests", results.len());
                 for answer in answers {
                     let _ = answer.send(Err(Error::new(
-                        self.stage,
+                        batcher.stage,
                         ErrorKind::Unavailable(why.clone()),
                     )));
                 }
+            }
+        }
+    }
+}
+
+impl<T, R> Drop for Flight<T, R> {
+    fn drop(&mut self) {
+        if self.landed {
+            return;
+        }
+        let batcher = &self.batcher;
+        let mut queue = batcher.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.flying -= 1;
+        if queue.flying == 0 {
+            for (_, answer) in queue.waiting.drain(..) {
+                let _ = answer.send(Err(Error::new(
+                    batcher.stage,
+                    ErrorKind::Unavailable(
+                        "the call that was to carry the request ended without an answer".into(),
+                    ),
+                )));
             }
         }
     }
@@ -240,5 +287,68 @@ mod tests {
         // Both requests went out; the flights ended once nothing waited.
         assert_eq!(calls.lock().unwrap().iter().sum::<usize>(), 2);
         assert_eq!(batcher.queue.lock().unwrap().flying, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_whose_caller_left_before_its_call_is_never_sent() {
+        let limits = Limits {
+            flights_max: 1,
+            count_max: 100,
+            bytes_max: 1_000,
+        };
+        let (batcher, calls) = counting(limits, Duration::from_millis(50));
+        let first = {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.call(1).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Queued behind the first call, then given up: a commit the caller was told timed out
+        // must not leave afterwards.
+        let gave_up = tokio::time::timeout(Duration::from_millis(5), batcher.call(1)).await;
+        assert!(gave_up.is_err());
+        first.await.unwrap();
+        let third = batcher.call(1).await.unwrap();
+        assert_eq!(third, 1);
+        assert_eq!(calls.lock().unwrap().clone(), [1, 1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flight_that_dies_fails_its_requests_and_the_next_flies() {
+        let limits = Limits {
+            flights_max: 1,
+            count_max: 100,
+            bytes_max: 1_000,
+        };
+        let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let once = panicked.clone();
+        let send: Send<u64, u64> = Box::new(move |requests: Vec<u64>| {
+            let once = once.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                assert!(once.swap(true, Ordering::SeqCst), "the first call dies");
+                requests.iter().map(|r| Ok(*r)).collect()
+            })
+        });
+        let batcher = Batcher::new(Stage::Sequencer, send, |_| 1, limits);
+        let first = {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.call(1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Queued while the first call flies, and left waiting when its flight dies.
+        let queued = {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.call(2).await })
+        };
+        let e = first.await.unwrap().unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+        let queued = tokio::time::timeout(Duration::from_secs(10), queued)
+            .await
+            .expect("a request queued behind a dead flight was never answered")
+            .unwrap();
+        assert!(queued.is_err() || queued.unwrap() == 2);
+        // Flights start again.
+        let next = tokio::time::timeout(Duration::from_secs(10), batcher.call(3)).await;
+        assert_eq!(next.expect("no flight after a dead one").unwrap(), 3);
     }
 }

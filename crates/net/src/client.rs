@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use strata_core::{Epoch, Error, ErrorKind, KeyRange, LogId, Result, Stage};
+use strata_core::{CommitProxy, Epoch, Error, ErrorKind, KeyRange, LogId, Result, Stage};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
@@ -151,9 +151,21 @@ impl Stages {
             stages.sequencer = Some(Arc::new(RemoteSequencer::new(link.clone(), Epoch(epoch))));
         }
         for index in 0..described.proxies {
-            stages
-                .proxies
-                .push(Arc::new(RemoteProxy::on(link.clone(), index).await?));
+            let proxy = RemoteProxy::on(link.clone(), index).await?;
+            // Each proxy's epoch is asked apart from the description: a recovery in between
+            // would give a sequencer of one epoch and proxies of the next, which could never
+            // commit what it reads.
+            if described.epoch.is_some_and(|e| e != proxy.epoch().0) {
+                return Err(Error::new(
+                    Stage::Director,
+                    ErrorKind::Unavailable(format!(
+                        "{}: moved to {} while connecting; connect again",
+                        link.peer,
+                        proxy.epoch()
+                    )),
+                ));
+            }
+            stages.proxies.push(Arc::new(proxy));
         }
         for index in 0..described.resolvers {
             stages

@@ -135,19 +135,22 @@ pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
 /// The most entries a pull asks the log for, whatever the caller's limit.
 pub const PULL_ENTRIES_MAX: usize = 1_000;
 
-/// The most entry bytes one pull answers with (beyond its first entry).
+/// The most entry bytes one pull answers with; its first entry always goes, even a larger one
+/// (an entry is at most a transaction, 10,000,000 bytes).
 pub const PULL_REPLY_BYTES_MAX: usize = 12 << 20;
 
 /// The most pairs a range read asks the storage server for, whatever the caller's limit.
 pub const RANGE_ENTRIES_MAX: usize = 10_000;
 
-/// The most pair bytes one range read answers with (beyond its first pair).
+/// The most pair bytes one range read answers with; its first pair always goes.
 pub const RANGE_REPLY_BYTES_MAX: usize = 12 << 20;
 
 /// The most transactions one commit call carries.
 pub const COMMIT_BATCH_TRANSACTIONS_MAX: usize = 1_000;
 
-/// The most transaction bytes one commit call carries (beyond its first transaction).
+/// The most transaction bytes one commit call carries; its first transaction always goes,
+/// even a larger one (a transaction is at most 10,000,000 bytes, so a call stays under
+/// [`MESSAGE_BYTES_MAX`]).
 pub const COMMIT_BATCH_BYTES_MAX: usize = 12 << 20;
 
 /// How long a client tries to connect before the connection is `Unavailable`.

@@ -36,6 +36,7 @@ impl proto::log_server::Log for Served {
         &self,
         request: Request<proto::PushRequest>,
     ) -> std::result::Result<Response<proto::PushReply>, Status> {
+        let _call = self.admit(Stage::Log)?;
         self.internal(Stage::Log, "Log.Push")?;
         let r = request.into_inner();
         let log = self.log(r.log_id)?;
@@ -68,6 +69,7 @@ impl proto::log_server::Log for Served {
         &self,
         request: Request<proto::PullRequest>,
     ) -> std::result::Result<Response<proto::PullReply>, Status> {
+        let _call = self.admit(Stage::Log)?;
         self.internal(Stage::Log, "Log.Pull")?;
         let r = request.into_inner();
         let log = self.log(r.log_id)?;
@@ -90,6 +92,7 @@ impl proto::log_server::Log for Served {
         &self,
         request: Request<proto::LockRequest>,
     ) -> std::result::Result<Response<proto::LockReply>, Status> {
+        let _call = self.admit(Stage::Log)?;
         self.internal(Stage::Log, "Log.Lock")?;
         let r = request.into_inner();
         let log = self.log(r.log_id)?;
@@ -107,6 +110,7 @@ impl proto::log_server::Log for Served {
         &self,
         request: Request<proto::PopRequest>,
     ) -> std::result::Result<Response<proto::PopReply>, Status> {
+        let _call = self.admit(Stage::Log)?;
         self.internal(Stage::Log, "Log.Pop")?;
         let r = request.into_inner();
         let log = self.log(r.log_id)?;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use strata_core::{
-    CommitProxy, Epoch, Error, ErrorKind, Result, Stage, TRANSACTION_BYTES_MAX, Version,
+    CommitProxy, Epoch, Error, ErrorKind, Mutation, Result, Stage, TRANSACTION_BYTES_MAX,
+    TransactionView, Version,
 };
 use tonic::{Request, Response, Status};
 
@@ -17,7 +18,7 @@ use crate::failure::{from_failure, to_failure};
 use crate::proto;
 use crate::proto::commit_outcome::Outcome;
 use crate::proto::proxy_client::ProxyClient;
-use crate::server::{Served, refuse};
+use crate::server::{Exposure, Served, refuse};
 use crate::{COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_TRANSACTIONS_MAX, MESSAGE_BYTES_MAX};
 
 /// How many commit calls one [`RemoteProxy`] keeps in flight at once: enough that the proxy
@@ -33,12 +34,42 @@ fn outcome(result: Result<Version>) -> proto::CommitOutcome {
     }
 }
 
+/// Refuses a transaction that writes a key from `\xff` on, or declares a write conflict
+/// there: those are the cluster's own keys (the configuration the persistence phase stores,
+/// which the next recovery reads), and a client writing them could wedge recovery. A
+/// transaction that does not decode is left to the proxy, which refuses it as malformed.
+fn writes_only_user_keys(transaction: &Bytes) -> Result<()> {
+    let Ok(view) = TransactionView::parse(transaction.clone()) else {
+        return Ok(());
+    };
+    let (Ok(mutations), Ok(conflicts)) = (view.mutations(), view.write_conflicts()) else {
+        return Ok(());
+    };
+    let system = mutations
+        .iter()
+        .map(Mutation::range)
+        .chain(conflicts)
+        .any(|range| range.end().as_ref() > [0xffu8].as_slice());
+    if system {
+        return Err(Error::new(
+            Stage::CommitProxy,
+            ErrorKind::InvalidRequest(
+                "a client may not write system keys (from \\xff on): the cluster writes those \
+                 itself"
+                    .into(),
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl proto::proxy_server::Proxy for Served {
     async fn epoch(
         &self,
         request: Request<proto::ProxyEpochRequest>,
     ) -> std::result::Result<Response<proto::ProxyEpochReply>, Status> {
+        let _call = self.admit(Stage::CommitProxy)?;
         let epoch = self.proxy(request.into_inner().proxy)?.epoch();
         Ok(Response::new(proto::ProxyEpochReply { epoch: epoch.0 }))
     }
@@ -47,6 +78,7 @@ impl proto::proxy_server::Proxy for Served {
         &self,
         request: Request<proto::CommitRequest>,
     ) -> std::result::Result<Response<proto::CommitReply>, Status> {
+        let _call = self.admit(Stage::CommitProxy)?;
         let r = request.into_inner();
         let proxy = self.proxy_of(r.proxy, r.epoch)?;
         if r.transactions.len() > COMMIT_BATCH_TRANSACTIONS_MAX {
@@ -74,6 +106,9 @@ impl proto::proxy_server::Proxy for Served {
                             transaction.len()
                         )),
                     ));
+                }
+                if self.exposure() == Exposure::Clients {
+                    writes_only_user_keys(&transaction)?;
                 }
                 let proxy = proxy.clone();
                 self.spawn(Stage::CommitProxy, async move {
@@ -212,6 +247,17 @@ impl CommitProxy for RemoteProxy {
     }
 
     async fn commit(&self, transaction: Bytes) -> Result<Version> {
+        // Refused here, definitely: sent, it would fail as a message over the limit, which
+        // reads as a lost answer.
+        if transaction.len() > TRANSACTION_BYTES_MAX {
+            return Err(Error::new(
+                Stage::CommitProxy,
+                ErrorKind::InvalidRequest(format!(
+                    "a transaction of {} bytes, over the limit of {TRANSACTION_BYTES_MAX}",
+                    transaction.len()
+                )),
+            ));
+        }
         self.commits.call(transaction).await
     }
 }

@@ -47,6 +47,7 @@ impl proto::resolver_server::Resolver for Served {
         &self,
         request: Request<proto::ResolveRequest>,
     ) -> std::result::Result<Response<proto::ResolveReply>, Status> {
+        let _call = self.admit(Stage::Resolver)?;
         self.internal(Stage::Resolver, "Resolver.Resolve")?;
         let r = request.into_inner();
         let resolver = self.resolver(r.resolver)?;

@@ -20,6 +20,7 @@ impl proto::sequencer_server::Sequencer for Served {
         &self,
         _: Request<proto::EpochRequest>,
     ) -> std::result::Result<Response<proto::EpochReply>, Status> {
+        let _call = self.admit(Stage::Sequencer)?;
         let epoch = self.sequencer()?.epoch();
         Ok(Response::new(proto::EpochReply { epoch: epoch.0 }))
     }
@@ -28,6 +29,7 @@ impl proto::sequencer_server::Sequencer for Served {
         &self,
         request: Request<proto::NextCommitVersionRequest>,
     ) -> std::result::Result<Response<proto::VersionPair>, Status> {
+        let _call = self.admit(Stage::Sequencer)?;
         self.internal(Stage::Sequencer, "Sequencer.NextCommitVersion")?;
         let epoch = Epoch(request.into_inner().epoch);
         let sequencer = self.sequencer()?;
@@ -46,6 +48,7 @@ impl proto::sequencer_server::Sequencer for Served {
         &self,
         request: Request<proto::ReportCommittedRequest>,
     ) -> std::result::Result<Response<proto::ReportCommittedReply>, Status> {
+        let _call = self.admit(Stage::Sequencer)?;
         self.internal(Stage::Sequencer, "Sequencer.ReportCommitted")?;
         let r = request.into_inner();
         let sequencer = self.sequencer()?;
@@ -62,6 +65,7 @@ impl proto::sequencer_server::Sequencer for Served {
         &self,
         request: Request<proto::ReadVersionRequest>,
     ) -> std::result::Result<Response<proto::ReadVersionReply>, Status> {
+        let _call = self.admit(Stage::Sequencer)?;
         let sequencer = self.sequencer_of(request.into_inner().epoch)?;
         let version = answered(sequencer.read_version().await)?;
         Ok(Response::new(proto::ReadVersionReply {
@@ -70,7 +74,8 @@ impl proto::sequencer_server::Sequencer for Served {
     }
 }
 
-/// A [`Sequencer`] served elsewhere by [`serve`](crate::serve): each method is one call.
+/// A [`Sequencer`] served elsewhere by [`serve`](crate::serve): each method is one call, but
+/// concurrent read versions share one (below).
 ///
 /// It is the sequencer of one epoch, the one the server ran when the client connected
 /// ([`epoch`](Sequencer::epoch)). Once the server runs another epoch, that sequencer is

@@ -12,6 +12,7 @@ use strata_core::{
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -81,8 +82,9 @@ impl Stages {
 }
 
 /// How long [`serve`] waits, once told to stop, for its connections to close: calls in
-/// progress end (and a client that reads its answer meanwhile gets it); a connection still open
-/// afterwards is left, refused every call.
+/// progress end (and a client that reads its answer meanwhile gets it). A connection still open
+/// afterwards is left behind: every call it makes from then on is refused, and `serve` waits
+/// for the calls it had started (each bounded by its stage's own waits) before it returns.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Which calls a server answers.
@@ -91,8 +93,10 @@ pub enum Exposure {
     /// Only what a client's `Database` needs: read versions, commits, reads of storage, and
     /// the stages' descriptions. The cluster's own calls (log pushes, locks, pulls and pops,
     /// versions handed out or reported, batches resolved, storage rolled back) are refused
-    /// (`PERMISSION_DENIED`), and logs and resolvers are not described. For a server that
-    /// clients reach: none of them can fence, pop or roll back the cluster under it.
+    /// (`PERMISSION_DENIED`), and logs and resolvers are not described; a commit that writes
+    /// the cluster's own keys (from `\xff` on, where the configuration recovery reads lives)
+    /// is refused. For a server that clients reach: none of them can fence, pop or roll back
+    /// the cluster under it, or rewrite its configuration.
     Clients,
     /// Every call: for the processes of one cluster, which call each other's stages.
     ///
@@ -317,6 +321,30 @@ impl Served {
         }
     }
 
+    /// Admits a call: it is counted until the returned token drops, and [`serve`] waits for
+    /// every call admitted before it returns, those on connections left open past the grace
+    /// included. Refused (`Unavailable` of `stage`) once `serve` stopped: taken under the same
+    /// lock as the stop, so none is admitted after `serve` finished waiting.
+    pub(crate) fn admit(&self, stage: Stage) -> std::result::Result<TaskTrackerToken, Status> {
+        let stopped = self
+            .0
+            .stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *stopped {
+            return Err(refuse(
+                stage,
+                ErrorKind::Unavailable("the server is stopping".into()),
+            ));
+        }
+        Ok(self.0.calls.token())
+    }
+
+    /// Which calls this server answers.
+    pub(crate) fn exposure(&self) -> Exposure {
+        self.0.exposure
+    }
+
     /// The stages served now: none once [`serve`] stopped.
     pub(crate) fn now(&self) -> Arc<Stages> {
         if self.0.is_stopped() {
@@ -467,6 +495,7 @@ impl proto::cluster_server::Cluster for Served {
         &self,
         _: tonic::Request<proto::DescribeRequest>,
     ) -> std::result::Result<tonic::Response<proto::DescribeReply>, Status> {
+        let _call = self.admit(Stage::Director)?;
         let stages = self.now();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let internal = self.0.exposure == Exposure::Everything;

@@ -43,6 +43,7 @@ impl proto::storage_server::Storage for Served {
         &self,
         request: Request<proto::ShardsRequest>,
     ) -> std::result::Result<Response<proto::ShardsReply>, Status> {
+        let _call = self.admit(Stage::Storage)?;
         let storage = self.storage(request.into_inner().storage)?;
         let shards = storage.shards().iter().map(range_to_wire).collect();
         Ok(Response::new(proto::ShardsReply { shards }))
@@ -52,6 +53,7 @@ impl proto::storage_server::Storage for Served {
         &self,
         request: Request<proto::GetRequest>,
     ) -> std::result::Result<Response<proto::GetReply>, Status> {
+        let _call = self.admit(Stage::Storage)?;
         let r = request.into_inner();
         let storage = self.storage(r.storage)?;
         let value = answered(storage.get(r.key, Version(r.version)).await)?;
@@ -62,6 +64,7 @@ impl proto::storage_server::Storage for Served {
         &self,
         request: Request<proto::GetRangeRequest>,
     ) -> std::result::Result<Response<proto::GetRangeReply>, Status> {
+        let _call = self.admit(Stage::Storage)?;
         let r = request.into_inner();
         let storage = self.storage(r.storage)?;
         let range = range_from_wire(Stage::Storage, r.range.unwrap_or_default())?;
@@ -86,6 +89,7 @@ impl proto::storage_server::Storage for Served {
         &self,
         request: Request<proto::AppliedVersionRequest>,
     ) -> std::result::Result<Response<proto::VersionReply>, Status> {
+        let _call = self.admit(Stage::Storage)?;
         let storage = self.storage(request.into_inner().storage)?;
         let applied = answered(storage.applied_version().await)?;
         Ok(Response::new(version(applied)))
@@ -95,6 +99,7 @@ impl proto::storage_server::Storage for Served {
         &self,
         request: Request<proto::DurableVersionRequest>,
     ) -> std::result::Result<Response<proto::VersionReply>, Status> {
+        let _call = self.admit(Stage::Storage)?;
         let storage = self.storage(request.into_inner().storage)?;
         let durable = answered(storage.durable_version().await)?;
         Ok(Response::new(version(durable)))
@@ -104,6 +109,7 @@ impl proto::storage_server::Storage for Served {
         &self,
         request: Request<proto::RollBackRequest>,
     ) -> std::result::Result<Response<proto::RollBackReply>, Status> {
+        let _call = self.admit(Stage::Storage)?;
         self.internal(Stage::Storage, "Storage.RollBack")?;
         let r = request.into_inner();
         let storage = self.storage(r.storage)?;

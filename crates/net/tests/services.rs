@@ -275,8 +275,41 @@ async fn a_server_for_clients_refuses_the_clusters_own_calls() {
         })
         .await
         .unwrap();
+    // Nor may a client write the cluster's own keys, from \xff on: the configuration the
+    // persistence phase stores is what the next recovery reads. Refused before the proxy,
+    // whether as a write, a range clear reaching past \xff or a write conflict.
+    let proxy = client.proxies[0].clone();
+    let system = Bytes::from_static(b"\xff/system/config");
+    let writes = [
+        (
+            vec![strata_core::Mutation::Set {
+                key: system.clone(),
+                value: Bytes::from_static(b"junk"),
+            }],
+            Vec::new(),
+        ),
+        (
+            vec![strata_core::Mutation::ClearRange {
+                range: KeyRange::new(Key::new(), Bytes::from_static(b"\xff\xff")).unwrap(),
+            }],
+            Vec::new(),
+        ),
+        (Vec::new(), vec![KeyRange::single(system.clone())]),
+    ];
+    for (mutations, write_conflicts) in writes {
+        let tx = strata_core::Transaction {
+            read_version: None,
+            read_conflicts: Vec::new(),
+            write_conflicts,
+            mutations,
+        };
+        let e = proxy.commit(tx.encode().unwrap()).await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+        assert!(e.to_string().contains("system keys"), "{e}");
+    }
     let tx = db.begin().await.unwrap();
     assert!(tx.read_version() >= version);
+    assert_eq!(tx.get(&system).await.unwrap(), None);
     assert_eq!(
         tx.get(&Bytes::from_static(b"k")).await.unwrap(),
         Some(Bytes::from_static(b"v"))
