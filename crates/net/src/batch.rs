@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use strata_core::{Error, ErrorKind, Result, Stage};
 use tokio::sync::oneshot;
 
+use crate::inline::RunToEnd;
+
 /// One call for a batch of requests: an answer per request, in order.
 pub(crate) type Send<T, R> = Box<
     dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = Vec<Result<R>>> + std::marker::Send>>
@@ -83,16 +85,32 @@ impl<T: std::marker::Send + 'static, R: std::marker::Send + 'static> Batcher<T, 
             }
             fly
         };
+        let mut answered = answered;
+        let mut early = None;
         if fly {
-            tokio::spawn(
+            // The flight runs on this caller's task until this caller's answer arrives (a
+            // lone caller pays no hand-off to another task); what remains of it then, calls
+            // for requests queued meanwhile, goes on in a task of its own, as it does when
+            // this caller stops waiting.
+            let mut flight = RunToEnd::new(
                 Flight {
                     batcher: self.clone(),
                     landed: false,
                 }
                 .fly(),
+                None,
             );
+            tokio::select! {
+                biased;
+                answer = &mut answered => early = Some(answer),
+                () = &mut flight => {}
+            }
         }
-        answered.await.unwrap_or_else(|_| {
+        let answer = match early {
+            Some(answer) => answer,
+            None => answered.await,
+        };
+        answer.unwrap_or_else(|_| {
             Err(Error::new(
                 self.stage,
                 ErrorKind::Unavailable(
@@ -340,8 +358,15 @@ mod tests {
             let b = batcher.clone();
             tokio::spawn(async move { b.call(2).await })
         };
-        let e = first.await.unwrap().unwrap_err();
-        assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+        // The flight ran on the first caller's task: the panic is that caller's (or, had the
+        // flight moved to a task of its own, an unanswered request).
+        match first.await {
+            Err(e) => assert!(e.is_panic(), "{e}"),
+            Ok(answer) => {
+                let e = answer.unwrap_err();
+                assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+            }
+        }
         let queued = tokio::time::timeout(Duration::from_secs(10), queued)
             .await
             .expect("a request queued behind a dead flight was never answered")

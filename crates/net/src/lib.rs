@@ -108,6 +108,7 @@ mod client;
 mod cluster;
 mod convert;
 mod failure;
+mod inline;
 mod log;
 mod proxy;
 mod resolver;

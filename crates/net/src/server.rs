@@ -20,6 +20,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::cluster::{Check, ClusterId};
 use crate::failure::{to_status, to_status_as};
+use crate::inline::RunToEnd;
 use crate::proto;
 use crate::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MESSAGE_BYTES_MAX};
 
@@ -466,10 +467,12 @@ impl Served {
         Ok(self.0.calls.spawn(call))
     }
 
-    /// Runs `call` in a task of its own, to its end, whatever becomes of the request: a caller
-    /// that gives up, or a connection that breaks, drops the request's handler, and a call cut
-    /// off between its admission and its end would leave the stage holding what it never
-    /// finished (a push admitted but never synced, a version handed out but never pushed).
+    /// Runs `call` to its end, whatever becomes of the request: a caller that gives up, or a
+    /// connection that breaks, drops the request's handler, and a call cut off between its
+    /// admission and its end would leave the stage holding what it never finished (a push
+    /// admitted but never synced, a version handed out but never pushed). It runs on the
+    /// handler's task while the handler waits, and finishes on a task of its own, which
+    /// [`serve`] waits for, when the handler goes away (see [`RunToEnd`]).
     pub(crate) async fn detached<T, F>(
         &self,
         stage: Stage,
@@ -479,13 +482,25 @@ impl Served {
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        match self.spawn(stage, call)?.await {
-            Ok(result) => answered(result),
-            Err(e) => Err(refuse(
+        answered(self.run_to_end(stage, call).await)
+    }
+
+    /// [`Served::detached`], with the stage's own error.
+    pub(crate) async fn run_to_end<T, F>(&self, stage: Stage, call: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        // The handler was admitted (its token keeps `serve` waiting until this is dropped, and
+        // so until an abandoned call is handed to the tracker); a stop since then is refused
+        // here as before a spawn.
+        if self.0.is_stopped() {
+            return Err(Error::new(
                 stage,
-                ErrorKind::Unavailable(format!("the call did not finish: {e}")),
-            )),
+                ErrorKind::Unavailable("the server is stopping".into()),
+            ));
         }
+        RunToEnd::new(call, Some(self.0.calls.clone())).await
     }
 }
 
