@@ -236,6 +236,23 @@ impl Shared {
     fn is_stopped(&self) -> bool {
         *self.stopped.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// `count(calls)`, under the stop lock, unless `serve` stopped (`Unavailable` of `stage`):
+    /// what it counts is counted before `serve` can finish waiting for the calls.
+    fn unless_stopped<T>(
+        &self,
+        stage: Stage,
+        count: impl FnOnce(&TaskTracker) -> T,
+    ) -> std::result::Result<T, Status> {
+        let stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        if *stopped {
+            return Err(refuse(
+                stage,
+                ErrorKind::Unavailable("the server is stopping".into()),
+            ));
+        }
+        Ok(count(&self.calls))
+    }
 }
 
 /// The handler of every service of one server (each service's impl is in its stage's module).
@@ -327,18 +344,7 @@ impl Served {
     /// included. Refused (`Unavailable` of `stage`) once `serve` stopped: taken under the same
     /// lock as the stop, so none is admitted after `serve` finished waiting.
     pub(crate) fn admit(&self, stage: Stage) -> std::result::Result<TaskTrackerToken, Status> {
-        let stopped = self
-            .0
-            .stopped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if *stopped {
-            return Err(refuse(
-                stage,
-                ErrorKind::Unavailable("the server is stopping".into()),
-            ));
-        }
-        Ok(self.0.calls.token())
+        self.0.unless_stopped(stage, TaskTracker::token)
     }
 
     /// Which calls this server answers.
@@ -453,18 +459,7 @@ impl Served {
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let stopped = self
-            .0
-            .stopped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if *stopped {
-            return Err(refuse(
-                stage,
-                ErrorKind::Unavailable("the server is stopping".into()),
-            ));
-        }
-        Ok(self.0.calls.spawn(call))
+        self.0.unless_stopped(stage, |calls| calls.spawn(call))
     }
 
     /// Runs `call` to its end, whatever becomes of the request: a caller that gives up, or a
