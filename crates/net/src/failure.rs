@@ -229,7 +229,7 @@ pub(crate) fn from_status(stage: Stage, peer: &str, status: &Status) -> Error {
     // effect: a connection lost after a push was made durable reads the same as one lost
     // before. So every such status is `Unavailable`: the outcome is unknown.
     let kind = ErrorKind::Unavailable(format!(
-        "{peer}: {} ({:?})",
+        "{peer}: no answer ({}, {:?}); the call may or may not have taken effect",
         status.message(),
         status.code()
     ));
@@ -363,6 +363,7 @@ mod tests {
         assert_eq!(e.stage, Stage::Log);
         assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
         assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+        assert!(e.to_string().contains("may or may not"), "{e}");
         // Details that are not a Failure are not trusted either, and no code alone makes a
         // definite refusal: a proxy between the two ends may have sent it after the call
         // took effect.
