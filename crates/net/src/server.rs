@@ -119,9 +119,10 @@ pub enum Exposure {
 /// resolver or storage server that is not here).
 ///
 /// Each call that changes a stage (a push, lock or pop; a version handed out or reported; a
-/// batch resolved; a roll back; a commit) runs to its end in a task of its own, whatever
-/// becomes of its caller: a call cut off between its admission and its end (a push admitted
-/// but never synced) would leave the stage holding what it never finished.
+/// batch resolved; a roll back; a commit) runs to its end whatever becomes of its caller: on
+/// the request's task while the caller waits, on a task of its own once it goes away. A call
+/// cut off between its admission and its end (a push admitted but never synced) would leave
+/// the stage holding what it never finished.
 ///
 /// The server pings each connection every [`KEEPALIVE_INTERVAL`](crate::KEEPALIVE_INTERVAL)
 /// and drops one whose peer does not answer within
