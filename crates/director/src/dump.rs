@@ -37,3 +37,36 @@ pub async fn dump(data_dir: &Path, prefix: &[u8]) -> Result<Dump> {
             .collect(),
     })
 }
+
+/// [`dump`] of the cluster `file` names, read through the process that serves it (`strata
+/// serve --listen`): the coordinated state as stored, and the pairs under `prefix` at a read
+/// version of the running cluster, which the `version` field then holds.
+///
+/// Errors: those of [`ClusterFile::connect`](crate::cluster_file::ClusterFile::connect);
+/// `Unavailable` when the state names no cluster.
+pub async fn dump_served(file: &crate::cluster_file::ClusterFile, prefix: &[u8]) -> Result<Dump> {
+    use crate::coordinator::{FileStateStore, StateStore};
+    let range = prefix_range(prefix)?;
+    let state = FileStateStore::new(&file.state_dir)
+        .read()?
+        .ok_or_else(|| {
+            strata_core::Error::new(
+                strata_core::Stage::Director,
+                strata_core::ErrorKind::Unavailable(format!(
+                    "{}: no cluster was ever recovered there",
+                    file.state_dir.display()
+                )),
+            )
+        })?;
+    let db = file.connect().await?;
+    let tx = db.begin().await?;
+    let entries = crate::workload::scan(&tx, &range).await?;
+    Ok(Dump {
+        state,
+        version: tx.read_version(),
+        entries: entries
+            .into_iter()
+            .map(|(k, v)| (strata_core::printable(&k), strata_core::printable(&v)))
+            .collect(),
+    })
+}

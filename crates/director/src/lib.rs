@@ -127,7 +127,7 @@ pub use check::{CheckReport, Finding, verify};
 pub use cluster::{EmbeddedCluster, Serving, serve, serve_stages};
 pub use config::EmbeddedConfig;
 pub use coordinator::{CoordinatedState, FileStateStore, StateStore};
-pub use dump::{Dump, dump};
+pub use dump::{Dump, dump, dump_served};
 pub use recovery::{PhaseTiming, RecoveryEnv, RecoveryError, RecoveryReport};
 pub use snapshot::Snapshot;
 pub use status::{Status, status};

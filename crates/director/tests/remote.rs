@@ -211,3 +211,32 @@ fn bench_drives_a_served_cluster_and_says_where_it_was_served() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn dump_reads_a_served_cluster_through_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, address, _) = serve(&data, "127.0.0.1:0");
+    let dumped = strata()
+        .args(["dump", "--json", "--cluster-file"])
+        .arg(data.join(CLUSTER_FILE_NAME))
+        .output()
+        .unwrap();
+    assert!(dumped.status.success(), "{dumped:?}");
+    let dump: serde_json::Value = serde_json::from_slice(&dumped.stdout).unwrap();
+    assert_eq!(dump["state"]["served_at"], address.as_str());
+    // The persistence phase wrote the layout with the address it is served at.
+    let entries = dump["entries"].as_array().unwrap();
+    let layout = entries
+        .iter()
+        .find(|e| e[0] == "\\xff/system/layout/sequencer")
+        .unwrap_or_else(|| panic!("{dump}"));
+    // A system value starts with its format byte, 1.
+    assert_eq!(
+        layout[1],
+        format!("\\x01\"sequencer-0@{address}\""),
+        "{dump}"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -200,6 +200,10 @@ struct DumpArgs {
     /// The data directory.
     #[arg(long, default_value = "./strata-data")]
     data_dir: PathBuf,
+    /// Read the cluster this file names through the process that serves it (`strata serve
+    /// --listen`), at a read version of the running cluster, instead of --data-dir at rest.
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    cluster_file: Option<PathBuf>,
     /// The key prefix, written as keys are printed (`\\xff` for byte 0xff).
     #[arg(long, default_value = "\\xff/system/")]
     prefix: String,
@@ -537,7 +541,13 @@ async fn dump(args: DumpArgs) -> strata_core::Result<()> {
             )),
         )
     })?;
-    let dump = strata_director::dump(&args.data_dir, &prefix).await?;
+    let dump = match &args.cluster_file {
+        Some(file) => {
+            let file = strata_director::cluster_file::ClusterFile::read(file)?;
+            strata_director::dump_served(&file, &prefix).await?
+        }
+        None => strata_director::dump(&args.data_dir, &prefix).await?,
+    };
     if args.json {
         return print_json(&dump);
     }
