@@ -1,8 +1,9 @@
 //! A cluster used from another process: `strata serve --listen` serves it on loopback and
 //! writes its cluster file; `strata workload cycle --cluster-file` runs Cycle against it from a
 //! second process. The server is killed with SIGKILL in the middle of the workload, twice in a
-//! row, and restarted on the same address each time; then the ring must be one ring and every
-//! commit the client saw acknowledged must be there, read through the network.
+//! row, and restarted on the same address each time with another layout (1 to 3 logs, 1 to 3
+//! resolvers and proxies, 2 storage servers); then the ring must be one ring and every commit
+//! the client saw acknowledged must be there, read through the network.
 
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
@@ -22,9 +23,19 @@ fn strata() -> Command {
 
 /// `strata serve --listen address` on `dir`, once it serves; returns the address it serves at.
 fn serve(dir: &Path, address: &str) -> (Child, String, Lines<BufReader<ChildStdout>>) {
+    serve_with(dir, address, &[])
+}
+
+/// [`serve`] with more flags (a layout).
+fn serve_with(
+    dir: &Path,
+    address: &str,
+    flags: &[&str],
+) -> (Child, String, Lines<BufReader<ChildStdout>>) {
     let mut child = strata()
         .args(["serve", "--listen", address, "--data-dir"])
         .arg(dir)
+        .args(flags)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -112,10 +123,27 @@ fn check_through_the_network(cluster_file: &Path, acked: &[(u64, u64)]) {
 fn a_client_process_keeps_every_acknowledged_commit_across_two_server_kills() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (mut server, address, _) = serve(&data, "127.0.0.1:0");
+    // Several of each stage, so the client reaches proxies and storage servers by index and
+    // routes reads by shard; each restart recovers a new layout (the storage count is fixed
+    // once the directory exists).
+    let layouts: [&[&str]; 3] = [
+        &[
+            "--logs",
+            "2",
+            "--storage",
+            "2",
+            "--resolvers",
+            "2",
+            "--proxies",
+            "2",
+        ],
+        &["--logs", "3", "--resolvers", "1", "--proxies", "3"],
+        &["--logs", "1", "--resolvers", "3", "--proxies", "1"],
+    ];
+    let (mut server, address, _) = serve_with(&data, "127.0.0.1:0", layouts[0]);
     let cluster_file = data.join(CLUSTER_FILE_NAME);
     let mut acked = Vec::new();
-    for _ in 0..2 {
+    for layout in &layouts[1..] {
         let (mut client, acks) = cycle_client(&cluster_file);
         // Long enough that the two rounds' history outlasts the MVCC window (5 s).
         collect_acks(&acks, &mut acked, Duration::from_secs(3), 100);
@@ -127,7 +155,7 @@ fn a_client_process_keeps_every_acknowledged_commit_across_two_server_kills() {
         assert_eq!(status.code(), Some(1), "{status:?}");
         acked.extend(acks.iter());
         let restarted;
-        (server, restarted, _) = serve(&data, &address);
+        (server, restarted, _) = serve_with(&data, &address, layout);
         assert_eq!(restarted, address);
     }
 
