@@ -205,9 +205,9 @@ impl ClusterFile {
     /// for at most [`CONNECT_WAIT`].
     ///
     /// The database is bound to the epoch served when it connected: once the server recovers
-    /// (a stage failed, or it restarted), its read versions and commits fail as
-    /// `Unavailable`, and a new `connect` reaches the new epoch. Calls made while the server
-    /// is down fail as `Unavailable` too.
+    /// (a stage failed, or it restarted), its read versions fail as `Unavailable` and its
+    /// commits as `Fenced` (refused, not done), and a new `connect` reaches the new epoch.
+    /// Calls made while the server is down fail as `Unavailable`.
     ///
     /// Errors: `Unavailable` when the cluster is not served or not reachable; `InvalidRequest`
     /// when the server there is of another cluster.

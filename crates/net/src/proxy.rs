@@ -181,10 +181,10 @@ impl proto::proxy_server::Proxy for Served {
 /// transaction still commits on its own and gets its own outcome.
 ///
 /// It is the proxy of one epoch, the one the server ran when the client connected
-/// ([`epoch`](CommitProxy::epoch)): once the server runs another epoch, its commits are
-/// `Unavailable` (that proxy is stopped, as far as the client knows), and the client connects
-/// again to commit through the new epoch's proxies. A commit whose connection breaks before
-/// the answer is `Unavailable` too: its outcome is unknown, as the [`CommitProxy::commit`]
+/// ([`epoch`](CommitProxy::epoch)): once the server runs a newer epoch, its commits are
+/// `Fenced`, refused before any proxy saw them, as the [`CommitProxy::commit`] contract says
+/// of a proxy once a newer epoch took over; the client connects again to commit through the
+/// new epoch's proxies. A commit whose connection breaks before the answer is `Unavailable`: its outcome is unknown, as the [`CommitProxy::commit`]
 /// contract says of a failure after the push; the server lets the commit run to its end.
 #[derive(Clone)]
 pub struct RemoteProxy {

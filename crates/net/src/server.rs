@@ -271,14 +271,27 @@ pub(crate) fn answered<T>(result: Result<T>) -> std::result::Result<T, Status> {
 }
 
 /// Refuses a call for a stage of epoch `meant` that reached the stage of epoch `served`.
+///
+/// With `fence`, a call of an older epoch than the one served is `Fenced`: refused before it
+/// reached any stage, so definitely not done (a commit's contract). Otherwise, and for a call
+/// of a newer epoch than the one served, `Unavailable` (a read version's contract: a stopped
+/// sequencer's reads are unavailable).
 fn same_epoch(
     stage: Stage,
     what: &str,
     served: Epoch,
     meant: Option<u64>,
+    fence: bool,
 ) -> std::result::Result<(), Status> {
     match meant {
         Some(meant) if meant == served.0 => Ok(()),
+        Some(meant) if fence && meant < served.0 => Err(refuse(
+            stage,
+            ErrorKind::Fenced {
+                request: Epoch(meant),
+                current: served,
+            },
+        )),
         Some(meant) => Err(refuse(
             stage,
             ErrorKind::Unavailable(format!(
@@ -377,7 +390,13 @@ impl Served {
         epoch: Option<u64>,
     ) -> std::result::Result<Arc<dyn Sequencer>, Status> {
         let sequencer = self.sequencer()?;
-        same_epoch(Stage::Sequencer, "sequencer", sequencer.epoch(), epoch)?;
+        same_epoch(
+            Stage::Sequencer,
+            "sequencer",
+            sequencer.epoch(),
+            epoch,
+            false,
+        )?;
         Ok(sequencer)
     }
 
@@ -388,7 +407,13 @@ impl Served {
         epoch: Option<u64>,
     ) -> std::result::Result<Arc<dyn CommitProxy>, Status> {
         let proxy = self.proxy(index)?;
-        same_epoch(Stage::CommitProxy, "commit proxy", proxy.epoch(), epoch)?;
+        same_epoch(
+            Stage::CommitProxy,
+            "commit proxy",
+            proxy.epoch(),
+            epoch,
+            true,
+        )?;
         Ok(proxy)
     }
 
