@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use strata_core::{Error, ErrorKind, Result, Stage};
 use tokio::sync::oneshot;
 
+use crate::fitting;
 use crate::inline::RunToEnd;
 
 /// One call for a batch of requests: an answer per request, in order.
@@ -148,18 +149,14 @@ impl<T: std::marker::Send + 'static, R: std::marker::Send + 'static> Flight<T, R
                     self.landed = true;
                     return;
                 }
-                let mut bytes = 0usize;
-                let mut count = 0usize;
-                let limits = batcher.limits;
-                let take = queue
+                let sizes = queue
                     .waiting
                     .iter()
-                    .take_while(|(request, _)| {
-                        bytes = bytes.saturating_add((batcher.weigh)(request));
-                        count += 1;
-                        count == 1 || (count <= limits.count_max && bytes <= limits.bytes_max)
-                    })
-                    .count();
+                    .map(|(request, _)| (batcher.weigh)(request));
+                let take = fitting(
+                    sizes.take(batcher.limits.count_max),
+                    batcher.limits.bytes_max,
+                );
                 queue.waiting.drain(..take).unzip()
             };
             let sent = requests.len();

@@ -154,6 +154,23 @@ pub const COMMIT_BATCH_TRANSACTIONS_MAX: usize = 1_000;
 /// [`MESSAGE_BYTES_MAX`]).
 pub const COMMIT_BATCH_BYTES_MAX: usize = 12 << 20;
 
+/// How many of the leading items whose sizes `sizes` gives fit in `budget` bytes together,
+/// and never fewer than one when there is one: a message always carries its first entry, pair
+/// or transaction, which alone always fits in one. The answers of pulls and range reads are
+/// cut this way, and a client's batches of commits.
+pub(crate) fn fitting(sizes: impl IntoIterator<Item = usize>, budget: usize) -> usize {
+    let mut used = 0usize;
+    let mut count = 0usize;
+    for size in sizes {
+        used = used.saturating_add(size);
+        if used > budget && count > 0 {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
 /// How long a client tries to connect before the connection is `Unavailable`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -12,20 +12,12 @@ use crate::cluster::ClusterId;
 use crate::proto;
 use crate::proto::log_client::LogClient;
 use crate::server::{Served, answered, refuse};
-use crate::{MESSAGE_BYTES_MAX, PULL_ENTRIES_MAX, PULL_REPLY_BYTES_MAX};
+use crate::{MESSAGE_BYTES_MAX, PULL_ENTRIES_MAX, PULL_REPLY_BYTES_MAX, fitting};
 
 /// Keeps the first entries whose encodings fit in `budget` bytes, and always the first: an
 /// entry is never larger than a transaction (10,000,000 bytes), which a message holds.
 fn fit(mut entries: Vec<LogEntry>, budget: usize) -> Vec<LogEntry> {
-    let mut used = 0usize;
-    let keep = entries
-        .iter()
-        .position(|e| {
-            used = used.saturating_add(e.payload.len() + 32);
-            used > budget
-        })
-        .unwrap_or(entries.len())
-        .max(1);
+    let keep = fitting(entries.iter().map(|e| e.payload.len() + 32), budget);
     entries.truncate(keep);
     entries
 }
@@ -52,7 +44,7 @@ impl proto::log_server::Log for Served {
                 )),
             ));
         }
-        self.detached(Stage::Log, async move {
+        self.detached(async move {
             log.push(
                 Epoch(r.epoch),
                 Version(r.previous_version),
@@ -97,7 +89,7 @@ impl proto::log_server::Log for Served {
         let r = request.into_inner();
         let log = self.log(r.log_id)?;
         let state = self
-            .detached(Stage::Log, async move { log.lock(Epoch(r.epoch)).await })
+            .detached(async move { log.lock(Epoch(r.epoch)).await })
             .await?;
         Ok(Response::new(proto::LockReply {
             epoch: state.epoch.0,
@@ -114,7 +106,7 @@ impl proto::log_server::Log for Served {
         self.internal(Stage::Log, "Log.Pop")?;
         let r = request.into_inner();
         let log = self.log(r.log_id)?;
-        self.detached(Stage::Log, async move { log.pop(Version(r.version)).await })
+        self.detached(async move { log.pop(Version(r.version)).await })
             .await?;
         Ok(Response::new(proto::PopReply {}))
     }

@@ -90,10 +90,8 @@ impl Served {
     ) -> Result<Version> {
         self.admissible(&transaction)?;
         let proxy = proxy.clone();
-        self.run_to_end(Stage::CommitProxy, async move {
-            proxy.commit(transaction).await
-        })
-        .await
+        self.run_to_end(async move { proxy.commit(transaction).await })
+            .await
     }
 }
 
@@ -145,15 +143,7 @@ impl proto::proxy_server::Proxy for Served {
             .map(|transaction| {
                 self.admissible(&transaction)?;
                 let proxy = proxy.clone();
-                self.spawn(Stage::CommitProxy, async move {
-                    proxy.commit(transaction).await
-                })
-                .map_err(|_| {
-                    Error::new(
-                        Stage::CommitProxy,
-                        ErrorKind::Unavailable("the server is stopping".into()),
-                    )
-                })
+                Ok(self.spawn(async move { proxy.commit(transaction).await }))
             })
             .collect();
         let mut outcomes = Vec::with_capacity(commits.len());

@@ -63,10 +63,7 @@ impl proto::resolver_server::Resolver for Served {
             transactions,
         };
         let verdicts = self
-            .detached(
-                Stage::Resolver,
-                async move { resolver.resolve(batch).await },
-            )
+            .detached(async move { resolver.resolve(batch).await })
             .await?;
         Ok(Response::new(proto::ResolveReply {
             verdicts: verdicts.into_iter().map(verdict_to_wire).collect(),

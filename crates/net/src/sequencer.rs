@@ -34,9 +34,7 @@ impl proto::sequencer_server::Sequencer for Served {
         let epoch = Epoch(request.into_inner().epoch);
         let sequencer = self.sequencer()?;
         let pair = self
-            .detached(Stage::Sequencer, async move {
-                sequencer.next_commit_version(epoch).await
-            })
+            .detached(async move { sequencer.next_commit_version(epoch).await })
             .await?;
         Ok(Response::new(proto::VersionPair {
             previous: pair.previous.0,
@@ -52,7 +50,7 @@ impl proto::sequencer_server::Sequencer for Served {
         self.internal(Stage::Sequencer, "Sequencer.ReportCommitted")?;
         let r = request.into_inner();
         let sequencer = self.sequencer()?;
-        self.detached(Stage::Sequencer, async move {
+        self.detached(async move {
             sequencer
                 .report_committed(Epoch(r.epoch), Version(r.version))
                 .await

@@ -71,15 +71,6 @@ impl Stages {
             .map(|s| s.epoch())
             .or_else(|| self.proxies.first().map(|p| p.epoch()))
     }
-
-    /// Whether nothing is served.
-    pub fn is_empty(&self) -> bool {
-        self.sequencer.is_none()
-            && self.proxies.is_empty()
-            && self.resolvers.is_empty()
-            && self.storage.is_empty()
-            && self.logs.is_empty()
-    }
 }
 
 /// How long [`serve`] waits, once told to stop, for its connections to close: calls in
@@ -233,27 +224,6 @@ impl Shared {
     fn stop(&self) {
         *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
     }
-
-    fn is_stopped(&self) -> bool {
-        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// `count(calls)`, under the stop lock, unless `serve` stopped (`Unavailable` of `stage`):
-    /// what it counts is counted before `serve` can finish waiting for the calls.
-    fn unless_stopped<T>(
-        &self,
-        stage: Stage,
-        count: impl FnOnce(&TaskTracker) -> T,
-    ) -> std::result::Result<T, Status> {
-        let stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
-        if *stopped {
-            return Err(refuse(
-                stage,
-                ErrorKind::Unavailable("the server is stopping".into()),
-            ));
-        }
-        Ok(count(&self.calls))
-    }
 }
 
 /// The handler of every service of one server (each service's impl is in its stage's module).
@@ -358,7 +328,18 @@ impl Served {
     /// included. Refused (`Unavailable` of `stage`) once `serve` stopped: taken under the same
     /// lock as the stop, so none is admitted after `serve` finished waiting.
     pub(crate) fn admit(&self, stage: Stage) -> std::result::Result<TaskTrackerToken, Status> {
-        self.0.unless_stopped(stage, TaskTracker::token)
+        let stopped = self
+            .0
+            .stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *stopped {
+            return Err(refuse(
+                stage,
+                ErrorKind::Unavailable("the server is stopping".into()),
+            ));
+        }
+        Ok(self.0.calls.token())
     }
 
     /// Which calls this server answers.
@@ -366,11 +347,9 @@ impl Served {
         self.0.exposure
     }
 
-    /// The stages served now: none once [`serve`] stopped.
+    /// The stages served now. Called by admitted calls only ([`Served::admit`]), which
+    /// `serve` waits for.
     pub(crate) fn now(&self) -> Arc<Stages> {
-        if self.0.is_stopped() {
-            return Arc::new(Stages::default());
-        }
         self.0.stages.borrow().clone()
     }
 
@@ -473,19 +452,14 @@ impl Served {
     }
 
     /// Starts `call` in a task of its own that runs to its end, whatever becomes of the
-    /// request, and that [`serve`] waits for before it returns.
-    ///
-    /// Errors: `Unavailable` of `stage` once `serve` stopped.
-    pub(crate) fn spawn<T, F>(
-        &self,
-        stage: Stage,
-        call: F,
-    ) -> std::result::Result<tokio::task::JoinHandle<Result<T>>, Status>
+    /// request, and that [`serve`] waits for before it returns. Called by admitted calls only:
+    /// their token keeps `serve` waiting until the task is counted.
+    pub(crate) fn spawn<T, F>(&self, call: F) -> tokio::task::JoinHandle<Result<T>>
     where
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        self.0.unless_stopped(stage, |calls| calls.spawn(call))
+        self.0.calls.spawn(call)
     }
 
     /// Runs `call` to its end, whatever becomes of the request: a caller that gives up, or a
@@ -494,33 +468,22 @@ impl Served {
     /// admitted but never synced, a version handed out but never pushed). It runs on the
     /// handler's task while the handler waits, and finishes on a task of its own, which
     /// [`serve`] waits for, when the handler goes away (see [`RunToEnd`]).
-    pub(crate) async fn detached<T, F>(
-        &self,
-        stage: Stage,
-        call: F,
-    ) -> std::result::Result<T, Status>
+    pub(crate) async fn detached<T, F>(&self, call: F) -> std::result::Result<T, Status>
     where
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        answered(self.run_to_end(stage, call).await)
+        answered(self.run_to_end(call).await)
     }
 
     /// [`Served::detached`], with the stage's own error.
-    pub(crate) async fn run_to_end<T, F>(&self, stage: Stage, call: F) -> Result<T>
+    pub(crate) async fn run_to_end<T, F>(&self, call: F) -> Result<T>
     where
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        // The handler was admitted (its token keeps `serve` waiting until this is dropped, and
-        // so until an abandoned call is handed to the tracker); a stop since then is refused
-        // here as before a spawn.
-        if self.0.is_stopped() {
-            return Err(Error::new(
-                stage,
-                ErrorKind::Unavailable("the server is stopping".into()),
-            ));
-        }
+        // The handler was admitted: its token keeps `serve` waiting until this is dropped, and
+        // so until an abandoned call is handed to the tracker.
         RunToEnd::new(call, Some(self.0.calls.clone())).await
     }
 }

@@ -11,21 +11,13 @@ use crate::convert::{range_from_wire, range_to_wire};
 use crate::proto;
 use crate::proto::storage_client::StorageClient;
 use crate::server::{Served, answered};
-use crate::{MESSAGE_BYTES_MAX, RANGE_ENTRIES_MAX, RANGE_REPLY_BYTES_MAX};
+use crate::{MESSAGE_BYTES_MAX, RANGE_ENTRIES_MAX, RANGE_REPLY_BYTES_MAX, fitting};
 
 /// Keeps the first pairs whose encodings fit in `budget` bytes, and always the first (a pair
 /// is at most a key and a value, far below a message); says whether any was dropped.
 fn fit(mut read: RangeRead, budget: usize) -> RangeRead {
-    let mut used = 0usize;
-    let keep = read
-        .entries
-        .iter()
-        .position(|(k, v)| {
-            used = used.saturating_add(k.len() + v.len() + 16);
-            used > budget
-        })
-        .unwrap_or(read.entries.len())
-        .max(1);
+    let sizes = read.entries.iter().map(|(k, v)| k.len() + v.len() + 16);
+    let keep = fitting(sizes, budget);
     if keep < read.entries.len() {
         read.entries.truncate(keep);
         read.more = true;
@@ -113,10 +105,8 @@ impl proto::storage_server::Storage for Served {
         self.internal(Stage::Storage, "Storage.RollBack")?;
         let r = request.into_inner();
         let storage = self.storage(r.storage)?;
-        self.detached(Stage::Storage, async move {
-            storage.roll_back(Version(r.version)).await
-        })
-        .await?;
+        self.detached(async move { storage.roll_back(Version(r.version)).await })
+            .await?;
         Ok(Response::new(proto::RollBackReply {}))
     }
 }

@@ -103,26 +103,20 @@ pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
             ErrorKind::InvalidRequest("--read-fraction must be between 0 and 1".into()),
         ));
     }
-    // Owned before the floor's probe file is written into it, until the end.
-    let _owner = match &args.cluster_file {
-        Some(_) => None,
-        None => Some(strata_director::owner::lock_directory(
-            &args.data_dir,
-            true,
-        )?),
-    };
-    let (cluster, db, floors, served_at) = match &args.cluster_file {
+    let (_owner, cluster, db, floors, served_at) = match &args.cluster_file {
         Some(file) => {
             let file = ClusterFile::read(file)?;
             let served_at = file.served_at()?;
-            (None, file.connect().await?, None, Some(served_at))
+            (None, None, file.connect().await?, None, Some(served_at))
         }
         None => {
+            // Owned before the floor's probe file is written into it, until the end.
+            let owner = strata_director::owner::lock_directory(&args.data_dir, true)?;
             let floors = floors(&args.data_dir)?;
             let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
             let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
             let db = cluster.database();
-            (Some(cluster), db, Some(floors), None)
+            (Some(owner), Some(cluster), db, Some(floors), None)
         }
     };
 
