@@ -191,11 +191,6 @@ pub(crate) fn fail(batch: Vec<Pending>, e: &Error) {
 /// waiting on its stages at once and answers with the recorded failure.
 pub(crate) async fn commit_batch(flight: &InFlight, pair: VersionPair, batch: Vec<Pending>) {
     let stages = &*flight.stages;
-    let mut unfinished = Unfinished {
-        stages,
-        version: pair.version,
-        finished: false,
-    };
     let mut conflicts = Vec::with_capacity(batch.len());
     let mut mutations = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
@@ -204,6 +199,13 @@ pub(crate) async fn commit_batch(flight: &InFlight, pair: VersionPair, batch: Ve
         mutations.push(p.mutations);
         replies.push(Some(p.reply));
     }
+    // Declared after `replies` so that it drops first: a dropped reply wakes its caller, maybe
+    // on another thread, and the caller reads the recorded failure as the reason.
+    let mut unfinished = Unfinished {
+        stages,
+        version: pair.version,
+        finished: false,
+    };
     let ended = tokio::select! {
         biased;
         done = run_batch(flight, pair, conflicts, mutations, &mut replies) => match done {

@@ -468,21 +468,30 @@ async fn a_panic_in_a_lone_batch_is_an_error_for_its_caller() {
 /// The same panic in one of the batcher's batches (a batch window keeps commits off the lone
 /// path): the batch stops unfinished, the epoch ends with that cause, and the caller hears it
 /// rather than that the proxy stopped.
+///
+/// The caller wakes when the batch's replies are dropped, on another worker thread: the cause
+/// must be recorded before that, every time, so the test tries many times over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_a_batchers_batch_ends_the_epoch_with_its_cause() {
-    let proxy = proxy_with(
-        Arc::new(PanickingResolver),
-        vec![Arc::new(MemoryLog::new(LogId(0), Version(0)))],
-        ProxyConfig {
-            batch_window: Duration::from_millis(1),
-            ..ProxyConfig::default()
-        },
-    );
-    let e = proxy.commit(blind("a")).await.unwrap_err();
-    assert!(
-        matches!(&e.kind, strata_core::ErrorKind::Unavailable(m) if m.contains("panicked")),
-        "{e}"
-    );
-    assert_eq!(proxy.lone_commits(), 0);
-    assert_eq!(proxy.failure().map(|f| f.to_string()), Some(e.to_string()));
+    for attempt in 0..100 {
+        let proxy = proxy_with(
+            Arc::new(PanickingResolver),
+            vec![Arc::new(MemoryLog::new(LogId(0), Version(0)))],
+            ProxyConfig {
+                batch_window: Duration::from_millis(1),
+                ..ProxyConfig::default()
+            },
+        );
+        let e = proxy.commit(blind("a")).await.unwrap_err();
+        assert!(
+            matches!(&e.kind, strata_core::ErrorKind::Unavailable(m) if m.contains("panicked")),
+            "attempt {attempt}: {e}"
+        );
+        assert_eq!(proxy.lone_commits(), 0);
+        assert_eq!(
+            proxy.failure().map(|f| f.to_string()),
+            Some(e.to_string()),
+            "attempt {attempt}"
+        );
+    }
 }
