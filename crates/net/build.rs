@@ -21,5 +21,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         // Payloads stay `Bytes` from the socket to the log, without a copy into a `Vec`.
         .bytes(".")
         .compile_fds(descriptors)?;
+    // The part of etcd's API the coordinated state uses: a client only.
+    let etcd = "proto/etcd/kv.proto";
+    println!("cargo:rerun-if-changed={etcd}");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_fds(protox::compile([etcd], ["proto"])?)?;
     Ok(())
 }

@@ -100,7 +100,7 @@ impl Link {
 
 /// An error and its sources, joined: the transport's own text is often only "transport
 /// error", and the cause (connection refused, timed out) is in its sources.
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

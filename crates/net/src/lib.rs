@@ -107,6 +107,7 @@ mod batch;
 mod client;
 mod cluster;
 mod convert;
+pub mod etcd;
 mod failure;
 mod inline;
 mod log;

@@ -33,6 +33,7 @@
 //! ```
 
 pub mod disk;
+pub mod etcd;
 pub mod faults;
 pub mod fixtures;
 mod gate;
