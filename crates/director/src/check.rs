@@ -18,7 +18,7 @@ use strata_core::{Blocking, Epoch, Error, ErrorKind, Result, Version};
 use strata_tlog::fs::RealFs;
 use strata_tlog::{FileLog, FileLogConfig, OpenMode};
 
-use crate::coordinator::{CoordinatedState, FileStateStore, LogPlace, StateStore};
+use crate::coordinator::{CoordinatedState, Coordination, LogPlace, StateStore};
 
 /// The coordinated state's file, relative to the data directory.
 pub const STATE_FILE: &str = "coordinated.json";
@@ -44,16 +44,26 @@ impl std::fmt::Display for Finding {
 impl Finding {
     /// The error a command that stops at this finding returns: `cause`, the error met when it
     /// is not damage (an I/O error the next try may not meet), else `Corruption` naming the
-    /// file under `data_dir`.
+    /// file under `data_dir` (or the state's place outside it, see [`Finding::in_store`]).
     pub(crate) fn into_error(self, data_dir: &Path, cause: Option<Error>) -> Error {
+        let file = if self.file.contains("://") {
+            self.file
+        } else {
+            data_dir.join(&self.file).display().to_string()
+        };
         match cause {
             Some(e) if !matches!(e.kind, ErrorKind::Corruption(_)) => e,
-            _ => crate::error(ErrorKind::Corruption(format!(
-                "{}: {}",
-                data_dir.join(&self.file).display(),
-                self.problem
-            ))),
+            _ => crate::error(ErrorKind::Corruption(format!("{file}: {}", self.problem))),
         }
+    }
+
+    /// This finding, naming where `store` keeps the coordinated state when it is about the
+    /// state ([`STATE_FILE`]): the findings are made against the state, wherever it lives.
+    pub(crate) fn in_store(mut self, store: &dyn StateStore) -> Finding {
+        if self.file == STATE_FILE {
+            self.file = store.name();
+        }
+        self
     }
 }
 
@@ -427,14 +437,18 @@ pub(crate) fn open_named_log(
 pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
     let _owner = crate::owner::lock_directory(data_dir, false)?;
     let mut report = CheckReport::default();
-    let state = match FileStateStore::new(data_dir).read() {
+    let store = Coordination::for_data_dir(data_dir)?;
+    let state = match store.read() {
         Ok(state) => state,
         Err(e) => {
-            report.findings.push(finding(STATE_FILE, e.to_string()));
+            report.findings.push(finding(store.name(), e.to_string()));
             return Ok(report);
         }
     };
-    report.findings = check_directory(data_dir, state.as_ref());
+    report.findings = check_directory(data_dir, state.as_ref())
+        .into_iter()
+        .map(|f| f.in_store(&store))
+        .collect();
     let Some(state) = state else {
         return Ok(report);
     };
@@ -455,7 +469,7 @@ pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
     report.recoverable_version = held.holds;
     report
         .findings
-        .extend(held.findings.into_iter().map(|(f, _)| f));
+        .extend(held.findings.into_iter().map(|(f, _)| f.in_store(&store)));
     let oldest_durable = held.durable.iter().flatten().copied().min();
     let sources: Vec<(String, Arc<FileLog>)> = held
         .logs

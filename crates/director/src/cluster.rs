@@ -20,7 +20,7 @@ use strata_txn_builder::Database;
 use tokio::task::JoinHandle;
 
 use crate::config::EmbeddedConfig;
-use crate::coordinator::{FileStateStore, StateStore};
+use crate::coordinator::{Coordination, StateStore};
 use crate::owner::{DirectoryLock, lock_directory};
 use crate::recovery::{self, RecoveryEnv, RecoveryError, RecoveryReport};
 
@@ -134,7 +134,7 @@ impl EmbeddedCluster {
         data_dir: &Path,
         config: EmbeddedConfig,
     ) -> Result<(EmbeddedCluster, RecoveryReport)> {
-        Self::start_with_store(data_dir, config, &FileStateStore::new(data_dir)).await
+        Self::start_with_store(data_dir, config, &Coordination::for_data_dir(data_dir)?).await
     }
 
     /// [`EmbeddedCluster::start_with_report`] with the coordinated state in `store`.
@@ -326,8 +326,17 @@ pub async fn serve(
     serve_stages(data_dir, config, env, serving, &stages, shutdown).await
 }
 
+/// How long a director waits for etcd to answer before it gives up starting (it waits as long
+/// as it takes for another director's lease to end).
+pub const LEAD_WAIT: Duration = Duration::from_secs(30);
+
 /// [`serve`], also publishing each epoch's stages ([`EmbeddedCluster::stages`]) on `stages`,
 /// and nothing between two epochs, for [`strata_net::serve`] to serve to other processes.
+///
+/// The coordinated state is where the data directory's cluster file says
+/// ([`Coordination::for_data_dir`]). In etcd, the process first becomes the cluster's only
+/// director (a lease, see [`etcd::EtcdStateStore::lead`](crate::coordinator::etcd)), waiting
+/// while another director's lease lives; if it loses the lease it stops at once, with an error.
 pub async fn serve_stages(
     data_dir: &Path,
     config: EmbeddedConfig,
@@ -338,12 +347,53 @@ pub async fn serve_stages(
 ) -> Result<()> {
     // Held across epochs, so no other process can take the directory between two of them.
     let _owner = lock_directory(data_dir, true)?;
-    let store = FileStateStore::new(data_dir);
+    let store = Coordination::for_data_dir(data_dir)?;
+    let holder = format!(
+        "process {} serving {}{}",
+        std::process::id(),
+        data_dir.display(),
+        env.served_at
+            .as_deref()
+            .map(|a| format!(" at {a}"))
+            .unwrap_or_default()
+    );
+    let mut directing =
+        crate::coordinator::etcd::Directing::start(store.lead(&holder, LEAD_WAIT).await?);
+    let served = direct(
+        data_dir,
+        config,
+        env,
+        &store,
+        &mut directing,
+        serving,
+        stages,
+        shutdown,
+    )
+    .await;
+    directing.release().await;
+    served
+}
+
+/// The epochs of [`serve_stages`], one after another, while `directing` holds.
+#[allow(clippy::too_many_arguments)]
+async fn direct(
+    data_dir: &Path,
+    config: EmbeddedConfig,
+    env: &RecoveryEnv,
+    store: &Coordination,
+    directing: &mut crate::coordinator::etcd::Directing,
+    serving: &tokio::sync::watch::Sender<Serving>,
+    stages: &tokio::sync::watch::Sender<Arc<Stages>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     tokio::pin!(shutdown);
     let mut quick_failures = 0;
     loop {
-        let (cluster, report) =
-            EmbeddedCluster::start_with_env(data_dir, config, &store, env).await?;
+        let (cluster, report) = tokio::select! {
+            biased;
+            e = directing.lost() => return Err(e),
+            started = EmbeddedCluster::start_with_env(data_dir, config, store, env) => started?,
+        };
         let started = tokio::time::Instant::now();
         stages.send_replace(Arc::new(cluster.stages()));
         serving.send_replace(Some((report.epoch, cluster.database())));
@@ -356,6 +406,13 @@ pub async fn serve_stages(
                     serving.send_replace(None);
                     cluster.stop().await;
                     return Ok(());
+                }
+                e = directing.lost() => {
+                    tracing::error!(epoch = report.epoch.0, error = %e, "no longer the director; stopping");
+                    stages.send_replace(Arc::new(Stages::default()));
+                    serving.send_replace(None);
+                    cluster.stop().await;
+                    return Err(e);
                 }
                 () = tokio::time::sleep(config.monitor_interval) => {
                     if let Err(e) = cluster.check_health().await {

@@ -3,20 +3,25 @@
 //!
 //! ```text
 //! NAME:ID@file:PATH
+//! NAME:ID@etcd://HOST:PORT[,HOST:PORT...]
 //! ```
 //!
 //! - `NAME` describes the cluster to people (`strata` unless chosen otherwise);
 //! - `ID` identifies it: every call between processes carries it, and a server refuses calls
 //!   of another id, so a client given the wrong file is refused instead of writing to the
 //!   wrong cluster;
-//! - `file:PATH` says where the coordinated state lives: in the data directory `PATH`, as the
-//!   embedded cluster keeps it. The state names the address where the newest epoch's stages
-//!   are served ([`CoordinatedState::served_at`](crate::CoordinatedState::served_at)).
+//! - the place after `@` says where the coordinated state lives: `file:PATH` in the data
+//!   directory `PATH`, as the embedded cluster keeps it (a client must be on the same host);
+//!   `etcd://...` in the etcd cluster at those endpoints, under `/strata/NAME/ID/` (see
+//!   [`EtcdStateStore`](crate::coordinator::etcd::EtcdStateStore)), from any host. The state
+//!   names the address where the newest epoch's stages are served
+//!   ([`CoordinatedState::served_at`](crate::CoordinatedState::served_at)).
 //!
 //! Both `NAME` and `ID` are 1 to 64 ASCII letters, digits, `-`, `_` or `.`. Blank lines and
 //! lines starting with `#` are ignored. `strata serve --listen ADDR` writes the file it serves
-//! to `DATA_DIR/strata.cluster` when there is none (with a new random id), and keeps the id of
-//! the one there.
+//! to `DATA_DIR/strata.cluster` when there is none (with a new random id, or the one given by
+//! `--cluster-file`), and keeps the one there: the data directory belongs to that cluster, and
+//! every command on it finds the coordinated state through it.
 //!
 //! ```
 //! use strata_director::cluster_file::ClusterFile;
@@ -25,6 +30,8 @@
 //! assert_eq!(file.id.as_str(), "4f2a9c1e07b3d5a6");
 //! assert_eq!(file.to_string(), "strata:4f2a9c1e07b3d5a6@file:/var/lib/strata");
 //! assert!(ClusterFile::parse("strata@file:/x").is_err()); // no id
+//! let etcd = ClusterFile::parse("prod:7c1d@etcd://10.0.0.1:2379,10.0.0.2:2379").unwrap();
+//! assert_eq!(etcd.to_string(), "prod:7c1d@etcd://10.0.0.1:2379,10.0.0.2:2379");
 //! ```
 
 use std::fmt;
@@ -36,7 +43,8 @@ use strata_core::{Error, ErrorKind, Result, Stage};
 use strata_net::{ClusterId, Stages};
 use strata_txn_builder::{Database, TransactionOptions};
 
-use crate::coordinator::{FileStateStore, StateStore};
+use crate::coordinator::etcd::EtcdStateStore;
+use crate::coordinator::{CoordinatedState, Coordination, FileStateStore, StateStore};
 
 /// The name of the cluster file `strata serve --listen` writes into its data directory.
 pub const CLUSTER_FILE_NAME: &str = "strata.cluster";
@@ -48,6 +56,27 @@ fn invalid(why: String) -> Error {
     Error::new(Stage::Director, ErrorKind::InvalidRequest(why))
 }
 
+/// The most etcd endpoints a cluster file may name.
+pub const ETCD_ENDPOINTS_MAX: usize = 16;
+
+/// Where a cluster's coordinated state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatePlace {
+    /// In this data directory (`file:PATH`).
+    Directory(PathBuf),
+    /// In the etcd cluster at these endpoints (`etcd://HOST:PORT,...`), in their order.
+    Etcd(Vec<String>),
+}
+
+impl fmt::Display for StatePlace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatePlace::Directory(dir) => write!(f, "file:{}", dir.display()),
+            StatePlace::Etcd(endpoints) => write!(f, "etcd://{}", endpoints.join(",")),
+        }
+    }
+}
+
 /// A parsed cluster file (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterFile {
@@ -55,25 +84,42 @@ pub struct ClusterFile {
     pub name: String,
     /// The cluster's id, carried by every call.
     pub id: ClusterId,
-    /// The data directory that holds the coordinated state.
-    pub state_dir: PathBuf,
+    /// Where the coordinated state lives.
+    pub place: StatePlace,
 }
 
 impl fmt::Display for ClusterFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}@file:{}",
-            self.name,
-            self.id,
-            self.state_dir.display()
-        )
+        write!(f, "{}:{}@{}", self.name, self.id, self.place)
     }
 }
 
+/// Parses `etcd://` endpoints: 1 to [`ETCD_ENDPOINTS_MAX`] `host:port`, comma-separated.
+fn etcd_endpoints(list: &str) -> Result<Vec<String>> {
+    let endpoints: Vec<String> = list.split(',').map(str::to_owned).collect();
+    if endpoints.len() > ETCD_ENDPOINTS_MAX {
+        return Err(invalid(format!(
+            "etcd://{list}: more than {ETCD_ENDPOINTS_MAX} endpoints"
+        )));
+    }
+    for endpoint in &endpoints {
+        let well_formed = endpoint.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(['/', '@', '?', '#', ',', ' '])
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !well_formed {
+            return Err(invalid(format!(
+                "etcd://{list}: {endpoint:?} is not a HOST:PORT endpoint"
+            )));
+        }
+    }
+    Ok(endpoints)
+}
+
 impl ClusterFile {
-    /// Parses a cluster file's text: one `NAME:ID@file:PATH` line, with blank lines and
-    /// `#` comments around it. `InvalidRequest` says what is wrong.
+    /// Parses a cluster file's text: one `NAME:ID@file:PATH` or `NAME:ID@etcd://HOST:PORT,...`
+    /// line, with blank lines and `#` comments around it. `InvalidRequest` says what is wrong.
     pub fn parse(text: &str) -> Result<ClusterFile> {
         let mut lines = text
             .lines()
@@ -84,28 +130,36 @@ impl ClusterFile {
         };
         if lines.next().is_some() {
             return Err(invalid(
-                "the cluster file holds more than one line (NAME:ID@file:PATH)".into(),
+                "the cluster file holds more than one line (NAME:ID@PLACE)".into(),
             ));
         }
-        let shape = || invalid(format!("{line:?} is not NAME:ID@file:PATH"));
+        let shape = || {
+            invalid(format!(
+                "{line:?} is not NAME:ID@file:PATH or NAME:ID@etcd://..."
+            ))
+        };
         let (who, place) = line.split_once('@').ok_or_else(shape)?;
         let (name, id) = who.split_once(':').ok_or_else(shape)?;
         // The same rules as an id: a name ends up in the same messages.
         ClusterId::new(name).map_err(|e| invalid(format!("cluster name: {}", e.kind)))?;
         let id = ClusterId::new(id).map_err(|e| invalid(format!("cluster id: {}", e.kind)))?;
-        let Some(path) = place.strip_prefix("file:") else {
+        let place = if let Some(path) = place.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(shape());
+            }
+            StatePlace::Directory(PathBuf::from(path))
+        } else if let Some(list) = place.strip_prefix("etcd://") {
+            StatePlace::Etcd(etcd_endpoints(list)?)
+        } else {
             return Err(invalid(format!(
-                "{place:?}: this build keeps the coordinated state in a data directory \
-                 (file:PATH) and knows no other place"
+                "{place:?}: the coordinated state lives in a data directory (file:PATH) or in \
+                 etcd (etcd://HOST:PORT,...), nowhere else"
             )));
         };
-        if path.is_empty() {
-            return Err(shape());
-        }
         Ok(ClusterFile {
             name: name.to_owned(),
             id,
-            state_dir: PathBuf::from(path),
+            place,
         })
     }
 
@@ -123,41 +177,74 @@ impl ClusterFile {
         })
     }
 
-    /// The cluster file of the cluster in `data_dir`, as `strata serve --listen` keeps it: the
-    /// one in `DATA_DIR/strata.cluster` when there is one (it must name this directory), or
-    /// else a new one, with a new random id, written there (synced, then renamed into place).
-    pub fn for_data_dir(data_dir: &Path) -> Result<ClusterFile> {
+    /// The cluster file of the cluster in `data_dir`, as `strata serve --listen` keeps it:
+    ///
+    /// - the one in `DATA_DIR/strata.cluster` when there is one: the directory belongs to that
+    ///   cluster. A `file:` one must name this directory, and `given`, if any, must be it;
+    /// - else `given`, written there (a `file:` one must name this directory);
+    /// - else a new one, `strata:RANDOM_ID@file:DATA_DIR`, written there.
+    ///
+    /// A file is written synced, then renamed into place. Errors: `InvalidRequest` when the
+    /// files disagree, saying which to change.
+    pub fn for_data_dir(data_dir: &Path, given: Option<&ClusterFile>) -> Result<ClusterFile> {
         let path = data_dir.join(CLUSTER_FILE_NAME);
         let dir = std::fs::canonicalize(data_dir).map_err(|e| Error::io(Stage::Director, e))?;
+        let names_this = |file: &ClusterFile| match &file.place {
+            StatePlace::Directory(named) => {
+                std::fs::canonicalize(named).ok().as_deref() == Some(dir.as_path())
+            }
+            StatePlace::Etcd(_) => true,
+        };
+        let names_other = |file: &ClusterFile, whose: &str| {
+            invalid(format!(
+                "{whose} names {}, not this data directory ({}): remove it, or serve the \
+                 directory it names",
+                file.place,
+                dir.display()
+            ))
+        };
         if path.exists() {
             let file = ClusterFile::read(&path)?;
-            let named = std::fs::canonicalize(&file.state_dir).ok();
-            if named.as_deref() != Some(dir.as_path()) {
+            if !names_this(&file) {
+                return Err(names_other(&file, &path.display().to_string()));
+            }
+            if let Some(given) = given
+                && !(given.name == file.name
+                    && given.id == file.id
+                    && names_this(given)
+                    && (given.place == file.place
+                        || matches!(given.place, StatePlace::Directory(_))))
+            {
                 return Err(invalid(format!(
-                    "{} names {}, not this data directory ({}): remove it, or serve the \
-                     directory it names",
-                    path.display(),
-                    file.state_dir.display(),
-                    dir.display()
+                    "this data directory belongs to cluster {file} (its {CLUSTER_FILE_NAME}), \
+                     not to {given}: serve it with its own cluster file, or another directory"
                 )));
             }
             return Ok(file);
         }
-        // The file names the directory as text on one line, read back trimmed: a path that
-        // would not read back the same would refuse every later start.
-        let text = dir.to_str().unwrap_or_default();
-        if text.is_empty() || text.contains(['\n', '\r']) || text.trim() != text {
-            return Err(invalid(format!(
-                "{}: a cluster file names its data directory on one line of text; this path \
-                 is not valid UTF-8, holds a line break, or starts or ends with a space: serve \
-                 a directory with a plainer name",
-                dir.display()
-            )));
-        }
-        let file = ClusterFile {
-            name: "strata".into(),
-            id: ClusterId::new(random_id())?,
-            state_dir: dir,
+        let file = match given {
+            Some(given) if !names_this(given) => {
+                return Err(names_other(given, "the cluster file given"));
+            }
+            Some(given) => given.clone(),
+            None => {
+                // The file names the directory as text on one line, read back trimmed: a path
+                // that would not read back the same would refuse every later start.
+                let text = dir.to_str().unwrap_or_default();
+                if text.is_empty() || text.contains(['\n', '\r']) || text.trim() != text {
+                    return Err(invalid(format!(
+                        "{}: a cluster file names its data directory on one line of text; this \
+                         path is not valid UTF-8, holds a line break, or starts or ends with a \
+                         space: serve a directory with a plainer name",
+                        dir.display()
+                    )));
+                }
+                ClusterFile {
+                    name: "strata".into(),
+                    id: ClusterId::new(random_id())?,
+                    place: StatePlace::Directory(dir),
+                }
+            }
         };
         let tmp = data_dir.join(format!("{CLUSTER_FILE_NAME}.tmp"));
         let io = |e| Error::io(Stage::Director, e);
@@ -172,28 +259,46 @@ impl ClusterFile {
         Ok(file)
     }
 
+    /// The store of the coordinated state this file names.
+    ///
+    /// Errors: `InvalidRequest` for an etcd endpoint that cannot be used.
+    pub fn store(&self) -> Result<Coordination> {
+        Ok(match &self.place {
+            StatePlace::Directory(dir) => Coordination::File(FileStateStore::new(dir)),
+            StatePlace::Etcd(endpoints) => Coordination::Etcd(EtcdStateStore::new(
+                endpoints,
+                &self.name,
+                self.id.as_str(),
+            )?),
+        })
+    }
+
+    /// The coordinated state, which must exist: `Unavailable` naming the place when the
+    /// cluster was never recovered there (or the state cannot be read).
+    pub fn state(&self) -> Result<CoordinatedState> {
+        self.store()?.read()?.ok_or_else(|| {
+            Error::new(
+                Stage::Director,
+                ErrorKind::Unavailable(format!(
+                    "{}: no cluster {} was ever recovered there",
+                    self.place, self.id
+                )),
+            )
+        })
+    }
+
     /// Where the cluster's newest epoch is served, as its coordinated state says.
     ///
     /// Errors: `Unavailable` when the state names no address (the cluster was never served to
     /// other processes) or cannot be read.
     pub fn served_at(&self) -> Result<String> {
-        let state = FileStateStore::new(&self.state_dir).read()?;
-        let Some(state) = state else {
-            return Err(Error::new(
-                Stage::Director,
-                ErrorKind::Unavailable(format!(
-                    "{}: no cluster was ever recovered there",
-                    self.state_dir.display()
-                )),
-            ));
-        };
-        state.served_at.ok_or_else(|| {
+        self.state()?.served_at.ok_or_else(|| {
             Error::new(
                 Stage::Director,
                 ErrorKind::Unavailable(format!(
-                    "the cluster in {} is not served to other processes: start it with \
+                    "the cluster {} is not served to other processes: start it with \
                      `strata serve --listen HOST:PORT`",
-                    self.state_dir.display()
+                    self.id
                 )),
             )
         })
@@ -273,7 +378,10 @@ mod tests {
         let file = ClusterFile::parse(text).unwrap();
         assert_eq!(file.name, "prod-eu");
         assert_eq!(file.id.as_str(), "0a1b2c3d");
-        assert_eq!(file.state_dir, PathBuf::from("/srv/strata"));
+        assert_eq!(
+            file.place,
+            StatePlace::Directory(PathBuf::from("/srv/strata"))
+        );
         assert_eq!(ClusterFile::parse(&file.to_string()).unwrap(), file);
         for (bad, why) in [
             ("", "empty"),
@@ -285,7 +393,18 @@ mod tests {
             ("a b:c@file:/x", "cluster name"),
             (":c@file:/x", "cluster name"),
             ("a:c d@file:/x", "cluster id"),
-            ("a:b@etcd://127.0.0.1:2379", "knows no other place"),
+            ("a:b@zk://127.0.0.1:2181", "nowhere else"),
+            ("a:b@etcd://", "not a HOST:PORT"),
+            ("a:b@etcd://127.0.0.1", "not a HOST:PORT"),
+            ("a:b@etcd://127.0.0.1:2379,", "not a HOST:PORT"),
+            ("a:b@etcd://:2379", "not a HOST:PORT"),
+            ("a:b@etcd://h:0", "not a HOST:PORT"),
+            ("a:b@etcd://h:70000", "not a HOST:PORT"),
+            ("a:b@etcd://h/x:1", "not a HOST:PORT"),
+            (
+                &format!("a:b@etcd://{}", vec!["h:1"; 17].join(",")),
+                "more than 16",
+            ),
         ] {
             let e = ClusterFile::parse(bad).unwrap_err();
             assert!(
@@ -299,18 +418,21 @@ mod tests {
     #[test]
     fn a_data_directory_keeps_its_cluster_file_and_refuses_another_directorys() {
         let dir = tempfile::tempdir().unwrap();
-        let first = ClusterFile::for_data_dir(dir.path()).unwrap();
+        let first = ClusterFile::for_data_dir(dir.path(), None).unwrap();
         assert_eq!(first.id.as_str().len(), 16);
-        assert_eq!(first.state_dir, std::fs::canonicalize(dir.path()).unwrap());
+        assert_eq!(
+            first.place,
+            StatePlace::Directory(std::fs::canonicalize(dir.path()).unwrap())
+        );
         // Read back, not made again: the id stays.
-        assert_eq!(ClusterFile::for_data_dir(dir.path()).unwrap(), first);
+        assert_eq!(ClusterFile::for_data_dir(dir.path(), None).unwrap(), first);
         assert_eq!(
             ClusterFile::read(&dir.path().join(CLUSTER_FILE_NAME)).unwrap(),
             first
         );
         // Two directories, two ids.
         let other = tempfile::tempdir().unwrap();
-        let second = ClusterFile::for_data_dir(other.path()).unwrap();
+        let second = ClusterFile::for_data_dir(other.path(), None).unwrap();
         assert_ne!(second.id, first.id);
         // A file copied from elsewhere names another directory: refused, not served.
         std::fs::copy(
@@ -318,7 +440,7 @@ mod tests {
             dir.path().join(CLUSTER_FILE_NAME),
         )
         .unwrap();
-        let e = ClusterFile::for_data_dir(dir.path()).unwrap_err();
+        let e = ClusterFile::for_data_dir(dir.path(), None).unwrap_err();
         assert!(e.to_string().contains("not this data directory"), "{e}");
         // A cluster never served names no address.
         let e = first.served_at().unwrap_err();
@@ -336,9 +458,62 @@ mod tests {
         ];
         for path in odd {
             std::fs::create_dir(&path).unwrap();
-            let e = ClusterFile::for_data_dir(&path).unwrap_err();
+            let e = ClusterFile::for_data_dir(&path, None).unwrap_err();
             assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
             assert!(!path.join(CLUSTER_FILE_NAME).exists());
         }
+    }
+
+    #[test]
+    fn etcd_endpoints_read_back_as_written() {
+        let file = ClusterFile::parse("prod:7c1d@etcd://10.0.0.1:2379,db-2.internal:2379").unwrap();
+        assert_eq!(
+            file.place,
+            StatePlace::Etcd(vec!["10.0.0.1:2379".into(), "db-2.internal:2379".into()])
+        );
+        assert_eq!(ClusterFile::parse(&file.to_string()).unwrap(), file);
+        // IPv6 in brackets: the port is after the last colon.
+        assert!(ClusterFile::parse("a:b@etcd://[::1]:2379").is_ok());
+    }
+
+    #[test]
+    fn a_data_directory_takes_the_cluster_file_it_is_given_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let given = ClusterFile::parse("prod:given1@etcd://127.0.0.1:2379").unwrap();
+        assert_eq!(
+            ClusterFile::for_data_dir(dir.path(), Some(&given)).unwrap(),
+            given
+        );
+        assert_eq!(
+            ClusterFile::read(&dir.path().join(CLUSTER_FILE_NAME)).unwrap(),
+            given
+        );
+        // Given again, or not given: the same cluster.
+        assert_eq!(
+            ClusterFile::for_data_dir(dir.path(), Some(&given)).unwrap(),
+            given
+        );
+        assert_eq!(ClusterFile::for_data_dir(dir.path(), None).unwrap(), given);
+        // Another cluster's file (another id, or another etcd) is refused: the directory's
+        // logs and storage belong to the first.
+        for other in [
+            "prod:given2@etcd://127.0.0.1:2379",
+            "prod:given1@etcd://127.0.0.1:2380",
+        ] {
+            let other = ClusterFile::parse(other).unwrap();
+            let e = ClusterFile::for_data_dir(dir.path(), Some(&other)).unwrap_err();
+            assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+            assert!(e.to_string().contains("belongs to cluster"), "{e}");
+        }
+        assert_eq!(
+            ClusterFile::read(&dir.path().join(CLUSTER_FILE_NAME)).unwrap(),
+            given
+        );
+        // A file: cluster file given for another directory is refused before it is written.
+        let fresh = tempfile::tempdir().unwrap();
+        let elsewhere = ClusterFile::parse("a:b@file:/nonexistent/elsewhere").unwrap();
+        let e = ClusterFile::for_data_dir(fresh.path(), Some(&elsewhere)).unwrap_err();
+        assert!(e.to_string().contains("not this data directory"), "{e}");
+        assert!(!fresh.path().join(CLUSTER_FILE_NAME).exists());
     }
 }

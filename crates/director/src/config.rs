@@ -11,7 +11,7 @@ use strata_storage::StorageConfig;
 use strata_tlog::FileLogConfig;
 use strata_txn_builder::TransactionOptions;
 
-use crate::coordinator::{CoordinatedState, FileStateStore, StateStore};
+use crate::coordinator::{CoordinatedState, Coordination, StateStore};
 
 /// Most transaction logs in one generation: every commit waits for a sync on each.
 pub const LOGS_MAX: usize = 16;
@@ -148,7 +148,7 @@ impl EmbeddedConfig {
                 ErrorKind::InvalidRequest(format!("{} is not a directory", data_dir.display())),
             ));
         }
-        let Some(state) = FileStateStore::new(data_dir).read()? else {
+        let Some(state) = Coordination::for_data_dir(data_dir)?.read()? else {
             return Ok(self);
         };
         Ok(EmbeddedConfig {

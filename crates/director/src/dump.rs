@@ -45,19 +45,8 @@ pub async fn dump(data_dir: &Path, prefix: &[u8]) -> Result<Dump> {
 /// Errors: those of [`ClusterFile::connect`](crate::cluster_file::ClusterFile::connect);
 /// `Unavailable` when the state names no cluster.
 pub async fn dump_served(file: &crate::cluster_file::ClusterFile, prefix: &[u8]) -> Result<Dump> {
-    use crate::coordinator::{FileStateStore, StateStore};
     let range = prefix_range(prefix)?;
-    let state = FileStateStore::new(&file.state_dir)
-        .read()?
-        .ok_or_else(|| {
-            strata_core::Error::new(
-                strata_core::Stage::Director,
-                strata_core::ErrorKind::Unavailable(format!(
-                    "{}: no cluster was ever recovered there",
-                    file.state_dir.display()
-                )),
-            )
-        })?;
+    let state = file.state()?;
     let db = file.connect().await?;
     let tx = db.begin().await?;
     let entries = crate::workload::scan(&tx, &range).await?;

@@ -12,7 +12,8 @@
 //!   against before anything is written.
 //! - [`check`]: the cross-checks of a data directory against its coordinated state, made
 //!   before recovery writes anything and by `strata check`.
-//! - [`coordinator`]: the coordinated state (epoch, current logs) behind [`StateStore`].
+//! - [`coordinator`]: the coordinated state (epoch, current logs) behind [`StateStore`], in the
+//!   data directory or in etcd ([`Coordination`]).
 //! - [`recovery`]: one recovery attempt as named phases, ending with the persistence phase;
 //!   log replay lives beside it.
 //! - [`EmbeddedCluster`] and [`serve`]: the running epoch, its health check, the coordinator
@@ -124,9 +125,9 @@ pub mod workload;
 pub struct ReadmeExample;
 
 pub use check::{CheckReport, Finding, verify};
-pub use cluster::{EmbeddedCluster, Serving, serve, serve_stages};
+pub use cluster::{EmbeddedCluster, LEAD_WAIT, Serving, serve, serve_stages};
 pub use config::EmbeddedConfig;
-pub use coordinator::{CoordinatedState, FileStateStore, StateStore};
+pub use coordinator::{CoordinatedState, Coordination, FileStateStore, StateStore};
 pub use dump::{Dump, dump, dump_served};
 pub use recovery::{PhaseTiming, RecoveryEnv, RecoveryError, RecoveryReport};
 pub use snapshot::Snapshot;

@@ -33,7 +33,7 @@ use strata_storage::{RedbStorage, StorageConfig};
 use strata_tlog::FileLog;
 
 use crate::check::{check_directory, read_holdings_at_rest};
-use crate::coordinator::{CoordinatedState, FileStateStore, StateStore};
+use crate::coordinator::{CoordinatedState, Coordination, StateStore};
 use crate::owner::{DirectoryLock, lock_directory};
 use crate::{error, split_ranges};
 
@@ -68,11 +68,12 @@ impl Snapshot {
     /// the history a storage server needs (`Corruption`).
     pub async fn open(data_dir: &Path) -> Result<Snapshot> {
         let owner = lock_directory(data_dir, false)?;
-        let state = FileStateStore::new(data_dir).read()?;
+        let store = Coordination::for_data_dir(data_dir)?;
+        let state = store.read()?;
         // What recovery refuses, a read refuses too, before it reads anything: a state that
         // does not match the directory would answer from the wrong logs (or none).
         if let Some(first) = check_directory(data_dir, state.as_ref()).into_iter().next() {
-            return Err(first.into_error(data_dir, None));
+            return Err(first.in_store(&store).into_error(data_dir, None));
         }
         let state = state.ok_or_else(|| {
             error(ErrorKind::Unavailable(format!(
@@ -86,7 +87,7 @@ impl Snapshot {
         let held = read_holdings_at_rest(data_dir, &state).await?;
         let logs = held.logs;
         let refused = match (held.findings.into_iter().next(), held.holds) {
-            (Some((first, cause)), _) => Some(first.into_error(data_dir, cause)),
+            (Some((first, cause)), _) => Some(first.in_store(&store).into_error(data_dir, cause)),
             (None, None) => Some(error(ErrorKind::Corruption(format!(
                 "{}: the logs it names could not all be read",
                 data_dir.display()

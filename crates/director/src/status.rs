@@ -8,7 +8,7 @@ use serde::Serialize;
 use strata_core::{Result, StorageServer, Version};
 
 use crate::EmbeddedCluster;
-use crate::coordinator::{CoordinatedState, FileStateStore, StateStore};
+use crate::coordinator::{CoordinatedState, Coordination, StateStore};
 
 /// The stage counts of the last recovery (or of the running epoch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -176,12 +176,14 @@ impl EmbeddedCluster {
 }
 
 fn read_state(data_dir: &Path) -> Result<CoordinatedState> {
-    FileStateStore::new(data_dir).read()?.ok_or_else(|| {
-        crate::error(strata_core::ErrorKind::Unavailable(format!(
-            "no cluster in {}: run `strata recover` first",
-            data_dir.display()
-        )))
-    })
+    Coordination::for_data_dir(data_dir)?
+        .read()?
+        .ok_or_else(|| {
+            crate::error(strata_core::ErrorKind::Unavailable(format!(
+                "no cluster in {}: run `strata recover` first",
+                data_dir.display()
+            )))
+        })
 }
 
 fn layout(state: &CoordinatedState, logs: usize) -> Layout {

@@ -8,116 +8,14 @@
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
-use std::io::{BufRead, BufReader, Lines};
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strata_director::cluster_file::{CLUSTER_FILE_NAME, ClusterFile};
-use strata_director::workload::cycle::{check_acks, check_ring};
 
-fn strata() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_strata"))
-}
+#[path = "common/served.rs"]
+mod served;
 
-/// `strata serve --listen address` on `dir`, once it serves; returns the address it serves at.
-fn serve(dir: &Path, address: &str) -> (Child, String, Lines<BufReader<ChildStdout>>) {
-    serve_with(dir, address, &[])
-}
-
-/// [`serve`] with more flags (a layout).
-fn serve_with(
-    dir: &Path,
-    address: &str,
-    flags: &[&str],
-) -> (Child, String, Lines<BufReader<ChildStdout>>) {
-    let mut child = strata()
-        .args(["serve", "--listen", address, "--data-dir"])
-        .arg(dir)
-        .args(flags)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("serve printed a line").unwrap();
-    assert!(first.starts_with("cluster file: "), "{first}");
-    let second = lines.next().expect("serve printed a second line").unwrap();
-    // "serving epoch N at HOST:PORT; Ctrl-C or SIGTERM stops"
-    let at = second
-        .strip_prefix("serving epoch ")
-        .and_then(|rest| rest.split(" at ").nth(1))
-        .and_then(|rest| rest.split(';').next())
-        .unwrap_or_else(|| panic!("{second}"))
-        .to_owned();
-    (child, at, lines)
-}
-
-/// Cycle from another process through the cluster file, printing acknowledgements, which a
-/// thread collects until the client ends.
-fn cycle_client(cluster_file: &Path) -> (Child, mpsc::Receiver<(u64, u64)>) {
-    let mut child = strata()
-        .args(["workload", "cycle", "--keys", "30", "--clients", "8"])
-        .args([
-            "--transactions",
-            "1000000",
-            "--print-acks",
-            "--cluster-file",
-        ])
-        .arg(cluster_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let ["ack", c, n] = line.split(' ').collect::<Vec<_>>()[..] {
-                let _ = tx.send((c.parse().unwrap(), n.parse().unwrap()));
-            }
-        }
-    });
-    (child, rx)
-}
-
-/// Collects acknowledgements for `span`, and then until there are `at_least` more than
-/// before (for at most 60 s).
-fn collect_acks(
-    acks: &mpsc::Receiver<(u64, u64)>,
-    seen: &mut Vec<(u64, u64)>,
-    span: Duration,
-    at_least: usize,
-) {
-    let started = Instant::now();
-    let wanted = seen.len() + at_least;
-    while (seen.len() < wanted || started.elapsed() < span)
-        && started.elapsed() < Duration::from_secs(60)
-    {
-        if let Ok(ack) = acks.recv_timeout(Duration::from_millis(20)) {
-            seen.push(ack);
-        }
-    }
-    assert!(seen.len() >= wanted, "only {} acknowledgements", seen.len());
-}
-
-fn check_through_the_network(cluster_file: &Path, acked: &[(u64, u64)]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let db = ClusterFile::read(cluster_file)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        assert_eq!(check_ring(&db).await.unwrap(), 30);
-        check_acks(&db, acked).await.unwrap();
-    });
-}
+use served::{check_through_the_network, collect_acks, cycle_client, serve, serve_with, strata};
 
 #[test]
 fn a_client_process_keeps_every_acknowledged_commit_across_two_server_kills() {

@@ -1,6 +1,13 @@
 //! The coordinated state: the current epoch and where the logs of the last generation are,
 //! kept in a small store written atomically with a compare-and-swap on a generation number, so
 //! two coordinators can never both believe they own the same epoch.
+//!
+//! Two stores: a file in the data directory ([`FileStateStore`], the embedded default) and a
+//! key in etcd ([`etcd::EtcdStateStore`]). A data directory whose cluster file
+//! (`DATA_DIR/strata.cluster`) names etcd keeps its state there; [`Coordination::for_data_dir`]
+//! opens whichever the directory uses.
+
+pub mod etcd;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -76,6 +83,89 @@ pub trait StateStore: Send + Sync {
     /// Stores `new` (with `generation` = `expected` + 1) only if the stored generation is still
     /// `expected` (0 when nothing is stored). Otherwise `Fenced`: another coordinator won.
     fn compare_and_swap(&self, expected: u64, new: CoordinatedState) -> Result<CoordinatedState>;
+
+    /// Where the state is, as findings about it name it: relative to the data directory
+    /// (`coordinated.json`, the default), or a URL outside it (`etcd://HOST:PORT/KEY`).
+    fn name(&self) -> String {
+        crate::check::STATE_FILE.to_owned()
+    }
+}
+
+/// The store a cluster's coordinated state lives in (see the module docs).
+#[derive(Debug)]
+pub enum Coordination {
+    /// In a data directory.
+    File(FileStateStore),
+    /// In etcd.
+    Etcd(etcd::EtcdStateStore),
+}
+
+impl Coordination {
+    /// The store of the cluster in `data_dir`: etcd when the directory's cluster file names
+    /// it, else the directory itself.
+    ///
+    /// Errors: the cluster file's, when it cannot be read or parsed.
+    pub fn for_data_dir(data_dir: &Path) -> Result<Coordination> {
+        let path = data_dir.join(crate::cluster_file::CLUSTER_FILE_NAME);
+        match std::fs::metadata(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Coordination::File(FileStateStore::new(data_dir)));
+            }
+            Err(e) => return Err(io_at(&path, e)),
+        }
+        let file = crate::cluster_file::ClusterFile::read(&path)?;
+        match file.place {
+            // The directory's own state, wherever the file says the directory is (`serve`
+            // checks that it names this one).
+            crate::cluster_file::StatePlace::Directory(_) => {
+                Ok(Coordination::File(FileStateStore::new(data_dir)))
+            }
+            crate::cluster_file::StatePlace::Etcd(_) => file.store(),
+        }
+    }
+
+    /// Where the state lives, for people: `file:DIR` or `etcd://...`.
+    pub fn place(&self) -> String {
+        match self {
+            Coordination::File(store) => format!("file:{}", store.dir.display()),
+            Coordination::Etcd(store) => store.place(),
+        }
+    }
+
+    /// Makes this process the cluster's only director, for a store that needs it: etcd, where
+    /// directors on other hosts may share the state (waits while another one's lease lives,
+    /// and gives up when etcd cannot be reached for `wait`). `None` for a data directory,
+    /// which the process already holds locked.
+    pub async fn lead(&self, holder: &str, wait: Duration) -> Result<Option<etcd::DirectorLease>> {
+        match self {
+            Coordination::File(_) => Ok(None),
+            Coordination::Etcd(store) => store.lead(holder, wait).await.map(Some),
+        }
+    }
+}
+
+impl StateStore for Coordination {
+    fn read(&self) -> Result<Option<CoordinatedState>> {
+        match self {
+            Coordination::File(store) => store.read(),
+            Coordination::Etcd(store) => store.read(),
+        }
+    }
+
+    fn compare_and_swap(&self, expected: u64, new: CoordinatedState) -> Result<CoordinatedState> {
+        match self {
+            Coordination::File(store) => store.compare_and_swap(expected, new),
+            Coordination::Etcd(store) => store.compare_and_swap(expected, new),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Coordination::File(store) => store.name(),
+            Coordination::Etcd(store) => store.name(),
+        }
+    }
 }
 
 /// The coordinated state in a file of the data directory: written to a temporary file, synced,

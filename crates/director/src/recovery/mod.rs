@@ -468,7 +468,7 @@ async fn inspect_directory(
         .next()
     {
         return Err(RecoveryError::Unrecoverable(
-            first.into_error(data_dir, None),
+            first.in_store(store).into_error(data_dir, None),
         ));
     }
     // Storage first, then the logs, each opened with the version known committed that it
@@ -486,7 +486,7 @@ async fn inspect_directory(
     if let Some((first, cause)) = held.findings.into_iter().next() {
         // Damage, unless it is an I/O error (the next epoch may read it) or another
         // coordinator took over and removed the logs this attempt read about.
-        let e = first.into_error(data_dir, cause);
+        let e = first.in_store(store).into_error(data_dir, cause);
         return Err(superseded_or(store, previous.as_ref(), e));
     }
     let logs = held.logs;

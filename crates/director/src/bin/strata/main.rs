@@ -190,9 +190,16 @@ struct ServeArgs {
     layout: LayoutArgs,
     /// Also serve the cluster to client processes, over gRPC at HOST:PORT (port 0 picks
     /// one), and write the cluster file they connect with to DATA_DIR/strata.cluster. Clients
-    /// are told this address, and read it from the data directory: run them on this host.
+    /// read this address from the coordinated state: in the data directory, clients must run
+    /// on this host; in etcd (--cluster-file), on any host that reaches both.
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
+    /// The cluster this data directory serves, and where its coordinated state lives:
+    /// `NAME:ID@etcd://HOST:PORT[,HOST:PORT...]` keeps it in etcd (one director at a time,
+    /// by a lease). Copied to DATA_DIR/strata.cluster; a directory that already belongs to
+    /// another cluster is refused.
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    cluster_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -387,7 +394,13 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
     // Bound before the first recovery: an address in use fails at once, and the address with
     // its port picked is the one the coordinated state records.
     let network = match &args.listen {
-        Some(address) => Some(Network::bind(address, &args.layout.data_dir).await?),
+        Some(address) => {
+            let given = match &args.cluster_file {
+                Some(path) => Some(strata_director::cluster_file::ClusterFile::read(path)?),
+                None => None,
+            };
+            Some(Network::bind(address, &args.layout.data_dir, given.as_ref()).await?)
+        }
         None => None,
     };
     env.served_at = network.as_ref().map(|n| n.address.clone());
@@ -458,7 +471,11 @@ struct Network {
 }
 
 impl Network {
-    async fn bind(address: &str, data_dir: &std::path::Path) -> strata_core::Result<Network> {
+    async fn bind(
+        address: &str,
+        data_dir: &std::path::Path,
+        given: Option<&strata_director::cluster_file::ClusterFile>,
+    ) -> strata_core::Result<Network> {
         let refuse = |why: String| {
             strata_core::Error::new(
                 strata_core::Stage::Director,
@@ -479,7 +496,7 @@ impl Network {
         // Owned before the cluster file is read or made: a second `serve` of the directory
         // stops here, before it could replace the file (and its id) the first one serves.
         let owner = strata_director::owner::lock_directory(data_dir, true)?;
-        let cluster = strata_director::cluster_file::ClusterFile::for_data_dir(data_dir)?;
+        let cluster = strata_director::cluster_file::ClusterFile::for_data_dir(data_dir, given)?;
         Ok(Network {
             owner,
             listener,

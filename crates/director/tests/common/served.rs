@@ -1,0 +1,116 @@
+//! Processes of a served cluster, for the tests that run `strata serve --listen` and clients
+//! of it (they have the `cli` feature).
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Lines};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use strata_director::cluster_file::ClusterFile;
+use strata_director::workload::cycle::{check_acks, check_ring};
+
+pub fn strata() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+/// `strata serve --listen address` on `dir`, once it serves; returns the address it serves at.
+pub fn serve(dir: &Path, address: &str) -> (Child, String, Lines<BufReader<ChildStdout>>) {
+    serve_with(dir, address, &[])
+}
+
+/// [`serve`] with more flags (a layout).
+pub fn serve_with(
+    dir: &Path,
+    address: &str,
+    flags: &[&str],
+) -> (Child, String, Lines<BufReader<ChildStdout>>) {
+    let mut child = strata()
+        .args(["serve", "--listen", address, "--data-dir"])
+        .arg(dir)
+        .args(flags)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("serve printed a line").unwrap();
+    assert!(first.starts_with("cluster file: "), "{first}");
+    let second = lines.next().expect("serve printed a second line").unwrap();
+    // "serving epoch N at HOST:PORT; Ctrl-C or SIGTERM stops"
+    let at = second
+        .strip_prefix("serving epoch ")
+        .and_then(|rest| rest.split(" at ").nth(1))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("{second}"))
+        .to_owned();
+    (child, at, lines)
+}
+
+/// Cycle from another process through the cluster file, printing acknowledgements, which a
+/// thread collects until the client ends.
+pub fn cycle_client(cluster_file: &Path) -> (Child, mpsc::Receiver<(u64, u64)>) {
+    let mut child = strata()
+        .args(["workload", "cycle", "--keys", "30", "--clients", "8"])
+        .args([
+            "--transactions",
+            "1000000",
+            "--print-acks",
+            "--cluster-file",
+        ])
+        .arg(cluster_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let ["ack", c, n] = line.split(' ').collect::<Vec<_>>()[..] {
+                let _ = tx.send((c.parse().unwrap(), n.parse().unwrap()));
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Collects acknowledgements for `span`, and then until there are `at_least` more than
+/// before (for at most 60 s).
+pub fn collect_acks(
+    acks: &mpsc::Receiver<(u64, u64)>,
+    seen: &mut Vec<(u64, u64)>,
+    span: Duration,
+    at_least: usize,
+) {
+    let started = Instant::now();
+    let wanted = seen.len() + at_least;
+    while (seen.len() < wanted || started.elapsed() < span)
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        if let Ok(ack) = acks.recv_timeout(Duration::from_millis(20)) {
+            seen.push(ack);
+        }
+    }
+    assert!(seen.len() >= wanted, "only {} acknowledgements", seen.len());
+}
+
+pub fn check_through_the_network(cluster_file: &Path, acked: &[(u64, u64)]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let db = ClusterFile::read(cluster_file)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(check_ring(&db).await.unwrap(), 30);
+        check_acks(&db, acked).await.unwrap();
+    });
+}

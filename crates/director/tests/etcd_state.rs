@@ -1,0 +1,292 @@
+//! The coordinated state in a real etcd (see `strata_testkit::etcd`): the compare-and-swap,
+//! the director's lease, and a cluster recovered again and again with its state there while
+//! etcd itself is killed in the middle of an epoch and during a recovery.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use strata_core::{Epoch, ErrorKind, LogId, Version};
+use strata_director::cluster_file::{CLUSTER_FILE_NAME, ClusterFile};
+use strata_director::coordinator::etcd::{DIRECTOR_LEASE_TTL, Directing, EtcdStateStore};
+use strata_director::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT};
+use strata_director::{Coordination, EmbeddedCluster, StateStore};
+use strata_testkit::etcd::EtcdServer;
+
+fn state(epoch: u64) -> CoordinatedState {
+    CoordinatedState {
+        format: STATE_FORMAT,
+        generation: 0,
+        epoch: Epoch(epoch),
+        logs: vec![LogPlace {
+            id: LogId(0),
+            dir: "logs/1-0".into(),
+        }],
+        storage: 1,
+        recovery_version: Version(0),
+        resolvers: Some(1),
+        proxies: Some(1),
+        served_at: None,
+    }
+}
+
+/// The store's calls wait for etcd: from a thread outside any runtime, as tools call it.
+#[test]
+fn one_writer_wins_each_generation_and_clusters_do_not_share_state() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let store = EtcdStateStore::new(&[server.endpoint()], "strata", "one").unwrap();
+    assert_eq!(store.read().unwrap(), None);
+    let first = store.compare_and_swap(0, state(1)).unwrap();
+    assert_eq!(first.generation, 1);
+    // A second director that also read generation 0 loses, told the epoch that won.
+    let lost = store.compare_and_swap(0, state(1)).unwrap_err();
+    assert!(
+        matches!(lost.kind, ErrorKind::Fenced { current, .. } if current == Epoch(1)),
+        "{lost}"
+    );
+    let second = store.compare_and_swap(1, state(2)).unwrap();
+    assert_eq!(second.generation, 2);
+    assert_eq!(store.read().unwrap(), Some(second.clone()));
+    // Another cluster (another id) in the same etcd: a state of its own.
+    let other = EtcdStateStore::new(&[server.endpoint()], "strata", "two").unwrap();
+    assert_eq!(other.read().unwrap(), None);
+    other.compare_and_swap(0, state(7)).unwrap();
+    assert_eq!(store.read().unwrap(), Some(second));
+}
+
+/// Called from inside a runtime (recovery does), where blocking on another runtime would
+/// panic; and a key written by something else than Strata is corruption, never trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_written_behind_strata_s_back_is_corruption() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let store = EtcdStateStore::new(&[server.endpoint()], "strata", "tampered").unwrap();
+    store.compare_and_swap(0, state(1)).unwrap();
+    // Written again by hand with the same record: etcd's version moves on, the generation
+    // recorded does not.
+    let key = b"/strata/strata/tampered/coordinated";
+    let mut forged = serde_json::to_vec(&store.read().unwrap().unwrap()).unwrap();
+    store
+        .etcd()
+        .put_if_version(key, 1, forged.clone(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let e = store.read().unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
+    assert!(e.to_string().contains("something other than Strata"), "{e}");
+    // Not JSON at all: corruption too, naming the key.
+    forged.truncate(5);
+    store
+        .etcd()
+        .put_if_version(key, 2, forged, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let e = store.read().unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
+    assert!(e.to_string().contains("tampered/coordinated"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_director_at_a_time_and_a_standby_takes_over_when_the_first_stops() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let store = EtcdStateStore::new(&[server.endpoint()], "strata", "lead").unwrap();
+    let first = store.lead("first", Duration::from_secs(5)).await.unwrap();
+    let standby =
+        std::sync::Arc::new(EtcdStateStore::new(&[server.endpoint()], "strata", "lead").unwrap());
+    let waiting = {
+        let standby = standby.clone();
+        tokio::spawn(async move { standby.lead("second", Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!waiting.is_finished(), "two directors at once");
+    // The first stops without a word (its process killed): its lease runs out, and the
+    // standby takes over within the lease's time to live.
+    let stopped = Instant::now();
+    drop(first);
+    let second = waiting.await.unwrap().unwrap();
+    let took = stopped.elapsed();
+    assert!(
+        took <= DIRECTOR_LEASE_TTL + Duration::from_secs(3),
+        "{took:?}"
+    );
+    // Kept alive by its task past its time to live, then given up: the next takes over at once.
+    let directing = Directing::start(Some(second));
+    let third = {
+        let standby = standby.clone();
+        tokio::spawn(async move { standby.lead("third", Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(DIRECTOR_LEASE_TTL + Duration::from_secs(2)).await;
+    assert!(!third.is_finished(), "the kept lease ran out");
+    let released = Instant::now();
+    directing.release().await;
+    third.await.unwrap().unwrap();
+    assert!(released.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_director_that_cannot_renew_its_lease_learns_it_lost_it() {
+    let Some(mut server) = EtcdServer::start() else {
+        return;
+    };
+    let store = EtcdStateStore::new(&[server.endpoint()], "strata", "lost").unwrap();
+    let mut directing = Directing::start(Some(
+        store.lead("me", Duration::from_secs(5)).await.unwrap(),
+    ));
+    // etcd away for a second: renewals retry, the lease holds.
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.restart();
+    let held = tokio::time::timeout(DIRECTOR_LEASE_TTL * 2, directing.lost()).await;
+    assert!(
+        held.is_err(),
+        "lost the lease over a short outage: {held:?}"
+    );
+    // etcd away for good: lost within the lease's time to live and one call's wait.
+    server.kill();
+    let killed = Instant::now();
+    let lost = tokio::time::timeout(DIRECTOR_LEASE_TTL * 3, directing.lost())
+        .await
+        .expect("the loss is noticed");
+    assert!(
+        lost.to_string().contains("lost the director's lease"),
+        "{lost}"
+    );
+    assert!(killed.elapsed() <= DIRECTOR_LEASE_TTL + Duration::from_secs(7));
+}
+
+/// A data directory whose cluster file names etcd keeps its state there: recovered again and
+/// again, with another layout each time and histories many storage windows long, while etcd is
+/// killed in the middle of an epoch and again during the next recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_its_state_in_etcd_recovers_across_etcd_outages() {
+    let Some(mut server) = EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file =
+        ClusterFile::parse(&format!("strata:recovered@etcd://{}", server.endpoint())).unwrap();
+    ClusterFile::for_data_dir(dir.path(), Some(&file)).unwrap();
+    assert!(matches!(
+        Coordination::for_data_dir(dir.path()).unwrap(),
+        Coordination::Etcd(_)
+    ));
+    let layouts = [(2, 2, 1), (1, 2, 3), (3, 2, 2), (2, 2, 1)];
+    let mut acked = Vec::new();
+    let mut epochs = Vec::new();
+    for (round, &(logs, storage, resolvers)) in layouts.iter().enumerate() {
+        if round == 2 {
+            // etcd is down when the recovery starts: its attempts fail, then succeed once
+            // etcd is back.
+            server.kill();
+            let restarting = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                server.restart();
+                server
+            });
+            let waited = Instant::now();
+            let cluster =
+                EmbeddedCluster::start(dir.path(), common::small_windows(logs, storage, resolvers))
+                    .await
+                    .unwrap();
+            // It recovered only once etcd was back.
+            assert!(waited.elapsed() >= Duration::from_millis(1500));
+            server = restarting.join().unwrap();
+            epochs.push(cluster.epoch());
+            let db = cluster.database();
+            let first = u64::try_from(acked.len()).unwrap() * 10;
+            acked.extend(common::cycle_for(&db, 20, 4, first, Duration::from_millis(1500)).await);
+            cluster.stop().await;
+            continue;
+        }
+        let cluster =
+            EmbeddedCluster::start(dir.path(), common::small_windows(logs, storage, resolvers))
+                .await
+                .unwrap();
+        epochs.push(cluster.epoch());
+        let db = cluster.database();
+        let first = u64::try_from(acked.len()).unwrap() * 10;
+        if round == 1 {
+            // etcd dies in the middle of the epoch: commits do not need it.
+            server.kill();
+        }
+        acked.extend(common::cycle_for(&db, 20, 4, first, Duration::from_millis(1500)).await);
+        if round == 1 {
+            server.restart();
+        }
+        cluster.stop().await;
+    }
+    assert!(epochs.windows(2).all(|w| w[0] < w[1]), "{epochs:?}");
+    // No state in the directory: it lives in etcd.
+    assert!(!dir.path().join("coordinated.json").exists());
+    assert!(dir.path().join(CLUSTER_FILE_NAME).exists());
+    let cluster = EmbeddedCluster::start(dir.path(), common::small_windows(1, 2, 1))
+        .await
+        .unwrap();
+    let db = cluster.database();
+    assert_eq!(
+        strata_director::workload::cycle::check_ring(&db)
+            .await
+            .unwrap(),
+        20
+    );
+    strata_director::workload::cycle::check_acks(&db, &acked)
+        .await
+        .unwrap();
+    cluster.stop().await;
+}
+
+/// A directory that holds a cluster's data while etcd holds no state for it (another etcd, or
+/// one wiped): not a new cluster. Recovery refuses it, naming etcd, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_with_data_and_no_state_in_etcd_is_refused_naming_etcd() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = ClusterFile::parse(&format!("strata:wiped@etcd://{}", server.endpoint())).unwrap();
+    ClusterFile::for_data_dir(dir.path(), Some(&file)).unwrap();
+    let cluster = EmbeddedCluster::start(dir.path(), common::small_windows(1, 1, 1))
+        .await
+        .unwrap();
+    common::cycle_for(&cluster.database(), 10, 2, 0, Duration::from_millis(300)).await;
+    cluster.stop().await;
+    drop(server);
+    let Some(empty) = EtcdServer::start() else {
+        return;
+    };
+    std::fs::write(
+        dir.path().join(CLUSTER_FILE_NAME),
+        format!("strata:wiped@etcd://{}\n", empty.endpoint()),
+    )
+    .unwrap();
+    let before = common::snapshot(dir.path());
+    let e = EmbeddedCluster::start(dir.path(), common::small_windows(1, 1, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("missing, but the directory holds data"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "etcd://{}/strata/strata/wiped/coordinated",
+            empty.endpoint()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("coordinated.json"), "{text}");
+    common::assert_unchanged(&before, &common::snapshot(dir.path()), "a refused recovery");
+    let store = EtcdStateStore::new(&[empty.endpoint()], "strata", "wiped").unwrap();
+    assert_eq!(store.read().unwrap(), None, "an epoch was claimed");
+}
