@@ -11,13 +11,23 @@
 //!   disagree was written by something other than Strata, and is read as corruption.
 //! - `/strata/NAME/ID/director`: who directs the cluster now, attached to a lease that the
 //!   director keeps alive (see [`DirectorLease`]).
+//!
+//! A swap whose answer is lost (etcd slow or gone) is settled before the store answers: etcd
+//! may still apply a request its client gave up on, and a state written after the attempt
+//! that wrote it failed (and removed the logs it names) would wedge recovery. So the store
+//! reads the key, and if the swap has not happened it moves the generation on with the record
+//! already there, which no later arrival of the lost request can pass. Only the very first
+//! swap (nothing stored yet) cannot be cancelled so: its outcome stays unknown. Should etcd
+//! apply it after its recovery attempt failed and removed the new logs, the state names logs
+//! that are gone, and recovery refuses the cluster (which never held anything) until the key
+//! is deleted (`etcdctl del /strata/NAME/ID/coordinated`).
 
 use std::future::Future;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use strata_core::{Epoch, Error, ErrorKind, Result, Stage};
-use strata_net::etcd::{Etcd, LeaseKeeper};
+use strata_net::etcd::{Etcd, LeaseKeeper, Versioned};
 
 use super::{CoordinatedState, STATE_FORMAT, StateStore};
 
@@ -125,6 +135,73 @@ impl EtcdStateStore {
             ))));
         }
         Ok(state)
+    }
+
+    /// Settles a swap from version `expected` to `ours` whose answer was lost (`lost`): etcd
+    /// may have applied it, or may still apply it later, as it does requests whose client gave
+    /// up. Reads the key: `ours` there at `expected + 1` is [`Settled::Ours`]; another record
+    /// past `expected` is [`Settled::Theirs`]; the key still at `expected` is cancelled for
+    /// good by writing the record it holds again, one generation on, so the lost request can
+    /// never apply (the error then says so: the swap did not happen). Waits up to
+    /// [`ETCD_UNREACHABLE_WAIT`] for etcd to answer, then fails as an outcome unknown.
+    ///
+    /// A first swap (from version 0, nothing stored) cannot be cancelled that way; its outcome
+    /// stays unknown when the key is still absent (see the module docs).
+    pub(crate) fn settle(&self, expected: i64, ours: &[u8], lost: &Error) -> Result<Settled> {
+        let started = std::time::Instant::now();
+        let unknown = |why: String| {
+            error(ErrorKind::Unavailable(format!(
+                "{lost}; whether the coordinated state was written is unknown: {why}"
+            )))
+        };
+        loop {
+            let retry = |e: Error| {
+                if started.elapsed() >= ETCD_UNREACHABLE_WAIT {
+                    return Err(unknown(e.to_string()));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                Ok(())
+            };
+            let etcd = self.etcd.clone();
+            let key = self.state_key();
+            let now = match self.block(async move { etcd.get(&key).await }) {
+                Ok(now) => now,
+                Err(e) => {
+                    retry(e)?;
+                    continue;
+                }
+            };
+            let held = match now {
+                Some(v) if v.version == expected + 1 && v.value == ours => {
+                    return Ok(Settled::Ours);
+                }
+                Some(v) if v.version != expected => return Ok(Settled::Theirs(Some(v))),
+                Some(v) => v,
+                None if expected == 0 => {
+                    return Err(unknown(
+                        "a first write cannot be cancelled, and it may still be applied".into(),
+                    ));
+                }
+                None => return Ok(Settled::Theirs(None)),
+            };
+            let mut again = self.decode(&held.value, held.version)?;
+            again.generation += 1;
+            let again = serde_json::to_vec_pretty(&again)
+                .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?;
+            let etcd = self.etcd.clone();
+            let key = self.state_key();
+            match self.block(async move { etcd.put_if_version(&key, expected, again, 0).await }) {
+                Ok(Ok(_)) => {
+                    return Err(error(ErrorKind::Unavailable(format!(
+                        "{lost}; the coordinated state was not written (the lost write was \
+                         cancelled by moving the generation on)"
+                    ))));
+                }
+                // Something was written meanwhile, maybe the lost request: look again.
+                Ok(Err(_)) => {}
+                Err(e) => retry(e)?,
+            }
+        }
     }
 
     /// Takes the director key for `holder` (who this process is, for people), waiting while
@@ -245,8 +322,18 @@ impl StateStore for EtcdStateStore {
             .map_err(|_| error(ErrorKind::InvalidRequest(format!("generation {expected}"))))?;
         let etcd = self.etcd.clone();
         let key = self.state_key();
-        let swapped =
-            self.block(async move { etcd.put_if_version(&key, expected_version, bytes, 0).await })?;
+        let ours = bytes.clone();
+        let swapped = match self
+            .block(async move { etcd.put_if_version(&key, expected_version, bytes, 0).await })
+        {
+            Err(lost) if matches!(lost.kind, ErrorKind::Unavailable(_)) => {
+                match self.settle(expected_version, &ours, &lost)? {
+                    Settled::Ours => Ok(expected_version + 1),
+                    Settled::Theirs(now) => Err(now),
+                }
+            }
+            answered => answered?,
+        };
         match swapped {
             Ok(_) => Ok(new),
             // Another coordinator wrote since this one read: it owns the epoch it wrote.
@@ -262,6 +349,15 @@ impl StateStore for EtcdStateStore {
             }
         }
     }
+}
+
+/// How a swap whose answer was lost turned out (see [`EtcdStateStore::settle`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// It was applied.
+    Ours,
+    /// Another write came first; what the key holds now.
+    Theirs(Option<Versioned>),
 }
 
 /// A director's hold on its cluster (see [`EtcdStateStore::lead`]): the lease is renewed by
@@ -372,5 +468,98 @@ impl Directing {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use strata_core::{LogId, Version};
+    use strata_testkit::etcd::EtcdServer;
+
+    use crate::coordinator::LogPlace;
+
+    fn state(epoch: u64) -> CoordinatedState {
+        CoordinatedState {
+            format: STATE_FORMAT,
+            generation: 0,
+            epoch: Epoch(epoch),
+            logs: vec![LogPlace {
+                id: LogId(0),
+                dir: format!("logs/{epoch}-0"),
+            }],
+            storage: 1,
+            recovery_version: Version(0),
+            resolvers: Some(1),
+            proxies: Some(1),
+            served_at: None,
+        }
+    }
+
+    fn encoded(mut state: CoordinatedState, generation: u64) -> Vec<u8> {
+        state.generation = generation;
+        serde_json::to_vec_pretty(&state).unwrap()
+    }
+
+    fn lost() -> Error {
+        error(ErrorKind::Unavailable("no answer within 5 s".into()))
+    }
+
+    /// etcd may apply a swap after its client gave up waiting. Settling finds it applied, or
+    /// cancels it for good, or finds another writer's; it never leaves it pending.
+    #[test]
+    fn a_swap_whose_answer_was_lost_is_found_or_cancelled_for_good() {
+        let Some(server) = EtcdServer::start() else {
+            return;
+        };
+        let store = EtcdStateStore::new(&[server.endpoint()], "strata", "settle").unwrap();
+        let key = store.state_key();
+        store.compare_and_swap(0, state(1)).unwrap();
+        let put = |expected: i64, value: Vec<u8>| {
+            let etcd = store.etcd.clone();
+            let key = key.clone();
+            store
+                .block(async move { etcd.put_if_version(&key, expected, value, 0).await })
+                .unwrap()
+        };
+
+        // Applied before the answer was lost: found.
+        let ours = encoded(state(2), 2);
+        assert_eq!(put(1, ours.clone()), Ok(2));
+        assert_eq!(store.settle(1, &ours, &lost()).unwrap(), Settled::Ours);
+
+        // Not applied yet: cancelled, and the request arriving late can no longer apply.
+        let late = encoded(state(3), 3);
+        let e = store.settle(2, &late, &lost()).unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+        assert!(e.to_string().contains("was not written"), "{e}");
+        assert!(
+            put(2, late).is_err(),
+            "the lost request applied after its cancellation"
+        );
+        // The record is the one that was there, one generation on: nothing else changed.
+        let held = store.read().unwrap().unwrap();
+        assert_eq!(held.generation, 3);
+        assert_eq!(held.epoch, Epoch(2));
+        assert_eq!(held.logs, state(2).logs);
+
+        // Another writer came first: theirs, not ours.
+        let theirs = encoded(state(4), 4);
+        assert_eq!(put(3, theirs.clone()), Ok(4));
+        let settled = store.settle(3, &encoded(state(9), 4), &lost()).unwrap();
+        assert_eq!(
+            settled,
+            Settled::Theirs(Some(Versioned {
+                value: theirs,
+                version: 4
+            }))
+        );
+
+        // A first write (nothing stored) cannot be cancelled: said so, never "not written".
+        let fresh = EtcdStateStore::new(&[server.endpoint()], "strata", "fresh").unwrap();
+        let e = fresh.settle(0, &encoded(state(1), 1), &lost()).unwrap_err();
+        assert!(e.to_string().contains("is unknown"), "{e}");
     }
 }
