@@ -233,3 +233,52 @@ fn strata_storage_config() -> strata_storage::StorageConfig {
         ..strata_storage::StorageConfig::default()
     }
 }
+
+/// A store whose first swaps fail as `Unavailable`, as an etcd store's does when etcd changes
+/// leader under it or answers late.
+struct FirstSwapsUnavailable {
+    inner: strata_director::FileStateStore,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+impl strata_director::StateStore for FirstSwapsUnavailable {
+    fn read(&self) -> strata_core::Result<Option<strata_director::CoordinatedState>> {
+        self.inner.read()
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: u64,
+        new: strata_director::CoordinatedState,
+    ) -> strata_core::Result<strata_director::CoordinatedState> {
+        let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.failures
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(strata_core::Error::new(
+                strata_core::Stage::Coordinator,
+                strata_core::ErrorKind::Unavailable("no answer within 5 s".into()),
+            ));
+        }
+        self.inner.compare_and_swap(expected, new)
+    }
+}
+
+/// A swap of the state that fails as unavailable (the store's service busy, not a directory
+/// held by another process) fails one attempt; the next epoch's attempt recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_state_store_fails_an_attempt_not_the_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    // First at the claim of a new cluster, then at the claim and at the write of the state of
+    // an existing one.
+    for failures in [1, 1, 2] {
+        let store = FirstSwapsUnavailable {
+            inner: strata_director::FileStateStore::new(dir.path()),
+            failures: std::sync::atomic::AtomicU32::new(failures),
+        };
+        let (cluster, _) = EmbeddedCluster::start_with_store(dir.path(), config(1), &store)
+            .await
+            .unwrap();
+        cluster.stop().await;
+    }
+}

@@ -217,17 +217,21 @@ impl FileStateStore {
                 Err(std::fs::TryLockError::WouldBlock) => {
                     let holder = std::fs::read_to_string(&path).unwrap_or_default();
                     let holder = holder.trim();
-                    return Err(error(ErrorKind::Unavailable(format!(
-                        "{} is held by {} for over {} ms: is another strata command running \
-                         on this directory, or stopped?",
-                        path.display(),
-                        if holder.is_empty() {
-                            "another process".to_owned()
-                        } else {
-                            format!("process {holder}")
-                        },
-                        self.lock_wait.as_millis()
-                    ))));
+                    // `Timeout`, not `Unavailable`: recovery gives up at once on it (another
+                    // attempt would only wait again), and on `Unavailable` tries again.
+                    return Err(error(ErrorKind::Timeout {
+                        what: format!(
+                            "{}, held by {}: is another strata command running on this \
+                             directory, or stopped?",
+                            path.display(),
+                            if holder.is_empty() {
+                                "another process".to_owned()
+                            } else {
+                                format!("process {holder}")
+                            },
+                        ),
+                        after_ms: u64::try_from(self.lock_wait.as_millis()).unwrap_or(u64::MAX),
+                    }));
                 }
                 Err(std::fs::TryLockError::Error(e)) => return Err(io_at(&path, e)),
             }
@@ -353,7 +357,7 @@ mod tests {
             .unwrap();
         held.lock().unwrap();
         let err = store.compare_and_swap(1, state(2)).unwrap_err();
-        assert!(matches!(err.kind, ErrorKind::Unavailable(_)), "{err}");
+        assert!(matches!(err.kind, ErrorKind::Timeout { .. }), "{err}");
         let pid = std::process::id().to_string();
         assert!(err.to_string().contains(&format!("process {pid}")), "{err}");
         assert_eq!(

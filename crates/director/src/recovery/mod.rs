@@ -555,8 +555,9 @@ async fn claim_epoch(
         .compare_and_swap(generation, claimed)
         .map_err(|e| match e.kind {
             // The state's lock stayed held past its bound: another process has the directory
-            // (or is stopped holding it). A new epoch would only wait again.
-            ErrorKind::Unavailable(_) => RecoveryError::Unrecoverable(e),
+            // (or is stopped holding it). A new epoch would only wait again. (`Unavailable`,
+            // a store's service busy or its answer lost, fails only this attempt.)
+            ErrorKind::Timeout { .. } => RecoveryError::Unrecoverable(e),
             _ => RecoveryError::Attempt(e),
         })?;
     Ok(Claim {
