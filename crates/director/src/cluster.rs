@@ -336,7 +336,8 @@ pub const LEAD_WAIT: Duration = Duration::from_secs(30);
 /// The coordinated state is where the data directory's cluster file says
 /// ([`Coordination::for_data_dir`]). In etcd, the process first becomes the cluster's only
 /// director (a lease, see [`etcd::EtcdStateStore::lead`](crate::coordinator::etcd)), waiting
-/// while another director's lease lives; if it loses the lease it stops at once, with an error.
+/// while another director's lease lives (a stop ends the wait); if it loses the lease it stops
+/// its epoch at once and leads again, when it can, under a new epoch.
 pub async fn serve_stages(
     data_dir: &Path,
     config: EmbeddedConfig,
@@ -357,21 +358,45 @@ pub async fn serve_stages(
             .map(|a| format!(" at {a}"))
             .unwrap_or_default()
     );
-    let mut directing =
-        crate::coordinator::etcd::Directing::start(store.lead(&holder, LEAD_WAIT).await?);
-    let served = direct(
-        data_dir,
-        config,
-        env,
-        &store,
-        &mut directing,
-        serving,
-        stages,
-        shutdown,
-    )
-    .await;
-    directing.release().await;
-    served
+    tokio::pin!(shutdown);
+    loop {
+        // A standby waits here while another director's lease lives; a stop ends the wait.
+        let lease = tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(()),
+            lease = store.lead(&holder, LEAD_WAIT) => lease?,
+        };
+        let mut directing = crate::coordinator::etcd::Directing::start(lease);
+        let served = direct(
+            data_dir,
+            config,
+            env,
+            &store,
+            &mut directing,
+            serving,
+            stages,
+            shutdown.as_mut(),
+        )
+        .await;
+        directing.release().await;
+        match served {
+            // Another director may run now: this one leads again, waiting its turn, and
+            // recovers under a new epoch if it gets it.
+            Ok(Ended::LeaseLost(e)) => {
+                tracing::warn!(error = %e, "no longer the director; waiting to lead again");
+            }
+            Ok(Ended::Stopped) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How [`direct`] ended without an error.
+enum Ended {
+    /// `shutdown` completed.
+    Stopped,
+    /// The director's lease was lost: the epoch was stopped at once.
+    LeaseLost(Error),
 }
 
 /// The epochs of [`serve_stages`], one after another, while `directing` holds.
@@ -384,14 +409,14 @@ async fn direct(
     directing: &mut crate::coordinator::etcd::Directing,
     serving: &tokio::sync::watch::Sender<Serving>,
     stages: &tokio::sync::watch::Sender<Arc<Stages>>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()> {
-    tokio::pin!(shutdown);
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<Ended> {
     let mut quick_failures = 0;
     loop {
         let (cluster, report) = tokio::select! {
             biased;
-            e = directing.lost() => return Err(e),
+            () = &mut shutdown => return Ok(Ended::Stopped),
+            e = directing.lost() => return Ok(Ended::LeaseLost(e)),
             started = EmbeddedCluster::start_with_env(data_dir, config, store, env) => started?,
         };
         let started = tokio::time::Instant::now();
@@ -405,14 +430,14 @@ async fn direct(
                     stages.send_replace(Arc::new(Stages::default()));
                     serving.send_replace(None);
                     cluster.stop().await;
-                    return Ok(());
+                    return Ok(Ended::Stopped);
                 }
                 e = directing.lost() => {
-                    tracing::error!(epoch = report.epoch.0, error = %e, "no longer the director; stopping");
+                    tracing::error!(epoch = report.epoch.0, error = %e, "lost the director's lease; stopping the epoch");
                     stages.send_replace(Arc::new(Stages::default()));
                     serving.send_replace(None);
                     cluster.stop().await;
-                    return Err(e);
+                    return Ok(Ended::LeaseLost(e));
                 }
                 () = tokio::time::sleep(config.monitor_interval) => {
                     if let Err(e) = cluster.check_health().await {

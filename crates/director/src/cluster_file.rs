@@ -104,8 +104,11 @@ fn etcd_endpoints(list: &str) -> Result<Vec<String>> {
     }
     for endpoint in &endpoints {
         let well_formed = endpoint.rsplit_once(':').is_some_and(|(host, port)| {
+            // An IPv6 address goes in brackets, `[::1]:2379`, as in a URL.
+            let bracketed = host.starts_with('[') && host.ends_with(']');
             !host.is_empty()
                 && !host.contains(['/', '@', '?', '#', ',', ' '])
+                && (bracketed || !host.contains([':', '[', ']']))
                 && port.parse::<u16>().is_ok_and(|p| p > 0)
         });
         if !well_formed {
@@ -208,23 +211,58 @@ impl ClusterFile {
             if !names_this(&file) {
                 return Err(names_other(&file, &path.display().to_string()));
             }
-            if let Some(given) = given
-                && !(given.name == file.name
-                    && given.id == file.id
-                    && names_this(given)
-                    && (given.place == file.place
-                        || matches!(given.place, StatePlace::Directory(_))))
-            {
-                return Err(invalid(format!(
-                    "this data directory belongs to cluster {file} (its {CLUSTER_FILE_NAME}), \
-                     not to {given}: serve it with its own cluster file, or another directory"
-                )));
+            let Some(given) = given else {
+                return Ok(file);
+            };
+            let same_cluster = given.name == file.name && given.id == file.id;
+            match (&file.place, &given.place) {
+                // The same etcd cluster reached at other endpoints (members added or moved):
+                // the directory's copy follows the file given.
+                (StatePlace::Etcd(kept), StatePlace::Etcd(new)) if same_cluster && kept != new => {
+                    write_cluster_file(data_dir, given)?;
+                    return Ok(given.clone());
+                }
+                // The same file, or a `file:` one naming this directory by another path.
+                (kept, new)
+                    if same_cluster
+                        && (kept == new
+                            || matches!(
+                                (kept, new),
+                                (StatePlace::Directory(_), StatePlace::Directory(_))
+                            ))
+                        && names_this(given) =>
+                {
+                    return Ok(file);
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "this data directory belongs to cluster {file} (its \
+                         {CLUSTER_FILE_NAME}), not to {given}: serve it with its own cluster \
+                         file, or another directory"
+                    )));
+                }
             }
-            return Ok(file);
         }
         let file = match given {
             Some(given) if !names_this(given) => {
                 return Err(names_other(given, "the cluster file given"));
+            }
+            // A state kept in the directory stays there: moving it would need the etcd record
+            // and this directory to agree from the first write on.
+            Some(
+                given @ ClusterFile {
+                    place: StatePlace::Etcd(_),
+                    ..
+                },
+            ) if data_dir.join(crate::check::STATE_FILE).exists() => {
+                return Err(invalid(format!(
+                    "{} holds a cluster whose coordinated state is kept in it ({}); it cannot \
+                     move to {}: serve it without --cluster-file, or start the etcd-kept \
+                     cluster in a new directory",
+                    dir.display(),
+                    crate::check::STATE_FILE,
+                    given.place
+                )));
             }
             Some(given) => given.clone(),
             None => {
@@ -246,16 +284,7 @@ impl ClusterFile {
                 }
             }
         };
-        let tmp = data_dir.join(format!("{CLUSTER_FILE_NAME}.tmp"));
-        let io = |e| Error::io(Stage::Director, e);
-        let mut out = std::fs::File::create(&tmp).map_err(io)?;
-        out.write_all(format!("{file}\n").as_bytes())
-            .and_then(|()| out.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        std::fs::File::open(data_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        write_cluster_file(data_dir, &file)?;
         Ok(file)
     }
 
@@ -354,6 +383,21 @@ impl ClusterFile {
     }
 }
 
+/// Writes `file` to `DATA_DIR/strata.cluster`: to a temporary file, synced, renamed into place,
+/// and the directory synced.
+fn write_cluster_file(data_dir: &Path, file: &ClusterFile) -> Result<()> {
+    let tmp = data_dir.join(format!("{CLUSTER_FILE_NAME}.tmp"));
+    let io = |e| Error::io(Stage::Director, e);
+    let mut out = std::fs::File::create(&tmp).map_err(io)?;
+    out.write_all(format!("{file}\n").as_bytes())
+        .and_then(|()| out.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, data_dir.join(CLUSTER_FILE_NAME)).map_err(io)?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
+}
+
 /// 16 hex digits, random: the hasher keys of std's `RandomState` come from the operating
 /// system's random source, and the time and process id are mixed in.
 fn random_id() -> String {
@@ -401,6 +445,8 @@ mod tests {
             ("a:b@etcd://h:0", "not a HOST:PORT"),
             ("a:b@etcd://h:70000", "not a HOST:PORT"),
             ("a:b@etcd://h/x:1", "not a HOST:PORT"),
+            ("a:b@etcd://::1:2379", "not a HOST:PORT"),
+            ("a:b@etcd://[::1:2379", "not a HOST:PORT"),
             (
                 &format!("a:b@etcd://{}", vec!["h:1"; 17].join(",")),
                 "more than 16",
@@ -494,13 +540,25 @@ mod tests {
             given
         );
         assert_eq!(ClusterFile::for_data_dir(dir.path(), None).unwrap(), given);
-        // Another cluster's file (another id, or another etcd) is refused: the directory's
-        // logs and storage belong to the first.
+        // The same cluster at other etcd endpoints: the directory's copy follows.
+        let moved = ClusterFile::parse("prod:given1@etcd://10.0.0.7:2379,10.0.0.8:2379").unwrap();
+        assert_eq!(
+            ClusterFile::for_data_dir(dir.path(), Some(&moved)).unwrap(),
+            moved
+        );
+        assert_eq!(
+            ClusterFile::read(&dir.path().join(CLUSTER_FILE_NAME)).unwrap(),
+            moved
+        );
+        ClusterFile::for_data_dir(dir.path(), Some(&given)).unwrap();
+        // Another cluster's file (another id or name, or a file: one) is refused: the
+        // directory's logs and storage belong to the first.
         for other in [
-            "prod:given2@etcd://127.0.0.1:2379",
-            "prod:given1@etcd://127.0.0.1:2380",
+            "prod:given2@etcd://127.0.0.1:2379".to_owned(),
+            "test:given1@etcd://127.0.0.1:2379".to_owned(),
+            format!("prod:given1@file:{}", dir.path().display()),
         ] {
-            let other = ClusterFile::parse(other).unwrap();
+            let other = ClusterFile::parse(&other).unwrap();
             let e = ClusterFile::for_data_dir(dir.path(), Some(&other)).unwrap_err();
             assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
             assert!(e.to_string().contains("belongs to cluster"), "{e}");
@@ -509,6 +567,12 @@ mod tests {
             ClusterFile::read(&dir.path().join(CLUSTER_FILE_NAME)).unwrap(),
             given
         );
+        // A directory whose state is kept in it cannot move it to etcd.
+        let kept = tempfile::tempdir().unwrap();
+        std::fs::write(kept.path().join(crate::check::STATE_FILE), b"{}").unwrap();
+        let e = ClusterFile::for_data_dir(kept.path(), Some(&given)).unwrap_err();
+        assert!(e.to_string().contains("cannot move to etcd://"), "{e}");
+        assert!(!kept.path().join(CLUSTER_FILE_NAME).exists());
         // A file: cluster file given for another directory is refused before it is written.
         let fresh = tempfile::tempdir().unwrap();
         let elsewhere = ClusterFile::parse("a:b@file:/nonexistent/elsewhere").unwrap();

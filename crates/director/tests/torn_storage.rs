@@ -34,6 +34,7 @@ fn killed_while_creating_storage(dir: &Path, contents: &[u8]) {
                 resolvers: None,
                 proxies: None,
                 served_at: None,
+                home: None,
             },
         )
         .unwrap();

@@ -35,6 +35,9 @@ use super::{CoordinatedState, STATE_FORMAT, StateStore};
 /// killed, its host gone) is replaced this long after, at most.
 pub const DIRECTOR_LEASE_TTL: Duration = Duration::from_secs(6);
 
+/// How long before its lease runs out (by its own clock) a director gives it up as lost.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(1);
+
 /// How long a read of the state waits for an etcd that does not answer (restarting, or its
 /// leader being elected) before it fails as `Unavailable`. Every recovery attempt starts with
 /// a read, so a recovery rides out an etcd outage this long instead of using up its attempts.
@@ -56,6 +59,8 @@ pub struct EtcdStateStore {
     etcd: Etcd,
     endpoints: Vec<String>,
     prefix: String,
+    /// The data directory this store serves, `HOST:PATH` (see [`CoordinatedState::home`]).
+    home: Option<String>,
 }
 
 impl EtcdStateStore {
@@ -80,7 +85,17 @@ impl EtcdStateStore {
             etcd,
             endpoints: endpoints.to_vec(),
             prefix: format!("/strata/{name}/{id}/"),
+            home: None,
         })
+    }
+
+    /// This store, for the data directory `home` (`HOST:PATH`, see [`home_of`]): it stamps
+    /// `home` on every state it writes, and refuses a state stamped with another directory
+    /// (`InvalidRequest` naming both), so only the directory that holds the cluster's logs
+    /// and storage recovers it. A store without a home (a client's) reads any state.
+    pub fn with_home(mut self, home: String) -> EtcdStateStore {
+        self.home = Some(home);
+        self
     }
 
     /// The etcd client, for calls from an async caller on any runtime.
@@ -113,7 +128,16 @@ impl EtcdStateStore {
         runtime.spawn(async move {
             let _ = tx.send(work.await);
         });
-        rx.recv().map_err(|_| stopped())?
+        // On a worker of a multi-threaded runtime, its other tasks (the lease's renewals, the
+        // served calls) move to another thread while this one waits.
+        let wait = || rx.recv().map_err(|_| stopped());
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if on_worker {
+            tokio::task::block_in_place(wait)?
+        } else {
+            wait()?
+        }
     }
 
     /// Reads the record a value holds and checks it against the key's version.
@@ -216,6 +240,8 @@ impl EtcdStateStore {
         let started = tokio::time::Instant::now();
         let mut announced = None;
         loop {
+            // The lease runs out no sooner than this, by this process's clock.
+            let asked = tokio::time::Instant::now();
             let attempt = async {
                 let lease = self.etcd.grant(DIRECTOR_LEASE_TTL).await?;
                 let put = self
@@ -247,7 +273,7 @@ impl EtcdStateStore {
                         etcd: self.etcd.clone(),
                         id: lease,
                         keeper: None,
-                        deadline: tokio::time::Instant::now() + DIRECTOR_LEASE_TTL,
+                        deadline: asked + DIRECTOR_LEASE_TTL,
                     });
                 }
                 Ok(Err(other)) => {
@@ -306,7 +332,19 @@ impl StateStore for EtcdStateStore {
                 }
             }
         })?;
-        read.map(|v| self.decode(&v.value, v.version)).transpose()
+        let state = read.map(|v| self.decode(&v.value, v.version)).transpose()?;
+        if let (Some(state), Some(mine)) = (&state, &self.home)
+            && let Some(theirs) = &state.home
+            && theirs != mine
+        {
+            return Err(error(ErrorKind::InvalidRequest(format!(
+                "{}: the cluster's logs and storage are in {theirs}, not in this data \
+                 directory ({mine}); serve that one (a data directory cannot move to another \
+                 host or path, nor be copied to one, and keep its cluster)",
+                self.name()
+            ))));
+        }
+        Ok(state)
     }
 
     fn compare_and_swap(
@@ -316,6 +354,9 @@ impl StateStore for EtcdStateStore {
     ) -> Result<CoordinatedState> {
         new.format = STATE_FORMAT;
         new.generation = expected + 1;
+        if self.home.is_some() {
+            new.home.clone_from(&self.home);
+        }
         let bytes = serde_json::to_vec_pretty(&new)
             .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?;
         let expected_version = i64::try_from(expected)
@@ -351,6 +392,22 @@ impl StateStore for EtcdStateStore {
     }
 }
 
+/// The home of the data directory `data_dir` as an etcd-kept state records it: this host's
+/// name and the directory's canonical path, `HOST:PATH`.
+///
+/// Errors: `Io` when the directory cannot be resolved.
+pub fn home_of(data_dir: &std::path::Path) -> Result<String> {
+    let path = std::fs::canonicalize(data_dir).map_err(|e| Error::io(Stage::Coordinator, e))?;
+    // Linux's; elsewhere the environment's, else a placeholder that still tells paths apart.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    Ok(format!("{host}:{}", path.display()))
+}
+
 /// How a swap whose answer was lost turned out (see [`EtcdStateStore::settle`]).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Settled {
@@ -374,22 +431,42 @@ pub struct DirectorLease {
 }
 
 impl DirectorLease {
-    /// Keeps the lease alive; returns only when it is lost: it could not be renewed before it
-    /// ran out, and another director may now run. The director must stop at once.
+    /// Keeps the lease alive; returns only when it is lost: it was not renewed in time, and
+    /// another director may soon run. The director must stop at once.
+    ///
+    /// "In time" is [`LEASE_MARGIN`] before the lease runs out by this process's clock, which
+    /// counts from before each renewal was sent (never later than etcd's own count): every
+    /// renewal, and every retry after a failed one, is cut off there, so the loss is declared
+    /// before etcd can expire the lease and a standby can take it.
     pub async fn lost(&mut self) -> Error {
         let every = DIRECTOR_LEASE_TTL / 3;
+        let mut wait = every;
         loop {
-            tokio::time::sleep(every).await;
+            let cutoff = self
+                .deadline
+                .checked_sub(LEASE_MARGIN)
+                .unwrap_or(self.deadline);
+            tokio::time::sleep_until((tokio::time::Instant::now() + wait).min(cutoff)).await;
             let sent = tokio::time::Instant::now();
-            match self.renew().await {
-                Ok(ttl) => self.deadline = sent + ttl,
-                Err(e) if tokio::time::Instant::now() + every >= self.deadline => {
-                    return error(ErrorKind::Unavailable(format!(
-                        "lost the director's lease: {e}"
-                    )));
+            let why = match tokio::time::timeout_at(cutoff, self.renew()).await {
+                Ok(Ok(ttl)) => {
+                    self.deadline = sent + ttl;
+                    wait = every;
+                    continue;
                 }
-                Err(e) => tracing::warn!(error = %e, "could not renew the director's lease"),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no renewal before it would run out".to_owned(),
+            };
+            if tokio::time::Instant::now() >= cutoff {
+                return error(ErrorKind::Unavailable(format!(
+                    "lost the director's lease: {why}"
+                )));
             }
+            tracing::warn!(
+                error = why,
+                "could not renew the director's lease; trying again"
+            );
+            wait = Duration::from_millis(250);
         }
     }
 
@@ -495,6 +572,7 @@ mod tests {
             resolvers: Some(1),
             proxies: Some(1),
             served_at: None,
+            home: None,
         }
     }
 

@@ -72,6 +72,13 @@ pub struct CoordinatedState {
     /// embedded cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_at: Option<String>,
+    /// Where the cluster's logs and storage live, `HOST:PATH`, when the state is kept outside
+    /// the data directory (in etcd): the store stamps it on every write and refuses to read
+    /// the state for another directory, so a copy of the directory elsewhere, or another
+    /// cluster's, can never recover this cluster from what it holds. Absent for a state kept
+    /// in the data directory itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
 }
 
 /// A store for the coordinated state. The embedded one is [`FileStateStore`]; clusters spread
@@ -121,7 +128,12 @@ impl Coordination {
             crate::cluster_file::StatePlace::Directory(_) => {
                 Ok(Coordination::File(FileStateStore::new(data_dir)))
             }
-            crate::cluster_file::StatePlace::Etcd(_) => file.store(),
+            crate::cluster_file::StatePlace::Etcd(_) => match file.store()? {
+                Coordination::Etcd(store) => Ok(Coordination::Etcd(
+                    store.with_home(etcd::home_of(data_dir)?),
+                )),
+                file_store => Ok(file_store),
+            },
         }
     }
 
@@ -325,6 +337,7 @@ mod tests {
             resolvers: Some(1),
             proxies: Some(1),
             served_at: None,
+            home: None,
         }
     }
 

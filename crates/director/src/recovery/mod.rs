@@ -126,7 +126,12 @@ impl From<RecoveryError> for Error {
 
 /// Damage found in the data directory cannot be fixed by a new epoch; anything else can.
 pub(super) fn unrecoverable_if_damaged(e: Error) -> RecoveryError {
-    if matches!(e.kind, ErrorKind::Corruption(_)) {
+    // A state that is damaged, or that refuses this directory (another one holds the cluster):
+    // no other attempt reads anything else.
+    if matches!(
+        e.kind,
+        ErrorKind::Corruption(_) | ErrorKind::InvalidRequest(_)
+    ) {
         RecoveryError::Unrecoverable(e)
     } else {
         RecoveryError::Attempt(e)
@@ -550,6 +555,8 @@ async fn claim_epoch(
         // This epoch is served from here (from the end of the recovery): a client that finds
         // the previous epoch's address would wait on a process that is gone.
         served_at: served_at.map(str::to_owned),
+        // Stamped by a store that keeps it (etcd's), not by recovery.
+        home: None,
     };
     let written = store
         .compare_and_swap(generation, claimed)
@@ -787,6 +794,7 @@ async fn write_state(
             resolvers: Some(config.resolvers),
             proxies: Some(config.proxies),
             served_at: env.served_at.clone(),
+            home: None,
         },
     )?;
     for o in &old {
