@@ -1,5 +1,6 @@
 //! A small etcd v3 client: what the coordinated state needs of etcd, and nothing else. One key
-//! read, one key compare-and-swapped against its version, and leases kept alive.
+//! read, one key compare-and-swapped against its version or its last write's revision, and
+//! leases kept alive.
 //!
 //! Why not the `etcd-client` crate: it generates its code with `protoc` at build time, which a
 //! fresh machine does not have. The few messages used here are in `proto/etcd/kv.proto`,
@@ -35,14 +36,17 @@ pub const ETCD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a connection to etcd with a call open is pinged.
 pub const ETCD_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A value read from etcd and its version: how many times the key was written since it was
-/// created (etcd counts them; a key that does not exist has version 0).
+/// A value read from etcd, with etcd's counts of the key's writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Versioned {
     /// The value.
     pub value: Vec<u8>,
-    /// The key's version, 1 or more.
+    /// The key's version: how many times it was written since it was created, 1 or more (a
+    /// key that does not exist has version 0).
     pub version: i64,
+    /// The revision of the key's last write (etcd's store-wide counter; a key that does not
+    /// exist has 0).
+    pub mod_revision: i64,
 }
 
 /// A connection to an etcd cluster, through any of its endpoints (calls are spread over
@@ -119,14 +123,47 @@ impl Etcd {
         value: Vec<u8>,
         lease: i64,
     ) -> Result<std::result::Result<i64, Option<Versioned>>> {
+        let compare = pb::Compare {
+            result: CompareResult::Equal.into(),
+            target: CompareTarget::Version.into(),
+            key: key.to_vec(),
+            target_union: Some(TargetUnion::Version(expected)),
+        };
+        let put = self.put_if(compare, key, value, lease).await?;
+        Ok(put.map(|()| expected + 1))
+    }
+
+    /// Writes `value` to `key` only if the key's last write is still the one at revision
+    /// `expected` (0: only if it does not exist), attached to `lease` (0 for none), in one etcd
+    /// transaction. `Ok(Err(now))` with what the key holds instead when another writer came
+    /// first.
+    pub async fn put_if_mod_revision(
+        &self,
+        key: &[u8],
+        expected: i64,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<std::result::Result<(), Option<Versioned>>> {
+        let compare = pb::Compare {
+            result: CompareResult::Equal.into(),
+            target: CompareTarget::Mod.into(),
+            key: key.to_vec(),
+            target_union: Some(TargetUnion::ModRevision(expected)),
+        };
+        self.put_if(compare, key, value, lease).await
+    }
+
+    /// Puts `value` if `compare` holds, else reads what the key holds, in one transaction.
+    async fn put_if(
+        &self,
+        compare: pb::Compare,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<std::result::Result<(), Option<Versioned>>> {
         let mut kv = KvClient::new(self.channel.clone());
         let txn = pb::TxnRequest {
-            compare: vec![pb::Compare {
-                result: CompareResult::Equal.into(),
-                target: CompareTarget::Version.into(),
-                key: key.to_vec(),
-                target_union: Some(TargetUnion::Version(expected)),
-            }],
+            compare: vec![compare],
             success: vec![pb::RequestOp {
                 request: Some(Request::RequestPut(pb::PutRequest {
                     key: key.to_vec(),
@@ -143,7 +180,7 @@ impl Etcd {
         };
         let reply = self.call(kv.txn(txn)).await?;
         if reply.succeeded {
-            return Ok(Ok(expected + 1));
+            return Ok(Ok(()));
         }
         match reply.responses.into_iter().next().and_then(|r| r.response) {
             Some(Response::ResponseRange(range)) => Ok(Err(self.one(range)?)),
@@ -204,6 +241,7 @@ impl Etcd {
         Ok(found.map(|kv| Versioned {
             value: kv.value,
             version: kv.version,
+            mod_revision: kv.mod_revision,
         }))
     }
 

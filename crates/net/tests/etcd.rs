@@ -15,6 +15,7 @@ async fn a_key_is_written_only_from_the_version_its_writer_read() {
     };
     let etcd = Etcd::connect(&[server.endpoint()]).unwrap();
     let key = b"/test/swap";
+    let held = |v: Option<Versioned>| v.map(|v| (v.value, v.version));
     assert_eq!(etcd.get(key).await.unwrap(), None);
     // Version 0 means "does not exist": the first writer creates it.
     assert_eq!(
@@ -23,25 +24,21 @@ async fn a_key_is_written_only_from_the_version_its_writer_read() {
             .unwrap(),
         Ok(1)
     );
-    let one = Versioned {
-        value: b"one".to_vec(),
-        version: 1,
-    };
-    assert_eq!(etcd.get(key).await.unwrap(), Some(one.clone()));
+    let one = etcd.get(key).await.unwrap().unwrap();
+    assert_eq!((one.value.as_slice(), one.version), (&b"one"[..], 1));
+    assert!(one.mod_revision > 0);
     // A second writer that also read "absent" loses, and is told what is there.
-    assert_eq!(
-        etcd.put_if_version(key, 0, b"other".to_vec(), 0)
-            .await
-            .unwrap(),
-        Err(Some(one.clone()))
-    );
+    let lost = etcd
+        .put_if_version(key, 0, b"other".to_vec(), 0)
+        .await
+        .unwrap();
+    assert_eq!(lost, Err(Some(one.clone())));
     // So does one from a version that never was.
-    assert_eq!(
-        etcd.put_if_version(key, 5, b"other".to_vec(), 0)
-            .await
-            .unwrap(),
-        Err(Some(one))
-    );
+    let lost = etcd
+        .put_if_version(key, 5, b"other".to_vec(), 0)
+        .await
+        .unwrap();
+    assert_eq!(lost, Err(Some(one.clone())));
     assert_eq!(
         etcd.put_if_version(key, 1, b"two".to_vec(), 0)
             .await
@@ -49,11 +46,8 @@ async fn a_key_is_written_only_from_the_version_its_writer_read() {
         Ok(2)
     );
     assert_eq!(
-        etcd.get(key).await.unwrap(),
-        Some(Versioned {
-            value: b"two".to_vec(),
-            version: 2
-        })
+        held(etcd.get(key).await.unwrap()),
+        Some((b"two".to_vec(), 2))
     );
     // A swap on a key that does not exist, from a version it would have: lost, told "absent".
     assert_eq!(
@@ -61,6 +55,49 @@ async fn a_key_is_written_only_from_the_version_its_writer_read() {
             .await
             .unwrap(),
         Err(None)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_written_only_over_the_write_its_writer_read() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let etcd = Etcd::connect(&[server.endpoint()]).unwrap();
+    let key = b"/test/revision";
+    // Revision 0 means "does not exist".
+    assert_eq!(
+        etcd.put_if_mod_revision(key, 0, b"one".to_vec(), 0)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    let one = etcd.get(key).await.unwrap().unwrap();
+    assert_eq!(
+        etcd.put_if_mod_revision(key, 0, b"x".to_vec(), 0)
+            .await
+            .unwrap(),
+        Err(Some(one.clone()))
+    );
+    // Another key's write moves the store's revision, not this key's last write.
+    etcd.put_if_version(b"/test/elsewhere", 0, b"y".to_vec(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        etcd.put_if_mod_revision(key, one.mod_revision, b"two".to_vec(), 0)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    let two = etcd.get(key).await.unwrap().unwrap();
+    assert!(two.mod_revision > one.mod_revision);
+    // A writer that read "one" loses now.
+    assert_eq!(
+        etcd.put_if_mod_revision(key, one.mod_revision, b"three".to_vec(), 0)
+            .await
+            .unwrap(),
+        Err(Some(two))
     );
 }
 

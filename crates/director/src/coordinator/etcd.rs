@@ -4,19 +4,20 @@
 //!
 //! Keys, for a cluster named `NAME` with id `ID`:
 //!
-//! - `/strata/NAME/ID/coordinated`: the [`CoordinatedState`]. Its generation is etcd's version
-//!   of the key (how many times it was written): a compare-and-swap from generation `g` is a
-//!   transaction "if the key's version is `g`, put", so two directors that read the same
-//!   generation cannot both write the next one. A key whose version and recorded generation
-//!   disagree was written by something other than Strata, and is read as corruption.
+//! - `/strata/NAME/ID/coordinated`: the [`CoordinatedState`], with its generation inside. A
+//!   compare-and-swap from generation `g` reads the key, checks the record is at `g`, and
+//!   writes over that very write in one etcd transaction ("if the key's last write is still at
+//!   revision `r`, put"), so two directors that read the same record cannot both replace it.
+//!   The record is the whole truth: a key restored, mirrored or rewritten by hand (with
+//!   `etcdctl put`) is read for what it holds; one that is not a record is corruption.
 //! - `/strata/NAME/ID/director`: who directs the cluster now, attached to a lease that the
 //!   director keeps alive (see [`DirectorLease`]).
 //!
 //! A swap whose answer is lost (etcd slow or gone) is settled before the store answers: etcd
 //! may still apply a request its client gave up on, and a state written after the attempt
 //! that wrote it failed (and removed the logs it names) would wedge recovery. So the store
-//! reads the key, and if the swap has not happened it moves the generation on with the record
-//! already there, which no later arrival of the lost request can pass. Only the very first
+//! reads the key, and if the swap has not happened it writes the record already there again,
+//! one generation on, which no later arrival of the lost request can pass. Only the very first
 //! swap (nothing stored yet) cannot be cancelled so: its outcome stays unknown. Should etcd
 //! apply it after its recovery attempt failed and removed the new logs, the state names logs
 //! that are gone, and recovery refuses the cluster (which never held anything) until the key
@@ -141,7 +142,7 @@ impl EtcdStateStore {
     }
 
     /// Reads the record a value holds and checks it against the key's version.
-    fn decode(&self, value: &[u8], version: i64) -> Result<CoordinatedState> {
+    fn decode(&self, value: &[u8]) -> Result<CoordinatedState> {
         let key = String::from_utf8_lossy(&self.state_key()).into_owned();
         let state: CoordinatedState = serde_json::from_slice(value)
             .map_err(|e| error(ErrorKind::Corruption(format!("etcd key {key}: {e}"))))?;
@@ -151,27 +152,54 @@ impl EtcdStateStore {
                 state.format
             ))));
         }
-        if i64::try_from(state.generation).ok() != Some(version) {
-            return Err(error(ErrorKind::Corruption(format!(
-                "etcd key {key}: records generation {} but was written {version} time(s): \
-                 something other than Strata wrote it",
-                state.generation
-            ))));
-        }
         Ok(state)
     }
 
-    /// Settles a swap from version `expected` to `ours` whose answer was lost (`lost`): etcd
-    /// may have applied it, or may still apply it later, as it does requests whose client gave
-    /// up. Reads the key: `ours` there at `expected + 1` is [`Settled::Ours`]; another record
-    /// past `expected` is [`Settled::Theirs`]; the key still at `expected` is cancelled for
-    /// good by writing the record it holds again, one generation on, so the lost request can
-    /// never apply (the error then says so: the swap did not happen). Waits up to
-    /// [`ETCD_UNREACHABLE_WAIT`] for etcd to answer, then fails as an outcome unknown.
+    /// The key as stored now, waiting up to [`ETCD_UNREACHABLE_WAIT`] for an etcd that does
+    /// not answer.
+    fn get_patiently(&self) -> Result<Option<Versioned>> {
+        let etcd = self.etcd.clone();
+        let key = self.state_key();
+        self.block(async move {
+            let started = tokio::time::Instant::now();
+            loop {
+                match etcd.get(&key).await {
+                    Err(e)
+                        if matches!(e.kind, ErrorKind::Unavailable(_))
+                            && started.elapsed() < ETCD_UNREACHABLE_WAIT =>
+                    {
+                        tracing::warn!(error = %e, "cannot read the coordinated state; trying again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    done => return done,
+                }
+            }
+        })
+    }
+
+    /// Writes `value` over the key's write at revision `over` (0: only if it is absent).
+    fn put_over(
+        &self,
+        over: i64,
+        value: Vec<u8>,
+    ) -> Result<std::result::Result<(), Option<Versioned>>> {
+        let etcd = self.etcd.clone();
+        let key = self.state_key();
+        self.block(async move { etcd.put_if_mod_revision(&key, over, value, 0).await })
+    }
+
+    /// Settles a swap of the record last written at revision `over` (0: none) for `ours`,
+    /// whose answer was lost (`lost`): etcd may have applied it, or may still apply it later,
+    /// as it does requests whose client gave up. Reads the key: `ours` there is
+    /// [`Settled::Ours`]; another write since `over` is [`Settled::Theirs`]; the key still as
+    /// it was is cancelled for good by writing its record again, one generation on, so the lost
+    /// request (conditioned on `over`) can never apply, and the error then says so: the swap
+    /// did not happen. Waits up to [`ETCD_UNREACHABLE_WAIT`] for etcd to answer, then fails as
+    /// an outcome unknown.
     ///
-    /// A first swap (from version 0, nothing stored) cannot be cancelled that way; its outcome
-    /// stays unknown when the key is still absent (see the module docs).
-    pub(crate) fn settle(&self, expected: i64, ours: &[u8], lost: &Error) -> Result<Settled> {
+    /// A first swap (nothing stored) cannot be cancelled that way; its outcome stays unknown
+    /// while the key is still absent (see the module docs).
+    pub(crate) fn settle(&self, over: i64, ours: &[u8], lost: &Error) -> Result<Settled> {
         let started = std::time::Instant::now();
         let unknown = |why: String| {
             error(ErrorKind::Unavailable(format!(
@@ -186,9 +214,7 @@ impl EtcdStateStore {
                 std::thread::sleep(Duration::from_millis(500));
                 Ok(())
             };
-            let etcd = self.etcd.clone();
-            let key = self.state_key();
-            let now = match self.block(async move { etcd.get(&key).await }) {
+            let now = match self.get_patiently() {
                 Ok(now) => now,
                 Err(e) => {
                     retry(e)?;
@@ -196,26 +222,24 @@ impl EtcdStateStore {
                 }
             };
             let held = match now {
-                Some(v) if v.version == expected + 1 && v.value == ours => {
+                Some(v) if v.mod_revision != over && v.value == ours => {
                     return Ok(Settled::Ours);
                 }
-                Some(v) if v.version != expected => return Ok(Settled::Theirs(Some(v))),
+                Some(v) if v.mod_revision != over => return Ok(Settled::Theirs(Some(v))),
                 Some(v) => v,
-                None if expected == 0 => {
+                None if over == 0 => {
                     return Err(unknown(
                         "a first write cannot be cancelled, and it may still be applied".into(),
                     ));
                 }
                 None => return Ok(Settled::Theirs(None)),
             };
-            let mut again = self.decode(&held.value, held.version)?;
+            let mut again = self.decode(&held.value)?;
             again.generation += 1;
             let again = serde_json::to_vec_pretty(&again)
                 .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?;
-            let etcd = self.etcd.clone();
-            let key = self.state_key();
-            match self.block(async move { etcd.put_if_version(&key, expected, again, 0).await }) {
-                Ok(Ok(_)) => {
+            match self.put_over(over, again) {
+                Ok(Ok(())) => {
                     return Err(error(ErrorKind::Unavailable(format!(
                         "{lost}; the coordinated state was not written (the lost write was \
                          cancelled by moving the generation on)"
@@ -315,24 +339,10 @@ impl StateStore for EtcdStateStore {
 
     /// Waits up to [`ETCD_UNREACHABLE_WAIT`] for an etcd that does not answer.
     fn read(&self) -> Result<Option<CoordinatedState>> {
-        let etcd = self.etcd.clone();
-        let key = self.state_key();
-        let read = self.block(async move {
-            let started = tokio::time::Instant::now();
-            loop {
-                match etcd.get(&key).await {
-                    Err(e)
-                        if matches!(e.kind, ErrorKind::Unavailable(_))
-                            && started.elapsed() < ETCD_UNREACHABLE_WAIT =>
-                    {
-                        tracing::warn!(error = %e, "cannot read the coordinated state; trying again");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    done => return done,
-                }
-            }
-        })?;
-        let state = read.map(|v| self.decode(&v.value, v.version)).transpose()?;
+        let state = self
+            .get_patiently()?
+            .map(|v| self.decode(&v.value))
+            .transpose()?;
         if let (Some(state), Some(mine)) = (&state, &self.home)
             && let Some(theirs) = &state.home
             && theirs != mine
@@ -347,6 +357,9 @@ impl StateStore for EtcdStateStore {
         Ok(state)
     }
 
+    /// Reads the key, checks its generation is still `expected`, and writes over that very
+    /// write (etcd's revision of it): two directors that read the same record cannot both
+    /// replace it.
     fn compare_and_swap(
         &self,
         expected: u64,
@@ -359,35 +372,38 @@ impl StateStore for EtcdStateStore {
         }
         let bytes = serde_json::to_vec_pretty(&new)
             .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?;
-        let expected_version = i64::try_from(expected)
-            .map_err(|_| error(ErrorKind::InvalidRequest(format!("generation {expected}"))))?;
-        let etcd = self.etcd.clone();
-        let key = self.state_key();
-        let ours = bytes.clone();
-        let swapped = match self
-            .block(async move { etcd.put_if_version(&key, expected_version, bytes, 0).await })
-        {
+        let fenced = |now: Option<Versioned>| -> Result<CoordinatedState> {
+            let current = match now {
+                Some(v) => self.decode(&v.value)?.epoch,
+                None => Epoch(0),
+            };
+            Err(error(ErrorKind::Fenced {
+                request: new.epoch,
+                current,
+            }))
+        };
+        let now = self.get_patiently()?;
+        let generation = match &now {
+            Some(v) => self.decode(&v.value)?.generation,
+            None => 0,
+        };
+        if generation != expected {
+            // Another coordinator wrote since this one read: it owns the epoch it wrote.
+            return fenced(now);
+        }
+        let over = now.map_or(0, |v| v.mod_revision);
+        let swapped = match self.put_over(over, bytes.clone()) {
             Err(lost) if matches!(lost.kind, ErrorKind::Unavailable(_)) => {
-                match self.settle(expected_version, &ours, &lost)? {
-                    Settled::Ours => Ok(expected_version + 1),
+                match self.settle(over, &bytes, &lost)? {
+                    Settled::Ours => Ok(()),
                     Settled::Theirs(now) => Err(now),
                 }
             }
             answered => answered?,
         };
         match swapped {
-            Ok(_) => Ok(new),
-            // Another coordinator wrote since this one read: it owns the epoch it wrote.
-            Err(now) => {
-                let current = match now {
-                    Some(v) => self.decode(&v.value, v.version)?.epoch,
-                    None => Epoch(0),
-                };
-                Err(error(ErrorKind::Fenced {
-                    request: new.epoch,
-                    current,
-                }))
-            }
+            Ok(()) => Ok(new),
+            Err(now) => fenced(now),
         }
     }
 }
@@ -593,28 +609,23 @@ mod tests {
             return;
         };
         let store = EtcdStateStore::new(&[server.endpoint()], "strata", "settle").unwrap();
-        let key = store.state_key();
         store.compare_and_swap(0, state(1)).unwrap();
-        let put = |expected: i64, value: Vec<u8>| {
-            let etcd = store.etcd.clone();
-            let key = key.clone();
-            store
-                .block(async move { etcd.put_if_version(&key, expected, value, 0).await })
-                .unwrap()
-        };
+        let revision = || store.get_patiently().unwrap().unwrap().mod_revision;
 
         // Applied before the answer was lost: found.
+        let over = revision();
         let ours = encoded(state(2), 2);
-        assert_eq!(put(1, ours.clone()), Ok(2));
-        assert_eq!(store.settle(1, &ours, &lost()).unwrap(), Settled::Ours);
+        store.put_over(over, ours.clone()).unwrap().unwrap();
+        assert_eq!(store.settle(over, &ours, &lost()).unwrap(), Settled::Ours);
 
         // Not applied yet: cancelled, and the request arriving late can no longer apply.
+        let over = revision();
         let late = encoded(state(3), 3);
-        let e = store.settle(2, &late, &lost()).unwrap_err();
+        let e = store.settle(over, &late, &lost()).unwrap_err();
         assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
         assert!(e.to_string().contains("was not written"), "{e}");
         assert!(
-            put(2, late).is_err(),
+            store.put_over(over, late).unwrap().is_err(),
             "the lost request applied after its cancellation"
         );
         // The record is the one that was there, one generation on: nothing else changed.
@@ -624,16 +635,14 @@ mod tests {
         assert_eq!(held.logs, state(2).logs);
 
         // Another writer came first: theirs, not ours.
+        let over = revision();
         let theirs = encoded(state(4), 4);
-        assert_eq!(put(3, theirs.clone()), Ok(4));
-        let settled = store.settle(3, &encoded(state(9), 4), &lost()).unwrap();
-        assert_eq!(
-            settled,
-            Settled::Theirs(Some(Versioned {
-                value: theirs,
-                version: 4
-            }))
-        );
+        store.put_over(over, theirs.clone()).unwrap().unwrap();
+        let settled = store.settle(over, &encoded(state(9), 4), &lost()).unwrap();
+        let Settled::Theirs(Some(now)) = settled else {
+            panic!("{settled:?}");
+        };
+        assert_eq!(now.value, theirs);
 
         // A first write (nothing stored) cannot be cancelled: said so, never "not written".
         let fresh = EtcdStateStore::new(&[server.endpoint()], "strata", "fresh").unwrap();
