@@ -359,12 +359,15 @@ pub async fn serve_stages(
             .unwrap_or_default()
     );
     tokio::pin!(shutdown);
+    // At start, an etcd that cannot be reached is an error after LEAD_WAIT; after a lost lease
+    // the director waits for it as long as it takes.
+    let mut wait = LEAD_WAIT;
     loop {
         // A standby waits here while another director's lease lives; a stop ends the wait.
         let lease = tokio::select! {
             biased;
             () = &mut shutdown => return Ok(()),
-            lease = store.lead(&holder, LEAD_WAIT) => lease?,
+            lease = store.lead(&holder, wait) => lease?,
         };
         let mut directing = crate::coordinator::etcd::Directing::start(lease);
         let served = direct(
@@ -384,6 +387,7 @@ pub async fn serve_stages(
             // recovers under a new epoch if it gets it.
             Ok(Ended::LeaseLost(e)) => {
                 tracing::warn!(error = %e, "no longer the director; waiting to lead again");
+                wait = Duration::MAX;
             }
             Ok(Ended::Stopped) => return Ok(()),
             Err(e) => return Err(e),
@@ -413,12 +417,23 @@ async fn direct(
 ) -> Result<Ended> {
     let mut quick_failures = 0;
     loop {
+        // A recovery is not cut short by a lost lease: dropped halfway it would leave what it
+        // opened (storage files) open, and its failed logs unremoved. It ends, then stops.
         let (cluster, report) = tokio::select! {
             biased;
             () = &mut shutdown => return Ok(Ended::Stopped),
-            e = directing.lost() => return Ok(Ended::LeaseLost(e)),
             started = EmbeddedCluster::start_with_env(data_dir, config, store, env) => started?,
         };
+        let lost = tokio::select! {
+            biased;
+            e = directing.lost() => Some(e),
+            () = std::future::ready(()) => None,
+        };
+        if let Some(e) = lost {
+            tracing::error!(epoch = report.epoch.0, error = %e, "lost the director's lease while recovering; stopping the epoch");
+            cluster.stop().await;
+            return Ok(Ended::LeaseLost(e));
+        }
         let started = tokio::time::Instant::now();
         stages.send_replace(Arc::new(cluster.stages()));
         serving.send_replace(Some((report.epoch, cluster.database())));

@@ -294,11 +294,11 @@ impl ClusterFile {
     pub fn store(&self) -> Result<Coordination> {
         Ok(match &self.place {
             StatePlace::Directory(dir) => Coordination::File(FileStateStore::new(dir)),
-            StatePlace::Etcd(endpoints) => Coordination::Etcd(EtcdStateStore::new(
+            StatePlace::Etcd(endpoints) => Coordination::Etcd(Box::new(EtcdStateStore::new(
                 endpoints,
                 &self.name,
                 self.id.as_str(),
-            )?),
+            )?)),
         })
     }
 

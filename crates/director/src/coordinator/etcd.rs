@@ -17,11 +17,16 @@
 //! may still apply a request its client gave up on, and a state written after the attempt
 //! that wrote it failed (and removed the logs it names) would wedge recovery. So the store
 //! reads the key, and if the swap has not happened it writes the record already there again,
-//! one generation on, which no later arrival of the lost request can pass. Only the very first
-//! swap (nothing stored yet) cannot be cancelled so: its outcome stays unknown. Should etcd
-//! apply it after its recovery attempt failed and removed the new logs, the state names logs
-//! that are gone, and recovery refuses the cluster (which never held anything) until the key
-//! is deleted (`etcdctl del /strata/NAME/ID/coordinated`).
+//! one generation on, which no later arrival of the lost request can pass. When etcd cannot be
+//! reached for the whole wait, the swap stays unsettled, and the next read settles it before
+//! it answers (or fails): a failed attempt never removes logs that such a swap may still
+//! name. A cluster's very first swap (over nothing) cannot be cancelled so, and needs not be:
+//! it is the first claim, which names no new logs; applied late, it only moves the epoch on.
+//!
+//! The directory binding (`home`, `HOST:PATH`) refuses a directory elsewhere, a copy on
+//! another host or path among them. It cannot tell apart a byte-for-byte clone at the same
+//! host and path, and a host whose name changes (a container without a fixed hostname) is
+//! refused until the record's `home` is edited.
 
 use std::future::Future;
 use std::sync::mpsc;
@@ -62,6 +67,10 @@ pub struct EtcdStateStore {
     prefix: String,
     /// The data directory this store serves, `HOST:PATH` (see [`CoordinatedState::home`]).
     home: Option<String>,
+    /// A swap whose outcome [`EtcdStateStore::settle`] could not learn (etcd unreachable for
+    /// its whole wait): the revision it was written over and its bytes. Settled before any
+    /// later read answers, so no caller acts on a state that this swap may still replace.
+    unsettled: std::sync::Mutex<Option<(i64, Vec<u8>)>>,
 }
 
 impl EtcdStateStore {
@@ -87,6 +96,7 @@ impl EtcdStateStore {
             endpoints: endpoints.to_vec(),
             prefix: format!("/strata/{name}/{id}/"),
             home: None,
+            unsettled: std::sync::Mutex::new(None),
         })
     }
 
@@ -211,8 +221,10 @@ impl EtcdStateStore {
                 if started.elapsed() >= ETCD_UNREACHABLE_WAIT {
                     return Err(unknown(e.to_string()));
                 }
-                std::thread::sleep(Duration::from_millis(500));
-                Ok(())
+                self.block(async {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Ok(())
+                })
             };
             let now = match self.get_patiently() {
                 Ok(now) => now,
@@ -257,8 +269,9 @@ impl EtcdStateStore {
     ///
     /// Safety does not rest on this: two directors that both ran would still not both own an
     /// epoch (the compare-and-swap) nor both write a log (epochs fence them). The lease keeps a
-    /// second director from recovering over a live one again and again, and lets a standby take
-    /// over within [`DIRECTOR_LEASE_TTL`] of the first one's end.
+    /// second director from recovering over a live one again and again, and lets the next one
+    /// (the same directory's next process: the state refuses any other directory) start
+    /// within [`DIRECTOR_LEASE_TTL`] of the first one's end.
     pub async fn lead(&self, holder: &str, wait: Duration) -> Result<DirectorLease> {
         let key = self.director_key();
         let started = tokio::time::Instant::now();
@@ -338,7 +351,26 @@ impl StateStore for EtcdStateStore {
     }
 
     /// Waits up to [`ETCD_UNREACHABLE_WAIT`] for an etcd that does not answer.
+    /// Settles first a swap whose outcome is still unknown; until that can be done the read
+    /// fails (`Unavailable`): a recovery attempt that failed must not remove the logs such a
+    /// swap names, as it would if it read the state as it was before.
     fn read(&self) -> Result<Option<CoordinatedState>> {
+        let mut unsettled = self
+            .unsettled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((over, ours)) = unsettled.as_ref() {
+            let lost = error(ErrorKind::Unavailable(
+                "an earlier write of the coordinated state got no answer".into(),
+            ));
+            match self.settle(*over, ours, &lost) {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("was not written") => {}
+                Err(e) => return Err(e),
+            }
+            *unsettled = None;
+        }
+        drop(unsettled);
         let state = self
             .get_patiently()?
             .map(|v| self.decode(&v.value))
@@ -370,17 +402,13 @@ impl StateStore for EtcdStateStore {
         if self.home.is_some() {
             new.home.clone_from(&self.home);
         }
-        let bytes = serde_json::to_vec_pretty(&new)
-            .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?;
+        let request = new.epoch;
         let fenced = |now: Option<Versioned>| -> Result<CoordinatedState> {
             let current = match now {
                 Some(v) => self.decode(&v.value)?.epoch,
                 None => Epoch(0),
             };
-            Err(error(ErrorKind::Fenced {
-                request: new.epoch,
-                current,
-            }))
+            Err(error(ErrorKind::Fenced { request, current }))
         };
         let now = self.get_patiently()?;
         let generation = match &now {
@@ -391,12 +419,33 @@ impl StateStore for EtcdStateStore {
             // Another coordinator wrote since this one read: it owns the epoch it wrote.
             return fenced(now);
         }
+        // A store that serves no directory (a tool's, a library's) keeps the binding there is.
+        if self.home.is_none()
+            && let Some(v) = &now
+        {
+            new.home = self.decode(&v.value)?.home;
+        }
+        let bytes = serde_json::to_vec_pretty(&new)
+            .map_err(|e| error(ErrorKind::InvalidRequest(e.to_string())))?;
         let over = now.map_or(0, |v| v.mod_revision);
         let swapped = match self.put_over(over, bytes.clone()) {
             Err(lost) if matches!(lost.kind, ErrorKind::Unavailable(_)) => {
-                match self.settle(over, &bytes, &lost)? {
-                    Settled::Ours => Ok(()),
-                    Settled::Theirs(now) => Err(now),
+                match self.settle(over, &bytes, &lost) {
+                    Ok(Settled::Ours) => Ok(()),
+                    Ok(Settled::Theirs(now)) => Err(now),
+                    Err(e) => {
+                        // Still unknown. A first write (over nothing) is a claim, which names
+                        // no new logs: applied late, it only moves the epoch on. Any other is
+                        // settled before the next read.
+                        if over != 0 && !e.to_string().contains("was not written") {
+                            *self
+                                .unsettled
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some((over, bytes));
+                        }
+                        return Err(e);
+                    }
                 }
             }
             answered => answered?,
@@ -648,5 +697,53 @@ mod tests {
         let fresh = EtcdStateStore::new(&[server.endpoint()], "strata", "fresh").unwrap();
         let e = fresh.settle(0, &encoded(state(1), 1), &lost()).unwrap_err();
         assert!(e.to_string().contains("is unknown"), "{e}");
+    }
+
+    /// A swap whose outcome stayed unknown is settled by the next read, before it answers:
+    /// a failed attempt must not act on the state as it was while that swap may still land.
+    #[test]
+    fn an_unsettled_swap_is_settled_before_the_next_read_answers() {
+        let Some(mut server) = EtcdServer::start() else {
+            return;
+        };
+        let store = EtcdStateStore::new(&[server.endpoint()], "strata", "pending").unwrap();
+        store.compare_and_swap(0, state(1)).unwrap();
+        let over = store.get_patiently().unwrap().unwrap().mod_revision;
+        let late = encoded(state(2), 2);
+        *store.unsettled.lock().unwrap() = Some((over, late.clone()));
+        // etcd away for two seconds: the read waits to settle it, never answering before.
+        server.kill();
+        let waiting = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            server.restart();
+            server
+        });
+        let read = store.read().unwrap().unwrap();
+        let _server = waiting.join().unwrap();
+        // Back within the wait: settled by cancelling, then read.
+        assert_eq!((read.epoch, read.generation), (Epoch(1), 2));
+        assert!(store.unsettled.lock().unwrap().is_none());
+        assert!(store.put_over(over, late).unwrap().is_err());
+    }
+
+    /// A store that serves no directory keeps the directory a state is bound to.
+    #[test]
+    fn a_store_without_a_home_keeps_the_binding() {
+        let Some(server) = EtcdServer::start() else {
+            return;
+        };
+        let homed = EtcdStateStore::new(&[server.endpoint()], "strata", "bound")
+            .unwrap()
+            .with_home("db-1:/srv/strata".into());
+        homed.compare_and_swap(0, state(1)).unwrap();
+        let tool = EtcdStateStore::new(&[server.endpoint()], "strata", "bound").unwrap();
+        let written = tool.compare_and_swap(1, state(2)).unwrap();
+        assert_eq!(written.home.as_deref(), Some("db-1:/srv/strata"));
+        assert_eq!(homed.read().unwrap().unwrap(), written);
+        let elsewhere = EtcdStateStore::new(&[server.endpoint()], "strata", "bound")
+            .unwrap()
+            .with_home("db-2:/srv/strata".into());
+        let e = elsewhere.read().unwrap_err();
+        assert!(e.to_string().contains("not in this data directory"), "{e}");
     }
 }

@@ -103,8 +103,8 @@ pub trait StateStore: Send + Sync {
 pub enum Coordination {
     /// In a data directory.
     File(FileStateStore),
-    /// In etcd.
-    Etcd(etcd::EtcdStateStore),
+    /// In etcd (boxed: the store holds its runtime and client).
+    Etcd(Box<etcd::EtcdStateStore>),
 }
 
 impl Coordination {
@@ -129,9 +129,9 @@ impl Coordination {
                 Ok(Coordination::File(FileStateStore::new(data_dir)))
             }
             crate::cluster_file::StatePlace::Etcd(_) => match file.store()? {
-                Coordination::Etcd(store) => Ok(Coordination::Etcd(
+                Coordination::Etcd(store) => Ok(Coordination::Etcd(Box::new(
                     store.with_home(etcd::home_of(data_dir)?),
-                )),
+                ))),
                 file_store => Ok(file_store),
             },
         }
