@@ -618,28 +618,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use strata_core::{LogId, Version};
     use strata_testkit::etcd::EtcdServer;
 
-    use crate::coordinator::LogPlace;
-
-    fn state(epoch: u64) -> CoordinatedState {
-        CoordinatedState {
-            format: STATE_FORMAT,
-            generation: 0,
-            epoch: Epoch(epoch),
-            logs: vec![LogPlace {
-                id: LogId(0),
-                dir: format!("logs/{epoch}-0"),
-            }],
-            storage: 1,
-            recovery_version: Version(0),
-            resolvers: Some(1),
-            proxies: Some(1),
-            served_at: None,
-            home: None,
-        }
-    }
+    use crate::coordinator::tests::state;
 
     fn encoded(mut state: CoordinatedState, generation: u64) -> Vec<u8> {
         state.generation = generation;

@@ -320,17 +320,19 @@ impl StateStore for FileStateStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn state(epoch: u64) -> CoordinatedState {
+    /// A state of `epoch` with one log, named after the epoch (shared with the etcd store's
+    /// tests).
+    pub(crate) fn state(epoch: u64) -> CoordinatedState {
         CoordinatedState {
             format: STATE_FORMAT,
             generation: 0,
             epoch: Epoch(epoch),
             logs: vec![LogPlace {
                 id: LogId(0),
-                dir: "logs/1-0".into(),
+                dir: format!("logs/{epoch}-0"),
             }],
             storage: 1,
             recovery_version: Version(0),
