@@ -151,7 +151,7 @@ impl EtcdStateStore {
         }
     }
 
-    /// Reads the record a value holds and checks it against the key's version.
+    /// Reads the record a value holds: a value that is not a record of this format is corruption.
     fn decode(&self, value: &[u8]) -> Result<CoordinatedState> {
         let key = String::from_utf8_lossy(&self.state_key()).into_owned();
         let state: CoordinatedState = serde_json::from_slice(value)
