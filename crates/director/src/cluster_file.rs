@@ -305,7 +305,13 @@ impl ClusterFile {
     /// The coordinated state, which must exist: `Unavailable` naming the place when the
     /// cluster was never recovered there (or the state cannot be read).
     pub fn state(&self) -> Result<CoordinatedState> {
-        self.store()?.read()?.ok_or_else(|| {
+        self.state_in(&self.store()?)
+    }
+
+    /// [`ClusterFile::state`], read from `store` (this file's, opened once by a caller that
+    /// reads it again and again).
+    fn state_in(&self, store: &Coordination) -> Result<CoordinatedState> {
+        store.read()?.ok_or_else(|| {
             Error::new(
                 Stage::Director,
                 ErrorKind::Unavailable(format!(
@@ -321,7 +327,12 @@ impl ClusterFile {
     /// Errors: `Unavailable` when the state names no address (the cluster was never served to
     /// other processes) or cannot be read.
     pub fn served_at(&self) -> Result<String> {
-        self.state()?.served_at.ok_or_else(|| {
+        self.served_at_in(&self.store()?)
+    }
+
+    /// [`ClusterFile::served_at`], read from `store`.
+    fn served_at_in(&self, store: &Coordination) -> Result<String> {
+        self.state_in(store)?.served_at.ok_or_else(|| {
             Error::new(
                 Stage::Director,
                 ErrorKind::Unavailable(format!(
@@ -347,8 +358,10 @@ impl ClusterFile {
     /// when the server there is of another cluster.
     pub async fn connect(&self) -> Result<Database> {
         let started = tokio::time::Instant::now();
+        // Opened once: an etcd store holds a runtime and a connection of its own.
+        let store = self.store()?;
         loop {
-            let address = self.served_at()?;
+            let address = self.served_at_in(&store)?;
             let stages = Stages::connect(&address, self.id.clone()).await;
             let waited = started.elapsed() >= CONNECT_WAIT;
             match stages {
