@@ -438,33 +438,30 @@ async fn direct(
         stages.send_replace(Arc::new(cluster.stages()));
         serving.send_replace(Some((report.epoch, cluster.database())));
         tracing::info!(epoch = report.epoch.0, "serving");
-        let failure = loop {
+        // Why the epoch ends: `Ok` to return with, or a stage's failure to recover from.
+        let ended = loop {
             tokio::select! {
                 biased;
-                () = &mut shutdown => {
-                    stages.send_replace(Arc::new(Stages::default()));
-                    serving.send_replace(None);
-                    cluster.stop().await;
-                    return Ok(Ended::Stopped);
-                }
+                () = &mut shutdown => break Ok(Ended::Stopped),
                 e = directing.lost() => {
                     tracing::error!(epoch = report.epoch.0, error = %e, "lost the director's lease; stopping the epoch");
-                    stages.send_replace(Arc::new(Stages::default()));
-                    serving.send_replace(None);
-                    cluster.stop().await;
-                    return Ok(Ended::LeaseLost(e));
+                    break Ok(Ended::LeaseLost(e));
                 }
                 () = tokio::time::sleep(config.monitor_interval) => {
                     if let Err(e) = cluster.check_health().await {
-                        break e;
+                        tracing::warn!(epoch = report.epoch.0, error = %e, "a stage failed; ending the epoch");
+                        break Err(e);
                     }
                 }
             }
         };
-        tracing::warn!(epoch = report.epoch.0, error = %failure, "a stage failed; ending the epoch");
         stages.send_replace(Arc::new(Stages::default()));
         serving.send_replace(None);
         cluster.stop().await;
+        let failure = match ended {
+            Ok(end) => return Ok(end),
+            Err(failure) => failure,
+        };
         if started.elapsed() < Duration::from_secs(1) {
             quick_failures += 1;
             if quick_failures >= config.recovery_attempts_max {

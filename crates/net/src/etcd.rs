@@ -95,11 +95,6 @@ impl Etcd {
         })
     }
 
-    /// "etcd at HOST:PORT,...", for messages.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// `key`'s value and version, or `None` when it does not exist.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Versioned>> {
         let mut kv = KvClient::new(self.channel.clone());
@@ -252,19 +247,24 @@ impl Etcd {
     ) -> Result<T> {
         match tokio::time::timeout(ETCD_CALL_TIMEOUT, call).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
-            Ok(Err(status)) => Err(self.unavailable(format!(
-                "{} ({:?}){}",
-                status.message(),
-                status.code(),
-                std::error::Error::source(&status)
-                    .map(|s| format!(": {}", causes(s)))
-                    .unwrap_or_default()
-            ))),
+            Ok(Err(status)) => Err(self.refused(&status)),
             Err(_) => Err(self.unavailable(format!(
                 "no answer within {} s",
                 ETCD_CALL_TIMEOUT.as_secs()
             ))),
         }
+    }
+
+    /// A call's failure: `Unavailable`, with the status and what caused it.
+    fn refused(&self, status: &tonic::Status) -> Error {
+        self.unavailable(format!(
+            "{} ({:?}){}",
+            status.message(),
+            status.code(),
+            std::error::Error::source(status)
+                .map(|s| format!(": {}", causes(s)))
+                .unwrap_or_default()
+        ))
     }
 
     fn unavailable(&self, why: String) -> Error {
@@ -289,11 +289,6 @@ pub struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    /// The lease's id.
-    pub fn id(&self) -> i64 {
-        self.id
-    }
-
     /// Renews the lease; its time to live from now. Renew well within it.
     ///
     /// Errors: `Unavailable` when etcd does not answer in time or the lease has expired (it
@@ -308,18 +303,11 @@ impl LeaseKeeper {
 
     /// The answer to the renewal sent last.
     async fn answer(&mut self) -> Result<Duration> {
-        let name = &self.etcd.name;
         let answer = tokio::time::timeout(ETCD_CALL_TIMEOUT, self.answers.message()).await;
         let reply = match answer {
             Ok(Ok(Some(reply))) => reply,
             Ok(Ok(None)) => return Err(self.etcd.unavailable("closed the lease stream".into())),
-            Ok(Err(status)) => {
-                return Err(self.etcd.unavailable(format!(
-                    "{} ({:?})",
-                    status.message(),
-                    status.code()
-                )));
-            }
+            Ok(Err(status)) => return Err(self.etcd.refused(&status)),
             Err(_) => {
                 return Err(self.etcd.unavailable(format!(
                     "no answer to a lease renewal within {} s",
@@ -328,10 +316,9 @@ impl LeaseKeeper {
             }
         };
         if reply.ttl <= 0 {
-            return Err(Error::new(
-                Stage::Coordinator,
-                ErrorKind::Unavailable(format!("{name}: lease {:x} expired", self.id)),
-            ));
+            return Err(self
+                .etcd
+                .unavailable(format!("lease {:x} expired", self.id)));
         }
         Ok(Duration::from_secs(u64::try_from(reply.ttl).unwrap_or(0)))
     }

@@ -114,11 +114,6 @@ impl EtcdStateStore {
         &self.etcd
     }
 
-    /// Where the state lives, for people: `etcd://ENDPOINTS` and the key prefix.
-    pub fn place(&self) -> String {
-        format!("{} under {}", self.etcd.name(), self.prefix)
-    }
-
     fn state_key(&self) -> Vec<u8> {
         format!("{}coordinated", self.prefix).into_bytes()
     }

@@ -128,20 +128,10 @@ impl Coordination {
             crate::cluster_file::StatePlace::Directory(_) => {
                 Ok(Coordination::File(FileStateStore::new(data_dir)))
             }
-            crate::cluster_file::StatePlace::Etcd(_) => match file.store()? {
-                Coordination::Etcd(store) => Ok(Coordination::Etcd(Box::new(
-                    store.with_home(etcd::home_of(data_dir)?),
-                ))),
-                file_store => Ok(file_store),
-            },
-        }
-    }
-
-    /// Where the state lives, for people: `file:DIR` or `etcd://...`.
-    pub fn place(&self) -> String {
-        match self {
-            Coordination::File(store) => format!("file:{}", store.dir.display()),
-            Coordination::Etcd(store) => store.place(),
+            crate::cluster_file::StatePlace::Etcd(endpoints) => Ok(Coordination::Etcd(Box::new(
+                etcd::EtcdStateStore::new(&endpoints, &file.name, file.id.as_str())?
+                    .with_home(etcd::home_of(data_dir)?),
+            ))),
         }
     }
 
