@@ -8,14 +8,22 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
 
-use crate::cluster::{ClusterId, Tag};
+use crate::cluster::Tag;
 use crate::failure::from_status;
 use crate::proto;
 use crate::server::Stages;
+use crate::tls::{Access, TlsFailure};
 use crate::{
     CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, RemoteLog, RemoteProxy, RemoteResolver,
     RemoteSequencer, RemoteStorage,
 };
+
+/// How many calls a new TLS connection makes, at most, to learn whether the server accepted
+/// its certificate (see `Link::check_handshake`).
+const HANDSHAKE_CHECKS: usize = 5;
+
+/// The pause before the next of those connections.
+const HANDSHAKE_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A connection whose calls carry the cluster id.
 pub(crate) type Tagged = InterceptedService<Channel, Tag>;
@@ -30,34 +38,96 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// Connects to the server at `address` (`host:port`) for `cluster`; `stage` is the stage
-    /// a failure to connect is reported for.
-    pub(crate) async fn connect(stage: Stage, address: &str, cluster: ClusterId) -> Result<Link> {
+    /// Connects to the server at `address` (`host:port`) with `access`; `stage` is the stage
+    /// a failure to connect is reported for. With TLS the handshake is part of the
+    /// connection: a server or a certificate refused by either end is an `InvalidRequest`
+    /// that says which (another attempt would be refused the same way).
+    pub(crate) async fn connect(stage: Stage, address: &str, access: Access) -> Result<Link> {
         let peer = format!("server at {address}");
-        let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| {
-            Error::new(
-                stage,
-                ErrorKind::InvalidRequest(format!("{peer}: not a host:port address: {e}")),
-            )
-        })?;
-        let channel = endpoint
+        let scheme = if access.tls().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| {
+                Error::new(
+                    stage,
+                    ErrorKind::InvalidRequest(format!("{peer}: not a host:port address: {e}")),
+                )
+            })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect()
-            .await
-            .map_err(|e| {
+            .keep_alive_while_idle(true);
+        if let Some(tls) = access.tls() {
+            endpoint = endpoint.tls_config(tls.client()).map_err(|e| {
                 Error::new(
                     stage,
-                    ErrorKind::Unavailable(format!("{peer}: cannot connect: {}", causes(&e))),
+                    ErrorKind::InvalidRequest(format!(
+                        "{peer}: cannot use the TLS credentials: {}",
+                        causes(&e)
+                    )),
                 )
             })?;
-        Ok(Link {
-            channel: InterceptedService::new(channel, Tag(cluster)),
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            let kind = match TlsFailure::of(&e) {
+                Some(failed) => {
+                    ErrorKind::InvalidRequest(format!("{peer}: the TLS handshake failed: {failed}"))
+                }
+                None => ErrorKind::Unavailable(format!("{peer}: cannot connect: {}", causes(&e))),
+            };
+            Error::new(stage, kind)
+        })?;
+        let link = Link {
+            channel: InterceptedService::new(channel, Tag(access.cluster().clone())),
             peer,
-        })
+        };
+        if access.tls().is_some() {
+            link.check_handshake(stage).await?;
+        }
+        Ok(link)
+    }
+
+    /// Learns whether the server accepted this process's certificate. With TLS 1.3 a client
+    /// finishes its handshake before the server checks its certificate, so a refusal arrives
+    /// with the first call: as the server's alert, or, when the call lost the race with the
+    /// connection's end, as a connection closed or a broken pipe. A call made now either
+    /// passes, or is refused by the server (its alert, or its own answer), or fails in
+    /// transit: then it is made again, on a new connection, up to [`HANDSHAKE_CHECKS`] times,
+    /// and the last failure is `Unavailable` with a text that names the likely cause.
+    async fn check_handshake(&self, stage: Stage) -> Result<()> {
+        let mut last = None;
+        for _ in 0..HANDSHAKE_CHECKS {
+            let mut client = proto::cluster_client::ClusterClient::new(self.channel.clone());
+            let status = match client.describe(proto::DescribeRequest {}).await {
+                Ok(_) => return Ok(()),
+                Err(status) => status,
+            };
+            let error = from_status(stage, &self.peer, &status);
+            let in_transit = status.details().is_empty()
+                && matches!(error.kind, ErrorKind::Unavailable(_))
+                && status.code() != tonic::Code::PermissionDenied;
+            if !in_transit {
+                // The server's refusal: its TLS alert (see `from_status`), or its answer
+                // (another cluster's id, say).
+                return Err(Error::new(stage, error.kind));
+            }
+            last = Some(causes(&status));
+            tokio::time::sleep(HANDSHAKE_RETRY).await;
+        }
+        Err(Error::new(
+            stage,
+            ErrorKind::Unavailable(format!(
+                "{}: no call got through after {HANDSHAKE_CHECKS} TLS handshakes (last: {}); \
+                 the server may refuse this process's certificate (not of the server's \
+                 authority, or expired)",
+                self.peer,
+                last.unwrap_or_default()
+            )),
+        ))
     }
 
     /// A call's answer, or its failure as the stage raised it.
@@ -128,7 +198,7 @@ pub(crate) fn ranges_from_wire(
 }
 
 impl Stages {
-    /// The stages the server at `address` (`host:port`) serves for `cluster` now, each as a
+    /// The stages the server at `address` (`host:port`) serves now, each as a
     /// remote stage on one shared connection: its sequencer, its proxies, resolvers and
     /// storage servers by index, its logs by id. Between two epochs that may be nothing but
     /// the logs and storage servers; ask again later.
@@ -139,9 +209,9 @@ impl Stages {
     /// `Unavailable` (none of its kind is) or `InvalidRequest` (not this one).
     ///
     /// Errors: `Unavailable` when nothing answers at `address`; `InvalidRequest` when the
-    /// server is of another cluster.
-    pub async fn connect(address: &str, cluster: ClusterId) -> Result<Stages> {
-        let link = Link::connect(Stage::Director, address, cluster).await?;
+    /// server is of another cluster, or a TLS handshake failed.
+    pub async fn connect(address: &str, access: impl Into<Access>) -> Result<Stages> {
+        let link = Link::connect(Stage::Director, address, access.into()).await?;
         let described = link.describe(Stage::Director).await?;
         let mut stages = Stages::default();
         if described.sequencer {

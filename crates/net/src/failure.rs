@@ -225,13 +225,24 @@ pub(crate) fn from_status(stage: Stage, peer: &str, status: &Status) -> Error {
     {
         return error;
     }
+    // A server that refused this process's certificate: it read no call on the connection
+    // (the handshake ends before the first call is read), so the refusal is final and known.
+    if let Some(refused) = crate::tls::TlsFailure::of(status).filter(|f| f.refusal) {
+        return Error::new(
+            stage,
+            ErrorKind::InvalidRequest(format!("{peer}: the TLS handshake failed: {refused}")),
+        );
+    }
     // Without the server's own failure nothing says the call was refused before it took
     // effect: a connection lost after a push was made durable reads the same as one lost
     // before. So every such status is `Unavailable`: the outcome is unknown.
     let kind = ErrorKind::Unavailable(format!(
-        "{peer}: no answer ({}, {:?}); the call may or may not have taken effect",
-        status.message(),
-        status.code()
+        "{peer}: no answer ({:?}: {}); the call may or may not have taken effect",
+        status.code(),
+        // The transport's own causes (a connection reset, a protocol error) when it has them:
+        // its message alone is often only "transport error".
+        std::error::Error::source(status)
+            .map_or_else(|| status.message().to_owned(), crate::client::causes)
     ));
     Error::new(stage, kind)
 }

@@ -19,6 +19,14 @@
 //!   ([`CLUSTER_ID_HEADER`]). A server answers only calls of its own cluster; any other call,
 //!   or one without an id, is refused (gRPC `PERMISSION_DENIED`, read by the client as an
 //!   `InvalidRequest` that names both ids) before it reaches the stage.
+//! - Optionally TLS, with a certificate at both ends ([`Tls`], carried by an [`Access`] that
+//!   every `connect` and [`serve`] takes in place of a bare [`ClusterId`]): a server with TLS
+//!   refuses, during the handshake, a client without a certificate of the cluster's
+//!   authority, and a client refuses a server whose certificate is not of that authority or
+//!   not for the host it dialled. The refusal is an `InvalidRequest` that says so. (With TLS
+//!   1.3 a server checks the client's certificate after the client's handshake is done, so a
+//!   client learns of the refusal with its first call: every new TLS connection makes one
+//!   before it is used.) A plain client and a TLS server never understand each other.
 //! - Epochs travel inside the calls that have one (a push, a lock) and are fenced by the stage
 //!   itself, exactly as for a local caller.
 //! - A stage's error travels whole: the status details hold its stage and kind with their
@@ -116,6 +124,7 @@ mod resolver;
 mod sequencer;
 mod server;
 mod storage;
+mod tls;
 
 pub use cluster::{CLUSTER_ID_BYTES_MAX, CLUSTER_ID_HEADER, ClusterId};
 pub use log::RemoteLog;
@@ -124,6 +133,7 @@ pub use resolver::RemoteResolver;
 pub use sequencer::RemoteSequencer;
 pub use server::{Exposure, SHUTDOWN_GRACE, Stages, serve};
 pub use storage::RemoteStorage;
+pub use tls::{Access, Tls};
 
 /// The messages and services generated from `proto/strata/v1/`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

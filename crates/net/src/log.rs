@@ -8,10 +8,10 @@ use strata_core::{TRANSACTION_BYTES_MAX, Version};
 use tonic::{Request, Response, Status};
 
 use crate::client::{Link, Tagged};
-use crate::cluster::ClusterId;
 use crate::proto;
 use crate::proto::log_client::LogClient;
 use crate::server::{Served, answered, refuse};
+use crate::tls::Access;
 use crate::{MESSAGE_BYTES_MAX, PULL_ENTRIES_MAX, PULL_REPLY_BYTES_MAX, fitting};
 
 /// Keeps the first entries whose encodings fit in `budget` bytes, and always the first: an
@@ -131,12 +131,17 @@ pub struct RemoteLog {
 }
 
 impl RemoteLog {
-    /// Connects to log `expected`, served at `address` (`host:port`) for `cluster`.
+    /// Connects to log `expected`, served at `address` (`host:port`) with `access` (a
+    /// [`ClusterId`](crate::ClusterId), or an [`Access`] with TLS credentials).
     ///
     /// Errors: `Unavailable` when nothing answers at `address`; `InvalidRequest` when the
-    /// server is of another cluster, or does not serve that log.
-    pub async fn connect(address: &str, cluster: ClusterId, expected: LogId) -> Result<RemoteLog> {
-        let link = Link::connect(Stage::Log, address, cluster).await?;
+    /// server is of another cluster, a TLS handshake failed, or it does not serve that log.
+    pub async fn connect(
+        address: &str,
+        access: impl Into<Access>,
+        expected: LogId,
+    ) -> Result<RemoteLog> {
+        let link = Link::connect(Stage::Log, address, access.into()).await?;
         let served = link.describe(Stage::Log).await?.logs;
         if !served.contains(&expected.0) {
             let served: Vec<String> = served.iter().map(|id| format!("log {id}")).collect();

@@ -13,12 +13,12 @@ use tonic::{Request, Response, Status};
 
 use crate::batch::{Batcher, Limits};
 use crate::client::Link;
-use crate::cluster::ClusterId;
 use crate::failure::{from_failure, to_failure};
 use crate::proto;
 use crate::proto::commit_outcome::Outcome;
 use crate::proto::proxy_client::ProxyClient;
 use crate::server::{Exposure, Served, refuse};
+use crate::tls::Access;
 use crate::{COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_TRANSACTIONS_MAX, MESSAGE_BYTES_MAX};
 
 /// How many commit calls one [`RemoteProxy`] keeps in flight at once: enough that the proxy
@@ -195,12 +195,18 @@ impl std::fmt::Debug for RemoteProxy {
 }
 
 impl RemoteProxy {
-    /// Connects to proxy `index` served at `address` (`host:port`) for `cluster`.
+    /// Connects to proxy `index` served at `address` (`host:port`) with `access` (a
+    /// [`ClusterId`](crate::ClusterId), or an [`Access`] with TLS credentials).
     ///
     /// Errors: `Unavailable` when nothing answers at `address` or it serves no proxy now;
-    /// `InvalidRequest` when the server is of another cluster or has no proxy `index`.
-    pub async fn connect(address: &str, cluster: ClusterId, index: u32) -> Result<RemoteProxy> {
-        let link = Link::connect(Stage::CommitProxy, address, cluster).await?;
+    /// `InvalidRequest` when the server is of another cluster, a TLS handshake failed, or it
+    /// has no proxy `index`.
+    pub async fn connect(
+        address: &str,
+        access: impl Into<Access>,
+        index: u32,
+    ) -> Result<RemoteProxy> {
+        let link = Link::connect(Stage::CommitProxy, address, access.into()).await?;
         RemoteProxy::on(link, index).await
     }
 

@@ -9,12 +9,12 @@ use tonic::{Request, Response, Status};
 
 use crate::MESSAGE_BYTES_MAX;
 use crate::client::{Link, Tagged};
-use crate::cluster::ClusterId;
 use crate::convert::{range_from_wire, range_to_wire};
 use crate::proto;
 use crate::proto::resolver_client::ResolverClient;
 use crate::proto::verdict::Verdict as WireVerdict;
 use crate::server::Served;
+use crate::tls::Access;
 
 fn conflicts_from_wire(t: proto::Conflicts) -> std::result::Result<TransactionConflicts, Status> {
     let ranges = |ranges: Vec<proto::KeyRange>| {
@@ -83,12 +83,17 @@ pub struct RemoteResolver {
 }
 
 impl RemoteResolver {
-    /// Connects to resolver `index` served at `address` (`host:port`) for `cluster`.
+    /// Connects to resolver `index` served at `address` (`host:port`) with `access` (a
+    /// [`ClusterId`](crate::ClusterId), or an [`Access`] with TLS credentials).
     ///
     /// Errors: `Unavailable` when nothing answers at `address`; `InvalidRequest` when the
-    /// server is of another cluster or serves no resolver `index`.
-    pub async fn connect(address: &str, cluster: ClusterId, index: u32) -> Result<RemoteResolver> {
-        let link = Link::connect(Stage::Resolver, address, cluster).await?;
+    /// server is of another cluster, a TLS handshake failed, or it serves no resolver `index`.
+    pub async fn connect(
+        address: &str,
+        access: impl Into<Access>,
+        index: u32,
+    ) -> Result<RemoteResolver> {
+        let link = Link::connect(Stage::Resolver, address, access.into()).await?;
         let served = link.describe(Stage::Resolver).await?.resolvers;
         if index >= served {
             return Err(link.refused(

@@ -9,10 +9,10 @@ use tonic::{Request, Response, Status};
 
 use crate::batch::{Batcher, Limits};
 use crate::client::{Link, Tagged};
-use crate::cluster::ClusterId;
 use crate::proto;
 use crate::proto::sequencer_client::SequencerClient;
 use crate::server::{Served, answered};
+use crate::tls::Access;
 
 #[tonic::async_trait]
 impl proto::sequencer_server::Sequencer for Served {
@@ -105,12 +105,13 @@ impl std::fmt::Debug for RemoteSequencer {
 }
 
 impl RemoteSequencer {
-    /// Connects to the sequencer served at `address` (`host:port`) for `cluster`.
+    /// Connects to the sequencer served at `address` (`host:port`) with `access` (a
+    /// [`ClusterId`](crate::ClusterId), or an [`Access`] with TLS credentials).
     ///
     /// Errors: `Unavailable` when nothing answers at `address` or it serves no sequencer now;
-    /// `InvalidRequest` when the server is of another cluster.
-    pub async fn connect(address: &str, cluster: ClusterId) -> Result<RemoteSequencer> {
-        let link = Link::connect(Stage::Sequencer, address, cluster).await?;
+    /// `InvalidRequest` when the server is of another cluster, or a TLS handshake failed.
+    pub async fn connect(address: &str, access: impl Into<Access>) -> Result<RemoteSequencer> {
+        let link = Link::connect(Stage::Sequencer, address, access.into()).await?;
         let mut client = SequencerClient::new(link.channel.clone());
         let reply = client.epoch(proto::EpochRequest {}).await;
         let epoch = Epoch(link.answer(Stage::Sequencer, reply)?.epoch);

@@ -18,10 +18,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::cluster::{Check, ClusterId};
+use crate::cluster::Check;
 use crate::failure::{to_status, to_status_as};
 use crate::inline::RunToEnd;
 use crate::proto;
+use crate::tls::Access;
 use crate::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MESSAGE_BYTES_MAX};
 
 /// The stages one process serves, or, on a client, the remote stages one server offers
@@ -98,10 +99,12 @@ pub enum Exposure {
     Everything,
 }
 
-/// Serves the stages published on `stages` on `listener`, to calls of `cluster`, until
+/// Serves the stages published on `stages` on `listener`, to calls of `access`'s cluster, until
 /// `shutdown` completes; then waits for the stage calls in progress to end, those whose
 /// callers gave up included: once it returns, nothing it started still runs on a stage.
-/// Calls of another cluster are refused before they reach a stage.
+/// Calls of another cluster are refused before they reach a stage. With TLS credentials in
+/// `access`, every connection is TLS and must present a certificate of the cluster's authority:
+/// any other is refused during its handshake, before a call is read.
 ///
 /// Every service (log, sequencer, resolver, storage, commit proxy, and the `Cluster` service
 /// that describes what is served) answers on the one listener. A call for a stage this process
@@ -124,12 +127,14 @@ pub enum Exposure {
 ///
 /// Errors: `Unavailable` when the server fails (its listener does).
 pub async fn serve(
-    cluster: ClusterId,
+    access: impl Into<Access>,
     exposure: Exposure,
     stages: watch::Receiver<Arc<Stages>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let access = access.into();
+    let cluster = access.cluster().clone();
     let calls = TaskTracker::new();
     let shared = Arc::new(Shared {
         stages,
@@ -153,7 +158,20 @@ pub async fn serve(
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (begun, shutting) = tokio::sync::oneshot::channel::<()>();
-    let served = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = access.tls() {
+        // Checked when the credentials were loaded (`Tls::from_pem`).
+        builder = builder.tls_config(tls.server()).map_err(|e| {
+            Error::new(
+                Stage::Director,
+                ErrorKind::InvalidRequest(format!(
+                    "cannot serve with the TLS credentials: {}",
+                    crate::client::causes(&e)
+                )),
+            )
+        })?;
+    }
+    let served = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(service!(

@@ -6,11 +6,11 @@ use strata_core::{Key, KeyRange, RangeRead, Result, Stage, StorageServer, Value,
 use tonic::{Request, Response, Status};
 
 use crate::client::{Link, Tagged, ranges_from_wire};
-use crate::cluster::ClusterId;
 use crate::convert::{range_from_wire, range_to_wire};
 use crate::proto;
 use crate::proto::storage_client::StorageClient;
 use crate::server::{Served, answered};
+use crate::tls::Access;
 use crate::{MESSAGE_BYTES_MAX, RANGE_ENTRIES_MAX, RANGE_REPLY_BYTES_MAX, fitting};
 
 /// Keeps the first pairs whose encodings fit in `budget` bytes, and always the first (a pair
@@ -127,13 +127,18 @@ pub struct RemoteStorage {
 }
 
 impl RemoteStorage {
-    /// Connects to storage server `index` served at `address` (`host:port`) for `cluster`.
+    /// Connects to storage server `index` served at `address` (`host:port`) with `access` (a
+    /// [`ClusterId`](crate::ClusterId), or an [`Access`] with TLS credentials).
     ///
     /// Errors: `Unavailable` when nothing answers at `address` or it serves no storage server
-    /// now; `InvalidRequest` when the server is of another cluster or has no storage server
-    /// `index`.
-    pub async fn connect(address: &str, cluster: ClusterId, index: u32) -> Result<RemoteStorage> {
-        let link = Link::connect(Stage::Storage, address, cluster).await?;
+    /// now; `InvalidRequest` when the server is of another cluster, a TLS handshake failed,
+    /// or it has no storage server `index`.
+    pub async fn connect(
+        address: &str,
+        access: impl Into<Access>,
+        index: u32,
+    ) -> Result<RemoteStorage> {
+        let link = Link::connect(Stage::Storage, address, access.into()).await?;
         let mut client = StorageClient::new(link.channel.clone());
         let reply = client
             .shards(proto::ShardsRequest {

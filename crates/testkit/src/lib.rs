@@ -16,6 +16,7 @@
 //! - [`model`]: what a mutation does to a map, the reference state tests compare with.
 //! - [`fixtures`]: small complete values (a system configuration).
 //! - [`disk`]: the disk's fsync floor, which commit latency is measured against.
+//! - [`certs`]: test certificates for TLS between processes.
 //!
 //! The fakes keep the contracts of `strata_core::traits` that their users rely on and none of
 //! the performance: they take a lock per call and wake every waiter on every change.
@@ -32,6 +33,7 @@
 //! # let _ = (sequencer, resolver, log);
 //! ```
 
+pub mod certs;
 pub mod disk;
 pub mod etcd;
 pub mod faults;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
 use strata_core::{LogServer, Result};
-use strata_net::{CLUSTER_ID_HEADER, ClusterId, Exposure, Stages};
+use strata_net::{Access, CLUSTER_ID_HEADER, ClusterId, Exposure, Stages};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -47,13 +47,23 @@ impl Served {
         stages: Stages,
         cluster: &str,
     ) -> Served {
+        let access = ClusterId::new(cluster).unwrap().into();
+        Served::start_access(address, exposure, stages, access).await
+    }
+
+    /// Serves `stages` on a loopback port of its own, every call, to `access` (TLS, say).
+    pub async fn start_access(
+        address: &str,
+        exposure: Exposure,
+        stages: Stages,
+        access: Access,
+    ) -> Served {
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (stop, stopped) = oneshot::channel::<()>();
         let (publish, published) = watch::channel(Arc::new(stages));
-        let cluster = ClusterId::new(cluster).unwrap();
         let task = tokio::spawn(strata_net::serve(
-            cluster,
+            access,
             exposure,
             published,
             listener,
