@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use strata_core::{Error, ErrorKind, Result, Stage};
-use strata_net::{ClusterId, Stages};
+use strata_net::{Access, ClusterId, Stages, Tls};
 use strata_txn_builder::{Database, TransactionOptions};
 
 use crate::coordinator::etcd::EtcdStateStore;
@@ -354,15 +354,20 @@ impl ClusterFile {
     /// commits as `Fenced` (refused, not done), and a new `connect` reaches the new epoch.
     /// Calls made while the server is down fail as `Unavailable`.
     ///
+    /// `tls` is this process's TLS credentials, for a cluster whose processes use TLS (the
+    /// server's `--tls-*` options): a client without them, or with a certificate of another
+    /// authority, is refused.
+    ///
     /// Errors: `Unavailable` when the cluster is not served or not reachable; `InvalidRequest`
-    /// when the server there is of another cluster.
-    pub async fn connect(&self) -> Result<Database> {
+    /// when the server there is of another cluster, or a TLS handshake failed.
+    pub async fn connect(&self, tls: Option<&Tls>) -> Result<Database> {
         let started = tokio::time::Instant::now();
         // Opened once: an etcd store holds a runtime and a connection of its own.
         let store = self.store()?;
         loop {
             let address = self.served_at_in(&store)?;
-            let stages = Stages::connect(&address, self.id.clone()).await;
+            let access = Access::new(self.id.clone(), tls.cloned());
+            let stages = Stages::connect(&address, access).await;
             let waited = started.elapsed() >= CONNECT_WAIT;
             match stages {
                 Ok(Stages {

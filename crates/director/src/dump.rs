@@ -40,14 +40,19 @@ pub async fn dump(data_dir: &Path, prefix: &[u8]) -> Result<Dump> {
 
 /// [`dump`] of the cluster `file` names, read through the process that serves it (`strata
 /// serve --listen`): the coordinated state as stored, and the pairs under `prefix` at a read
-/// version of the running cluster, which the `version` field then holds.
+/// version of the running cluster, which the `version` field then holds. `tls` is this
+/// process's TLS credentials, for a cluster that uses TLS.
 ///
 /// Errors: those of [`ClusterFile::connect`](crate::cluster_file::ClusterFile::connect);
 /// `Unavailable` when the state names no cluster.
-pub async fn dump_served(file: &crate::cluster_file::ClusterFile, prefix: &[u8]) -> Result<Dump> {
+pub async fn dump_served(
+    file: &crate::cluster_file::ClusterFile,
+    tls: Option<&strata_net::Tls>,
+    prefix: &[u8],
+) -> Result<Dump> {
     let range = prefix_range(prefix)?;
     let state = file.state()?;
-    let db = file.connect().await?;
+    let db = file.connect(tls).await?;
     let tx = db.begin().await?;
     let entries = crate::workload::scan(&tx, &range).await?;
     Ok(Dump {

@@ -18,12 +18,28 @@ use crate::{
     RemoteSequencer, RemoteStorage,
 };
 
-/// How many calls a new TLS connection makes, at most, to learn whether the server accepted
-/// its certificate (see `Link::check_handshake`).
-const HANDSHAKE_CHECKS: usize = 5;
+/// How many calls a new connection makes, at most, to learn whether the server takes its
+/// calls (see `Link::check_first_call`).
+const FIRST_CALLS: usize = 5;
 
-/// The pause before the next of those connections.
-const HANDSHAKE_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+/// The pause before the next of those calls.
+const FIRST_CALL_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether a plain connection's call failed on bytes that only a TLS server sends: its alert
+/// record, read as an HTTP/2 frame header, gives a frame longer than HTTP/2 allows, which the
+/// client's own HTTP/2 layer refuses.
+fn is_tls_answer(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_go_away()
+                && h2.is_library()
+                && h2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR);
+        }
+        source = cause.source();
+    }
+    false
+}
 
 /// A connection whose calls carry the cluster id.
 pub(crate) type Tagged = InterceptedService<Channel, Tag>;
@@ -85,45 +101,64 @@ impl Link {
             channel: InterceptedService::new(channel, Tag(access.cluster().clone())),
             peer,
         };
-        if access.tls().is_some() {
-            link.check_handshake(stage).await?;
-        }
+        link.check_first_call(stage, access.tls().is_some()).await?;
         Ok(link)
     }
 
-    /// Learns whether the server accepted this process's certificate. With TLS 1.3 a client
-    /// finishes its handshake before the server checks its certificate, so a refusal arrives
-    /// with the first call: as the server's alert, or, when the call lost the race with the
-    /// connection's end, as a connection closed or a broken pipe. A call made now either
-    /// passes, or is refused by the server (its alert, or its own answer), or fails in
-    /// transit: then it is made again, on a new connection, up to [`HANDSHAKE_CHECKS`] times,
-    /// and the last failure is `Unavailable` with a text that names the likely cause.
-    async fn check_handshake(&self, stage: Stage) -> Result<()> {
+    /// Makes one call, to learn whether the server takes this connection's calls at all.
+    ///
+    /// With TLS 1.3 a client finishes its handshake before the server checks its
+    /// certificate, so a refusal arrives with the first call: as the server's alert, or, when
+    /// the call lost the race with the connection's end, as a connection closed or a broken
+    /// pipe. Without TLS, a server that requires it reads the client's first bytes as a bad
+    /// handshake and closes the connection, or answers with a TLS alert, which reads as an
+    /// HTTP/2 frame of impossible size. A call made now either passes, or is refused by the
+    /// server (its alert, or its own answer: another cluster's id, say), or fails in transit:
+    /// then it is made again, on a new connection, up to [`FIRST_CALLS`] times, and the last
+    /// failure is `Unavailable` with a text that names the likely cause.
+    async fn check_first_call(&self, stage: Stage, tls: bool) -> Result<()> {
         let mut last = None;
-        for _ in 0..HANDSHAKE_CHECKS {
+        for _ in 0..FIRST_CALLS {
             let mut client = proto::cluster_client::ClusterClient::new(self.channel.clone());
             let status = match client.describe(proto::DescribeRequest {}).await {
                 Ok(_) => return Ok(()),
                 Err(status) => status,
             };
+            if !tls && is_tls_answer(&status) {
+                return Err(self.refused(
+                    stage,
+                    "answered with TLS: the cluster's processes use TLS, and this one was \
+                     given no TLS credentials (--tls-ca, --tls-cert, --tls-key)"
+                        .into(),
+                ));
+            }
             let error = from_status(stage, &self.peer, &status);
             let in_transit = status.details().is_empty()
                 && matches!(error.kind, ErrorKind::Unavailable(_))
                 && status.code() != tonic::Code::PermissionDenied;
             if !in_transit {
-                // The server's refusal: its TLS alert (see `from_status`), or its answer
-                // (another cluster's id, say).
                 return Err(Error::new(stage, error.kind));
             }
             last = Some(causes(&status));
-            tokio::time::sleep(HANDSHAKE_RETRY).await;
+            tokio::time::sleep(FIRST_CALL_RETRY).await;
         }
+        let (attempts, likely) = if tls {
+            (
+                "TLS handshakes",
+                "the server may refuse this process's certificate (not of the server's \
+                 authority, or expired)",
+            )
+        } else {
+            (
+                "connections",
+                "the server may require TLS, and this process was given no TLS credentials \
+                 (--tls-ca, --tls-cert, --tls-key)",
+            )
+        };
         Err(Error::new(
             stage,
             ErrorKind::Unavailable(format!(
-                "{}: no call got through after {HANDSHAKE_CHECKS} TLS handshakes (last: {}); \
-                 the server may refuse this process's certificate (not of the server's \
-                 authority, or expired)",
+                "{}: no call got through after {FIRST_CALLS} {attempts} (last: {}); {likely}",
                 self.peer,
                 last.unwrap_or_default()
             )),

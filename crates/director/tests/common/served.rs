@@ -53,6 +53,14 @@ pub fn serve_with(
 /// Cycle from another process through the cluster file, printing acknowledgements, which a
 /// thread collects until the client ends.
 pub fn cycle_client(cluster_file: &Path) -> (Child, mpsc::Receiver<(u64, u64)>) {
+    cycle_client_with(cluster_file, &[])
+}
+
+/// [`cycle_client`] with more flags (TLS credentials).
+pub fn cycle_client_with(
+    cluster_file: &Path,
+    flags: &[&str],
+) -> (Child, mpsc::Receiver<(u64, u64)>) {
     let mut child = strata()
         .args(["workload", "cycle", "--keys", "30", "--clients", "8"])
         .args([
@@ -62,6 +70,7 @@ pub fn cycle_client(cluster_file: &Path) -> (Child, mpsc::Receiver<(u64, u64)>) 
             "--cluster-file",
         ])
         .arg(cluster_file)
+        .args(flags)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -100,6 +109,15 @@ pub fn collect_acks(
 }
 
 pub fn check_through_the_network(cluster_file: &Path, acked: &[(u64, u64)]) {
+    check_through_the_network_with(cluster_file, acked, None);
+}
+
+/// [`check_through_the_network`] with this process's TLS credentials.
+pub fn check_through_the_network_with(
+    cluster_file: &Path,
+    acked: &[(u64, u64)],
+    tls: Option<&strata_net::Tls>,
+) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -107,7 +125,7 @@ pub fn check_through_the_network(cluster_file: &Path, acked: &[(u64, u64)]) {
     runtime.block_on(async {
         let db = ClusterFile::read(cluster_file)
             .unwrap()
-            .connect()
+            .connect(tls)
             .await
             .unwrap();
         assert_eq!(check_ring(&db).await.unwrap(), 30);

@@ -15,7 +15,10 @@ pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
     super::listen_for_signals();
     // The cluster this process starts, or none when it connects to one served elsewhere.
     let (cluster, db) = match &args.cluster_file {
-        Some(file) => (None, ClusterFile::read(file)?.connect().await?),
+        Some(file) => {
+            let tls = args.tls.load()?;
+            (None, ClusterFile::read(file)?.connect(tls.as_ref()).await?)
+        }
         None => {
             let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
             let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
@@ -64,7 +67,9 @@ pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
 pub(crate) async fn check(args: CheckArgs) -> strata_core::Result<()> {
     if let Some(file) = &args.cluster_file {
         // Through the serving process: a read version of the running cluster, no epoch.
-        let db = ClusterFile::read(file)?.connect().await?;
+        let db = ClusterFile::read(file)?
+            .connect(args.tls.load()?.as_ref())
+            .await?;
         let tx = db.begin().await?;
         let nodes = check_ring_in(&tx).await?;
         out!(

@@ -41,6 +41,8 @@ pub(crate) struct BenchArgs {
     /// client's alone.
     #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
     cluster_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) tls: super::TlsArgs,
     /// Print one JSON object instead of text (and no progress bar).
     #[arg(long)]
     json: bool,
@@ -107,7 +109,8 @@ pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
         Some(file) => {
             let file = ClusterFile::read(file)?;
             let served_at = file.served_at()?;
-            (None, None, file.connect().await?, None, Some(served_at))
+            let db = file.connect(args.tls.load()?.as_ref()).await?;
+            (None, None, db, None, Some(served_at))
         }
         None => {
             // Owned before the floor's probe file is written into it, until the end.

@@ -170,6 +170,8 @@ struct CycleArgs {
     /// --listen`), instead of starting one on --data-dir.
     #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
     cluster_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Keys in the ring, 4 to 1,000,000 (used when the ring is created).
     #[arg(long, default_value_t = 100, value_parser = bounded(4, 1_000_000))]
     keys: u64,
@@ -200,6 +202,9 @@ struct ServeArgs {
     /// another cluster is refused.
     #[arg(long, value_name = "FILE", requires = "listen")]
     cluster_file: Option<PathBuf>,
+    /// With --listen: serve over TLS only, to clients with a certificate of --tls-ca.
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args)]
@@ -211,6 +216,8 @@ struct DumpArgs {
     /// --listen`), at a read version of the running cluster, instead of --data-dir at rest.
     #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
     cluster_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// The key prefix, written as keys are printed (`\\xff` for byte 0xff).
     #[arg(long, default_value = "\\xff/system/")]
     prefix: String,
@@ -238,6 +245,36 @@ struct CheckArgs {
     /// it (`strata serve --listen`), instead of reading --data-dir at rest.
     #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
     cluster_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// This process's TLS credentials, for a cluster whose processes use TLS: all three or none.
+/// `crates/testkit/certs/make.sh` in the source shows how to make them with `openssl`.
+#[derive(Args, Clone, Debug, Default)]
+struct TlsArgs {
+    /// The cluster's certificate authority (PEM): the other end's certificate must be signed
+    /// by it. With the three --tls-* options every connection is TLS, both ways.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This process's certificate (PEM), signed by --tls-ca, naming this host's addresses.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The credentials the options name, loaded and checked; none without the options.
+    fn load(&self) -> strata_core::Result<Option<strata_net::Tls>> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                strata_net::Tls::from_files(ca, cert, key).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// The cluster to recover: where it is and how many of each stage the new epoch runs. A count
@@ -390,6 +427,15 @@ async fn recover(args: RecoverArgs) -> strata_core::Result<()> {
 async fn serve(args: ServeArgs) -> strata_core::Result<()> {
     listen_for_signals();
     let config = args.layout.config()?;
+    let tls = args.tls.load()?;
+    if tls.is_some() && args.listen.is_none() {
+        return Err(strata_core::Error::new(
+            strata_core::Stage::Director,
+            strata_core::ErrorKind::InvalidRequest(
+                "--tls-* serve the network over TLS: give --listen too".into(),
+            ),
+        ));
+    }
     let mut env = strata_director::RecoveryEnv::default();
     // Bound before the first recovery: an address in use fails at once, and the address with
     // its port picked is the one the coordinated state records.
@@ -423,7 +469,7 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
     let network = network.map(|n| {
         out!("cluster file: {}", n.cluster_file_path.display());
         tokio::spawn(strata_net::serve(
-            n.cluster.id.clone(),
+            strata_net::Access::new(n.cluster.id.clone(), tls),
             // Every process that reaches the port is a client: none may lock, pop or roll
             // back the stages of this one.
             strata_net::Exposure::Clients,
@@ -561,7 +607,7 @@ async fn dump(args: DumpArgs) -> strata_core::Result<()> {
     let dump = match &args.cluster_file {
         Some(file) => {
             let file = strata_director::cluster_file::ClusterFile::read(file)?;
-            strata_director::dump_served(&file, &prefix).await?
+            strata_director::dump_served(&file, args.tls.load()?.as_ref(), &prefix).await?
         }
         None => strata_director::dump(&args.data_dir, &prefix).await?,
     };
