@@ -12,6 +12,8 @@
 //! - [`ModelResolver`] over [`ConflictModel`]: conflict detection by brute force; the model is
 //!   also what the real resolver is checked against.
 //! - [`faults`]: decorators of every stage trait that fail, hang or delay an armed call.
+//! - [`network`]: decorators that carry every call across a simulated network (delays, lost
+//!   requests and answers, partitions, killed processes), seeded.
 //! - [`rng`]: SplitMix64, a seeded generator whose sequence never changes.
 //! - [`model`]: what a mutation does to a map, the reference state tests compare with.
 //! - [`fixtures`]: small complete values (a system configuration).
@@ -41,6 +43,7 @@ pub mod fixtures;
 mod gate;
 mod log;
 pub mod model;
+pub mod network;
 mod resolver;
 pub mod rng;
 mod sequencer;

@@ -40,6 +40,7 @@ use strata_core::{
 use strata_resolver::WindowResolver;
 use strata_sequencer::ClockSequencer;
 use strata_storage::{RedbStorage, StorageConfig};
+use strata_testkit::network::{NetLog, NetProxy, NetResolver, NetSequencer, NetStorage, Network};
 use strata_tlog::fs::{Fs, RealFs};
 use strata_tlog::{FileLog, OpenMode};
 use strata_txn_builder::Database;
@@ -64,6 +65,11 @@ use logs::{
     sync_dir,
 };
 use persistence::persist_within_deadline;
+
+/// A log's name on a simulated network.
+fn log_role(id: LogId) -> String {
+    format!("log-{}", id.0)
+}
 
 pub(super) fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::Director, kind)
@@ -212,6 +218,10 @@ pub struct RecoveryEnv {
     /// --listen` bound it), if it does: recorded in the coordinated state, where a client that
     /// knows the cluster by its cluster file finds it, and in the layout's names.
     pub served_at: Option<String>,
+    /// A simulated network the new stages are reached across (every call of the commit path,
+    /// the clients', monitoring's and the storage servers' pulls), as if each stage ran in a
+    /// process of its own; `None` calls them directly. The simulation puts one here.
+    pub network: Option<Arc<Network>>,
     logs: Arc<Mutex<HashMap<PathBuf, Weak<FileLog>>>>,
 }
 
@@ -311,7 +321,13 @@ pub async fn recover(
     let storage = match phases
         .run(
             "roll_back_storage",
-            open_storage(data_dir, &config, &logs.logs, recovery_version),
+            open_storage(
+                data_dir,
+                &config,
+                &logs.logs,
+                env.network.as_ref(),
+                recovery_version,
+            ),
         )
         .await
     {
@@ -584,6 +600,7 @@ async fn open_storage(
     data_dir: &Path,
     config: &EmbeddedConfig,
     logs: &[Arc<FileLog>],
+    network: Option<&Arc<Network>>,
     recovery_version: Version,
 ) -> Attempt<Vec<Arc<RedbStorage>>> {
     let storage_dir = data_dir.join("storage");
@@ -604,6 +621,11 @@ async fn open_storage(
     let opened = async {
         for (i, range) in split_ranges(config.storage)?.into_iter().enumerate() {
             let log: Arc<dyn LogServer> = logs[i % logs.len()].clone();
+            // The server pulls from its log across the network, when there is one.
+            let log = match network {
+                Some(n) => Arc::new(NetLog::new(log.clone(), n, &log_role(log.id()))),
+                None => log,
+            };
             let server =
                 RedbStorage::open(&storage_path(data_dir, i), vec![range], log, storage_config)
                     .await
@@ -656,25 +678,33 @@ fn start_pipeline(
     storage: &[Arc<RedbStorage>],
 ) -> Attempt<Pipeline> {
     let faults = env.faults.as_ref();
+    let network = env.network.as_ref();
     let sequencer = Arc::new(ClockSequencer::new(epoch, recovery_version));
-    let decorated_sequencer: Arc<dyn Sequencer> = match faults {
+    let mut decorated_sequencer: Arc<dyn Sequencer> = match faults {
         Some(f) => Arc::new(FaultySequencer(sequencer.clone(), f.clone())),
         None => sequencer.clone(),
     };
+    if let Some(n) = network {
+        decorated_sequencer = Arc::new(NetSequencer::new(decorated_sequencer, n, "sequencer"));
+    }
     let decorated_logs: Vec<Arc<dyn LogServer>> = logs
         .logs
         .iter()
         .map(|l| {
-            let log: Arc<dyn LogServer> = l.clone();
-            match faults {
-                Some(f) => Arc::new(FaultyLog(log, f.clone())) as Arc<dyn LogServer>,
-                None => log,
+            let mut log: Arc<dyn LogServer> = l.clone();
+            if let Some(f) = faults {
+                log = Arc::new(FaultyLog(log, f.clone()));
             }
+            if let Some(n) = network {
+                log = Arc::new(NetLog::new(log, n, &log_role(l.id())));
+            }
+            log
         })
         .collect();
     let resolvers: Vec<(Key, Arc<dyn Resolver>)> = split_begins(config.resolvers)
         .into_iter()
-        .map(|begin| {
+        .enumerate()
+        .map(|(i, begin)| {
             let mut r: Arc<dyn Resolver> = Arc::new(WindowResolver::new(
                 epoch,
                 recovery_version,
@@ -683,13 +713,16 @@ fn start_pipeline(
             if let Some(f) = faults {
                 r = Arc::new(FaultyResolver(r, f.clone()));
             }
+            if let Some(n) = network {
+                r = Arc::new(NetResolver::new(r, n, &format!("resolver-{i}")));
+            }
             (begin, r)
         })
         .collect();
     let decorated_resolvers = resolvers.iter().map(|(_, r)| r.clone()).collect();
     let mut proxies = Vec::new();
     let mut decorated_proxies: Vec<Arc<dyn CommitProxy>> = Vec::new();
-    for _ in 0..config.proxies {
+    for i in 0..config.proxies {
         let proxy = Arc::new(BatchingProxy::new(
             epoch,
             decorated_sequencer.clone(),
@@ -698,20 +731,27 @@ fn start_pipeline(
             config.proxy,
         )?);
         proxies.push(proxy.clone());
-        let proxy: Arc<dyn CommitProxy> = proxy;
-        decorated_proxies.push(match faults {
-            Some(f) => FaultyProxy::wrap(proxy, f),
-            None => proxy,
-        });
+        let mut proxy: Arc<dyn CommitProxy> = proxy;
+        if let Some(f) = faults {
+            proxy = FaultyProxy::wrap(proxy, f);
+        }
+        if let Some(n) = network {
+            proxy = Arc::new(NetProxy::new(proxy, n, &format!("proxy-{i}")));
+        }
+        decorated_proxies.push(proxy);
     }
     let decorated_storage: Vec<Arc<dyn StorageServer>> = storage
         .iter()
-        .map(|s| {
-            let server: Arc<dyn StorageServer> = s.clone();
-            match faults {
-                Some(f) => Arc::new(FaultyStorage(server, f.clone())) as Arc<dyn StorageServer>,
-                None => server,
+        .enumerate()
+        .map(|(i, s)| {
+            let mut server: Arc<dyn StorageServer> = s.clone();
+            if let Some(f) = faults {
+                server = Arc::new(FaultyStorage(server, f.clone()));
             }
+            if let Some(n) = network {
+                server = Arc::new(NetStorage::new(server, n, &format!("storage-{i}")));
+            }
+            server
         })
         .collect();
     let database = Database::new(

@@ -8,6 +8,7 @@ use std::time::Duration;
 use strata_core::{Error, Result, Stage};
 
 use strata_testkit::faults::{Fault, FaultPoint, Faults};
+use strata_testkit::network::Network;
 use strata_testkit::rng::SplitMix64;
 
 use super::Trace;
@@ -35,6 +36,7 @@ const POINTS: [FaultPoint; 9] = [
 /// hangs, on its next call or one of the two after it (`call 1` to `call 3` in the trace).
 pub(crate) async fn run(
     faults: Arc<Faults>,
+    network: Arc<Network>,
     disk: Arc<PowerDisk>,
     ends: Arc<EpochEnds>,
     may_lose_power: bool,
@@ -87,6 +89,38 @@ pub(crate) async fn run(
                 disk.set_full(true);
                 tokio::time::sleep(lasting).await;
                 disk.set_full(false);
+            }
+            continue;
+        }
+        // One in six of the rest is the network's: requests or answers lost, a stage cut off
+        // for a while (sometimes past the point where its callers give up), or a stage's
+        // process killed (until the next epoch recruits it again).
+        if rng.below(6) == 0 {
+            let at = started.elapsed().as_millis();
+            let roles = network.roles();
+            let kind = rng.below(4);
+            let n = 1 + rng.below(3);
+            if kind == 0 {
+                trace.fault(format!("at {at} ms: the network loses the next {n} requests"));
+                network.lose_requests(n);
+            } else if kind == 1 {
+                trace.fault(format!("at {at} ms: the network loses the next {n} answers"));
+                network.lose_answers(n);
+            } else if !roles.is_empty() {
+                let role = &roles[rng.below(roles.len() as u64) as usize];
+                if kind == 2 {
+                    let lasting = Duration::from_millis(100 + rng.below(7_900));
+                    trace.fault(format!(
+                        "at {at} ms: {role} is cut off for {} ms",
+                        lasting.as_millis()
+                    ));
+                    // Its callers wait on it, monitoring's probes too.
+                    ends.network_held(tokio::time::Instant::now() + lasting);
+                    network.partition(role, lasting);
+                } else {
+                    trace.fault(format!("at {at} ms: {role}'s process is killed"));
+                    network.kill(role);
+                }
             }
             continue;
         }

@@ -43,15 +43,16 @@ pub(crate) struct EpochEnds {
 }
 
 impl EpochEnds {
-    /// Checks the epochs `serving` names, allowing [`ROUNDS`] rounds of `monitor_interval`.
+    /// Checks the epochs `serving` names, allowing [`ROUNDS`] rounds of `round` (the
+    /// monitoring interval, and the time its probes spend crossing the network).
     pub(crate) fn new(
         serving: Current,
-        monitor_interval: Duration,
+        round: Duration,
         trace: Arc<Trace>,
     ) -> Arc<EpochEnds> {
         Arc::new(EpochEnds {
             serving,
-            bound: monitor_interval * ROUNDS,
+            bound: round * ROUNDS,
             trace,
             slowed: Mutex::new(None),
         })
@@ -63,8 +64,20 @@ impl EpochEnds {
         self.slow_now();
     }
 
+    /// A stage is cut off from the network until `until`: calls to it wait (up to the
+    /// silence limit), monitoring's probes too.
+    pub(crate) fn network_held(&self, until: Instant) {
+        self.slow_until(until);
+    }
+
     fn slow_now(&self) {
-        *self.slowed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        self.slow_until(Instant::now());
+    }
+
+    /// Monitoring may be slowed until `until` (a later excuse is never shortened).
+    fn slow_until(&self, until: Instant) {
+        let mut slowed = self.slowed.lock().unwrap_or_else(PoisonError::into_inner);
+        *slowed = Some(slowed.map_or(until, |s| s.max(until)));
     }
 
     /// A fault fired (called from the faults' watcher, on the task of the call).
@@ -157,7 +170,7 @@ mod tests {
                 "seed {seed}: {probes} probes of {:?}",
                 config.probe_timeout
             );
-            assert!(config.monitor_interval * ROUNDS < config.proxy.stall_timeout);
+            assert!(plan.monitoring_round() * ROUNDS < config.proxy.stall_timeout);
         }
     }
 

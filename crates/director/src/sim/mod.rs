@@ -48,6 +48,7 @@ use std::time::Duration;
 use serde::Serialize;
 use strata_core::{Epoch, Error, ErrorKind, Result, Stage};
 use strata_testkit::faults::Faults;
+use strata_testkit::network::Network;
 use strata_testkit::rng::SplitMix64;
 use strata_txn_builder::Database;
 use tokio::sync::watch;
@@ -504,6 +505,15 @@ impl<'a> Boot<'a> {
         let started = tokio::time::Instant::now();
         let mut env = RecoveryEnv::with_faults(faults.clone());
         env.log_fs = Some(disk.clone());
+        // Every stage of every epoch is reached across one simulated network per boot (a
+        // crash restarts every process). The clean boot's has no delay: its checks read every
+        // acknowledged key, one by one, within one transaction's lifetime.
+        let latency = if chaos { self.plan.latency_ms_max } else { 0 };
+        let network = Network::new(
+            self.chaos_seed.rotate_left(41),
+            Duration::ZERO..Duration::from_millis(latency),
+        );
+        env.network = Some(network.clone());
         let (serving_tx, serving) = watch::channel::<Serving>(None);
         let config = self.plan.config();
         let data_dir = self.data_dir.clone();
@@ -518,7 +528,7 @@ impl<'a> Boot<'a> {
         let current = serving.clone();
         let ends = liveness::EpochEnds::new(
             Box::new(move || current.borrow().as_ref().map(|(epoch, _)| *epoch)),
-            config.monitor_interval,
+            self.plan.monitoring_round(),
             self.trace.clone(),
         );
         let heard = ends.clone();
@@ -536,6 +546,7 @@ impl<'a> Boot<'a> {
         if chaos {
             tasks.push(tokio::spawn(chaos::run(
                 faults.clone(),
+                network.clone(),
                 disk.clone(),
                 ends,
                 self.may_lose_power,

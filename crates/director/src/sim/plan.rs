@@ -59,6 +59,10 @@ pub struct Plan {
     /// costs no time, so without it commits would follow each other in one instant and the
     /// clock would never move.
     pub think_ms_max: u64,
+    /// Each call between two stages (and from a client) takes up to this long each way
+    /// across the simulated network; 0 for none. (Chosen last, so the choices above are what
+    /// they were before the network was simulated.)
+    pub latency_ms_max: u64,
 }
 
 impl Plan {
@@ -86,6 +90,7 @@ impl Plan {
             nodes: pick(&[4, 16, 64]),
             increment_keys: pick(&[1, 4, 16]),
             think_ms_max: pick(&[1, 5, 20]),
+            latency_ms_max: pick(&[0, 0, 1, 4]),
         }
     }
 
@@ -115,6 +120,13 @@ impl Plan {
         c.proxy.stall_timeout = self.stall_timeout;
         c.persistence_deadline = Duration::from_secs(2);
         c
+    }
+
+    /// The longest a monitoring round takes while nothing fails: its interval, and its probes
+    /// (the sequencer's and each storage server's) across the network and back.
+    pub(crate) fn monitoring_round(&self) -> Duration {
+        let probes = u32::try_from(1 + self.layout.storage).unwrap_or(u32::MAX);
+        self.config().monitor_interval + Duration::from_millis(self.latency_ms_max) * 2 * probes
     }
 
     /// How long the next boot runs before its crash: a quarter of them crash early (within

@@ -1,0 +1,517 @@
+//! A simulated network between a cluster's roles: decorators of every stage trait that carry
+//! each call across a [`Network`] instead of making it directly, so a cluster that runs in one
+//! process meets what a cluster of one process per role meets between its processes.
+//!
+//! What the network does to a call, each drawn from the network's seeded generator in the
+//! order calls arrive (a single-threaded runtime makes that order, and so the run, replay from
+//! the seed):
+//!
+//! - **Delay:** the request and the answer each take a time drawn from the network's latency
+//!   range (none when it is zero). tokio's timer rounds a sleep up to the next millisecond.
+//! - **Loss:** [`Network::lose_requests`] loses the next requests (the stage never sees them)
+//!   and [`Network::lose_answers`] the next answers (the stage did the call: a push is durable,
+//!   a commit may be committed). Either way the caller gets `Unavailable`, as from a real
+//!   connection: it cannot tell the two apart, and must treat the outcome as unknown.
+//! - **Partition:** [`Network::partition`] cuts a role off for a while. A call to it waits,
+//!   as a call on a silent connection does, until the partition heals (then it goes through)
+//!   or [`SILENCE_LIMIT`] passes (then it fails `Unavailable`, as a connection whose pings go
+//!   unanswered). An answer that comes back while its role is cut off is lost.
+//! - **A process killed:** [`Network::kill`] stops every role of that name that exists now:
+//!   each later call to them fails at once (`Unavailable`, a connection refused), and a call
+//!   in progress loses its answer. Roles made after the kill (the next epoch's, recruited
+//!   anew: a process restarted) are alive.
+//!
+//! Calls of a stage that are not network calls (a log's `id`, a storage server's `shards`,
+//! a proxy's `epoch`) pass straight through.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use strata_core::{Epoch, ErrorKind, Sequencer, Version};
+//! use strata_testkit::StepSequencer;
+//! use strata_testkit::network::{NetSequencer, Network};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! let network = Network::new(7, Duration::ZERO..Duration::from_micros(200));
+//! let inner = Arc::new(StepSequencer::new(Epoch(1), Version(0)));
+//! let sequencer = NetSequencer::new(inner.clone(), &network, "sequencer");
+//! network.lose_answers(1);
+//! // The version was handed out, but its answer was lost on the way back.
+//! let lost = sequencer.next_commit_version(Epoch(1)).await.unwrap_err();
+//! assert!(matches!(lost.kind, ErrorKind::Unavailable(_)));
+//! let next = sequencer.next_commit_version(Epoch(1)).await.unwrap();
+//! assert_eq!(next.previous, Version(1), "the lost answer's version was handed out");
+//! # });
+//! ```
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use strata_core::{
+    CommitProxy, Epoch, Error, ErrorKind, Key, KeyRange, LogEntry, LogId, LogServer, LogState,
+    RangeRead, ResolveBatch, Resolver, Result, Sequencer, Stage, StorageServer, Value, Verdict,
+    Version, VersionPair,
+};
+use tokio::time::Instant;
+
+use crate::rng::SplitMix64;
+
+/// How long a call to a role that is cut off waits before it fails: the remote client's
+/// keep-alive timeout (`strata_net::KEEPALIVE_TIMEOUT`), after which a connection whose peer
+/// is silent is dropped.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+
+/// One role as the network knows it: its name and whether it is still alive.
+#[derive(Debug)]
+struct Endpoint {
+    name: String,
+    killed: bool,
+}
+
+#[derive(Debug)]
+struct State {
+    rng: SplitMix64,
+    latency: Range<Duration>,
+    lose_requests: u64,
+    lose_answers: u64,
+    /// Role name → the end of its partition.
+    partitions: HashMap<String, Instant>,
+    /// Every role made so far, by incarnation (its index).
+    endpoints: Vec<Endpoint>,
+    /// How many calls were lost, and how many delayed by a partition.
+    lost: u64,
+    held: u64,
+}
+
+/// The network between a cluster's roles (see the module docs). Shared by every decorator of
+/// one cluster; cheap to clone as an `Arc`.
+#[derive(Debug)]
+pub struct Network {
+    state: Mutex<State>,
+}
+
+/// What happens to a call's request.
+enum Passage {
+    /// Goes through after this delay.
+    After(Duration),
+    /// Lost, or refused: the caller gets this error.
+    Fails(Error),
+    /// The role is cut off until this instant.
+    CutOff(Instant),
+}
+
+impl Network {
+    /// A network whose delays are drawn from `latency` (an empty range, such as
+    /// `Duration::ZERO..Duration::ZERO`, adds none) by a generator seeded with `seed`.
+    pub fn new(seed: u64, latency: Range<Duration>) -> Arc<Network> {
+        Arc::new(Network {
+            state: Mutex::new(State {
+                rng: SplitMix64(seed),
+                latency,
+                lose_requests: 0,
+                lose_answers: 0,
+                partitions: HashMap::new(),
+                endpoints: Vec::new(),
+                lost: 0,
+                held: 0,
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Loses the next `n` requests, whichever roles they are for: the stages never see them.
+    pub fn lose_requests(&self, n: u64) {
+        self.state().lose_requests += n;
+    }
+
+    /// Loses the answers of the next `n` calls, whichever roles they are for: the stages did
+    /// the calls.
+    pub fn lose_answers(&self, n: u64) {
+        self.state().lose_answers += n;
+    }
+
+    /// Cuts every role named `role` off for `lasting` from now (a later partition of the same
+    /// role extends it, never shortens it).
+    pub fn partition(&self, role: &str, lasting: Duration) {
+        let until = Instant::now() + lasting;
+        let mut state = self.state();
+        let end = state.partitions.entry(role.to_owned()).or_insert(until);
+        *end = (*end).max(until);
+    }
+
+    /// Kills every role named `role` that exists now (see the module docs). Returns how many.
+    pub fn kill(&self, role: &str) -> usize {
+        let mut state = self.state();
+        let mut killed = 0;
+        for endpoint in state.endpoints.iter_mut().filter(|e| e.name == role) {
+            if !endpoint.killed {
+                endpoint.killed = true;
+                killed += 1;
+            }
+        }
+        killed
+    }
+
+    /// The names of the roles alive now, in order: what a harness picks from to partition or
+    /// kill one.
+    pub fn roles(&self) -> Vec<String> {
+        let state = self.state();
+        let alive: BTreeSet<&str> = state
+            .endpoints
+            .iter()
+            .filter(|e| !e.killed)
+            .map(|e| e.name.as_str())
+            .collect();
+        alive.into_iter().map(str::to_owned).collect()
+    }
+
+    /// The names of the roles that have at least one incarnation killed.
+    pub fn killed(&self) -> HashSet<String> {
+        self.state()
+            .endpoints
+            .iter()
+            .filter(|e| e.killed)
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    /// How many calls the network lost (requests, answers and calls to roles killed or cut
+    /// off for too long) and how many a partition held up.
+    pub fn counts(&self) -> (u64, u64) {
+        let state = self.state();
+        (state.lost, state.held)
+    }
+
+    /// A new role named `name`: its incarnation.
+    fn join(&self, name: &str) -> usize {
+        let mut state = self.state();
+        state.endpoints.push(Endpoint {
+            name: name.to_owned(),
+            killed: false,
+        });
+        state.endpoints.len() - 1
+    }
+
+    fn delay(state: &mut State) -> Duration {
+        let Range { start, end } = state.latency;
+        if end <= start {
+            return start;
+        }
+        let span = u64::try_from((end - start).as_nanos()).unwrap_or(u64::MAX);
+        start + Duration::from_nanos(state.rng.below(span))
+    }
+
+    fn request(&self, incarnation: usize, stage: Stage) -> Passage {
+        let mut state = self.state();
+        let endpoint = &state.endpoints[incarnation];
+        let name = endpoint.name.clone();
+        if endpoint.killed {
+            state.lost += 1;
+            return Passage::Fails(unavailable(stage, format!("{name}: connection refused")));
+        }
+        if let Some(&until) = state.partitions.get(&name)
+            && until > Instant::now()
+        {
+            state.held += 1;
+            return Passage::CutOff(until);
+        }
+        if state.lose_requests > 0 {
+            state.lose_requests -= 1;
+            state.lost += 1;
+            return Passage::Fails(unavailable(stage, format!("{name}: request lost")));
+        }
+        Passage::After(Network::delay(&mut state))
+    }
+
+    /// The answer's way back: its delay, or the error that replaces it.
+    fn answer(&self, incarnation: usize, stage: Stage) -> std::result::Result<Duration, Error> {
+        let mut state = self.state();
+        let endpoint = &state.endpoints[incarnation];
+        let name = endpoint.name.clone();
+        let cut_off = endpoint.killed
+            || state
+                .partitions
+                .get(&name)
+                .is_some_and(|&until| until > Instant::now());
+        if cut_off || state.lose_answers > 0 {
+            if !cut_off {
+                state.lose_answers -= 1;
+            }
+            state.lost += 1;
+            return Err(unavailable(
+                stage,
+                format!("{name}: answer lost; the call may or may not have taken effect"),
+            ));
+        }
+        Ok(Network::delay(&mut state))
+    }
+
+    /// Carries `call` to the role of `incarnation` and its answer back.
+    async fn cross<T>(
+        &self,
+        incarnation: usize,
+        stage: Stage,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        loop {
+            match self.request(incarnation, stage) {
+                Passage::After(delay) => {
+                    sleep(delay).await;
+                    break;
+                }
+                Passage::Fails(e) => return Err(e),
+                Passage::CutOff(until) => {
+                    let limit = started + SILENCE_LIMIT;
+                    if until >= limit {
+                        tokio::time::sleep_until(limit).await;
+                        self.state().lost += 1;
+                        return Err(unavailable(
+                            stage,
+                            format!(
+                                "no answer in {} s: connection dropped",
+                                SILENCE_LIMIT.as_secs()
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep_until(until).await;
+                }
+            }
+        }
+        let answer = call.await;
+        let delay = self.answer(incarnation, stage)?;
+        sleep(delay).await;
+        answer
+    }
+}
+
+async fn sleep(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn unavailable(stage: Stage, why: String) -> Error {
+    Error::new(stage, ErrorKind::Unavailable(format!("network: {why}")))
+}
+
+/// A role's place on the network: the network, and which incarnation of which role.
+#[derive(Clone, Debug)]
+struct Place {
+    network: Arc<Network>,
+    incarnation: usize,
+}
+
+impl Place {
+    fn new(network: &Arc<Network>, role: &str) -> Place {
+        Place {
+            network: network.clone(),
+            incarnation: network.join(role),
+        }
+    }
+
+    async fn cross<T>(&self, stage: Stage, call: impl Future<Output = Result<T>>) -> Result<T> {
+        self.network.cross(self.incarnation, stage, call).await
+    }
+}
+
+/// A [`Sequencer`] reached across a [`Network`].
+pub struct NetSequencer {
+    inner: Arc<dyn Sequencer>,
+    place: Place,
+}
+
+impl NetSequencer {
+    /// `inner`, as the role `role` on `network`.
+    pub fn new(inner: Arc<dyn Sequencer>, network: &Arc<Network>, role: &str) -> NetSequencer {
+        NetSequencer {
+            inner,
+            place: Place::new(network, role),
+        }
+    }
+}
+
+#[async_trait]
+impl Sequencer for NetSequencer {
+    fn epoch(&self) -> Epoch {
+        self.inner.epoch()
+    }
+
+    async fn next_commit_version(&self, epoch: Epoch) -> Result<VersionPair> {
+        let call = self.inner.next_commit_version(epoch);
+        self.place.cross(Stage::Sequencer, call).await
+    }
+
+    async fn report_committed(&self, epoch: Epoch, version: Version) -> Result<()> {
+        let call = self.inner.report_committed(epoch, version);
+        self.place.cross(Stage::Sequencer, call).await
+    }
+
+    async fn read_version(&self) -> Result<Version> {
+        let call = self.inner.read_version();
+        self.place.cross(Stage::Sequencer, call).await
+    }
+}
+
+/// A [`Resolver`] reached across a [`Network`].
+pub struct NetResolver {
+    inner: Arc<dyn Resolver>,
+    place: Place,
+}
+
+impl NetResolver {
+    /// `inner`, as the role `role` on `network`.
+    pub fn new(inner: Arc<dyn Resolver>, network: &Arc<Network>, role: &str) -> NetResolver {
+        NetResolver {
+            inner,
+            place: Place::new(network, role),
+        }
+    }
+}
+
+#[async_trait]
+impl Resolver for NetResolver {
+    async fn resolve(&self, batch: ResolveBatch) -> Result<Vec<Verdict>> {
+        let call = self.inner.resolve(batch);
+        self.place.cross(Stage::Resolver, call).await
+    }
+}
+
+/// A [`CommitProxy`] reached across a [`Network`].
+pub struct NetProxy {
+    inner: Arc<dyn CommitProxy>,
+    place: Place,
+}
+
+impl NetProxy {
+    /// `inner`, as the role `role` on `network`.
+    pub fn new(inner: Arc<dyn CommitProxy>, network: &Arc<Network>, role: &str) -> NetProxy {
+        NetProxy {
+            inner,
+            place: Place::new(network, role),
+        }
+    }
+}
+
+#[async_trait]
+impl CommitProxy for NetProxy {
+    fn epoch(&self) -> Epoch {
+        self.inner.epoch()
+    }
+
+    async fn commit(&self, transaction: Bytes) -> Result<Version> {
+        let call = self.inner.commit(transaction);
+        self.place.cross(Stage::CommitProxy, call).await
+    }
+}
+
+/// A [`LogServer`] reached across a [`Network`].
+pub struct NetLog {
+    inner: Arc<dyn LogServer>,
+    place: Place,
+}
+
+impl NetLog {
+    /// `inner`, as the role `role` on `network`.
+    pub fn new(inner: Arc<dyn LogServer>, network: &Arc<Network>, role: &str) -> NetLog {
+        NetLog {
+            inner,
+            place: Place::new(network, role),
+        }
+    }
+}
+
+#[async_trait]
+impl LogServer for NetLog {
+    fn id(&self) -> LogId {
+        self.inner.id()
+    }
+
+    async fn push(
+        &self,
+        epoch: Epoch,
+        previous_version: Version,
+        version: Version,
+        payload: Bytes,
+    ) -> Result<()> {
+        let call = self.inner.push(epoch, previous_version, version, payload);
+        self.place.cross(Stage::Log, call).await
+    }
+
+    async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
+        let call = self.inner.pull(after, limit);
+        self.place.cross(Stage::Log, call).await
+    }
+
+    async fn lock(&self, epoch: Epoch) -> Result<LogState> {
+        let call = self.inner.lock(epoch);
+        self.place.cross(Stage::Log, call).await
+    }
+
+    async fn pop(&self, version: Version) -> Result<()> {
+        let call = self.inner.pop(version);
+        self.place.cross(Stage::Log, call).await
+    }
+}
+
+/// A [`StorageServer`] reached across a [`Network`].
+pub struct NetStorage {
+    inner: Arc<dyn StorageServer>,
+    place: Place,
+}
+
+impl NetStorage {
+    /// `inner`, as the role `role` on `network`.
+    pub fn new(inner: Arc<dyn StorageServer>, network: &Arc<Network>, role: &str) -> NetStorage {
+        NetStorage {
+            inner,
+            place: Place::new(network, role),
+        }
+    }
+}
+
+#[async_trait]
+impl StorageServer for NetStorage {
+    fn shards(&self) -> Vec<KeyRange> {
+        self.inner.shards()
+    }
+
+    async fn get(&self, key: Key, version: Version) -> Result<Option<Value>> {
+        let call = self.inner.get(key, version);
+        self.place.cross(Stage::Storage, call).await
+    }
+
+    async fn get_range(
+        &self,
+        range: KeyRange,
+        version: Version,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<RangeRead> {
+        let call = self.inner.get_range(range, version, limit, reverse);
+        self.place.cross(Stage::Storage, call).await
+    }
+
+    async fn applied_version(&self) -> Result<Version> {
+        let call = self.inner.applied_version();
+        self.place.cross(Stage::Storage, call).await
+    }
+
+    async fn durable_version(&self) -> Result<Version> {
+        let call = self.inner.durable_version();
+        self.place.cross(Stage::Storage, call).await
+    }
+
+    async fn roll_back(&self, version: Version) -> Result<()> {
+        let call = self.inner.roll_back(version);
+        self.place.cross(Stage::Storage, call).await
+    }
+}

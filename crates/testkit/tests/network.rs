@@ -1,0 +1,144 @@
+//! The simulated network: what it does to a call, and that a seed replays it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_core::{Epoch, ErrorKind, LogId, LogServer, Version};
+use strata_testkit::MemoryLog;
+use strata_testkit::network::{NetLog, Network, SILENCE_LIMIT};
+use tokio::time::Instant;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+fn no_delay() -> std::ops::Range<Duration> {
+    Duration::ZERO..Duration::ZERO
+}
+
+async fn newest(log: &MemoryLog) -> Version {
+    log.pull(Version(0), 10_000)
+        .await
+        .unwrap()
+        .last()
+        .map_or(Version(0), |e| e.version)
+}
+
+fn is_unavailable(e: &strata_core::Error) -> bool {
+    matches!(e.kind, ErrorKind::Unavailable(_))
+}
+
+#[test]
+fn a_lost_request_never_reaches_the_stage_and_a_lost_answer_does() {
+    runtime().block_on(async {
+        let network = Network::new(1, no_delay());
+        let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+        let remote = NetLog::new(log.clone(), &network, "log-0");
+        let payload = || Bytes::from_static(b"x");
+
+        network.lose_requests(1);
+        let e = remote.push(Epoch(1), Version(0), Version(1), payload()).await;
+        assert!(is_unavailable(&e.unwrap_err()));
+        assert_eq!(newest(&log).await, Version(0), "a lost request was applied");
+
+        network.lose_answers(1);
+        let e = remote.push(Epoch(1), Version(0), Version(1), payload()).await;
+        assert!(is_unavailable(&e.unwrap_err()));
+        assert_eq!(newest(&log).await, Version(1), "a lost answer's call was not applied");
+
+        // Spent: the next call goes through.
+        remote
+            .push(Epoch(1), Version(1), Version(2), payload())
+            .await
+            .unwrap();
+        assert_eq!(network.counts().0, 2);
+    });
+}
+
+#[test]
+fn a_partition_holds_calls_until_it_heals_or_the_silence_limit() {
+    runtime().block_on(async {
+        let network = Network::new(2, no_delay());
+        let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+        let remote = NetLog::new(log.clone(), &network, "log-0");
+        let other = NetLog::new(log.clone(), &network, "log-1");
+
+        // Healed before the limit: the call waits for it, then goes through.
+        network.partition("log-0", Duration::from_secs(2));
+        let started = Instant::now();
+        // (A lock answers at once; a pull of an empty log would wait for an entry.)
+        remote.lock(Epoch(1)).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        // Other roles are not cut off.
+        network.partition("log-0", Duration::from_secs(30));
+        let started = Instant::now();
+        other.lock(Epoch(1)).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO);
+
+        // Longer than the limit: the call fails after it, unseen by the stage.
+        let started = Instant::now();
+        let e = remote
+            .push(Epoch(1), Version(0), Version(1), Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(is_unavailable(&e));
+        assert_eq!(started.elapsed(), SILENCE_LIMIT);
+        assert_eq!(newest(&log).await, Version(0));
+    });
+}
+
+#[test]
+fn a_killed_role_refuses_calls_and_its_next_incarnation_is_alive() {
+    runtime().block_on(async {
+        let network = Network::new(3, no_delay());
+        let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+        let first = NetLog::new(log.clone(), &network, "log-0");
+        assert_eq!(network.roles(), vec!["log-0".to_owned()]);
+        assert_eq!(network.kill("log-0"), 1);
+        assert!(network.roles().is_empty());
+        let started = Instant::now();
+        let e = first.lock(Epoch(1)).await.unwrap_err();
+        assert!(is_unavailable(&e), "{e}");
+        assert_eq!(started.elapsed(), Duration::ZERO, "a refused connection waits");
+
+        // Restarted: a new incarnation of the same role.
+        let second = NetLog::new(log.clone(), &network, "log-0");
+        second.lock(Epoch(1)).await.unwrap();
+        assert!(first.lock(Epoch(1)).await.is_err(), "the killed one came back");
+        assert!(network.killed().contains("log-0"));
+    });
+}
+
+#[test]
+fn delays_come_from_the_latency_range_and_replay_from_the_seed() {
+    let run = |seed: u64| {
+        runtime().block_on(async move {
+            // Whole milliseconds: tokio's timer rounds a sleep up to the next one.
+            let range = Duration::from_millis(1)..Duration::from_millis(9);
+            let network = Network::new(seed, range.clone());
+            let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+            let remote = NetLog::new(log, &network, "log-0");
+            let mut took = Vec::new();
+            for _ in 0..50 {
+                let started = Instant::now();
+                remote.lock(Epoch(1)).await.unwrap();
+                let elapsed = started.elapsed();
+                // A request and an answer, each within the range.
+                assert!(elapsed >= range.start * 2 && elapsed <= range.end * 2, "{elapsed:?}");
+                took.push(elapsed);
+            }
+            took
+        })
+    };
+    let first = run(11);
+    assert_eq!(first, run(11), "the same seed gave other delays");
+    assert_ne!(first, run(12), "another seed gave the same delays");
+    assert!(first.iter().any(|d| *d != first[0]), "every delay the same");
+}
