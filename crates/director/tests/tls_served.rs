@@ -117,6 +117,19 @@ fn tls_options_are_checked_before_anything_starts() {
         "{unlistened:?}"
     );
 
+    // On a client command, TLS without a cluster file: refused, not ignored.
+    let unused = strata()
+        .args(["workload", "check", "--data-dir"])
+        .arg(&data)
+        .args(flags(&node))
+        .output()
+        .unwrap();
+    assert_eq!(unused.status.code(), Some(1), "{unused:?}");
+    assert!(
+        String::from_utf8_lossy(&unused.stderr).contains("--cluster-file"),
+        "{unused:?}"
+    );
+
     // A key that is not the certificate's: refused before the directory is touched.
     let mut mismatched = flags(&node);
     mismatched[5] = dir.path().join("rogue.key").display().to_string();

@@ -127,10 +127,18 @@ impl Link {
             if !tls && is_tls_answer(&status) {
                 return Err(self.refused(
                     stage,
-                    "answered with TLS: the cluster's processes use TLS, and this one was \
-                     given no TLS credentials (--tls-ca, --tls-cert, --tls-key)"
+                    "answered with bytes that are not HTTP/2, as a TLS server answers a \
+                     client without TLS: the cluster's processes may use TLS, and this one was \
+                     given no TLS credentials; or this is not a Strata server's address"
                         .into(),
                 ));
+            }
+            // Any TLS failure of this call: it describes, and changes nothing, so whatever
+            // the handshake's end said (a certificate refused, a signature that did not
+            // verify, which an authority of the same name with another key gives), it is
+            // final.
+            if let Some(failed) = TlsFailure::of(&status) {
+                return Err(self.refused(stage, format!("the TLS handshake failed: {failed}")));
             }
             let error = from_status(stage, &self.peer, &status);
             let in_transit = status.details().is_empty()
@@ -142,17 +150,20 @@ impl Link {
             last = Some(causes(&status));
             tokio::time::sleep(FIRST_CALL_RETRY).await;
         }
+        // The last failure is all there is to go on: a server that stopped between the
+        // connection and the call, or (what a lost race with the handshake's end looks like)
+        // one that refused this process's certificate or its lack of one.
         let (attempts, likely) = if tls {
             (
                 "TLS handshakes",
-                "the server may refuse this process's certificate (not of the server's \
-                 authority, or expired)",
+                "the server may be stopping, or may refuse this process's certificate (not \
+                 of the server's authority, or expired)",
             )
         } else {
             (
                 "connections",
-                "the server may require TLS, and this process was given no TLS credentials \
-                 (--tls-ca, --tls-cert, --tls-key)",
+                "the server may be stopping, or may require TLS, which this process was \
+                 given no credentials for",
             )
         };
         Err(Error::new(

@@ -23,10 +23,15 @@
 //!   every `connect` and [`serve`] takes in place of a bare [`ClusterId`]): a server with TLS
 //!   refuses, during the handshake, a client without a certificate of the cluster's
 //!   authority, and a client refuses a server whose certificate is not of that authority or
-//!   not for the host it dialled. The refusal is an `InvalidRequest` that says so. (With TLS
-//!   1.3 a server checks the client's certificate after the client's handshake is done, so a
-//!   client learns of the refusal with its first call: every new TLS connection makes one
-//!   before it is used.) A plain client and a TLS server never understand each other.
+//!   not for the host it dialled. With TLS 1.3 a server checks the client's certificate after
+//!   the client's handshake is done, so a client learns of a refusal only with its first
+//!   call, which races the connection's end: every `connect` makes one call (a description,
+//!   which changes nothing) before it returns, up to five times, and a refusal it sees is an
+//!   `InvalidRequest` that says so; when every try lost the race, `Unavailable` with a text
+//!   that names the likely cause. A later call refused by a certificate alert (the channel
+//!   connects again by itself after a connection is lost) is an `InvalidRequest` too: the
+//!   server read nothing. A plain client and a TLS server never understand each other. The
+//!   one certificate a process holds serves for every call: roles are not told apart.
 //! - Epochs travel inside the calls that have one (a push, a lock) and are fenced by the stage
 //!   itself, exactly as for a local caller.
 //! - A stage's error travels whole: the status details hold its stage and kind with their

@@ -94,8 +94,9 @@ pub enum Exposure {
     /// Every call: for the processes of one cluster, which call each other's stages.
     ///
     /// The cluster id is a guard against a process given the wrong address, not a password:
-    /// it travels in the clear. Whoever reaches the port with the id can lock or pop a log,
-    /// so serve everything only where only the cluster's own processes reach it.
+    /// it travels in the clear. Whoever reaches the port with the id (and, with TLS, a
+    /// certificate of the cluster's authority) can lock or pop a log, so serve everything only
+    /// where only the cluster's own processes reach it.
     Everything,
 }
 

@@ -216,8 +216,10 @@ pub(crate) struct TlsFailure {
     text: String,
     /// What it most likely means, or nothing.
     hint: &'static str,
-    /// Whether the peer refused this process's certificate: an alert a server sends only
-    /// during the handshake, before it reads any call.
+    /// Whether one end refused the other's certificate: the server's alert, which it sends
+    /// only during the handshake, before it reads any call; or this process's own verifier,
+    /// which runs only during the handshake, before it sends any call. A call that fails so
+    /// was never done.
     pub(crate) refusal: bool,
 }
 
@@ -262,7 +264,12 @@ impl TlsFailure {
                 if let Some(alert) = text.strip_prefix(ALERT_PREFIX) {
                     let refusal = REFUSALS.iter().any(|a| format!("{a:?}") == alert);
                     return Some(TlsFailure {
-                        hint: if refusal { REFUSED_HINT } else { "" },
+                        hint: if refusal {
+                            REFUSED_HINT
+                        } else {
+                            " (the server ended the handshake: it may refuse this process's \
+                             certificate)"
+                        },
                         text,
                         refusal,
                     });
@@ -275,12 +282,16 @@ impl TlsFailure {
 
     fn from_rustls(error: &rustls::Error) -> TlsFailure {
         use rustls::Error as E;
-        let refusal = matches!(error, E::AlertReceived(a) if REFUSALS.contains(a));
+        let refusal = matches!(error, E::AlertReceived(a) if REFUSALS.contains(a))
+            || matches!(error, E::InvalidCertificate(_));
         let hint = match error {
-            _ if refusal => REFUSED_HINT,
             E::InvalidCertificate(_) => {
                 " (the server's certificate is not of this process's certificate authority, \
-                 or not for the host dialled)"
+                 has expired, or does not name the host dialled)"
+            }
+            _ if refusal => REFUSED_HINT,
+            E::AlertReceived(_) => {
+                " (the server ended the handshake: it may refuse this process's certificate)"
             }
             E::InvalidMessage(_) | E::InappropriateMessage { .. } => " (does the server use TLS?)",
             _ => "",

@@ -14,7 +14,8 @@ use strata_net::{Access, Exposure, RemoteLog, Stages, Tls};
 use strata_testkit::MemoryLog;
 use strata_testkit::certs::{CA, NODE_CERT, NODE_KEY, ROGUE_CA, ROGUE_CERT, ROGUE_KEY};
 
-use common::{Served, cluster};
+use common::{Served, cluster, raw_call};
+use prost::Message;
 
 fn node() -> Tls {
     Tls::from_pem(CA, NODE_CERT, NODE_KEY).unwrap()
@@ -178,7 +179,96 @@ async fn a_client_with_tls_refuses_a_certificate_for_another_host() {
     .await;
     let text = refused(RemoteLog::connect(&served.address, access(Some(node())), LogId(3)).await);
     assert!(text.contains("TLS handshake failed"), "{text}");
-    assert!(text.contains("not for the host dialled"), "{text}");
+    assert!(text.contains("does not name the host dialled"), "{text}");
+    served.stop().await;
+}
+
+/// A push sent raw over a TLS connection made with `tls`, skipping the first call a
+/// `connect` makes: the server must refuse it before the log sees it.
+async fn raw_push(address: &str, tls: tonic::transport::ClientTlsConfig) -> tonic::Status {
+    let channel = tonic::transport::Channel::from_shared(format!("https://{address}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("the client's side of the handshake ends before the server checks it");
+    let push = strata_net::proto::PushRequest {
+        log_id: Some(3),
+        epoch: 1,
+        previous_version: 0,
+        version: 10,
+        payload: b"never".to_vec().into(),
+    };
+    let mut grpc = tonic::client::Grpc::new(channel);
+    raw_call(
+        &mut grpc,
+        "t-tls",
+        "/strata.v1.Log/Push",
+        push.encode_to_vec().into(),
+    )
+    .await
+    .expect_err("a push got through without a certificate of the authority")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_sent_at_once_without_a_valid_certificate_never_reaches_the_log() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let (served, log) = served_log(Some(node())).await;
+    let trusting = || ClientTlsConfig::new().ca_certificate(Certificate::from_pem(CA));
+    for _ in 0..10 {
+        // No certificate at all, and one of another authority.
+        raw_push(&served.address, trusting()).await;
+        let rogue = trusting().identity(Identity::from_pem(ROGUE_CERT, ROGUE_KEY));
+        raw_push(&served.address, rogue).await;
+    }
+    assert!(log.pull(Version(0), 10).await.unwrap().is_empty());
+    // The same push with the right certificate goes through: the request itself is good.
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", served.address))
+        .unwrap()
+        .tls_config(trusting().identity(Identity::from_pem(NODE_CERT, NODE_KEY)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let push = strata_net::proto::PushRequest {
+        log_id: Some(3),
+        epoch: 1,
+        previous_version: 0,
+        version: 10,
+        payload: b"accepted".to_vec().into(),
+    };
+    let mut grpc = tonic::client::Grpc::new(channel);
+    raw_call(
+        &mut grpc,
+        "t-tls",
+        "/strata.v1.Log/Push",
+        push.encode_to_vec().into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(log.pull(Version(0), 10).await.unwrap().len(), 1);
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_is_told_the_server_wants_one() {
+    // TLS and the right authority, but no certificate of its own: the server's alert is
+    // `CertificateRequired`. `Tls` always holds one, so this client is built raw; its first
+    // call must carry the refusal or fail in transit, never get through.
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let (served, _log) = served_log(Some(node())).await;
+    // Each push fails (`raw_push` checks); the ones that won the race with the connection's
+    // end carry the server's reason.
+    let mut told = 0;
+    for _ in 0..30 {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(CA));
+        let status = raw_push(&served.address, tls).await;
+        if format!("{status:?}").contains("CertificateRequired") {
+            told += 1;
+        }
+    }
+    assert!(told > 0, "no push was refused for want of a certificate");
     served.stop().await;
 }
 
@@ -192,7 +282,10 @@ fn credentials_are_checked_when_loaded() {
     let text = refusal(Tls::from_pem(b"not pem", NODE_CERT, NODE_KEY));
     assert!(text.contains("certificate authority"), "{text}");
     let text = refusal(Tls::from_pem(CA, NODE_KEY, NODE_KEY));
-    assert!(text.contains("the certificate"), "{text}");
+    assert!(
+        text.starts_with("director: invalid request: the certificate:"),
+        "{text}"
+    );
     let text = refusal(Tls::from_pem(CA, NODE_CERT, NODE_CERT));
     assert!(text.contains("private key"), "{text}");
     // A key of another certificate.

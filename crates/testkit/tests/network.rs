@@ -44,14 +44,22 @@ fn a_lost_request_never_reaches_the_stage_and_a_lost_answer_does() {
         let payload = || Bytes::from_static(b"x");
 
         network.lose_requests(1);
-        let e = remote.push(Epoch(1), Version(0), Version(1), payload()).await;
+        let e = remote
+            .push(Epoch(1), Version(0), Version(1), payload())
+            .await;
         assert!(is_unavailable(&e.unwrap_err()));
         assert_eq!(newest(&log).await, Version(0), "a lost request was applied");
 
         network.lose_answers(1);
-        let e = remote.push(Epoch(1), Version(0), Version(1), payload()).await;
+        let e = remote
+            .push(Epoch(1), Version(0), Version(1), payload())
+            .await;
         assert!(is_unavailable(&e.unwrap_err()));
-        assert_eq!(newest(&log).await, Version(1), "a lost answer's call was not applied");
+        assert_eq!(
+            newest(&log).await,
+            Version(1),
+            "a lost answer's call was not applied"
+        );
 
         // Spent: the next call goes through.
         remote
@@ -106,12 +114,19 @@ fn a_killed_role_refuses_calls_and_its_next_incarnation_is_alive() {
         let started = Instant::now();
         let e = first.lock(Epoch(1)).await.unwrap_err();
         assert!(is_unavailable(&e), "{e}");
-        assert_eq!(started.elapsed(), Duration::ZERO, "a refused connection waits");
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "a refused connection waits"
+        );
 
         // Restarted: a new incarnation of the same role.
         let second = NetLog::new(log.clone(), &network, "log-0");
         second.lock(Epoch(1)).await.unwrap();
-        assert!(first.lock(Epoch(1)).await.is_err(), "the killed one came back");
+        assert!(
+            first.lock(Epoch(1)).await.is_err(),
+            "the killed one came back"
+        );
         assert!(network.killed().contains("log-0"));
     });
 }
@@ -131,7 +146,10 @@ fn delays_come_from_the_latency_range_and_replay_from_the_seed() {
                 remote.lock(Epoch(1)).await.unwrap();
                 let elapsed = started.elapsed();
                 // A request and an answer, each within the range.
-                assert!(elapsed >= range.start * 2 && elapsed <= range.end * 2, "{elapsed:?}");
+                assert!(
+                    elapsed >= range.start * 2 && elapsed <= range.end * 2,
+                    "{elapsed:?}"
+                );
                 took.push(elapsed);
             }
             took

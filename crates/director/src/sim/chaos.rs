@@ -101,10 +101,14 @@ pub(crate) async fn run(
             let kind = rng.below(4);
             let n = 1 + rng.below(3);
             if kind == 0 {
-                trace.fault(format!("at {at} ms: the network loses the next {n} requests"));
+                trace.fault(format!(
+                    "at {at} ms: the network loses the next {n} requests"
+                ));
                 network.lose_requests(n);
             } else if kind == 1 {
-                trace.fault(format!("at {at} ms: the network loses the next {n} answers"));
+                trace.fault(format!(
+                    "at {at} ms: the network loses the next {n} answers"
+                ));
                 network.lose_answers(n);
             } else if !roles.is_empty() {
                 let role = &roles[rng.below(roles.len() as u64) as usize];

@@ -45,11 +45,7 @@ pub(crate) struct EpochEnds {
 impl EpochEnds {
     /// Checks the epochs `serving` names, allowing [`ROUNDS`] rounds of `round` (the
     /// monitoring interval, and the time its probes spend crossing the network).
-    pub(crate) fn new(
-        serving: Current,
-        round: Duration,
-        trace: Arc<Trace>,
-    ) -> Arc<EpochEnds> {
+    pub(crate) fn new(serving: Current, round: Duration, trace: Arc<Trace>) -> Arc<EpochEnds> {
         Arc::new(EpochEnds {
             serving,
             bound: round * ROUNDS,

@@ -494,6 +494,27 @@ impl<'a> Boot<'a> {
         Ok(booted)
     }
 
+    /// What this boot's recoveries run with: the chaos's faults, the simulated disk under the
+    /// logs, and the network every stage of every epoch is reached across (a crash restarts
+    /// every process, so each boot has its own). The clean boot's network has no delay: its
+    /// checks read every acknowledged key, one by one, within one transaction's lifetime.
+    fn recovery_env(
+        &self,
+        chaos: bool,
+        faults: &Arc<Faults>,
+        disk: &Arc<PowerDisk>,
+    ) -> (RecoveryEnv, Arc<Network>) {
+        let latency = if chaos { self.plan.latency_ms_max } else { 0 };
+        let network = Network::new(
+            self.chaos_seed.rotate_left(41),
+            Duration::ZERO..Duration::from_millis(latency),
+        );
+        let mut env = RecoveryEnv::with_faults(faults.clone());
+        env.log_fs = Some(disk.clone());
+        env.network = Some(network.clone());
+        (env, network)
+    }
+
     async fn serve_for(
         &self,
         length: Duration,
@@ -503,17 +524,7 @@ impl<'a> Boot<'a> {
         disk: &Arc<PowerDisk>,
     ) -> Result<(Booted, Epoch)> {
         let started = tokio::time::Instant::now();
-        let mut env = RecoveryEnv::with_faults(faults.clone());
-        env.log_fs = Some(disk.clone());
-        // Every stage of every epoch is reached across one simulated network per boot (a
-        // crash restarts every process). The clean boot's has no delay: its checks read every
-        // acknowledged key, one by one, within one transaction's lifetime.
-        let latency = if chaos { self.plan.latency_ms_max } else { 0 };
-        let network = Network::new(
-            self.chaos_seed.rotate_left(41),
-            Duration::ZERO..Duration::from_millis(latency),
-        );
-        env.network = Some(network.clone());
+        let (env, network) = self.recovery_env(chaos, faults, disk);
         let (serving_tx, serving) = watch::channel::<Serving>(None);
         let config = self.plan.config();
         let data_dir = self.data_dir.clone();

@@ -14,11 +14,9 @@ use super::{CheckArgs, CycleArgs};
 pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
     super::listen_for_signals();
     // The cluster this process starts, or none when it connects to one served elsewhere.
+    let tls = args.tls.load_for(args.cluster_file.as_ref())?;
     let (cluster, db) = match &args.cluster_file {
-        Some(file) => {
-            let tls = args.tls.load()?;
-            (None, ClusterFile::read(file)?.connect(tls.as_ref()).await?)
-        }
+        Some(file) => (None, ClusterFile::read(file)?.connect(tls.as_ref()).await?),
         None => {
             let config = EmbeddedConfig::default().with_stored_layout(&args.data_dir)?;
             let cluster = EmbeddedCluster::start(&args.data_dir, config).await?;
@@ -65,11 +63,10 @@ pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
 /// but the lock file is written, so checking after a crash leaves the directory as the crash
 /// left it.
 pub(crate) async fn check(args: CheckArgs) -> strata_core::Result<()> {
+    let tls = args.tls.load_for(args.cluster_file.as_ref())?;
     if let Some(file) = &args.cluster_file {
         // Through the serving process: a read version of the running cluster, no epoch.
-        let db = ClusterFile::read(file)?
-            .connect(args.tls.load()?.as_ref())
-            .await?;
+        let db = ClusterFile::read(file)?.connect(tls.as_ref()).await?;
         let tx = db.begin().await?;
         let nodes = check_ring_in(&tx).await?;
         out!(

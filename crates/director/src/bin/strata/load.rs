@@ -105,11 +105,12 @@ pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
             ErrorKind::InvalidRequest("--read-fraction must be between 0 and 1".into()),
         ));
     }
+    let tls = args.tls.load_for(args.cluster_file.as_ref())?;
     let (_owner, cluster, db, floors, served_at) = match &args.cluster_file {
         Some(file) => {
             let file = ClusterFile::read(file)?;
             let served_at = file.served_at()?;
-            let db = file.connect(args.tls.load()?.as_ref()).await?;
+            let db = file.connect(tls.as_ref()).await?;
             (None, None, db, None, Some(served_at))
         }
         None => {

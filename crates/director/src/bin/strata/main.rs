@@ -266,6 +266,23 @@ struct TlsArgs {
 }
 
 impl TlsArgs {
+    /// The credentials for a client command, which uses them only through `cluster_file`:
+    /// options given without it are refused, not ignored.
+    fn load_for(
+        &self,
+        cluster_file: Option<&PathBuf>,
+    ) -> strata_core::Result<Option<strata_net::Tls>> {
+        if cluster_file.is_none() && self.tls_ca.is_some() {
+            return Err(strata_core::Error::new(
+                strata_core::Stage::Director,
+                strata_core::ErrorKind::InvalidRequest(
+                    "--tls-* are for a cluster reached through --cluster-file".into(),
+                ),
+            ));
+        }
+        self.load()
+    }
+
     /// The credentials the options name, loaded and checked; none without the options.
     fn load(&self) -> strata_core::Result<Option<strata_net::Tls>> {
         match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
@@ -604,10 +621,11 @@ async fn dump(args: DumpArgs) -> strata_core::Result<()> {
             )),
         )
     })?;
+    let tls = args.tls.load_for(args.cluster_file.as_ref())?;
     let dump = match &args.cluster_file {
         Some(file) => {
             let file = strata_director::cluster_file::ClusterFile::read(file)?;
-            strata_director::dump_served(&file, args.tls.load()?.as_ref(), &prefix).await?
+            strata_director::dump_served(&file, tls.as_ref(), &prefix).await?
         }
         None => strata_director::dump(&args.data_dir, &prefix).await?,
     };
