@@ -62,12 +62,13 @@ pub(super) struct OldLog {
 /// Phase 3: locks the previous logs with the new epoch, so older epochs can push no more, and
 /// learns what each holds once the pushes accepted before the lock have landed.
 pub(super) async fn lock_previous_logs(
+    env: &RecoveryEnv,
     inspected: &Inspected,
     claim: &Claim,
 ) -> Attempt<Vec<OldLog>> {
     let mut out = Vec::new();
     for (place, log) in &inspected.logs {
-        let state = log.lock(claim.epoch).await?;
+        let state = env.reach(log).lock(claim.epoch).await?;
         out.push(OldLog {
             place: place.clone(),
             log: log.clone(),
@@ -147,13 +148,15 @@ pub(super) async fn recruit_logs(
             let log = env.open_log(&path, id, OpenMode::Create(source.anchor), config.log)?;
             created.places.push(LogPlace { id, dir });
             created.logs.push(log.clone());
-            log.lock(epoch).await?;
+            env.reach(&log).lock(epoch).await?;
         }
         sync_dir(&logs_dir)?;
         if let Some((dir, log)) = &source.log {
+            let targets: Vec<Arc<dyn LogServer>> =
+                created.logs.iter().map(|l| env.reach(l)).collect();
             replay(
-                log,
-                &created.logs,
+                env.reach(log).as_ref(),
+                &targets,
                 epoch,
                 base,
                 recovery_version,

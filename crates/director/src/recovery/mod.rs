@@ -24,9 +24,9 @@
 //! can never work (the coordinator stops), `Attempt` otherwise (the coordinator starts the next
 //! epoch). Nothing is retried within an epoch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -34,14 +34,13 @@ use strata_commit_proxy::BatchingProxy;
 use strata_core::buggify;
 use strata_core::system::{BeginKey, SystemConfig, TransactionSystemLayout, keys};
 use strata_core::{
-    CommitProxy, Epoch, Error, ErrorKind, Key, LogId, LogServer, Resolver, Result, Sequencer,
-    Stage, StorageServer, Version, printable,
+    CommitProxy, Epoch, Error, ErrorKind, Key, LogServer, Resolver, Sequencer, Stage,
+    StorageServer, Version, printable,
 };
 use strata_resolver::WindowResolver;
 use strata_sequencer::ClockSequencer;
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_testkit::network::{NetLog, NetProxy, NetResolver, NetSequencer, NetStorage, Network};
-use strata_tlog::fs::{Fs, RealFs};
 use strata_tlog::{FileLog, OpenMode};
 use strata_txn_builder::Database;
 use tracing::Instrument;
@@ -50,26 +49,23 @@ use crate::check::{check_directory, read_holdings};
 use crate::cluster::{EmbeddedCluster, Pipeline, Watermark};
 use crate::config::EmbeddedConfig;
 use crate::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT, StateStore};
-use crate::faults::{
-    Faults, FaultyFs, FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage,
-};
+use crate::faults::{FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage};
 use crate::owner::{DirectoryLock, lock_directory};
 use crate::{split_begins, split_ranges};
 
+mod env;
 mod logs;
 pub(crate) mod persistence;
 pub(crate) mod replay;
+
+pub use env::RecoveryEnv;
+use env::log_role;
 
 use logs::{
     NewLogs, OldLog, choose_recovery_version, lock_previous_logs, recruit_logs, remove_unrecorded,
     sync_dir,
 };
 use persistence::persist_within_deadline;
-
-/// A log's name on a simulated network.
-fn log_role(id: LogId) -> String {
-    format!("log-{}", id.0)
-}
 
 pub(super) fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::Director, kind)
@@ -202,73 +198,6 @@ impl Phases {
     }
 }
 
-/// What recovery attempts of one process share: the logs it has open (a log directory is
-/// opened once per process, so a lock taken by a later epoch reaches every handle of an earlier
-/// one) and, in tests, the fault switchboard whose decorators wrap the new stages.
-#[derive(Clone, Default)]
-pub struct RecoveryEnv {
-    /// Armed faults, injected through decorators around every stage the pipeline uses, and
-    /// into the logs' file system (a failing sync).
-    pub faults: Option<Arc<Faults>>,
-    /// The file system the logs are opened through: `None` for the operating system's (under
-    /// `faults`' failing sync, when there are faults). The simulation puts a disk here that
-    /// remembers what was synced, to lose the rest in a power loss.
-    pub log_fs: Option<Arc<dyn Fs>>,
-    /// Where this process serves its stages to other processes (`host:port`, as `strata serve
-    /// --listen` bound it), if it does: recorded in the coordinated state, where a client that
-    /// knows the cluster by its cluster file finds it, and in the layout's names.
-    pub served_at: Option<String>,
-    /// A simulated network the new stages are reached across (every call of the commit path,
-    /// the clients', monitoring's and the storage servers' pulls), as if each stage ran in a
-    /// process of its own; `None` calls them directly. The simulation puts one here.
-    pub network: Option<Arc<Network>>,
-    logs: Arc<Mutex<HashMap<PathBuf, Weak<FileLog>>>>,
-}
-
-impl RecoveryEnv {
-    /// An environment with the fault switchboard `faults`.
-    pub fn with_faults(faults: Arc<Faults>) -> RecoveryEnv {
-        RecoveryEnv {
-            faults: Some(faults),
-            ..RecoveryEnv::default()
-        }
-    }
-
-    /// The log in `dir`: the one this process has open, unless a failed write poisoned it (it
-    /// is closed and opened again, and the open writes its directory again and syncs it first:
-    /// the page cache may hold records the failed sync never wrote back), or a new handle
-    /// opened by `mode`.
-    fn open_log(
-        &self,
-        dir: &Path,
-        id: LogId,
-        mode: OpenMode,
-        config: strata_tlog::FileLogConfig,
-    ) -> Result<Arc<FileLog>> {
-        let mut logs = self
-            .logs
-            .lock()
-            .map_err(|_| error(ErrorKind::Unavailable("log registry poisoned".into())))?;
-        if let Some(log) = logs.get(dir).and_then(Weak::upgrade) {
-            if !log.is_poisoned() {
-                return Ok(log);
-            }
-            tracing::warn!(dir = %dir.display(), "reopening a poisoned log from disk");
-            // Written again and synced first: the page cache may hold records its failed sync
-            // never wrote back (see `FileLog::close_resynced`).
-            log.close_resynced()?;
-        }
-        let fs: Arc<dyn Fs> = match (&self.log_fs, &self.faults) {
-            (Some(fs), _) => fs.clone(),
-            (None, Some(f)) => Arc::new(FaultyFs(f.clone())),
-            (None, None) => Arc::new(RealFs),
-        };
-        let log = Arc::new(FileLog::open_dir(fs, dir, id, mode, config)?);
-        logs.insert(dir.to_owned(), Arc::downgrade(&log));
-        Ok(log)
-    }
-}
-
 /// Runs one recovery of the cluster in `data_dir` under a new epoch, through the persistence
 /// phase. Any error ends the attempt at once (nothing is retried within an epoch); the caller
 /// (the coordinator loop in [`EmbeddedCluster::start`]) starts the next epoch unless the error
@@ -296,7 +225,10 @@ pub async fn recover(
         )
         .await?;
     let old = phases
-        .run("lock_previous_logs", lock_previous_logs(&inspected, &claim))
+        .run(
+            "lock_previous_logs",
+            lock_previous_logs(env, &inspected, &claim),
+        )
         .await?;
     let recovery_version = phases
         .run("choose_recovery_version", async {

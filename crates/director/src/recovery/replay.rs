@@ -94,8 +94,8 @@ fn queued_bytes(entry: &LogEntry) -> usize {
 /// of a wave are issued together, so each log's group commit syncs them in a few groups; a
 /// wave holds at most `wave_bytes` (at least one entry), which must fit the logs' queues.
 pub(crate) async fn replay(
-    source: &FileLog,
-    targets: &[Arc<FileLog>],
+    source: &dyn LogServer,
+    targets: &[Arc<dyn LogServer>],
     epoch: Epoch,
     base: Version,
     through: Version,

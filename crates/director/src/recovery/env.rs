@@ -1,0 +1,95 @@
+//! What recovery attempts of one process share: the logs it has open, and what tests and the
+//! simulation put between the recovery and the stages (faults, a disk, a network).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use strata_core::{ErrorKind, LogId, LogServer, Result};
+use strata_testkit::network::{NetLog, Network};
+use strata_tlog::fs::{Fs, RealFs};
+use strata_tlog::{FileLog, OpenMode};
+
+use super::error;
+use crate::faults::{Faults, FaultyFs};
+
+/// A log's name on a simulated network.
+pub(super) fn log_role(id: LogId) -> String {
+    format!("log-{}", id.0)
+}
+
+/// What recovery attempts of one process share: the logs it has open (a log directory is
+/// opened once per process, so a lock taken by a later epoch reaches every handle of an earlier
+/// one) and, in tests, the fault switchboard whose decorators wrap the new stages.
+#[derive(Clone, Default)]
+pub struct RecoveryEnv {
+    /// Armed faults, injected through decorators around every stage the pipeline uses, and
+    /// into the logs' file system (a failing sync).
+    pub faults: Option<Arc<Faults>>,
+    /// The file system the logs are opened through: `None` for the operating system's (under
+    /// `faults`' failing sync, when there are faults). The simulation puts a disk here that
+    /// remembers what was synced, to lose the rest in a power loss.
+    pub log_fs: Option<Arc<dyn Fs>>,
+    /// Where this process serves its stages to other processes (`host:port`, as `strata serve
+    /// --listen` bound it), if it does: recorded in the coordinated state, where a client that
+    /// knows the cluster by its cluster file finds it, and in the layout's names.
+    pub served_at: Option<String>,
+    /// A simulated network the new stages are reached across (every call of the commit path,
+    /// the clients', monitoring's and the storage servers' pulls), as if each stage ran in a
+    /// process of its own; `None` calls them directly. The simulation puts one here.
+    pub network: Option<Arc<Network>>,
+    logs: Arc<Mutex<HashMap<PathBuf, Weak<FileLog>>>>,
+}
+
+impl RecoveryEnv {
+    /// An environment with the fault switchboard `faults`.
+    pub fn with_faults(faults: Arc<Faults>) -> RecoveryEnv {
+        RecoveryEnv {
+            faults: Some(faults),
+            ..RecoveryEnv::default()
+        }
+    }
+
+    /// `log` as the director reaches it: across the simulated network, when there is one
+    /// (locks, and the pulls and pushes of replay), or directly.
+    pub(super) fn reach(&self, log: &Arc<FileLog>) -> Arc<dyn LogServer> {
+        match &self.network {
+            Some(n) => Arc::new(NetLog::new(log.clone(), n, &log_role(log.id()))),
+            None => log.clone(),
+        }
+    }
+
+    /// The log in `dir`: the one this process has open, unless a failed write poisoned it (it
+    /// is closed and opened again, and the open writes its directory again and syncs it first:
+    /// the page cache may hold records the failed sync never wrote back), or a new handle
+    /// opened by `mode`.
+    pub(super) fn open_log(
+        &self,
+        dir: &Path,
+        id: LogId,
+        mode: OpenMode,
+        config: strata_tlog::FileLogConfig,
+    ) -> Result<Arc<FileLog>> {
+        let mut logs = self
+            .logs
+            .lock()
+            .map_err(|_| error(ErrorKind::Unavailable("log registry poisoned".into())))?;
+        if let Some(log) = logs.get(dir).and_then(Weak::upgrade) {
+            if !log.is_poisoned() {
+                return Ok(log);
+            }
+            tracing::warn!(dir = %dir.display(), "reopening a poisoned log from disk");
+            // Written again and synced first: the page cache may hold records its failed sync
+            // never wrote back (see `FileLog::close_resynced`).
+            log.close_resynced()?;
+        }
+        let fs: Arc<dyn Fs> = match (&self.log_fs, &self.faults) {
+            (Some(fs), _) => fs.clone(),
+            (None, Some(f)) => Arc::new(FaultyFs(f.clone())),
+            (None, None) => Arc::new(RealFs),
+        };
+        let log = Arc::new(FileLog::open_dir(fs, dir, id, mode, config)?);
+        logs.insert(dir.to_owned(), Arc::downgrade(&log));
+        Ok(log)
+    }
+}
