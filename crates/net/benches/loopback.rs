@@ -99,7 +99,9 @@ fn served(rt: &tokio::runtime::Runtime, log: Arc<MemoryLog>, access: Access) -> 
             listener,
             std::future::pending(),
         ));
-        RemoteLog::connect(&address, access, LogId(1)).await.unwrap()
+        RemoteLog::connect(&address, access, LogId(1))
+            .await
+            .unwrap()
     })
 }
 

@@ -12,14 +12,20 @@
 //!   and [`Network::lose_answers`] the next answers (the stage did the call: a push is durable,
 //!   a commit may be committed). Either way the caller gets `Unavailable`, as from a real
 //!   connection: it cannot tell the two apart, and must treat the outcome as unknown.
-//! - **Partition:** [`Network::partition`] cuts a role off for a while. A call to it waits,
-//!   as a call on a silent connection does, until the partition heals (then it goes through)
-//!   or [`SILENCE_LIMIT`] passes (then it fails `Unavailable`, as a connection whose pings go
-//!   unanswered). An answer that comes back while its role is cut off is lost.
+//! - **Partition:** [`Network::partition`] cuts calls to a role off for a while (not the
+//!   role's own calls to others). A request waits, as on a silent connection, until the
+//!   partition heals (then it goes through) or [`SILENCE_LIMIT`] passes (then it fails
+//!   `Unavailable`, as a connection whose pings go unanswered); so does an answer ready while
+//!   the role is cut off.
 //! - **A process killed:** [`Network::kill`] stops every role of that name that exists now:
 //!   each later call to them fails at once (`Unavailable`, a connection refused), and a call
-//!   in progress loses its answer. Roles made after the kill (the next epoch's, recruited
-//!   anew: a process restarted) are alive.
+//!   in progress loses its answer (what the stage did stays done: the stages of a cluster in
+//!   one process keep their memory). Roles made after the kill (recruited again by the next
+//!   epoch, or reached again by a recovery: a process restarted) are alive.
+//! - **The stage's side runs to its end:** once delivered, a call runs as a task of its own,
+//!   as a server runs a call it received, whatever becomes of the caller: a caller that gives
+//!   up (a timeout, a batch abandoned after another call failed) leaves it running, and it may
+//!   land after the caller saw an error.
 //!
 //! Calls of a stage that are not network calls (a log's `id`, a storage server's `shards`,
 //! a proxy's `epoch`) pass straight through.
@@ -71,6 +77,8 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 struct Endpoint {
     name: String,
     killed: bool,
+    /// Its decorator was dropped: no caller can reach it any more.
+    gone: bool,
 }
 
 #[derive(Debug)]
@@ -151,7 +159,11 @@ impl Network {
     pub fn kill(&self, role: &str) -> usize {
         let mut state = self.state();
         let mut killed = 0;
-        for endpoint in state.endpoints.iter_mut().filter(|e| e.name == role) {
+        for endpoint in state
+            .endpoints
+            .iter_mut()
+            .filter(|e| e.name == role && !e.gone)
+        {
             if !endpoint.killed {
                 endpoint.killed = true;
                 killed += 1;
@@ -167,7 +179,7 @@ impl Network {
         let alive: BTreeSet<&str> = state
             .endpoints
             .iter()
-            .filter(|e| !e.killed)
+            .filter(|e| !e.killed && !e.gone)
             .map(|e| e.name.as_str())
             .collect();
         alive.into_iter().map(str::to_owned).collect()
@@ -196,8 +208,27 @@ impl Network {
         state.endpoints.push(Endpoint {
             name: name.to_owned(),
             killed: false,
+            gone: false,
         });
         state.endpoints.len() - 1
+    }
+
+    /// The role of `incarnation` is no longer reachable (its decorator was dropped).
+    fn leave(&self, incarnation: usize) {
+        if let Some(endpoint) = self.state().endpoints.get_mut(incarnation) {
+            endpoint.gone = true;
+        }
+    }
+
+    /// Whether the role of `incarnation` is cut off now, and until when.
+    fn cut_off(&self, incarnation: usize) -> Option<Instant> {
+        let state = self.state();
+        let name = &state.endpoints[incarnation].name;
+        state
+            .partitions
+            .get(name)
+            .copied()
+            .filter(|&until| until > Instant::now())
     }
 
     fn delay(state: &mut State) -> Duration {
@@ -226,7 +257,7 @@ impl Network {
         if state.lose_requests > 0 {
             state.lose_requests -= 1;
             state.lost += 1;
-            return Passage::Fails(unavailable(stage, format!("{name}: request lost")));
+            return Passage::Fails(unavailable(stage, lost(&name)));
         }
         Passage::After(Network::delay(&mut state))
     }
@@ -236,31 +267,34 @@ impl Network {
         let mut state = self.state();
         let endpoint = &state.endpoints[incarnation];
         let name = endpoint.name.clone();
-        let cut_off = endpoint.killed
-            || state
-                .partitions
-                .get(&name)
-                .is_some_and(|&until| until > Instant::now());
-        if cut_off || state.lose_answers > 0 {
-            if !cut_off {
+        let killed = endpoint.killed;
+        if killed || state.lose_answers > 0 {
+            if !killed {
                 state.lose_answers -= 1;
             }
             state.lost += 1;
-            return Err(unavailable(
-                stage,
-                format!("{name}: answer lost; the call may or may not have taken effect"),
-            ));
+            return Err(unavailable(stage, lost(&name)));
         }
         Ok(Network::delay(&mut state))
     }
 
-    /// Carries `call` to the role of `incarnation` and its answer back.
-    async fn cross<T>(
+    /// Carries a call to the role of `incarnation` and its answer back. `call` makes the
+    /// stage's side of it, and is only called once the request is delivered; it then runs as
+    /// a task of its own, as a server runs a call it received, to its end whatever becomes of
+    /// the caller (one that gives up, a timeout, a batch abandoned, leaves it running, and it
+    /// may land after the caller saw an error). Its answer crosses back unless it is lost; an
+    /// answer ready while the role is cut off waits for the partition to heal, and is lost
+    /// when that takes longer than [`SILENCE_LIMIT`].
+    async fn cross<T, F>(
         &self,
         incarnation: usize,
         stage: Stage,
-        call: impl Future<Output = Result<T>>,
-    ) -> Result<T> {
+        call: impl FnOnce() -> F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
         let started = Instant::now();
         loop {
             match self.request(incarnation, stage) {
@@ -270,26 +304,47 @@ impl Network {
                 }
                 Passage::Fails(e) => return Err(e),
                 Passage::CutOff(until) => {
-                    let limit = started + SILENCE_LIMIT;
-                    if until >= limit {
-                        tokio::time::sleep_until(limit).await;
-                        self.state().lost += 1;
-                        return Err(unavailable(
-                            stage,
-                            format!(
-                                "no answer in {} s: connection dropped",
-                                SILENCE_LIMIT.as_secs()
-                            ),
-                        ));
-                    }
-                    tokio::time::sleep_until(until).await;
+                    self.hold(started, until, stage).await?;
                 }
             }
         }
-        let answer = call.await;
+        // Killed while the request was on its way: it finds no one.
+        if self.state().endpoints[incarnation].killed {
+            self.state().lost += 1;
+            return Err(unavailable(stage, "connection reset".into()));
+        }
+        let answer = tokio::spawn(call()).await.unwrap_or_else(|e| {
+            Err(unavailable(
+                stage,
+                format!("the stage's call ended abnormally: {e}"),
+            ))
+        });
+        let answered = Instant::now();
+        while let Some(until) = self.cut_off(incarnation) {
+            self.hold(answered, until, stage).await?;
+        }
         let delay = self.answer(incarnation, stage)?;
         sleep(delay).await;
         answer
+    }
+
+    /// Waits, from `since`, for a partition that ends at `until`: until it heals, or fails
+    /// `Unavailable` once [`SILENCE_LIMIT`] passed, as a connection whose peer is silent.
+    async fn hold(&self, since: Instant, until: Instant, stage: Stage) -> Result<()> {
+        let limit = since + SILENCE_LIMIT;
+        if until >= limit {
+            tokio::time::sleep_until(limit).await;
+            self.state().lost += 1;
+            return Err(unavailable(
+                stage,
+                format!(
+                    "no answer in {} s: connection dropped",
+                    SILENCE_LIMIT.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep_until(until).await;
+        Ok(())
     }
 }
 
@@ -299,12 +354,18 @@ async fn sleep(delay: Duration) {
     }
 }
 
+/// What a caller hears of a lost request and of a lost answer alike: it cannot tell them
+/// apart.
+fn lost(name: &str) -> String {
+    format!("{name}: no answer; the call may or may not have taken effect")
+}
+
 fn unavailable(stage: Stage, why: String) -> Error {
     Error::new(stage, ErrorKind::Unavailable(format!("network: {why}")))
 }
 
 /// A role's place on the network: the network, and which incarnation of which role.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Place {
     network: Arc<Network>,
     incarnation: usize,
@@ -318,8 +379,18 @@ impl Place {
         }
     }
 
-    async fn cross<T>(&self, stage: Stage, call: impl Future<Output = Result<T>>) -> Result<T> {
+    async fn cross<T, F>(&self, stage: Stage, call: impl FnOnce() -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
         self.network.cross(self.incarnation, stage, call).await
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.network.leave(self.incarnation);
     }
 }
 
@@ -346,17 +417,20 @@ impl Sequencer for NetSequencer {
     }
 
     async fn next_commit_version(&self, epoch: Epoch) -> Result<VersionPair> {
-        let call = self.inner.next_commit_version(epoch);
+        let inner = self.inner.clone();
+        let call = move || async move { inner.next_commit_version(epoch).await };
         self.place.cross(Stage::Sequencer, call).await
     }
 
     async fn report_committed(&self, epoch: Epoch, version: Version) -> Result<()> {
-        let call = self.inner.report_committed(epoch, version);
+        let inner = self.inner.clone();
+        let call = move || async move { inner.report_committed(epoch, version).await };
         self.place.cross(Stage::Sequencer, call).await
     }
 
     async fn read_version(&self) -> Result<Version> {
-        let call = self.inner.read_version();
+        let inner = self.inner.clone();
+        let call = move || async move { inner.read_version().await };
         self.place.cross(Stage::Sequencer, call).await
     }
 }
@@ -380,7 +454,8 @@ impl NetResolver {
 #[async_trait]
 impl Resolver for NetResolver {
     async fn resolve(&self, batch: ResolveBatch) -> Result<Vec<Verdict>> {
-        let call = self.inner.resolve(batch);
+        let inner = self.inner.clone();
+        let call = move || async move { inner.resolve(batch).await };
         self.place.cross(Stage::Resolver, call).await
     }
 }
@@ -408,7 +483,8 @@ impl CommitProxy for NetProxy {
     }
 
     async fn commit(&self, transaction: Bytes) -> Result<Version> {
-        let call = self.inner.commit(transaction);
+        let inner = self.inner.clone();
+        let call = move || async move { inner.commit(transaction).await };
         self.place.cross(Stage::CommitProxy, call).await
     }
 }
@@ -442,22 +518,27 @@ impl LogServer for NetLog {
         version: Version,
         payload: Bytes,
     ) -> Result<()> {
-        let call = self.inner.push(epoch, previous_version, version, payload);
+        let inner = self.inner.clone();
+        let call =
+            move || async move { inner.push(epoch, previous_version, version, payload).await };
         self.place.cross(Stage::Log, call).await
     }
 
     async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
-        let call = self.inner.pull(after, limit);
+        let inner = self.inner.clone();
+        let call = move || async move { inner.pull(after, limit).await };
         self.place.cross(Stage::Log, call).await
     }
 
     async fn lock(&self, epoch: Epoch) -> Result<LogState> {
-        let call = self.inner.lock(epoch);
+        let inner = self.inner.clone();
+        let call = move || async move { inner.lock(epoch).await };
         self.place.cross(Stage::Log, call).await
     }
 
     async fn pop(&self, version: Version) -> Result<()> {
-        let call = self.inner.pop(version);
+        let inner = self.inner.clone();
+        let call = move || async move { inner.pop(version).await };
         self.place.cross(Stage::Log, call).await
     }
 }
@@ -485,7 +566,8 @@ impl StorageServer for NetStorage {
     }
 
     async fn get(&self, key: Key, version: Version) -> Result<Option<Value>> {
-        let call = self.inner.get(key, version);
+        let inner = self.inner.clone();
+        let call = move || async move { inner.get(key, version).await };
         self.place.cross(Stage::Storage, call).await
     }
 
@@ -496,22 +578,26 @@ impl StorageServer for NetStorage {
         limit: usize,
         reverse: bool,
     ) -> Result<RangeRead> {
-        let call = self.inner.get_range(range, version, limit, reverse);
+        let inner = self.inner.clone();
+        let call = move || async move { inner.get_range(range, version, limit, reverse).await };
         self.place.cross(Stage::Storage, call).await
     }
 
     async fn applied_version(&self) -> Result<Version> {
-        let call = self.inner.applied_version();
+        let inner = self.inner.clone();
+        let call = move || async move { inner.applied_version().await };
         self.place.cross(Stage::Storage, call).await
     }
 
     async fn durable_version(&self) -> Result<Version> {
-        let call = self.inner.durable_version();
+        let inner = self.inner.clone();
+        let call = move || async move { inner.durable_version().await };
         self.place.cross(Stage::Storage, call).await
     }
 
     async fn roll_back(&self, version: Version) -> Result<()> {
-        let call = self.inner.roll_back(version);
+        let inner = self.inner.clone();
+        let call = move || async move { inner.roll_back(version).await };
         self.place.cross(Stage::Storage, call).await
     }
 }

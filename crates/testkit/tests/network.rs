@@ -160,3 +160,80 @@ fn delays_come_from_the_latency_range_and_replay_from_the_seed() {
     assert_ne!(first, run(12), "another seed gave the same delays");
     assert!(first.iter().any(|d| *d != first[0]), "every delay the same");
 }
+
+#[test]
+fn a_call_delivered_runs_to_its_end_when_its_caller_gives_up() {
+    runtime().block_on(async {
+        let network = Network::new(4, Duration::from_millis(5)..Duration::from_millis(6));
+        let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+        let remote = NetLog::new(log.clone(), &network, "log-0");
+        // A push that arrives before its predecessor waits in the log for it; its caller
+        // gives up meanwhile (delivered at 5 ms, given up at 8 ms).
+        let push = remote.push(Epoch(1), Version(1), Version(2), Bytes::from_static(b"x"));
+        let gave_up = tokio::time::timeout(Duration::from_millis(8), push).await;
+        assert!(
+            gave_up.is_err(),
+            "the push did not wait for its predecessor"
+        );
+        // The predecessor lands: the push the caller gave up on lands after it.
+        log.push(Epoch(1), Version(0), Version(1), Bytes::from_static(b"w"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            newest(&log).await,
+            Version(2),
+            "the delivered push was cancelled"
+        );
+
+        // Given up before delivery: nothing lands.
+        let push = remote.push(Epoch(1), Version(2), Version(3), Bytes::from_static(b"y"));
+        let gave_up = tokio::time::timeout(Duration::from_millis(2), push).await;
+        assert!(gave_up.is_err());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(newest(&log).await, Version(2), "an undelivered push landed");
+    });
+}
+
+#[test]
+fn an_answer_ready_during_a_partition_waits_for_it_to_heal() {
+    runtime().block_on(async {
+        let network = Network::new(5, no_delay());
+        let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+        let remote = Arc::new(NetLog::new(log.clone(), &network, "log-0"));
+        // A pull waits on the log for an entry; the partition starts while it waits.
+        let started = Instant::now();
+        let waiting = {
+            let remote = remote.clone();
+            tokio::spawn(async move { remote.pull(Version(0), 10).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        network.partition("log-0", Duration::from_secs(2));
+        log.push(Epoch(1), Version(0), Version(1), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        let pulled = waiting.await.unwrap().unwrap();
+        assert_eq!(pulled.len(), 1);
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}
+
+#[test]
+fn roles_whose_decorators_are_gone_are_not_offered() {
+    let network = Network::new(6, no_delay());
+    let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+    let kept = NetLog::new(log.clone(), &network, "log-0");
+    let dropped = NetLog::new(log, &network, "log-1");
+    assert_eq!(
+        network.roles(),
+        vec!["log-0".to_owned(), "log-1".to_owned()]
+    );
+    drop(dropped);
+    assert_eq!(network.roles(), vec!["log-0".to_owned()]);
+    assert_eq!(network.kill("log-1"), 0, "killed a role no one can reach");
+    drop(kept);
+}
