@@ -96,45 +96,13 @@ pub(crate) async fn run(
         // for a while (sometimes past the point where its callers give up), or a stage's
         // process killed (until the next epoch recruits it again).
         if rng.below(6) == 0 {
-            let at = started.elapsed().as_millis();
-            let roles = network.roles();
-            let kind = rng.below(4);
-            let n = 1 + rng.below(3);
-            if kind == 0 {
-                trace.fault(format!(
-                    "at {at} ms: the network loses the next {n} requests"
-                ));
-                network.lose_requests(n);
-            } else if kind == 1 {
-                trace.fault(format!(
-                    "at {at} ms: the network loses the next {n} answers"
-                ));
-                network.lose_answers(n);
-            } else if !roles.is_empty() {
-                let role = &roles[rng.below(roles.len() as u64) as usize];
-                // Monitoring probes the sequencer and the storage servers across the network:
-                // while one of them is cut off, each round waits for its probe's timeout.
-                let probed = role == "sequencer" || role.starts_with("storage-");
-                if kind == 2 {
-                    let lasting = Duration::from_millis(100 + rng.below(7_900));
-                    trace.fault(format!(
-                        "at {at} ms: {role} is cut off for {} ms",
-                        lasting.as_millis()
-                    ));
-                    if probed {
-                        ends.network_held(tokio::time::Instant::now() + lasting);
-                    }
-                    network.partition(role, lasting);
-                } else if role.starts_with("proxy-") {
-                    // A killed proxy fails only the commits sent to it; nothing in one process
-                    // watches for that (heartbeats come with processes of their own), so the
-                    // epoch would go on without it until the boot ends.
-                    trace.fault(format!("at {at} ms: {role} is not killed (a proxy)"));
-                } else {
-                    trace.fault(format!("at {at} ms: {role}'s process is killed"));
-                    network.kill(role);
-                }
-            }
+            network_fault(
+                &network,
+                &ends,
+                &mut rng,
+                &trace,
+                started.elapsed().as_millis(),
+            );
             continue;
         }
         let point = POINTS[rng.below(POINTS.len() as u64) as usize];
@@ -155,6 +123,56 @@ pub(crate) async fn run(
             }
         ));
         faults.arm_at(point, nth, fault);
+    }
+}
+
+/// A fault of the network: requests or answers lost, a stage cut off for a while (sometimes
+/// past the point where its callers give up), or a stage's process killed (until something
+/// reaches it again).
+fn network_fault(
+    network: &Network,
+    ends: &EpochEnds,
+    rng: &mut SplitMix64,
+    trace: &Trace,
+    at: u128,
+) {
+    let roles = network.roles();
+    let kind = rng.below(4);
+    let n = 1 + rng.below(3);
+    if kind == 0 {
+        trace.fault(format!(
+            "at {at} ms: the network loses the next {n} requests"
+        ));
+        network.lose_requests(n);
+    } else if kind == 1 {
+        trace.fault(format!(
+            "at {at} ms: the network loses the next {n} answers"
+        ));
+        network.lose_answers(n);
+    } else if !roles.is_empty() {
+        let role = &roles[rng.below(roles.len() as u64) as usize];
+        // Monitoring probes the sequencer and the storage servers across the network:
+        // while one of them is cut off, each round waits for its probe's timeout.
+        let probed = role == "sequencer" || role.starts_with("storage-");
+        if kind == 2 {
+            let lasting = Duration::from_millis(100 + rng.below(7_900));
+            trace.fault(format!(
+                "at {at} ms: {role} is cut off for {} ms",
+                lasting.as_millis()
+            ));
+            if probed {
+                ends.network_held(tokio::time::Instant::now() + lasting);
+            }
+            network.partition(role, lasting);
+        } else if role.starts_with("proxy-") {
+            // A killed proxy fails only the commits sent to it; nothing in one process
+            // watches for that (heartbeats come with processes of their own), so the
+            // epoch would go on without it until the boot ends.
+            trace.fault(format!("at {at} ms: {role} is not killed (a proxy)"));
+        } else {
+            trace.fault(format!("at {at} ms: {role}'s process is killed"));
+            network.kill(role);
+        }
     }
 }
 
