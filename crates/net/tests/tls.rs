@@ -184,8 +184,11 @@ async fn a_client_with_tls_refuses_a_certificate_for_another_host() {
 }
 
 /// A push sent raw over a TLS connection made with `tls`, skipping the first call a
-/// `connect` makes: the server must refuse it before the log sees it.
-async fn raw_push(address: &str, tls: tonic::transport::ClientTlsConfig) -> tonic::Status {
+/// `connect` makes, and what the server answered.
+async fn raw_push(
+    address: &str,
+    tls: tonic::transport::ClientTlsConfig,
+) -> Result<Bytes, tonic::Status> {
     let channel = tonic::transport::Channel::from_shared(format!("https://{address}"))
         .unwrap()
         .tls_config(tls)
@@ -198,17 +201,18 @@ async fn raw_push(address: &str, tls: tonic::transport::ClientTlsConfig) -> toni
         epoch: 1,
         previous_version: 0,
         version: 10,
-        payload: b"never".to_vec().into(),
+        payload: b"pushed".to_vec().into(),
     };
     let mut grpc = tonic::client::Grpc::new(channel);
-    raw_call(
-        &mut grpc,
-        "t-tls",
-        "/strata.v1.Log/Push",
-        push.encode_to_vec().into(),
-    )
-    .await
-    .expect_err("a push got through without a certificate of the authority")
+    let path = "/strata.v1.Log/Push";
+    raw_call(&mut grpc, "t-tls", path, push.encode_to_vec().into()).await
+}
+
+/// [`raw_push`], which the server must refuse.
+async fn refused_push(address: &str, tls: tonic::transport::ClientTlsConfig) -> tonic::Status {
+    raw_push(address, tls)
+        .await
+        .expect_err("a push got through without a certificate of the authority")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,35 +222,14 @@ async fn a_push_sent_at_once_without_a_valid_certificate_never_reaches_the_log()
     let trusting = || ClientTlsConfig::new().ca_certificate(Certificate::from_pem(CA));
     for _ in 0..10 {
         // No certificate at all, and one of another authority.
-        raw_push(&served.address, trusting()).await;
+        refused_push(&served.address, trusting()).await;
         let rogue = trusting().identity(Identity::from_pem(ROGUE_CERT, ROGUE_KEY));
-        raw_push(&served.address, rogue).await;
+        refused_push(&served.address, rogue).await;
     }
     assert!(log.pull(Version(0), 10).await.unwrap().is_empty());
     // The same push with the right certificate goes through: the request itself is good.
-    let channel = tonic::transport::Channel::from_shared(format!("https://{}", served.address))
-        .unwrap()
-        .tls_config(trusting().identity(Identity::from_pem(NODE_CERT, NODE_KEY)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let push = strata_net::proto::PushRequest {
-        log_id: Some(3),
-        epoch: 1,
-        previous_version: 0,
-        version: 10,
-        payload: b"accepted".to_vec().into(),
-    };
-    let mut grpc = tonic::client::Grpc::new(channel);
-    raw_call(
-        &mut grpc,
-        "t-tls",
-        "/strata.v1.Log/Push",
-        push.encode_to_vec().into(),
-    )
-    .await
-    .unwrap();
+    let node = trusting().identity(Identity::from_pem(NODE_CERT, NODE_KEY));
+    raw_push(&served.address, node).await.unwrap();
     assert_eq!(log.pull(Version(0), 10).await.unwrap().len(), 1);
     served.stop().await;
 }
@@ -263,7 +246,7 @@ async fn a_client_without_a_certificate_is_told_the_server_wants_one() {
     let mut told = 0;
     for _ in 0..30 {
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(CA));
-        let status = raw_push(&served.address, tls).await;
+        let status = refused_push(&served.address, tls).await;
         if format!("{status:?}").contains("CertificateRequired") {
             told += 1;
         }

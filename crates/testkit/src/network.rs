@@ -394,24 +394,29 @@ impl Drop for Place {
     }
 }
 
-/// A [`Sequencer`] reached across a [`Network`].
-pub struct NetSequencer {
-    inner: Arc<dyn Sequencer>,
+/// A stage reached across a [`Network`]: `inner`, as one role on the network. One type for
+/// every stage trait; [`NetSequencer`], [`NetResolver`], [`NetProxy`], [`NetLog`] and
+/// [`NetStorage`] name it for each.
+pub struct Net<S: ?Sized> {
+    inner: Arc<S>,
     place: Place,
 }
 
-impl NetSequencer {
+impl<S: ?Sized> Net<S> {
     /// `inner`, as the role `role` on `network`.
-    pub fn new(inner: Arc<dyn Sequencer>, network: &Arc<Network>, role: &str) -> NetSequencer {
-        NetSequencer {
+    pub fn new(inner: Arc<S>, network: &Arc<Network>, role: &str) -> Net<S> {
+        Net {
             inner,
             place: Place::new(network, role),
         }
     }
 }
 
+/// A [`Sequencer`] reached across a [`Network`].
+pub type NetSequencer = Net<dyn Sequencer>;
+
 #[async_trait]
-impl Sequencer for NetSequencer {
+impl Sequencer for Net<dyn Sequencer> {
     fn epoch(&self) -> Epoch {
         self.inner.epoch()
     }
@@ -436,23 +441,10 @@ impl Sequencer for NetSequencer {
 }
 
 /// A [`Resolver`] reached across a [`Network`].
-pub struct NetResolver {
-    inner: Arc<dyn Resolver>,
-    place: Place,
-}
-
-impl NetResolver {
-    /// `inner`, as the role `role` on `network`.
-    pub fn new(inner: Arc<dyn Resolver>, network: &Arc<Network>, role: &str) -> NetResolver {
-        NetResolver {
-            inner,
-            place: Place::new(network, role),
-        }
-    }
-}
+pub type NetResolver = Net<dyn Resolver>;
 
 #[async_trait]
-impl Resolver for NetResolver {
+impl Resolver for Net<dyn Resolver> {
     async fn resolve(&self, batch: ResolveBatch) -> Result<Vec<Verdict>> {
         let inner = self.inner.clone();
         let call = move || async move { inner.resolve(batch).await };
@@ -461,23 +453,10 @@ impl Resolver for NetResolver {
 }
 
 /// A [`CommitProxy`] reached across a [`Network`].
-pub struct NetProxy {
-    inner: Arc<dyn CommitProxy>,
-    place: Place,
-}
-
-impl NetProxy {
-    /// `inner`, as the role `role` on `network`.
-    pub fn new(inner: Arc<dyn CommitProxy>, network: &Arc<Network>, role: &str) -> NetProxy {
-        NetProxy {
-            inner,
-            place: Place::new(network, role),
-        }
-    }
-}
+pub type NetProxy = Net<dyn CommitProxy>;
 
 #[async_trait]
-impl CommitProxy for NetProxy {
+impl CommitProxy for Net<dyn CommitProxy> {
     fn epoch(&self) -> Epoch {
         self.inner.epoch()
     }
@@ -490,23 +469,10 @@ impl CommitProxy for NetProxy {
 }
 
 /// A [`LogServer`] reached across a [`Network`].
-pub struct NetLog {
-    inner: Arc<dyn LogServer>,
-    place: Place,
-}
-
-impl NetLog {
-    /// `inner`, as the role `role` on `network`.
-    pub fn new(inner: Arc<dyn LogServer>, network: &Arc<Network>, role: &str) -> NetLog {
-        NetLog {
-            inner,
-            place: Place::new(network, role),
-        }
-    }
-}
+pub type NetLog = Net<dyn LogServer>;
 
 #[async_trait]
-impl LogServer for NetLog {
+impl LogServer for Net<dyn LogServer> {
     fn id(&self) -> LogId {
         self.inner.id()
     }
@@ -544,23 +510,10 @@ impl LogServer for NetLog {
 }
 
 /// A [`StorageServer`] reached across a [`Network`].
-pub struct NetStorage {
-    inner: Arc<dyn StorageServer>,
-    place: Place,
-}
-
-impl NetStorage {
-    /// `inner`, as the role `role` on `network`.
-    pub fn new(inner: Arc<dyn StorageServer>, network: &Arc<Network>, role: &str) -> NetStorage {
-        NetStorage {
-            inner,
-            place: Place::new(network, role),
-        }
-    }
-}
+pub type NetStorage = Net<dyn StorageServer>;
 
 #[async_trait]
-impl StorageServer for NetStorage {
+impl StorageServer for Net<dyn StorageServer> {
     fn shards(&self) -> Vec<KeyRange> {
         self.inner.shards()
     }
