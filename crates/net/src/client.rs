@@ -25,9 +25,9 @@ const FIRST_CALLS: usize = 5;
 /// The pause before the next of those calls.
 const FIRST_CALL_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Whether a plain connection's call failed on bytes that only a TLS server sends: its alert
-/// record, read as an HTTP/2 frame header, gives a frame longer than HTTP/2 allows, which the
-/// client's own HTTP/2 layer refuses.
+/// Whether a plain connection's call failed on bytes that are not HTTP/2: a TLS server's
+/// alert record, read as an HTTP/2 frame header, gives a frame longer than HTTP/2 allows,
+/// which the client's own HTTP/2 layer refuses (as it does most other protocols' bytes).
 fn is_tls_answer(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(status);
     while let Some(cause) = source {

@@ -313,12 +313,14 @@ impl Network {
             self.state().lost += 1;
             return Err(unavailable(stage, "connection reset".into()));
         }
-        let answer = tokio::spawn(call()).await.unwrap_or_else(|e| {
-            Err(unavailable(
-                stage,
-                format!("the stage's call ended abnormally: {e}"),
-            ))
-        });
+        let answer = match tokio::spawn(call()).await {
+            Ok(answer) => answer,
+            // A stage that panics fails its caller's task as it did in process: a harness
+            // watching for panics must see it, not an error a network could give.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: only when the runtime shuts down (a simulated crash).
+            Err(e) => Err(unavailable(stage, format!("the stage's call ended: {e}"))),
+        };
         let answered = Instant::now();
         while let Some(until) = self.cut_off(incarnation) {
             self.hold(answered, until, stage).await?;
