@@ -65,6 +65,7 @@ use strata_core::{
 };
 use tokio::time::Instant;
 
+use crate::faults::{Fault, FaultPoint, Fired};
 use crate::rng::SplitMix64;
 
 /// How long a call to a role that is cut off waits before it fails: the remote client's
@@ -81,7 +82,6 @@ struct Endpoint {
     gone: bool,
 }
 
-#[derive(Debug)]
 struct State {
     rng: SplitMix64,
     latency: Range<Duration>,
@@ -94,13 +94,30 @@ struct State {
     /// How many calls were lost, and how many delayed by a partition.
     lost: u64,
     held: u64,
+    /// Told of each call of a commit batch the network fails (see [`Network::watch`]).
+    watcher: Option<Watcher>,
 }
+
+/// Told of each call of a commit batch the network fails.
+type Watcher = Arc<dyn Fn(&Fired) + Send + Sync>;
+
+/// The call of a commit batch a network call is, as a fault point and its epoch, if it is one.
+type Batch = Option<(FaultPoint, Epoch)>;
 
 /// The network between a cluster's roles (see the module docs). Shared by every decorator of
 /// one cluster; cheap to clone as an `Arc`.
-#[derive(Debug)]
 pub struct Network {
     state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (lost, held) = self.counts();
+        f.debug_struct("Network")
+            .field("lost", &lost)
+            .field("held", &held)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What happens to a call's request.
@@ -127,6 +144,7 @@ impl Network {
                 endpoints: Vec::new(),
                 lost: 0,
                 held: 0,
+                watcher: None,
             }),
         })
     }
@@ -289,6 +307,7 @@ impl Network {
         &self,
         incarnation: usize,
         stage: Stage,
+        batch: Batch,
         call: impl FnOnce() -> F,
     ) -> Result<T>
     where
@@ -302,7 +321,10 @@ impl Network {
                     sleep(delay).await;
                     break;
                 }
-                Passage::Fails(e) => return Err(e),
+                Passage::Fails(e) => {
+                    self.heard(batch);
+                    return Err(e);
+                }
                 Passage::CutOff(until) => {
                     self.hold(started, until, stage).await?;
                 }
@@ -311,6 +333,7 @@ impl Network {
         // Killed while the request was on its way: it finds no one.
         if self.state().endpoints[incarnation].killed {
             self.state().lost += 1;
+            self.heard(batch);
             return Err(unavailable(stage, "connection reset".into()));
         }
         let answer = match tokio::spawn(call()).await {
@@ -325,9 +348,32 @@ impl Network {
         while let Some(until) = self.cut_off(incarnation) {
             self.hold(answered, until, stage).await?;
         }
-        let delay = self.answer(incarnation, stage)?;
+        let delay = self
+            .answer(incarnation, stage)
+            .inspect_err(|_| self.heard(batch))?;
         sleep(delay).await;
         answer
+    }
+
+    /// Calls `watcher` with each call of a commit batch (a commit version, a report, a
+    /// resolution, a push) that the network fails at once: a request or an answer lost, a
+    /// process killed. Its batch fails, and so must its epoch (a harness times that). Not for
+    /// a call that waited out a partition: the batch's stall is what ends the epoch then.
+    pub fn watch(&self, watcher: impl Fn(&Fired) + Send + Sync + 'static) {
+        self.state().watcher = Some(Arc::new(watcher));
+    }
+
+    fn heard(&self, batch: Batch) {
+        let Some((point, epoch)) = batch else { return };
+        // Cloned out, so the watcher may call the network without deadlocking.
+        let watcher = self.state().watcher.clone();
+        if let Some(watcher) = watcher {
+            watcher(&Fired {
+                point,
+                epoch: Some(epoch),
+                fault: Fault::Usual,
+            });
+        }
     }
 
     /// Waits, from `since`, for a partition that ends at `until`: until it heals, or fails
@@ -381,12 +427,14 @@ impl Place {
         }
     }
 
-    async fn cross<T, F>(&self, stage: Stage, call: impl FnOnce() -> F) -> Result<T>
+    async fn cross<T, F>(&self, stage: Stage, batch: Batch, call: impl FnOnce() -> F) -> Result<T>
     where
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        self.network.cross(self.incarnation, stage, call).await
+        self.network
+            .cross(self.incarnation, stage, batch, call)
+            .await
     }
 }
 
@@ -426,19 +474,21 @@ impl Sequencer for Net<dyn Sequencer> {
     async fn next_commit_version(&self, epoch: Epoch) -> Result<VersionPair> {
         let inner = self.inner.clone();
         let call = move || async move { inner.next_commit_version(epoch).await };
-        self.place.cross(Stage::Sequencer, call).await
+        let batch = Some((FaultPoint::CommitVersion, epoch));
+        self.place.cross(Stage::Sequencer, batch, call).await
     }
 
     async fn report_committed(&self, epoch: Epoch, version: Version) -> Result<()> {
         let inner = self.inner.clone();
         let call = move || async move { inner.report_committed(epoch, version).await };
-        self.place.cross(Stage::Sequencer, call).await
+        let batch = Some((FaultPoint::ReportCommitted, epoch));
+        self.place.cross(Stage::Sequencer, batch, call).await
     }
 
     async fn read_version(&self) -> Result<Version> {
         let inner = self.inner.clone();
         let call = move || async move { inner.read_version().await };
-        self.place.cross(Stage::Sequencer, call).await
+        self.place.cross(Stage::Sequencer, None, call).await
     }
 }
 
@@ -449,8 +499,9 @@ pub type NetResolver = Net<dyn Resolver>;
 impl Resolver for Net<dyn Resolver> {
     async fn resolve(&self, batch: ResolveBatch) -> Result<Vec<Verdict>> {
         let inner = self.inner.clone();
+        let of = Some((FaultPoint::Resolve, batch.epoch));
         let call = move || async move { inner.resolve(batch).await };
-        self.place.cross(Stage::Resolver, call).await
+        self.place.cross(Stage::Resolver, of, call).await
     }
 }
 
@@ -466,7 +517,7 @@ impl CommitProxy for Net<dyn CommitProxy> {
     async fn commit(&self, transaction: Bytes) -> Result<Version> {
         let inner = self.inner.clone();
         let call = move || async move { inner.commit(transaction).await };
-        self.place.cross(Stage::CommitProxy, call).await
+        self.place.cross(Stage::CommitProxy, None, call).await
     }
 }
 
@@ -489,25 +540,26 @@ impl LogServer for Net<dyn LogServer> {
         let inner = self.inner.clone();
         let call =
             move || async move { inner.push(epoch, previous_version, version, payload).await };
-        self.place.cross(Stage::Log, call).await
+        let batch = Some((FaultPoint::LogPush, epoch));
+        self.place.cross(Stage::Log, batch, call).await
     }
 
     async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
         let inner = self.inner.clone();
         let call = move || async move { inner.pull(after, limit).await };
-        self.place.cross(Stage::Log, call).await
+        self.place.cross(Stage::Log, None, call).await
     }
 
     async fn lock(&self, epoch: Epoch) -> Result<LogState> {
         let inner = self.inner.clone();
         let call = move || async move { inner.lock(epoch).await };
-        self.place.cross(Stage::Log, call).await
+        self.place.cross(Stage::Log, None, call).await
     }
 
     async fn pop(&self, version: Version) -> Result<()> {
         let inner = self.inner.clone();
         let call = move || async move { inner.pop(version).await };
-        self.place.cross(Stage::Log, call).await
+        self.place.cross(Stage::Log, None, call).await
     }
 }
 
@@ -523,7 +575,7 @@ impl StorageServer for Net<dyn StorageServer> {
     async fn get(&self, key: Key, version: Version) -> Result<Option<Value>> {
         let inner = self.inner.clone();
         let call = move || async move { inner.get(key, version).await };
-        self.place.cross(Stage::Storage, call).await
+        self.place.cross(Stage::Storage, None, call).await
     }
 
     async fn get_range(
@@ -535,24 +587,24 @@ impl StorageServer for Net<dyn StorageServer> {
     ) -> Result<RangeRead> {
         let inner = self.inner.clone();
         let call = move || async move { inner.get_range(range, version, limit, reverse).await };
-        self.place.cross(Stage::Storage, call).await
+        self.place.cross(Stage::Storage, None, call).await
     }
 
     async fn applied_version(&self) -> Result<Version> {
         let inner = self.inner.clone();
         let call = move || async move { inner.applied_version().await };
-        self.place.cross(Stage::Storage, call).await
+        self.place.cross(Stage::Storage, None, call).await
     }
 
     async fn durable_version(&self) -> Result<Version> {
         let inner = self.inner.clone();
         let call = move || async move { inner.durable_version().await };
-        self.place.cross(Stage::Storage, call).await
+        self.place.cross(Stage::Storage, None, call).await
     }
 
     async fn roll_back(&self, version: Version) -> Result<()> {
         let inner = self.inner.clone();
         let call = move || async move { inner.roll_back(version).await };
-        self.place.cross(Stage::Storage, call).await
+        self.place.cross(Stage::Storage, None, call).await
     }
 }

@@ -237,3 +237,50 @@ fn roles_whose_decorators_are_gone_are_not_offered() {
     assert_eq!(network.kill("log-1"), 0, "killed a role no one can reach");
     drop(kept);
 }
+
+#[test]
+fn the_calls_of_a_batch_it_fails_at_once_are_reported() {
+    use std::sync::Mutex;
+    use strata_testkit::faults::FaultPoint;
+    runtime().block_on(async {
+        let network = Network::new(7, no_delay());
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let into = heard.clone();
+        network.watch(move |fired| into.lock().unwrap().push((fired.point, fired.epoch)));
+        let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+        let remote = NetLog::new(log.clone(), &network, "log-0");
+        let x = || Bytes::from_static(b"x");
+
+        // A pull is no call of a batch; a push is.
+        network.lose_answers(2);
+        assert!(remote.pull(Version(0), 10).await.is_err());
+        assert!(
+            remote
+                .push(Epoch(4), Version(0), Version(1), x())
+                .await
+                .is_err()
+        );
+        // A partition outlasting the silence limit is not reported (the batch's stall is).
+        network.partition("log-0", SILENCE_LIMIT * 2);
+        assert!(
+            remote
+                .push(Epoch(4), Version(1), Version(2), x())
+                .await
+                .is_err()
+        );
+        network.kill("log-0");
+        assert!(
+            remote
+                .push(Epoch(5), Version(1), Version(2), x())
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            *heard.lock().unwrap(),
+            vec![
+                (FaultPoint::LogPush, Some(Epoch(4))),
+                (FaultPoint::LogPush, Some(Epoch(5)))
+            ]
+        );
+    });
+}

@@ -4,7 +4,8 @@
 //! proxy that let the batch fail quietly would leave later batches waiting on the hole until
 //! the stall detector noticed, seconds on, or for ever where nothing stalls.
 //!
-//! The simulation hears of every fault as it fires ([`Faults::watch`]). For each injected
+//! The simulation hears of every fault as it fires ([`Faults::watch`]), and of every call of a
+//! batch the simulated network fails at once (`Network::watch`). For each injected
 //! failure on a commit-path call of the epoch serving at that moment, it checks, a few
 //! monitoring rounds later, that the epoch is no longer served. The check is skipped when the
 //! boot ends first, and when monitoring itself may have been slowed: a probe of the sequencer's
@@ -15,7 +16,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use strata_core::Epoch;
-use strata_testkit::faults::{Fault, FaultPoint, Fired};
+use strata_testkit::faults::{Fault, FaultPoint, Faults, Fired};
+use strata_testkit::network::Network;
 use tokio::time::Instant;
 
 use super::{Trace, corruption};
@@ -58,6 +60,15 @@ impl EpochEnds {
     /// check can rely on.
     pub(crate) fn clock_jumps(&self) {
         self.slow_now();
+    }
+
+    /// Hears of every batch `faults` fail, and of every one the network fails at once (a
+    /// request or an answer lost, a stage killed): each must end its epoch in time.
+    pub(crate) fn hear(self: &Arc<Self>, faults: &Faults, network: &Network) {
+        let heard = self.clone();
+        faults.watch(move |fired| heard.fired(fired));
+        let heard = self.clone();
+        network.watch(move |fired| heard.fired(fired));
     }
 
     /// A stage is cut off from the network until `until`: calls to it wait (up to the

@@ -542,8 +542,7 @@ impl<'a> Boot<'a> {
             self.plan.monitoring_round(),
             self.trace.clone(),
         );
-        let heard = ends.clone();
-        faults.watch(move |fired| heard.fired(fired));
+        ends.hear(faults, &network);
         let relay = Arc::new(Relay::default());
         let watcher = tokio::spawn(watch_epochs(
             serving,
