@@ -363,6 +363,14 @@ impl Network {
         self.state().watcher = Some(Arc::new(watcher));
     }
 
+    /// Drops the watcher: it may hold what holds the stages, whose decorators hold this
+    /// network, a cycle that would keep every file they hold open. A harness that runs cluster
+    /// after cluster in one process calls this when one is gone (as `Faults::release`).
+    pub fn release(&self) {
+        let watcher = self.state().watcher.take();
+        drop(watcher);
+    }
+
     fn heard(&self, batch: Batch) {
         let Some((point, epoch)) = batch else { return };
         // Cloned out, so the watcher may call the network without deadlocking.

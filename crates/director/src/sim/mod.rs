@@ -570,6 +570,8 @@ impl<'a> Boot<'a> {
             () = tokio::time::sleep(length) => None,
         };
         let simulated = started.elapsed();
+        // Its watcher holds the epoch checks, which hold the stages, which hold the network.
+        network.release();
         tasks.push(watcher);
         for t in &tasks {
             t.abort();
