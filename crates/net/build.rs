@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         "proto/strata/v1/resolver.proto",
         "proto/strata/v1/storage.proto",
         "proto/strata/v1/proxy.proto",
+        "proto/strata/v1/worker.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

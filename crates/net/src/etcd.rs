@@ -33,6 +33,9 @@ use pb::response_op::Response;
 /// How long one call to etcd may take before it is `Unavailable`.
 pub const ETCD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most keys [`Etcd::list`] reads.
+pub const LIST_KEYS_MAX: i64 = 10_000;
+
 /// How often a connection to etcd with a call open is pinged.
 pub const ETCD_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -105,6 +108,59 @@ impl Etcd {
             }))
             .await?;
         self.one(reply)
+    }
+
+    /// Every key that starts with `prefix`, in key order, with its value (at most
+    /// [`LIST_KEYS_MAX`]: a longer list is refused as garbled rather than read in part).
+    pub async fn list(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        let mut kv = KvClient::new(self.channel.clone());
+        let reply = self
+            .call(kv.range(pb::RangeRequest {
+                key: prefix.to_vec(),
+                range_end: prefix_end(prefix),
+                limit: LIST_KEYS_MAX + 1,
+                ..pb::RangeRequest::default()
+            }))
+            .await?;
+        if reply.kvs.len() > LIST_KEYS_MAX as usize || reply.more {
+            return Err(self.garbled(format!(
+                "more than {LIST_KEYS_MAX} keys under {}",
+                String::from_utf8_lossy(prefix)
+            )));
+        }
+        Ok(reply
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                let versioned = Versioned {
+                    value: kv.value,
+                    version: kv.version,
+                    mod_revision: kv.mod_revision,
+                };
+                (kv.key, versioned)
+            })
+            .collect())
+    }
+
+    /// Writes `value` to `key`, whatever it holds, attached to `lease` (0 for none).
+    pub async fn put(&self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<()> {
+        let mut kv = KvClient::new(self.channel.clone());
+        let txn = pb::TxnRequest {
+            compare: Vec::new(),
+            success: vec![pb::RequestOp {
+                request: Some(Request::RequestPut(pb::PutRequest {
+                    key: key.to_vec(),
+                    value,
+                    lease,
+                })),
+            }],
+            failure: Vec::new(),
+        };
+        let reply = self.call(kv.txn(txn)).await?;
+        if !reply.succeeded {
+            return Err(self.garbled("a put without a condition failed".into()));
+        }
+        Ok(())
     }
 
     /// Writes `value` to `key` only if the key's version is still `expected` (0: only if it
@@ -322,6 +378,20 @@ impl LeaseKeeper {
         }
         Ok(Duration::from_secs(u64::try_from(reply.ttl).unwrap_or(0)))
     }
+}
+
+/// The first key after every key that starts with `prefix` (etcd's `range_end` for a
+/// prefix): the prefix with its last byte below 0xff incremented and what follows dropped;
+/// `\0` (every key from `prefix` on) when there is no such byte.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 fn invalid(why: String) -> Error {

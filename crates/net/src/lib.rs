@@ -130,15 +130,17 @@ mod sequencer;
 mod server;
 mod storage;
 mod tls;
+mod worker;
 
 pub use cluster::{CLUSTER_ID_BYTES_MAX, CLUSTER_ID_HEADER, ClusterId};
 pub use log::RemoteLog;
 pub use proxy::RemoteProxy;
 pub use resolver::RemoteResolver;
 pub use sequencer::RemoteSequencer;
-pub use server::{Exposure, SHUTDOWN_GRACE, Stages, serve};
+pub use server::{Exposure, SHUTDOWN_GRACE, Stages, serve, serve_worker};
 pub use storage::RemoteStorage;
 pub use tls::{Access, Tls};
+pub use worker::{Recruiter, Recruitment, RemoteWorker, Role, WorkerState};
 
 /// The messages and services generated from `proto/strata/v1/`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

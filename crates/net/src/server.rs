@@ -23,6 +23,7 @@ use crate::failure::{to_status, to_status_as};
 use crate::inline::RunToEnd;
 use crate::proto;
 use crate::tls::Access;
+use crate::worker::Recruiter;
 use crate::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MESSAGE_BYTES_MAX};
 
 /// The stages one process serves, or, on a client, the remote stages one server offers
@@ -134,11 +135,46 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let access = access.into();
+    serve_stages(access.into(), exposure, stages, None, listener, shutdown).await
+}
+
+/// Serves a worker process, as [`serve`] serves stages, every call: `worker` answers the
+/// director's recruitments and heartbeats (see [`Recruiter`]) and publishes on `stages` the
+/// stage it runs for the epoch it was recruited for, which is served as [`serve`] serves.
+/// The process of a cluster's own, reached only by the cluster's processes.
+///
+/// Errors: `Unavailable` when the server fails (its listener does).
+pub async fn serve_worker(
+    access: impl Into<Access>,
+    worker: Arc<dyn Recruiter>,
+    stages: watch::Receiver<Arc<Stages>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    serve_stages(
+        access.into(),
+        Exposure::Everything,
+        stages,
+        Some(worker),
+        listener,
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_stages(
+    access: Access,
+    exposure: Exposure,
+    stages: watch::Receiver<Arc<Stages>>,
+    worker: Option<Arc<dyn Recruiter>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let cluster = access.cluster().clone();
     let calls = TaskTracker::new();
     let shared = Arc::new(Shared {
         stages,
+        worker,
         exposure,
         calls: calls.clone(),
         stopped: Mutex::new(false),
@@ -196,6 +232,10 @@ pub async fn serve(
             proto::proxy_server::ProxyServer<Served>,
             Stage::CommitProxy
         ))
+        .add_service(service!(
+            proto::worker_server::WorkerServer<Served>,
+            Stage::Director
+        ))
         .serve_with_incoming_shutdown(incoming, async {
             shutdown.await;
             let _ = begun.send(());
@@ -229,6 +269,8 @@ pub async fn serve(
 /// What every service of one server shares.
 pub(crate) struct Shared {
     stages: watch::Receiver<Arc<Stages>>,
+    /// The worker that answers recruitments, in a worker process.
+    worker: Option<Arc<dyn Recruiter>>,
     exposure: Exposure,
     /// The stage calls detached from their requests, for `serve` to wait for.
     calls: TaskTracker,
@@ -359,6 +401,11 @@ impl Served {
             ));
         }
         Ok(self.0.calls.token())
+    }
+
+    /// The worker this process is, if it is one.
+    pub(crate) fn worker(&self) -> Option<Arc<dyn Recruiter>> {
+        self.0.worker.clone()
     }
 
     /// Which calls this server answers.

@@ -204,3 +204,52 @@ async fn endpoints_that_are_not_host_port_are_refused() {
     let e = Etcd::connect(&["not a host".into()]).unwrap_err();
     assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_holds_the_keys_of_its_prefix_and_a_revoked_lease_takes_its_own() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let etcd = Etcd::connect(&[server.endpoint()]).unwrap();
+    // Neighbours on both sides of the prefix, and a prefix ending in 0xff, stay out.
+    for key in [
+        &b"/w/"[..],
+        b"/w0",
+        b"/v/a",
+        b"/w/\xff\xff",
+        b"/w/a",
+        b"/w/b",
+    ] {
+        etcd.put(key, key.to_vec(), 0).await.unwrap();
+    }
+    let listed = |l: Vec<(Vec<u8>, Versioned)>| {
+        l.into_iter()
+            .map(|(k, v)| {
+                assert_eq!(k, v.value);
+                k
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(etcd.list(b"/w/").await.unwrap()),
+        vec![
+            b"/w/".to_vec(),
+            b"/w/a".to_vec(),
+            b"/w/b".to_vec(),
+            b"/w/\xff\xff".to_vec()
+        ]
+    );
+    assert_eq!(
+        listed(etcd.list(b"/w/\xff").await.unwrap()),
+        vec![b"/w/\xff\xff".to_vec()]
+    );
+    assert!(etcd.list(b"/none/").await.unwrap().is_empty());
+    // A put overwrites whatever is there, and can attach a key to a lease; revoking the lease
+    // removes that key and no other.
+    let lease = etcd.grant(Duration::from_secs(30)).await.unwrap();
+    etcd.put(b"/w/a", b"leased".to_vec(), lease).await.unwrap();
+    assert_eq!(etcd.get(b"/w/a").await.unwrap().unwrap().value, b"leased");
+    etcd.revoke(lease).await.unwrap();
+    assert_eq!(etcd.get(b"/w/a").await.unwrap(), None);
+    assert_eq!(etcd.list(b"/w/").await.unwrap().len(), 3);
+}

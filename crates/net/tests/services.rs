@@ -41,6 +41,8 @@ const METHODS: &[&str] = &[
     "/strata.v1.Storage/RollBack",
     "/strata.v1.Proxy/Epoch",
     "/strata.v1.Proxy/Commit",
+    "/strata.v1.Worker/Recruit",
+    "/strata.v1.Worker/Heartbeat",
 ];
 
 /// One of each stage, all real but the log (in memory), served together, every call.

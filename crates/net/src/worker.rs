@@ -1,0 +1,236 @@
+//! Worker processes: a process that runs a stage of one role for whichever epoch the director
+//! recruits it for. The `Worker` calls of [`serve_worker`](crate::serve_worker), the
+//! [`Recruiter`] a worker process implements, and [`RemoteWorker`], the director's side.
+//!
+//! A recruitment names an epoch newer than any the worker ran: the worker builds its stage
+//! for it and serves that stage in place of the one before, which its callers (proxies of an
+//! ended epoch) then no longer reach. A heartbeat asks what the worker runs now: a worker that
+//! restarted (it runs nothing) or that a newer director recruited (it runs a newer epoch)
+//! tells the director that its epoch has lost the stage.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use strata_core::{Epoch, ErrorKind, Result, Stage, Version};
+use tonic::{Request, Response, Status};
+
+use crate::client::{Link, Tagged};
+use crate::proto;
+use crate::proto::worker_client::WorkerClient;
+use crate::server::{Served, refuse};
+use crate::tls::Access;
+
+/// What a worker process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Role {
+    /// A resolver: one per epoch, built fresh at each recruitment (a resolver holds nothing
+    /// an epoch needs from the one before).
+    Resolver,
+}
+
+impl Role {
+    /// Every role a worker can have.
+    pub const ALL: [Role; 1] = [Role::Resolver];
+
+    /// The role's name, as the command line and the worker registry spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Resolver => "resolver",
+        }
+    }
+
+    /// The role named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// The stage a worker of this role runs.
+    pub fn stage(self) -> Stage {
+        match self {
+            Role::Resolver => Stage::Resolver,
+        }
+    }
+
+    fn to_wire(self) -> proto::Role {
+        match self {
+            Role::Resolver => proto::Role::Resolver,
+        }
+    }
+
+    fn from_wire(wire: i32) -> Option<Role> {
+        match proto::Role::try_from(wire).ok()? {
+            proto::Role::Resolver => Some(Role::Resolver),
+            proto::Role::Unspecified => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A director's request that a worker run its stage for an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recruitment {
+    /// The epoch the stage runs for; newer than any the worker ran.
+    pub epoch: Epoch,
+    /// The role recruited: the worker's own.
+    pub role: Role,
+    /// The version the epoch starts from (a resolver's first batch follows it).
+    pub recovery_version: Version,
+}
+
+/// What a worker says it runs, in answer to a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerState {
+    /// The worker's role.
+    pub role: Role,
+    /// The epoch of the stage it runs now; `None` before its first recruitment.
+    pub epoch: Option<Epoch>,
+}
+
+/// A worker process's side of recruitment: it builds the stage a recruitment asks for and
+/// serves it (publishing it on the stages its [`serve_worker`](crate::serve_worker) serves).
+#[async_trait]
+pub trait Recruiter: Send + Sync {
+    /// The role this worker runs.
+    fn role(&self) -> Role;
+
+    /// Starts a stage of [`Recruiter::role`] for `recruitment.epoch` and serves it in place
+    /// of the one before; returns its index among the stages of its kind served here. The
+    /// server checks the role before this is called.
+    ///
+    /// Errors: `Fenced` for an epoch not newer than the one the worker runs (a late
+    /// recruitment by a director that has since lost its epoch).
+    async fn recruit(&self, recruitment: Recruitment) -> Result<u32>;
+
+    /// The epoch of the stage this worker runs now; `None` before its first recruitment.
+    fn epoch(&self) -> Option<Epoch>;
+}
+
+impl Served {
+    fn recruiter(&self) -> std::result::Result<Arc<dyn Recruiter>, Status> {
+        self.worker().ok_or_else(|| {
+            refuse(
+                Stage::Director,
+                ErrorKind::InvalidRequest(
+                    "this process is not a worker: it cannot be recruited".into(),
+                ),
+            )
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl proto::worker_server::Worker for Served {
+    async fn recruit(
+        &self,
+        request: Request<proto::RecruitRequest>,
+    ) -> std::result::Result<Response<proto::RecruitReply>, Status> {
+        let _call = self.admit(Stage::Director)?;
+        self.internal(Stage::Director, "Worker.Recruit")?;
+        let r = request.into_inner();
+        let recruiter = self.recruiter()?;
+        let Some(role) = Role::from_wire(r.role) else {
+            return Err(refuse(
+                Stage::Director,
+                ErrorKind::InvalidRequest(format!("a recruitment for no known role ({})", r.role)),
+            ));
+        };
+        if role != recruiter.role() {
+            return Err(refuse(
+                role.stage(),
+                ErrorKind::InvalidRequest(format!(
+                    "this worker runs a {}, not a {role}",
+                    recruiter.role()
+                )),
+            ));
+        }
+        let recruitment = Recruitment {
+            epoch: Epoch(r.epoch),
+            role,
+            recovery_version: Version(r.recovery_version),
+        };
+        // Runs to its end whatever becomes of the director: a stage half published would
+        // leave the worker serving neither epoch's.
+        let index = self
+            .detached(async move { recruiter.recruit(recruitment).await })
+            .await?;
+        Ok(Response::new(proto::RecruitReply { index }))
+    }
+
+    async fn heartbeat(
+        &self,
+        _request: Request<proto::HeartbeatRequest>,
+    ) -> std::result::Result<Response<proto::HeartbeatReply>, Status> {
+        let _call = self.admit(Stage::Director)?;
+        self.internal(Stage::Director, "Worker.Heartbeat")?;
+        let recruiter = self.recruiter()?;
+        Ok(Response::new(proto::HeartbeatReply {
+            role: recruiter.role().to_wire().into(),
+            epoch: recruiter.epoch().map(|e| e.0),
+        }))
+    }
+}
+
+/// A worker served elsewhere by [`serve_worker`](crate::serve_worker), as the director reaches
+/// it.
+#[derive(Clone, Debug)]
+pub struct RemoteWorker {
+    link: Link,
+    client: WorkerClient<Tagged>,
+}
+
+impl RemoteWorker {
+    /// Connects to the worker at `address` (`host:port`) with `access`.
+    ///
+    /// Errors: `Unavailable` when nothing answers at `address`; `InvalidRequest` when the
+    /// server is of another cluster or a TLS handshake failed.
+    pub async fn connect(address: &str, access: impl Into<Access>) -> Result<RemoteWorker> {
+        let link = Link::connect(Stage::Director, address, access.into()).await?;
+        let client = WorkerClient::new(link.channel.clone());
+        Ok(RemoteWorker { link, client })
+    }
+
+    /// Recruits the worker (see [`Recruiter::recruit`]); the index its new stage is served at.
+    ///
+    /// Errors: the worker's refusal (`Fenced` for an epoch it has passed, `InvalidRequest` for
+    /// another role or a process that is no worker); `Unavailable` when the answer is lost (the
+    /// worker may run the stage: a later recruitment replaces it).
+    pub async fn recruit(&self, recruitment: Recruitment) -> Result<u32> {
+        let request = proto::RecruitRequest {
+            epoch: recruitment.epoch.0,
+            role: recruitment.role.to_wire().into(),
+            recovery_version: recruitment.recovery_version.0,
+        };
+        let reply = self.client.clone().recruit(request).await;
+        Ok(self.link.answer(recruitment.role.stage(), reply)?.index)
+    }
+
+    /// What the worker runs now.
+    ///
+    /// Errors: `Unavailable` when it does not answer; `InvalidRequest` when the process is
+    /// no worker.
+    pub async fn heartbeat(&self) -> Result<WorkerState> {
+        let reply = self
+            .client
+            .clone()
+            .heartbeat(proto::HeartbeatRequest {})
+            .await;
+        let reply = self.link.answer(Stage::Director, reply)?;
+        let role = Role::from_wire(reply.role).ok_or_else(|| {
+            self.link.garbled(
+                Stage::Director,
+                format!("answered a heartbeat with no known role ({})", reply.role),
+            )
+        })?;
+        Ok(WorkerState {
+            role,
+            epoch: reply.epoch.map(Epoch),
+        })
+    }
+}
