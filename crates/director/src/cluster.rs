@@ -30,6 +30,10 @@ pub(crate) struct Pipeline {
     pub(crate) sequencer: Arc<ClockSequencer>,
     pub(crate) decorated_sequencer: Arc<dyn Sequencer>,
     pub(crate) decorated_resolvers: Vec<Arc<dyn Resolver>>,
+    /// Where each resolver runs, by index, when it was recruited on a worker.
+    pub(crate) resolvers_at: Vec<Option<String>>,
+    /// The workers this epoch recruited, which monitoring asks what they run.
+    pub(crate) recruited: Vec<crate::workers::Recruited>,
     pub(crate) proxies: Vec<Arc<BatchingProxy>>,
     pub(crate) decorated_proxies: Vec<Arc<dyn CommitProxy>>,
     pub(crate) decorated_storage: Vec<Arc<dyn StorageServer>>,
@@ -184,9 +188,10 @@ impl EmbeddedCluster {
 
     /// Monitoring's probe: an error names the first stage found failed — a sequencer or a
     /// storage server that does not answer within [`EmbeddedConfig::probe_timeout`], a stopped
-    /// sequencer, a poisoned or newer-epoch-locked log, a commit proxy whose batch failed
-    /// (a hole in the version chain) or whose chain stopped advancing, a storage server that
-    /// stopped applying. The director then ends the epoch.
+    /// sequencer, a worker this epoch recruited that does not answer within the probe timeout
+    /// that it runs this epoch, a poisoned or newer-epoch-locked log, a commit proxy whose
+    /// batch failed (a hole in the version chain) or whose chain stopped advancing, a storage
+    /// server that stopped applying. The director then ends the epoch.
     pub async fn check_health(&self) -> Result<()> {
         let probe_timeout = self.probe_timeout;
         let answer = |stage: Stage, what: &'static str| {
@@ -209,6 +214,11 @@ impl EmbeddedCluster {
             Stage::Sequencer,
             "the sequencer to answer monitoring's probe",
         ))??;
+        // Before the proxies: a worker that died fails their batches too, and the failure is
+        // its own (the next recoveries pass it over for a while).
+        for worker in &self.pipeline.recruited {
+            worker.heartbeat(self.epoch, probe_timeout).await?;
+        }
         for log in &self.logs {
             if let Some(cause) = log.poisoned_by() {
                 return Err(Error::new(Stage::Log, ErrorKind::Poisoned(cause)));

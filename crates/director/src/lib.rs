@@ -22,6 +22,8 @@
 //! - [`snapshot`], [`dump`] and [`status`](mod@status): what a data directory holds, read without
 //!   starting an epoch.
 //! - [`owner`]: one owner per data directory, taken first by every command.
+//! - [`workers`]: worker processes (`strata serve --role resolver`): their registry in etcd,
+//!   the resolver a worker runs, and how a recovery recruits and monitoring watches them.
 //! - [`workload`]: Cycle, Increment (ledger) and the load generator, run by one driver that the
 //!   `strata` command, the tests and the benches share.
 //! - [`faults`]: decorators of every stage trait (and of the logs' file system) that fail an
@@ -116,6 +118,7 @@ pub mod recovery;
 pub mod sim;
 pub mod snapshot;
 pub mod status;
+pub mod workers;
 pub mod workload;
 
 /// The README's library example, compiled by `cargo test` (it is `no_run`: it would open

@@ -53,6 +53,11 @@ fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::Coordinator, kind)
 }
 
+/// The prefix of the keys of the cluster named `name` with id `id` in etcd.
+pub fn state_prefix(name: &str, id: &str) -> String {
+    format!("/strata/{name}/{id}/")
+}
+
 /// The coordinated state of one cluster in etcd (see the module docs).
 ///
 /// The [`StateStore`] trait is synchronous (recovery reads and swaps the state a few times,
@@ -65,6 +70,8 @@ pub struct EtcdStateStore {
     etcd: Etcd,
     endpoints: Vec<String>,
     prefix: String,
+    name: String,
+    id: String,
     /// The data directory this store serves, `HOST:PATH` (see [`CoordinatedState::home`]).
     home: Option<String>,
     /// A swap whose outcome [`EtcdStateStore::settle`] could not learn (etcd unreachable for
@@ -94,7 +101,9 @@ impl EtcdStateStore {
             runtime: Some(runtime),
             etcd,
             endpoints: endpoints.to_vec(),
-            prefix: format!("/strata/{name}/{id}/"),
+            prefix: state_prefix(name, id),
+            name: name.to_owned(),
+            id: id.to_owned(),
             home: None,
             unsettled: std::sync::Mutex::new(None),
         })
@@ -112,6 +121,11 @@ impl EtcdStateStore {
     /// The etcd client, for calls from an async caller on any runtime.
     pub fn etcd(&self) -> &Etcd {
         &self.etcd
+    }
+
+    /// Where worker processes register (see [`crate::workers`]).
+    pub fn worker_prefix(&self) -> String {
+        crate::workers::registry_prefix(&self.name, &self.id)
     }
 
     fn state_key(&self) -> Vec<u8> {
@@ -336,6 +350,12 @@ impl Drop for EtcdStateStore {
 }
 
 impl StateStore for EtcdStateStore {
+    fn workers(&self) -> Result<Vec<crate::workers::WorkerPlace>> {
+        let etcd = self.etcd.clone();
+        let prefix = self.worker_prefix();
+        self.block(async move { crate::workers::list(&etcd, &prefix).await })
+    }
+
     /// `etcd://ENDPOINTS/strata/NAME/ID/coordinated`.
     fn name(&self) -> String {
         format!(

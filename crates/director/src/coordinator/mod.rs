@@ -91,6 +91,13 @@ pub trait StateStore: Send + Sync {
     /// `expected` (0 when nothing is stored). Otherwise `Fenced`: another coordinator won.
     fn compare_and_swap(&self, expected: u64, new: CoordinatedState) -> Result<CoordinatedState>;
 
+    /// The worker processes registered with this store, that a recovery may recruit (see
+    /// [`crate::workers`]), in the order of their addresses: none for a store in a data
+    /// directory, which no process on another host can reach.
+    fn workers(&self) -> Result<Vec<crate::workers::WorkerPlace>> {
+        Ok(Vec::new())
+    }
+
     /// Where the state is, as findings about it name it: relative to the data directory
     /// (`coordinated.json`, the default), or a URL outside it (`etcd://HOST:PORT/KEY`).
     fn name(&self) -> String {
@@ -166,6 +173,13 @@ impl StateStore for Coordination {
         match self {
             Coordination::File(store) => store.name(),
             Coordination::Etcd(store) => store.name(),
+        }
+    }
+
+    fn workers(&self) -> Result<Vec<crate::workers::WorkerPlace>> {
+        match self {
+            Coordination::File(store) => store.workers(),
+            Coordination::Etcd(store) => store.workers(),
         }
     }
 }

@@ -34,11 +34,17 @@ pub struct RecoveryEnv {
     /// --listen` bound it), if it does: recorded in the coordinated state, where a client that
     /// knows the cluster by its cluster file finds it, and in the layout's names.
     pub served_at: Option<String>,
+    /// How this process reaches worker processes (the cluster's id, and TLS credentials when
+    /// the cluster uses TLS): with it, each recovery recruits registered workers for the roles
+    /// they run (see [`crate::workers`]); `None` recruits none.
+    pub access: Option<strata_net::Access>,
     /// A simulated network the new stages are reached across (every call of the commit path,
     /// the clients', monitoring's and the storage servers' pulls), as if each stage ran in a
     /// process of its own; `None` calls them directly. The simulation puts one here.
     pub network: Option<Arc<Network>>,
     logs: Arc<Mutex<HashMap<PathBuf, Weak<FileLog>>>>,
+    /// The workers that failed lately, which the next recoveries pass over for a while.
+    pub(crate) passed_over: Arc<crate::workers::PassedOver>,
 }
 
 impl RecoveryEnv {

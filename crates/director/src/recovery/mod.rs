@@ -30,32 +30,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use strata_commit_proxy::BatchingProxy;
 use strata_core::buggify;
 use strata_core::system::{BeginKey, SystemConfig, TransactionSystemLayout, keys};
-use strata_core::{
-    CommitProxy, Epoch, Error, ErrorKind, Key, LogServer, Resolver, Sequencer, Stage,
-    StorageServer, Version, printable,
-};
-use strata_resolver::WindowResolver;
-use strata_sequencer::ClockSequencer;
+use strata_core::{Epoch, Error, ErrorKind, LogServer, Stage, StorageServer, Version, printable};
 use strata_storage::{RedbStorage, StorageConfig};
-use strata_testkit::network::{NetLog, NetProxy, NetResolver, NetSequencer, NetStorage, Network};
+use strata_testkit::network::{NetLog, Network};
 use strata_tlog::{FileLog, OpenMode};
-use strata_txn_builder::Database;
 use tracing::Instrument;
 
 use crate::check::{check_directory, read_holdings};
-use crate::cluster::{EmbeddedCluster, Pipeline, Watermark};
+use crate::cluster::{EmbeddedCluster, Watermark};
 use crate::config::EmbeddedConfig;
 use crate::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT, StateStore};
-use crate::faults::{FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage};
 use crate::owner::{DirectoryLock, lock_directory};
 use crate::{split_begins, split_ranges};
 
 mod env;
 mod logs;
 pub(crate) mod persistence;
+mod pipeline;
 pub(crate) mod replay;
 
 pub use env::RecoveryEnv;
@@ -66,6 +59,7 @@ use logs::{
     sync_dir,
 };
 use persistence::persist_within_deadline;
+use pipeline::start_pipeline;
 
 pub(super) fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::Director, kind)
@@ -321,9 +315,18 @@ async fn start_and_persist(
     owner: &Arc<DirectoryLock>,
 ) -> Attempt<(EmbeddedCluster, RecoveryReport)> {
     let pipeline = phases
-        .run("start_transaction_system", async {
-            start_pipeline(env, config, claim.epoch, recovery_version, logs, storage)
-        })
+        .run(
+            "start_transaction_system",
+            start_pipeline(
+                env,
+                store,
+                config,
+                claim.epoch,
+                recovery_version,
+                logs,
+                storage,
+            ),
+        )
         .await?;
     // From now on the storage servers learn what is committed and the logs are popped.
     let watermark = Watermark::start(
@@ -339,6 +342,7 @@ async fn start_and_persist(
                 claim.epoch,
                 &logs.places,
                 env.served_at.as_deref(),
+                &pipeline.resolvers_at,
             ))
         })
         .await?;
@@ -599,120 +603,18 @@ pub(super) fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Phase 7: the sequencer past the recovery version, then resolvers and commit proxies, each
-/// wrapped in its fault decorator in tests.
-fn start_pipeline(
-    env: &RecoveryEnv,
-    config: &EmbeddedConfig,
-    epoch: Epoch,
-    recovery_version: Version,
-    logs: &NewLogs,
-    storage: &[Arc<RedbStorage>],
-) -> Attempt<Pipeline> {
-    let faults = env.faults.as_ref();
-    let network = env.network.as_ref();
-    let sequencer = Arc::new(ClockSequencer::new(epoch, recovery_version));
-    let mut decorated_sequencer: Arc<dyn Sequencer> = match faults {
-        Some(f) => Arc::new(FaultySequencer(sequencer.clone(), f.clone())),
-        None => sequencer.clone(),
-    };
-    if let Some(n) = network {
-        decorated_sequencer = Arc::new(NetSequencer::new(decorated_sequencer, n, "sequencer"));
-    }
-    let decorated_logs: Vec<Arc<dyn LogServer>> = logs
-        .logs
-        .iter()
-        .map(|l| {
-            let mut log: Arc<dyn LogServer> = l.clone();
-            if let Some(f) = faults {
-                log = Arc::new(FaultyLog(log, f.clone()));
-            }
-            if let Some(n) = network {
-                log = Arc::new(NetLog::new(log, n, &log_role(l.id())));
-            }
-            log
-        })
-        .collect();
-    let resolvers: Vec<(Key, Arc<dyn Resolver>)> = split_begins(config.resolvers)
-        .into_iter()
-        .enumerate()
-        .map(|(i, begin)| {
-            let mut r: Arc<dyn Resolver> = Arc::new(WindowResolver::new(
-                epoch,
-                recovery_version,
-                config.resolver,
-            ));
-            if let Some(f) = faults {
-                r = Arc::new(FaultyResolver(r, f.clone()));
-            }
-            if let Some(n) = network {
-                r = Arc::new(NetResolver::new(r, n, &format!("resolver-{i}")));
-            }
-            (begin, r)
-        })
-        .collect();
-    let decorated_resolvers = resolvers.iter().map(|(_, r)| r.clone()).collect();
-    let mut proxies = Vec::new();
-    let mut decorated_proxies: Vec<Arc<dyn CommitProxy>> = Vec::new();
-    for i in 0..config.proxies {
-        let proxy = Arc::new(BatchingProxy::new(
-            epoch,
-            decorated_sequencer.clone(),
-            resolvers.clone(),
-            decorated_logs.clone(),
-            config.proxy,
-        )?);
-        proxies.push(proxy.clone());
-        let mut proxy: Arc<dyn CommitProxy> = proxy;
-        if let Some(f) = faults {
-            proxy = FaultyProxy::wrap(proxy, f);
-        }
-        if let Some(n) = network {
-            proxy = Arc::new(NetProxy::new(proxy, n, &format!("proxy-{i}")));
-        }
-        decorated_proxies.push(proxy);
-    }
-    let decorated_storage: Vec<Arc<dyn StorageServer>> = storage
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let mut server: Arc<dyn StorageServer> = s.clone();
-            if let Some(f) = faults {
-                server = Arc::new(FaultyStorage(server, f.clone()));
-            }
-            if let Some(n) = network {
-                server = Arc::new(NetStorage::new(server, n, &format!("storage-{i}")));
-            }
-            server
-        })
-        .collect();
-    let database = Database::new(
-        decorated_sequencer.clone(),
-        decorated_proxies.clone(),
-        decorated_storage.clone(),
-        config.transactions,
-    )?;
-    Ok(Pipeline {
-        sequencer,
-        decorated_sequencer,
-        decorated_resolvers,
-        proxies,
-        decorated_proxies,
-        decorated_storage,
-        database,
-    })
-}
-
 /// Phase 8: the Transaction System Layout of this epoch.
 ///
 /// Each stage is named by its kind and index (`proxy-1`), with the address other processes
-/// reach it at when this process serves them (`proxy-1@127.0.0.1:4500`); each log by its
-/// directory, and by its address too when served.
+/// reach it at when this process serves them (`proxy-1@127.0.0.1:4500`), or, for a resolver
+/// recruited on a worker, the worker's (`resolvers_at`, by index); each log by its directory,
+/// and by its address too when served.
 fn build_layout(
     config: &EmbeddedConfig,
     epoch: Epoch,
     places: &[LogPlace],
     served_at: Option<&str>,
+    resolvers_at: &[Option<String>],
 ) -> TransactionSystemLayout {
     let at = |name: String| match served_at {
         Some(address) => format!("{name}@{address}"),
@@ -728,7 +630,13 @@ fn build_layout(
         resolvers: split_begins(config.resolvers)
             .into_iter()
             .enumerate()
-            .map(|(i, b)| (BeginKey(b), at(format!("resolver-{i}"))))
+            .map(|(i, b)| {
+                let name = format!("resolver-{i}");
+                match resolvers_at.get(i).and_then(Option::as_deref) {
+                    Some(worker) => (BeginKey(b), format!("{name}@{worker}")),
+                    None => (BeginKey(b), at(name)),
+                }
+            })
             .collect(),
         logs: places.iter().map(|p| (p.id, at(p.dir.clone()))).collect(),
         storage_teams: split_begins(config.storage)

@@ -188,19 +188,31 @@ struct CycleArgs {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// What this process runs. `all`: the director, and every stage no worker runs (the
+    /// embedded cluster, with --data-dir). `resolver`: a worker, which registers in the
+    /// cluster's etcd (--cluster-file) and runs a resolver for each epoch the director
+    /// recruits it for, served at --listen (a port for the cluster's own processes only); it
+    /// keeps no data and takes no layout.
+    #[arg(long, value_enum, default_value = "all")]
+    role: RoleArg,
     #[command(flatten)]
     layout: LayoutArgs,
     /// Also serve the cluster to client processes, over gRPC at HOST:PORT (port 0 picks
     /// one), and write the cluster file they connect with to DATA_DIR/strata.cluster. Clients
     /// read this address from the coordinated state: in the data directory, clients must run
     /// on this host; in etcd (--cluster-file), on any host that reaches both.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", required_if_eq("role", "resolver"))]
     listen: Option<String>,
     /// The cluster this data directory serves, and where its coordinated state lives:
     /// `NAME:ID@etcd://HOST:PORT[,HOST:PORT...]` keeps it in etcd (one director at a time,
     /// by a lease). Copied to DATA_DIR/strata.cluster; a directory that already belongs to
     /// another cluster is refused.
-    #[arg(long, value_name = "FILE", requires = "listen")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "listen",
+        required_if_eq("role", "resolver")
+    )]
     cluster_file: Option<PathBuf>,
     /// With --listen: serve over TLS only, to clients with a certificate of --tls-ca.
     #[command(flatten)]
@@ -294,6 +306,15 @@ impl TlsArgs {
     }
 }
 
+/// `strata serve --role`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RoleArg {
+    /// The director and every stage no worker runs.
+    All,
+    /// A resolver worker.
+    Resolver,
+}
+
 /// The cluster to recover: where it is and how many of each stage the new epoch runs. A count
 /// not given is the one the data directory last ran with (1 for a new directory).
 #[derive(Args)]
@@ -379,7 +400,10 @@ fn main() -> ExitCode {
         Command::Recover(args) => runtime.block_on(recover(args)),
         Command::Dump(args) => runtime.block_on(dump(args)),
         Command::Check(args) => runtime.block_on(check(args)),
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => match args.role {
+            RoleArg::All => runtime.block_on(serve(args)),
+            RoleArg::Resolver => runtime.block_on(worker::serve(args, strata_net::Role::Resolver)),
+        },
         Command::Bench(args) => runtime.block_on(load::run(args)),
         Command::Workload(Workload::Cycle(args)) => runtime.block_on(cycle::run(args)),
         Command::Workload(Workload::Check(args)) => runtime.block_on(cycle::check(args)),
@@ -467,6 +491,10 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
         None => None,
     };
     env.served_at = network.as_ref().map(|n| n.address.clone());
+    // Workers registered in the cluster's etcd are reached with the cluster's id and TLS.
+    env.access = network
+        .as_ref()
+        .map(|n| strata_net::Access::new(n.cluster.id.clone(), tls.clone()));
     let at = env
         .served_at
         .as_ref()
@@ -701,3 +729,4 @@ mod data;
 mod load;
 mod shell;
 mod sim;
+mod worker;

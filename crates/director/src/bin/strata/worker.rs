@@ -1,0 +1,107 @@
+//! `strata serve --role ROLE`: a worker process, which registers in the cluster's etcd and
+//! runs a stage of its role for whichever epoch the director recruits it for (see
+//! [`strata_director::workers`]).
+
+use std::sync::Arc;
+
+use strata_core::{Error, ErrorKind, Result, Stage};
+use strata_director::cluster_file::{ClusterFile, StatePlace};
+use strata_director::workers::{Registration, ResolverWorker, WorkerPlace, registry_prefix};
+use strata_net::etcd::Etcd;
+use strata_net::{Access, Role, Stages};
+
+use super::ServeArgs;
+
+fn refuse(why: String) -> Error {
+    Error::new(Stage::Director, ErrorKind::InvalidRequest(why))
+}
+
+pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
+    super::listen_for_signals();
+    let layout = &args.layout;
+    if layout.logs.is_some()
+        || layout.storage.is_some()
+        || layout.resolvers.is_some()
+        || layout.proxies.is_some()
+    {
+        // A usage error (exit 2), as clap reports the others.
+        <super::Cli as clap::CommandFactory>::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--logs, --storage, --resolvers and --proxies are the director's (--role \
+                     all): a {role} worker runs what it is recruited for"
+                ),
+            )
+            .exit();
+    }
+    // Both required with a worker's role (checked by clap).
+    let (Some(listen), Some(path)) = (&args.listen, &args.cluster_file) else {
+        return Err(refuse(format!(
+            "a {role} worker needs --listen and --cluster-file"
+        )));
+    };
+    let file = ClusterFile::read(path)?;
+    let StatePlace::Etcd(endpoints) = &file.place else {
+        return Err(refuse(format!(
+            "{}: a worker registers in etcd, and this cluster file names a data directory \
+             ({}): give one of the form NAME:ID@etcd://HOST:PORT",
+            path.display(),
+            file.place
+        )));
+    };
+    let tls = args.tls.load()?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| refuse(format!("cannot listen on {listen}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| refuse(format!("cannot listen on {listen}: {e}")))?;
+    if bound.ip().is_unspecified() {
+        return Err(refuse(format!(
+            "{listen} is every interface, and the director is told the address: give the one \
+             it reaches this host at"
+        )));
+    }
+    let address = bound.to_string();
+    let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
+    let worker = match role {
+        Role::Resolver => Arc::new(ResolverWorker::new(
+            strata_director::EmbeddedConfig::default().resolver,
+            publish,
+        )),
+        other => return Err(refuse(format!("no worker runs the role {other}"))),
+    };
+    let etcd = Etcd::connect(endpoints)?;
+    let registration = Registration::start(
+        etcd,
+        &registry_prefix(&file.name, file.id.as_str()),
+        WorkerPlace {
+            role: role.name().to_owned(),
+            address: address.clone(),
+            registered: 0,
+        },
+    )
+    .await?;
+    out!(
+        "{role} worker of {}:{} at {address}; Ctrl-C or SIGTERM stops",
+        file.name,
+        file.id
+    );
+    let served = strata_net::serve_worker(
+        Access::new(file.id.clone(), tls),
+        worker,
+        published,
+        listener,
+        // Out of the registry first, so no recovery picks a worker that is shutting down.
+        async {
+            super::stop_requested().await;
+            registration.withdraw().await;
+        },
+    )
+    .await;
+    if served.is_ok() {
+        out!("stopped");
+    }
+    served
+}

@@ -1,0 +1,459 @@
+//! Worker processes (`strata serve --role ROLE`): a stage of one role in a process of its own,
+//! which the director recruits at each recovery.
+//!
+//! - A worker registers in the coordinated state's etcd, under
+//!   `/strata/NAME/ID/workers/ADDRESS`, a key attached to a lease it keeps alive
+//!   ([`WORKER_LEASE_TTL`]): a worker whose process or host stops drops out of the registry
+//!   within that time, and one that comes back registers again.
+//! - Each recovery lists the registered workers ([`StateStore::workers`]), asks them all at
+//!   once for a heartbeat within the probe timeout, and recruits, for each stage of a role
+//!   with workers, the next that answered (in the order of their addresses, as text); see
+//!   `recruit_resolvers`. Stages for which no worker is recruited run in the director's
+//!   process, as they do without workers. A worker that failed is passed over by this
+//!   director's recoveries for [`PASS_OVER_FOR`], unless it registers again.
+//! - While the epoch runs, monitoring asks every recruited worker what it runs (a heartbeat,
+//!   within the probe timeout): a worker that does not answer, restarted (it runs nothing) or
+//!   runs another epoch ends the epoch, and the next recovery recruits from the workers that
+//!   are registered then.
+//! - A worker serves every call: its port, like etcd, is for the cluster's own processes.
+//!
+//! Resolvers are the roles workers run so far: a resolver holds nothing one epoch needs from
+//! the one before, and its calls are fenced by epoch, so a resolver of an ended epoch left
+//! running on a worker decides nothing for the new one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use strata_core::{Epoch, Error, ErrorKind, Resolver, Result, Stage, Version};
+use strata_net::etcd::Etcd;
+use strata_net::{
+    Access, Recruiter, Recruitment, RemoteResolver, RemoteWorker, Role, Stages, WorkerState,
+};
+use strata_resolver::{ResolverConfig, WindowResolver};
+use tokio::sync::watch;
+
+use crate::coordinator::StateStore;
+
+/// How long a worker's registration lives without a renewal: a worker that stops is out of
+/// the registry this long after, at most. Renewed every third of it.
+pub const WORKER_LEASE_TTL: Duration = Duration::from_secs(6);
+
+/// How long a recovery waits for a worker to be recruited (connected to, its stage started
+/// and reached) before it passes the worker over.
+pub const RECRUIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a worker waits for etcd to take its first registration before it gives up.
+pub const REGISTER_WAIT: Duration = Duration::from_secs(20);
+
+/// A registered worker: its role and where it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerPlace {
+    /// Its role's name (see [`Role::name`]).
+    pub role: String,
+    /// Where it serves, `host:port`.
+    pub address: String,
+    /// The etcd revision of its registration, as listed (0 when not read from etcd): a
+    /// worker that registers again (a new process at the same address) has a new one.
+    #[serde(skip)]
+    pub registered: i64,
+}
+
+impl WorkerPlace {
+    /// Its role, when this build knows it.
+    pub fn role(&self) -> Option<Role> {
+        Role::from_name(&self.role)
+    }
+}
+
+/// Where the workers of the cluster named `name` with id `id` register, in its etcd.
+pub fn registry_prefix(name: &str, id: &str) -> String {
+    format!(
+        "{}workers/",
+        crate::coordinator::etcd::state_prefix(name, id)
+    )
+}
+
+/// The registered workers under `prefix`, in the order of their addresses. An entry that is
+/// not a worker's record is skipped with a warning: the registry only suggests processes to
+/// recruit, and a worker is checked when it is recruited.
+pub(crate) async fn list(etcd: &Etcd, prefix: &str) -> Result<Vec<WorkerPlace>> {
+    let mut places = Vec::new();
+    for (key, value) in etcd.list(prefix.as_bytes()).await? {
+        match serde_json::from_slice::<WorkerPlace>(&value.value) {
+            Ok(place) => places.push(WorkerPlace {
+                registered: value.mod_revision,
+                ..place
+            }),
+            Err(e) => tracing::warn!(
+                key = %String::from_utf8_lossy(&key),
+                error = %e,
+                "a worker registry entry that is not a worker's record; passed over"
+            ),
+        }
+    }
+    places.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(places)
+}
+
+/// A worker's registration (see the module docs), kept alive by a task of its own until
+/// [`Registration::withdraw`] (or until the process ends, when it lapses within
+/// [`WORKER_LEASE_TTL`]).
+#[derive(Debug)]
+pub struct Registration {
+    etcd: Etcd,
+    task: tokio::task::JoinHandle<()>,
+    /// The lease the registration is attached to now (0 before the first).
+    lease: Arc<AtomicI64>,
+}
+
+impl Registration {
+    /// Registers `place` under `prefix` (see [`registry_prefix`]) and keeps it registered: a
+    /// lease of [`WORKER_LEASE_TTL`] renewed every third of it, and a new lease and
+    /// registration whenever a renewal fails (etcd down, the lease lapsed). Returns once the
+    /// first registration is done, keeping it in a task of its own; must be called within a
+    /// tokio runtime.
+    ///
+    /// Errors: `Unavailable` when etcd did not take the first registration within
+    /// [`REGISTER_WAIT`] (a worker nobody can find would serve for nothing).
+    pub async fn start(etcd: Etcd, prefix: &str, place: WorkerPlace) -> Result<Registration> {
+        let key = format!("{prefix}{}", place.address).into_bytes();
+        let value = serde_json::to_vec(&place)
+            .map_err(|e| Error::new(Stage::Director, ErrorKind::InvalidRequest(e.to_string())))?;
+        let lease = Arc::new(AtomicI64::new(0));
+        let register = {
+            let (etcd, lease) = (etcd.clone(), lease.clone());
+            move || {
+                let (etcd, lease, key, value) =
+                    (etcd.clone(), lease.clone(), key.clone(), value.clone());
+                async move {
+                    let id = etcd.grant(WORKER_LEASE_TTL).await?;
+                    lease.store(id, Ordering::SeqCst);
+                    etcd.put(&key, value, id).await?;
+                    etcd.keeper(id).await
+                }
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let mut keeper = loop {
+            match register().await {
+                Ok(keeper) => break keeper,
+                Err(e) if started.elapsed() >= REGISTER_WAIT => {
+                    return Err(Error::new(
+                        Stage::Coordinator,
+                        ErrorKind::Unavailable(format!(
+                            "cannot register the worker (waited {} s): {e}",
+                            REGISTER_WAIT.as_secs()
+                        )),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register the worker yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        tracing::info!(address = %place.address, role = %place.role, "registered");
+        let task = tokio::spawn(async move {
+            loop {
+                let lapsed = loop {
+                    tokio::time::sleep(WORKER_LEASE_TTL / 3).await;
+                    if let Err(e) = keeper.renew().await {
+                        break e;
+                    }
+                };
+                tracing::warn!(error = %lapsed, "the worker's registration lapsed; registering again");
+                keeper = loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    match register().await {
+                        Ok(keeper) => break keeper,
+                        Err(e) => tracing::warn!(error = %e, "cannot register the worker yet"),
+                    }
+                };
+                tracing::info!("registered again");
+            }
+        });
+        Ok(Registration { etcd, task, lease })
+    }
+
+    /// Ends the registration now: the worker leaves the registry at once, instead of when its
+    /// lease lapses. A recovery that listed it already still tries it (and passes it over).
+    pub async fn withdraw(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        let lease = self.lease.load(Ordering::SeqCst);
+        if lease != 0
+            && let Err(e) = self.etcd.revoke(lease).await
+        {
+            tracing::warn!(error = %e, "cannot withdraw the worker's registration; it lapses");
+        }
+    }
+}
+
+/// A resolver worker: a new resolver, of its own configuration, for each epoch it is
+/// recruited for, published (for its server to serve) in place of the one before.
+pub struct ResolverWorker {
+    config: ResolverConfig,
+    epoch: Mutex<Option<Epoch>>,
+    publish: watch::Sender<Arc<Stages>>,
+}
+
+impl ResolverWorker {
+    /// A worker that runs resolvers of `config` and publishes them on `publish`.
+    pub fn new(config: ResolverConfig, publish: watch::Sender<Arc<Stages>>) -> ResolverWorker {
+        ResolverWorker {
+            config,
+            epoch: Mutex::new(None),
+            publish,
+        }
+    }
+}
+
+#[async_trait]
+impl Recruiter for ResolverWorker {
+    fn role(&self) -> Role {
+        Role::Resolver
+    }
+
+    async fn recruit(&self, r: Recruitment) -> Result<u32> {
+        let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(current) = *epoch
+            && r.epoch <= current
+        {
+            return Err(Error::new(
+                Stage::Resolver,
+                ErrorKind::Fenced {
+                    request: r.epoch,
+                    current,
+                },
+            ));
+        }
+        let resolver = WindowResolver::new(r.epoch, r.recovery_version, self.config);
+        self.publish.send_replace(Arc::new(Stages {
+            resolvers: vec![Arc::new(resolver)],
+            ..Stages::default()
+        }));
+        *epoch = Some(r.epoch);
+        tracing::info!(
+            epoch = r.epoch.0,
+            from = r.recovery_version.0,
+            "recruited: resolver"
+        );
+        Ok(0)
+    }
+
+    fn epoch(&self) -> Option<Epoch> {
+        *self.epoch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How long a worker that failed (not answering, refusing, or losing the epoch it was
+/// recruited for) is passed over by this director's recoveries: long enough that a worker
+/// that fails at once does not end epoch after epoch, short enough that a worker back from a
+/// restart is recruited again soon.
+pub const PASS_OVER_FOR: Duration = Duration::from_secs(30);
+
+/// At most this many registered workers are probed per recovery, in the order of their
+/// addresses (as text); the rest are not considered.
+pub const CANDIDATES_MAX: usize = 256;
+
+/// The workers this director's recoveries pass over for now: each registration (address
+/// and revision) that failed, with when (see [`PASS_OVER_FOR`]). A worker that registers
+/// again (restarted) is considered again at once. Shared by every recovery attempt of one
+/// process.
+#[derive(Debug, Default)]
+pub(crate) struct PassedOver(Mutex<HashMap<(String, i64), Instant>>);
+
+impl PassedOver {
+    fn mark(&self, place: &WorkerPlace) {
+        let mut failed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        failed.retain(|_, at| at.elapsed() < PASS_OVER_FOR);
+        failed.insert((place.address.clone(), place.registered), Instant::now());
+    }
+
+    fn holds(&self, place: &WorkerPlace) -> bool {
+        let failed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        failed
+            .get(&(place.address.clone(), place.registered))
+            .is_some_and(|at| at.elapsed() < PASS_OVER_FOR)
+    }
+}
+
+/// A stage recruited on a worker for this epoch: where, and the worker as monitoring asks it.
+#[derive(Clone, Debug)]
+pub(crate) struct Recruited {
+    pub(crate) place: WorkerPlace,
+    worker: RemoteWorker,
+    passed_over: Arc<PassedOver>,
+}
+
+impl Recruited {
+    /// Monitoring's question: fails unless the worker answers within `timeout` that it runs
+    /// `epoch`. A worker that fails is passed over by the next recoveries for a while.
+    pub(crate) async fn heartbeat(&self, epoch: Epoch, timeout: Duration) -> Result<()> {
+        let answered = heartbeat(&self.worker, &self.place.address, Some(epoch), timeout).await;
+        if answered.is_err() {
+            self.passed_over.mark(&self.place);
+        }
+        answered
+    }
+}
+
+/// Asks the worker at `address` what it runs, within `timeout`: fails unless it answers as a
+/// resolver worker running `epoch` (`None`: any).
+async fn heartbeat(
+    worker: &RemoteWorker,
+    address: &str,
+    epoch: Option<Epoch>,
+    timeout: Duration,
+) -> Result<()> {
+    let lost = |why: String| {
+        Error::new(
+            Stage::Resolver,
+            ErrorKind::Unavailable(format!("the resolver worker at {address} {why}")),
+        )
+    };
+    let state = tokio::time::timeout(timeout, worker.heartbeat())
+        .await
+        .map_err(|_| {
+            lost(format!(
+                "sent no heartbeat within {} ms",
+                timeout.as_millis()
+            ))
+        })?
+        .map_err(|e| lost(format!("sent no heartbeat: {e}")))?;
+    match (state, epoch) {
+        (WorkerState { role, .. }, _) if role != Role::Resolver => {
+            Err(lost(format!("is a {role} worker")))
+        }
+        (_, None) => Ok(()),
+        (WorkerState { epoch: runs, .. }, Some(epoch)) if runs == Some(epoch) => Ok(()),
+        (WorkerState { epoch: None, .. }, Some(epoch)) => Err(lost(format!(
+            "runs no stage (it restarted) instead of epoch {}",
+            epoch.0
+        ))),
+        (
+            WorkerState {
+                epoch: Some(runs), ..
+            },
+            Some(epoch),
+        ) => Err(lost(format!(
+            "runs epoch {} instead of {}",
+            runs.0, epoch.0
+        ))),
+    }
+}
+
+/// The workers of `role` a recovery may recruit from, from `store`'s registry; none when the
+/// registry cannot be read (the stages then run in the director's process).
+pub(crate) fn registered(store: &dyn StateStore, role: Role) -> Vec<WorkerPlace> {
+    match store.workers() {
+        Ok(all) => all.into_iter().filter(|w| w.role() == Some(role)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the registered workers; none recruited");
+            Vec::new()
+        }
+    }
+}
+
+/// Up to `needed` resolvers for `epoch`, recruited on `candidates` (registered resolver
+/// workers in address order), one per worker.
+///
+/// First every candidate not passed over (at most [`CANDIDATES_MAX`]) is asked, all at once,
+/// for a heartbeat within `probe_timeout`, the bound monitoring will hold it to: one that
+/// does not answer in time, or not as a resolver worker, is not recruited. Then the workers
+/// that answered are recruited in order, each within [`RECRUIT_TIMEOUT`], until `needed` are.
+/// A worker that fails either step is passed over by this process's recoveries for
+/// [`PASS_OVER_FOR`]. So a recovery waits for workers at most `probe_timeout`, and then
+/// [`RECRUIT_TIMEOUT`] for each worker that answered and then stopped.
+pub(crate) async fn recruit_resolvers(
+    candidates: Vec<WorkerPlace>,
+    needed: usize,
+    access: &Access,
+    epoch: Epoch,
+    recovery_version: Version,
+    probe_timeout: Duration,
+    passed_over: &Arc<PassedOver>,
+) -> Vec<(Arc<dyn Resolver>, Recruited)> {
+    let mut probes = tokio::task::JoinSet::new();
+    let considered: Vec<WorkerPlace> = candidates
+        .into_iter()
+        .filter(|c| !passed_over.holds(c))
+        .take(CANDIDATES_MAX)
+        .collect();
+    for (order, place) in considered.iter().enumerate() {
+        let (address, access) = (place.address.clone(), access.clone());
+        probes.spawn(async move {
+            let probed = tokio::time::timeout(probe_timeout, async {
+                let worker = RemoteWorker::connect(&address, access).await?;
+                heartbeat(&worker, &address, None, probe_timeout).await?;
+                Ok::<_, Error>(worker)
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    Stage::Resolver,
+                    ErrorKind::Unavailable(format!(
+                        "the resolver worker at {address} did not answer within {} ms",
+                        probe_timeout.as_millis()
+                    )),
+                ))
+            });
+            (order, probed)
+        });
+    }
+    let mut answered = Vec::new();
+    while let Some(probe) = probes.join_next().await {
+        let Ok((order, probed)) = probe else { continue };
+        match probed {
+            Ok(worker) => answered.push((order, worker)),
+            Err(e) => {
+                tracing::warn!(error = %e, "a registered worker passed over");
+                passed_over.mark(&considered[order]);
+            }
+        }
+    }
+    answered.sort_by_key(|(order, _)| *order);
+    let mut recruited = Vec::new();
+    for (order, worker) in answered {
+        if recruited.len() == needed {
+            break;
+        }
+        let place = considered[order].clone();
+        let address = place.address.clone();
+        let recruitment = Recruitment {
+            epoch,
+            role: Role::Resolver,
+            recovery_version,
+        };
+        let started = tokio::time::timeout(RECRUIT_TIMEOUT, async {
+            let index = worker.recruit(recruitment).await?;
+            RemoteResolver::connect(&address, access.clone(), index).await
+        })
+        .await;
+        match started {
+            Ok(Ok(resolver)) => {
+                tracing::info!(%address, epoch = epoch.0, "recruited a resolver");
+                let resolver: Arc<dyn Resolver> = Arc::new(resolver);
+                let recruited_here = Recruited {
+                    place,
+                    worker,
+                    passed_over: passed_over.clone(),
+                };
+                recruited.push((resolver, recruited_here));
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {} s", RECRUIT_TIMEOUT.as_secs()),
+                };
+                tracing::warn!(%address, error = %why, "a resolver worker could not be recruited; passed over");
+                passed_over.mark(&place);
+            }
+        }
+    }
+    recruited
+}

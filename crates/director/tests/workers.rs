@@ -1,0 +1,421 @@
+//! Resolvers in worker processes of their own (`strata serve --role resolver`), recruited by
+//! a director (`strata serve --role all`) with the coordinated state in a real etcd (see
+//! `strata_testkit::etcd`): Cycle runs while a worker is killed with SIGKILL under load, a
+//! second one while the cluster is idle, and then the director; each time the next epoch
+//! recruits the workers that remain (or runs the resolver itself), the ring holds and every
+//! acknowledged commit is there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+#[path = "common/served.rs"]
+mod served;
+
+use std::io::{BufRead, BufReader, Lines};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use served::{check_through_the_network, collect_acks, cycle_client, serve_with, strata};
+use strata_director::cluster_file::ClusterFile;
+use strata_director::workers::registry_prefix;
+use strata_net::etcd::Etcd;
+use strata_testkit::certs::{self, CA, NODE_CERT, NODE_KEY};
+use strata_testkit::etcd::EtcdServer;
+
+/// `strata serve --role resolver` at `address`, once it says where it serves.
+fn worker(cluster_file: &Path, address: &str) -> (Child, String) {
+    worker_with(cluster_file, address, &[])
+}
+
+/// [`worker`] with more flags (TLS).
+fn worker_with(cluster_file: &Path, address: &str, flags: &[&str]) -> (Child, String) {
+    let mut child = strata()
+        .args(["serve", "--role", "resolver", "--listen", address])
+        .arg("--cluster-file")
+        .arg(cluster_file)
+        .args(flags)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("the worker printed a line").unwrap();
+    // "resolver worker of NAME:ID at HOST:PORT; Ctrl-C or SIGTERM stops"
+    let at = first
+        .split(" at ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    (child, at)
+}
+
+/// Waits until exactly `addresses` are registered as workers.
+fn await_registry(etcd: &str, cluster_file: &Path, addresses: &[&str]) {
+    let file = ClusterFile::read(cluster_file).unwrap();
+    let prefix = registry_prefix(&file.name, file.id.as_str());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut want: Vec<String> = addresses.iter().map(|a| format!("{prefix}{a}")).collect();
+    want.sort();
+    let started = Instant::now();
+    runtime.block_on(async {
+        let etcd = Etcd::connect(&[etcd.to_owned()]).unwrap();
+        loop {
+            let listed: Vec<String> = etcd
+                .list(prefix.as_bytes())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| String::from_utf8(k).unwrap())
+                .collect();
+            if listed == want {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "registered: {listed:?}, wanted {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+/// Where the layout of the running epoch says each resolver runs.
+fn resolvers_at(cluster_file: &Path) -> Vec<String> {
+    resolvers_at_with(cluster_file, None)
+}
+
+/// [`resolvers_at`], reached with TLS.
+fn resolvers_at_with(cluster_file: &Path, tls: Option<&strata_net::Tls>) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let file = ClusterFile::read(cluster_file).unwrap();
+    let dump = runtime
+        .block_on(strata_director::dump_served(
+            &file,
+            tls,
+            b"\xff/system/layout/resolvers/",
+        ))
+        .unwrap();
+    dump.entries
+        .into_iter()
+        .map(|(_, v)| {
+            let name = v.trim_start_matches("\\x01").trim_matches('"');
+            name.split('@').nth(1).unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// What the director says from now on, line by line.
+fn listen(said: Lines<BufReader<ChildStdout>>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in said.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// The next epoch the director announces, within a minute.
+fn next_epoch(said: &mpsc::Receiver<String>) -> u64 {
+    let line = said
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the director serves a new epoch within a minute");
+    line.strip_prefix("serving epoch ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+fn kill(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn resolvers_on_workers_are_recruited_each_epoch_and_a_lost_one_ends_it() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_file = dir.path().join("w.cluster");
+    std::fs::write(
+        &cluster_file,
+        format!("w:e2e3@etcd://{}\n", etcd.endpoint()),
+    )
+    .unwrap();
+    let file = cluster_file.to_str().unwrap();
+    let (mut one, one_at) = worker(&cluster_file, "127.0.0.1:0");
+    let (mut two, two_at) = worker(&cluster_file, "127.0.0.1:0");
+    await_registry(&etcd.endpoint(), &cluster_file, &[&one_at, &two_at]);
+    let mut by_address = [one_at.clone(), two_at.clone()];
+    by_address.sort();
+
+    let data = dir.path().join("data");
+    let layout = ["--cluster-file", file, "--resolvers", "3", "--logs", "2"];
+    let (mut director, address, said) = serve_with(&data, "127.0.0.1:0", &layout);
+    let said = listen(said);
+    // Two workers for three resolvers: the first two ranges on the workers, in the order of
+    // their addresses, the third in the director.
+    assert_eq!(
+        resolvers_at(&cluster_file).iter().collect::<Vec<_>>(),
+        [&by_address[0], &by_address[1], &address]
+    );
+
+    // A worker killed under load: the commits it was resolving fail, the epoch ends, and the
+    // next one recruits the worker that remains.
+    let mut acked = Vec::new();
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(2), 100);
+    kill(&mut one);
+    assert_eq!(next_epoch(&said), 2);
+    assert_eq!(client.wait().unwrap().code(), Some(1));
+    acked.extend(acks.iter());
+    assert_eq!(
+        resolvers_at(&cluster_file).iter().collect::<Vec<_>>(),
+        [&two_at, &address, &address]
+    );
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
+    kill(&mut client);
+    acked.extend(acks.iter());
+
+    // The first worker back, at its address; the second killed while nothing commits: its
+    // heartbeat fails, the epoch ends, and the next recruits the first.
+    let (mut one, _) = worker(&cluster_file, &one_at);
+    await_registry(&etcd.endpoint(), &cluster_file, &[&one_at, &two_at]);
+    kill(&mut two);
+    assert_eq!(next_epoch(&said), 3);
+    assert_eq!(
+        resolvers_at(&cluster_file).iter().collect::<Vec<_>>(),
+        [&one_at, &address, &address]
+    );
+
+    // The second back, then the director killed under load: the director started again
+    // recruits both.
+    let (mut two, _) = worker(&cluster_file, &two_at);
+    await_registry(&etcd.endpoint(), &cluster_file, &[&one_at, &two_at]);
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
+    kill(&mut director);
+    assert_eq!(client.wait().unwrap().code(), Some(1));
+    acked.extend(acks.iter());
+    (director, _, _) = serve_with(&data, &address, &layout);
+    assert_eq!(
+        resolvers_at(&cluster_file).iter().collect::<Vec<_>>(),
+        [&by_address[0], &by_address[1], &address]
+    );
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
+    kill(&mut client);
+    acked.extend(acks.iter());
+
+    check_through_the_network(&cluster_file, &acked);
+    kill(&mut director);
+    // A worker told to stop leaves the registry at once, instead of when its lease lapses.
+    let pid = two.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Stopped by SIGTERM, cleanly: 143, as shells report it.
+    assert_eq!(two.wait().unwrap().code(), Some(143));
+    await_registry(&etcd.endpoint(), &cluster_file, &[&one_at]);
+    kill(&mut one);
+}
+
+#[test]
+fn a_worker_without_an_etcd_cluster_file_or_with_a_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file_cluster = dir.path().join("f.cluster");
+    std::fs::write(&file_cluster, "f:e2e4@file:/nowhere\n").unwrap();
+    let etcd_cluster = dir.path().join("e.cluster");
+    std::fs::write(&etcd_cluster, "e:e2e5@etcd://127.0.0.1:9\n").unwrap();
+    // Usage errors (exit 2), then refusals of what the flags name (exit 1).
+    let runs = [
+        (vec!["--listen", "127.0.0.1:0"], "--cluster-file <FILE>", 2),
+        (
+            vec!["--cluster-file", etcd_cluster.to_str().unwrap()],
+            "--listen <HOST:PORT>",
+            2,
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster-file",
+                etcd_cluster.to_str().unwrap(),
+                "--resolvers",
+                "2",
+            ],
+            "are the director's",
+            2,
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster-file",
+                file_cluster.to_str().unwrap(),
+            ],
+            "a worker registers in etcd",
+            1,
+        ),
+        (
+            vec![
+                "--listen",
+                "0.0.0.0:0",
+                "--cluster-file",
+                etcd_cluster.to_str().unwrap(),
+            ],
+            "is every interface",
+            1,
+        ),
+    ];
+    for (flags, says, code) in runs {
+        let out = strata()
+            .args(["serve", "--role", "resolver"])
+            .args(&flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+}
+
+#[test]
+fn with_tls_the_director_recruits_only_workers_of_its_authority() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = certs::write(dir.path(), "node", CA, NODE_CERT, NODE_KEY).unwrap();
+    let tls = [
+        "--tls-ca",
+        node.ca.to_str().unwrap(),
+        "--tls-cert",
+        node.cert.to_str().unwrap(),
+        "--tls-key",
+        node.key.to_str().unwrap(),
+    ];
+    let cluster_file = dir.path().join("t.cluster");
+    std::fs::write(
+        &cluster_file,
+        format!("t:e2e6@etcd://{}\n", etcd.endpoint()),
+    )
+    .unwrap();
+    let file = cluster_file.to_str().unwrap();
+    let (mut with_tls, with_tls_at) = worker_with(&cluster_file, "127.0.0.1:0", &tls);
+    let (mut plain, plain_at) = worker(&cluster_file, "127.0.0.1:0");
+    await_registry(&etcd.endpoint(), &cluster_file, &[&with_tls_at, &plain_at]);
+
+    let mut flags = vec!["--cluster-file", file, "--resolvers", "2"];
+    flags.extend_from_slice(&tls);
+    let (mut director, address, _) = serve_with(&dir.path().join("data"), "127.0.0.1:0", &flags);
+    // The worker without TLS cannot be reached over TLS: passed over, its range resolved by
+    // the director, whichever of the two comes first by address.
+    let client_tls = strata_net::Tls::from_files(&node.ca, &node.cert, &node.key).unwrap();
+    assert_eq!(
+        resolvers_at_with(&cluster_file, Some(&client_tls)),
+        [with_tls_at, address]
+    );
+    let (mut client, acks) = served::cycle_client_with(&cluster_file, &tls);
+    let mut acked = Vec::new();
+    collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
+    kill(&mut client);
+    acked.extend(acks.iter());
+    served::check_through_the_network_with(&cluster_file, &acked, Some(&client_tls));
+    kill(&mut director);
+    kill(&mut with_tls);
+    kill(&mut plain);
+}
+
+#[test]
+fn silent_or_bogus_registry_entries_are_passed_over_without_holding_recovery_up() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_file = dir.path().join("s.cluster");
+    std::fs::write(
+        &cluster_file,
+        format!("s:e2e7@etcd://{}\n", etcd.endpoint()),
+    )
+    .unwrap();
+    let file = ClusterFile::read(&cluster_file).unwrap();
+    let prefix = registry_prefix(&file.name, file.id.as_str());
+    // Eight "workers" that take connections and never answer (the kernel completes the
+    // handshakes into the backlog), an entry of a role this build does not know, and one
+    // that is not a record at all; all without a lease, so they stay.
+    let silent: Vec<std::net::TcpListener> = (0..8)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = Etcd::connect(&[etcd.endpoint()]).unwrap();
+        for listener in &silent {
+            let address = listener.local_addr().unwrap().to_string();
+            let record = format!(r#"{{"role":"resolver","address":"{address}"}}"#);
+            let key = format!("{prefix}{address}");
+            client
+                .put(key.as_bytes(), record.into_bytes(), 0)
+                .await
+                .unwrap();
+        }
+        let odd = r#"{"role":"oracle","address":"127.0.0.1:1"}"#.to_owned();
+        let key = format!("{prefix}127.0.0.1:1");
+        client
+            .put(key.as_bytes(), odd.into_bytes(), 0)
+            .await
+            .unwrap();
+        let key = format!("{prefix}junk");
+        client
+            .put(key.as_bytes(), b"not json".to_vec(), 0)
+            .await
+            .unwrap();
+    });
+    let (mut real, real_at) = worker(&cluster_file, "127.0.0.1:0");
+
+    // Each silent entry is given one probe timeout (1 s), all at once: the recovery does not
+    // wait 5 s for each in turn (40 s), and recruits the worker that answers.
+    let started = Instant::now();
+    let flags = [
+        "--cluster-file",
+        cluster_file.to_str().unwrap(),
+        "--resolvers",
+        "2",
+    ];
+    let (mut director, address, _) = serve_with(&dir.path().join("data"), "127.0.0.1:0", &flags);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "the first epoch took {took:?}"
+    );
+    assert_eq!(
+        resolvers_at(&cluster_file).iter().collect::<Vec<_>>(),
+        [&real_at, &address]
+    );
+    let (mut client, acks) = cycle_client(&cluster_file);
+    let mut acked = Vec::new();
+    collect_acks(&acks, &mut acked, Duration::from_secs(1), 50);
+    kill(&mut client);
+    acked.extend(acks.iter());
+    check_through_the_network(&cluster_file, &acked);
+    kill(&mut director);
+    kill(&mut real);
+    drop(silent);
+}
