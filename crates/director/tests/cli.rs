@@ -313,3 +313,49 @@ fn a_file_given_as_the_data_directory_is_named_in_one_line() {
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"mine");
 }
+
+#[test]
+fn runs_of_cycle_on_one_cluster_acknowledge_under_numbers_of_their_own() {
+    // A crash test checks the acknowledgement keys of every run it saw: a run that wrote the
+    // same keys as an earlier one would hide the loss of its own commits behind them.
+    let dir = tempfile::tempdir().unwrap();
+    let acks = |out: String| -> std::collections::BTreeSet<String> {
+        out.lines()
+            .filter(|l| l.starts_with("ack "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let run = || {
+        ok(
+            dir.path(),
+            &[
+                "workload",
+                "cycle",
+                "--keys",
+                "10",
+                "--clients",
+                "2",
+                "--transactions",
+                "20",
+                "--print-acks",
+            ],
+        )
+    };
+    let first = acks(run());
+    let second = acks(run());
+    assert_eq!((first.len(), second.len()), (20, 20));
+    assert!(
+        first.is_disjoint(&second),
+        "{first:?} and {second:?} share numbers"
+    );
+    // Every acknowledged key of both runs is stored.
+    let stored = ok(
+        dir.path(),
+        &["getrange", "ring/ack/", "ring/ack0", "--limit", "100"],
+    );
+    assert_eq!(
+        stored.lines().filter(|l| l.contains("ring/ack/")).count(),
+        40,
+        "{stored}"
+    );
+}

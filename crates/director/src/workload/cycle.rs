@@ -40,6 +40,33 @@ pub fn count_key() -> Key {
     Bytes::from_static(b"ring/meta/nodes")
 }
 
+/// The key counting the runs of Cycle on the ring (see [`claim_run`]).
+pub fn runs_key() -> Key {
+    Bytes::from_static(b"ring/meta/runs")
+}
+
+/// How far apart the transaction numbers of two runs start (see [`claim_run`]): no run
+/// numbers 2^40 transactions of one client.
+pub const RUN_NUMBERS: u64 = 1 << 40;
+
+/// Claims the next run of Cycle on the ring, in a transaction of its own: the number its
+/// clients' first transaction takes ([`Plan::first`](super::Plan::first)), `RUN_NUMBERS`
+/// after the run before's, so the acknowledgement keys of two runs never coincide and a
+/// crash test's check of one run's acknowledgements is not satisfied by an earlier run's.
+pub async fn claim_run(db: &Database) -> Result<u64> {
+    let (run, _, _) = run_counted(db, |tx| async move {
+        let run = match tx.get(&runs_key()).await? {
+            Some(v) => number(&v)?,
+            None => 0,
+        };
+        tx.set(runs_key(), Bytes::from((run + 1).to_string()));
+        Ok(run)
+    })
+    .await?;
+    run.checked_mul(RUN_NUMBERS)
+        .ok_or_else(|| broken("more runs than transaction numbers"))
+}
+
 /// The acknowledgement key of transaction `n` of `client`.
 pub fn ack(client: u64, n: u64) -> Key {
     Bytes::from(format!("ring/ack/{client:04}/{n:08}"))

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use strata_director::cluster_file::ClusterFile;
-use strata_director::workload::cycle::{Cycle, check_ring, check_ring_in, ensure_ring};
+use strata_director::workload::cycle::{Cycle, check_ring, check_ring_in, claim_run, ensure_ring};
 use strata_director::workload::{self, Plan, Span};
 use strata_director::{EmbeddedCluster, EmbeddedConfig, Snapshot};
 
@@ -30,7 +30,8 @@ pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
         span: Span::Transactions(args.transactions),
         // Each run its own stream, so repeated runs do not replay the same rewirings.
         seed: u64::from(std::process::id()),
-        first: 0,
+        // And its own acknowledgement keys.
+        first: claim_run(&db).await?,
     };
     let on_ack: workload::OnAck = if args.print_acks {
         Arc::new(|c, n| {
