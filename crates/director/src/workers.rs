@@ -31,9 +31,10 @@ use serde::{Deserialize, Serialize};
 use strata_core::{Epoch, Error, ErrorKind, Resolver, Result, Stage, Version};
 use strata_net::etcd::Etcd;
 use strata_net::{
-    Access, Recruiter, Recruitment, RemoteResolver, RemoteWorker, Role, Stages, WorkerState,
+    Access, Recruiter, Recruitment, RemoteResolver, RemoteWorker, ResolverSettings, Role, Stages,
+    WorkerState,
 };
-use strata_resolver::{ResolverConfig, WindowResolver};
+use strata_resolver::{HistoryConfig, ResolverConfig, WindowResolver};
 use tokio::sync::watch;
 
 use crate::coordinator::StateStore;
@@ -193,8 +194,70 @@ impl Registration {
     }
 }
 
-/// A resolver worker: a new resolver, of its own configuration, for each epoch it is
-/// recruited for, published (for its server to serve) in place of the one before.
+/// `config` as a recruitment carries it.
+pub(crate) fn resolver_settings(config: &ResolverConfig) -> ResolverSettings {
+    ResolverSettings {
+        window_versions: config.history.window_versions,
+        max_run_batches: config.history.max_run_batches,
+        recent_runs: u32::try_from(config.history.recent_runs).unwrap_or(u32::MAX),
+        predecessor_wait: config.predecessor_wait,
+        batch_transactions_max: config.batch_transactions_max as u64,
+    }
+}
+
+/// The resolver configuration `settings` ask for, checked: every count at least 1, runs of at
+/// most 65,536 batches, at most 1,024 recent runs, batches of at most 10,000,000
+/// transactions, and a predecessor wait of at most 60 s.
+///
+/// Errors: `InvalidRequest` naming the first setting out of range.
+pub(crate) fn resolver_config(settings: ResolverSettings) -> Result<ResolverConfig> {
+    let out_of_range = |what: &str, value: u64, max: u64| {
+        Error::new(
+            Stage::Resolver,
+            ErrorKind::InvalidRequest(format!(
+                "resolver setting {what} = {value} is out of range (1 to {max})"
+            )),
+        )
+    };
+    let check = |what: &str, value: u64, max: u64| {
+        if (1..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(out_of_range(what, value, max))
+        }
+    };
+    let window_versions = check("window_versions", settings.window_versions, u64::MAX)?;
+    let max_run_batches = check("max_run_batches", settings.max_run_batches.into(), 65_536)?;
+    let recent_runs = check("recent_runs", settings.recent_runs.into(), 1_024)?;
+    let batch = check(
+        "batch_transactions_max",
+        settings.batch_transactions_max,
+        10_000_000,
+    )?;
+    let wait_ms = u64::try_from(settings.predecessor_wait.as_millis()).unwrap_or(u64::MAX);
+    if wait_ms > 60_000 {
+        return Err(Error::new(
+            Stage::Resolver,
+            ErrorKind::InvalidRequest(format!(
+                "resolver setting predecessor_wait = {wait_ms} ms is out of range (at most \
+                 60,000)"
+            )),
+        ));
+    }
+    Ok(ResolverConfig {
+        history: HistoryConfig {
+            window_versions,
+            max_run_batches: u32::try_from(max_run_batches).unwrap_or(u32::MAX),
+            recent_runs: usize::try_from(recent_runs).unwrap_or(usize::MAX),
+        },
+        predecessor_wait: settings.predecessor_wait,
+        batch_transactions_max: usize::try_from(batch).unwrap_or(usize::MAX),
+    })
+}
+
+/// A resolver worker: a new resolver for each epoch it is recruited for, of the settings the
+/// recruitment carries (or of its own configuration when it carries none), published (for its
+/// server to serve) in place of the one before.
 pub struct ResolverWorker {
     config: ResolverConfig,
     epoch: Mutex<Option<Epoch>>,
@@ -219,6 +282,10 @@ impl Recruiter for ResolverWorker {
     }
 
     async fn recruit(&self, r: Recruitment) -> Result<u32> {
+        let config = match r.resolver {
+            Some(settings) => resolver_config(settings)?,
+            None => self.config,
+        };
         let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(current) = *epoch
             && r.epoch <= current
@@ -231,7 +298,7 @@ impl Recruiter for ResolverWorker {
                 },
             ));
         }
-        let resolver = WindowResolver::new(r.epoch, r.recovery_version, self.config);
+        let resolver = WindowResolver::new(r.epoch, r.recovery_version, config);
         self.publish.send_replace(Arc::new(Stages {
             resolvers: vec![Arc::new(resolver)],
             ..Stages::default()
@@ -369,15 +436,18 @@ pub(crate) fn registered(store: &dyn StateStore, role: Role) -> Vec<WorkerPlace>
 /// A worker that fails either step is passed over by this process's recoveries for
 /// [`PASS_OVER_FOR`]. So a recovery waits for workers at most `probe_timeout`, and then
 /// [`RECRUIT_TIMEOUT`] for each worker that answered and then stopped.
+#[expect(clippy::too_many_arguments)] // NOTE: the recovery's inputs, passed on.
 pub(crate) async fn recruit_resolvers(
     candidates: Vec<WorkerPlace>,
     needed: usize,
     access: &Access,
     epoch: Epoch,
     recovery_version: Version,
+    config: &ResolverConfig,
     probe_timeout: Duration,
     passed_over: &Arc<PassedOver>,
 ) -> Vec<(Arc<dyn Resolver>, Recruited)> {
+    let settings = resolver_settings(config);
     let mut probes = tokio::task::JoinSet::new();
     let considered: Vec<WorkerPlace> = candidates
         .into_iter()
@@ -428,6 +498,7 @@ pub(crate) async fn recruit_resolvers(
             epoch,
             role: Role::Resolver,
             recovery_version,
+            resolver: Some(settings),
         };
         let started = tokio::time::timeout(RECRUIT_TIMEOUT, async {
             let index = worker.recruit(recruitment).await?;
@@ -456,4 +527,135 @@ pub(crate) async fn recruit_resolvers(
         }
     }
     recruited
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use strata_core::{KeyRange, ResolveBatch, TransactionConflicts, Verdict};
+
+    #[test]
+    fn resolver_settings_carry_a_configuration_whole_and_bad_ones_are_refused() {
+        let config = ResolverConfig {
+            history: HistoryConfig {
+                window_versions: 1_000,
+                max_run_batches: 4,
+                recent_runs: 2,
+            },
+            predecessor_wait: Duration::from_millis(250),
+            batch_transactions_max: 500,
+        };
+        assert_eq!(resolver_config(resolver_settings(&config)).unwrap(), config);
+        let default = ResolverConfig::default();
+        assert_eq!(
+            resolver_config(resolver_settings(&default)).unwrap(),
+            default
+        );
+        let good = resolver_settings(&config);
+        let bad = [
+            (
+                "window_versions",
+                ResolverSettings {
+                    window_versions: 0,
+                    ..good
+                },
+            ),
+            (
+                "max_run_batches",
+                ResolverSettings {
+                    max_run_batches: 0,
+                    ..good
+                },
+            ),
+            (
+                "max_run_batches",
+                ResolverSettings {
+                    max_run_batches: 65_537,
+                    ..good
+                },
+            ),
+            (
+                "recent_runs",
+                ResolverSettings {
+                    recent_runs: 0,
+                    ..good
+                },
+            ),
+            (
+                "recent_runs",
+                ResolverSettings {
+                    recent_runs: 1_025,
+                    ..good
+                },
+            ),
+            (
+                "batch_transactions_max",
+                ResolverSettings {
+                    batch_transactions_max: 0,
+                    ..good
+                },
+            ),
+            (
+                "predecessor_wait",
+                ResolverSettings {
+                    predecessor_wait: Duration::from_secs(61),
+                    ..good
+                },
+            ),
+        ];
+        for (field, settings) in bad {
+            let e = resolver_config(settings).unwrap_err();
+            assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resolver_worker_runs_the_settings_it_is_recruited_with() {
+        let (publish, published) = watch::channel(Arc::new(Stages::default()));
+        let worker = ResolverWorker::new(ResolverConfig::default(), publish);
+        let narrow = ResolverConfig {
+            history: HistoryConfig {
+                window_versions: 10,
+                ..HistoryConfig::default()
+            },
+            ..ResolverConfig::default()
+        };
+        let recruitment = |epoch, resolver| Recruitment {
+            epoch: Epoch(epoch),
+            role: Role::Resolver,
+            recovery_version: Version(100),
+            resolver,
+        };
+        // Refused settings recruit nothing.
+        let zero = ResolverSettings {
+            recent_runs: 0,
+            ..resolver_settings(&narrow)
+        };
+        assert!(worker.recruit(recruitment(1, Some(zero))).await.is_err());
+        assert_eq!(Recruiter::epoch(&worker), None);
+        worker
+            .recruit(recruitment(2, Some(resolver_settings(&narrow))))
+            .await
+            .unwrap();
+        let resolver = published.borrow().resolvers[0].clone();
+        // A read 50 versions old is outside a window of 10 (the default's is 5,000,000).
+        let batch = ResolveBatch {
+            epoch: Epoch(2),
+            previous_version: Version(100),
+            version: Version(150),
+            transactions: vec![TransactionConflicts {
+                read_version: Some(Version(100)),
+                read_conflicts: vec![KeyRange::single("k")],
+                write_conflicts: vec![],
+            }],
+        };
+        let verdicts = resolver.resolve(batch).await.unwrap();
+        assert!(
+            matches!(verdicts[0], Verdict::TooOld { .. }),
+            "{verdicts:?}"
+        );
+    }
 }

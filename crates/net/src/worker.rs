@@ -82,6 +82,48 @@ pub struct Recruitment {
     pub role: Role,
     /// The version the epoch starts from (a resolver's first batch follows it).
     pub recovery_version: Version,
+    /// A resolver's tuning, as the director's own resolvers have it, so a resolver runs
+    /// alike wherever it runs; `None`: the worker's own. The worker checks it.
+    pub resolver: Option<ResolverSettings>,
+}
+
+/// The tuning of a resolver, as it travels in a recruitment (the fields of
+/// `strata_resolver::ResolverConfig`, which this crate does not depend on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolverSettings {
+    /// Reads older than the newest batch's version minus this are refused as too old.
+    pub window_versions: u64,
+    /// The most batches merged into one run of the history.
+    pub max_run_batches: u32,
+    /// The newest runs kept apart from merging.
+    pub recent_runs: u32,
+    /// How long a batch that arrived before its predecessor waits for it.
+    pub predecessor_wait: std::time::Duration,
+    /// The largest batch accepted, in transactions.
+    pub batch_transactions_max: u64,
+}
+
+impl ResolverSettings {
+    fn to_wire(self) -> proto::ResolverSettings {
+        proto::ResolverSettings {
+            window_versions: self.window_versions,
+            max_run_batches: self.max_run_batches,
+            recent_runs: self.recent_runs,
+            predecessor_wait_ms: u64::try_from(self.predecessor_wait.as_millis())
+                .unwrap_or(u64::MAX),
+            batch_transactions_max: self.batch_transactions_max,
+        }
+    }
+
+    fn from_wire(wire: proto::ResolverSettings) -> ResolverSettings {
+        ResolverSettings {
+            window_versions: wire.window_versions,
+            max_run_batches: wire.max_run_batches,
+            recent_runs: wire.recent_runs,
+            predecessor_wait: std::time::Duration::from_millis(wire.predecessor_wait_ms),
+            batch_transactions_max: wire.batch_transactions_max,
+        }
+    }
 }
 
 /// What a worker says it runs, in answer to a heartbeat.
@@ -154,6 +196,7 @@ impl proto::worker_server::Worker for Served {
             epoch: Epoch(r.epoch),
             role,
             recovery_version: Version(r.recovery_version),
+            resolver: r.resolver.map(ResolverSettings::from_wire),
         };
         // Runs to its end whatever becomes of the director: a stage half published would
         // leave the worker serving neither epoch's.
@@ -206,6 +249,7 @@ impl RemoteWorker {
             epoch: recruitment.epoch.0,
             role: recruitment.role.to_wire().into(),
             recovery_version: recruitment.recovery_version.0,
+            resolver: recruitment.resolver.map(ResolverSettings::to_wire),
         };
         let reply = self.client.clone().recruit(request).await;
         Ok(self.link.answer(recruitment.role.stage(), reply)?.index)

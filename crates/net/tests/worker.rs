@@ -13,8 +13,8 @@ use strata_core::{
     Verdict, Version,
 };
 use strata_net::{
-    Exposure, Recruiter, Recruitment, RemoteResolver, RemoteWorker, Role, Stages, WorkerState,
-    proto,
+    Exposure, Recruiter, Recruitment, RemoteResolver, RemoteWorker, ResolverSettings, Role, Stages,
+    WorkerState, proto,
 };
 use strata_resolver::{ResolverConfig, WindowResolver};
 use tokio::sync::{oneshot, watch};
@@ -27,6 +27,8 @@ use common::{Served, cluster, raw_call, xorshift};
 struct ResolverWorker {
     epoch: Mutex<Option<Epoch>>,
     publish: watch::Sender<Arc<Stages>>,
+    /// Every recruitment taken, as the worker read it.
+    taken: Arc<Mutex<Vec<Recruitment>>>,
 }
 
 #[async_trait]
@@ -54,6 +56,7 @@ impl Recruiter for ResolverWorker {
             ..Stages::default()
         }));
         *epoch = Some(r.epoch);
+        self.taken.lock().unwrap().push(r);
         Ok(0)
     }
 
@@ -64,6 +67,7 @@ impl Recruiter for ResolverWorker {
 
 struct Worker {
     address: String,
+    taken: Arc<Mutex<Vec<Recruitment>>>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -72,9 +76,11 @@ async fn worker(cluster_id: &str) -> Worker {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let (publish, published) = watch::channel(Arc::new(Stages::default()));
+    let taken = Arc::new(Mutex::new(Vec::new()));
     let recruiter = Arc::new(ResolverWorker {
         epoch: Mutex::new(None),
         publish,
+        taken: taken.clone(),
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(strata_net::serve_worker(
@@ -88,6 +94,7 @@ async fn worker(cluster_id: &str) -> Worker {
     ));
     Worker {
         address,
+        taken,
         stop,
         task,
     }
@@ -105,6 +112,7 @@ fn recruitment(epoch: u64, recovery_version: u64) -> Recruitment {
         epoch: Epoch(epoch),
         role: Role::Resolver,
         recovery_version: Version(recovery_version),
+        resolver: None,
     }
 }
 
@@ -209,6 +217,7 @@ async fn recruitments_the_worker_cannot_take_are_refused_with_a_reason() {
             epoch: 3,
             role,
             recovery_version: 0,
+            resolver: None,
         }
         .encode_to_vec();
         let status = raw_call(
@@ -278,4 +287,26 @@ async fn a_process_that_is_no_worker_or_serves_clients_cannot_be_recruited() {
     let e = director.recruit(recruitment(1, 0)).await.unwrap_err();
     assert!(e.to_string().contains("Worker.Recruit"), "{e}");
     clients.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recruitment_reaches_the_worker_whole_with_its_resolver_settings() {
+    let w = worker("t-settings").await;
+    let director = RemoteWorker::connect(&w.address, cluster("t-settings"))
+        .await
+        .unwrap();
+    let with = Recruitment {
+        resolver: Some(ResolverSettings {
+            window_versions: 123_456,
+            max_run_batches: 7,
+            recent_runs: 3,
+            predecessor_wait: std::time::Duration::from_millis(1_500),
+            batch_transactions_max: 99,
+        }),
+        ..recruitment(4, 77)
+    };
+    director.recruit(recruitment(3, 5)).await.unwrap();
+    director.recruit(with).await.unwrap();
+    assert_eq!(*w.taken.lock().unwrap(), vec![recruitment(3, 5), with]);
+    w.stop().await;
 }

@@ -146,6 +146,7 @@ async fn start_resolvers(
                 access,
                 epoch,
                 recovery_version,
+                &config.resolver,
                 config.probe_timeout,
                 &env.passed_over,
             )
