@@ -117,6 +117,10 @@ impl EmbeddedConfig {
         }
         self.log.validate()?;
         self.transactions.validate()?;
+        // The limits a worker holds a recruitment's resolver settings to: a configuration its
+        // workers would refuse is refused here, not passed over worker by worker.
+        crate::workers::resolver_config(crate::workers::resolver_settings(&self.resolver))
+            .map_err(|e| invalid(format!("the resolver's configuration: {}", e.kind)))?;
         if self.recovery_attempts_max == 0 {
             return Err(invalid("recovery_attempts_max must be at least 1".into()));
         }

@@ -208,6 +208,8 @@ pub(crate) fn resolver_settings(config: &ResolverConfig) -> ResolverSettings {
 /// The resolver configuration `settings` ask for, checked: every count at least 1, runs of at
 /// most 65,536 batches, at most 1,024 recent runs, batches of at most 10,000,000
 /// transactions, and a predecessor wait of at most 60 s.
+/// [`EmbeddedConfig::validate`](crate::EmbeddedConfig::validate) holds the director's own
+/// resolvers to the same limits.
 ///
 /// Errors: `InvalidRequest` naming the first setting out of range.
 pub(crate) fn resolver_config(settings: ResolverSettings) -> Result<ResolverConfig> {
@@ -282,11 +284,8 @@ impl Recruiter for ResolverWorker {
     }
 
     async fn recruit(&self, r: Recruitment) -> Result<u32> {
-        let config = match r.resolver {
-            Some(settings) => resolver_config(settings)?,
-            None => self.config,
-        };
         let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        // A stale director learns first that it is stale.
         if let Some(current) = *epoch
             && r.epoch <= current
         {
@@ -298,6 +297,10 @@ impl Recruiter for ResolverWorker {
                 },
             ));
         }
+        let config = match r.resolver {
+            Some(settings) => resolver_config(settings)?,
+            None => self.config,
+        };
         let resolver = WindowResolver::new(r.epoch, r.recovery_version, config);
         self.publish.send_replace(Arc::new(Stages {
             resolvers: vec![Arc::new(resolver)],
@@ -598,6 +601,13 @@ mod tests {
                 },
             ),
             (
+                "batch_transactions_max",
+                ResolverSettings {
+                    batch_transactions_max: 10_000_001,
+                    ..good
+                },
+            ),
+            (
                 "predecessor_wait",
                 ResolverSettings {
                     predecessor_wait: Duration::from_secs(61),
@@ -640,10 +650,9 @@ mod tests {
             .recruit(recruitment(2, Some(resolver_settings(&narrow))))
             .await
             .unwrap();
-        let resolver = published.borrow().resolvers[0].clone();
-        // A read 50 versions old is outside a window of 10 (the default's is 5,000,000).
-        let batch = ResolveBatch {
-            epoch: Epoch(2),
+        // A read 50 versions old is outside a window of 10, not the worker's own 5,000,000.
+        let old_read = |epoch| ResolveBatch {
+            epoch: Epoch(epoch),
             previous_version: Version(100),
             version: Version(150),
             transactions: vec![TransactionConflicts {
@@ -652,10 +661,42 @@ mod tests {
                 write_conflicts: vec![],
             }],
         };
-        let verdicts = resolver.resolve(batch).await.unwrap();
+        let resolver = published.borrow().resolvers[0].clone();
+        let verdicts = resolver.resolve(old_read(2)).await.unwrap();
         assert!(
             matches!(verdicts[0], Verdict::TooOld { .. }),
             "{verdicts:?}"
         );
+        // A recruitment without settings runs the worker's own configuration.
+        worker.recruit(recruitment(3, None)).await.unwrap();
+        let resolver = published.borrow().resolvers[0].clone();
+        let verdicts = resolver.resolve(old_read(3)).await.unwrap();
+        assert_eq!(verdicts, vec![Verdict::Committed]);
+        // A stale recruitment is fenced before its settings are read.
+        let e = worker
+            .recruit(recruitment(3, Some(zero)))
+            .await
+            .unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Fenced { .. }), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::EmbeddedConfig;
+
+    #[test]
+    fn a_director_refuses_resolver_settings_its_workers_would_refuse() {
+        EmbeddedConfig::default().validate().unwrap();
+        let mut config = EmbeddedConfig::default();
+        config.resolver.batch_transactions_max = 0;
+        let e = config.validate().unwrap_err();
+        assert!(e.to_string().contains("batch_transactions_max"), "{e}");
+        let mut config = EmbeddedConfig::default();
+        config.resolver.predecessor_wait = std::time::Duration::from_secs(120);
+        let e = config.validate().unwrap_err();
+        assert!(e.to_string().contains("predecessor_wait"), "{e}");
     }
 }

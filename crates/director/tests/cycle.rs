@@ -41,3 +41,34 @@ async fn cycle_stays_one_ring_under_concurrent_rewiring() {
     let err = check_acks(&db, &[(CLIENTS, 0)]).await.unwrap_err();
     assert!(err.to_string().contains("lost"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_claim_numbers_apart_and_a_bad_or_spent_count_is_refused_unchanged() {
+    use bytes::Bytes;
+    use strata_core::ErrorKind;
+    use strata_director::workload::cycle::{RUN_NUMBERS, claim_run, runs_key};
+
+    let (cluster, _dir) = common::cluster().await;
+    let db = cluster.database();
+    assert_eq!(claim_run(&db).await.unwrap(), RUN_NUMBERS);
+    assert_eq!(claim_run(&db).await.unwrap(), 2 * RUN_NUMBERS);
+    let stored = || async {
+        let tx = db.begin().await.unwrap();
+        tx.get(&runs_key()).await.unwrap()
+    };
+    assert_eq!(stored().await, Some(Bytes::from_static(b"2")));
+    for (count, corrupt) in [(&b"two"[..], true), (b"16777215", false)] {
+        let tx = db.begin().await.unwrap();
+        tx.set(runs_key(), Bytes::copy_from_slice(count));
+        tx.commit().await.unwrap();
+        let e = claim_run(&db).await.unwrap_err();
+        if corrupt {
+            assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
+            assert!(e.to_string().contains("run count"), "{e}");
+        } else {
+            assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+        }
+        assert_eq!(stored().await, Some(Bytes::copy_from_slice(count)));
+    }
+    cluster.stop().await;
+}

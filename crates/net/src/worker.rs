@@ -109,7 +109,8 @@ impl ResolverSettings {
             window_versions: self.window_versions,
             max_run_batches: self.max_run_batches,
             recent_runs: self.recent_runs,
-            predecessor_wait_ms: u64::try_from(self.predecessor_wait.as_millis())
+            // Exact: a wait cut to whole milliseconds could become none at all.
+            predecessor_wait_ns: u64::try_from(self.predecessor_wait.as_nanos())
                 .unwrap_or(u64::MAX),
             batch_transactions_max: self.batch_transactions_max,
         }
@@ -120,7 +121,7 @@ impl ResolverSettings {
             window_versions: wire.window_versions,
             max_run_batches: wire.max_run_batches,
             recent_runs: wire.recent_runs,
-            predecessor_wait: std::time::Duration::from_millis(wire.predecessor_wait_ms),
+            predecessor_wait: std::time::Duration::from_nanos(wire.predecessor_wait_ns),
             batch_transactions_max: wire.batch_transactions_max,
         }
     }

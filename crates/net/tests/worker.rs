@@ -300,7 +300,8 @@ async fn a_recruitment_reaches_the_worker_whole_with_its_resolver_settings() {
             window_versions: 123_456,
             max_run_batches: 7,
             recent_runs: 3,
-            predecessor_wait: std::time::Duration::from_millis(1_500),
+            // Not whole milliseconds: it must arrive as it left.
+            predecessor_wait: std::time::Duration::from_nanos(1_500_007),
             batch_transactions_max: 99,
         }),
         ..recruitment(4, 77)

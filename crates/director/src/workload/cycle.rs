@@ -51,20 +51,44 @@ pub const RUN_NUMBERS: u64 = 1 << 40;
 
 /// Claims the next run of Cycle on the ring, in a transaction of its own: the number its
 /// clients' first transaction takes ([`Plan::first`](super::Plan::first)), `RUN_NUMBERS`
-/// after the run before's, so the acknowledgement keys of two runs never coincide and a
-/// crash test's check of one run's acknowledgements is not satisfied by an earlier run's.
+/// after the run before's (the first run claimed starts at `RUN_NUMBERS`, clear of the runs
+/// that number from 0 themselves), so the acknowledgement keys of two runs never coincide
+/// and a crash test's check of one run's acknowledgements is not satisfied by an earlier
+/// run's.
+///
+/// Errors: `Corruption` when the stored count is not a number, `InvalidRequest` when the
+/// numbers are used up (2^24 runs); either way nothing is written.
 pub async fn claim_run(db: &Database) -> Result<u64> {
     let (run, _, _) = run_counted(db, |tx| async move {
-        let run = match tx.get(&runs_key()).await? {
-            Some(v) => number(&v)?,
+        let claimed = match tx.get(&runs_key()).await? {
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Error::new(
+                        Stage::Director,
+                        ErrorKind::Corruption(format!(
+                            "the ring's run count ({}) is not a number",
+                            strata_core::printable(&v)
+                        )),
+                    )
+                })?,
             None => 0,
         };
-        tx.set(runs_key(), Bytes::from((run + 1).to_string()));
+        let run = claimed + 1;
+        if run >= u64::MAX / RUN_NUMBERS {
+            return Err(Error::new(
+                Stage::Director,
+                ErrorKind::InvalidRequest(format!(
+                    "the ring has had {claimed} runs: no transaction numbers are left"
+                )),
+            ));
+        }
+        tx.set(runs_key(), Bytes::from(run.to_string()));
         Ok(run)
     })
     .await?;
-    run.checked_mul(RUN_NUMBERS)
-        .ok_or_else(|| broken("more runs than transaction numbers"))
+    Ok(run * RUN_NUMBERS)
 }
 
 /// The acknowledgement key of transaction `n` of `client`.
