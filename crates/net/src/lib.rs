@@ -9,6 +9,9 @@
 //! - [`Stages::connect`] learns what a server serves and returns a remote stage for each, on
 //!   one shared connection: [`RemoteSequencer`], [`RemoteProxy`], [`RemoteResolver`],
 //!   [`RemoteStorage`], [`RemoteLog`]. Each also connects alone, to one stage.
+//! - [`serve_worker`] serves a worker process: the stages it runs, and the `Worker` calls by
+//!   which a director recruits it for an epoch ([`Recruiter`]) and asks what it runs;
+//!   [`RemoteWorker`] is the director's side.
 //!
 //! # On the wire
 //!
