@@ -27,7 +27,11 @@ use crate::recovery::{self, RecoveryEnv, RecoveryError, RecoveryReport};
 /// The transaction system of one epoch: each stage as built, and as the commit path sees it
 /// (`decorated_*`: wrapped by fault decorators in tests, the same objects otherwise).
 pub(crate) struct Pipeline {
-    pub(crate) sequencer: Arc<ClockSequencer>,
+    /// The sequencer this process runs, stopped with the epoch; `None` when it was recruited
+    /// on a worker.
+    pub(crate) sequencer: Option<Arc<ClockSequencer>>,
+    /// Where the sequencer runs when it was recruited on a worker.
+    pub(crate) sequencer_at: Option<String>,
     pub(crate) decorated_sequencer: Arc<dyn Sequencer>,
     pub(crate) decorated_resolvers: Vec<Arc<dyn Resolver>>,
     /// Where each resolver runs, by index, when it was recruited on a worker.
@@ -52,7 +56,7 @@ pub(crate) struct Watermark(JoinHandle<()>);
 
 impl Watermark {
     pub(crate) fn start(
-        sequencer: Arc<ClockSequencer>,
+        sequencer: Arc<dyn Sequencer>,
         storage: Vec<Arc<RedbStorage>>,
         logs: Vec<Arc<FileLog>>,
         interval: Duration,
@@ -303,7 +307,9 @@ impl EmbeddedCluster {
     /// as unavailable).
     pub async fn stop(self) {
         drop(self.watermark);
-        self.pipeline.sequencer.stop();
+        if let Some(sequencer) = &self.pipeline.sequencer {
+            sequencer.stop();
+        }
         drop(self.pipeline.database);
         drop(self.pipeline.decorated_proxies);
         drop(self.pipeline.proxies);

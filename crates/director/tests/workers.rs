@@ -1,9 +1,9 @@
-//! Resolvers in worker processes of their own (`strata serve --role resolver`), recruited by
-//! a director (`strata serve --role all`) with the coordinated state in a real etcd (see
-//! `strata_testkit::etcd`): Cycle runs while a worker is killed with SIGKILL under load, a
-//! second one while the cluster is idle, and then the director; each time the next epoch
-//! recruits the workers that remain (or runs the resolver itself), the ring holds and every
-//! acknowledged commit is there.
+//! Resolvers and the sequencer in worker processes of their own (`strata serve --role
+//! resolver|sequencer`), recruited by a director (`strata serve --role all`) with the
+//! coordinated state in a real etcd (see `strata_testkit::etcd`): Cycle runs while a worker is
+//! killed with SIGKILL under load, another while the cluster is idle, two at once, and the
+//! director; each time the next epoch recruits the workers that remain (or runs the stage
+//! itself), the ring holds and every acknowledged commit is there.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
@@ -30,8 +30,13 @@ fn worker(cluster_file: &Path, address: &str) -> (Child, String) {
 
 /// [`worker`] with more flags (TLS).
 fn worker_with(cluster_file: &Path, address: &str, flags: &[&str]) -> (Child, String) {
+    worker_of("resolver", cluster_file, address, flags)
+}
+
+/// `strata serve --role ROLE` at `address`, with `flags`, once it says where it serves.
+fn worker_of(role: &str, cluster_file: &Path, address: &str, flags: &[&str]) -> (Child, String) {
     let mut child = strata()
-        .args(["serve", "--role", "resolver", "--listen", address])
+        .args(["serve", "--role", role, "--listen", address])
         .arg("--cluster-file")
         .arg(cluster_file)
         .args(flags)
@@ -41,7 +46,7 @@ fn worker_with(cluster_file: &Path, address: &str, flags: &[&str]) -> (Child, St
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("the worker printed a line").unwrap();
-    // "resolver worker of NAME:ID at HOST:PORT; Ctrl-C or SIGTERM stops"
+    // "ROLE worker of NAME:ID at HOST:PORT; Ctrl-C or SIGTERM stops"
     let at = first
         .split(" at ")
         .nth(1)
@@ -91,17 +96,26 @@ fn resolvers_at(cluster_file: &Path) -> Vec<String> {
 
 /// [`resolvers_at`], reached with TLS.
 fn resolvers_at_with(cluster_file: &Path, tls: Option<&strata_net::Tls>) -> Vec<String> {
+    layout_at(cluster_file, tls, b"\xff/system/layout/resolvers/")
+}
+
+/// Where the layout of the running epoch says the sequencer runs.
+fn sequencer_at(cluster_file: &Path) -> String {
+    let at = layout_at(cluster_file, None, b"\xff/system/layout/sequencer");
+    assert_eq!(at.len(), 1, "{at:?}");
+    at[0].clone()
+}
+
+/// Where the layout keys from `prefix` on (in the running epoch's layout) say their stages
+/// run, in key order.
+fn layout_at(cluster_file: &Path, tls: Option<&strata_net::Tls>, prefix: &[u8]) -> Vec<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let file = ClusterFile::read(cluster_file).unwrap();
     let dump = runtime
-        .block_on(strata_director::dump_served(
-            &file,
-            tls,
-            b"\xff/system/layout/resolvers/",
-        ))
+        .block_on(strata_director::dump_served(&file, tls, prefix))
         .unwrap();
     dump.entries
         .into_iter()
@@ -235,6 +249,113 @@ fn resolvers_on_workers_are_recruited_each_epoch_and_a_lost_one_ends_it() {
 }
 
 #[test]
+fn the_sequencer_on_a_worker_hands_out_every_version_and_a_lost_one_ends_the_epoch() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_file = dir.path().join("q.cluster");
+    std::fs::write(
+        &cluster_file,
+        format!("q:e2e8@etcd://{}\n", etcd.endpoint()),
+    )
+    .unwrap();
+    let file = cluster_file.to_str().unwrap();
+    let (mut sequencer, sequencer_addr) = worker_of("sequencer", &cluster_file, "127.0.0.1:0", &[]);
+    let (mut resolver, resolver_addr) = worker(&cluster_file, "127.0.0.1:0");
+    await_registry(
+        &etcd.endpoint(),
+        &cluster_file,
+        &[&sequencer_addr, &resolver_addr],
+    );
+
+    let data = dir.path().join("data");
+    let layout = [
+        "--cluster-file",
+        file,
+        "--resolvers",
+        "2",
+        "--logs",
+        "2",
+        "--storage",
+        "2",
+    ];
+    let (mut director, address, said) = serve_with(&data, "127.0.0.1:0", &layout);
+    let said = listen(said);
+    assert_eq!(sequencer_at(&cluster_file), sequencer_addr);
+    assert_eq!(
+        resolvers_at(&cluster_file),
+        [resolver_addr.clone(), address.clone()]
+    );
+
+    // Commits for longer than a storage server's window of versions in memory (5 s), every
+    // version from the worker; then the sequencer killed under load: the epoch ends and the
+    // next one runs the sequencer in the director, after every acknowledged commit.
+    let mut acked = Vec::new();
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(7), 200);
+    kill(&mut sequencer);
+    assert_eq!(next_epoch(&said), 2);
+    assert_eq!(client.wait().unwrap().code(), Some(1));
+    acked.extend(acks.iter());
+    assert_eq!(sequencer_at(&cluster_file), address);
+    assert_eq!(
+        resolvers_at(&cluster_file),
+        [resolver_addr.clone(), address.clone()]
+    );
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
+    kill(&mut client);
+    acked.extend(acks.iter());
+
+    // The sequencer back at its address, recruited when the director is killed under load
+    // and started again.
+    let (mut sequencer, _) = worker_of("sequencer", &cluster_file, &sequencer_addr, &[]);
+    await_registry(
+        &etcd.endpoint(),
+        &cluster_file,
+        &[&sequencer_addr, &resolver_addr],
+    );
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
+    kill(&mut director);
+    assert_eq!(client.wait().unwrap().code(), Some(1));
+    acked.extend(acks.iter());
+    let (restarted, _, said) = serve_with(&data, &address, &layout);
+    director = restarted;
+    let said = listen(said);
+    assert_eq!(sequencer_at(&cluster_file), sequencer_addr);
+    assert_eq!(
+        resolvers_at(&cluster_file),
+        [resolver_addr.clone(), address.clone()]
+    );
+
+    // Two faults in a row: both workers killed at once under load; one epoch ends, and the
+    // next runs every stage in the director.
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(2), 100);
+    kill(&mut sequencer);
+    kill(&mut resolver);
+    let epoch = next_epoch(&said);
+    assert_eq!(client.wait().unwrap().code(), Some(1));
+    acked.extend(acks.iter());
+    assert_eq!(sequencer_at(&cluster_file), address);
+    assert_eq!(
+        resolvers_at(&cluster_file),
+        [address.clone(), address.clone()]
+    );
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
+    kill(&mut client);
+    acked.extend(acks.iter());
+    // Nothing more ended: the epoch that recovered from both is the one serving.
+    assert!(said.try_recv().is_err(), "epoch {epoch} did not last");
+
+    check_through_the_network(&cluster_file, &acked);
+    kill(&mut director);
+}
+
+#[test]
 fn a_worker_without_an_etcd_cluster_file_or_with_a_layout_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file_cluster = dir.path().join("f.cluster");
@@ -282,15 +403,17 @@ fn a_worker_without_an_etcd_cluster_file_or_with_a_layout_is_refused() {
             1,
         ),
     ];
-    for (flags, says, code) in runs {
-        let out = strata()
-            .args(["serve", "--role", "resolver"])
-            .args(&flags)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "{flags:?}: {stderr}");
-        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    for role in ["resolver", "sequencer"] {
+        for (flags, says, code) in &runs {
+            let out = strata()
+                .args(["serve", "--role", role])
+                .args(flags)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(*code), "{role} {flags:?}: {stderr}");
+            assert!(stderr.contains(says), "{role} {flags:?}: {stderr}");
+        }
     }
 }
 
@@ -389,6 +512,17 @@ fn silent_or_bogus_registry_entries_are_passed_over_without_holding_recovery_up(
             .unwrap();
     });
     let (mut real, real_at) = worker(&cluster_file, "127.0.0.1:0");
+    // And an entry that says the resolver worker is a sequencer: it is passed over as a
+    // sequencer, and still recruited as the resolver it is.
+    runtime.block_on(async {
+        let client = Etcd::connect(&[etcd.endpoint()]).unwrap();
+        let liar = format!(r#"{{"role":"sequencer","address":"{real_at}"}}"#);
+        let key = format!("{prefix}liar");
+        client
+            .put(key.as_bytes(), liar.into_bytes(), 0)
+            .await
+            .unwrap();
+    });
 
     // Each silent entry is given one probe timeout (1 s), all at once: the recovery does not
     // wait 5 s for each in turn (40 s), and recruits the worker that answers.
@@ -409,6 +543,7 @@ fn silent_or_bogus_registry_entries_are_passed_over_without_holding_recovery_up(
         resolvers_at(&cluster_file).iter().collect::<Vec<_>>(),
         [&real_at, &address]
     );
+    assert_eq!(sequencer_at(&cluster_file), address);
     let (mut client, acks) = cycle_client(&cluster_file);
     let mut acked = Vec::new();
     collect_acks(&acks, &mut acked, Duration::from_secs(1), 50);

@@ -28,16 +28,20 @@ pub enum Role {
     /// A resolver: one per epoch, built fresh at each recruitment (a resolver holds nothing
     /// an epoch needs from the one before).
     Resolver,
+    /// The sequencer: one per epoch, started after the epoch's recovery version at each
+    /// recruitment (it holds nothing an epoch needs from the one before either).
+    Sequencer,
 }
 
 impl Role {
     /// Every role a worker can have.
-    pub const ALL: [Role; 1] = [Role::Resolver];
+    pub const ALL: [Role; 2] = [Role::Resolver, Role::Sequencer];
 
     /// The role's name, as the command line and the worker registry spell it.
     pub fn name(self) -> &'static str {
         match self {
             Role::Resolver => "resolver",
+            Role::Sequencer => "sequencer",
         }
     }
 
@@ -50,18 +54,21 @@ impl Role {
     pub fn stage(self) -> Stage {
         match self {
             Role::Resolver => Stage::Resolver,
+            Role::Sequencer => Stage::Sequencer,
         }
     }
 
     fn to_wire(self) -> proto::Role {
         match self {
             Role::Resolver => proto::Role::Resolver,
+            Role::Sequencer => proto::Role::Sequencer,
         }
     }
 
     fn from_wire(wire: i32) -> Option<Role> {
         match proto::Role::try_from(wire).ok()? {
             proto::Role::Resolver => Some(Role::Resolver),
+            proto::Role::Sequencer => Some(Role::Sequencer),
             proto::Role::Unspecified => None,
         }
     }

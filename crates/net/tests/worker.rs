@@ -235,6 +235,19 @@ async fn recruitments_the_worker_cannot_take_are_refused_with_a_reason() {
         .await
         .unwrap();
     assert_eq!(director.heartbeat().await.unwrap().epoch, None);
+    // A role this build knows, but not the worker's.
+    let e = director
+        .recruit(Recruitment {
+            epoch: Epoch(3),
+            role: Role::Sequencer,
+            recovery_version: Version(0),
+            resolver: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+    assert!(e.to_string().contains("not a sequencer"), "{e}");
+    assert_eq!(director.heartbeat().await.unwrap().epoch, None);
 
     // Random bytes to both calls: an error or an answer, never a panic, and the worker still
     // recruits afterwards.

@@ -330,7 +330,10 @@ async fn start_and_persist(
         .await?;
     // From now on the storage servers learn what is committed and the logs are popped.
     let watermark = Watermark::start(
-        pipeline.sequencer.clone(),
+        match &pipeline.sequencer {
+            Some(local) => local.clone(),
+            None => pipeline.decorated_sequencer.clone(),
+        },
         storage.to_vec(),
         logs.logs.clone(),
         config.watermark_interval,
@@ -342,6 +345,7 @@ async fn start_and_persist(
                 claim.epoch,
                 &logs.places,
                 env.served_at.as_deref(),
+                pipeline.sequencer_at.as_deref(),
                 &pipeline.resolvers_at,
             ))
         })
@@ -614,6 +618,7 @@ fn build_layout(
     epoch: Epoch,
     places: &[LogPlace],
     served_at: Option<&str>,
+    sequencer_at: Option<&str>,
     resolvers_at: &[Option<String>],
 ) -> TransactionSystemLayout {
     let at = |name: String| match served_at {
@@ -623,7 +628,10 @@ fn build_layout(
     TransactionSystemLayout {
         id: epoch.0,
         epoch,
-        sequencer: at("sequencer-0".into()),
+        sequencer: match sequencer_at {
+            Some(worker) => format!("sequencer-0@{worker}"),
+            None => at("sequencer-0".into()),
+        },
         commit_proxies: (0..config.proxies)
             .map(|i| at(format!("proxy-{i}")))
             .collect(),

@@ -1,4 +1,4 @@
-//! Phase 7, `start_transaction_system`: the sequencer, the resolvers (on workers where they
+//! Phase 7, `start_transaction_system`: the sequencer and the resolvers (on workers where they
 //! are registered) and the commit proxies of the new epoch.
 
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use strata_commit_proxy::BatchingProxy;
 use strata_core::{
     CommitProxy, Epoch, Key, LogServer, Resolver, Sequencer, StorageServer, Version,
 };
-use strata_net::Role;
+use strata_net::{Recruitment, RemoteResolver, RemoteSequencer, Role};
 use strata_resolver::WindowResolver;
 use strata_sequencer::ClockSequencer;
 use strata_storage::RedbStorage;
@@ -22,7 +22,7 @@ use crate::config::EmbeddedConfig;
 use crate::coordinator::StateStore;
 use crate::faults::{FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage};
 use crate::split_begins;
-use crate::workers::{self, Recruited};
+use crate::workers::{self, Answered, Recruited};
 
 /// Phase 7: the sequencer past the recovery version, then resolvers and commit proxies, each
 /// wrapped in its fault decorator in tests.
@@ -37,14 +37,23 @@ pub(super) async fn start_pipeline(
 ) -> Attempt<Pipeline> {
     let faults = env.faults.as_ref();
     let network = env.network.as_ref();
-    let sequencer = Arc::new(ClockSequencer::new(epoch, recovery_version));
-    let mut decorated_sequencer: Arc<dyn Sequencer> = match faults {
-        Some(f) => Arc::new(FaultySequencer(sequencer.clone(), f.clone())),
-        None => sequencer.clone(),
+    // Every registered worker is probed at once, whatever its role.
+    let mut answered = match &env.access {
+        Some(access) => {
+            let candidates = workers::registered(store);
+            Some(Answered::probe(candidates, access, config.probe_timeout, &env.passed_over).await)
+        }
+        None => None,
     };
-    if let Some(n) = network {
-        decorated_sequencer = Arc::new(NetSequencer::new(decorated_sequencer, n, "sequencer"));
-    }
+    let mut recruited = Vec::new();
+    let (sequencer, decorated_sequencer, sequencer_at) = start_sequencer(
+        env,
+        epoch,
+        recovery_version,
+        answered.as_mut(),
+        &mut recruited,
+    )
+    .await;
     let decorated_logs: Vec<Arc<dyn LogServer>> = logs
         .logs
         .iter()
@@ -62,8 +71,15 @@ pub(super) async fn start_pipeline(
     let Resolvers {
         resolvers,
         at: resolvers_at,
-        recruited,
-    } = start_resolvers(env, store, config, epoch, recovery_version).await;
+    } = start_resolvers(
+        env,
+        config,
+        epoch,
+        recovery_version,
+        answered.as_mut(),
+        &mut recruited,
+    )
+    .await;
     let decorated_resolvers = resolvers.iter().map(|(_, r)| r.clone()).collect();
     let mut proxies = Vec::new();
     let mut decorated_proxies: Vec<Arc<dyn CommitProxy>> = Vec::new();
@@ -107,6 +123,7 @@ pub(super) async fn start_pipeline(
     )?;
     Ok(Pipeline {
         sequencer,
+        sequencer_at,
         decorated_sequencer,
         decorated_resolvers,
         resolvers_at,
@@ -118,54 +135,96 @@ pub(super) async fn start_pipeline(
     })
 }
 
+/// The epoch's sequencer: recruited on a worker when one answered the probe (its worker then
+/// joins `recruited`), run here otherwise. Returns the one run here (stopped with the epoch),
+/// the sequencer as the commit path reaches it, and the worker's address.
+async fn start_sequencer(
+    env: &RecoveryEnv,
+    epoch: Epoch,
+    recovery_version: Version,
+    answered: Option<&mut Answered>,
+    recruited: &mut Vec<Recruited>,
+) -> (
+    Option<Arc<ClockSequencer>>,
+    Arc<dyn Sequencer>,
+    Option<String>,
+) {
+    let recruitment = Recruitment {
+        epoch,
+        role: Role::Sequencer,
+        recovery_version,
+        resolver: None,
+    };
+    let remote = match answered {
+        Some(answered) => answered
+            .recruit::<RemoteSequencer>(1, recruitment)
+            .await
+            .pop(),
+        None => None,
+    };
+    let (local, mut sequencer, at): (_, Arc<dyn Sequencer>, _) = match remote {
+        Some((remote, worker)) => {
+            let at = worker.place.address.clone();
+            recruited.push(worker);
+            (None, Arc::new(remote), Some(at))
+        }
+        None => {
+            let local = Arc::new(ClockSequencer::new(epoch, recovery_version));
+            (Some(local.clone()), local, None)
+        }
+    };
+    if let Some(f) = &env.faults {
+        sequencer = Arc::new(FaultySequencer(sequencer, f.clone()));
+    }
+    if let Some(n) = &env.network {
+        sequencer = Arc::new(NetSequencer::new(sequencer, n, "sequencer"));
+    }
+    (local, sequencer, at)
+}
+
 /// The resolvers of an epoch, in the order of their key ranges (each from its begin key), as
-/// the commit path reaches them; where the ones recruited on workers are served; and those
-/// workers, for monitoring.
+/// the commit path reaches them, and where the ones recruited on workers are served.
 struct Resolvers {
     resolvers: Vec<(Key, Arc<dyn Resolver>)>,
     at: Vec<Option<String>>,
-    recruited: Vec<Recruited>,
 }
 
-/// Each resolver of the epoch: recruited on a registered resolver worker when this process
-/// reaches workers (`env.access`) and one answers (see [`workers::recruit_resolvers`]), for
-/// the first ranges; run here for the others.
+/// Each resolver of the epoch: recruited on the workers that answered the probe (see
+/// [`Answered::recruit`]), of the director's settings, for the first ranges (their workers
+/// join `recruited`); run here for the others.
 async fn start_resolvers(
     env: &RecoveryEnv,
-    store: &dyn StateStore,
     config: &EmbeddedConfig,
     epoch: Epoch,
     recovery_version: Version,
+    answered: Option<&mut Answered>,
+    recruited: &mut Vec<Recruited>,
 ) -> Resolvers {
-    let mut remote = match &env.access {
-        Some(access) => {
-            let candidates = workers::registered(store, Role::Resolver);
-            workers::recruit_resolvers(
-                candidates,
-                config.resolvers,
-                access,
+    let remote = match answered {
+        Some(answered) => {
+            let recruitment = Recruitment {
                 epoch,
+                role: Role::Resolver,
                 recovery_version,
-                &config.resolver,
-                config.probe_timeout,
-                &env.passed_over,
-            )
-            .await
+                resolver: Some(workers::resolver_settings(&config.resolver)),
+            };
+            answered
+                .recruit::<RemoteResolver>(config.resolvers, recruitment)
+                .await
         }
         None => Vec::new(),
-    }
-    .into_iter();
+    };
+    let mut remote = remote.into_iter();
     let mut out = Resolvers {
         resolvers: Vec::new(),
         at: Vec::new(),
-        recruited: Vec::new(),
     };
     for (i, begin) in split_begins(config.resolvers).into_iter().enumerate() {
         let mut r: Arc<dyn Resolver> = match remote.next() {
-            Some((resolver, recruited)) => {
-                out.at.push(Some(recruited.place.address.clone()));
-                out.recruited.push(recruited);
-                resolver
+            Some((resolver, worker)) => {
+                out.at.push(Some(worker.place.address.clone()));
+                recruited.push(worker);
+                Arc::new(resolver)
             }
             None => {
                 out.at.push(None);

@@ -189,10 +189,10 @@ struct CycleArgs {
 #[derive(Args)]
 struct ServeArgs {
     /// What this process runs. `all`: the director, and every stage no worker runs (the
-    /// embedded cluster, with --data-dir). `resolver`: a worker, which registers in the
-    /// cluster's etcd (--cluster-file) and runs a resolver for each epoch the director
-    /// recruits it for, served at --listen (a port for the cluster's own processes only); it
-    /// keeps no data and takes no layout.
+    /// embedded cluster, with --data-dir). `resolver` or `sequencer`: a worker, which
+    /// registers in the cluster's etcd (--cluster-file) and runs a stage of its role for each
+    /// epoch the director recruits it for, served at --listen (a port for the cluster's own
+    /// processes only); it keeps no data and takes no layout.
     #[arg(long, value_enum, default_value = "all")]
     role: RoleArg,
     #[command(flatten)]
@@ -201,7 +201,7 @@ struct ServeArgs {
     /// one), and write the cluster file they connect with to DATA_DIR/strata.cluster. Clients
     /// read this address from the coordinated state: in the data directory, clients must run
     /// on this host; in etcd (--cluster-file), on any host that reaches both.
-    #[arg(long, value_name = "HOST:PORT", required_if_eq("role", "resolver"))]
+    #[arg(long, value_name = "HOST:PORT", required_if_eq_any(WORKER_ROLES))]
     listen: Option<String>,
     /// The cluster this data directory serves, and where its coordinated state lives:
     /// `NAME:ID@etcd://HOST:PORT[,HOST:PORT...]` keeps it in etcd (one director at a time,
@@ -211,7 +211,7 @@ struct ServeArgs {
         long,
         value_name = "FILE",
         requires = "listen",
-        required_if_eq("role", "resolver")
+        required_if_eq_any(WORKER_ROLES)
     )]
     cluster_file: Option<PathBuf>,
     /// With --listen: serve over TLS only, to clients with a certificate of --tls-ca.
@@ -313,7 +313,12 @@ enum RoleArg {
     All,
     /// A resolver worker.
     Resolver,
+    /// A sequencer worker.
+    Sequencer,
 }
+
+/// The roles of worker processes, which need --listen and --cluster-file.
+const WORKER_ROLES: [(&str, &str); 2] = [("role", "resolver"), ("role", "sequencer")];
 
 /// The cluster to recover: where it is and how many of each stage the new epoch runs. A count
 /// not given is the one the data directory last ran with (1 for a new directory).
@@ -403,6 +408,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => match args.role {
             RoleArg::All => runtime.block_on(serve(args)),
             RoleArg::Resolver => runtime.block_on(worker::serve(args, strata_net::Role::Resolver)),
+            RoleArg::Sequencer => {
+                runtime.block_on(worker::serve(args, strata_net::Role::Sequencer))
+            }
         },
         Command::Bench(args) => runtime.block_on(load::run(args)),
         Command::Workload(Workload::Cycle(args)) => runtime.block_on(cycle::run(args)),

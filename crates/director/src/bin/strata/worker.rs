@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use strata_core::{Error, ErrorKind, Result, Stage};
 use strata_director::cluster_file::{ClusterFile, StatePlace};
-use strata_director::workers::{Registration, ResolverWorker, WorkerPlace, registry_prefix};
+use strata_director::workers::{
+    Registration, ResolverWorker, SequencerWorker, WorkerPlace, registry_prefix,
+};
 use strata_net::etcd::Etcd;
-use strata_net::{Access, Role, Stages};
+use strata_net::{Access, Recruiter, Role, Stages};
 
 use super::ServeArgs;
 
@@ -65,11 +67,12 @@ pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
     }
     let address = bound.to_string();
     let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
-    let worker = match role {
+    let worker: Arc<dyn Recruiter> = match role {
         Role::Resolver => Arc::new(ResolverWorker::new(
             strata_director::EmbeddedConfig::default().resolver,
             publish,
         )),
+        Role::Sequencer => Arc::new(SequencerWorker::new(publish)),
         other => return Err(refuse(format!("no worker runs the role {other}"))),
     };
     let etcd = Etcd::connect(endpoints)?;
