@@ -22,8 +22,8 @@
 //! - [`snapshot`], [`dump`] and [`status`](mod@status): what a data directory holds, read without
 //!   starting an epoch.
 //! - [`owner`]: one owner per data directory, taken first by every command.
-//! - [`workers`]: worker processes (`strata serve --role resolver`): their registry in etcd,
-//!   the resolver a worker runs, and how a recovery recruits and monitoring watches them.
+//! - [`workers`]: worker processes (`strata serve --role resolver|sequencer`): their registry
+//!   in etcd, the stage a worker runs, and how a recovery recruits and monitoring watches them.
 //! - [`workload`]: Cycle, Increment (ledger) and the load generator, run by one driver that the
 //!   `strata` command, the tests and the benches share.
 //! - [`faults`]: decorators of every stage trait (and of the logs' file system) that fail an
