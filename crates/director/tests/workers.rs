@@ -356,6 +356,60 @@ fn the_sequencer_on_a_worker_hands_out_every_version_and_a_lost_one_ends_the_epo
 }
 
 #[test]
+fn a_sequencer_worker_serves_the_smallest_and_largest_layouts_across_its_loss() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (n, count) in ["1", "3"].into_iter().enumerate() {
+        let cluster_file = dir.path().join(format!("l{n}.cluster"));
+        std::fs::write(
+            &cluster_file,
+            format!("l{n}:e2e9{n}@etcd://{}\n", etcd.endpoint()),
+        )
+        .unwrap();
+        let (mut sequencer, sequencer_addr) =
+            worker_of("sequencer", &cluster_file, "127.0.0.1:0", &[]);
+        await_registry(&etcd.endpoint(), &cluster_file, &[&sequencer_addr]);
+        let layout = [
+            "--cluster-file",
+            cluster_file.to_str().unwrap(),
+            "--logs",
+            count,
+            "--storage",
+            count,
+            "--resolvers",
+            count,
+            "--proxies",
+            count,
+        ];
+        let data = dir.path().join(format!("data-{n}"));
+        let (mut director, address, said) = serve_with(&data, "127.0.0.1:0", &layout);
+        let said = listen(said);
+        assert_eq!(sequencer_at(&cluster_file), sequencer_addr, "{count}");
+
+        // Longer than a storage server's window in memory, then the worker killed mid-epoch
+        // under load, then the director: every acknowledged commit stays.
+        let mut acked = Vec::new();
+        let (mut client, acks) = cycle_client(&cluster_file);
+        collect_acks(&acks, &mut acked, Duration::from_secs(6), 100);
+        kill(&mut sequencer);
+        assert_eq!(next_epoch(&said), 2, "{count}");
+        assert_eq!(client.wait().unwrap().code(), Some(1));
+        acked.extend(acks.iter());
+        assert_eq!(sequencer_at(&cluster_file), address, "{count}");
+        let (mut client, acks) = cycle_client(&cluster_file);
+        collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
+        kill(&mut director);
+        assert_eq!(client.wait().unwrap().code(), Some(1));
+        acked.extend(acks.iter());
+        (director, _, _) = serve_with(&data, &address, &layout);
+        check_through_the_network(&cluster_file, &acked);
+        kill(&mut director);
+    }
+}
+
+#[test]
 fn a_worker_without_an_etcd_cluster_file_or_with_a_layout_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file_cluster = dir.path().join("f.cluster");

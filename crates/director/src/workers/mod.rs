@@ -400,8 +400,14 @@ impl Answered {
             match probed {
                 Ok(worker) => answered.push((order, worker)),
                 Err(e) => {
-                    tracing::warn!(error = %e, "a registered worker passed over");
-                    passed_over.mark(&considered[order]);
+                    let place = &considered[order];
+                    tracing::warn!(
+                        role = %place.role,
+                        address = %place.address,
+                        error = %e,
+                        "a registered worker passed over"
+                    );
+                    passed_over.mark(place);
                 }
             }
         }
