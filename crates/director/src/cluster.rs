@@ -27,9 +27,8 @@ use crate::recovery::{self, RecoveryEnv, RecoveryError, RecoveryReport};
 /// The transaction system of one epoch: each stage as built, and as the commit path sees it
 /// (`decorated_*`: wrapped by fault decorators in tests, the same objects otherwise).
 pub(crate) struct Pipeline {
-    /// The sequencer this process runs, stopped with the epoch; `None` when it was recruited
-    /// on a worker.
-    pub(crate) sequencer: Option<Arc<ClockSequencer>>,
+    /// The sequencer, undecorated: stopped with the epoch.
+    pub(crate) sequencer: OwnSequencer,
     /// Where the sequencer runs when it was recruited on a worker.
     pub(crate) sequencer_at: Option<String>,
     pub(crate) decorated_sequencer: Arc<dyn Sequencer>,
@@ -42,6 +41,31 @@ pub(crate) struct Pipeline {
     pub(crate) decorated_proxies: Vec<Arc<dyn CommitProxy>>,
     pub(crate) decorated_storage: Vec<Arc<dyn StorageServer>>,
     pub(crate) database: Database,
+}
+
+/// The sequencer of an epoch: the director's own, or one recruited on a worker. Either is
+/// stopped with the epoch, so no handle of the epoch takes a version from it afterwards.
+pub(crate) enum OwnSequencer {
+    Local(Arc<ClockSequencer>),
+    Worker(Arc<crate::workers::WorkerSequencer>),
+}
+
+impl OwnSequencer {
+    /// Every later call through this epoch's handles is `Unavailable`.
+    pub(crate) fn stop(&self) {
+        match self {
+            OwnSequencer::Local(s) => s.stop(),
+            OwnSequencer::Worker(s) => s.stop(),
+        }
+    }
+
+    /// The sequencer without the decorators of tests (the watermark task reads it).
+    pub(crate) fn plain(&self) -> Arc<dyn Sequencer> {
+        match self {
+            OwnSequencer::Local(s) => s.clone(),
+            OwnSequencer::Worker(s) => s.clone(),
+        }
+    }
 }
 
 /// The director's watermark task: every interval it tells each storage server the newest
@@ -68,13 +92,21 @@ impl Watermark {
                 if buggify::fires("director.watermark.skip") {
                     continue;
                 }
-                // The read version is the newest version reported committed: on every log.
-                let Ok(committed) = sequencer.read_version().await else {
-                    return; // stopped: the epoch is over
+                // The read version is the newest version reported committed: on every log. A
+                // failure is let pass until the next interval: the task ends only with its
+                // epoch (aborted), since a sequencer on a worker can fail a call and answer the
+                // next one, and monitoring ends the epoch on a sequencer that stays silent.
+                let committed = match sequencer.read_version().await {
+                    Ok(committed) => committed,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the watermark cannot read what is committed");
+                        continue;
+                    }
                 };
                 let mut oldest_durable = None::<Version>;
                 for s in &storage {
                     s.advance_committed(committed);
+                    // Fails only once the server is closed, with its epoch.
                     let durable = StorageServer::durable_version(s.as_ref()).await;
                     let Ok(durable) = durable else { return };
                     oldest_durable = Some(oldest_durable.map_or(durable, |o| o.min(durable)));
@@ -307,9 +339,7 @@ impl EmbeddedCluster {
     /// as unavailable).
     pub async fn stop(self) {
         drop(self.watermark);
-        if let Some(sequencer) = &self.pipeline.sequencer {
-            sequencer.stop();
-        }
+        self.pipeline.sequencer.stop();
         drop(self.pipeline.database);
         drop(self.pipeline.decorated_proxies);
         drop(self.pipeline.proxies);

@@ -330,10 +330,7 @@ async fn start_and_persist(
         .await?;
     // From now on the storage servers learn what is committed and the logs are popped.
     let watermark = Watermark::start(
-        match &pipeline.sequencer {
-            Some(local) => local.clone(),
-            None => pipeline.decorated_sequencer.clone(),
-        },
+        pipeline.sequencer.plain(),
         storage.to_vec(),
         logs.logs.clone(),
         config.watermark_interval,

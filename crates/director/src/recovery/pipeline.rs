@@ -7,7 +7,7 @@ use strata_commit_proxy::BatchingProxy;
 use strata_core::{
     CommitProxy, Epoch, Key, LogServer, Resolver, Sequencer, StorageServer, Version,
 };
-use strata_net::{Recruitment, RemoteResolver, RemoteSequencer, Role};
+use strata_net::{Recruitment, RemoteResolver, Role};
 use strata_resolver::WindowResolver;
 use strata_sequencer::ClockSequencer;
 use strata_storage::RedbStorage;
@@ -17,12 +17,12 @@ use strata_txn_builder::Database;
 use super::env::log_role;
 use super::logs::NewLogs;
 use super::{Attempt, RecoveryEnv};
-use crate::cluster::Pipeline;
+use crate::cluster::{OwnSequencer, Pipeline};
 use crate::config::EmbeddedConfig;
 use crate::coordinator::StateStore;
 use crate::faults::{FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage};
 use crate::split_begins;
-use crate::workers::{self, Answered, Recruited};
+use crate::workers::{self, Answered, Recruited, WorkerSequencer};
 
 /// Phase 7: the sequencer past the recovery version, then resolvers and commit proxies, each
 /// wrapped in its fault decorator in tests.
@@ -136,19 +136,15 @@ pub(super) async fn start_pipeline(
 }
 
 /// The epoch's sequencer: recruited on a worker when one answered the probe (its worker then
-/// joins `recruited`), run here otherwise. Returns the one run here (stopped with the epoch),
-/// the sequencer as the commit path reaches it, and the worker's address.
+/// joins `recruited`), run here otherwise. Returns it (stopped with the epoch), as the commit
+/// path reaches it, and the worker's address.
 async fn start_sequencer(
     env: &RecoveryEnv,
     epoch: Epoch,
     recovery_version: Version,
     answered: Option<&mut Answered>,
     recruited: &mut Vec<Recruited>,
-) -> (
-    Option<Arc<ClockSequencer>>,
-    Arc<dyn Sequencer>,
-    Option<String>,
-) {
+) -> (OwnSequencer, Arc<dyn Sequencer>, Option<String>) {
     let recruitment = Recruitment {
         epoch,
         role: Role::Sequencer,
@@ -157,29 +153,30 @@ async fn start_sequencer(
     };
     let remote = match answered {
         Some(answered) => answered
-            .recruit::<RemoteSequencer>(1, recruitment)
+            .recruit::<WorkerSequencer>(1, recruitment)
             .await
             .pop(),
         None => None,
     };
-    let (local, mut sequencer, at): (_, Arc<dyn Sequencer>, _) = match remote {
+    let (own, at) = match remote {
         Some((remote, worker)) => {
             let at = worker.place.address.clone();
             recruited.push(worker);
-            (None, Arc::new(remote), Some(at))
+            (OwnSequencer::Worker(Arc::new(remote)), Some(at))
         }
         None => {
             let local = Arc::new(ClockSequencer::new(epoch, recovery_version));
-            (Some(local.clone()), local, None)
+            (OwnSequencer::Local(local), None)
         }
     };
+    let mut sequencer = own.plain();
     if let Some(f) = &env.faults {
         sequencer = Arc::new(FaultySequencer(sequencer, f.clone()));
     }
     if let Some(n) = &env.network {
         sequencer = Arc::new(NetSequencer::new(sequencer, n, "sequencer"));
     }
-    (local, sequencer, at)
+    (own, sequencer, at)
 }
 
 /// The resolvers of an epoch, in the order of their key ranges (each from its begin key), as

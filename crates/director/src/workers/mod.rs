@@ -31,9 +31,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use strata_core::{Epoch, Error, ErrorKind, Result, Stage};
 use strata_net::etcd::Etcd;
-use strata_net::{
-    Access, Recruitment, RemoteResolver, RemoteSequencer, RemoteWorker, Role, WorkerState,
-};
+use strata_net::{Access, Recruitment, RemoteResolver, RemoteWorker, Role, WorkerState};
 
 use crate::coordinator::StateStore;
 
@@ -43,6 +41,7 @@ mod sequencer;
 pub use resolver::ResolverWorker;
 pub(crate) use resolver::{resolver_config, resolver_settings};
 pub use sequencer::SequencerWorker;
+pub(crate) use sequencer::WorkerSequencer;
 
 /// How long a worker's registration lives without a renewal: a worker that stops is out of
 /// the registry this long after, at most. Renewed every third of it.
@@ -320,27 +319,21 @@ pub(crate) trait Reach: Sized + Send {
     /// The role of the workers that run it.
     const ROLE: Role;
 
-    /// Connects to the stage the worker at `address` serves at `index` (as its recruitment
-    /// answered).
-    async fn reach(address: &str, access: Access, index: u32) -> Result<Self>;
+    /// Connects to the stage of `epoch` the worker at `address` serves at `index` (as its
+    /// recruitment answered).
+    ///
+    /// Errors: those of connecting; `Unavailable` when the worker serves another epoch's
+    /// stage by then (recruited again meanwhile).
+    async fn reach(address: &str, access: Access, index: u32, epoch: Epoch) -> Result<Self>;
 }
 
 #[async_trait]
 impl Reach for RemoteResolver {
     const ROLE: Role = Role::Resolver;
 
-    async fn reach(address: &str, access: Access, index: u32) -> Result<Self> {
+    async fn reach(address: &str, access: Access, index: u32, _epoch: Epoch) -> Result<Self> {
+        // Every batch names its epoch: a resolver of another epoch refuses them all.
         RemoteResolver::connect(address, access, index).await
-    }
-}
-
-#[async_trait]
-impl Reach for RemoteSequencer {
-    const ROLE: Role = Role::Sequencer;
-
-    async fn reach(address: &str, access: Access, _index: u32) -> Result<Self> {
-        // A server runs at most one sequencer.
-        RemoteSequencer::connect(address, access).await
     }
 }
 
@@ -449,7 +442,7 @@ impl Answered {
             let address = place.address.clone();
             let started = tokio::time::timeout(RECRUIT_TIMEOUT, async {
                 let index = worker.recruit(recruitment).await?;
-                S::reach(&address, self.access.clone(), index).await
+                S::reach(&address, self.access.clone(), index, recruitment.epoch).await
             })
             .await;
             match started {

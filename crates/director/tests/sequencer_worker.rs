@@ -1,0 +1,311 @@
+//! The sequencer on a worker, as the director's own process sees it: a `SequencerWorker`
+//! served in this process (`strata_net::serve_worker`), registered in a real etcd and
+//! recruited by `EmbeddedCluster::start_with_env`. A lost call to the worker must not stop
+//! the director from telling storage what is committed, and a `Database` handle of an ended
+//! epoch must be refused, as with the sequencer in process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener as StdListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strata_core::ErrorKind;
+use strata_director::coordinator::etcd::EtcdStateStore;
+use strata_director::workers::{Registration, SequencerWorker, WorkerPlace, registry_prefix};
+use strata_director::{EmbeddedCluster, EmbeddedConfig, RecoveryEnv};
+use strata_net::etcd::Etcd;
+use strata_net::{Access, ClusterId, Stages};
+use strata_testkit::etcd::EtcdServer;
+
+const NAME: &str = "sw";
+
+/// A sequencer worker served at `bind`, registered as living at `register_at` (its own
+/// address when `None`). Returns where it serves and its registration.
+async fn sequencer_worker(
+    bind: &str,
+    id: &str,
+    etcd: &str,
+    register_at: Option<String>,
+) -> (String, Registration) {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
+    let worker = Arc::new(SequencerWorker::new(publish));
+    let access = Access::new(ClusterId::new(id).unwrap(), None);
+    tokio::spawn(strata_net::serve_worker(
+        access,
+        worker,
+        published,
+        listener,
+        std::future::pending::<()>(),
+    ));
+    let registration = Registration::start(
+        Etcd::connect(&[etcd.to_owned()]).unwrap(),
+        &registry_prefix(NAME, id),
+        WorkerPlace {
+            role: "sequencer".into(),
+            address: register_at.unwrap_or_else(|| address.clone()),
+            registered: 0,
+        },
+    )
+    .await
+    .unwrap();
+    (address, registration)
+}
+
+fn env_for(id: &str) -> RecoveryEnv {
+    let mut env = RecoveryEnv::default();
+    env.access = Some(Access::new(ClusterId::new(id).unwrap(), None));
+    env
+}
+
+async fn put(db: &strata_director::Database, key: &str, value: &str) -> strata_core::Version {
+    let t = db.begin().await.unwrap();
+    t.set(
+        bytes::Bytes::copy_from_slice(key.as_bytes()),
+        bytes::Bytes::copy_from_slice(value.as_bytes()),
+    );
+    t.commit().await.unwrap()
+}
+
+/// A `Database` of an ended epoch whose sequencer ran on a worker is refused once the epoch
+/// is stopped, as with the sequencer in process (below): the worker may still run that
+/// epoch's sequencer (the next epoch recruited another), and a read version from it would be
+/// below a commit the next epoch acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_of_an_ended_epoch_is_refused_though_its_worker_still_runs() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "e2f1";
+    // The first worker at 127.0.0.2: a second one registered later at 127.0.0.1 sorts first.
+    let (w1, _r1) = sequencer_worker("127.0.0.2:0", id, &etcd.endpoint(), None).await;
+    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
+    let env = env_for(id);
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, r1) =
+        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
+            .await
+            .unwrap();
+    let layout1 = format!("{:?}", r1.config);
+    assert!(layout1.contains(&format!("sequencer-0@{w1}")), "{layout1}");
+    let old = c1.database();
+    put(&old, "k", "old").await;
+    c1.stop().await;
+
+    let (w0, _r0) = sequencer_worker("127.0.0.1:0", id, &etcd.endpoint(), None).await;
+    let (c2, r2) =
+        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
+            .await
+            .unwrap();
+    let layout2 = format!("{:?}", r2.config);
+    assert!(layout2.contains(&format!("sequencer-0@{w0}")), "{layout2}");
+    let acked = put(&c2.database(), "k", "new").await;
+
+    // The old handle, after the acknowledgement: refused as unavailable, as in process.
+    match old.begin().await {
+        Err(e) => assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}"),
+        Ok(t) => {
+            let rv = t.read_version();
+            let got = t.get(&bytes::Bytes::from_static(b"k")).await;
+            panic!(
+                "old handle got read version {rv} (below the acknowledged {acked}) and read k = {got:?}"
+            );
+        }
+    }
+    c2.stop().await;
+}
+
+/// A TCP proxy that can stall and then cut every connection it carries.
+struct Blip {
+    paused: Arc<AtomicBool>,
+    sockets: Arc<Mutex<Vec<TcpStream>>>,
+    address: String,
+}
+
+impl Blip {
+    fn start(target: String) -> Blip {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let paused = Arc::new(AtomicBool::new(false));
+        let sockets = Arc::new(Mutex::new(Vec::new()));
+        let (p, s) = (paused.clone(), sockets.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { continue };
+                let Ok(outbound) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                inbound.set_nodelay(true).unwrap();
+                outbound.set_nodelay(true).unwrap();
+                s.lock().unwrap().push(inbound.try_clone().unwrap());
+                s.lock().unwrap().push(outbound.try_clone().unwrap());
+                let (mut ri, mut wi) = (inbound.try_clone().unwrap(), inbound);
+                let (mut ro, mut wo) = (outbound.try_clone().unwrap(), outbound);
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        while p.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        match ri.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if wo.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = wo.shutdown(Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut ro, &mut wi);
+                    let _ = wi.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Blip {
+            paused,
+            sockets,
+            address,
+        }
+    }
+
+    /// Stalls the calls towards the worker for `stall`, then cuts every connection.
+    fn blip(&self, stall: Duration) {
+        self.paused.store(true, Ordering::SeqCst);
+        std::thread::sleep(stall);
+        for s in self.sockets.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        self.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A read version call to the worker's sequencer that fails once (a connection stalled, then
+/// cut) while the epoch goes on: the watermark task carries on, so the storage servers keep
+/// learning what is committed (and make it durable, and the logs are popped), for longer
+/// than their window in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_read_version_does_not_stop_the_watermark() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "e2f2";
+    // The worker is reached through the proxy: registered at the proxy's address.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let worker_at = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let blip = Blip::start(worker_at.clone());
+    let (_w, _r) =
+        sequencer_worker(&worker_at, id, &etcd.endpoint(), Some(blip.address.clone())).await;
+    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
+    let env = env_for(id);
+    let dir = tempfile::tempdir().unwrap();
+    let (c, r) =
+        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
+            .await
+            .unwrap();
+    let layout = format!("{:?}", r.config);
+    assert!(
+        layout.contains(&format!("sequencer-0@{}", blip.address)),
+        "{layout}"
+    );
+    let db = c.database();
+    let storage = c.storage_servers()[0].clone();
+
+    // The watermark works: a commit is known committed within a few intervals.
+    let v1 = put(&db, "a", "1").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        storage.committed_version() >= v1,
+        "watermark not running at all"
+    );
+
+    // One stalled-then-cut connection, while nothing but the watermark calls the sequencer.
+    tokio::task::block_in_place(|| blip.blip(Duration::from_millis(400)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The worker is reachable again: read versions and commits work, monitoring is happy.
+    let mut last = v1;
+    for i in 0..20 {
+        let t = loop {
+            match db.begin().await {
+                Ok(t) => break t,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        t.set(
+            bytes::Bytes::from(format!("b{i}").into_bytes()),
+            bytes::Bytes::from_static(b"x"),
+        );
+        last = t.commit().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.check_health().await.unwrap();
+    // Seven more seconds of commits: past the storage window (5,000,000 versions).
+    let until = std::time::Instant::now() + Duration::from_secs(7);
+    let mut n = 0;
+    while std::time::Instant::now() < until {
+        let t = db.begin().await.unwrap();
+        t.set(
+            bytes::Bytes::from(format!("c{n}").into_bytes()),
+            bytes::Bytes::from_static(b"y"),
+        );
+        last = t.commit().await.unwrap();
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(n > 0);
+    c.check_health().await.unwrap();
+    // Within a few watermark intervals, storage knows the last commit is committed, and has
+    // made durable what the window could not hold.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let committed = storage.committed_version();
+    assert!(
+        committed >= last,
+        "the watermark stopped: storage knows {committed} committed, {last} was acknowledged"
+    );
+    let durable = strata_core::StorageServer::durable_version(storage.as_ref())
+        .await
+        .unwrap();
+    assert!(
+        durable > v1,
+        "nothing made durable since {v1} (durable {durable}, {last} acknowledged)"
+    );
+    c.stop().await;
+}
+
+/// With the sequencer in the director's process (no workers), the same old handle is refused
+/// once its epoch was stopped: what a worker's must match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_sequencer_in_process_a_handle_of_an_ended_epoch_is_refused() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "e2f3";
+    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
+    let env = env_for(id); // no worker registered: the sequencer runs here
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, _) =
+        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
+            .await
+            .unwrap();
+    let old = c1.database();
+    put(&old, "k", "old").await;
+    c1.stop().await;
+    let (c2, _) =
+        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
+            .await
+            .unwrap();
+    put(&c2.database(), "k", "new").await;
+    let e = old.begin().await.map(|t| t.read_version()).unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+    c2.stop().await;
+}
