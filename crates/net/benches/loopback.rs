@@ -7,11 +7,16 @@
 //!   (a storage server catching up); throughput in entries.
 //! - `net/push_loopback_tls`, `net/pull_loopback_tls_100`: the same over TLS, with the test
 //!   certificates of `strata-testkit` (ECDSA P-256, TLS 1.3).
+//! - `net/tcp_round_trip_threads`, `net/tcp_round_trip_tasks`: the floor under a call, in the
+//!   same run: 100 bytes there and back over loopback TCP, between two blocking threads, and
+//!   between two tasks of the runtime the calls run on. Each round trip wakes a sleeping
+//!   thread twice, which is most of what a call costs on a small virtual machine.
 //!
 //! Run: `cargo bench -p strata-net --bench loopback`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,6 +110,70 @@ fn served(rt: &tokio::runtime::Runtime, log: Arc<MemoryLog>, access: Access) -> 
     })
 }
 
+/// A connected pair of loopback sockets, with no delay on either.
+fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let near = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (far, _) = listener.accept().unwrap();
+    near.set_nodelay(true).unwrap();
+    far.set_nodelay(true).unwrap();
+    (near, far)
+}
+
+/// `iters` round trips of [`BATCH`] to a thread that echoes it back; the time taken.
+fn round_trips_threads(near: &mut std::net::TcpStream, iters: u64) -> Duration {
+    let mut buf = BATCH;
+    let start = Instant::now();
+    for _ in 0..iters {
+        near.write_all(&buf).unwrap();
+        near.read_exact(&mut buf).unwrap();
+    }
+    start.elapsed()
+}
+
+/// A socket whose other end is echoed by a task of `rt`.
+fn echoed_by_a_task(rt: &tokio::runtime::Runtime) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (near, far) = socket_pair();
+    near.set_nonblocking(true).unwrap();
+    far.set_nonblocking(true).unwrap();
+    rt.block_on(async {
+        let mut far = tokio::net::TcpStream::from_std(far).unwrap();
+        tokio::spawn(async move {
+            let mut buf = BATCH;
+            while far.read_exact(&mut buf).await.is_ok() {
+                far.write_all(&buf).await.unwrap();
+            }
+        });
+        tokio::net::TcpStream::from_std(near).unwrap()
+    })
+}
+
+/// `iters` round trips of [`BATCH`] from a task of `rt`; the time taken.
+fn round_trips_tasks(
+    rt: &tokio::runtime::Runtime,
+    near: &mut Option<tokio::net::TcpStream>,
+    iters: u64,
+) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = near.take().unwrap();
+    let (socket, took) = rt.block_on(async move {
+        tokio::spawn(async move {
+            let mut buf = BATCH;
+            let start = Instant::now();
+            for _ in 0..iters {
+                socket.write_all(&buf).await.unwrap();
+                socket.read_exact(&mut buf).await.unwrap();
+            }
+            (socket, start.elapsed())
+        })
+        .await
+        .unwrap()
+    });
+    *near = Some(socket);
+    took
+}
+
 fn loopback(c: &mut Criterion) {
     let rt = runtime();
     let cluster = ClusterId::new("bench").unwrap();
@@ -126,6 +195,20 @@ fn loopback(c: &mut Criterion) {
     });
     group.bench_function("push_loopback_tls", |b| {
         b.iter_custom(|iters| pushes(&rt, remote_tls.clone(), &mut last, iters));
+    });
+    let (mut near, mut far) = socket_pair();
+    std::thread::spawn(move || {
+        let mut buf = BATCH;
+        while far.read_exact(&mut buf).is_ok() {
+            far.write_all(&buf).unwrap();
+        }
+    });
+    group.bench_function("tcp_round_trip_threads", |b| {
+        b.iter_custom(|iters| round_trips_threads(&mut near, iters));
+    });
+    let mut near = Some(echoed_by_a_task(&rt));
+    group.bench_function("tcp_round_trip_tasks", |b| {
+        b.iter_custom(|iters| round_trips_tasks(&rt, &mut near, iters));
     });
 
     group.throughput(Throughput::Elements(100));
