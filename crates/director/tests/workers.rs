@@ -409,6 +409,71 @@ fn a_sequencer_worker_serves_the_smallest_and_largest_layouts_across_its_loss() 
     }
 }
 
+/// The etcd revision of the registration of the worker at `address`, if it is registered.
+fn registered_revision(etcd: &str, cluster_file: &Path, address: &str) -> Option<i64> {
+    let file = ClusterFile::read(cluster_file).unwrap();
+    let key = format!("{}{address}", registry_prefix(&file.name, file.id.as_str()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let etcd = Etcd::connect(&[etcd.to_owned()]).unwrap();
+        etcd.list(key.as_bytes())
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k == key.as_bytes())
+            .map(|(_, v)| v.mod_revision)
+    })
+}
+
+#[test]
+fn a_worker_registers_again_after_etcd_was_away_longer_than_its_lease() {
+    let Some(mut etcd) = EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_file = dir.path().join("g.cluster");
+    std::fs::write(
+        &cluster_file,
+        format!("g:e2ea@etcd://{}\n", etcd.endpoint()),
+    )
+    .unwrap();
+    let (mut sequencer, at) = worker_of("sequencer", &cluster_file, "127.0.0.1:0", &[]);
+    await_registry(&etcd.endpoint(), &cluster_file, &[&at]);
+    let before = registered_revision(&etcd.endpoint(), &cluster_file, &at).unwrap();
+
+    // etcd away for longer than the worker's lease (6 s): its renewals fail meanwhile.
+    etcd.kill();
+    std::thread::sleep(Duration::from_secs(8));
+    etcd.restart();
+    let started = Instant::now();
+    let again = loop {
+        match registered_revision(&etcd.endpoint(), &cluster_file, &at) {
+            Some(revision) if revision > before => break revision,
+            _ => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "the worker did not register again"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    // Longer than a lease again: the new registration is kept alive, not left to lapse with
+    // the lease it had before the outage.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(registered_revision(&etcd.endpoint(), &cluster_file, &at) >= Some(again));
+
+    // And a director recruits it.
+    let layout = ["--cluster-file", cluster_file.to_str().unwrap()];
+    let (mut director, _, _) = serve_with(&dir.path().join("data"), "127.0.0.1:0", &layout);
+    assert_eq!(sequencer_at(&cluster_file), at);
+    kill(&mut director);
+    kill(&mut sequencer);
+}
+
 #[test]
 fn a_worker_without_an_etcd_cluster_file_or_with_a_layout_is_refused() {
     let dir = tempfile::tempdir().unwrap();
