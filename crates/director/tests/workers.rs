@@ -560,7 +560,21 @@ fn with_tls_the_director_recruits_only_workers_of_its_authority() {
     let file = cluster_file.to_str().unwrap();
     let (mut with_tls, with_tls_at) = worker_with(&cluster_file, "127.0.0.1:0", &tls);
     let (mut plain, plain_at) = worker(&cluster_file, "127.0.0.1:0");
-    await_registry(&etcd.endpoint(), &cluster_file, &[&with_tls_at, &plain_at]);
+    // Sequencer workers too, one of each.
+    let (mut sequencer_tls, sequencer_tls_at) =
+        worker_of("sequencer", &cluster_file, "127.0.0.1:0", &tls);
+    let (mut sequencer_plain, sequencer_plain_at) =
+        worker_of("sequencer", &cluster_file, "127.0.0.1:0", &[]);
+    await_registry(
+        &etcd.endpoint(),
+        &cluster_file,
+        &[
+            &with_tls_at,
+            &plain_at,
+            &sequencer_tls_at,
+            &sequencer_plain_at,
+        ],
+    );
 
     let mut flags = vec!["--cluster-file", file, "--resolvers", "2"];
     flags.extend_from_slice(&tls);
@@ -572,6 +586,14 @@ fn with_tls_the_director_recruits_only_workers_of_its_authority() {
         resolvers_at_with(&cluster_file, Some(&client_tls)),
         [with_tls_at, address]
     );
+    assert_eq!(
+        layout_at(
+            &cluster_file,
+            Some(&client_tls),
+            b"\xff/system/layout/sequencer"
+        ),
+        [sequencer_tls_at]
+    );
     let (mut client, acks) = served::cycle_client_with(&cluster_file, &tls);
     let mut acked = Vec::new();
     collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
@@ -581,6 +603,8 @@ fn with_tls_the_director_recruits_only_workers_of_its_authority() {
     kill(&mut director);
     kill(&mut with_tls);
     kill(&mut plain);
+    kill(&mut sequencer_tls);
+    kill(&mut sequencer_plain);
 }
 
 #[test]
