@@ -102,6 +102,10 @@ pub(crate) fn config(blocking: Blocking) -> FileLogConfig {
         // Small segments and a small first spare: many rolls, into spares and appended ones.
         segment_bytes: 64 << 10,
         blocking,
+        // The tests push thousands of versions in reverse order, each waiting for its
+        // predecessor: on a slow or busy disk the chain takes longer than the default second
+        // to land, and these tests are not about that wait (contract.rs is).
+        predecessor_wait: std::time::Duration::from_secs(60),
         ..FileLogConfig::default()
     }
 }
