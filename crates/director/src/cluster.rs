@@ -44,7 +44,10 @@ pub(crate) struct Pipeline {
 }
 
 /// The sequencer of an epoch: the director's own, or one recruited on a worker. Either is
-/// stopped with the epoch, so no handle of the epoch takes a version from it afterwards.
+/// stopped when the epoch's cluster is stopped, so no handle of the epoch takes a version from
+/// it afterwards. (A recovery attempt that fails drops its sequencer unstopped, with the
+/// only handles that could use it: none of an attempt's handles is given out before it
+/// succeeds, and its commits are fenced by the next epoch's lock on the logs.)
 pub(crate) enum OwnSequencer {
     Local(Arc<ClockSequencer>),
     Worker(Arc<crate::workers::WorkerSequencer>),
@@ -106,7 +109,8 @@ impl Watermark {
                 let mut oldest_durable = None::<Version>;
                 for s in &storage {
                     s.advance_committed(committed);
-                    // Fails only once the server is closed, with its epoch.
+                    // Fails only when a panic poisoned the server, which monitoring's probe of
+                    // it finds too (and ends the epoch).
                     let durable = StorageServer::durable_version(s.as_ref()).await;
                     let Ok(durable) = durable else { return };
                     oldest_durable = Some(oldest_durable.map_or(durable, |o| o.min(durable)));
@@ -241,7 +245,7 @@ impl EmbeddedCluster {
                 )
             }
         };
-        tokio::time::timeout(
+        let probed = tokio::time::timeout(
             probe_timeout,
             self.pipeline.decorated_sequencer.read_version(),
         )
@@ -249,7 +253,18 @@ impl EmbeddedCluster {
         .map_err(answer(
             Stage::Sequencer,
             "the sequencer to answer monitoring's probe",
-        ))??;
+        ))
+        .and_then(|answered| answered);
+        if let Err(e) = probed {
+            // A worker may answer its heartbeats while its sequencer fails: the next
+            // recoveries must not recruit it again and fail with it.
+            for worker in &self.pipeline.recruited {
+                if worker.place.role() == Some(strata_net::Role::Sequencer) {
+                    worker.pass_over();
+                }
+            }
+            return Err(e);
+        }
         // Before the proxies: a worker that died fails their batches too, and the failure is
         // its own (the next recoveries pass it over for a while).
         for worker in &self.pipeline.recruited {

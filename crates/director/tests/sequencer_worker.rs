@@ -12,12 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use strata_core::ErrorKind;
+use async_trait::async_trait;
+use strata_core::{Epoch, ErrorKind, Sequencer, Version, VersionPair};
 use strata_director::coordinator::etcd::EtcdStateStore;
 use strata_director::workers::{Registration, SequencerWorker, WorkerPlace, registry_prefix};
 use strata_director::{EmbeddedCluster, EmbeddedConfig, RecoveryEnv};
 use strata_net::etcd::Etcd;
-use strata_net::{Access, ClusterId, Stages};
+use strata_net::{Access, ClusterId, Recruiter, Recruitment, Role, Stages};
 use strata_testkit::etcd::EtcdServer;
 
 const NAME: &str = "sw";
@@ -307,5 +308,132 @@ async fn with_the_sequencer_in_process_a_handle_of_an_ended_epoch_is_refused() {
     put(&c2.database(), "k", "new").await;
     let e = old.begin().await.map(|t| t.read_version()).unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+    c2.stop().await;
+}
+
+/// A sequencer whose read versions fail while `sick` is set: a worker that still answers its
+/// heartbeats while its stage does not work.
+struct Sick(Arc<dyn Sequencer>, Arc<AtomicBool>);
+
+#[async_trait]
+impl Sequencer for Sick {
+    fn epoch(&self) -> Epoch {
+        self.0.epoch()
+    }
+    async fn next_commit_version(&self, epoch: Epoch) -> strata_core::Result<VersionPair> {
+        self.0.next_commit_version(epoch).await
+    }
+    async fn report_committed(&self, epoch: Epoch, version: Version) -> strata_core::Result<()> {
+        self.0.report_committed(epoch, version).await
+    }
+    async fn read_version(&self) -> strata_core::Result<Version> {
+        if self.1.load(Ordering::SeqCst) {
+            return Err(strata_core::Error::new(
+                strata_core::Stage::Sequencer,
+                ErrorKind::Unavailable("sick".into()),
+            ));
+        }
+        self.0.read_version().await
+    }
+}
+
+/// A sequencer worker that serves its sequencers as [`Sick`] ones.
+struct SickWorker {
+    inner: SequencerWorker,
+    built: tokio::sync::watch::Receiver<Arc<Stages>>,
+    publish: tokio::sync::watch::Sender<Arc<Stages>>,
+    sick: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Recruiter for SickWorker {
+    fn role(&self) -> Role {
+        Role::Sequencer
+    }
+    async fn recruit(&self, r: Recruitment) -> strata_core::Result<u32> {
+        let index = self.inner.recruit(r).await?;
+        let sequencer = self.built.borrow().sequencer.clone().unwrap();
+        self.publish.send_replace(Arc::new(Stages {
+            sequencer: Some(Arc::new(Sick(sequencer, self.sick.clone()))),
+            ..Stages::default()
+        }));
+        Ok(index)
+    }
+    fn epoch(&self) -> Option<Epoch> {
+        self.inner.epoch()
+    }
+}
+
+/// A sequencer worker whose heartbeats answer while its sequencer fails monitoring's probe
+/// ends the epoch and is passed over by the next recovery, which runs the sequencer itself,
+/// instead of recruiting it again and failing with it until the director gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_sequencer_fails_its_probe_is_passed_over() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "e2f4";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
+    let (inner_publish, built) = tokio::sync::watch::channel(Arc::new(Stages::default()));
+    let sick = Arc::new(AtomicBool::new(false));
+    let worker = Arc::new(SickWorker {
+        inner: SequencerWorker::new(inner_publish),
+        built,
+        publish,
+        sick: sick.clone(),
+    });
+    let access = Access::new(ClusterId::new(id).unwrap(), None);
+    tokio::spawn(strata_net::serve_worker(
+        access,
+        worker,
+        published,
+        listener,
+        std::future::pending::<()>(),
+    ));
+    let _registration = Registration::start(
+        Etcd::connect(&[etcd.endpoint()]).unwrap(),
+        &registry_prefix(NAME, id),
+        WorkerPlace {
+            role: "sequencer".into(),
+            address: address.clone(),
+            registered: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
+    let env = env_for(id);
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, r1) =
+        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
+            .await
+            .unwrap();
+    let on_worker = format!("sequencer-0@{address}");
+    assert!(format!("{:?}", r1.config).contains(&on_worker));
+    put(&c1.database(), "k", "1").await;
+
+    sick.store(true, Ordering::SeqCst);
+    let e = c1.check_health().await.unwrap_err();
+    assert_eq!(e.stage, strata_core::Stage::Sequencer, "{e}");
+    c1.stop().await;
+
+    // The next recovery passes the worker over (it would fail its persistence phase on it).
+    let (c2, r2) =
+        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
+            .await
+            .unwrap();
+    assert!(
+        !format!("{:?}", r2.config).contains(&on_worker),
+        "{:?}",
+        r2.config
+    );
+    let db = c2.database();
+    let t = db.begin().await.unwrap();
+    assert_eq!(
+        t.get(&bytes::Bytes::from_static(b"k")).await.unwrap(),
+        Some(bytes::Bytes::from_static(b"1"))
+    );
     c2.stop().await;
 }

@@ -239,6 +239,12 @@ pub(crate) struct Recruited {
 }
 
 impl Recruited {
+    /// Passes the worker over in the next recoveries (for [`PASS_OVER_FOR`]): its stage failed
+    /// though the worker may still answer heartbeats.
+    pub(crate) fn pass_over(&self) {
+        self.passed_over.mark(&self.place);
+    }
+
     /// Monitoring's question: fails unless the worker answers within `timeout` that it runs
     /// `epoch`. A worker that fails is passed over by the next recoveries for a while.
     pub(crate) async fn heartbeat(&self, epoch: Epoch, timeout: Duration) -> Result<()> {
