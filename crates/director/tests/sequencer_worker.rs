@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use strata_core::{Epoch, ErrorKind, Sequencer, Version, VersionPair};
 use strata_director::coordinator::etcd::EtcdStateStore;
 use strata_director::workers::{Registration, SequencerWorker, WorkerPlace, registry_prefix};
-use strata_director::{EmbeddedCluster, EmbeddedConfig, RecoveryEnv};
+use strata_director::{EmbeddedCluster, EmbeddedConfig, RecoveryEnv, RecoveryReport};
 use strata_net::etcd::Etcd;
 use strata_net::{Access, ClusterId, Recruiter, Recruitment, Role, Stages};
 use strata_testkit::etcd::EtcdServer;
@@ -31,10 +31,24 @@ async fn sequencer_worker(
     etcd: &str,
     register_at: Option<String>,
 ) -> (String, Registration) {
-    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
     let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
     let worker = Arc::new(SequencerWorker::new(publish));
+    serve_registered(bind, id, etcd, register_at, worker, published).await
+}
+
+/// `worker`, serving what it publishes on `published`, at `bind`, registered as a sequencer
+/// worker living at `register_at` (its own address when `None`). Returns where it serves and
+/// its registration.
+async fn serve_registered(
+    bind: &str,
+    id: &str,
+    etcd: &str,
+    register_at: Option<String>,
+    worker: Arc<dyn Recruiter>,
+    published: tokio::sync::watch::Receiver<Arc<Stages>>,
+) -> (String, Registration) {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
     let access = Access::new(ClusterId::new(id).unwrap(), None);
     tokio::spawn(strata_net::serve_worker(
         access,
@@ -55,6 +69,17 @@ async fn sequencer_worker(
     .await
     .unwrap();
     (address, registration)
+}
+
+/// A cluster of the default layout in `dir`, recovered with `store` and `env`.
+async fn start(
+    dir: &std::path::Path,
+    store: &EtcdStateStore,
+    env: &RecoveryEnv,
+) -> (EmbeddedCluster, RecoveryReport) {
+    EmbeddedCluster::start_with_env(dir, EmbeddedConfig::default(), store, env)
+        .await
+        .unwrap()
 }
 
 fn env_for(id: &str) -> RecoveryEnv {
@@ -87,10 +112,7 @@ async fn a_handle_of_an_ended_epoch_is_refused_though_its_worker_still_runs() {
     let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
     let env = env_for(id);
     let dir = tempfile::tempdir().unwrap();
-    let (c1, r1) =
-        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
-            .await
-            .unwrap();
+    let (c1, r1) = start(dir.path(), &store, &env).await;
     let layout1 = format!("{:?}", r1.config);
     assert!(layout1.contains(&format!("sequencer-0@{w1}")), "{layout1}");
     let old = c1.database();
@@ -98,10 +120,7 @@ async fn a_handle_of_an_ended_epoch_is_refused_though_its_worker_still_runs() {
     c1.stop().await;
 
     let (w0, _r0) = sequencer_worker("127.0.0.1:0", id, &etcd.endpoint(), None).await;
-    let (c2, r2) =
-        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
-            .await
-            .unwrap();
+    let (c2, r2) = start(dir.path(), &store, &env).await;
     let layout2 = format!("{:?}", r2.config);
     assert!(layout2.contains(&format!("sequencer-0@{w0}")), "{layout2}");
     let acked = put(&c2.database(), "k", "new").await;
@@ -208,10 +227,7 @@ async fn a_lost_read_version_does_not_stop_the_watermark() {
     let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
     let env = env_for(id);
     let dir = tempfile::tempdir().unwrap();
-    let (c, r) =
-        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
-            .await
-            .unwrap();
+    let (c, r) = start(dir.path(), &store, &env).await;
     let layout = format!("{:?}", r.config);
     assert!(
         layout.contains(&format!("sequencer-0@{}", blip.address)),
@@ -294,17 +310,11 @@ async fn with_the_sequencer_in_process_a_handle_of_an_ended_epoch_is_refused() {
     let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
     let env = env_for(id); // no worker registered: the sequencer runs here
     let dir = tempfile::tempdir().unwrap();
-    let (c1, _) =
-        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
-            .await
-            .unwrap();
+    let (c1, _) = start(dir.path(), &store, &env).await;
     let old = c1.database();
     put(&old, "k", "old").await;
     c1.stop().await;
-    let (c2, _) =
-        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
-            .await
-            .unwrap();
+    let (c2, _) = start(dir.path(), &store, &env).await;
     put(&c2.database(), "k", "new").await;
     let e = old.begin().await.map(|t| t.read_version()).unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
@@ -373,8 +383,6 @@ async fn a_worker_whose_sequencer_fails_its_probe_is_passed_over() {
         return;
     };
     let id = "e2f4";
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
     let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
     let (inner_publish, built) = tokio::sync::watch::channel(Arc::new(Stages::default()));
     let sick = Arc::new(AtomicBool::new(false));
@@ -384,32 +392,12 @@ async fn a_worker_whose_sequencer_fails_its_probe_is_passed_over() {
         publish,
         sick: sick.clone(),
     });
-    let access = Access::new(ClusterId::new(id).unwrap(), None);
-    tokio::spawn(strata_net::serve_worker(
-        access,
-        worker,
-        published,
-        listener,
-        std::future::pending::<()>(),
-    ));
-    let _registration = Registration::start(
-        Etcd::connect(&[etcd.endpoint()]).unwrap(),
-        &registry_prefix(NAME, id),
-        WorkerPlace {
-            role: "sequencer".into(),
-            address: address.clone(),
-            registered: 0,
-        },
-    )
-    .await
-    .unwrap();
+    let (address, _registration) =
+        serve_registered("127.0.0.1:0", id, &etcd.endpoint(), None, worker, published).await;
     let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
     let env = env_for(id);
     let dir = tempfile::tempdir().unwrap();
-    let (c1, r1) =
-        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
-            .await
-            .unwrap();
+    let (c1, r1) = start(dir.path(), &store, &env).await;
     let on_worker = format!("sequencer-0@{address}");
     assert!(format!("{:?}", r1.config).contains(&on_worker));
     put(&c1.database(), "k", "1").await;
@@ -420,10 +408,7 @@ async fn a_worker_whose_sequencer_fails_its_probe_is_passed_over() {
     c1.stop().await;
 
     // The next recovery passes the worker over (it would fail its persistence phase on it).
-    let (c2, r2) =
-        EmbeddedCluster::start_with_env(dir.path(), EmbeddedConfig::default(), &store, &env)
-            .await
-            .unwrap();
+    let (c2, r2) = start(dir.path(), &store, &env).await;
     assert!(
         !format!("{:?}", r2.config).contains(&on_worker),
         "{:?}",

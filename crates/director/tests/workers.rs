@@ -11,7 +11,7 @@
 mod served;
 
 use std::io::{BufRead, BufReader, Lines};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -54,6 +54,14 @@ fn worker_of(role: &str, cluster_file: &Path, address: &str, flags: &[&str]) -> 
         .unwrap_or_else(|| panic!("{first}"))
         .to_owned();
     (child, at)
+}
+
+/// A cluster file in `dir` naming `name_id` (`NAME:ID`) with its coordinated state in `etcd`.
+fn etcd_cluster_file(dir: &Path, name_id: &str, etcd: &EtcdServer) -> PathBuf {
+    let name = name_id.split(':').next().unwrap();
+    let path = dir.join(format!("{name}.cluster"));
+    std::fs::write(&path, format!("{name_id}@etcd://{}\n", etcd.endpoint())).unwrap();
+    path
 }
 
 /// Waits until exactly `addresses` are registered as workers.
@@ -148,6 +156,20 @@ fn next_epoch(said: &mpsc::Receiver<String>) -> u64 {
         .unwrap_or_else(|| panic!("{line}"))
 }
 
+/// Cycle from another process for `span` and at least `at_least` more acknowledgements,
+/// then stopped; its acknowledgements join `acked`.
+fn cycle_a_while(
+    cluster_file: &Path,
+    acked: &mut Vec<(u64, u64)>,
+    span: Duration,
+    at_least: usize,
+) {
+    let (mut client, acks) = cycle_client(cluster_file);
+    collect_acks(&acks, acked, span, at_least);
+    kill(&mut client);
+    acked.extend(acks.iter());
+}
+
 fn kill(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
@@ -159,12 +181,7 @@ fn resolvers_on_workers_are_recruited_each_epoch_and_a_lost_one_ends_it() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let cluster_file = dir.path().join("w.cluster");
-    std::fs::write(
-        &cluster_file,
-        format!("w:e2e3@etcd://{}\n", etcd.endpoint()),
-    )
-    .unwrap();
+    let cluster_file = etcd_cluster_file(dir.path(), "w:e2e3", &etcd);
     let file = cluster_file.to_str().unwrap();
     let (mut one, one_at) = worker(&cluster_file, "127.0.0.1:0");
     let (mut two, two_at) = worker(&cluster_file, "127.0.0.1:0");
@@ -196,10 +213,7 @@ fn resolvers_on_workers_are_recruited_each_epoch_and_a_lost_one_ends_it() {
         resolvers_at(&cluster_file).iter().collect::<Vec<_>>(),
         [&two_at, &address, &address]
     );
-    let (mut client, acks) = cycle_client(&cluster_file);
-    collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
-    kill(&mut client);
-    acked.extend(acks.iter());
+    cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(1), 100);
 
     // The first worker back, at its address; the second killed while nothing commits: its
     // heartbeat fails, the epoch ends, and the next recruits the first.
@@ -226,10 +240,7 @@ fn resolvers_on_workers_are_recruited_each_epoch_and_a_lost_one_ends_it() {
         resolvers_at(&cluster_file).iter().collect::<Vec<_>>(),
         [&by_address[0], &by_address[1], &address]
     );
-    let (mut client, acks) = cycle_client(&cluster_file);
-    collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
-    kill(&mut client);
-    acked.extend(acks.iter());
+    cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(1), 100);
 
     check_through_the_network(&cluster_file, &acked);
     kill(&mut director);
@@ -254,12 +265,7 @@ fn the_sequencer_on_a_worker_hands_out_every_version_and_a_lost_one_ends_the_epo
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let cluster_file = dir.path().join("q.cluster");
-    std::fs::write(
-        &cluster_file,
-        format!("q:e2e8@etcd://{}\n", etcd.endpoint()),
-    )
-    .unwrap();
+    let cluster_file = etcd_cluster_file(dir.path(), "q:e2e8", &etcd);
     let file = cluster_file.to_str().unwrap();
     let (mut sequencer, sequencer_addr) = worker_of("sequencer", &cluster_file, "127.0.0.1:0", &[]);
     let (mut resolver, resolver_addr) = worker(&cluster_file, "127.0.0.1:0");
@@ -303,10 +309,7 @@ fn the_sequencer_on_a_worker_hands_out_every_version_and_a_lost_one_ends_the_epo
         resolvers_at(&cluster_file),
         [resolver_addr.clone(), address.clone()]
     );
-    let (mut client, acks) = cycle_client(&cluster_file);
-    collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
-    kill(&mut client);
-    acked.extend(acks.iter());
+    cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(1), 100);
 
     // The sequencer back at its address, recruited when the director is killed under load
     // and started again.
@@ -344,10 +347,7 @@ fn the_sequencer_on_a_worker_hands_out_every_version_and_a_lost_one_ends_the_epo
         resolvers_at(&cluster_file),
         [address.clone(), address.clone()]
     );
-    let (mut client, acks) = cycle_client(&cluster_file);
-    collect_acks(&acks, &mut acked, Duration::from_secs(1), 100);
-    kill(&mut client);
-    acked.extend(acks.iter());
+    cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(1), 100);
     // Nothing more ended: the epoch that recovered from both is the one serving.
     assert!(said.try_recv().is_err(), "epoch {epoch} did not last");
 
@@ -362,12 +362,7 @@ fn a_sequencer_worker_serves_the_smallest_and_largest_layouts_across_its_loss() 
     };
     let dir = tempfile::tempdir().unwrap();
     for (n, count) in ["1", "3"].into_iter().enumerate() {
-        let cluster_file = dir.path().join(format!("l{n}.cluster"));
-        std::fs::write(
-            &cluster_file,
-            format!("l{n}:e2e9{n}@etcd://{}\n", etcd.endpoint()),
-        )
-        .unwrap();
+        let cluster_file = etcd_cluster_file(dir.path(), &format!("l{n}:e2e9{n}"), &etcd);
         let (mut sequencer, sequencer_addr) =
             worker_of("sequencer", &cluster_file, "127.0.0.1:0", &[]);
         await_registry(&etcd.endpoint(), &cluster_file, &[&sequencer_addr]);
@@ -434,12 +429,7 @@ fn a_worker_registers_again_after_etcd_was_away_longer_than_its_lease() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let cluster_file = dir.path().join("g.cluster");
-    std::fs::write(
-        &cluster_file,
-        format!("g:e2ea@etcd://{}\n", etcd.endpoint()),
-    )
-    .unwrap();
+    let cluster_file = etcd_cluster_file(dir.path(), "g:e2ea", &etcd);
     let (mut sequencer, at) = worker_of("sequencer", &cluster_file, "127.0.0.1:0", &[]);
     await_registry(&etcd.endpoint(), &cluster_file, &[&at]);
     let before = registered_revision(&etcd.endpoint(), &cluster_file, &at).unwrap();
@@ -551,12 +541,7 @@ fn with_tls_the_director_recruits_only_workers_of_its_authority() {
         "--tls-key",
         node.key.to_str().unwrap(),
     ];
-    let cluster_file = dir.path().join("t.cluster");
-    std::fs::write(
-        &cluster_file,
-        format!("t:e2e6@etcd://{}\n", etcd.endpoint()),
-    )
-    .unwrap();
+    let cluster_file = etcd_cluster_file(dir.path(), "t:e2e6", &etcd);
     let file = cluster_file.to_str().unwrap();
     let (mut with_tls, with_tls_at) = worker_with(&cluster_file, "127.0.0.1:0", &tls);
     let (mut plain, plain_at) = worker(&cluster_file, "127.0.0.1:0");
@@ -613,12 +598,7 @@ fn silent_or_bogus_registry_entries_are_passed_over_without_holding_recovery_up(
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let cluster_file = dir.path().join("s.cluster");
-    std::fs::write(
-        &cluster_file,
-        format!("s:e2e7@etcd://{}\n", etcd.endpoint()),
-    )
-    .unwrap();
+    let cluster_file = etcd_cluster_file(dir.path(), "s:e2e7", &etcd);
     let file = ClusterFile::read(&cluster_file).unwrap();
     let prefix = registry_prefix(&file.name, file.id.as_str());
     // Eight "workers" that take connections and never answer (the kernel completes the
