@@ -43,6 +43,19 @@ pub(crate) struct Pipeline {
     pub(crate) database: Database,
 }
 
+impl Pipeline {
+    /// Passes over, in the next recoveries, the workers recruited for `stage` (see
+    /// [`crate::workers::PASS_OVER_FOR`]): their stage failed, though they may still answer
+    /// heartbeats.
+    pub(crate) fn pass_over_workers_of(&self, stage: Stage) {
+        for worker in &self.recruited {
+            if worker.place.role().map(strata_net::Role::stage) == Some(stage) {
+                worker.pass_over();
+            }
+        }
+    }
+}
+
 /// The sequencer of an epoch: the director's own, or one recruited on a worker. Either is
 /// stopped when the epoch's cluster is stopped, so no handle of the epoch takes a version from
 /// it afterwards. (A recovery attempt that fails drops its sequencer unstopped, with the
@@ -258,11 +271,7 @@ impl EmbeddedCluster {
         if let Err(e) = probed {
             // A worker may answer its heartbeats while its sequencer fails: the next
             // recoveries must not recruit it again and fail with it.
-            for worker in &self.pipeline.recruited {
-                if worker.place.role() == Some(strata_net::Role::Sequencer) {
-                    worker.pass_over();
-                }
-            }
+            self.pipeline.pass_over_workers_of(Stage::Sequencer);
             return Err(e);
         }
         // Before the proxies: a worker that died fails their batches too, and the failure is

@@ -422,3 +422,39 @@ async fn a_worker_whose_sequencer_fails_its_probe_is_passed_over() {
     );
     c2.stop().await;
 }
+
+/// A sequencer worker whose sequencer fails from its first recruitment fails that recovery's
+/// persistence phase (its read-back needs a read version); the next attempt passes it over
+/// and runs the sequencer itself, instead of recruiting it again and failing each attempt
+/// until the director gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_sequencer_fails_the_persistence_phase_is_passed_over() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "e2f5";
+    let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
+    let (inner_publish, built) = tokio::sync::watch::channel(Arc::new(Stages::default()));
+    let worker = Arc::new(SickWorker {
+        inner: SequencerWorker::new(inner_publish),
+        built,
+        publish,
+        sick: Arc::new(AtomicBool::new(true)),
+    });
+    let (address, _registration) =
+        serve_registered("127.0.0.1:0", id, &etcd.endpoint(), None, worker, published).await;
+    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
+    let env = env_for(id);
+    let dir = tempfile::tempdir().unwrap();
+    // One start, which makes up to `recovery_attempts_max` attempts: the first recruits the
+    // worker and fails, the next runs the sequencer in the director.
+    let (c, r) = start(dir.path(), &store, &env).await;
+    let on_worker = format!("sequencer-0@{address}");
+    assert!(
+        !format!("{:?}", r.config).contains(&on_worker),
+        "{:?}",
+        r.config
+    );
+    put(&c.database(), "k", "1").await;
+    c.stop().await;
+}

@@ -363,12 +363,19 @@ async fn start_and_persist(
         )
         .await?;
     *recorded = true;
-    let (system_commit_version, system) = phases
+    let persisted = phases
         .run(
             "persistence_phase",
             persist_within_deadline(&pipeline, storage, layout, recovery_version, config),
         )
-        .await?;
+        .await;
+    if let Err(failed) = &persisted {
+        // The first commit through the new pipeline is what tries the workers' stages: the
+        // next attempts pass over the workers of the stage that failed it, which a
+        // recruitment would otherwise hand the same broken stage again.
+        pipeline.pass_over_workers_of(failed.error().stage);
+    }
+    let (system_commit_version, system) = persisted?;
     let report = RecoveryReport {
         epoch: claim.epoch,
         recovery_version,
