@@ -16,7 +16,7 @@ use std::process::{Child, ChildStdout, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use served::{check_through_the_network, collect_acks, cycle_client, serve_with, strata};
+use served::{Process, check_through_the_network, collect_acks, cycle_client, serve_with, strata};
 use strata_director::cluster_file::ClusterFile;
 use strata_director::workers::registry_prefix;
 use strata_net::etcd::Etcd;
@@ -24,26 +24,28 @@ use strata_testkit::certs::{self, CA, NODE_CERT, NODE_KEY};
 use strata_testkit::etcd::EtcdServer;
 
 /// `strata serve --role resolver` at `address`, once it says where it serves.
-fn worker(cluster_file: &Path, address: &str) -> (Child, String) {
+fn worker(cluster_file: &Path, address: &str) -> (Process, String) {
     worker_with(cluster_file, address, &[])
 }
 
 /// [`worker`] with more flags (TLS).
-fn worker_with(cluster_file: &Path, address: &str, flags: &[&str]) -> (Child, String) {
+fn worker_with(cluster_file: &Path, address: &str, flags: &[&str]) -> (Process, String) {
     worker_of("resolver", cluster_file, address, flags)
 }
 
 /// `strata serve --role ROLE` at `address`, with `flags`, once it says where it serves.
-fn worker_of(role: &str, cluster_file: &Path, address: &str, flags: &[&str]) -> (Child, String) {
-    let mut child = strata()
-        .args(["serve", "--role", role, "--listen", address])
-        .arg("--cluster-file")
-        .arg(cluster_file)
-        .args(flags)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn worker_of(role: &str, cluster_file: &Path, address: &str, flags: &[&str]) -> (Process, String) {
+    let mut child = Process(
+        strata()
+            .args(["serve", "--role", role, "--listen", address])
+            .arg("--cluster-file")
+            .arg(cluster_file)
+            .args(flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("the worker printed a line").unwrap();
     // "ROLE worker of NAME:ID at HOST:PORT; Ctrl-C or SIGTERM stops"

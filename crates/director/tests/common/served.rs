@@ -17,8 +17,34 @@ pub fn strata() -> Command {
     Command::new(env!("CARGO_BIN_EXE_strata"))
 }
 
+/// A child process that is killed (SIGKILL) and reaped when dropped, so a test that fails
+/// leaves none behind: a server or a worker would otherwise go on trying to reach its etcd,
+/// gone with the test, for ever.
+#[derive(Debug)]
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// `strata serve --listen address` on `dir`, once it serves; returns the address it serves at.
-pub fn serve(dir: &Path, address: &str) -> (Child, String, Lines<BufReader<ChildStdout>>) {
+pub fn serve(dir: &Path, address: &str) -> (Process, String, Lines<BufReader<ChildStdout>>) {
     serve_with(dir, address, &[])
 }
 
@@ -27,15 +53,17 @@ pub fn serve_with(
     dir: &Path,
     address: &str,
     flags: &[&str],
-) -> (Child, String, Lines<BufReader<ChildStdout>>) {
-    let mut child = strata()
-        .args(["serve", "--listen", address, "--data-dir"])
-        .arg(dir)
-        .args(flags)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+) -> (Process, String, Lines<BufReader<ChildStdout>>) {
+    let mut child = Process(
+        strata()
+            .args(["serve", "--listen", address, "--data-dir"])
+            .arg(dir)
+            .args(flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("serve printed a line").unwrap();
     assert!(first.starts_with("cluster file: "), "{first}");
@@ -52,7 +80,7 @@ pub fn serve_with(
 
 /// Cycle from another process through the cluster file, printing acknowledgements, which a
 /// thread collects until the client ends.
-pub fn cycle_client(cluster_file: &Path) -> (Child, mpsc::Receiver<(u64, u64)>) {
+pub fn cycle_client(cluster_file: &Path) -> (Process, mpsc::Receiver<(u64, u64)>) {
     cycle_client_with(cluster_file, &[])
 }
 
@@ -60,7 +88,7 @@ pub fn cycle_client(cluster_file: &Path) -> (Child, mpsc::Receiver<(u64, u64)>) 
 pub fn cycle_client_with(
     cluster_file: &Path,
     flags: &[&str],
-) -> (Child, mpsc::Receiver<(u64, u64)>) {
+) -> (Process, mpsc::Receiver<(u64, u64)>) {
     let mut child = strata()
         .args(["workload", "cycle", "--keys", "30", "--clients", "8"])
         .args([
@@ -85,7 +113,7 @@ pub fn cycle_client_with(
             }
         }
     });
-    (child, rx)
+    (Process(child), rx)
 }
 
 /// Collects acknowledgements for `span`, and then until there are `at_least` more than
