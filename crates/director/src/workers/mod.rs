@@ -198,6 +198,22 @@ impl Registration {
     }
 }
 
+/// A worker's answer to a recruitment for `requested` while it runs `current`: `Fenced`
+/// unless `requested` is newer, so a late recruitment by a director that lost its epoch
+/// cannot replace the stage of a newer one.
+pub(crate) fn fence_stale(stage: Stage, current: Option<Epoch>, requested: Epoch) -> Result<()> {
+    match current {
+        Some(current) if requested <= current => Err(Error::new(
+            stage,
+            ErrorKind::Fenced {
+                request: requested,
+                current,
+            },
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// How long a worker that failed (not answering, refusing, or losing the epoch it was
 /// recruited for) is passed over by this director's recoveries: long enough that a worker
 /// that fails at once does not end epoch after epoch, short enough that a worker back from a

@@ -101,17 +101,7 @@ impl Recruiter for ResolverWorker {
     async fn recruit(&self, r: Recruitment) -> Result<u32> {
         let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
         // A stale director learns first that it is stale.
-        if let Some(current) = *epoch
-            && r.epoch <= current
-        {
-            return Err(Error::new(
-                Stage::Resolver,
-                ErrorKind::Fenced {
-                    request: r.epoch,
-                    current,
-                },
-            ));
-        }
+        super::fence_stale(Stage::Resolver, *epoch, r.epoch)?;
         let config = match r.resolver {
             Some(settings) => resolver_config(settings)?,
             None => self.config,

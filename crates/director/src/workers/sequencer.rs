@@ -43,17 +43,7 @@ impl Recruiter for SequencerWorker {
 
     async fn recruit(&self, r: Recruitment) -> Result<u32> {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((current, _)) = &*running
-            && r.epoch <= *current
-        {
-            return Err(Error::new(
-                Stage::Sequencer,
-                ErrorKind::Fenced {
-                    request: r.epoch,
-                    current: *current,
-                },
-            ));
-        }
+        super::fence_stale(Stage::Sequencer, running.as_ref().map(|(e, _)| *e), r.epoch)?;
         let sequencer = Arc::new(ClockSequencer::new(r.epoch, r.recovery_version));
         self.publish.send_replace(Arc::new(Stages {
             sequencer: Some(sequencer.clone()),
