@@ -37,7 +37,13 @@ pub(crate) struct Pipeline {
     pub(crate) resolvers_at: Vec<Option<String>>,
     /// The workers this epoch recruited, which monitoring asks what they run.
     pub(crate) recruited: Vec<crate::workers::Recruited>,
+    /// The commit proxies run in this process (monitoring asks them for their health; those
+    /// on workers answer in their heartbeats).
     pub(crate) proxies: Vec<Arc<BatchingProxy>>,
+    /// Where each proxy runs, by index, when it was recruited on a worker.
+    pub(crate) proxies_at: Vec<Option<String>>,
+    /// This process's stages, published for the proxies on workers while the epoch runs.
+    pub(crate) peers: Option<crate::workers::Published>,
     pub(crate) decorated_proxies: Vec<Arc<dyn CommitProxy>>,
     pub(crate) decorated_storage: Vec<Arc<dyn StorageServer>>,
     pub(crate) database: Database,
@@ -363,6 +369,8 @@ impl EmbeddedCluster {
     /// as unavailable).
     pub async fn stop(self) {
         drop(self.watermark);
+        // Nothing of this epoch stays reachable for the cluster's processes.
+        drop(self.pipeline.peers);
         self.pipeline.sequencer.stop();
         drop(self.pipeline.database);
         drop(self.pipeline.decorated_proxies);

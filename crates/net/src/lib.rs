@@ -143,7 +143,10 @@ pub use sequencer::RemoteSequencer;
 pub use server::{Exposure, SHUTDOWN_GRACE, Stages, serve, serve_worker};
 pub use storage::RemoteStorage;
 pub use tls::{Access, Tls};
-pub use worker::{Recruiter, Recruitment, RemoteWorker, ResolverSettings, Role, WorkerState};
+pub use worker::{
+    ProxySettings, ProxyWiring, Recruiter, Recruitment, RemoteWorker, ResolverSettings, Role,
+    WorkerState,
+};
 
 /// The messages and services generated from `proto/strata/v1/`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -10,12 +10,14 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use strata_core::{Epoch, ErrorKind, Result, Stage, Version};
+use strata_core::{Epoch, Error, ErrorKind, Key, LogId, Result, Stage, Version};
 use tonic::{Request, Response, Status};
 
 use crate::client::{Link, Tagged};
+use crate::failure::to_status;
 use crate::proto;
 use crate::proto::worker_client::WorkerClient;
 use crate::server::{Served, refuse};
@@ -31,17 +33,21 @@ pub enum Role {
     /// The sequencer: one per epoch, started after the epoch's recovery version at each
     /// recruitment (it holds nothing an epoch needs from the one before either).
     Sequencer,
+    /// A commit proxy: one per worker and epoch, built at each recruitment to call the
+    /// epoch's sequencer, resolvers and logs where the recruitment says they are served.
+    Proxy,
 }
 
 impl Role {
     /// Every role a worker can have.
-    pub const ALL: [Role; 2] = [Role::Resolver, Role::Sequencer];
+    pub const ALL: [Role; 3] = [Role::Resolver, Role::Sequencer, Role::Proxy];
 
     /// The role's name, as the command line and the worker registry spell it.
     pub fn name(self) -> &'static str {
         match self {
             Role::Resolver => "resolver",
             Role::Sequencer => "sequencer",
+            Role::Proxy => "proxy",
         }
     }
 
@@ -55,6 +61,7 @@ impl Role {
         match self {
             Role::Resolver => Stage::Resolver,
             Role::Sequencer => Stage::Sequencer,
+            Role::Proxy => Stage::CommitProxy,
         }
     }
 
@@ -62,6 +69,7 @@ impl Role {
         match self {
             Role::Resolver => proto::Role::Resolver,
             Role::Sequencer => proto::Role::Sequencer,
+            Role::Proxy => proto::Role::Proxy,
         }
     }
 
@@ -69,6 +77,7 @@ impl Role {
         match proto::Role::try_from(wire).ok()? {
             proto::Role::Resolver => Some(Role::Resolver),
             proto::Role::Sequencer => Some(Role::Sequencer),
+            proto::Role::Proxy => Some(Role::Proxy),
             proto::Role::Unspecified => None,
         }
     }
@@ -81,7 +90,7 @@ impl fmt::Display for Role {
 }
 
 /// A director's request that a worker run its stage for an epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recruitment {
     /// The epoch the stage runs for; newer than any the worker ran.
     pub epoch: Epoch,
@@ -92,6 +101,126 @@ pub struct Recruitment {
     /// A resolver's tuning, as the director's own resolvers have it, so a resolver runs
     /// alike wherever it runs; `None`: the worker's own. The worker checks it.
     pub resolver: Option<ResolverSettings>,
+    /// Where a commit proxy finds the epoch's other stages, and its tuning: required for a
+    /// proxy, which the worker checks.
+    pub proxy: Option<ProxyWiring>,
+}
+
+/// Where each stage a commit proxy of one epoch calls is served (`host:port`), as a proxy's
+/// recruitment carries it, with the proxy's tuning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyWiring {
+    /// The epoch's sequencer.
+    pub sequencer: String,
+    /// The resolvers, in the order of their key ranges: each range's first key, the address
+    /// it is served at and its index among the resolvers served there.
+    pub resolvers: Vec<(Key, String, u32)>,
+    /// The logs of the epoch's generation: each one's id and the address it is served at.
+    pub logs: Vec<(LogId, String)>,
+    /// The proxy's tuning, as the director's own proxies have it.
+    pub settings: ProxySettings,
+}
+
+/// The tuning of a commit proxy, as it travels in a recruitment (the fields of
+/// `strata_commit_proxy::ProxyConfig`, which this crate does not depend on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// How long a batch waits for more transactions after its first.
+    pub batch_window: Duration,
+    /// Most transactions in one batch.
+    pub batch_transactions_max: u64,
+    /// Most encoded bytes in one batch.
+    pub batch_bytes_max: u64,
+    /// Most transactions waiting for a batch.
+    pub queue_transactions_max: u64,
+    /// How long a commit waits for room in a full queue.
+    pub queue_wait: Duration,
+    /// Most batches in flight at once.
+    pub in_flight_batches_max: u64,
+    /// How long the oldest batch may stay in flight before the proxy reports a stall.
+    pub stall_timeout: Duration,
+}
+
+/// A duration as nanoseconds on the wire: exact, where whole milliseconds could turn a short
+/// wait into none at all.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl ProxySettings {
+    fn to_wire(self) -> proto::ProxySettings {
+        proto::ProxySettings {
+            batch_window_ns: nanos(self.batch_window),
+            batch_transactions_max: self.batch_transactions_max,
+            batch_bytes_max: self.batch_bytes_max,
+            queue_transactions_max: self.queue_transactions_max,
+            queue_wait_ns: nanos(self.queue_wait),
+            in_flight_batches_max: self.in_flight_batches_max,
+            stall_timeout_ns: nanos(self.stall_timeout),
+        }
+    }
+
+    fn from_wire(wire: proto::ProxySettings) -> ProxySettings {
+        ProxySettings {
+            batch_window: Duration::from_nanos(wire.batch_window_ns),
+            batch_transactions_max: wire.batch_transactions_max,
+            batch_bytes_max: wire.batch_bytes_max,
+            queue_transactions_max: wire.queue_transactions_max,
+            queue_wait: Duration::from_nanos(wire.queue_wait_ns),
+            in_flight_batches_max: wire.in_flight_batches_max,
+            stall_timeout: Duration::from_nanos(wire.stall_timeout_ns),
+        }
+    }
+}
+
+impl ProxyWiring {
+    fn to_wire(&self) -> proto::ProxyWiring {
+        proto::ProxyWiring {
+            sequencer: self.sequencer.clone(),
+            resolvers: self
+                .resolvers
+                .iter()
+                .map(|(begin, address, index)| proto::ResolverPlace {
+                    begin: begin.clone(),
+                    address: address.clone(),
+                    index: *index,
+                })
+                .collect(),
+            logs: self
+                .logs
+                .iter()
+                .map(|(id, address)| proto::LogPlace {
+                    id: id.0,
+                    address: address.clone(),
+                })
+                .collect(),
+            settings: Some(self.settings.to_wire()),
+        }
+    }
+
+    /// Errors: `InvalidRequest` for wiring without the proxy's settings.
+    fn from_wire(wire: proto::ProxyWiring) -> Result<ProxyWiring> {
+        let settings = wire.settings.ok_or_else(|| {
+            Error::new(
+                Stage::CommitProxy,
+                ErrorKind::InvalidRequest("a proxy's recruitment without its settings".into()),
+            )
+        })?;
+        Ok(ProxyWiring {
+            sequencer: wire.sequencer,
+            resolvers: wire
+                .resolvers
+                .into_iter()
+                .map(|r| (r.begin, r.address, r.index))
+                .collect(),
+            logs: wire
+                .logs
+                .into_iter()
+                .map(|l| (LogId(l.id), l.address))
+                .collect(),
+            settings: ProxySettings::from_wire(settings),
+        })
+    }
 }
 
 /// The tuning of a resolver, as it travels in a recruitment (the fields of
@@ -105,7 +234,7 @@ pub struct ResolverSettings {
     /// The newest runs kept apart from merging.
     pub recent_runs: u32,
     /// How long a batch that arrived before its predecessor waits for it.
-    pub predecessor_wait: std::time::Duration,
+    pub predecessor_wait: Duration,
     /// The largest batch accepted, in transactions.
     pub batch_transactions_max: u64,
 }
@@ -117,8 +246,7 @@ impl ResolverSettings {
             max_run_batches: self.max_run_batches,
             recent_runs: self.recent_runs,
             // Exact: a wait cut to whole milliseconds could become none at all.
-            predecessor_wait_ns: u64::try_from(self.predecessor_wait.as_nanos())
-                .unwrap_or(u64::MAX),
+            predecessor_wait_ns: nanos(self.predecessor_wait),
             batch_transactions_max: self.batch_transactions_max,
         }
     }
@@ -128,19 +256,21 @@ impl ResolverSettings {
             window_versions: wire.window_versions,
             max_run_batches: wire.max_run_batches,
             recent_runs: wire.recent_runs,
-            predecessor_wait: std::time::Duration::from_nanos(wire.predecessor_wait_ns),
+            predecessor_wait: Duration::from_nanos(wire.predecessor_wait_ns),
             batch_transactions_max: wire.batch_transactions_max,
         }
     }
 }
 
 /// What a worker says it runs, in answer to a heartbeat.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerState {
     /// The worker's role.
     pub role: Role,
     /// The epoch of the stage it runs now; `None` before its first recruitment.
     pub epoch: Option<Epoch>,
+    /// Why the stage it runs cannot go on, if it cannot (see [`Recruiter::failure`]).
+    pub failure: Option<String>,
 }
 
 /// A worker process's side of recruitment: it builds the stage a recruitment asks for and
@@ -160,6 +290,14 @@ pub trait Recruiter: Send + Sync {
 
     /// The epoch of the stage this worker runs now; `None` before its first recruitment.
     fn epoch(&self) -> Option<Epoch>;
+
+    /// Why the stage this worker runs cannot go on, if it cannot: what the director's
+    /// monitoring would see of the same stage in its own process (a commit proxy whose batch
+    /// failed, or whose oldest batch stalled). `None` by default: a stage that fails its
+    /// callers is found by them.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Served {
@@ -205,6 +343,11 @@ impl proto::worker_server::Worker for Served {
             role,
             recovery_version: Version(r.recovery_version),
             resolver: r.resolver.map(ResolverSettings::from_wire),
+            proxy: r
+                .proxy
+                .map(ProxyWiring::from_wire)
+                .transpose()
+                .map_err(|e| to_status(&e))?,
         };
         // Runs to its end whatever becomes of the director: a stage half published would
         // leave the worker serving neither epoch's.
@@ -224,6 +367,7 @@ impl proto::worker_server::Worker for Served {
         Ok(Response::new(proto::HeartbeatReply {
             role: recruiter.role().to_wire().into(),
             epoch: recruiter.epoch().map(|e| e.0),
+            failure: recruiter.failure(),
         }))
     }
 }
@@ -258,6 +402,7 @@ impl RemoteWorker {
             role: recruitment.role.to_wire().into(),
             recovery_version: recruitment.recovery_version.0,
             resolver: recruitment.resolver.map(ResolverSettings::to_wire),
+            proxy: recruitment.proxy.as_ref().map(ProxyWiring::to_wire),
         };
         let reply = self.client.clone().recruit(request).await;
         Ok(self.link.answer(recruitment.role.stage(), reply)?.index)
@@ -283,6 +428,7 @@ impl RemoteWorker {
         Ok(WorkerState {
             role,
             epoch: reply.epoch.map(Epoch),
+            failure: reply.failure,
         })
     }
 }

@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use prost::Message;
 use strata_core::{
-    Epoch, Error, ErrorKind, KeyRange, ResolveBatch, Resolver, Result, Stage, TransactionConflicts,
-    Verdict, Version,
+    Epoch, Error, ErrorKind, KeyRange, LogId, ResolveBatch, Resolver, Result, Stage,
+    TransactionConflicts, Verdict, Version,
 };
 use strata_net::{
-    Exposure, Recruiter, Recruitment, RemoteResolver, RemoteWorker, ResolverSettings, Role, Stages,
-    WorkerState, proto,
+    Exposure, ProxySettings, ProxyWiring, Recruiter, Recruitment, RemoteResolver, RemoteWorker,
+    ResolverSettings, Role, Stages, WorkerState, proto,
 };
 use strata_resolver::{ResolverConfig, WindowResolver};
 use tokio::sync::{oneshot, watch};
@@ -113,6 +113,7 @@ fn recruitment(epoch: u64, recovery_version: u64) -> Recruitment {
         role: Role::Resolver,
         recovery_version: Version(recovery_version),
         resolver: None,
+        proxy: None,
     }
 }
 
@@ -141,7 +142,8 @@ async fn a_worker_runs_the_epoch_it_was_recruited_for_and_only_a_newer_one_repla
         before,
         WorkerState {
             role: Role::Resolver,
-            epoch: None
+            epoch: None,
+            failure: None,
         }
     );
     // Before any recruitment the worker serves no resolver.
@@ -218,6 +220,7 @@ async fn recruitments_the_worker_cannot_take_are_refused_with_a_reason() {
             role,
             recovery_version: 0,
             resolver: None,
+            proxy: None,
         }
         .encode_to_vec();
         let status = raw_call(
@@ -231,6 +234,33 @@ async fn recruitments_the_worker_cannot_take_are_refused_with_a_reason() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains("no known role"), "{status:?}");
     }
+    // A proxy's wiring without its settings: refused before the worker sees it.
+    let body = proto::RecruitRequest {
+        epoch: 3,
+        role: proto::Role::Resolver.into(),
+        recovery_version: 0,
+        resolver: None,
+        proxy: Some(proto::ProxyWiring {
+            sequencer: "h:1".into(),
+            resolvers: Vec::new(),
+            logs: Vec::new(),
+            settings: None,
+        }),
+    }
+    .encode_to_vec();
+    let status = raw_call(
+        &mut grpc,
+        "t-refuse",
+        "/strata.v1.Worker/Recruit",
+        body.into(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("without its settings"),
+        "{status:?}"
+    );
     let director = RemoteWorker::connect(&w.address, cluster("t-refuse"))
         .await
         .unwrap();
@@ -242,6 +272,7 @@ async fn recruitments_the_worker_cannot_take_are_refused_with_a_reason() {
             role: Role::Sequencer,
             recovery_version: Version(0),
             resolver: None,
+            proxy: None,
         })
         .await
         .unwrap_err();
@@ -317,10 +348,27 @@ async fn a_recruitment_reaches_the_worker_whole_with_its_resolver_settings() {
             predecessor_wait: std::time::Duration::from_nanos(1_500_007),
             batch_transactions_max: 99,
         }),
+        proxy: Some(ProxyWiring {
+            sequencer: "10.0.0.1:4500".into(),
+            resolvers: vec![
+                (Bytes::new(), "10.0.0.2:4600".into(), 0),
+                (Bytes::from_static(b"\x80"), "10.0.0.1:4501".into(), 3),
+            ],
+            logs: vec![(LogId(7), "10.0.0.1:4501".into()), (LogId(9), "h:1".into())],
+            settings: ProxySettings {
+                batch_window: std::time::Duration::from_nanos(150_003),
+                batch_transactions_max: 301,
+                batch_bytes_max: 1 << 20,
+                queue_transactions_max: 4_001,
+                queue_wait: std::time::Duration::from_nanos(20_000_009),
+                in_flight_batches_max: 0,
+                stall_timeout: std::time::Duration::from_millis(2_500),
+            },
+        }),
         ..recruitment(4, 77)
     };
     director.recruit(recruitment(3, 5)).await.unwrap();
-    director.recruit(with).await.unwrap();
+    director.recruit(with.clone()).await.unwrap();
     assert_eq!(*w.taken.lock().unwrap(), vec![recruitment(3, 5), with]);
     w.stop().await;
 }

@@ -38,6 +38,10 @@ pub struct RecoveryEnv {
     /// the cluster uses TLS): with it, each recovery recruits registered workers for the roles
     /// they run (see [`crate::workers`]); `None` recruits none.
     pub access: Option<strata_net::Access>,
+    /// Where this process serves its own stages to the cluster's processes (`strata serve
+    /// --peer-listen`): with it (and `access`), each recovery also recruits commit proxies on
+    /// registered workers, which reach the stages run here through it.
+    pub peers: Option<crate::workers::PeerPort>,
     /// A simulated network the new stages are reached across (every call of the commit path,
     /// the clients', monitoring's and the storage servers' pulls), as if each stage ran in a
     /// process of its own; `None` calls them directly. The simulation puts one here.

@@ -344,6 +344,7 @@ async fn start_and_persist(
                 env.served_at.as_deref(),
                 pipeline.sequencer_at.as_deref(),
                 &pipeline.resolvers_at,
+                &pipeline.proxies_at,
             ))
         })
         .await?;
@@ -615,7 +616,8 @@ pub(super) fn millis(d: std::time::Duration) -> u64 {
 ///
 /// Each stage is named by its kind and index (`proxy-1`), with the address other processes
 /// reach it at when this process serves them (`proxy-1@127.0.0.1:4500`), or, for a resolver
-/// recruited on a worker, the worker's (`resolvers_at`, by index); each log by its directory,
+/// recruited on a worker, the worker's (`sequencer_at`; `resolvers_at` and `proxies_at`, by
+/// index); each log by its directory,
 /// and by its address too when served.
 fn build_layout(
     config: &EmbeddedConfig,
@@ -624,6 +626,7 @@ fn build_layout(
     served_at: Option<&str>,
     sequencer_at: Option<&str>,
     resolvers_at: &[Option<String>],
+    proxies_at: &[Option<String>],
 ) -> TransactionSystemLayout {
     let at = |name: String| match served_at {
         Some(address) => format!("{name}@{address}"),
@@ -637,7 +640,13 @@ fn build_layout(
             None => at("sequencer-0".into()),
         },
         commit_proxies: (0..config.proxies)
-            .map(|i| at(format!("proxy-{i}")))
+            .map(|i| {
+                let name = format!("proxy-{i}");
+                match proxies_at.get(i).and_then(Option::as_deref) {
+                    Some(worker) => format!("{name}@{worker}"),
+                    None => at(name),
+                }
+            })
             .collect(),
         resolvers: split_begins(config.resolvers)
             .into_iter()

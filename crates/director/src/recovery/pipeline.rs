@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use strata_commit_proxy::BatchingProxy;
 use strata_core::{
-    CommitProxy, Epoch, Key, LogServer, Resolver, Sequencer, StorageServer, Version,
+    CommitProxy, Epoch, Key, LogServer, Resolver, Result, Sequencer, StorageServer, Version,
 };
-use strata_net::{Recruitment, RemoteResolver, Role};
+use strata_net::{ProxyWiring, Recruitment, RemoteProxy, RemoteResolver, Role, Stages};
 use strata_resolver::WindowResolver;
 use strata_sequencer::ClockSequencer;
 use strata_storage::RedbStorage;
@@ -35,8 +35,6 @@ pub(super) async fn start_pipeline(
     logs: &NewLogs,
     storage: &[Arc<RedbStorage>],
 ) -> Attempt<Pipeline> {
-    let faults = env.faults.as_ref();
-    let network = env.network.as_ref();
     // Every registered worker is probed at once, whatever its role.
     let mut answered = match &env.access {
         Some(access) => {
@@ -54,20 +52,7 @@ pub(super) async fn start_pipeline(
         &mut recruited,
     )
     .await;
-    let decorated_logs: Vec<Arc<dyn LogServer>> = logs
-        .logs
-        .iter()
-        .map(|l| {
-            let mut log: Arc<dyn LogServer> = l.clone();
-            if let Some(f) = faults {
-                log = Arc::new(FaultyLog(log, f.clone()));
-            }
-            if let Some(n) = network {
-                log = Arc::new(NetLog::new(log, n, &log_role(l.id())));
-            }
-            log
-        })
-        .collect();
+    let decorated_logs = decorate_logs(env, logs);
     let Resolvers {
         resolvers,
         at: resolvers_at,
@@ -81,40 +66,36 @@ pub(super) async fn start_pipeline(
     )
     .await;
     let decorated_resolvers = resolvers.iter().map(|(_, r)| r.clone()).collect();
-    let mut proxies = Vec::new();
-    let mut decorated_proxies: Vec<Arc<dyn CommitProxy>> = Vec::new();
-    for i in 0..config.proxies {
-        let proxy = Arc::new(BatchingProxy::new(
-            epoch,
-            decorated_sequencer.clone(),
-            resolvers.clone(),
-            decorated_logs.clone(),
-            config.proxy,
-        )?);
-        proxies.push(proxy.clone());
-        let mut proxy: Arc<dyn CommitProxy> = proxy;
-        if let Some(f) = faults {
-            proxy = FaultyProxy::wrap(proxy, f);
-        }
-        if let Some(n) = network {
-            proxy = Arc::new(NetProxy::new(proxy, n, &format!("proxy-{i}")));
-        }
-        decorated_proxies.push(proxy);
-    }
-    let decorated_storage: Vec<Arc<dyn StorageServer>> = storage
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let mut server: Arc<dyn StorageServer> = s.clone();
-            if let Some(f) = faults {
-                server = Arc::new(FaultyStorage(server, f.clone()));
-            }
-            if let Some(n) = network {
-                server = Arc::new(NetStorage::new(server, n, &format!("storage-{i}")));
-            }
-            server
-        })
-        .collect();
+    let remote = start_remote_proxies(
+        env,
+        config,
+        epoch,
+        recovery_version,
+        answered.as_mut(),
+        &mut recruited,
+        Wiring {
+            sequencer: (&decorated_sequencer, sequencer_at.as_deref()),
+            resolvers: &resolvers,
+            resolvers_at: &resolvers_at,
+            logs: &decorated_logs,
+        },
+    )
+    .await;
+    let Proxies {
+        proxies,
+        decorated: decorated_proxies,
+        at: proxies_at,
+        peers,
+    } = start_proxies(
+        env,
+        config,
+        epoch,
+        remote,
+        &decorated_sequencer,
+        &resolvers,
+        &decorated_logs,
+    )?;
+    let decorated_storage = decorate_storage(env, storage);
     let database = Database::new(
         decorated_sequencer.clone(),
         decorated_proxies.clone(),
@@ -126,13 +107,57 @@ pub(super) async fn start_pipeline(
         sequencer_at,
         decorated_sequencer,
         decorated_resolvers,
-        resolvers_at,
+        resolvers_at: resolvers_at
+            .into_iter()
+            .map(|at| at.map(|(address, _)| address))
+            .collect(),
         recruited,
         proxies,
+        proxies_at,
+        peers,
         decorated_proxies,
         decorated_storage,
         database,
     })
+}
+
+/// The logs of the new generation as the commit path reaches them: through the fault
+/// decorator and the simulated network, when there are.
+fn decorate_logs(env: &RecoveryEnv, logs: &NewLogs) -> Vec<Arc<dyn LogServer>> {
+    logs.logs
+        .iter()
+        .map(|l| {
+            let mut log: Arc<dyn LogServer> = l.clone();
+            if let Some(f) = &env.faults {
+                log = Arc::new(FaultyLog(log, f.clone()));
+            }
+            if let Some(n) = &env.network {
+                log = Arc::new(NetLog::new(log, n, &log_role(l.id())));
+            }
+            log
+        })
+        .collect()
+}
+
+/// The storage servers as the commit path reaches them, as [`decorate_logs`] the logs.
+fn decorate_storage(
+    env: &RecoveryEnv,
+    storage: &[Arc<RedbStorage>],
+) -> Vec<Arc<dyn StorageServer>> {
+    storage
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut server: Arc<dyn StorageServer> = s.clone();
+            if let Some(f) = &env.faults {
+                server = Arc::new(FaultyStorage(server, f.clone()));
+            }
+            if let Some(n) = &env.network {
+                server = Arc::new(NetStorage::new(server, n, &format!("storage-{i}")));
+            }
+            server
+        })
+        .collect()
 }
 
 /// The epoch's sequencer: recruited on a worker when one answered the probe (its worker then
@@ -150,6 +175,7 @@ async fn start_sequencer(
         role: Role::Sequencer,
         recovery_version,
         resolver: None,
+        proxy: None,
     };
     let remote = match answered {
         Some(answered) => answered
@@ -180,10 +206,11 @@ async fn start_sequencer(
 }
 
 /// The resolvers of an epoch, in the order of their key ranges (each from its begin key), as
-/// the commit path reaches them, and where the ones recruited on workers are served.
+/// the commit path reaches them, and where the ones recruited on workers are served (the
+/// worker's address and the resolver's index there).
 struct Resolvers {
     resolvers: Vec<(Key, Arc<dyn Resolver>)>,
-    at: Vec<Option<String>>,
+    at: Vec<Option<(String, u32)>>,
 }
 
 /// Each resolver of the epoch: recruited on the workers that answered the probe (see
@@ -204,6 +231,7 @@ async fn start_resolvers(
                 role: Role::Resolver,
                 recovery_version,
                 resolver: Some(workers::resolver_settings(&config.resolver)),
+                proxy: None,
             };
             answered
                 .recruit::<RemoteResolver>(config.resolvers, recruitment)
@@ -219,7 +247,8 @@ async fn start_resolvers(
     for (i, begin) in split_begins(config.resolvers).into_iter().enumerate() {
         let mut r: Arc<dyn Resolver> = match remote.next() {
             Some((resolver, worker)) => {
-                out.at.push(Some(worker.place.address.clone()));
+                out.at
+                    .push(Some((worker.place.address.clone(), worker.index)));
                 recruited.push(worker);
                 Arc::new(resolver)
             }
@@ -241,4 +270,162 @@ async fn start_resolvers(
         out.resolvers.push((begin, r));
     }
     out
+}
+
+/// Where the stages a commit proxy calls run this epoch: the sequencer as the commit path
+/// reaches it and the worker it runs on (if one), the resolvers in the order of their ranges
+/// with the workers of those recruited on one, and the logs.
+struct Wiring<'a> {
+    sequencer: (&'a Arc<dyn Sequencer>, Option<&'a str>),
+    resolvers: &'a [(Key, Arc<dyn Resolver>)],
+    resolvers_at: &'a [Option<(String, u32)>],
+    logs: &'a [Arc<dyn LogServer>],
+}
+
+/// Commit proxies recruited on workers (each with its worker's address), and the director's
+/// own stages published on its port for the cluster's processes while they run.
+#[derive(Default)]
+struct RemoteProxies {
+    proxies: Vec<(RemoteProxy, String)>,
+    published: Option<workers::Published>,
+}
+
+/// Recruits commit proxies on the workers that answered the probe, for the first of the
+/// epoch's proxies, when this process serves a port for the cluster's processes
+/// ([`RecoveryEnv::peers`]): the stages run here (the sequencer unless a worker runs it, the
+/// resolvers no worker runs, the logs) are published there first, and each recruitment says
+/// where every stage is. Their workers join `recruited`.
+async fn start_remote_proxies(
+    env: &RecoveryEnv,
+    config: &EmbeddedConfig,
+    epoch: Epoch,
+    recovery_version: Version,
+    answered: Option<&mut Answered>,
+    recruited: &mut Vec<Recruited>,
+    wiring: Wiring<'_>,
+) -> RemoteProxies {
+    let Some(answered) = answered.filter(|a| a.count(Role::Proxy) > 0) else {
+        return RemoteProxies::default();
+    };
+    let Some(peers) = &env.peers else {
+        tracing::warn!(
+            "proxy workers are registered, but this director serves no port for the cluster's \
+             processes (--peer-listen), through which they would reach the logs: the commit \
+             proxies run here"
+        );
+        return RemoteProxies::default();
+    };
+    let mut here = Stages {
+        logs: wiring.logs.to_vec(),
+        ..Stages::default()
+    };
+    let (sequencer, sequencer_at) = wiring.sequencer;
+    let sequencer = match sequencer_at {
+        Some(worker) => worker.to_owned(),
+        None => {
+            here.sequencer = Some(sequencer.clone());
+            peers.address.clone()
+        }
+    };
+    let mut resolvers = Vec::new();
+    for ((begin, resolver), at) in wiring.resolvers.iter().zip(wiring.resolvers_at) {
+        let (address, index) = match at {
+            Some(worker) => worker.clone(),
+            None => {
+                here.resolvers.push(resolver.clone());
+                let index = u32::try_from(here.resolvers.len() - 1).unwrap_or(u32::MAX);
+                (peers.address.clone(), index)
+            }
+        };
+        resolvers.push((begin.clone(), address, index));
+    }
+    let logs = wiring
+        .logs
+        .iter()
+        .map(|l| (l.id(), peers.address.clone()))
+        .collect();
+    let published = peers.publish(here);
+    let recruitment = Recruitment {
+        epoch,
+        role: Role::Proxy,
+        recovery_version,
+        resolver: None,
+        proxy: Some(ProxyWiring {
+            sequencer,
+            resolvers,
+            logs,
+            settings: workers::proxy_settings(&config.proxy),
+        }),
+    };
+    let proxies: Vec<(RemoteProxy, String)> = answered
+        .recruit::<RemoteProxy>(config.proxies, recruitment)
+        .await
+        .into_iter()
+        .map(|(proxy, worker)| {
+            let at = worker.place.address.clone();
+            recruited.push(worker);
+            (proxy, at)
+        })
+        .collect();
+    // Nothing recruited: nothing to serve there (dropping the publication withdraws it).
+    let published = (!proxies.is_empty()).then_some(published);
+    RemoteProxies { proxies, published }
+}
+
+/// The commit proxies of an epoch: those run here (which monitoring asks for their health),
+/// every one as the commit path reaches it, where each recruited on a worker runs, and the
+/// stages published for those.
+struct Proxies {
+    proxies: Vec<Arc<BatchingProxy>>,
+    decorated: Vec<Arc<dyn CommitProxy>>,
+    at: Vec<Option<String>>,
+    peers: Option<workers::Published>,
+}
+
+/// The epoch's commit proxies: the ones recruited on workers first, then as many run here as
+/// make up the configured count, each wrapped in its fault decorator in tests.
+fn start_proxies(
+    env: &RecoveryEnv,
+    config: &EmbeddedConfig,
+    epoch: Epoch,
+    remote: RemoteProxies,
+    sequencer: &Arc<dyn Sequencer>,
+    resolvers: &[(Key, Arc<dyn Resolver>)],
+    logs: &[Arc<dyn LogServer>],
+) -> Result<Proxies> {
+    let mut out = Proxies {
+        proxies: Vec::new(),
+        decorated: Vec::new(),
+        at: Vec::new(),
+        peers: remote.published,
+    };
+    let mut remote = remote.proxies.into_iter();
+    for i in 0..config.proxies {
+        let mut proxy: Arc<dyn CommitProxy> = match remote.next() {
+            Some((proxy, worker)) => {
+                out.at.push(Some(worker));
+                Arc::new(proxy)
+            }
+            None => {
+                let local = Arc::new(BatchingProxy::new(
+                    epoch,
+                    sequencer.clone(),
+                    resolvers.to_vec(),
+                    logs.to_vec(),
+                    config.proxy,
+                )?);
+                out.proxies.push(local.clone());
+                out.at.push(None);
+                local
+            }
+        };
+        if let Some(f) = &env.faults {
+            proxy = FaultyProxy::wrap(proxy, f);
+        }
+        if let Some(n) = &env.network {
+            proxy = Arc::new(NetProxy::new(proxy, n, &format!("proxy-{i}")));
+        }
+        out.decorated.push(proxy);
+    }
+    Ok(out)
 }

@@ -35,9 +35,15 @@ use strata_net::{Access, Recruitment, RemoteResolver, RemoteWorker, Role, Worker
 
 use crate::coordinator::StateStore;
 
+mod peers;
+mod proxy;
 mod resolver;
 mod sequencer;
 
+pub use peers::PeerPort;
+pub(crate) use peers::Published;
+pub use proxy::ProxyWorker;
+pub(crate) use proxy::proxy_settings;
 pub use resolver::ResolverWorker;
 pub(crate) use resolver::{resolver_config, resolver_settings};
 pub use sequencer::SequencerWorker;
@@ -250,6 +256,8 @@ impl PassedOver {
 #[derive(Clone, Debug)]
 pub(crate) struct Recruited {
     pub(crate) place: WorkerPlace,
+    /// Where its stage is served among the worker's stages of its kind.
+    pub(crate) index: u32,
     worker: RemoteWorker,
     passed_over: Arc<PassedOver>,
 }
@@ -305,6 +313,17 @@ async fn heartbeat(
             Err(lost(format!("is a {role} worker")))
         }
         (_, None) => Ok(()),
+        (
+            WorkerState {
+                epoch: runs,
+                failure: Some(failure),
+                ..
+            },
+            Some(epoch),
+        ) if runs == Some(epoch) => Err(lost(format!(
+            "says its stage of epoch {} failed: {failure}",
+            epoch.0
+        ))),
         (WorkerState { epoch: runs, .. }, Some(epoch)) if runs == Some(epoch) => Ok(()),
         (WorkerState { epoch: None, .. }, Some(epoch)) => Err(lost(format!(
             "runs no stage (it restarted) instead of epoch {}",
@@ -437,6 +456,14 @@ impl Answered {
         }
     }
 
+    /// How many workers of `role` answered the probe and are not recruited yet.
+    pub(crate) fn count(&self, role: Role) -> usize {
+        self.workers
+            .iter()
+            .filter(|(place, _)| place.role() == Some(role))
+            .count()
+    }
+
     /// Up to `needed` stages of `S`'s role for `recruitment.epoch`, one per worker: the
     /// workers of that role that answered the probe are recruited in order, each within
     /// [`RECRUIT_TIMEOUT`] (its stage started and reached), until `needed` are. A worker that
@@ -463,15 +490,18 @@ impl Answered {
             }
             let address = place.address.clone();
             let started = tokio::time::timeout(RECRUIT_TIMEOUT, async {
-                let index = worker.recruit(recruitment).await?;
-                S::reach(&address, self.access.clone(), index, recruitment.epoch).await
+                let index = worker.recruit(recruitment.clone()).await?;
+                S::reach(&address, self.access.clone(), index, recruitment.epoch)
+                    .await
+                    .map(|stage| (stage, index))
             })
             .await;
             match started {
-                Ok(Ok(stage)) => {
+                Ok(Ok((stage, index))) => {
                     tracing::info!(%address, role = %S::ROLE, epoch = recruitment.epoch.0, "recruited");
                     let recruited_here = Recruited {
                         place,
+                        index,
                         worker,
                         passed_over: self.passed_over.clone(),
                     };

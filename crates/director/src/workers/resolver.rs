@@ -233,6 +233,7 @@ mod tests {
             role: Role::Resolver,
             recovery_version: Version(100),
             resolver,
+            proxy: None,
         };
         // Refused settings recruit nothing.
         let zero = ResolverSettings {

@@ -160,6 +160,7 @@ mod tests {
             role: Role::Sequencer,
             recovery_version: Version(from),
             resolver: None,
+            proxy: None,
         }
     }
 

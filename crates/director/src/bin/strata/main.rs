@@ -214,6 +214,12 @@ struct ServeArgs {
         required_if_eq_any(WORKER_ROLES)
     )]
     cluster_file: Option<PathBuf>,
+    /// The director's port for the cluster's own processes, HOST:PORT (port 0 picks one):
+    /// it serves the logs and the stages no worker runs to the commit proxies recruited on
+    /// proxy workers, and answers every call, so only the cluster's hosts may reach it.
+    /// Without it no proxy worker is recruited. Needs an etcd --cluster-file.
+    #[arg(long, value_name = "HOST:PORT", requires = "cluster_file")]
+    peer_listen: Option<String>,
     /// With --listen: serve over TLS only, to clients with a certificate of --tls-ca.
     #[command(flatten)]
     tls: TlsArgs,
@@ -315,10 +321,16 @@ enum RoleArg {
     Resolver,
     /// A sequencer worker.
     Sequencer,
+    /// A commit proxy worker (the director needs --peer-listen to recruit it).
+    Proxy,
 }
 
 /// The roles of worker processes, which need --listen and --cluster-file.
-const WORKER_ROLES: [(&str, &str); 2] = [("role", "resolver"), ("role", "sequencer")];
+const WORKER_ROLES: [(&str, &str); 3] = [
+    ("role", "resolver"),
+    ("role", "sequencer"),
+    ("role", "proxy"),
+];
 
 /// The cluster to recover: where it is and how many of each stage the new epoch runs. A count
 /// not given is the one the data directory last ran with (1 for a new directory).
@@ -411,6 +423,7 @@ fn main() -> ExitCode {
             RoleArg::Sequencer => {
                 runtime.block_on(worker::serve(args, strata_net::Role::Sequencer))
             }
+            RoleArg::Proxy => runtime.block_on(worker::serve(args, strata_net::Role::Proxy)),
         },
         Command::Bench(args) => runtime.block_on(load::run(args)),
         Command::Workload(Workload::Cycle(args)) => runtime.block_on(cycle::run(args)),
@@ -499,6 +512,11 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
         None => None,
     };
     env.served_at = network.as_ref().map(|n| n.address.clone());
+    let peers = match (&args.peer_listen, &network) {
+        (Some(address), Some(n)) => Some(Peers::bind(address, &n.cluster).await?),
+        _ => None,
+    };
+    env.peers = peers.as_ref().map(|p| p.port.clone());
     // Workers registered in the cluster's etcd are reached with the cluster's id and TLS.
     env.access = network
         .as_ref()
@@ -517,22 +535,32 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
         }
     });
     let (stages, published) = tokio::sync::watch::channel(Arc::new(strata_net::Stages::default()));
-    let (stop_network, network_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_network, network_stopped) = tokio::sync::watch::channel(false);
     let _owner = network.as_ref().map(|n| n.owner.clone());
-    let network = network.map(|n| {
+    let mut servers = Vec::new();
+    if let Some(n) = network {
         out!("cluster file: {}", n.cluster_file_path.display());
-        tokio::spawn(strata_net::serve(
-            strata_net::Access::new(n.cluster.id.clone(), tls),
+        servers.push(tokio::spawn(strata_net::serve(
+            strata_net::Access::new(n.cluster.id.clone(), tls.clone()),
             // Every process that reaches the port is a client: none may lock, pop or roll
             // back the stages of this one.
             strata_net::Exposure::Clients,
             published,
             n.listener,
-            async {
-                let _ = network_stopped.await;
-            },
-        ))
-    });
+            stopped(network_stopped.clone()),
+        )));
+    }
+    if let Some(p) = peers {
+        tracing::info!(address = %p.port.address, "serving the cluster's processes");
+        servers.push(tokio::spawn(strata_net::serve(
+            strata_net::Access::new(p.cluster_id, tls),
+            // Only the cluster's processes reach this port: they call every stage.
+            strata_net::Exposure::Everything,
+            p.published,
+            p.listener,
+            stopped(network_stopped),
+        )));
+    }
     let result = strata_director::serve_stages(
         &args.layout.data_dir,
         config,
@@ -543,9 +571,9 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
     )
     .await;
     drop(serving);
-    let _ = stop_network.send(());
-    if let Some(network) = network {
-        match network.await {
+    let _ = stop_network.send(true);
+    for server in servers {
+        match server.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "the network server failed"),
             Err(e) => tracing::warn!(error = %e, "the network server did not stop cleanly"),
             Ok(Ok(())) => {}
@@ -556,6 +584,57 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
         out!("stopped");
     }
     result
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// The director's port for the cluster's processes (`strata serve --peer-listen`): its
+/// listener, and the stages each epoch publishes there.
+struct Peers {
+    port: strata_director::workers::PeerPort,
+    published: tokio::sync::watch::Receiver<Arc<strata_net::Stages>>,
+    listener: tokio::net::TcpListener,
+    cluster_id: strata_net::ClusterId,
+}
+
+impl Peers {
+    async fn bind(
+        address: &str,
+        cluster: &strata_director::cluster_file::ClusterFile,
+    ) -> strata_core::Result<Peers> {
+        let refuse = |why: String| {
+            strata_core::Error::new(
+                strata_core::Stage::Director,
+                strata_core::ErrorKind::InvalidRequest(why),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| refuse(format!("cannot listen on {address}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| refuse(format!("cannot listen on {address}: {e}")))?;
+        if bound.ip().is_unspecified() {
+            return Err(refuse(format!(
+                "--peer-listen {address} is every interface, and workers are told the \
+                 address: give the one they reach this host at"
+            )));
+        }
+        let (stages, published) =
+            tokio::sync::watch::channel(Arc::new(strata_net::Stages::default()));
+        Ok(Peers {
+            port: strata_director::workers::PeerPort {
+                address: bound.to_string(),
+                stages: Arc::new(stages),
+            },
+            published,
+            listener,
+            cluster_id: cluster.id.clone(),
+        })
+    }
 }
 
 /// What `strata serve --listen` serves on: its listener, the address clients are told, and

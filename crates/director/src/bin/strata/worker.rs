@@ -7,7 +7,7 @@ use std::sync::Arc;
 use strata_core::{Error, ErrorKind, Result, Stage};
 use strata_director::cluster_file::{ClusterFile, StatePlace};
 use strata_director::workers::{
-    Registration, ResolverWorker, SequencerWorker, WorkerPlace, registry_prefix,
+    ProxyWorker, Registration, ResolverWorker, SequencerWorker, WorkerPlace, registry_prefix,
 };
 use strata_net::etcd::Etcd;
 use strata_net::{Access, Recruiter, Role, Stages};
@@ -25,14 +25,15 @@ pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
         || layout.storage.is_some()
         || layout.resolvers.is_some()
         || layout.proxies.is_some()
+        || args.peer_listen.is_some()
     {
         // A usage error (exit 2), as clap reports the others.
         <super::Cli as clap::CommandFactory>::command()
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
                 format!(
-                    "--logs, --storage, --resolvers and --proxies are the director's (--role \
-                     all): a {role} worker runs what it is recruited for"
+                    "--logs, --storage, --resolvers, --proxies and --peer-listen are the \
+                     director's (--role all): a {role} worker runs what it is recruited for"
                 ),
             )
             .exit();
@@ -73,6 +74,11 @@ pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
             publish,
         )),
         Role::Sequencer => Arc::new(SequencerWorker::new(publish)),
+        // It reaches the stages its proxies call as the director reaches it.
+        Role::Proxy => Arc::new(ProxyWorker::new(
+            Access::new(file.id.clone(), tls.clone()),
+            publish,
+        )),
         other => return Err(refuse(format!("no worker runs the role {other}"))),
     };
     let etcd = Etcd::connect(endpoints)?;

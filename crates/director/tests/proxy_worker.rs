@@ -1,0 +1,340 @@
+//! Commit proxies on workers, as the director's own process sees them: `ProxyWorker`s served
+//! in this process (`strata_net::serve_worker`), registered in a real etcd and recruited by
+//! `EmbeddedCluster::start_with_env`, which serves its own stages to them on a port for the
+//! cluster's processes (`RecoveryEnv::peers`). Every commit acknowledged through a proxy on a
+//! worker is read back, epoch after epoch, in every layout; a proxy worker whose batch failed
+//! ends the epoch through its heartbeat.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_core::{CommitProxy, ErrorKind, KeyRange, Mutation, Transaction};
+use strata_director::coordinator::etcd::EtcdStateStore;
+use strata_director::faults::{FaultPoint, Faults};
+use strata_director::workers::{
+    PeerPort, ProxyWorker, Registration, ResolverWorker, SequencerWorker, WorkerPlace,
+    registry_prefix,
+};
+use strata_director::{Database, EmbeddedCluster, EmbeddedConfig, RecoveryEnv};
+use strata_net::etcd::Etcd;
+use strata_net::{Access, ClusterId, Exposure, Recruiter, RemoteProxy, Stages};
+use strata_testkit::etcd::EtcdServer;
+
+const NAME: &str = "pw";
+
+fn access(id: &str) -> Access {
+    Access::new(ClusterId::new(id).unwrap(), None)
+}
+
+/// `worker` of `role`, serving what it publishes on `published` at a port of 127.0.0.1,
+/// registered in `etcd` for the cluster `id`. Returns where it serves and its registration.
+async fn serve_registered(
+    role: &str,
+    id: &str,
+    etcd: &str,
+    worker: Arc<dyn Recruiter>,
+    published: tokio::sync::watch::Receiver<Arc<Stages>>,
+) -> (String, Registration) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(strata_net::serve_worker(
+        access(id),
+        worker,
+        published,
+        listener,
+        std::future::pending::<()>(),
+    ));
+    let registration = Registration::start(
+        Etcd::connect(&[etcd.to_owned()]).unwrap(),
+        &registry_prefix(NAME, id),
+        WorkerPlace {
+            role: role.into(),
+            address: address.clone(),
+            registered: 0,
+        },
+    )
+    .await
+    .unwrap();
+    (address, registration)
+}
+
+/// A worker of `role` (proxy, resolver or sequencer) for the cluster `id`, served and
+/// registered (see [`serve_registered`]).
+async fn worker(role: &str, id: &str, etcd: &str) -> (String, Registration) {
+    let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
+    let worker: Arc<dyn Recruiter> = match role {
+        "proxy" => Arc::new(ProxyWorker::new(access(id), publish)),
+        "resolver" => Arc::new(ResolverWorker::new(
+            EmbeddedConfig::default().resolver,
+            publish,
+        )),
+        "sequencer" => Arc::new(SequencerWorker::new(publish)),
+        other => panic!("no worker runs {other}"),
+    };
+    serve_registered(role, id, etcd, worker, published).await
+}
+
+/// An environment that recruits the workers of cluster `id`, with the director's port for
+/// the cluster's processes served at a port of 127.0.0.1 (every call answered).
+async fn env_with_peers(id: &str, faults: Option<Arc<Faults>>) -> RecoveryEnv {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (stages, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
+    tokio::spawn(strata_net::serve(
+        access(id),
+        Exposure::Everything,
+        published,
+        listener,
+        std::future::pending::<()>(),
+    ));
+    let mut env = match faults {
+        Some(f) => RecoveryEnv::with_faults(f),
+        None => RecoveryEnv::default(),
+    };
+    env.access = Some(access(id));
+    env.peers = Some(PeerPort {
+        address,
+        stages: Arc::new(stages),
+    });
+    env
+}
+
+/// Commits `count` one-key transactions from `first` on, `clients` at a time; what was
+/// acknowledged, key by key.
+async fn commit_many(db: &Database, first: u64, count: u64) -> BTreeMap<Bytes, Bytes> {
+    let mut tasks = Vec::new();
+    for n in first..first + count {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = Bytes::from(format!("k{n:06}"));
+            let value = Bytes::from(format!("v{n}"));
+            let t = db.begin().await.unwrap();
+            t.set(key.clone(), value.clone());
+            t.commit().await.unwrap();
+            (key, value)
+        }));
+    }
+    let mut acked = BTreeMap::new();
+    for t in tasks {
+        let (k, v) = t.await.unwrap();
+        acked.insert(k, v);
+    }
+    acked
+}
+
+/// Every acknowledged key, read back at one read version of `db`.
+async fn assert_all_there(db: &Database, acked: &BTreeMap<Bytes, Bytes>) {
+    let t = db.begin().await.unwrap();
+    for (k, v) in acked {
+        assert_eq!(t.get(k).await.unwrap().as_ref(), Some(v), "{k:?}");
+    }
+}
+
+/// The names the layout gives each proxy, in order.
+fn proxies_named(report: &strata_director::RecoveryReport) -> Vec<String> {
+    report.config.layout.commit_proxies.clone()
+}
+
+/// A proxy worker of an ended epoch that no later epoch recruited still runs that epoch's
+/// proxy, and a `Database` handle of that epoch still reaches it: its commits are refused
+/// (the stages it calls on the director's port are the next epoch's, which fence it), and
+/// nothing it was given is ever read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_of_an_ended_epoch_commits_nothing_though_its_worker_still_runs() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "pe";
+    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
+    let env = env_with_peers(id, None).await;
+    let config = common::small_windows(2, 2, 2);
+    let dir = tempfile::tempdir().unwrap();
+    // At 127.0.0.2: the worker registered later at 127.0.0.1 sorts first.
+    let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
+    let first: Arc<dyn Recruiter> = Arc::new(ProxyWorker::new(access(id), publish));
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let first_at = listener.local_addr().unwrap().to_string();
+    tokio::spawn(strata_net::serve_worker(
+        access(id),
+        first,
+        published,
+        listener,
+        std::future::pending::<()>(),
+    ));
+    let _first = Registration::start(
+        Etcd::connect(&[etcd.endpoint()]).unwrap(),
+        &registry_prefix(NAME, id),
+        WorkerPlace {
+            role: "proxy".into(),
+            address: first_at.clone(),
+            registered: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let (c1, r1) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
+        .await
+        .unwrap();
+    assert_eq!(proxies_named(&r1), [format!("proxy-0@{first_at}")]);
+    let old = c1.database();
+    let acked = commit_many(&old, 0, 50).await;
+    c1.stop().await;
+
+    let (second_at, _second) = worker("proxy", id, &etcd.endpoint()).await;
+    let (c2, r2) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
+        .await
+        .unwrap();
+    assert_eq!(proxies_named(&r2), [format!("proxy-0@{second_at}")]);
+    let new = commit_many(&c2.database(), 1_000, 50).await;
+    // The old handle takes no read version (its sequencer is stopped with its epoch)...
+    let e = old.begin().await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+    // ...and the old epoch's proxy, still served by the first worker, commits nothing.
+    let stale = RemoteProxy::connect(&first_at, access(id), 0)
+        .await
+        .unwrap();
+    assert_eq!(stale.epoch(), r1.epoch);
+    for n in 0..20 {
+        let key = Bytes::from(format!("stale{n}"));
+        let transaction = Transaction {
+            read_version: None,
+            read_conflicts: Vec::new(),
+            write_conflicts: vec![KeyRange::single(key.clone())],
+            mutations: vec![Mutation::Set {
+                key,
+                value: Bytes::from_static(b"x"),
+            }],
+        };
+        let refused = stale
+            .commit(transaction.encode().unwrap())
+            .await
+            .unwrap_err();
+        assert!(!matches!(refused.kind, ErrorKind::Conflict), "{refused}");
+    }
+    let db = c2.database();
+    assert_all_there(&db, &acked).await;
+    assert_all_there(&db, &new).await;
+    let t = db.begin().await.unwrap();
+    for n in 0..20 {
+        let key = Bytes::from(format!("stale{n}"));
+        assert_eq!(t.get(&key).await.unwrap(), None, "{key:?}");
+    }
+    c2.stop().await;
+}
+
+/// In each layout (1 to 3 logs, storage servers and resolvers; one or two proxies, one of
+/// them on a worker), with the sequencer and a resolver on workers in the largest: every
+/// commit acknowledged through a proxy on a worker is there in the next epochs, for
+/// histories many storage windows long; the layout names the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_through_a_proxy_worker_hold_across_epochs_in_every_layout() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    for (i, (logs, storage, resolvers, proxies)) in [(1, 1, 1, 1), (2, 2, 2, 2), (3, 3, 3, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("p{i}");
+        let mut held = vec![worker("proxy", &id, &etcd.endpoint()).await];
+        if logs == 3 {
+            held.push(worker("sequencer", &id, &etcd.endpoint()).await);
+            held.push(worker("resolver", &id, &etcd.endpoint()).await);
+        }
+        let proxy_at = held[0].0.clone();
+        let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, &id).unwrap();
+        let env = env_with_peers(&id, None).await;
+        let config = EmbeddedConfig {
+            proxies,
+            ..common::small_windows(logs, storage, resolvers)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut acked = BTreeMap::new();
+        for epoch in 0..3u64 {
+            let (cluster, report) =
+                EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
+                    .await
+                    .unwrap();
+            let named = proxies_named(&report);
+            assert_eq!(named.len(), proxies, "{named:?}");
+            assert_eq!(named[0], format!("proxy-0@{proxy_at}"), "{named:?}");
+            if logs == 3 {
+                let layout = format!("{:?}", report.config.layout);
+                assert!(
+                    layout.contains(&format!("sequencer-0@{}", held[1].0)),
+                    "{layout}"
+                );
+                assert!(
+                    layout.contains(&format!("resolver-0@{}", held[2].0)),
+                    "{layout}"
+                );
+            }
+            assert_all_there(&cluster.database(), &acked).await;
+            // About 300 ms of commits: six of the storage servers' 50 ms windows.
+            let started = tokio::time::Instant::now();
+            let mut n = epoch * 1_000_000;
+            while started.elapsed() < Duration::from_millis(300) {
+                acked.extend(commit_many(&cluster.database(), n, 50).await);
+                n += 50;
+            }
+            assert_all_there(&cluster.database(), &acked).await;
+            cluster.stop().await;
+        }
+        assert!(acked.len() >= 300, "{} commits", acked.len());
+    }
+}
+
+/// A batch that fails on the proxy worker (a log push refused) fails that proxy, whose
+/// worker still answers heartbeats: monitoring learns it from the heartbeat and ends the
+/// epoch, and the next recovery passes the worker over, running the proxy itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_worker_whose_batch_failed_ends_the_epoch_by_its_heartbeat() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "pf";
+    let (proxy_at, _registration) = worker("proxy", id, &etcd.endpoint()).await;
+    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
+    let faults = Faults::new();
+    let env = env_with_peers(id, Some(faults.clone())).await;
+    let config = common::small_windows(2, 2, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
+        .await
+        .unwrap();
+    assert_eq!(proxies_named(&report), [format!("proxy-0@{proxy_at}")]);
+    let acked = commit_many(&cluster.database(), 0, 100).await;
+    cluster.check_health().await.unwrap();
+
+    faults.arm(FaultPoint::LogPush);
+    let t = cluster.database().begin().await.unwrap();
+    t.set(Bytes::from_static(b"lost"), Bytes::from_static(b"x"));
+    let failed = t.commit().await.unwrap_err();
+    assert!(!matches!(failed.kind, ErrorKind::Conflict), "{failed}");
+    // Only the worker knows its proxy failed: the director runs no proxy, and its logs are
+    // healthy (the push was refused by the decorator in front of them).
+    let health = cluster.check_health().await.unwrap_err();
+    assert!(
+        health.to_string().contains(&proxy_at) && health.to_string().contains("failed"),
+        "{health}"
+    );
+    cluster.stop().await;
+
+    let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
+        .await
+        .unwrap();
+    assert_eq!(proxies_named(&report).len(), 1);
+    assert!(
+        !proxies_named(&report)[0].contains(&proxy_at),
+        "{:?}",
+        proxies_named(&report)
+    );
+    assert_all_there(&cluster.database(), &acked).await;
+    cluster.stop().await;
+}
