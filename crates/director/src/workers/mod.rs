@@ -18,9 +18,10 @@
 //! - A worker serves every call: its port, like etcd, is for the cluster's own processes.
 //!
 //! Workers run the roles that hold nothing one epoch needs from the one before, so far:
-//! resolvers ([`ResolverWorker`]) and the sequencer ([`SequencerWorker`]). Their calls are
-//! fenced by epoch, so a stage of an ended epoch left running on a worker decides nothing for
-//! the new one.
+//! resolvers ([`ResolverWorker`]), the sequencer ([`SequencerWorker`]) and commit proxies
+//! ([`ProxyWorker`], which reach the stages the director runs itself on its [`PeerPort`]).
+//! Their calls are fenced by epoch, so a stage of an ended epoch left running on a worker
+//! decides nothing for the new one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
