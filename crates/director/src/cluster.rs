@@ -47,6 +47,9 @@ pub(crate) struct Pipeline {
     pub(crate) decorated_proxies: Vec<Arc<dyn CommitProxy>>,
     pub(crate) decorated_storage: Vec<Arc<dyn StorageServer>>,
     pub(crate) database: Database,
+    /// The director's own system transactions (the persistence phase's) go through this
+    /// handle, whose proxies all run here: a proxy worker refuses system keys.
+    pub(crate) system_database: Database,
 }
 
 impl Pipeline {
@@ -280,11 +283,9 @@ impl EmbeddedCluster {
             self.pipeline.pass_over_workers_of(Stage::Sequencer);
             return Err(e);
         }
-        // Before the proxies: a worker that died fails their batches too, and the failure is
-        // its own (the next recoveries pass it over for a while).
-        for worker in &self.pipeline.recruited {
-            worker.heartbeat(self.epoch, probe_timeout).await?;
-        }
+        // The logs before the workers: a proxy on a worker fails with a failed log, and says
+        // so in its heartbeat, but the failure is the log's (a worker that fails a heartbeat
+        // is passed over by the next recoveries for a while).
         for log in &self.logs {
             if let Some(cause) = log.poisoned_by() {
                 return Err(Error::new(Stage::Log, ErrorKind::Poisoned(cause)));
@@ -299,6 +300,11 @@ impl EmbeddedCluster {
                     },
                 ));
             }
+        }
+        // Before the proxies here: a worker that died fails their batches too, and the
+        // failure is its own.
+        for worker in &self.pipeline.recruited {
+            worker.heartbeat(self.epoch, probe_timeout).await?;
         }
         for p in &self.pipeline.proxies {
             if !p.is_running() {
@@ -373,6 +379,7 @@ impl EmbeddedCluster {
         drop(self.pipeline.peers);
         self.pipeline.sequencer.stop();
         drop(self.pipeline.database);
+        drop(self.pipeline.system_database);
         drop(self.pipeline.decorated_proxies);
         drop(self.pipeline.proxies);
         for s in &self.storage {

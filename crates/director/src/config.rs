@@ -121,6 +121,8 @@ impl EmbeddedConfig {
         // workers would refuse is refused here, not passed over worker by worker.
         crate::workers::resolver_config(crate::workers::resolver_settings(&self.resolver))
             .map_err(|e| invalid(format!("the resolver's configuration: {}", e.kind)))?;
+        crate::workers::proxy_config(crate::workers::proxy_settings(&self.proxy))
+            .map_err(|e| invalid(format!("the proxy's configuration: {}", e.kind)))?;
         if self.recovery_attempts_max == 0 {
             return Err(invalid("recovery_attempts_max must be at least 1".into()));
         }

@@ -141,6 +141,100 @@ fn proxies_named(report: &strata_director::RecoveryReport) -> Vec<String> {
     report.config.layout.commit_proxies.clone()
 }
 
+/// A log whose sync fails under a batch of the proxy worker: the proxy fails with it and
+/// says so in its heartbeat, but the failure is the log's. Monitoring names the log, and
+/// does not pass the worker over: the next recovery recruits it again, and every commit
+/// acknowledged before is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_log_is_blamed_on_the_log_not_on_the_proxy_worker() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "pl";
+    let (proxy_at, _registration) = worker("proxy", id, &etcd.endpoint()).await;
+    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
+    let faults = Faults::new();
+    let env = env_with_peers(id, Some(faults.clone())).await;
+    let config = common::small_windows(2, 1, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
+        .await
+        .unwrap();
+    assert_eq!(proxies_named(&report), [format!("proxy-0@{proxy_at}")]);
+    let acked = commit_many(&cluster.database(), 0, 50).await;
+
+    faults.arm(FaultPoint::LogSync);
+    let t = cluster.database().begin().await.unwrap();
+    t.set(Bytes::from_static(b"unsure"), Bytes::from_static(b"x"));
+    t.commit().await.unwrap_err();
+    let health = cluster.check_health().await.unwrap_err();
+    assert!(matches!(health.kind, ErrorKind::Poisoned(_)), "{health}");
+    cluster.stop().await;
+
+    let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
+        .await
+        .unwrap();
+    assert_eq!(proxies_named(&report), [format!("proxy-0@{proxy_at}")]);
+    assert_all_there(&cluster.database(), &acked).await;
+    commit_many(&cluster.database(), 1_000, 20).await;
+    cluster.stop().await;
+}
+
+/// A process that holds the cluster id (every client has it, in its cluster file) and
+/// reaches a proxy worker's port (the layout names it) cannot write system keys through it:
+/// one bad `\xff/system/config` would fail every later persistence phase. Only the director
+/// writes them, through a proxy in its own process, so recovery goes on as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_worker_refuses_system_keys_and_recovery_goes_on() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "ps";
+    let (proxy_at, _registration) = worker("proxy", id, &etcd.endpoint()).await;
+    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
+    let env = env_with_peers(id, None).await;
+    let config = EmbeddedConfig {
+        recovery_attempts_max: 2,
+        ..common::small_windows(1, 1, 1)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked = BTreeMap::new();
+    for epoch in 0..3 {
+        let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
+            .await
+            .unwrap();
+        // Every proxy of the layout on the worker: the director's own is none of them.
+        assert_eq!(proxies_named(&report), [format!("proxy-0@{proxy_at}")]);
+        assert_all_there(&cluster.database(), &acked).await;
+        let proxy = RemoteProxy::connect(&proxy_at, access(id), 0)
+            .await
+            .unwrap();
+        for key in [&b"\xff/system/config"[..], b"\xff", b"\xff\xff/anything"] {
+            let key = Bytes::copy_from_slice(key);
+            let transaction = Transaction {
+                read_version: None,
+                read_conflicts: Vec::new(),
+                write_conflicts: vec![KeyRange::single(key.clone())],
+                mutations: vec![Mutation::Set {
+                    key,
+                    value: Bytes::from_static(b"not a configuration"),
+                }],
+            };
+            let refused = proxy
+                .commit(transaction.encode().unwrap())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&refused.kind, ErrorKind::InvalidRequest(why) if why.contains("system")),
+                "{refused}"
+            );
+        }
+        acked.extend(commit_many(&cluster.database(), epoch * 1_000, 20).await);
+        cluster.check_health().await.unwrap();
+        cluster.stop().await;
+    }
+}
+
 /// A proxy worker of an ended epoch that no later epoch recruited still runs that epoch's
 /// proxy, and a `Database` handle of that epoch still reaches it: its commits are refused
 /// (the stages it calls on the director's port are the next epoch's, which fence it), and

@@ -65,7 +65,7 @@ fn writes_only_user_keys(transaction: &Bytes) -> Result<()> {
 
 impl Served {
     /// Refuses, before the proxy, a transaction over the size limit, and one that writes
-    /// system keys on a server for clients.
+    /// system keys on a server for clients or a worker (see [`crate::serve_worker`]).
     fn admissible(&self, transaction: &Bytes) -> Result<()> {
         if transaction.len() > TRANSACTION_BYTES_MAX {
             return Err(Error::new(
@@ -76,7 +76,7 @@ impl Served {
                 )),
             ));
         }
-        if self.exposure() == Exposure::Clients {
+        if self.exposure() == Exposure::Clients || self.worker().is_some() {
             writes_only_user_keys(transaction)?;
         }
         Ok(())

@@ -141,7 +141,11 @@ pub async fn serve(
 /// Serves a worker process, as [`serve`] serves stages, every call: `worker` answers the
 /// director's recruitments and heartbeats (see [`Recruiter`]) and publishes on `stages` the
 /// stage it runs for the epoch it was recruited for, which is served as [`serve`] serves.
-/// The process of a cluster's own, reached only by the cluster's processes.
+/// The process of a cluster's own, reached only by the cluster's processes. One rule of a
+/// server for clients holds here too: its commit proxies refuse a transaction that writes
+/// system keys (from `\xff` on). Clients hold the cluster id and learn a proxy worker's
+/// address from the layout, and one bad configuration key would fail every later recovery;
+/// the director writes those keys through a proxy in its own process.
 ///
 /// Errors: `Unavailable` when the server fails (its listener does).
 pub async fn serve_worker(

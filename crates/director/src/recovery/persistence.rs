@@ -64,7 +64,8 @@ async fn persist(
             *s = stage;
         }
     };
-    let db = &pipeline.database;
+    // Through the proxies run here: a proxy worker refuses system keys.
+    let db = &pipeline.system_database;
     let config_error =
         |e: strata_core::system::ConfigError| error(ErrorKind::Corruption(e.to_string()));
     at(Stage::Sequencer);

@@ -86,6 +86,7 @@ pub(super) async fn start_pipeline(
         decorated: decorated_proxies,
         at: proxies_at,
         peers,
+        system: system_proxies,
     } = start_proxies(
         env,
         config,
@@ -99,6 +100,12 @@ pub(super) async fn start_pipeline(
     let database = Database::new(
         decorated_sequencer.clone(),
         decorated_proxies.clone(),
+        decorated_storage.clone(),
+        config.transactions,
+    )?;
+    let system_database = Database::new(
+        decorated_sequencer.clone(),
+        system_proxies,
         decorated_storage.clone(),
         config.transactions,
     )?;
@@ -118,6 +125,7 @@ pub(super) async fn start_pipeline(
         decorated_proxies,
         decorated_storage,
         database,
+        system_database,
     })
 }
 
@@ -373,17 +381,24 @@ async fn start_remote_proxies(
 }
 
 /// The commit proxies of an epoch: those run here (which monitoring asks for their health),
-/// every one as the commit path reaches it, where each recruited on a worker runs, and the
-/// stages published for those.
+/// every one of the layout as the commit path reaches it, where each recruited on a worker
+/// runs, the stages published for those, and the proxies the director's own system
+/// transactions go through.
 struct Proxies {
     proxies: Vec<Arc<BatchingProxy>>,
     decorated: Vec<Arc<dyn CommitProxy>>,
     at: Vec<Option<String>>,
     peers: Option<workers::Published>,
+    system: Vec<Arc<dyn CommitProxy>>,
 }
 
 /// The epoch's commit proxies: the ones recruited on workers first, then as many run here as
 /// make up the configured count, each wrapped in its fault decorator in tests.
+///
+/// System keys are written only through proxies run here: a proxy worker refuses them (its
+/// port is reached with the cluster id that every client holds), so when every proxy of the
+/// layout is on a worker, one more runs here for the director's system transactions (the
+/// persistence phase's), named in no layout and served to no client.
 fn start_proxies(
     env: &RecoveryEnv,
     config: &EmbeddedConfig,
@@ -398,34 +413,49 @@ fn start_proxies(
         decorated: Vec::new(),
         at: Vec::new(),
         peers: remote.published,
+        system: Vec::new(),
     };
-    let mut remote = remote.proxies.into_iter();
-    for i in 0..config.proxies {
-        let mut proxy: Arc<dyn CommitProxy> = match remote.next() {
-            Some((proxy, worker)) => {
-                out.at.push(Some(worker));
-                Arc::new(proxy)
-            }
-            None => {
-                let local = Arc::new(BatchingProxy::new(
-                    epoch,
-                    sequencer.clone(),
-                    resolvers.to_vec(),
-                    logs.to_vec(),
-                    config.proxy,
-                )?);
-                out.proxies.push(local.clone());
-                out.at.push(None);
-                local
-            }
-        };
+    let local = || {
+        BatchingProxy::new(
+            epoch,
+            sequencer.clone(),
+            resolvers.to_vec(),
+            logs.to_vec(),
+            config.proxy,
+        )
+        .map(Arc::new)
+    };
+    let decorate = |mut proxy: Arc<dyn CommitProxy>, name: &str| {
         if let Some(f) = &env.faults {
             proxy = FaultyProxy::wrap(proxy, f);
         }
         if let Some(n) = &env.network {
-            proxy = Arc::new(NetProxy::new(proxy, n, &format!("proxy-{i}")));
+            proxy = Arc::new(NetProxy::new(proxy, n, name));
         }
-        out.decorated.push(proxy);
+        proxy
+    };
+    let mut remote = remote.proxies.into_iter();
+    for i in 0..config.proxies {
+        let name = format!("proxy-{i}");
+        match remote.next() {
+            Some((proxy, worker)) => {
+                out.at.push(Some(worker));
+                out.decorated.push(decorate(Arc::new(proxy), &name));
+            }
+            None => {
+                let proxy = local()?;
+                out.proxies.push(proxy.clone());
+                out.at.push(None);
+                let proxy = decorate(proxy, &name);
+                out.system.push(proxy.clone());
+                out.decorated.push(proxy);
+            }
+        }
+    }
+    if out.system.is_empty() {
+        let proxy = local()?;
+        out.proxies.push(proxy.clone());
+        out.system.push(decorate(proxy, "proxy-system"));
     }
     Ok(out)
 }

@@ -44,7 +44,7 @@ mod sequencer;
 pub use peers::PeerPort;
 pub(crate) use peers::Published;
 pub use proxy::ProxyWorker;
-pub(crate) use proxy::proxy_settings;
+pub(crate) use proxy::{proxy_config, proxy_settings};
 pub use resolver::ResolverWorker;
 pub(crate) use resolver::{resolver_config, resolver_settings};
 pub use sequencer::SequencerWorker;

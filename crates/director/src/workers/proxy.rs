@@ -92,6 +92,13 @@ pub(crate) fn proxy_config(settings: ProxySettings) -> Result<ProxyConfig> {
     })
 }
 
+/// How long a recruitment may take on the worker, from its arrival (waiting for an earlier
+/// one included) to its proxy built: a second less than the director waits for it
+/// ([`RECRUIT_TIMEOUT`], which also covers the calls there and back), so that a proxy is
+/// published only while the director still waits for it.
+const BUILD_DEADLINE: std::time::Duration =
+    RECRUIT_TIMEOUT.saturating_sub(std::time::Duration::from_secs(1));
+
 /// A commit proxy worker: a new proxy for each epoch it is recruited for, which calls the
 /// epoch's stages where the recruitment's [`ProxyWiring`] says they are (the sequencer and
 /// resolvers on their workers or the director's port for the cluster, the logs on that
@@ -175,20 +182,25 @@ impl Recruiter for ProxyWorker {
                 ),
             ));
         };
-        let _one = self.recruiting.lock().await;
-        // A stale director learns first that it is stale, before anything is connected to.
-        super::fence_stale(Stage::CommitProxy, self.epoch(), r.epoch)?;
-        let proxy = tokio::time::timeout(RECRUIT_TIMEOUT, self.build(r.epoch, wiring))
-            .await
-            .map_err(|_| {
-                Error::new(
-                    Stage::CommitProxy,
-                    ErrorKind::Timeout {
-                        what: "the epoch's stages to be reached".into(),
-                        after_ms: u64::try_from(RECRUIT_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
-                    },
-                )
-            })??;
+        // The wait for an earlier recruitment counts too: a proxy built after the director
+        // gave up on it would run unwatched (nothing names it, nothing asks its health).
+        let built = tokio::time::timeout(BUILD_DEADLINE, async {
+            let one = self.recruiting.lock().await;
+            // A stale director learns first that it is stale, before anything is reached.
+            super::fence_stale(Stage::CommitProxy, self.epoch(), r.epoch)?;
+            Ok::<_, Error>((one, self.build(r.epoch, wiring).await?))
+        })
+        .await
+        .map_err(|_| {
+            Error::new(
+                Stage::CommitProxy,
+                ErrorKind::Timeout {
+                    what: "the epoch's stages to be reached".into(),
+                    after_ms: u64::try_from(BUILD_DEADLINE.as_millis()).unwrap_or(u64::MAX),
+                },
+            )
+        })?;
+        let (_one, proxy) = built?;
         let proxy = Arc::new(proxy);
         self.publish.send_replace(Arc::new(Stages {
             proxies: vec![proxy.clone()],
@@ -321,5 +333,71 @@ mod tests {
             .in_flight_batches_max,
             0
         );
+    }
+
+    /// A recruitment whose stages never answer gives up within [`BUILD_DEADLINE`], a second
+    /// before the director does, counting the wait behind an earlier recruitment: nothing is
+    /// published after the director gave up. (Virtual time: the silent server never answers,
+    /// so the clock only moves when everything waits.)
+    #[tokio::test(start_paused = true)]
+    async fn a_recruitment_gives_up_before_the_director_does_waiting_included() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = silent.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let (publish, published) = watch::channel(Arc::new(Stages::default()));
+        let worker = Arc::new(ProxyWorker::new(
+            Access::new(strata_net::ClusterId::new("c").unwrap(), None),
+            publish,
+        ));
+        let recruitment = |epoch| Recruitment {
+            epoch: Epoch(epoch),
+            role: Role::Proxy,
+            recovery_version: strata_core::Version(0),
+            resolver: None,
+            proxy: Some(ProxyWiring {
+                sequencer: address.clone(),
+                resolvers: vec![(Key::new(), address.clone(), 0)],
+                logs: vec![(strata_core::LogId(1), address.clone())],
+                settings: proxy_settings(&ProxyConfig::default()),
+            }),
+        };
+        let started = tokio::time::Instant::now();
+        let (first, second) = tokio::join!(
+            worker.recruit(recruitment(5)),
+            worker.recruit(recruitment(6))
+        );
+        for answer in [first, second] {
+            let e = answer.unwrap_err();
+            assert!(matches!(e.kind, ErrorKind::Timeout { .. }), "{e}");
+        }
+        assert!(
+            started.elapsed() <= BUILD_DEADLINE,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(BUILD_DEADLINE < RECRUIT_TIMEOUT);
+        assert_eq!(worker.epoch(), None);
+        assert!(published.borrow().proxies.is_empty());
+    }
+
+    /// A director configuration its proxy workers would refuse is refused before anything
+    /// is written, not passed over worker by worker at every recovery.
+    #[test]
+    fn the_director_refuses_proxy_settings_its_workers_would_refuse() {
+        crate::EmbeddedConfig::default().validate().unwrap();
+        let config = crate::EmbeddedConfig {
+            proxy: ProxyConfig {
+                queue_wait: Duration::from_secs(90),
+                ..ProxyConfig::default()
+            },
+            ..crate::EmbeddedConfig::default()
+        };
+        let e = config.validate().unwrap_err();
+        assert!(e.to_string().contains("queue_wait"), "{e}");
     }
 }
