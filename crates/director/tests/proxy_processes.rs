@@ -124,3 +124,43 @@ fn proxy_sequencer_and_resolver_workers_survive_the_loss_of_each_and_of_the_dire
         kill(child);
     }
 }
+
+/// The director's second port is told to workers: one on every interface is refused, as
+/// `--listen`'s is, and it needs a cluster file (workers register in its etcd).
+#[test]
+fn the_directors_second_port_needs_a_cluster_file_and_an_address_workers_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_file = dir.path().join("e.cluster");
+    std::fs::write(&cluster_file, "e:e7a2@etcd://127.0.0.1:9\n").unwrap();
+    let data = dir.path().join("data");
+    let runs = [
+        (
+            vec!["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"],
+            "--cluster-file <FILE>",
+            2,
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--peer-listen",
+                "0.0.0.0:0",
+                "--cluster-file",
+                cluster_file.to_str().unwrap(),
+            ],
+            "0.0.0.0:0 is every interface, and workers are told the address",
+            1,
+        ),
+    ];
+    for (flags, says, code) in runs {
+        let out = served::strata()
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(&flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+}

@@ -18,11 +18,9 @@ use strata_core::{CommitProxy, ErrorKind, KeyRange, Mutation, Transaction};
 use strata_director::coordinator::etcd::EtcdStateStore;
 use strata_director::faults::{FaultPoint, Faults};
 use strata_director::workers::{
-    PeerPort, ProxyWorker, Registration, ResolverWorker, SequencerWorker, WorkerPlace,
-    registry_prefix,
+    PeerPort, ProxyWorker, Registration, ResolverWorker, SequencerWorker,
 };
-use strata_director::{Database, EmbeddedCluster, EmbeddedConfig, RecoveryEnv};
-use strata_net::etcd::Etcd;
+use strata_director::{Database, EmbeddedCluster, EmbeddedConfig, RecoveryEnv, RecoveryReport};
 use strata_net::{Access, ClusterId, Exposure, Recruiter, RemoteProxy, Stages};
 use strata_testkit::etcd::EtcdServer;
 
@@ -32,35 +30,19 @@ fn access(id: &str) -> Access {
     Access::new(ClusterId::new(id).unwrap(), None)
 }
 
-/// `worker` of `role`, serving what it publishes on `published` at a port of 127.0.0.1,
+/// `worker` of `role`, serving what it publishes on `published` at a port of `host`,
 /// registered in `etcd` for the cluster `id`. Returns where it serves and its registration.
 async fn serve_registered(
+    host: &str,
     role: &str,
     id: &str,
     etcd: &str,
     worker: Arc<dyn Recruiter>,
     published: tokio::sync::watch::Receiver<Arc<Stages>>,
 ) -> (String, Registration) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    tokio::spawn(strata_net::serve_worker(
-        access(id),
-        worker,
-        published,
-        listener,
-        std::future::pending::<()>(),
-    ));
-    let registration = Registration::start(
-        Etcd::connect(&[etcd.to_owned()]).unwrap(),
-        &registry_prefix(NAME, id),
-        WorkerPlace {
-            role: role.into(),
-            address: address.clone(),
-            registered: 0,
-        },
-    )
-    .await
-    .unwrap();
+    let address =
+        common::serve_worker_at(&format!("{host}:0"), access(id), worker, published).await;
+    let registration = common::register(etcd, NAME, id, role, &address).await;
     (address, registration)
 }
 
@@ -77,7 +59,7 @@ async fn worker(role: &str, id: &str, etcd: &str) -> (String, Registration) {
         "sequencer" => Arc::new(SequencerWorker::new(publish)),
         other => panic!("no worker runs {other}"),
     };
-    serve_registered(role, id, etcd, worker, published).await
+    serve_registered("127.0.0.1", role, id, etcd, worker, published).await
 }
 
 /// An environment that recruits the workers of cluster `id`, with the director's port for
@@ -141,26 +123,54 @@ fn proxies_named(report: &strata_director::RecoveryReport) -> Vec<String> {
     report.config.layout.commit_proxies.clone()
 }
 
+/// A proxy worker for the cluster `id`, and what recovers the cluster that recruits it: the
+/// etcd, the state store, the environment (with the director's port for the cluster's
+/// processes, and faults when given) and the data directory.
+struct OneProxyWorker {
+    proxy_at: String,
+    store: EtcdStateStore,
+    env: RecoveryEnv,
+    dir: tempfile::TempDir,
+    _registration: Registration,
+    _etcd: EtcdServer,
+}
+
+impl OneProxyWorker {
+    /// `None` where no etcd can run (see `EtcdServer::start`).
+    async fn new(id: &str, faults: Option<Arc<Faults>>) -> Option<OneProxyWorker> {
+        let etcd = EtcdServer::start()?;
+        let (proxy_at, registration) = worker("proxy", id, &etcd.endpoint()).await;
+        Some(OneProxyWorker {
+            proxy_at,
+            store: EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap(),
+            env: env_with_peers(id, faults).await,
+            dir: tempfile::tempdir().unwrap(),
+            _registration: registration,
+            _etcd: etcd,
+        })
+    }
+
+    /// Recovers the next epoch, of `config`.
+    async fn start(&self, config: EmbeddedConfig) -> (EmbeddedCluster, RecoveryReport) {
+        EmbeddedCluster::start_with_env(self.dir.path(), config, &self.store, &self.env)
+            .await
+            .unwrap()
+    }
+}
+
 /// A log whose sync fails under a batch of the proxy worker: the proxy fails with it and
 /// says so in its heartbeat, but the failure is the log's. Monitoring names the log, and
 /// does not pass the worker over: the next recovery recruits it again, and every commit
 /// acknowledged before is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_log_is_blamed_on_the_log_not_on_the_proxy_worker() {
-    let Some(etcd) = EtcdServer::start() else {
+    let faults = Faults::new();
+    let Some(w) = OneProxyWorker::new("pl", Some(faults.clone())).await else {
         return;
     };
-    let id = "pl";
-    let (proxy_at, _registration) = worker("proxy", id, &etcd.endpoint()).await;
-    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
-    let faults = Faults::new();
-    let env = env_with_peers(id, Some(faults.clone())).await;
     let config = common::small_windows(2, 1, 1);
-    let dir = tempfile::tempdir().unwrap();
-    let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
-        .await
-        .unwrap();
-    assert_eq!(proxies_named(&report), [format!("proxy-0@{proxy_at}")]);
+    let (cluster, report) = w.start(config).await;
+    assert_eq!(proxies_named(&report), [format!("proxy-0@{}", w.proxy_at)]);
     let acked = commit_many(&cluster.database(), 0, 50).await;
 
     faults.arm(FaultPoint::LogSync);
@@ -171,10 +181,8 @@ async fn a_failed_log_is_blamed_on_the_log_not_on_the_proxy_worker() {
     assert!(matches!(health.kind, ErrorKind::Poisoned(_)), "{health}");
     cluster.stop().await;
 
-    let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
-        .await
-        .unwrap();
-    assert_eq!(proxies_named(&report), [format!("proxy-0@{proxy_at}")]);
+    let (cluster, report) = w.start(config).await;
+    assert_eq!(proxies_named(&report), [format!("proxy-0@{}", w.proxy_at)]);
     assert_all_there(&cluster.database(), &acked).await;
     commit_many(&cluster.database(), 1_000, 20).await;
     cluster.stop().await;
@@ -186,29 +194,22 @@ async fn a_failed_log_is_blamed_on_the_log_not_on_the_proxy_worker() {
 /// writes them, through a proxy in its own process, so recovery goes on as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_worker_refuses_system_keys_and_recovery_goes_on() {
-    let Some(etcd) = EtcdServer::start() else {
+    let id = "ps";
+    let Some(w) = OneProxyWorker::new(id, None).await else {
         return;
     };
-    let id = "ps";
-    let (proxy_at, _registration) = worker("proxy", id, &etcd.endpoint()).await;
-    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
-    let env = env_with_peers(id, None).await;
+    let proxy_at = &w.proxy_at;
     let config = EmbeddedConfig {
         recovery_attempts_max: 2,
         ..common::small_windows(1, 1, 1)
     };
-    let dir = tempfile::tempdir().unwrap();
     let mut acked = BTreeMap::new();
     for epoch in 0..3 {
-        let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
-            .await
-            .unwrap();
+        let (cluster, report) = w.start(config).await;
         // Every proxy of the layout on the worker: the director's own is none of them.
         assert_eq!(proxies_named(&report), [format!("proxy-0@{proxy_at}")]);
         assert_all_there(&cluster.database(), &acked).await;
-        let proxy = RemoteProxy::connect(&proxy_at, access(id), 0)
-            .await
-            .unwrap();
+        let proxy = RemoteProxy::connect(proxy_at, access(id), 0).await.unwrap();
         for key in [&b"\xff/system/config"[..], b"\xff", b"\xff\xff/anything"] {
             let key = Bytes::copy_from_slice(key);
             let transaction = Transaction {
@@ -251,27 +252,9 @@ async fn the_proxy_of_an_ended_epoch_commits_nothing_though_its_worker_still_run
     let dir = tempfile::tempdir().unwrap();
     // At 127.0.0.2: the worker registered later at 127.0.0.1 sorts first.
     let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
-    let first: Arc<dyn Recruiter> = Arc::new(ProxyWorker::new(access(id), publish));
-    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
-    let first_at = listener.local_addr().unwrap().to_string();
-    tokio::spawn(strata_net::serve_worker(
-        access(id),
-        first,
-        published,
-        listener,
-        std::future::pending::<()>(),
-    ));
-    let _first = Registration::start(
-        Etcd::connect(&[etcd.endpoint()]).unwrap(),
-        &registry_prefix(NAME, id),
-        WorkerPlace {
-            role: "proxy".into(),
-            address: first_at.clone(),
-            registered: 0,
-        },
-    )
-    .await
-    .unwrap();
+    let first = Arc::new(ProxyWorker::new(access(id), publish));
+    let (first_at, _first) =
+        serve_registered("127.0.0.2", "proxy", id, &etcd.endpoint(), first, published).await;
     let (c1, r1) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
         .await
         .unwrap();
@@ -389,19 +372,13 @@ async fn commits_through_a_proxy_worker_hold_across_epochs_in_every_layout() {
 /// epoch, and the next recovery passes the worker over, running the proxy itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_worker_whose_batch_failed_ends_the_epoch_by_its_heartbeat() {
-    let Some(etcd) = EtcdServer::start() else {
+    let faults = Faults::new();
+    let Some(w) = OneProxyWorker::new("pf", Some(faults.clone())).await else {
         return;
     };
-    let id = "pf";
-    let (proxy_at, _registration) = worker("proxy", id, &etcd.endpoint()).await;
-    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
-    let faults = Faults::new();
-    let env = env_with_peers(id, Some(faults.clone())).await;
+    let proxy_at = &w.proxy_at;
     let config = common::small_windows(2, 2, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
-        .await
-        .unwrap();
+    let (cluster, report) = w.start(config).await;
     assert_eq!(proxies_named(&report), [format!("proxy-0@{proxy_at}")]);
     let acked = commit_many(&cluster.database(), 0, 100).await;
     cluster.check_health().await.unwrap();
@@ -411,21 +388,19 @@ async fn a_proxy_worker_whose_batch_failed_ends_the_epoch_by_its_heartbeat() {
     t.set(Bytes::from_static(b"lost"), Bytes::from_static(b"x"));
     let failed = t.commit().await.unwrap_err();
     assert!(!matches!(failed.kind, ErrorKind::Conflict), "{failed}");
-    // Only the worker knows its proxy failed: the director runs no proxy, and its logs are
-    // healthy (the push was refused by the decorator in front of them).
+    // Only the worker knows its proxy failed: the director's own proxy carries no client's
+    // commit, and its logs are healthy (the push was refused by the decorator before them).
     let health = cluster.check_health().await.unwrap_err();
     assert!(
-        health.to_string().contains(&proxy_at) && health.to_string().contains("failed"),
+        health.to_string().contains(proxy_at.as_str()) && health.to_string().contains("failed"),
         "{health}"
     );
     cluster.stop().await;
 
-    let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
-        .await
-        .unwrap();
+    let (cluster, report) = w.start(config).await;
     assert_eq!(proxies_named(&report).len(), 1);
     assert!(
-        !proxies_named(&report)[0].contains(&proxy_at),
+        !proxies_named(&report)[0].contains(proxy_at.as_str()),
         "{:?}",
         proxies_named(&report)
     );

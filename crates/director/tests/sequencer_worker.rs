@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener as StdListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use strata_core::{Epoch, ErrorKind, Sequencer, Version, VersionPair};
 use strata_director::coordinator::etcd::EtcdStateStore;
-use strata_director::workers::{Registration, SequencerWorker, WorkerPlace, registry_prefix};
+use strata_director::workers::{Registration, SequencerWorker};
 use strata_director::{EmbeddedCluster, EmbeddedConfig, RecoveryEnv, RecoveryReport};
-use strata_net::etcd::Etcd;
 use strata_net::{Access, ClusterId, Recruiter, Recruitment, Role, Stages};
 use strata_testkit::etcd::EtcdServer;
 
@@ -47,27 +48,10 @@ async fn serve_registered(
     worker: Arc<dyn Recruiter>,
     published: tokio::sync::watch::Receiver<Arc<Stages>>,
 ) -> (String, Registration) {
-    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
     let access = Access::new(ClusterId::new(id).unwrap(), None);
-    tokio::spawn(strata_net::serve_worker(
-        access,
-        worker,
-        published,
-        listener,
-        std::future::pending::<()>(),
-    ));
-    let registration = Registration::start(
-        Etcd::connect(&[etcd.to_owned()]).unwrap(),
-        &registry_prefix(NAME, id),
-        WorkerPlace {
-            role: "sequencer".into(),
-            address: register_at.unwrap_or_else(|| address.clone()),
-            registered: 0,
-        },
-    )
-    .await
-    .unwrap();
+    let address = common::serve_worker_at(bind, access, worker, published).await;
+    let living = register_at.unwrap_or_else(|| address.clone());
+    let registration = common::register(etcd, NAME, id, "sequencer", &living).await;
     (address, registration)
 }
 

@@ -374,6 +374,18 @@ fn a_worker_without_an_etcd_cluster_file_or_with_a_layout_is_refused() {
                 "--listen",
                 "127.0.0.1:0",
                 "--cluster-file",
+                etcd_cluster.to_str().unwrap(),
+                "--peer-listen",
+                "127.0.0.1:0",
+            ],
+            "are the director's",
+            2,
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster-file",
                 file_cluster.to_str().unwrap(),
             ],
             "a worker registers in etcd",
@@ -390,7 +402,7 @@ fn a_worker_without_an_etcd_cluster_file_or_with_a_layout_is_refused() {
             1,
         ),
     ];
-    for role in ["resolver", "sequencer"] {
+    for role in ["resolver", "sequencer", "proxy"] {
         for (flags, says, code) in &runs {
             let out = strata()
                 .args(["serve", "--role", role])

@@ -166,3 +166,45 @@ pub fn with_faults(
     let env = strata_director::RecoveryEnv::with_faults(faults.clone());
     (strata_director::FileStateStore::new(dir), faults, env)
 }
+
+/// `worker` served in this process at `bind`, every call answered as `strata serve --role`
+/// serves it, with what it publishes on `published`; where it serves.
+pub async fn serve_worker_at(
+    bind: &str,
+    access: strata_net::Access,
+    worker: std::sync::Arc<dyn strata_net::Recruiter>,
+    published: tokio::sync::watch::Receiver<std::sync::Arc<strata_net::Stages>>,
+) -> String {
+    let listener = tokio::net::TcpListener::bind(bind).await.expect("bound");
+    let address = listener.local_addr().expect("an address").to_string();
+    tokio::spawn(strata_net::serve_worker(
+        access,
+        worker,
+        published,
+        listener,
+        std::future::pending::<()>(),
+    ));
+    address
+}
+
+/// Registers a worker of `role` living at `address` for the cluster `name` with id `id`, in
+/// the registry of `etcd`; it stays registered while the returned registration lives.
+pub async fn register(
+    etcd: &str,
+    name: &str,
+    id: &str,
+    role: &str,
+    address: &str,
+) -> strata_director::workers::Registration {
+    strata_director::workers::Registration::start(
+        strata_net::etcd::Etcd::connect(&[etcd.to_owned()]).expect("etcd"),
+        &strata_director::workers::registry_prefix(name, id),
+        strata_director::workers::WorkerPlace {
+            role: role.into(),
+            address: address.into(),
+            registered: 0,
+        },
+    )
+    .await
+    .expect("registered")
+}

@@ -586,6 +586,36 @@ async fn serve(args: ServeArgs) -> strata_core::Result<()> {
     result
 }
 
+/// Binds `address` for a port whose address is told to others (`who`: clients, workers, the
+/// director); returns the listener and the address as bound (its port picked, for port 0).
+///
+/// Errors: `InvalidRequest` when it cannot be bound, or names every interface (0.0.0.0 or
+/// [::]), which no one can be told to reach.
+pub(crate) async fn bind_told(
+    address: &str,
+    who: &str,
+) -> strata_core::Result<(tokio::net::TcpListener, String)> {
+    let refuse = |why: String| {
+        strata_core::Error::new(
+            strata_core::Stage::Director,
+            strata_core::ErrorKind::InvalidRequest(why),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| refuse(format!("cannot listen on {address}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| refuse(format!("cannot listen on {address}: {e}")))?;
+    if bound.ip().is_unspecified() {
+        return Err(refuse(format!(
+            "{address} is every interface, and {who} are told the address: give the one they \
+             reach this host at"
+        )));
+    }
+    Ok((listener, bound.to_string()))
+}
+
 /// Completes once `stop` turns true (or its sender is gone).
 async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
@@ -605,29 +635,12 @@ impl Peers {
         address: &str,
         cluster: &strata_director::cluster_file::ClusterFile,
     ) -> strata_core::Result<Peers> {
-        let refuse = |why: String| {
-            strata_core::Error::new(
-                strata_core::Stage::Director,
-                strata_core::ErrorKind::InvalidRequest(why),
-            )
-        };
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|e| refuse(format!("cannot listen on {address}: {e}")))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| refuse(format!("cannot listen on {address}: {e}")))?;
-        if bound.ip().is_unspecified() {
-            return Err(refuse(format!(
-                "--peer-listen {address} is every interface, and workers are told the \
-                 address: give the one they reach this host at"
-            )));
-        }
+        let (listener, bound) = bind_told(address, "workers").await?;
         let (stages, published) =
             tokio::sync::watch::channel(Arc::new(strata_net::Stages::default()));
         Ok(Peers {
             port: strata_director::workers::PeerPort {
-                address: bound.to_string(),
+                address: bound,
                 stages: Arc::new(stages),
             },
             published,
@@ -654,23 +667,7 @@ impl Network {
         data_dir: &std::path::Path,
         given: Option<&strata_director::cluster_file::ClusterFile>,
     ) -> strata_core::Result<Network> {
-        let refuse = |why: String| {
-            strata_core::Error::new(
-                strata_core::Stage::Director,
-                strata_core::ErrorKind::InvalidRequest(why),
-            )
-        };
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|e| refuse(format!("cannot listen on {address}: {e}")))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| refuse(format!("cannot listen on {address}: {e}")))?;
-        if bound.ip().is_unspecified() {
-            return Err(refuse(format!(
-                "{address} is every interface, and clients are told the address: give the                  one they reach this host at"
-            )));
-        }
+        let (listener, bound) = bind_told(address, "clients").await?;
         // Owned before the cluster file is read or made: a second `serve` of the directory
         // stops here, before it could replace the file (and its id) the first one serves.
         let owner = strata_director::owner::lock_directory(data_dir, true)?;
@@ -678,7 +675,7 @@ impl Network {
         Ok(Network {
             owner,
             listener,
-            address: bound.to_string(),
+            address: bound,
             cluster,
             cluster_file_path: data_dir.join(strata_director::cluster_file::CLUSTER_FILE_NAME),
         })

@@ -54,19 +54,7 @@ pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
         )));
     };
     let tls = args.tls.load()?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| refuse(format!("cannot listen on {listen}: {e}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| refuse(format!("cannot listen on {listen}: {e}")))?;
-    if bound.ip().is_unspecified() {
-        return Err(refuse(format!(
-            "{listen} is every interface, and the director is told the address: give the one \
-             it reaches this host at"
-        )));
-    }
-    let address = bound.to_string();
+    let (listener, address) = super::bind_told(listen, "the director and the workers").await?;
     let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
     let worker: Arc<dyn Recruiter> = match role {
         Role::Resolver => Arc::new(ResolverWorker::new(
