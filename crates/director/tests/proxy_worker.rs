@@ -118,6 +118,21 @@ async fn assert_all_there(db: &Database, acked: &BTreeMap<Bytes, Bytes>) {
     }
 }
 
+/// A transaction that sets `key` to `value` without reading, encoded as a proxy takes it.
+fn blind_set(key: Bytes, value: &'static [u8]) -> Bytes {
+    Transaction {
+        read_version: None,
+        read_conflicts: Vec::new(),
+        write_conflicts: vec![KeyRange::single(key.clone())],
+        mutations: vec![Mutation::Set {
+            key,
+            value: Bytes::from_static(value),
+        }],
+    }
+    .encode()
+    .unwrap()
+}
+
 /// The names the layout gives each proxy, in order.
 fn proxies_named(report: &strata_director::RecoveryReport) -> Vec<String> {
     report.config.layout.commit_proxies.clone()
@@ -211,20 +226,8 @@ async fn a_proxy_worker_refuses_system_keys_and_recovery_goes_on() {
         assert_all_there(&cluster.database(), &acked).await;
         let proxy = RemoteProxy::connect(proxy_at, access(id), 0).await.unwrap();
         for key in [&b"\xff/system/config"[..], b"\xff", b"\xff\xff/anything"] {
-            let key = Bytes::copy_from_slice(key);
-            let transaction = Transaction {
-                read_version: None,
-                read_conflicts: Vec::new(),
-                write_conflicts: vec![KeyRange::single(key.clone())],
-                mutations: vec![Mutation::Set {
-                    key,
-                    value: Bytes::from_static(b"not a configuration"),
-                }],
-            };
-            let refused = proxy
-                .commit(transaction.encode().unwrap())
-                .await
-                .unwrap_err();
+            let set = blind_set(Bytes::copy_from_slice(key), b"not a configuration");
+            let refused = proxy.commit(set).await.unwrap_err();
             assert!(
                 matches!(&refused.kind, ErrorKind::InvalidRequest(why) if why.contains("system")),
                 "{refused}"
@@ -278,20 +281,8 @@ async fn the_proxy_of_an_ended_epoch_commits_nothing_though_its_worker_still_run
         .unwrap();
     assert_eq!(stale.epoch(), r1.epoch);
     for n in 0..20 {
-        let key = Bytes::from(format!("stale{n}"));
-        let transaction = Transaction {
-            read_version: None,
-            read_conflicts: Vec::new(),
-            write_conflicts: vec![KeyRange::single(key.clone())],
-            mutations: vec![Mutation::Set {
-                key,
-                value: Bytes::from_static(b"x"),
-            }],
-        };
-        let refused = stale
-            .commit(transaction.encode().unwrap())
-            .await
-            .unwrap_err();
+        let set = blind_set(Bytes::from(format!("stale{n}")), b"x");
+        let refused = stale.commit(set).await.unwrap_err();
         assert!(!matches!(refused.kind, ErrorKind::Conflict), "{refused}");
     }
     let db = c2.database();
