@@ -203,6 +203,73 @@ async fn a_failed_log_is_blamed_on_the_log_not_on_the_proxy_worker() {
     cluster.stop().await;
 }
 
+/// A persistence phase that fails at a commit proxy fails at one of the director's own (the
+/// system transaction goes through those): the proxy worker had no part in it and is
+/// recruited again by the next attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistence_phase_failed_by_a_proxy_does_not_pass_the_proxy_worker_over() {
+    let faults = Faults::new();
+    let Some(w) = OneProxyWorker::new("pp", Some(faults.clone())).await else {
+        return;
+    };
+    faults.arm(FaultPoint::ProxyCommit);
+    let (cluster, report) = w.start(common::small_windows(2, 1, 1)).await;
+    assert!(!faults.is_armed(FaultPoint::ProxyCommit), "the fault fired");
+    assert_eq!(report.epoch.0, 2, "the first attempt failed");
+    assert_eq!(proxies_named(&report), [format!("proxy-0@{}", w.proxy_at)]);
+    commit_many(&cluster.database(), 0, 20).await;
+    cluster.stop().await;
+}
+
+/// A proxy worker that builds its proxy but never opens it (as one that restarted between
+/// its recruitment and the end of the recovery answers).
+struct NeverOpens(ProxyWorker);
+
+#[async_trait::async_trait]
+impl Recruiter for NeverOpens {
+    fn role(&self) -> strata_net::Role {
+        self.0.role()
+    }
+    async fn recruit(&self, r: strata_net::Recruitment) -> strata_core::Result<u32> {
+        self.0.recruit(r).await
+    }
+    fn epoch(&self) -> Option<strata_core::Epoch> {
+        self.0.epoch()
+    }
+    async fn open(&self, epoch: strata_core::Epoch) -> strata_core::Result<()> {
+        Err(strata_core::Error::new(
+            strata_core::Stage::CommitProxy,
+            ErrorKind::Unavailable(format!("runs no commit proxy of epoch {}", epoch.0)),
+        ))
+    }
+}
+
+/// A proxy worker that cannot open its proxy would refuse every commit the director sends
+/// it: the recovery fails with it, and the next attempt passes it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_worker_that_cannot_open_fails_its_recovery_and_is_passed_over() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "pn";
+    let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
+    let never = Arc::new(NeverOpens(ProxyWorker::new(access(id), publish)));
+    let (never_at, _registration) =
+        serve_registered("127.0.0.1", "proxy", id, &etcd.endpoint(), never, published).await;
+    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
+    let env = env_with_peers(id, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::small_windows(1, 1, 1);
+    let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
+        .await
+        .unwrap();
+    assert_eq!(report.epoch.0, 2, "the first attempt failed");
+    let named = proxies_named(&report);
+    assert!(!named[0].contains(&never_at), "{named:?}");
+    commit_many(&cluster.database(), 0, 20).await;
+    cluster.stop().await;
+}
+
 /// A process that holds the cluster id (every client has it, in its cluster file) and
 /// reaches a proxy worker's port (the layout names it) cannot write system keys through it:
 /// one bad `\xff/system/config` would fail every later persistence phase. Only the director
@@ -396,5 +463,130 @@ async fn a_proxy_worker_whose_batch_failed_ends_the_epoch_by_its_heartbeat() {
         proxies_named(&report)
     );
     assert_all_there(&cluster.database(), &acked).await;
+    cluster.stop().await;
+}
+
+/// A state store that, at its `at`-th swap (a recovery's write of the coordinated state that
+/// records its new logs), first commits straight through the proxy worker at `proxy_at`, as
+/// any holder of the cluster id can, and then fails the swap: an etcd that did not answer.
+struct CommitAtStateWrite {
+    inner: EtcdStateStore,
+    swaps: std::sync::atomic::AtomicUsize,
+    at: usize,
+    proxy_at: String,
+    id: String,
+    answered: std::sync::Mutex<Option<strata_core::Result<strata_core::Version>>>,
+}
+
+impl strata_director::StateStore for CommitAtStateWrite {
+    fn read(&self) -> strata_core::Result<Option<strata_director::CoordinatedState>> {
+        self.inner.read()
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: u64,
+        new: strata_director::CoordinatedState,
+    ) -> strata_core::Result<strata_director::CoordinatedState> {
+        if self.swaps.fetch_add(1, std::sync::atomic::Ordering::SeqCst) != self.at {
+            return self.inner.compare_and_swap(expected, new);
+        }
+        let (proxy_at, id) = (self.proxy_at.clone(), self.id.clone());
+        // On a runtime of its own: this is called on the director's.
+        let answered = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let proxy = RemoteProxy::connect(&proxy_at, access(&id), 0).await?;
+                proxy
+                    .commit(blind_set(Bytes::from_static(b"early"), b"x"))
+                    .await
+            })
+        })
+        .join()
+        .unwrap();
+        *self.answered.lock().unwrap() = Some(answered);
+        Err(strata_core::Error::new(
+            strata_core::Stage::Director,
+            ErrorKind::Unavailable("etcd did not answer (injected)".into()),
+        ))
+    }
+
+    fn workers(&self) -> strata_core::Result<Vec<strata_director::workers::WorkerPlace>> {
+        self.inner.workers()
+    }
+}
+
+/// A proxy worker takes no commit for its epoch until the recovery that recruited it has
+/// finished (its logs recorded in the coordinated state, the persistence phase done): one it
+/// took before would be acknowledged on logs that a failed write of the state leaves
+/// unrecorded, and the next epoch, recovering from the logs before them, would lose it (or,
+/// if a storage server had made it durable, refuse to recover at all). The recovery whose
+/// write failed is followed by one that succeeds, and every commit acknowledged is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_worker_takes_no_commit_before_its_recovery_has_finished() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "po";
+    let (proxy_at, _registration) = worker("proxy", id, &etcd.endpoint()).await;
+    let store = CommitAtStateWrite {
+        inner: EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap(),
+        swaps: std::sync::atomic::AtomicUsize::new(0),
+        // A first epoch's claim and state, then the second's claim, then its state.
+        at: 3,
+        proxy_at: proxy_at.clone(),
+        id: id.into(),
+        answered: std::sync::Mutex::new(None),
+    };
+    let env = env_with_peers(id, None).await;
+    let config = common::small_windows(1, 1, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
+        .await
+        .unwrap();
+    let mut acked = commit_many(&cluster.database(), 0, 50).await;
+    cluster.stop().await;
+
+    // The second epoch's state write fails, with the proxy worker recruited for it; the
+    // attempt after it recovers the third.
+    let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
+        .await
+        .unwrap();
+    let early = store
+        .answered
+        .lock()
+        .unwrap()
+        .take()
+        .expect("a commit was tried");
+    let refused = early.expect_err("the proxy worker took a commit before its epoch was recorded");
+    assert!(
+        matches!(refused.kind, ErrorKind::Unavailable(_)),
+        "{refused}"
+    );
+    assert_eq!(report.epoch.0, 3);
+    assert_eq!(proxies_named(&report), [format!("proxy-0@{proxy_at}")]);
+    // Open now: straight to the worker, as through the director.
+    let direct = RemoteProxy::connect(&proxy_at, access(id), 0)
+        .await
+        .unwrap();
+    let version = direct
+        .commit(blind_set(Bytes::from_static(b"late"), b"y"))
+        .await
+        .unwrap();
+    assert!(version > report.system_commit_version);
+    acked.extend(commit_many(&cluster.database(), 1_000, 50).await);
+    assert_all_there(&cluster.database(), &acked).await;
+    let t = cluster.database().begin().await.unwrap();
+    assert_eq!(t.get(&Bytes::from_static(b"early")).await.unwrap(), None);
+    assert_eq!(
+        t.get(&Bytes::from_static(b"late"))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"y"[..])
+    );
     cluster.stop().await;
 }

@@ -373,10 +373,16 @@ async fn start_and_persist(
     if let Err(failed) = &persisted {
         // The first commit through the new pipeline is what tries the workers' stages: the
         // next attempts pass over the workers of the stage that failed it, which a
-        // recruitment would otherwise hand the same broken stage again.
-        pipeline.pass_over_workers_of(failed.error().stage);
+        // recruitment would otherwise hand the same broken stage again. Not the proxy
+        // workers: the system transaction goes through the director's own proxies.
+        let stage = failed.error().stage;
+        if stage != Stage::CommitProxy {
+            pipeline.pass_over_workers_of(stage);
+        }
     }
     let (system_commit_version, system) = persisted?;
+    // Only now, the recovery finished, may the proxies on workers take commits.
+    pipeline.open_workers(claim.epoch).await?;
     let report = RecoveryReport {
         epoch: claim.epoch,
         recovery_version,
