@@ -53,19 +53,6 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
-    /// Opens the stages of `epoch` on the proxy workers it recruited, once its recovery has
-    /// finished (see `strata_net::Recruiter::open`): until then they take no commit. A
-    /// worker that fails is passed over by the next recoveries, and the attempt fails with
-    /// it (a proxy left closed would refuse every commit sent to it).
-    pub(crate) async fn open_workers(&self, epoch: Epoch) -> Result<()> {
-        for worker in &self.recruited {
-            if worker.place.role() == Some(strata_net::Role::Proxy) {
-                worker.open(epoch).await?;
-            }
-        }
-        Ok(())
-    }
-
     /// Passes over, in the next recoveries, the workers recruited for `stage` (see
     /// [`crate::workers::PASS_OVER_FOR`]): their stage failed, though they may still answer
     /// heartbeats.

@@ -291,17 +291,6 @@ pub trait Recruiter: Send + Sync {
     /// The epoch of the stage this worker runs now; `None` before its first recruitment.
     fn epoch(&self) -> Option<Epoch>;
 
-    /// Opens the stage of `epoch`, which this worker was recruited for, once the recovery
-    /// that recruited it has finished: a stage that could change what is stored before then
-    /// (a commit proxy) waits for this. Opening twice is no error. Nothing to open by default.
-    ///
-    /// Errors: `Fenced` when the worker runs a newer epoch; `Unavailable` when it runs no stage
-    /// of `epoch` (it restarted, or was never recruited for it).
-    async fn open(&self, epoch: Epoch) -> Result<()> {
-        let _ = epoch;
-        Ok(())
-    }
-
     /// Why the stage this worker runs cannot go on, if it cannot: what the director's
     /// monitoring would see of the same stage in its own process (a commit proxy whose batch
     /// failed, or whose oldest batch stalled). `None` by default: a stage that fails its
@@ -368,18 +357,6 @@ impl proto::worker_server::Worker for Served {
         Ok(Response::new(proto::RecruitReply { index }))
     }
 
-    async fn open(
-        &self,
-        request: Request<proto::OpenRequest>,
-    ) -> std::result::Result<Response<proto::OpenReply>, Status> {
-        let _call = self.admit(Stage::Director)?;
-        self.internal(Stage::Director, "Worker.Open")?;
-        let recruiter = self.recruiter()?;
-        let epoch = Epoch(request.into_inner().epoch);
-        recruiter.open(epoch).await.map_err(|e| to_status(&e))?;
-        Ok(Response::new(proto::OpenReply {}))
-    }
-
     async fn heartbeat(
         &self,
         _request: Request<proto::HeartbeatRequest>,
@@ -429,20 +406,6 @@ impl RemoteWorker {
         };
         let reply = self.client.clone().recruit(request).await;
         Ok(self.link.answer(recruitment.role.stage(), reply)?.index)
-    }
-
-    /// Opens the worker's stage of `epoch` (see [`Recruiter::open`]).
-    ///
-    /// Errors: the worker's refusal (`Fenced`, `Unavailable`, as [`Recruiter::open`] says);
-    /// `Unavailable` when the answer is lost (opening again is harmless).
-    pub async fn open(&self, epoch: Epoch) -> Result<()> {
-        let reply = self
-            .client
-            .clone()
-            .open(proto::OpenRequest { epoch: epoch.0 })
-            .await;
-        self.link.answer(Stage::Director, reply)?;
-        Ok(())
     }
 
     /// What the worker runs now.

@@ -43,7 +43,6 @@ const METHODS: &[&str] = &[
     "/strata.v1.Proxy/Commit",
     "/strata.v1.Worker/Recruit",
     "/strata.v1.Worker/Heartbeat",
-    "/strata.v1.Worker/Open",
 ];
 
 /// One of each stage, all real but the log (in memory), served together, every call.

@@ -381,8 +381,10 @@ async fn start_and_persist(
         }
     }
     let (system_commit_version, system) = persisted?;
-    // Only now, the recovery finished, may the proxies on workers take commits.
-    pipeline.open_workers(claim.epoch).await?;
+    // Only now, the recovery finished, may the proxies on workers push to the new logs.
+    if let Some(published) = &pipeline.peers {
+        published.open();
+    }
     let report = RecoveryReport {
         epoch: claim.epoch,
         recovery_version,

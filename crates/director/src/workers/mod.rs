@@ -270,30 +270,6 @@ impl Recruited {
         self.passed_over.mark(&self.place);
     }
 
-    /// Opens the worker's stage of `epoch` (see `strata_net::Recruiter::open`), within
-    /// [`RECRUIT_TIMEOUT`]; a worker that fails is passed over by the next recoveries.
-    pub(crate) async fn open(&self, epoch: Epoch) -> Result<()> {
-        let opened = tokio::time::timeout(RECRUIT_TIMEOUT, self.worker.open(epoch))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::new(
-                    self.place.role().map_or(Stage::Director, Role::stage),
-                    ErrorKind::Timeout {
-                        what: format!(
-                            "the {} worker at {} to open its stage",
-                            self.place.role, self.place.address
-                        ),
-                        after_ms: u64::try_from(RECRUIT_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
-                    },
-                ))
-            });
-        if let Err(e) = &opened {
-            tracing::warn!(address = %self.place.address, error = %e, "a worker could not open its stage; passed over");
-            self.passed_over.mark(&self.place);
-        }
-        opened
-    }
-
     /// Monitoring's question: fails unless the worker answers within `timeout` that it runs
     /// `epoch`. A worker that fails is passed over by the next recoveries for a while.
     pub(crate) async fn heartbeat(&self, epoch: Epoch, timeout: Duration) -> Result<()> {

@@ -2,7 +2,13 @@
 //! it serves its own stages of each epoch to the commit proxies recruited on workers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use async_trait::async_trait;
+use bytes::Bytes;
+use strata_core::{
+    Epoch, Error, ErrorKind, LogEntry, LogId, LogServer, LogState, Result, Stage, Version,
+};
 use strata_net::Stages;
 use tokio::sync::watch;
 
@@ -20,13 +26,26 @@ pub struct PeerPort {
 
 impl PeerPort {
     /// Serves `stages` until the returned guard is dropped (or the next epoch publishes its
-    /// own): then nothing, so no stage of an ended epoch stays reachable there.
-    pub(crate) fn publish(&self, stages: Stages) -> Published {
+    /// own): then nothing, so no stage of an ended epoch stays reachable there. Their logs
+    /// take no push until [`Published::open`]: see [`GatedLog`].
+    pub(crate) fn publish(&self, mut stages: Stages) -> Published {
+        let gate = Arc::new(AtomicBool::new(false));
+        stages.logs = stages
+            .logs
+            .into_iter()
+            .map(|log| {
+                Arc::new(GatedLog {
+                    log,
+                    open: gate.clone(),
+                }) as Arc<dyn LogServer>
+            })
+            .collect();
         let mine = Arc::new(stages);
         self.stages.send_replace(mine.clone());
         Published {
             port: self.stages.clone(),
             mine,
+            gate,
         }
     }
 }
@@ -36,6 +55,14 @@ impl PeerPort {
 pub(crate) struct Published {
     port: Arc<watch::Sender<Arc<Stages>>>,
     mine: Arc<Stages>,
+    gate: Arc<AtomicBool>,
+}
+
+impl Published {
+    /// Lets the proxies on workers push to the published logs: the recovery has finished.
+    pub(crate) fn open(&self) {
+        self.gate.store(true, Ordering::Release);
+    }
 }
 
 impl Drop for Published {
@@ -48,5 +75,61 @@ impl Drop for Published {
                 false
             }
         });
+    }
+}
+
+/// A log of the new generation as the director's port for the cluster's processes serves it:
+/// it refuses pushes (`Unavailable`) until the recovery that published it has finished.
+///
+/// The proxies on workers are recruited (and can be reached, by anyone holding the cluster
+/// id) before the coordinated state records the new logs. A push they made before then could
+/// be acknowledged on logs that a failed write of the state leaves unrecorded, and the next
+/// epoch, recovering from the logs before them, would lose it. The gate is the director's
+/// own, where no call from outside can open it; the director's own proxies (the persistence
+/// phase's) push to the logs directly.
+struct GatedLog {
+    log: Arc<dyn LogServer>,
+    open: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl LogServer for GatedLog {
+    fn id(&self) -> LogId {
+        self.log.id()
+    }
+
+    async fn push(
+        &self,
+        epoch: Epoch,
+        previous_version: Version,
+        version: Version,
+        payload: Bytes,
+    ) -> Result<()> {
+        if !self.open.load(Ordering::Acquire) {
+            return Err(Error::new(
+                Stage::Log,
+                ErrorKind::Unavailable(format!(
+                    "log {} of epoch {} takes pushes from other processes only once its \
+                     recovery has finished",
+                    self.log.id(),
+                    epoch.0
+                )),
+            ));
+        }
+        self.log
+            .push(epoch, previous_version, version, payload)
+            .await
+    }
+
+    async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
+        self.log.pull(after, limit).await
+    }
+
+    async fn lock(&self, epoch: Epoch) -> Result<LogState> {
+        self.log.lock(epoch).await
+    }
+
+    async fn pop(&self, version: Version) -> Result<()> {
+        self.log.pop(version).await
     }
 }

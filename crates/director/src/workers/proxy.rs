@@ -1,15 +1,12 @@
 //! Commit proxy workers (`strata serve --role proxy`): a commit proxy for each epoch, wired to
 //! the epoch's sequencer, resolvers and logs where the recruitment says they are served.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use strata_commit_proxy::{BatchingProxy, ProxyConfig};
 use strata_core::{
     CommitProxy, Epoch, Error, ErrorKind, Key, LogServer, Resolver, Result, Sequencer, Stage,
-    Version,
 };
 use strata_net::{
     Access, ProxySettings, ProxyWiring, Recruiter, Recruitment, RemoteLog, RemoteProxy,
@@ -112,7 +109,7 @@ const BUILD_DEADLINE: std::time::Duration =
 pub struct ProxyWorker {
     access: Access,
     /// The epoch it runs and its proxy, once recruited.
-    running: Mutex<Option<(Epoch, Arc<Gated>)>>,
+    running: Mutex<Option<(Epoch, Arc<BatchingProxy>)>>,
     /// One recruitment at a time: each connects to the stages it names before it publishes,
     /// and a slower, older one must not replace a newer one's proxy.
     recruiting: tokio::sync::Mutex<()>,
@@ -131,7 +128,7 @@ impl ProxyWorker {
         }
     }
 
-    fn running(&self) -> Option<(Epoch, Arc<Gated>)> {
+    fn running(&self) -> Option<(Epoch, Arc<BatchingProxy>)> {
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -204,10 +201,7 @@ impl Recruiter for ProxyWorker {
             )
         })?;
         let (_one, proxy) = built?;
-        let proxy = Arc::new(Gated {
-            proxy,
-            open: AtomicBool::new(false),
-        });
+        let proxy = Arc::new(proxy);
         self.publish.send_replace(Arc::new(Stages {
             proxies: vec![proxy.clone()],
             ..Stages::default()
@@ -225,71 +219,14 @@ impl Recruiter for ProxyWorker {
         self.running().map(|(epoch, _)| epoch)
     }
 
-    async fn open(&self, epoch: Epoch) -> Result<()> {
-        match self.running() {
-            Some((runs, proxy)) if runs == epoch => {
-                if !proxy.open.swap(true, Ordering::AcqRel) {
-                    tracing::info!(epoch = epoch.0, "opened: commit proxy");
-                }
-                Ok(())
-            }
-            Some((runs, _)) if runs > epoch => Err(Error::new(
-                Stage::CommitProxy,
-                ErrorKind::Fenced {
-                    request: epoch,
-                    current: runs,
-                },
-            )),
-            _ => Err(Error::new(
-                Stage::CommitProxy,
-                ErrorKind::Unavailable(format!(
-                    "this worker runs no commit proxy of epoch {}",
-                    epoch.0
-                )),
-            )),
-        }
-    }
-
     /// What monitoring asks of a proxy in the director's process: a batch that failed, a
     /// stalled chain, or a batcher that stopped.
     fn failure(&self) -> Option<String> {
-        let (_, gated) = self.running()?;
-        let proxy = &gated.proxy;
+        let (_, proxy) = self.running()?;
         if !proxy.is_running() {
             return Some("the commit proxy stopped".into());
         }
         proxy.health().err().map(|e| e.to_string())
-    }
-}
-
-/// A worker's commit proxy, as its server serves it: closed to commits (`Unavailable`, before
-/// it takes a version) until the director opens it once the recovery that recruited it has
-/// finished. A commit it took before then could be acknowledged on the new generation's logs
-/// before the coordinated state records them; a failed write of the state leaves those logs
-/// unrecorded, and the next epoch, recovering from the ones before, would lose it.
-struct Gated {
-    proxy: BatchingProxy,
-    open: AtomicBool,
-}
-
-#[async_trait]
-impl CommitProxy for Gated {
-    fn epoch(&self) -> Epoch {
-        self.proxy.epoch()
-    }
-
-    async fn commit(&self, transaction: Bytes) -> Result<Version> {
-        if !self.open.load(Ordering::Acquire) {
-            return Err(Error::new(
-                Stage::CommitProxy,
-                ErrorKind::Unavailable(format!(
-                    "the commit proxy of epoch {} is not open yet: the recovery that recruited \
-                     it has not finished",
-                    self.proxy.epoch().0
-                )),
-            ));
-        }
-        self.proxy.commit(transaction).await
     }
 }
 
@@ -446,9 +383,6 @@ mod tests {
         assert!(BUILD_DEADLINE < RECRUIT_TIMEOUT);
         assert_eq!(worker.epoch(), None);
         assert!(published.borrow().proxies.is_empty());
-        // Nothing to open either.
-        let e = worker.open(Epoch(6)).await.unwrap_err();
-        assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
     }
 
     /// A director configuration its proxy workers would refuse is refused before anything
