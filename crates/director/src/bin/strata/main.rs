@@ -189,7 +189,7 @@ struct CycleArgs {
 #[derive(Args)]
 struct ServeArgs {
     /// What this process runs. `all`: the director, and every stage no worker runs (the
-    /// embedded cluster, with --data-dir). `resolver` or `sequencer`: a worker, which
+    /// embedded cluster, with --data-dir). `resolver`, `sequencer` or `proxy`: a worker, which
     /// registers in the cluster's etcd (--cluster-file) and runs a stage of its role for each
     /// epoch the director recruits it for, served at --listen (a port for the cluster's own
     /// processes only); it keeps no data and takes no layout.
