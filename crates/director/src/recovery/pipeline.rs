@@ -352,7 +352,7 @@ async fn start_remote_proxies(
         .iter()
         .map(|l| (l.id(), peers.address.clone()))
         .collect();
-    let published = peers.publish(here);
+    let published = peers.publish(epoch, here);
     let recruitment = Recruitment {
         epoch,
         role: Role::Proxy,

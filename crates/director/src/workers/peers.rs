@@ -28,7 +28,7 @@ impl PeerPort {
     /// Serves `stages` until the returned guard is dropped (or the next epoch publishes its
     /// own): then nothing, so no stage of an ended epoch stays reachable there. Their logs
     /// take no push until [`Published::open`]: see [`GatedLog`].
-    pub(crate) fn publish(&self, mut stages: Stages) -> Published {
+    pub(crate) fn publish(&self, epoch: Epoch, mut stages: Stages) -> Published {
         let gate = Arc::new(AtomicBool::new(false));
         stages.logs = stages
             .logs
@@ -36,6 +36,7 @@ impl PeerPort {
             .map(|log| {
                 Arc::new(GatedLog {
                     log,
+                    epoch,
                     open: gate.clone(),
                 }) as Arc<dyn LogServer>
             })
@@ -79,7 +80,8 @@ impl Drop for Published {
 }
 
 /// A log of the new generation as the director's port for the cluster's processes serves it:
-/// it refuses pushes (`Unavailable`) until the recovery that published it has finished.
+/// it refuses pushes (`Unavailable`) until the recovery that published it has finished, and
+/// pushes of any other epoch than the one that published it.
 ///
 /// The proxies on workers are recruited (and can be reached, by anyone holding the cluster
 /// id) before the coordinated state records the new logs. A push they made before then could
@@ -87,8 +89,16 @@ impl Drop for Published {
 /// epoch, recovering from the logs before them, would lose it. The gate is the director's
 /// own, where no call from outside can open it; the director's own proxies (the persistence
 /// phase's) push to the logs directly.
+///
+/// The log itself refuses only older epochs. A proxy worker re-recruited for a newer epoch
+/// than the one running (by a process that reached the worker's port: recruitments carry no
+/// credential beyond the cluster id) and wired to these logs with a sequencer of its
+/// recruiter's would have its pushes accepted here on its behalf; a push of another epoch is
+/// refused instead. (A worker that no epoch recruited can still be recruited for the running
+/// one: worker ports must be reachable by the cluster's hosts only.)
 struct GatedLog {
     log: Arc<dyn LogServer>,
+    epoch: Epoch,
     open: Arc<AtomicBool>,
 }
 
@@ -105,6 +115,17 @@ impl LogServer for GatedLog {
         version: Version,
         payload: Bytes,
     ) -> Result<()> {
+        if epoch != self.epoch {
+            return Err(Error::new(
+                Stage::Log,
+                ErrorKind::InvalidRequest(format!(
+                    "a push of epoch {} to log {}, published here for epoch {}",
+                    epoch.0,
+                    self.log.id(),
+                    self.epoch.0
+                )),
+            ));
+        }
         if !self.open.load(Ordering::Acquire) {
             return Err(Error::new(
                 Stage::Log,
