@@ -366,6 +366,8 @@ impl EmbeddedCluster {
                 .iter()
                 .map(|l| l.clone() as Arc<dyn LogServer>)
                 .collect(),
+            // Served to clients, whom the port's exposure limits instead.
+            token: None,
         }
     }
 

@@ -1,25 +1,25 @@
 //! A process that holds the cluster id and reaches a proxy worker's port (not the director's
-//! second port) recruits the worker for a newer epoch with a wiring of its own: a sequencer
-//! and a resolver it serves, and the real logs at the director's second port, which the
-//! worker reaches on its behalf. The logs there take pushes of the epoch that published them
-//! only: nothing the hijacked proxy sends reaches them, and recovery goes on.
+//! second port) recruits the worker with a wiring of its own: a sequencer and a resolver it
+//! serves, or the director's, and the real logs at the director's second port, which the
+//! worker would reach on its behalf. The stages there answer only calls that carry the
+//! running epoch's token, which travels only in the director's own recruitments: every such
+//! recruitment fails, nothing reaches the logs, and recovery goes on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use strata_core::{
-    CommitProxy, Epoch, Key, KeyRange, Mutation, ResolveBatch, Resolver, Result, Sequencer,
-    Transaction, Verdict, Version, VersionPair,
+    CommitProxy, Epoch, Key, ResolveBatch, Resolver, Result, Sequencer, Verdict, Version,
+    VersionPair,
 };
 use strata_director::coordinator::etcd::EtcdStateStore;
 use strata_director::workers::{PeerPort, ProxyWorker};
-use strata_director::{EmbeddedCluster, EmbeddedConfig, RecoveryEnv};
+use strata_director::{EmbeddedCluster, RecoveryEnv};
 use strata_net::{
     Access, ClusterId, Exposure, ProxySettings, ProxyWiring, Recruiter, Recruitment, RemoteProxy,
     RemoteWorker, Role, Stages,
@@ -66,21 +66,6 @@ impl Resolver for AcceptAll {
     }
 }
 
-fn blind_set(key: &'static [u8]) -> Bytes {
-    let key = Bytes::from_static(key);
-    Transaction {
-        read_version: None,
-        read_conflicts: Vec::new(),
-        write_conflicts: vec![KeyRange::single(key.clone())],
-        mutations: vec![Mutation::Set {
-            key,
-            value: Bytes::from_static(b"x"),
-        }],
-    }
-    .encode()
-    .unwrap()
-}
-
 /// The attacker's own server: a sequencer of epoch 2 that hands out the pair (`last`,
 /// `u64::MAX`) and a resolver that accepts everything. Returns where it serves, and what keeps
 /// it serving those stages.
@@ -109,18 +94,19 @@ async fn serve_fake_stages(
     (fake_at, keep)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proxy_worker_recruited_by_another_process_pushes_nothing_to_the_logs() {
-    let Some(etcd) = EtcdServer::start() else {
-        return;
-    };
-    let id = "hj";
-    // The proxy worker, registered.
+/// A proxy worker of cluster `id`, served and registered; where it serves, and what keeps it
+/// registered.
+async fn proxy_worker(id: &str, etcd: &str) -> (String, strata_director::workers::Registration) {
     let (publish, published) = tokio::sync::watch::channel(Arc::new(Stages::default()));
     let worker: Arc<dyn Recruiter> = Arc::new(ProxyWorker::new(access(id), publish));
-    let proxy_at = common::serve_worker_at("127.0.0.1:0", access(id), worker, published).await;
-    let _reg = common::register(&etcd.endpoint(), NAME, id, "proxy", &proxy_at).await;
-    // The director, with its port for the cluster's processes.
+    let at = common::serve_worker_at("127.0.0.1:0", access(id), worker, published).await;
+    let registration = common::register(etcd, NAME, id, "proxy", &at).await;
+    (at, registration)
+}
+
+/// What the director of cluster `id` recovers with: its port for the cluster's processes
+/// served at a port of 127.0.0.1 (returned), and workers recruited.
+async fn director_env(id: &str) -> (RecoveryEnv, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let peer_at = listener.local_addr().unwrap().to_string();
     let (stages, served) = tokio::sync::watch::channel(Arc::new(Stages::default()));
@@ -137,85 +123,103 @@ async fn a_proxy_worker_recruited_by_another_process_pushes_nothing_to_the_logs(
         address: peer_at.clone(),
         stages: Arc::new(stages),
     });
-    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
-    let config = EmbeddedConfig {
-        recovery_attempts_max: 3,
-        ..common::small_windows(2, 1, 1)
+    (env, peer_at)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_worker_recruited_by_another_process_reaches_none_of_the_directors_stages() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
     };
+    let id = "hj";
+    let (proxy_at, _registration) = proxy_worker(id, &etcd.endpoint()).await;
+    let (env, peer_at) = director_env(id).await;
+    let store = EtcdStateStore::new(&[etcd.endpoint()], NAME, id).unwrap();
+    let config = common::small_windows(2, 1, 1);
     let dir = tempfile::tempdir().unwrap();
     let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
         .await
         .unwrap();
-    assert_eq!(report.epoch, Epoch(1));
+    assert_eq!(
+        report.config.layout.commit_proxies,
+        [format!("proxy-0@{proxy_at}")]
+    );
     let t = cluster.database().begin().await.unwrap();
     t.set(Bytes::from_static(b"honest"), Bytes::from_static(b"y"));
     t.commit().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let last = cluster.database().begin().await.unwrap().read_version();
 
-    // The attacker: the cluster id, the worker's address (the layout names it), the peer
-    // port's address and the log ids (the layout names them). Its own server, with a
-    // sequencer and a resolver of epoch 2.
+    // The attacker knows the cluster id, the workers' addresses and the second port's (the
+    // layout names them), and the log ids; it serves a sequencer of epoch 2 handing out
+    // (last, u64::MAX), which on the logs would leave no version for any later recovery.
     let (fake_at, _fake) = serve_fake_stages(id, last).await;
+    let (idle_at, _idle) = proxy_worker(id, &etcd.endpoint()).await;
+    let logs: Vec<_> = report.config.layout.logs.keys().copied().collect();
     let d = strata_commit_proxy::ProxyConfig::default();
-    let recruited = RemoteWorker::connect(&proxy_at, access(id))
-        .await
-        .unwrap()
-        .recruit(Recruitment {
-            epoch: Epoch(2),
-            role: Role::Proxy,
-            recovery_version: last,
-            resolver: None,
-            proxy: Some(ProxyWiring {
-                sequencer: fake_at.clone(),
-                resolvers: vec![(Key::new(), fake_at.clone(), 0)],
-                logs: report
-                    .config
-                    .layout
-                    .logs
-                    .keys()
-                    .map(|id| (*id, peer_at.clone()))
-                    .collect(),
-                settings: ProxySettings {
-                    batch_window: d.batch_window,
-                    batch_transactions_max: 10,
-                    batch_bytes_max: 1 << 20,
-                    queue_transactions_max: 10,
-                    queue_wait: d.queue_wait,
-                    in_flight_batches_max: 1,
-                    stall_timeout: d.stall_timeout,
-                },
-            }),
-        })
-        .await;
-    // The worker takes the recruitment (it has no way to tell), and builds the proxy.
-    recruited.unwrap();
+    let wiring = |sequencer: &str, token: Option<&str>| ProxyWiring {
+        sequencer: sequencer.to_owned(),
+        resolvers: vec![(Key::new(), fake_at.clone(), 0)],
+        logs: logs.iter().map(|id| (*id, peer_at.clone())).collect(),
+        settings: ProxySettings {
+            batch_window: d.batch_window,
+            batch_transactions_max: 10,
+            batch_bytes_max: 1 << 20,
+            queue_transactions_max: 10,
+            queue_wait: d.queue_wait,
+            in_flight_batches_max: 1,
+            stall_timeout: d.stall_timeout,
+        },
+        token: token.map(str::to_owned),
+    };
+    // The recruited worker for a newer epoch, without a token and with a guess; a worker no
+    // epoch recruited, for the running one, wired to the director's own sequencer.
+    let tries = [
+        (&proxy_at, 2, fake_at.as_str(), None),
+        (
+            &proxy_at,
+            2,
+            fake_at.as_str(),
+            Some("0123456789abcdef0123456789abcdef"),
+        ),
+        (&idle_at, 1, peer_at.as_str(), None),
+    ];
+    for (worker, epoch, sequencer, token) in tries {
+        let refused = RemoteWorker::connect(worker, access(id))
+            .await
+            .unwrap()
+            .recruit(Recruitment {
+                epoch: Epoch(epoch),
+                role: Role::Proxy,
+                recovery_version: last,
+                resolver: None,
+                proxy: Some(wiring(sequencer, token)),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("token"),
+            "{worker} {epoch}: {refused}"
+        );
+    }
+    // The worker goes on with the proxy the director recruited it for.
     let proxy = RemoteProxy::connect(&proxy_at, access(id), 0)
         .await
         .unwrap();
-    let refused = proxy.commit(blind_set(b"evil")).await.unwrap_err();
-    assert!(
-        refused.stage == strata_core::Stage::Log
-            && matches!(refused.kind, strata_core::ErrorKind::InvalidRequest(_)),
-        "{refused}"
-    );
-    // The epoch's own commits are untouched by it until monitoring sees its worker lost.
+    assert_eq!(proxy.epoch(), Epoch(1));
+    let t = cluster.database().begin().await.unwrap();
+    t.set(Bytes::from_static(b"after"), Bytes::from_static(b"z"));
+    t.commit().await.unwrap();
+    cluster.check_health().await.unwrap();
     cluster.stop().await;
 
-    // A version u64::MAX on the logs would leave the sequencer no version to hand out: every
-    // later recovery would fail. None is there.
     let (cluster, report) = EmbeddedCluster::start_with_env(dir.path(), config, &store, &env)
         .await
         .unwrap();
     assert!(report.recovery_version < Version(u64::MAX));
     let t = cluster.database().begin().await.unwrap();
-    assert_eq!(t.get(&Bytes::from_static(b"evil")).await.unwrap(), None);
-    assert_eq!(
-        t.get(&Bytes::from_static(b"honest"))
-            .await
-            .unwrap()
-            .as_deref(),
-        Some(&b"y"[..])
-    );
+    for (key, value) in [(&b"honest"[..], &b"y"[..]), (b"after", b"z")] {
+        let got = t.get(&Bytes::copy_from_slice(key)).await.unwrap();
+        assert_eq!(got.as_deref(), Some(value));
+    }
     cluster.stop().await;
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use strata_core::{CommitProxy, Epoch, Error, ErrorKind, KeyRange, LogId, Result, Stage};
+use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
@@ -88,6 +89,21 @@ impl Link {
                 )
             })?;
         }
+        let token = match access.token() {
+            Some(token) => Some(MetadataValue::try_from(token).map_err(|e| {
+                Error::new(
+                    stage,
+                    ErrorKind::InvalidRequest(format!(
+                        "{peer}: a stage token that is no header value: {e}"
+                    )),
+                )
+            })?),
+            None => None,
+        };
+        let tag = Tag {
+            cluster: access.cluster().clone(),
+            token,
+        };
         let channel = endpoint.connect().await.map_err(|e| {
             let kind = match TlsFailure::of(&e) {
                 Some(failed) => {
@@ -98,7 +114,7 @@ impl Link {
             Error::new(stage, kind)
         })?;
         let link = Link {
-            channel: InterceptedService::new(channel, Tag(access.cluster().clone())),
+            channel: InterceptedService::new(channel, tag),
             peer,
         };
         link.check_first_call(stage, access.tls().is_some()).await?;

@@ -78,15 +78,32 @@ impl fmt::Display for ClusterId {
     }
 }
 
-/// Tags every outgoing call with the client's cluster id.
+/// The metadata entry a call carries a stage token in: what stages published with a token
+/// ([`Stages::token`](crate::Stages::token)) ask of every call.
+pub const STAGE_TOKEN_HEADER: &str = "strata-stage-token";
+
+/// Whether two secrets are equal, in a time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Tags every outgoing call with the client's cluster id, and its stage token if it has one.
 #[derive(Clone, Debug)]
-pub(crate) struct Tag(pub(crate) ClusterId);
+pub(crate) struct Tag {
+    pub(crate) cluster: ClusterId,
+    pub(crate) token: Option<MetadataValue<Ascii>>,
+}
 
 impl Interceptor for Tag {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         request
             .metadata_mut()
-            .insert(CLUSTER_ID_HEADER, self.0.header.clone());
+            .insert(CLUSTER_ID_HEADER, self.cluster.header.clone());
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert(STAGE_TOKEN_HEADER, token.clone());
+        }
         Ok(request)
     }
 }
@@ -97,13 +114,34 @@ impl Interceptor for Tag {
 pub(crate) struct Check {
     pub(crate) cluster: ClusterId,
     pub(crate) stage: Stage,
+    /// What is served: stages published with a token answer only calls that carry it.
+    pub(crate) stages: tokio::sync::watch::Receiver<std::sync::Arc<crate::Stages>>,
 }
 
 impl Interceptor for Check {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let named = request.metadata().get(CLUSTER_ID_HEADER);
         if named.is_some_and(|id| id.as_bytes() == self.cluster.id.as_bytes()) {
-            return Ok(request);
+            let stages = self.stages.borrow();
+            let Some(token) = &stages.token else {
+                return Ok(request);
+            };
+            let carried = request.metadata().get(STAGE_TOKEN_HEADER);
+            if carried.is_some_and(|t| same_secret(t.as_bytes(), token.as_bytes())) {
+                return Ok(request);
+            }
+            return Err(to_status_as(
+                tonic::Code::PermissionDenied,
+                &Error::new(
+                    self.stage,
+                    ErrorKind::InvalidRequest(format!(
+                        "refused a call without the token of the stages served here \
+                         ({STAGE_TOKEN_HEADER}): they answer only the processes the director \
+                         recruited for epoch {}",
+                        stages.epoch().map_or(0, |e| e.0)
+                    )),
+                ),
+            ));
         }
         let why = match named {
             None => format!(

@@ -46,6 +46,11 @@ pub struct Stages {
     pub storage: Vec<Arc<dyn StorageServer>>,
     /// Transaction logs, found by their id (two with the same id: the first answers).
     pub logs: Vec<Arc<dyn LogServer>>,
+    /// A secret every call must carry (in [`STAGE_TOKEN_HEADER`](crate::STAGE_TOKEN_HEADER),
+    /// see [`Access::with_token`](crate::Access::with_token)) while these stages are served;
+    /// `None`: the cluster id is enough. For stages served to the processes one director
+    /// recruited, not to whoever holds the cluster id. ASCII letters and digits.
+    pub token: Option<String>,
 }
 
 impl std::fmt::Debug for Stages {
@@ -186,6 +191,7 @@ async fn serve_stages(
     let check = |stage| Check {
         cluster: cluster.clone(),
         stage,
+        stages: shared.stages.clone(),
     };
     macro_rules! service {
         ($server:ty, $stage:expr) => {

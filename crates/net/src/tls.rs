@@ -185,12 +185,31 @@ impl Tls {
 pub struct Access {
     cluster: ClusterId,
     tls: Option<Tls>,
+    token: Option<String>,
 }
 
 impl Access {
     /// Access to `cluster`, over TLS when `tls` is given.
     pub fn new(cluster: ClusterId, tls: Option<Tls>) -> Access {
-        Access { cluster, tls }
+        Access {
+            cluster,
+            tls,
+            token: None,
+        }
+    }
+
+    /// The same access, carrying `token` in every call: what stages served with a token ask
+    /// (see [`Stages::token`](crate::Stages::token)).
+    pub fn with_token(self, token: impl Into<String>) -> Access {
+        Access {
+            token: Some(token.into()),
+            ..self
+        }
+    }
+
+    /// The stage token every call carries, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// The cluster's id.
@@ -206,7 +225,7 @@ impl Access {
 
 impl From<ClusterId> for Access {
     fn from(cluster: ClusterId) -> Access {
-        Access { cluster, tls: None }
+        Access::new(cluster, None)
     }
 }
 

@@ -119,6 +119,9 @@ pub struct ProxyWiring {
     pub logs: Vec<(LogId, String)>,
     /// The proxy's tuning, as the director's own proxies have it.
     pub settings: ProxySettings,
+    /// The secret the stages served on the director's port for the cluster's processes ask
+    /// of every call this epoch (see [`Stages::token`](crate::Stages::token)); `None`: none.
+    pub token: Option<String>,
 }
 
 /// The tuning of a commit proxy, as it travels in a recruitment (the fields of
@@ -195,6 +198,7 @@ impl ProxyWiring {
                 })
                 .collect(),
             settings: Some(self.settings.to_wire()),
+            token: self.token.clone().unwrap_or_default(),
         }
     }
 
@@ -219,6 +223,7 @@ impl ProxyWiring {
                 .map(|l| (LogId(l.id), l.address))
                 .collect(),
             settings: ProxySettings::from_wire(settings),
+            token: Some(wire.token).filter(|t| !t.is_empty()),
         })
     }
 }

@@ -85,6 +85,7 @@ async fn stages(dir: &std::path::Path) -> (Stages, Arc<RedbStorage>) {
         resolvers: vec![resolver],
         storage: vec![storage.clone() as Arc<dyn StorageServer>],
         logs: vec![log],
+        token: None,
     };
     (stages, storage)
 }

@@ -245,6 +245,7 @@ async fn recruitments_the_worker_cannot_take_are_refused_with_a_reason() {
             resolvers: Vec::new(),
             logs: Vec::new(),
             settings: None,
+            token: String::new(),
         }),
     }
     .encode_to_vec();
@@ -364,6 +365,7 @@ async fn a_recruitment_reaches_the_worker_whole_with_its_resolver_settings() {
                 in_flight_batches_max: 0,
                 stall_timeout: std::time::Duration::from_millis(2_500),
             },
+            token: Some("9f86d081884c7d659a2feaa0c55ad015".into()),
         }),
         ..recruitment(4, 77)
     };

@@ -352,7 +352,14 @@ async fn start_remote_proxies(
         .iter()
         .map(|l| (l.id(), peers.address.clone()))
         .collect();
-    let published = peers.publish(epoch, here);
+    let token = match workers::new_token() {
+        Ok(token) => token,
+        Err(e) => {
+            tracing::warn!(error = %e, "the commit proxies run here");
+            return RemoteProxies::default();
+        }
+    };
+    let published = peers.publish(epoch, token.clone(), here);
     let recruitment = Recruitment {
         epoch,
         role: Role::Proxy,
@@ -363,6 +370,7 @@ async fn start_remote_proxies(
             resolvers,
             logs,
             settings: workers::proxy_settings(&config.proxy),
+            token: Some(token),
         }),
     };
     let proxies: Vec<(RemoteProxy, String)> = answered

@@ -42,7 +42,7 @@ mod resolver;
 mod sequencer;
 
 pub use peers::PeerPort;
-pub(crate) use peers::Published;
+pub(crate) use peers::{Published, new_token};
 pub use proxy::ProxyWorker;
 pub(crate) use proxy::{proxy_config, proxy_settings};
 pub use resolver::ResolverWorker;

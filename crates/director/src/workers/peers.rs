@@ -24,11 +24,30 @@ pub struct PeerPort {
     pub stages: Arc<watch::Sender<Arc<Stages>>>,
 }
 
+/// A new secret for the stages one epoch publishes on the [`PeerPort`]: 128 bits from the
+/// operating system's random numbers, as 32 hexadecimal digits.
+///
+/// Errors: `Unavailable` when the operating system gives none.
+pub(crate) fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(|e| {
+        Error::new(
+            Stage::Director,
+            ErrorKind::Unavailable(format!("no random numbers for a stage token: {e}")),
+        )
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 impl PeerPort {
     /// Serves `stages` until the returned guard is dropped (or the next epoch publishes its
-    /// own): then nothing, so no stage of an ended epoch stays reachable there. Their logs
-    /// take no push until [`Published::open`]: see [`GatedLog`].
-    pub(crate) fn publish(&self, epoch: Epoch, mut stages: Stages) -> Published {
+    /// own): then nothing, so no stage of an ended epoch stays reachable there. Only calls
+    /// that carry `token` are answered (it travels to the proxies the director recruits, in
+    /// their recruitment): a process that recruited a proxy worker itself, with the cluster id
+    /// alone, cannot make it reach these stages. Their logs take no push until
+    /// [`Published::open`]: see [`GatedLog`].
+    pub(crate) fn publish(&self, epoch: Epoch, token: String, mut stages: Stages) -> Published {
+        stages.token = Some(token);
         let gate = Arc::new(AtomicBool::new(false));
         stages.logs = stages
             .logs
@@ -152,5 +171,56 @@ impl LogServer for GatedLog {
 
     async fn pop(&self, version: Version) -> Result<()> {
         self.log.pop(version).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use strata_testkit::MemoryLog;
+
+    /// The logs published for an epoch refuse every push until the recovery has finished,
+    /// and pushes of any other epoch after it; the publication is withdrawn when dropped.
+    #[tokio::test]
+    async fn published_logs_take_pushes_of_their_epoch_once_opened() {
+        let (sender, served) = watch::channel(Arc::new(Stages::default()));
+        let port = PeerPort {
+            address: "127.0.0.1:1".into(),
+            stages: Arc::new(sender),
+        };
+        let inner = Arc::new(MemoryLog::new(LogId(7), Version(0)));
+        let published = port.publish(
+            Epoch(4),
+            "t".into(),
+            Stages {
+                logs: vec![inner.clone()],
+                ..Stages::default()
+            },
+        );
+        let log = served.borrow().logs[0].clone();
+        assert_eq!(served.borrow().token.as_deref(), Some("t"));
+        let push = |epoch, previous, version| {
+            let log = log.clone();
+            async move {
+                log.push(
+                    Epoch(epoch),
+                    Version(previous),
+                    Version(version),
+                    Bytes::new(),
+                )
+                .await
+            }
+        };
+        let e = push(4, 0, 10).await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+        published.open();
+        let e = push(5, 0, 10).await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+        push(4, 0, 10).await.unwrap();
+        assert_eq!(inner.pull(Version(0), 10).await.unwrap().len(), 1);
+        drop(published);
+        assert!(served.borrow().logs.is_empty());
     }
 }

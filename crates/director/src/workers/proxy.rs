@@ -139,7 +139,13 @@ impl ProxyWorker {
     /// sequencer checked to be of `epoch`).
     async fn build(&self, epoch: Epoch, wiring: ProxyWiring) -> Result<BatchingProxy> {
         let config = proxy_config(wiring.settings)?;
-        let sequencer = RemoteSequencer::connect(&wiring.sequencer, self.access.clone()).await?;
+        // The director's stages answer only calls that carry its token for this epoch; the
+        // workers' stages take it too, and ask nothing of it.
+        let access = match wiring.token {
+            Some(token) => self.access.clone().with_token(token),
+            None => self.access.clone(),
+        };
+        let sequencer = RemoteSequencer::connect(&wiring.sequencer, access.clone()).await?;
         if sequencer.epoch() != epoch {
             return Err(Error::new(
                 Stage::Sequencer,
@@ -153,13 +159,13 @@ impl ProxyWorker {
         }
         let mut resolvers: Vec<(Key, Arc<dyn Resolver>)> = Vec::new();
         for (begin, address, index) in wiring.resolvers {
-            let resolver = RemoteResolver::connect(&address, self.access.clone(), index).await?;
+            let resolver = RemoteResolver::connect(&address, access.clone(), index).await?;
             resolvers.push((begin, Arc::new(resolver)));
         }
         let mut logs: Vec<Arc<dyn LogServer>> = Vec::new();
         for (id, address) in wiring.logs {
             logs.push(Arc::new(
-                RemoteLog::connect(&address, self.access.clone(), id).await?,
+                RemoteLog::connect(&address, access.clone(), id).await?,
             ));
         }
         let sequencer: Arc<dyn Sequencer> = Arc::new(sequencer);
@@ -364,6 +370,7 @@ mod tests {
                 resolvers: vec![(Key::new(), address.clone(), 0)],
                 logs: vec![(strata_core::LogId(1), address.clone())],
                 settings: proxy_settings(&ProxyConfig::default()),
+                token: None,
             }),
         };
         let started = tokio::time::Instant::now();
