@@ -148,12 +148,18 @@ impl BatchingProxy {
     }
 
     /// Monitoring's probe: `Err` with [`BatchingProxy::failure`] once the proxy failed;
+    /// otherwise `Unavailable` once its batcher stopped (see [`BatchingProxy::is_running`]);
     /// otherwise a `Timeout` error of the stage the oldest batch in flight waits on, once that
     /// batch has been in flight longer than [`ProxyConfig::stall_timeout`] (the chain stopped
     /// advancing while requests wait); otherwise `Ok`. An idle proxy is healthy.
     pub fn health(&self) -> Result<()> {
         if let Some(e) = self.failure() {
             return Err(e);
+        }
+        if !self.is_running() {
+            return Err(error(ErrorKind::Unavailable(
+                "a commit proxy stopped".into(),
+            )));
         }
         let Some(oldest) = self.oldest() else {
             return Ok(());

@@ -221,6 +221,27 @@ pub(crate) fn fence_stale(stage: Stage, current: Option<Epoch>, requested: Epoch
     }
 }
 
+/// Fails (`Unavailable` of `stage`) unless the `what` reached at `address` runs `expected`:
+/// a newer recruitment in between would hand this epoch another epoch's stage.
+pub(crate) fn reached_epoch(
+    stage: Stage,
+    what: &str,
+    address: &str,
+    runs: Epoch,
+    expected: Epoch,
+) -> Result<()> {
+    if runs == expected {
+        return Ok(());
+    }
+    Err(Error::new(
+        stage,
+        ErrorKind::Unavailable(format!(
+            "the {what} at {address} runs epoch {} instead of {}",
+            runs.0, expected.0
+        )),
+    ))
+}
+
 /// How long a worker that failed (not answering, refusing, or losing the epoch it was
 /// recruited for) is passed over by this director's recoveries: long enough that a worker
 /// that fails at once does not end epoch after epoch, short enough that a worker back from a

@@ -146,17 +146,8 @@ impl ProxyWorker {
             None => self.access.clone(),
         };
         let sequencer = RemoteSequencer::connect(&wiring.sequencer, access.clone()).await?;
-        if sequencer.epoch() != epoch {
-            return Err(Error::new(
-                Stage::Sequencer,
-                ErrorKind::Unavailable(format!(
-                    "the sequencer at {} runs epoch {}, not {}",
-                    wiring.sequencer,
-                    sequencer.epoch().0,
-                    epoch.0
-                )),
-            ));
-        }
+        let at = &wiring.sequencer;
+        super::reached_epoch(Stage::Sequencer, "sequencer", at, sequencer.epoch(), epoch)?;
         let mut resolvers: Vec<(Key, Arc<dyn Resolver>)> = Vec::new();
         for (begin, address, index) in wiring.resolvers {
             let resolver = RemoteResolver::connect(&address, access.clone(), index).await?;
@@ -225,13 +216,10 @@ impl Recruiter for ProxyWorker {
         self.running().map(|(epoch, _)| epoch)
     }
 
-    /// What monitoring asks of a proxy in the director's process: a batch that failed, a
-    /// stalled chain, or a batcher that stopped.
+    /// What monitoring asks of a proxy in the director's process (`BatchingProxy::health`):
+    /// a batch that failed, a batcher that stopped, or a stalled chain.
     fn failure(&self) -> Option<String> {
         let (_, proxy) = self.running()?;
-        if !proxy.is_running() {
-            return Some("the commit proxy stopped".into());
-        }
         proxy.health().err().map(|e| e.to_string())
     }
 }
@@ -242,16 +230,7 @@ impl Reach for RemoteProxy {
 
     async fn reach(address: &str, access: Access, index: u32, epoch: Epoch) -> Result<Self> {
         let proxy = RemoteProxy::connect(address, access, index).await?;
-        if proxy.epoch() != epoch {
-            return Err(Error::new(
-                Stage::CommitProxy,
-                ErrorKind::Unavailable(format!(
-                    "the proxy at {address} runs epoch {}, not {}",
-                    proxy.epoch().0,
-                    epoch.0
-                )),
-            ));
-        }
+        super::reached_epoch(Stage::CommitProxy, "proxy", address, proxy.epoch(), epoch)?;
         Ok(proxy)
     }
 }

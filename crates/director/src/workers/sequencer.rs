@@ -132,15 +132,13 @@ impl Reach for WorkerSequencer {
         // A server runs at most one sequencer: whichever it runs now, checked to be the one
         // recruited (a newer recruitment in between would hand this epoch another's versions).
         let remote = RemoteSequencer::connect(address, access).await?;
-        if remote.epoch() != epoch {
-            return Err(Error::new(
-                Stage::Sequencer,
-                ErrorKind::Unavailable(format!(
-                    "the worker at {address} serves the sequencer of {} instead of {epoch}",
-                    remote.epoch()
-                )),
-            ));
-        }
+        super::reached_epoch(
+            Stage::Sequencer,
+            "sequencer",
+            address,
+            remote.epoch(),
+            epoch,
+        )?;
         Ok(WorkerSequencer {
             remote,
             stopped: AtomicBool::new(false),
