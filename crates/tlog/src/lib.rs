@@ -93,7 +93,9 @@
 //! were, and the zeros after it read as the segment's clean end. A file system that refuses
 //! direct I/O (at the open, or at a write) gets the same pages through the page cache. Spare
 //! segments are whole pages long, so a group never pads past their zeros; a zero-filled
-//! segment written before that rule may grow by its last partial page, once.
+//! segment written before that rule may grow by its last partial page, once. With direct I/O
+//! the spares' zeros go around the page cache too, from one page-aligned buffer of zeros: the
+//! kernel copies nothing and keeps no cached pages of them to write back.
 //!
 //! `epoch` (16 bytes, replaced by write-temp, sync, rename, sync-directory): magic `STEP`, the
 //! locked epoch (`u64`), CRC-32 of the first 12 bytes.

@@ -141,7 +141,13 @@ fn prepared_as(shared: &Shared, prepared: std::io::Result<Arc<dyn FsFile>>) -> S
 fn start_spare(shared: &Shared, bytes: u64) -> Spare {
     if shared.config.blocking == Blocking::Inline {
         let path = shared.dir.join(SPARE_FILE);
-        let prepared = prepare_spare(shared.fs.as_ref(), &path, bytes, &AtomicBool::new(false));
+        let prepared = prepare_spare(
+            shared.fs.as_ref(),
+            &path,
+            bytes,
+            shared.config.direct_io,
+            &AtomicBool::new(false),
+        );
         return prepared_as(shared, prepared);
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -149,10 +155,11 @@ fn start_spare(shared: &Shared, bytes: u64) -> Spare {
     let fs = shared.fs.clone();
     let path = shared.dir.join(SPARE_FILE);
     let stopping = stop.clone();
+    let direct = shared.config.direct_io;
     let spawned = std::thread::Builder::new()
         .name(format!("strata-tlog-{}-spare", shared.id.0))
         .spawn(move || {
-            let _ = tx.send(prepare_spare(fs.as_ref(), &path, bytes, &stopping));
+            let _ = tx.send(prepare_spare(fs.as_ref(), &path, bytes, direct, &stopping));
         });
     match spawned {
         Ok(thread) => Spare::Preparing { done, stop, thread },
@@ -163,36 +170,23 @@ fn start_spare(shared: &Shared, bytes: u64) -> Spare {
     }
 }
 
-/// Writes `bytes` zeros to a new file at `path`, syncing piece by piece. On failure (or when
-/// `stop` is set) the file is removed, so a full disk gets its space back.
+/// Writes `bytes` zeros (whole pages) to a new file at `path`, syncing piece by piece. With
+/// `direct` (the log's [`FileLogConfig::direct_io`](crate::FileLogConfig::direct_io)) they are
+/// written as whole pages ([`FsFile::write_pages_at`]), around the page cache where the file
+/// system allows it: copying them into the cache, for the kernel to write back later, took a
+/// tenth of the process's CPU under 64 clients' commits (docs/performance.md, "Zeros around
+/// the page cache"). On failure (or when `stop` is set) the file is removed, so a full disk
+/// gets its space back.
 fn prepare_spare(
     fs: &dyn Fs,
     path: &Path,
     bytes: u64,
+    direct: bool,
     stop: &AtomicBool,
 ) -> std::io::Result<Arc<dyn FsFile>> {
     remove_if_present(fs, path)?;
     let file = fs.create(path)?;
-    let zeros = vec![0u8; SPARE_PIECE_BYTES];
-    let mut at = 0u64;
-    let filled = loop {
-        if at >= bytes {
-            break Ok(());
-        }
-        if stop.load(Ordering::Relaxed) {
-            break Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "log closed",
-            ));
-        }
-        let n = (bytes - at).min(SPARE_PIECE_BYTES as u64);
-        #[expect(clippy::cast_possible_truncation)] // NOTE: at most SPARE_PIECE_BYTES
-        let piece = &zeros[..n as usize];
-        if let Err(e) = file.write_all_at(piece, at).and_then(|()| file.sync_data()) {
-            break Err(e);
-        }
-        at += n;
-    };
+    let filled = fill_with_zeros(fs, path, file.as_ref(), bytes, direct, stop);
     match filled {
         Ok(()) => Ok(file),
         Err(e) => {
@@ -200,4 +194,45 @@ fn prepare_spare(
             Err(e)
         }
     }
+}
+
+/// Writes `bytes` zeros to `file`, created at `path`, piece by piece, each synced (see
+/// [`prepare_spare`]).
+fn fill_with_zeros(
+    fs: &dyn Fs,
+    path: &Path,
+    file: &dyn FsFile,
+    bytes: u64,
+    direct: bool,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let pages = if direct {
+        Some(fs.open_pages(path)?)
+    } else {
+        None
+    };
+    // A page to spare, so that a page-aligned piece can always be found (`Vec` promises no
+    // alignment).
+    let buffer = vec![0u8; SPARE_PIECE_BYTES + PAGE_BYTES];
+    let lead = buffer.as_ptr().align_offset(PAGE_BYTES);
+    let zeros = &buffer[lead..lead + SPARE_PIECE_BYTES];
+    let mut at = 0u64;
+    while at < bytes {
+        if stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "log closed",
+            ));
+        }
+        let n = (bytes - at).min(SPARE_PIECE_BYTES as u64);
+        #[expect(clippy::cast_possible_truncation)] // NOTE: at most SPARE_PIECE_BYTES
+        let piece = &zeros[..n as usize];
+        match &pages {
+            Some(pages) => pages.write_pages_at(piece, at)?,
+            None => file.write_all_at(piece, at)?,
+        }
+        file.sync_data()?;
+        at += n;
+    }
+    Ok(())
 }
