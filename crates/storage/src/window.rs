@@ -5,6 +5,8 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use smallvec::SmallVec;
+
 use strata_core::merge::Answer;
 use strata_core::{Key, KeyRange, Mutation, Result, Value, Version};
 
@@ -71,8 +73,10 @@ impl Borrow<[u8]> for WindowKey {
     }
 }
 
-/// The writes of one key in the window, oldest first; `None` is a clear.
-type History = Vec<(Stamp, Option<Value>)>;
+/// The writes of one key in the window, oldest first; `None` is a clear. Most keys are
+/// written once within a window, so the first write is held inline, in the map's node: a `Vec`
+/// would allocate room for four on its first push (192 bytes), for every key.
+type History = SmallVec<[(Stamp, Option<Value>); 1]>;
 
 /// The mutations of versions above the durable version.
 #[derive(Debug, Default)]
