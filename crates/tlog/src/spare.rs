@@ -174,8 +174,8 @@ fn start_spare(shared: &Shared, bytes: u64) -> Spare {
 /// `direct` (the log's [`FileLogConfig::direct_io`](crate::FileLogConfig::direct_io)) they are
 /// written as whole pages ([`FsFile::write_pages_at`]), around the page cache where the file
 /// system allows it: copying them into the cache, for the kernel to write back later, took a
-/// tenth of the process's CPU under 64 clients' commits (docs/performance.md, "Zeros around
-/// the page cache"). On failure (or when `stop` is set) the file is removed, so a full disk
+/// tenth of the process's CPU under 64 clients' commits (docs/performance.md, "CPU per
+/// commit"). On failure (or when `stop` is set) the file is removed, so a full disk
 /// gets its space back.
 fn prepare_spare(
     fs: &dyn Fs,
