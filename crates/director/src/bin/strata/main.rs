@@ -18,6 +18,13 @@ use std::sync::Arc;
 /// so a growing window kept faulting in fresh 2 MiB pages; with v2 the 64-writer benchmark
 /// spends half the system time (0.57 s against 0.85 s for 200,000 commits) and 10% less CPU
 /// per commit (docs/performance.md, "CPU per commit").
+///
+/// Built with `no_thp`: mimalloc then does not ask for transparent huge pages for its memory.
+/// It gives memory freed 10 ms earlier back to the kernel (over 600 MB in a 200,000-commit run
+/// whose peak is under 150 MB), and with huge pages every touch of such memory afterwards
+/// faulted in a whole 2 MiB page, zeroed; with 4 KiB pages only what is touched comes back.
+/// The same run then takes about 0.45 s of system time instead of 0.8, and peaks at 125 MB
+/// instead of 148.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
