@@ -131,6 +131,7 @@ mod blocking;
 mod codec;
 mod errors;
 mod files;
+mod keymap;
 mod overlay;
 mod read;
 mod server;

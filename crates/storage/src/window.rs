@@ -1,9 +1,6 @@
 //! The MVCC window: every mutation applied above the durable version, in memory.
 
-use std::borrow::Borrow;
-use std::cmp::Ordering;
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::collections::VecDeque;
 
 use smallvec::SmallVec;
 
@@ -11,67 +8,11 @@ use strata_core::merge::Answer;
 use strata_core::{Key, KeyRange, Mutation, Result, Value, Version};
 
 use crate::atomic::Bases;
+use crate::keymap::KeyMap;
 
 /// When a mutation happened: its commit version, then its place among the mutations of that
 /// version (a transaction may clear a range and then set a key inside it, at one version).
 pub(crate) type Stamp = (Version, u32);
-
-/// A key as the window's map orders it: its first 16 bytes (zero-padded) as a big-endian
-/// number, then the whole key.
-///
-/// The order is exactly the keys' byte order: a padded head below another's means a smaller
-/// key, and equal heads fall back to the bytes. So ranges and lookups by `&[u8]` (through
-/// `Borrow`) find what they would in a map of plain keys. The head is for speed: a key's
-/// bytes live in the log payload it was decoded from, so comparing two keys follows a pointer
-/// into memory that a large window has long evicted from the cache, while the head sits in
-/// the map's node and settles most comparisons of a search (every one, for keys that differ
-/// within their first 16 bytes).
-#[derive(Clone, Debug)]
-struct WindowKey {
-    head: u128,
-    key: Key,
-}
-
-impl WindowKey {
-    fn new(key: Key) -> WindowKey {
-        let mut head = [0u8; 16];
-        let n = key.len().min(head.len());
-        head[..n].copy_from_slice(&key[..n]);
-        WindowKey {
-            head: u128::from_be_bytes(head),
-            key,
-        }
-    }
-}
-
-impl PartialEq for WindowKey {
-    fn eq(&self, other: &WindowKey) -> bool {
-        self.head == other.head && self.key == other.key
-    }
-}
-
-impl Eq for WindowKey {}
-
-impl Ord for WindowKey {
-    fn cmp(&self, other: &WindowKey) -> Ordering {
-        self.head
-            .cmp(&other.head)
-            .then_with(|| self.key.cmp(&other.key))
-    }
-}
-
-impl PartialOrd for WindowKey {
-    fn partial_cmp(&self, other: &WindowKey) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// Sound because the orders agree (see [`WindowKey`]).
-impl Borrow<[u8]> for WindowKey {
-    fn borrow(&self) -> &[u8] {
-        &self.key
-    }
-}
 
 /// The writes of one key in the window, oldest first; `None` is a clear. Most keys are
 /// written once within a window, so the first write is held inline, in the map's node: a `Vec`
@@ -82,10 +23,11 @@ type History = SmallVec<[(Stamp, Option<Value>); 1]>;
 #[derive(Debug, Default)]
 pub(crate) struct Window {
     /// Point writes by key.
-    points: BTreeMap<WindowKey, History>,
-    /// The keys written at each version, so that making versions durable touches only them
-    /// instead of scanning the whole window.
-    touched: BTreeMap<Version, Vec<WindowKey>>,
+    points: KeyMap<History>,
+    /// The key of every point write, with its version, in version order (mutations apply in
+    /// version order), so that making versions durable touches only their keys instead of
+    /// scanning the whole window.
+    touched: VecDeque<(Version, Key)>,
     /// Range clears, oldest first.
     clears: Vec<(KeyRange, Stamp)>,
     /// How many point writes and clears are held.
@@ -137,10 +79,20 @@ impl Window {
 
     fn point(&mut self, stamp: Stamp, key: Key, value: Option<Value>, shards: &[KeyRange]) {
         if shards.iter().any(|s| s.contains(&key)) {
-            let key = WindowKey::new(key);
-            self.touched.entry(stamp.0).or_default().push(key.clone());
-            self.points.entry(key).or_default().push((stamp, value));
+            self.touch(stamp.0, key.clone());
+            self.points.get_or_default(key).push((stamp, value));
             self.len += 1;
+        }
+    }
+
+    /// Lists `key` among the keys written at `version`, in version order: at the end, unless
+    /// the window was handed an earlier version than its last (which the server never does).
+    fn touch(&mut self, version: Version, key: Key) {
+        if self.touched.back().is_some_and(|(v, _)| *v > version) {
+            let at = self.touched.partition_point(|(v, _)| *v <= version);
+            self.touched.insert(at, (version, key));
+        } else {
+            self.touched.push_back((version, key));
         }
     }
 
@@ -175,11 +127,8 @@ impl Window {
     /// What the window says of every key it holds in `range` at `version`, ascending.
     pub(crate) fn scan(&self, range: &KeyRange, version: Version) -> Vec<(Key, Answer)> {
         self.points
-            .range::<[u8], _>((
-                Bound::Included(range.begin().as_ref()),
-                Bound::Excluded(range.end().as_ref()),
-            ))
-            .map(|(k, history)| (k.key.clone(), self.answer(&k.key, Some(history), version)))
+            .range(range.begin(), range.end())
+            .map(|(k, history)| (k.clone(), self.answer(k, Some(history), version)))
             .collect()
     }
 
@@ -202,21 +151,22 @@ impl Window {
             .filter(|(_, s)| s.0 <= version)
             .map(|(r, _)| r.clone())
             .collect();
-        let mut keys: Vec<&WindowKey> = self
+        let mut keys: Vec<&Key> = self
             .touched
-            .range(..=version)
-            .flat_map(|(_, ks)| ks.iter())
+            .iter()
+            .take_while(|(v, _)| *v <= version)
+            .map(|(_, k)| k)
             .collect();
         keys.sort_unstable();
         keys.dedup();
         let keys = keys
             .into_iter()
             .map(|k| {
-                let value = match self.answer(&k.key, self.points.get(k), version) {
+                let value = match self.answer(k, self.points.get(k), version) {
                     Answer::Value(v) => Some(v),
                     Answer::Deleted | Answer::Unknown => None,
                 };
-                (k.key.clone(), value)
+                (k.clone(), value)
             })
             .collect();
         (clears, keys)
@@ -225,19 +175,14 @@ impl Window {
     /// Forgets everything at or before `version` (now durable elsewhere), touching only the
     /// keys written at those versions.
     pub(crate) fn forget_through(&mut self, version: Version) {
-        let later = self
-            .touched
-            .split_off(&Version(version.0.saturating_add(1)));
-        let done = std::mem::replace(&mut self.touched, later);
-        for key in done.into_values().flatten() {
-            if let Some(vs) = self.points.get_mut(&key) {
+        let done = self.touched.partition_point(|(v, _)| *v <= version);
+        for (_, key) in self.touched.drain(..done) {
+            self.points.edit(&key, |vs| {
                 let before = vs.len();
                 vs.retain(|(s, _)| s.0 > version);
                 self.len -= before - vs.len();
-                if vs.is_empty() {
-                    self.points.remove(&key);
-                }
-            }
+                !vs.is_empty()
+            });
         }
         let gone = self.clears.partition_point(|(_, s)| s.0 <= version);
         self.clears.drain(..gone);
@@ -250,7 +195,7 @@ impl Window {
     }
 
     fn retain(&mut self, keep: impl Fn(&Stamp) -> bool) {
-        self.touched.retain(|v, _| keep(&(*v, 0)));
+        self.touched.retain(|(v, _)| keep(&(*v, 0)));
         let mut len = 0;
         self.points.retain(|_, vs| {
             vs.retain(|(s, _)| keep(s));
@@ -275,13 +220,6 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn window_keys_order_as_their_bytes(a in near_keys(), b in near_keys()) {
-            let (ka, kb) = (WindowKey::new(a.clone().into()), WindowKey::new(b.clone().into()));
-            proptest::prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
-            proptest::prop_assert_eq!(ka == kb, a == b);
-        }
-
-        #[test]
         fn a_window_of_near_keys_answers_as_a_map_of_plain_keys(
             writes in proptest::collection::vec((near_keys(), 0u8..4), 1..60),
             probes in proptest::collection::vec(near_keys(), 1..20),
@@ -289,7 +227,7 @@ mod tests {
             // Every generated key is below 41 bytes of 0xff.
             let everything = KeyRange::new("", vec![0xffu8; 41]).unwrap();
             let mut w = Window::default();
-            let mut model = BTreeMap::<Vec<u8>, u8>::new();
+            let mut model = std::collections::BTreeMap::<Vec<u8>, u8>::new();
             for (i, (k, v)) in writes.iter().enumerate() {
                 let m = Mutation::Set { key: k.clone().into(), value: vec![*v].into() };
                 let shards = [everything.clone()];
@@ -305,6 +243,90 @@ mod tests {
             let expected: Vec<Vec<u8>> = model.keys().cloned().collect();
             proptest::prop_assert_eq!(scanned, expected);
         }
+    }
+
+    proptest::proptest! {
+        /// Writes over many versions, with the window flushed and moved forward and rolled
+        /// back between them, against a model of every write: what a flush takes, what stays
+        /// and what reads see all agree with it.
+        #[test]
+        fn a_moving_window_keeps_exactly_the_writes_above_its_durable_version(
+            steps in proptest::collection::vec((near_keys(), 0u8..8, 0u8..10), 1..120),
+        ) {
+            let everything = KeyRange::new("", vec![0xffu8; 41]).unwrap();
+            let shards = [everything.clone()];
+            let mut w = Window::default();
+            // (version, key, value) of every write the window should still hold.
+            let mut model: Vec<(u64, Vec<u8>, u8)> = Vec::new();
+            let (mut version, mut at) = (1u64, 0u32);
+            for (key, value, action) in steps {
+                match action {
+                    // Flush and forget everything up to two versions back.
+                    0 => {
+                        let through = version.saturating_sub(2);
+                        let (_, flushed) = w.flushable(Version(through));
+                        let mut want: Vec<(Vec<u8>, u8)> = Vec::new();
+                        for (v, k, x) in &model {
+                            if *v <= through {
+                                want.retain(|(wk, _)| wk != k);
+                                want.push((k.clone(), *x));
+                            }
+                        }
+                        want.sort();
+                        let got: Vec<(Vec<u8>, u8)> = flushed
+                            .into_iter()
+                            .map(|(k, v)| (k.to_vec(), v.map_or(0, |v| v[0])))
+                            .collect();
+                        proptest::prop_assert_eq!(got, want);
+                        w.forget_through(Version(through));
+                        model.retain(|(v, _, _)| *v > through);
+                    }
+                    // Roll back the newest version.
+                    1 => {
+                        version = version.saturating_sub(1).max(1);
+                        w.forget_after(Version(version));
+                        model.retain(|(v, _, _)| *v <= version);
+                    }
+                    // A write, at the current version or the next.
+                    _ => {
+                        version += u64::from(action % 2);
+                        let m = Mutation::Set { key: key.clone().into(), value: vec![value].into() };
+                        at += 1;
+                        w.apply((Version(version), at), m, &shards, &Bases::default()).unwrap();
+                        model.push((version, key, value));
+                    }
+                }
+                proptest::prop_assert_eq!(w.len(), model.len());
+                let mut newest = std::collections::BTreeMap::<Vec<u8>, u8>::new();
+                for (_, k, x) in &model {
+                    newest.insert(k.clone(), *x);
+                }
+                let scanned: Vec<(Vec<u8>, Answer)> = w
+                    .scan(&everything, Version(version))
+                    .into_iter()
+                    .map(|(k, a)| (k.to_vec(), a))
+                    .collect();
+                let want: Vec<(Vec<u8>, Answer)> = newest
+                    .iter()
+                    .map(|(k, x)| (k.clone(), Answer::Value(vec![*x].into())))
+                    .collect();
+                proptest::prop_assert_eq!(scanned, want);
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_handed_in_below_the_newest_version_is_still_forgotten_with_its_version() {
+        let mut w = Window::default();
+        put(&mut w, (Version(5), 0), set("b", "5"), &all());
+        put(&mut w, (Version(3), 0), set("a", "3"), &all());
+        put(&mut w, (Version(6), 0), set("c", "6"), &all());
+        let (_, flushed) = w.flushable(Version(4));
+        assert_eq!(flushed, vec![(Key::from("a"), Some(Value::from("3")))]);
+        w.forget_through(Version(4));
+        assert_eq!(w.get(b"a", Version(6)), Answer::Unknown);
+        assert_eq!(w.get(b"b", Version(6)), Answer::Value("5".into()));
+        assert_eq!(w.len(), 2);
     }
 
     fn all() -> Vec<KeyRange> {
