@@ -19,6 +19,12 @@
 //! while under load commits gather in the queue as long as the pipeline is full, and the
 //! next batch takes all of them.
 //!
+//! A transaction arrives encoded ([`strata_core::CommitProxy::commit`], as from across a
+//! network) or, from a client in the proxy's process, as it is
+//! ([`strata_core::CommitProxy::commit_transaction`]): the proxy then measures and checks it
+//! as its encoding would be checked, with the same errors, and skips the encoding and the parse
+//! (about 7% of the CPU of a one-key commit under load).
+//!
 //! # A lone commit
 //!
 //! A commit that finds the proxy idle (nothing queued, no batch forming or in flight, and no

@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use strata_core::shard::ShardMap;
 use strata_core::{
-    CommitProxy, Epoch, Error, ErrorKind, Key, LogServer, Resolver, Result, Sequencer, Stage,
-    TRANSACTION_BYTES_MAX, TransactionView, Version, WireError,
+    CommitProxy, Epoch, Error, ErrorKind, Key, LogServer, Mutation, Resolver, Result, Sequencer,
+    Stage, TRANSACTION_BYTES_MAX, Transaction, TransactionConflicts, TransactionView, Version,
+    WireError,
 };
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -261,6 +262,41 @@ impl CommitProxy for BatchingProxy {
     }
 
     async fn commit(&self, transaction: Bytes) -> Result<Version> {
+        self.admit()?;
+        let bytes = transaction.len();
+        let view = TransactionView::parse(transaction).map_err(|e| error(ErrorKind::Wire(e)))?;
+        self.check_len(bytes)?;
+        let conflicts = view.conflicts().map_err(|e| error(ErrorKind::Wire(e)))?;
+        let mutations = view.mutations().map_err(|e| error(ErrorKind::Wire(e)))?;
+        self.submit(conflicts, mutations, bytes).await
+    }
+
+    /// The transaction as it is, measured and checked as its encoding would be
+    /// ([`Transaction::encoded_len`]: the same errors), without encoding or parsing it.
+    async fn commit_transaction(&self, transaction: Transaction) -> Result<Version> {
+        self.admit()?;
+        let bytes = transaction
+            .encoded_len()
+            .map_err(|e| error(ErrorKind::Wire(e)))?;
+        self.check_len(bytes)?;
+        let Transaction {
+            read_version,
+            read_conflicts,
+            write_conflicts,
+            mutations,
+        } = transaction;
+        let conflicts = TransactionConflicts {
+            read_version,
+            read_conflicts,
+            write_conflicts,
+        };
+        self.submit(conflicts, mutations, bytes).await
+    }
+}
+
+impl BatchingProxy {
+    /// Refuses a commit of a fenced or failed epoch before anything else is done for it.
+    fn admit(&self) -> Result<()> {
         if self.stages.fenced.load(Ordering::SeqCst) {
             return Err(error(ErrorKind::Unavailable(format!(
                 "the proxy of {} was fenced by a newer epoch",
@@ -268,21 +304,31 @@ impl CommitProxy for BatchingProxy {
             ))));
         }
         // The epoch is over: no batch could get past the hole, so do not queue one.
-        if let Some(e) = self.stages.failure.get() {
-            return Err(e.clone());
+        match self.stages.failure.get() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
         }
-        let bytes = transaction.len();
-        let view = TransactionView::parse(transaction).map_err(|e| error(ErrorKind::Wire(e)))?;
-        // Within the wire limit, but its batch would not be once stamped with the commit
-        // version: refused here, before it takes a version its batch could not be pushed with.
+    }
+
+    /// Within the wire limit, but its batch would not be once stamped with the commit
+    /// version: refused here, before it takes a version its batch could not be pushed with.
+    fn check_len(&self, bytes: usize) -> Result<()> {
         if bytes > self.transaction_bytes_max {
             return Err(error(ErrorKind::Wire(WireError::TransactionTooLarge {
                 len: bytes,
                 max: self.transaction_bytes_max,
             })));
         }
-        let conflicts = view.conflicts().map_err(|e| error(ErrorKind::Wire(e)))?;
-        let mutations = view.mutations().map_err(|e| error(ErrorKind::Wire(e)))?;
+        Ok(())
+    }
+
+    /// Commits a checked transaction of `bytes` encoded bytes: alone, or through the queue.
+    async fn submit(
+        &self,
+        conflicts: TransactionConflicts,
+        mutations: Vec<Mutation>,
+        bytes: usize,
+    ) -> Result<Version> {
         let (reply, mut answer) = oneshot::channel();
         let pending = Pending {
             conflicts,

@@ -176,6 +176,13 @@ fn commit_version_section_bytes() -> usize {
 
 /// A blind transaction (no read version, no conflicts) whose encoding is exactly `len` bytes.
 fn blind_transaction_of(len: usize) -> Bytes {
+    let bytes = blind_of(len).encode().unwrap();
+    assert_eq!(bytes.len(), len);
+    bytes
+}
+
+/// The transaction [`blind_transaction_of`] encodes.
+fn blind_of(len: usize) -> Transaction {
     let base = Transaction::default().encode().unwrap().len();
     // A Set is its kind byte, then the key and the value, each behind a u32 length.
     let per_set = 1 + 4 + 6 + 4;
@@ -195,14 +202,10 @@ fn blind_transaction_of(len: usize) -> Bytes {
         key: Bytes::from(format!("k{:05}", mutations.len())),
         value: Bytes::from(vec![b'x'; need - per_set]),
     });
-    let bytes = Transaction {
+    Transaction {
         mutations,
         ..Transaction::default()
     }
-    .encode()
-    .unwrap();
-    assert_eq!(bytes.len(), len);
-    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,38 +472,45 @@ async fn a_hung_stage_is_named_by_waiting_on_and_health() {
 async fn a_transaction_at_the_wire_limit_is_refused_before_it_makes_a_hole() {
     let overhead = commit_version_section_bytes();
     assert_eq!(overhead, strata_core::wire::SECTION_HEADER_BYTES + 8);
-    let c = cluster(Layout::default(), ProxyConfig::default());
+    // Handed over encoded, and as it is (the transaction builder's way): the same checks.
+    for encoded in [true, false] {
+        let c = cluster(Layout::default(), ProxyConfig::default());
+        let commit = |tx: Transaction| {
+            let proxy = &c.proxy;
+            async move {
+                if encoded {
+                    proxy.commit(tx.encode().unwrap()).await
+                } else {
+                    proxy.commit_transaction(tx).await
+                }
+            }
+        };
 
-    // Exactly the wire limit: valid on its own, over the limit once stamped.
-    let err = c
-        .proxy
-        .commit(blind_transaction_of(TRANSACTION_BYTES_MAX))
-        .await
-        .unwrap_err();
-    assert_eq!(err.stage, Stage::CommitProxy, "{err}");
-    assert!(
-        matches!(
-            err.kind,
-            ErrorKind::Wire(WireError::TransactionTooLarge { len, max })
-                if len == TRANSACTION_BYTES_MAX && max == TRANSACTION_BYTES_MAX - overhead
-        ),
-        "{err}"
-    );
-    assert!(c.proxy.failure().is_none());
+        // Exactly the wire limit: valid on its own, over the limit once stamped.
+        let err = commit(blind_of(TRANSACTION_BYTES_MAX)).await.unwrap_err();
+        assert_eq!(err.stage, Stage::CommitProxy, "{err}");
+        assert!(
+            matches!(
+                err.kind,
+                ErrorKind::Wire(WireError::TransactionTooLarge { len, max })
+                    if len == TRANSACTION_BYTES_MAX && max == TRANSACTION_BYTES_MAX - overhead
+            ),
+            "encoded: {encoded}: {err}"
+        );
+        assert!(c.proxy.failure().is_none());
 
-    // The largest transaction that fits commits, and its batch is exactly the wire limit.
-    let v = c
-        .proxy
-        .commit(blind_transaction_of(TRANSACTION_BYTES_MAX - overhead))
-        .await
-        .unwrap();
-    let logged = c.logs[0].pull(START, 10).await.unwrap();
-    assert_eq!(logged.last().unwrap().version, v);
-    assert_eq!(logged.last().unwrap().payload.len(), TRANSACTION_BYTES_MAX);
+        // The largest transaction that fits commits, and its batch is exactly the wire limit.
+        let v = commit(blind_of(TRANSACTION_BYTES_MAX - overhead))
+            .await
+            .unwrap();
+        let logged = c.logs[0].pull(START, 10).await.unwrap();
+        assert_eq!(logged.last().unwrap().version, v);
+        assert_eq!(logged.last().unwrap().payload.len(), TRANSACTION_BYTES_MAX);
 
-    // Nothing was left behind: the chain goes on.
-    c.proxy.commit(write("after")).await.unwrap();
-    c.proxy.health().unwrap();
+        // Nothing was left behind: the chain goes on.
+        c.proxy.commit(write("after")).await.unwrap();
+        c.proxy.health().unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,12 @@ fn cluster(resolver_begins: &[&'static str]) -> Cluster {
 }
 
 fn rw(read_version: Version, read: &str, write: &str, value: &str) -> Bytes {
+    rw_transaction(read_version, read, write, value)
+        .encode()
+        .unwrap()
+}
+
+fn rw_transaction(read_version: Version, read: &str, write: &str, value: &str) -> Transaction {
     Transaction {
         read_version: Some(read_version),
         read_conflicts: vec![KeyRange::single(Bytes::from(read.to_owned()))],
@@ -60,8 +66,6 @@ fn rw(read_version: Version, read: &str, write: &str, value: &str) -> Bytes {
             value: Bytes::from(value.to_owned()),
         }],
     }
-    .encode()
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,6 +167,67 @@ async fn a_fenced_epoch_fails_the_batch_naming_the_log_and_refuses_later_commits
     assert_eq!(err.stage, Stage::CommitProxy);
     // Nothing was reported committed.
     assert_eq!(c.sequencer.read_version().await.unwrap(), rv);
+}
+
+/// What the transaction builder does: the proxy gets the transaction unencoded. It is logged,
+/// resolved and refused as its encoding would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_handed_over_unencoded_commits_as_its_encoding_would() {
+    let c = cluster(&["", "m"]);
+    let rv = c.sequencer.read_version().await.unwrap();
+    let v = c
+        .proxy
+        .commit_transaction(rw_transaction(rv, "a", "z", "1"))
+        .await
+        .unwrap();
+    for log in &c.logs {
+        let last = log.pull(Version(0), 10).await.unwrap().pop().unwrap();
+        assert_eq!(last.version, v);
+        let view = TransactionView::parse(last.payload).unwrap();
+        let set = Mutation::Set {
+            key: "z".into(),
+            value: "1".into(),
+        };
+        assert_eq!(view.mutations().unwrap(), vec![set]);
+    }
+    // Read z at the old version: z changed since, so this must not commit.
+    let err = c
+        .proxy
+        .commit_transaction(rw_transaction(rv, "z", "b", "2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::Conflict), "{err}");
+    // Its batch still takes its place in the chain, with nothing in it.
+    let logged: usize = c.logs[0]
+        .pull(Version(0), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            TransactionView::parse(e.payload)
+                .unwrap()
+                .mutations()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(logged, 1);
+    // A key over the limit: the wire's error, as for its encoding.
+    let long = Bytes::from(vec![b'k'; strata_core::KEY_BYTES_MAX + 1]);
+    let too_long = Transaction {
+        mutations: vec![Mutation::Clear { key: long }],
+        ..Transaction::default()
+    };
+    let err = c
+        .proxy
+        .commit_transaction(too_long.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.stage, Stage::CommitProxy);
+    assert_eq!(
+        err.kind.to_string(),
+        ErrorKind::Wire(too_long.encode().unwrap_err()).to_string()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
-use crate::types::{Epoch, Key, KeyRange, TransactionConflicts, Value, Version};
+use crate::error::{Error, ErrorKind, Result, Stage};
+use crate::types::{Epoch, Key, KeyRange, Transaction, TransactionConflicts, Value, Version};
 
 /// A commit version and the version of the batch before it, as handed out by the sequencer.
 /// Batches form a chain: each names its predecessor, so logs and resolvers can apply them in
@@ -262,4 +262,16 @@ pub trait CommitProxy: Send + Sync {
     /// bytes; `Overloaded` when the proxy's queue is full; the error of the stage that failed
     /// the batch (its [`crate::Stage`] names it); `Fenced` once a newer epoch took over.
     async fn commit(&self, transaction: Bytes) -> Result<Version>;
+
+    /// Commits a transaction not yet encoded: the same contract and errors as
+    /// [`CommitProxy::commit`] of its encoding, which is what this default does (a
+    /// transaction that cannot be encoded fails with `Wire`). A proxy in the caller's process
+    /// may take the transaction as it is, with the same checks, and skip the encoding and the
+    /// parse: the transaction builder commits through this method.
+    async fn commit_transaction(&self, transaction: Transaction) -> Result<Version> {
+        let bytes = transaction
+            .encode()
+            .map_err(|e| Error::new(Stage::CommitProxy, ErrorKind::Wire(e)))?;
+        self.commit(bytes).await
+    }
 }

@@ -66,9 +66,14 @@ use bytes::Bytes;
 
 use crate::atomic::{AtomicOp, check_operand};
 use crate::types::{
-    KEY_BYTES_MAX, Key, KeyRange, Mutation, RANGE_END_BYTES_MAX, TRANSACTION_BYTES_MAX,
-    Transaction, TransactionConflicts, VALUE_BYTES_MAX, Version,
+    KEY_BYTES_MAX, Key, KeyRange, Mutation, RANGE_END_BYTES_MAX, Transaction, TransactionConflicts,
+    VALUE_BYTES_MAX, Version,
 };
+
+mod size;
+
+pub use size::encoded_len;
+use size::{check_key, check_total_len};
 
 /// The four bytes every encoded transaction starts with.
 pub const MAGIC: [u8; 4] = *b"STXN";
@@ -343,6 +348,18 @@ impl Transaction {
         )
     }
 
+    /// The length of [`Transaction::encode`]'s bytes, with the same checks and errors, without
+    /// encoding anything.
+    pub fn encoded_len(&self) -> WireResult<usize> {
+        encoded_len(
+            self.read_version,
+            &self.read_conflicts,
+            &self.write_conflicts,
+            &self.mutations,
+            None,
+        )
+    }
+
     /// Decodes a transaction, copying `bytes` once; see [`Transaction::decode_bytes`] to avoid
     /// the copy.
     pub fn decode(bytes: &[u8]) -> WireResult<Transaction> {
@@ -366,21 +383,15 @@ pub fn encode_parts(
     mutations: &[Mutation],
     commit_version: Option<Version>,
 ) -> WireResult<Bytes> {
-    if read_version.is_none() && !read_conflicts.is_empty() {
-        return Err(WireError::ReadsWithoutReadVersion);
-    }
     // Size everything first, checking limits as we go, so the buffer is allocated exactly once
     // and an oversized transaction costs no allocation at all.
-    let mut len = HEADER_BYTES + 3 * SECTION_HEADER_BYTES;
-    len += 4 + mutations_len(mutations)?;
-    len += 1 + if read_version.is_some() { 8 } else { 0 };
-    len += 4 + ranges_len(Section::Reads, read_conflicts)?;
-    len += 4 + ranges_len(Section::Writes, write_conflicts)?;
-    if commit_version.is_some() {
-        len += SECTION_HEADER_BYTES + 8;
-    }
-    check_total_len(len)?;
-
+    let len = encoded_len(
+        read_version,
+        read_conflicts,
+        write_conflicts,
+        mutations,
+        commit_version,
+    )?;
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&[0; HEADER_BYTES]);
     let mut count = 3;
@@ -436,78 +447,6 @@ pub fn encode_parts(
     debug_assert_eq!(out.len(), len);
     write_header(&mut out, count);
     Ok(Bytes::from(out))
-}
-
-fn check_total_len(len: usize) -> WireResult<()> {
-    if len > TRANSACTION_BYTES_MAX {
-        return Err(WireError::TransactionTooLarge {
-            len,
-            max: TRANSACTION_BYTES_MAX,
-        });
-    }
-    Ok(())
-}
-
-fn check_key(section: Section, index: usize, len: usize, max: usize) -> WireResult<()> {
-    if len > max {
-        return Err(WireError::KeyTooLarge {
-            section,
-            index,
-            len,
-            max,
-        });
-    }
-    Ok(())
-}
-
-fn check_range(section: Section, index: usize, begin: &[u8], end: &[u8]) -> WireResult<()> {
-    check_key(section, index, begin.len(), KEY_BYTES_MAX)?;
-    check_key(section, index, end.len(), RANGE_END_BYTES_MAX)
-}
-
-fn mutations_len(mutations: &[Mutation]) -> WireResult<usize> {
-    let mut len = 0;
-    for (index, m) in mutations.iter().enumerate() {
-        len += 1 + match m {
-            Mutation::Set { key, value } => {
-                check_key(Section::Mutations, index, key.len(), KEY_BYTES_MAX)?;
-                if value.len() > VALUE_BYTES_MAX {
-                    return Err(WireError::ValueTooLarge {
-                        index,
-                        len: value.len(),
-                        max: VALUE_BYTES_MAX,
-                    });
-                }
-                8 + key.len() + value.len()
-            }
-            Mutation::Clear { key } => {
-                check_key(Section::Mutations, index, key.len(), KEY_BYTES_MAX)?;
-                4 + key.len()
-            }
-            Mutation::ClearRange { range } => {
-                check_range(Section::Mutations, index, range.begin(), range.end())?;
-                8 + range.begin().len() + range.end().len()
-            }
-            Mutation::Atomic { key, operand, .. } => {
-                check_key(Section::Mutations, index, key.len(), KEY_BYTES_MAX)?;
-                check_operand(index, operand.len())?;
-                9 + key.len() + operand.len()
-            }
-        };
-        // Stop summing as soon as the limit is passed, so a huge list fails fast.
-        check_total_len(len)?;
-    }
-    Ok(len)
-}
-
-fn ranges_len(section: Section, ranges: &[KeyRange]) -> WireResult<usize> {
-    let mut len = 0;
-    for (index, r) in ranges.iter().enumerate() {
-        check_range(section, index, r.begin(), r.end())?;
-        len += 8 + r.begin().len() + r.end().len();
-        check_total_len(len)?;
-    }
-    Ok(len)
 }
 
 // Lengths passed here were checked against TRANSACTION_BYTES_MAX (< u32::MAX) by the sizing

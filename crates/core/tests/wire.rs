@@ -136,6 +136,7 @@ proptest! {
     #[test]
     fn any_transaction_round_trips(tx in transaction(), commit in any::<u64>()) {
         let bytes = tx.encode().unwrap();
+        prop_assert_eq!(tx.encoded_len().unwrap(), bytes.len());
         prop_assert_eq!(&Transaction::decode(&bytes).unwrap(), &tx);
         prop_assert_eq!(&Transaction::decode_bytes(bytes.clone()).unwrap(), &tx);
         let view = TransactionView::parse(bytes).unwrap();
@@ -243,6 +244,7 @@ fn key_limit_is_enforced_at_encode_and_decode() {
         max: KEY_BYTES_MAX,
     };
     assert_eq!(set(over.clone()).encode(), Err(expected.clone()));
+    assert_eq!(set(over.clone()).encoded_len(), Err(expected.clone()));
     let forged = raw::encode(&[
         (1, raw::one_set(&over, b"v")),
         (2, raw::no_reads()),
@@ -272,6 +274,7 @@ fn range_end_may_be_one_byte_longer_than_a_key() {
         max: RANGE_END_BYTES_MAX,
     };
     assert_eq!(tx.encode(), Err(expected.clone()));
+    assert_eq!(tx.encoded_len(), Err(expected.clone()));
     let forged = raw::encode(&[
         (1, raw::no_mutations()),
         (2, raw::no_reads()),
@@ -296,6 +299,10 @@ fn value_limit_is_enforced_at_encode_and_decode() {
         max: VALUE_BYTES_MAX,
     };
     assert_eq!(set(VALUE_BYTES_MAX + 1).encode(), Err(expected.clone()));
+    assert_eq!(
+        set(VALUE_BYTES_MAX + 1).encoded_len(),
+        Err(expected.clone())
+    );
     let forged = raw::encode(&[
         (1, raw::one_set(b"k", &vec![0u8; VALUE_BYTES_MAX + 1])),
         (2, raw::no_reads()),
@@ -324,6 +331,7 @@ fn transaction_limit_is_enforced_at_encode_and_decode() {
             ..
         })
     ));
+    assert_eq!(tx.encoded_len().err(), tx.encode().err());
     let oversized = vec![0u8; TRANSACTION_BYTES_MAX + 1];
     assert_eq!(
         Transaction::decode(&oversized),

@@ -63,8 +63,11 @@
 //! | `run`, in all        | [`TransactionOptions::timeout`], none by default (else `TransactionTimedOut`) |
 //! | `run`, attempts      | [`RetryConfig::attempts_max`], default 50; waits from 200 µs up to 50 ms |
 //!
-//! The sizes are checked when the transaction is encoded at commit: the commit fails with the
-//! [`strata_core::WireError`] that names the key, value, operand or size, and nothing is sent. Writes
+//! The sizes are checked at commit, as the transaction's encoding would check them: the commit
+//! fails with the [`strata_core::WireError`] that names the key, value, operand or size, and
+//! nothing is sent. The proxy gets the transaction through
+//! [`strata_core::CommitProxy::commit_transaction`]: a proxy in this process takes it as it
+//! is, one across a network gets its encoding. Writes
 //! are buffered in memory until then. What it is not: a cache. Every read that its own writes
 //! do not answer goes to storage.
 //!
@@ -171,7 +174,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
 use strata_core::merge::{Answer, Direction, merge};
 use strata_core::{
     CommitProxy, Error, ErrorKind, Key, KeyRange, Mutation, RangeRead, Result, Sequencer, Stage,
@@ -737,10 +739,13 @@ impl Transaction {
                 mutations: std::mem::take(&mut st.mutations),
             }
         };
-        let bytes: Bytes = tx.encode().map_err(|e| error(ErrorKind::Wire(e)))?;
+        // Checked here, so that a transaction that could never be sent fails as this stage's
+        // error; the proxy gets it unencoded (one in this process then skips the encoding and
+        // its parse; a remote one's client encodes it).
+        tx.encoded_len().map_err(|e| error(ErrorKind::Wire(e)))?;
         let db = &self.inner.db;
         let n = db.next_proxy.fetch_add(1, Ordering::Relaxed) % db.proxies.len();
-        db.proxies[n].commit(bytes).await
+        db.proxies[n].commit_transaction(tx).await
     }
 }
 

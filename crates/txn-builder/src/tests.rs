@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use strata_core::{
     Epoch, KEY_BYTES_MAX, TRANSACTION_BYTES_MAX, VALUE_BYTES_MAX, VersionPair, WireError,
 };

@@ -1,6 +1,7 @@
 //! Atomic operations in a transaction: the conflicts they add, and reading them back, against
 //! the fakes of `tests.rs` (storage holds `a` to `j`, each `stored-<key>`).
 
+use bytes::Bytes;
 use strata_core::AtomicOp;
 use strata_testkit::rng::SplitMix64;
 
