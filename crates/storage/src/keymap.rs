@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::ops::Bound;
 
 use strata_core::Key;
 
@@ -17,6 +18,18 @@ fn head(key: &[u8]) -> u128 {
     let n = key.len().min(head.len());
     head[..n].copy_from_slice(&key[..n]);
     u128::from_be_bytes(head)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Keys a range read stepped over on this thread, for tests of its cost.
+    static VISITED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a key a range read stepped over (in tests; nothing otherwise).
+fn visited() {
+    #[cfg(test)]
+    VISITED.with(|v| v.set(v.get() + 1));
 }
 
 /// Whether `a` is `b`, given that their heads are equal: then they are equal in their first
@@ -62,11 +75,19 @@ impl<V> Bucket<V> {
         }
     }
 
-    /// Its keys in order, without allocating.
-    fn iter(&self) -> impl Iterator<Item = (&Key, &V)> {
+    /// Its keys from `begin` on (all of them for `None`), in order, without allocating. A
+    /// bound inside a bucket of many keys is found by a search, not by stepping over the keys
+    /// before it (a bucket may hold every key of a long common prefix).
+    fn iter_from<'a>(&'a self, begin: Option<&'a [u8]>) -> impl Iterator<Item = (&'a Key, &'a V)> {
         let (one, many) = match self {
-            Bucket::One(k, v) => (Some((k, v)), None),
-            Bucket::Many(m) => (None, Some(m.iter())),
+            Bucket::One(k, v) => (
+                begin.is_none_or(|b| k.as_ref() >= b).then_some((k, v)),
+                None,
+            ),
+            Bucket::Many(m) => {
+                let from = begin.map_or(Bound::Unbounded, Bound::Included);
+                (None, Some(m.range::<[u8], _>((from, Bound::Unbounded))))
+            }
         };
         one.into_iter().chain(many.into_iter().flatten())
     }
@@ -74,6 +95,15 @@ impl<V> Bucket<V> {
     fn is_empty(&self) -> bool {
         matches!(self, Bucket::Many(m) if m.is_empty())
     }
+}
+
+/// Free places at which, once they are half of all places, the buckets are packed again, so
+/// that the vector follows the map down instead of keeping its peak size.
+const PACK_FREE_MIN: usize = 1024;
+
+/// A place in the vector of buckets, as the heads' map holds it.
+fn place_of(index: usize) -> u32 {
+    u32::try_from(index).unwrap_or_else(|_| panic!("a window of over 2^32 keys"))
 }
 
 /// A map from keys to values, in key order, for maps too large for the cache.
@@ -113,8 +143,7 @@ impl<V: Default> KeyMap<V> {
                     Some(place) => place,
                     None => {
                         self.buckets.push(Bucket::Many(BTreeMap::new()));
-                        u32::try_from(self.buckets.len() - 1)
-                            .unwrap_or_else(|_| panic!("a window of over 2^32 keys"))
+                        place_of(self.buckets.len() - 1)
                     }
                 };
                 *e.insert(place)
@@ -153,6 +182,7 @@ impl<V> KeyMap<V> {
         if bucket.is_empty() {
             e.remove();
             self.free.push(place);
+            self.pack_if_sparse();
         }
     }
 
@@ -162,12 +192,16 @@ impl<V> KeyMap<V> {
         begin: &'a [u8],
         end: &'a [u8],
     ) -> impl Iterator<Item = (&'a Key, &'a V)> {
-        // Only the first and the last head can hold keys outside the range (see `head`);
-        // the keys come in order, so skipping and stopping settle both.
+        // Only the first and the last head can hold keys outside the range (see `head`): the
+        // first is entered at `begin`, and the keys come in order, so stopping settles the last.
+        let first = head(begin);
         self.heads
-            .range(head(begin)..=head(end).max(head(begin)))
-            .flat_map(|(_, &place)| self.buckets[place as usize].iter())
-            .skip_while(move |(k, _)| k.as_ref() < begin)
+            .range(first..=head(end).max(first))
+            .flat_map(move |(&h, &place)| {
+                let from = (h == first).then_some(begin);
+                self.buckets[place as usize].iter_from(from)
+            })
+            .inspect(|_| visited())
             .take_while(move |(k, _)| k.as_ref() < end)
     }
 
@@ -190,6 +224,24 @@ impl<V> KeyMap<V> {
             }
             kept
         });
+        self.pack_if_sparse();
+    }
+
+    /// Moves the buckets in use to a new vector of their own size, in key order, once half
+    /// the places are free (and at least [`PACK_FREE_MIN`]): each pack moves at most as many
+    /// buckets as were freed since the last, so it costs a constant per removal.
+    fn pack_if_sparse(&mut self) {
+        if self.free.len() < PACK_FREE_MIN || self.free.len() * 2 < self.buckets.len() {
+            return;
+        }
+        let mut packed = Vec::with_capacity(self.buckets.len() - self.free.len());
+        for place in self.heads.values_mut() {
+            let empty = Bucket::Many(BTreeMap::new());
+            packed.push(std::mem::replace(&mut self.buckets[*place as usize], empty));
+            *place = place_of(packed.len() - 1);
+        }
+        self.buckets = packed;
+        self.free = Vec::new();
     }
 
     /// Every key with its value, ascending.
@@ -197,7 +249,7 @@ impl<V> KeyMap<V> {
     fn iter(&self) -> impl Iterator<Item = (&Key, &V)> {
         self.heads
             .values()
-            .flat_map(|&place| self.buckets[place as usize].iter())
+            .flat_map(|&place| self.buckets[place as usize].iter_from(None))
     }
 }
 
@@ -287,6 +339,74 @@ mod tests {
             };
             proptest::prop_assert_eq!(got, want);
         }
+    }
+
+    /// A one-key range read deep inside a head that thousands of keys share (a long common
+    /// prefix) finds its key by a search: it steps over no key before it.
+    #[test]
+    fn a_range_inside_a_shared_head_steps_over_no_key_before_it() {
+        let mut map = KeyMap::<u32>::default();
+        let key = |i: u32| Key::from(format!("tenant/users/0000/{i:07}"));
+        for i in 0..10_000 {
+            *map.get_or_default(key(i)) = i;
+        }
+        assert_eq!(map.heads.len(), 1);
+        VISITED.with(|v| v.set(0));
+        let (begin, end) = (key(9_990), key(9_991));
+        let found: Vec<u32> = map.range(&begin, &end).map(|(_, v)| *v).collect();
+        assert_eq!(found, vec![9_990]);
+        let visited = VISITED.with(std::cell::Cell::get);
+        assert!(visited <= 2, "stepped over {visited} keys");
+    }
+
+    /// Removing most keys packs the vector of buckets down to the keys left, and the map
+    /// goes on answering as a plain map, through packs, reuses of free places and growth.
+    #[test]
+    fn freed_places_are_packed_and_the_map_still_answers() {
+        let mut map = KeyMap::<u64>::default();
+        let key = |i: u64| Key::from(format!("k{i:06}"));
+        for i in 0..4_000 {
+            *map.get_or_default(key(i)) = i;
+        }
+        for i in 0..3_000 {
+            map.edit(&key(i), |_| false);
+        }
+        // Packed when 2,000 of the 4,000 places were free; the 1,000 freed since are fewer
+        // than PACK_FREE_MIN.
+        assert_eq!(
+            map.buckets.len(),
+            2_000,
+            "packed once half the places were free"
+        );
+        assert_eq!(map.free.len(), 1_000);
+        assert_eq!(map.get(&key(3_500)), Some(&3_500));
+        assert_eq!(map.get(&key(10)), None);
+
+        // Then at random against a model, long enough to pack many times.
+        let mut rng = strata_testkit::rng::SplitMix64(0x6b6d);
+        let mut model: BTreeMap<Vec<u8>, u64> =
+            (3_000..4_000).map(|i| (key(i).to_vec(), i)).collect();
+        for step in 0..60_000u64 {
+            let k = key(rng.below(5_000));
+            match rng.below(10) {
+                0..=3 => {
+                    *map.get_or_default(k.clone()) = step;
+                    model.insert(k.to_vec(), step);
+                }
+                4..=8 => {
+                    map.edit(&k, |_| false);
+                    model.remove(k.as_ref());
+                }
+                _ => {
+                    map.retain(|_, v| *v % 7 != step % 7);
+                    model.retain(|_, v| *v % 7 != step % 7);
+                }
+            }
+        }
+        let all: Vec<(Vec<u8>, u64)> = map.iter().map(|(k, v)| (k.to_vec(), *v)).collect();
+        assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+        assert!(map.buckets.len() - map.free.len() == map.heads.len());
+        assert!(map.buckets.len() < 2 * map.heads.len() + PACK_FREE_MIN);
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub(crate) type Stamp = (Version, u32);
 /// would allocate room for four on its first push (192 bytes), for every key.
 type History = SmallVec<[(Stamp, Option<Value>); 1]>;
 
+/// Spare places of the touched keys' queue that are never given back.
+const TOUCHED_SLACK: usize = 4096;
+
 /// The mutations of versions above the durable version.
 #[derive(Debug, Default)]
 pub(crate) struct Window {
@@ -184,6 +187,11 @@ impl Window {
                 !vs.is_empty()
             });
         }
+        // Give back what a spike left (a window that could not flush for a while), with room
+        // to spare so that steady use does not shrink and grow it in turn.
+        if self.touched.capacity() > TOUCHED_SLACK.max(4 * self.touched.len()) {
+            self.touched.shrink_to(2 * self.touched.len());
+        }
         let gone = self.clears.partition_point(|(_, s)| s.0 <= version);
         self.clears.drain(..gone);
         self.len -= gone;
@@ -327,6 +335,28 @@ mod tests {
         assert_eq!(w.get(b"a", Version(6)), Answer::Unknown);
         assert_eq!(w.get(b"b", Version(6)), Answer::Value("5".into()));
         assert_eq!(w.len(), 2);
+    }
+
+    /// A window that grew and then drained gives its queue of touched keys back, as it gives
+    /// back its keys (`KeyMap` packs its places).
+    #[test]
+    fn a_drained_window_gives_its_memory_back() {
+        let mut w = Window::default();
+        for v in 1..=20_000u32 {
+            let m = Mutation::Set {
+                key: format!("k{v}").into(),
+                value: "v".into(),
+            };
+            put(&mut w, (Version(u64::from(v)), 0), m, &all());
+        }
+        w.forget_through(Version(20_000));
+        assert_eq!(w.len(), 0);
+        assert!(
+            w.touched.capacity() <= TOUCHED_SLACK,
+            "{}",
+            w.touched.capacity()
+        );
+        assert_eq!(w.get(b"k7", Version(20_000)), Answer::Unknown);
     }
 
     fn all() -> Vec<KeyRange> {
