@@ -15,8 +15,8 @@ use crate::keymap::KeyMap;
 pub(crate) type Stamp = (Version, u32);
 
 /// The writes of one key in the window, oldest first; `None` is a clear. Most keys are
-/// written once within a window, so the first write is held inline, in the map's node: a `Vec`
-/// would allocate room for four on its first push (192 bytes), for every key.
+/// written once within a window, so the first write is held inline, in the key's bucket: a
+/// `Vec` would allocate room for four on its first push (192 bytes), for every key.
 type History = SmallVec<[(Stamp, Option<Value>); 1]>;
 
 /// Spare places of the touched keys' queue that are never given back.
