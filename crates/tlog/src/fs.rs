@@ -18,6 +18,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// every disk's logical block.
 pub const PAGE_BYTES: usize = 4096;
 
+/// `len` bytes of `fill` inside `buf`, starting on a page boundary, as
+/// [`FsFile::write_pages_at`] needs them (`Vec` promises no alignment, so `buf` is given a page
+/// to spare; its earlier contents are dropped, its allocation reused).
+pub(crate) fn aligned(buf: &mut Vec<u8>, len: usize, fill: u8) -> &mut [u8] {
+    buf.clear();
+    // Within the capacity reserved here, so the resize below cannot move the buffer.
+    buf.reserve(len + PAGE_BYTES);
+    let lead = buf.as_ptr().align_offset(PAGE_BYTES);
+    buf.resize(lead + len, fill);
+    &mut buf[lead..]
+}
+
 /// A directory-level file system.
 pub trait Fs: Send + Sync + Debug {
     /// Creates `dir` and its parents.
@@ -979,15 +991,6 @@ mod tests {
         f.sync_data().unwrap();
         fs.sync_dir(Path::new(DIR)).unwrap();
         assert!(started.elapsed() >= std::time::Duration::from_millis(40));
-    }
-
-    /// A page-aligned run of `len` bytes of `fill` inside `buf` (over-allocated by a page).
-    fn aligned(buf: &mut Vec<u8>, len: usize, fill: u8) -> &mut [u8] {
-        buf.clear();
-        buf.reserve(len + PAGE_BYTES);
-        let lead = buf.as_ptr().align_offset(PAGE_BYTES);
-        buf.resize(lead + len, fill);
-        &mut buf[lead..]
     }
 
     #[test]

@@ -16,7 +16,7 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::fs::{Fs, FsFile, PAGE_BYTES};
+use crate::fs::{Fs, FsFile, PAGE_BYTES, aligned};
 use crate::segment::Segment;
 
 /// The active segment, opened for whole-page writes, with the partial page its data ends in.
@@ -63,13 +63,7 @@ impl PageWriter {
             "the tail ends at the data's end"
         );
         let filled = self.tail.len() + data.len();
-        let len = filled.next_multiple_of(PAGE_BYTES);
-        self.out.clear();
-        self.out.reserve(len + PAGE_BYTES);
-        // Within the capacity just reserved, so the resize below cannot move the buffer.
-        let lead = self.out.as_ptr().align_offset(PAGE_BYTES);
-        self.out.resize(lead + len, 0);
-        let pages = &mut self.out[lead..];
+        let pages = aligned(&mut self.out, filled.next_multiple_of(PAGE_BYTES), 0);
         pages[..self.tail.len()].copy_from_slice(&self.tail);
         pages[self.tail.len()..filled].copy_from_slice(data);
         self.file.write_pages_at(pages, start)?;

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use strata_core::Blocking;
 
 use crate::file_log::Shared;
-use crate::fs::{Fs, FsFile, PAGE_BYTES, remove_if_present};
+use crate::fs::{Fs, FsFile, PAGE_BYTES, aligned, remove_if_present};
 
 /// A zero-filled segment being prepared, or ready, for the writer to roll into.
 pub(crate) const SPARE_FILE: &str = "spare.zeroed";
@@ -211,11 +211,8 @@ fn fill_with_zeros(
     } else {
         None
     };
-    // A page to spare, so that a page-aligned piece can always be found (`Vec` promises no
-    // alignment).
-    let buffer = vec![0u8; SPARE_PIECE_BYTES + PAGE_BYTES];
-    let lead = buffer.as_ptr().align_offset(PAGE_BYTES);
-    let zeros = &buffer[lead..lead + SPARE_PIECE_BYTES];
+    let mut buffer = Vec::new();
+    let zeros: &[u8] = aligned(&mut buffer, SPARE_PIECE_BYTES, 0);
     let mut at = 0u64;
     while at < bytes {
         if stop.load(Ordering::Relaxed) {
