@@ -241,6 +241,17 @@ fn sigint_ends_a_bench_early_with_its_report_and_exit_130() {
     // Two seconds of commits cost CPU: a report that did not measure it would say 0.
     let cpu = report["cpu_us_per_commit"].as_f64().unwrap();
     assert!(cpu > 0.0 && cpu.is_finite(), "{report}");
+    // The quantiles, in order: the tail between p99 and the single worst commit included.
+    let latency = &report["latency_us"];
+    let quantiles: Vec<u64> = ["p50", "p99", "p999", "max"]
+        .iter()
+        .map(|q| {
+            latency[q]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {q}: {report}"))
+        })
+        .collect();
+    assert!(quantiles.is_sorted() && quantiles[0] > 0, "{report}");
     assert!(
         report["fsync_floor_prealloc_us"].as_u64().is_some(),
         "{report}"
