@@ -50,7 +50,8 @@ pub struct EmbeddedConfig {
     /// How long the persistence phase may take before the director gives up on the epoch.
     pub persistence_deadline: Duration,
     /// How long recovery waits for the storage servers to re-apply the history they hold only
-    /// in memory (up to the MVCC window) before the persistence phase.
+    /// in memory (up to the MVCC window and one storage flush interval) before the persistence
+    /// phase.
     pub storage_catch_up: Duration,
     /// How many epochs the coordinator tries before it reports failure.
     pub recovery_attempts_max: u32,

@@ -63,7 +63,7 @@
 //!
 //! | what                          | limit                                                  |
 //! |-------------------------------|--------------------------------------------------------|
-//! | versions in memory            | [`StorageConfig::window_versions`], default [`strata_core::MVCC_WINDOW_VERSIONS`] (5,000,000), *plus* everything applied but not yet known committed |
+//! | versions in memory            | [`StorageConfig::window_versions`], default [`strata_core::MVCC_WINDOW_VERSIONS`] (5,000,000), *plus* up to one [`StorageConfig::flush_interval`] of versions (default 500 ms) and everything applied but not yet known committed |
 //! | a read's wait for its version | [`StorageConfig::read_wait`], default 1 s              |
 //! | a range read                  | within one shard of the server; at most `limit` pairs  |
 //! | keys and values               | as the wire format ([`strata_core::KEY_BYTES_MAX`], [`strata_core::VALUE_BYTES_MAX`]) |

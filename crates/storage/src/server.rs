@@ -31,7 +31,11 @@ pub struct StorageConfig {
     pub read_wait: Duration,
     /// Log entries taken per pull.
     pub pull_limit: usize,
-    /// How often the window is checked for versions to make durable.
+    /// How often the window is checked for versions to make durable. Each flush is one redb
+    /// write transaction, which copies every B-tree page it touches and syncs them: keys
+    /// written at random touch a page each, so flushes far apart share pages and write less
+    /// per key, but each holds the disk longer (the log's syncs wait behind it). The default,
+    /// 500 ms, is measured in docs/performance.md ("The storage flush beyond the window").
     pub flush_interval: Duration,
     /// Whether to pop the followed log below the durable version after each flush. That is
     /// right only when this server is the log's one reader and the log is the generation's one
@@ -69,7 +73,7 @@ impl Default for StorageConfig {
             window_versions: MVCC_WINDOW_VERSIONS,
             read_wait: Duration::from_secs(1),
             pull_limit: 1_000,
-            flush_interval: Duration::from_millis(100),
+            flush_interval: Duration::from_millis(500),
             pop_log: true,
             check_integrity: true,
             read_only: false,
