@@ -40,7 +40,7 @@ pub(crate) struct BenchArgs {
     /// measured (the directory is the other process's), and the CPU per commit is this
     /// client's alone.
     #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
-    cluster_file: Option<PathBuf>,
+    pub(crate) cluster_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: super::TlsArgs,
     /// Print one JSON object instead of text (and no progress bar).

@@ -394,6 +394,25 @@ struct RecoverArgs {
     json: bool,
 }
 
+impl Command {
+    /// Whether the command is a client of a cluster that runs in other processes (it was
+    /// given `--cluster-file`).
+    fn is_remote_client(&self) -> bool {
+        match self {
+            Command::Bench(args) => args.cluster_file.is_some(),
+            Command::Workload(Workload::Cycle(args)) => args.cluster_file.is_some(),
+            Command::Workload(Workload::Check(args)) => args.cluster_file.is_some(),
+            Command::Dump(args) => args.cluster_file.is_some(),
+            Command::Recover(_)
+            | Command::Check(_)
+            | Command::Serve(_)
+            | Command::Data(_)
+            | Command::Shell(_)
+            | Command::Sim(_) => false,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match (cli.verbose, &cli.command) {
@@ -409,10 +428,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cli.command.is_remote_client() {
+        // A client of a cluster in other processes does little between calls, and each call
+        // hands off between its tasks several times: on one thread those hand-offs never wake
+        // another (docs/performance.md, "A cluster used from another process").
+        builder.worker_threads(1);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
