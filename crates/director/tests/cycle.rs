@@ -72,3 +72,41 @@ async fn runs_claim_numbers_apart_and_a_bad_or_spent_count_is_refused_unchanged(
     }
     cluster.stop().await;
 }
+
+/// A long run's acknowledgements are checked however many there are: the check reads them
+/// in pages, each in a transaction of its own, so none outlives its lifetime (a check of
+/// 10,000 acknowledgements through the network took longer than the 5 s lifetime). Here a
+/// lifetime of 50 ms stands for it, against 200,000 acknowledgements (which take several
+/// times that, read one by one in one transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_beyond_one_transactions_lifetime_are_checked() {
+    use std::time::Duration;
+    use strata_director::workload::cycle::ack;
+
+    let (cluster, _dir) = common::cluster().await;
+    let db = cluster.database();
+    let mut acked = Vec::new();
+    for client in 0..200 {
+        let tx = db.begin().await.unwrap();
+        for n in 0..1_000 {
+            tx.set(ack(client, n), bytes::Bytes::from_static(b"1"));
+            acked.push((client, n));
+        }
+        tx.commit().await.unwrap();
+    }
+    let quick = db
+        .with_options(db.options().with_lifetime(Duration::from_millis(50)))
+        .unwrap();
+    check_acks(&quick, &acked).await.unwrap();
+    // Missing ones are still found: before, among and after the stored ones.
+    for lost in [(0, 1_000), (50, 1_000), (200, 0)] {
+        acked.push(lost);
+        let err = check_acks(&quick, &acked).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("{}/{} lost", lost.0, lost.1)),
+            "{err}"
+        );
+        acked.pop();
+    }
+}

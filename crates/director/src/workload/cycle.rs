@@ -219,20 +219,19 @@ pub async fn check_ring_in(reads: &impl Reads) -> Result<u64> {
     Ok(nodes)
 }
 
-/// Checks that every acknowledged transaction `(client, n)` in `acked` is stored; the first
-/// missing one is `Corruption` naming it.
+/// Checks that every acknowledged transaction `(client, n)` in `acked` is stored; a missing
+/// one (the first by key) is `Corruption` naming it. Any number is checked, a page of them
+/// per transaction.
 pub async fn check_acks(db: &Database, acked: &[(u64, u64)]) -> Result<()> {
-    let tx = db.begin().await?;
-    for &(client, n) in acked {
-        if tx.snapshot_get(&ack(client, n)).await?.is_none() {
-            return Err(Error::new(
-                Stage::Director,
-                ErrorKind::Corruption(format!(
-                    "acknowledged transaction {client}/{n} lost ({} acknowledged)",
-                    acked.len()
-                )),
-            ));
-        }
+    let wanted = acked.iter().map(|&(c, n)| (ack(c, n), (c, n))).collect();
+    match super::first_missing(db, wanted).await? {
+        None => Ok(()),
+        Some((client, n)) => Err(Error::new(
+            Stage::Director,
+            ErrorKind::Corruption(format!(
+                "acknowledged transaction {client}/{n} lost ({} acknowledged)",
+                acked.len()
+            )),
+        )),
     }
-    Ok(())
 }

@@ -279,6 +279,44 @@ pub async fn scan(tx: &Transaction, range: &KeyRange) -> Result<Vec<(Key, Value)
     }
 }
 
+/// Keys one transaction of [`first_missing`] reads, at most.
+const CHECK_PAGE: usize = 1_000;
+
+/// Of the `wanted` keys, each with what names it, the first in key order that is not stored
+/// (its name), or `None`. They are read by ranges, a page of at most [`CHECK_PAGE`] stored keys
+/// per transaction, so a check of any number of keys (a long run's acknowledgements, read
+/// through the network) never outlives a transaction's lifetime. Each page reads at its own
+/// read version: for keys that, once written, stay.
+async fn first_missing<T: Copy>(db: &Database, mut wanted: Vec<(Key, T)>) -> Result<Option<T>> {
+    wanted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let Some((last, _)) = wanted.last() else {
+        return Ok(None);
+    };
+    let end = KeyRange::single(last.clone()).end().clone();
+    let mut wanted = wanted.iter().peekable();
+    while let Some(&(first, name)) = wanted.peek() {
+        let range = KeyRange::new(first.clone(), end.clone())?;
+        let page = db
+            .begin()
+            .await?
+            .snapshot_get_range(&range, CHECK_PAGE, false)
+            .await?;
+        // The page starts at the first key still wanted: it decides that one and every
+        // other up to the last key it read.
+        let Some((read_to, _)) = page.last() else {
+            return Ok(Some(*name));
+        };
+        let mut stored = page.iter().map(|(key, _)| key).peekable();
+        while let Some((key, name)) = wanted.next_if(|(key, _)| key <= read_to) {
+            while stored.next_if(|s| *s < key).is_some() {}
+            if stored.peek() != Some(&key) {
+                return Ok(Some(*name));
+            }
+        }
+    }
+    Ok(None)
+}
+
 fn error(kind: ErrorKind) -> Error {
     Error::new(Stage::Director, kind)
 }
