@@ -1,0 +1,220 @@
+//! A soak of the processes of one cluster: a director and four workers (two resolvers, the
+//! sequencer, a commit proxy) on loopback, the coordinated state in a real etcd, Cycle running
+//! from a client process throughout, and SIGKILLs at moments chosen at random: any of the five
+//! processes, sometimes two in a row, each started again at its address. A client that ends
+//! (its calls failed with the director) is started again. Every so often the client stops,
+//! and the ring and every commit acknowledged so far are checked through the network.
+//!
+//! `cargo test` runs it for 20 s, several MVCC windows' worth of history at this rate.
+//! Longer runs: `STRATA_SOAK_SECS=1500 cargo test -p strata-director --features cli --test
+//! soak -- --nocapture`; `STRATA_SOAK_SEED=N` repeats the choices of a run (which process,
+//! and the pauses; what the processes are doing when a kill lands still varies). Each run
+//! prints its seed and every kill.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+#[path = "common/served.rs"]
+mod served;
+#[path = "common/workers.rs"]
+mod workers;
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use served::{Process, cycle_client, serve_with};
+use strata_director::cluster_file::ClusterFile;
+use strata_director::workload::cycle::{check_acks, check_ring};
+use strata_testkit::etcd::EtcdServer;
+use strata_testkit::rng::SplitMix64;
+use workers::{await_registry, etcd_cluster_file, kill, worker_of};
+
+/// How long a run lasts without `STRATA_SOAK_SECS`.
+const SOAK_DEFAULT: Duration = Duration::from_secs(20);
+
+/// How often the ring and the acknowledgements are checked (and once more at the end).
+const CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a check waits for the cluster to serve again after the last kill.
+const CHECK_PATIENCE: Duration = Duration::from_secs(90);
+
+/// The worker roles, each at an address of its own.
+const WORKERS: [&str; 4] = ["resolver", "resolver", "sequencer", "proxy"];
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|e| panic!("{name}={v:?} is not a number: {e}"))
+    })
+}
+
+/// A waiting time between `low` and `high` milliseconds.
+fn pause(rng: &mut SplitMix64, low: u64, high: u64) -> Duration {
+    Duration::from_millis(low + rng.below(high - low))
+}
+
+/// The Cycle client of the moment and what it acknowledged.
+struct Client {
+    process: Process,
+    acks: mpsc::Receiver<(u64, u64)>,
+}
+
+impl Client {
+    fn start(cluster_file: &Path) -> Client {
+        let (process, acks) = cycle_client(cluster_file);
+        Client { process, acks }
+    }
+
+    /// Takes the acknowledgements printed so far into `acked`.
+    fn drain(&self, acked: &mut Vec<(u64, u64)>) {
+        acked.extend(self.acks.try_iter());
+    }
+
+    /// Stops the client (SIGKILL: an acknowledgement it printed stays one) and takes every
+    /// acknowledgement it printed.
+    fn stop(mut self, acked: &mut Vec<(u64, u64)>) {
+        kill(&mut self.process);
+        // The reading thread ends with the pipe; then every line is in the channel.
+        acked.extend(self.acks.iter());
+    }
+
+    /// Waits `span`, starting a new client whenever the one before ended.
+    fn run_for(&mut self, span: Duration, cluster_file: &Path, acked: &mut Vec<(u64, u64)>) {
+        let started = Instant::now();
+        while started.elapsed() < span {
+            std::thread::sleep(Duration::from_millis(50));
+            if self.process.try_wait().unwrap().is_some() {
+                let ended = std::mem::replace(self, Client::start(cluster_file));
+                ended.stop(acked);
+            }
+        }
+    }
+}
+
+/// Checks, through the network, that the ring is one ring and that every commit in `acked` is
+/// stored; retries while the cluster recovers from the last kill, for [`CHECK_PATIENCE`].
+fn check(cluster_file: &Path, acked: &[(u64, u64)]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let last = loop {
+        let checked: strata_core::Result<u64> = runtime.block_on(async {
+            let db = ClusterFile::read(cluster_file)?.connect(None).await?;
+            let keys = check_ring(&db).await?;
+            check_acks(&db, acked).await?;
+            Ok(keys)
+        });
+        match checked {
+            Ok(keys) => {
+                assert_eq!(keys, 30);
+                println!("checked: the ring and {} acknowledgements", acked.len());
+                return;
+            }
+            // Lost data is never a matter of waiting.
+            Err(e) if matches!(e.kind, strata_core::ErrorKind::Corruption(_)) => {
+                panic!("after {} acknowledgements: {e}", acked.len())
+            }
+            Err(e) if started.elapsed() > CHECK_PATIENCE => break e,
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    panic!("the cluster did not serve again within {CHECK_PATIENCE:?}: {last}");
+}
+
+#[test]
+fn random_kills_of_the_director_and_every_worker_lose_no_acknowledged_commit() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let span = env_u64("STRATA_SOAK_SECS").map_or(SOAK_DEFAULT, Duration::from_secs);
+    let seed = env_u64("STRATA_SOAK_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    println!("soak: {span:?}, STRATA_SOAK_SEED={seed}");
+    let mut rng = SplitMix64(seed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_file = etcd_cluster_file(dir.path(), "soak:5eed", &etcd);
+    let file = cluster_file.to_str().unwrap();
+    let mut workers: Vec<(Process, String)> = WORKERS
+        .iter()
+        .map(|role| worker_of(role, &cluster_file, "127.0.0.1:0", &[]))
+        .collect();
+    let addresses: Vec<String> = workers.iter().map(|(_, at)| at.clone()).collect();
+    let registered: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    await_registry(&etcd.endpoint(), &cluster_file, &registered);
+    let data = dir.path().join("data");
+    let layout = [
+        "--cluster-file",
+        file,
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--resolvers",
+        "2",
+        "--proxies",
+        "2",
+        "--logs",
+        "2",
+        "--storage",
+        "2",
+    ];
+    let (mut director, address, _) = serve_with(&data, "127.0.0.1:0", &layout);
+
+    let mut acked = Vec::new();
+    let mut client = Client::start(&cluster_file);
+    let started = Instant::now();
+    let mut checked = Instant::now();
+    let mut kills = 0;
+    while started.elapsed() < span {
+        client.run_for(pause(&mut rng, 1_000, 4_000), &cluster_file, &mut acked);
+        // Two in a row, one time in four: the second lands while the first one's recovery
+        // may still be going on.
+        let victims = if rng.below(4) == 0 { 2 } else { 1 };
+        for _ in 0..victims {
+            let victim = rng.below(1 + WORKERS.len() as u64) as usize;
+            client.drain(&mut acked);
+            println!(
+                "{:>5.1} s: kill {} ({} acknowledged)",
+                started.elapsed().as_secs_f64(),
+                if victim == 0 {
+                    "director"
+                } else {
+                    WORKERS[victim - 1]
+                },
+                acked.len()
+            );
+            kills += 1;
+            if victim == 0 {
+                kill(&mut director);
+                std::thread::sleep(pause(&mut rng, 0, 1_500));
+                (director, _, _) = serve_with(&data, &address, &layout);
+            } else {
+                let (worker, at) = &mut workers[victim - 1];
+                kill(worker);
+                std::thread::sleep(pause(&mut rng, 0, 1_500));
+                (*worker, _) = worker_of(WORKERS[victim - 1], &cluster_file, at, &[]);
+            }
+        }
+        if checked.elapsed() >= CHECK_EVERY {
+            client.stop(&mut acked);
+            check(&cluster_file, &acked);
+            client = Client::start(&cluster_file);
+            checked = Instant::now();
+        }
+    }
+    client.stop(&mut acked);
+    println!("soak: {kills} kills, {} acknowledged", acked.len());
+    // Commits went through between the kills (the span, not the count, is what outlasts
+    // the MVCC window: 20 s is four of its 5 s).
+    assert!(acked.len() >= 300, "only {} acknowledgements", acked.len());
+    check(&cluster_file, &acked);
+    kill(&mut director);
+    for (worker, _) in &mut workers {
+        kill(worker);
+    }
+}
