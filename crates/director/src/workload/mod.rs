@@ -282,11 +282,39 @@ pub async fn scan(tx: &Transaction, range: &KeyRange) -> Result<Vec<(Key, Value)
 /// Keys one transaction of [`first_missing`] reads, at most.
 const CHECK_PAGE: usize = 1_000;
 
+/// How many times [`first_missing`] reads a page whose transaction expired (a stall longer
+/// than its lifetime) before it gives up.
+const PAGE_ATTEMPTS: u32 = 3;
+
+/// The first [`CHECK_PAGE`] stored keys of `range`, read by a transaction of their own.
+async fn read_page(db: &Database, range: &KeyRange) -> Result<Vec<(Key, Value)>> {
+    let mut attempt = 1;
+    loop {
+        let read = async {
+            db.begin()
+                .await?
+                .snapshot_get_range(range, CHECK_PAGE, false)
+                .await
+        }
+        .await;
+        match read {
+            Err(e)
+                if matches!(e.kind, ErrorKind::TransactionExpired { .. })
+                    && attempt < PAGE_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            read => return read,
+        }
+    }
+}
+
 /// Of the `wanted` keys, each with what names it, the first in key order that is not stored
 /// (its name), or `None`. They are read by ranges, a page of at most [`CHECK_PAGE`] stored keys
 /// per transaction, so a check of any number of keys (a long run's acknowledgements, read
-/// through the network) never outlives a transaction's lifetime. Each page reads at its own
-/// read version: for keys that, once written, stay.
+/// through the network) never outlives a transaction's lifetime; a page whose transaction
+/// expired all the same is read again, up to [`PAGE_ATTEMPTS`] times. Each page reads at its
+/// own read version: for keys that, once written, stay.
 async fn first_missing<T: Copy>(db: &Database, mut wanted: Vec<(Key, T)>) -> Result<Option<T>> {
     wanted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let Some((last, _)) = wanted.last() else {
@@ -296,11 +324,7 @@ async fn first_missing<T: Copy>(db: &Database, mut wanted: Vec<(Key, T)>) -> Res
     let mut wanted = wanted.iter().peekable();
     while let Some(&(first, name)) = wanted.peek() {
         let range = KeyRange::new(first.clone(), end.clone())?;
-        let page = db
-            .begin()
-            .await?
-            .snapshot_get_range(&range, CHECK_PAGE, false)
-            .await?;
+        let page = read_page(db, &range).await?;
         // The page starts at the first key still wanted: it decides that one and every
         // other up to the last key it read.
         let Some((read_to, _)) = page.last() else {
