@@ -431,8 +431,9 @@ fn main() -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if cli.command.is_remote_client() {
         // A client of a cluster in other processes does little between calls, and each call
-        // hands off between its tasks several times: on one thread those hand-offs never wake
-        // another (docs/performance.md, "A cluster used from another process").
+        // hands off between tasks several times: on one worker thread the spawned clients'
+        // hand-offs wake no other (docs/performance.md, "A cluster used from another
+        // process"). It also caps the client at one core, far above what it needs.
         builder.worker_threads(1);
     }
     let runtime = match builder.enable_all().build() {
