@@ -43,6 +43,23 @@ impl std::ops::DerefMut for Process {
     }
 }
 
+/// How long a started process may take to say that it serves (a director's recovery, which
+/// may wait out an old director's lease, included) before the test kills it and fails.
+pub const START_LIMIT: Duration = Duration::from_secs(120);
+
+/// Kills process `pid` (SIGKILL) unless the returned sender is dropped within
+/// [`START_LIMIT`]: a test reading a hung process's first lines then meets the end of its
+/// output and fails, instead of waiting for ever (and holding CI until its own limit).
+pub fn start_watchdog(pid: u32) -> mpsc::Sender<()> {
+    let (started, waiting) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = waiting.recv_timeout(START_LIMIT) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    started
+}
+
 /// `strata serve --listen address` on `dir`, once it serves; returns the address it serves at.
 pub fn serve(dir: &Path, address: &str) -> (Process, String, Lines<BufReader<ChildStdout>>) {
     serve_with(dir, address, &[])
@@ -64,10 +81,18 @@ pub fn serve_with(
             .spawn()
             .unwrap(),
     );
+    let watchdog = start_watchdog(child.id());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("serve printed a line").unwrap();
+    let first = lines
+        .next()
+        .expect("serve printed a line within START_LIMIT")
+        .unwrap();
     assert!(first.starts_with("cluster file: "), "{first}");
-    let second = lines.next().expect("serve printed a second line").unwrap();
+    let second = lines
+        .next()
+        .expect("serve said it serves within START_LIMIT")
+        .unwrap();
+    drop(watchdog);
     // "serving epoch N at HOST:PORT; Ctrl-C or SIGTERM stops"
     let at = second
         .strip_prefix("serving epoch ")

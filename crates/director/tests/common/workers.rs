@@ -16,7 +16,7 @@ use strata_director::workers::registry_prefix;
 use strata_net::etcd::Etcd;
 use strata_testkit::etcd::EtcdServer;
 
-use super::served::{Process, collect_acks, cycle_client, strata};
+use super::served::{Process, collect_acks, cycle_client, start_watchdog, strata};
 
 /// `strata serve --role ROLE` at `address`, with `flags`, once it says where it serves.
 pub fn worker_of(
@@ -36,8 +36,13 @@ pub fn worker_of(
             .spawn()
             .unwrap(),
     );
+    let watchdog = start_watchdog(child.id());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("the worker printed a line").unwrap();
+    let first = lines
+        .next()
+        .expect("the worker said it serves within START_LIMIT")
+        .unwrap();
+    drop(watchdog);
     // "ROLE worker of NAME:ID at HOST:PORT; Ctrl-C or SIGTERM stops"
     let at = first
         .split(" at ")
