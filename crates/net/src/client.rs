@@ -6,18 +6,15 @@ use std::sync::Arc;
 use strata_core::{CommitProxy, Epoch, Error, ErrorKind, KeyRange, LogId, Result, Stage};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
 
 use crate::cluster::Tag;
 use crate::failure::from_status;
+use crate::h2conn::{BadAddress, Connection};
 use crate::proto;
 use crate::server::Stages;
 use crate::tls::{Access, TlsFailure};
-use crate::{
-    CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, RemoteLog, RemoteProxy, RemoteResolver,
-    RemoteSequencer, RemoteStorage,
-};
+use crate::{RemoteLog, RemoteProxy, RemoteResolver, RemoteSequencer, RemoteStorage};
 
 /// How many calls a new connection makes, at most, to learn whether the server takes its
 /// calls (see `Link::check_first_call`).
@@ -43,7 +40,7 @@ fn is_tls_answer(status: &Status) -> bool {
 }
 
 /// A connection whose calls carry the cluster id.
-pub(crate) type Tagged = InterceptedService<Channel, Tag>;
+pub(crate) type Tagged = InterceptedService<Connection, Tag>;
 
 /// One connection to a server and the name its errors give it. Cheap to clone: the clones
 /// share the connection, and their calls travel on it side by side (HTTP/2 streams).
@@ -61,34 +58,6 @@ impl Link {
     /// that says which (another attempt would be refused the same way).
     pub(crate) async fn connect(stage: Stage, address: &str, access: Access) -> Result<Link> {
         let peer = format!("server at {address}");
-        let scheme = if access.tls().is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-            .map_err(|e| {
-                Error::new(
-                    stage,
-                    ErrorKind::InvalidRequest(format!("{peer}: not a host:port address: {e}")),
-                )
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
-        if let Some(tls) = access.tls() {
-            endpoint = endpoint.tls_config(tls.client()).map_err(|e| {
-                Error::new(
-                    stage,
-                    ErrorKind::InvalidRequest(format!(
-                        "{peer}: cannot use the TLS credentials: {}",
-                        causes(&e)
-                    )),
-                )
-            })?;
-        }
         let token = match access.token() {
             Some(token) => Some(MetadataValue::try_from(token).map_err(|e| {
                 Error::new(
@@ -104,12 +73,14 @@ impl Link {
             cluster: access.cluster().clone(),
             token,
         };
-        let channel = endpoint.connect().await.map_err(|e| {
-            let kind = match TlsFailure::of(&e) {
-                Some(failed) => {
-                    ErrorKind::InvalidRequest(format!("{peer}: the TLS handshake failed: {failed}"))
-                }
-                None => ErrorKind::Unavailable(format!("{peer}: cannot connect: {}", causes(&e))),
+        let tls = access.tls().map(crate::tls::Tls::client);
+        let channel = Connection::connect(address, tls).await.map_err(|e| {
+            let kind = if let Some(bad) = e.downcast_ref::<BadAddress>() {
+                ErrorKind::InvalidRequest(format!("{peer}: {bad}"))
+            } else if let Some(failed) = TlsFailure::of(&*e) {
+                ErrorKind::InvalidRequest(format!("{peer}: the TLS handshake failed: {failed}"))
+            } else {
+                ErrorKind::Unavailable(format!("{peer}: cannot connect: {}", causes(&*e)))
             };
             Error::new(stage, kind)
         })?;

@@ -3,11 +3,12 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use strata_core::{Error, ErrorKind, Stage};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::{CONNECT_TIMEOUT, ClusterId};
 
@@ -38,6 +39,8 @@ use crate::{CONNECT_TIMEOUT, ClusterId};
 pub struct Tls {
     ca: Certificate,
     identity: Identity,
+    /// The client's end, built once (see [`Tls::client`]).
+    client: Arc<rustls::ClientConfig>,
 }
 
 impl fmt::Debug for Tls {
@@ -119,9 +122,16 @@ impl Tls {
                 key.0
             ))
         })?;
+        let client = client_config(ca.1, certificate.1, key.1).map_err(|e| {
+            refuse(format!(
+                "{}, {} and {} do not make a TLS client: {e}",
+                ca.0, certificate.0, key.0
+            ))
+        })?;
         let tls = Tls {
             ca: Certificate::from_pem(ca.1),
             identity: Identity::from_pem(certificate.1, key.1),
+            client: Arc::new(client),
         };
         // Both ends built once now, so a key that does not match its certificate (or one
         // rustls cannot use) is refused here, not at the first connection.
@@ -130,17 +140,6 @@ impl Tls {
             .map_err(|e| {
                 refuse(format!(
                     "{} and {} do not make a TLS server: {}",
-                    certificate.0,
-                    key.0,
-                    crate::client::causes(&e)
-                ))
-            })?;
-        tonic::transport::Endpoint::from_static("https://localhost")
-            .tls_config(tls.client())
-            .map_err(|e| {
-                refuse(format!(
-                    "{}, {} and {} do not make a TLS client: {}",
-                    ca.0,
                     certificate.0,
                     key.0,
                     crate::client::causes(&e)
@@ -161,12 +160,34 @@ impl Tls {
 
     /// The client's end: the authority the server's certificate must come from, and the
     /// certificate to present.
-    pub(crate) fn client(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(self.ca.clone())
-            .identity(self.identity.clone())
-            .timeout(CONNECT_TIMEOUT)
+    pub(crate) fn client(&self) -> Arc<rustls::ClientConfig> {
+        self.client.clone()
     }
+}
+
+/// A TLS client (rustls on ring, TLS 1.2 and 1.3, HTTP/2 by ALPN) that trusts only servers
+/// with a certificate of `ca` and presents `certificate` with `key`: what tonic's own client
+/// configuration builds from the same files. (The connection is not tonic's: see
+/// `h2conn`.)
+fn client_config(
+    ca: &[u8],
+    certificate: &[u8],
+    key: &[u8],
+) -> Result<rustls::ClientConfig, Box<dyn std::error::Error>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for authority in CertificateDer::pem_slice_iter(ca) {
+        roots.add(authority?)?;
+    }
+    let chain = CertificateDer::pem_slice_iter(certificate).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
 /// What a process presents to a cluster's servers: the cluster's id, and the process's TLS
@@ -272,31 +293,41 @@ impl TlsFailure {
             if let Some(found) = cause.downcast_ref::<rustls::Error>() {
                 return Some(TlsFailure::from_rustls(found));
             }
-            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-                if let Some(found) = io
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                {
-                    return Some(TlsFailure::from_rustls(found));
-                }
-                let text = io.get_ref().map(ToString::to_string).unwrap_or_default();
-                if let Some(alert) = text.strip_prefix(ALERT_PREFIX) {
-                    let refusal = REFUSALS.iter().any(|a| format!("{a:?}") == alert);
-                    return Some(TlsFailure {
-                        hint: if refusal {
-                            REFUSED_HINT
-                        } else {
-                            " (the server ended the handshake: it may refuse this process's \
-                             certificate)"
-                        },
-                        text,
-                        refusal,
-                    });
-                }
+            // HTTP/2's error of a failed read keeps the I/O error, but not as its source.
+            let io = cause.downcast_ref::<std::io::Error>().or_else(|| {
+                cause
+                    .downcast_ref::<h2::Error>()
+                    .and_then(h2::Error::get_io)
+            });
+            if let Some(found) = io.and_then(TlsFailure::of_io) {
+                return Some(found);
             }
             source = cause.source();
         }
         None
+    }
+
+    /// The TLS failure an I/O error stands for: rustls' own error inside it, or (all that
+    /// is left once HTTP/2 has copied the error) the text of a received alert.
+    fn of_io(io: &std::io::Error) -> Option<TlsFailure> {
+        if let Some(found) = io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(TlsFailure::from_rustls(found));
+        }
+        let text = io.get_ref().map(ToString::to_string).unwrap_or_default();
+        let alert = text.strip_prefix(ALERT_PREFIX)?;
+        let refusal = REFUSALS.iter().any(|a| format!("{a:?}") == alert);
+        Some(TlsFailure {
+            hint: if refusal {
+                REFUSED_HINT
+            } else {
+                " (the server ended the handshake: it may refuse this process's certificate)"
+            },
+            text,
+            refusal,
+        })
     }
 
     fn from_rustls(error: &rustls::Error) -> TlsFailure {
