@@ -10,7 +10,7 @@ use tonic::{Response, Status};
 
 use crate::cluster::Tag;
 use crate::failure::from_status;
-use crate::h2conn::{BadAddress, Connection};
+use crate::h2conn::{BadAddress, Connection, NoHttp2};
 use crate::proto;
 use crate::server::Stages;
 use crate::tls::{Access, TlsFailure};
@@ -77,6 +77,8 @@ impl Link {
         let channel = Connection::connect(address, tls).await.map_err(|e| {
             let kind = if let Some(bad) = e.downcast_ref::<BadAddress>() {
                 ErrorKind::InvalidRequest(format!("{peer}: {bad}"))
+            } else if let Some(refused) = e.downcast_ref::<NoHttp2>() {
+                ErrorKind::InvalidRequest(format!("{peer}: {refused}"))
             } else if let Some(failed) = TlsFailure::of(&*e) {
                 ErrorKind::InvalidRequest(format!("{peer}: the TLS handshake failed: {failed}"))
             } else {

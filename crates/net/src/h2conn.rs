@@ -8,9 +8,10 @@
 //! grants when the connection's task sends the stream's HEADERS: every call is two writes,
 //! each of which wakes the server. Here the caller's own task opens the stream and queues
 //! its whole message behind the HEADERS (h2 holds data beyond the window until it may send
-//! it), so the connection's task writes both at once. On loopback, a push's round trip from
-//! a task of the same runtime fell from 105 to 34 µs (`cargo bench -p strata-net --bench
-//! loopback`); see docs/performance.md.
+//! it), so the connection's task writes both at once (a message within the server's window,
+//! 1 MiB on tonic's server; a larger one follows as the window opens). On loopback, a push's
+//! round trip from a task of the same runtime fell from 107–111 to 41–55 µs (`cargo bench -p
+//! strata-net --bench loopback`); see docs/performance.md.
 //!
 //! What the `Channel` did besides, this does too: it gives up connecting after
 //! [`CONNECT_TIMEOUT`], pings the server every [`KEEPALIVE_INTERVAL`] and drops the
@@ -22,10 +23,12 @@
 //! never be sent).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -55,7 +58,42 @@ struct Target {
 #[derive(Clone)]
 struct Live {
     send: h2::client::SendRequest<Bytes>,
-    ended: Arc<AtomicBool>,
+    state: Arc<AtomicU8>,
+}
+
+/// [`Live::state`]: the connection serves calls.
+const OPEN: u8 = 0;
+/// It has ended, or failed: the next call makes a new one.
+const ENDED: u8 = 1;
+/// It was dropped because a ping went unanswered (its calls say so).
+const SILENT: u8 = 2;
+
+impl Live {
+    fn end(&self) {
+        let _ = self
+            .state
+            .compare_exchange(OPEN, ENDED, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// A call's failure that says what happened to the connection, with HTTP/2's error (or the
+/// attempt to connect's) as its source.
+#[derive(Debug)]
+struct Lost {
+    what: String,
+    cause: StdError,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for Lost {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.cause)
+    }
 }
 
 struct Shared {
@@ -111,12 +149,25 @@ impl std::fmt::Display for BadAddress {
 
 impl std::error::Error for BadAddress {}
 
+/// A TLS server that did not agree to speak HTTP/2 (by ALPN): not a Strata server.
+#[derive(Debug)]
+pub(crate) struct NoHttp2;
+
+impl std::fmt::Display for NoHttp2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server did not agree to speak HTTP/2 (ALPN): not a Strata server")
+    }
+}
+
+impl std::error::Error for NoHttp2 {}
+
 impl Connection {
     /// Connects to `address` (`host:port`), over TLS with `tls`, whose server must present a
     /// certificate for `host`.
     ///
     /// Errors: [`BadAddress`] for an address that is not `host:port` (with a host a TLS
-    /// server can be named by); otherwise the failure to connect, the TLS handshake's
+    /// server can be named by); [`NoHttp2`] for a TLS server that will not speak HTTP/2;
+    /// otherwise the failure to connect, the TLS handshake's
     /// (an `io::Error` holding rustls' error) or HTTP/2's own.
     pub(crate) async fn connect(
         address: &str,
@@ -172,7 +223,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         live.as_ref()
-            .filter(|l| !l.ended.load(Ordering::Acquire))
+            .filter(|l| l.state.load(Ordering::Acquire) == OPEN)
             .cloned()
     }
 
@@ -216,12 +267,18 @@ impl Shared {
 /// A new connection to `target`, its task (and keep-alive) running: within
 /// [`CONNECT_TIMEOUT`], TCP and TLS handshakes included.
 async fn dial(target: &Target) -> Result<Live, StdError> {
+    let began = Instant::now();
     let connected = async {
-        let tcp = tokio::net::TcpStream::connect(&target.address).await?;
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host(&target.address).await?.collect();
+        let within = CONNECT_TIMEOUT.saturating_sub(began.elapsed());
+        let tcp = first_connected(&addresses, within, tokio::net::TcpStream::connect).await?;
         tcp.set_nodelay(true)?;
         match &target.tls {
             Some((connector, name)) => {
                 let tls = connector.connect(name.clone(), tcp).await?;
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(Box::new(NoHttp2) as StdError);
+                }
                 start(tls).await
             }
             None => start(tcp).await,
@@ -236,6 +293,39 @@ async fn dial(target: &Target) -> Result<Live, StdError> {
     }
 }
 
+/// The first of `addresses` that `connect` reaches, each tried in turn for an equal share of
+/// what is left of `within` (one that fails at once leaves its share to the others): a name
+/// whose first address never answers still reaches the next, as hyper's connector does.
+async fn first_connected<C, F, T>(
+    addresses: &[SocketAddr],
+    within: Duration,
+    mut connect: C,
+) -> std::io::Result<T>
+where
+    C: FnMut(SocketAddr) -> F,
+    F: Future<Output = std::io::Result<T>>,
+{
+    let began = Instant::now();
+    let mut last = None;
+    for (i, &address) in addresses.iter().enumerate() {
+        let left = u32::try_from(addresses.len() - i).unwrap_or(u32::MAX);
+        let share = within.saturating_sub(began.elapsed()) / left;
+        match tokio::time::timeout(share, connect(address)).await {
+            Ok(Ok(connected)) => return Ok(connected),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{address}: no answer within {} ms", share.as_millis()),
+                ));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address")
+    }))
+}
+
 /// HTTP/2 over `io`: the handshake, then a task that runs the connection until it ends or a
 /// ping goes unanswered for [`KEEPALIVE_TIMEOUT`] (dropping it fails every call on it).
 async fn start<T>(io: T) -> Result<Live, StdError>
@@ -245,25 +335,34 @@ where
     let (send, mut connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        // As hyper's client: until the server's SETTINGS say how many streams it takes, open
+        // at most 100 (a burst of calls on a new connection would otherwise be refused past
+        // the server's limit); no server push; headers (and trailers, where a stage's error
+        // travels) of at most 16 KiB.
+        .initial_max_send_streams(100)
+        .enable_push(false)
+        .max_header_list_size(16 << 10)
         .handshake::<_, Bytes>(io)
         .await?;
-    let ended = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(AtomicU8::new(OPEN));
     let pings = connection.ping_pong();
-    let flag = ended.clone();
+    let flag = state.clone();
     tokio::spawn(async move {
         tokio::select! {
             result = &mut connection => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended");
                 }
+                flag.store(ENDED, Ordering::Release);
             }
             () = keep_alive(pings) => {
                 tracing::debug!("connection dropped: a ping went unanswered");
+                // Before the connection is dropped, which fails its calls: they read this.
+                flag.store(SILENT, Ordering::Release);
             }
         }
-        flag.store(true, Ordering::Release);
     });
-    Ok(Live { send, ended })
+    Ok(Live { send, state })
 }
 
 /// Pings every [`KEEPALIVE_INTERVAL`], idle or not; returns once a ping is not answered
@@ -359,7 +458,7 @@ impl Service<http::Request<tonic::body::Body>> for Connection {
                     // or been told to go away (before its task has ended, which is when the
                     // connection is found ended), or that has used up its stream ids. The
                     // call goes on a new connection.
-                    live.ended.store(true, Ordering::Release);
+                    live.end();
                     live = shared.connection().await?;
                     live.send.clone().send_request(head_only(&head), false)?
                 }
@@ -376,7 +475,18 @@ impl Service<http::Request<tonic::body::Body>> for Connection {
                 Err(e) => {
                     // The connection failed: the next call makes a new one at once.
                     if e.is_io() || e.is_go_away() {
-                        live.ended.store(true, Ordering::Release);
+                        live.end();
+                    }
+                    if live.state.load(Ordering::Acquire) == SILENT {
+                        let lost: StdError = Box::new(Lost {
+                            what: format!(
+                                "the server answered no ping within {} s (its host may be \
+                                 down or cut off); the connection was dropped",
+                                KEEPALIVE_TIMEOUT.as_secs()
+                            ),
+                            cause: e.into(),
+                        });
+                        return Err(lost);
                     }
                     Err(e.into())
                 }
@@ -406,4 +516,57 @@ fn head_only(head: &http::request::Parts) -> http::Request<()> {
     *request.version_mut() = head.version;
     *request.headers_mut() = head.headers.clone();
     request
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn at(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A connector whose address on port 1 never answers, on port 2 refuses at once, and on
+    /// any other port connects (to that port) after 20 ms.
+    async fn fake(address: SocketAddr) -> std::io::Result<u16> {
+        match address.port() {
+            1 => std::future::pending().await,
+            2 => Err(std::io::ErrorKind::ConnectionRefused.into()),
+            port => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(port)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_address_that_never_answers_leaves_time_for_the_next() {
+        let within = Duration::from_millis(300);
+        let got = first_connected(&[at(1), at(7)], within, fake)
+            .await
+            .unwrap();
+        assert_eq!(got, 7);
+        let got = first_connected(&[at(2), at(1), at(8)], within, fake)
+            .await
+            .unwrap();
+        assert_eq!(got, 8);
+    }
+
+    #[tokio::test]
+    async fn when_no_address_connects_the_last_failure_is_the_error() {
+        let within = Duration::from_millis(100);
+        let e = first_connected(&[at(2), at(1)], within, fake)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+        let e = first_connected(&[at(1), at(2)], within, fake)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+        let e = first_connected(&[], within, fake).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    }
 }

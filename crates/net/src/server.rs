@@ -24,7 +24,7 @@ use crate::inline::RunToEnd;
 use crate::proto;
 use crate::tls::Access;
 use crate::worker::Recruiter;
-use crate::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MESSAGE_BYTES_MAX};
+use crate::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MESSAGE_BYTES_MAX, STREAMS_PER_CONNECTION_MAX};
 
 /// The stages one process serves, or, on a client, the remote stages one server offers
 /// ([`Stages::connect`](crate::Stages::connect)).
@@ -221,6 +221,7 @@ async fn serve_stages(
     let served = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .add_service(service!(
             proto::cluster_server::ClusterServer<Served>,
             Stage::Director

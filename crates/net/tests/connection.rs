@@ -34,10 +34,10 @@ async fn far_more_calls_at_once_than_the_server_takes_on_a_connection_all_comple
             .await
             .unwrap(),
     );
-    // The server takes 200 streams at once on a connection; the others wait their turn on
+    // The server takes 1,024 calls at once on a connection; the others wait their turn on
     // the client. A pull after the last entry is held open by the log (100 ms), so those
     // overlap; the others are answered at once.
-    let calls: Vec<_> = (0..1_000u64)
+    let calls: Vec<_> = (0..3_000u64)
         .map(|i| {
             let remote = remote.clone();
             tokio::spawn(async move { (i, remote.pull(Version(i % 2), 10).await) })
@@ -67,6 +67,8 @@ struct Relay {
     frozen_below: Arc<AtomicU64>,
     /// Connections whose client closed its end.
     closed: Arc<AtomicU64>,
+    /// How long a new connection's first bytes from the server are held back, in ms.
+    hold_first_ms: Arc<AtomicU64>,
 }
 
 impl Relay {
@@ -78,11 +80,13 @@ impl Relay {
             accepted: Arc::new(AtomicU64::new(0)),
             frozen_below: Arc::new(AtomicU64::new(0)),
             closed: Arc::new(AtomicU64::new(0)),
+            hold_first_ms: Arc::new(AtomicU64::new(0)),
         };
-        let (count, frozen, closed) = (
+        let (count, frozen, closed, hold) = (
             relay.accepted.clone(),
             relay.frozen_below.clone(),
             relay.closed.clone(),
+            relay.hold_first_ms.clone(),
         );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -91,7 +95,12 @@ impl Relay {
                 let (client_in, client_out) = client.into_split();
                 let (server_in, server_out) = server.into_split();
                 let (frozen, closed) = (frozen.clone(), closed.clone());
-                tokio::spawn(pass(n, server_in, client_out, frozen.clone()));
+                let hold = Duration::from_millis(hold.load(Ordering::SeqCst));
+                let answers = frozen.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    pass(n, server_in, client_out, answers).await;
+                });
                 tokio::spawn(async move {
                     pass(n, client_in, server_out, frozen).await;
                     closed.fetch_add(1, Ordering::SeqCst);
@@ -167,6 +176,7 @@ async fn a_call_to_a_server_that_stops_answering_fails_and_the_next_connects_aga
         .unwrap_err();
     assert_eq!(e.stage, Stage::Log);
     assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("answered no ping"), "{e}");
     assert_eq!(log.entries().len(), 1);
 
     // The next call connects again (through the relay, which passes new connections).
@@ -279,6 +289,42 @@ async fn a_connection_no_one_holds_is_closed() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
         waited += Duration::from_millis(10);
+    }
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_on_a_new_connection_waits_for_the_servers_limit() {
+    let log = Arc::new(MemoryLog::new(LogId(3), Version(0)));
+    let mut served = Served::log(log.clone(), "t-burst").await;
+    let address = served.address.clone();
+    let relay = Relay::start(address.clone()).await;
+    let remote = Arc::new(
+        RemoteLog::connect(&relay.address, cluster("t-burst"), LogId(3))
+            .await
+            .unwrap(),
+    );
+    // The connection is lost, and the next one's first bytes from the server (its SETTINGS,
+    // with its limit of calls at once) arrive late: until they do, the client must not open
+    // more calls than any server takes, or those beyond the limit are refused.
+    served.stop().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stages = Stages {
+        logs: vec![log.clone() as Arc<dyn LogServer>],
+        ..Stages::default()
+    };
+    served = Served::start_at(&address, stages, "t-burst").await;
+    relay.hold_first_ms.store(300, Ordering::SeqCst);
+    let calls: Vec<_> = (0..2_000u64)
+        .map(|i| {
+            let remote = remote.clone();
+            tokio::spawn(async move { (i, remote.pull(Version(0), 1).await) })
+        })
+        .collect();
+    for call in calls {
+        let (i, pulled) = call.await.unwrap();
+        let pulled = pulled.unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert!(pulled.is_empty(), "call {i}");
     }
     served.stop().await;
 }

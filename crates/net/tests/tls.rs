@@ -282,3 +282,42 @@ fn credentials_are_checked_when_loaded() {
     let files = strata_testkit::certs::write(dir.path(), "node", CA, NODE_CERT, NODE_KEY).unwrap();
     Tls::from_files(&files.ca, &files.cert, &files.key).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_that_will_not_speak_http2_is_refused_clearly() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    // A TLS server with the cluster's own certificate, which offers no HTTP/2 (no ALPN):
+    // whatever it is, it is not a Strata server.
+    let chain = CertificateDer::pem_slice_iter(NODE_CERT)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(NODE_KEY).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(held) = acceptor.accept(tcp).await {
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                    drop(held);
+                }
+            });
+        }
+    });
+    let text = refused(RemoteLog::connect(&address, access(Some(node())), LogId(3)).await);
+    assert!(
+        text.contains("HTTP/2") && text.contains("not a Strata server"),
+        "{text}"
+    );
+}
