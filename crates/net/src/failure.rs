@@ -233,6 +233,22 @@ pub(crate) fn from_status(stage: Stage, peer: &str, status: &Status) -> Error {
             ErrorKind::InvalidRequest(format!("{peer}: the TLS handshake failed: {refused}")),
         );
     }
+    // A call whose connection could not be made again was never sent: a server that will
+    // not speak HTTP/2 is final (as at the first connection), anything else is not.
+    if let Some(failed) = crate::h2conn::ConnectFailed::of(status) {
+        let text = format!(
+            "{peer}: {failed}: {}; the call was not sent",
+            crate::client::causes(failed.cause())
+        );
+        return Error::new(
+            stage,
+            if failed.is_final() {
+                ErrorKind::InvalidRequest(text)
+            } else {
+                ErrorKind::Unavailable(text)
+            },
+        );
+    }
     // Without the server's own failure nothing says the call was refused before it took
     // effect: a connection lost after a push was made durable reads the same as one lost
     // before. So every such status is `Unavailable`: the outcome is unknown.

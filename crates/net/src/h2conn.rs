@@ -8,10 +8,11 @@
 //! grants when the connection's task sends the stream's HEADERS: every call is two writes,
 //! each of which wakes the server. Here the caller's own task opens the stream and queues
 //! its whole message behind the HEADERS (h2 holds data beyond the window until it may send
-//! it), so the connection's task writes both at once (a message within the server's window,
-//! 1 MiB on tonic's server; a larger one follows as the window opens). On loopback, a push's
-//! round trip from a task of the same runtime fell from 107–111 to 41–55 µs (`cargo bench -p
-//! strata-net --bench loopback`); see docs/performance.md.
+//! it), so the connection's task writes them together (a small message shares the write of
+//! its headers; a larger one, in frames of up to 16 KiB, follows at once, as far as the
+//! server's window allows). On loopback, a push's round trip from a task of the same runtime
+//! fell from 107–111 to 41–55 µs (`cargo bench -p strata-net --bench loopback`); see
+//! docs/performance.md.
 //!
 //! What the `Channel` did besides, this does too: it gives up connecting after
 //! [`CONNECT_TIMEOUT`], pings the server every [`KEEPALIVE_INTERVAL`] and drops the
@@ -28,7 +29,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -110,15 +113,42 @@ struct Shared {
 /// A failure to connect that several calls report: the one error, shared, as the source of
 /// each call's (so what it was, a TLS refusal say, is still found among the causes).
 #[derive(Debug)]
-struct SharedFailure(Arc<StdError>);
+pub(crate) struct ConnectFailed(Arc<StdError>);
 
-impl std::fmt::Display for SharedFailure {
+impl std::fmt::Display for ConnectFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "cannot connect")
     }
 }
 
-impl std::error::Error for SharedFailure {
+impl ConnectFailed {
+    /// The failure to connect among `error`'s causes, if there is one.
+    pub(crate) fn of<'a>(
+        error: &'a (dyn std::error::Error + 'static),
+    ) -> Option<&'a ConnectFailed> {
+        let mut source = Some(error);
+        while let Some(cause) = source {
+            if let Some(found) = cause.downcast_ref::<ConnectFailed>() {
+                return Some(found);
+            }
+            source = cause.source();
+        }
+        None
+    }
+
+    /// What made the attempt fail.
+    pub(crate) fn cause(&self) -> &(dyn std::error::Error + 'static) {
+        &**self.0
+    }
+
+    /// Whether every later attempt would fail the same way: the server will not speak
+    /// HTTP/2.
+    pub(crate) fn is_final(&self) -> bool {
+        self.0.downcast_ref::<NoHttp2>().is_some()
+    }
+}
+
+impl std::error::Error for ConnectFailed {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&**self.0)
     }
@@ -242,7 +272,7 @@ impl Shared {
             .as_ref()
             .filter(|_| self.attempts.load(Ordering::Acquire) != attempts)
         {
-            return Err(Box::new(SharedFailure(failed.clone())));
+            return Err(Box::new(ConnectFailed(failed.clone())));
         }
         let dialled = dial(&self.target).await;
         self.attempts.fetch_add(1, Ordering::AcqRel);
@@ -258,7 +288,7 @@ impl Shared {
             Err(e) => {
                 let e = Arc::new(e);
                 *failure = Some(e.clone());
-                Err(Box::new(SharedFailure(e)))
+                Err(Box::new(ConnectFailed(e)))
             }
         }
     }
@@ -294,8 +324,10 @@ async fn dial(target: &Target) -> Result<Live, StdError> {
 }
 
 /// The first of `addresses` that `connect` reaches, each tried in turn for an equal share of
-/// what is left of `within` (one that fails at once leaves its share to the others): a name
-/// whose first address never answers still reaches the next, as hyper's connector does.
+/// what is left of `within` (one that fails at once leaves its share to the others), so a
+/// name whose first address never answers still reaches the next. (hyper's connector also
+/// races the other address family after 300 ms; here the order is the resolver's, and with
+/// many addresses each gets only its share.)
 async fn first_connected<C, F, T>(
     addresses: &[SocketAddr],
     within: Duration,
@@ -385,16 +417,17 @@ async fn keep_alive(pings: Option<h2::PingPong>) {
 pub(crate) struct Answer {
     recv: h2::RecvStream,
     data_done: bool,
+    state: Arc<AtomicU8>,
 }
 
 impl Body for Answer {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = StdError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, StdError>>> {
         if !self.data_done {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
@@ -403,14 +436,14 @@ impl Body for Answer {
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Err(e)) => return Poll::Ready(Some(Err(explained(&self.state, e)))),
                 None => self.data_done = true,
             }
         }
         match ready!(self.recv.poll_trailers(cx)) {
             Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
+            Err(e) => Poll::Ready(Some(Err(explained(&self.state, e)))),
         }
     }
 
@@ -471,28 +504,34 @@ impl Service<http::Request<tonic::body::Body>> for Connection {
                 Ok(answer) => Ok(answer.map(|recv| Answer {
                     recv,
                     data_done: false,
+                    state: live.state.clone(),
                 })),
                 Err(e) => {
                     // The connection failed: the next call makes a new one at once.
                     if e.is_io() || e.is_go_away() {
                         live.end();
                     }
-                    if live.state.load(Ordering::Acquire) == SILENT {
-                        let lost: StdError = Box::new(Lost {
-                            what: format!(
-                                "the server answered no ping within {} s (its host may be \
-                                 down or cut off); the connection was dropped",
-                                KEEPALIVE_TIMEOUT.as_secs()
-                            ),
-                            cause: e.into(),
-                        });
-                        return Err(lost);
-                    }
-                    Err(e.into())
+                    Err(explained(&live.state, e))
                 }
             }
         })
     }
+}
+
+/// A call's failure `e`, saying so when its connection was dropped for a ping unanswered
+/// (HTTP/2's own error then reads as a broken pipe).
+fn explained(state: &AtomicU8, e: h2::Error) -> StdError {
+    if state.load(Ordering::Acquire) != SILENT {
+        return e.into();
+    }
+    Box::new(Lost {
+        what: format!(
+            "the server answered no ping within {} s (its host may be down or cut off, or \
+             this process stalled); the connection was dropped",
+            KEEPALIVE_TIMEOUT.as_secs()
+        ),
+        cause: e.into(),
+    })
 }
 
 /// Queues `message` on `stream` and ends it: h2 holds what its flow-control window does not
@@ -552,6 +591,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got, 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_addresses_share_the_time_and_never_take_more() {
+        // 300 ms among three: 100 for the first, which never answers, then 100 for the
+        // second, then what is left (100) for the last, which connects in 20.
+        let began = tokio::time::Instant::now();
+        let within = Duration::from_millis(300);
+        let got = first_connected(&[at(1), at(1), at(9)], within, fake)
+            .await
+            .unwrap();
+        assert_eq!(got, 9);
+        assert_eq!(began.elapsed(), Duration::from_millis(220));
+        // None answers: all of `within`, and no more.
+        let began = tokio::time::Instant::now();
+        let e = first_connected(&[at(1), at(1), at(1)], within, fake)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(began.elapsed(), within);
     }
 
     #[tokio::test]

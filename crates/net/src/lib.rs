@@ -20,7 +20,7 @@
 //!   Rust: building needs nothing installed beside the Rust toolchain. Servers are tonic's;
 //!   clients send their calls straight on an h2 connection from the caller's task, the
 //!   message in the same write as its headers (tonic's own client passes a call through
-//!   more tasks and writes it in two parts: a round trip took more than twice as long).
+//!   more tasks and writes it in two parts: a round trip took about twice as long).
 //!   A connection lost is made again by the next call.
 //! - Every call carries the caller's [`ClusterId`] in the `strata-cluster-id` metadata entry
 //!   ([`CLUSTER_ID_HEADER`]). A server answers only calls of its own cluster; any other call,
@@ -68,7 +68,7 @@
 //! - A commit of more than a transaction's 10,000,000 bytes is refused before the proxy; key
 //!   ranges with a bound longer than a range end may be (10,001 bytes) are refused before
 //!   the stage.
-//! - A server runs at most [`STREAMS_PER_CONNECTION_MAX`] (1,024) calls at once on one
+//! - A server reads at most [`STREAMS_PER_CONNECTION_MAX`] (1,024) calls at once on one
 //!   connection; a client holds the others until one ends, and opens at most 100 on a new
 //!   connection until the server has said its limit.
 //! - A client gives up connecting after [`CONNECT_TIMEOUT`], and pings its connection every
@@ -203,8 +203,10 @@ pub(crate) fn fitting(sizes: impl IntoIterator<Item = usize>, budget: usize) -> 
     count
 }
 
-/// How many calls a server runs at once on one connection; a client holds its calls beyond
-/// that until one ends. (Without a bound, one client could make a server hold any number.)
+/// How many calls a server reads at once on one connection (HTTP/2 streams); a client holds
+/// its calls beyond that until one ends. This bounds the streams a client holds open, not
+/// the work it can start: a call that changes a stage runs to its end even when its caller
+/// cancels it.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
 
 /// How long a client tries to connect before the connection is `Unavailable`.

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_core::{Epoch, ErrorKind, LogId, LogServer, Stage, Version};
+use strata_core::{Epoch, ErrorKind, LogEntry, LogId, LogServer, LogState, Stage, Version};
 use strata_net::{
-    Access, CONNECT_TIMEOUT, Exposure, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, RemoteLog, Stages,
-    Tls,
+    Access, CONNECT_TIMEOUT, Exposure, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, RemoteLog,
+    STREAMS_PER_CONNECTION_MAX, Stages, Tls,
 };
 use strata_testkit::MemoryLog;
 use strata_testkit::certs::{CA, NODE_CERT, NODE_KEY};
@@ -260,6 +260,7 @@ async fn calls_that_find_the_connection_lost_share_one_attempt_to_connect() {
             let e = call.await.unwrap().unwrap_err();
             assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
             assert!(e.to_string().contains("no connection within"), "{e}");
+            assert!(e.to_string().contains("was not sent"), "{e}");
         }
     };
     tokio::time::timeout(CONNECT_TIMEOUT * 8, all)
@@ -326,5 +327,77 @@ async fn a_burst_of_calls_on_a_new_connection_waits_for_the_servers_limit() {
         let pulled = pulled.unwrap_or_else(|e| panic!("call {i}: {e}"));
         assert!(pulled.is_empty(), "call {i}");
     }
+    served.stop().await;
+}
+
+/// A log whose pulls each take 200 ms, counting how many run at once.
+struct Counting {
+    log: MemoryLog,
+    now: AtomicU64,
+    most: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl LogServer for Counting {
+    fn id(&self) -> LogId {
+        self.log.id()
+    }
+    async fn push(
+        &self,
+        epoch: Epoch,
+        previous: Version,
+        version: Version,
+        payload: Bytes,
+    ) -> strata_core::Result<()> {
+        self.log.push(epoch, previous, version, payload).await
+    }
+    async fn pull(&self, after: Version, limit: usize) -> strata_core::Result<Vec<LogEntry>> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        self.log.pull(after, limit).await
+    }
+    async fn lock(&self, epoch: Epoch) -> strata_core::Result<LogState> {
+        self.log.lock(epoch).await
+    }
+    async fn pop(&self, version: Version) -> strata_core::Result<()> {
+        self.log.pop(version).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_runs_at_most_its_limit_of_calls_from_one_connection() {
+    let log = Arc::new(Counting {
+        log: MemoryLog::new(LogId(3), Version(0)),
+        now: AtomicU64::new(0),
+        most: AtomicU64::new(0),
+    });
+    log.push(Epoch(1), Version(0), Version(1), Bytes::from_static(b"one"))
+        .await
+        .unwrap();
+    let served = Served::log(log.clone(), "t-limit").await;
+    let remote = Arc::new(
+        RemoteLog::connect(&served.address, cluster("t-limit"), LogId(3))
+            .await
+            .unwrap(),
+    );
+    let calls: Vec<_> = (0..3_000)
+        .map(|_| {
+            let remote = remote.clone();
+            tokio::spawn(async move { remote.pull(Version(0), 1).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().len(), 1);
+    }
+    // The calls beyond the limit waited on the client; the server never ran more, and ran
+    // far more than a new connection's first 100 once it had said its limit.
+    let most = log.most.load(Ordering::SeqCst);
+    assert!(
+        most <= u64::from(STREAMS_PER_CONNECTION_MAX),
+        "{most} at once"
+    );
+    assert!(most > 100, "{most} at once");
     served.stop().await;
 }

@@ -302,8 +302,15 @@ async fn a_tls_server_that_will_not_speak_http2_is_refused_clearly() {
     .with_single_cert(chain, key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
+    // First a Strata server, which a client reaches; then, at its address, the other.
+    let (served, _log) = served_log(Some(node())).await;
+    let address = served.address.clone();
+    let remote = RemoteLog::connect(&address, access(Some(node())), LogId(3))
+        .await
+        .unwrap();
+    remote.pull(Version(0), 1).await.unwrap();
+    served.stop().await;
+    let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
@@ -315,6 +322,14 @@ async fn a_tls_server_that_will_not_speak_http2_is_refused_clearly() {
             });
         }
     });
+    // The connected client's next call finds the connection gone and makes a new one: the
+    // refusal is as final as at the first connection, and the call was never sent.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let e = remote.pull(Version(0), 1).await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("not a Strata server"), "{text}");
+    assert!(text.contains("not sent"), "{text}");
     let text = refused(RemoteLog::connect(&address, access(Some(node())), LogId(3)).await);
     assert!(
         text.contains("HTTP/2") && text.contains("not a Strata server"),
