@@ -27,16 +27,9 @@ const FIRST_CALL_RETRY: std::time::Duration = std::time::Duration::from_millis(2
 /// alert record, read as an HTTP/2 frame header, gives a frame longer than HTTP/2 allows,
 /// which the client's own HTTP/2 layer refuses (as it does most other protocols' bytes).
 fn is_tls_answer(status: &Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(status);
-    while let Some(cause) = source {
-        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.is_go_away()
-                && h2.is_library()
-                && h2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR);
-        }
-        source = cause.source();
-    }
-    false
+    cause_of::<h2::Error>(status).is_some_and(|h2| {
+        h2.is_go_away() && h2.is_library() && h2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR)
+    })
 }
 
 /// A connection whose calls carry the cluster id.
@@ -201,6 +194,20 @@ impl Link {
             ErrorKind::Unavailable(format!("{}: {why}", self.peer)),
         )
     }
+}
+
+/// The first of `error` and its sources that is a `T`.
+pub(crate) fn cause_of<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if let Some(found) = cause.downcast_ref::<T>() {
+            return Some(found);
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// An error and its sources, joined: the transport's own text is often only "transport

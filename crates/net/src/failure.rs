@@ -235,7 +235,7 @@ pub(crate) fn from_status(stage: Stage, peer: &str, status: &Status) -> Error {
     }
     // A call whose connection could not be made again was never sent: a server that will
     // not speak HTTP/2 is final (as at the first connection), anything else is not.
-    if let Some(failed) = crate::h2conn::ConnectFailed::of(status) {
+    if let Some(failed) = crate::client::cause_of::<crate::h2conn::ConnectFailed>(status) {
         let text = format!(
             "{peer}: {failed}: {}; the call was not sent",
             crate::client::causes(failed.cause())

@@ -122,20 +122,6 @@ impl std::fmt::Display for ConnectFailed {
 }
 
 impl ConnectFailed {
-    /// The failure to connect among `error`'s causes, if there is one.
-    pub(crate) fn of<'a>(
-        error: &'a (dyn std::error::Error + 'static),
-    ) -> Option<&'a ConnectFailed> {
-        let mut source = Some(error);
-        while let Some(cause) = source {
-            if let Some(found) = cause.downcast_ref::<ConnectFailed>() {
-                return Some(found);
-            }
-            source = cause.source();
-        }
-        None
-    }
-
     /// What made the attempt fail.
     pub(crate) fn cause(&self) -> &(dyn std::error::Error + 'static) {
         &**self.0
