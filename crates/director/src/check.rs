@@ -18,6 +18,9 @@ use strata_core::{Blocking, Epoch, Error, ErrorKind, Result, Version};
 use strata_tlog::fs::RealFs;
 use strata_tlog::{FileLog, FileLogConfig, OpenMode};
 
+use crate::HeldLog;
+use crate::held_log::OpenLogs;
+
 use crate::coordinator::{CoordinatedState, Coordination, LogPlace, StateStore};
 
 /// The coordinated state's file, relative to the data directory.
@@ -249,7 +252,7 @@ pub struct CheckReport {
 /// [`read_holdings`]).
 pub(crate) struct Holdings {
     /// The logs the state names that opened, with their places.
-    pub(crate) logs: Vec<(LogPlace, Arc<FileLog>)>,
+    pub(crate) logs: Vec<(LogPlace, Arc<dyn HeldLog>)>,
     /// Each storage server's durable version, in order; `None` where its file is unreadable.
     pub(crate) durable: Vec<Option<Version>>,
     /// The newest version every named log holds, when every one of them opened.
@@ -270,7 +273,7 @@ pub(crate) async fn read_holdings_at_rest(
         Some(state),
         state.storage,
         Blocking::Threads,
-        open_named_log,
+        &ReadOnly,
     )
     .await
 }
@@ -286,25 +289,15 @@ async fn stored_at(path: PathBuf, blocking: Blocking) -> Result<Result<strata_st
     }
 }
 
-/// Reads what the directory holds against its coordinated state `state`: each storage file's
-/// durable version and shard (storage server `i` of `storage` owns the `i`th range of the key
-/// space), then every log the state names, opened by `open_log` with the version known
-/// committed that it must hold (so a log that looks torn below it is reported, not repaired).
-/// Finds logs ending below the recovery version the state recorded, and storage durable above
-/// what every log holds. Writes nothing but what `open_log` writes. When a
-/// storage file cannot be read, the logs are not opened (their `holds` is `None`).
-/// Recovery stops at the first finding; `strata check` reports them all. The storage files
-/// are read as `blocking` says (inline in the simulation, whose clock must not move while a
-/// thread reads).
-pub(crate) async fn read_holdings(
+/// Each storage file's durable version (`None` where it cannot be read), and what is wrong
+/// with them: a file that cannot be read, or that holds another server's shard (storage
+/// server `i` of `storage` owns the `i`th range of the key space).
+async fn read_storage(
     data_dir: &Path,
-    state: Option<&CoordinatedState>,
     storage: usize,
     blocking: Blocking,
-    mut open_log: impl FnMut(&Path, &LogPlace, Version) -> Result<Arc<FileLog>>,
-) -> Result<Holdings> {
+) -> Result<Findings<Vec<Option<Version>>>> {
     let mut found: Vec<(Finding, Option<Error>)> = Vec::new();
-    // Storage first: each durable version is known committed, which every log must hold.
     let mut durable = Vec::new();
     for (i, owned) in crate::split_ranges(storage)?.into_iter().enumerate() {
         let file = format!("storage/{i}.redb");
@@ -337,6 +330,31 @@ pub(crate) async fn read_holdings(
             }
         }
     }
+    Ok((durable, found))
+}
+
+/// What a read found, with what is wrong with it (each with the error behind it, if any).
+type Findings<T> = (T, Vec<(Finding, Option<Error>)>);
+
+/// Reads what the directory holds against its coordinated state `state`: each storage file's
+/// durable version and shard (storage server `i` of `storage` owns the `i`th range of the key
+/// space), then every log the state names, opened by `open_log` with the version known
+/// committed that it must hold (so a log that looks torn below it is reported, not repaired).
+/// Finds logs ending below the recovery version the state recorded, and storage durable above
+/// what every log holds. Writes nothing but what `open_log` writes. When a
+/// storage file cannot be read, the logs are not opened (their `holds` is `None`).
+/// Recovery stops at the first finding; `strata check` reports them all. The storage files
+/// are read as `blocking` says (inline in the simulation, whose clock must not move while a
+/// thread reads).
+pub(crate) async fn read_holdings(
+    data_dir: &Path,
+    state: Option<&CoordinatedState>,
+    storage: usize,
+    blocking: Blocking,
+    logs_from: &dyn OpenLogs,
+) -> Result<Holdings> {
+    // Storage first: each durable version is known committed, which every log must hold.
+    let (durable, mut found) = read_storage(data_dir, storage, blocking).await?;
     let recorded = state.map_or(Version::ZERO, |s| s.recovery_version);
     let committed = durable
         .iter()
@@ -353,7 +371,10 @@ pub(crate) async fn read_holdings(
         .iter()
         .filter(|p| storage_read && is_log_place(&p.dir))
     {
-        match open_log(&data_dir.join(&place.dir), place, committed) {
+        match logs_from
+            .open(&data_dir.join(&place.dir), place, committed)
+            .await
+        {
             Ok(log) => logs.push((place.clone(), log)),
             Err(e) => found.push((finding(place.dir.clone(), e.to_string()), Some(e))),
         }
@@ -408,30 +429,35 @@ pub(crate) async fn read_holdings(
     })
 }
 
-/// Opens the log at `dir` that the coordinated state names as `place` to be read only: it must
-/// exist and hold `committed`, and nothing in its directory changes, whatever a crash left
-/// there (see [`OpenMode::ReadOnly`]). How the tools that only read (`strata check`, a
-/// [`crate::Snapshot`]) open logs for [`read_holdings`].
-pub(crate) fn open_named_log(
-    dir: &Path,
-    place: &LogPlace,
-    committed: Version,
-) -> Result<Arc<FileLog>> {
-    FileLog::open_dir(
-        Arc::new(RealFs),
-        dir,
-        place.id,
-        OpenMode::ReadOnly { committed },
-        FileLogConfig::default(),
-    )
-    .map(Arc::new)
+/// How the tools that only read (`strata check`, a [`crate::Snapshot`]) open logs for
+/// [`read_holdings`]: each log must exist and hold the version known committed, and nothing
+/// in its directory changes, whatever a crash left there (see [`OpenMode::ReadOnly`]).
+struct ReadOnly;
+
+#[async_trait::async_trait]
+impl OpenLogs for ReadOnly {
+    async fn open(
+        &self,
+        dir: &Path,
+        place: &LogPlace,
+        committed: Version,
+    ) -> Result<Arc<dyn HeldLog>> {
+        let log = FileLog::open_dir(
+            Arc::new(RealFs),
+            dir,
+            place.id,
+            OpenMode::ReadOnly { committed },
+            FileLogConfig::default(),
+        )?;
+        Ok(Arc::new(log))
+    }
 }
 
 /// Reads everything in `data_dir` and reports each inconsistency, changing no data: the
 /// coordinated state against the directory ([`check_directory`]), every storage file and every
 /// log it names (`read_holdings`), and whether some log holds all the history the next
 /// recovery would replay. It first takes the directory's lock ([`crate::owner`], creating
-/// `strata.lock`); the logs are opened to be read only (`open_named_log`), so nothing else is
+/// `strata.lock`); the logs are opened to be read only (`ReadOnly`), so nothing else is
 /// written, whatever a crash left. An error is returned when the directory is missing, in use
 /// by another process, or cannot be read at all.
 pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
@@ -471,7 +497,7 @@ pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
         .findings
         .extend(held.findings.into_iter().map(|(f, _)| f.in_store(&store)));
     let oldest_durable = held.durable.iter().flatten().copied().min();
-    let sources: Vec<(String, Arc<FileLog>)> = held
+    let sources: Vec<(String, Arc<dyn HeldLog>)> = held
         .logs
         .iter()
         .map(|(p, l)| (p.dir.clone(), l.clone()))

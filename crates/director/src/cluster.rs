@@ -15,10 +15,10 @@ use strata_core::{
 use strata_net::Stages;
 use strata_sequencer::ClockSequencer;
 use strata_storage::RedbStorage;
-use strata_tlog::FileLog;
 use strata_txn_builder::Database;
 use tokio::task::JoinHandle;
 
+use crate::HeldLog;
 use crate::config::EmbeddedConfig;
 use crate::coordinator::{Coordination, StateStore};
 use crate::owner::{DirectoryLock, lock_directory};
@@ -107,7 +107,7 @@ impl Watermark {
     pub(crate) fn start(
         sequencer: Arc<dyn Sequencer>,
         storage: Vec<Arc<RedbStorage>>,
-        logs: Vec<Arc<FileLog>>,
+        logs: Vec<Arc<dyn HeldLog>>,
         interval: Duration,
     ) -> Watermark {
         Watermark(tokio::spawn(async move {
@@ -164,7 +164,7 @@ pub struct EmbeddedCluster {
     pub(crate) epoch: Epoch,
     pub(crate) start_version: Version,
     pub(crate) pipeline: Pipeline,
-    pub(crate) logs: Vec<Arc<FileLog>>,
+    pub(crate) logs: Vec<Arc<dyn HeldLog>>,
     pub(crate) storage: Vec<Arc<RedbStorage>>,
     pub(crate) watermark: Watermark,
     /// How long [`EmbeddedCluster::check_health`] waits for each probe.
@@ -287,19 +287,7 @@ impl EmbeddedCluster {
         // so in its heartbeat, but the failure is the log's (a worker that fails a heartbeat
         // is passed over by the next recoveries for a while).
         for log in &self.logs {
-            if let Some(cause) = log.poisoned_by() {
-                return Err(Error::new(Stage::Log, ErrorKind::Poisoned(cause)));
-            }
-            let locked = log.locked_epoch()?;
-            if locked > self.epoch {
-                return Err(Error::new(
-                    Stage::Log,
-                    ErrorKind::Fenced {
-                        request: self.epoch,
-                        current: locked,
-                    },
-                ));
-            }
+            log.probe(self.epoch).await?;
         }
         // Before the proxies here: a worker that died fails their batches too, and the
         // failure is its own.
@@ -341,7 +329,7 @@ impl EmbeddedCluster {
     }
 
     /// The logs of this epoch's generation.
-    pub fn logs(&self) -> &[Arc<FileLog>] {
+    pub fn logs(&self) -> &[Arc<dyn HeldLog>] {
         &self.logs
     }
 

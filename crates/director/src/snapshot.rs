@@ -30,8 +30,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use strata_core::{ErrorKind, Key, KeyRange, Result, StorageServer, Value, Version};
 use strata_storage::{RedbStorage, StorageConfig};
-use strata_tlog::FileLog;
 
+use crate::HeldLog;
 use crate::check::{check_directory, read_holdings_at_rest};
 use crate::coordinator::{CoordinatedState, Coordination, StateStore};
 use crate::owner::{DirectoryLock, lock_directory};
@@ -44,7 +44,7 @@ const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct Snapshot {
     state: CoordinatedState,
     version: Version,
-    logs: Vec<Arc<FileLog>>,
+    logs: Vec<Arc<dyn HeldLog>>,
     /// Each storage server with the one shard it owns, in key order.
     servers: Vec<(KeyRange, Arc<RedbStorage>)>,
     /// Held until the snapshot is closed or dropped.
@@ -116,7 +116,7 @@ impl Snapshot {
             servers: Vec::new(),
             _owner: owner,
         };
-        let named: Vec<(String, Arc<FileLog>)> = logs
+        let named: Vec<(String, Arc<dyn HeldLog>)> = logs
             .into_iter()
             .map(|(place, log)| (place.dir, log))
             .collect();
@@ -138,7 +138,7 @@ impl Snapshot {
     async fn open_storage(
         &mut self,
         data_dir: &Path,
-        named: &[(String, Arc<FileLog>)],
+        named: &[(String, Arc<dyn HeldLog>)],
         oldest: Version,
     ) -> Result<()> {
         if self.logs.is_empty() {

@@ -5,13 +5,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
-use strata_core::{ErrorKind, LogId, LogServer, Result};
+use strata_core::{ErrorKind, LogId, LogServer, Result, Version};
 use strata_testkit::network::{NetLog, Network};
 use strata_tlog::fs::{Fs, RealFs};
 use strata_tlog::{FileLog, OpenMode};
 
 use super::error;
+use crate::HeldLog;
+use crate::coordinator::LogPlace;
 use crate::faults::{Faults, FaultyFs};
+use crate::held_log::OpenLogs;
 
 /// A log's name on a simulated network.
 pub(super) fn log_role(id: LogId) -> String {
@@ -62,10 +65,10 @@ impl RecoveryEnv {
 
     /// `log` as the director reaches it: across the simulated network, when there is one
     /// (locks, and the pulls and pushes of replay), or directly.
-    pub(super) fn reach(&self, log: &Arc<FileLog>) -> Arc<dyn LogServer> {
+    pub(super) fn reach(&self, log: &Arc<dyn HeldLog>) -> Arc<dyn LogServer> {
         match &self.network {
             Some(n) => Arc::new(NetLog::new(log.clone(), n, &log_role(log.id()))),
-            None => log.clone(),
+            None => log.clone() as Arc<dyn LogServer>,
         }
     }
 
@@ -100,6 +103,28 @@ impl RecoveryEnv {
         };
         let log = Arc::new(FileLog::open_dir(fs, dir, id, mode, config)?);
         logs.insert(dir.to_owned(), Arc::downgrade(&log));
+        Ok(log)
+    }
+}
+
+/// How recovery opens the logs the coordinated state names, in phase 1: through the process's
+/// registry of open logs ([`RecoveryEnv::open_log`]), to be locked and replayed from.
+pub(super) struct ToRecover<'a> {
+    pub(super) env: &'a RecoveryEnv,
+    pub(super) config: strata_tlog::FileLogConfig,
+}
+
+#[async_trait::async_trait]
+impl OpenLogs for ToRecover<'_> {
+    async fn open(
+        &self,
+        dir: &Path,
+        place: &LogPlace,
+        committed: Version,
+    ) -> Result<Arc<dyn HeldLog>> {
+        let log =
+            self.env
+                .open_log(dir, place.id, OpenMode::Existing { committed }, self.config)?;
         Ok(log)
     }
 }

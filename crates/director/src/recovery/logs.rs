@@ -6,19 +6,20 @@ use std::path::Path;
 use std::sync::Arc;
 
 use strata_core::{Error, ErrorKind, LogId, LogServer, LogState, Result, Stage, Version};
-use strata_tlog::{FileLog, OpenMode};
+use strata_tlog::OpenMode;
 
 use super::replay::{choose_source, replay};
 use super::{
     Attempt, Claim, Inspected, RecoveryEnv, RecoveryError, error, unrecoverable_if_damaged,
 };
+use crate::HeldLog;
 use crate::config::EmbeddedConfig;
 use crate::coordinator::{LogPlace, StateStore};
 
 /// The logs of the new generation.
 pub(crate) struct NewLogs {
     pub(super) places: Vec<LogPlace>,
-    pub(crate) logs: Vec<Arc<FileLog>>,
+    pub(crate) logs: Vec<Arc<dyn HeldLog>>,
 }
 
 /// Failed attempts clean up what they created: the new logs, until the coordinated state
@@ -55,7 +56,7 @@ pub(super) fn remove_unrecorded(data_dir: &Path, store: &dyn StateStore, logs: &
 /// A log of the previous generation, locked by this epoch.
 pub(super) struct OldLog {
     place: LogPlace,
-    pub(super) log: Arc<FileLog>,
+    pub(super) log: Arc<dyn HeldLog>,
     state: LogState,
 }
 
@@ -114,7 +115,7 @@ pub(super) async fn recruit_logs(
         .iter()
         .copied()
         .fold(recovery_version, Version::min);
-    let sources: Vec<(String, Arc<FileLog>)> = old
+    let sources: Vec<(String, Arc<dyn HeldLog>)> = old
         .iter()
         .map(|o| (o.place.dir.clone(), o.log.clone()))
         .collect();
@@ -145,7 +146,8 @@ pub(super) async fn recruit_logs(
                 ))));
             }
             let id = LogId(epoch.0 * 1_000 + u64::try_from(i).unwrap_or(0));
-            let log = env.open_log(&path, id, OpenMode::Create(source.anchor), config.log)?;
+            let log: Arc<dyn HeldLog> =
+                env.open_log(&path, id, OpenMode::Create(source.anchor), config.log)?;
             created.places.push(LogPlace { id, dir });
             created.logs.push(log.clone());
             env.reach(&log).lock(epoch).await?;

@@ -35,9 +35,9 @@ use strata_core::system::{BeginKey, SystemConfig, TransactionSystemLayout, keys}
 use strata_core::{Epoch, Error, ErrorKind, LogServer, Stage, StorageServer, Version, printable};
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_testkit::network::{NetLog, Network};
-use strata_tlog::{FileLog, OpenMode};
 use tracing::Instrument;
 
+use crate::HeldLog;
 use crate::check::{check_directory, read_holdings};
 use crate::cluster::{EmbeddedCluster, Watermark};
 use crate::config::EmbeddedConfig;
@@ -52,7 +52,7 @@ mod pipeline;
 pub(crate) mod replay;
 
 pub use env::RecoveryEnv;
-use env::log_role;
+use env::{ToRecover, log_role};
 
 use logs::{
     NewLogs, OldLog, choose_recovery_version, lock_previous_logs, recruit_logs, remove_unrecorded,
@@ -416,7 +416,7 @@ async fn start_and_persist(
 /// previous generation's logs (open, not yet locked) and the storage servers' durable versions.
 pub(super) struct Inspected {
     pub(super) previous: Option<CoordinatedState>,
-    pub(super) logs: Vec<(LogPlace, Arc<FileLog>)>,
+    pub(super) logs: Vec<(LogPlace, Arc<dyn HeldLog>)>,
     pub(super) durable: Vec<Version>,
 }
 
@@ -452,8 +452,9 @@ async fn inspect_directory(
         previous.as_ref(),
         config.storage,
         config.storage_config.blocking,
-        |dir, place, committed| {
-            env.open_log(dir, place.id, OpenMode::Existing { committed }, config.log)
+        &ToRecover {
+            env,
+            config: config.log,
         },
     )
     .await?;
@@ -552,7 +553,7 @@ fn storage_path(data_dir: &Path, i: usize) -> PathBuf {
 async fn open_storage(
     data_dir: &Path,
     config: &EmbeddedConfig,
-    logs: &[Arc<FileLog>],
+    logs: &[Arc<dyn HeldLog>],
     network: Option<&Arc<Network>>,
     recovery_version: Version,
 ) -> Attempt<Vec<Arc<RedbStorage>>> {

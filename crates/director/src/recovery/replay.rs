@@ -17,8 +17,8 @@
 
 use std::sync::Arc;
 
+use crate::HeldLog;
 use strata_core::{Epoch, Error, ErrorKind, LogEntry, LogServer, Result, Stage, Version};
-use strata_tlog::FileLog;
 
 /// Entries pulled from the source at a time.
 const PAGE_ENTRIES: usize = 1_000;
@@ -31,7 +31,7 @@ fn corruption(why: String) -> Error {
 #[derive(Clone, Debug)]
 pub(crate) struct Source {
     /// The log to copy from; `None` when there is nothing to copy.
-    pub(crate) log: Option<(String, Arc<FileLog>)>,
+    pub(crate) log: Option<(String, Arc<dyn HeldLog>)>,
     /// The version the new logs start from: the predecessor of the first entry they receive,
     /// or the recovery version when nothing is copied.
     pub(crate) anchor: Version,
@@ -40,7 +40,7 @@ pub(crate) struct Source {
 /// Picks a log of the previous generation that holds every entry in `(base, through]`, and the
 /// anchor the new logs start from. `logs` pairs each log with its directory, for errors.
 pub(crate) async fn choose_source(
-    logs: &[(String, Arc<FileLog>)],
+    logs: &[(String, Arc<dyn HeldLog>)],
     base: Version,
     through: Version,
 ) -> Result<Source> {
@@ -167,13 +167,13 @@ mod tests {
 
     use bytes::Bytes;
     use strata_core::{LogId, LogServer};
-    use strata_tlog::FileLogConfig;
+    use strata_tlog::{FileLog, FileLogConfig};
 
     use super::*;
 
     /// A log holding versions 1 to 100, each the successor of the one before, in segments of
     /// a few entries; popped below `popped` (whole segments only, so it keeps a little more).
-    async fn log(dir: &Path, popped: Version) -> Arc<FileLog> {
+    async fn log(dir: &Path, popped: Version) -> Arc<dyn HeldLog> {
         let config = FileLogConfig {
             segment_bytes: 4 << 10,
             ..FileLogConfig::default()
