@@ -123,7 +123,7 @@ fn storage_files(data_dir: &Path) -> Vec<String> {
 }
 
 /// The epoch a log directory named `<epoch>-<n>` belongs to.
-fn dir_epoch(name: &str) -> Option<Epoch> {
+pub(crate) fn dir_epoch(name: &str) -> Option<Epoch> {
     let (epoch, n) = name.split_once('-')?;
     n.parse::<u64>().ok()?;
     epoch.parse().ok().map(Epoch)
@@ -376,7 +376,7 @@ pub(crate) async fn read_holdings(
             .await
         {
             Ok(log) => logs.push((place.clone(), log)),
-            Err(e) => found.push((finding(place.dir.clone(), e.to_string()), Some(e))),
+            Err(e) => found.push((finding(place.name(), e.to_string()), Some(e))),
         }
     }
     let holds = (logs.len() == named.len()).then(|| {

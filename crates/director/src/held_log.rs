@@ -29,6 +29,26 @@ pub trait HeldLog: LogServer + std::fmt::Debug {
     /// elsewhere) whatever failed the call.
     async fn probe(&self, epoch: Epoch) -> Result<()>;
 
+    /// Makes the log answer `epoch`'s calls, before recovery locks it: a log on a worker has
+    /// the worker serve it under the epoch's token (refusing older epochs' orders from then
+    /// on); a log in this process needs nothing.
+    async fn take(&self, _epoch: Epoch) -> Result<()> {
+        Ok(())
+    }
+
+    /// Lets the log take commits of `epoch`, its recovery's, once the coordinated state names
+    /// it: a log on a worker held back every push above the recovery version until now (see
+    /// [`crate::workers::LogWorker`]). A log in this process takes them from the start (the
+    /// proxies on workers reach it through a gate of its own, opened by the recovery).
+    async fn admit(&self, _epoch: Epoch) -> Result<()> {
+        Ok(())
+    }
+
+    /// Has the process that holds the log remove the logs the coordinated state no longer
+    /// names: a log worker does, by the state it reads itself (a failure is only logged: a
+    /// later recovery sweeps again). Recovery removes this process's own directories itself.
+    async fn sweep(&self) {}
+
     /// Lets the log go, so the next epoch can open it again: a log in this process closes its
     /// files (its handles then refuse every call).
     fn close(&self);

@@ -23,6 +23,7 @@ fn state(epoch: u64) -> CoordinatedState {
         logs: vec![LogPlace {
             id: LogId(0),
             dir: "logs/1-0".into(),
+            at: None,
         }],
         storage: 1,
         recovery_version: Version(0),

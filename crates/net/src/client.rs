@@ -35,6 +35,17 @@ fn is_tls_answer(status: &Status) -> bool {
 /// A connection whose calls carry the cluster id.
 pub(crate) type Tagged = InterceptedService<Connection, Tag>;
 
+/// The call a new connection makes first (see `Link::check_first_call`): one that changes
+/// nothing.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum FirstCall {
+    /// What the server serves: asks the stages' token when they have one.
+    Describe,
+    /// A worker's heartbeat: asks no token (a worker's own calls do not), so a director
+    /// reaches a log worker that serves its logs under an older epoch's token.
+    Heartbeat,
+}
+
 /// One connection to a server and the name its errors give it. Cheap to clone: the clones
 /// share the connection, and their calls travel on it side by side (HTTP/2 streams).
 #[derive(Clone, Debug)]
@@ -50,6 +61,16 @@ impl Link {
     /// connection: a server or a certificate refused by either end is an `InvalidRequest`
     /// that says which (another attempt would be refused the same way).
     pub(crate) async fn connect(stage: Stage, address: &str, access: Access) -> Result<Link> {
+        Link::connect_checked(stage, address, access, FirstCall::Describe).await
+    }
+
+    /// [`Link::connect`], its first call `first`.
+    pub(crate) async fn connect_checked(
+        stage: Stage,
+        address: &str,
+        access: Access,
+        first: FirstCall,
+    ) -> Result<Link> {
         let peer = format!("server at {address}");
         let token = match access.token() {
             Some(token) => Some(MetadataValue::try_from(token).map_err(|e| {
@@ -83,11 +104,13 @@ impl Link {
             channel: InterceptedService::new(channel, tag),
             peer,
         };
-        link.check_first_call(stage, access.tls().is_some()).await?;
+        link.check_first_call(stage, access.tls().is_some(), first)
+            .await?;
         Ok(link)
     }
 
-    /// Makes one call, to learn whether the server takes this connection's calls at all.
+    /// Makes one call, `first`, to learn whether the server takes this connection's calls at
+    /// all.
     ///
     /// With TLS 1.3 a client finishes its handshake before the server checks its
     /// certificate, so a refusal arrives with the first call: as the server's alert, or, when
@@ -98,12 +121,22 @@ impl Link {
     /// server (its alert, or its own answer: another cluster's id, say), or fails in transit:
     /// then it is made again, on a new connection, up to [`FIRST_CALLS`] times, and the last
     /// failure is `Unavailable` with a text that names the likely cause.
-    async fn check_first_call(&self, stage: Stage, tls: bool) -> Result<()> {
+    async fn check_first_call(&self, stage: Stage, tls: bool, first: FirstCall) -> Result<()> {
         let mut last = None;
         for _ in 0..FIRST_CALLS {
-            let mut client = proto::cluster_client::ClusterClient::new(self.channel.clone());
-            let status = match client.describe(proto::DescribeRequest {}).await {
-                Ok(_) => return Ok(()),
+            let called = match first {
+                FirstCall::Describe => {
+                    let mut client =
+                        proto::cluster_client::ClusterClient::new(self.channel.clone());
+                    client.describe(proto::DescribeRequest {}).await.map(drop)
+                }
+                FirstCall::Heartbeat => {
+                    let mut client = proto::worker_client::WorkerClient::new(self.channel.clone());
+                    client.heartbeat(proto::HeartbeatRequest {}).await.map(drop)
+                }
+            };
+            let status = match called {
+                Ok(()) => return Ok(()),
                 Err(status) => status,
             };
             if !tls && is_tls_answer(&status) {

@@ -116,6 +116,10 @@ pub(crate) struct Check {
     pub(crate) stage: Stage,
     /// What is served: stages published with a token answer only calls that carry it.
     pub(crate) stages: tokio::sync::watch::Receiver<std::sync::Arc<crate::Stages>>,
+    /// Whether the calls checked are the stages' (which ask the token) or a worker's own
+    /// (which do not: a new epoch's director gives a log worker its token in such a call, and
+    /// the orders that need the token carry it themselves).
+    pub(crate) to_stages: bool,
 }
 
 impl Interceptor for Check {
@@ -123,7 +127,7 @@ impl Interceptor for Check {
         let named = request.metadata().get(CLUSTER_ID_HEADER);
         if named.is_some_and(|id| id.as_bytes() == self.cluster.id.as_bytes()) {
             let stages = self.stages.borrow();
-            let Some(token) = &stages.token else {
+            let Some(token) = stages.token.as_ref().filter(|_| self.to_stages) else {
                 return Ok(request);
             };
             let carried = request.metadata().get(STAGE_TOKEN_HEADER);

@@ -152,8 +152,8 @@ pub use server::{Exposure, SHUTDOWN_GRACE, Stages, serve, serve_worker};
 pub use storage::RemoteStorage;
 pub use tls::{Access, Tls};
 pub use worker::{
-    ProxySettings, ProxyWiring, Recruiter, Recruitment, RemoteWorker, ResolverSettings, Role,
-    WorkerState,
+    LogHost, NewLog, ProxySettings, ProxyWiring, Recruiter, Recruitment, RemoteWorker,
+    ResolverSettings, Role, WorkerState,
 };
 
 /// The messages and services generated from `proto/strata/v1/`.

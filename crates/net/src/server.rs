@@ -188,18 +188,22 @@ async fn serve_stages(
         calls: calls.clone(),
         stopped: Mutex::new(false),
     });
-    let check = |stage| Check {
+    let check = |stage, to_stages| Check {
         cluster: cluster.clone(),
         stage,
         stages: shared.stages.clone(),
+        to_stages,
     };
     macro_rules! service {
         ($server:ty, $stage:expr) => {
+            service!($server, $stage, true)
+        };
+        ($server:ty, $stage:expr, $to_stages:expr) => {
             InterceptedService::new(
                 <$server>::new(Served(shared.clone()))
                     .max_decoding_message_size(MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(MESSAGE_BYTES_MAX),
-                check($stage),
+                check($stage, $to_stages),
             )
         };
     }
@@ -245,7 +249,8 @@ async fn serve_stages(
         ))
         .add_service(service!(
             proto::worker_server::WorkerServer<Served>,
-            Stage::Director
+            Stage::Director,
+            false
         ))
         .serve_with_incoming_shutdown(incoming, async {
             shutdown.await;

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use strata_core::{Epoch, Error, ErrorKind, Key, LogId, Result, Stage, Version};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tonic::{Request, Response, Status};
 
-use crate::client::{Link, Tagged};
+use crate::client::{FirstCall, Link, Tagged};
 use crate::failure::to_status;
 use crate::proto;
 use crate::proto::worker_client::WorkerClient;
@@ -36,11 +37,15 @@ pub enum Role {
     /// A commit proxy: one per worker and epoch, built at each recruitment to call the
     /// epoch's sequencer, resolvers and logs where the recruitment says they are served.
     Proxy,
+    /// Transaction logs: a worker holds logs across epochs (the next recovery reads the
+    /// previous generation's), created, opened and removed by the director's orders (see
+    /// [`LogHost`]); never recruited.
+    Log,
 }
 
 impl Role {
     /// Every role a worker can have.
-    pub const ALL: [Role; 3] = [Role::Resolver, Role::Sequencer, Role::Proxy];
+    pub const ALL: [Role; 4] = [Role::Resolver, Role::Sequencer, Role::Proxy, Role::Log];
 
     /// The role's name, as the command line and the worker registry spell it.
     pub fn name(self) -> &'static str {
@@ -48,6 +53,7 @@ impl Role {
             Role::Resolver => "resolver",
             Role::Sequencer => "sequencer",
             Role::Proxy => "proxy",
+            Role::Log => "log",
         }
     }
 
@@ -62,6 +68,7 @@ impl Role {
             Role::Resolver => Stage::Resolver,
             Role::Sequencer => Stage::Sequencer,
             Role::Proxy => Stage::CommitProxy,
+            Role::Log => Stage::Log,
         }
     }
 
@@ -70,6 +77,7 @@ impl Role {
             Role::Resolver => proto::Role::Resolver,
             Role::Sequencer => proto::Role::Sequencer,
             Role::Proxy => proto::Role::Proxy,
+            Role::Log => proto::Role::Log,
         }
     }
 
@@ -78,6 +86,7 @@ impl Role {
             proto::Role::Resolver => Some(Role::Resolver),
             proto::Role::Sequencer => Some(Role::Sequencer),
             proto::Role::Proxy => Some(Role::Proxy),
+            proto::Role::Log => Some(Role::Log),
             proto::Role::Unspecified => None,
         }
     }
@@ -303,9 +312,86 @@ pub trait Recruiter: Send + Sync {
     fn failure(&self) -> Option<String> {
         None
     }
+
+    /// The worker's logs, if it is a log worker: what its `Worker` log orders act on.
+    fn log_host(self: Arc<Self>) -> Option<Arc<dyn LogHost>> {
+        None
+    }
+}
+
+/// A director's order to create a log on a log worker (see [`LogHost::create`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewLog {
+    /// The epoch creating it (its recovery's).
+    pub epoch: Epoch,
+    /// The epoch's secret: the logs held here answer only calls that carry it from now on.
+    pub token: String,
+    /// The log's id.
+    pub id: LogId,
+    /// Its directory, relative to the worker's data directory: `logs/<epoch>-<n>`.
+    pub dir: String,
+    /// The version its history starts from: the predecessor of the first entry it receives.
+    pub anchor: Version,
+    /// Pushes of versions above it are refused (`Unavailable`) until
+    /// [`LogHost::admit`]; replay pushes at most it.
+    pub admit_above: Version,
+}
+
+/// A log worker's side of the director's orders: it holds logs across epochs, in directories
+/// of its data directory, and serves them (published on the stages its
+/// [`serve_worker`](crate::serve_worker) serves) under the token of the newest epoch that
+/// gave it an order.
+///
+/// Orders that name an epoch are fenced: one of an epoch older than the newest this worker
+/// took is refused (`Fenced`), and one of the newest epoch must carry its token
+/// (`InvalidRequest` otherwise). An order of a newer epoch replaces the token.
+#[async_trait]
+pub trait LogHost: Send + Sync {
+    /// Opens (or finds open) the log `id` in `dir`, which must exist and hold `committed`,
+    /// the version known committed; serves it and returns the newest version it holds.
+    ///
+    /// Errors: `Corruption` when it is missing or damaged; `InvalidRequest` for a `dir`
+    /// that is not a log's; I/O errors as `Io`.
+    async fn open(&self, id: LogId, dir: &str, committed: Version) -> Result<Version>;
+
+    /// Serves the logs held here to `epoch`'s processes from now on.
+    async fn take(&self, epoch: Epoch, token: &str) -> Result<()>;
+
+    /// Creates the log `order` names and serves it, its pushes above
+    /// [`NewLog::admit_above`] refused until [`LogHost::admit`]; returns its anchor.
+    ///
+    /// Errors: `Corruption` when its directory exists already (no epoch creates a log twice).
+    async fn create(&self, order: NewLog) -> Result<Version>;
+
+    /// Lets the logs created for `epoch` take every push: the coordinated state names them.
+    async fn admit(&self, epoch: Epoch, token: &str) -> Result<()>;
+
+    /// Removes the logs held here that the coordinated state does not name and that an older
+    /// epoch than the state's created; returns their directories.
+    async fn sweep(&self) -> Result<Vec<String>>;
 }
 
 impl Served {
+    /// The worker's logs, for a log order.
+    fn log_host(&self) -> std::result::Result<Arc<dyn LogHost>, Status> {
+        self.recruiter()?.log_host().ok_or_else(|| {
+            refuse(
+                Stage::Log,
+                ErrorKind::InvalidRequest("this worker holds no logs: it runs another role".into()),
+            )
+        })
+    }
+
+    /// Admits a log order from the cluster's own processes: the worker's logs.
+    fn log_order(
+        &self,
+        call: &str,
+    ) -> std::result::Result<(Arc<dyn LogHost>, TaskTrackerToken), Status> {
+        let admitted = self.admit(Stage::Log)?;
+        self.internal(Stage::Log, call)?;
+        Ok((self.log_host()?, admitted))
+    }
+
     fn recruiter(&self) -> std::result::Result<Arc<dyn Recruiter>, Status> {
         self.worker().ok_or_else(|| {
             refuse(
@@ -375,6 +461,73 @@ impl proto::worker_server::Worker for Served {
             failure: recruiter.failure(),
         }))
     }
+
+    async fn open_log(
+        &self,
+        request: Request<proto::OpenLogRequest>,
+    ) -> std::result::Result<Response<proto::OpenLogReply>, Status> {
+        let (host, _call) = self.log_order("Worker.OpenLog")?;
+        let r = request.into_inner();
+        let last = self
+            .detached(async move { host.open(LogId(r.id), &r.dir, Version(r.committed)).await })
+            .await?;
+        Ok(Response::new(proto::OpenLogReply {
+            last_version: last.0,
+        }))
+    }
+
+    async fn take_logs(
+        &self,
+        request: Request<proto::EpochOrder>,
+    ) -> std::result::Result<Response<proto::OrderDone>, Status> {
+        let (host, _call) = self.log_order("Worker.TakeLogs")?;
+        let r = request.into_inner();
+        self.detached(async move { host.take(Epoch(r.epoch), &r.token).await })
+            .await?;
+        Ok(Response::new(proto::OrderDone {}))
+    }
+
+    async fn create_log(
+        &self,
+        request: Request<proto::CreateLogRequest>,
+    ) -> std::result::Result<Response<proto::OpenLogReply>, Status> {
+        let (host, _call) = self.log_order("Worker.CreateLog")?;
+        let r = request.into_inner();
+        let order = NewLog {
+            epoch: Epoch(r.epoch),
+            token: r.token,
+            id: LogId(r.id),
+            dir: r.dir,
+            anchor: Version(r.anchor),
+            admit_above: Version(r.admit_above),
+        };
+        let anchor = self
+            .detached(async move { host.create(order).await })
+            .await?;
+        Ok(Response::new(proto::OpenLogReply {
+            last_version: anchor.0,
+        }))
+    }
+
+    async fn admit_pushes(
+        &self,
+        request: Request<proto::EpochOrder>,
+    ) -> std::result::Result<Response<proto::OrderDone>, Status> {
+        let (host, _call) = self.log_order("Worker.AdmitPushes")?;
+        let r = request.into_inner();
+        self.detached(async move { host.admit(Epoch(r.epoch), &r.token).await })
+            .await?;
+        Ok(Response::new(proto::OrderDone {}))
+    }
+
+    async fn sweep_logs(
+        &self,
+        _request: Request<proto::SweepLogsRequest>,
+    ) -> std::result::Result<Response<proto::SweepLogsReply>, Status> {
+        let (host, _call) = self.log_order("Worker.SweepLogs")?;
+        let removed = self.detached(async move { host.sweep().await }).await?;
+        Ok(Response::new(proto::SweepLogsReply { removed }))
+    }
 }
 
 /// A worker served elsewhere by [`serve_worker`](crate::serve_worker), as the director reaches
@@ -391,7 +544,9 @@ impl RemoteWorker {
     /// Errors: `Unavailable` when nothing answers at `address`; `InvalidRequest` when the
     /// server is of another cluster or a TLS handshake failed.
     pub async fn connect(address: &str, access: impl Into<Access>) -> Result<RemoteWorker> {
-        let link = Link::connect(Stage::Director, address, access.into()).await?;
+        let access = access.into();
+        let link =
+            Link::connect_checked(Stage::Director, address, access, FirstCall::Heartbeat).await?;
         let client = WorkerClient::new(link.channel.clone());
         Ok(RemoteWorker { link, client })
     }
@@ -435,5 +590,75 @@ impl RemoteWorker {
             epoch: reply.epoch.map(Epoch),
             failure: reply.failure,
         })
+    }
+
+    /// Orders a log worker to open a log the coordinated state names (see [`LogHost::open`]);
+    /// the newest version it holds.
+    ///
+    /// Errors: the worker's (`Corruption` for a log missing or damaged); `Unavailable` when
+    /// the answer is lost.
+    pub async fn open_log(&self, id: LogId, dir: &str, committed: Version) -> Result<Version> {
+        let request = proto::OpenLogRequest {
+            id: id.0,
+            dir: dir.to_owned(),
+            committed: committed.0,
+        };
+        let reply = self.client.clone().open_log(request).await;
+        Ok(Version(self.link.answer(Stage::Log, reply)?.last_version))
+    }
+
+    /// Orders a log worker to serve its logs to `epoch`'s processes (see [`LogHost::take`]).
+    ///
+    /// Errors: `Fenced` when it took a newer epoch; `Unavailable` when the answer is lost.
+    pub async fn take_logs(&self, epoch: Epoch, token: &str) -> Result<()> {
+        let request = proto::EpochOrder {
+            epoch: epoch.0,
+            token: token.to_owned(),
+        };
+        let reply = self.client.clone().take_logs(request).await;
+        self.link.answer(Stage::Log, reply)?;
+        Ok(())
+    }
+
+    /// Orders a log worker to create a log (see [`LogHost::create`]); its anchor.
+    ///
+    /// Errors: the worker's (`Fenced`, `Corruption` for a directory that exists);
+    /// `Unavailable` when the answer is lost (the log may exist: the next sweep removes it).
+    pub async fn create_log(&self, order: NewLog) -> Result<Version> {
+        let request = proto::CreateLogRequest {
+            epoch: order.epoch.0,
+            token: order.token,
+            id: order.id.0,
+            dir: order.dir,
+            anchor: order.anchor.0,
+            admit_above: order.admit_above.0,
+        };
+        let reply = self.client.clone().create_log(request).await;
+        Ok(Version(self.link.answer(Stage::Log, reply)?.last_version))
+    }
+
+    /// Orders a log worker to let the logs created for `epoch` take every push (see
+    /// [`LogHost::admit`]).
+    ///
+    /// Errors: `Fenced` when it took a newer epoch; `Unavailable` when the answer is lost.
+    pub async fn admit_pushes(&self, epoch: Epoch, token: &str) -> Result<()> {
+        let request = proto::EpochOrder {
+            epoch: epoch.0,
+            token: token.to_owned(),
+        };
+        let reply = self.client.clone().admit_pushes(request).await;
+        self.link.answer(Stage::Log, reply)?;
+        Ok(())
+    }
+
+    /// Orders a log worker to remove the logs the coordinated state no longer names (see
+    /// [`LogHost::sweep`]); the directories removed.
+    pub async fn sweep_logs(&self) -> Result<Vec<String>> {
+        let reply = self
+            .client
+            .clone()
+            .sweep_logs(proto::SweepLogsRequest {})
+            .await;
+        Ok(self.link.answer(Stage::Log, reply)?.removed)
     }
 }

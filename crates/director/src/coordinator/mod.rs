@@ -41,8 +41,23 @@ fn io_at(path: &Path, e: std::io::Error) -> Error {
 pub struct LogPlace {
     /// The log's id.
     pub id: LogId,
-    /// Its directory, relative to the data directory.
+    /// Its directory, relative to the data directory of the process that holds it.
     pub dir: String,
+    /// The log worker that holds it (`host:port`, as it registered); `None`: the director's
+    /// own data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+impl LogPlace {
+    /// How findings and errors name it: its directory, and for a log on a worker
+    /// `strata://ADDRESS/DIR`.
+    pub fn name(&self) -> String {
+        match &self.at {
+            Some(at) => format!("strata://{at}/{}", self.dir),
+            None => self.dir.clone(),
+        }
+    }
 }
 
 /// What the coordinator keeps between recoveries.
@@ -337,6 +352,7 @@ pub(crate) mod tests {
             logs: vec![LogPlace {
                 id: LogId(0),
                 dir: format!("logs/{epoch}-0"),
+                at: None,
             }],
             storage: 1,
             recovery_version: Version(0),

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use strata_core::{ErrorKind, LogId, LogServer, Result, Version};
 use strata_testkit::network::{NetLog, Network};
@@ -107,11 +108,19 @@ impl RecoveryEnv {
     }
 }
 
+/// The longest pause between two tries to reach a log worker that phase 1 waits for.
+const WORKER_WAIT_PAUSE_MAX: Duration = Duration::from_secs(2);
+
 /// How recovery opens the logs the coordinated state names, in phase 1: through the process's
 /// registry of open logs ([`RecoveryEnv::open_log`]), to be locked and replayed from.
 pub(super) struct ToRecover<'a> {
     pub(super) env: &'a RecoveryEnv,
     pub(super) config: strata_tlog::FileLogConfig,
+    /// How the log workers are reached, with the attempt's token; `None` when this process
+    /// reaches no workers.
+    pub(super) access: Option<strata_net::Access>,
+    /// The bound monitoring holds a log worker to.
+    pub(super) probe_timeout: Duration,
 }
 
 #[async_trait::async_trait]
@@ -122,6 +131,42 @@ impl OpenLogs for ToRecover<'_> {
         place: &LogPlace,
         committed: Version,
     ) -> Result<Arc<dyn HeldLog>> {
+        if let Some(at) = &place.at {
+            let Some(access) = &self.access else {
+                return Err(error(ErrorKind::InvalidRequest(format!(
+                    "the log in {} is on the log worker at {at}, and this process reaches no \
+                     workers: serve the cluster with --listen and an etcd cluster file",
+                    place.dir
+                ))));
+            };
+            // Nothing is claimed yet: the attempt waits for the worker rather than fail (the
+            // log holds history no other process may have), however long it is away.
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let opened = crate::workers::open_on_worker(
+                    place,
+                    access,
+                    &self.env.passed_over,
+                    self.probe_timeout,
+                    committed,
+                )
+                .await;
+                match opened {
+                    Ok(log) => return Ok(Arc::new(log)),
+                    Err(e) if matches!(e.kind, ErrorKind::Unavailable(_)) => {
+                        tracing::warn!(
+                            worker = at,
+                            log = place.dir,
+                            error = %e,
+                            "waiting for the log worker that holds a log of the last generation"
+                        );
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(WORKER_WAIT_PAUSE_MAX);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let log =
             self.env
                 .open_log(dir, place.id, OpenMode::Existing { committed }, self.config)?;

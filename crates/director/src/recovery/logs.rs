@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use strata_core::{Error, ErrorKind, LogId, LogServer, LogState, Result, Stage, Version};
+use strata_net::{NewLog, RemoteWorker, Role};
 use strata_tlog::OpenMode;
 
 use super::replay::{choose_source, replay};
@@ -15,18 +16,23 @@ use super::{
 use crate::HeldLog;
 use crate::config::EmbeddedConfig;
 use crate::coordinator::{LogPlace, StateStore};
+use crate::workers::{Answered, WorkerLog, WorkerPlace, create_on_worker};
 
-/// The logs of the new generation.
+/// The logs of the new generation, and the registered workers that answered the recovery's
+/// probe (`None` when this process reaches no workers), for the next phases to recruit from.
 pub(crate) struct NewLogs {
     pub(super) places: Vec<LogPlace>,
     pub(crate) logs: Vec<Arc<dyn HeldLog>>,
+    pub(super) answered: Option<Answered>,
 }
 
 /// Failed attempts clean up what they created: the new logs, until the coordinated state
 /// names them, are referred to by nothing. (Once it names them they hold the epoch's history
 /// and stay.) Whether it names them is read from the store itself, not assumed from the
 /// attempt's progress: a write of the state can fail after the new state is in place (a
-/// failed directory sync after the rename), and then the logs must stay.
+/// failed directory sync after the rename), and then the logs must stay. The logs created on
+/// workers are left to the workers' next sweep, which removes them by the same rule (see
+/// [`crate::workers::LogWorker`]).
 pub(super) fn remove_unrecorded(data_dir: &Path, store: &dyn StateStore, logs: &NewLogs) {
     for log in &logs.logs {
         log.close();
@@ -42,7 +48,7 @@ pub(super) fn remove_unrecorded(data_dir: &Path, store: &dyn StateStore, logs: &
             return;
         }
     }
-    for place in &logs.places {
+    for place in logs.places.iter().filter(|p| p.at.is_none()) {
         let path = data_dir.join(&place.dir);
         if let Err(e) = std::fs::remove_dir_all(&path) {
             tracing::warn!(dir = %path.display(), error = %e, "cannot remove a failed attempt's log");
@@ -69,6 +75,7 @@ pub(super) async fn lock_previous_logs(
 ) -> Attempt<Vec<OldLog>> {
     let mut out = Vec::new();
     for (place, log) in &inspected.logs {
+        log.take(claim.epoch).await?;
         let state = env.reach(log).lock(claim.epoch).await?;
         out.push(OldLog {
             place: place.clone(),
@@ -130,10 +137,41 @@ pub(super) async fn recruit_logs(
     let mut created = NewLogs {
         places: Vec::new(),
         logs: Vec::new(),
+        // Every registered worker is probed at once, whatever its role.
+        answered: match &env.access {
+            Some(access) => {
+                let candidates = crate::workers::registered(store);
+                let probe_timeout = config.probe_timeout;
+                Some(Answered::probe(candidates, access, probe_timeout, &env.passed_over).await)
+            }
+            None => None,
+        },
     };
+    let mut log_workers = created
+        .answered
+        .as_mut()
+        .map(|a| a.take_role(Role::Log))
+        .unwrap_or_default()
+        .into_iter();
     let recruited = async {
         for i in 0..config.logs {
             let dir = format!("logs/{}-{i}", epoch.0);
+            let id = LogId(epoch.0 * 1_000 + u64::try_from(i).unwrap_or(0));
+            let order = NewLog {
+                epoch,
+                token: claim.token.clone(),
+                id,
+                dir: dir.clone(),
+                anchor: source.anchor,
+                admit_above: recovery_version,
+            };
+            if let Some(log) = create_on_a_worker(env, config, &mut log_workers, order).await {
+                created.places.push(log.place().clone());
+                let log: Arc<dyn HeldLog> = Arc::new(log);
+                created.logs.push(log.clone());
+                env.reach(&log).lock(epoch).await?;
+                continue;
+            }
             let path = data_dir.join(&dir);
             if path.exists() {
                 // Phase 1 refused log directories of epochs after the state's, and this epoch
@@ -145,10 +183,9 @@ pub(super) async fn recruit_logs(
                     ),
                 ))));
             }
-            let id = LogId(epoch.0 * 1_000 + u64::try_from(i).unwrap_or(0));
             let log: Arc<dyn HeldLog> =
                 env.open_log(&path, id, OpenMode::Create(source.anchor), config.log)?;
-            created.places.push(LogPlace { id, dir });
+            created.places.push(LogPlace { id, dir, at: None });
             created.logs.push(log.clone());
             env.reach(&log).lock(epoch).await?;
         }
@@ -180,4 +217,36 @@ pub(super) async fn recruit_logs(
             Err(e)
         }
     }
+}
+
+/// Creates the log `order` names on the next of `workers` that can (each tried once; one that
+/// fails is passed over for a while); `None` when none could, and the log is made here.
+async fn create_on_a_worker(
+    env: &RecoveryEnv,
+    config: &EmbeddedConfig,
+    workers: &mut impl Iterator<Item = (WorkerPlace, RemoteWorker)>,
+    order: NewLog,
+) -> Option<WorkerLog> {
+    let access = env.access.as_ref()?.clone().with_token(order.token.clone());
+    for worker in workers.by_ref() {
+        let address = worker.0.address.clone();
+        let created = create_on_worker(
+            worker,
+            order.clone(),
+            &access,
+            &env.passed_over,
+            config.probe_timeout,
+        )
+        .await;
+        match created {
+            Ok(log) => {
+                tracing::info!(%address, dir = order.dir, "log created on a worker");
+                return Some(log);
+            }
+            Err(e) => {
+                tracing::warn!(%address, error = %e, "a log worker could not create a log; passed over");
+            }
+        }
+    }
+    None
 }

@@ -205,17 +205,20 @@ pub async fn recover(
     // This process must own the directory before it reads anything (shared with whoever in
     // this process already does, such as the coordinator loop).
     let owner = lock_directory(data_dir, true)?;
+    // This attempt's secret: the stages of its epoch that other processes reach answer only
+    // calls that carry it (see `crate::workers`).
+    let token = crate::workers::new_token()?;
     let mut phases = Phases::default();
     let inspected = phases
         .run(
             "check_data_directory",
-            inspect_directory(env, data_dir, store, &config),
+            inspect_directory(env, data_dir, store, &config, &token),
         )
         .await?;
     let claim = phases
         .run(
             "claim_epoch",
-            claim_epoch(store, &config, &inspected, env.served_at.as_deref()),
+            claim_epoch(store, &config, &inspected, env.served_at.as_deref(), token),
         )
         .await?;
     let old = phases
@@ -229,7 +232,7 @@ pub async fn recover(
             Ok(choose_recovery_version(&old))
         })
         .await?;
-    let logs = phases
+    let mut logs = phases
         .run(
             "recruit_logs_and_replay",
             recruit_logs(
@@ -266,6 +269,7 @@ pub async fn recover(
     // From here on the storage servers are open: a failure must close them before the
     // director exits, so that the next epoch can open them again.
     let mut recorded = false;
+    let answered = logs.answered.take();
     let outcome = start_and_persist(
         &mut phases,
         data_dir,
@@ -274,7 +278,7 @@ pub async fn recover(
         env,
         &claim,
         old,
-        &logs,
+        (&logs, answered),
         &storage,
         recovery_version,
         &mut recorded,
@@ -308,7 +312,7 @@ async fn start_and_persist(
     env: &RecoveryEnv,
     claim: &Claim,
     old: Vec<OldLog>,
-    logs: &NewLogs,
+    (logs, answered): (&NewLogs, Option<crate::workers::Answered>),
     storage: &[Arc<RedbStorage>],
     recovery_version: Version,
     recorded: &mut bool,
@@ -319,11 +323,11 @@ async fn start_and_persist(
             "start_transaction_system",
             start_pipeline(
                 env,
-                store,
                 config,
-                claim.epoch,
+                claim,
                 recovery_version,
                 logs,
+                answered,
                 storage,
             ),
         )
@@ -431,6 +435,7 @@ async fn inspect_directory(
     data_dir: &Path,
     store: &dyn StateStore,
     config: &EmbeddedConfig,
+    token: &str,
 ) -> Attempt<Inspected> {
     config.validate().map_err(RecoveryError::Unrecoverable)?;
     let previous = store.read().map_err(unrecoverable_if_damaged)?;
@@ -455,6 +460,8 @@ async fn inspect_directory(
         &ToRecover {
             env,
             config: config.log,
+            access: env.access.clone().map(|a| a.with_token(token)),
+            probe_timeout: config.probe_timeout,
         },
     )
     .await?;
@@ -499,6 +506,10 @@ fn superseded_or(
 pub(super) struct Claim {
     pub(super) epoch: Epoch,
     generation: u64,
+    /// The attempt's secret, which the stages of its epoch that other processes reach ask of
+    /// every call (the logs on workers, the stages published on the director's port for the
+    /// cluster's processes).
+    pub(super) token: String,
 }
 
 /// Phase 2: writes the next epoch into the coordinated state, with a compare-and-swap on the
@@ -508,6 +519,7 @@ async fn claim_epoch(
     config: &EmbeddedConfig,
     inspected: &Inspected,
     served_at: Option<&str>,
+    token: String,
 ) -> Attempt<Claim> {
     let previous = inspected.previous.as_ref();
     // Phase 1 refused an epoch that cannot be followed.
@@ -540,6 +552,7 @@ async fn claim_epoch(
     Ok(Claim {
         epoch,
         generation: written.generation,
+        token,
     })
 }
 
@@ -668,7 +681,13 @@ fn build_layout(
                 }
             })
             .collect(),
-        logs: places.iter().map(|p| (p.id, at(p.dir.clone()))).collect(),
+        logs: places
+            .iter()
+            .map(|p| match &p.at {
+                Some(worker) => (p.id, format!("{}@{worker}", p.dir)),
+                None => (p.id, at(p.dir.clone())),
+            })
+            .collect(),
         storage_teams: split_begins(config.storage)
             .into_iter()
             .enumerate()
@@ -707,11 +726,25 @@ async fn write_state(
             home: None,
         },
     )?;
+    // The state names the new logs: those on workers may take commits now.
+    for log in &logs.logs {
+        log.admit(claim.epoch).await?;
+    }
+    // The log workers remove what the state no longer names (the previous generation, a
+    // failed attempt's logs).
+    for log in old.iter().map(|o| &o.log).chain(&logs.logs) {
+        log.sweep().await;
+    }
     for o in &old {
         o.log.close();
     }
     drop(old);
-    let keep: Vec<PathBuf> = logs.places.iter().map(|p| data_dir.join(&p.dir)).collect();
+    let keep: Vec<PathBuf> = logs
+        .places
+        .iter()
+        .filter(|p| p.at.is_none())
+        .map(|p| data_dir.join(&p.dir))
+        .collect();
     let logs_dir = data_dir.join("logs");
     if let Ok(entries) = std::fs::read_dir(&logs_dir) {
         for entry in entries.flatten() {

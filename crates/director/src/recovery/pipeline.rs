@@ -16,10 +16,10 @@ use strata_txn_builder::Database;
 
 use super::env::log_role;
 use super::logs::NewLogs;
-use super::{Attempt, RecoveryEnv};
+use super::{Attempt, Claim, RecoveryEnv};
 use crate::cluster::{OwnSequencer, Pipeline};
 use crate::config::EmbeddedConfig;
-use crate::coordinator::StateStore;
+use crate::coordinator::LogPlace;
 use crate::faults::{FaultyLog, FaultyProxy, FaultyResolver, FaultySequencer, FaultyStorage};
 use crate::split_begins;
 use crate::workers::{self, Answered, Recruited, WorkerSequencer};
@@ -28,21 +28,14 @@ use crate::workers::{self, Answered, Recruited, WorkerSequencer};
 /// wrapped in its fault decorator in tests.
 pub(super) async fn start_pipeline(
     env: &RecoveryEnv,
-    store: &dyn StateStore,
     config: &EmbeddedConfig,
-    epoch: Epoch,
+    claim: &Claim,
     recovery_version: Version,
     logs: &NewLogs,
+    mut answered: Option<Answered>,
     storage: &[Arc<RedbStorage>],
 ) -> Attempt<Pipeline> {
-    // Every registered worker is probed at once, whatever its role.
-    let mut answered = match &env.access {
-        Some(access) => {
-            let candidates = workers::registered(store);
-            Some(Answered::probe(candidates, access, config.probe_timeout, &env.passed_over).await)
-        }
-        None => None,
-    };
+    let (epoch, token) = (claim.epoch, claim.token.as_str());
     let mut recruited = Vec::new();
     let (sequencer, decorated_sequencer, sequencer_at) = start_sequencer(
         env,
@@ -78,6 +71,8 @@ pub(super) async fn start_pipeline(
             resolvers: &resolvers,
             resolvers_at: &resolvers_at,
             logs: &decorated_logs,
+            places: &logs.places,
+            token,
         },
     )
     .await;
@@ -288,6 +283,11 @@ struct Wiring<'a> {
     resolvers: &'a [(Key, Arc<dyn Resolver>)],
     resolvers_at: &'a [Option<(String, u32)>],
     logs: &'a [Arc<dyn LogServer>],
+    /// Where each log lives: a log on a worker is reached there, the others here.
+    places: &'a [LogPlace],
+    /// The epoch's secret, which the logs on workers and the stages published here ask of
+    /// every call.
+    token: &'a str,
 }
 
 /// Commit proxies recruited on workers (each with its worker's address), and the director's
@@ -323,10 +323,7 @@ async fn start_remote_proxies(
         );
         return RemoteProxies::default();
     };
-    let mut here = Stages {
-        logs: wiring.logs.to_vec(),
-        ..Stages::default()
-    };
+    let mut here = Stages::default();
     let (sequencer, sequencer_at) = wiring.sequencer;
     let sequencer = match sequencer_at {
         Some(worker) => worker.to_owned(),
@@ -347,18 +344,18 @@ async fn start_remote_proxies(
         };
         resolvers.push((begin.clone(), address, index));
     }
-    let logs = wiring
-        .logs
-        .iter()
-        .map(|l| (l.id(), peers.address.clone()))
-        .collect();
-    let token = match workers::new_token() {
-        Ok(token) => token,
-        Err(e) => {
-            tracing::warn!(error = %e, "the commit proxies run here");
-            return RemoteProxies::default();
-        }
-    };
+    let mut logs = Vec::new();
+    for (log, place) in wiring.logs.iter().zip(wiring.places) {
+        let address = match &place.at {
+            Some(worker) => worker.clone(),
+            None => {
+                here.logs.push(log.clone());
+                peers.address.clone()
+            }
+        };
+        logs.push((log.id(), address));
+    }
+    let token = wiring.token.to_owned();
     let published = peers.publish(epoch, token.clone(), here);
     let recruitment = Recruitment {
         epoch,

@@ -36,11 +36,14 @@ use strata_net::{Access, Recruitment, RemoteResolver, RemoteWorker, Role, Worker
 
 use crate::coordinator::StateStore;
 
+mod log;
 mod peers;
 mod proxy;
 mod resolver;
 mod sequencer;
 
+pub use log::LogWorker;
+pub(crate) use log::{WorkerLog, create_on_worker, open_on_worker};
 pub use peers::PeerPort;
 pub(crate) use peers::{Published, new_token};
 pub use proxy::ProxyWorker;
@@ -478,6 +481,16 @@ impl Answered {
         }
     }
 
+    /// The workers of `role` that answered the probe, in order, taken out of those left to
+    /// recruit.
+    pub(crate) fn take_role(&mut self, role: Role) -> Vec<(WorkerPlace, RemoteWorker)> {
+        let (mine, others) = std::mem::take(&mut self.workers)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(place, _)| place.role() == Some(role));
+        self.workers = others;
+        mine
+    }
+
     /// How many workers of `role` answered the probe and are not recruited yet.
     pub(crate) fn count(&self, role: Role) -> usize {
         self.workers
@@ -502,11 +515,7 @@ impl Answered {
             ..recruitment
         };
         let mut recruited = Vec::new();
-        let (mine, others) = std::mem::take(&mut self.workers)
-            .into_iter()
-            .partition::<Vec<_>, _>(|(place, _)| place.role() == Some(S::ROLE));
-        self.workers = others;
-        for (place, worker) in mine {
+        for (place, worker) in self.take_role(S::ROLE) {
             if recruited.len() == needed {
                 break;
             }

@@ -330,13 +330,16 @@ enum RoleArg {
     Sequencer,
     /// A commit proxy worker (the director needs --peer-listen to recruit it).
     Proxy,
+    /// A log worker: holds transaction logs in its own --data-dir, across epochs.
+    Log,
 }
 
 /// The roles of worker processes, which need --listen and --cluster-file.
-const WORKER_ROLES: [(&str, &str); 3] = [
+const WORKER_ROLES: [(&str, &str); 4] = [
     ("role", "resolver"),
     ("role", "sequencer"),
     ("role", "proxy"),
+    ("role", "log"),
 ];
 
 /// The cluster to recover: where it is and how many of each stage the new epoch runs. A count
@@ -455,6 +458,7 @@ fn main() -> ExitCode {
                 runtime.block_on(worker::serve(args, strata_net::Role::Sequencer))
             }
             RoleArg::Proxy => runtime.block_on(worker::serve(args, strata_net::Role::Proxy)),
+            RoleArg::Log => runtime.block_on(worker::serve(args, strata_net::Role::Log)),
         },
         Command::Bench(args) => runtime.block_on(load::run(args)),
         Command::Workload(Workload::Cycle(args)) => runtime.block_on(cycle::run(args)),

@@ -6,16 +6,34 @@ use std::sync::Arc;
 
 use strata_core::{Error, ErrorKind, Result, Stage};
 use strata_director::cluster_file::{ClusterFile, StatePlace};
+use strata_director::coordinator::etcd::EtcdStateStore;
 use strata_director::workers::{
-    ProxyWorker, Registration, ResolverWorker, SequencerWorker, WorkerPlace, registry_prefix,
+    LogWorker, ProxyWorker, Registration, ResolverWorker, SequencerWorker, WorkerPlace,
+    registry_prefix,
 };
 use strata_net::etcd::Etcd;
 use strata_net::{Access, Recruiter, Role, Stages};
+use strata_tlog::FileLogConfig;
 
 use super::ServeArgs;
 
 fn refuse(why: String) -> Error {
     Error::new(Stage::Director, ErrorKind::InvalidRequest(why))
+}
+
+/// A log worker's data directory holds its logs only: a director's (one holding a coordinated
+/// state, storage or a cluster file) would have its log directories taken for the cluster's.
+fn log_worker_dir(dir: &std::path::Path) -> Result<()> {
+    for theirs in ["coordinated.json", "storage", "strata.cluster"] {
+        if dir.join(theirs).exists() {
+            return Err(refuse(format!(
+                "{} holds {theirs}: it is a director's data directory; give a log worker a \
+                 --data-dir of its own",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
@@ -67,6 +85,13 @@ pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
             Access::new(file.id.clone(), tls.clone()),
             publish,
         )),
+        Role::Log => {
+            let dir = &args.layout.data_dir;
+            log_worker_dir(dir)?;
+            let store = EtcdStateStore::new(endpoints, &file.name, file.id.as_str())?;
+            let logs = LogWorker::new(dir, FileLogConfig::default(), Arc::new(store), publish)?;
+            Arc::new(logs)
+        }
         other => return Err(refuse(format!("no worker runs the role {other}"))),
     };
     let etcd = Etcd::connect(endpoints)?;
@@ -85,6 +110,7 @@ pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
         file.name,
         file.id
     );
+    sweep_at_start(&worker).await;
     let served = strata_net::serve_worker(
         Access::new(file.id.clone(), tls),
         worker,
@@ -101,4 +127,22 @@ pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
         out!("stopped");
     }
     served
+}
+
+/// A log worker removes, as it starts, the logs the coordinated state stopped naming while it
+/// was away (see [`LogWorker`]).
+async fn sweep_at_start(worker: &Arc<dyn Recruiter>) {
+    let Some(logs) = worker.clone().log_host() else {
+        return;
+    };
+    match logs.sweep().await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(
+                ?removed,
+                "removed logs the coordinated state no longer names"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot sweep old logs now; the next recovery will"),
+    }
 }

@@ -1,0 +1,601 @@
+//! Log workers (`strata serve --role log`): transaction logs in a process of their own, held
+//! across epochs in directories of the worker's data directory, and created, opened and
+//! removed by the director's orders ([`LogHost`]).
+//!
+//! A log worker is unlike the other workers: what it holds is what the next epoch recovers
+//! from. So it is never recruited in place of anything; it keeps every log the coordinated
+//! state names (the running generation's, and after a recovery the previous one's until the
+//! state stops naming it), and serves them all.
+//!
+//! - **Orders are fenced.** An order that names an epoch older than the newest this worker
+//!   took is refused (`Fenced`); one of the newest epoch must carry that epoch's token; one of
+//!   a newer epoch replaces the token. The logs are served only under the token (and not at
+//!   all before the first epoch's order), so only the processes the director of the newest
+//!   epoch handed the token can push to, lock, pull from or pop them.
+//! - **New logs take no commit until the state names them.** A log created for an epoch
+//!   refuses pushes above the epoch's recovery version (`Unavailable`) until the director
+//!   says, after its write of the coordinated state, that the state names it
+//!   ([`LogHost::admit`]): replay (which pushes at most the recovery version) fills it before,
+//!   and no commit can be acknowledged on a log a failed write of the state would leave
+//!   unrecorded.
+//! - **Only the coordinated state removes a log.** A sweep ([`LogHost::sweep`]) removes the
+//!   logs the coordinated state (read by the worker itself, from etcd) does not name and that
+//!   an older epoch than the state's created: those of a failed attempt or of a generation
+//!   the state replaced. Not a log of the state's own epoch (its recovery may be creating
+//!   it), and never a log the state names, whoever asks for the sweep.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use strata_core::{
+    Epoch, Error, ErrorKind, LogEntry, LogId, LogServer, LogState, Result, Stage, Version,
+};
+use strata_net::{
+    Access, LogHost, NewLog, Recruiter, Recruitment, RemoteLog, RemoteWorker, Role, Stages,
+};
+use strata_tlog::fs::RealFs;
+use strata_tlog::{FileLog, FileLogConfig, OpenMode};
+use tokio::sync::{Mutex, OnceCell, watch};
+
+use super::Recruited;
+use crate::HeldLog;
+use crate::check::{dir_epoch, is_log_place};
+use crate::coordinator::{LogPlace, StateStore};
+use crate::owner::DirectoryLock;
+
+fn refuse(kind: ErrorKind) -> Error {
+    Error::new(Stage::Log, kind)
+}
+
+/// A log worker: the logs in its data directory that the director ordered opened or created,
+/// served (for its server to serve) under the newest epoch's token.
+pub struct LogWorker {
+    data_dir: PathBuf,
+    config: FileLogConfig,
+    /// Where the coordinated state is read, for sweeps.
+    store: Arc<dyn StateStore>,
+    /// Orders run one at a time: each changes what is held and published.
+    held: Mutex<Held>,
+    /// The newest epoch taken, for heartbeats (which must not wait behind an order).
+    epoch: AtomicU64,
+    publish: watch::Sender<Arc<Stages>>,
+    _owner: Arc<DirectoryLock>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// The newest epoch that gave an order, with its token.
+    taken: Option<(Epoch, String)>,
+    /// By directory (`logs/<epoch>-<n>`).
+    logs: BTreeMap<String, Hosted>,
+}
+
+struct Hosted {
+    log: Arc<FileLog>,
+    /// For a log created here: the pushes it holds back until its epoch's state names it.
+    gate: Option<Arc<Gate>>,
+}
+
+struct Gate {
+    epoch: Epoch,
+    above: Version,
+    open: AtomicBool,
+}
+
+impl LogWorker {
+    /// A worker holding logs in `data_dir` (taken for this process: see
+    /// [`crate::owner`]), tuned by `config`, sweeping by the coordinated state in `store`, and
+    /// publishing the logs it serves on `publish`.
+    ///
+    /// Errors: the directory in use by another process, or not creatable.
+    pub fn new(
+        data_dir: &Path,
+        config: FileLogConfig,
+        store: Arc<dyn StateStore>,
+        publish: watch::Sender<Arc<Stages>>,
+    ) -> Result<LogWorker> {
+        config.validate()?;
+        let owner = crate::owner::lock_directory(data_dir, true)?;
+        Ok(LogWorker {
+            data_dir: data_dir.to_owned(),
+            config,
+            store,
+            held: Mutex::new(Held::default()),
+            epoch: AtomicU64::new(0),
+            publish,
+            _owner: owner,
+        })
+    }
+
+    /// Publishes what is held: nothing before the first epoch's order gave a token.
+    fn publish(&self, held: &Held) {
+        let Some((_, token)) = &held.taken else {
+            return;
+        };
+        let logs = held
+            .logs
+            .values()
+            .map(|h| match &h.gate {
+                Some(gate) => Arc::new(GatedPushes {
+                    log: h.log.clone(),
+                    gate: gate.clone(),
+                }) as Arc<dyn LogServer>,
+                None => h.log.clone() as Arc<dyn LogServer>,
+            })
+            .collect();
+        self.publish.send_replace(Arc::new(Stages {
+            logs,
+            token: Some(token.clone()),
+            ..Stages::default()
+        }));
+    }
+
+    /// Takes the order of `epoch` with `token` (see the module docs).
+    fn take_order(&self, held: &mut Held, epoch: Epoch, token: &str) -> Result<()> {
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(refuse(ErrorKind::InvalidRequest(
+                "an order's token must be ASCII letters and digits".into(),
+            )));
+        }
+        match &held.taken {
+            Some((newest, _)) if epoch < *newest => Err(refuse(ErrorKind::Fenced {
+                request: epoch,
+                current: *newest,
+            })),
+            Some((newest, known)) if epoch == *newest => {
+                if known == token {
+                    Ok(())
+                } else {
+                    Err(refuse(ErrorKind::InvalidRequest(format!(
+                        "an order for epoch {} without that epoch's token",
+                        epoch.0
+                    ))))
+                }
+            }
+            _ => {
+                held.taken = Some((epoch, token.to_owned()));
+                self.epoch.store(epoch.0, Ordering::Release);
+                self.publish(held);
+                Ok(())
+            }
+        }
+    }
+
+    fn path_of(&self, dir: &str) -> Result<PathBuf> {
+        if !is_log_place(dir) || dir_of_epoch(dir).is_none() {
+            return Err(refuse(ErrorKind::InvalidRequest(format!(
+                "{dir:?} is not a log's directory (logs/<epoch>-<n>)"
+            ))));
+        }
+        Ok(self.data_dir.join(dir))
+    }
+}
+
+/// The epoch that created the log in `dir` (`logs/<epoch>-<n>`).
+fn dir_of_epoch(dir: &str) -> Option<Epoch> {
+    dir.strip_prefix("logs/").and_then(dir_epoch)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(Stage::Log, e))
+}
+
+#[async_trait]
+impl LogHost for LogWorker {
+    async fn open(&self, id: LogId, dir: &str, committed: Version) -> Result<Version> {
+        let path = self.path_of(dir)?;
+        let mut held = self.held.lock().await;
+        if let Some(hosted) = held.logs.get(dir) {
+            if hosted.log.id() != id {
+                return Err(refuse(ErrorKind::InvalidRequest(format!(
+                    "{dir} holds log {}, not log {id}",
+                    hosted.log.id()
+                ))));
+            }
+            if !hosted.log.is_poisoned() {
+                return Ok(hosted.log.last_version());
+            }
+            tracing::warn!(dir, "reopening a poisoned log from disk");
+            // Written again and synced first: the page cache may hold records its failed
+            // sync never wrote back (see `FileLog::close_resynced`).
+            hosted.log.close_resynced()?;
+        }
+        let fs = Arc::new(RealFs);
+        let mode = OpenMode::Existing { committed };
+        let log = Arc::new(FileLog::open_dir(fs, &path, id, mode, self.config)?);
+        let last = log.last_version();
+        held.logs.insert(dir.to_owned(), Hosted { log, gate: None });
+        self.publish(&held);
+        tracing::info!(dir, log = id.0, last = last.0, "log opened");
+        Ok(last)
+    }
+
+    async fn take(&self, epoch: Epoch, token: &str) -> Result<()> {
+        let mut held = self.held.lock().await;
+        self.take_order(&mut held, epoch, token)
+    }
+
+    async fn create(&self, order: NewLog) -> Result<Version> {
+        let path = self.path_of(&order.dir)?;
+        let mut held = self.held.lock().await;
+        self.take_order(&mut held, order.epoch, &order.token)?;
+        if dir_of_epoch(&order.dir) != Some(order.epoch) {
+            return Err(refuse(ErrorKind::InvalidRequest(format!(
+                "epoch {} cannot create {}: a log's directory names the epoch that created it",
+                order.epoch.0, order.dir
+            ))));
+        }
+        if path.exists() || held.logs.contains_key(&order.dir) {
+            // No epoch creates a log twice: this directory was not made by this order.
+            return Err(refuse(ErrorKind::Corruption(format!(
+                "{} exists, but epoch {} creates it only now",
+                path.display(),
+                order.epoch.0
+            ))));
+        }
+        let logs_dir = self.data_dir.join("logs");
+        std::fs::create_dir_all(&logs_dir).map_err(|e| Error::io(Stage::Log, e))?;
+        sync_dir(&self.data_dir)?;
+        let fs = Arc::new(RealFs);
+        let mode = OpenMode::Create(order.anchor);
+        let log = FileLog::open_dir(fs, &path, order.id, mode, self.config)?;
+        sync_dir(&logs_dir)?;
+        let gate = Arc::new(Gate {
+            epoch: order.epoch,
+            above: order.admit_above,
+            open: AtomicBool::new(false),
+        });
+        let hosted = Hosted {
+            log: Arc::new(log),
+            gate: Some(gate),
+        };
+        held.logs.insert(order.dir.clone(), hosted);
+        self.publish(&held);
+        tracing::info!(
+            dir = order.dir,
+            log = order.id.0,
+            epoch = order.epoch.0,
+            "log created"
+        );
+        Ok(order.anchor)
+    }
+
+    async fn admit(&self, epoch: Epoch, token: &str) -> Result<()> {
+        let mut held = self.held.lock().await;
+        self.take_order(&mut held, epoch, token)?;
+        for hosted in held.logs.values() {
+            if let Some(gate) = hosted.gate.as_ref().filter(|g| g.epoch == epoch) {
+                gate.open.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    async fn sweep(&self) -> Result<Vec<String>> {
+        let store = self.store.clone();
+        let state = tokio::task::spawn_blocking(move || store.read())
+            .await
+            .map_err(|e| refuse(ErrorKind::Unavailable(e.to_string())))??;
+        let Some(state) = state else {
+            return Ok(Vec::new());
+        };
+        let mut held = self.held.lock().await;
+        let named = |dir: &str| state.logs.iter().any(|p| p.dir == dir);
+        let logs_dir = self.data_dir.join("logs");
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&logs_dir).into_iter().flatten().flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let dir = format!("logs/{name}");
+            let Some(created) = dir_epoch(&name) else {
+                continue;
+            };
+            if named(&dir) || created >= state.epoch {
+                continue;
+            }
+            if let Some(hosted) = held.logs.remove(&dir) {
+                hosted.log.close();
+            }
+            std::fs::remove_dir_all(entry.path()).map_err(|e| Error::io(Stage::Log, e))?;
+            tracing::info!(dir, "removed a log the coordinated state no longer names");
+            removed.push(dir);
+        }
+        if !removed.is_empty() {
+            sync_dir(&logs_dir)?;
+            self.publish(&held);
+        }
+        Ok(removed)
+    }
+}
+
+#[async_trait]
+impl Recruiter for LogWorker {
+    fn role(&self) -> Role {
+        Role::Log
+    }
+
+    async fn recruit(&self, _recruitment: Recruitment) -> Result<u32> {
+        Err(refuse(ErrorKind::InvalidRequest(
+            "a log worker is given orders for its logs, never recruited".into(),
+        )))
+    }
+
+    fn epoch(&self) -> Option<Epoch> {
+        Some(Epoch(self.epoch.load(Ordering::Acquire))).filter(|e| e.0 > 0)
+    }
+
+    fn failure(&self) -> Option<String> {
+        let held = self.held.try_lock().ok()?;
+        held.logs.iter().find_map(|(dir, h)| {
+            h.log
+                .poisoned_by()
+                .map(|cause| format!("the log in {dir} failed: {cause}"))
+        })
+    }
+
+    fn log_host(self: Arc<Self>) -> Option<Arc<dyn LogHost>> {
+        Some(self)
+    }
+}
+
+/// A log created on this worker as its server serves it: pushes above the epoch's recovery
+/// version wait (refused, `Unavailable`) until the state names the log (see the module docs).
+struct GatedPushes {
+    log: Arc<FileLog>,
+    gate: Arc<Gate>,
+}
+
+#[async_trait]
+impl LogServer for GatedPushes {
+    fn id(&self) -> LogId {
+        self.log.id()
+    }
+
+    async fn push(
+        &self,
+        epoch: Epoch,
+        previous_version: Version,
+        version: Version,
+        payload: Bytes,
+    ) -> Result<()> {
+        if version > self.gate.above && !self.gate.open.load(Ordering::Acquire) {
+            return Err(refuse(ErrorKind::Unavailable(format!(
+                "log {} takes commits (above {}) only once the coordinated state names it",
+                self.log.id(),
+                self.gate.above
+            ))));
+        }
+        self.log
+            .push(epoch, previous_version, version, payload)
+            .await
+    }
+
+    async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
+        self.log.pull(after, limit).await
+    }
+
+    async fn lock(&self, epoch: Epoch) -> Result<LogState> {
+        self.log.lock(epoch).await
+    }
+
+    async fn pop(&self, version: Version) -> Result<()> {
+        self.log.pop(version).await
+    }
+}
+
+/// A log on a log worker, as the director holds it: reached with the epoch's token once the
+/// worker took the epoch ([`HeldLog::take`]).
+pub(crate) struct WorkerLog {
+    place: LogPlace,
+    worker: Recruited,
+    access: Access,
+    probe_timeout: std::time::Duration,
+    remote: OnceCell<RemoteLog>,
+    last: AtomicU64,
+}
+
+impl std::fmt::Debug for WorkerLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerLog")
+            .field("place", &self.place)
+            .field("last", &self.last.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerLog {
+    /// `place` on the worker `worker`, holding up to `last`, reached with `access` (which
+    /// carries the epoch's token).
+    pub(crate) fn new(
+        place: LogPlace,
+        worker: Recruited,
+        access: Access,
+        probe_timeout: std::time::Duration,
+        last: Version,
+    ) -> WorkerLog {
+        WorkerLog {
+            place,
+            worker,
+            access,
+            probe_timeout,
+            remote: OnceCell::new(),
+            last: AtomicU64::new(last.0),
+        }
+    }
+
+    /// Where the log lives.
+    pub(crate) fn place(&self) -> &LogPlace {
+        &self.place
+    }
+
+    async fn remote(&self) -> Result<&RemoteLog> {
+        self.remote
+            .get_or_try_init(|| async {
+                RemoteLog::connect(
+                    &self.worker.place.address,
+                    self.access.clone(),
+                    self.place.id,
+                )
+                .await
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl LogServer for WorkerLog {
+    fn id(&self) -> LogId {
+        self.place.id
+    }
+
+    async fn push(
+        &self,
+        epoch: Epoch,
+        previous_version: Version,
+        version: Version,
+        payload: Bytes,
+    ) -> Result<()> {
+        self.remote()
+            .await?
+            .push(epoch, previous_version, version, payload)
+            .await
+    }
+
+    async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
+        self.remote().await?.pull(after, limit).await
+    }
+
+    async fn lock(&self, epoch: Epoch) -> Result<LogState> {
+        let state = self.remote().await?.lock(epoch).await?;
+        self.last.store(state.last_version.0, Ordering::Release);
+        Ok(state)
+    }
+
+    async fn pop(&self, version: Version) -> Result<()> {
+        self.remote().await?.pop(version).await
+    }
+}
+
+#[async_trait]
+impl HeldLog for WorkerLog {
+    fn last_version(&self) -> Version {
+        Version(self.last.load(Ordering::Acquire))
+    }
+
+    async fn probe(&self, epoch: Epoch) -> Result<()> {
+        self.worker.heartbeat(epoch, self.probe_timeout).await
+    }
+
+    async fn take(&self, epoch: Epoch) -> Result<()> {
+        let token = self.access.token().unwrap_or_default();
+        self.worker.worker.take_logs(epoch, token).await
+    }
+
+    async fn admit(&self, epoch: Epoch) -> Result<()> {
+        let token = self.access.token().unwrap_or_default();
+        self.worker.worker.admit_pushes(epoch, token).await
+    }
+
+    async fn sweep(&self) {
+        match self.worker.worker.sweep_logs().await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(worker = %self.worker.place.address, ?removed, "old logs removed");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(worker = %self.worker.place.address, error = %e, "a log worker could not remove old logs");
+            }
+        }
+    }
+
+    fn close(&self) {}
+}
+
+/// Phase 1's open of the log `place` names on its worker (`place.at`): the worker opens it
+/// (it must exist and hold `committed`) and says what it holds. The log is reached with
+/// `access`, whose token the worker learns when recovery takes the log.
+pub(crate) async fn open_on_worker(
+    place: &LogPlace,
+    access: &Access,
+    passed_over: &Arc<super::PassedOver>,
+    probe_timeout: std::time::Duration,
+    committed: Version,
+) -> Result<WorkerLog> {
+    let Some(address) = &place.at else {
+        return Err(refuse(ErrorKind::InvalidRequest(format!(
+            "{} is not on a worker",
+            place.dir
+        ))));
+    };
+    let worker = RemoteWorker::connect(address, access.clone()).await?;
+    let last = worker.open_log(place.id, &place.dir, committed).await?;
+    let worker = Recruited {
+        place: super::WorkerPlace {
+            role: Role::Log.name().to_owned(),
+            address: address.clone(),
+            registered: 0,
+        },
+        index: 0,
+        worker,
+        passed_over: passed_over.clone(),
+    };
+    Ok(WorkerLog::new(
+        place.clone(),
+        worker,
+        access.clone(),
+        probe_timeout,
+        last,
+    ))
+}
+
+/// Phase 5's creation of a new log on a log worker that answered the probe, within
+/// [`super::RECRUIT_TIMEOUT`]; a worker that fails it is passed over for a while.
+pub(crate) async fn create_on_worker(
+    (place, worker): (super::WorkerPlace, RemoteWorker),
+    order: NewLog,
+    access: &Access,
+    passed_over: &Arc<super::PassedOver>,
+    probe_timeout: std::time::Duration,
+) -> Result<WorkerLog> {
+    let log_place = LogPlace {
+        id: order.id,
+        dir: order.dir.clone(),
+        at: Some(place.address.clone()),
+    };
+    let created = tokio::time::timeout(super::RECRUIT_TIMEOUT, worker.create_log(order))
+        .await
+        .unwrap_or_else(|_| {
+            Err(refuse(ErrorKind::Unavailable(format!(
+                "the log worker at {} created no log within {} s",
+                place.address,
+                super::RECRUIT_TIMEOUT.as_secs()
+            ))))
+        });
+    let anchor = match created {
+        Ok(anchor) => anchor,
+        Err(e) => {
+            passed_over.mark(&place);
+            return Err(e);
+        }
+    };
+    let worker = Recruited {
+        place,
+        index: 0,
+        worker,
+        passed_over: passed_over.clone(),
+    };
+    Ok(WorkerLog::new(
+        log_place,
+        worker,
+        access.clone(),
+        probe_timeout,
+        anchor,
+    ))
+}

@@ -1,0 +1,128 @@
+//! Transaction logs in worker processes of their own (`strata serve --role log`), created by a
+//! director (`strata serve --role all`) with the coordinated state in a real etcd: Cycle runs
+//! while a log worker is killed with SIGKILL under load, another while the cluster is idle,
+//! and then the director. A killed log worker holds a log the next recovery must read, so the
+//! recovery waits for it to come back at its address; each time the ring holds, every
+//! acknowledged commit is there, and each worker keeps only the logs the coordinated state
+//! names.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+#[path = "common/served.rs"]
+mod served;
+#[path = "common/workers.rs"]
+mod workers;
+
+use std::path::Path;
+use std::time::Duration;
+
+use served::{Process, check_through_the_network, collect_acks, cycle_client, serve_with};
+use strata_testkit::etcd::EtcdServer;
+use workers::{
+    await_registry, cycle_a_while, etcd_cluster_file, kill, layout_at, listen, next_epoch,
+    worker_of,
+};
+
+/// `strata serve --role log` at `address`, holding its logs in `dir`.
+fn log_worker(cluster_file: &Path, address: &str, dir: &Path) -> (Process, String) {
+    worker_of(
+        "log",
+        cluster_file,
+        address,
+        &["--data-dir", dir.to_str().unwrap()],
+    )
+}
+
+/// Where the layout of the running epoch says each log is, in the order of their ids.
+fn logs_at(cluster_file: &Path) -> Vec<String> {
+    layout_at(cluster_file, None, b"\xff/system/layout/logs/")
+}
+
+/// The log directories in the data directory `dir`.
+fn log_dirs(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("logs"))
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every log of the epoch `epoch` is on a worker: one on each of `workers`, which hold no
+/// other, and none in the director's `data` directory.
+fn assert_logs_only_on(cluster_file: &Path, epoch: u64, workers: &[(&str, &Path)], data: &Path) {
+    let mut at = logs_at(cluster_file);
+    at.sort();
+    let mut addresses: Vec<&str> = workers.iter().map(|(a, _)| *a).collect();
+    addresses.sort_unstable();
+    assert_eq!(at, addresses, "epoch {epoch}");
+    for (address, dir) in workers {
+        let held = log_dirs(dir);
+        assert_eq!(held.len(), 1, "{address} holds {held:?} in epoch {epoch}");
+        assert!(held[0].starts_with(&format!("{epoch}-")), "{held:?}");
+    }
+    assert_eq!(log_dirs(data), Vec::<String>::new());
+}
+
+#[test]
+fn logs_on_workers_keep_every_acknowledged_commit_across_their_kills() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_file = etcd_cluster_file(dir.path(), "logs:e4e5", &etcd);
+    let file = cluster_file.to_str().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let (mut a, a_at) = log_worker(&cluster_file, "127.0.0.1:0", &a_dir);
+    let (mut b, b_at) = log_worker(&cluster_file, "127.0.0.1:0", &b_dir);
+    await_registry(&etcd.endpoint(), &cluster_file, &[&a_at, &b_at]);
+    let workers = [
+        (a_at.as_str(), a_dir.as_path()),
+        (b_at.as_str(), b_dir.as_path()),
+    ];
+
+    let data = dir.path().join("data");
+    let layout = ["--cluster-file", file, "--logs", "2", "--storage", "2"];
+    let (mut director, address, said) = serve_with(&data, "127.0.0.1:0", &layout);
+    let said = listen(said);
+    assert_logs_only_on(&cluster_file, 1, &workers, &data);
+
+    // A log worker killed under load: the pushes to it fail, the epoch ends, and the next
+    // recovery, which must read its log, waits until it is back at its address.
+    let mut acked = Vec::new();
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(3), 200);
+    kill(&mut a);
+    assert_eq!(client.wait().unwrap().code(), Some(1));
+    acked.extend(acks.iter());
+    std::thread::sleep(Duration::from_secs(1));
+    (a, _) = log_worker(&cluster_file, &a_at, &a_dir);
+    assert_eq!(next_epoch(&said), 2);
+    assert_logs_only_on(&cluster_file, 2, &workers, &data);
+    cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(3), 200);
+
+    // The other killed while nothing commits: its heartbeat fails and the epoch ends.
+    kill(&mut b);
+    std::thread::sleep(Duration::from_secs(1));
+    (b, _) = log_worker(&cluster_file, &b_at, &b_dir);
+    assert_eq!(next_epoch(&said), 3);
+    assert_logs_only_on(&cluster_file, 3, &workers, &data);
+    cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(3), 200);
+
+    // The director killed under load: started again, it recovers from the logs on the
+    // workers.
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(2), 100);
+    kill(&mut director);
+    assert_eq!(client.wait().unwrap().code(), Some(1));
+    acked.extend(acks.iter());
+    (director, _, _) = serve_with(&data, &address, &layout);
+    assert_logs_only_on(&cluster_file, 4, &workers, &data);
+    cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(2), 100);
+
+    check_through_the_network(&cluster_file, &acked);
+    kill(&mut director);
+    kill(&mut a);
+    kill(&mut b);
+}
