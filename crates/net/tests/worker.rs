@@ -311,26 +311,23 @@ async fn recruitments_the_worker_cannot_take_are_refused_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_is_no_worker_or_serves_clients_cannot_be_recruited() {
+    // A connection to a worker makes a heartbeat first: a process that is no worker, or that
+    // serves clients only, is refused as the connection is made.
     let stages = Stages::default();
     let plain = Served::start(stages.clone(), "t-plain").await;
-    let director = RemoteWorker::connect(&plain.address, cluster("t-plain"))
+    let e = RemoteWorker::connect(&plain.address, cluster("t-plain"))
         .await
-        .unwrap();
-    for e in [
-        director.recruit(recruitment(1, 0)).await.unwrap_err(),
-        director.heartbeat().await.unwrap_err(),
-    ] {
-        assert!(e.to_string().contains("not a worker"), "{e}");
-        assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
-    }
+        .unwrap_err();
+    assert!(e.to_string().contains("not a worker"), "{e}");
+    assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
     plain.stop().await;
 
     let clients = Served::start_with("127.0.0.1:0", Exposure::Clients, stages, "t-cl").await;
-    let director = RemoteWorker::connect(&clients.address, cluster("t-cl"))
+    let e = RemoteWorker::connect(&clients.address, cluster("t-cl"))
         .await
-        .unwrap();
-    let e = director.recruit(recruitment(1, 0)).await.unwrap_err();
-    assert!(e.to_string().contains("Worker.Recruit"), "{e}");
+        .unwrap_err();
+    assert!(e.to_string().contains("Worker.Heartbeat"), "{e}");
+    assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
     clients.stop().await;
 }
 
