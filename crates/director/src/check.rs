@@ -338,10 +338,10 @@ type Findings<T> = (T, Vec<(Finding, Option<Error>)>);
 
 /// Reads what the directory holds against its coordinated state `state`: each storage file's
 /// durable version and shard (storage server `i` of `storage` owns the `i`th range of the key
-/// space), then every log the state names, opened by `open_log` with the version known
+/// space), then every log the state names, opened through `logs_from` with the version known
 /// committed that it must hold (so a log that looks torn below it is reported, not repaired).
 /// Finds logs ending below the recovery version the state recorded, and storage durable above
-/// what every log holds. Writes nothing but what `open_log` writes. When a
+/// what every log holds. Writes nothing but what opening a log writes. When a
 /// storage file cannot be read, the logs are not opened (their `holds` is `None`).
 /// Recovery stops at the first finding; `strata check` reports them all. The storage files
 /// are read as `blocking` says (inline in the simulation, whose clock must not move while a
