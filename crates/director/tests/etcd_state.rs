@@ -31,6 +31,7 @@ fn state(epoch: u64) -> CoordinatedState {
         proxies: Some(1),
         served_at: None,
         home: None,
+        token_digest: None,
     }
 }
 

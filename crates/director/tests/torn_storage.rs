@@ -35,6 +35,7 @@ fn killed_while_creating_storage(dir: &Path, contents: &[u8]) {
                 proxies: None,
                 served_at: None,
                 home: None,
+                token_digest: None,
             },
         )
         .unwrap();

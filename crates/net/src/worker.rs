@@ -344,7 +344,9 @@ pub struct NewLog {
 ///
 /// Orders that name an epoch are fenced: one of an epoch older than the newest this worker
 /// took is refused (`Fenced`), and one of the newest epoch must carry its token
-/// (`InvalidRequest` otherwise). An order of a newer epoch replaces the token.
+/// (`InvalidRequest` otherwise). An order of a newer epoch replaces the token, if the host
+/// finds that its director claimed that epoch with it (the director's log worker checks the
+/// coordinated state).
 #[async_trait]
 pub trait LogHost: Send + Sync {
     /// Opens (or finds open) the log `id` in `dir`, which must exist and hold `committed`,

@@ -94,6 +94,12 @@ pub struct CoordinatedState {
     /// in the data directory itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home: Option<String>,
+    /// The SHA-256 (hex) of the secret token of the director that claimed `epoch`: a log
+    /// worker takes an order for a new epoch only when it carries the token this digest is
+    /// of, so no other process that reaches the worker can take, lock or pop its logs.
+    /// Absent in states written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_digest: Option<String>,
 }
 
 /// A store for the coordinated state. The embedded one is [`FileStateStore`]; clusters spread
@@ -360,6 +366,7 @@ pub(crate) mod tests {
             proxies: Some(1),
             served_at: None,
             home: None,
+            token_digest: None,
         }
     }
 

@@ -539,6 +539,7 @@ async fn claim_epoch(
         served_at: served_at.map(str::to_owned),
         // Stamped by a store that keeps it (etcd's), not by recovery.
         home: None,
+        token_digest: Some(crate::workers::token_digest(&token)),
     };
     let written = store
         .compare_and_swap(generation, claimed)
@@ -724,6 +725,7 @@ async fn write_state(
             proxies: Some(config.proxies),
             served_at: env.served_at.clone(),
             home: None,
+            token_digest: Some(crate::workers::token_digest(&claim.token)),
         },
     )?;
     // The state names the new logs: those on workers may take commits now.

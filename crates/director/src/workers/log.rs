@@ -9,9 +9,14 @@
 //!
 //! - **Orders are fenced.** An order that names an epoch older than the newest this worker
 //!   took is refused (`Fenced`); one of the newest epoch must carry that epoch's token; one of
-//!   a newer epoch replaces the token. The logs are served only under the token (and not at
-//!   all before the first epoch's order), so only the processes the director of the newest
-//!   epoch handed the token can push to, lock, pull from or pop them.
+//!   a newer epoch is taken only if the coordinated state (read by the worker itself) has
+//!   claimed that very epoch with that token (the state keeps the token's SHA-256, written by
+//!   the claim), and then replaces the token. So only the director that claimed the state's
+//!   epoch can give orders: a process that merely reaches the worker with the cluster id can
+//!   neither lock the logs at an epoch of its choosing nor take them. The logs are served
+//!   only under the token (and not at all before the first epoch's order), so only the
+//!   processes the director of the newest epoch handed the token can push to, lock, pull from
+//!   or pop them.
 //! - **New logs take no commit until the state names them.** A log created for an epoch
 //!   refuses pushes above the epoch's recovery version (`Unavailable`) until the director
 //!   says, after its write of the coordinated state, that the state names it
@@ -44,7 +49,7 @@ use tokio::sync::{Mutex, OnceCell, watch};
 use super::Recruited;
 use crate::HeldLog;
 use crate::check::{dir_epoch, is_log_place};
-use crate::coordinator::{LogPlace, StateStore};
+use crate::coordinator::{CoordinatedState, LogPlace, StateStore};
 use crate::owner::DirectoryLock;
 
 fn refuse(kind: ErrorKind) -> Error {
@@ -135,7 +140,7 @@ impl LogWorker {
     }
 
     /// Takes the order of `epoch` with `token` (see the module docs).
-    fn take_order(&self, held: &mut Held, epoch: Epoch, token: &str) -> Result<()> {
+    async fn take_order(&self, held: &mut Held, epoch: Epoch, token: &str) -> Result<()> {
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(refuse(ErrorKind::InvalidRequest(
                 "an order's token must be ASCII letters and digits".into(),
@@ -157,12 +162,54 @@ impl LogWorker {
                 }
             }
             _ => {
+                self.check_claim(epoch, token).await?;
                 held.taken = Some((epoch, token.to_owned()));
                 self.epoch.store(epoch.0, Ordering::Release);
                 self.publish(held);
                 Ok(())
             }
         }
+    }
+
+    /// Whether the coordinated state says `epoch` was claimed with `token`: every order of a
+    /// director follows its claim, and only the director that claimed an epoch knows the token
+    /// whose digest the claim wrote.
+    async fn check_claim(&self, epoch: Epoch, token: &str) -> Result<()> {
+        let state = self.read_state().await?;
+        let Some(state) = state else {
+            return Err(refuse(ErrorKind::InvalidRequest(format!(
+                "an order for epoch {}, but the coordinated state names no epoch yet",
+                epoch.0
+            ))));
+        };
+        if epoch < state.epoch {
+            return Err(refuse(ErrorKind::Fenced {
+                request: epoch,
+                current: state.epoch,
+            }));
+        }
+        if epoch > state.epoch {
+            return Err(refuse(ErrorKind::InvalidRequest(format!(
+                "an order for epoch {}, which no director claimed (the coordinated state's \
+                 epoch is {})",
+                epoch.0, state.epoch.0
+            ))));
+        }
+        if state.token_digest.as_deref() != Some(super::token_digest(token).as_str()) {
+            return Err(refuse(ErrorKind::InvalidRequest(format!(
+                "an order for epoch {} without the token its director claimed it with",
+                epoch.0
+            ))));
+        }
+        Ok(())
+    }
+
+    /// The coordinated state, read off the runtime's threads (a store's reads block).
+    async fn read_state(&self) -> Result<Option<CoordinatedState>> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.read())
+            .await
+            .map_err(|e| refuse(ErrorKind::Unavailable(e.to_string())))?
     }
 
     fn path_of(&self, dir: &str) -> Result<PathBuf> {
@@ -218,13 +265,14 @@ impl LogHost for LogWorker {
 
     async fn take(&self, epoch: Epoch, token: &str) -> Result<()> {
         let mut held = self.held.lock().await;
-        self.take_order(&mut held, epoch, token)
+        self.take_order(&mut held, epoch, token).await
     }
 
     async fn create(&self, order: NewLog) -> Result<Version> {
         let path = self.path_of(&order.dir)?;
         let mut held = self.held.lock().await;
-        self.take_order(&mut held, order.epoch, &order.token)?;
+        self.take_order(&mut held, order.epoch, &order.token)
+            .await?;
         if dir_of_epoch(&order.dir) != Some(order.epoch) {
             return Err(refuse(ErrorKind::InvalidRequest(format!(
                 "epoch {} cannot create {}: a log's directory names the epoch that created it",
@@ -268,7 +316,7 @@ impl LogHost for LogWorker {
 
     async fn admit(&self, epoch: Epoch, token: &str) -> Result<()> {
         let mut held = self.held.lock().await;
-        self.take_order(&mut held, epoch, token)?;
+        self.take_order(&mut held, epoch, token).await?;
         for hosted in held.logs.values() {
             if let Some(gate) = hosted.gate.as_ref().filter(|g| g.epoch == epoch) {
                 gate.open.store(true, Ordering::Release);
@@ -278,11 +326,7 @@ impl LogHost for LogWorker {
     }
 
     async fn sweep(&self) -> Result<Vec<String>> {
-        let store = self.store.clone();
-        let state = tokio::task::spawn_blocking(move || store.read())
-            .await
-            .map_err(|e| refuse(ErrorKind::Unavailable(e.to_string())))??;
-        let Some(state) = state else {
+        let Some(state) = self.read_state().await? else {
             return Ok(Vec::new());
         };
         let mut held = self.held.lock().await;
@@ -598,4 +642,110 @@ pub(crate) async fn create_on_worker(
         probe_timeout,
         anchor,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::FileStateStore;
+    use crate::coordinator::tests::state;
+    use crate::workers::token_digest;
+
+    /// A log worker in a directory of its own, reading the coordinated state from `store`.
+    fn worker(dir: &Path, store: Arc<FileStateStore>) -> (LogWorker, watch::Receiver<Arc<Stages>>) {
+        let (publish, published) = watch::channel(Arc::new(Stages::default()));
+        let logs = LogWorker::new(dir, FileLogConfig::default(), store, publish).unwrap();
+        (logs, published)
+    }
+
+    /// Writes a state of `epoch` claimed with `token` over whatever `store` holds.
+    fn claim(store: &FileStateStore, epoch: u64, token: &str) {
+        let generation = store.read().unwrap().map_or(0, |s| s.generation);
+        let mut claimed = state(epoch);
+        claimed.logs.clear();
+        claimed.token_digest = Some(token_digest(token));
+        store.compare_and_swap(generation, claimed).unwrap();
+    }
+
+    fn new_log(epoch: u64, token: &str) -> NewLog {
+        NewLog {
+            epoch: Epoch(epoch),
+            token: token.to_owned(),
+            id: LogId(0),
+            dir: format!("logs/{epoch}-0"),
+            anchor: Version(10),
+            admit_above: Version(10),
+        }
+    }
+
+    fn is_invalid(r: Result<()>) -> bool {
+        matches!(r, Err(e) if matches!(e.kind, ErrorKind::InvalidRequest(_)))
+    }
+
+    #[tokio::test]
+    async fn an_order_is_taken_only_for_the_claimed_epoch_with_its_token() {
+        let state_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStateStore::new(state_dir.path()));
+        let data = tempfile::tempdir().unwrap();
+        let (logs, published) = worker(data.path(), store.clone());
+
+        // Before any claim there is no epoch to take.
+        assert!(is_invalid(logs.take(Epoch(1), "a1").await));
+        claim(&store, 3, "good");
+        // Not an epoch the state claimed, neither ahead of it (the wedge: a lock at the
+        // highest epoch would fence every later director) nor behind it.
+        for epoch in [4, 5, u64::MAX] {
+            assert!(is_invalid(logs.take(Epoch(epoch), "good").await));
+        }
+        assert!(matches!(
+            logs.take(Epoch(2), "good").await,
+            Err(e) if matches!(e.kind, ErrorKind::Fenced { current: Epoch(3), .. })
+        ));
+        // The claimed epoch, but not its token.
+        assert!(is_invalid(logs.take(Epoch(3), "forged").await));
+        assert!(logs.create(new_log(3, "forged")).await.is_err());
+        assert!(logs.admit(Epoch(3), "forged").await.is_err());
+        assert!(!data.path().join("logs/3-0").exists());
+        assert_eq!(logs.epoch(), None);
+        assert_eq!(
+            published.borrow().token,
+            None,
+            "nothing served before a true order"
+        );
+
+        // The claiming director's orders are taken.
+        logs.take(Epoch(3), "good").await.unwrap();
+        assert_eq!(logs.epoch(), Some(Epoch(3)));
+        assert_eq!(published.borrow().token.as_deref(), Some("good"));
+        assert_eq!(logs.create(new_log(3, "good")).await.unwrap(), Version(10));
+        logs.admit(Epoch(3), "good").await.unwrap();
+        // And still no other token at that epoch, nor a later epoch nobody claimed.
+        assert!(is_invalid(logs.take(Epoch(3), "forged").await));
+        assert!(is_invalid(logs.take(Epoch(4), "good").await));
+        assert!(logs.create(new_log(9, "good")).await.is_err());
+        assert!(!data.path().join("logs/9-0").exists());
+
+        // A newer claim moves the worker on: the old token is fenced.
+        claim(&store, 4, "next");
+        assert!(is_invalid(logs.take(Epoch(4), "good").await));
+        logs.take(Epoch(4), "next").await.unwrap();
+        assert_eq!(published.borrow().token.as_deref(), Some("next"));
+        assert!(matches!(
+            logs.admit(Epoch(3), "good").await,
+            Err(e) if matches!(e.kind, ErrorKind::Fenced { current: Epoch(4), .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_state_without_a_token_digest_takes_no_order() {
+        let state_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStateStore::new(state_dir.path()));
+        let data = tempfile::tempdir().unwrap();
+        let (logs, _published) = worker(data.path(), store.clone());
+        let mut old = state(2);
+        old.logs.clear();
+        store.compare_and_swap(0, old).unwrap();
+        assert!(is_invalid(logs.take(Epoch(2), "any").await));
+        assert_eq!(logs.epoch(), None);
+    }
 }

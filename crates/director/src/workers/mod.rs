@@ -45,7 +45,7 @@ mod sequencer;
 pub use log::LogWorker;
 pub(crate) use log::{WorkerLog, create_on_worker, open_on_worker};
 pub use peers::PeerPort;
-pub(crate) use peers::{Published, new_token};
+pub(crate) use peers::{Published, new_token, token_digest};
 pub use proxy::ProxyWorker;
 pub(crate) use proxy::{proxy_config, proxy_settings};
 pub use resolver::ResolverWorker;

@@ -39,6 +39,17 @@ pub(crate) fn new_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The SHA-256 of `token`, in hex: what the coordinated state keeps of an epoch's token, so a
+/// log worker can check an order's token without the state giving it away (clients read the
+/// state to find the cluster).
+pub(crate) fn token_digest(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl PeerPort {
     /// Serves `stages` until the returned guard is dropped (or the next epoch publishes its
     /// own): then nothing, so no stage of an ended epoch stays reachable there. Only calls
