@@ -332,7 +332,7 @@ impl LogHost for LogWorker {
         let mut held = self.held.lock().await;
         let named = |dir: &str| state.logs.iter().any(|p| p.dir == dir);
         let logs_dir = self.data_dir.join("logs");
-        let mut removed = Vec::new();
+        let mut unnamed = Vec::new();
         for entry in std::fs::read_dir(&logs_dir).into_iter().flatten().flatten() {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
@@ -341,21 +341,39 @@ impl LogHost for LogWorker {
             let Some(created) = dir_epoch(&name) else {
                 continue;
             };
-            if named(&dir) || created >= state.epoch {
-                continue;
+            if !named(&dir) && created < state.epoch {
+                unnamed.push((dir, entry.path()));
             }
-            if let Some(hosted) = held.logs.remove(&dir) {
+        }
+        // No longer served before anything is removed, whatever the removals do.
+        let mut served = false;
+        for (dir, _) in &unnamed {
+            if let Some(hosted) = held.logs.remove(dir) {
                 hosted.log.close();
+                served = true;
             }
-            std::fs::remove_dir_all(entry.path()).map_err(|e| Error::io(Stage::Log, e))?;
-            tracing::info!(dir, "removed a log the coordinated state no longer names");
-            removed.push(dir);
+        }
+        if served {
+            self.publish(&held);
+        }
+        let mut removed = Vec::new();
+        let mut failed = None;
+        for (dir, path) in unnamed {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(dir, "removed a log the coordinated state no longer names");
+                    removed.push(dir);
+                }
+                Err(e) => {
+                    tracing::warn!(dir, error = %e, "cannot remove a log the coordinated state no longer names");
+                    failed.get_or_insert(Error::io(Stage::Log, e));
+                }
+            }
         }
         if !removed.is_empty() {
             sync_dir(&logs_dir)?;
-            self.publish(&held);
         }
-        Ok(removed)
+        failed.map_or(Ok(removed), Err)
     }
 }
 
@@ -734,6 +752,31 @@ mod tests {
             logs.admit(Epoch(3), "good").await,
             Err(e) if matches!(e.kind, ErrorKind::Fenced { current: Epoch(4), .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_sweep_that_fails_on_one_log_still_stops_serving_the_others() {
+        let state_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStateStore::new(state_dir.path()));
+        let data = tempfile::tempdir().unwrap();
+        let (logs, published) = worker(data.path(), store.clone());
+        claim(&store, 1, "one");
+        logs.create(new_log(1, "one")).await.unwrap();
+        assert_eq!(published.borrow().logs.len(), 1);
+        // Not a directory: its removal fails.
+        std::fs::write(data.path().join("logs/1-1"), b"not a log").unwrap();
+        claim(&store, 3, "three");
+
+        let e = logs.sweep().await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Io(_)), "{e}");
+        assert!(
+            !data.path().join("logs/1-0").exists(),
+            "the other log is removed"
+        );
+        assert!(
+            published.borrow().logs.is_empty(),
+            "a removed log is no longer served"
+        );
     }
 
     #[tokio::test]
