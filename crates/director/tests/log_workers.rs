@@ -1,7 +1,8 @@
 //! Transaction logs in worker processes of their own (`strata serve --role log`), created by a
 //! director (`strata serve --role all`) with the coordinated state in a real etcd: Cycle runs
 //! while a log worker is killed with SIGKILL under load, another while the cluster is idle,
-//! and then the director. A killed log worker holds a log the next recovery must read, so the
+//! both one after the other (the second while the recovery waits for the first), and then
+//! the director. A killed log worker holds a log the next recovery must read, so the
 //! recovery waits for it to come back at its address; each time the ring holds, every
 //! acknowledged commit is there, and each worker keeps only the logs the coordinated state
 //! names.
@@ -110,6 +111,23 @@ fn logs_on_workers_keep_every_acknowledged_commit_across_their_kills() {
     assert_logs_only_on(&cluster_file, 3, &workers, &data);
     cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(3), 200);
 
+    // Two in a row: one killed under load, the other while the recovery that follows waits
+    // for the first; they come back one after the other, and the recovery waits for both
+    // (each holds a log it must read) without claiming an epoch in between.
+    let (mut client, acks) = cycle_client(&cluster_file);
+    collect_acks(&acks, &mut acked, Duration::from_secs(2), 100);
+    kill(&mut a);
+    assert_eq!(client.wait().unwrap().code(), Some(1));
+    acked.extend(acks.iter());
+    kill(&mut b);
+    std::thread::sleep(Duration::from_millis(500));
+    (a, _) = log_worker(&cluster_file, &a_at, &a_dir);
+    std::thread::sleep(Duration::from_secs(1));
+    (b, _) = log_worker(&cluster_file, &b_at, &b_dir);
+    assert_eq!(next_epoch(&said), 4);
+    assert_logs_only_on(&cluster_file, 4, &workers, &data);
+    cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(2), 100);
+
     // The director killed under load: started again, it recovers from the logs on the
     // workers.
     let (mut client, acks) = cycle_client(&cluster_file);
@@ -118,7 +136,7 @@ fn logs_on_workers_keep_every_acknowledged_commit_across_their_kills() {
     assert_eq!(client.wait().unwrap().code(), Some(1));
     acked.extend(acks.iter());
     (director, _, _) = serve_with(&data, &address, &layout);
-    assert_logs_only_on(&cluster_file, 4, &workers, &data);
+    assert_logs_only_on(&cluster_file, 5, &workers, &data);
     cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(2), 100);
 
     check_through_the_network(&cluster_file, &acked);
