@@ -31,7 +31,8 @@ fn state(epoch: u64) -> CoordinatedState {
         proxies: Some(1),
         served_at: None,
         home: None,
-        token_digest: None,
+        // Kept as written: log workers check orders against it.
+        token_digest: Some(format!("{epoch:064x}")),
     }
 }
 
@@ -223,6 +224,19 @@ async fn a_cluster_with_its_state_in_etcd_recovers_across_etcd_outages() {
     let layouts = [(2, 2, 1), (1, 2, 3), (3, 2, 2), (2, 2, 1)];
     let mut acked = Vec::new();
     let mut epochs = Vec::new();
+    // What each recovery left in etcd of the token it claimed its epoch with.
+    let read_digest = || {
+        let dir = dir.path().to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Coordination::for_data_dir(&dir).unwrap().read().unwrap()
+            })
+            .await
+            .unwrap()
+            .and_then(|s| s.token_digest)
+        }
+    };
+    let mut digests = Vec::new();
     for (round, &(logs, storage, resolvers)) in layouts.iter().enumerate() {
         if round == 2 {
             // etcd is down when the recovery starts: its attempts fail, then succeed once
@@ -242,6 +256,7 @@ async fn a_cluster_with_its_state_in_etcd_recovers_across_etcd_outages() {
             assert!(waited.elapsed() >= Duration::from_millis(1500));
             server = restarting.join().unwrap();
             epochs.push(cluster.epoch());
+            digests.push(read_digest().await);
             let db = cluster.database();
             let first = u64::try_from(acked.len()).unwrap() * 10;
             acked.extend(common::cycle_for(&db, 20, 4, first, Duration::from_millis(1500)).await);
@@ -253,6 +268,7 @@ async fn a_cluster_with_its_state_in_etcd_recovers_across_etcd_outages() {
                 .await
                 .unwrap();
         epochs.push(cluster.epoch());
+        digests.push(read_digest().await);
         let db = cluster.database();
         let first = u64::try_from(acked.len()).unwrap() * 10;
         if round == 1 {
@@ -266,6 +282,18 @@ async fn a_cluster_with_its_state_in_etcd_recovers_across_etcd_outages() {
         cluster.stop().await;
     }
     assert!(epochs.windows(2).all(|w| w[0] < w[1]), "{epochs:?}");
+    // Each epoch's state, as its recovery finished writing it, keeps a digest of its own
+    // token (a SHA-256, in hex).
+    assert!(
+        digests
+            .iter()
+            .all(|d| d.as_ref().is_some_and(|d| d.len() == 64)),
+        "{digests:?}"
+    );
+    let mut distinct = digests.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), digests.len(), "{digests:?}");
     // No state in the directory: it lives in etcd.
     assert!(!dir.path().join("coordinated.json").exists());
     assert!(dir.path().join(CLUSTER_FILE_NAME).exists());

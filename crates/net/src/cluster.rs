@@ -83,7 +83,7 @@ impl fmt::Display for ClusterId {
 pub const STAGE_TOKEN_HEADER: &str = "strata-stage-token";
 
 /// Whether two secrets are equal, in a time that does not depend on where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -143,7 +143,9 @@ mod storage;
 mod tls;
 mod worker;
 
-pub use cluster::{CLUSTER_ID_BYTES_MAX, CLUSTER_ID_HEADER, ClusterId, STAGE_TOKEN_HEADER};
+pub use cluster::{
+    CLUSTER_ID_BYTES_MAX, CLUSTER_ID_HEADER, ClusterId, STAGE_TOKEN_HEADER, same_secret,
+};
 pub use log::RemoteLog;
 pub use proxy::RemoteProxy;
 pub use resolver::RemoteResolver;

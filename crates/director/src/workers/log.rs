@@ -41,10 +41,11 @@ use strata_core::{
 };
 use strata_net::{
     Access, LogHost, NewLog, Recruiter, Recruitment, RemoteLog, RemoteWorker, Role, Stages,
+    same_secret,
 };
 use strata_tlog::fs::RealFs;
 use strata_tlog::{FileLog, FileLogConfig, OpenMode};
-use tokio::sync::{Mutex, OnceCell, watch};
+use tokio::sync::{Mutex, MutexGuard, OnceCell, watch};
 
 use super::Recruited;
 use crate::HeldLog;
@@ -139,21 +140,33 @@ impl LogWorker {
         }));
     }
 
-    /// Takes the order of `epoch` with `token` (see the module docs).
-    async fn take_order(&self, held: &mut Held, epoch: Epoch, token: &str) -> Result<()> {
+    /// Takes the order of `epoch` with `token` (see the module docs); what is held, locked
+    /// for the order to run.
+    ///
+    /// An order of a newer epoch than the one taken is checked against the coordinated state
+    /// before the lock is taken: orders wait for each other, never for a read of the store
+    /// (which, with the store's service down, takes as long as the store's retries), so
+    /// orders anyone can send cannot hold up the director's behind them.
+    async fn take_order(&self, epoch: Epoch, token: &str) -> Result<MutexGuard<'_, Held>> {
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(refuse(ErrorKind::InvalidRequest(
                 "an order's token must be ASCII letters and digits".into(),
             )));
         }
+        let mut checked = false;
+        if epoch.0 > self.epoch.load(Ordering::Acquire) {
+            self.check_claim(epoch, token).await?;
+            checked = true;
+        }
+        let mut held = self.held.lock().await;
         match &held.taken {
             Some((newest, _)) if epoch < *newest => Err(refuse(ErrorKind::Fenced {
                 request: epoch,
                 current: *newest,
             })),
             Some((newest, known)) if epoch == *newest => {
-                if known == token {
-                    Ok(())
+                if same_secret(known.as_bytes(), token.as_bytes()) {
+                    Ok(held)
                 } else {
                     Err(refuse(ErrorKind::InvalidRequest(format!(
                         "an order for epoch {} without that epoch's token",
@@ -162,11 +175,15 @@ impl LogWorker {
                 }
             }
             _ => {
-                self.check_claim(epoch, token).await?;
+                // `self.epoch` is what `held.taken` holds, and only grows: an epoch newer
+                // than the one taken now was newer before the lock, and was checked then.
+                if !checked {
+                    self.check_claim(epoch, token).await?;
+                }
                 held.taken = Some((epoch, token.to_owned()));
                 self.epoch.store(epoch.0, Ordering::Release);
-                self.publish(held);
-                Ok(())
+                self.publish(&held);
+                Ok(held)
             }
         }
     }
@@ -264,15 +281,12 @@ impl LogHost for LogWorker {
     }
 
     async fn take(&self, epoch: Epoch, token: &str) -> Result<()> {
-        let mut held = self.held.lock().await;
-        self.take_order(&mut held, epoch, token).await
+        self.take_order(epoch, token).await.map(drop)
     }
 
     async fn create(&self, order: NewLog) -> Result<Version> {
         let path = self.path_of(&order.dir)?;
-        let mut held = self.held.lock().await;
-        self.take_order(&mut held, order.epoch, &order.token)
-            .await?;
+        let mut held = self.take_order(order.epoch, &order.token).await?;
         if dir_of_epoch(&order.dir) != Some(order.epoch) {
             return Err(refuse(ErrorKind::InvalidRequest(format!(
                 "epoch {} cannot create {}: a log's directory names the epoch that created it",
@@ -315,8 +329,7 @@ impl LogHost for LogWorker {
     }
 
     async fn admit(&self, epoch: Epoch, token: &str) -> Result<()> {
-        let mut held = self.held.lock().await;
-        self.take_order(&mut held, epoch, token).await?;
+        let held = self.take_order(epoch, token).await?;
         for hosted in held.logs.values() {
             if let Some(gate) = hosted.gate.as_ref().filter(|g| g.epoch == epoch) {
                 gate.open.store(true, Ordering::Release);
@@ -668,6 +681,7 @@ mod tests {
     use crate::coordinator::FileStateStore;
     use crate::coordinator::tests::state;
     use crate::workers::token_digest;
+    use std::time::Duration;
 
     /// A log worker in a directory of its own, reading the coordinated state from `store`.
     fn worker(dir: &Path, store: Arc<FileStateStore>) -> (LogWorker, watch::Receiver<Arc<Stages>>) {
@@ -752,6 +766,73 @@ mod tests {
             logs.admit(Epoch(3), "good").await,
             Err(e) if matches!(e.kind, ErrorKind::Fenced { current: Epoch(4), .. })
         ));
+    }
+
+    /// A store whose reads wait while `stall` is held (an etcd that does not answer).
+    struct Stalling {
+        store: FileStateStore,
+        stall: Arc<std::sync::Mutex<()>>,
+    }
+
+    impl StateStore for Stalling {
+        fn read(&self) -> Result<Option<CoordinatedState>> {
+            let _waited = self.stall.lock().unwrap();
+            self.store.read()
+        }
+
+        fn compare_and_swap(
+            &self,
+            expected: u64,
+            new: CoordinatedState,
+        ) -> Result<CoordinatedState> {
+            self.store.compare_and_swap(expected, new)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // The guard is the stall: held across the awaits on purpose, on the test's own thread
+    // while the store's read waits for it on a blocking one.
+    #[allow(clippy::await_holding_lock)]
+    async fn an_order_nobody_claimed_does_not_hold_up_the_directors_while_the_store_stalls() {
+        let state_dir = tempfile::tempdir().unwrap();
+        let stall = Arc::new(std::sync::Mutex::new(()));
+        let store = Arc::new(Stalling {
+            store: FileStateStore::new(state_dir.path()),
+            stall: stall.clone(),
+        });
+        let data = tempfile::tempdir().unwrap();
+        let (publish, _published) = watch::channel(Arc::new(Stages::default()));
+        let logs = Arc::new(
+            LogWorker::new(
+                data.path(),
+                FileLogConfig::default(),
+                store.clone(),
+                publish,
+            )
+            .unwrap(),
+        );
+        claim(&store.store, 3, "good");
+        logs.take(Epoch(3), "good").await.unwrap();
+
+        let stalled = stall.lock().unwrap();
+        let forged = tokio::spawn({
+            let logs = logs.clone();
+            async move { logs.take(Epoch(4), "forged").await }
+        });
+        // The forged order is waiting for the store; the director's orders of its epoch go
+        // through meanwhile.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let own = async {
+            logs.create(new_log(3, "good")).await.unwrap();
+            logs.admit(Epoch(3), "good").await.unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(30), own)
+            .await
+            .expect("the director's orders waited for a read of the store");
+        assert!(!forged.is_finished());
+        drop(stalled);
+        assert!(is_invalid(forged.await.unwrap()));
+        assert_eq!(logs.epoch(), Some(Epoch(3)));
     }
 
     #[tokio::test]
