@@ -472,6 +472,8 @@ pub(crate) struct WorkerLog {
     worker: Recruited,
     access: Access,
     probe_timeout: std::time::Duration,
+    /// The version known committed that the log must hold when its worker opens it.
+    committed: Version,
     remote: OnceCell<RemoteLog>,
     last: AtomicU64,
 }
@@ -486,13 +488,14 @@ impl std::fmt::Debug for WorkerLog {
 }
 
 impl WorkerLog {
-    /// `place` on the worker `worker`, holding up to `last`, reached with `access` (which
-    /// carries the epoch's token).
+    /// `place` on the worker `worker`, holding up to `last` and at least `committed`, reached
+    /// with `access` (which carries the epoch's token).
     pub(crate) fn new(
         place: LogPlace,
         worker: Recruited,
         access: Access,
         probe_timeout: std::time::Duration,
+        committed: Version,
         last: Version,
     ) -> WorkerLog {
         WorkerLog {
@@ -500,6 +503,7 @@ impl WorkerLog {
             worker,
             access,
             probe_timeout,
+            committed,
             remote: OnceCell::new(),
             last: AtomicU64::new(last.0),
         }
@@ -570,7 +574,26 @@ impl HeldLog for WorkerLog {
 
     async fn take(&self, epoch: Epoch) -> Result<()> {
         let token = self.access.token().unwrap_or_default();
-        self.worker.worker.take_logs(epoch, token).await
+        self.worker.worker.take_logs(epoch, token).await?;
+        // A worker restarted since phase 1 opened the log holds it no more (it holds what it
+        // was ordered to open since it started): opened again here, a no-op on a worker that
+        // still holds it. A kill may have cost it an unsynced tail, never acknowledged; but
+        // phase 1 checked what it read before, so a log that holds less now fails the
+        // attempt, and the next one's phase 1 reads it as it is.
+        let worker = &self.worker.worker;
+        let holds = worker
+            .open_log(self.place.id, &self.place.dir, self.committed)
+            .await?;
+        let read = self.last_version();
+        if holds < read {
+            return Err(refuse(ErrorKind::Unavailable(format!(
+                "{} holds up to {holds} since its worker restarted, less than the {read} \
+                 read before",
+                self.place.name()
+            ))));
+        }
+        self.last.store(holds.0, Ordering::Release);
+        Ok(())
     }
 
     async fn admit(&self, epoch: Epoch) -> Result<()> {
@@ -626,6 +649,7 @@ pub(crate) async fn open_on_worker(
         worker,
         access.clone(),
         probe_timeout,
+        committed,
         last,
     ))
 }
@@ -671,6 +695,7 @@ pub(crate) async fn create_on_worker(
         worker,
         access.clone(),
         probe_timeout,
+        anchor,
         anchor,
     ))
 }

@@ -1,0 +1,275 @@
+//! Logs on log workers (`LogWorker`s served in this process as `strata serve --role log`
+//! serves them, registered in a real etcd), with every window shrunk: segments of 16 KiB and a
+//! storage window of 50,000 versions, so each epoch's history spans many segments (rolled and
+//! popped on the workers) and many windows. Cycle runs while a log worker is stopped in the
+//! middle of an epoch and started again on the same directory and address, then while both
+//! are stopped one after the other (the second while the recovery waits for the first): each
+//! time the next epoch waits for them, the ring holds, every acknowledged commit is there, and
+//! each worker keeps only the log the coordinated state names. Run in 2-log and 3-log layouts.
+//! (`log_workers.rs` does the same with processes killed by SIGKILL, at default windows.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strata_core::Epoch;
+use strata_director::cluster_file::ClusterFile;
+use strata_director::coordinator::etcd::EtcdStateStore;
+use strata_director::workers::{LogWorker, Registration};
+use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring, rewire};
+use strata_director::{Coordination, EmbeddedConfig, RecoveryEnv, Serving, StateStore};
+use strata_net::{Access, ClusterId, Stages};
+use strata_testkit::etcd::EtcdServer;
+use tokio::sync::{oneshot, watch};
+
+const NAME: &str = "lwip";
+const NODES: u64 = 30;
+const CLIENTS: u64 = 4;
+
+fn access(id: &str) -> Access {
+    Access::new(ClusterId::new(id).unwrap(), None)
+}
+
+/// A log worker served in this process until it is stopped.
+struct Host {
+    address: String,
+    dir: PathBuf,
+    stop: oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<strata_core::Result<()>>,
+    _registration: Registration,
+}
+
+/// A log worker for the cluster `id` holding its logs in `dir`, served at `bind` and
+/// registered in `etcd`.
+async fn start_host(bind: &str, dir: &Path, id: &str, etcd: &str, config: &EmbeddedConfig) -> Host {
+    let store = {
+        let (etcd, id) = (etcd.to_owned(), id.to_owned());
+        tokio::task::spawn_blocking(move || EtcdStateStore::new(&[etcd], NAME, &id))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let (publish, published) = watch::channel(Arc::new(Stages::default()));
+    let worker = LogWorker::new(dir, config.log, Arc::new(store), publish).unwrap();
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(strata_net::serve_worker(
+        access(id),
+        Arc::new(worker),
+        published,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let registration = common::register(etcd, NAME, id, "log", &address).await;
+    Host {
+        address,
+        dir: dir.to_owned(),
+        stop,
+        served,
+        _registration: registration,
+    }
+}
+
+impl Host {
+    /// Stops serving; the worker and its logs are closed once its last call is done.
+    async fn stop(self) -> (String, PathBuf) {
+        self.stop.send(()).unwrap();
+        self.served.await.unwrap().unwrap();
+        (self.address, self.dir)
+    }
+}
+
+/// Waits (bounded) until `serving` shows an epoch after `epoch`; returns it.
+async fn next_epoch(serving: &mut watch::Receiver<Serving>, epoch: Epoch) -> Epoch {
+    let seen = tokio::time::timeout(
+        Duration::from_secs(60),
+        serving.wait_for(|s| s.as_ref().is_some_and(|(e, _)| *e > epoch)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no epoch after {epoch} came in time"))
+    .unwrap();
+    seen.as_ref().unwrap().0
+}
+
+/// Clients that run Cycle against whatever epoch is served, across epoch changes, recording
+/// what was acknowledged.
+fn clients(
+    serving: &watch::Receiver<Serving>,
+    stop: &watch::Receiver<bool>,
+    acked: &Arc<Mutex<Vec<(u64, u64)>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..CLIENTS)
+        .map(|c| {
+            let (mut serving, stop, acked) = (serving.clone(), stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut rng = strata_testkit::rng::SplitMix64(c);
+                let mut n = 0;
+                while !*stop.borrow() {
+                    let db = match serving.wait_for(Option::is_some).await {
+                        Ok(s) => s.as_ref().unwrap().1.clone(),
+                        Err(_) => return,
+                    };
+                    if rewire(&db, NODES, &mut rng, c, n).await.is_ok() {
+                        acked.lock().unwrap().push((c, n));
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect()
+}
+
+/// The state of `data`, read from etcd off the runtime's threads.
+async fn state_of(data: &Path) -> strata_director::CoordinatedState {
+    let data = data.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Coordination::for_data_dir(&data)
+            .unwrap()
+            .read()
+            .unwrap()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Every log of the state of `epoch` is on a worker, one on each host, and each host holds
+/// that one log only.
+async fn assert_logs_only_on_hosts(data: &Path, epoch: Epoch, hosts: &[(String, PathBuf)]) {
+    let state = state_of(data).await;
+    assert_eq!(state.epoch, epoch);
+    let mut at: Vec<String> = state.logs.iter().map(|p| p.at.clone().unwrap()).collect();
+    at.sort();
+    let mut addresses: Vec<String> = hosts.iter().map(|(a, _)| a.clone()).collect();
+    addresses.sort();
+    assert_eq!(at, addresses, "epoch {epoch}");
+    for (address, dir) in hosts {
+        let held: Vec<String> = std::fs::read_dir(dir.join("logs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(held.len(), 1, "{address} holds {held:?} in epoch {epoch}");
+        assert!(held[0].starts_with(&format!("{}-", epoch.0)), "{held:?}");
+    }
+}
+
+async fn stopped_and_started_again(logs: usize, storage: usize) {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = format!("{logs}l{storage}s");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let file = ClusterFile::parse(&format!("{NAME}:{id}@etcd://{}", etcd.endpoint())).unwrap();
+    ClusterFile::for_data_dir(&data, Some(&file)).unwrap();
+    let small = common::small_windows(logs, storage, 1);
+    let config = EmbeddedConfig {
+        monitor_interval: Duration::from_millis(20),
+        // An epoch here lasts about a second, some 200 KB of history a log: segments of
+        // 16 KiB give it a dozen or more, rolled and popped on the worker.
+        log: strata_tlog::FileLogConfig {
+            segment_bytes: 16 << 10,
+            ..small.log
+        },
+        ..small
+    };
+    let mut hosts = Vec::new();
+    for i in 0..logs {
+        let host_dir = dir.path().join(format!("host{i}"));
+        hosts.push(start_host("127.0.0.1:0", &host_dir, &id, &etcd.endpoint(), &config).await);
+    }
+    let places: Vec<(String, PathBuf)> = hosts
+        .iter()
+        .map(|h| (h.address.clone(), h.dir.clone()))
+        .collect();
+
+    let mut env = RecoveryEnv::default();
+    env.access = Some(access(&id));
+    let (serving, mut watching) = watch::channel(None);
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let data = data.clone();
+        async move {
+            strata_director::serve(&data, config, &env, &serving, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let mut epoch = next_epoch(&mut watching, Epoch(0)).await;
+    assert_logs_only_on_hosts(&data, epoch, &places).await;
+    {
+        let db = watching.borrow().as_ref().unwrap().1.clone();
+        ensure_ring(&db, NODES).await.unwrap();
+    }
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let (stop_clients, clients_stop) = watch::channel(false);
+    let tasks = clients(&watching, &clients_stop, &acked);
+
+    // One host stopped in the middle of an epoch, many windows and segments into it; back on
+    // its directory and address a moment later.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (address, host_dir) = hosts.remove(0).stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hosts.insert(
+        0,
+        start_host(&address, &host_dir, &id, &etcd.endpoint(), &config).await,
+    );
+    epoch = next_epoch(&mut watching, epoch).await;
+    assert_logs_only_on_hosts(&data, epoch, &places).await;
+
+    // Two in a row: the last host stopped mid-epoch, then the first while the recovery waits
+    // for the last; started again in the other order.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let last = hosts.pop().unwrap().stop().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = hosts.remove(0).stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hosts.push(start_host(&first.0, &first.1, &id, &etcd.endpoint(), &config).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hosts.push(start_host(&last.0, &last.1, &id, &etcd.endpoint(), &config).await);
+    let before = epoch;
+    epoch = next_epoch(&mut watching, epoch).await;
+    assert_eq!(
+        epoch.0,
+        before.0 + 1,
+        "no epoch was claimed while a host was away"
+    );
+    assert_logs_only_on_hosts(&data, epoch, &places).await;
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop_clients.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let db = watching.borrow().as_ref().unwrap().1.clone();
+    check_ring(&db).await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "{} acknowledged", acked.len());
+    check_acks(&db, &acked).await.unwrap();
+    shutdown.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    for host in hosts {
+        host.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_log_hosts_stopped_mid_epoch_and_twice_in_a_row() {
+    stopped_and_started_again(2, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_log_hosts_stopped_mid_epoch_and_twice_in_a_row() {
+    stopped_and_started_again(3, 1).await;
+}
