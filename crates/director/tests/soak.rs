@@ -1,7 +1,8 @@
-//! A soak of the processes of one cluster: a director and four workers (two resolvers, the
-//! sequencer, a commit proxy) on loopback, the coordinated state in a real etcd, Cycle running
-//! from a client process throughout, and SIGKILLs at moments chosen at random: any of the five
-//! processes, sometimes two in a row, each started again at its address. A client that ends
+//! A soak of the processes of one cluster: a director and six workers (two resolvers, the
+//! sequencer, a commit proxy, two log workers holding the cluster's logs) on loopback, the
+//! coordinated state in a real etcd, Cycle running from a client process throughout, and
+//! SIGKILLs at moments chosen at random: any of the seven processes, sometimes two in a row,
+//! each started again at its address (a log worker on its data directory). A client that ends
 //! (its calls failed with the director) is started again. Every so often the client stops,
 //! and the ring and every commit acknowledged so far are checked through the network.
 //!
@@ -39,7 +40,18 @@ const CHECK_EVERY: Duration = Duration::from_secs(60);
 const CHECK_PATIENCE: Duration = Duration::from_secs(90);
 
 /// The worker roles, each at an address of its own.
-const WORKERS: [&str; 4] = ["resolver", "resolver", "sequencer", "proxy"];
+const WORKERS: [&str; 6] = ["resolver", "resolver", "sequencer", "proxy", "log", "log"];
+
+/// Worker `i` (of [`WORKERS`]) at `at`: a log worker keeps its logs in a directory of its own
+/// under `dir`.
+fn start_worker(i: usize, cluster_file: &Path, at: &str, dir: &Path) -> (Process, String) {
+    let logs = dir.join(format!("worker-{i}"));
+    let extra: &[&str] = match WORKERS[i] {
+        "log" => &["--data-dir", logs.to_str().unwrap()],
+        _ => &[],
+    };
+    worker_of(WORKERS[i], cluster_file, at, extra)
+}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -161,9 +173,8 @@ fn random_kills_of_the_director_and_every_worker_lose_no_acknowledged_commit() {
     let dir = tempfile::tempdir().unwrap();
     let cluster_file = etcd_cluster_file(dir.path(), "soak:5eed", &etcd);
     let file = cluster_file.to_str().unwrap();
-    let mut workers: Vec<(Process, String)> = WORKERS
-        .iter()
-        .map(|role| worker_of(role, &cluster_file, "127.0.0.1:0", &[]))
+    let mut workers: Vec<(Process, String)> = (0..WORKERS.len())
+        .map(|i| start_worker(i, &cluster_file, "127.0.0.1:0", dir.path()))
         .collect();
     let addresses: Vec<String> = workers.iter().map(|(_, at)| at.clone()).collect();
     let registered: Vec<&str> = addresses.iter().map(String::as_str).collect();
@@ -221,7 +232,7 @@ fn random_kills_of_the_director_and_every_worker_lose_no_acknowledged_commit() {
                 let (worker, at) = &mut workers[victim - 1];
                 kill(worker);
                 std::thread::sleep(pause(&mut rng, 0, 1_500));
-                (*worker, _) = worker_of(WORKERS[victim - 1], &cluster_file, at, &[]);
+                (*worker, _) = start_worker(victim - 1, &cluster_file, at, dir.path());
             }
         }
         if checked.elapsed() >= CHECK_EVERY {
