@@ -246,6 +246,9 @@ pub struct CheckReport {
     pub recoverable_version: Option<Version>,
     /// Every inconsistency, in the order found; none means the directory is consistent.
     pub findings: Vec<Finding>,
+    /// Each log the state names that a log worker holds, as `(dir, worker address)`: not read
+    /// here (a check reads the data directory alone), so the recoverable version is unknown.
+    pub on_workers: Vec<(String, String)>,
 }
 
 /// What the logs and storage files of a directory hold, read without writing (see
@@ -260,6 +263,9 @@ pub(crate) struct Holdings {
     /// Every inconsistency, each with the error behind it when one was met (an I/O error is
     /// not damage: recovery tries again for those).
     pub(crate) findings: Vec<(Finding, Option<Error>)>,
+    /// The logs the state names that the opener does not reach (on log workers, for a
+    /// reading of the data directory alone): not opened, so `holds` is unknown.
+    pub(crate) elsewhere: Vec<LogPlace>,
 }
 
 /// [`read_holdings`] for a directory read at rest (`strata check`, [`crate::Snapshot`]): the
@@ -367,8 +373,10 @@ pub(crate) async fn read_holdings(
     // could take the damaged record of that version for a torn write and drop it: the logs
     // are left unopened until the storage file is sorted out.
     let storage_read = durable.iter().all(Option::is_some);
-    for place in named
-        .iter()
+    let (reached, elsewhere): (Vec<&LogPlace>, Vec<&LogPlace>) =
+        named.iter().partition(|p| logs_from.reaches(p));
+    for place in reached
+        .into_iter()
         .filter(|p| storage_read && is_log_place(&p.dir))
     {
         match logs_from
@@ -426,12 +434,14 @@ pub(crate) async fn read_holdings(
         durable,
         holds,
         findings: found,
+        elsewhere: elsewhere.into_iter().cloned().collect(),
     })
 }
 
 /// How the tools that only read (`strata check`, a [`crate::Snapshot`]) open logs for
 /// [`read_holdings`]: each log must exist and hold the version known committed, and nothing
-/// in its directory changes, whatever a crash left there (see [`OpenMode::ReadOnly`]).
+/// in its directory changes, whatever a crash left there (see [`OpenMode::ReadOnly`]). Logs on
+/// log workers are not reached: what a reading of the data directory alone cannot see.
 struct ReadOnly;
 
 #[async_trait::async_trait]
@@ -450,6 +460,10 @@ impl OpenLogs for ReadOnly {
             FileLogConfig::default(),
         )?;
         Ok(Arc::new(log))
+    }
+
+    fn reaches(&self, place: &LogPlace) -> bool {
+        place.at.is_none()
     }
 }
 
@@ -484,9 +498,15 @@ pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
         .map(|i| format!("storage/{i}.redb"))
         .zip(held.durable.iter().copied())
         .collect();
+    report.on_workers = held
+        .elsewhere
+        .iter()
+        .filter_map(|p| Some((p.dir.clone(), p.at.clone()?)))
+        .collect();
     report.logs = state
         .logs
         .iter()
+        .filter(|p| p.at.is_none())
         .map(|p| {
             let end = held.logs.iter().find(|(q, _)| q == p);
             (p.dir.clone(), end.map(|(_, l)| l.last_version()))

@@ -97,4 +97,10 @@ pub(crate) trait OpenLogs: Send + Sync {
         place: &LogPlace,
         committed: Version,
     ) -> Result<Arc<dyn HeldLog>>;
+
+    /// Whether this opener reaches the log `place`: one that reads the data directory alone
+    /// does not reach a log on a log worker, which is then left unread (not a finding).
+    fn reaches(&self, _place: &LogPlace) -> bool {
+        true
+    }
 }

@@ -33,7 +33,7 @@ use strata_storage::{RedbStorage, StorageConfig};
 
 use crate::HeldLog;
 use crate::check::{check_directory, read_holdings_at_rest};
-use crate::coordinator::{CoordinatedState, Coordination, StateStore};
+use crate::coordinator::{CoordinatedState, Coordination, LogPlace, StateStore};
 use crate::owner::{DirectoryLock, lock_directory};
 use crate::{error, split_ranges};
 
@@ -63,9 +63,10 @@ impl std::fmt::Debug for Snapshot {
 
 impl Snapshot {
     /// Opens the view of `data_dir`. Errors: the directory missing or in use by another
-    /// process; no cluster stored in it (`Unavailable`, saying to run `strata recover`); a log
-    /// the coordinated state names missing or damaged; a storage file damaged; no log holding
-    /// the history a storage server needs (`Corruption`).
+    /// process; no cluster stored in it (`Unavailable`, saying to run `strata recover`); logs
+    /// on log workers, which a view of the directory cannot read (`Unavailable`, naming them);
+    /// a log the coordinated state names missing or damaged; a storage file damaged; no log
+    /// holding the history a storage server needs (`Corruption`).
     pub async fn open(data_dir: &Path) -> Result<Snapshot> {
         let owner = lock_directory(data_dir, false)?;
         let store = Coordination::for_data_dir(data_dir)?;
@@ -81,6 +82,23 @@ impl Snapshot {
                 data_dir.display()
             )))
         })?;
+        // A view at rest reads the data directory alone: committed history above the storage
+        // servers' durable versions may be only in logs that log workers hold.
+        let on_workers: Vec<String> = state
+            .logs
+            .iter()
+            .filter(|p| p.at.is_some())
+            .map(LogPlace::name)
+            .collect();
+        if !on_workers.is_empty() {
+            return Err(error(ErrorKind::Unavailable(format!(
+                "the logs of {} are on log workers ({}): a read at rest sees only the data \
+                 directory; read the running cluster through its cluster file (`strata dump \
+                 --cluster-file FILE`)",
+                data_dir.display(),
+                on_workers.join(", ")
+            ))));
+        }
         // As recovery reads it: storage first, then each log opened with the version known
         // committed that it must hold, so a damaged record of a committed version is an error,
         // never cut off as a torn write.

@@ -26,11 +26,15 @@ pub struct Layout {
 /// One log of the current generation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LogStatus {
-    /// Its directory, relative to the data directory.
+    /// Its directory, relative to the data directory of the process that holds it.
     pub dir: String,
-    /// The newest version it holds; `None` when it could not be read.
+    /// The log worker that holds it (`host:port`); absent for a log in the data directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// The newest version it holds; `None` when it could not be read (or, at rest, for a log
+    /// on a log worker: a status at rest reads the data directory alone).
     pub holds_up_to: Option<Version>,
-    /// Bytes its files take on disk.
+    /// Bytes its files take on disk (0 for a log on a log worker: not on this host's disk).
     pub bytes: u64,
 }
 
@@ -94,13 +98,22 @@ pub async fn status(data_dir: &Path) -> Result<Status> {
         layout: layout(&state, state.logs.len()),
         recovery_version: state.recovery_version,
         newest_version: report.recoverable_version,
-        logs: report
+        // In the state's order; a log on a log worker is not read here (see `verify`).
+        logs: state
             .logs
-            .into_iter()
-            .map(|(dir, holds_up_to)| LogStatus {
-                bytes: bytes_under(&data_dir.join(&dir)),
-                dir,
-                holds_up_to,
+            .iter()
+            .map(|place| LogStatus {
+                dir: place.dir.clone(),
+                at: place.at.clone(),
+                holds_up_to: report
+                    .logs
+                    .iter()
+                    .find(|(dir, _)| place.at.is_none() && *dir == place.dir)
+                    .and_then(|(_, holds)| *holds),
+                bytes: match place.at {
+                    Some(_) => 0,
+                    None => bytes_under(&data_dir.join(&place.dir)),
+                },
             })
             .collect(),
         storage: report
@@ -156,8 +169,12 @@ impl EmbeddedCluster {
             .zip(&self.logs)
             .map(|(place, log)| LogStatus {
                 dir: place.dir.clone(),
+                at: place.at.clone(),
                 holds_up_to: Some(log.last_version()),
-                bytes: bytes_under(&data_dir.join(&place.dir)),
+                bytes: match place.at {
+                    Some(_) => 0,
+                    None => bytes_under(&data_dir.join(&place.dir)),
+                },
             })
             .collect();
         Ok(Status {

@@ -162,6 +162,27 @@ async fn assert_logs_only_on_hosts(data: &Path, epoch: Epoch, hosts: &[(String, 
     }
 }
 
+/// At rest, the tools that read the data directory alone say where the logs are instead of
+/// taking them for lost: `strata check` and `status` list them as not read here, and a read at
+/// rest (`dump`, `get`) is refused, naming them.
+async fn assert_read_at_rest_names_the_workers(data: &Path, places: &[(String, PathBuf)]) {
+    let report = strata_director::verify(data).await.unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    let mut on_workers: Vec<String> = report.on_workers.iter().map(|(_, at)| at.clone()).collect();
+    on_workers.sort();
+    let mut addresses: Vec<String> = places.iter().map(|(a, _)| a.clone()).collect();
+    addresses.sort();
+    assert_eq!(on_workers, addresses);
+    assert_eq!(report.recoverable_version, None);
+    let e = strata_director::Snapshot::open(data).await.err().unwrap();
+    assert!(
+        matches!(e.kind, strata_core::ErrorKind::Unavailable(_)),
+        "{e}"
+    );
+    assert!(e.to_string().contains("log worker"), "{e}");
+    assert!(e.to_string().contains(&addresses[0]), "{e}");
+}
+
 async fn stopped_and_started_again(logs: usize, storage: usize) {
     let Some(etcd) = EtcdServer::start() else {
         return;
@@ -259,6 +280,9 @@ async fn stopped_and_started_again(logs: usize, storage: usize) {
     check_acks(&db, &acked).await.unwrap();
     shutdown.send(()).unwrap();
     server.await.unwrap().unwrap();
+
+    assert_read_at_rest_names_the_workers(&data, &places).await;
+
     for host in hosts {
         host.stop().await;
     }

@@ -384,18 +384,33 @@ fn print_status(status: &Status) {
         count(status.layout.resolvers),
         count(status.layout.proxies)
     );
+    let on_workers = !status.running && status.logs.iter().any(|l| l.at.is_some());
     out!(
         "versions: recovered at {}, newest {}",
         status.recovery_version.0,
-        version(status.newest_version)
+        match status.newest_version {
+            None if on_workers => "unknown (the logs are on log workers)".to_owned(),
+            newest => version(newest),
+        }
     );
     for log in &status.logs {
-        out!(
-            "  log {}: holds up to {}, {}",
-            log.dir,
-            version(log.holds_up_to),
-            size(log.bytes)
-        );
+        match (&log.at, status.running) {
+            (Some(at), false) => out!(
+                "  log strata://{at}/{}: on a log worker, not read at rest",
+                log.dir
+            ),
+            (Some(at), true) => out!(
+                "  log strata://{at}/{}: holds up to {} (on a log worker)",
+                log.dir,
+                version(log.holds_up_to)
+            ),
+            (None, _) => out!(
+                "  log {}: holds up to {}, {}",
+                log.dir,
+                version(log.holds_up_to),
+                size(log.bytes)
+            ),
+        }
     }
     for s in &status.storage {
         out!(

@@ -731,6 +731,9 @@ async fn check(args: VerifyArgs) -> strata_core::Result<()> {
         for (dir, last) in &report.logs {
             out!("  {dir}: holds up to {}", shown(last));
         }
+        for (dir, at) in &report.on_workers {
+            out!("  strata://{at}/{dir}: on a log worker, not read here");
+        }
         for (file, durable) in &report.storage {
             out!("  {file}: durable at {}", shown(durable));
         }
@@ -743,7 +746,13 @@ async fn check(args: VerifyArgs) -> strata_core::Result<()> {
     }
     if report.findings.is_empty() {
         if !args.json {
-            out!("consistent");
+            match report.on_workers.len() {
+                0 => out!("consistent"),
+                n => out!(
+                    "consistent, as far as this directory shows: {n} log(s) on log workers \
+                     were not read"
+                ),
+            }
         }
         Ok(())
     } else {
