@@ -20,8 +20,8 @@ use strata_core::Epoch;
 use strata_director::cluster_file::ClusterFile;
 use strata_director::coordinator::etcd::EtcdStateStore;
 use strata_director::workers::{LogWorker, Registration};
-use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring, rewire};
-use strata_director::{Coordination, EmbeddedConfig, RecoveryEnv, Serving, StateStore};
+use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring};
+use strata_director::{Coordination, EmbeddedConfig, RecoveryEnv, StateStore};
 use strata_net::{Access, ClusterId, Stages};
 use strata_testkit::etcd::EtcdServer;
 use tokio::sync::{oneshot, watch};
@@ -84,48 +84,6 @@ impl Host {
         self.served.await.unwrap().unwrap();
         (self.address, self.dir)
     }
-}
-
-/// Waits (bounded) until `serving` shows an epoch after `epoch`; returns it.
-async fn next_epoch(serving: &mut watch::Receiver<Serving>, epoch: Epoch) -> Epoch {
-    let seen = tokio::time::timeout(
-        Duration::from_secs(60),
-        serving.wait_for(|s| s.as_ref().is_some_and(|(e, _)| *e > epoch)),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("no epoch after {epoch} came in time"))
-    .unwrap();
-    seen.as_ref().unwrap().0
-}
-
-/// Clients that run Cycle against whatever epoch is served, across epoch changes, recording
-/// what was acknowledged.
-fn clients(
-    serving: &watch::Receiver<Serving>,
-    stop: &watch::Receiver<bool>,
-    acked: &Arc<Mutex<Vec<(u64, u64)>>>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..CLIENTS)
-        .map(|c| {
-            let (mut serving, stop, acked) = (serving.clone(), stop.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut rng = strata_testkit::rng::SplitMix64(c);
-                let mut n = 0;
-                while !*stop.borrow() {
-                    let db = match serving.wait_for(Option::is_some).await {
-                        Ok(s) => s.as_ref().unwrap().1.clone(),
-                        Err(_) => return,
-                    };
-                    if rewire(&db, NODES, &mut rng, c, n).await.is_ok() {
-                        acked.lock().unwrap().push((c, n));
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    n += 1;
-                }
-            })
-        })
-        .collect()
 }
 
 /// The state of `data`, read from etcd off the runtime's threads.
@@ -227,7 +185,7 @@ async fn stopped_and_started_again(logs: usize, storage: usize) {
             .await
         }
     });
-    let mut epoch = next_epoch(&mut watching, Epoch(0)).await;
+    let mut epoch = common::next_epoch(&mut watching, Epoch(0)).await;
     assert_logs_only_on_hosts(&data, epoch, &places).await;
     {
         let db = watching.borrow().as_ref().unwrap().1.clone();
@@ -235,7 +193,7 @@ async fn stopped_and_started_again(logs: usize, storage: usize) {
     }
     let acked = Arc::new(Mutex::new(Vec::new()));
     let (stop_clients, clients_stop) = watch::channel(false);
-    let tasks = clients(&watching, &clients_stop, &acked);
+    let tasks = common::serving_clients(&watching, &clients_stop, &acked, (NODES, CLIENTS));
 
     // One host stopped in the middle of an epoch, many windows and segments into it; back on
     // its directory and address a moment later.
@@ -246,7 +204,7 @@ async fn stopped_and_started_again(logs: usize, storage: usize) {
         0,
         start_host(&address, &host_dir, &id, &etcd.endpoint(), &config).await,
     );
-    epoch = next_epoch(&mut watching, epoch).await;
+    epoch = common::next_epoch(&mut watching, epoch).await;
     assert_logs_only_on_hosts(&data, epoch, &places).await;
 
     // Two in a row: the last host stopped mid-epoch, then the first while the recovery waits
@@ -260,7 +218,7 @@ async fn stopped_and_started_again(logs: usize, storage: usize) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     hosts.push(start_host(&last.0, &last.1, &id, &etcd.endpoint(), &config).await);
     let before = epoch;
-    epoch = next_epoch(&mut watching, epoch).await;
+    epoch = common::next_epoch(&mut watching, epoch).await;
     assert_eq!(
         epoch.0,
         before.0 + 1,

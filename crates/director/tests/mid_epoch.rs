@@ -17,56 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strata_core::Epoch;
+use strata_director::EmbeddedConfig;
 use strata_director::faults::{FaultPoint, Faults};
-use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring, rewire};
-use strata_director::{EmbeddedConfig, Serving};
+use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring};
 use tokio::sync::watch;
 
 const NODES: u64 = 30;
 const CLIENTS: u64 = 4;
-
-/// Waits (bounded) until `serving` shows an epoch after `epoch`; returns it.
-async fn next_epoch(serving: &mut watch::Receiver<Serving>, epoch: Epoch) -> Epoch {
-    let seen = tokio::time::timeout(
-        Duration::from_secs(20),
-        serving.wait_for(|s| s.as_ref().is_some_and(|(e, _)| *e > epoch)),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("no epoch after {epoch} came in time"))
-    .unwrap();
-    seen.as_ref().unwrap().0
-}
-
-/// Clients that run Cycle against whatever epoch is served, across epoch changes, recording
-/// what was acknowledged; a transaction that fails because its epoch ended is simply not
-/// acknowledged.
-fn clients(
-    serving: watch::Receiver<Serving>,
-    stop: watch::Receiver<bool>,
-    acked: Arc<Mutex<Vec<(u64, u64)>>>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..CLIENTS)
-        .map(|c| {
-            let (mut serving, stop, acked) = (serving.clone(), stop.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut rng = strata_testkit::rng::SplitMix64(c);
-                let mut n = 0;
-                while !*stop.borrow() {
-                    let db = match serving.wait_for(Option::is_some).await {
-                        Ok(s) => s.as_ref().unwrap().1.clone(),
-                        Err(_) => return,
-                    };
-                    if rewire(&db, NODES, &mut rng, c, n).await.is_ok() {
-                        acked.lock().unwrap().push((c, n));
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    n += 1;
-                }
-            })
-        })
-        .collect()
-}
 
 async fn faults_mid_epoch(points: &[FaultPoint], layout: (usize, usize, usize)) {
     let dir = tempfile::tempdir().unwrap();
@@ -76,20 +33,20 @@ async fn faults_mid_epoch(points: &[FaultPoint], layout: (usize, usize, usize)) 
         ..common::small_windows(layout.0, layout.1, layout.2)
     };
     let (mut watching, shutdown, server) = common::served(dir.path(), config, faults.clone());
-    let mut epoch = next_epoch(&mut watching, Epoch(0)).await;
+    let mut epoch = common::next_epoch(&mut watching, Epoch(0)).await;
     {
         let db = watching.borrow().as_ref().unwrap().1.clone();
         ensure_ring(&db, NODES).await.unwrap();
     }
     let acked = Arc::new(Mutex::new(Vec::new()));
     let (stop_clients, clients_stop) = watch::channel(false);
-    let tasks = clients(watching.clone(), clients_stop, acked.clone());
+    let tasks = common::serving_clients(&watching, &clients_stop, &acked, (NODES, CLIENTS));
 
     for &point in points {
         // Several storage windows of history in this epoch before the fault.
         tokio::time::sleep(Duration::from_millis(300)).await;
         faults.arm(point);
-        let next = next_epoch(&mut watching, epoch).await;
+        let next = common::next_epoch(&mut watching, epoch).await;
         assert!(!faults.is_armed(point), "{point:?} fired");
         epoch = next;
     }

@@ -208,3 +208,53 @@ pub async fn register(
     .await
     .expect("registered")
 }
+
+/// Waits (for at most a minute) until `serving` shows an epoch after `epoch`; returns it.
+pub async fn next_epoch(
+    serving: &mut tokio::sync::watch::Receiver<strata_director::Serving>,
+    epoch: strata_core::Epoch,
+) -> strata_core::Epoch {
+    let seen = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        serving.wait_for(|s| s.as_ref().is_some_and(|(e, _)| *e > epoch)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no epoch after {epoch} came in time"))
+    .expect("the server publishes epochs");
+    seen.as_ref().expect("an epoch").0
+}
+
+/// `clients` clients that run Cycle on a ring of `nodes` against whatever epoch `serving`
+/// shows, across epoch changes, until `stop` says so, recording in `acked` what was
+/// acknowledged; a transaction that fails because its epoch ended is simply not
+/// acknowledged.
+pub fn serving_clients(
+    serving: &tokio::sync::watch::Receiver<strata_director::Serving>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    acked: &std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
+    (nodes, clients): (u64, u64),
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (mut serving, stop, acked) = (serving.clone(), stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut rng = strata_testkit::rng::SplitMix64(c);
+                let mut n = 0;
+                while !*stop.borrow() {
+                    let db = match serving.wait_for(Option::is_some).await {
+                        Ok(s) => s.as_ref().expect("an epoch").1.clone(),
+                        Err(_) => return,
+                    };
+                    let rewired =
+                        strata_director::workload::cycle::rewire(&db, nodes, &mut rng, c, n).await;
+                    if rewired.is_ok() {
+                        acked.lock().expect("not poisoned").push((c, n));
+                    } else {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect()
+}
