@@ -31,8 +31,9 @@ pub trait HeldLog: LogServer + std::fmt::Debug {
 
     /// Makes the log answer `epoch`'s calls, before recovery locks it: a log on a worker has
     /// the worker serve it under the epoch's token (refusing older epochs' orders from then
-    /// on), and open it again if the worker restarted since phase 1 opened it (failing when
-    /// it holds less than phase 1 read); a log in this process needs nothing.
+    /// on), and open it again if the worker restarted since phase 1 opened it (`Corruption`
+    /// when it holds less than the synced records phase 1 read); a log in this process needs
+    /// nothing.
     async fn take(&self, _epoch: Epoch) -> Result<()> {
         Ok(())
     }

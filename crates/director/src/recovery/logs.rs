@@ -75,7 +75,11 @@ pub(super) async fn lock_previous_logs(
 ) -> Attempt<Vec<OldLog>> {
     let mut out = Vec::new();
     for (place, log) in &inspected.logs {
-        log.take(claim.epoch).await?;
+        // A log found damaged as it is taken (see `HeldLog::take`) stops recovery.
+        log.take(claim.epoch).await.map_err(|e| match e.kind {
+            ErrorKind::Corruption(_) => RecoveryError::Unrecoverable(e),
+            _ => RecoveryError::Attempt(e),
+        })?;
         let state = env.reach(log).lock(claim.epoch).await?;
         out.push(OldLog {
             place: place.clone(),

@@ -577,18 +577,19 @@ impl HeldLog for WorkerLog {
         self.worker.worker.take_logs(epoch, token).await?;
         // A worker restarted since phase 1 opened the log holds it no more (it holds what it
         // was ordered to open since it started): opened again here, a no-op on a worker that
-        // still holds it. A kill may have cost it an unsynced tail, never acknowledged; but
-        // phase 1 checked what it read before, so a log that holds less now fails the
-        // attempt, and the next one's phase 1 reads it as it is.
+        // still holds it. Phase 1 read what the log had synced, which no kill undoes: a log
+        // that holds less now lost synced records (a disk that lied about its cache, a
+        // directory replaced), perhaps acknowledged commits. That is damage, never retried:
+        // the next attempt would read the shorter log as it is and recover without them.
         let worker = &self.worker.worker;
         let holds = worker
             .open_log(self.place.id, &self.place.dir, self.committed)
             .await?;
         let read = self.last_version();
         if holds < read {
-            return Err(refuse(ErrorKind::Unavailable(format!(
-                "{} holds up to {holds} since its worker restarted, less than the {read} \
-                 read before",
+            return Err(refuse(ErrorKind::Corruption(format!(
+                "{} holds up to {holds} since its worker restarted, less than the {read} it \
+                 had synced when this recovery read it: synced records were lost",
                 self.place.name()
             ))));
         }
@@ -883,6 +884,93 @@ mod tests {
             published.borrow().logs.is_empty(),
             "a removed log is no longer served"
         );
+    }
+
+    /// Serves `logs` at `listener` until `stop` fires.
+    fn serve(
+        logs: LogWorker,
+        published: watch::Receiver<Arc<Stages>>,
+        listener: tokio::net::TcpListener,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<Result<()>> {
+        tokio::spawn(strata_net::serve_worker(
+            Access::new(strata_net::ClusterId::new("take").unwrap(), None),
+            Arc::new(logs),
+            published,
+            listener,
+            async {
+                let _ = stop.await;
+            },
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_that_lost_synced_records_since_phase_1_is_damage_not_a_retry() {
+        let state_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStateStore::new(state_dir.path()));
+        let data = tempfile::tempdir().unwrap();
+        let (logs, published) = worker(data.path(), store.clone());
+        claim(&store, 1, "one");
+        logs.create(new_log(1, "one")).await.unwrap();
+        logs.admit(Epoch(1), "one").await.unwrap();
+        let log = published.borrow().logs[0].clone();
+        for v in 11..=20 {
+            if v == 16 {
+                // What the disk will hold after it loses what was synced since.
+                let copy = std::process::Command::new("cp")
+                    .args(["-a", "logs/1-0", "older"])
+                    .current_dir(data.path())
+                    .status()
+                    .unwrap();
+                assert!(copy.success());
+            }
+            let payload = Bytes::from_static(b"x");
+            log.push(Epoch(1), Version(v - 1), Version(v), payload)
+                .await
+                .unwrap();
+        }
+        drop(log);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let served = serve(logs, published, listener, stopped);
+
+        // Phase 1 of epoch 2 opens it on the worker: it holds up to 20.
+        claim(&store, 2, "two");
+        let place = LogPlace {
+            id: LogId(0),
+            dir: "logs/1-0".into(),
+            at: Some(address.clone()),
+        };
+        let access = Access::new(strata_net::ClusterId::new("take").unwrap(), None)
+            .with_token("two".to_owned());
+        let opened = open_on_worker(
+            &place,
+            &access,
+            &Arc::new(crate::workers::PassedOver::default()),
+            Duration::from_secs(1),
+            Version(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(opened.last_version(), Version(20));
+
+        // The worker restarts on a disk that lost the records synced after 15.
+        stop.send(()).unwrap();
+        served.await.unwrap().unwrap();
+        std::fs::remove_dir_all(data.path().join("logs/1-0")).unwrap();
+        std::fs::rename(data.path().join("older"), data.path().join("logs/1-0")).unwrap();
+        std::fs::remove_file(data.path().join("logs/1-0/LOCK")).ok();
+        let (logs, published) = worker(data.path(), store.clone());
+        let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let served = serve(logs, published, listener, stopped);
+
+        let e = opened.take(Epoch(2)).await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
+        assert!(e.to_string().contains("logs/1-0"), "{e}");
+        stop.send(()).unwrap();
+        served.await.unwrap().unwrap();
     }
 
     #[tokio::test]
