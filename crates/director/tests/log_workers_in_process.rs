@@ -57,6 +57,9 @@ async fn start_host(bind: &str, dir: &Path, id: &str, etcd: &str, config: &Embed
     let worker = LogWorker::new(dir, config.log, Arc::new(store), publish).unwrap();
     let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
+    // Registered before it serves: a recovery that reaches it finds it in the registry too,
+    // so its next log is created on it.
+    let registration = common::register(etcd, NAME, id, "log", &address).await;
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(strata_net::serve_worker(
         access(id),
@@ -67,7 +70,6 @@ async fn start_host(bind: &str, dir: &Path, id: &str, etcd: &str, config: &Embed
             let _ = stopped.await;
         },
     ));
-    let registration = common::register(etcd, NAME, id, "log", &address).await;
     Host {
         address,
         dir: dir.to_owned(),
@@ -207,12 +209,21 @@ async fn stopped_and_started_again(logs: usize, storage: usize) {
     epoch = common::next_epoch(&mut watching, epoch).await;
     assert_logs_only_on_hosts(&data, epoch, &places).await;
 
-    // Two in a row: the last host stopped mid-epoch, then the first while the recovery waits
-    // for the last; started again in the other order.
+    // Two in a row: the host of the state's last log stopped mid-epoch, then, while the
+    // recovery waits for it, the host of the first log, which that recovery's phase 1 (opening
+    // the logs in the state's order) has opened already; started again in the other order.
+    // The recovery must open the first log again on its restarted host.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let last = hosts.pop().unwrap().stop().await;
+    let state = state_of(&data).await;
+    let host_of = |hosts: &[Host], i: usize| {
+        let at = state.logs[i].at.as_ref().unwrap();
+        hosts.iter().position(|h| &h.address == at).unwrap()
+    };
+    let i = host_of(&hosts, state.logs.len() - 1);
+    let last = hosts.remove(i).stop().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let first = hosts.remove(0).stop().await;
+    let i = host_of(&hosts, 0);
+    let first = hosts.remove(i).stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     hosts.push(start_host(&first.0, &first.1, &id, &etcd.endpoint(), &config).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
