@@ -36,18 +36,19 @@ pub(crate) fn new_token() -> Result<String> {
             ErrorKind::Unavailable(format!("no random numbers for a stage token: {e}")),
         )
     })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&bytes))
+}
+
+/// `bytes` as lowercase hexadecimal digits, two a byte.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The SHA-256 of `token`, in hex: what the coordinated state keeps of an epoch's token, so a
 /// log worker can check an order's token without the state giving it away (clients read the
 /// state to find the cluster).
 pub(crate) fn token_digest(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
 
 impl PeerPort {
