@@ -525,6 +525,23 @@ impl WorkerLog {
                 .await
             })
             .await
+            .map_err(|e| self.not_served_now(e))
+    }
+
+    /// A log worker serves only the logs it was ordered to open or create since it started:
+    /// after a restart, the server refuses calls to a log it held before (`InvalidRequest`,
+    /// as a server does for a log it does not have). The log is not lost; the next
+    /// recovery's phase 1 opens it again. So for this log the refusal is `Unavailable`: the
+    /// call fails as one that found the log unreachable would (a recovery attempt, say), not
+    /// as a request nobody can ever serve (which stops recovery).
+    fn not_served_now(&self, e: Error) -> Error {
+        match e.kind {
+            ErrorKind::InvalidRequest(why) => refuse(ErrorKind::Unavailable(format!(
+                "{} is not served by its worker now (restarted since it was opened?): {why}",
+                self.place.name()
+            ))),
+            _ => e,
+        }
     }
 }
 
@@ -545,20 +562,24 @@ impl LogServer for WorkerLog {
             .await?
             .push(epoch, previous_version, version, payload)
             .await
+            .map_err(|e| self.not_served_now(e))
     }
 
     async fn pull(&self, after: Version, limit: usize) -> Result<Vec<LogEntry>> {
-        self.remote().await?.pull(after, limit).await
+        let pulled = self.remote().await?.pull(after, limit).await;
+        pulled.map_err(|e| self.not_served_now(e))
     }
 
     async fn lock(&self, epoch: Epoch) -> Result<LogState> {
-        let state = self.remote().await?.lock(epoch).await?;
+        let locked = self.remote().await?.lock(epoch).await;
+        let state = locked.map_err(|e| self.not_served_now(e))?;
         self.last.store(state.last_version.0, Ordering::Release);
         Ok(state)
     }
 
     async fn pop(&self, version: Version) -> Result<()> {
-        self.remote().await?.pop(version).await
+        let popped = self.remote().await?.pop(version).await;
+        popped.map_err(|e| self.not_served_now(e))
     }
 }
 
@@ -969,6 +990,67 @@ mod tests {
         let e = opened.take(Epoch(2)).await.unwrap_err();
         assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
         assert!(e.to_string().contains("logs/1-0"), "{e}");
+        stop.send(()).unwrap();
+        served.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_its_restarted_worker_no_longer_serves_fails_the_attempt_only() {
+        let state_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStateStore::new(state_dir.path()));
+        let data = tempfile::tempdir().unwrap();
+        let (logs, published) = worker(data.path(), store.clone());
+        claim(&store, 1, "one");
+        logs.create(new_log(1, "one")).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let served = serve(logs, published, listener, stopped);
+
+        // Epoch 2's recovery opens and takes the old log on the worker.
+        claim(&store, 2, "two");
+        let place = LogPlace {
+            id: LogId(0),
+            dir: "logs/1-0".into(),
+            at: Some(address.clone()),
+        };
+        let access = Access::new(strata_net::ClusterId::new("take").unwrap(), None)
+            .with_token("two".to_owned());
+        let passed_over = Arc::new(crate::workers::PassedOver::default());
+        let old = open_on_worker(
+            &place,
+            &access,
+            &passed_over,
+            Duration::from_secs(1),
+            Version(10),
+        )
+        .await
+        .unwrap();
+        old.take(Epoch(2)).await.unwrap();
+
+        // The worker restarts, and the same recovery creates its new log there: the worker
+        // now serves that one only, until a later recovery opens the old log again.
+        stop.send(()).unwrap();
+        served.await.unwrap().unwrap();
+        let (logs, published) = worker(data.path(), store.clone());
+        let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let served = serve(logs, published, listener, stopped);
+        let remote = RemoteWorker::connect(&address, access.clone())
+            .await
+            .unwrap();
+        let mut order = new_log(2, "two");
+        order.id = LogId(2_000);
+        remote.create_log(order).await.unwrap();
+
+        // Replay's pull from the old log: the log is not lost, only not served now, so the
+        // attempt fails (`Unavailable`) and the next one opens it again. `InvalidRequest`
+        // would stop the director, as a request nobody can ever serve.
+        let e = old.pull(Version(10), 1 << 20).await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+        assert!(e.to_string().contains("logs/1-0"), "{e}");
+        let e = old.lock(Epoch(2)).await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
         stop.send(()).unwrap();
         served.await.unwrap().unwrap();
     }
