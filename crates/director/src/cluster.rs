@@ -14,15 +14,14 @@ use strata_core::{
 };
 use strata_net::Stages;
 use strata_sequencer::ClockSequencer;
-use strata_storage::RedbStorage;
 use strata_txn_builder::Database;
 use tokio::task::JoinHandle;
 
-use crate::HeldLog;
 use crate::config::EmbeddedConfig;
 use crate::coordinator::{Coordination, StateStore};
 use crate::owner::{DirectoryLock, lock_directory};
 use crate::recovery::{self, RecoveryEnv, RecoveryError, RecoveryReport};
+use crate::{HeldLog, HeldStorage};
 
 /// The transaction system of one epoch: each stage as built, and as the commit path sees it
 /// (`decorated_*`: wrapped by fault decorators in tests, the same objects otherwise).
@@ -106,7 +105,7 @@ pub(crate) struct Watermark(JoinHandle<()>);
 impl Watermark {
     pub(crate) fn start(
         sequencer: Arc<dyn Sequencer>,
-        storage: Vec<Arc<RedbStorage>>,
+        storage: Vec<Arc<dyn HeldStorage>>,
         logs: Vec<Arc<dyn HeldLog>>,
         interval: Duration,
     ) -> Watermark {
@@ -128,16 +127,30 @@ impl Watermark {
                         continue;
                     }
                 };
+                // Every server must answer before any log is popped: the oldest durable
+                // version is the oldest of all of them. A failure (a panic poisoned a server
+                // here, a call to one elsewhere failed) skips this round; monitoring's probe
+                // ends the epoch of a server that stays broken.
                 let mut oldest_durable = None::<Version>;
+                let mut answered = true;
                 for s in &storage {
-                    s.advance_committed(committed);
-                    // Fails only when a panic poisoned the server, which monitoring's probe of
-                    // it finds too (and ends the epoch).
-                    let durable = StorageServer::durable_version(s.as_ref()).await;
-                    let Ok(durable) = durable else { return };
-                    oldest_durable = Some(oldest_durable.map_or(durable, |o| o.min(durable)));
+                    let durable = match s.advance_committed(committed).await {
+                        Ok(()) => s.durable_version().await,
+                        Err(e) => Err(e),
+                    };
+                    match durable {
+                        Ok(durable) => {
+                            oldest_durable =
+                                Some(oldest_durable.map_or(durable, |o| o.min(durable)));
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "the watermark cannot reach a storage server");
+                            answered = false;
+                            break;
+                        }
+                    }
                 }
-                let Some(oldest) = oldest_durable else {
+                let (true, Some(oldest)) = (answered, oldest_durable) else {
                     continue;
                 };
                 if oldest > popped {
@@ -165,7 +178,7 @@ pub struct EmbeddedCluster {
     pub(crate) start_version: Version,
     pub(crate) pipeline: Pipeline,
     pub(crate) logs: Vec<Arc<dyn HeldLog>>,
-    pub(crate) storage: Vec<Arc<RedbStorage>>,
+    pub(crate) storage: Vec<Arc<dyn HeldStorage>>,
     pub(crate) watermark: Watermark,
     /// How long [`EmbeddedCluster::check_health`] waits for each probe.
     pub(crate) probe_timeout: std::time::Duration,
@@ -324,7 +337,7 @@ impl EmbeddedCluster {
     }
 
     /// The storage servers, in key order (for tests and tools that inspect them).
-    pub fn storage_servers(&self) -> &[Arc<RedbStorage>] {
+    pub fn storage_servers(&self) -> &[Arc<dyn HeldStorage>] {
         &self.storage
     }
 

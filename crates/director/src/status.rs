@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use serde::Serialize;
-use strata_core::{Result, StorageServer, Version};
+use strata_core::{Result, Version};
 
 use crate::EmbeddedCluster;
 use crate::coordinator::{CoordinatedState, Coordination, StateStore};

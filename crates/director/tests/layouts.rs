@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_core::{ErrorKind, StorageServer, Version};
+use strata_core::{ErrorKind, Version};
 use strata_director::workload;
 use strata_director::workload::cycle::{self, check_acks, check_ring};
 use strata_director::{EmbeddedCluster, EmbeddedConfig};

@@ -32,17 +32,17 @@ use std::time::Instant;
 use serde::Serialize;
 use strata_core::buggify;
 use strata_core::system::{BeginKey, SystemConfig, TransactionSystemLayout, keys};
-use strata_core::{Epoch, Error, ErrorKind, LogServer, Stage, StorageServer, Version, printable};
+use strata_core::{Epoch, Error, ErrorKind, LogServer, Stage, Version, printable};
 use strata_storage::{RedbStorage, StorageConfig};
 use strata_testkit::network::{NetLog, Network};
 use tracing::Instrument;
 
-use crate::HeldLog;
 use crate::check::{check_directory, read_holdings};
 use crate::cluster::{EmbeddedCluster, Watermark};
 use crate::config::EmbeddedConfig;
 use crate::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT, StateStore};
 use crate::owner::{DirectoryLock, lock_directory};
+use crate::{HeldLog, HeldStorage};
 use crate::{split_begins, split_ranges};
 
 mod env;
@@ -313,7 +313,7 @@ async fn start_and_persist(
     claim: &Claim,
     old: Vec<OldLog>,
     (logs, answered): (&NewLogs, Option<crate::workers::Answered>),
-    storage: &[Arc<RedbStorage>],
+    storage: &[Arc<dyn HeldStorage>],
     recovery_version: Version,
     recorded: &mut bool,
     owner: &Arc<DirectoryLock>,
@@ -570,7 +570,7 @@ async fn open_storage(
     logs: &[Arc<dyn HeldLog>],
     network: Option<&Arc<Network>>,
     recovery_version: Version,
-) -> Attempt<Vec<Arc<RedbStorage>>> {
+) -> Attempt<Vec<Arc<dyn HeldStorage>>> {
     let storage_dir = data_dir.join("storage");
     if !storage_dir.exists() {
         std::fs::create_dir_all(&storage_dir).map_err(|e| Error::io(Stage::Director, e))?;
@@ -585,7 +585,7 @@ async fn open_storage(
         check_integrity: false,
         ..config.storage_config
     };
-    let mut servers: Vec<Arc<RedbStorage>> = Vec::new();
+    let mut servers: Vec<Arc<dyn HeldStorage>> = Vec::new();
     let opened = async {
         for (i, range) in split_ranges(config.storage)?.into_iter().enumerate() {
             let log: Arc<dyn LogServer> = logs[i % logs.len()].clone();
@@ -598,7 +598,7 @@ async fn open_storage(
                 RedbStorage::open(&storage_path(data_dir, i), vec![range], log, storage_config)
                     .await
                     .map_err(unrecoverable_if_damaged)?;
-            let server = Arc::new(server);
+            let server: Arc<dyn HeldStorage> = Arc::new(server);
             servers.push(server.clone());
             server.roll_back(recovery_version).await?;
         }

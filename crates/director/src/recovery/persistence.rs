@@ -4,11 +4,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::HeldStorage;
 use strata_core::system::{
     ClusterConfig, ConfigError, RecoveryRecord, SystemConfig, TransactionSystemLayout, keys,
 };
 use strata_core::{Error, ErrorKind, Mutation, Result, Stage, Version};
-use strata_storage::RedbStorage;
 use strata_txn_builder::Transaction;
 
 use super::{Attempt, RecoveryError, error, millis};
@@ -19,7 +19,7 @@ use crate::config::EmbeddedConfig;
 /// a commit proxy's oldest batch waits on during the commit, otherwise the phase's own step.
 pub(super) async fn persist_within_deadline(
     pipeline: &Pipeline,
-    storage: &[Arc<RedbStorage>],
+    storage: &[Arc<dyn HeldStorage>],
     layout: TransactionSystemLayout,
     recovery_version: Version,
     config: &EmbeddedConfig,
@@ -54,7 +54,7 @@ pub(super) async fn persist_within_deadline(
 /// compared. `step` tells which stage it waits on, for a timeout's error.
 async fn persist(
     pipeline: &Pipeline,
-    storage: &[Arc<RedbStorage>],
+    storage: &[Arc<dyn HeldStorage>],
     layout: TransactionSystemLayout,
     recovery_version: Version,
     step: &Mutex<Stage>,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::HeldStorage;
 use strata_commit_proxy::BatchingProxy;
 use strata_core::{
     CommitProxy, Epoch, Key, LogServer, Resolver, Result, Sequencer, StorageServer, Version,
@@ -10,7 +11,6 @@ use strata_core::{
 use strata_net::{ProxyWiring, Recruitment, RemoteProxy, RemoteResolver, Role, Stages};
 use strata_resolver::WindowResolver;
 use strata_sequencer::ClockSequencer;
-use strata_storage::RedbStorage;
 use strata_testkit::network::{NetLog, NetProxy, NetResolver, NetSequencer, NetStorage};
 use strata_txn_builder::Database;
 
@@ -33,7 +33,7 @@ pub(super) async fn start_pipeline(
     recovery_version: Version,
     logs: &NewLogs,
     mut answered: Option<Answered>,
-    storage: &[Arc<RedbStorage>],
+    storage: &[Arc<dyn HeldStorage>],
 ) -> Attempt<Pipeline> {
     let (epoch, token) = (claim.epoch, claim.token.as_str());
     let mut recruited = Vec::new();
@@ -145,7 +145,7 @@ fn decorate_logs(env: &RecoveryEnv, logs: &NewLogs) -> Vec<Arc<dyn LogServer>> {
 /// The storage servers as the commit path reaches them, as [`decorate_logs`] the logs.
 fn decorate_storage(
     env: &RecoveryEnv,
-    storage: &[Arc<RedbStorage>],
+    storage: &[Arc<dyn HeldStorage>],
 ) -> Vec<Arc<dyn StorageServer>> {
     storage
         .iter()
