@@ -7,16 +7,12 @@
 //! state names (the running generation's, and after a recovery the previous one's until the
 //! state stops naming it), and serves them all.
 //!
-//! - **Orders are fenced.** An order that names an epoch older than the newest this worker
-//!   took is refused (`Fenced`); one of the newest epoch must carry that epoch's token; one of
-//!   a newer epoch is taken only if the coordinated state (read by the worker itself) has
-//!   claimed that very epoch with that token (the state keeps the token's SHA-256, written by
-//!   the claim), and then replaces the token. So only the director that claimed the state's
-//!   epoch can give orders: a process that merely reaches the worker with the cluster id can
-//!   neither lock the logs at an epoch of its choosing nor take them. The logs are served
-//!   only under the token (and not at all before the first epoch's order), so only the
-//!   processes the director of the newest epoch handed the token can push to, lock, pull from
-//!   or pop them.
+//! - **Orders are fenced** (see [`super::orders`]): only the director that claimed the
+//!   coordinated state's epoch can give orders, so a process that merely reaches the worker
+//!   with the cluster id can neither lock the logs at an epoch of its choosing nor take them.
+//!   The logs are served only under the newest epoch's token (and not at all before the first
+//!   epoch's order), so only the processes the director of the newest epoch handed the token
+//!   can push to, lock, pull from or pop them.
 //! - **New logs take no commit until the state names them.** A log created for an epoch
 //!   refuses pushes above the epoch's recovery version (`Unavailable`) until the director
 //!   says, after its write of the coordinated state, that the state names it
@@ -41,16 +37,16 @@ use strata_core::{
 };
 use strata_net::{
     Access, LogHost, NewLog, Recruiter, Recruitment, RemoteLog, RemoteWorker, Role, Stages,
-    same_secret,
 };
 use strata_tlog::fs::RealFs;
 use strata_tlog::{FileLog, FileLogConfig, OpenMode};
-use tokio::sync::{Mutex, MutexGuard, OnceCell, watch};
+use tokio::sync::{MutexGuard, OnceCell, watch};
 
 use super::Recruited;
+use super::orders::{Orders, Taken};
 use crate::HeldLog;
 use crate::check::{dir_epoch, is_log_place};
-use crate::coordinator::{CoordinatedState, LogPlace, StateStore};
+use crate::coordinator::{LogPlace, StateStore};
 use crate::owner::DirectoryLock;
 
 fn refuse(kind: ErrorKind) -> Error {
@@ -62,23 +58,14 @@ fn refuse(kind: ErrorKind) -> Error {
 pub struct LogWorker {
     data_dir: PathBuf,
     config: FileLogConfig,
-    /// Where the coordinated state is read, for sweeps.
-    store: Arc<dyn StateStore>,
+    /// The logs held, by directory (`logs/<epoch>-<n>`), behind the newest epoch's order.
     /// Orders run one at a time: each changes what is held and published.
-    held: Mutex<Held>,
-    /// The newest epoch taken, for heartbeats (which must not wait behind an order).
-    epoch: AtomicU64,
+    orders: Orders<Held>,
     publish: watch::Sender<Arc<Stages>>,
     _owner: Arc<DirectoryLock>,
 }
 
-#[derive(Default)]
-struct Held {
-    /// The newest epoch that gave an order, with its token.
-    taken: Option<(Epoch, String)>,
-    /// By directory (`logs/<epoch>-<n>`).
-    logs: BTreeMap<String, Hosted>,
-}
+type Held = BTreeMap<String, Hosted>;
 
 struct Hosted {
     log: Arc<FileLog>,
@@ -109,21 +96,19 @@ impl LogWorker {
         Ok(LogWorker {
             data_dir: data_dir.to_owned(),
             config,
-            store,
-            held: Mutex::new(Held::default()),
-            epoch: AtomicU64::new(0),
+            orders: Orders::new(Stage::Log, store, Held::new()),
             publish,
             _owner: owner,
         })
     }
 
     /// Publishes what is held: nothing before the first epoch's order gave a token.
-    fn publish(&self, held: &Held) {
+    fn publish(&self, held: &Taken<Held>) {
         let Some((_, token)) = &held.taken else {
             return;
         };
         let logs = held
-            .logs
+            .held
             .values()
             .map(|h| match &h.gate {
                 Some(gate) => Arc::new(GatedPushes {
@@ -140,93 +125,14 @@ impl LogWorker {
         }));
     }
 
-    /// Takes the order of `epoch` with `token` (see the module docs); what is held, locked
-    /// for the order to run.
-    ///
-    /// An order of a newer epoch than the one taken is checked against the coordinated state
-    /// before the lock is taken: orders wait for each other, never for a read of the store
-    /// (which, with the store's service down, takes as long as the store's retries), so
-    /// orders anyone can send cannot hold up the director's behind them.
-    async fn take_order(&self, epoch: Epoch, token: &str) -> Result<MutexGuard<'_, Held>> {
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(refuse(ErrorKind::InvalidRequest(
-                "an order's token must be ASCII letters and digits".into(),
-            )));
+    /// Takes the order of `epoch` with `token` (see [`Orders::take`]): what is held, locked
+    /// for the order to run, and served under the token of a newly taken epoch.
+    async fn take_order(&self, epoch: Epoch, token: &str) -> Result<MutexGuard<'_, Taken<Held>>> {
+        let (held, moved) = self.orders.take(epoch, token).await?;
+        if moved {
+            self.publish(&held);
         }
-        let mut checked = false;
-        if epoch.0 > self.epoch.load(Ordering::Acquire) {
-            self.check_claim(epoch, token).await?;
-            checked = true;
-        }
-        let mut held = self.held.lock().await;
-        match &held.taken {
-            Some((newest, _)) if epoch < *newest => Err(refuse(ErrorKind::Fenced {
-                request: epoch,
-                current: *newest,
-            })),
-            Some((newest, known)) if epoch == *newest => {
-                if same_secret(known.as_bytes(), token.as_bytes()) {
-                    Ok(held)
-                } else {
-                    Err(refuse(ErrorKind::InvalidRequest(format!(
-                        "an order for epoch {} without that epoch's token",
-                        epoch.0
-                    ))))
-                }
-            }
-            _ => {
-                // `self.epoch` is what `held.taken` holds, and only grows: an epoch newer
-                // than the one taken now was newer before the lock, and was checked then.
-                if !checked {
-                    self.check_claim(epoch, token).await?;
-                }
-                held.taken = Some((epoch, token.to_owned()));
-                self.epoch.store(epoch.0, Ordering::Release);
-                self.publish(&held);
-                Ok(held)
-            }
-        }
-    }
-
-    /// Whether the coordinated state says `epoch` was claimed with `token`: every order of a
-    /// director follows its claim, and only the director that claimed an epoch knows the token
-    /// whose digest the claim wrote.
-    async fn check_claim(&self, epoch: Epoch, token: &str) -> Result<()> {
-        let state = self.read_state().await?;
-        let Some(state) = state else {
-            return Err(refuse(ErrorKind::InvalidRequest(format!(
-                "an order for epoch {}, but the coordinated state names no epoch yet",
-                epoch.0
-            ))));
-        };
-        if epoch < state.epoch {
-            return Err(refuse(ErrorKind::Fenced {
-                request: epoch,
-                current: state.epoch,
-            }));
-        }
-        if epoch > state.epoch {
-            return Err(refuse(ErrorKind::InvalidRequest(format!(
-                "an order for epoch {}, which no director claimed (the coordinated state's \
-                 epoch is {})",
-                epoch.0, state.epoch.0
-            ))));
-        }
-        if state.token_digest.as_deref() != Some(super::token_digest(token).as_str()) {
-            return Err(refuse(ErrorKind::InvalidRequest(format!(
-                "an order for epoch {} without the token its director claimed it with",
-                epoch.0
-            ))));
-        }
-        Ok(())
-    }
-
-    /// The coordinated state, read off the runtime's threads (a store's reads block).
-    async fn read_state(&self) -> Result<Option<CoordinatedState>> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.read())
-            .await
-            .map_err(|e| refuse(ErrorKind::Unavailable(e.to_string())))?
+        Ok(held)
     }
 
     fn path_of(&self, dir: &str) -> Result<PathBuf> {
@@ -254,8 +160,8 @@ fn sync_dir(dir: &Path) -> Result<()> {
 impl LogHost for LogWorker {
     async fn open(&self, id: LogId, dir: &str, committed: Version) -> Result<Version> {
         let path = self.path_of(dir)?;
-        let mut held = self.held.lock().await;
-        if let Some(hosted) = held.logs.get(dir) {
+        let mut held = self.orders.lock().await;
+        if let Some(hosted) = held.held.get(dir) {
             if hosted.log.id() != id {
                 return Err(refuse(ErrorKind::InvalidRequest(format!(
                     "{dir} holds log {}, not log {id}",
@@ -274,7 +180,7 @@ impl LogHost for LogWorker {
         let mode = OpenMode::Existing { committed };
         let log = Arc::new(FileLog::open_dir(fs, &path, id, mode, self.config)?);
         let last = log.last_version();
-        held.logs.insert(dir.to_owned(), Hosted { log, gate: None });
+        held.held.insert(dir.to_owned(), Hosted { log, gate: None });
         self.publish(&held);
         tracing::info!(dir, log = id.0, last = last.0, "log opened");
         Ok(last)
@@ -293,7 +199,7 @@ impl LogHost for LogWorker {
                 order.epoch.0, order.dir
             ))));
         }
-        if path.exists() || held.logs.contains_key(&order.dir) {
+        if path.exists() || held.held.contains_key(&order.dir) {
             // No epoch creates a log twice: this directory was not made by this order.
             return Err(refuse(ErrorKind::Corruption(format!(
                 "{} exists, but epoch {} creates it only now",
@@ -317,7 +223,7 @@ impl LogHost for LogWorker {
             log: Arc::new(log),
             gate: Some(gate),
         };
-        held.logs.insert(order.dir.clone(), hosted);
+        held.held.insert(order.dir.clone(), hosted);
         self.publish(&held);
         tracing::info!(
             dir = order.dir,
@@ -330,7 +236,7 @@ impl LogHost for LogWorker {
 
     async fn admit(&self, epoch: Epoch, token: &str) -> Result<()> {
         let held = self.take_order(epoch, token).await?;
-        for hosted in held.logs.values() {
+        for hosted in held.held.values() {
             if let Some(gate) = hosted.gate.as_ref().filter(|g| g.epoch == epoch) {
                 gate.open.store(true, Ordering::Release);
             }
@@ -339,10 +245,10 @@ impl LogHost for LogWorker {
     }
 
     async fn sweep(&self) -> Result<Vec<String>> {
-        let Some(state) = self.read_state().await? else {
+        let Some(state) = self.orders.read_state().await? else {
             return Ok(Vec::new());
         };
-        let mut held = self.held.lock().await;
+        let mut held = self.orders.lock().await;
         let named = |dir: &str| state.logs.iter().any(|p| p.dir == dir);
         let logs_dir = self.data_dir.join("logs");
         let mut unnamed = Vec::new();
@@ -361,7 +267,7 @@ impl LogHost for LogWorker {
         // No longer served before anything is removed, whatever the removals do.
         let mut served = false;
         for (dir, _) in &unnamed {
-            if let Some(hosted) = held.logs.remove(dir) {
+            if let Some(hosted) = held.held.remove(dir) {
                 hosted.log.close();
                 served = true;
             }
@@ -403,12 +309,12 @@ impl Recruiter for LogWorker {
     }
 
     fn epoch(&self) -> Option<Epoch> {
-        Some(Epoch(self.epoch.load(Ordering::Acquire))).filter(|e| e.0 > 0)
+        self.orders.epoch()
     }
 
     fn failure(&self) -> Option<String> {
-        let held = self.held.try_lock().ok()?;
-        held.logs.iter().find_map(|(dir, h)| {
+        let held = self.orders.try_lock()?;
+        held.held.iter().find_map(|(dir, h)| {
             h.log
                 .poisoned_by()
                 .map(|cause| format!("the log in {dir} failed: {cause}"))
@@ -725,9 +631,9 @@ pub(crate) async fn create_on_worker(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coordinator::FileStateStore;
     use crate::coordinator::tests::state;
-    use crate::workers::token_digest;
+    use crate::coordinator::{CoordinatedState, FileStateStore};
+    use crate::workers::orders::tests::claim;
     use std::time::Duration;
 
     /// A log worker in a directory of its own, reading the coordinated state from `store`.
@@ -735,15 +641,6 @@ mod tests {
         let (publish, published) = watch::channel(Arc::new(Stages::default()));
         let logs = LogWorker::new(dir, FileLogConfig::default(), store, publish).unwrap();
         (logs, published)
-    }
-
-    /// Writes a state of `epoch` claimed with `token` over whatever `store` holds.
-    fn claim(store: &FileStateStore, epoch: u64, token: &str) {
-        let generation = store.read().unwrap().map_or(0, |s| s.generation);
-        let mut claimed = state(epoch);
-        claimed.logs.clear();
-        claimed.token_digest = Some(token_digest(token));
-        store.compare_and_swap(generation, claimed).unwrap();
     }
 
     fn new_log(epoch: u64, token: &str) -> NewLog {

@@ -37,6 +37,7 @@ use strata_net::{Access, Recruitment, RemoteResolver, RemoteWorker, Role, Worker
 use crate::coordinator::StateStore;
 
 mod log;
+mod orders;
 mod peers;
 mod proxy;
 mod resolver;
