@@ -10,8 +10,9 @@
 //!   one shared connection: [`RemoteSequencer`], [`RemoteProxy`], [`RemoteResolver`],
 //!   [`RemoteStorage`], [`RemoteLog`]. Each also connects alone, to one stage.
 //! - [`serve_worker`] serves a worker process: the stages it runs, and the `Worker` calls by
-//!   which a director recruits it for an epoch ([`Recruiter`]) and asks what it runs;
-//!   [`RemoteWorker`] is the director's side.
+//!   which a director recruits it for an epoch ([`Recruiter`]) and asks what it runs, or
+//!   gives the orders of a worker that holds logs ([`LogHost`]) or storage servers
+//!   ([`StorageHost`]) across epochs; [`RemoteWorker`] is the director's side.
 //!
 //! # On the wire
 //!
@@ -154,8 +155,8 @@ pub use server::{Exposure, SHUTDOWN_GRACE, Stages, serve, serve_worker};
 pub use storage::RemoteStorage;
 pub use tls::{Access, Tls};
 pub use worker::{
-    LogHost, NewLog, ProxySettings, ProxyWiring, Recruiter, Recruitment, RemoteWorker,
-    ResolverSettings, Role, WorkerState,
+    LogHost, NewLog, OpenStorage, ProxySettings, ProxyWiring, Recruiter, Recruitment, RemoteWorker,
+    ResolverSettings, Role, StorageHost, StoredStorage, WorkerState,
 };
 
 /// The messages and services generated from `proto/strata/v1/`.

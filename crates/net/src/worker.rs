@@ -7,21 +7,26 @@
 //! ended epoch) then no longer reach. A heartbeat asks what the worker runs now: a worker that
 //! restarted (it runs nothing) or that a newer director recruited (it runs a newer epoch)
 //! tells the director that its epoch has lost the stage.
+//!
+//! A worker that holds what outlives an epoch is never recruited: it takes the director's
+//! orders instead, fenced by epoch and token, a log worker's for its logs ([`LogHost`]) and
+//! a storage worker's for its storage servers ([`StorageHost`]).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use strata_core::{Epoch, Error, ErrorKind, Key, LogId, Result, Stage, Version};
+use strata_core::{Epoch, Error, ErrorKind, Key, KeyRange, LogId, Result, Stage, Version};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tonic::{Request, Response, Status};
 
-use crate::client::{FirstCall, Link, Tagged};
+use crate::client::{FirstCall, Link, Tagged, ranges_from_wire};
+use crate::convert::{range_from_wire, range_to_wire};
 use crate::failure::to_status;
 use crate::proto;
 use crate::proto::worker_client::WorkerClient;
-use crate::server::{Served, refuse};
+use crate::server::{Served, answered, refuse};
 use crate::tls::Access;
 
 /// What a worker process runs.
@@ -41,11 +46,20 @@ pub enum Role {
     /// previous generation's), created, opened and removed by the director's orders (see
     /// [`LogHost`]); never recruited.
     Log,
+    /// A storage server: a worker holds one storage server's file across epochs, opened for
+    /// each epoch by the director's orders (see [`StorageHost`]); never recruited.
+    Storage,
 }
 
 impl Role {
     /// Every role a worker can have.
-    pub const ALL: [Role; 4] = [Role::Resolver, Role::Sequencer, Role::Proxy, Role::Log];
+    pub const ALL: [Role; 5] = [
+        Role::Resolver,
+        Role::Sequencer,
+        Role::Proxy,
+        Role::Log,
+        Role::Storage,
+    ];
 
     /// The role's name, as the command line and the worker registry spell it.
     pub fn name(self) -> &'static str {
@@ -54,6 +68,7 @@ impl Role {
             Role::Sequencer => "sequencer",
             Role::Proxy => "proxy",
             Role::Log => "log",
+            Role::Storage => "storage",
         }
     }
 
@@ -69,6 +84,7 @@ impl Role {
             Role::Sequencer => Stage::Sequencer,
             Role::Proxy => Stage::CommitProxy,
             Role::Log => Stage::Log,
+            Role::Storage => Stage::Storage,
         }
     }
 
@@ -78,6 +94,7 @@ impl Role {
             Role::Sequencer => proto::Role::Sequencer,
             Role::Proxy => proto::Role::Proxy,
             Role::Log => proto::Role::Log,
+            Role::Storage => proto::Role::Storage,
         }
     }
 
@@ -87,6 +104,7 @@ impl Role {
             proto::Role::Sequencer => Some(Role::Sequencer),
             proto::Role::Proxy => Some(Role::Proxy),
             proto::Role::Log => Some(Role::Log),
+            proto::Role::Storage => Some(Role::Storage),
             proto::Role::Unspecified => None,
         }
     }
@@ -317,6 +335,12 @@ pub trait Recruiter: Send + Sync {
     fn log_host(self: Arc<Self>) -> Option<Arc<dyn LogHost>> {
         None
     }
+
+    /// The worker's storage servers, if it is a storage worker: what its `Worker` storage
+    /// orders act on.
+    fn storage_host(self: Arc<Self>) -> Option<Arc<dyn StorageHost>> {
+        None
+    }
 }
 
 /// A director's order to create a log on a log worker (see [`LogHost::create`]).
@@ -373,7 +397,165 @@ pub trait LogHost: Send + Sync {
     async fn sweep(&self) -> Result<Vec<String>>;
 }
 
+/// A director's order to open a storage server on a storage worker (see
+/// [`StorageHost::open`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenStorage {
+    /// The epoch opening it (its recovery's).
+    pub epoch: Epoch,
+    /// The epoch's secret: the storage server reaches its log with it, and later orders of
+    /// the epoch carry it. Never empty.
+    pub token: String,
+    /// The storage server, by its index.
+    pub index: u32,
+    /// The key ranges it owns: at least one.
+    pub shards: Vec<KeyRange>,
+    /// The log it follows.
+    pub log: LogId,
+    /// Where that log is served (`host:port`); never empty.
+    pub log_at: String,
+    /// The version the epoch recovered to: every version above it is rolled back, and the
+    /// storage server has applied every version up to it before the order is done.
+    pub recovery_version: Version,
+}
+
+/// What a storage server's file on a storage worker holds (see [`StorageHost::inspect`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredStorage {
+    /// The newest version on disk; 0 when there is no file.
+    pub durable: Version,
+    /// The shards the file was opened for; `None` when there is no file, or it never recorded
+    /// them.
+    pub shards: Option<Vec<KeyRange>>,
+}
+
+/// A storage worker's side of the director's orders: it holds storage servers across epochs,
+/// each by its index, in files of its data directory, and serves them (published on the
+/// stages its [`serve_worker`](crate::serve_worker) serves), each following its log.
+///
+/// Orders that name an epoch are fenced: one of an epoch older than the newest this worker
+/// took is refused (`Fenced`), and one of the newest epoch must carry its token
+/// (`InvalidRequest` otherwise). An order of a newer epoch replaces the token, if the host
+/// finds that its director claimed that epoch with it (as a log worker does, see
+/// [`LogHost`]).
+///
+/// The server refuses, before the host sees them, orders with an empty token or log address
+/// and opens for no shards or for a key range that is empty or reversed (`InvalidRequest`).
+#[async_trait]
+pub trait StorageHost: Send + Sync {
+    /// What storage server `index`'s file holds, read without opening it for writes: its
+    /// durable version and the shards it was opened for (`0` and `None` when there is no
+    /// file). Changes nothing an epoch relies on, so it names no epoch.
+    ///
+    /// Errors: `Corruption` when the file is damaged; `InvalidRequest` for an index this
+    /// worker cannot hold; I/O errors as `Io`.
+    async fn inspect(&self, index: u32) -> Result<StoredStorage>;
+
+    /// Opens (or opens again) storage server [`OpenStorage::index`] for `order.epoch`,
+    /// following the log `order` names, rolls it back to [`OpenStorage::recovery_version`]
+    /// and returns once it has applied every version up to it; serves it.
+    ///
+    /// Errors: `Fenced` for an older epoch than the newest taken; `InvalidRequest` for the
+    /// newest without its token, or an index this worker cannot hold; `Corruption` when its
+    /// file is damaged or holds other shards (a storage file of another server); the log's
+    /// errors (`Unavailable` when it cannot be reached); I/O errors as `Io`.
+    async fn open(&self, order: OpenStorage) -> Result<()>;
+
+    /// Tells every storage server held here for `epoch` that every version up to
+    /// `committed` is committed: what it may make durable.
+    ///
+    /// Errors: `Fenced` for an older epoch than the newest taken; `InvalidRequest` for the
+    /// newest without its token.
+    async fn advance(&self, epoch: Epoch, token: &str, committed: Version) -> Result<()>;
+}
+
+impl OpenStorage {
+    fn to_wire(&self) -> proto::OpenStorageRequest {
+        proto::OpenStorageRequest {
+            epoch: self.epoch.0,
+            token: self.token.clone(),
+            index: self.index,
+            shards: self.shards.iter().map(range_to_wire).collect(),
+            log_id: self.log.0,
+            log_address: self.log_at.clone(),
+            recovery_version: self.recovery_version.0,
+        }
+    }
+
+    /// Refused (`InvalidRequest`) without a token or a log address, for no shards, or for a
+    /// shard that is not a key range.
+    fn from_wire(wire: proto::OpenStorageRequest) -> std::result::Result<OpenStorage, Status> {
+        let token = storage_token(wire.token)?;
+        if wire.log_address.is_empty() {
+            return Err(refuse(
+                Stage::Storage,
+                ErrorKind::InvalidRequest(format!(
+                    "an open of storage server {} that names no address for its log",
+                    wire.index
+                )),
+            ));
+        }
+        if wire.shards.is_empty() {
+            return Err(refuse(
+                Stage::Storage,
+                ErrorKind::InvalidRequest(format!(
+                    "an open of storage server {} for no shards",
+                    wire.index
+                )),
+            ));
+        }
+        let shards = wire
+            .shards
+            .into_iter()
+            .map(|r| range_from_wire(Stage::Storage, r))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(OpenStorage {
+            epoch: Epoch(wire.epoch),
+            token,
+            index: wire.index,
+            shards,
+            log: LogId(wire.log_id),
+            log_at: wire.log_address,
+            recovery_version: Version(wire.recovery_version),
+        })
+    }
+}
+
+/// A storage order's token, refused (`InvalidRequest`) when empty: the director's orders always
+/// carry their epoch's.
+fn storage_token(token: String) -> std::result::Result<String, Status> {
+    if token.is_empty() {
+        return Err(refuse(
+            Stage::Storage,
+            ErrorKind::InvalidRequest("a storage order without its epoch's token".into()),
+        ));
+    }
+    Ok(token)
+}
+
 impl Served {
+    /// The worker's storage servers, for a storage order.
+    fn storage_host(&self) -> std::result::Result<Arc<dyn StorageHost>, Status> {
+        self.recruiter()?.storage_host().ok_or_else(|| {
+            refuse(
+                Stage::Storage,
+                ErrorKind::InvalidRequest(
+                    "this worker holds no storage servers: it runs another role".into(),
+                ),
+            )
+        })
+    }
+
+    /// Admits a storage order from the cluster's own processes: the worker's storage servers.
+    fn storage_order(
+        &self,
+        call: &str,
+    ) -> std::result::Result<(Arc<dyn StorageHost>, TaskTrackerToken), Status> {
+        let admitted = self.admit(Stage::Storage)?;
+        self.internal(Stage::Storage, call)?;
+        Ok((self.storage_host()?, admitted))
+    }
+
     /// The worker's logs, for a log order.
     fn log_host(&self) -> std::result::Result<Arc<dyn LogHost>, Status> {
         self.recruiter()?.log_host().ok_or_else(|| {
@@ -530,6 +712,46 @@ impl proto::worker_server::Worker for Served {
         let removed = self.detached(async move { host.sweep().await }).await?;
         Ok(Response::new(proto::SweepLogsReply { removed }))
     }
+
+    async fn inspect_storage(
+        &self,
+        request: Request<proto::InspectStorageRequest>,
+    ) -> std::result::Result<Response<proto::InspectStorageReply>, Status> {
+        let (host, _call) = self.storage_order("Worker.InspectStorage")?;
+        let index = request.into_inner().index;
+        // Reads only: nothing to finish when the director gives up on the answer.
+        let stored = answered(host.inspect(index).await)?;
+        Ok(Response::new(proto::InspectStorageReply {
+            durable: stored.durable.0,
+            has_shards: stored.shards.is_some(),
+            shards: stored.shards.iter().flatten().map(range_to_wire).collect(),
+        }))
+    }
+
+    async fn open_storage(
+        &self,
+        request: Request<proto::OpenStorageRequest>,
+    ) -> std::result::Result<Response<proto::OrderDone>, Status> {
+        let (host, _call) = self.storage_order("Worker.OpenStorage")?;
+        let order = OpenStorage::from_wire(request.into_inner())?;
+        self.detached(async move { host.open(order).await }).await?;
+        Ok(Response::new(proto::OrderDone {}))
+    }
+
+    async fn advance_committed(
+        &self,
+        request: Request<proto::AdvanceCommittedRequest>,
+    ) -> std::result::Result<Response<proto::OrderDone>, Status> {
+        let (host, _call) = self.storage_order("Worker.AdvanceCommitted")?;
+        let r = request.into_inner();
+        let token = storage_token(r.token)?;
+        self.detached(async move {
+            host.advance(Epoch(r.epoch), &token, Version(r.version))
+                .await
+        })
+        .await?;
+        Ok(Response::new(proto::OrderDone {}))
+    }
 }
 
 /// A worker served elsewhere by [`serve_worker`](crate::serve_worker), as the director reaches
@@ -662,5 +884,63 @@ impl RemoteWorker {
             .sweep_logs(proto::SweepLogsRequest {})
             .await;
         Ok(self.link.answer(Stage::Log, reply)?.removed)
+    }
+
+    /// Asks a storage worker what storage server `index`'s file holds (see
+    /// [`StorageHost::inspect`]).
+    ///
+    /// Errors: the worker's (`Corruption` for a damaged file, `InvalidRequest` from a worker
+    /// that holds no storage servers); `Unavailable` when the answer is lost.
+    pub async fn inspect_storage(&self, index: u32) -> Result<StoredStorage> {
+        let request = proto::InspectStorageRequest { index };
+        let reply = self.client.clone().inspect_storage(request).await;
+        let reply = self.link.answer(Stage::Storage, reply)?;
+        let shards = if reply.has_shards {
+            Some(ranges_from_wire(&self.link, Stage::Storage, reply.shards)?)
+        } else if reply.shards.is_empty() {
+            None
+        } else {
+            return Err(self.link.garbled(
+                Stage::Storage,
+                "answered shards of a file it says records none".into(),
+            ));
+        };
+        Ok(StoredStorage {
+            durable: Version(reply.durable),
+            shards,
+        })
+    }
+
+    /// Orders a storage worker to open a storage server for an epoch (see
+    /// [`StorageHost::open`]); returns once it has caught up to the recovery version.
+    ///
+    /// Errors: the worker's (`Fenced` when it took a newer epoch, `Corruption` for a file
+    /// damaged or of other shards, `InvalidRequest` for an order without its token or log
+    /// address, or for no shards); `Unavailable` when the answer is lost (the storage server
+    /// may be open: the order can be given again).
+    pub async fn open_storage(&self, order: OpenStorage) -> Result<()> {
+        let reply = self.client.clone().open_storage(order.to_wire()).await;
+        self.link.answer(Stage::Storage, reply)?;
+        Ok(())
+    }
+
+    /// Tells a storage worker that every version up to `committed` is committed, for every
+    /// storage server it holds for `epoch` (see [`StorageHost::advance`]).
+    ///
+    /// Errors: `Fenced` when it took a newer epoch; `Unavailable` when the answer is lost.
+    pub async fn advance_committed(
+        &self,
+        epoch: Epoch,
+        token: &str,
+        committed: Version,
+    ) -> Result<()> {
+        let request = proto::AdvanceCommittedRequest {
+            epoch: epoch.0,
+            token: token.to_owned(),
+            version: committed.0,
+        };
+        let reply = self.client.clone().advance_committed(request).await;
+        self.link.answer(Stage::Storage, reply)?;
+        Ok(())
     }
 }

@@ -43,6 +43,14 @@ const METHODS: &[&str] = &[
     "/strata.v1.Proxy/Commit",
     "/strata.v1.Worker/Recruit",
     "/strata.v1.Worker/Heartbeat",
+    "/strata.v1.Worker/OpenLog",
+    "/strata.v1.Worker/TakeLogs",
+    "/strata.v1.Worker/CreateLog",
+    "/strata.v1.Worker/AdmitPushes",
+    "/strata.v1.Worker/SweepLogs",
+    "/strata.v1.Worker/InspectStorage",
+    "/strata.v1.Worker/OpenStorage",
+    "/strata.v1.Worker/AdvanceCommitted",
 ];
 
 /// One of each stage, all real but the log (in memory), served together, every call.

@@ -1,5 +1,6 @@
 //! The `Worker` service: recruitments and heartbeats, served by `serve_worker` around a
-//! recruiter that runs a real resolver.
+//! recruiter that runs a real resolver, and a storage worker's orders, around a host that
+//! records them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,8 +14,8 @@ use strata_core::{
     TransactionConflicts, Verdict, Version,
 };
 use strata_net::{
-    Exposure, ProxySettings, ProxyWiring, Recruiter, Recruitment, RemoteResolver, RemoteWorker,
-    ResolverSettings, Role, Stages, WorkerState, proto,
+    Exposure, OpenStorage, ProxySettings, ProxyWiring, Recruiter, Recruitment, RemoteResolver,
+    RemoteWorker, ResolverSettings, Role, Stages, StorageHost, StoredStorage, WorkerState, proto,
 };
 use strata_resolver::{ResolverConfig, WindowResolver};
 use tokio::sync::{oneshot, watch};
@@ -369,5 +370,462 @@ async fn a_recruitment_reaches_the_worker_whole_with_its_resolver_settings() {
     director.recruit(recruitment(3, 5)).await.unwrap();
     director.recruit(with.clone()).await.unwrap();
     assert_eq!(*w.taken.lock().unwrap(), vec![recruitment(3, 5), with]);
+    w.stop().await;
+}
+
+/// What a fake storage host was ordered, as it read each order.
+#[derive(Default)]
+struct Orders {
+    inspected: Vec<u32>,
+    opened: Vec<OpenStorage>,
+    advanced: Vec<(Epoch, String, Version)>,
+    /// The newest epoch taken, and its token.
+    taken: Option<(Epoch, String)>,
+}
+
+/// A storage host that holds nothing: it records the orders it gets and fences them as a
+/// storage worker does (without the coordinated state: any newer epoch is taken).
+#[derive(Default)]
+struct FakeStorage {
+    orders: Mutex<Orders>,
+}
+
+impl FakeStorage {
+    fn take(&self, orders: &mut Orders, epoch: Epoch, token: &str) -> Result<()> {
+        match &orders.taken {
+            Some((current, _)) if epoch < *current => Err(Error::new(
+                Stage::Storage,
+                ErrorKind::Fenced {
+                    request: epoch,
+                    current: *current,
+                },
+            )),
+            Some((current, held)) if epoch == *current && held != token => Err(Error::new(
+                Stage::Storage,
+                ErrorKind::InvalidRequest(format!("an order of {epoch} without its token")),
+            )),
+            _ => {
+                orders.taken = Some((epoch, token.to_owned()));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The shards a fake storage file records: every key.
+fn all_keys() -> Vec<KeyRange> {
+    vec![KeyRange::new(Bytes::new(), Bytes::from_static(&[0xff; 4])).unwrap()]
+}
+
+#[async_trait]
+impl StorageHost for FakeStorage {
+    /// Storage server 0 has no file, 1 a file of every key at version 42, 2 a file that never
+    /// recorded its shards; 7 a damaged file; the others files at their index as version.
+    async fn inspect(&self, index: u32) -> Result<StoredStorage> {
+        self.orders.lock().unwrap().inspected.push(index);
+        match index {
+            0 => Ok(StoredStorage {
+                durable: Version(0),
+                shards: None,
+            }),
+            1 => Ok(StoredStorage {
+                durable: Version(42),
+                shards: Some(all_keys()),
+            }),
+            2 => Ok(StoredStorage {
+                durable: Version(9),
+                shards: None,
+            }),
+            7 => Err(Error::new(
+                Stage::Storage,
+                ErrorKind::Corruption("storage/7.redb: a damaged file".into()),
+            )),
+            other => Ok(StoredStorage {
+                durable: Version(u64::from(other)),
+                shards: Some(Vec::new()),
+            }),
+        }
+    }
+
+    async fn open(&self, order: OpenStorage) -> Result<()> {
+        let mut orders = self.orders.lock().unwrap();
+        self.take(&mut orders, order.epoch, &order.token)?;
+        orders.opened.push(order);
+        Ok(())
+    }
+
+    async fn advance(&self, epoch: Epoch, token: &str, committed: Version) -> Result<()> {
+        let mut orders = self.orders.lock().unwrap();
+        self.take(&mut orders, epoch, token)?;
+        orders.advanced.push((epoch, token.to_owned(), committed));
+        Ok(())
+    }
+}
+
+/// A worker never recruited that holds storage servers: no storage role exists yet, so it says
+/// it is a log worker, which the storage orders do not look at.
+struct StorageWorker {
+    host: Arc<FakeStorage>,
+}
+
+#[async_trait]
+impl Recruiter for StorageWorker {
+    fn role(&self) -> Role {
+        Role::Log
+    }
+
+    async fn recruit(&self, _: Recruitment) -> Result<u32> {
+        Err(Error::new(
+            Stage::Storage,
+            ErrorKind::InvalidRequest("a storage worker is never recruited".into()),
+        ))
+    }
+
+    fn epoch(&self) -> Option<Epoch> {
+        None
+    }
+
+    fn storage_host(self: Arc<Self>) -> Option<Arc<dyn StorageHost>> {
+        Some(self.host.clone())
+    }
+}
+
+struct StorageServed {
+    address: String,
+    host: Arc<FakeStorage>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+async fn storage_worker(cluster_id: &str) -> StorageServed {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (_publish, published) = watch::channel(Arc::new(Stages::default()));
+    let host = Arc::new(FakeStorage::default());
+    let recruiter = Arc::new(StorageWorker { host: host.clone() });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(strata_net::serve_worker(
+        cluster(cluster_id),
+        recruiter,
+        published,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    StorageServed {
+        address,
+        host,
+        stop,
+        task,
+    }
+}
+
+impl StorageServed {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// An order to open storage server `index` for `epoch` with `token`.
+fn open_order(epoch: u64, token: &str, index: u32) -> OpenStorage {
+    OpenStorage {
+        epoch: Epoch(epoch),
+        token: token.into(),
+        index,
+        shards: vec![
+            KeyRange::new(Bytes::new(), Bytes::from_static(b"m")).unwrap(),
+            // Any bytes, as they are.
+            KeyRange::new(
+                Bytes::from_static(b"\x00\xff"),
+                Bytes::from_static(&[0xff; 3]),
+            )
+            .unwrap(),
+        ],
+        log: LogId(u64::MAX - 3),
+        log_at: "10.0.0.8:4700".into(),
+        recovery_version: Version(1_234_567_890_123),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_orders_reach_the_host_whole_and_its_answers_come_back_whole() {
+    let w = storage_worker("t-storage").await;
+    let director = RemoteWorker::connect(&w.address, cluster("t-storage"))
+        .await
+        .unwrap();
+    let none = StoredStorage {
+        durable: Version(0),
+        shards: None,
+    };
+    assert_eq!(director.inspect_storage(0).await.unwrap(), none);
+    assert_eq!(
+        director.inspect_storage(1).await.unwrap(),
+        StoredStorage {
+            durable: Version(42),
+            shards: Some(all_keys()),
+        }
+    );
+    // A file that never recorded its shards, and one that recorded none: told apart.
+    assert_eq!(director.inspect_storage(2).await.unwrap().shards, None);
+    assert_eq!(
+        director.inspect_storage(u32::MAX).await.unwrap(),
+        StoredStorage {
+            durable: Version(u64::from(u32::MAX)),
+            shards: Some(Vec::new()),
+        }
+    );
+    // The host's error travels whole.
+    let e = director.inspect_storage(7).await.unwrap_err();
+    assert_eq!(e.stage, Stage::Storage);
+    assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
+
+    let three = open_order(3, "tok3", 5);
+    director.open_storage(three.clone()).await.unwrap();
+    director
+        .advance_committed(Epoch(3), "tok3", Version(u64::MAX))
+        .await
+        .unwrap();
+    // A newer epoch takes over; the older one is fenced, the newer without its token refused.
+    let four = OpenStorage {
+        shards: all_keys(),
+        ..open_order(4, "tok4", 0)
+    };
+    director.open_storage(four.clone()).await.unwrap();
+    let e = director
+        .open_storage(open_order(3, "tok3", 5))
+        .await
+        .unwrap_err();
+    assert_eq!(e.stage, Stage::Storage);
+    assert!(
+        matches!(
+            e.kind,
+            ErrorKind::Fenced { request, current } if request == Epoch(3) && current == Epoch(4)
+        ),
+        "{e}"
+    );
+    let e = director
+        .advance_committed(Epoch(4), "tok3", Version(10))
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+    director
+        .advance_committed(Epoch(4), "tok4", Version(10))
+        .await
+        .unwrap();
+
+    {
+        let orders = w.host.orders.lock().unwrap();
+        assert_eq!(orders.inspected, vec![0, 1, 2, u32::MAX, 7]);
+        assert_eq!(orders.opened, vec![three, four]);
+        assert_eq!(
+            orders.advanced,
+            vec![
+                (Epoch(3), "tok3".to_owned(), Version(u64::MAX)),
+                (Epoch(4), "tok4".to_owned(), Version(10)),
+            ]
+        );
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_holds_no_storage_servers_refuses_storage_orders() {
+    let w = worker("t-no-storage").await;
+    let director = RemoteWorker::connect(&w.address, cluster("t-no-storage"))
+        .await
+        .unwrap();
+    let refusals = [
+        director.inspect_storage(0).await.err(),
+        director.open_storage(open_order(2, "t", 0)).await.err(),
+        director
+            .advance_committed(Epoch(2), "t", Version(1))
+            .await
+            .err(),
+    ];
+    for refusal in refusals {
+        let e = refusal.expect("a storage order taken by a resolver worker");
+        assert_eq!(e.stage, Stage::Storage);
+        assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
+        assert!(e.to_string().contains("holds no storage servers"), "{e}");
+    }
+    // The worker still runs its own role.
+    director.recruit(recruitment(2, 0)).await.unwrap();
+    w.stop().await;
+
+    // A port that serves clients only refuses them before it looks for a worker.
+    let clients =
+        Served::start_with("127.0.0.1:0", Exposure::Clients, Stages::default(), "t-sc").await;
+    let mut grpc = tonic::client::Grpc::new(clients.channel().await);
+    for (path, call) in STORAGE_ORDERS {
+        let status = raw_call(&mut grpc, "t-sc", path, Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{path}");
+        assert!(status.message().contains(call), "{status:?}");
+    }
+    clients.stop().await;
+}
+
+/// The storage orders, by path and by the name their refusals give.
+const STORAGE_ORDERS: [(&str, &str); 3] = [
+    ("/strata.v1.Worker/InspectStorage", "Worker.InspectStorage"),
+    ("/strata.v1.Worker/OpenStorage", "Worker.OpenStorage"),
+    (
+        "/strata.v1.Worker/AdvanceCommitted",
+        "Worker.AdvanceCommitted",
+    ),
+];
+
+/// A plain gRPC connection to `address`, for raw calls.
+async fn raw_grpc(address: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic::client::Grpc::new(channel)
+}
+
+fn wire_range(begin: &[u8], end: &[u8]) -> proto::KeyRange {
+    proto::KeyRange {
+        begin: Bytes::copy_from_slice(begin),
+        end: Bytes::copy_from_slice(end),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_storage_orders_are_refused_before_the_host() {
+    let w = storage_worker("t-bad-storage").await;
+    let mut grpc = raw_grpc(&w.address).await;
+    let good = proto::OpenStorageRequest {
+        epoch: 3,
+        token: "tok".into(),
+        index: 0,
+        shards: vec![wire_range(b"a", b"b")],
+        log_id: 1,
+        log_address: "h:1".into(),
+        recovery_version: 10,
+    };
+    // Longer than a range end may be.
+    let too_long = vec![b'k'; 10_002];
+    let bad = [
+        (
+            proto::OpenStorageRequest {
+                shards: vec![wire_range(b"a", b"b"), wire_range(b"z", b"c")],
+                ..good.clone()
+            },
+            "not a key range",
+        ),
+        (
+            proto::OpenStorageRequest {
+                shards: vec![wire_range(b"q", b"q")],
+                ..good.clone()
+            },
+            "not a key range",
+        ),
+        (
+            proto::OpenStorageRequest {
+                shards: vec![wire_range(b"", b"")],
+                ..good.clone()
+            },
+            "not a key range",
+        ),
+        (
+            proto::OpenStorageRequest {
+                shards: vec![wire_range(b"", &too_long)],
+                ..good.clone()
+            },
+            "over the limit",
+        ),
+        (
+            proto::OpenStorageRequest {
+                shards: Vec::new(),
+                ..good.clone()
+            },
+            "for no shards",
+        ),
+        (
+            proto::OpenStorageRequest {
+                log_address: String::new(),
+                ..good.clone()
+            },
+            "no address for its log",
+        ),
+        (
+            proto::OpenStorageRequest {
+                token: String::new(),
+                ..good.clone()
+            },
+            "without its epoch's token",
+        ),
+    ];
+    for (request, why) in bad {
+        let status = raw_call(
+            &mut grpc,
+            "t-bad-storage",
+            "/strata.v1.Worker/OpenStorage",
+            request.encode_to_vec().into(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(why), "{why}: {status:?}");
+    }
+    let advance = proto::AdvanceCommittedRequest {
+        epoch: 3,
+        token: String::new(),
+        version: 5,
+    };
+    let status = raw_call(
+        &mut grpc,
+        "t-bad-storage",
+        "/strata.v1.Worker/AdvanceCommitted",
+        advance.encode_to_vec().into(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("token"), "{status:?}");
+    {
+        let orders = w.host.orders.lock().unwrap();
+        assert!(orders.opened.is_empty() && orders.advanced.is_empty());
+        assert!(orders.taken.is_none());
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_bytes_to_storage_orders_get_an_error_or_an_answer_never_a_panic() {
+    let w = storage_worker("t-fuzz-storage").await;
+    let mut grpc = raw_grpc(&w.address).await;
+    // Random bytes to every storage order, through to the host when they decode and pass.
+    let mut next = xorshift(0x5851_f42d_4c95_7f2d);
+    for round in 0..300 {
+        let (path, _) = STORAGE_ORDERS[round % STORAGE_ORDERS.len()];
+        let len = usize::try_from(next() % 64).unwrap();
+        let body: Bytes = (0..len).map(|_| next() as u8).collect();
+        if let Err(status) = raw_call(&mut grpc, "t-fuzz-storage", path, body).await {
+            assert!(
+                !matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled),
+                "{path}: {status:?}"
+            );
+        }
+    }
+    // Some got through to the host (the same ones every run: the bytes are seeded).
+    assert!(!w.host.orders.lock().unwrap().inspected.is_empty());
+    // Still taking well-formed orders, whatever epoch the random ones left it at.
+    let director = RemoteWorker::connect(&w.address, cluster("t-fuzz-storage"))
+        .await
+        .unwrap();
+    director
+        .open_storage(open_order(u64::MAX, "last", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.host.orders.lock().unwrap().opened.last(),
+        Some(&open_order(u64::MAX, "last", 1))
+    );
     w.stop().await;
 }
