@@ -42,6 +42,7 @@ mod peers;
 mod proxy;
 mod resolver;
 mod sequencer;
+mod storage;
 
 pub use log::LogWorker;
 pub(crate) use log::{WorkerLog, create_on_worker, open_on_worker};
@@ -53,6 +54,7 @@ pub use resolver::ResolverWorker;
 pub(crate) use resolver::{resolver_config, resolver_settings};
 pub use sequencer::SequencerWorker;
 pub(crate) use sequencer::WorkerSequencer;
+pub use storage::StorageWorker;
 
 /// How long a worker's registration lives without a renewal: a worker that stops is out of
 /// the registry this long after, at most. Renewed every third of it.
