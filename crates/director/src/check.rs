@@ -246,8 +246,10 @@ pub struct CheckReport {
     pub recoverable_version: Option<Version>,
     /// Every inconsistency, in the order found; none means the directory is consistent.
     pub findings: Vec<Finding>,
-    /// Each log the state names that a log worker holds, as `(dir, worker address)`: not read
-    /// here (a check reads the data directory alone), so the recoverable version is unknown.
+    /// Each log the state names that a log worker holds, and each storage server a storage
+    /// worker holds, as `(dir or file, worker address)`: not read here (a check reads the data
+    /// directory alone), so the recoverable version is unknown for such logs, and such a
+    /// server's durable version is unknown.
     pub on_workers: Vec<(String, String)>,
 }
 
@@ -266,6 +268,9 @@ pub(crate) struct Holdings {
     /// The logs the state names that the opener does not reach (on log workers, for a
     /// reading of the data directory alone): not opened, so `holds` is unknown.
     pub(crate) elsewhere: Vec<LogPlace>,
+    /// The storage servers on storage workers the opener does not reach, as
+    /// `(file, worker address)`: not read, their `durable` is `None` (not a finding).
+    pub(crate) storage_elsewhere: Vec<(String, String)>,
 }
 
 /// [`read_holdings`] for a directory read at rest (`strata check`, [`crate::Snapshot`]): the
@@ -295,20 +300,54 @@ async fn stored_at(path: PathBuf, blocking: Blocking) -> Result<Result<strata_st
     }
 }
 
-/// Each storage file's durable version (`None` where it cannot be read), and what is wrong
+/// What the storage servers hold, as [`read_storage`] reads it.
+struct StorageRead {
+    /// Each server's durable version, in order; `None` where it cannot be read, or is on a
+    /// worker the opener does not reach.
+    durable: Vec<Option<Version>>,
+    /// Those on workers the opener does not reach, as `(file, worker address)`.
+    elsewhere: Vec<(String, String)>,
+}
+
+/// Each storage server's durable version (`None` where it cannot be read), and what is wrong
 /// with them: a file that cannot be read, or that holds another server's shard (storage
-/// server `i` of `storage` owns the `i`th range of the key space).
+/// server `i` of `storage` owns the `i`th range of the key space). A server the state places
+/// on a storage worker is asked there, through `opener` (left unread when it does not reach
+/// workers); the others are the files of `data_dir`.
 async fn read_storage(
     data_dir: &Path,
+    state: Option<&CoordinatedState>,
     storage: usize,
     blocking: Blocking,
-) -> Result<Findings<Vec<Option<Version>>>> {
+    opener: &dyn OpenLogs,
+) -> Result<Findings<StorageRead>> {
     let mut found: Vec<(Finding, Option<Error>)> = Vec::new();
     let mut durable = Vec::new();
+    let mut elsewhere = Vec::new();
     for (i, owned) in crate::split_ranges(storage)?.into_iter().enumerate() {
         let file = format!("storage/{i}.redb");
-        let path = data_dir.join(&file);
-        let read = stored_at(path, blocking).await?;
+        let worker = state.and_then(|s| s.storage_worker(i));
+        let read = match worker {
+            Some(at) => {
+                let index = u32::try_from(i).unwrap_or(u32::MAX);
+                match opener.stored_on_worker(index, at).await {
+                    Some(read) => read.map(|s| strata_storage::Stored {
+                        durable: s.durable,
+                        shards: s.shards,
+                    }),
+                    None => {
+                        elsewhere.push((file, at.to_owned()));
+                        durable.push(None);
+                        continue;
+                    }
+                }
+            }
+            None => stored_at(data_dir.join(&file), blocking).await?,
+        };
+        let file = match worker {
+            Some(at) => format!("{file}@{at}"),
+            None => file,
+        };
         match read {
             Ok(stored) => {
                 // A file holds the shard it was first opened for: one swapped with another
@@ -336,7 +375,7 @@ async fn read_storage(
             }
         }
     }
-    Ok((durable, found))
+    Ok((StorageRead { durable, elsewhere }, found))
 }
 
 /// What a read found, with what is wrong with it (each with the error behind it, if any).
@@ -360,7 +399,12 @@ pub(crate) async fn read_holdings(
     logs_from: &dyn OpenLogs,
 ) -> Result<Holdings> {
     // Storage first: each durable version is known committed, which every log must hold.
-    let (durable, mut found) = read_storage(data_dir, storage, blocking).await?;
+    let (storage_read, mut found) =
+        read_storage(data_dir, state, storage, blocking, logs_from).await?;
+    let StorageRead {
+        durable,
+        elsewhere: storage_elsewhere,
+    } = storage_read;
     let recorded = state.map_or(Version::ZERO, |s| s.recovery_version);
     let committed = durable
         .iter()
@@ -371,8 +415,9 @@ pub(crate) async fn read_holdings(
     let mut logs = Vec::new();
     // With a storage file unreadable, a version it made durable is unknown, and opening a log
     // could take the damaged record of that version for a torn write and drop it: the logs
-    // are left unopened until the storage file is sorted out.
-    let storage_read = durable.iter().all(Option::is_some);
+    // are left unopened until the storage file is sorted out. (A server on a worker not
+    // reached is not read, and not a reason: the logs are opened with what is known.)
+    let storage_read = durable.iter().filter(|d| d.is_none()).count() == storage_elsewhere.len();
     let (reached, elsewhere): (Vec<&LogPlace>, Vec<&LogPlace>) =
         named.iter().partition(|p| logs_from.reaches(p));
     for place in reached
@@ -435,6 +480,7 @@ pub(crate) async fn read_holdings(
         holds,
         findings: found,
         elsewhere: elsewhere.into_iter().cloned().collect(),
+        storage_elsewhere,
     })
 }
 
@@ -497,11 +543,13 @@ pub async fn verify(data_dir: &Path) -> Result<CheckReport> {
     report.storage = (0..state.storage)
         .map(|i| format!("storage/{i}.redb"))
         .zip(held.durable.iter().copied())
+        .filter(|(file, _)| !held.storage_elsewhere.iter().any(|(f, _)| f == file))
         .collect();
     report.on_workers = held
         .elsewhere
         .iter()
         .filter_map(|p| Some((p.dir.clone(), p.at.clone()?)))
+        .chain(held.storage_elsewhere.iter().cloned())
         .collect();
     report.logs = state
         .logs

@@ -179,6 +179,9 @@ pub struct EmbeddedCluster {
     pub(crate) pipeline: Pipeline,
     pub(crate) logs: Vec<Arc<dyn HeldLog>>,
     pub(crate) storage: Vec<Arc<dyn HeldStorage>>,
+    /// This process's logs, published on the peer port for the storage workers that follow
+    /// them, for as long as the epoch runs.
+    pub(crate) storage_logs: Option<crate::workers::Published>,
     pub(crate) watermark: Watermark,
     /// How long [`EmbeddedCluster::check_health`] waits for each probe.
     pub(crate) probe_timeout: std::time::Duration,
@@ -374,6 +377,7 @@ impl EmbeddedCluster {
         drop(self.watermark);
         // Nothing of this epoch stays reachable for the cluster's processes.
         drop(self.pipeline.peers);
+        drop(self.storage_logs);
         self.pipeline.sequencer.stop();
         drop(self.pipeline.database);
         drop(self.pipeline.system_database);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use strata_core::{Epoch, Error, ErrorKind, LogServer, Result, Stage, Version};
+use strata_net::StoredStorage;
 use strata_tlog::FileLog;
 
 use crate::coordinator::LogPlace;
@@ -103,5 +104,12 @@ pub(crate) trait OpenLogs: Send + Sync {
     /// does not reach a log on a log worker, which is then left unread (not a finding).
     fn reaches(&self, _place: &LogPlace) -> bool {
         true
+    }
+
+    /// What storage server `index`, held by the storage worker at `at`, holds: its durable
+    /// version and shards. `None` when this opener does not reach workers (one that reads the
+    /// data directory alone): the server is then left unread (not a finding).
+    async fn stored_on_worker(&self, _index: u32, _at: &str) -> Option<Result<StoredStorage>> {
+        None
     }
 }

@@ -31,8 +31,15 @@ pub trait HeldStorage: StorageServer + std::fmt::Debug {
     async fn wait_applied(&self, version: Version) -> Result<()>;
 
     /// Lets the server go when its epoch stops: a server in this process closes its database
-    /// (waiting for a flush in progress), so the next epoch can open the file again.
+    /// (waiting for a flush in progress), so the next epoch can open the file again; a
+    /// storage worker closes it at the next epoch's open.
     async fn close(&self);
+
+    /// The address of the storage worker that holds the server; `None` for a file of this
+    /// process's data directory.
+    fn worker(&self) -> Option<&str> {
+        None
+    }
 }
 
 #[async_trait]

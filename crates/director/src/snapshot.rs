@@ -83,18 +83,23 @@ impl Snapshot {
             )))
         })?;
         // A view at rest reads the data directory alone: committed history above the storage
-        // servers' durable versions may be only in logs that log workers hold.
+        // servers' durable versions may be only in logs that log workers hold, and a shard a
+        // storage worker holds is not here at all.
         let on_workers: Vec<String> = state
             .logs
             .iter()
             .filter(|p| p.at.is_some())
             .map(LogPlace::name)
+            .chain((0..state.storage).filter_map(|i| {
+                let at = state.storage_worker(i)?;
+                Some(format!("storage/{i}.redb@{at}"))
+            }))
             .collect();
         if !on_workers.is_empty() {
             return Err(error(ErrorKind::Unavailable(format!(
-                "the logs of {} are on log workers ({}): a read at rest sees only the data \
-                 directory; read the running cluster through its cluster file (`strata dump \
-                 --cluster-file FILE`)",
+                "the logs or storage of {} are on workers ({}): a read at rest sees only the \
+                 data directory; read the running cluster through its cluster file (`strata \
+                 dump --cluster-file FILE`)",
                 data_dir.display(),
                 on_workers.join(", ")
             ))));

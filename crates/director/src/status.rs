@@ -41,11 +41,13 @@ pub struct LogStatus {
 /// One storage server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StorageStatus {
-    /// Its file, relative to the data directory.
+    /// Its file, relative to the data directory; `storage/<i>.redb@HOST:PORT` for a server
+    /// a storage worker holds (in the worker's data directory).
     pub file: String,
-    /// The newest version it made durable; `None` when it could not be read.
+    /// The newest version it made durable; `None` when it could not be read (or, at rest,
+    /// when a storage worker holds it).
     pub durable: Option<Version>,
-    /// Bytes its file takes on disk.
+    /// Bytes its file takes on disk (0 for a server a storage worker holds).
     pub bytes: u64,
 }
 
@@ -116,13 +118,26 @@ pub async fn status(data_dir: &Path) -> Result<Status> {
                 },
             })
             .collect(),
-        storage: report
-            .storage
-            .into_iter()
-            .map(|(file, durable)| StorageStatus {
-                bytes: bytes_under(&data_dir.join(&file)),
-                file,
-                durable,
+        // In key order; a server on a storage worker is not read here (see `verify`).
+        storage: (0..state.storage)
+            .map(|i| {
+                let file = format!("storage/{i}.redb");
+                match state.storage_worker(i) {
+                    Some(at) => StorageStatus {
+                        file: format!("{file}@{at}"),
+                        durable: None,
+                        bytes: 0,
+                    },
+                    None => StorageStatus {
+                        durable: report
+                            .storage
+                            .iter()
+                            .find(|(f, _)| *f == file)
+                            .and_then(|(_, durable)| *durable),
+                        bytes: bytes_under(&data_dir.join(&file)),
+                        file,
+                    },
+                }
             })
             .collect(),
         problems: report.findings.iter().map(ToString::to_string).collect(),
@@ -157,8 +172,13 @@ impl EmbeddedCluster {
                     None
                 }
             };
+            // A server on a storage worker: its file is in the worker's directory.
+            let (file, bytes) = match server.worker() {
+                Some(at) => (format!("{file}@{at}"), 0),
+                None => (file.clone(), bytes_under(&data_dir.join(&file))),
+            };
             storage.push(StorageStatus {
-                bytes: bytes_under(&data_dir.join(&file)),
+                bytes,
                 file,
                 durable,
             });

@@ -33,6 +33,7 @@ fn state(epoch: u64) -> CoordinatedState {
         home: None,
         // Kept as written: log workers check orders against it.
         token_digest: Some(format!("{epoch:064x}")),
+        storage_at: Vec::new(),
     }
 }
 

@@ -139,7 +139,7 @@ async fn assert_read_at_rest_names_the_workers(data: &Path, places: &[(String, P
         matches!(e.kind, strata_core::ErrorKind::Unavailable(_)),
         "{e}"
     );
-    assert!(e.to_string().contains("log worker"), "{e}");
+    assert!(e.to_string().contains("on workers"), "{e}");
     assert!(e.to_string().contains(&addresses[0]), "{e}");
 }
 

@@ -36,6 +36,7 @@ fn killed_while_creating_storage(dir: &Path, contents: &[u8]) {
                 served_at: None,
                 home: None,
                 token_digest: None,
+                storage_at: Vec::new(),
             },
         )
         .unwrap();

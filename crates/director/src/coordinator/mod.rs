@@ -100,6 +100,19 @@ pub struct CoordinatedState {
     /// Absent in states written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_digest: Option<String>,
+    /// Where each storage server lives, by index: the address of the storage worker that
+    /// holds its file, or `None` for a file of the data directory (`storage/<i>.redb`). A
+    /// storage server is placed when its file is created and stays there. Empty (as in states
+    /// written before storage workers): every one is in the data directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage_at: Vec<Option<String>>,
+}
+
+impl CoordinatedState {
+    /// The storage worker that holds storage server `index`, if one does.
+    pub fn storage_worker(&self, index: usize) -> Option<&str> {
+        self.storage_at.get(index).and_then(Option::as_deref)
+    }
 }
 
 /// A store for the coordinated state. The embedded one is [`FileStateStore`]; clusters spread
@@ -367,6 +380,7 @@ pub(crate) mod tests {
             served_at: None,
             home: None,
             token_digest: None,
+            storage_at: Vec::new(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use strata_core::{ErrorKind, LogId, LogServer, Result, Version};
+use strata_net::StoredStorage;
 use strata_testkit::network::{NetLog, Network};
 use strata_tlog::fs::{Fs, RealFs};
 use strata_tlog::{FileLog, OpenMode};
@@ -171,5 +172,37 @@ impl OpenLogs for ToRecover<'_> {
             self.env
                 .open_log(dir, place.id, OpenMode::Existing { committed }, self.config)?;
         Ok(log)
+    }
+
+    async fn stored_on_worker(&self, index: u32, at: &str) -> Option<Result<StoredStorage>> {
+        let Some(access) = &self.access else {
+            return Some(Err(error(ErrorKind::InvalidRequest(format!(
+                "storage server {index} is on the storage worker at {at}, and this process \
+                 reaches no workers: serve the cluster with --listen and an etcd cluster file"
+            )))));
+        };
+        // As for a log on a worker: nothing is claimed yet, and the attempt waits for the
+        // worker (its shard is nowhere else), however long it is away.
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let stored = async {
+                let worker = strata_net::RemoteWorker::connect(at, access.clone()).await?;
+                worker.inspect_storage(index).await
+            }
+            .await;
+            match stored {
+                Err(e) if matches!(e.kind, ErrorKind::Unavailable(_)) => {
+                    tracing::warn!(
+                        worker = at,
+                        index,
+                        error = %e,
+                        "waiting for the storage worker that holds a storage server"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(WORKER_WAIT_PAUSE_MAX);
+                }
+                other => return Some(other),
+            }
+        }
     }
 }

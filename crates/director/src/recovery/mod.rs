@@ -32,27 +32,26 @@ use std::time::Instant;
 use serde::Serialize;
 use strata_core::buggify;
 use strata_core::system::{BeginKey, SystemConfig, TransactionSystemLayout, keys};
-use strata_core::{Epoch, Error, ErrorKind, LogServer, Stage, Version, printable};
-use strata_storage::{RedbStorage, StorageConfig};
-use strata_testkit::network::{NetLog, Network};
+use strata_core::{Epoch, Error, ErrorKind, Stage, Version, printable};
 use tracing::Instrument;
 
+use crate::HeldLog;
 use crate::check::{check_directory, read_holdings};
 use crate::cluster::{EmbeddedCluster, Watermark};
 use crate::config::EmbeddedConfig;
 use crate::coordinator::{CoordinatedState, LogPlace, STATE_FORMAT, StateStore};
 use crate::owner::{DirectoryLock, lock_directory};
-use crate::{HeldLog, HeldStorage};
-use crate::{split_begins, split_ranges};
+use crate::split_begins;
 
 mod env;
 mod logs;
 pub(crate) mod persistence;
 mod pipeline;
 pub(crate) mod replay;
+mod storage;
 
 pub use env::RecoveryEnv;
-use env::{ToRecover, log_role};
+use env::ToRecover;
 
 use logs::{
     NewLogs, OldLog, choose_recovery_version, lock_previous_logs, recruit_logs, remove_unrecorded,
@@ -247,14 +246,16 @@ pub async fn recover(
             ),
         )
         .await?;
-    let storage = match phases
+    let mut storage = match phases
         .run(
             "roll_back_storage",
-            open_storage(
+            storage::open_storage(
+                env,
                 data_dir,
                 &config,
-                &logs.logs,
-                env.network.as_ref(),
+                &claim,
+                inspected.previous.as_ref(),
+                &mut logs,
                 recovery_version,
             ),
         )
@@ -279,7 +280,7 @@ pub async fn recover(
         &claim,
         old,
         (&logs, answered),
-        &storage,
+        &mut storage,
         recovery_version,
         &mut recorded,
         &owner,
@@ -291,9 +292,7 @@ pub async fn recover(
             Ok((cluster, report))
         }
         Err(e) => {
-            for s in &storage {
-                s.close().await;
-            }
+            storage.close().await;
             if !recorded {
                 remove_unrecorded(data_dir, store, &logs);
             }
@@ -313,11 +312,13 @@ async fn start_and_persist(
     claim: &Claim,
     old: Vec<OldLog>,
     (logs, answered): (&NewLogs, Option<crate::workers::Answered>),
-    storage: &[Arc<dyn HeldStorage>],
+    opened: &mut storage::OpenedStorage,
     recovery_version: Version,
     recorded: &mut bool,
     owner: &Arc<DirectoryLock>,
 ) -> Attempt<(EmbeddedCluster, RecoveryReport)> {
+    let storage = &opened.servers[..];
+    let storage_at = opened.places();
     let pipeline = phases
         .run(
             "start_transaction_system",
@@ -346,9 +347,8 @@ async fn start_and_persist(
                 claim.epoch,
                 &logs.places,
                 env.served_at.as_deref(),
-                pipeline.sequencer_at.as_deref(),
-                &pipeline.resolvers_at,
-                &pipeline.proxies_at,
+                &pipeline,
+                &storage_at,
             ))
         })
         .await?;
@@ -362,7 +362,7 @@ async fn start_and_persist(
                 env,
                 claim,
                 old,
-                logs,
+                (logs, storage_at),
                 recovery_version,
             ),
         )
@@ -409,6 +409,7 @@ async fn start_and_persist(
         pipeline,
         logs: logs.logs.clone(),
         storage: storage.to_vec(),
+        storage_logs: opened.published.take(),
         watermark,
         probe_timeout: config.probe_timeout,
         _owner: owner.clone(),
@@ -540,6 +541,8 @@ async fn claim_epoch(
         // Stamped by a store that keeps it (etcd's), not by recovery.
         home: None,
         token_digest: Some(crate::workers::token_digest(&token)),
+        // Where the storage servers are stays as recorded until this epoch writes its state.
+        storage_at: previous.map_or_else(Vec::new, |s| s.storage_at.clone()),
     };
     let written = store
         .compare_and_swap(generation, claimed)
@@ -557,80 +560,6 @@ async fn claim_epoch(
     })
 }
 
-fn storage_path(data_dir: &Path, i: usize) -> PathBuf {
-    data_dir.join("storage").join(format!("{i}.redb"))
-}
-
-/// Phase 6: opens the storage servers, each following one new log, rolls them back to the
-/// recovery version, and waits (bounded) until they re-applied the history they held only in
-/// memory. On failure the servers opened so far are closed.
-async fn open_storage(
-    data_dir: &Path,
-    config: &EmbeddedConfig,
-    logs: &[Arc<dyn HeldLog>],
-    network: Option<&Arc<Network>>,
-    recovery_version: Version,
-) -> Attempt<Vec<Arc<dyn HeldStorage>>> {
-    let storage_dir = data_dir.join("storage");
-    if !storage_dir.exists() {
-        std::fs::create_dir_all(&storage_dir).map_err(|e| Error::io(Stage::Director, e))?;
-        sync_dir(data_dir)?;
-    }
-    // Popping follows the slowest reader: the director pops every log at the oldest durable
-    // version of all storage servers (see `Watermark`), never a server its own log. Phase 1
-    // ran redb's integrity check on these very files (`stored_at`), and nothing has written
-    // them since: checking every page again at the open would only double the cost.
-    let storage_config = StorageConfig {
-        pop_log: false,
-        check_integrity: false,
-        ..config.storage_config
-    };
-    let mut servers: Vec<Arc<dyn HeldStorage>> = Vec::new();
-    let opened = async {
-        for (i, range) in split_ranges(config.storage)?.into_iter().enumerate() {
-            let log: Arc<dyn LogServer> = logs[i % logs.len()].clone();
-            // The server pulls from its log across the network, when there is one.
-            let log = match network {
-                Some(n) => Arc::new(NetLog::new(log.clone(), n, &log_role(log.id()))),
-                None => log,
-            };
-            let server =
-                RedbStorage::open(&storage_path(data_dir, i), vec![range], log, storage_config)
-                    .await
-                    .map_err(unrecoverable_if_damaged)?;
-            let server: Arc<dyn HeldStorage> = Arc::new(server);
-            servers.push(server.clone());
-            server.roll_back(recovery_version).await?;
-        }
-        let caught_up = async {
-            for s in &servers {
-                s.wait_applied(recovery_version).await?;
-            }
-            Ok::<(), Error>(())
-        };
-        match tokio::time::timeout(config.storage_catch_up, caught_up).await {
-            Ok(result) => result.map_err(RecoveryError::from),
-            Err(_) => Err(RecoveryError::Attempt(Error::new(
-                Stage::Storage,
-                ErrorKind::Timeout {
-                    what: format!("storage to re-apply history up to {recovery_version}"),
-                    after_ms: millis(config.storage_catch_up),
-                },
-            ))),
-        }
-    }
-    .await;
-    match opened {
-        Ok(()) => Ok(servers),
-        Err(e) => {
-            for s in &servers {
-                s.close().await;
-            }
-            Err(e)
-        }
-    }
-}
-
 pub(super) fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -638,19 +567,20 @@ pub(super) fn millis(d: std::time::Duration) -> u64 {
 /// Phase 8: the Transaction System Layout of this epoch.
 ///
 /// Each stage is named by its kind and index (`proxy-1`), with the address other processes
-/// reach it at when this process serves them (`proxy-1@127.0.0.1:4500`), or, for a resolver
-/// recruited on a worker, the worker's (`sequencer_at`; `resolvers_at` and `proxies_at`, by
-/// index); each log by its directory,
+/// reach it at when this process serves them (`proxy-1@127.0.0.1:4500`), or, for a stage
+/// recruited on a worker, the worker's (the pipeline's `sequencer_at`, `resolvers_at` and
+/// `proxies_at`; `storage_at` for the storage servers, by index); each log by its directory,
 /// and by its address too when served.
 fn build_layout(
     config: &EmbeddedConfig,
     epoch: Epoch,
     places: &[LogPlace],
     served_at: Option<&str>,
-    sequencer_at: Option<&str>,
-    resolvers_at: &[Option<String>],
-    proxies_at: &[Option<String>],
+    pipeline: &crate::cluster::Pipeline,
+    storage_at: &[Option<String>],
 ) -> TransactionSystemLayout {
+    let sequencer_at = pipeline.sequencer_at.as_deref();
+    let (resolvers_at, proxies_at) = (&pipeline.resolvers_at, &pipeline.proxies_at);
     let at = |name: String| match served_at {
         Some(address) => format!("{name}@{address}"),
         None => name,
@@ -692,7 +622,13 @@ fn build_layout(
         storage_teams: split_begins(config.storage)
             .into_iter()
             .enumerate()
-            .map(|(i, b)| (BeginKey(b), vec![at(format!("storage-{i}"))]))
+            .map(|(i, b)| {
+                let name = format!("storage-{i}");
+                match storage_at.get(i).and_then(Option::as_deref) {
+                    Some(worker) => (BeginKey(b), vec![format!("{name}@{worker}")]),
+                    None => (BeginKey(b), vec![at(name)]),
+                }
+            })
             .collect(),
         services: BTreeMap::new(),
     }
@@ -709,7 +645,7 @@ async fn write_state(
     env: &RecoveryEnv,
     claim: &Claim,
     old: Vec<OldLog>,
-    logs: &NewLogs,
+    (logs, storage_at): (&NewLogs, Vec<Option<String>>),
     recovery_version: Version,
 ) -> Attempt<()> {
     store.compare_and_swap(
@@ -726,6 +662,7 @@ async fn write_state(
             served_at: env.served_at.clone(),
             home: None,
             token_digest: Some(crate::workers::token_digest(&claim.token)),
+            storage_at,
         },
     )?;
     // The state names the new logs: those on workers may take commits now.

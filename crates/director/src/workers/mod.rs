@@ -55,6 +55,7 @@ pub(crate) use resolver::{resolver_config, resolver_settings};
 pub use sequencer::SequencerWorker;
 pub(crate) use sequencer::WorkerSequencer;
 pub use storage::StorageWorker;
+pub(crate) use storage::{WorkerStorage, open_on_worker as open_storage_on};
 
 /// How long a worker's registration lives without a renewal: a worker that stops is out of
 /// the registry this long after, at most. Renewed every third of it.
@@ -266,7 +267,7 @@ pub const CANDIDATES_MAX: usize = 256;
 pub(crate) struct PassedOver(Mutex<HashMap<(String, i64), Instant>>);
 
 impl PassedOver {
-    fn mark(&self, place: &WorkerPlace) {
+    pub(crate) fn mark(&self, place: &WorkerPlace) {
         let mut failed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         failed.retain(|_, at| at.elapsed() < PASS_OVER_FOR);
         failed.insert((place.address.clone(), place.registered), Instant::now());

@@ -24,17 +24,22 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use strata_core::{Epoch, Error, ErrorKind, LogServer, Result, Stage, StorageServer, Version};
+use strata_core::{
+    Epoch, Error, ErrorKind, Key, KeyRange, LogServer, RangeRead, Result, Stage, StorageServer,
+    Value, Version,
+};
 use strata_net::{
-    Access, OpenStorage, Recruiter, Recruitment, RemoteLog, Role, Stages, StorageHost,
-    StoredStorage,
+    Access, OpenStorage, Recruiter, Recruitment, RemoteLog, RemoteStorage, RemoteWorker, Role,
+    Stages, StorageHost, StoredStorage,
 };
 use strata_storage::{RedbStorage, StorageConfig};
 use tokio::sync::watch;
 
 use super::orders::{Orders, Taken};
+use crate::HeldStorage;
 use crate::coordinator::StateStore;
 use crate::owner::DirectoryLock;
 
@@ -268,6 +273,115 @@ impl Recruiter for StorageWorker {
 
     fn storage_host(self: Arc<Self>) -> Option<Arc<dyn StorageHost>> {
         Some(self)
+    }
+}
+
+/// A storage server on a storage worker, as the director holds it for one epoch: opened by
+/// [`open_on_worker`], read through the worker's port under the epoch's token.
+pub(crate) struct WorkerStorage {
+    at: String,
+    epoch: Epoch,
+    token: String,
+    worker: RemoteWorker,
+    remote: RemoteStorage,
+    /// The newest version the director told it is committed.
+    committed: AtomicU64,
+}
+
+impl std::fmt::Debug for WorkerStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerStorage")
+            .field("at", &self.at)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often [`HeldStorage::wait_applied`] asks a storage worker how far its server applied.
+const APPLIED_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Phase 6's open of storage server `order.index` on the storage worker at `at`: the worker
+/// opens it for the order's epoch, following the order's log, and answers once it re-applied
+/// the history up to the recovery version (the caller bounds the wait). Reached with
+/// `access` (the cluster's id and TLS credentials).
+pub(crate) async fn open_on_worker(
+    at: &str,
+    access: &Access,
+    order: OpenStorage,
+) -> Result<WorkerStorage> {
+    let worker = RemoteWorker::connect(at, access.clone()).await?;
+    let (epoch, token, recovery_version) =
+        (order.epoch, order.token.clone(), order.recovery_version);
+    worker.open_storage(order).await?;
+    let remote = RemoteStorage::connect(at, access.clone().with_token(token.clone()), 0).await?;
+    Ok(WorkerStorage {
+        at: at.to_owned(),
+        epoch,
+        token,
+        worker,
+        remote,
+        committed: AtomicU64::new(recovery_version.0),
+    })
+}
+
+#[async_trait]
+impl StorageServer for WorkerStorage {
+    fn shards(&self) -> Vec<KeyRange> {
+        self.remote.shards()
+    }
+
+    async fn get(&self, key: Key, version: Version) -> Result<Option<Value>> {
+        self.remote.get(key, version).await
+    }
+
+    async fn get_range(
+        &self,
+        range: KeyRange,
+        version: Version,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<RangeRead> {
+        self.remote.get_range(range, version, limit, reverse).await
+    }
+
+    async fn applied_version(&self) -> Result<Version> {
+        self.remote.applied_version().await
+    }
+
+    async fn durable_version(&self) -> Result<Version> {
+        self.remote.durable_version().await
+    }
+
+    async fn roll_back(&self, version: Version) -> Result<()> {
+        self.remote.roll_back(version).await
+    }
+}
+
+#[async_trait]
+impl HeldStorage for WorkerStorage {
+    async fn advance_committed(&self, committed: Version) -> Result<()> {
+        self.worker
+            .advance_committed(self.epoch, &self.token, committed)
+            .await?;
+        self.committed.fetch_max(committed.0, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn committed_version(&self) -> Version {
+        Version(self.committed.load(Ordering::Acquire))
+    }
+
+    async fn wait_applied(&self, version: Version) -> Result<()> {
+        while self.remote.applied_version().await? < version {
+            tokio::time::sleep(APPLIED_POLL).await;
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {}
+
+    fn worker(&self) -> Option<&str> {
+        Some(&self.at)
     }
 }
 

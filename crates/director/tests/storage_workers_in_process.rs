@@ -1,0 +1,390 @@
+//! Storage servers on storage workers (`StorageWorker`s served in this process as `strata
+//! serve --role storage` serves them, registered in a real etcd), with every window shrunk: a
+//! storage window of 50,000 versions and log segments of 16 KiB, so each epoch's history spans
+//! many windows. The first epoch places each storage server on a worker, and the coordinated
+//! state keeps it there. Cycle runs while a storage worker is stopped in the middle of an
+//! epoch and started again on the same directory and address, then while both are stopped
+//! one after the other (the second while the recovery waits for the first), then (with the
+//! logs on log workers) a storage worker and a log worker together: each time the next epoch
+//! waits for them, the ring holds, every acknowledged commit is there, and the watermark makes
+//! history durable on the workers. Run with the logs in the director's process (which the
+//! storage workers follow through its peer port) and with the logs on log workers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strata_core::{Epoch, Version};
+use strata_director::cluster_file::ClusterFile;
+use strata_director::coordinator::etcd::EtcdStateStore;
+use strata_director::workers::{LogWorker, PeerPort, Registration, StorageWorker};
+use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring};
+use strata_director::{Coordination, EmbeddedConfig, RecoveryEnv, StateStore};
+use strata_net::{Access, ClusterId, Exposure, Recruiter, Stages};
+use strata_storage::StorageConfig;
+use strata_testkit::etcd::EtcdServer;
+use tokio::sync::{oneshot, watch};
+
+const NAME: &str = "swip";
+const NODES: u64 = 30;
+const CLIENTS: u64 = 4;
+
+fn access(id: &str) -> Access {
+    Access::new(ClusterId::new(id).unwrap(), None)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Log,
+    Storage,
+}
+
+/// A worker served in this process until it is stopped.
+struct Host {
+    kind: Kind,
+    address: String,
+    dir: PathBuf,
+    stop: oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<strata_core::Result<()>>,
+    _registration: Registration,
+}
+
+/// The cluster the hosts serve.
+struct Cluster {
+    id: String,
+    etcd: String,
+    config: EmbeddedConfig,
+}
+
+impl Cluster {
+    /// A worker of `kind` holding what it holds in `dir`, served at `bind` and registered.
+    async fn start(&self, kind: Kind, bind: &str, dir: &Path) -> Host {
+        let store = {
+            let (etcd, id) = (self.etcd.clone(), self.id.clone());
+            tokio::task::spawn_blocking(move || EtcdStateStore::new(&[etcd], NAME, &id))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let (publish, published) = watch::channel(Arc::new(Stages::default()));
+        let worker: Arc<dyn Recruiter> = match kind {
+            Kind::Log => {
+                Arc::new(LogWorker::new(dir, self.config.log, Arc::new(store), publish).unwrap())
+            }
+            Kind::Storage => {
+                let config = StorageConfig {
+                    pop_log: false,
+                    ..self.config.storage_config
+                };
+                let access = access(&self.id);
+                Arc::new(StorageWorker::new(dir, config, access, Arc::new(store), publish).unwrap())
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let role = match kind {
+            Kind::Log => "log",
+            Kind::Storage => "storage",
+        };
+        // Registered before it serves, so a recovery that reaches it finds it in the registry.
+        let registration = common::register(&self.etcd, NAME, &self.id, role, &address).await;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(strata_net::serve_worker(
+            access(&self.id),
+            worker,
+            published,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Host {
+            kind,
+            address,
+            dir: dir.to_owned(),
+            stop,
+            served,
+            _registration: registration,
+        }
+    }
+
+    /// `host` stopped, and started again on its directory and address after `away`.
+    async fn restart(&self, hosts: &mut Vec<Host>, i: usize, away: Duration) {
+        let host = hosts.remove(i);
+        let kind = host.kind;
+        let (address, dir) = host.stop().await;
+        tokio::time::sleep(away).await;
+        hosts.insert(i, self.start(kind, &address, &dir).await);
+    }
+}
+
+impl Host {
+    /// Stops serving; the worker and what it holds are closed once its last call is done.
+    async fn stop(self) -> (String, PathBuf) {
+        self.stop.send(()).unwrap();
+        self.served.await.unwrap().unwrap();
+        (self.address, self.dir)
+    }
+}
+
+/// The state of `data`, read from etcd off the runtime's threads.
+async fn state_of(data: &Path) -> strata_director::CoordinatedState {
+    let data = data.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Coordination::for_data_dir(&data)
+            .unwrap()
+            .read()
+            .unwrap()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The state of `epoch` places every storage server on a worker, one on each storage host,
+/// where they were placed first (`placed`), and the director's directory holds no storage.
+async fn assert_storage_on_hosts(data: &Path, epoch: Epoch, placed: &[Option<String>]) {
+    let state = state_of(data).await;
+    assert_eq!(state.epoch, epoch);
+    assert_eq!(state.storage_at, placed, "epoch {epoch}");
+    let here = std::fs::read_dir(data.join("storage"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(here, 0, "the director's directory holds storage");
+}
+
+async fn storage_on_workers(logs_on_workers: bool, logs: usize, storage: usize) {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = format!(
+        "{}{logs}l{storage}s",
+        if logs_on_workers { "w" } else { "d" }
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let file = ClusterFile::parse(&format!("{NAME}:{id}@etcd://{}", etcd.endpoint())).unwrap();
+    ClusterFile::for_data_dir(&data, Some(&file)).unwrap();
+    let small = common::small_windows(logs, storage, 1);
+    let config = EmbeddedConfig {
+        monitor_interval: Duration::from_millis(20),
+        log: strata_tlog::FileLogConfig {
+            segment_bytes: 16 << 10,
+            ..small.log
+        },
+        ..small
+    };
+    let cluster = Cluster {
+        id: id.clone(),
+        etcd: etcd.endpoint(),
+        config,
+    };
+    let mut hosts = Vec::new();
+    for i in 0..storage {
+        let host_dir = dir.path().join(format!("storage{i}"));
+        hosts.push(cluster.start(Kind::Storage, "127.0.0.1:0", &host_dir).await);
+    }
+    if logs_on_workers {
+        for i in 0..logs {
+            let host_dir = dir.path().join(format!("log{i}"));
+            hosts.push(cluster.start(Kind::Log, "127.0.0.1:0", &host_dir).await);
+        }
+    }
+    let env = env_for(&id, !logs_on_workers).await;
+    let (serving, mut watching) = watch::channel(None);
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let data = data.clone();
+        async move {
+            strata_director::serve(&data, config, &env, &serving, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let epoch = common::next_epoch(&mut watching, Epoch(0)).await;
+    let placed = state_of(&data).await.storage_at;
+    assert_eq!(placed.len(), storage, "{placed:?}");
+    let mut storage_hosts: Vec<Option<String>> = hosts
+        .iter()
+        .filter(|h| h.kind == Kind::Storage)
+        .map(|h| Some(h.address.clone()))
+        .collect();
+    let mut sorted = placed.clone();
+    sorted.sort();
+    storage_hosts.sort();
+    assert_eq!(sorted, storage_hosts, "one storage server on each host");
+    assert_storage_on_hosts(&data, epoch, &placed).await;
+    {
+        let db = watching.borrow().as_ref().unwrap().1.clone();
+        ensure_ring(&db, NODES).await.unwrap();
+    }
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let (stop_clients, clients_stop) = watch::channel(false);
+    let tasks = common::serving_clients(&watching, &clients_stop, &acked, (NODES, CLIENTS));
+    let epoch = stop_hosts(&cluster, &mut hosts, &mut watching, (&data, epoch, &placed)).await;
+    assert!(epoch.0 >= 3);
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop_clients.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let db = watching.borrow().as_ref().unwrap().1.clone();
+    check_ring(&db).await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "{} acknowledged", acked.len());
+    check_acks(&db, &acked).await.unwrap();
+    // Reads went to the workers: the ring is read through the serving epoch's database, whose
+    // storage servers are the workers' (the director holds none).
+    shutdown.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert_at_rest(&data, &placed, hosts).await;
+}
+
+/// Stops storage hosts, and log hosts if there are, while the clients run (see the module
+/// docs); after each stop, the next epoch keeps every storage server where it was `placed`.
+/// Returns the last epoch.
+async fn stop_hosts(
+    cluster: &Cluster,
+    hosts: &mut Vec<Host>,
+    watching: &mut watch::Receiver<strata_director::Serving>,
+    (data, mut epoch, placed): (&Path, Epoch, &[Option<String>]),
+) -> Epoch {
+    let storage = placed.len();
+    let logs_on_workers = hosts.iter().any(|h| h.kind == Kind::Log);
+    let host_of = |hosts: &[Host], at: &Option<String>| {
+        hosts
+            .iter()
+            .position(|h| Some(&h.address) == at.as_ref())
+            .unwrap()
+    };
+
+    // A storage host stopped in the middle of an epoch, many windows into it; back on its
+    // directory and address a moment later.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let i = host_of(hosts, &placed[0]);
+    cluster.restart(hosts, i, Duration::from_millis(300)).await;
+    epoch = common::next_epoch(watching, epoch).await;
+    assert_storage_on_hosts(data, epoch, placed).await;
+
+    // Two in a row: the host of the last storage server, then, while the recovery waits for
+    // it, the host of the first; started again in the other order.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let i = host_of(hosts, &placed[storage - 1]);
+    let last = hosts.remove(i).stop().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let i = host_of(hosts, &placed[0]);
+    let first = hosts.remove(i).stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hosts.push(cluster.start(Kind::Storage, &first.0, &first.1).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hosts.push(cluster.start(Kind::Storage, &last.0, &last.1).await);
+    let before = epoch;
+    epoch = common::next_epoch(watching, epoch).await;
+    assert_eq!(
+        epoch.0,
+        before.0 + 1,
+        "no epoch was claimed while a host was away"
+    );
+    assert_storage_on_hosts(data, epoch, placed).await;
+
+    if logs_on_workers {
+        // A storage host and a log host together.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let log = hosts.iter().position(|h| h.kind == Kind::Log).unwrap();
+        let log = hosts.remove(log).stop().await;
+        let i = host_of(hosts, &placed[0]);
+        let store = hosts.remove(i).stop().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hosts.push(cluster.start(Kind::Log, &log.0, &log.1).await);
+        hosts.push(cluster.start(Kind::Storage, &store.0, &store.1).await);
+        epoch = common::next_epoch(watching, epoch).await;
+        assert_storage_on_hosts(data, epoch, placed).await;
+    }
+
+    epoch
+}
+
+/// What a director with access to the workers of the cluster `id` recovers with; with a peer
+/// port when `peers` (the storage workers then follow the director's logs through it).
+async fn env_for(id: &str, peers: bool) -> RecoveryEnv {
+    let mut env = RecoveryEnv::default();
+    env.access = Some(access(id));
+    if peers {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (stages, published) = watch::channel(Arc::new(Stages::default()));
+        tokio::spawn(strata_net::serve(
+            access(id),
+            Exposure::Everything,
+            published,
+            listener,
+            std::future::pending::<()>(),
+        ));
+        env.peers = Some(PeerPort {
+            address,
+            stages: Arc::new(stages),
+        });
+    }
+    env
+}
+
+/// With the director stopped: the tools that read its directory at rest name the storage
+/// workers instead of taking the shards for lost, and (once the hosts are stopped too) each
+/// storage worker's file shows that the watermark reached it.
+async fn assert_at_rest(data: &Path, placed: &[Option<String>], hosts: Vec<Host>) {
+    // At rest the tools name the workers instead of taking the shards for lost.
+    let report = strata_director::verify(data).await.unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    assert!(report.storage.is_empty(), "{:?}", report.storage);
+    for at in placed.iter().flatten() {
+        assert!(
+            report.on_workers.iter().any(|(_, a)| a == at),
+            "{at} not in {:?}",
+            report.on_workers
+        );
+    }
+    let e = strata_director::Snapshot::open(data).await.err().unwrap();
+    assert!(e.to_string().contains("on workers"), "{e}");
+
+    // The watermark reached the workers: each made durable much of the last epoch's history
+    // (it ran 800 ms, some 800,000 versions, over a window of 50,000).
+    let last_recovery = state_of(data).await.recovery_version;
+    let mut storage_dirs = Vec::new();
+    for host in hosts {
+        let kind = host.kind;
+        let (_, host_dir) = host.stop().await;
+        if kind == Kind::Storage {
+            storage_dirs.push(host_dir);
+        }
+    }
+    for host_dir in storage_dirs {
+        let files: Vec<PathBuf> = std::fs::read_dir(host_dir.join("storage"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let durable = strata_storage::durable_version_at(&files[0]).unwrap();
+        assert!(
+            durable > Version(last_recovery.0 + 100_000),
+            "{}: {durable}, recovered at {last_recovery}",
+            files[0].display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_workers_following_the_directors_logs_stopped_mid_epoch_and_twice_in_a_row() {
+    storage_on_workers(false, 1, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_and_log_workers_stopped_mid_epoch_twice_in_a_row_and_together() {
+    storage_on_workers(true, 2, 2).await;
+}
