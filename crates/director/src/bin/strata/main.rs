@@ -332,14 +332,17 @@ enum RoleArg {
     Proxy,
     /// A log worker: holds transaction logs in its own --data-dir, across epochs.
     Log,
+    /// A storage worker: holds one storage server in its own --data-dir, across epochs.
+    Storage,
 }
 
 /// The roles of worker processes, which need --listen and --cluster-file.
-const WORKER_ROLES: [(&str, &str); 4] = [
+const WORKER_ROLES: [(&str, &str); 5] = [
     ("role", "resolver"),
     ("role", "sequencer"),
     ("role", "proxy"),
     ("role", "log"),
+    ("role", "storage"),
 ];
 
 /// The cluster to recover: where it is and how many of each stage the new epoch runs. A count
@@ -459,6 +462,7 @@ fn main() -> ExitCode {
             }
             RoleArg::Proxy => runtime.block_on(worker::serve(args, strata_net::Role::Proxy)),
             RoleArg::Log => runtime.block_on(worker::serve(args, strata_net::Role::Log)),
+            RoleArg::Storage => runtime.block_on(worker::serve(args, strata_net::Role::Storage)),
         },
         Command::Bench(args) => runtime.block_on(load::run(args)),
         Command::Workload(Workload::Cycle(args)) => runtime.block_on(cycle::run(args)),
@@ -732,7 +736,7 @@ async fn check(args: VerifyArgs) -> strata_core::Result<()> {
             out!("  {dir}: holds up to {}", shown(last));
         }
         for (dir, at) in &report.on_workers {
-            out!("  strata://{at}/{dir}: on a log worker, not read here");
+            out!("  strata://{at}/{dir}: on a worker, not read here");
         }
         for (file, durable) in &report.storage {
             out!("  {file}: durable at {}", shown(durable));
@@ -749,8 +753,8 @@ async fn check(args: VerifyArgs) -> strata_core::Result<()> {
             match report.on_workers.len() {
                 0 => out!("consistent"),
                 n => out!(
-                    "consistent, as far as this directory shows: {n} log(s) on log workers \
-                     were not read"
+                    "consistent, as far as this directory shows: {n} log(s) or storage \
+                     server(s) on workers were not read"
                 ),
             }
         }

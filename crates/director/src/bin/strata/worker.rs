@@ -8,11 +8,12 @@ use strata_core::{Error, ErrorKind, Result, Stage};
 use strata_director::cluster_file::{ClusterFile, StatePlace};
 use strata_director::coordinator::etcd::EtcdStateStore;
 use strata_director::workers::{
-    LogWorker, ProxyWorker, Registration, ResolverWorker, SequencerWorker, WorkerPlace,
-    registry_prefix,
+    LogWorker, ProxyWorker, Registration, ResolverWorker, SequencerWorker, StorageWorker,
+    WorkerPlace, registry_prefix,
 };
 use strata_net::etcd::Etcd;
 use strata_net::{Access, Recruiter, Role, Stages};
+use strata_storage::StorageConfig;
 use strata_tlog::FileLogConfig;
 
 use super::ServeArgs;
@@ -21,14 +22,19 @@ fn refuse(why: String) -> Error {
     Error::new(Stage::Director, ErrorKind::InvalidRequest(why))
 }
 
-/// A log worker's data directory holds its logs only: a director's (one holding a coordinated
-/// state, storage or a cluster file) would have its log directories taken for the cluster's.
-fn log_worker_dir(dir: &std::path::Path) -> Result<()> {
-    for theirs in ["coordinated.json", "storage", "strata.cluster"] {
+/// A log (storage) worker's data directory holds its logs (its storage server) only: a
+/// director's (one holding a coordinated state, or a cluster file) or another worker's would
+/// have its log directories (its storage files) taken for the cluster's.
+fn worker_dir(dir: &std::path::Path, role: Role) -> Result<()> {
+    let other = match role {
+        Role::Storage => "logs",
+        _ => "storage",
+    };
+    for theirs in ["coordinated.json", "strata.cluster", other] {
         if dir.join(theirs).exists() {
             return Err(refuse(format!(
-                "{} holds {theirs}: it is a director's data directory; give a log worker a \
-                 --data-dir of its own",
+                "{} holds {theirs}: it is a director's or another worker's data directory; \
+                 give a {role} worker a --data-dir of its own",
                 dir.display()
             )));
         }
@@ -87,10 +93,23 @@ pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
         )),
         Role::Log => {
             let dir = &args.layout.data_dir;
-            log_worker_dir(dir)?;
+            worker_dir(dir, role)?;
             let store = EtcdStateStore::new(endpoints, &file.name, file.id.as_str())?;
             let logs = LogWorker::new(dir, FileLogConfig::default(), Arc::new(store), publish)?;
             Arc::new(logs)
+        }
+        Role::Storage => {
+            let dir = &args.layout.data_dir;
+            worker_dir(dir, role)?;
+            let store = EtcdStateStore::new(endpoints, &file.name, file.id.as_str())?;
+            // The director pops the logs, after the oldest durable version of every server.
+            let config = StorageConfig {
+                pop_log: false,
+                ..strata_director::EmbeddedConfig::default().storage_config
+            };
+            let access = Access::new(file.id.clone(), tls.clone());
+            let storage = StorageWorker::new(dir, config, access, Arc::new(store), publish)?;
+            Arc::new(storage)
         }
         other => return Err(refuse(format!("no worker runs the role {other}"))),
     };
