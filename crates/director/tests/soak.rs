@@ -1,8 +1,9 @@
-//! A soak of the processes of one cluster: a director and six workers (two resolvers, the
-//! sequencer, a commit proxy, two log workers holding the cluster's logs) on loopback, the
-//! coordinated state in a real etcd, Cycle running from a client process throughout, and
-//! SIGKILLs at moments chosen at random: any of the seven processes, sometimes two in a row,
-//! each started again at its address (a log worker on its data directory). A client that ends
+//! A soak of the processes of one cluster: a director and eight workers (two resolvers, the
+//! sequencer, a commit proxy, two log workers holding the cluster's logs, two storage workers
+//! holding its storage servers) on loopback, the coordinated state in a real etcd, Cycle
+//! running from a client process throughout, and SIGKILLs at moments chosen at random: any of
+//! the nine processes, sometimes two in a row, each started again at its address (a log or
+//! storage worker on its data directory). A client that ends
 //! (its calls failed with the director) is started again. Every so often the client stops,
 //! and the ring and every commit acknowledged so far are checked through the network.
 //!
@@ -40,14 +41,23 @@ const CHECK_EVERY: Duration = Duration::from_secs(60);
 const CHECK_PATIENCE: Duration = Duration::from_secs(90);
 
 /// The worker roles, each at an address of its own.
-const WORKERS: [&str; 6] = ["resolver", "resolver", "sequencer", "proxy", "log", "log"];
+const WORKERS: [&str; 8] = [
+    "resolver",
+    "resolver",
+    "sequencer",
+    "proxy",
+    "log",
+    "log",
+    "storage",
+    "storage",
+];
 
-/// Worker `i` (of [`WORKERS`]) at `at`: a log worker keeps its logs in a directory of its own
-/// under `dir`.
+/// Worker `i` (of [`WORKERS`]) at `at`: a log or storage worker keeps what it holds in a
+/// directory of its own under `dir`.
 fn start_worker(i: usize, cluster_file: &Path, at: &str, dir: &Path) -> (Process, String) {
-    let logs = dir.join(format!("worker-{i}"));
+    let held = dir.join(format!("worker-{i}"));
     let extra: &[&str] = match WORKERS[i] {
-        "log" => &["--data-dir", logs.to_str().unwrap()],
+        "log" | "storage" => &["--data-dir", held.to_str().unwrap()],
         _ => &[],
     };
     worker_of(WORKERS[i], cluster_file, at, extra)
@@ -195,6 +205,19 @@ fn random_kills_of_the_director_and_every_worker_lose_no_acknowledged_commit() {
         "2",
     ];
     let (mut director, address, _) = serve_with(&data, "127.0.0.1:0", &layout);
+    // The first epoch placed the storage servers on the storage workers, for good.
+    let mut storage_at: Vec<String> =
+        workers::layout_at(&cluster_file, None, b"\xff/system/layout/storage_teams/")
+            .into_iter()
+            .map(|a| a.trim_end_matches(['"', ']']).to_owned())
+            .collect();
+    storage_at.sort();
+    let mut storage_workers: Vec<String> = (0..WORKERS.len())
+        .filter(|i| WORKERS[*i] == "storage")
+        .map(|i| addresses[i].clone())
+        .collect();
+    storage_workers.sort();
+    assert_eq!(storage_at, storage_workers);
 
     let mut acked = Vec::new();
     let mut client = Client::start(&cluster_file);
