@@ -21,7 +21,7 @@ use std::time::Duration;
 use strata_core::{Epoch, Version};
 use strata_director::cluster_file::ClusterFile;
 use strata_director::coordinator::etcd::EtcdStateStore;
-use strata_director::workers::{LogWorker, PeerPort, Registration, StorageWorker};
+use strata_director::workers::{LogWorker, PeerPort, ProxyWorker, Registration, StorageWorker};
 use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring};
 use strata_director::{Coordination, EmbeddedConfig, RecoveryEnv, StateStore};
 use strata_net::{Access, ClusterId, Exposure, Recruiter, Stages};
@@ -41,6 +41,9 @@ fn access(id: &str) -> Access {
 enum Kind {
     Log,
     Storage,
+    /// A commit proxy worker that answers the probe but fails every recruitment: it reaches
+    /// the director's stages with another cluster's id.
+    BrokenProxy,
 }
 
 /// A worker served in this process until it is stopped.
@@ -75,6 +78,7 @@ impl Cluster {
             Kind::Log => {
                 Arc::new(LogWorker::new(dir, self.config.log, Arc::new(store), publish).unwrap())
             }
+            Kind::BrokenProxy => Arc::new(ProxyWorker::new(access("another"), publish)),
             Kind::Storage => {
                 let config = StorageConfig {
                     pop_log: false,
@@ -89,6 +93,7 @@ impl Cluster {
         let role = match kind {
             Kind::Log => "log",
             Kind::Storage => "storage",
+            Kind::BrokenProxy => "proxy",
         };
         // Registered before it serves, so a recovery that reaches it finds it in the registry.
         let registration = common::register(&self.etcd, NAME, &self.id, role, &address).await;
@@ -157,7 +162,12 @@ async fn assert_storage_on_hosts(data: &Path, epoch: Epoch, placed: &[Option<Str
     assert_eq!(here, 0, "the director's directory holds storage");
 }
 
-async fn storage_on_workers(logs_on_workers: bool, logs: usize, storage: usize) {
+async fn storage_on_workers(
+    logs_on_workers: bool,
+    logs: usize,
+    storage: usize,
+    broken_proxy: bool,
+) {
     let Some(etcd) = EtcdServer::start() else {
         return;
     };
@@ -194,6 +204,14 @@ async fn storage_on_workers(logs_on_workers: bool, logs: usize, storage: usize) 
             let host_dir = dir.path().join(format!("log{i}"));
             hosts.push(cluster.start(Kind::Log, "127.0.0.1:0", &host_dir).await);
         }
+    }
+    if broken_proxy {
+        let host_dir = dir.path().join("proxy");
+        hosts.push(
+            cluster
+                .start(Kind::BrokenProxy, "127.0.0.1:0", &host_dir)
+                .await,
+        );
     }
     let env = env_for(&id, !logs_on_workers).await;
     let (serving, mut watching) = watch::channel(None);
@@ -381,10 +399,17 @@ async fn assert_at_rest(data: &Path, placed: &[Option<String>], hosts: Vec<Host>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_workers_following_the_directors_logs_stopped_mid_epoch_and_twice_in_a_row() {
-    storage_on_workers(false, 1, 2).await;
+    storage_on_workers(false, 1, 2, false).await;
+}
+
+/// A proxy worker recruited for nothing (its recruitment fails) must not take the director's
+/// logs away from the storage workers that follow them on its peer port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_workers_keep_the_directors_logs_when_no_proxy_worker_is_recruited() {
+    storage_on_workers(false, 2, 2, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_and_log_workers_stopped_mid_epoch_twice_in_a_row_and_together() {
-    storage_on_workers(true, 2, 2).await;
+    storage_on_workers(true, 2, 2, false).await;
 }

@@ -73,6 +73,8 @@ pub(super) async fn start_pipeline(
             logs: &decorated_logs,
             places: &logs.places,
             token,
+            storage_follows: storage.iter().any(|s| s.worker().is_some())
+                && logs.places.iter().any(|p| p.at.is_none()),
         },
     )
     .await;
@@ -288,6 +290,9 @@ struct Wiring<'a> {
     /// The epoch's secret, which the logs on workers and the stages published here ask of
     /// every call.
     token: &'a str,
+    /// Storage workers follow logs of this process on the peer port: what is published there
+    /// stays for the epoch, even when no proxy is recruited.
+    storage_follows: bool,
 }
 
 /// Commit proxies recruited on workers (each with its worker's address), and the director's
@@ -380,8 +385,10 @@ async fn start_remote_proxies(
             (proxy, at)
         })
         .collect();
-    // Nothing recruited: nothing to serve there (dropping the publication withdraws it).
-    let published = (!proxies.is_empty()).then_some(published);
+    // Nothing recruited: nothing to serve there (dropping the publication withdraws it),
+    // unless storage workers follow the logs published there: this publication replaced the
+    // one phase 6 made for them, and withdrawing it would leave them no log to follow.
+    let published = (!proxies.is_empty() || wiring.storage_follows).then_some(published);
     RemoteProxies { proxies, published }
 }
 
