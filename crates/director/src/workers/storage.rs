@@ -213,8 +213,20 @@ impl StorageHost for StorageWorker {
             sync_dir(&self.data_dir)?;
         }
         let access = self.access.clone().with_token(order.token.clone());
-        let log: Arc<dyn LogServer> =
-            Arc::new(RemoteLog::connect(&order.log_at, access, order.log).await?);
+        // A log not served where the order says is a log whose worker restarted since the
+        // recovery created it (it serves nothing until the next recovery opens it again), or
+        // whose worker moved on to a newer epoch: the attempt fails (`Unavailable`), and the
+        // next one gets there. Never a request nobody can serve, which would stop recovery.
+        let log = RemoteLog::connect(&order.log_at, access, order.log)
+            .await
+            .map_err(|e| match e.kind {
+                ErrorKind::InvalidRequest(why) => refuse(ErrorKind::Unavailable(format!(
+                    "log {} is not served at {} now: {why}",
+                    order.log, order.log_at
+                ))),
+                _ => e,
+            })?;
+        let log: Arc<dyn LogServer> = Arc::new(log);
         let server = RedbStorage::open(&path, order.shards.clone(), log, self.config).await?;
         let server = Arc::new(server);
         if let Err(e) = server.roll_back(order.recovery_version).await {
@@ -623,6 +635,36 @@ mod tests {
         wait_durable(&remote, Version(12)).await;
         running.stop().await;
         second.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_whose_log_is_not_served_now_fails_as_unavailable() {
+        let state_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStateStore::new(state_dir.path()));
+        let data = tempfile::tempdir().unwrap();
+        let running = worker(data.path(), store.clone(), None).await;
+        let remote = RemoteWorker::connect(&running.address, access())
+            .await
+            .unwrap();
+        claim(&store, 1, "one");
+        // The log's worker restarted since the recovery created the log: it serves nothing
+        // until the next recovery opens the log again. Not a request nobody can serve (which
+        // would stop recovery): the attempt fails, and the next one gets there.
+        let (_publish, published) = watch::channel(Arc::new(Stages::default()));
+        let (listener, log_at) = listener(None).await;
+        tokio::spawn(strata_net::serve(
+            access(),
+            Exposure::Everything,
+            published,
+            listener,
+            std::future::pending::<()>(),
+        ));
+        let mut open = order(1, "one", &running, 1, 4);
+        open.log_at = log_at;
+        let e = remote.open_storage(open).await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+        assert!(e.to_string().contains("log 1"), "{e}");
+        running.stop().await;
     }
 
     /// What the worker holds once its durable version reached `version` (within 10 s).
