@@ -345,8 +345,30 @@ async fn read_storage(
             None => stored_at(data_dir.join(&file), blocking).await?,
         };
         let file = match worker {
-            Some(at) => format!("{file}@{at}"),
+            Some(at) => format!("strata://{at}/{file}"),
             None => file,
+        };
+        // A server the state places on a worker was opened there before the state named it,
+        // and its open records its shards: a worker that holds no file for it is on a new or
+        // another's directory. Never a server with nothing durable yet: its history may be
+        // long popped from the logs.
+        let read = match (worker, read) {
+            (Some(at), Ok(stored)) if stored.shards.is_none() => {
+                found.push((
+                    finding(
+                        file,
+                        format!(
+                            "the storage worker at {at} holds no file for storage server {i}, \
+                             which the coordinated state places there: start it on the data \
+                             directory that holds storage/{i}.redb"
+                        ),
+                    ),
+                    None,
+                ));
+                durable.push(None);
+                continue;
+            }
+            (_, read) => read,
         };
         match read {
             Ok(stored) => {

@@ -413,3 +413,67 @@ async fn storage_workers_keep_the_directors_logs_when_no_proxy_worker_is_recruit
 async fn storage_and_log_workers_stopped_mid_epoch_twice_in_a_row_and_together() {
     storage_on_workers(true, 2, 2, false).await;
 }
+
+/// A storage worker back at its address on a directory that does not hold the server the
+/// coordinated state places there (a new disk, another worker's directory) is found by the
+/// checks before recovery, which stop and say so: never taken for a server with nothing
+/// durable, whose history the logs popped long ago.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_worker_back_without_its_file_stops_recovery_naming_it() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let id = "lost1s";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let file = ClusterFile::parse(&format!("{NAME}:{id}@etcd://{}", etcd.endpoint())).unwrap();
+    ClusterFile::for_data_dir(&data, Some(&file)).unwrap();
+    let config = EmbeddedConfig {
+        recovery_attempts_max: 2,
+        ..common::small_windows(1, 1, 1)
+    };
+    let cluster = Cluster {
+        id: id.to_owned(),
+        etcd: etcd.endpoint(),
+        config,
+    };
+    let host = cluster
+        .start(Kind::Storage, "127.0.0.1:0", &dir.path().join("storage0"))
+        .await;
+    let serve = |env: RecoveryEnv| {
+        let data = data.clone();
+        let (serving, watching) = watch::channel(None);
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            strata_director::serve(&data, config, &env, &serving, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        (server, watching, shutdown)
+    };
+    let (server, mut watching, shutdown) = serve(env_for(id, true).await);
+    common::next_epoch(&mut watching, Epoch(0)).await;
+    let db = watching.borrow().as_ref().unwrap().1.clone();
+    ensure_ring(&db, NODES).await.unwrap();
+    // Far more history than the logs keep once the server made it durable.
+    let mut rng = strata_testkit::rng::SplitMix64(7);
+    for n in 0..300 {
+        strata_director::workload::cycle::rewire(&db, NODES, &mut rng, 0, n)
+            .await
+            .unwrap();
+    }
+    shutdown.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let (at, _) = host.stop().await;
+
+    let _host = cluster
+        .start(Kind::Storage, &at, &dir.path().join("empty"))
+        .await;
+    let (server, _watching, _shutdown) = serve(env_for(id, true).await);
+    let e = server.await.unwrap().unwrap_err();
+    let said = e.to_string();
+    assert!(said.contains(&at), "{said}");
+    assert!(said.contains("holds no file"), "{said}");
+}
