@@ -55,9 +55,20 @@ pub struct StorageWorker {
     /// The cluster's id and TLS credentials, to reach the log the server follows.
     access: Access,
     /// The server open now, behind the newest epoch's order.
-    orders: Orders<Option<Hosted>>,
+    orders: Orders<Held>,
     publish: watch::Sender<Arc<Stages>>,
     _owner: Arc<DirectoryLock>,
+}
+
+#[derive(Default)]
+struct Held {
+    hosted: Option<Hosted>,
+    /// Whether this process ran redb's integrity check on the file (phase 1's inspection, or
+    /// an open that checked): an open after it skips the check, as the director's opens of
+    /// its own files do. The check reads the whole file, and an open runs within the
+    /// director's bound on catching up, which a large file would then never meet. Every
+    /// write since was this process's own server's.
+    checked: bool,
 }
 
 struct Hosted {
@@ -94,7 +105,7 @@ impl StorageWorker {
             data_dir: data_dir.to_owned(),
             config,
             access,
-            orders: Orders::new(Stage::Storage, store, None),
+            orders: Orders::new(Stage::Storage, store, Held::default()),
             publish,
             _owner: owner,
         })
@@ -102,8 +113,8 @@ impl StorageWorker {
 
     /// The file of storage server `index` here; `InvalidRequest` when the directory holds
     /// another server's (one worker holds one server).
-    fn path_of(&self, index: u32, held: &Taken<Option<Hosted>>) -> Result<PathBuf> {
-        let other = match &held.held {
+    fn path_of(&self, index: u32, held: &Taken<Held>) -> Result<PathBuf> {
+        let other = match &held.held.hosted {
             Some(hosted) if hosted.index != index => Some(hosted.index),
             _ => self.files()?.into_iter().find(|i| *i != index),
         };
@@ -141,8 +152,8 @@ impl StorageWorker {
 
     /// Serves the server open now if its epoch is the newest taken: nothing before the first
     /// open, and nothing while a newer epoch has not opened it yet.
-    fn publish(&self, held: &Taken<Option<Hosted>>) {
-        let served = match (&held.taken, &held.held) {
+    fn publish(&self, held: &Taken<Held>) {
+        let served = match (&held.taken, &held.held.hosted) {
             (Some((epoch, token)), Some(hosted)) if hosted.epoch == *epoch => Stages {
                 storage: vec![hosted.server.clone() as Arc<dyn StorageServer>],
                 token: Some(token.clone()),
@@ -170,7 +181,7 @@ impl StorageHost for StorageWorker {
     async fn inspect(&self, index: u32) -> Result<StoredStorage> {
         let mut held = self.orders.lock().await;
         let path = self.path_of(index, &held)?;
-        if let Some(hosted) = &held.held {
+        if let Some(hosted) = &held.held.hosted {
             // Open here: its file cannot be read beside it, and what it holds is known.
             match hosted.server.durable_version().await {
                 Ok(durable) => {
@@ -183,7 +194,7 @@ impl StorageHost for StorageWorker {
                 // next can only recover from the file. Closed, and the file read below.
                 Err(e) => {
                     tracing::warn!(index, error = %e, "closing a storage server that failed");
-                    if let Some(failed) = held.held.take() {
+                    if let Some(failed) = held.held.hosted.take() {
                         self.publish(&held);
                         failed.server.close().await;
                     }
@@ -193,6 +204,7 @@ impl StorageHost for StorageWorker {
         let stored = tokio::task::spawn_blocking(move || strata_storage::stored_at(&path))
             .await
             .map_err(|e| refuse(ErrorKind::Unavailable(e.to_string())))??;
+        held.held.checked = true;
         Ok(StoredStorage {
             durable: stored.durable,
             shards: stored.shards,
@@ -202,7 +214,7 @@ impl StorageHost for StorageWorker {
     async fn open(&self, order: OpenStorage) -> Result<()> {
         let (mut held, _moved) = self.orders.take(order.epoch, &order.token).await?;
         let path = self.path_of(order.index, &held)?;
-        if let Some(before) = held.held.take() {
+        if let Some(before) = held.held.hosted.take() {
             // Not served from now on, and closed before its file is opened again.
             self.publish(&held);
             before.server.close().await;
@@ -227,13 +239,18 @@ impl StorageHost for StorageWorker {
                 _ => e,
             })?;
         let log: Arc<dyn LogServer> = Arc::new(log);
-        let server = RedbStorage::open(&path, order.shards.clone(), log, self.config).await?;
+        let config = StorageConfig {
+            check_integrity: self.config.check_integrity && !held.held.checked,
+            ..self.config
+        };
+        let server = RedbStorage::open(&path, order.shards.clone(), log, config).await?;
+        held.held.checked = true;
         let server = Arc::new(server);
         if let Err(e) = server.roll_back(order.recovery_version).await {
             server.close().await;
             return Err(e);
         }
-        held.held = Some(Hosted {
+        held.held.hosted = Some(Hosted {
             index: order.index,
             epoch: order.epoch,
             server: server.clone(),
@@ -254,7 +271,7 @@ impl StorageHost for StorageWorker {
 
     async fn advance(&self, epoch: Epoch, token: &str, committed: Version) -> Result<()> {
         let (held, _moved) = self.orders.take(epoch, token).await?;
-        match &held.held {
+        match &held.held.hosted {
             Some(hosted) if hosted.epoch == epoch => {
                 hosted.server.advance_committed(committed);
                 Ok(())
