@@ -82,8 +82,7 @@ pub(super) async fn open_storage(
         .answered
         .as_mut()
         .map(|a| a.take_role(Role::Storage))
-        .unwrap_or_default()
-        .into_iter();
+        .unwrap_or_default();
     let mut opened = OpenedStorage {
         servers: Vec::new(),
         published: None,
@@ -274,42 +273,52 @@ impl Ordering<'_> {
         }
     }
 
-    /// Places a server with no file yet on the next of `candidates` (storage workers that
-    /// answered the probe) that holds nothing durable yet and opens it there; `None` when none could
-    /// (or none can reach the server's log): the server is then created in this process.
+    /// Places a server with no file yet on one of `candidates` (storage workers that answered
+    /// the probe and hold nothing durable) and opens it there: first one that already holds
+    /// this server's file (left by an attempt that failed before the coordinated state named
+    /// it), then the others in order. A worker that holds another server is left for that
+    /// one; a worker used or failed here is taken out. `None` when none could (or none can
+    /// reach the server's log): the server is then created in this process.
     async fn place(
         &mut self,
-        candidates: &mut impl Iterator<Item = (WorkerPlace, RemoteWorker)>,
+        candidates: &mut Vec<(WorkerPlace, RemoteWorker)>,
     ) -> Option<crate::workers::WorkerStorage> {
         let i = self.index;
         let access = self.env.access.clone()?;
-        let mut log_at = None;
-        for (place, worker) in candidates.by_ref() {
-            let at = place.address.clone();
-            let index = u32::try_from(i).unwrap_or(u32::MAX);
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        let mut usable = Vec::new();
+        for (place, worker) in candidates.iter() {
+            let at = &place.address;
             match worker.inspect_storage(index).await {
-                // Nothing durable yet: new, or left by an attempt that failed before the
-                // coordinated state named it (nothing is durable before the state names a
-                // server: the first commit after a recovery is its persistence phase's).
-                Ok(stored)
-                    if stored.durable == Version::ZERO
-                        && stored
-                            .shards
-                            .as_ref()
-                            .is_none_or(|s| s[..] == [self.range.clone()]) => {}
+                // Nothing durable: new, or left by a failed attempt of a new cluster (nothing is
+                // durable in a new cluster's server before the state names it: the first
+                // commit after a recovery is its persistence phase's).
+                Ok(stored) if stored.durable == Version::ZERO => match stored.shards {
+                    None => usable.push((at.clone(), false)),
+                    Some(s) if s[..] == [self.range.clone()] => usable.push((at.clone(), true)),
+                    Some(_) => {}
+                },
                 Ok(stored) => {
                     tracing::warn!(
                         worker = at,
                         durable = stored.durable.0,
-                        "a storage worker already holds a file for this server, which no coordinated state names; passed over"
+                        "a storage worker holds a file for this server that no coordinated state names; passed over"
                     );
-                    continue;
                 }
+                // Holds another server's file (left for it), or cannot answer now.
                 Err(e) => {
-                    tracing::warn!(worker = at, error = %e, "a storage worker cannot take a new storage server; passed over");
-                    continue;
+                    tracing::debug!(worker = at, error = %e, "a storage worker cannot take this server")
                 }
             }
+        }
+        // Stable: the worker that holds this server's file first, then the order of addresses.
+        usable.sort_by_key(|(_, holds)| !holds);
+        let mut log_at = None;
+        for (at, _) in usable {
+            let Some(k) = candidates.iter().position(|(p, _)| p.address == at) else {
+                continue;
+            };
+            let (place, _) = candidates.remove(k);
             if log_at.is_none() {
                 log_at = self.log_at();
             }
