@@ -11,96 +11,24 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
+#[path = "common/hosts.rs"]
+mod hosts;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strata_core::Epoch;
-use strata_director::cluster_file::ClusterFile;
-use strata_director::coordinator::etcd::EtcdStateStore;
-use strata_director::workers::{LogWorker, Registration};
+use strata_director::RecoveryEnv;
 use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring};
-use strata_director::{Coordination, EmbeddedConfig, RecoveryEnv, StateStore};
-use strata_net::{Access, ClusterId, Stages};
 use strata_testkit::etcd::EtcdServer;
 use tokio::sync::{oneshot, watch};
+
+use hosts::{Cluster, Host, Kind, access, state_of};
 
 const NAME: &str = "lwip";
 const NODES: u64 = 30;
 const CLIENTS: u64 = 4;
-
-fn access(id: &str) -> Access {
-    Access::new(ClusterId::new(id).unwrap(), None)
-}
-
-/// A log worker served in this process until it is stopped.
-struct Host {
-    address: String,
-    dir: PathBuf,
-    stop: oneshot::Sender<()>,
-    served: tokio::task::JoinHandle<strata_core::Result<()>>,
-    _registration: Registration,
-}
-
-/// A log worker for the cluster `id` holding its logs in `dir`, served at `bind` and
-/// registered in `etcd`.
-async fn start_host(bind: &str, dir: &Path, id: &str, etcd: &str, config: &EmbeddedConfig) -> Host {
-    let store = {
-        let (etcd, id) = (etcd.to_owned(), id.to_owned());
-        tokio::task::spawn_blocking(move || EtcdStateStore::new(&[etcd], NAME, &id))
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    let (publish, published) = watch::channel(Arc::new(Stages::default()));
-    let worker = LogWorker::new(dir, config.log, Arc::new(store), publish).unwrap();
-    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    // Registered before it serves: a recovery that reaches it finds it in the registry too,
-    // so its next log is created on it.
-    let registration = common::register(etcd, NAME, id, "log", &address).await;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(strata_net::serve_worker(
-        access(id),
-        Arc::new(worker),
-        published,
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    Host {
-        address,
-        dir: dir.to_owned(),
-        stop,
-        served,
-        _registration: registration,
-    }
-}
-
-impl Host {
-    /// Stops serving; the worker and its logs are closed once its last call is done.
-    async fn stop(self) -> (String, PathBuf) {
-        self.stop.send(()).unwrap();
-        self.served.await.unwrap().unwrap();
-        (self.address, self.dir)
-    }
-}
-
-/// The state of `data`, read from etcd off the runtime's threads.
-async fn state_of(data: &Path) -> strata_director::CoordinatedState {
-    let data = data.to_owned();
-    tokio::task::spawn_blocking(move || {
-        Coordination::for_data_dir(&data)
-            .unwrap()
-            .read()
-            .unwrap()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
 
 /// Every log of the state of `epoch` is on a worker, one on each host, and each host holds
 /// that one log only.
@@ -149,25 +77,12 @@ async fn stopped_and_started_again(logs: usize, storage: usize) {
     };
     let id = format!("{logs}l{storage}s");
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let file = ClusterFile::parse(&format!("{NAME}:{id}@etcd://{}", etcd.endpoint())).unwrap();
-    ClusterFile::for_data_dir(&data, Some(&file)).unwrap();
-    let small = common::small_windows(logs, storage, 1);
-    let config = EmbeddedConfig {
-        monitor_interval: Duration::from_millis(20),
-        // An epoch here lasts about a second, some 200 KB of history a log: segments of
-        // 16 KiB give it a dozen or more, rolled and popped on the worker.
-        log: strata_tlog::FileLogConfig {
-            segment_bytes: 16 << 10,
-            ..small.log
-        },
-        ..small
-    };
+    let (cluster, data) = Cluster::new((NAME, &id), &etcd, (logs, storage), dir.path());
+    let config = cluster.config;
     let mut hosts = Vec::new();
     for i in 0..logs {
         let host_dir = dir.path().join(format!("host{i}"));
-        hosts.push(start_host("127.0.0.1:0", &host_dir, &id, &etcd.endpoint(), &config).await);
+        hosts.push(cluster.start(Kind::Log, "127.0.0.1:0", &host_dir).await);
     }
     let places: Vec<(String, PathBuf)> = hosts
         .iter()
@@ -200,12 +115,9 @@ async fn stopped_and_started_again(logs: usize, storage: usize) {
     // One host stopped in the middle of an epoch, many windows and segments into it; back on
     // its directory and address a moment later.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let (address, host_dir) = hosts.remove(0).stop().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    hosts.insert(
-        0,
-        start_host(&address, &host_dir, &id, &etcd.endpoint(), &config).await,
-    );
+    cluster
+        .restart(&mut hosts, 0, Duration::from_millis(300))
+        .await;
     epoch = common::next_epoch(&mut watching, epoch).await;
     assert_logs_only_on_hosts(&data, epoch, &places).await;
 
@@ -225,9 +137,9 @@ async fn stopped_and_started_again(logs: usize, storage: usize) {
     let i = host_of(&hosts, 0);
     let first = hosts.remove(i).stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    hosts.push(start_host(&first.0, &first.1, &id, &etcd.endpoint(), &config).await);
+    hosts.push(cluster.start(Kind::Log, &first.0, &first.1).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    hosts.push(start_host(&last.0, &last.1, &id, &etcd.endpoint(), &config).await);
+    hosts.push(cluster.start(Kind::Log, &last.0, &last.1).await);
     let before = epoch;
     epoch = common::next_epoch(&mut watching, epoch).await;
     assert_eq!(

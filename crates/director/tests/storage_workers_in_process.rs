@@ -13,142 +13,26 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
+#[path = "common/hosts.rs"]
+mod hosts;
+
+use hosts::{Cluster, Host, Kind, access, state_of};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strata_core::{Epoch, Version};
-use strata_director::cluster_file::ClusterFile;
-use strata_director::coordinator::etcd::EtcdStateStore;
-use strata_director::workers::{LogWorker, PeerPort, ProxyWorker, Registration, StorageWorker};
+use strata_director::RecoveryEnv;
+use strata_director::workers::PeerPort;
 use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring};
-use strata_director::{Coordination, EmbeddedConfig, RecoveryEnv, StateStore};
-use strata_net::{Access, ClusterId, Exposure, Recruiter, Stages};
-use strata_storage::StorageConfig;
+use strata_net::{Exposure, Stages};
 use strata_testkit::etcd::EtcdServer;
 use tokio::sync::{oneshot, watch};
 
 const NAME: &str = "swip";
 const NODES: u64 = 30;
 const CLIENTS: u64 = 4;
-
-fn access(id: &str) -> Access {
-    Access::new(ClusterId::new(id).unwrap(), None)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Log,
-    Storage,
-    /// A commit proxy worker that answers the probe but fails every recruitment: it reaches
-    /// the director's stages with another cluster's id.
-    BrokenProxy,
-}
-
-/// A worker served in this process until it is stopped.
-struct Host {
-    kind: Kind,
-    address: String,
-    dir: PathBuf,
-    stop: oneshot::Sender<()>,
-    served: tokio::task::JoinHandle<strata_core::Result<()>>,
-    _registration: Registration,
-}
-
-/// The cluster the hosts serve.
-struct Cluster {
-    id: String,
-    etcd: String,
-    config: EmbeddedConfig,
-}
-
-impl Cluster {
-    /// A worker of `kind` holding what it holds in `dir`, served at `bind` and registered.
-    async fn start(&self, kind: Kind, bind: &str, dir: &Path) -> Host {
-        let store = {
-            let (etcd, id) = (self.etcd.clone(), self.id.clone());
-            tokio::task::spawn_blocking(move || EtcdStateStore::new(&[etcd], NAME, &id))
-                .await
-                .unwrap()
-                .unwrap()
-        };
-        let (publish, published) = watch::channel(Arc::new(Stages::default()));
-        let worker: Arc<dyn Recruiter> = match kind {
-            Kind::Log => {
-                Arc::new(LogWorker::new(dir, self.config.log, Arc::new(store), publish).unwrap())
-            }
-            Kind::BrokenProxy => Arc::new(ProxyWorker::new(access("another"), publish)),
-            Kind::Storage => {
-                let config = StorageConfig {
-                    pop_log: false,
-                    ..self.config.storage_config
-                };
-                let access = access(&self.id);
-                Arc::new(StorageWorker::new(dir, config, access, Arc::new(store), publish).unwrap())
-            }
-        };
-        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let role = match kind {
-            Kind::Log => "log",
-            Kind::Storage => "storage",
-            Kind::BrokenProxy => "proxy",
-        };
-        // Registered before it serves, so a recovery that reaches it finds it in the registry.
-        let registration = common::register(&self.etcd, NAME, &self.id, role, &address).await;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(strata_net::serve_worker(
-            access(&self.id),
-            worker,
-            published,
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        Host {
-            kind,
-            address,
-            dir: dir.to_owned(),
-            stop,
-            served,
-            _registration: registration,
-        }
-    }
-
-    /// `host` stopped, and started again on its directory and address after `away`.
-    async fn restart(&self, hosts: &mut Vec<Host>, i: usize, away: Duration) {
-        let host = hosts.remove(i);
-        let kind = host.kind;
-        let (address, dir) = host.stop().await;
-        tokio::time::sleep(away).await;
-        hosts.insert(i, self.start(kind, &address, &dir).await);
-    }
-}
-
-impl Host {
-    /// Stops serving; the worker and what it holds are closed once its last call is done.
-    async fn stop(self) -> (String, PathBuf) {
-        self.stop.send(()).unwrap();
-        self.served.await.unwrap().unwrap();
-        (self.address, self.dir)
-    }
-}
-
-/// The state of `data`, read from etcd off the runtime's threads.
-async fn state_of(data: &Path) -> strata_director::CoordinatedState {
-    let data = data.to_owned();
-    tokio::task::spawn_blocking(move || {
-        Coordination::for_data_dir(&data)
-            .unwrap()
-            .read()
-            .unwrap()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
 
 /// The state of `epoch` places every storage server on a worker, one on each storage host,
 /// where they were placed first (`placed`), and the director's directory holds no storage.
@@ -176,24 +60,8 @@ async fn storage_on_workers(
         if logs_on_workers { "w" } else { "d" }
     );
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let file = ClusterFile::parse(&format!("{NAME}:{id}@etcd://{}", etcd.endpoint())).unwrap();
-    ClusterFile::for_data_dir(&data, Some(&file)).unwrap();
-    let small = common::small_windows(logs, storage, 1);
-    let config = EmbeddedConfig {
-        monitor_interval: Duration::from_millis(20),
-        log: strata_tlog::FileLogConfig {
-            segment_bytes: 16 << 10,
-            ..small.log
-        },
-        ..small
-    };
-    let cluster = Cluster {
-        id: id.clone(),
-        etcd: etcd.endpoint(),
-        config,
-    };
+    let (cluster, data) = Cluster::new((NAME, &id), &etcd, (logs, storage), dir.path());
+    let config = cluster.config;
     let mut hosts = Vec::new();
     for i in 0..storage {
         let host_dir = dir.path().join(format!("storage{i}"));
@@ -425,19 +293,9 @@ async fn a_storage_worker_back_without_its_file_stops_recovery_naming_it() {
     };
     let id = "lost1s";
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let file = ClusterFile::parse(&format!("{NAME}:{id}@etcd://{}", etcd.endpoint())).unwrap();
-    ClusterFile::for_data_dir(&data, Some(&file)).unwrap();
-    let config = EmbeddedConfig {
-        recovery_attempts_max: 2,
-        ..common::small_windows(1, 1, 1)
-    };
-    let cluster = Cluster {
-        id: id.to_owned(),
-        etcd: etcd.endpoint(),
-        config,
-    };
+    let (mut cluster, data) = Cluster::new((NAME, id), &etcd, (1, 1), dir.path());
+    cluster.config.recovery_attempts_max = 2;
+    let config = cluster.config;
     let host = cluster
         .start(Kind::Storage, "127.0.0.1:0", &dir.path().join("storage0"))
         .await;
