@@ -17,11 +17,13 @@
 //!   are registered then.
 //! - A worker serves every call: its port, like etcd, is for the cluster's own processes.
 //!
-//! Workers run the roles that hold nothing one epoch needs from the one before, so far:
+//! Recruited workers run the roles that hold nothing one epoch needs from the one before:
 //! resolvers ([`ResolverWorker`]), the sequencer ([`SequencerWorker`]) and commit proxies
 //! ([`ProxyWorker`], which reach the stages the director runs itself on its [`PeerPort`]).
 //! Their calls are fenced by epoch, so a stage of an ended epoch left running on a worker
-//! decides nothing for the new one.
+//! decides nothing for the new one. Log and storage workers ([`LogWorker`],
+//! [`StorageWorker`]) hold what the next epoch recovers from: they are never recruited, and
+//! take the director's orders instead, fenced by epoch and token (`orders`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
