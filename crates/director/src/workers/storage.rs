@@ -63,11 +63,10 @@ pub struct StorageWorker {
 #[derive(Default)]
 struct Held {
     hosted: Option<Hosted>,
-    /// Whether this process ran redb's integrity check on the file (phase 1's inspection, or
-    /// an open that checked): an open after it skips the check, as the director's opens of
-    /// its own files do. The check reads the whole file, and an open runs within the
-    /// director's bound on catching up, which a large file would then never meet. Every
-    /// write since was this process's own server's.
+    /// Whether the file was checked whole (redb's integrity check, by phase 1's inspection)
+    /// and not opened since: the open that follows skips the check, as the director's opens
+    /// of its own files do after phase 1. The check reads the whole file, and an open runs
+    /// within the director's bound on catching up, which a large file would never meet.
     checked: bool,
 }
 
@@ -181,25 +180,15 @@ impl StorageHost for StorageWorker {
     async fn inspect(&self, index: u32) -> Result<StoredStorage> {
         let mut held = self.orders.lock().await;
         let path = self.path_of(index, &held)?;
-        if let Some(hosted) = &held.held.hosted {
-            // Open here: its file cannot be read beside it, and what it holds is known.
-            match hosted.server.durable_version().await {
-                Ok(durable) => {
-                    return Ok(StoredStorage {
-                        durable,
-                        shards: Some(hosted.server.shards()),
-                    });
-                }
-                // Stopped for good (a failed flush, a panic): no epoch can use it, and the
-                // next can only recover from the file. Closed, and the file read below.
-                Err(e) => {
-                    tracing::warn!(index, error = %e, "closing a storage server that failed");
-                    if let Some(failed) = held.held.hosted.take() {
-                        self.publish(&held);
-                        failed.server.close().await;
-                    }
-                }
-            }
+        // An inspection is a recovery's first look, and the epoch whose server is open here
+        // is over: it is closed (waiting for a flush in progress) so the file can be read and
+        // checked whole, as the director checks its own files at every recovery. Damage since
+        // the last check is found now, never opened and served, nor rewritten by a flush under
+        // a fresh checksum. (Whoever sends one ends the epoch: as with the other orders of a
+        // worker's port, it is for the cluster's hosts only.)
+        if let Some(before) = held.held.hosted.take() {
+            self.publish(&held);
+            before.server.close().await;
         }
         let stored = tokio::task::spawn_blocking(move || strata_storage::stored_at(&path))
             .await
@@ -243,8 +232,10 @@ impl StorageHost for StorageWorker {
             check_integrity: self.config.check_integrity && !held.held.checked,
             ..self.config
         };
+        // Opened, the file is written again: the next open checks it unless an inspection
+        // checks it first.
+        held.held.checked = false;
         let server = RedbStorage::open(&path, order.shards.clone(), log, config).await?;
-        held.held.checked = true;
         let server = Arc::new(server);
         if let Err(e) = server.roll_back(order.recovery_version).await {
             server.close().await;
@@ -594,10 +585,9 @@ mod tests {
             .advance_committed(Epoch(1), "one", Version(7))
             .await
             .unwrap();
-        let stored = wait_durable(&remote, Version(7)).await;
-        assert_eq!(stored.shards, Some(everything()));
+        wait_durable(&at, "one", Version(7)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(remote.inspect_storage(0).await.unwrap().durable, Version(7));
+        assert_eq!(wait_durable(&at, "one", Version(7)).await, Version(7));
         // One server per worker: another index is refused, whatever the order.
         assert!(matches!(
             kind_of(remote.inspect_storage(1).await),
@@ -612,7 +602,11 @@ mod tests {
         let remote = RemoteWorker::connect(&running.address, access())
             .await
             .unwrap();
-        assert_eq!(remote.inspect_storage(0).await.unwrap().durable, Version(7));
+        let stored = remote.inspect_storage(0).await.unwrap();
+        assert_eq!(
+            (stored.durable, stored.shards),
+            (Version(7), Some(everything()))
+        );
         assert!(read(&at, "one", "k5", 10).await.is_err());
 
         // Epoch 2 recovered at 12 (its log replays 8..=12 after the oldest durable version):
@@ -649,7 +643,7 @@ mod tests {
             .advance_committed(Epoch(2), "two", Version(12))
             .await
             .unwrap();
-        wait_durable(&remote, Version(12)).await;
+        wait_durable(&at, "two", Version(12)).await;
         running.stop().await;
         second.stop().await;
     }
@@ -684,12 +678,56 @@ mod tests {
         running.stop().await;
     }
 
-    /// What the worker holds once its durable version reached `version` (within 10 s).
-    async fn wait_durable(remote: &RemoteWorker, version: Version) -> StoredStorage {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_recoverys_inspection_checks_the_file_so_damage_since_the_last_is_refused() {
+        let state_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStateStore::new(state_dir.path()));
+        let data = tempfile::tempdir().unwrap();
+        let running = worker(data.path(), store.clone(), None).await;
+        let remote = RemoteWorker::connect(&running.address, access())
+            .await
+            .unwrap();
+        remote.inspect_storage(0).await.unwrap();
+        claim(&store, 1, "one");
+        let log = log_of(1, 1..=50, "one").await;
+        remote
+            .open_storage(order(1, "one", &log, 1, 50))
+            .await
+            .unwrap();
+        wait_durable(&running.address, "one", Version(50)).await;
+
+        // A value goes bad on disk while epoch 1 runs (nothing of the server notices).
+        let file = data.path().join("storage/0.redb");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mut flipped = 0;
+        for i in 0..bytes.len().saturating_sub(3) {
+            if &bytes[i..i + 3] == b"v17" {
+                bytes[i] = b'x';
+                flipped += 1;
+            }
+        }
+        assert!(flipped > 0, "the value is in the file");
+        std::fs::write(&file, &bytes).unwrap();
+
+        // The next recovery's inspection finds it, as the director's phase 1 does its own
+        // files' damage: never opened and served, nor rewritten by a flush with a fresh
+        // checksum.
+        claim(&store, 2, "two");
+        let e = remote.inspect_storage(0).await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
+        running.stop().await;
+        log.stop().await;
+    }
+
+    /// Waits (at most 10 s) until the server served at `at` under `token` made `version`
+    /// durable; returns its durable version then.
+    async fn wait_durable(at: &str, token: &str, version: Version) -> Version {
+        let access = access().with_token(token.to_owned());
+        let storage = RemoteStorage::connect(at, access, 0).await.unwrap();
         for _ in 0..1000 {
-            let stored = remote.inspect_storage(0).await.unwrap();
-            if stored.durable >= version {
-                return stored;
+            let durable = storage.durable_version().await.unwrap();
+            if durable >= version {
+                return durable;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
