@@ -417,6 +417,10 @@ pub struct OpenStorage {
     /// The version the epoch recovered to: every version above it is rolled back, and the
     /// storage server has applied every version up to it before the order is done.
     pub recovery_version: Version,
+    /// How long that catching up may take (at most [`OpenStorage::CATCH_UP_MAX`]): the
+    /// order fails (`Timeout`) when the server has not applied the recovery version by then,
+    /// so the call ends, as a worker's calls must for it to stop.
+    pub catch_up: std::time::Duration,
 }
 
 /// What a storage server's file on a storage worker holds (see [`StorageHost::inspect`]).
@@ -453,7 +457,8 @@ pub trait StorageHost: Send + Sync {
 
     /// Opens (or opens again) storage server [`OpenStorage::index`] for `order.epoch`,
     /// following the log `order` names, rolls it back to [`OpenStorage::recovery_version`]
-    /// and returns once it has applied every version up to it; serves it.
+    /// and returns once it has applied every version up to it (`Timeout` when that takes
+    /// longer than [`OpenStorage::catch_up`]); serves it.
     ///
     /// Errors: `Fenced` for an older epoch than the newest taken; `InvalidRequest` for the
     /// newest without its token, or an index this worker cannot hold; `Corruption` when its
@@ -470,6 +475,9 @@ pub trait StorageHost: Send + Sync {
 }
 
 impl OpenStorage {
+    /// The longest [`OpenStorage::catch_up`] an order may ask: an hour.
+    pub const CATCH_UP_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+
     fn to_wire(&self) -> proto::OpenStorageRequest {
         proto::OpenStorageRequest {
             epoch: self.epoch.0,
@@ -479,11 +487,13 @@ impl OpenStorage {
             log_id: self.log.0,
             log_address: self.log_at.clone(),
             recovery_version: self.recovery_version.0,
+            catch_up_ms: u64::try_from(self.catch_up.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
-    /// Refused (`InvalidRequest`) without a token or a log address, for no shards, or for a
-    /// shard that is not a key range.
+    /// Refused (`InvalidRequest`) without a token or a log address, for no shards, for a
+    /// shard that is not a key range, or without a bound on catching up (0, or above
+    /// [`OpenStorage::CATCH_UP_MAX`]).
     fn from_wire(wire: proto::OpenStorageRequest) -> std::result::Result<OpenStorage, Status> {
         let token = storage_token(wire.token)?;
         if wire.log_address.is_empty() {
@@ -504,6 +514,18 @@ impl OpenStorage {
                 )),
             ));
         }
+        let catch_up = std::time::Duration::from_millis(wire.catch_up_ms);
+        if catch_up.is_zero() || catch_up > OpenStorage::CATCH_UP_MAX {
+            return Err(refuse(
+                Stage::Storage,
+                ErrorKind::InvalidRequest(format!(
+                    "an open of storage server {} may catch up for {} ms: give 1 to {} ms",
+                    wire.index,
+                    wire.catch_up_ms,
+                    OpenStorage::CATCH_UP_MAX.as_millis()
+                )),
+            ));
+        }
         let shards = wire
             .shards
             .into_iter()
@@ -517,6 +539,7 @@ impl OpenStorage {
             log: LogId(wire.log_id),
             log_at: wire.log_address,
             recovery_version: Version(wire.recovery_version),
+            catch_up,
         })
     }
 }

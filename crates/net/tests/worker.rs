@@ -546,6 +546,7 @@ fn open_order(epoch: u64, token: &str, index: u32) -> OpenStorage {
         log: LogId(u64::MAX - 3),
         log_at: "10.0.0.8:4700".into(),
         recovery_version: Version(1_234_567_890_123),
+        catch_up: OpenStorage::CATCH_UP_MAX,
     }
 }
 
@@ -696,6 +697,41 @@ fn wire_range(begin: &[u8], end: &[u8]) -> proto::KeyRange {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_without_a_bound_on_catching_up_is_refused_before_the_host() {
+    let w = storage_worker("t-unbounded").await;
+    let mut grpc = raw_grpc(&w.address).await;
+    for ms in [0, 3_600_001] {
+        let request = proto::OpenStorageRequest {
+            epoch: 3,
+            token: "tok".into(),
+            index: 0,
+            shards: vec![wire_range(b"a", b"b")],
+            log_id: 1,
+            log_address: "h:1".into(),
+            recovery_version: 10,
+            catch_up_ms: ms,
+        };
+        let status = raw_call(
+            &mut grpc,
+            "t-unbounded",
+            "/strata.v1.Worker/OpenStorage",
+            request.encode_to_vec().into(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains(&format!("may catch up for {ms} ms")),
+            "{status:?}"
+        );
+    }
+    assert!(w.host.orders.lock().unwrap().opened.is_empty());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_storage_orders_are_refused_before_the_host() {
     let w = storage_worker("t-bad-storage").await;
     let mut grpc = raw_grpc(&w.address).await;
@@ -707,6 +743,7 @@ async fn malformed_storage_orders_are_refused_before_the_host() {
         log_id: 1,
         log_address: "h:1".into(),
         recovery_version: 10,
+        catch_up_ms: 60_000,
     };
     // Longer than a range end may be.
     let too_long = vec![b'k'; 10_002];

@@ -231,6 +231,11 @@ impl Ordering<'_> {
             log: self.logs.logs[self.index % n].id(),
             log_at,
             recovery_version: self.recovery_version,
+            // The worker gives up when the director does.
+            catch_up: (self.config.storage_catch_up).clamp(
+                std::time::Duration::from_millis(1),
+                OpenStorage::CATCH_UP_MAX,
+            ),
         }
     }
 

@@ -255,9 +255,20 @@ impl StorageHost for StorageWorker {
             "storage server opened"
         );
         // Other orders need not wait for the history to come back: a later open closes this
-        // server, which ends the wait.
+        // server, which ends the wait. The order's bound ends it too, so the call ends (a
+        // worker stops only once its calls have).
         drop(held);
-        server.wait_applied(order.recovery_version).await
+        let caught_up = server.wait_applied(order.recovery_version);
+        match tokio::time::timeout(order.catch_up, caught_up).await {
+            Ok(applied) => applied,
+            Err(_) => Err(refuse(ErrorKind::Timeout {
+                what: format!(
+                    "storage server {} to re-apply history up to {}",
+                    order.index, order.recovery_version
+                ),
+                after_ms: u64::try_from(order.catch_up.as_millis()).unwrap_or(u64::MAX),
+            })),
+        }
     }
 
     async fn advance(&self, epoch: Epoch, token: &str, committed: Version) -> Result<()> {
@@ -525,6 +536,7 @@ mod tests {
             log: LogId(id),
             log_at: log.address.clone(),
             recovery_version: Version(recovery),
+            catch_up: Duration::from_millis(500),
         }
     }
 
@@ -716,6 +728,31 @@ mod tests {
         let e = remote.inspect_storage(0).await.unwrap_err();
         assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
         running.stop().await;
+        log.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_that_cannot_catch_up_ends_within_its_bound_and_lets_the_worker_stop() {
+        let state_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStateStore::new(state_dir.path()));
+        let data = tempfile::tempdir().unwrap();
+        let running = worker(data.path(), store.clone(), None).await;
+        let remote = RemoteWorker::connect(&running.address, access())
+            .await
+            .unwrap();
+        claim(&store, 1, "one");
+        // The log holds up to 3; the order says the epoch recovered at 10.
+        let log = log_of(1, 1..=3, "one").await;
+        let stuck = order(1, "one", &log, 1, 10);
+        let e = tokio::time::timeout(Duration::from_secs(20), remote.open_storage(stuck))
+            .await
+            .expect("the open ended within its bound")
+            .unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Timeout { .. }), "{e}");
+        // Nothing of it keeps the worker from stopping.
+        tokio::time::timeout(Duration::from_secs(20), running.stop())
+            .await
+            .expect("the worker stopped");
         log.stop().await;
     }
 
