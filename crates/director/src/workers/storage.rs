@@ -13,10 +13,12 @@
 //! - **Orders are fenced** (see [`super::orders`]): only the director that claimed the
 //!   coordinated state's epoch can open the server, and the server is served only under that
 //!   epoch's token (and not at all before its open).
-//! - **Each epoch opens it anew.** An open closes the server of the epoch before (waiting for
-//!   a flush in progress), opens the file again following the new generation's log (reached
-//!   with the epoch's token, wherever it is served), rolls it back to the recovery version,
-//!   serves it, and answers once it has re-applied the history up to that version. A server
+//! - **Each recovery checks it, and each epoch opens it anew.** The recovery's first look
+//!   (an inspection) closes the server of the epoch before (waiting for a flush in progress)
+//!   and runs redb's integrity check on the whole file. The open then opens the file again
+//!   following the new generation's log (reached with the epoch's token, wherever it is
+//!   served), rolls it back to the recovery version, serves it, and answers once it has
+//!   re-applied the history up to that version, within the bound the order gives. A server
 //!   never outlives the epoch it was opened in, as in the director's own process.
 //! - **It learns what is committed from the director** ([`StorageHost::advance`]), which
 //!   reads it from the sequencer, and makes durable nothing above it. The director pops the
