@@ -335,3 +335,64 @@ async fn a_storage_worker_back_without_its_file_stops_recovery_naming_it() {
     assert!(said.contains(&at), "{said}");
     assert!(said.contains("holds no file"), "{said}");
 }
+
+/// A storage worker that holds a new cluster's server file with nothing durable (left by a
+/// first recovery that failed before the coordinated state named it) gets that server again,
+/// and the other worker the other server: none is left holding a file no server uses while
+/// a server is created in the director's directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_holding_a_new_servers_file_gets_that_server_and_the_others_the_rest() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, data) = Cluster::new((NAME, "pref2s"), &etcd, (1, 2), dir.path());
+    let config = cluster.config;
+    // Server 0's file, as its open by a failed attempt left it: shards recorded, nothing
+    // durable.
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(b.join("storage")).unwrap();
+    let shard = strata_director::split_ranges(2).unwrap()[0].clone();
+    let log = Arc::new(strata_testkit::MemoryLog::new(
+        strata_core::LogId(1),
+        Version(0),
+    ));
+    let left = strata_storage::RedbStorage::open(
+        &b.join("storage/0.redb"),
+        vec![shard],
+        log,
+        config.storage_config,
+    )
+    .await
+    .unwrap();
+    left.close().await;
+    drop(left);
+
+    let hosts = [
+        cluster.start(Kind::Storage, "127.0.0.1:0", &a).await,
+        cluster.start(Kind::Storage, "127.0.0.1:0", &b).await,
+    ];
+    let env = env_for("pref2s", true).await;
+    let (serving, mut watching) = watch::channel(None);
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let data = data.clone();
+        async move {
+            strata_director::serve(&data, config, &env, &serving, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let epoch = common::next_epoch(&mut watching, Epoch(0)).await;
+    let placed = vec![
+        Some(hosts[1].address.clone()),
+        Some(hosts[0].address.clone()),
+    ];
+    assert_storage_on_hosts(&data, epoch, &placed).await;
+    shutdown.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    for host in hosts {
+        host.stop().await;
+    }
+}
