@@ -131,27 +131,22 @@ impl Watermark {
                 // version is the oldest of all of them. A failure (a panic poisoned a server
                 // here, a call to one elsewhere failed) skips this round; monitoring's probe
                 // ends the epoch of a server that stays broken.
-                let mut oldest_durable = None::<Version>;
-                let mut answered = true;
-                for s in &storage {
-                    let durable = match s.advance_committed(committed).await {
-                        Ok(()) => s.durable_version().await,
-                        Err(e) => Err(e),
-                    };
-                    match durable {
-                        Ok(durable) => {
-                            oldest_durable =
-                                Some(oldest_durable.map_or(durable, |o| o.min(durable)));
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "the watermark cannot reach a storage server");
-                            answered = false;
-                            break;
-                        }
+                let oldest = async {
+                    let mut oldest = None::<Version>;
+                    for s in &storage {
+                        s.advance_committed(committed).await?;
+                        let durable = s.durable_version().await?;
+                        oldest = Some(oldest.map_or(durable, |o| o.min(durable)));
                     }
-                }
-                let (true, Some(oldest)) = (answered, oldest_durable) else {
-                    continue;
+                    Ok::<_, strata_core::Error>(oldest)
+                };
+                let oldest = match oldest.await {
+                    Ok(Some(oldest)) => oldest,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the watermark cannot reach a storage server");
+                        continue;
+                    }
                 };
                 if oldest > popped {
                     for log in &logs {

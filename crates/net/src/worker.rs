@@ -496,35 +496,26 @@ impl OpenStorage {
     /// [`OpenStorage::CATCH_UP_MAX`]).
     fn from_wire(wire: proto::OpenStorageRequest) -> std::result::Result<OpenStorage, Status> {
         let token = storage_token(wire.token)?;
-        if wire.log_address.is_empty() {
-            return Err(refuse(
+        let index = wire.index;
+        let invalid = |why: String| {
+            refuse(
                 Stage::Storage,
-                ErrorKind::InvalidRequest(format!(
-                    "an open of storage server {} that names no address for its log",
-                    wire.index
-                )),
-            ));
+                ErrorKind::InvalidRequest(format!("an open of storage server {index} {why}")),
+            )
+        };
+        if wire.log_address.is_empty() {
+            return Err(invalid("that names no address for its log".into()));
         }
         if wire.shards.is_empty() {
-            return Err(refuse(
-                Stage::Storage,
-                ErrorKind::InvalidRequest(format!(
-                    "an open of storage server {} for no shards",
-                    wire.index
-                )),
-            ));
+            return Err(invalid("for no shards".into()));
         }
         let catch_up = std::time::Duration::from_millis(wire.catch_up_ms);
         if catch_up.is_zero() || catch_up > OpenStorage::CATCH_UP_MAX {
-            return Err(refuse(
-                Stage::Storage,
-                ErrorKind::InvalidRequest(format!(
-                    "an open of storage server {} may catch up for {} ms: give 1 to {} ms",
-                    wire.index,
-                    wire.catch_up_ms,
-                    OpenStorage::CATCH_UP_MAX.as_millis()
-                )),
-            ));
+            return Err(invalid(format!(
+                "may catch up for {} ms: give 1 to {} ms",
+                wire.catch_up_ms,
+                OpenStorage::CATCH_UP_MAX.as_millis()
+            )));
         }
         let shards = wire
             .shards

@@ -140,33 +140,19 @@ impl OpenLogs for ToRecover<'_> {
                     place.dir
                 ))));
             };
-            // Nothing is claimed yet: the attempt waits for the worker rather than fail (the
-            // log holds history no other process may have), however long it is away.
-            let mut pause = Duration::from_millis(100);
-            loop {
-                let opened = crate::workers::open_on_worker(
+            // The log holds history no other process may have.
+            let what = format!("the log worker that holds {}", place.dir);
+            let log = wait_for_worker(at, &what, || {
+                crate::workers::open_on_worker(
                     place,
                     access,
                     &self.env.passed_over,
                     self.probe_timeout,
                     committed,
                 )
-                .await;
-                match opened {
-                    Ok(log) => return Ok(Arc::new(log)),
-                    Err(e) if matches!(e.kind, ErrorKind::Unavailable(_)) => {
-                        tracing::warn!(
-                            worker = at,
-                            log = place.dir,
-                            error = %e,
-                            "waiting for the log worker that holds a log of the last generation"
-                        );
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(WORKER_WAIT_PAUSE_MAX);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            })
+            .await?;
+            return Ok(Arc::new(log));
         }
         let log =
             self.env
@@ -181,28 +167,35 @@ impl OpenLogs for ToRecover<'_> {
                  reaches no workers: serve the cluster with --listen and an etcd cluster file"
             )))));
         };
-        // As for a log on a worker: nothing is claimed yet, and the attempt waits for the
-        // worker (its shard is nowhere else), however long it is away.
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let stored = async {
-                let worker = strata_net::RemoteWorker::connect(at, access.clone()).await?;
-                worker.inspect_storage(index).await
+        // The shard is nowhere else.
+        let what = format!("the storage worker that holds storage server {index}");
+        let stored = wait_for_worker(at, &what, || async {
+            let worker = strata_net::RemoteWorker::connect(at, access.clone()).await?;
+            worker.inspect_storage(index).await
+        })
+        .await;
+        Some(stored)
+    }
+}
+
+/// Phase 1's call to the worker at `at` that holds `what`: repeated, with pauses of up to
+/// [`WORKER_WAIT_PAUSE_MAX`], for as long as it answers `Unavailable`. Nothing is claimed
+/// yet, and what the worker holds is nowhere else: the attempt waits for it rather than
+/// fail, however long it is away.
+async fn wait_for_worker<T, F, Fut>(at: &str, what: &str, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(e) if matches!(e.kind, ErrorKind::Unavailable(_)) => {
+                tracing::warn!(worker = at, error = %e, "waiting for {what}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(WORKER_WAIT_PAUSE_MAX);
             }
-            .await;
-            match stored {
-                Err(e) if matches!(e.kind, ErrorKind::Unavailable(_)) => {
-                    tracing::warn!(
-                        worker = at,
-                        index,
-                        error = %e,
-                        "waiting for the storage worker that holds a storage server"
-                    );
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(WORKER_WAIT_PAUSE_MAX);
-                }
-                other => return Some(other),
-            }
+            other => return other,
         }
     }
 }

@@ -142,13 +142,17 @@ pub(super) async fn open_storage(
 }
 
 fn catch_up_timeout(config: &EmbeddedConfig, recovery_version: Version) -> RecoveryError {
-    RecoveryError::Attempt(Error::new(
+    RecoveryError::Attempt(catch_up_timed_out(config, recovery_version))
+}
+
+fn catch_up_timed_out(config: &EmbeddedConfig, recovery_version: Version) -> Error {
+    Error::new(
         Stage::Storage,
         ErrorKind::Timeout {
             what: format!("storage to re-apply history up to {recovery_version}"),
             after_ms: millis(config.storage_catch_up),
         },
-    ))
+    )
 }
 
 /// Opens storage server `i` (owning `range`) in this process's data directory, following its
@@ -232,11 +236,25 @@ impl Ordering<'_> {
             log_at,
             recovery_version: self.recovery_version,
             // The worker gives up when the director does.
-            catch_up: (self.config.storage_catch_up).clamp(
+            catch_up: self.config.storage_catch_up.clamp(
                 std::time::Duration::from_millis(1),
                 OpenStorage::CATCH_UP_MAX,
             ),
         }
+    }
+
+    /// Orders the server opened on the storage worker at `at`, following the log served at
+    /// `log_at`, within the bound on catching up (`Timeout` past it).
+    async fn open_at(
+        &self,
+        at: &str,
+        access: &strata_net::Access,
+        log_at: String,
+    ) -> Result<crate::workers::WorkerStorage, Error> {
+        let opened = crate::workers::open_storage_on(at, access, self.order(log_at));
+        tokio::time::timeout(self.config.storage_catch_up, opened)
+            .await
+            .unwrap_or_else(|_| Err(catch_up_timed_out(self.config, self.recovery_version)))
     }
 
     /// Opens the server on the storage worker at `at`, where the coordinated state places it:
@@ -261,21 +279,16 @@ impl Ordering<'_> {
                 )),
             )));
         };
-        let order = self.order(log_at);
-        let wait = self.config.storage_catch_up;
-        match tokio::time::timeout(wait, crate::workers::open_storage_on(at, &access, order)).await
-        {
-            Ok(Ok(server)) => {
-                tracing::info!(
-                    index = i,
-                    worker = at,
-                    "storage server opened on its worker"
-                );
-                Ok(server)
-            }
-            Ok(Err(e)) => Err(unrecoverable_if_damaged(e)),
-            Err(_) => Err(catch_up_timeout(self.config, self.recovery_version)),
-        }
+        let server = self
+            .open_at(at, &access, log_at)
+            .await
+            .map_err(unrecoverable_if_damaged)?;
+        tracing::info!(
+            index = i,
+            worker = at,
+            "storage server opened on its worker"
+        );
+        Ok(server)
     }
 
     /// Places a server with no file yet on one of `candidates` (storage workers that answered
@@ -335,24 +348,13 @@ impl Ordering<'_> {
                 );
                 return None;
             };
-            let order = self.order(log_at);
-            let wait = self.config.storage_catch_up;
-            let opened =
-                tokio::time::timeout(wait, crate::workers::open_storage_on(&at, &access, order))
-                    .await;
-            match opened {
-                Ok(Ok(server)) => {
+            match self.open_at(&at, &access, log_at).await {
+                Ok(server) => {
                     tracing::info!(index = i, worker = at, "storage server placed on a worker");
                     return Some(server);
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(worker = at, error = %e, "a storage worker could not open a new storage server; passed over");
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        worker = at,
-                        "a storage worker did not open a new storage server in time; passed over"
-                    );
                 }
             }
             self.env.passed_over.mark(&place);

@@ -151,9 +151,7 @@ fn dir_of_epoch(dir: &str) -> Option<Epoch> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(Stage::Log, e))
+    super::sync_dir(dir, Stage::Log)
 }
 
 #[async_trait]
@@ -434,20 +432,8 @@ impl WorkerLog {
             .map_err(|e| self.not_served_now(e))
     }
 
-    /// A log worker serves only the logs it was ordered to open or create since it started:
-    /// after a restart, the server refuses calls to a log it held before (`InvalidRequest`,
-    /// as a server does for a log it does not have). The log is not lost; the next
-    /// recovery's phase 1 opens it again. So for this log the refusal is `Unavailable`: the
-    /// call fails as one that found the log unreachable would (a recovery attempt, say), not
-    /// as a request nobody can ever serve (which stops recovery).
     fn not_served_now(&self, e: Error) -> Error {
-        match e.kind {
-            ErrorKind::InvalidRequest(why) => refuse(ErrorKind::Unavailable(format!(
-                "{} is not served by its worker now (restarted since it was opened?): {why}",
-                self.place.name()
-            ))),
-            _ => e,
-        }
+        not_served_now(e, &self.place.name())
     }
 }
 
@@ -542,6 +528,21 @@ impl HeldLog for WorkerLog {
     }
 
     fn close(&self) {}
+}
+
+/// A call to `log`, a log on a log worker, refused: a log worker serves only the logs it was
+/// ordered to open or create since it started, so after a restart its server refuses calls to
+/// a log it held before (`InvalidRequest`, as a server does for a log it does not have). The
+/// log is not lost: the next recovery's phase 1 opens it again. So the refusal is
+/// `Unavailable`: the call fails as one that found the log unreachable would (a recovery
+/// attempt, say), not as a request nobody can ever serve (which stops recovery).
+pub(super) fn not_served_now(e: Error, log: &str) -> Error {
+    match e.kind {
+        ErrorKind::InvalidRequest(why) => refuse(ErrorKind::Unavailable(format!(
+            "{log} is not served by its worker now (restarted since it was opened?): {why}"
+        ))),
+        _ => e,
+    }
 }
 
 /// Phase 1's open of the log `place` names on its worker (`place.at`): the worker opens it

@@ -372,6 +372,14 @@ async fn heartbeat(
     }
 }
 
+/// Makes the creations and removals in `dir` durable (a log or storage worker's data
+/// directory); an error is `stage`'s.
+fn sync_dir(dir: &std::path::Path, stage: Stage) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(stage, e))
+}
+
 /// The workers a recovery may recruit from, from `store`'s registry, of the roles this build
 /// knows; none when the registry cannot be read (the stages then run in the director's
 /// process).

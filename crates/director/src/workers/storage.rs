@@ -151,6 +151,15 @@ impl StorageWorker {
         Ok(found)
     }
 
+    /// Stops serving the server open now, if there is one, and closes it (waiting for a flush
+    /// in progress).
+    async fn close_hosted(&self, held: &mut Taken<Held>) {
+        if let Some(before) = held.held.hosted.take() {
+            self.publish(held);
+            before.server.close().await;
+        }
+    }
+
     /// Serves the server open now if its epoch is the newest taken: nothing before the first
     /// open, and nothing while a newer epoch has not opened it yet.
     fn publish(&self, held: &Taken<Held>) {
@@ -171,12 +180,6 @@ fn storage_file(data_dir: &Path, index: u32) -> PathBuf {
     data_dir.join("storage").join(format!("{index}.redb"))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(Stage::Storage, e))
-}
-
 #[async_trait]
 impl StorageHost for StorageWorker {
     async fn inspect(&self, index: u32) -> Result<StoredStorage> {
@@ -188,10 +191,7 @@ impl StorageHost for StorageWorker {
         // the last check is found now, never opened and served, nor rewritten by a flush under
         // a fresh checksum. (Whoever sends one ends the epoch: as with the other orders of a
         // worker's port, it is for the cluster's hosts only.)
-        if let Some(before) = held.held.hosted.take() {
-            self.publish(&held);
-            before.server.close().await;
-        }
+        self.close_hosted(&mut held).await;
         let stored = tokio::task::spawn_blocking(move || strata_storage::stored_at(&path))
             .await
             .map_err(|e| refuse(ErrorKind::Unavailable(e.to_string())))??;
@@ -205,15 +205,12 @@ impl StorageHost for StorageWorker {
     async fn open(&self, order: OpenStorage) -> Result<()> {
         let (mut held, _moved) = self.orders.take(order.epoch, &order.token).await?;
         let path = self.path_of(order.index, &held)?;
-        if let Some(before) = held.held.hosted.take() {
-            // Not served from now on, and closed before its file is opened again.
-            self.publish(&held);
-            before.server.close().await;
-        }
+        // Closed before its file is opened again.
+        self.close_hosted(&mut held).await;
         let storage_dir = self.data_dir.join("storage");
         if !storage_dir.exists() {
             std::fs::create_dir_all(&storage_dir).map_err(|e| Error::io(Stage::Storage, e))?;
-            sync_dir(&self.data_dir)?;
+            super::sync_dir(&self.data_dir, Stage::Storage)?;
         }
         let access = self.access.clone().with_token(order.token.clone());
         // A log not served where the order says is a log whose worker restarted since the
@@ -222,12 +219,9 @@ impl StorageHost for StorageWorker {
         // next one gets there. Never a request nobody can serve, which would stop recovery.
         let log = RemoteLog::connect(&order.log_at, access, order.log)
             .await
-            .map_err(|e| match e.kind {
-                ErrorKind::InvalidRequest(why) => refuse(ErrorKind::Unavailable(format!(
-                    "log {} is not served at {} now: {why}",
-                    order.log, order.log_at
-                ))),
-                _ => e,
+            .map_err(|e| {
+                let log = format!("log {} at {}", order.log, order.log_at);
+                super::log::not_served_now(e, &log)
             })?;
         let log: Arc<dyn LogServer> = Arc::new(log);
         let config = StorageConfig {
