@@ -22,7 +22,7 @@ use strata_core::Epoch;
 use strata_director::RecoveryEnv;
 use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring};
 use strata_testkit::etcd::EtcdServer;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use hosts::{Cluster, Host, Kind, access, state_of};
 
@@ -91,17 +91,7 @@ async fn stopped_and_started_again(logs: usize, storage: usize) {
 
     let mut env = RecoveryEnv::default();
     env.access = Some(access(&id));
-    let (serving, mut watching) = watch::channel(None);
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let data = data.clone();
-        async move {
-            strata_director::serve(&data, config, &env, &serving, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
+    let (server, mut watching, shutdown) = hosts::start_director(&data, config, env);
     let mut epoch = common::next_epoch(&mut watching, Epoch(0)).await;
     assert_logs_only_on_hosts(&data, epoch, &places).await;
     {

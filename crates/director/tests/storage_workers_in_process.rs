@@ -28,7 +28,7 @@ use strata_director::workers::PeerPort;
 use strata_director::workload::cycle::{check_acks, check_ring, ensure_ring};
 use strata_net::{Exposure, Stages};
 use strata_testkit::etcd::EtcdServer;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 const NAME: &str = "swip";
 const NODES: u64 = 30;
@@ -82,17 +82,7 @@ async fn storage_on_workers(
         );
     }
     let env = env_for(&id, !logs_on_workers).await;
-    let (serving, mut watching) = watch::channel(None);
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let data = data.clone();
-        async move {
-            strata_director::serve(&data, config, &env, &serving, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
+    let (server, mut watching, shutdown) = hosts::start_director(&data, config, env);
     let epoch = common::next_epoch(&mut watching, Epoch(0)).await;
     let placed = state_of(&data).await.storage_at;
     assert_eq!(placed.len(), storage, "{placed:?}");
@@ -299,19 +289,8 @@ async fn a_storage_worker_back_without_its_file_stops_recovery_naming_it() {
     let host = cluster
         .start(Kind::Storage, "127.0.0.1:0", &dir.path().join("storage0"))
         .await;
-    let serve = |env: RecoveryEnv| {
-        let data = data.clone();
-        let (serving, watching) = watch::channel(None);
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            strata_director::serve(&data, config, &env, &serving, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        (server, watching, shutdown)
-    };
-    let (server, mut watching, shutdown) = serve(env_for(id, true).await);
+    let (server, mut watching, shutdown) =
+        hosts::start_director(&data, config, env_for(id, true).await);
     common::next_epoch(&mut watching, Epoch(0)).await;
     let db = watching.borrow().as_ref().unwrap().1.clone();
     ensure_ring(&db, NODES).await.unwrap();
@@ -329,7 +308,8 @@ async fn a_storage_worker_back_without_its_file_stops_recovery_naming_it() {
     let _host = cluster
         .start(Kind::Storage, &at, &dir.path().join("empty"))
         .await;
-    let (server, _watching, _shutdown) = serve(env_for(id, true).await);
+    let (server, _watching, _shutdown) =
+        hosts::start_director(&data, config, env_for(id, true).await);
     let e = server.await.unwrap().unwrap_err();
     let said = e.to_string();
     assert!(said.contains(&at), "{said}");
@@ -373,17 +353,7 @@ async fn a_worker_holding_a_new_servers_file_gets_that_server_and_the_others_the
         cluster.start(Kind::Storage, "127.0.0.1:0", &b).await,
     ];
     let env = env_for("pref2s", true).await;
-    let (serving, mut watching) = watch::channel(None);
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let data = data.clone();
-        async move {
-            strata_director::serve(&data, config, &env, &serving, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
+    let (server, mut watching, shutdown) = hosts::start_director(&data, config, env);
     let epoch = common::next_epoch(&mut watching, Epoch(0)).await;
     let placed = vec![
         Some(hosts[1].address.clone()),

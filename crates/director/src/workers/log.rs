@@ -805,22 +805,29 @@ mod tests {
         );
     }
 
-    /// Serves `logs` at `listener` until `stop` fires.
-    fn serve(
+    /// Serves `logs` at `bind` until the returned sender fires: where, and the server's task.
+    async fn serve(
         logs: LogWorker,
         published: watch::Receiver<Arc<Stages>>,
-        listener: tokio::net::TcpListener,
-        stop: tokio::sync::oneshot::Receiver<()>,
-    ) -> tokio::task::JoinHandle<Result<()>> {
-        tokio::spawn(strata_net::serve_worker(
+        bind: &str,
+    ) -> (
+        String,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<()>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(strata_net::serve_worker(
             Access::new(strata_net::ClusterId::new("take").unwrap(), None),
             Arc::new(logs),
             published,
             listener,
             async {
-                let _ = stop.await;
+                let _ = stopped.await;
             },
-        ))
+        ));
+        (address, stop, served)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -849,10 +856,7 @@ mod tests {
                 .unwrap();
         }
         drop(log);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let served = serve(logs, published, listener, stopped);
+        let (address, stop, served) = serve(logs, published, "127.0.0.1:0").await;
 
         // Phase 1 of epoch 2 opens it on the worker: it holds up to 20.
         claim(&store, 2, "two");
@@ -881,9 +885,7 @@ mod tests {
         std::fs::rename(data.path().join("older"), data.path().join("logs/1-0")).unwrap();
         std::fs::remove_file(data.path().join("logs/1-0/LOCK")).ok();
         let (logs, published) = worker(data.path(), store.clone());
-        let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let served = serve(logs, published, listener, stopped);
+        let (_, stop, served) = serve(logs, published, &address).await;
 
         let e = opened.take(Epoch(2)).await.unwrap_err();
         assert!(matches!(e.kind, ErrorKind::Corruption(_)), "{e}");
@@ -900,10 +902,7 @@ mod tests {
         let (logs, published) = worker(data.path(), store.clone());
         claim(&store, 1, "one");
         logs.create(new_log(1, "one")).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let served = serve(logs, published, listener, stopped);
+        let (address, stop, served) = serve(logs, published, "127.0.0.1:0").await;
 
         // Epoch 2's recovery opens and takes the old log on the worker.
         claim(&store, 2, "two");
@@ -931,9 +930,7 @@ mod tests {
         stop.send(()).unwrap();
         served.await.unwrap().unwrap();
         let (logs, published) = worker(data.path(), store.clone());
-        let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let served = serve(logs, published, listener, stopped);
+        let (_, stop, served) = serve(logs, published, &address).await;
         let remote = RemoteWorker::connect(&address, access.clone())
             .await
             .unwrap();

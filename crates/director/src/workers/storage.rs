@@ -523,6 +523,25 @@ mod tests {
         }
     }
 
+    /// A storage worker on a directory of its own (`data`), served, reading the coordinated
+    /// state from `store` (kept in the first directory), and a director's client of it.
+    async fn started() -> (
+        tempfile::TempDir,
+        Arc<FileStateStore>,
+        tempfile::TempDir,
+        Running,
+        RemoteWorker,
+    ) {
+        let state_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStateStore::new(state_dir.path()));
+        let data = tempfile::tempdir().unwrap();
+        let running = worker(data.path(), store.clone(), None).await;
+        let remote = RemoteWorker::connect(&running.address, access())
+            .await
+            .unwrap();
+        (state_dir, store, data, running, remote)
+    }
+
     fn order(epoch: u64, token: &str, log: &Running, id: u64, recovery: u64) -> OpenStorage {
         OpenStorage {
             epoch: Epoch(epoch),
@@ -550,13 +569,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_storage_server_follows_each_epochs_log_and_keeps_its_file_across_restarts() {
-        let state_dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FileStateStore::new(state_dir.path()));
-        let data = tempfile::tempdir().unwrap();
-        let running = worker(data.path(), store.clone(), None).await;
-        let remote = RemoteWorker::connect(&running.address, access())
-            .await
-            .unwrap();
+        let (_state, store, data, running, remote) = started().await;
 
         // A worker that never held a server holds nothing, and serves nothing.
         let stored = remote.inspect_storage(0).await.unwrap();
@@ -658,13 +671,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_open_whose_log_is_not_served_now_fails_as_unavailable() {
-        let state_dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FileStateStore::new(state_dir.path()));
-        let data = tempfile::tempdir().unwrap();
-        let running = worker(data.path(), store.clone(), None).await;
-        let remote = RemoteWorker::connect(&running.address, access())
-            .await
-            .unwrap();
+        let (_state, store, _data, running, remote) = started().await;
         claim(&store, 1, "one");
         // The log's worker restarted since the recovery created the log: it serves nothing
         // until the next recovery opens the log again. Not a request nobody can serve (which
@@ -688,13 +695,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_recoverys_inspection_checks_the_file_so_damage_since_the_last_is_refused() {
-        let state_dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FileStateStore::new(state_dir.path()));
-        let data = tempfile::tempdir().unwrap();
-        let running = worker(data.path(), store.clone(), None).await;
-        let remote = RemoteWorker::connect(&running.address, access())
-            .await
-            .unwrap();
+        let (_state, store, data, running, remote) = started().await;
         remote.inspect_storage(0).await.unwrap();
         claim(&store, 1, "one");
         let log = log_of(1, 1..=50, "one").await;
@@ -729,13 +730,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_open_that_cannot_catch_up_ends_within_its_bound_and_lets_the_worker_stop() {
-        let state_dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FileStateStore::new(state_dir.path()));
-        let data = tempfile::tempdir().unwrap();
-        let running = worker(data.path(), store.clone(), None).await;
-        let remote = RemoteWorker::connect(&running.address, access())
-            .await
-            .unwrap();
+        let (_state, store, _data, running, remote) = started().await;
         claim(&store, 1, "one");
         // The log holds up to 3; the order says the epoch recovered at 10.
         let log = log_of(1, 1..=3, "one").await;

@@ -172,3 +172,26 @@ impl Cluster {
         (cluster, data)
     }
 }
+
+/// The director of the cluster in `data`, serving in this process with `config` and `env`
+/// until the returned sender fires: its task, and the epochs it serves.
+pub fn start_director(
+    data: &Path,
+    config: EmbeddedConfig,
+    env: strata_director::RecoveryEnv,
+) -> (
+    tokio::task::JoinHandle<strata_core::Result<()>>,
+    watch::Receiver<strata_director::Serving>,
+    oneshot::Sender<()>,
+) {
+    let (serving, watching) = watch::channel(None);
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let data = data.to_owned();
+    let server = tokio::spawn(async move {
+        strata_director::serve(&data, config, &env, &serving, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (server, watching, shutdown)
+}
