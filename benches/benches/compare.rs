@@ -80,7 +80,7 @@ fn compare(c: &mut Criterion) {
                             tokio::spawn(async move {
                                 for _ in 0..iters {
                                     let n = next.fetch_add(1, Ordering::Relaxed);
-                                    let tx = ok(db.begin().await);
+                                    let tx = db.begin();
                                     tx.set(
                                         Bytes::copy_from_slice(&key(n)),
                                         Bytes::from_static(&VALUE),

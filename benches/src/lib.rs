@@ -48,7 +48,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// One transaction: a read version, one 100-byte write of key `<prefix><n>`, a commit.
 pub async fn one_write(db: &Database, prefix: &str, n: u64) {
-    let tx = ok(db.begin().await);
+    let tx = db.begin();
     tx.set(
         Bytes::from(format!("{prefix}{n:012}")),
         Bytes::from_static(&[7u8; 100]),

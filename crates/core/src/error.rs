@@ -97,7 +97,7 @@ pub enum ErrorKind {
     /// use std::time::Duration;
     /// use strata_core::{Error, ErrorKind, Stage, Version};
     /// let e = Error::new(Stage::TxnBuilder, ErrorKind::TransactionExpired {
-    ///     read_version: Version(42),
+    ///     read_version: Some(Version(42)),
     ///     lived: Duration::from_millis(6_012),
     ///     limit: Duration::from_secs(5),
     /// });
@@ -109,14 +109,15 @@ pub enum ErrorKind {
     /// assert!(!e.is_retryable());
     /// ```
     #[error(
-        "transaction expired: it read at {read_version} and has lived {} ms, past its lifetime \
-         limit of {} ms; shorten the transaction or split it into smaller ones",
+        "transaction expired: it {} and has lived {} ms, past its lifetime limit of {} ms; \
+         shorten the transaction or split it into smaller ones",
+        .read_version.map_or_else(|| "read nothing".to_string(), |v| format!("read at {v}")),
         .lived.as_millis(),
         .limit.as_millis()
     )]
     TransactionExpired {
-        /// The transaction's read version.
-        read_version: Version,
+        /// The transaction's read version; `None` if it read nothing (it never asked for one).
+        read_version: Option<Version>,
         /// How long it had lived when it was refused.
         lived: Duration,
         /// Its lifetime limit.

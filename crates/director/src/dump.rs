@@ -53,11 +53,11 @@ pub async fn dump_served(
     let range = prefix_range(prefix)?;
     let state = file.state()?;
     let db = file.connect(tls).await?;
-    let tx = db.begin().await?;
+    let tx = db.begin();
     let entries = crate::workload::scan(&tx, &range).await?;
     Ok(Dump {
         state,
-        version: tx.read_version(),
+        version: tx.read_version().await?,
         entries: entries
             .into_iter()
             .map(|(k, v)| (strata_core::printable(&k), strata_core::printable(&v)))

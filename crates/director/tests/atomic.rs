@@ -79,7 +79,7 @@ async fn add_concurrently(db: &Database, per_client: u64, first: u64) -> Run {
 
 /// The four values, read in one transaction.
 async fn read(db: &Database) -> [Option<Bytes>; 4] {
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     let mut out: [Option<Bytes>; 4] = Default::default();
     for (slot, k) in out.iter_mut().zip([LOW, HIGH, MAX, MIN]) {
         *slot = tx.get(&Key::from_static(k)).await.unwrap();
@@ -114,7 +114,7 @@ async fn sixty_four_clients_add_to_one_counter_without_a_single_conflict() {
     assert_eq!(le_u64(read(&db).await[0].as_deref()), 2_560);
 
     // A transaction reads its own operations over what storage holds.
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     tx.atomic_add_i64(Key::from_static(LOW), -1_560);
     tx.atomic(AtomicOp::Max, Key::from_static(MAX), le(u64::MAX));
     tx.atomic_min(Key::from_static(MIN), le(0));

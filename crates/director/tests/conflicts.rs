@@ -20,9 +20,12 @@ async fn of_two_writers_at_one_read_version_exactly_one_commits() {
     let db = cluster.database();
     for round in 0..20 {
         let k = key(&format!("race/{round}"));
-        let a = db.begin().await.unwrap();
-        let b = db.begin().await.unwrap();
-        assert_eq!(a.read_version(), b.read_version());
+        let a = db.begin();
+        let b = db.begin();
+        assert_eq!(
+            a.read_version().await.unwrap(),
+            b.read_version().await.unwrap()
+        );
         assert_eq!(a.get(&k).await.unwrap(), None);
         assert_eq!(b.get(&k).await.unwrap(), None);
         a.set(k.clone(), "a".into());
@@ -42,8 +45,8 @@ async fn of_two_writers_at_one_read_version_exactly_one_commits() {
             (ra, rb) => panic!("exactly one must commit: {ra:?} {rb:?}"),
         };
         // No trace of the loser: not at the winner's version, not later.
-        let after = db.begin().await.unwrap();
-        assert!(after.read_version() >= winner);
+        let after = db.begin();
+        assert!(after.read_version().await.unwrap() >= winner);
         assert_eq!(
             after.snapshot_get(&k).await.unwrap(),
             Some(Bytes::from(won))
@@ -51,7 +54,7 @@ async fn of_two_writers_at_one_read_version_exactly_one_commits() {
         assert_eq!(after.snapshot_get(&key(&loser_key)).await.unwrap(), None);
     }
     // And nowhere in a scan of everything written.
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     let prefix = |p: &'static str| KeyRange::prefix(Bytes::from_static(p.as_bytes())).unwrap();
     let a_only = tx
         .snapshot_get_range(&prefix("only-a/"), 100, false)
@@ -83,8 +86,8 @@ async fn versions_increase_and_a_later_read_sees_the_commit() {
             .unwrap();
         assert!(v > last, "{v} after {last}");
         last = v;
-        let reader = db.begin().await.unwrap();
-        assert!(reader.read_version() >= v);
+        let reader = db.begin();
+        assert!(reader.read_version().await.unwrap() >= v);
         assert_eq!(
             reader.snapshot_get(&k).await.unwrap(),
             Some(Bytes::from(i.to_string()))
@@ -96,8 +99,8 @@ async fn versions_increase_and_a_later_read_sees_the_commit() {
 async fn a_read_only_transaction_does_not_commit_anything() {
     let (cluster, _dir) = common::cluster().await;
     let db = cluster.database();
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     assert_eq!(tx.get(&key("nothing")).await.unwrap(), None);
-    assert_eq!(tx.commit().await.unwrap(), tx.read_version());
+    assert_eq!(tx.commit().await.unwrap(), tx.read_version().await.unwrap());
     assert!(tx.commit().await.is_err(), "a transaction commits once");
 }

@@ -75,7 +75,7 @@ async fn killed_mid_workload_the_ring_and_every_acknowledged_commit_survive() {
         let cluster = EmbeddedCluster::start(dir.path(), EmbeddedConfig::default())
             .await
             .unwrap();
-        let tx = cluster.database().begin().await.unwrap();
+        let tx = cluster.database().begin();
         for (c, n) in &acked {
             assert!(
                 tx.snapshot_get(&strata_director::workload::cycle::ack(*c, *n))

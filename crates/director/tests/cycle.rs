@@ -53,12 +53,12 @@ async fn runs_claim_numbers_apart_and_a_bad_or_spent_count_is_refused_unchanged(
     assert_eq!(claim_run(&db).await.unwrap(), RUN_NUMBERS);
     assert_eq!(claim_run(&db).await.unwrap(), 2 * RUN_NUMBERS);
     let stored = || async {
-        let tx = db.begin().await.unwrap();
+        let tx = db.begin();
         tx.get(&runs_key()).await.unwrap()
     };
     assert_eq!(stored().await, Some(Bytes::from_static(b"2")));
     for (count, corrupt) in [(&b"two"[..], true), (b"16777215", false)] {
-        let tx = db.begin().await.unwrap();
+        let tx = db.begin();
         tx.set(runs_key(), Bytes::copy_from_slice(count));
         tx.commit().await.unwrap();
         let e = claim_run(&db).await.unwrap_err();
@@ -87,7 +87,7 @@ async fn acknowledgements_beyond_one_transactions_lifetime_are_checked() {
     let db = cluster.database();
     let mut acked = Vec::new();
     for client in 0..200 {
-        let tx = db.begin().await.unwrap();
+        let tx = db.begin();
         for n in 0..1_000 {
             tx.set(ack(client, n), bytes::Bytes::from_static(b"1"));
             acked.push((client, n));

@@ -44,7 +44,7 @@ async fn fault_at(point: FaultPoint, stage: Stage) {
 
     // Nothing of epoch 2 is readable: every system key is epoch 3's.
     let db = cluster.database();
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     let mono = tx.snapshot_get(&keys::config()).await.unwrap().unwrap();
     let mono = SystemConfig::from_monolithic(&mono).unwrap();
     assert_eq!(mono.layout.epoch, Epoch(3));
@@ -95,7 +95,7 @@ async fn fault_at(point: FaultPoint, stage: Stage) {
             || err.stage == stage,
         "{point:?}: {err}"
     );
-    let later = db.begin().await.unwrap();
+    let later = db.begin();
     assert_eq!(later.snapshot_get(&"stale".into()).await.unwrap(), None);
 }
 
@@ -186,7 +186,7 @@ async fn a_stalled_sync_times_out_the_persistence_phase() {
 
     let (cluster, _) = recover(dir.path(), one_log, &store, &env).await.unwrap();
     let db = cluster.database();
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     tx.set("after".into(), "the stall".into());
     tx.commit().await.unwrap();
     cluster.stop().await;
@@ -229,7 +229,7 @@ async fn a_failed_sync_is_named_by_every_later_error() {
     let db = cluster.database();
     faults.arm(FaultPoint::LogSync);
     for i in 0..3 {
-        let tx = db.begin().await.unwrap();
+        let tx = db.begin();
         tx.set(format!("k{i}").into(), "v".into());
         let err = tx.commit().await.expect_err("the log failed");
         assert!(

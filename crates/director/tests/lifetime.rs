@@ -37,9 +37,10 @@ async fn a_transaction_outliving_its_lifetime_fails_once_with_the_documented_err
     let e = db
         .run(|tx| {
             runs.fetch_add(1, Ordering::SeqCst);
-            *read_at.lock().unwrap() = Some(tx.read_version());
+            let read_at = &read_at;
             async move {
                 tx.get(&key("lifetime/a")).await?;
+                *read_at.lock().unwrap() = Some(tx.read_version().await?);
                 tokio::time::sleep(slow).await;
                 tx.set(key("lifetime/a"), "late".into());
                 Ok(())
@@ -60,7 +61,7 @@ async fn a_transaction_outliving_its_lifetime_fails_once_with_the_documented_err
             lived,
             limit,
         } => {
-            assert_eq!(*named, read_version);
+            assert_eq!(*named, Some(read_version));
             assert_eq!(*limit, LIFETIME);
             assert!(*lived >= slow, "{lived:?}");
         }
@@ -72,7 +73,7 @@ async fn a_transaction_outliving_its_lifetime_fails_once_with_the_documented_err
     );
 
     // Its write never reached the cluster; a quick transaction still commits.
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     assert_eq!(tx.get(&key("lifetime/a")).await.unwrap(), None);
     tx.set(key("lifetime/b"), "quick".into());
     tx.commit().await.unwrap();
@@ -99,7 +100,7 @@ async fn a_commit_too_old_for_the_resolver_names_its_own_read_version() {
     let cluster = EmbeddedCluster::start(dir.path(), config).await.unwrap();
     let db = cluster.database();
 
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     assert_eq!(tx.get(&key("old/a")).await.unwrap(), None);
     tokio::time::sleep(Duration::from_millis(200)).await;
     tx.set(key("old/a"), "late".into());
@@ -107,7 +108,7 @@ async fn a_commit_too_old_for_the_resolver_names_its_own_read_version() {
     assert_eq!(e.stage, Stage::Resolver);
     match e.kind {
         ErrorKind::TooOld { version, oldest } => {
-            assert_eq!(version, tx.read_version());
+            assert_eq!(version, tx.read_version().await.unwrap());
             assert!(
                 oldest > version && oldest.0 - version.0 < 5_000_000,
                 "oldest {oldest} for a read at {version}"

@@ -49,7 +49,7 @@ async fn a_failed_stage_ends_the_epoch_and_the_next_one_serves() {
     // The sequencer fails the next probe: the director must end epoch 1.
     faults.arm(FaultPoint::ReadVersion);
     let db = wait_for(&mut watching, Epoch(2)).await;
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     assert_eq!(tx.get(&"before".into()).await.unwrap(), Some("1".into()));
     db.run(|tx| async move {
         tx.set("after".into(), "2".into());

@@ -144,10 +144,10 @@ async fn a_proxy_worker_recruited_by_another_process_reaches_none_of_the_directo
         report.config.layout.commit_proxies,
         [format!("proxy-0@{proxy_at}")]
     );
-    let t = cluster.database().begin().await.unwrap();
+    let t = cluster.database().begin();
     t.set(Bytes::from_static(b"honest"), Bytes::from_static(b"y"));
     t.commit().await.unwrap();
-    let last = cluster.database().begin().await.unwrap().read_version();
+    let last = cluster.database().begin().read_version().await.unwrap();
 
     // The attacker knows the cluster id, the workers' addresses and the second port's (the
     // layout names them), and the log ids; it serves a sequencer of epoch 2 handing out
@@ -206,7 +206,7 @@ async fn a_proxy_worker_recruited_by_another_process_reaches_none_of_the_directo
         .await
         .unwrap();
     assert_eq!(proxy.epoch(), Epoch(1));
-    let t = cluster.database().begin().await.unwrap();
+    let t = cluster.database().begin();
     t.set(Bytes::from_static(b"after"), Bytes::from_static(b"z"));
     t.commit().await.unwrap();
     cluster.check_health().await.unwrap();
@@ -216,7 +216,7 @@ async fn a_proxy_worker_recruited_by_another_process_reaches_none_of_the_directo
         .await
         .unwrap();
     assert!(report.recovery_version < Version(u64::MAX));
-    let t = cluster.database().begin().await.unwrap();
+    let t = cluster.database().begin();
     for (key, value) in [(&b"honest"[..], &b"y"[..]), (b"after", b"z")] {
         let got = t.get(&Bytes::copy_from_slice(key)).await.unwrap();
         assert_eq!(got.as_deref(), Some(value));

@@ -96,7 +96,7 @@ async fn commit_many(db: &Database, first: u64, count: u64) -> BTreeMap<Bytes, B
         tasks.push(tokio::spawn(async move {
             let key = Bytes::from(format!("k{n:06}"));
             let value = Bytes::from(format!("v{n}"));
-            let t = db.begin().await.unwrap();
+            let t = db.begin();
             t.set(key.clone(), value.clone());
             t.commit().await.unwrap();
             (key, value)
@@ -112,7 +112,7 @@ async fn commit_many(db: &Database, first: u64, count: u64) -> BTreeMap<Bytes, B
 
 /// Every acknowledged key, read back at one read version of `db`.
 async fn assert_all_there(db: &Database, acked: &BTreeMap<Bytes, Bytes>) {
-    let t = db.begin().await.unwrap();
+    let t = db.begin();
     for (k, v) in acked {
         assert_eq!(t.get(k).await.unwrap().as_ref(), Some(v), "{k:?}");
     }
@@ -189,7 +189,7 @@ async fn a_failed_log_is_blamed_on_the_log_not_on_the_proxy_worker() {
     let acked = commit_many(&cluster.database(), 0, 50).await;
 
     faults.arm(FaultPoint::LogSync);
-    let t = cluster.database().begin().await.unwrap();
+    let t = cluster.database().begin();
     t.set(Bytes::from_static(b"unsure"), Bytes::from_static(b"x"));
     t.commit().await.unwrap_err();
     let health = cluster.check_health().await.unwrap_err();
@@ -291,7 +291,7 @@ async fn the_proxy_of_an_ended_epoch_commits_nothing_though_its_worker_still_run
     assert_eq!(proxies_named(&r2), [format!("proxy-0@{second_at}")]);
     let new = commit_many(&c2.database(), 1_000, 50).await;
     // The old handle takes no read version (its sequencer is stopped with its epoch)...
-    let e = old.begin().await.unwrap_err();
+    let e = old.begin().read_version().await.unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
     // ...and the old epoch's proxy, still served by the first worker, commits nothing.
     let stale = RemoteProxy::connect(&first_at, access(id), 0)
@@ -306,7 +306,7 @@ async fn the_proxy_of_an_ended_epoch_commits_nothing_though_its_worker_still_run
     let db = c2.database();
     assert_all_there(&db, &acked).await;
     assert_all_there(&db, &new).await;
-    let t = db.begin().await.unwrap();
+    let t = db.begin();
     for n in 0..20 {
         let key = Bytes::from(format!("stale{n}"));
         assert_eq!(t.get(&key).await.unwrap(), None, "{key:?}");
@@ -393,7 +393,7 @@ async fn a_proxy_worker_whose_batch_failed_ends_the_epoch_by_its_heartbeat() {
     cluster.check_health().await.unwrap();
 
     faults.arm(FaultPoint::LogPush);
-    let t = cluster.database().begin().await.unwrap();
+    let t = cluster.database().begin();
     t.set(Bytes::from_static(b"lost"), Bytes::from_static(b"x"));
     let failed = t.commit().await.unwrap_err();
     assert!(!matches!(failed.kind, ErrorKind::Conflict), "{failed}");
@@ -534,7 +534,7 @@ async fn a_proxy_worker_takes_no_commit_before_its_recovery_has_finished() {
     assert!(version > report.system_commit_version);
     acked.extend(commit_many(&cluster.database(), 1_000, 50).await);
     assert_all_there(&cluster.database(), &acked).await;
-    let t = cluster.database().begin().await.unwrap();
+    let t = cluster.database().begin();
     assert_eq!(t.get(&Bytes::from_static(b"early")).await.unwrap(), None);
     assert_eq!(
         t.get(&Bytes::from_static(b"late"))

@@ -30,7 +30,7 @@ async fn recover(dir: &Path, logs: usize) -> (EmbeddedCluster, RecoveryReport) {
 
 /// The system keys as stored: the monolithic value and the decomposed pairs.
 async fn stored(db: &Database) -> (SystemConfig, Vec<(Key, Value)>) {
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     let mono = tx
         .snapshot_get(&keys::config())
         .await
@@ -112,7 +112,7 @@ async fn the_next_epoch_takes_the_configuration_from_the_monolithic_key_and_keep
         "the new coordinator read the configuration of epoch 1 from the monolithic key"
     );
     assert_eq!(SystemConfig::from_decomposed(pairs).unwrap(), mono);
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     assert_eq!(
         tx.snapshot_get(&"user/1".into()).await.unwrap(),
         Some(Bytes::from_static(b"kept"))
@@ -125,7 +125,7 @@ async fn a_smaller_layout_leaves_no_entry_of_the_larger_one() {
     let (cluster, _) = recover(dir.path(), 3).await;
     cluster.stop().await;
     let (cluster, report) = recover(dir.path(), 2).await;
-    let tx = cluster.database().begin().await.unwrap();
+    let tx = cluster.database().begin();
     let logs = tx
         .snapshot_get_range(
             &strata_core::KeyRange::prefix(Bytes::from_static(b"\xff/system/layout/logs/"))
@@ -222,7 +222,7 @@ async fn recovery_waits_for_storage_to_reapply_its_window() {
         .await
         .expect("recovery waits for storage to catch up");
     assert_eq!(report.epoch, Epoch(2));
-    let tx = cluster.database().begin().await.unwrap();
+    let tx = cluster.database().begin();
     assert!(tx.snapshot_get(&"w31/99".into()).await.unwrap().is_some());
 }
 

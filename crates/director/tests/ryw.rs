@@ -52,7 +52,7 @@ async fn reads_see_the_transactions_own_writes_like_the_model() {
 
     // Committed state: half of the key space written.
     let mut base = BTreeMap::new();
-    let setup = db.begin().await.unwrap();
+    let setup = db.begin();
     for _ in 0..20 {
         let k = key(&mut rng);
         let v = Bytes::from(format!("base{}", rng.below(100)));
@@ -62,7 +62,7 @@ async fn reads_see_the_transactions_own_writes_like_the_model() {
     setup.commit().await.unwrap();
 
     for round in 0..150 {
-        let tx = db.begin().await.unwrap();
+        let tx = db.begin();
         let mut model = base.clone();
         for step in 0..25 {
             let what = format!("round {round} step {step}");

@@ -73,7 +73,7 @@ fn env_for(id: &str) -> RecoveryEnv {
 }
 
 async fn put(db: &strata_director::Database, key: &str, value: &str) -> strata_core::Version {
-    let t = db.begin().await.unwrap();
+    let t = db.begin();
     t.set(
         bytes::Bytes::copy_from_slice(key.as_bytes()),
         bytes::Bytes::copy_from_slice(value.as_bytes()),
@@ -110,10 +110,10 @@ async fn a_handle_of_an_ended_epoch_is_refused_though_its_worker_still_runs() {
     let acked = put(&c2.database(), "k", "new").await;
 
     // The old handle, after the acknowledgement: refused as unavailable, as in process.
-    match old.begin().await {
+    let t = old.begin();
+    match t.read_version().await {
         Err(e) => assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}"),
-        Ok(t) => {
-            let rv = t.read_version();
+        Ok(rv) => {
             let got = t.get(&bytes::Bytes::from_static(b"k")).await;
             panic!(
                 "old handle got read version {rv} (below the acknowledged {acked}) and read k = {got:?}"
@@ -236,8 +236,9 @@ async fn a_lost_read_version_does_not_stop_the_watermark() {
     let mut last = v1;
     for i in 0..20 {
         let t = loop {
-            match db.begin().await {
-                Ok(t) => break t,
+            let t = db.begin();
+            match t.read_version().await {
+                Ok(_) => break t,
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
@@ -254,7 +255,7 @@ async fn a_lost_read_version_does_not_stop_the_watermark() {
     let until = std::time::Instant::now() + Duration::from_secs(7);
     let mut n = 0;
     while std::time::Instant::now() < until {
-        let t = db.begin().await.unwrap();
+        let t = db.begin();
         t.set(
             bytes::Bytes::from(format!("c{n}").into_bytes()),
             bytes::Bytes::from_static(b"y"),
@@ -300,7 +301,7 @@ async fn with_the_sequencer_in_process_a_handle_of_an_ended_epoch_is_refused() {
     c1.stop().await;
     let (c2, _) = start(dir.path(), &store, &env).await;
     put(&c2.database(), "k", "new").await;
-    let e = old.begin().await.map(|t| t.read_version()).unwrap_err();
+    let e = old.begin().read_version().await.unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
     c2.stop().await;
 }
@@ -399,7 +400,7 @@ async fn a_worker_whose_sequencer_fails_its_probe_is_passed_over() {
         r2.config
     );
     let db = c2.database();
-    let t = db.begin().await.unwrap();
+    let t = db.begin();
     assert_eq!(
         t.get(&bytes::Bytes::from_static(b"k")).await.unwrap(),
         Some(bytes::Bytes::from_static(b"1"))

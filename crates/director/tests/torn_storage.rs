@@ -61,7 +61,7 @@ async fn recovers(dir: &Path) {
     let cluster = EmbeddedCluster::start(dir, EmbeddedConfig::default())
         .await
         .unwrap();
-    let tx = cluster.database().begin().await.unwrap();
+    let tx = cluster.database().begin();
     assert_eq!(tx.get(&"k".into()).await.unwrap(), Some("v".into()));
     cluster.stop().await;
 }

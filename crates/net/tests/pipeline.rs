@@ -258,7 +258,7 @@ async fn a_pipeline_of_remote_stages_keeps_every_acknowledged_increment() {
 
     // Every increment is there, read back both ways: key by key, and by range reads of each
     // half, through the remote storage servers.
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     let mut by_key = 0;
     for i in 0..KEYS {
         by_key += counter(tx.get(&key(i)).await.unwrap());

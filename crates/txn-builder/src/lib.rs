@@ -12,8 +12,11 @@
 //!
 //! # Contract
 //!
-//! - Every read is at the read version taken from the sequencer when the transaction begins,
-//!   from the storage server owning the key (a range read asks each shard it spans in turn).
+//! - Every read is at one read version, from the storage server owning the key (a range read
+//!   asks each shard it spans in turn). [`Database::begin`] asks the cluster nothing; the
+//!   first read asks the sequencer for the newest committed version (concurrent first reads
+//!   share the one request). A transaction that only writes never asks: it is sent without a
+//!   read version, since only reads can conflict, and its commit is one call to a proxy.
 //! - Read-your-writes: `get` and `get_range` see the transaction's own `set`, `clear`,
 //!   `clear_range` and atomic operations merged over the snapshot ([`strata_core::merge`]); a
 //!   key its writes answer is not read from storage. `snapshot_get` and `snapshot_get_range`
@@ -34,12 +37,12 @@
 //!   `clear_range` of the key replaces them. The mutations are sent as made, either way.
 //! - A transaction commits once. After it, reads and a second commit are `InvalidRequest`,
 //!   writes are dropped (with a warning). A transaction that wrote nothing commits at once at
-//!   its read version, without a proxy.
+//!   its read version (asked for then if it read nothing), without a proxy.
 //! - A transaction lives at most its [`TransactionOptions::lifetime`] (by default and at most
-//!   [`strata_core::TRANSACTION_LIFETIME_MAX`], 5 s), counted from just before it asks for
-//!   its read version. A read or commit after that fails at once, without asking storage or a
-//!   proxy, with [`ErrorKind::TransactionExpired`] naming the read version, how long it lived
-//!   and the limit. Why 5 s: the sequencer's versions follow wall time at 1,000,000 a second,
+//!   [`strata_core::TRANSACTION_LIFETIME_MAX`], 5 s), counted from [`Database::begin`], so
+//!   from before its read version was asked for. A read or commit after that fails at once,
+//!   without asking storage or a proxy, with [`ErrorKind::TransactionExpired`] naming the read
+//!   version (if it read), how long it lived and the limit. Why 5 s: the sequencer's versions follow wall time at 1,000,000 a second,
 //!   so the storage servers' MVCC window ([`strata_core::MVCC_WINDOW_VERSIONS`], 5,000,000
 //!   versions) is 5 s; an older transaction would read versions storage has let go of
 //!   (`TooOld`) and commit against writes the resolvers have forgotten.
@@ -131,7 +134,7 @@
 //! # let (proxy, storage) = (map.clone(), map);
 //! let db = Database::new(sequencer, vec![proxy], vec![storage], RetryConfig::default())?;
 //!
-//! let tx = db.begin().await?;
+//! let tx = db.begin();
 //! tx.set("user/1".into(), "ada".into());
 //! tx.set("user/2".into(), "alan".into());
 //! // The transaction reads its own writes, before any commit.
@@ -153,11 +156,11 @@
 //! // Atomic operations read nothing, so concurrent ones never conflict; the storage servers
 //! // add to whatever the counter holds when each commits.
 //! for _ in 0..3 {
-//!     let tx = db.begin().await?;
+//!     let tx = db.begin();
 //!     tx.atomic_add_i64("visits".into(), 2);
 //!     tx.commit().await?;
 //! }
-//! let tx = db.begin().await?;
+//! let tx = db.begin();
 //! tx.atomic_add_i64("visits".into(), -1);
 //! // The transaction sees its own operation over the stored value: 6 - 1.
 //! let visits = tx.get(&"visits".into()).await?;
@@ -286,7 +289,7 @@ impl Database {
     /// # async fn example(db: strata_txn_builder::Database) -> strata_core::Result<()> {
     /// use std::time::Duration;
     /// let quick = db.with_options(db.options().with_lifetime(Duration::from_millis(500)))?;
-    /// let tx = quick.begin().await?; // its reads and commit fail after 500 ms
+    /// let tx = quick.begin(); // its reads and commit fail after 500 ms
     /// # Ok(()) }
     /// ```
     pub fn with_options(&self, options: TransactionOptions) -> Result<Database> {
@@ -297,21 +300,20 @@ impl Database {
         })
     }
 
-    /// A new transaction reading at the newest committed version. Its lifetime (the
-    /// database's [`TransactionOptions::lifetime`]) starts now, before the read version is
-    /// asked for.
-    pub async fn begin(&self) -> Result<Transaction> {
-        let began = Instant::now();
-        let read_version = self.inner.sequencer.read_version().await?;
-        Ok(Transaction {
+    /// A new transaction. It asks the cluster nothing yet: its first read asks the sequencer
+    /// for the newest committed version and reads there (see [`Transaction::read_version`]);
+    /// one that only writes never asks, and its commit is one call. Its lifetime (the
+    /// database's [`TransactionOptions::lifetime`]) starts now.
+    pub fn begin(&self) -> Transaction {
+        Transaction {
             inner: Arc::new(TxInner {
                 db: self.inner.clone(),
-                read_version,
-                began,
+                read_version: tokio::sync::OnceCell::new(),
+                began: Instant::now(),
                 lifetime: self.options.lifetime,
                 state: Mutex::new(TxState::default()),
             }),
-        })
+        }
     }
 
     /// Runs `body` in a transaction and commits it, starting over on a conflict or a read
@@ -394,8 +396,10 @@ pub struct Transaction {
 
 struct TxInner {
     db: Arc<DbInner>,
-    read_version: Version,
-    /// When it began: just before its read version was asked for.
+    /// Asked for once, by the first read (or [`Transaction::read_version`]); concurrent
+    /// first reads share the one request, and a failed request is made again by the next.
+    read_version: tokio::sync::OnceCell<Version>,
+    /// When it began.
     began: Instant,
     /// How long it may live from `began`.
     lifetime: Duration,
@@ -431,15 +435,22 @@ impl TxState {
 impl std::fmt::Debug for Transaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transaction")
-            .field("read_version", &self.inner.read_version)
+            .field("read_version", &self.inner.read_version.get())
             .finish_non_exhaustive()
     }
 }
 
 impl Transaction {
-    /// The version every read of this transaction is made at.
-    pub fn read_version(&self) -> Version {
-        self.inner.read_version
+    /// The version every read of this transaction is made at: the newest committed version
+    /// when it was first needed, asked of the sequencer then (by this call or the first
+    /// read), and the same for the rest of the transaction. Fails as the sequencer's call
+    /// does (say, `Unavailable` once the client's epoch has ended); the next call asks again.
+    pub async fn read_version(&self) -> Result<Version> {
+        self.inner
+            .read_version
+            .get_or_try_init(|| self.inner.db.sequencer.read_version())
+            .await
+            .copied()
     }
 
     fn state(&self) -> Result<MutexGuard<'_, TxState>> {
@@ -496,9 +507,8 @@ impl Transaction {
     /// The value of `key` in the snapshot at the read version; no conflict, own writes ignored.
     pub async fn snapshot_get(&self, key: &Key) -> Result<Option<Value>> {
         self.check_lifetime()?;
-        self.storage_for(key)?
-            .get(key.clone(), self.inner.read_version)
-            .await
+        let server = self.storage_for(key)?;
+        server.get(key.clone(), self.read_version().await?).await
     }
 
     /// Up to `limit` pairs of `range` (from its end when `reverse`), seeing this transaction's
@@ -586,16 +596,12 @@ impl Transaction {
         if reverse {
             pieces.reverse();
         }
+        let read_version = self.read_version().await?;
         let mut out = RangeRead::default();
         let count = pieces.len();
         for (i, (piece, server)) in pieces.into_iter().enumerate() {
             let got = server
-                .get_range(
-                    piece,
-                    self.inner.read_version,
-                    limit - out.entries.len(),
-                    reverse,
-                )
+                .get_range(piece, read_version, limit - out.entries.len(), reverse)
                 .await?;
             out.entries.extend(got.entries);
             if got.more || (out.entries.len() == limit && i + 1 < count) {
@@ -721,23 +727,27 @@ impl Transaction {
     }
 
     /// Commits the transaction through a commit proxy and returns its commit version. A
-    /// transaction that wrote nothing commits at once, at its read version. A transaction
-    /// commits once; later calls fail. After the transaction's lifetime the commit fails with
-    /// [`ErrorKind::TransactionExpired`], without a proxy, even for one that wrote nothing.
+    /// transaction that wrote nothing commits at once, at its read version (asked for now if
+    /// it read nothing). One that read nothing is sent without a read version: only reads
+    /// can conflict, so its writes commit at whatever version the proxy gives them. A
+    /// transaction commits once; later calls fail. After the transaction's lifetime the
+    /// commit fails with [`ErrorKind::TransactionExpired`], without a proxy, even for one that
+    /// wrote nothing.
     pub async fn commit(&self) -> Result<Version> {
         self.check_lifetime()?;
         let tx = {
             let mut st = self.state()?;
             st.committed = true;
-            if st.mutations.is_empty() {
-                return Ok(self.inner.read_version);
-            }
-            strata_core::Transaction {
-                read_version: Some(self.inner.read_version),
+            (!st.mutations.is_empty()).then(|| strata_core::Transaction {
+                // Set by every read, so present whenever there are read conflicts.
+                read_version: self.inner.read_version.get().copied(),
                 read_conflicts: std::mem::take(&mut st.read_conflicts),
                 write_conflicts: std::mem::take(&mut st.write_conflicts),
                 mutations: std::mem::take(&mut st.mutations),
-            }
+            })
+        };
+        let Some(tx) = tx else {
+            return self.read_version().await;
         };
         // Checked here, so that a transaction that could never be sent fails as this stage's
         // error; the proxy gets it unencoded (one in this process then skips the encoding and

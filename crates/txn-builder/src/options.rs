@@ -41,7 +41,7 @@ use crate::{Database, RetryConfig, Transaction, error};
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransactionOptions {
-    /// Longest a transaction may live, from asking for its read version to its last read or
+    /// Longest a transaction may live, from [`Database::begin`] to its last read or
     /// its commit: above zero, at most (and by default) [`TRANSACTION_LIFETIME_MAX`], 5 s.
     /// After it, every read and the commit fail at once with
     /// [`ErrorKind::TransactionExpired`], without reaching storage or a proxy.
@@ -153,7 +153,7 @@ impl Transaction {
             return Ok(());
         }
         Err(error(ErrorKind::TransactionExpired {
-            read_version: self.inner.read_version,
+            read_version: self.inner.read_version.get().copied(),
             lived,
             limit: self.inner.lifetime,
         }))
@@ -212,7 +212,7 @@ where
     loop {
         let attempt = progress.attempts.fetch_add(1, Ordering::Relaxed) + 1;
         let result: Result<(T, Version)> = async {
-            let tx = db.begin().await?;
+            let tx = db.begin();
             let value = body(tx.clone()).await?;
             let version = tx.commit().await?;
             Ok((value, version))

@@ -19,8 +19,12 @@ mod atomic;
 
 const READ_VERSION: Version = Version(100);
 
-/// Hands out one read version; commits never reach it (the fake proxy answers them).
-struct FixedSequencer;
+/// Hands out one read version, and counts how often it was asked; commits never reach it
+/// (the fake proxy answers them).
+#[derive(Default)]
+struct FixedSequencer {
+    asked: AtomicUsize,
+}
 
 #[async_trait]
 impl Sequencer for FixedSequencer {
@@ -37,6 +41,9 @@ impl Sequencer for FixedSequencer {
     }
 
     async fn read_version(&self) -> Result<Version> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        // Another caller may start asking meanwhile (concurrent reads).
+        tokio::task::yield_now().await;
         Ok(READ_VERSION)
     }
 }
@@ -179,6 +186,7 @@ fn stored() -> BTreeMap<Key, Value> {
 
 struct Cluster {
     db: Database,
+    sequencer: Arc<FixedSequencer>,
     storage: Vec<Arc<MapStorage>>,
     proxy: Arc<KeepingProxy>,
 }
@@ -198,8 +206,9 @@ impl Cluster {
             })
             .collect();
         let proxy = Arc::new(KeepingProxy::default());
+        let sequencer = Arc::new(FixedSequencer::default());
         let db = Database::new(
-            Arc::new(FixedSequencer),
+            sequencer.clone(),
             vec![proxy.clone()],
             storage
                 .iter()
@@ -208,7 +217,17 @@ impl Cluster {
             RetryConfig::default(),
         )
         .unwrap();
-        Cluster { db, storage, proxy }
+        Cluster {
+            db,
+            sequencer,
+            storage,
+            proxy,
+        }
+    }
+
+    /// How often the transactions asked for a read version.
+    fn asked(&self) -> usize {
+        self.sequencer.asked.load(Ordering::SeqCst)
     }
 
     fn gets(&self) -> usize {
@@ -238,10 +257,44 @@ fn value(v: &str) -> Option<Value> {
 }
 
 #[tokio::test]
+async fn a_transaction_that_only_writes_commits_without_a_read_version() {
+    let cluster = Cluster::new(&[], 100);
+    let tx = cluster.db.begin();
+    tx.set(key("a"), Value::from("mine"));
+    tx.clear_range(range("c", "e"));
+    tx.atomic_add(key("n"), Value::from_static(&[1]));
+    tx.commit().await.unwrap();
+    assert_eq!(
+        cluster.asked(),
+        0,
+        "nothing read: no read version asked for"
+    );
+    let sent = cluster.proxy.sent().pop().unwrap();
+    assert_eq!(sent.read_version, None);
+    assert!(sent.read_conflicts.is_empty());
+    assert_eq!(sent.write_conflicts.len(), 3);
+}
+
+#[tokio::test]
+async fn concurrent_first_reads_share_one_read_version_which_the_commit_sends() {
+    let cluster = Cluster::new(&["e"], 100);
+    let tx = cluster.db.begin();
+    let (ka, kf) = (key("a"), key("f"));
+    let (a, f) = tokio::join!(tx.get(&ka), tx.snapshot_get(&kf));
+    assert_eq!(a.unwrap(), value("stored-a"));
+    assert_eq!(f.unwrap(), value("stored-f"));
+    tx.get_range(&range("b", "d"), 10, false).await.unwrap();
+    assert_eq!(cluster.asked(), 1, "one read version for every read");
+    let sent = cluster.sent(&tx).await;
+    assert_eq!(sent.read_version, Some(READ_VERSION));
+    assert_eq!(cluster.asked(), 1);
+}
+
+#[tokio::test]
 async fn a_get_sees_the_transactions_own_sets_and_clears_without_asking_storage() {
     let cluster = Cluster::new(&[], 100);
-    let tx = cluster.db.begin().await.unwrap();
-    assert_eq!(tx.read_version(), READ_VERSION);
+    let tx = cluster.db.begin();
+    assert_eq!(tx.read_version().await.unwrap(), READ_VERSION);
 
     tx.set(key("a"), Value::from("mine"));
     tx.set(key("new"), Value::from("fresh"));
@@ -276,7 +329,7 @@ async fn a_get_sees_the_transactions_own_sets_and_clears_without_asking_storage(
 #[tokio::test]
 async fn reads_add_read_conflicts_writes_add_write_conflicts_and_snapshot_reads_add_none() {
     let cluster = Cluster::new(&["e"], 100);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.get(&key("a")).await.unwrap();
     tx.get(&key("missing")).await.unwrap();
     tx.snapshot_get(&key("b")).await.unwrap();
@@ -332,7 +385,7 @@ async fn reads_add_read_conflicts_writes_add_write_conflicts_and_snapshot_reads_
 #[tokio::test]
 async fn a_range_read_cut_by_its_limit_conflicts_only_up_to_its_last_key() {
     let cluster = Cluster::new(&["e"], 2);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     let forward = tx.get_range(&range("b", "h"), 3, false).await.unwrap();
     assert_eq!(forward.last().unwrap().0, key("d"));
     let reverse = tx.get_range(&range("b", "h"), 3, true).await.unwrap();
@@ -385,7 +438,7 @@ fn expected(r: &KeyRange, limit: usize, reverse: bool) -> Vec<(Key, Value)> {
 async fn a_range_read_merges_own_writes_over_storage_pages_in_both_directions_at_every_limit() {
     // Pages of two pairs and two shards: every read crosses page and shard boundaries.
     let cluster = Cluster::new(&["e"], 2);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     write_some(&tx);
     for r in [
         everything(),
@@ -418,7 +471,7 @@ async fn a_range_clear_over_a_whole_page_does_not_end_the_read_early() {
     // Pages of two pairs; the first six keys are cleared locally, so the first pages add
     // nothing and the read must go on to the pages after them.
     let cluster = Cluster::new(&[], 2);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.clear_range(range("a", "g"));
     assert_eq!(
         tx.get_range(&everything(), 2, false).await.unwrap(),
@@ -437,7 +490,7 @@ async fn a_range_clear_over_a_whole_page_does_not_end_the_read_early() {
 #[tokio::test]
 async fn a_range_read_of_limit_zero_is_empty_reads_nothing_and_conflicts_with_nothing() {
     let cluster = Cluster::new(&[], 100);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     // A write inside the range: read-your-writes must not sneak it into an empty answer.
     tx.set(key("b0"), Value::from("mine"));
     for reverse in [false, true] {
@@ -458,7 +511,7 @@ async fn a_range_read_of_limit_zero_is_empty_reads_nothing_and_conflicts_with_no
     assert_eq!(sent.read_conflicts, vec![]);
 
     // The same reads with a limit of one do read, through the transaction's own writes.
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.set(key("0"), Value::from("mine"));
     let first = |k: &str, v: &str| vec![(key(k), Value::copy_from_slice(v.as_bytes()))];
     assert_eq!(
@@ -486,14 +539,14 @@ async fn refused(cluster: &Cluster, tx: &Transaction) -> WireError {
 async fn an_oversized_key_value_or_transaction_is_refused_with_its_typed_error() {
     let cluster = Cluster::new(&[], 100);
 
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.set(Key::from(vec![b'k'; KEY_BYTES_MAX + 1]), Value::from("v"));
     assert!(matches!(
         refused(&cluster, &tx).await,
         WireError::KeyTooLarge { len, max, .. } if len == KEY_BYTES_MAX + 1 && max == KEY_BYTES_MAX
     ));
 
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.set(key("k"), Value::from(vec![0; VALUE_BYTES_MAX + 1]));
     assert!(matches!(
         refused(&cluster, &tx).await,
@@ -502,7 +555,7 @@ async fn an_oversized_key_value_or_transaction_is_refused_with_its_typed_error()
     ));
 
     // Each value within its limit, all of them together over the transaction's.
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     for i in 0..=TRANSACTION_BYTES_MAX / VALUE_BYTES_MAX {
         tx.set(
             key(&format!("k{i:04}")),
@@ -515,7 +568,7 @@ async fn an_oversized_key_value_or_transaction_is_refused_with_its_typed_error()
     ));
 
     // At the limits exactly, a transaction goes through.
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.set(
         Key::from(vec![b'k'; KEY_BYTES_MAX]),
         Value::from(vec![0; VALUE_BYTES_MAX]),
@@ -532,7 +585,7 @@ fn invalid<T>(r: Result<T>) -> bool {
 #[tokio::test]
 async fn a_committed_transaction_refuses_reads_and_a_second_commit_and_drops_writes() {
     let cluster = Cluster::new(&[], 100);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.set(key("a"), Value::from("mine"));
     assert_eq!(tx.commit().await.unwrap(), READ_VERSION.saturating_add(1));
     assert!(invalid(tx.get(&key("a")).await));
@@ -542,7 +595,7 @@ async fn a_committed_transaction_refuses_reads_and_a_second_commit_and_drops_wri
     assert_eq!(cluster.proxy.sent().len(), 1);
 
     // A transaction that wrote nothing commits at its read version without the proxy.
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.get(&key("a")).await.unwrap();
     assert_eq!(tx.commit().await.unwrap(), READ_VERSION);
     assert_eq!(cluster.proxy.sent().len(), 1);
@@ -551,7 +604,7 @@ async fn a_committed_transaction_refuses_reads_and_a_second_commit_and_drops_wri
 #[tokio::test]
 async fn reads_outside_every_shard_are_wrong_shard() {
     let cluster = Cluster::new(&[], 100);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     let outside = Key::from_static(b"\xff\x01");
     let e = tx.get(&outside).await.unwrap_err();
     assert!(matches!(e.kind, ErrorKind::WrongShard { .. }), "{e}");

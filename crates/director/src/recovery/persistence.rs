@@ -69,7 +69,7 @@ async fn persist(
     let config_error =
         |e: strata_core::system::ConfigError| error(ErrorKind::Corruption(e.to_string()));
     at(Stage::Sequencer);
-    let tx = db.begin().await?;
+    let tx = db.begin();
     // The configuration the previous coordinator wrote, read from the monolithic key: the
     // handoff from one generation to the next.
     at(Stage::Storage);
@@ -125,13 +125,13 @@ async fn persist(
     }
     // Read it back through a fresh transaction.
     at(Stage::Sequencer);
-    let check = db.begin().await?;
-    if check.read_version() < version {
+    let check = db.begin();
+    let read_at = check.read_version().await?;
+    if read_at < version {
         return Err(Error::new(
             Stage::Sequencer,
             ErrorKind::InvalidRequest(format!(
-                "read version {} is older than the system transaction at {version}",
-                check.read_version()
+                "read version {read_at} is older than the system transaction at {version}"
             )),
         ));
     }

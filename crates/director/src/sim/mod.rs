@@ -640,7 +640,6 @@ impl<'a> Boot<'a> {
         // A boot whose clients never got to create the ring has none to check.
         let nodes = if db
             .begin()
-            .await?
             .snapshot_get(&cycle::count_key())
             .await?
             .is_some()
@@ -772,7 +771,7 @@ const FENCE_WAIT: Duration = Duration::from_secs(1);
 async fn check_fenced(old: Epoch, old_db: Database, new: Epoch, db: Database, trace: Arc<Trace>) {
     let key = bytes::Bytes::from(format!("fence/{:010}/{:010}", old.0, new.0));
     let attempt = async {
-        let tx = old_db.begin().await?;
+        let tx = old_db.begin();
         tx.set(key.clone(), bytes::Bytes::from_static(b"stale"));
         tx.commit().await
     };
@@ -781,7 +780,7 @@ async fn check_fenced(old: Epoch, old_db: Database, new: Epoch, db: Database, tr
             "{old} acknowledged a commit at {version} after {new} served: it is not fenced"
         )));
     }
-    let read = async { db.begin().await?.snapshot_get(&key).await };
+    let read = async { db.begin().snapshot_get(&key).await };
     match tokio::time::timeout(FENCE_WAIT, read).await {
         Ok(Ok(Some(_))) => trace.broken(corruption(format!(
             "a write refused by {old} after {new} served is visible in {new}"
@@ -796,7 +795,7 @@ async fn check_fenced(old: Epoch, old_db: Database, new: Epoch, db: Database, tr
 /// say the same, and name `epoch` as the layout's and the last completed recovery's epoch.
 /// (Reassembling fails on a stale decomposed key of an older layout.)
 pub(crate) async fn check_system_keys(db: &Database, epoch: Epoch) -> Result<()> {
-    let (whole, parts) = read_both_views(&db.begin().await?).await?;
+    let (whole, parts) = read_both_views(&db.begin()).await?;
     if whole != parts {
         return Err(corruption(
             "the monolithic configuration differs from the decomposed keys".into(),

@@ -100,10 +100,11 @@ impl Model {
     /// returns how many were read.
     pub(crate) async fn check_all(&self, db: &Database) -> Result<usize> {
         let keys: Vec<Key> = self.possible().keys().cloned().collect();
-        let tx = db.begin().await?;
+        let tx = db.begin();
+        let at = format!("at {}", tx.read_version().await?);
         for key in &keys {
             let read = tx.snapshot_get(key).await?;
-            self.check(key, read.as_ref(), &format!("at {}", tx.read_version()))?;
+            self.check(key, read.as_ref(), &at)?;
         }
         Ok(keys.len())
     }
@@ -145,10 +146,10 @@ pub(crate) async fn transaction(
 ) -> Result<bool> {
     let mut writes = Vec::new();
     let body = async {
-        let tx = db.begin().await?;
+        let tx = db.begin();
         let at = format!(
             "at {} (client {client}, transaction {n})",
-            tx.read_version()
+            tx.read_version().await?
         );
         let mut read = Vec::new();
         if rng.below(3) == 0 {

@@ -121,7 +121,7 @@ pub const NODES_PER_TRANSACTION: u64 = 10_000;
 /// exists only once its size is stored, so a creation cut short leaves no ring, and the next
 /// call writes every node again.
 pub async fn ensure_ring(db: &Database, keys: u64) -> Result<u64> {
-    if let Some(stored) = db.begin().await?.snapshot_get(&count_key()).await? {
+    if let Some(stored) = db.begin().snapshot_get(&count_key()).await? {
         return number(&stored);
     }
     let keys = keys.max(4);
@@ -147,7 +147,6 @@ pub async fn ensure_ring(db: &Database, keys: u64) -> Result<u64> {
         .await?;
     let stored = db
         .begin()
-        .await?
         .snapshot_get(&count_key())
         .await?
         .ok_or_else(|| broken("no ring"))?;
@@ -186,7 +185,7 @@ pub async fn rewire(
 /// Walks the ring from node 0 at the newest version: it must visit every node once and come
 /// back. Returns the ring's size; a broken ring is `Corruption` saying how.
 pub async fn check_ring(db: &Database) -> Result<u64> {
-    check_ring_in(&db.begin().await?).await
+    check_ring_in(&db.begin()).await
 }
 
 /// [`check_ring`] on what `reads` answers (a transaction, or a [`crate::Snapshot`] of a data

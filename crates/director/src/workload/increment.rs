@@ -101,7 +101,7 @@ pub struct Totals {
 /// Reads both halves and the ledger in one snapshot at the newest version: the three must be
 /// equal, or it is `Corruption` giving all three.
 pub async fn check(db: &Database) -> Result<Totals> {
-    let tx = db.begin().await?;
+    let tx = db.begin();
     let mut sums = [0u64; 2];
     for (sum, first) in sums.iter_mut().zip([0x10u8, 0x90]) {
         for (_, v) in scan(&tx, &half(first)?).await? {
@@ -118,7 +118,7 @@ pub async fn check(db: &Database) -> Result<Totals> {
         return Err(broken(format!(
             "increments applied unevenly at {}: lower counters {}, upper counters {}, ledger \
              entries {}",
-            tx.read_version(),
+            tx.read_version().await?,
             totals.lower,
             totals.upper,
             totals.ledger

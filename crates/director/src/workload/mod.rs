@@ -292,7 +292,6 @@ async fn read_page(db: &Database, range: &KeyRange) -> Result<Vec<(Key, Value)>>
     loop {
         let read = async {
             db.begin()
-                .await?
                 .snapshot_get_range(range, CHECK_PAGE, false)
                 .await
         }

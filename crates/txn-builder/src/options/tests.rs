@@ -166,7 +166,8 @@ impl Cluster {
         self.proxy.commits.load(Ordering::SeqCst)
     }
 
-    fn begun(&self) -> usize {
+    /// How often a read version was asked for.
+    fn read_versions_asked(&self) -> usize {
         self.sequencer.reads.load(Ordering::SeqCst)
     }
 }
@@ -185,10 +186,15 @@ fn everything() -> KeyRange {
     KeyRange::new("", Bytes::from_static(b"\xff")).unwrap()
 }
 
-/// Asserts that `r` is the expiry of a transaction at [`READ_VERSION`] with lifetime `limit`
-/// that lived at least `at_least`.
+/// Asserts that `r` is the expiry of a transaction that read at `read` (`None`: it read
+/// nothing) with lifetime `limit` and lived at least `at_least`.
 #[track_caller]
-fn assert_expired<T: std::fmt::Debug>(r: Result<T>, limit: Duration, at_least: Duration) {
+fn assert_expired<T: std::fmt::Debug>(
+    r: Result<T>,
+    read: Option<Version>,
+    limit: Duration,
+    at_least: Duration,
+) {
     let e = r.unwrap_err();
     assert_eq!(e.stage, Stage::TxnBuilder);
     match e.kind {
@@ -197,7 +203,7 @@ fn assert_expired<T: std::fmt::Debug>(r: Result<T>, limit: Duration, at_least: D
             lived,
             limit: l,
         } => {
-            assert_eq!(read_version, READ_VERSION);
+            assert_eq!(read_version, read);
             assert_eq!(l, limit);
             assert!(lived >= at_least && lived > limit, "lived {lived:?}");
         }
@@ -208,8 +214,9 @@ fn assert_expired<T: std::fmt::Debug>(r: Result<T>, limit: Duration, at_least: D
 
 #[tokio::test(start_paused = true)]
 async fn a_read_after_the_lifetime_is_expired_without_asking_storage() {
+    const READ: Option<Version> = Some(READ_VERSION);
     let c = Cluster::new(short_lived(), &[], Answer::Commit);
-    let tx = c.db.begin().await.unwrap();
+    let tx = c.db.begin();
     // Within its lifetime, every read reaches storage.
     tokio::time::sleep(SHORT - Duration::from_millis(50)).await;
     tx.get(&key("a")).await.unwrap();
@@ -222,12 +229,23 @@ async fn a_read_after_the_lifetime_is_expired_without_asking_storage() {
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let lived = SHORT + Duration::from_millis(50);
-    assert_expired(tx.get(&key("b")).await, SHORT, lived);
-    assert_expired(tx.snapshot_get(&key("b")).await, SHORT, lived);
-    assert_expired(tx.get_range(&everything(), 10, false).await, SHORT, lived);
-    assert_expired(tx.get_range(&everything(), 0, false).await, SHORT, lived);
+    assert_expired(tx.get(&key("b")).await, READ, SHORT, lived);
+    assert_expired(tx.snapshot_get(&key("b")).await, READ, SHORT, lived);
+    assert_expired(
+        tx.get_range(&everything(), 10, false).await,
+        READ,
+        SHORT,
+        lived,
+    );
+    assert_expired(
+        tx.get_range(&everything(), 0, false).await,
+        READ,
+        SHORT,
+        lived,
+    );
     assert_expired(
         tx.snapshot_get_range(&everything(), 10, false).await,
+        READ,
         SHORT,
         lived,
     );
@@ -245,19 +263,39 @@ async fn a_commit_after_the_lifetime_is_expired_without_asking_the_proxy() {
     let c = Cluster::new(short_lived(), &[], Answer::Commit);
     let late = SHORT + Duration::from_millis(1);
 
-    let tx = c.db.begin().await.unwrap();
+    let tx = c.db.begin();
     tx.set(key("a"), Value::from("v"));
     tokio::time::sleep(late).await;
-    assert_expired(tx.commit().await, SHORT, late);
+    let e = tx.commit().await;
+    let message = e.as_ref().unwrap_err().to_string();
+    assert!(
+        message.contains("it read nothing and has lived"),
+        "{message}"
+    );
+    assert_expired(e, None, SHORT, late);
 
     // A transaction that wrote nothing, too: it never needed the proxy, but it is as old.
-    let tx = c.db.begin().await.unwrap();
+    let tx = c.db.begin();
     tokio::time::sleep(late).await;
-    assert_expired(tx.commit().await, SHORT, late);
+    assert_expired(tx.commit().await, None, SHORT, late);
+    // One that read, then waited: its message names its read version.
+    let tx = c.db.begin();
+    tx.get(&key("a")).await.unwrap();
+    tx.set(key("a"), Value::from("v"));
+    tokio::time::sleep(late).await;
+    let e = tx.commit().await;
+    let message = e.as_ref().unwrap_err().to_string();
+    assert!(message.contains("read at v100"), "{message}");
+    assert_expired(e, Some(READ_VERSION), SHORT, late);
     assert_eq!(c.commits(), 0);
+    assert_eq!(
+        c.read_versions_asked(),
+        1,
+        "only the transaction that read asked"
+    );
 
     // Within its lifetime the same commit goes through.
-    let tx = c.db.begin().await.unwrap();
+    let tx = c.db.begin();
     tx.set(key("a"), Value::from("v"));
     tokio::time::sleep(SHORT / 2).await;
     assert_eq!(tx.commit().await.unwrap(), COMMIT_VERSION);
@@ -287,9 +325,10 @@ async fn run_does_not_retry_a_body_that_outlives_its_lifetime() {
     let runs = AtomicUsize::new(0);
     let took = Duration::from_secs(6);
     let result = c.db.run(slow_body(&runs, took)).await;
-    assert_expired(result, TRANSACTION_LIFETIME_MAX, took);
+    assert_expired(result, None, TRANSACTION_LIFETIME_MAX, took);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "one attempt");
-    assert_eq!(c.begun(), 1);
+    // Its first read came too late to ask for a read version.
+    assert_eq!(c.read_versions_asked(), 0);
     assert_eq!(c.storage_reads(), 0);
     assert_eq!(c.commits(), 0);
 }
@@ -426,7 +465,7 @@ async fn per_call_options_override_the_database_defaults() {
     // A body of 300 ms outlives the default lifetime, not this call's.
     let c = Cluster::new(defaults, &[], Answer::Commit);
     let slow = Duration::from_millis(300);
-    assert_expired(c.db.run(slow_body(&runs, slow)).await, SHORT, slow);
+    assert_expired(c.db.run(slow_body(&runs, slow)).await, None, SHORT, slow);
     let longer = defaults.with_lifetime(Duration::from_secs(1));
     let ((), version) = c.db.run_with(longer, slow_body(&runs, slow)).await.unwrap();
     assert_eq!(version, COMMIT_VERSION);
@@ -470,7 +509,10 @@ async fn options_past_their_bounds_are_refused_before_anything_runs() {
                 .unwrap_err();
         assert!(matches!(e.kind, ErrorKind::InvalidRequest(_)), "{e}");
     }
-    assert_eq!((runs.load(Ordering::SeqCst), c.begun()), (0, 0));
+    assert_eq!(
+        (runs.load(Ordering::SeqCst), c.read_versions_asked()),
+        (0, 0)
+    );
     // The limit itself is allowed.
     default
         .with_lifetime(TRANSACTION_LIFETIME_MAX)

@@ -38,7 +38,7 @@ fn bytes(b: &[u8]) -> Value {
 #[tokio::test]
 async fn an_atomic_operation_adds_a_write_conflict_and_no_read_conflict() {
     let cluster = Cluster::new(&[], 100);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.atomic_add(key("a"), le(1));
     tx.atomic_max(key("b"), bytes(&[1]));
     tx.atomic_min(key("new"), bytes(&[2]));
@@ -75,7 +75,7 @@ async fn an_atomic_operation_adds_a_write_conflict_and_no_read_conflict() {
 #[tokio::test]
 async fn after_a_set_or_a_clear_an_atomic_operation_folds_into_the_known_value() {
     let cluster = Cluster::new(&[], 100);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.set(key("a"), le(40));
     tx.atomic_add(key("a"), le(2));
     tx.atomic_max(key("a"), bytes(&[1]));
@@ -106,7 +106,7 @@ async fn after_a_set_or_a_clear_an_atomic_operation_folds_into_the_known_value()
 #[tokio::test]
 async fn without_a_known_value_a_read_asks_storage_and_applies_the_operations_in_order() {
     let cluster = Cluster::new(&["e"], 100);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     // Storage holds "stored-a": "s" is 0x73, "t" 0x74.
     tx.atomic_add(key("a"), bytes(&[1, 1]));
     tx.atomic_max(key("a"), bytes(&[0x10, 0x74]));
@@ -139,7 +139,7 @@ async fn without_a_known_value_a_read_asks_storage_and_applies_the_operations_in
 #[tokio::test]
 async fn a_set_or_clear_after_pending_operations_discards_them() {
     let cluster = Cluster::new(&[], 100);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     for k in ["a", "b", "c", "d", "new"] {
         tx.atomic_add(key(k), le(1));
     }
@@ -196,7 +196,7 @@ fn write_atomics(tx: &Transaction) -> BTreeMap<Key, Value> {
 async fn a_range_read_shows_pending_operations_in_both_directions_at_every_limit() {
     // Pages of two pairs and two shards: every read crosses page and shard boundaries.
     let cluster = Cluster::new(&["e"], 2);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     let model = write_atomics(&tx);
     // The operations' results, not the stored values: "stored-b" truncated to the operand's
     // one byte, plus 2.
@@ -220,7 +220,7 @@ async fn a_range_read_shows_pending_operations_in_both_directions_at_every_limit
         }
     }
     // A created key the limit leaves out is not in the answer, and the conflict ends before it.
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.atomic_add(key("cc"), bytes(&[1]));
     let first = tx.get_range(&range("b", "d"), 2, false).await.unwrap();
     assert_eq!(
@@ -242,14 +242,14 @@ async fn a_range_read_shows_pending_operations_in_both_directions_at_every_limit
 #[tokio::test]
 async fn an_empty_or_oversized_operand_is_refused_at_commit_with_its_typed_error() {
     let cluster = Cluster::new(&[], 100);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.atomic_add(key("a"), Value::new());
     assert_eq!(
         refused(&cluster, &tx).await,
         WireError::EmptyOperand { index: 0 }
     );
 
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.set(key("a"), value("x").unwrap());
     tx.atomic_max(key("a"), Value::from(vec![1; VALUE_BYTES_MAX + 1]));
     assert_eq!(
@@ -265,7 +265,7 @@ async fn an_empty_or_oversized_operand_is_refused_at_commit_with_its_typed_error
 #[tokio::test]
 async fn an_atomic_operation_on_a_committed_transaction_is_dropped() {
     let cluster = Cluster::new(&[], 100);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.atomic_add(key("a"), le(1));
     tx.commit().await.unwrap();
     tx.atomic_add(key("a"), le(1));
@@ -328,13 +328,13 @@ async fn a_get_answers_the_pending_operations_it_started_with() {
         release: tokio::sync::Semaphore::new(0),
     });
     let db = Database::new(
-        Arc::new(FixedSequencer),
+        Arc::new(FixedSequencer::default()),
         vec![Arc::new(KeepingProxy::default())],
         vec![storage.clone()],
         RetryConfig::default(),
     )
     .unwrap();
-    let tx = db.begin().await.unwrap();
+    let tx = db.begin();
     tx.atomic_add(key("k"), bytes(&[1]));
     let reader = tx.clone();
     let entered = storage.entered.notified();
@@ -352,7 +352,7 @@ async fn a_get_answers_the_pending_operations_it_started_with() {
 #[tokio::test]
 async fn a_range_read_without_a_limit_sees_storage_and_own_writes() {
     let cluster = Cluster::new(&["c"], 3);
-    let tx = cluster.db.begin().await.unwrap();
+    let tx = cluster.db.begin();
     tx.atomic_add(key("a"), bytes(&[1]));
     tx.set(key("zz"), bytes(b"x"));
     let got = tx
@@ -399,7 +399,7 @@ async fn random_transactions_read_what_a_model_of_their_writes_says() {
             _ => &["b", "d"],
         };
         let cluster = Cluster::new(splits, 1 + rng.below(3) as usize);
-        let tx = cluster.db.begin().await.unwrap();
+        let tx = cluster.db.begin();
         let mut model = stored();
         let mut done = Vec::new();
         for _ in 0..1 + rng.below(14) {

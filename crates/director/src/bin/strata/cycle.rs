@@ -68,11 +68,11 @@ pub(crate) async fn check(args: CheckArgs) -> strata_core::Result<()> {
     if let Some(file) = &args.cluster_file {
         // Through the serving process: a read version of the running cluster, no epoch.
         let db = ClusterFile::read(file)?.connect(tls.as_ref()).await?;
-        let tx = db.begin().await?;
+        let tx = db.begin();
         let nodes = check_ring_in(&tx).await?;
         out!(
             "ring of {nodes} keys intact at version {} (read through {})",
-            tx.read_version().0,
+            tx.read_version().await?.0,
             file.display()
         );
         return Ok(());

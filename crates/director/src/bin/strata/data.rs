@@ -223,8 +223,8 @@ pub(crate) async fn run(command: &DataCommand, store: Store<'_>) -> strata_core:
                     (value?, version)
                 }
                 Store::Running(cluster) => {
-                    let tx = cluster.database().begin().await?;
-                    (tx.snapshot_get(&key).await?, tx.read_version())
+                    let tx = cluster.database().begin();
+                    (tx.snapshot_get(&key).await?, tx.read_version().await?)
                 }
             };
             let key = strata_core::printable(&key);
@@ -319,14 +319,14 @@ async fn read_range(
             Ok((pairs, more, version))
         }
         Store::Running(cluster) => {
-            let tx = cluster.database().begin().await?;
+            let tx = cluster.database().begin();
             // One pair past the limit tells whether more exist.
             let mut pairs = tx
                 .snapshot_get_range(range, limit.saturating_add(1), false)
                 .await?;
             let more = pairs.len() > limit;
             pairs.truncate(limit);
-            Ok((pairs, more, tx.read_version()))
+            Ok((pairs, more, tx.read_version().await?))
         }
     }
 }
