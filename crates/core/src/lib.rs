@@ -75,6 +75,7 @@ pub mod shard;
 pub mod system;
 pub mod traits;
 pub mod types;
+pub mod version_cell;
 pub mod wire;
 
 pub use atomic::AtomicOp;

@@ -39,7 +39,7 @@ impl Inner {
             }
             st.applied = version;
         }
-        self.applied.send_replace(st.applied);
+        self.applied.set(st.applied);
         Ok(())
     }
 

@@ -59,15 +59,14 @@ impl Inner {
 
     /// Waits (bounded) until `version` is applied; then checks it is not too old.
     async fn readable(&self, version: Version) -> Result<()> {
-        if *self.applied.borrow() >= version {
-            return Ok(());
-        }
-        let mut rx = self.applied.subscribe();
-        let reached = tokio::time::timeout(self.config.read_wait, rx.wait_for(|&v| v >= version));
-        if reached.await.is_err() {
+        let reached = self.applied.wait_for(|v| v >= version);
+        if tokio::time::timeout(self.config.read_wait, reached)
+            .await
+            .is_err()
+        {
             return Err(error(ErrorKind::FutureVersion {
                 version,
-                newest: *self.applied.borrow(),
+                newest: self.applied.get(),
             }));
         }
         Ok(())

@@ -12,7 +12,6 @@ use strata_core::{
     Blocking, Error, ErrorKind, Key, KeyRange, LogServer, MVCC_WINDOW_VERSIONS, RangeRead, Result,
     StorageServer, Value, Version,
 };
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::blocking;
@@ -20,6 +19,7 @@ use crate::errors::error;
 use crate::files::{drop_db, open_file};
 use crate::window::Window;
 use strata_core::merge::Answer;
+use strata_core::version_cell::VersionCell;
 
 /// Tuning of a [`RedbStorage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,7 +157,7 @@ pub(crate) struct Inner {
     pub(crate) config: StorageConfig,
     pub(crate) state: Mutex<State>,
     /// The applied version, for reads waiting on one.
-    pub(crate) applied: watch::Sender<Version>,
+    pub(crate) applied: VersionCell,
     /// The newest version known committed (held durably by every log of the generation, with
     /// every earlier version): the most a flush may make durable. Raised by
     /// [`RedbStorage::advance_committed`], set by a roll back.
@@ -190,7 +190,7 @@ impl Inner {
         // Set under the state lock, so no flush chooses its target in between.
         self.committed.store(version.0, Ordering::Release);
         st.generation += 1;
-        self.applied.send_replace(st.applied);
+        self.applied.set(st.applied);
         tracing::info!(version = version.0, "storage rolled back");
         Ok(())
     }
@@ -314,7 +314,7 @@ impl RedbStorage {
                 failed: None,
                 damaged: None,
             }),
-            applied: watch::Sender::new(durable),
+            applied: VersionCell::new(durable),
             // What is durable was committed when it was flushed; nothing newer is known yet.
             committed: AtomicU64::new(durable.0),
         });
@@ -382,15 +382,15 @@ impl RedbStorage {
     /// Waits until `version` is applied, however long that takes (bound it with a timeout).
     /// Fails if the server stopped applying.
     pub async fn wait_applied(&self, version: Version) -> Result<()> {
-        let mut rx = self.inner.applied.subscribe();
         loop {
-            if *rx.borrow_and_update() >= version {
+            if self.inner.applied.get() >= version {
                 return Ok(());
             }
             self.inner.state()?.broken()?;
             // A stopped apply loop ends with `failed` set or the server closed; poll for those
             // now and then instead of waiting forever on a version that will not come.
-            let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+            let reached = self.inner.applied.wait_for(|v| v >= version);
+            let _ = tokio::time::timeout(Duration::from_millis(50), reached).await;
         }
     }
 

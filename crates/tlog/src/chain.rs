@@ -6,8 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use strata_core::chain::{self, Admission, ChainRefusal};
+use strata_core::version_cell::VersionCell;
 use strata_core::{Epoch, Error, ErrorKind, Result, Version};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::error;
@@ -53,7 +54,7 @@ pub(crate) struct Chain {
     /// write while holding the lock, and a writer woken by it would otherwise wait for that
     /// same lock before every group commit.
     poisoned_flag: AtomicBool,
-    durable: watch::Sender<Version>,
+    durable: VersionCell,
 }
 
 impl Chain {
@@ -67,7 +68,7 @@ impl Chain {
                 waiters: BTreeMap::new(),
             }),
             poisoned_flag: AtomicBool::new(false),
-            durable: watch::Sender::new(last),
+            durable: VersionCell::new(last),
         }
     }
 
@@ -173,7 +174,7 @@ impl Chain {
             st.wake_all();
         }
         // Wake whoever waits for durability: it will never come.
-        self.durable.send_modify(|_| {});
+        self.durable.wake_all();
     }
 
     /// Whether the log is poisoned (or its state by a panic), without taking the lock.
@@ -201,30 +202,31 @@ impl Chain {
 
     /// Publishes that everything up to `version` is durable and readable.
     pub(crate) fn set_durable(&self, version: Version) {
-        self.durable.send_replace(version);
+        self.durable.set(version);
     }
 
     pub(crate) fn durable(&self) -> Version {
-        *self.durable.borrow()
+        self.durable.get()
     }
 
     /// Waits until something newer than `after` is durable, at most `wait`.
     pub(crate) async fn wait_durable_after(&self, after: Version, wait: Duration) {
-        let mut rx = self.durable.subscribe();
-        let _ = tokio::time::timeout(wait, rx.wait_for(|&v| v > after)).await;
+        let _ = tokio::time::timeout(wait, self.durable.wait_for(|v| v > after)).await;
     }
 
     /// Waits until every accepted push is durable (or the log is poisoned), at most `wait`.
     pub(crate) async fn wait_drained(&self, wait: Duration) -> Result<()> {
         let target = self.last_accepted()?;
-        let mut rx = self.durable.subscribe();
-        let drained =
-            tokio::time::timeout(wait, rx.wait_for(|&v| v >= target || self.is_poisoned())).await;
+        let drained = tokio::time::timeout(
+            wait,
+            self.durable.wait_for(|v| v >= target || self.is_poisoned()),
+        )
+        .await;
         if let Some(poisoned) = self.poisoned_error() {
             return Err(poisoned);
         }
         match drained {
-            Ok(Ok(_)) => Ok(()),
+            Ok(_) => Ok(()),
             _ => Err(error(ErrorKind::Timeout {
                 what: format!("pushes up to {target} to become durable"),
                 after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
