@@ -155,6 +155,32 @@ async fn a_hung_log_times_out_the_persistence_phase_naming_the_log() {
     cluster.stop().await;
 }
 
+/// A sequencer whose read version never answers during the persistence phase: the timeout
+/// names the sequencer, so that recovery passes over a worker holding it, not the storage
+/// servers the phase reads next (the read version is asked for at the first read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_read_version_times_out_the_persistence_phase_naming_the_sequencer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults, env) = common::with_faults(dir.path());
+    let impatient = EmbeddedConfig {
+        persistence_deadline: std::time::Duration::from_millis(300),
+        ..config()
+    };
+    let (first, _) = recover(dir.path(), impatient, &store, &env).await.unwrap();
+    first.stop().await;
+
+    faults.arm_at(FaultPoint::ReadVersion, 1, Fault::Hang);
+    let err = recover(dir.path(), impatient, &store, &env)
+        .await
+        .expect_err("a hung read version times the persistence phase out");
+    assert_eq!(err.stage, Stage::Sequencer, "{err}");
+    assert!(matches!(err.kind, ErrorKind::Timeout { .. }), "{err}");
+
+    let (cluster, report) = recover(dir.path(), impatient, &store, &env).await.unwrap();
+    assert_eq!(report.epoch, Epoch(3));
+    cluster.stop().await;
+}
+
 /// A disk whose sync stalls during the persistence phase, on the embedded default of one log
 /// whose idle pushes write and sync on the thread that pushes: the phase's deadline still
 /// fires, naming the log, though the system transaction is a lone commit whose sync would run

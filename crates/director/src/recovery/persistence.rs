@@ -70,6 +70,9 @@ async fn persist(
         |e: strata_core::system::ConfigError| error(ErrorKind::Corruption(e.to_string()));
     at(Stage::Sequencer);
     let tx = db.begin();
+    // Asked for here, not by the first read below, so that a sequencer that hangs is the
+    // stage a timeout names (and the worker recovery passes over).
+    tx.read_version().await?;
     // The configuration the previous coordinator wrote, read from the monolithic key: the
     // handoff from one generation to the next.
     at(Stage::Storage);
