@@ -65,6 +65,11 @@ impl VersionCell {
     /// then at every [`set`](Self::set) or [`wake_all`](Self::wake_all); bound the wait with
     /// a timeout.
     pub async fn wait_for(&self, reached: impl Fn(Version) -> bool) -> Version {
+        // Most waits are already over (a read at a version applied): no lock for those.
+        let now = self.get();
+        if reached(now) {
+            return now;
+        }
         loop {
             // Registered before the check, so a change between the check and the wait is
             // not missed.
