@@ -303,6 +303,17 @@ async fn the_proxy_of_an_ended_epoch_commits_nothing_though_its_worker_still_run
         let refused = stale.commit(set).await.unwrap_err();
         assert!(!matches!(refused.kind, ErrorKind::Conflict), "{refused}");
     }
+    // Nor does the old handle's blind write, which asks for no read version first.
+    let blind = old.begin();
+    blind.set(
+        Bytes::from_static(b"stale-handle"),
+        Bytes::from_static(b"x"),
+    );
+    let e = blind
+        .commit()
+        .await
+        .expect_err("the old epoch committed a blind write");
+    assert!(!e.is_retryable(), "{e}");
     let db = c2.database();
     assert_all_there(&db, &acked).await;
     assert_all_there(&db, &new).await;
@@ -311,6 +322,8 @@ async fn the_proxy_of_an_ended_epoch_commits_nothing_though_its_worker_still_run
         let key = Bytes::from(format!("stale{n}"));
         assert_eq!(t.get(&key).await.unwrap(), None, "{key:?}");
     }
+    let key = Bytes::from_static(b"stale-handle");
+    assert_eq!(t.get(&key).await.unwrap(), None);
     c2.stop().await;
 }
 

@@ -120,6 +120,26 @@ async fn a_handle_of_an_ended_epoch_is_refused_though_its_worker_still_runs() {
             );
         }
     }
+    // A blind write through it, which asks for no read version, is refused too, and the
+    // key keeps the new epoch's value.
+    let blind = old.begin();
+    blind.set(
+        bytes::Bytes::from_static(b"k"),
+        bytes::Bytes::from_static(b"stale"),
+    );
+    let e = blind
+        .commit()
+        .await
+        .expect_err("the old epoch committed a blind write");
+    assert!(!e.is_retryable(), "{e}");
+    assert_eq!(
+        c2.database()
+            .begin()
+            .get(&bytes::Bytes::from_static(b"k"))
+            .await
+            .unwrap(),
+        Some(bytes::Bytes::from_static(b"new"))
+    );
     c2.stop().await;
 }
 
@@ -303,6 +323,26 @@ async fn with_the_sequencer_in_process_a_handle_of_an_ended_epoch_is_refused() {
     put(&c2.database(), "k", "new").await;
     let e = old.begin().read_version().await.unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Unavailable(_)), "{e}");
+    // A blind write through it, which asks for no read version, is refused too, and the
+    // key keeps the new epoch's value.
+    let blind = old.begin();
+    blind.set(
+        bytes::Bytes::from_static(b"k"),
+        bytes::Bytes::from_static(b"stale"),
+    );
+    let e = blind
+        .commit()
+        .await
+        .expect_err("the old epoch committed a blind write");
+    assert!(!e.is_retryable(), "{e}");
+    assert_eq!(
+        c2.database()
+            .begin()
+            .get(&bytes::Bytes::from_static(b"k"))
+            .await
+            .unwrap(),
+        Some(bytes::Bytes::from_static(b"new"))
+    );
     c2.stop().await;
 }
 
