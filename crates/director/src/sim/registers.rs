@@ -4,9 +4,9 @@
 //! Each client owns a few keys (its *registers*), half in the lower and half in the upper half
 //! of the key space, so they live on different storage servers and resolvers where there are
 //! two. A transaction reads one to three of them (a point read, or a range read over a half)
-//! and then writes a fresh value to, or clears, each key it read: every write is a
-//! read-modify-write, so the transactions on one register are serialized by conflicts, and
-//! one client's transactions follow each other.
+//! and then writes a fresh value to, or clears, each key it read; or, one in four, writes one
+//! to three without reading anything (a blind write, committed without a read version). One
+//! client's transactions follow each other, and only it writes its registers.
 //!
 //! The model keeps, for every register, the values it may hold now: after an acknowledged
 //! commit exactly what that commit wrote; after a commit that failed (its outcome unknown: it
@@ -21,7 +21,7 @@ use std::sync::{Mutex, PoisonError};
 use bytes::Bytes;
 use strata_core::{Error, ErrorKind, Key, KeyRange, Result, Stage, Value};
 use strata_testkit::rng::SplitMix64;
-use strata_txn_builder::Database;
+use strata_txn_builder::{Database, Transaction};
 
 /// Registers per client (half in each half of the key space).
 const PER_CLIENT: u64 = 6;
@@ -133,8 +133,8 @@ impl From<Error> for Step {
     }
 }
 
-/// One transaction of `client` (its `n`th): reads some of its registers, writes or clears each
-/// one read, commits. A read outside the model is `Corruption` at once; any other error leaves
+/// One transaction of `client` (its `n`th): reads some of its registers and writes or clears
+/// each one read, or (one in four) writes or clears some without reading; commits. A read outside the model is `Corruption` at once; any other error leaves
 /// the commit's outcome unknown (the model then allows both). Returns whether it was
 /// acknowledged.
 pub(crate) async fn transaction(
@@ -147,40 +147,22 @@ pub(crate) async fn transaction(
     let mut writes = Vec::new();
     let body = async {
         let tx = db.begin();
-        let at = format!(
-            "at {} (client {client}, transaction {n})",
-            tx.read_version().await?
-        );
+        // The registers it writes: those it read, or, in a blind write, ones it did not.
         let mut read = Vec::new();
-        if rng.below(3) == 0 {
-            // A range read over one half's registers: every one of them is checked, present
-            // or not.
-            let first = HALVES[rng.below(2) as usize];
-            let range = half(client, first).map_err(Step::Model)?;
-            let found: BTreeMap<Key, Value> = tx
-                .get_range(&range, PER_CLIENT as usize + 1, false)
-                .await?
-                .into_iter()
-                .collect();
-            for k in (0..PER_CLIENT).filter(|k| HALVES[(k % 2) as usize] == first) {
-                let key = key(client, k);
-                model
-                    .check(&key, found.get(&key), &at)
-                    .map_err(Step::Model)?;
-                read.push(key);
-            }
-        } else {
+        if rng.below(4) == 0 {
+            // Reads nothing, so asks for no read version: the commit is its only call.
             for _ in 0..1 + rng.below(3) {
                 let key = key(client, rng.below(PER_CLIENT));
-                if read.contains(&key) {
-                    continue;
+                if !read.contains(&key) {
+                    read.push(key);
                 }
-                let value = tx.get(&key).await?;
-                model
-                    .check(&key, value.as_ref(), &at)
-                    .map_err(Step::Model)?;
-                read.push(key);
             }
+        } else {
+            let at = format!(
+                "at {} (client {client}, transaction {n})",
+                tx.read_version().await?
+            );
+            read_some(model, &tx, rng, client, &at, &mut read).await?;
         }
         for (i, key) in read.into_iter().enumerate() {
             let value = (rng.below(4) != 0).then(|| Bytes::from(format!("{client}/{n}/{i}")));
@@ -204,6 +186,47 @@ pub(crate) async fn transaction(
         // The outcome is unknown, and its writes were already possible.
         Err(Step::Pipeline) => Ok(false),
     }
+}
+
+/// Reads some of `client`'s registers in `tx`, each checked against the model, and adds them
+/// to `read`: one half's by a range read, or one to three by point reads.
+async fn read_some(
+    model: &Model,
+    tx: &Transaction,
+    rng: &mut SplitMix64,
+    client: u64,
+    at: &str,
+    read: &mut Vec<Key>,
+) -> std::result::Result<(), Step> {
+    if rng.below(3) == 0 {
+        // A range read over one half's registers: every one of them is checked, present
+        // or not.
+        let first = HALVES[rng.below(2) as usize];
+        let range = half(client, first).map_err(Step::Model)?;
+        let found: BTreeMap<Key, Value> = tx
+            .get_range(&range, PER_CLIENT as usize + 1, false)
+            .await?
+            .into_iter()
+            .collect();
+        for k in (0..PER_CLIENT).filter(|k| HALVES[(k % 2) as usize] == first) {
+            let key = key(client, k);
+            model
+                .check(&key, found.get(&key), at)
+                .map_err(Step::Model)?;
+            read.push(key);
+        }
+    } else {
+        for _ in 0..1 + rng.below(3) {
+            let key = key(client, rng.below(PER_CLIENT));
+            if read.contains(&key) {
+                continue;
+            }
+            let value = tx.get(&key).await?;
+            model.check(&key, value.as_ref(), at).map_err(Step::Model)?;
+            read.push(key);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
