@@ -42,8 +42,8 @@
 //!   [`strata_core::TRANSACTION_LIFETIME_MAX`], 5 s), counted from [`Database::begin`], so
 //!   from before its read version was asked for. A read or commit after that fails at once,
 //!   without asking storage or a proxy, with [`ErrorKind::TransactionExpired`] naming the read
-//!   version (if it read), how long it lived and the limit. Why 5 s: the sequencer's versions follow wall time at 1,000,000 a second,
-//!   so the storage servers' MVCC window ([`strata_core::MVCC_WINDOW_VERSIONS`], 5,000,000
+//!   version (if it read), how long it lived and the limit. Why 5 s: the sequencer's versions
+//!   follow wall time at 1,000,000 a second, so the storage servers' MVCC window ([`strata_core::MVCC_WINDOW_VERSIONS`], 5,000,000
 //!   versions) is 5 s; an older transaction would read versions storage has let go of
 //!   (`TooOld`) and commit against writes the resolvers have forgotten.
 //! - [`Database::run`] makes at most [`RetryConfig::attempts_max`] attempts, waiting

@@ -134,9 +134,9 @@ impl From<Error> for Step {
 }
 
 /// One transaction of `client` (its `n`th): reads some of its registers and writes or clears
-/// each one read, or (one in four) writes or clears some without reading; commits. A read outside the model is `Corruption` at once; any other error leaves
-/// the commit's outcome unknown (the model then allows both). Returns whether it was
-/// acknowledged.
+/// each one read, or (one in four) writes or clears some without reading; commits. A read
+/// outside the model is `Corruption` at once; any other error leaves the commit's outcome
+/// unknown (the model then allows both). Returns whether it was acknowledged.
 pub(crate) async fn transaction(
     model: &Model,
     db: &Database,
