@@ -134,25 +134,7 @@ async fn storage_apply_fault() {
 /// director, and the next epoch recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_log_times_out_the_persistence_phase_naming_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, faults, env) = common::with_faults(dir.path());
-    let impatient = EmbeddedConfig {
-        persistence_deadline: std::time::Duration::from_millis(300),
-        ..config()
-    };
-    let (first, _) = recover(dir.path(), impatient, &store, &env).await.unwrap();
-    first.stop().await;
-
-    faults.arm(FaultPoint::LogStall);
-    let err = recover(dir.path(), impatient, &store, &env)
-        .await
-        .expect_err("a hung log times the persistence phase out");
-    assert_eq!(err.stage, Stage::Log, "{err}");
-    assert!(matches!(err.kind, ErrorKind::Timeout { .. }), "{err}");
-
-    let (cluster, report) = recover(dir.path(), impatient, &store, &env).await.unwrap();
-    assert_eq!(report.epoch, Epoch(3));
-    cluster.stop().await;
+    hung_persistence_phase(FaultPoint::LogStall, Fault::Usual, Stage::Log).await;
 }
 
 /// A sequencer whose read version never answers during the persistence phase: the timeout
@@ -160,6 +142,12 @@ async fn a_hung_log_times_out_the_persistence_phase_naming_the_log() {
 /// servers the phase reads next (the read version is asked for at the first read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_read_version_times_out_the_persistence_phase_naming_the_sequencer() {
+    hung_persistence_phase(FaultPoint::ReadVersion, Fault::Hang, Stage::Sequencer).await;
+}
+
+/// Recovers once; then, with `fault` armed at `point`, the next recovery's persistence phase
+/// must time out naming `stage`; the one after recovers epoch 3.
+async fn hung_persistence_phase(point: FaultPoint, fault: Fault, stage: Stage) {
     let dir = tempfile::tempdir().unwrap();
     let (store, faults, env) = common::with_faults(dir.path());
     let impatient = EmbeddedConfig {
@@ -169,11 +157,11 @@ async fn a_hung_read_version_times_out_the_persistence_phase_naming_the_sequence
     let (first, _) = recover(dir.path(), impatient, &store, &env).await.unwrap();
     first.stop().await;
 
-    faults.arm_at(FaultPoint::ReadVersion, 1, Fault::Hang);
+    faults.arm_at(point, 1, fault);
     let err = recover(dir.path(), impatient, &store, &env)
         .await
-        .expect_err("a hung read version times the persistence phase out");
-    assert_eq!(err.stage, Stage::Sequencer, "{err}");
+        .expect_err("the persistence phase timed out");
+    assert_eq!(err.stage, stage, "{err}");
     assert!(matches!(err.kind, ErrorKind::Timeout { .. }), "{err}");
 
     let (cluster, report) = recover(dir.path(), impatient, &store, &env).await.unwrap();
