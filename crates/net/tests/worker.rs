@@ -696,45 +696,8 @@ fn wire_range(begin: &[u8], end: &[u8]) -> proto::KeyRange {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_without_a_bound_on_catching_up_is_refused_before_the_host() {
-    let w = storage_worker("t-unbounded").await;
-    let mut grpc = raw_grpc(&w.address).await;
-    for ms in [0, 3_600_001] {
-        let request = proto::OpenStorageRequest {
-            epoch: 3,
-            token: "tok".into(),
-            index: 0,
-            shards: vec![wire_range(b"a", b"b")],
-            log_id: 1,
-            log_address: "h:1".into(),
-            recovery_version: 10,
-            catch_up_ms: ms,
-        };
-        let status = raw_call(
-            &mut grpc,
-            "t-unbounded",
-            "/strata.v1.Worker/OpenStorage",
-            request.encode_to_vec().into(),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-        assert!(
-            status
-                .message()
-                .contains(&format!("may catch up for {ms} ms")),
-            "{status:?}"
-        );
-    }
-    assert!(w.host.orders.lock().unwrap().opened.is_empty());
-    w.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_storage_orders_are_refused_before_the_host() {
-    let w = storage_worker("t-bad-storage").await;
-    let mut grpc = raw_grpc(&w.address).await;
+/// Orders to open a storage server, each malformed one way, with what its refusal says.
+fn bad_storage_orders() -> Vec<(proto::OpenStorageRequest, &'static str)> {
     let good = proto::OpenStorageRequest {
         epoch: 3,
         token: "tok".into(),
@@ -747,7 +710,7 @@ async fn malformed_storage_orders_are_refused_before_the_host() {
     };
     // Longer than a range end may be.
     let too_long = vec![b'k'; 10_002];
-    let bad = [
+    vec![
         (
             proto::OpenStorageRequest {
                 shards: vec![wire_range(b"a", b"b"), wire_range(b"z", b"c")],
@@ -797,7 +760,29 @@ async fn malformed_storage_orders_are_refused_before_the_host() {
             },
             "without its epoch's token",
         ),
-    ];
+        // No bound on catching up, or one past an hour.
+        (
+            proto::OpenStorageRequest {
+                catch_up_ms: 0,
+                ..good.clone()
+            },
+            "may catch up for 0 ms",
+        ),
+        (
+            proto::OpenStorageRequest {
+                catch_up_ms: 3_600_001,
+                ..good.clone()
+            },
+            "may catch up for 3600001 ms",
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_storage_orders_are_refused_before_the_host() {
+    let w = storage_worker("t-bad-storage").await;
+    let mut grpc = raw_grpc(&w.address).await;
+    let bad = bad_storage_orders();
     for (request, why) in bad {
         let status = raw_call(
             &mut grpc,
