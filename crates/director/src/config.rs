@@ -21,6 +21,12 @@ pub const STORAGE_MAX: usize = 256;
 pub const RESOLVERS_MAX: usize = 256;
 /// Most commit proxies.
 pub const PROXIES_MAX: usize = 64;
+/// The smallest log segment `strata serve --log-segment-bytes` takes: a segment file per
+/// 64 KiB of commits is already many files.
+pub const LOG_SEGMENT_BYTES_MIN: u64 = 64 << 10;
+/// The largest log segment `strata serve --log-segment-bytes` takes: recovery reads a segment
+/// whole, and a spare is written ahead of each roll.
+pub const LOG_SEGMENT_BYTES_MAX: u64 = 1 << 30;
 
 /// How many of each stage an [`crate::EmbeddedCluster`] runs, and their tuning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,10 +2,10 @@
 //! director (`strata serve --role all`) with the coordinated state in a real etcd: Cycle runs
 //! while a log worker is killed with SIGKILL under load, another while the cluster is idle,
 //! both one after the other (the second while the recovery waits for the first), and then
-//! the director. A killed log worker holds a log the next recovery must read, so the
-//! recovery waits for it to come back at its address; each time the ring holds, every
-//! acknowledged commit is there, and each worker keeps only the logs the coordinated state
-//! names.
+//! the director, the workers' logs in segments of 64 KiB, so that the history spans many. A
+//! killed log worker holds a log the next recovery must read, so the recovery waits for it to
+//! come back at its address; each time the ring holds, every acknowledged commit is there,
+//! and each worker keeps only the logs the coordinated state names.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
@@ -24,14 +24,38 @@ use workers::{
     worker_of,
 };
 
-/// `strata serve --role log` at `address`, holding its logs in `dir`.
+/// The log workers' segments: small, so that the history of the test spans many of them.
+const SEGMENT_BYTES: &str = "65536";
+
+/// `strata serve --role log` at `address`, holding its logs in `dir`, in segments of
+/// [`SEGMENT_BYTES`].
 fn log_worker(cluster_file: &Path, address: &str, dir: &Path) -> (Process, String) {
     worker_of(
         "log",
         cluster_file,
         address,
-        &["--data-dir", dir.to_str().unwrap()],
+        &[
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--log-segment-bytes",
+            SEGMENT_BYTES,
+        ],
     )
+}
+
+/// The segment files of the logs in the data directory `dir`.
+fn segments_in(dir: &Path) -> usize {
+    log_dirs(dir)
+        .iter()
+        .flat_map(|log| std::fs::read_dir(dir.join("logs").join(log)).unwrap())
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg")
+        })
+        .count()
 }
 
 /// Where the layout of the running epoch says each log is, in the order of their ids.
@@ -139,6 +163,19 @@ fn logs_on_workers_keep_every_acknowledged_commit_across_their_kills() {
     assert_logs_only_on(&cluster_file, 5, &workers, &data);
     cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(2), 100);
 
+    // 3.2 MB of values: each worker's log rolls about 50 segments of its size, and the
+    // storage servers keep the last 5 s in memory, so the logs are not popped meanwhile.
+    let benched = served::strata()
+        .args(["bench", "--clients", "4", "--transactions", "200"])
+        .args(["--keys-per-transaction", "4", "--value-bytes", "4000"])
+        .args(["--cluster-file", file])
+        .output()
+        .unwrap();
+    assert!(benched.status.success(), "{benched:?}");
+    for (address, dir) in &workers {
+        let segments = segments_in(dir);
+        assert!(segments >= 20, "{address} holds {segments} segments");
+    }
     check_through_the_network(&cluster_file, &acked);
     kill(&mut director);
     kill(&mut a);

@@ -139,6 +139,79 @@ fn bench_drives_a_served_cluster_and_says_where_it_was_served() {
 }
 
 #[test]
+fn a_served_cluster_rolls_its_log_segments_at_the_size_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, _, _) = serve_with(&data, "127.0.0.1:0", &["--log-segment-bytes", "65536"]);
+    // 200 transactions of 4 values of 4,000 bytes: 3.2 MB, about 50 segments of 64 KiB. The
+    // storage server keeps the last 5 s in memory, so the log is not popped meanwhile.
+    let benched = strata()
+        .args(["bench", "--clients", "4", "--transactions", "200"])
+        .args(["--keys-per-transaction", "4", "--value-bytes", "4000"])
+        .arg("--cluster-file")
+        .arg(data.join(CLUSTER_FILE_NAME))
+        .output()
+        .unwrap();
+    assert!(benched.status.success(), "{benched:?}");
+    let segments: Vec<u64> = std::fs::read_dir(data.join("logs"))
+        .unwrap()
+        .flat_map(|log| std::fs::read_dir(log.unwrap().path()).unwrap())
+        .map(|f| f.unwrap())
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|f| f.metadata().unwrap().len())
+        .collect();
+    assert!(segments.len() >= 20, "{} segments", segments.len());
+    // A segment ends with the group that crossed the size: a value's record or a few.
+    let largest = segments.iter().max().unwrap();
+    assert!(
+        *largest < 65_536 + 64 * 1024,
+        "a segment of {largest} bytes"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn a_log_segment_size_out_of_bounds_or_without_logs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flags, says) in [
+        (vec!["--log-segment-bytes", "4096"], "--log-segment-bytes"),
+        (
+            vec!["--log-segment-bytes", "2147483648"],
+            "--log-segment-bytes",
+        ),
+        (
+            vec![
+                "--role",
+                "resolver",
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster-file",
+                "x.cluster",
+                "--log-segment-bytes",
+                "65536",
+            ],
+            "--log-segment-bytes is for processes that hold logs",
+        ),
+    ] {
+        let out = strata()
+            .arg("serve")
+            .args(&flags)
+            .arg("--data-dir")
+            .arg(dir.path().join("d"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+        assert!(
+            !dir.path().join("d").exists(),
+            "{flags:?} made the directory"
+        );
+    }
+}
+
+#[test]
 fn dump_reads_a_served_cluster_through_the_network() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

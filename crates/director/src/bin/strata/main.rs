@@ -227,6 +227,16 @@ struct ServeArgs {
     /// Without it no proxy worker is recruited. Needs an etcd --cluster-file.
     #[arg(long, value_name = "HOST:PORT", requires = "cluster_file")]
     peer_listen: Option<String>,
+    /// The size at which a transaction log this process holds starts its next segment file
+    /// (65,536 to 1,073,741,824; 64 MiB by default), for `--role all` and `--role log`.
+    /// Smaller segments free disk sooner once popped, at the cost of more files and rolls;
+    /// segments written before keep their size.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        value_parser = bounded(config::LOG_SEGMENT_BYTES_MIN, config::LOG_SEGMENT_BYTES_MAX)
+    )]
+    log_segment_bytes: Option<u64>,
     /// With --listen: serve over TLS only, to clients with a certificate of --tls-ca.
     #[command(flatten)]
     tls: TlsArgs,
@@ -527,7 +537,10 @@ async fn recover(args: RecoverArgs) -> strata_core::Result<()> {
 
 async fn serve(args: ServeArgs) -> strata_core::Result<()> {
     listen_for_signals();
-    let config = args.layout.config()?;
+    let mut config = args.layout.config()?;
+    if let Some(bytes) = args.log_segment_bytes {
+        config.log.segment_bytes = bytes;
+    }
     let tls = args.tls.load()?;
     if tls.is_some() && args.listen.is_none() {
         return Err(strata_core::Error::new(

@@ -42,26 +42,37 @@ fn worker_dir(dir: &std::path::Path, role: Role) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
-    super::listen_for_signals();
+/// Exits with a usage error (exit 2, as clap reports the others) for a flag that is not for a
+/// `role` worker: the director's layout and port, and a log's segment size but on a log
+/// worker.
+fn refuse_flags_of_others(args: &ServeArgs, role: Role) {
     let layout = &args.layout;
-    if layout.logs.is_some()
+    let why = if layout.logs.is_some()
         || layout.storage.is_some()
         || layout.resolvers.is_some()
         || layout.proxies.is_some()
         || args.peer_listen.is_some()
     {
-        // A usage error (exit 2), as clap reports the others.
-        <super::Cli as clap::CommandFactory>::command()
-            .error(
-                clap::error::ErrorKind::ArgumentConflict,
-                format!(
-                    "--logs, --storage, --resolvers, --proxies and --peer-listen are the \
-                     director's (--role all): a {role} worker runs what it is recruited for"
-                ),
-            )
-            .exit();
-    }
+        format!(
+            "--logs, --storage, --resolvers, --proxies and --peer-listen are the director's \
+             (--role all): a {role} worker runs what it is recruited for"
+        )
+    } else if args.log_segment_bytes.is_some() && role != Role::Log {
+        format!(
+            "--log-segment-bytes is for processes that hold logs (--role all or log), not a \
+             {role} worker"
+        )
+    } else {
+        return;
+    };
+    <super::Cli as clap::CommandFactory>::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, why)
+        .exit();
+}
+
+pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
+    super::listen_for_signals();
+    refuse_flags_of_others(&args, role);
     // Both required with a worker's role (checked by clap).
     let (Some(listen), Some(path)) = (&args.listen, &args.cluster_file) else {
         return Err(refuse(format!(
@@ -95,7 +106,13 @@ pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
             let dir = &args.layout.data_dir;
             worker_dir(dir, role)?;
             let store = EtcdStateStore::new(endpoints, &file.name, file.id.as_str())?;
-            let logs = LogWorker::new(dir, FileLogConfig::default(), Arc::new(store), publish)?;
+            let config = FileLogConfig {
+                segment_bytes: args
+                    .log_segment_bytes
+                    .unwrap_or(FileLogConfig::default().segment_bytes),
+                ..FileLogConfig::default()
+            };
+            let logs = LogWorker::new(dir, config, Arc::new(store), publish)?;
             Arc::new(logs)
         }
         Role::Storage => {
