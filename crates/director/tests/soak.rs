@@ -6,6 +6,9 @@
 //! storage worker on its data directory). A client that ends
 //! (its calls failed with the director) is started again. Every so often the client stops,
 //! and the ring and every commit acknowledged so far are checked through the network.
+//! Beside Cycle, `strata bench` writes large values all the while, and the logs (the
+//! director's and the log workers') start a new segment every MiB, so that the history spans
+//! many segments under the kills: the run ends only once the load has committed 32 MiB.
 //!
 //! `cargo test` runs it for 20 s, several MVCC windows' worth of history at this rate.
 //! Longer runs: `STRATA_SOAK_SECS=1500 cargo test -p strata-director --features cli --test
@@ -20,11 +23,14 @@ mod served;
 #[path = "common/workers.rs"]
 mod workers;
 
+use std::io::Read;
 use std::path::Path;
-use std::sync::mpsc;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use served::{Process, cycle_client, serve_with};
+use served::{Process, cycle_client, serve_with, strata};
 use strata_director::cluster_file::ClusterFile;
 use strata_director::workload::cycle::{check_acks, check_ring};
 use strata_testkit::etcd::EtcdServer;
@@ -39,6 +45,16 @@ const CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a check waits for the cluster to serve again after the last kill.
 const CHECK_PATIENCE: Duration = Duration::from_secs(90);
+
+/// One run of the background load: `strata bench` with this many transactions of
+/// [`LOAD_KEYS`] values of [`LOAD_VALUE_BYTES`] bytes each (32 MB a run).
+const LOAD_TRANSACTIONS: u64 = 1_000;
+const LOAD_KEYS: u64 = 8;
+const LOAD_VALUE_BYTES: u64 = 4_000;
+
+/// The logs' segments, the director's and the log workers': a MiB, so that a run's history
+/// spans many.
+const SEGMENT_BYTES: &str = "1048576";
 
 /// The worker roles, each at an address of its own.
 const WORKERS: [&str; 8] = [
@@ -57,7 +73,13 @@ const WORKERS: [&str; 8] = [
 fn start_worker(i: usize, cluster_file: &Path, at: &str, dir: &Path) -> (Process, String) {
     let held = dir.join(format!("worker-{i}"));
     let extra: &[&str] = match WORKERS[i] {
-        "log" | "storage" => &["--data-dir", held.to_str().unwrap()],
+        "log" => &[
+            "--data-dir",
+            held.to_str().unwrap(),
+            "--log-segment-bytes",
+            SEGMENT_BYTES,
+        ],
+        "storage" => &["--data-dir", held.to_str().unwrap()],
         _ => &[],
     };
     worker_of(WORKERS[i], cluster_file, at, extra)
@@ -133,6 +155,90 @@ impl Client {
     }
 }
 
+/// Large values written beside Cycle: `strata bench` runs one after another, on a thread of
+/// their own, each started again once the one before ended (finished, or cut short by a kill).
+struct Load {
+    stop: Arc<AtomicBool>,
+    /// Bytes of values committed by the runs that finished.
+    committed: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(cluster_file: &Path) -> Load {
+        let (stop, committed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (stopping, counted, file) = (stop.clone(), committed.clone(), cluster_file.to_owned());
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                if Load::run(&file, &stopping) {
+                    counted.fetch_add(
+                        LOAD_TRANSACTIONS * LOAD_KEYS * LOAD_VALUE_BYTES,
+                        Ordering::SeqCst,
+                    );
+                } else {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        Load {
+            stop,
+            committed,
+            thread,
+        }
+    }
+
+    /// One `strata bench` run; whether it finished (it prints its report only then). Killed
+    /// when `stop` is set.
+    fn run(cluster_file: &Path, stop: &AtomicBool) -> bool {
+        let numbers = [LOAD_TRANSACTIONS, LOAD_KEYS, LOAD_VALUE_BYTES].map(|n| n.to_string());
+        let mut bench = Process(
+            strata()
+                .args(["bench", "--json", "--clients", "4", "--transactions"])
+                .args([&numbers[0], "--keys-per-transaction", &numbers[1]])
+                .args(["--value-bytes", &numbers[2], "--cluster-file"])
+                .arg(cluster_file)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        while bench.try_wait().unwrap().is_none() {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut report = String::new();
+        bench
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut report)
+            .unwrap();
+        bench.wait().unwrap().success() && report.starts_with("{\"transactions\":")
+    }
+
+    /// Waits until the finished runs committed `bytes` (for at most [`CHECK_PATIENCE`]), and
+    /// stops the load; returns what it committed.
+    fn stop_after(self, bytes: u64) -> u64 {
+        let started = Instant::now();
+        while self.committed.load(Ordering::SeqCst) < bytes {
+            assert!(
+                started.elapsed() < CHECK_PATIENCE,
+                "the load committed only {} of {bytes} bytes in {CHECK_PATIENCE:?} more",
+                self.committed.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+        self.committed.load(Ordering::SeqCst)
+    }
+}
+
 /// Checks, through the network, that the ring is one ring and that every commit in `acked` is
 /// stored; retries while the cluster recovers from the last kill, for [`CHECK_PATIENCE`].
 fn check(cluster_file: &Path, acked: &[(u64, u64)]) {
@@ -163,6 +269,23 @@ fn check(cluster_file: &Path, acked: &[(u64, u64)]) {
         }
     };
     panic!("the cluster did not serve again within {CHECK_PATIENCE:?}: {last}");
+}
+
+/// The first epoch placed the storage servers on the storage workers (of `addresses`, one
+/// per [`WORKERS`] role), for good.
+fn assert_storage_on_its_workers(cluster_file: &Path, addresses: &[String]) {
+    let mut storage_at: Vec<String> =
+        workers::layout_at(cluster_file, None, b"\xff/system/layout/storage_teams/")
+            .into_iter()
+            .map(|a| a.trim_end_matches(['"', ']']).to_owned())
+            .collect();
+    storage_at.sort();
+    let mut storage_workers: Vec<String> = (0..WORKERS.len())
+        .filter(|i| WORKERS[*i] == "storage")
+        .map(|i| addresses[i].clone())
+        .collect();
+    storage_workers.sort();
+    assert_eq!(storage_at, storage_workers);
 }
 
 #[test]
@@ -203,24 +326,15 @@ fn random_kills_of_the_director_and_every_worker_lose_no_acknowledged_commit() {
         "2",
         "--storage",
         "2",
+        "--log-segment-bytes",
+        SEGMENT_BYTES,
     ];
     let (mut director, address, _) = serve_with(&data, "127.0.0.1:0", &layout);
-    // The first epoch placed the storage servers on the storage workers, for good.
-    let mut storage_at: Vec<String> =
-        workers::layout_at(&cluster_file, None, b"\xff/system/layout/storage_teams/")
-            .into_iter()
-            .map(|a| a.trim_end_matches(['"', ']']).to_owned())
-            .collect();
-    storage_at.sort();
-    let mut storage_workers: Vec<String> = (0..WORKERS.len())
-        .filter(|i| WORKERS[*i] == "storage")
-        .map(|i| addresses[i].clone())
-        .collect();
-    storage_workers.sort();
-    assert_eq!(storage_at, storage_workers);
+    assert_storage_on_its_workers(&cluster_file, &addresses);
 
     let mut acked = Vec::new();
     let mut client = Client::start(&cluster_file);
+    let load = Load::start(&cluster_file);
     let started = Instant::now();
     let mut checked = Instant::now();
     let mut kills = 0;
@@ -267,8 +381,13 @@ fn random_kills_of_the_director_and_every_worker_lose_no_acknowledged_commit() {
     }
     // The cluster commits again after the last kill, whatever the kills were.
     client.run_until(100, &cluster_file, &mut acked);
+    let loaded = load.stop_after(32 << 20);
     client.stop(&mut acked);
-    println!("soak: {kills} kills, {} acknowledged", acked.len());
+    println!(
+        "soak: {kills} kills, {} acknowledged, {} MiB of values loaded",
+        acked.len(),
+        loaded >> 20
+    );
     check(&cluster_file, &acked);
     kill(&mut director);
     for (worker, _) in &mut workers {
