@@ -6,9 +6,10 @@
 //! storage worker on its data directory). A client that ends
 //! (its calls failed with the director) is started again. Every so often the client stops,
 //! and the ring and every commit acknowledged so far are checked through the network.
-//! Beside Cycle, `strata bench` writes large values all the while, and the logs (the
-//! director's and the log workers') start a new segment every MiB, so that the history spans
-//! many segments under the kills: the run ends only once the load has committed 32 MiB.
+//! Beside Cycle, `strata bench` writes large values all the while, and the log workers' logs
+//! (and any the director holds) start a new segment every MiB, so that the history spans many
+//! segments under the kills: the run ends only once the load has committed a whole run's
+//! 32 MB.
 //!
 //! `cargo test` runs it for 20 s, several MVCC windows' worth of history at this rate.
 //! Longer runs: `STRATA_SOAK_SECS=1500 cargo test -p strata-director --features cli --test
@@ -52,8 +53,8 @@ const LOAD_TRANSACTIONS: u64 = 1_000;
 const LOAD_KEYS: u64 = 8;
 const LOAD_VALUE_BYTES: u64 = 4_000;
 
-/// The logs' segments, the director's and the log workers': a MiB, so that a run's history
-/// spans many.
+/// The logs' segments, the log workers' (and any the director holds): a MiB, so that a
+/// run's history spans many.
 const SEGMENT_BYTES: &str = "1048576";
 
 /// The worker roles, each at an address of its own.
@@ -381,12 +382,12 @@ fn random_kills_of_the_director_and_every_worker_lose_no_acknowledged_commit() {
     }
     // The cluster commits again after the last kill, whatever the kills were.
     client.run_until(100, &cluster_file, &mut acked);
-    let loaded = load.stop_after(32 << 20);
+    let loaded = load.stop_after(LOAD_TRANSACTIONS * LOAD_KEYS * LOAD_VALUE_BYTES);
     client.stop(&mut acked);
     println!(
-        "soak: {kills} kills, {} acknowledged, {} MiB of values loaded",
+        "soak: {kills} kills, {} acknowledged, {} MB of values loaded",
         acked.len(),
-        loaded >> 20
+        loaded / 1_000_000
     );
     check(&cluster_file, &acked);
     kill(&mut director);

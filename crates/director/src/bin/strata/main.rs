@@ -228,7 +228,9 @@ struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT", requires = "cluster_file")]
     peer_listen: Option<String>,
     /// The size at which a transaction log this process holds starts its next segment file
-    /// (65,536 to 1,073,741,824; 64 MiB by default), for `--role all` and `--role log`.
+    /// (65,536 to 1,073,741,824; 64 MiB by default), for `--role all` and `--role log`: a
+    /// record that would cross it goes to a new segment, so a segment is larger only when one
+    /// record (a commit batch, at most 16 MiB) is.
     /// Smaller segments free disk sooner once popped, but each roll syncs a new file and the
     /// directory: a recovery that copied about 100 MB of history into 64 KiB segments took 34 s
     /// on a test machine, 3 s with the default. Segments written before keep their size.
