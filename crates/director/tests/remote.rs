@@ -176,10 +176,13 @@ fn a_served_cluster_rolls_its_log_segments_at_the_size_given() {
 fn a_log_segment_size_out_of_bounds_or_without_logs_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     for (flags, says) in [
-        (vec!["--log-segment-bytes", "4096"], "--log-segment-bytes"),
+        (
+            vec!["--log-segment-bytes", "4096"],
+            "4096 is not in 65536..=1073741824",
+        ),
         (
             vec!["--log-segment-bytes", "2147483648"],
-            "--log-segment-bytes",
+            "2147483648 is not in 65536..=1073741824",
         ),
         (
             vec![
