@@ -17,6 +17,30 @@ use std::time::{Duration, Instant};
 /// How long a start waits for etcd to report itself healthy.
 const READY_WAIT: Duration = Duration::from_secs(20);
 
+/// How many times [`EtcdServer::start`] starts etcd when it exits at once (a port taken).
+const START_ATTEMPTS: u32 = 3;
+
+/// Why etcd did not start.
+#[derive(Debug)]
+enum Failed {
+    /// It exited before it was healthy: what it said.
+    Exited(String),
+    /// It ran, but was not healthy within [`READY_WAIT`]: what it said.
+    NotHealthy(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Exited(why) => write!(f, "etcd exited at its start: {why}"),
+            Failed::NotHealthy(said) => write!(
+                f,
+                "etcd did not become healthy within {READY_WAIT:?}; its last words: {said}"
+            ),
+        }
+    }
+}
+
 /// A running one-member etcd (see the module docs).
 #[derive(Debug)]
 pub struct EtcdServer {
@@ -55,15 +79,36 @@ impl EtcdServer {
             );
             return None;
         }
+        Some(EtcdServer::start_on(binary, free_port()))
+    }
+
+    /// Starts `binary` with its client port at `client_port` (a free one, normally), and waits
+    /// until it is healthy. A port can be taken between [`free_port`] finding it and etcd
+    /// binding it (by another test's server, or a connection's own end): etcd then exits at
+    /// once, and is started again on fresh ports and a fresh directory, up to
+    /// [`START_ATTEMPTS`] times.
+    fn start_on(binary: PathBuf, client_port: u16) -> EtcdServer {
         let mut server = EtcdServer {
             child: None,
             binary,
             dir: tempfile::tempdir().expect("a temporary directory for etcd"),
-            client_port: free_port(),
+            client_port,
             peer_port: free_port(),
         };
-        server.run();
-        Some(server)
+        let mut attempt = 1;
+        loop {
+            match server.run() {
+                Ok(()) => return server,
+                Err(Failed::Exited(why)) if attempt < START_ATTEMPTS => {
+                    eprintln!("etcd exited at its start ({why}); starting it on other ports");
+                    attempt += 1;
+                    server.dir = tempfile::tempdir().expect("a temporary directory for etcd");
+                    server.client_port = free_port();
+                    server.peer_port = free_port();
+                }
+                Err(failed) => panic!("{failed}"),
+            }
+        }
     }
 
     /// The client endpoint, `127.0.0.1:PORT`.
@@ -86,10 +131,14 @@ impl EtcdServer {
     /// When etcd does not become healthy.
     pub fn restart(&mut self) {
         self.kill();
-        self.run();
+        if let Err(failed) = self.run() {
+            panic!("{failed}");
+        }
     }
 
-    fn run(&mut self) {
+    /// Starts etcd on this server's ports and directory and waits until it is healthy; its
+    /// standard error goes to `etcd.log` in the directory, quoted when it fails.
+    fn run(&mut self) -> Result<(), Failed> {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(&self.binary)
@@ -102,18 +151,39 @@ impl EtcdServer {
             .args(["--initial-cluster", &format!("test={peer}")])
             .args(["--log-level", "error", "--logger", "zap"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.log()).expect("etcd's log file"))
             .spawn()
             .expect("etcd starts");
-        self.child = Some(child);
         let started = Instant::now();
-        while !self.healthy() {
-            assert!(
-                started.elapsed() < READY_WAIT,
-                "etcd did not become healthy within {READY_WAIT:?}"
-            );
+        self.child = Some(child);
+        loop {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("etcd's status"));
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(Failed::Exited(format!("{status}: {}", self.log_tail())));
+            }
+            if self.healthy() {
+                return Ok(());
+            }
+            if started.elapsed() >= READY_WAIT {
+                return Err(Failed::NotHealthy(self.log_tail()));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    /// The last lines etcd wrote to its standard error.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
     }
 
     /// Whether etcd answers its `/health` endpoint with a healthy member.
@@ -146,4 +216,23 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_whose_client_port_was_taken_meanwhile_runs_on_other_ports() {
+        let Some(probe) = EtcdServer::start() else {
+            return;
+        };
+        let binary = probe.binary.clone();
+        drop(probe);
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let server = EtcdServer::start_on(binary, port);
+        assert_ne!(server.client_port, port);
+        assert!(server.healthy());
+    }
 }
