@@ -17,7 +17,10 @@ mod workers;
 use std::path::Path;
 use std::time::Duration;
 
-use served::{Process, check_through_the_network, collect_acks, cycle_client, serve_with};
+use served::{
+    Process, bench_values, check_through_the_network, collect_acks, cycle_client, segment_sizes,
+    serve_with,
+};
 use strata_testkit::etcd::EtcdServer;
 use workers::{
     await_registry, cycle_a_while, etcd_cluster_file, kill, layout_at, listen, next_epoch,
@@ -41,21 +44,6 @@ fn log_worker(cluster_file: &Path, address: &str, dir: &Path) -> (Process, Strin
             SEGMENT_BYTES,
         ],
     )
-}
-
-/// The segment files of the logs in the data directory `dir`.
-fn segments_in(dir: &Path) -> usize {
-    log_dirs(dir)
-        .iter()
-        .flat_map(|log| std::fs::read_dir(dir.join("logs").join(log)).unwrap())
-        .filter(|f| {
-            f.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".seg")
-        })
-        .count()
 }
 
 /// Where the layout of the running epoch says each log is, in the order of their ids.
@@ -163,17 +151,11 @@ fn logs_on_workers_keep_every_acknowledged_commit_across_their_kills() {
     assert_logs_only_on(&cluster_file, 5, &workers, &data);
     cycle_a_while(&cluster_file, &mut acked, Duration::from_secs(2), 100);
 
-    // 3.2 MB of values: each worker's log rolls about 50 segments of its size, and the
-    // storage servers keep the last 5 s in memory, so the logs are not popped meanwhile.
-    let benched = served::strata()
-        .args(["bench", "--clients", "4", "--transactions", "200"])
-        .args(["--keys-per-transaction", "4", "--value-bytes", "4000"])
-        .args(["--cluster-file", file])
-        .output()
-        .unwrap();
-    assert!(benched.status.success(), "{benched:?}");
+    // Each worker's log rolls about 50 segments of its size, and the storage servers keep
+    // the last 5 s in memory, so the logs are not popped meanwhile.
+    bench_values(&cluster_file);
     for (address, dir) in &workers {
-        let segments = segments_in(dir);
+        let segments = segment_sizes(dir).len();
         assert!(segments >= 20, "{address} holds {segments} segments");
     }
     check_through_the_network(&cluster_file, &acked);

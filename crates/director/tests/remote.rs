@@ -15,7 +15,10 @@ use strata_director::cluster_file::{CLUSTER_FILE_NAME, ClusterFile};
 #[path = "common/served.rs"]
 mod served;
 
-use served::{check_through_the_network, collect_acks, cycle_client, serve, serve_with, strata};
+use served::{
+    bench_values, check_through_the_network, collect_acks, cycle_client, segment_sizes, serve,
+    serve_with, strata,
+};
 
 #[test]
 fn a_client_process_keeps_every_acknowledged_commit_across_two_server_kills() {
@@ -143,23 +146,9 @@ fn a_served_cluster_rolls_its_log_segments_at_the_size_given() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (mut server, _, _) = serve_with(&data, "127.0.0.1:0", &["--log-segment-bytes", "65536"]);
-    // 200 transactions of 4 values of 4,000 bytes: 3.2 MB, about 50 segments of 64 KiB. The
-    // storage server keeps the last 5 s in memory, so the log is not popped meanwhile.
-    let benched = strata()
-        .args(["bench", "--clients", "4", "--transactions", "200"])
-        .args(["--keys-per-transaction", "4", "--value-bytes", "4000"])
-        .arg("--cluster-file")
-        .arg(data.join(CLUSTER_FILE_NAME))
-        .output()
-        .unwrap();
-    assert!(benched.status.success(), "{benched:?}");
-    let segments: Vec<u64> = std::fs::read_dir(data.join("logs"))
-        .unwrap()
-        .flat_map(|log| std::fs::read_dir(log.unwrap().path()).unwrap())
-        .map(|f| f.unwrap())
-        .filter(|f| f.file_name().to_string_lossy().ends_with(".seg"))
-        .map(|f| f.metadata().unwrap().len())
-        .collect();
+    // The storage server keeps the last 5 s in memory, so the log is not popped meanwhile.
+    bench_values(&data.join(CLUSTER_FILE_NAME));
+    let segments = segment_sizes(&data);
     assert!(segments.len() >= 20, "{} segments", segments.len());
     // A record that would cross the size starts the next segment, so a segment is larger
     // only when its first record alone is: here a batch of at most four transactions of 16 KB.

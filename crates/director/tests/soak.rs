@@ -52,6 +52,8 @@ const CHECK_PATIENCE: Duration = Duration::from_secs(90);
 const LOAD_TRANSACTIONS: u64 = 1_000;
 const LOAD_KEYS: u64 = 8;
 const LOAD_VALUE_BYTES: u64 = 4_000;
+/// The bytes of values one finished run of the load committed.
+const LOAD_RUN_BYTES: u64 = LOAD_TRANSACTIONS * LOAD_KEYS * LOAD_VALUE_BYTES;
 
 /// The logs' segments, the log workers' (and any the director holds): a MiB, so that a
 /// run's history spans many.
@@ -160,25 +162,22 @@ impl Client {
 /// their own, each started again once the one before ended (finished, or cut short by a kill).
 struct Load {
     stop: Arc<AtomicBool>,
-    /// Bytes of values committed by the runs that finished.
-    committed: Arc<AtomicU64>,
+    /// The runs that finished.
+    finished: Arc<AtomicU64>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Load {
     fn start(cluster_file: &Path) -> Load {
-        let (stop, committed) = (
+        let (stop, finished) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicU64::new(0)),
         );
-        let (stopping, counted, file) = (stop.clone(), committed.clone(), cluster_file.to_owned());
+        let (stopping, counted, file) = (stop.clone(), finished.clone(), cluster_file.to_owned());
         let thread = std::thread::spawn(move || {
             while !stopping.load(Ordering::SeqCst) {
                 if Load::run(&file, &stopping) {
-                    counted.fetch_add(
-                        LOAD_TRANSACTIONS * LOAD_KEYS * LOAD_VALUE_BYTES,
-                        Ordering::SeqCst,
-                    );
+                    counted.fetch_add(1, Ordering::SeqCst);
                 } else {
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -186,7 +185,7 @@ impl Load {
         });
         Load {
             stop,
-            committed,
+            finished,
             thread,
         }
     }
@@ -222,21 +221,21 @@ impl Load {
         bench.wait().unwrap().success() && report.starts_with("{\"transactions\":")
     }
 
-    /// Waits until the finished runs committed `bytes` (for at most [`CHECK_PATIENCE`]), and
-    /// stops the load; returns what it committed.
-    fn stop_after(self, bytes: u64) -> u64 {
+    /// Waits until `runs` runs finished (for at most [`CHECK_PATIENCE`]), and stops the load;
+    /// returns the bytes of values the finished runs committed.
+    fn stop_after(self, runs: u64) -> u64 {
         let started = Instant::now();
-        while self.committed.load(Ordering::SeqCst) < bytes {
+        while self.finished.load(Ordering::SeqCst) < runs {
             assert!(
                 started.elapsed() < CHECK_PATIENCE,
-                "the load committed only {} of {bytes} bytes in {CHECK_PATIENCE:?} more",
-                self.committed.load(Ordering::SeqCst)
+                "only {} of {runs} runs of the load finished in {CHECK_PATIENCE:?} more",
+                self.finished.load(Ordering::SeqCst)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
         self.stop.store(true, Ordering::SeqCst);
         self.thread.join().unwrap();
-        self.committed.load(Ordering::SeqCst)
+        self.finished.load(Ordering::SeqCst) * LOAD_RUN_BYTES
     }
 }
 
@@ -382,7 +381,7 @@ fn random_kills_of_the_director_and_every_worker_lose_no_acknowledged_commit() {
     }
     // The cluster commits again after the last kill, whatever the kills were.
     client.run_until(100, &cluster_file, &mut acked);
-    let loaded = load.stop_after(LOAD_TRANSACTIONS * LOAD_KEYS * LOAD_VALUE_BYTES);
+    let loaded = load.stop_after(1);
     client.stop(&mut acked);
     println!(
         "soak: {kills} kills, {} acknowledged, {} MB of values loaded",

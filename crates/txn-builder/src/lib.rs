@@ -43,9 +43,10 @@
 //!   from before its read version was asked for. A read or commit after that fails at once,
 //!   without asking storage or a proxy, with [`ErrorKind::TransactionExpired`] naming the read
 //!   version (if it read), how long it lived and the limit. Why 5 s: the sequencer's versions
-//!   follow wall time at 1,000,000 a second, so the storage servers' MVCC window ([`strata_core::MVCC_WINDOW_VERSIONS`], 5,000,000
-//!   versions) is 5 s; an older transaction would read versions storage has let go of
-//!   (`TooOld`) and commit against writes the resolvers have forgotten.
+//!   follow wall time at 1,000,000 a second, so the storage servers' MVCC window
+//!   ([`strata_core::MVCC_WINDOW_VERSIONS`], 5,000,000 versions) is 5 s; an older
+//!   transaction would read versions storage has let go of (`TooOld`) and commit against
+//!   writes the resolvers have forgotten.
 //! - [`Database::run`] makes at most [`RetryConfig::attempts_max`] attempts, waiting
 //!   [`RetryConfig::backoff_initial`], doubled each time up to [`RetryConfig::backoff_max`];
 //!   spent, it returns the last attempt's error. It retries only what a new read version can

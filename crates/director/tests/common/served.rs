@@ -185,3 +185,30 @@ pub fn check_through_the_network_with(
         check_acks(&db, acked).await.unwrap();
     });
 }
+
+/// Commits 3.2 MB of values through the cluster `cluster_file` names (`strata bench`: 200
+/// transactions of 4 values of 4,000 bytes), which must succeed: enough to roll a log of
+/// 64 KiB segments about 50 times.
+pub fn bench_values(cluster_file: &Path) {
+    let benched = strata()
+        .args(["bench", "--clients", "4", "--transactions", "200"])
+        .args(["--keys-per-transaction", "4", "--value-bytes", "4000"])
+        .arg("--cluster-file")
+        .arg(cluster_file)
+        .output()
+        .unwrap();
+    assert!(benched.status.success(), "{benched:?}");
+}
+
+/// The sizes of the segment files of every log in the data directory `dir` (none when it
+/// holds no logs).
+pub fn segment_sizes(dir: &Path) -> Vec<u64> {
+    std::fs::read_dir(dir.join("logs"))
+        .into_iter()
+        .flatten()
+        .flat_map(|log| std::fs::read_dir(log.unwrap().path()).unwrap())
+        .map(|f| f.unwrap())
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|f| f.metadata().unwrap().len())
+        .collect()
+}
