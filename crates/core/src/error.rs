@@ -160,6 +160,26 @@ pub enum ErrorKind {
     /// The transaction read something that a newer commit wrote; it was not committed.
     #[error("conflict: a key read was written after the read version")]
     Conflict,
+    /// The call that committed the transaction failed after the transaction may have reached
+    /// the logs (the connection broke, or the epoch ended under its batch): it may or may not
+    /// have committed, and the next recovery decides (FoundationDB's `commit_unknown_result`).
+    /// Not retryable: running the transaction again could apply it twice. Returned by a
+    /// database that follows recoveries (one connected through a cluster file); one bound to
+    /// its stages returns the stage's error as it is.
+    ///
+    /// ```
+    /// use strata_core::{Error, ErrorKind, Stage};
+    /// let cause = Error::new(Stage::CommitProxy, ErrorKind::Unavailable("connection lost".into()));
+    /// let e = Error::new(Stage::TxnBuilder, ErrorKind::CommitUnknown(Box::new(cause)));
+    /// assert_eq!(
+    ///     e.to_string(),
+    ///     "txn builder: commit outcome unknown: it may or may not have committed; the call \
+    ///      failed with: commit proxy: unavailable: connection lost"
+    /// );
+    /// assert!(!e.is_retryable());
+    /// ```
+    #[error("commit outcome unknown: it may or may not have committed; the call failed with: {0}")]
+    CommitUnknown(Box<Error>),
     /// A request named a `previous_version` other than the last version the stage holds, after
     /// waiting (bounded) for the predecessor: a gap in the version chain.
     #[error("out of order: previous version {previous} but the stage holds up to {last}")]

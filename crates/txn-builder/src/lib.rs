@@ -3,7 +3,9 @@
 //! its reads and writes in [`Database::run`], which commits them as one transaction.
 //!
 //! A [`Database`] is a handle to the stages of a running cluster (a sequencer, commit proxies,
-//! storage servers, each behind its [`strata_core`] trait); a [`Transaction`] begun from it
+//! storage servers, each behind its [`strata_core`] trait): bound to them
+//! ([`Database::new`]), or following the cluster from epoch to epoch through a [`Connect`]
+//! ([`Database::following`], what a cluster file connects with). A [`Transaction`] begun from it
 //! reads at one read version, buffers its writes, and on [`Transaction::commit`] sends them,
 //! with the conflict ranges it recorded, to a commit proxy, which commits them only if nothing
 //! the transaction read has changed since its read version. [`Database::run`] retries a
@@ -40,7 +42,8 @@
 //!   its read version (asked for then if it read nothing), without a proxy.
 //! - A transaction lives at most its [`TransactionOptions::lifetime`] (by default and at most
 //!   [`strata_core::TRANSACTION_LIFETIME_MAX`], 5 s), counted from [`Database::begin`], so
-//!   from before its read version was asked for. A read or commit after that fails at once,
+//!   from before its read version was asked for (a wait for a new epoch's stages at its first
+//!   call excepted: no read version is held then). A read or commit after that fails at once,
 //!   without asking storage or a proxy, with [`ErrorKind::TransactionExpired`] naming the read
 //!   version (if it read), how long it lived and the limit. Why 5 s: the sequencer's versions
 //!   follow wall time at 1,000,000 a second, so the storage servers' MVCC window
@@ -53,6 +56,10 @@
 //!   cure (conflicts, `TooOld`, `FutureVersion`), never an expired transaction, and stops
 //!   with [`ErrorKind::TransactionTimedOut`] once its [`TransactionOptions::timeout`] passes.
 //!   [`Database::run_with`] takes options for one call; the database holds the defaults.
+//! - A database that follows recoveries also retries, on the newest epoch, an attempt that the
+//!   end of its epoch failed before its commit was sent, or whose commit was refused as fenced;
+//!   a commit whose call failed without a refusal is [`ErrorKind::CommitUnknown`] (it may have
+//!   committed) and is never retried. A transaction keeps the stages it began with.
 //!
 //! # Limits
 //!
@@ -174,7 +181,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -185,8 +192,11 @@ use strata_core::{
 };
 use tokio::time::Instant;
 
+mod follow;
 mod options;
 
+use follow::Shared;
+pub use follow::{Connect, Stages};
 pub use options::TransactionOptions;
 
 fn error(kind: ErrorKind) -> Error {
@@ -214,27 +224,61 @@ impl Default for RetryConfig {
     }
 }
 
+/// The stages of one epoch, as transactions use them.
 struct DbInner {
     sequencer: Arc<dyn Sequencer>,
     proxies: Vec<Arc<dyn CommitProxy>>,
     /// Every shard of every storage server, sorted by begin key.
     shards: Vec<(KeyRange, Arc<dyn StorageServer>)>,
     next_proxy: AtomicUsize,
+    /// Set when a call showed that this epoch is over (a database that follows recoveries).
+    ended: AtomicBool,
+}
+
+impl DbInner {
+    /// `InvalidRequest` without a proxy or a storage server.
+    fn new(stages: Stages) -> Result<DbInner> {
+        let Stages {
+            sequencer,
+            proxies,
+            storage,
+        } = stages;
+        if proxies.is_empty() || storage.is_empty() {
+            return Err(error(ErrorKind::InvalidRequest(
+                "a database needs a commit proxy and a storage server".into(),
+            )));
+        }
+        let mut shards: Vec<(KeyRange, Arc<dyn StorageServer>)> = storage
+            .iter()
+            .flat_map(|s| s.shards().into_iter().map(move |r| (r, s.clone())))
+            .collect();
+        shards.sort_by(|a, b| a.0.begin().cmp(b.0.begin()));
+        shards.dedup_by(|a, b| a.0 == b.0);
+        Ok(DbInner {
+            sequencer,
+            proxies,
+            shards,
+            next_proxy: AtomicUsize::new(0),
+            ended: AtomicBool::new(false),
+        })
+    }
 }
 
 /// A handle to a running cluster, with the [`TransactionOptions`] its transactions get by
 /// default: where transactions begin. Cheap to clone.
 #[derive(Clone)]
 pub struct Database {
-    inner: Arc<DbInner>,
+    shared: Arc<Shared>,
     options: TransactionOptions,
 }
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.shared.current();
         f.debug_struct("Database")
-            .field("proxies", &self.inner.proxies.len())
-            .field("shards", &self.inner.shards.len())
+            .field("proxies", &current.proxies.len())
+            .field("shards", &current.shards.len())
+            .field("follows_recoveries", &self.shared.follows())
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -255,26 +299,45 @@ impl Database {
     ) -> Result<Database> {
         let options = options.into();
         options.validate()?;
-        if proxies.is_empty() || storage.is_empty() {
-            return Err(error(ErrorKind::InvalidRequest(
-                "a database needs a commit proxy and a storage server".into(),
-            )));
-        }
-        let mut shards: Vec<(KeyRange, Arc<dyn StorageServer>)> = storage
-            .iter()
-            .flat_map(|s| s.shards().into_iter().map(move |r| (r, s.clone())))
-            .collect();
-        shards.sort_by(|a, b| a.0.begin().cmp(b.0.begin()));
-        shards.dedup_by(|a, b| a.0 == b.0);
+        let stages = Stages {
+            sequencer,
+            proxies,
+            storage,
+        };
         Ok(Database {
-            inner: Arc::new(DbInner {
-                sequencer,
-                proxies,
-                shards,
-                next_proxy: AtomicUsize::new(0),
-            }),
+            shared: Arc::new(Shared::new(DbInner::new(stages)?, None)),
             options,
         })
+    }
+
+    /// A database that follows recoveries: it starts on the stages `connect` finds, and finds
+    /// the newest epoch's through it again whenever a call shows that the epoch it holds has
+    /// ended (a server that recovered, or restarted). [`Database::run`] starts again on the
+    /// newest epoch an attempt that the end of its epoch failed before its commit was sent, or
+    /// whose commit was refused as fenced; a commit whose call failed otherwise is
+    /// [`ErrorKind::CommitUnknown`], never retried. A transaction keeps the stages it began
+    /// with; one begun once they ended finds the newest at its first call (one connection for
+    /// all the callers waiting, and a failed one fails them all; the next call tries again).
+    /// `strata_director`'s `ClusterFile::connect` makes one for a served cluster.
+    ///
+    /// Errors: `connect`'s, for the first stages; as [`Database::new`] for its stages and
+    /// `options`.
+    pub async fn following(
+        connect: Arc<dyn Connect>,
+        options: impl Into<TransactionOptions>,
+    ) -> Result<Database> {
+        let options = options.into();
+        options.validate()?;
+        let inner = DbInner::new(connect.stages().await?)?;
+        Ok(Database {
+            shared: Arc::new(Shared::new(inner, Some(connect))),
+            options,
+        })
+    }
+
+    /// Whether this database follows recoveries ([`Database::following`]).
+    pub fn follows_recoveries(&self) -> bool {
+        self.shared.follows()
     }
 
     /// The options this handle's transactions get by default.
@@ -296,7 +359,7 @@ impl Database {
     pub fn with_options(&self, options: TransactionOptions) -> Result<Database> {
         options.validate()?;
         Ok(Database {
-            inner: self.inner.clone(),
+            shared: self.shared.clone(),
             options,
         })
     }
@@ -306,11 +369,17 @@ impl Database {
     /// one that only writes never asks, and its commit is one call. Its lifetime (the
     /// database's [`TransactionOptions::lifetime`]) starts now.
     pub fn begin(&self) -> Transaction {
+        let current = self.shared.current();
+        // Stages known to have ended are found again by the transaction's first call.
+        let db =
+            (!(self.shared.follows() && current.ended.load(Ordering::SeqCst))).then_some(current);
         Transaction {
             inner: Arc::new(TxInner {
-                db: self.inner.clone(),
+                shared: self.shared.clone(),
+                db: tokio::sync::OnceCell::new_with(db),
                 read_version: tokio::sync::OnceCell::new(),
                 began: Instant::now(),
+                finding_us: AtomicU64::new(0),
                 lifetime: self.options.lifetime,
                 state: Mutex::new(TxState::default()),
             }),
@@ -334,7 +403,13 @@ impl Database {
     ///   [`ErrorKind::TransactionExpired`]: a body that outlived the transaction lifetime is
     ///   not run again, because the body itself took too long, and a new read version would
     ///   not make it quicker; it would only repeat the wait (before this limit, a 6 s body
-    ///   was retried as too old until its attempts ran out). Shorten or split it.
+    ///   was retried as too old until its attempts ran out). Shorten or split it. It includes
+    ///   [`ErrorKind::CommitUnknown`] too (a database that follows recoveries): the attempt
+    ///   may have committed, and running it again could apply it twice.
+    ///
+    /// On a database that follows recoveries ([`Database::following`]), an attempt that the
+    /// end of its epoch failed before its commit was sent, or whose commit was refused as
+    /// fenced, is retried too: on the newest epoch, once found.
     ///
     /// ```no_run
     /// # async fn example(db: strata_txn_builder::Database) -> strata_core::Result<()> {
@@ -396,12 +471,17 @@ pub struct Transaction {
 }
 
 struct TxInner {
-    db: Arc<DbInner>,
+    shared: Arc<Shared>,
+    /// The stages of the epoch it began in (found at its first call if they had ended).
+    db: tokio::sync::OnceCell<Arc<DbInner>>,
     /// Asked for once, by the first read (or [`Transaction::read_version`]); concurrent
     /// first reads share the one request, and a failed request is made again by the next.
     read_version: tokio::sync::OnceCell<Version>,
     /// When it began.
     began: Instant,
+    /// Microseconds its first call spent finding the newest epoch's stages (see
+    /// [`Database::following`]): not counted in its lifetime, since no read version was held.
+    finding_us: AtomicU64,
     /// How long it may live from `began`.
     lifetime: Duration,
     state: Mutex<TxState>,
@@ -449,7 +529,11 @@ impl Transaction {
     pub async fn read_version(&self) -> Result<Version> {
         self.inner
             .read_version
-            .get_or_try_init(|| self.inner.db.sequencer.read_version())
+            .get_or_try_init(|| async {
+                let db = self.db().await?;
+                let asked = db.sequencer.read_version().await;
+                self.noted(db, asked)
+            })
             .await
             .copied()
     }
@@ -468,8 +552,35 @@ impl Transaction {
         Ok(st)
     }
 
-    fn storage_for(&self, key: &[u8]) -> Result<&Arc<dyn StorageServer>> {
-        let shards = &self.inner.db.shards;
+    /// The stages this transaction calls: those of the epoch it began in, or found again at
+    /// its first call if they had ended (see [`Database::following`]).
+    async fn db(&self) -> Result<&Arc<DbInner>> {
+        match self.inner.db.get() {
+            Some(db) => Ok(db),
+            None => {
+                let started = Instant::now();
+                let found = self
+                    .inner
+                    .db
+                    .get_or_try_init(|| self.inner.shared.live())
+                    .await;
+                let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.inner.finding_us.fetch_max(took, Ordering::Relaxed);
+                found
+            }
+        }
+    }
+
+    /// `result` of a call to one of `db`'s stages, noting an epoch it says is over.
+    fn noted<T>(&self, db: &DbInner, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            self.inner.shared.note(db, e);
+        }
+        result
+    }
+
+    fn storage_for<'a>(db: &'a DbInner, key: &[u8]) -> Result<&'a Arc<dyn StorageServer>> {
+        let shards = &db.shards;
         let i = shards.partition_point(|(r, _)| r.begin().as_ref() <= key);
         i.checked_sub(1)
             .map(|i| &shards[i])
@@ -508,8 +619,10 @@ impl Transaction {
     /// The value of `key` in the snapshot at the read version; no conflict, own writes ignored.
     pub async fn snapshot_get(&self, key: &Key) -> Result<Option<Value>> {
         self.check_lifetime()?;
-        let server = self.storage_for(key)?;
-        server.get(key.clone(), self.read_version().await?).await
+        let db = self.db().await?;
+        let server = Self::storage_for(db, key)?;
+        let read = server.get(key.clone(), self.read_version().await?).await;
+        self.noted(db, read)
     }
 
     /// Up to `limit` pairs of `range` (from its end when `reverse`), seeing this transaction's
@@ -582,9 +695,8 @@ impl Transaction {
         limit: usize,
         reverse: bool,
     ) -> Result<RangeRead> {
-        let mut pieces: Vec<(KeyRange, Arc<dyn StorageServer>)> = self
-            .inner
-            .db
+        let db = self.db().await?;
+        let mut pieces: Vec<(KeyRange, Arc<dyn StorageServer>)> = db
             .shards
             .iter()
             .filter_map(|(r, s)| Some((r.intersection(range)?, s.clone())))
@@ -603,7 +715,8 @@ impl Transaction {
         for (i, (piece, server)) in pieces.into_iter().enumerate() {
             let got = server
                 .get_range(piece, read_version, limit - out.entries.len(), reverse)
-                .await?;
+                .await;
+            let got = self.noted(db, got)?;
             out.entries.extend(got.entries);
             if got.more || (out.entries.len() == limit && i + 1 < count) {
                 out.more = true;
@@ -754,9 +867,10 @@ impl Transaction {
         // error; the proxy gets it unencoded (one in this process then skips the encoding and
         // its parse; a remote one's client encodes it).
         tx.encoded_len().map_err(|e| error(ErrorKind::Wire(e)))?;
-        let db = &self.inner.db;
+        let db = self.db().await?;
         let n = db.next_proxy.fetch_add(1, Ordering::Relaxed) % db.proxies.len();
-        db.proxies[n].commit_transaction(tx).await
+        let committed = db.proxies[n].commit_transaction(tx).await;
+        self.inner.shared.commit_outcome(db, committed)
     }
 }
 

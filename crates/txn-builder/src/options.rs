@@ -148,7 +148,8 @@ impl TransactionOptions {
 impl Transaction {
     /// Refuses, at once, a read or the commit of a transaction that lived past its lifetime.
     pub(crate) fn check_lifetime(&self) -> Result<()> {
-        let lived = self.inner.began.elapsed();
+        let finding = Duration::from_micros(self.inner.finding_us.load(Ordering::Relaxed));
+        let lived = self.inner.began.elapsed().saturating_sub(finding);
         if lived <= self.inner.lifetime {
             return Ok(());
         }
@@ -221,8 +222,10 @@ where
         let e = match result {
             Ok(done) => return Ok(done),
             // Not retryable: a refusal, a failure, or a body that outlived its lifetime (it
-            // would only outlive it again).
-            Err(e) if !e.is_retryable() => return Err(e),
+            // would only outlive it again). On a database that follows recoveries, an attempt
+            // that the end of its epoch failed before its commit was sent (or whose commit was
+            // refused as fenced) is started again on the newest epoch.
+            Err(e) if !(e.is_retryable() || db.shared.retries_after(&e)) => return Err(e),
             Err(e) => e,
         };
         if attempt >= retry.attempts_max {
