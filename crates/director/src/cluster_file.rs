@@ -37,11 +37,15 @@
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use strata_core::{Error, ErrorKind, Result, Stage};
 use strata_net::{Access, ClusterId, Stages, Tls};
-use strata_txn_builder::{Database, TransactionOptions};
+use strata_txn_builder::{Connect, Database, TransactionOptions};
 
 use crate::coordinator::etcd::EtcdStateStore;
 use crate::coordinator::{CoordinatedState, Coordination, FileStateStore, StateStore};
@@ -51,6 +55,12 @@ pub const CLUSTER_FILE_NAME: &str = "strata.cluster";
 
 /// How long [`ClusterFile::connect`] waits for a cluster between two epochs to serve again.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a database connected through a cluster file waits for the cluster to serve a new
+/// epoch once the one it held ended: longer than a director's etcd lease
+/// ([`DIRECTOR_LEASE_TTL`](crate::coordinator::etcd::DIRECTOR_LEASE_TTL), which a restarted
+/// director may wait out) and its recovery. The calls that need the new epoch wait with it.
+pub const RECONNECT_WAIT: Duration = Duration::from_secs(30);
 
 fn invalid(why: String) -> Error {
     Error::new(Stage::Director, ErrorKind::InvalidRequest(why))
@@ -349,10 +359,14 @@ impl ClusterFile {
     /// the default transaction options. Between two epochs (nothing served yet) it asks again,
     /// for at most [`CONNECT_WAIT`].
     ///
-    /// The database is bound to the epoch served when it connected: once the server recovers
-    /// (a stage failed, or it restarted), its read versions fail as `Unavailable` and its
-    /// commits as `Fenced` (refused, not done), and a new `connect` reaches the new epoch.
-    /// Calls made while the server is down fail as `Unavailable`.
+    /// The database follows recoveries ([`Database::following`]): once the server recovers
+    /// (a stage failed, or it restarted), the first call that fails for it makes the database
+    /// read the coordinated state again and connect to the newest epoch, waiting for it as
+    /// above. [`Database::run`] starts again there what the end of the epoch failed before its
+    /// commit was sent, or whose commit was refused as fenced; a commit whose call failed
+    /// otherwise (the server was killed under it, say) is
+    /// [`ErrorKind::CommitUnknown`](strata_core::ErrorKind::CommitUnknown): it may have
+    /// committed, and is never run again. Every commit acknowledged is kept, as in process.
     ///
     /// `tls` is this process's TLS credentials, for a cluster whose processes use TLS (the
     /// server's `--tls-*` options): a client without them, or with a certificate of another
@@ -361,14 +375,56 @@ impl ClusterFile {
     /// Errors: `Unavailable` when the cluster is not served or not reachable; `InvalidRequest`
     /// when the server there is of another cluster, or a TLS handshake failed.
     pub async fn connect(&self, tls: Option<&Tls>) -> Result<Database> {
+        let served = Served {
+            file: self.clone(),
+            connected: AtomicBool::new(false),
+            // Opened once: an etcd store holds a runtime and a connection of its own.
+            store: self.store()?,
+            access: Access::new(self.id.clone(), tls.cloned()),
+        };
+        Database::following(Arc::new(served), TransactionOptions::default()).await
+    }
+}
+
+/// Where a database connected through a cluster file finds the newest epoch's stages.
+struct Served {
+    file: ClusterFile,
+    /// Set once the first stages were found: later searches wait [`RECONNECT_WAIT`].
+    connected: AtomicBool,
+    store: Coordination,
+    access: Access,
+}
+
+#[async_trait]
+impl Connect for Served {
+    /// The stages served at the address the coordinated state names; asked again, between two
+    /// epochs or while nothing answers there, for at most [`CONNECT_WAIT`] the first time and
+    /// [`RECONNECT_WAIT`] after.
+    async fn stages(&self) -> Result<strata_txn_builder::Stages> {
         let started = tokio::time::Instant::now();
-        // Opened once: an etcd store holds a runtime and a connection of its own.
-        let store = self.store()?;
+        let connected = self.connected.load(Ordering::SeqCst);
+        let wait = if connected {
+            RECONNECT_WAIT
+        } else {
+            CONNECT_WAIT
+        };
         loop {
-            let address = self.served_at_in(&store)?;
-            let access = Access::new(self.id.clone(), tls.cloned());
-            let stages = Stages::connect(&address, access).await;
-            let waited = started.elapsed() >= CONNECT_WAIT;
+            let address = match self.file.served_at_in(&self.store) {
+                Ok(address) => address,
+                // Once connected, a state that cannot be read (etcd away) is waited for too.
+                Err(e)
+                    if connected
+                        && matches!(e.kind, ErrorKind::Unavailable(_))
+                        && started.elapsed() < wait =>
+                {
+                    tracing::debug!(error = %e, "the coordinated state is not readable yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let stages = Stages::connect(&address, self.access.clone()).await;
+            let waited = started.elapsed() >= wait;
             match stages {
                 Ok(Stages {
                     sequencer: Some(sequencer),
@@ -376,19 +432,19 @@ impl ClusterFile {
                     storage,
                     ..
                 }) if !proxies.is_empty() && !storage.is_empty() => {
-                    return Database::new(
+                    self.connected.store(true, Ordering::SeqCst);
+                    return Ok(strata_txn_builder::Stages {
                         sequencer,
                         proxies,
                         storage,
-                        TransactionOptions::default(),
-                    );
+                    });
                 }
                 Ok(_) if waited => {
                     return Err(Error::new(
                         Stage::Director,
                         ErrorKind::Unavailable(format!(
                             "the server at {address} serves no epoch (waited {} s)",
-                            CONNECT_WAIT.as_secs()
+                            wait.as_secs()
                         )),
                     ));
                 }

@@ -110,3 +110,83 @@ async fn acknowledgements_beyond_one_transactions_lifetime_are_checked() {
         acked.pop();
     }
 }
+
+/// The stages of an embedded cluster as a following database finds them, each commit proxy
+/// behind `faults`; counts the connections.
+struct Behind {
+    stages: strata_net::Stages,
+    faults: Arc<strata_testkit::faults::Faults>,
+    connections: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl strata_txn_builder::Connect for Behind {
+    async fn stages(&self) -> strata_core::Result<strata_txn_builder::Stages> {
+        self.connections
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(strata_txn_builder::Stages {
+            sequencer: self.stages.sequencer.clone().unwrap(),
+            proxies: self
+                .stages
+                .proxies
+                .iter()
+                .map(|p| strata_testkit::faults::FaultyProxy::wrap(p.clone(), &self.faults))
+                .collect(),
+            storage: self.stages.storage.clone(),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_counts_a_commit_of_unknown_outcome_and_goes_on_then_gives_up_on_a_streak() {
+    use std::sync::atomic::Ordering;
+    use strata_core::ErrorKind;
+    use strata_director::workload::UNKNOWN_IN_A_ROW_MAX;
+    use strata_testkit::faults::{Fault, FaultPoint, Faults};
+
+    let (cluster, _dir) = common::cluster().await;
+    let faults = Faults::new();
+    let behind = Arc::new(Behind {
+        stages: cluster.stages(),
+        faults: faults.clone(),
+        connections: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let db = strata_txn_builder::Database::following(
+        behind.clone(),
+        strata_txn_builder::RetryConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ensure_ring(&db, NODES).await.unwrap(), NODES);
+
+    // One commit's call fails (an unknown outcome): counted, not acknowledged, and the client
+    // goes on with its next transaction on stages found again.
+    faults.arm_at(FaultPoint::ProxyCommit, 50, Fault::Usual);
+    let plan = Plan {
+        clients: 1,
+        span: Span::Transactions(200),
+        seed: 2,
+        first: 0,
+    };
+    let cycle = Arc::new(Cycle { nodes: NODES });
+    let driven = drive(&db, cycle.clone(), &plan, no_acks()).await.unwrap();
+    assert_eq!((driven.unknown, driven.acked.len()), (1, 199));
+    assert_eq!(behind.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(check_ring(&db).await.unwrap(), NODES);
+    check_acks(&db, &driven.acked).await.unwrap();
+
+    // Every commit failing: the client gives up after a streak, with the commit's error.
+    let rearm = faults.clone();
+    faults.watch(move |_| rearm.arm_at(FaultPoint::ProxyCommit, 1, Fault::Usual));
+    faults.arm_at(FaultPoint::ProxyCommit, 1, Fault::Usual);
+    let before = faults.calls(FaultPoint::ProxyCommit);
+    let plan = Plan {
+        first: 1_000,
+        ..plan
+    };
+    let e = drive(&db, cycle, &plan, no_acks()).await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::CommitUnknown(_)), "{e}");
+    let calls = faults.calls(FaultPoint::ProxyCommit) - before;
+    assert_eq!(calls, UNKNOWN_IN_A_ROW_MAX as usize);
+    faults.release();
+}

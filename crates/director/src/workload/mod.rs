@@ -108,6 +108,10 @@ pub struct Driven {
     pub latencies_us: Vec<u64>,
     /// Attempts that aborted and were retried.
     pub aborts: u64,
+    /// Transactions whose commit outcome is unknown ([`ErrorKind::CommitUnknown`]: the epoch
+    /// ended under them, on a database that follows recoveries): not acknowledged, not run
+    /// again; the client went on with its next.
+    pub unknown: u64,
     /// From the first client's start to the last one's end.
     pub elapsed: Duration,
 }
@@ -137,7 +141,10 @@ pub fn no_acks() -> OnAck {
 
 /// Runs `workload` as `plan` says and returns what was acknowledged. A client whose
 /// transaction fails for good (not a retryable abort) stops; the first such error is returned
-/// once every client has stopped.
+/// once every client has stopped. A transaction whose commit outcome is unknown
+/// ([`ErrorKind::CommitUnknown`], from a database that follows recoveries) is counted in
+/// [`Driven::unknown`], not acknowledged, and its client goes on with its next one (up to
+/// [`UNKNOWN_IN_A_ROW_MAX`] in a row); it counts as one of the plan's transactions.
 pub async fn drive<W: Workload>(
     db: &Database,
     workload: Arc<W>,
@@ -146,6 +153,11 @@ pub async fn drive<W: Workload>(
 ) -> Result<Driven> {
     drive_until(db, workload, plan, on_ack, std::future::pending()).await
 }
+
+/// Commits of unknown outcome one client may meet in a row, with no acknowledgement between
+/// them, before [`drive`] gives up: an epoch that ends under a client costs it one (the commit
+/// in flight), so a hundred in a row means commits keep failing while no new epoch comes.
+pub const UNKNOWN_IN_A_ROW_MAX: u32 = 100;
 
 /// [`drive`], ending early once `stop` completes (a signal, say): each client finishes the
 /// transaction it is in and starts no other, so nothing is cut off mid-commit, and what was
@@ -161,13 +173,15 @@ pub async fn drive_until<W: Workload>(
     let started = Instant::now();
     let stopping = Arc::new(AtomicBool::new(false));
     let aborts = Arc::new(AtomicU64::new(0));
+    let unknown = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
-            let (db, workload, on_ack, aborts, stopping) = (
+            let (db, workload, on_ack, aborts, unknown, stopping) = (
                 db.clone(),
                 workload.clone(),
                 on_ack.clone(),
                 aborts.clone(),
+                unknown.clone(),
                 stopping.clone(),
             );
             let (span, first) = (plan.span, plan.first);
@@ -175,6 +189,7 @@ pub async fn drive_until<W: Workload>(
             tokio::spawn(async move {
                 let mut out = (Vec::new(), Vec::new());
                 let mut n = first;
+                let mut unknown_in_a_row = 0;
                 loop {
                     let more = match span {
                         Span::Transactions(total) => {
@@ -186,7 +201,12 @@ pub async fn drive_until<W: Workload>(
                         break;
                     }
                     let t = Instant::now();
-                    let aborted = workload.transaction(&db, &mut rng, c, n).await?;
+                    let done = workload.transaction(&db, &mut rng, c, n).await;
+                    let Some(aborted) = settled(done, &unknown, &mut unknown_in_a_row, c, n)?
+                    else {
+                        n += 1;
+                        continue;
+                    };
                     out.1
                         .push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
                     aborts.fetch_add(aborted, Ordering::Relaxed);
@@ -237,7 +257,39 @@ pub async fn drive_until<W: Workload>(
     driven.elapsed = started.elapsed();
     driven.latencies_us.sort_unstable();
     driven.aborts = aborts.load(Ordering::Relaxed);
+    driven.unknown = unknown.load(Ordering::Relaxed);
     Ok(driven)
+}
+
+/// What a client does with the outcome of its transaction `n`: `Some` of its aborted attempts
+/// when it committed; `None`, counted in `unknown`, when its commit outcome is unknown (the
+/// epoch ended under its commit: whether it committed is the next recovery's to say, and the
+/// client goes on, its next transaction on the newest epoch); its error when it failed for
+/// good, or when it made [`UNKNOWN_IN_A_ROW_MAX`] unknown outcomes in a row (each made the
+/// database look for a newer epoch: commits keep failing and no new epoch comes).
+fn settled(
+    done: Result<u64>,
+    unknown: &AtomicU64,
+    in_a_row: &mut u32,
+    client: u64,
+    n: u64,
+) -> Result<Option<u64>> {
+    match done {
+        Ok(aborted) => {
+            *in_a_row = 0;
+            Ok(Some(aborted))
+        }
+        Err(e) if matches!(e.kind, ErrorKind::CommitUnknown(_)) => {
+            tracing::warn!(client, n, error = %e, "commit outcome unknown");
+            unknown.fetch_add(1, Ordering::Relaxed);
+            *in_a_row += 1;
+            if *in_a_row >= UNKNOWN_IN_A_ROW_MAX {
+                return Err(e);
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// [`Database::run`], also counting the attempts that aborted.

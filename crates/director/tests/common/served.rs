@@ -143,6 +143,23 @@ pub fn cycle_client_with(
 
 /// Collects acknowledgements for `span`, and then until there are `at_least` more than
 /// before (for at most 60 s).
+/// Stops a `workload cycle` client with SIGTERM: it finishes the transactions it is in,
+/// checks the ring through the cluster and exits with 143, as shells report it. Every
+/// acknowledgement it printed is added to `acked`.
+pub fn stop_client(
+    mut client: Process,
+    acks: &mpsc::Receiver<(u64, u64)>,
+    acked: &mut Vec<(u64, u64)>,
+) {
+    let pid = client.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+    let status = client.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    // The reader ends with the client's output.
+    acked.extend(acks.iter());
+}
+
 pub fn collect_acks(
     acks: &mpsc::Receiver<(u64, u64)>,
     seen: &mut Vec<(u64, u64)>,

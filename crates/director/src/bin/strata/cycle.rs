@@ -48,11 +48,15 @@ pub(crate) async fn run(args: CycleArgs) -> strata_core::Result<()> {
     let driven = workload::drive_until(&db, cycle, &plan, on_ack, super::stop_requested()).await?;
     check_ring(&db).await?;
     out!(
-        "cycle: {} transactions by {} clients in {:.2} s ({:.0}/s); ring of {nodes} keys intact",
+        "cycle: {} transactions by {} clients in {:.2} s ({:.0}/s){}; ring of {nodes} keys intact",
         driven.acked.len(),
         plan.clients,
         driven.elapsed.as_secs_f64(),
-        driven.per_second()
+        driven.per_second(),
+        match driven.unknown {
+            0 => String::new(),
+            n => format!(", {n} of unknown outcome"),
+        }
     );
     if let Some(cluster) = cluster {
         cluster.stop().await;

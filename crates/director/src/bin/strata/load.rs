@@ -68,6 +68,9 @@ struct Report {
     elapsed_s: f64,
     commits_per_second: f64,
     aborts: u64,
+    /// Transactions whose commit outcome is unknown (the epoch ended under them, with
+    /// `--cluster-file`): neither counted in `transactions` nor run again.
+    unknown_outcomes: u64,
     latency_us: Latency,
     /// The process's CPU time (user and system, every thread) while the clients ran, over the
     /// transactions acknowledged: what a commit costs the machine, whatever the disk's speed.
@@ -166,6 +169,7 @@ pub(crate) async fn run(args: BenchArgs) -> strata_core::Result<()> {
         elapsed_s: driven.elapsed.as_secs_f64(),
         commits_per_second: driven.per_second(),
         aborts: driven.aborts,
+        unknown_outcomes: driven.unknown,
         latency_us: Latency {
             p50: driven.latency_us(0.50),
             p99: driven.latency_us(0.99),
@@ -201,6 +205,12 @@ fn print_text(report: &Report) {
         report.aborts,
         report.elapsed_s
     );
+    if report.unknown_outcomes > 0 {
+        out!(
+            "commit outcomes unknown: {} (the epoch ended under them; not counted above)",
+            report.unknown_outcomes
+        );
+    }
     out!(
         "commit latency µs: p50 {}   p99 {}   p99.9 {}   max {}",
         report.latency_us.p50,
