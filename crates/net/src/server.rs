@@ -467,6 +467,17 @@ impl Served {
         index: Option<u32>,
         epoch: Option<u64>,
     ) -> std::result::Result<Arc<dyn CommitProxy>, Status> {
+        // The epoch first: a commit of an older epoch is fenced (refused, not done) even when
+        // the epoch served runs no proxy of its index, so that its client retries it there.
+        if let Some(served) = self.now().proxies.first() {
+            same_epoch(
+                Stage::CommitProxy,
+                "commit proxy",
+                served.epoch(),
+                epoch,
+                true,
+            )?;
+        }
         let proxy = self.proxy(index)?;
         same_epoch(
             Stage::CommitProxy,
