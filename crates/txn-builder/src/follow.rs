@@ -171,19 +171,21 @@ fn ends_epoch(e: &Error) -> bool {
 }
 
 /// Whether a commit that failed with `e` was refused: nothing of it is ever visible (the
-/// [`CommitProxy::commit`] contract).
+/// [`CommitProxy::commit`] contract). A conflict or a too-old read version answers the
+/// transaction itself; the other refusals count only from this client or the proxy's own
+/// stage, since a log's or the sequencer's error is the failure of a batch that may already
+/// be on every log.
 fn refused(e: &Error) -> bool {
+    let before_the_batch = matches!(e.stage, Stage::TxnBuilder | Stage::CommitProxy);
     match e.kind {
-        ErrorKind::Conflict
-        | ErrorKind::TooOld { .. }
-        | ErrorKind::FutureVersion { .. }
-        | ErrorKind::Wire(_)
+        ErrorKind::Conflict | ErrorKind::TooOld { .. } | ErrorKind::FutureVersion { .. } => true,
+        ErrorKind::Wire(_)
         | ErrorKind::Overloaded(_)
         | ErrorKind::InvalidRequest(_)
         | ErrorKind::WrongShard { .. }
-        | ErrorKind::TransactionExpired { .. } => true,
-        // Fenced by a log or the sequencer after the batch took its version, the batch may be
-        // on every log; only the proxy's own stage refuses before any proxy saw the commit.
+        | ErrorKind::TransactionExpired { .. } => before_the_batch,
+        // The server refuses an older epoch's commit before any proxy sees it; the proxy
+        // itself never raises `Fenced` (a fenced proxy answers `Unavailable`).
         ErrorKind::Fenced { .. } => e.stage == Stage::CommitProxy,
         _ => false,
     }

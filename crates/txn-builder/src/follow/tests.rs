@@ -285,6 +285,11 @@ async fn a_commit_whose_call_failed_is_unknown_never_run_again_and_the_next_foll
             },
         ),
         (Stage::Log, ErrorKind::Poisoned("disk full".into())),
+        // A log's refusal of the batch's push: the other logs may hold it.
+        (
+            Stage::Log,
+            ErrorKind::InvalidRequest("log 2 is not served here".into()),
+        ),
     ];
     for (stage, kind) in failures {
         let (cluster, db) = following().await;
