@@ -60,9 +60,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(inner: DbInner, connect: Option<Arc<dyn Connect>>) -> Shared {
+    pub(crate) fn new(inner: Arc<DbInner>, connect: Option<Arc<dyn Connect>>) -> Shared {
         Shared {
-            current: RwLock::new(Arc::new(inner)),
+            current: RwLock::new(inner),
             connect,
             reconnecting: tokio::sync::Mutex::new(None),
             tries: AtomicU64::new(0),

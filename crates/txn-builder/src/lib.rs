@@ -269,6 +269,9 @@ impl DbInner {
 #[derive(Clone)]
 pub struct Database {
     shared: Arc<Shared>,
+    /// The stages current when this handle was made: its transactions begin on them, without
+    /// a lock, until they end (a database bound to its stages never ends them).
+    held: Arc<DbInner>,
     options: TransactionOptions,
 }
 
@@ -304,8 +307,10 @@ impl Database {
             proxies,
             storage,
         };
+        let held = Arc::new(DbInner::new(stages)?);
         Ok(Database {
-            shared: Arc::new(Shared::new(DbInner::new(stages)?, None)),
+            shared: Arc::new(Shared::new(held.clone(), None)),
+            held,
             options,
         })
     }
@@ -328,9 +333,10 @@ impl Database {
     ) -> Result<Database> {
         let options = options.into();
         options.validate()?;
-        let inner = DbInner::new(connect.stages().await?)?;
+        let held = Arc::new(DbInner::new(connect.stages().await?)?);
         Ok(Database {
-            shared: Arc::new(Shared::new(inner, Some(connect))),
+            shared: Arc::new(Shared::new(held.clone(), Some(connect))),
+            held,
             options,
         })
     }
@@ -360,6 +366,7 @@ impl Database {
         options.validate()?;
         Ok(Database {
             shared: self.shared.clone(),
+            held: self.held.clone(),
             options,
         })
     }
@@ -369,13 +376,16 @@ impl Database {
     /// one that only writes never asks, and its commit is one call. Its lifetime (the
     /// database's [`TransactionOptions::lifetime`]) starts now.
     pub fn begin(&self) -> Transaction {
-        let current = self.shared.current();
         // Stages known to have ended are found again by the transaction's first call.
-        let db =
-            (!(self.shared.follows() && current.ended.load(Ordering::SeqCst))).then_some(current);
+        let db = if self.held.ended.load(Ordering::SeqCst) {
+            let current = self.shared.current();
+            (!current.ended.load(Ordering::SeqCst)).then_some(current)
+        } else {
+            Some(self.held.clone())
+        };
         Transaction {
             inner: Arc::new(TxInner {
-                shared: self.shared.clone(),
+                follow: self.shared.follows().then(|| self.shared.clone()),
                 db: tokio::sync::OnceCell::new_with(db),
                 read_version: tokio::sync::OnceCell::new(),
                 began: Instant::now(),
@@ -471,7 +481,8 @@ pub struct Transaction {
 }
 
 struct TxInner {
-    shared: Arc<Shared>,
+    /// What finds newer stages, for a database that follows recoveries.
+    follow: Option<Arc<Shared>>,
     /// The stages of the epoch it began in (found at its first call if they had ended).
     db: tokio::sync::OnceCell<Arc<DbInner>>,
     /// Asked for once, by the first read (or [`Transaction::read_version`]); concurrent
@@ -562,7 +573,16 @@ impl Transaction {
                 let found = self
                     .inner
                     .db
-                    .get_or_try_init(|| self.inner.shared.live())
+                    .get_or_try_init(|| async {
+                        // Unset only when the stages ended, which only a following database
+                        // marks.
+                        match &self.inner.follow {
+                            Some(follow) => follow.live().await,
+                            None => Err(error(ErrorKind::Unavailable(
+                                "the database's stages ended".into(),
+                            ))),
+                        }
+                    })
                     .await;
                 let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 self.inner.finding_us.fetch_max(took, Ordering::Relaxed);
@@ -573,8 +593,8 @@ impl Transaction {
 
     /// `result` of a call to one of `db`'s stages, noting an epoch it says is over.
     fn noted<T>(&self, db: &DbInner, result: Result<T>) -> Result<T> {
-        if let Err(e) = &result {
-            self.inner.shared.note(db, e);
+        if let (Err(e), Some(follow)) = (&result, &self.inner.follow) {
+            follow.note(db, e);
         }
         result
     }
@@ -870,7 +890,10 @@ impl Transaction {
         let db = self.db().await?;
         let n = db.next_proxy.fetch_add(1, Ordering::Relaxed) % db.proxies.len();
         let committed = db.proxies[n].commit_transaction(tx).await;
-        self.inner.shared.commit_outcome(db, committed)
+        match &self.inner.follow {
+            Some(follow) => follow.commit_outcome(db, committed),
+            None => committed,
+        }
     }
 }
 
