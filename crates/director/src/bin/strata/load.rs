@@ -38,7 +38,8 @@ pub(crate) struct BenchArgs {
     /// Drive the cluster this file names, served by another process (`strata serve
     /// --listen`), instead of starting one on --data-dir. The disk's floors are then not
     /// measured (the directory is the other process's), and the CPU per commit is this
-    /// client's alone.
+    /// client's alone. The run follows the cluster's recoveries (waiting up to 30 s for a new
+    /// epoch); commits on their way when an epoch ends are of unknown outcome, reported apart.
     #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
     pub(crate) cluster_file: Option<PathBuf>,
     #[command(flatten)]

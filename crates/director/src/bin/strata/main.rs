@@ -174,7 +174,9 @@ struct CycleArgs {
     #[arg(long, default_value = "./strata-data")]
     data_dir: PathBuf,
     /// Run against the cluster this file names, served by another process (`strata serve
-    /// --listen`), instead of starting one on --data-dir.
+    /// --listen`), instead of starting one on --data-dir. The run follows the cluster's
+    /// recoveries (waiting up to 30 s for a new epoch); transactions whose commit was on its
+    /// way when an epoch ended are of unknown outcome: not acknowledged, counted apart.
     #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
     cluster_file: Option<PathBuf>,
     #[command(flatten)]
