@@ -11,7 +11,10 @@
 //! - A transaction uses the stages current when it began, for all its calls, so its reads and
 //!   its commit are of one epoch. One that begins while the current stages are marked ended
 //!   connects again at its first call (one connection for all the callers waiting, and a
-//!   failed connection answers every caller that waited for it with its error).
+//!   failed connection answers every caller that waited for it with its error). A connection
+//!   that found the epoch it replaced (the epoch still runs, a stage of it lost) makes the
+//!   next one wait, 50 ms and doubling up to 1 s, so that a client does not reconnect in a
+//!   loop until the director ends that epoch.
 //! - A commit whose call failed without being refused is [`ErrorKind::CommitUnknown`]: it may
 //!   have reached the logs. Refusals keep their error: a conflict, a too-old or future read
 //!   version, a malformed or oversized transaction, an overloaded proxy, a system key, and a
@@ -23,9 +26,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use strata_core::{CommitProxy, Error, ErrorKind, Result, Sequencer, Stage, StorageServer};
+use tokio::time::Instant;
 
 use crate::DbInner;
 
@@ -53,8 +58,8 @@ pub trait Connect: Send + Sync {
 pub(crate) struct Shared {
     current: RwLock<Arc<DbInner>>,
     connect: Option<Arc<dyn Connect>>,
-    /// Held while connecting again; holds the last connection's error, if it failed.
-    reconnecting: tokio::sync::Mutex<Option<Error>>,
+    /// Held while connecting again.
+    reconnecting: tokio::sync::Mutex<Reconnection>,
     /// Connections made again, failed ones included.
     tries: AtomicU64,
 }
@@ -64,7 +69,7 @@ impl Shared {
         Shared {
             current: RwLock::new(inner),
             connect,
-            reconnecting: tokio::sync::Mutex::new(None),
+            reconnecting: tokio::sync::Mutex::new(Reconnection::default()),
             tries: AtomicU64::new(0),
         }
     }
@@ -95,27 +100,27 @@ impl Shared {
         }
         // A connection tried while this caller waited failed: its answer is this caller's.
         if let Some(e) = last
+            .failed
             .as_ref()
             .filter(|_| self.tries.load(Ordering::SeqCst) != tries)
         {
             return Err(e.clone());
         }
+        last.pause().await;
         let found = connect.stages().await.and_then(DbInner::new);
         self.tries.fetch_add(1, Ordering::SeqCst);
         match found {
             Ok(inner) => {
                 let inner = Arc::new(inner);
+                let epoch = inner.sequencer.epoch();
+                last.found(epoch == now.sequencer.epoch());
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = inner.clone();
-                *last = None;
-                tracing::info!(
-                    epoch = %inner.sequencer.epoch(),
-                    "the database's epoch ended; it follows the newest"
-                );
+                tracing::info!(%epoch, "the database's stages ended; it follows the newest");
                 Ok(inner)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the database's epoch ended and none newer was found");
-                *last = Some(e.clone());
+                last.failed = Some(e.clone());
                 Err(e)
             }
         }
@@ -152,6 +157,47 @@ impl Shared {
     /// was refused, or was a read).
     pub(crate) fn retries_after(&self, e: &Error) -> bool {
         self.follows() && ends_epoch(e)
+    }
+}
+
+/// The first pause before connecting again to an epoch found again just before, and the
+/// longest: an epoch that still runs but fails calls (a proxy lost, not yet noticed by the
+/// director) is asked again at a slowing pace, not in a loop.
+const SAME_EPOCH_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// What the last reconnections did.
+#[derive(Default)]
+struct Reconnection {
+    /// The last one's error, if it failed.
+    failed: Option<Error>,
+    /// When the last one that found stages ended, and how many in a row found the epoch they
+    /// replaced.
+    found_at: Option<Instant>,
+    same_in_a_row: u32,
+}
+
+impl Reconnection {
+    /// Waits, before connecting again, when the last connections found the same epoch again:
+    /// [`SAME_EPOCH_PAUSE`], doubled for each in a row, from the last one.
+    async fn pause(&self) {
+        let (Some(at), 1..) = (self.found_at, self.same_in_a_row) else {
+            return;
+        };
+        let (first, longest) = SAME_EPOCH_PAUSE;
+        let pause = first
+            .saturating_mul(1 << (self.same_in_a_row - 1).min(16))
+            .min(longest);
+        tokio::time::sleep_until(at + pause).await;
+    }
+
+    fn found(&mut self, same_epoch: bool) {
+        self.failed = None;
+        self.found_at = Some(Instant::now());
+        self.same_in_a_row = if same_epoch {
+            self.same_in_a_row + 1
+        } else {
+            0
+        };
     }
 }
 

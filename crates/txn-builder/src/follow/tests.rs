@@ -153,6 +153,8 @@ struct FakeCluster {
     epochs: Mutex<Vec<Arc<FakeEpoch>>>,
     connections: AtomicUsize,
     failing: AtomicUsize,
+    /// When set, a connection finds the newest epoch again instead of starting one.
+    reuse: AtomicBool,
     /// When set, a connection waits to be let through before it answers.
     gated: AtomicBool,
     gate: tokio::sync::Notify,
@@ -188,6 +190,13 @@ impl Connect for FakeCluster {
             ));
         }
         let mut epochs = self.epochs.lock().unwrap();
+        if let Some(last) = epochs.last().filter(|_| self.reuse.load(Ordering::SeqCst)) {
+            return Ok(Stages {
+                sequencer: last.clone(),
+                proxies: vec![last.clone()],
+                storage: vec![last.clone()],
+            });
+        }
         let epoch = Arc::new(FakeEpoch {
             number: epochs.len() as u64 + 1,
             map: self.map.clone(),
@@ -289,6 +298,12 @@ async fn a_commit_whose_call_failed_is_unknown_never_run_again_and_the_next_foll
         (
             Stage::Log,
             ErrorKind::InvalidRequest("log 2 is not served here".into()),
+        ),
+        // The report to the sequencer refused after the push (a proxy worker's old token):
+        // the batch is on every log.
+        (
+            Stage::Sequencer,
+            ErrorKind::InvalidRequest("refused a call without the token".into()),
         ),
     ];
     for (stage, kind) in failures {
@@ -450,4 +465,55 @@ async fn waiting_for_the_newest_epoch_is_not_counted_in_a_transactions_lifetime(
     assert_eq!(read.await.unwrap().unwrap(), None);
     tx.set("k".into(), "v".into());
     assert_eq!(tx.commit().await.unwrap(), Version(2_001));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_epoch_found_again_is_asked_for_at_a_slowing_pace() {
+    let (cluster, db) = following().await;
+    // Its proxy lost, the epoch fails every commit but still runs: each failure makes the
+    // database look again, and it finds the same epoch.
+    cluster.reuse.store(true, Ordering::SeqCst);
+    cluster.epoch(1).fail_commits(
+        Stage::CommitProxy,
+        ErrorKind::Unavailable("proxy 0 lost".into()),
+    );
+    let blind_write = || async {
+        let tx = db.begin();
+        tx.set("k".into(), "v".into());
+        tx.commit().await
+    };
+    let started = tokio::time::Instant::now();
+    for _ in 0..6 {
+        let e = blind_write().await.unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::CommitUnknown(_)), "{e}");
+    }
+    // Five reconnections: the first at once, then 50, 100, 200 and 400 ms after the one
+    // before.
+    assert_eq!(cluster.connections(), 6);
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(750) && took < std::time::Duration::from_secs(1),
+        "{took:?}"
+    );
+
+    // A newer epoch ends the pauses.
+    cluster.reuse.store(false, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    blind_write().await.unwrap();
+    assert_eq!(cluster.connections(), 7);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(800),
+        "paused as the sixth"
+    );
+    cluster
+        .epoch(2)
+        .fail_commits(Stage::CommitProxy, ErrorKind::Unavailable("lost".into()));
+    blind_write().await.unwrap_err();
+    let started = tokio::time::Instant::now();
+    blind_write().await.unwrap();
+    assert_eq!(cluster.connections(), 8);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(50),
+        "no pause"
+    );
 }
