@@ -190,3 +190,50 @@ async fn a_workload_counts_a_commit_of_unknown_outcome_and_goes_on_then_gives_up
     assert_eq!(calls, UNKNOWN_IN_A_ROW_MAX as usize);
     faults.release();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_fails_for_good_stops_the_others() {
+    use strata_core::{Error, ErrorKind, Stage};
+    use strata_testkit::faults::{Fault, FaultPoint, Faults};
+
+    let (cluster, _dir) = common::cluster().await;
+    let faults = Faults::new();
+    let behind = Arc::new(Behind {
+        stages: cluster.stages(),
+        faults: faults.clone(),
+        connections: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let db = strata_txn_builder::Database::new(
+        behind.stages.sequencer.clone().unwrap(),
+        behind
+            .stages
+            .proxies
+            .iter()
+            .map(|p| strata_testkit::faults::FaultyProxy::wrap(p.clone(), &faults))
+            .collect(),
+        behind.stages.storage.clone(),
+        strata_txn_builder::RetryConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(ensure_ring(&db, NODES).await.unwrap(), NODES);
+    // The tenth commit is refused for good; the other clients would run a million more.
+    let refusal = Error::new(
+        Stage::CommitProxy,
+        ErrorKind::InvalidRequest("refused in this test".into()),
+    );
+    faults.arm_at(FaultPoint::ProxyCommit, 10, Fault::FailWith(refusal));
+    let plan = Plan {
+        clients: 4,
+        span: Span::Transactions(1_000_000),
+        seed: 3,
+        first: 0,
+    };
+    let e = drive(&db, Arc::new(Cycle { nodes: NODES }), &plan, no_acks())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("refused in this test"), "{e}");
+    // Each of the others stopped after at most the transaction it was in.
+    assert!(faults.calls(FaultPoint::ProxyCommit) < 20);
+    assert_eq!(check_ring(&db).await.unwrap(), NODES);
+    faults.release();
+}

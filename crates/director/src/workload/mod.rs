@@ -140,8 +140,8 @@ pub fn no_acks() -> OnAck {
 }
 
 /// Runs `workload` as `plan` says and returns what was acknowledged. A client whose
-/// transaction fails for good (not a retryable abort) stops; the first such error is returned
-/// once every client has stopped. A transaction whose commit outcome is unknown
+/// transaction fails for good (not a retryable abort) stops, and so do the others once their
+/// transaction in flight ends; the first such error is returned. A transaction whose commit outcome is unknown
 /// ([`ErrorKind::CommitUnknown`], from a database that follows recoveries) is counted in
 /// [`Driven::unknown`], not acknowledged, and its client goes on with its next one (up to
 /// [`UNKNOWN_IN_A_ROW_MAX`] in a row); it counts as one of the plan's transactions.
@@ -155,9 +155,12 @@ pub async fn drive<W: Workload>(
 }
 
 /// Commits of unknown outcome one client may meet in a row, with no acknowledgement between
-/// them, before [`drive`] gives up: an epoch that ends under a client costs it one (the commit
-/// in flight), so a hundred in a row means commits keep failing while no new epoch comes.
-pub const UNKNOWN_IN_A_ROW_MAX: u32 = 100;
+/// them, before [`drive`] gives up. An epoch that ends under a client costs it one (the commit
+/// in flight). Each makes the database look for a newer epoch, and one that finds the same
+/// epoch again waits longer before it looks the next time (50 ms, doubled up to 1 s), so
+/// twenty in a row take at least 15 s: longer than a director takes to notice a lost stage
+/// (within a second) and recover, which ends the streak.
+pub const UNKNOWN_IN_A_ROW_MAX: u32 = 20;
 
 /// [`drive`], ending early once `stop` completes (a signal, say): each client finishes the
 /// transaction it is in and starts no other, so nothing is cut off mid-commit, and what was
@@ -202,10 +205,20 @@ pub async fn drive_until<W: Workload>(
                     }
                     let t = Instant::now();
                     let done = workload.transaction(&db, &mut rng, c, n).await;
-                    let Some(aborted) = settled(done, &unknown, &mut unknown_in_a_row, c, n)?
-                    else {
-                        n += 1;
-                        continue;
+                    let settled = settled(done, &unknown, &mut unknown_in_a_row, c, n);
+                    let aborted = match settled {
+                        Ok(Some(aborted)) => aborted,
+                        Ok(None) => {
+                            n += 1;
+                            continue;
+                        }
+                        // The run has failed: the other clients stop too, at once, rather
+                        // than going on until their span ends with this one's error unsaid.
+                        Err(e) => {
+                            tracing::error!(client = c, n, error = %e, "a workload client failed; the run stops");
+                            stopping.store(true, Ordering::SeqCst);
+                            return Err(e);
+                        }
                     };
                     out.1
                         .push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
