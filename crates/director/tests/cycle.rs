@@ -137,20 +137,27 @@ impl strata_txn_builder::Connect for Behind {
     }
 }
 
+impl Behind {
+    /// The client stages of `cluster`, its proxies behind a new switchboard.
+    fn of(cluster: &strata_director::EmbeddedCluster) -> Arc<Behind> {
+        Arc::new(Behind {
+            stages: cluster.stages(),
+            faults: strata_testkit::faults::Faults::new(),
+            connections: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_counts_a_commit_of_unknown_outcome_and_goes_on_then_gives_up_on_a_streak() {
     use std::sync::atomic::Ordering;
     use strata_core::ErrorKind;
     use strata_director::workload::UNKNOWN_IN_A_ROW_MAX;
-    use strata_testkit::faults::{Fault, FaultPoint, Faults};
+    use strata_testkit::faults::{Fault, FaultPoint};
 
     let (cluster, _dir) = common::cluster().await;
-    let faults = Faults::new();
-    let behind = Arc::new(Behind {
-        stages: cluster.stages(),
-        faults: faults.clone(),
-        connections: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let behind = Behind::of(&cluster);
+    let faults = behind.faults.clone();
     let db = strata_txn_builder::Database::following(
         behind.clone(),
         strata_txn_builder::RetryConfig::default(),
@@ -194,24 +201,18 @@ async fn a_workload_counts_a_commit_of_unknown_outcome_and_goes_on_then_gives_up
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_fails_for_good_stops_the_others() {
     use strata_core::{Error, ErrorKind, Stage};
-    use strata_testkit::faults::{Fault, FaultPoint, Faults};
+    use strata_testkit::faults::{Fault, FaultPoint};
+    use strata_txn_builder::Connect;
 
     let (cluster, _dir) = common::cluster().await;
-    let faults = Faults::new();
-    let behind = Arc::new(Behind {
-        stages: cluster.stages(),
-        faults: faults.clone(),
-        connections: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let behind = Behind::of(&cluster);
+    let faults = behind.faults.clone();
+    // Bound to the stages: a database that does not follow.
+    let stages = behind.stages().await.unwrap();
     let db = strata_txn_builder::Database::new(
-        behind.stages.sequencer.clone().unwrap(),
-        behind
-            .stages
-            .proxies
-            .iter()
-            .map(|p| strata_testkit::faults::FaultyProxy::wrap(p.clone(), &faults))
-            .collect(),
-        behind.stages.storage.clone(),
+        stages.sequencer,
+        stages.proxies,
+        stages.storage,
         strata_txn_builder::RetryConfig::default(),
     )
     .unwrap();
