@@ -409,29 +409,26 @@ impl Connect for Served {
             CONNECT_WAIT
         };
         loop {
-            let address = match self.file.served_at_in(&self.store) {
-                Ok(address) => address,
-                // Once connected, a state that cannot be read (etcd away) is waited for too.
-                Err(e)
-                    if connected
-                        && matches!(e.kind, ErrorKind::Unavailable(_))
-                        && started.elapsed() < wait =>
-                {
-                    tracing::debug!(error = %e, "the coordinated state is not readable yet");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
+            let found = match self.file.served_at_in(&self.store) {
+                Ok(address) => Stages::connect(&address, self.access.clone())
+                    .await
+                    .map(|stages| (address, stages)),
+                // Once connected, a state that cannot be read (etcd away) is waited for as a
+                // server that does not answer is.
+                Err(e) if connected => Err(e),
                 Err(e) => return Err(e),
             };
-            let stages = Stages::connect(&address, self.access.clone()).await;
             let waited = started.elapsed() >= wait;
-            match stages {
-                Ok(Stages {
-                    sequencer: Some(sequencer),
-                    proxies,
-                    storage,
-                    ..
-                }) if !proxies.is_empty() && !storage.is_empty() => {
+            match found {
+                Ok((
+                    _,
+                    Stages {
+                        sequencer: Some(sequencer),
+                        proxies,
+                        storage,
+                        ..
+                    },
+                )) if !proxies.is_empty() && !storage.is_empty() => {
                     self.connected.store(true, Ordering::SeqCst);
                     return Ok(strata_txn_builder::Stages {
                         sequencer,
@@ -439,7 +436,7 @@ impl Connect for Served {
                         storage,
                     });
                 }
-                Ok(_) if waited => {
+                Ok((address, _)) if waited => {
                     return Err(Error::new(
                         Stage::Director,
                         ErrorKind::Unavailable(format!(

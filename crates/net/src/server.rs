@@ -467,9 +467,11 @@ impl Served {
         index: Option<u32>,
         epoch: Option<u64>,
     ) -> std::result::Result<Arc<dyn CommitProxy>, Status> {
-        // The epoch first: a commit of an older epoch is fenced (refused, not done) even when
-        // the epoch served runs no proxy of its index, so that its client retries it there.
-        if let Some(served) = self.now().proxies.first() {
+        // The epoch first (the proxies served are of one): a commit of an older epoch is fenced
+        // (refused, not done) even when the epoch served runs no proxy of its index, so that
+        // its client retries it there.
+        let stages = self.now();
+        if let Some(served) = stages.proxies.first() {
             same_epoch(
                 Stage::CommitProxy,
                 "commit proxy",
@@ -478,15 +480,7 @@ impl Served {
                 true,
             )?;
         }
-        let proxy = self.proxy(index)?;
-        same_epoch(
-            Stage::CommitProxy,
-            "commit proxy",
-            proxy.epoch(),
-            epoch,
-            true,
-        )?;
-        Ok(proxy)
+        by_index(Stage::CommitProxy, "commit proxy", &stages.proxies, index)
     }
 
     pub(crate) fn proxy(

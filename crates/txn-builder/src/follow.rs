@@ -126,18 +126,18 @@ impl Shared {
         }
     }
 
-    /// Marks `db` ended when `e` says its epoch is over (a database that follows only).
+    /// Marks `db` ended when `e` says its epoch is over (called for a database that follows).
     pub(crate) fn note(&self, db: &DbInner, e: &Error) {
-        if self.follows() && ends_epoch(e) {
+        if ends_epoch(e) {
             db.ended.store(true, Ordering::SeqCst);
         }
     }
 
     /// `result` of a commit through `db`: a failure that is not a refusal becomes
-    /// [`ErrorKind::CommitUnknown`] (a database that follows only), and marks `db` ended.
+    /// [`ErrorKind::CommitUnknown`], and marks `db` ended (called for a database that follows).
     pub(crate) fn commit_outcome<T>(&self, db: &DbInner, result: Result<T>) -> Result<T> {
         match result {
-            Err(e) if self.follows() && !refused(&e) => {
+            Err(e) if !refused(&e) => {
                 db.ended.store(true, Ordering::SeqCst);
                 Err(Error::new(
                     Stage::TxnBuilder,

@@ -141,10 +141,11 @@ pub fn no_acks() -> OnAck {
 
 /// Runs `workload` as `plan` says and returns what was acknowledged. A client whose
 /// transaction fails for good (not a retryable abort) stops, and so do the others once their
-/// transaction in flight ends; the first such error is returned. A transaction whose commit outcome is unknown
-/// ([`ErrorKind::CommitUnknown`], from a database that follows recoveries) is counted in
-/// [`Driven::unknown`], not acknowledged, and its client goes on with its next one (up to
-/// [`UNKNOWN_IN_A_ROW_MAX`] in a row); it counts as one of the plan's transactions.
+/// transaction in flight ends; the first such error is returned. A transaction whose commit
+/// outcome is unknown ([`ErrorKind::CommitUnknown`], from a database that follows
+/// recoveries) is counted in [`Driven::unknown`], not acknowledged, and its client goes on
+/// with its next one (up to [`UNKNOWN_IN_A_ROW_MAX`] in a row); it counts as one of the
+/// plan's transactions.
 pub async fn drive<W: Workload>(
     db: &Database,
     workload: Arc<W>,
@@ -215,7 +216,6 @@ pub async fn drive_until<W: Workload>(
                         // The run has failed: the other clients stop too, at once, rather
                         // than going on until their span ends with this one's error unsaid.
                         Err(e) => {
-                            tracing::error!(client = c, n, error = %e, "a workload client failed; the run stops");
                             stopping.store(true, Ordering::SeqCst);
                             return Err(e);
                         }
@@ -287,22 +287,24 @@ fn settled(
     client: u64,
     n: u64,
 ) -> Result<Option<u64>> {
-    match done {
+    let e = match done {
         Ok(aborted) => {
             *in_a_row = 0;
-            Ok(Some(aborted))
+            return Ok(Some(aborted));
         }
         Err(e) if matches!(e.kind, ErrorKind::CommitUnknown(_)) => {
             tracing::warn!(client, n, error = %e, "commit outcome unknown");
             unknown.fetch_add(1, Ordering::Relaxed);
             *in_a_row += 1;
-            if *in_a_row >= UNKNOWN_IN_A_ROW_MAX {
-                return Err(e);
+            if *in_a_row < UNKNOWN_IN_A_ROW_MAX {
+                return Ok(None);
             }
-            Ok(None)
+            e
         }
-        Err(e) => Err(e),
-    }
+        Err(e) => e,
+    };
+    tracing::error!(client, n, error = %e, "a workload client failed; the run stops");
+    Err(e)
 }
 
 /// [`Database::run`], also counting the attempts that aborted.

@@ -106,11 +106,10 @@ pub(crate) async fn serve(args: ServeArgs, role: Role) -> Result<()> {
             let dir = &args.layout.data_dir;
             worker_dir(dir, role)?;
             let store = EtcdStateStore::new(endpoints, &file.name, file.id.as_str())?;
+            let default = FileLogConfig::default();
             let config = FileLogConfig {
-                segment_bytes: args
-                    .log_segment_bytes
-                    .unwrap_or(FileLogConfig::default().segment_bytes),
-                ..FileLogConfig::default()
+                segment_bytes: args.log_segment_bytes.unwrap_or(default.segment_bytes),
+                ..default
             };
             let logs = LogWorker::new(dir, config, Arc::new(store), publish)?;
             Arc::new(logs)
