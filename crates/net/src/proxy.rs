@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::future::join_all;
 use strata_core::{
     CommitProxy, Epoch, Error, ErrorKind, Mutation, Result, Stage, TRANSACTION_BYTES_MAX,
-    TransactionView, Version,
+    Transaction, TransactionView, Version,
 };
 use tonic::{Request, Response, Status};
 
@@ -34,21 +35,23 @@ fn outcome(result: Result<Version>) -> proto::CommitOutcome {
     }
 }
 
+/// A transaction a server admitted: as it came, or decoded where the server had to read it.
+enum Admitted {
+    /// Left to the proxy to parse.
+    Encoded(Bytes),
+    /// Decoded once, to check its keys; the proxy takes it as it is, without parsing it again.
+    Decoded(Transaction),
+}
+
 /// Refuses a transaction that writes a key from `\xff` on, or declares a write conflict
 /// there: those are the cluster's own keys (the configuration the persistence phase stores,
-/// which the next recovery reads), and a client writing them could wedge recovery. A
-/// transaction that does not decode is left to the proxy, which refuses it as malformed.
-fn writes_only_user_keys(transaction: &Bytes) -> Result<()> {
-    let Ok(view) = TransactionView::parse(transaction.clone()) else {
-        return Ok(());
-    };
-    let (Ok(mutations), Ok(conflicts)) = (view.mutations(), view.write_conflicts()) else {
-        return Ok(());
-    };
-    let system = mutations
+/// which the next recovery reads), and a client writing them could wedge recovery.
+fn writes_only_user_keys(transaction: &Transaction) -> Result<()> {
+    let system = transaction
+        .mutations
         .iter()
         .map(Mutation::range)
-        .chain(conflicts)
+        .chain(transaction.write_conflicts.iter().cloned())
         .any(|range| range.end().as_ref() > [0xffu8].as_slice());
     if system {
         return Err(Error::new(
@@ -64,9 +67,10 @@ fn writes_only_user_keys(transaction: &Bytes) -> Result<()> {
 }
 
 impl Served {
-    /// Refuses, before the proxy, a transaction over the size limit, and one that writes
-    /// system keys on a server for clients or a worker (see [`crate::serve_worker`]).
-    fn admissible(&self, transaction: &Bytes) -> Result<()> {
+    /// Refuses, before the proxy, a transaction over the size limit, and, on a server for
+    /// clients or a worker (see [`crate::serve_worker`]), one that does not decode or that
+    /// writes system keys. A transaction decoded for that check goes to the proxy decoded.
+    fn admissible(&self, transaction: Bytes) -> Result<Admitted> {
         if transaction.len() > TRANSACTION_BYTES_MAX {
             return Err(Error::new(
                 Stage::CommitProxy,
@@ -76,22 +80,14 @@ impl Served {
                 )),
             ));
         }
-        if self.exposure() == Exposure::Clients || self.worker().is_some() {
-            writes_only_user_keys(transaction)?;
+        if self.exposure() != Exposure::Clients && self.worker().is_none() {
+            return Ok(Admitted::Encoded(transaction));
         }
-        Ok(())
-    }
-
-    /// Commits one transaction on this task, to its end whatever becomes of the call.
-    async fn commit_one(
-        &self,
-        proxy: &Arc<dyn CommitProxy>,
-        transaction: Bytes,
-    ) -> Result<Version> {
-        self.admissible(&transaction)?;
-        let proxy = proxy.clone();
-        self.run_to_end(async move { proxy.commit(transaction).await })
-            .await
+        let decoded = TransactionView::parse(transaction)
+            .and_then(|view| view.to_transaction())
+            .map_err(|e| Error::new(Stage::CommitProxy, ErrorKind::Wire(e)))?;
+        writes_only_user_keys(&decoded)?;
+        Ok(Admitted::Decoded(decoded))
     }
 }
 
@@ -123,43 +119,27 @@ impl proto::proxy_server::Proxy for Served {
                 )),
             ));
         }
-        if r.transactions.len() == 1 {
-            // A lone commit (one client, or a quiet moment) runs on the handler's task: a
-            // hand-off to a task of its own costs a thread wake-up each way.
-            let mut transactions = r.transactions;
-            let result = match transactions.pop() {
-                Some(transaction) => self.commit_one(&proxy, transaction).await,
-                None => Ok(Version::ZERO),
-            };
-            return Ok(Response::new(proto::CommitReply {
-                outcomes: vec![outcome(result)],
-            }));
-        }
-        // Every transaction commits on its own, side by side, each to its end whatever
-        // becomes of the call.
-        let commits: Vec<_> = r
+        let admitted: Vec<_> = r
             .transactions
             .into_iter()
-            .map(|transaction| {
-                self.admissible(&transaction)?;
-                let proxy = proxy.clone();
-                Ok(self.spawn(async move { proxy.commit(transaction).await }))
-            })
+            .map(|transaction| self.admissible(transaction))
             .collect();
-        let mut outcomes = Vec::with_capacity(commits.len());
-        for commit in commits {
-            let result = match commit {
-                Ok(task) => task.await.unwrap_or_else(|e| {
-                    Err(Error::new(
-                        Stage::CommitProxy,
-                        ErrorKind::Unavailable(format!("the commit did not finish: {e}")),
-                    ))
-                }),
-                Err(refused) => Err(refused),
-            };
-            outcomes.push(outcome(result));
-        }
-        Ok(Response::new(proto::CommitReply { outcomes }))
+        // Every transaction commits on its own, side by side, all on the handler's task (a task
+        // each would cost a spawn and a wake-up each), and each to its end whatever becomes of
+        // the call.
+        let commits = admitted.into_iter().map(move |admitted| {
+            let proxy = proxy.clone();
+            async move {
+                match admitted? {
+                    Admitted::Encoded(bytes) => proxy.commit(bytes).await,
+                    Admitted::Decoded(transaction) => proxy.commit_transaction(transaction).await,
+                }
+            }
+        });
+        let results = self.run_to_end(join_all(commits)).await;
+        Ok(Response::new(proto::CommitReply {
+            outcomes: results.into_iter().map(outcome).collect(),
+        }))
     }
 }
 

@@ -538,17 +538,6 @@ impl Served {
         Err(refuse(Stage::Log, kind))
     }
 
-    /// Starts `call` in a task of its own that runs to its end, whatever becomes of the
-    /// request, and that [`serve`] waits for before it returns. Called by admitted calls only:
-    /// their token keeps `serve` waiting until the task is counted.
-    pub(crate) fn spawn<T, F>(&self, call: F) -> tokio::task::JoinHandle<Result<T>>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T>> + Send + 'static,
-    {
-        self.0.calls.spawn(call)
-    }
-
     /// Runs `call` to its end, whatever becomes of the request: a caller that gives up, or a
     /// connection that breaks, drops the request's handler, and a call cut off between its
     /// admission and its end would leave the stage holding what it never finished (a push
@@ -564,10 +553,10 @@ impl Served {
     }
 
     /// [`Served::detached`], with the stage's own error.
-    pub(crate) async fn run_to_end<T, F>(&self, call: F) -> Result<T>
+    pub(crate) async fn run_to_end<T, F>(&self, call: F) -> T
     where
         T: Send + 'static,
-        F: Future<Output = Result<T>> + Send + 'static,
+        F: Future<Output = T> + Send + 'static,
     {
         // The handler was admitted: its token keeps `serve` waiting until this is dropped, and
         // so until an abandoned call is handed to the tracker.

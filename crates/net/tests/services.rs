@@ -346,3 +346,96 @@ async fn a_connection_that_never_speaks_does_not_hold_the_shutdown() {
     drop(silent);
     storage.close().await;
 }
+
+/// One commit call of several transactions: each commits or is refused on its own, and the
+/// answers come back in the call's order. On a server for clients a transaction that does not
+/// decode, or that writes a system key, is refused there; on the cluster's own server the
+/// proxy refuses the first and commits the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_transaction_of_one_commit_call_gets_its_own_outcome() {
+    use prost::Message;
+    use strata_net::proto::{CommitReply, CommitRequest, commit_outcome::Outcome};
+
+    let set = |key: &'static [u8]| {
+        let key = Bytes::from_static(key);
+        strata_core::Transaction {
+            read_version: None,
+            read_conflicts: Vec::new(),
+            write_conflicts: vec![KeyRange::single(key.clone())],
+            mutations: vec![strata_core::Mutation::Set {
+                key,
+                value: Bytes::from_static(b"v"),
+            }],
+        }
+        .encode()
+        .unwrap()
+    };
+    for exposure in [
+        strata_net::Exposure::Clients,
+        strata_net::Exposure::Everything,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (stages, storage) = stages(dir.path()).await;
+        let served = Served::start_with("127.0.0.1:0", exposure, stages, "t-call").await;
+        let request = CommitRequest {
+            proxy: Some(0),
+            transactions: vec![
+                set(b"a"),
+                Bytes::from_static(b"not a transaction"),
+                set(b"\xff/x"),
+                set(b"b"),
+            ],
+            epoch: Some(1),
+        };
+        let mut grpc = tonic::client::Grpc::new(served.channel().await);
+        let reply = raw_call(
+            &mut grpc,
+            "t-call",
+            "/strata.v1.Proxy/Commit",
+            request.encode_to_vec().into(),
+        )
+        .await
+        .unwrap();
+        let outcomes: Vec<_> = CommitReply::decode(reply)
+            .unwrap()
+            .outcomes
+            .into_iter()
+            .map(|o| o.outcome.unwrap())
+            .collect();
+        assert_eq!(outcomes.len(), 4, "{exposure:?}: {outcomes:?}");
+        let version = |o: &Outcome| match o {
+            Outcome::Version(v) => Version(*v),
+            Outcome::Failure(f) => panic!("{exposure:?}: refused: {f:?}"),
+        };
+        let refusal = |o: &Outcome| match o {
+            Outcome::Failure(f) => format!("{:?}", f.kind),
+            Outcome::Version(v) => panic!("{exposure:?}: committed at {v}"),
+        };
+        let (a, b) = (version(&outcomes[0]), version(&outcomes[3]));
+        assert!(refusal(&outcomes[1]).contains("magic"), "{outcomes:?}");
+        let system = if exposure == strata_net::Exposure::Clients {
+            assert!(
+                refusal(&outcomes[2]).contains("system keys"),
+                "{outcomes:?}"
+            );
+            None
+        } else {
+            Some(version(&outcomes[2]))
+        };
+        // What committed is there to read, and only that.
+        let newest = a.max(b).max(system.unwrap_or(Version::ZERO));
+        for (key, committed) in [
+            (&b"a"[..], true),
+            (&b"b"[..], true),
+            (&b"\xff/x"[..], system.is_some()),
+        ] {
+            let got = storage
+                .get(Bytes::copy_from_slice(key), newest)
+                .await
+                .unwrap();
+            assert_eq!(got.is_some(), committed, "{exposure:?}: {key:?}");
+        }
+        served.stop().await;
+        storage.close().await;
+    }
+}
