@@ -274,23 +274,48 @@ impl CommitProxy for BatchingProxy {
     /// The transaction as it is, measured and checked as its encoding would be
     /// ([`Transaction::encoded_len`]: the same errors), without encoding or parsing it.
     async fn commit_transaction(&self, transaction: Transaction) -> Result<Version> {
-        self.admit()?;
-        let bytes = transaction
-            .encoded_len()
-            .map_err(|e| error(ErrorKind::Wire(e)))?;
-        self.check_len(bytes)?;
-        let Transaction {
-            read_version,
-            read_conflicts,
-            write_conflicts,
-            mutations,
-        } = transaction;
-        let conflicts = TransactionConflicts {
-            read_version,
-            read_conflicts,
-            write_conflicts,
-        };
+        let (conflicts, mutations, bytes) = self.checked(transaction)?;
         self.submit(conflicts, mutations, bytes).await
+    }
+
+    /// Each transaction checked as [`CommitProxy::commit_transaction`] checks it, then queued
+    /// for the batcher, all before the first answer is awaited. None goes alone (unless it is
+    /// the only one): a lone commit's batch can finish on the caller's task before the next
+    /// transaction is looked at, which would leave the proxy idle for the next to go alone
+    /// too, each in a batch and a sync of its own.
+    async fn commit_all(&self, transactions: Vec<Transaction>) -> Vec<Result<Version>> {
+        if transactions.len() == 1 {
+            let mut outcomes = Vec::with_capacity(1);
+            for transaction in transactions {
+                outcomes.push(self.commit_transaction(transaction).await);
+            }
+            return outcomes;
+        }
+        let mut answers = Vec::with_capacity(transactions.len());
+        for transaction in transactions {
+            let queued = match self.checked(transaction) {
+                Ok((conflicts, mutations, bytes)) => {
+                    let (reply, answer) = oneshot::channel();
+                    let pending = Pending {
+                        conflicts,
+                        mutations,
+                        bytes,
+                        reply,
+                    };
+                    self.queue_up(pending).await.map(|()| answer)
+                }
+                Err(e) => Err(e),
+            };
+            answers.push(queued);
+        }
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(match answer {
+                Ok(answer) => self.answered(answer).await,
+                Err(e) => Err(e),
+            });
+        }
+        outcomes
     }
 }
 
@@ -322,6 +347,31 @@ impl BatchingProxy {
         Ok(())
     }
 
+    /// A transaction's parts for a batch, and its encoded length, once checked as its encoding
+    /// would be.
+    fn checked(
+        &self,
+        transaction: Transaction,
+    ) -> Result<(TransactionConflicts, Vec<Mutation>, usize)> {
+        self.admit()?;
+        let bytes = transaction
+            .encoded_len()
+            .map_err(|e| error(ErrorKind::Wire(e)))?;
+        self.check_len(bytes)?;
+        let Transaction {
+            read_version,
+            read_conflicts,
+            write_conflicts,
+            mutations,
+        } = transaction;
+        let conflicts = TransactionConflicts {
+            read_version,
+            read_conflicts,
+            write_conflicts,
+        };
+        Ok((conflicts, mutations, bytes))
+    }
+
     /// Commits a checked transaction of `bytes` encoded bytes: alone, or through the queue.
     async fn submit(
         &self,
@@ -336,7 +386,6 @@ impl BatchingProxy {
             bytes,
             reply,
         };
-        let stopped = || error(ErrorKind::Unavailable("proxy stopped".into()));
         match self.lone(pending) {
             Ok(batch) => {
                 if batch.await == Ran::Panicked {
@@ -355,31 +404,44 @@ impl BatchingProxy {
                 }
                 // Every other path of the batch answers its transaction before it ends.
             }
-            Err(pending) => {
-                // Room is usually there: queue without arming a timer.
-                let pending = match self.queue.try_send(pending) {
-                    Ok(()) => None,
-                    Err(mpsc::error::TrySendError::Full(p)) => Some(p),
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
-                };
-                if let Some(pending) = pending {
-                    let sent = self.queue.send(pending);
-                    match tokio::time::timeout(self.config.queue_wait, sent).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return Err(stopped()),
-                        Err(_) => {
-                            return Err(error(ErrorKind::Overloaded(format!(
-                                "the proxy's queue stayed full for {} ms",
-                                self.config.queue_wait.as_millis()
-                            ))));
-                        }
-                    }
-                }
-            }
+            Err(pending) => self.queue_up(pending).await?,
         }
-        // Unanswered, the batch stopped unfinished and recorded why, or the proxy stopped.
+        self.answered(answer).await
+    }
+
+    /// Queues `pending` for the batcher, waiting for room at most
+    /// [`ProxyConfig::queue_wait`].
+    ///
+    /// Errors: `Overloaded` when the queue stayed full that long; `Unavailable` once the
+    /// batcher stopped.
+    async fn queue_up(&self, pending: Pending) -> Result<()> {
+        // Room is usually there: queue without arming a timer.
+        let pending = match self.queue.try_send(pending) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(p)) => p,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+        };
+        let sent = self.queue.send(pending);
+        match tokio::time::timeout(self.config.queue_wait, sent).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(stopped()),
+            Err(_) => Err(error(ErrorKind::Overloaded(format!(
+                "the proxy's queue stayed full for {} ms",
+                self.config.queue_wait.as_millis()
+            )))),
+        }
+    }
+
+    /// The answer a queued or lone transaction's batch gives it. Unanswered, the batch stopped
+    /// unfinished and recorded why, or the proxy stopped.
+    async fn answered(&self, answer: oneshot::Receiver<Result<Version>>) -> Result<Version> {
         answer
             .await
             .map_err(|_| self.failure().unwrap_or_else(stopped))?
     }
+}
+
+/// The error of a commit the proxy stopped before it was answered.
+fn stopped() -> Error {
+    error(ErrorKind::Unavailable("proxy stopped".into()))
 }

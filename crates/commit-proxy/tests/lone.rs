@@ -495,3 +495,64 @@ async fn a_panic_in_a_batchers_batch_ends_the_epoch_with_its_cause() {
         );
     }
 }
+
+/// The transactions of one `commit_all` never go alone, even on a proxy idle after lone
+/// commits: they are queued together and share batches (alone, each would be a batch of its
+/// own, finished before the next is looked at). Each still gets its own outcome, in order, and
+/// one the proxy refuses its own error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transactions_of_one_commit_all_share_batches_and_keep_their_outcomes() {
+    let log = Arc::new(MemoryLog::new(LogId(0), Version(0)));
+    let proxy = proxy_over(vec![log.clone()], ProxyConfig::default());
+    for key in ["a", "b", "c"] {
+        proxy.commit(blind(key)).await.unwrap();
+    }
+    let lone = proxy.lone_commits();
+    assert_eq!(lone, 3, "idle: single commits go alone");
+    let mut transactions: Vec<Transaction> = (0..20)
+        .map(|i| Transaction::decode(&blind(&format!("k{i}"))).unwrap())
+        .collect();
+    let too_long = Bytes::from(vec![b'x'; strata_core::KEY_BYTES_MAX + 1]);
+    transactions.insert(
+        7,
+        Transaction {
+            mutations: vec![Mutation::Set {
+                key: too_long,
+                value: Bytes::new(),
+            }],
+            ..Transaction::default()
+        },
+    );
+    let outcomes = proxy.commit_all(transactions).await;
+    assert_eq!(outcomes.len(), 21);
+    assert!(
+        matches!(&outcomes[7], Err(e) if matches!(e.kind, strata_core::ErrorKind::Wire(_))),
+        "{:?}",
+        outcomes[7]
+    );
+    let mut versions: Vec<Version> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 7)
+        .map(|(_, o)| *o.as_ref().unwrap())
+        .collect();
+    assert_eq!(proxy.lone_commits(), lone, "none of them went alone");
+    // Each version holds the keys the outcomes say: the first committed key `k0` at the
+    // first version, the last `k19` at the last.
+    let entries = log.entries();
+    let holds = |version: Version, key: &str| {
+        entries.iter().any(|e| {
+            e.version == version
+                && Transaction::decode(&e.payload)
+                    .ok()
+                    .is_some_and(|t| t.mutations.iter().any(|m| m.range().begin() == key))
+        })
+    };
+    assert!(holds(versions[0], "k0") && holds(versions[19], "k19"));
+    versions.dedup();
+    assert!(
+        versions.len() < 20,
+        "20 transactions in {} batches",
+        versions.len()
+    );
+}

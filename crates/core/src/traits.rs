@@ -274,4 +274,17 @@ pub trait CommitProxy: Send + Sync {
             .map_err(|e| Error::new(Stage::CommitProxy, ErrorKind::Wire(e)))?;
         self.commit(bytes).await
     }
+
+    /// Commits several transactions not yet encoded, each on its own, as if each had a caller
+    /// of its own and they all came at once: for each, the contract and errors of
+    /// [`CommitProxy::commit_transaction`], and an outcome per transaction, in order. This
+    /// default commits them side by side on the caller's task; a proxy that batches gathers
+    /// them into shared batches, as it does concurrent callers' commits. A server commits the
+    /// transactions of one call this way.
+    async fn commit_all(&self, transactions: Vec<Transaction>) -> Vec<Result<Version>> {
+        let commits = transactions
+            .into_iter()
+            .map(|transaction| self.commit_transaction(transaction));
+        futures_util::future::join_all(commits).await
+    }
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::future::join_all;
 use strata_core::{
     CommitProxy, Epoch, Error, ErrorKind, Mutation, Result, Stage, TRANSACTION_BYTES_MAX,
     Transaction, TransactionView, Version,
@@ -35,14 +34,6 @@ fn outcome(result: Result<Version>) -> proto::CommitOutcome {
     }
 }
 
-/// A transaction a server admitted: as it came, or decoded where the server had to read it.
-enum Admitted {
-    /// Left to the proxy to parse.
-    Encoded(Bytes),
-    /// Decoded once, to check its keys; the proxy takes it as it is, without parsing it again.
-    Decoded(Transaction),
-}
-
 /// Refuses a transaction that writes a key from `\xff` on, or declares a write conflict
 /// there: those are the cluster's own keys (the configuration the persistence phase stores,
 /// which the next recovery reads), and a client writing them could wedge recovery.
@@ -67,10 +58,10 @@ fn writes_only_user_keys(transaction: &Transaction) -> Result<()> {
 }
 
 impl Served {
-    /// Refuses, before the proxy, a transaction over the size limit, and, on a server for
-    /// clients or a worker (see [`crate::serve_worker`]), one that does not decode or that
-    /// writes system keys. A transaction decoded for that check goes to the proxy decoded.
-    fn admissible(&self, transaction: Bytes) -> Result<Admitted> {
+    /// A client's transaction, decoded: refused before the proxy when it is over the size
+    /// limit or does not decode, and, on a server for clients or a worker (see
+    /// [`crate::serve_worker`]), when it writes system keys.
+    fn admissible(&self, transaction: Bytes) -> Result<Transaction> {
         if transaction.len() > TRANSACTION_BYTES_MAX {
             return Err(Error::new(
                 Stage::CommitProxy,
@@ -80,14 +71,13 @@ impl Served {
                 )),
             ));
         }
-        if self.exposure() != Exposure::Clients && self.worker().is_none() {
-            return Ok(Admitted::Encoded(transaction));
-        }
         let decoded = TransactionView::parse(transaction)
             .and_then(|view| view.to_transaction())
             .map_err(|e| Error::new(Stage::CommitProxy, ErrorKind::Wire(e)))?;
-        writes_only_user_keys(&decoded)?;
-        Ok(Admitted::Decoded(decoded))
+        if self.exposure() == Exposure::Clients || self.worker().is_some() {
+            writes_only_user_keys(&decoded)?;
+        }
+        Ok(decoded)
     }
 }
 
@@ -119,26 +109,35 @@ impl proto::proxy_server::Proxy for Served {
                 )),
             ));
         }
-        let admitted: Vec<_> = r
-            .transactions
-            .into_iter()
-            .map(|transaction| self.admissible(transaction))
-            .collect();
-        // Every transaction commits on its own, side by side, all on the handler's task (a task
-        // each would cost a spawn and a wake-up each), and each to its end whatever becomes of
-        // the call.
-        let commits = admitted.into_iter().map(move |admitted| {
-            let proxy = proxy.clone();
-            async move {
-                match admitted? {
-                    Admitted::Encoded(bytes) => proxy.commit(bytes).await,
-                    Admitted::Decoded(transaction) => proxy.commit_transaction(transaction).await,
+        // Each transaction is decoded here once: the proxy takes it as it is. The admitted
+        // ones commit together, each on its own, on the handler's task (a task each would cost
+        // a spawn and a wake-up each), to their end whatever becomes of the call.
+        let mut transactions = Vec::with_capacity(r.transactions.len());
+        let mut refusals = Vec::with_capacity(r.transactions.len());
+        for transaction in r.transactions {
+            match self.admissible(transaction) {
+                Ok(transaction) => {
+                    transactions.push(transaction);
+                    refusals.push(None);
                 }
+                Err(e) => refusals.push(Some(e)),
             }
+        }
+        let mut committed = self
+            .run_to_end(async move { proxy.commit_all(transactions).await })
+            .await
+            .into_iter();
+        let results = refusals.into_iter().map(|refusal| match refusal {
+            Some(e) => Err(e),
+            None => committed.next().unwrap_or_else(|| {
+                Err(Error::new(
+                    Stage::CommitProxy,
+                    ErrorKind::Unavailable("the proxy gave no outcome for a transaction".into()),
+                ))
+            }),
         });
-        let results = self.run_to_end(join_all(commits)).await;
         Ok(Response::new(proto::CommitReply {
-            outcomes: results.into_iter().map(outcome).collect(),
+            outcomes: results.map(outcome).collect(),
         }))
     }
 }

@@ -439,3 +439,107 @@ async fn each_transaction_of_one_commit_call_gets_its_own_outcome() {
         storage.close().await;
     }
 }
+
+/// The transactions of one commit call share batches, as concurrent callers' commits do, on a
+/// proxy that is idle when the call comes, over a log on disk. A lone commit's batch can finish
+/// on the handler's task (the idle log syncs there) before the next transaction is looked at:
+/// were each to go alone, every transaction would be a batch and a sync of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transactions_of_one_call_share_batches() {
+    use prost::Message;
+    use strata_net::proto::{CommitReply, CommitRequest, commit_outcome::Outcome};
+
+    let dir = tempfile::tempdir().unwrap();
+    let epoch = Epoch(1);
+    let log: Arc<dyn LogServer> = Arc::new(
+        strata_tlog::FileLog::open(
+            &dir.path().join("log"),
+            LogId(0),
+            Version(0),
+            strata_tlog::FileLogConfig::default(),
+        )
+        .unwrap(),
+    );
+    let sequencer: Arc<dyn Sequencer> = Arc::new(ClockSequencer::new(epoch, Version(0)));
+    let resolver: Arc<dyn Resolver> = Arc::new(WindowResolver::new(
+        epoch,
+        Version(0),
+        ResolverConfig::default(),
+    ));
+    let proxy = Arc::new(
+        BatchingProxy::new(
+            epoch,
+            sequencer.clone(),
+            vec![(Key::new(), resolver.clone())],
+            vec![log.clone()],
+            ProxyConfig::default(),
+        )
+        .unwrap(),
+    );
+    let stages = Stages {
+        sequencer: Some(sequencer),
+        proxies: vec![proxy.clone()],
+        resolvers: vec![resolver],
+        storage: Vec::new(),
+        logs: vec![log],
+        token: None,
+    };
+    let served = Served::start(stages, "t-share").await;
+    let mut grpc = tonic::client::Grpc::new(served.channel().await);
+    let count = 50;
+    for round in 0..3 {
+        let transactions = (0..count)
+            .map(|i| {
+                let key = Bytes::from(format!("k{round}-{i}"));
+                strata_core::Transaction {
+                    read_version: None,
+                    read_conflicts: Vec::new(),
+                    write_conflicts: vec![KeyRange::single(key.clone())],
+                    mutations: vec![strata_core::Mutation::Set {
+                        key,
+                        value: Bytes::from_static(b"v"),
+                    }],
+                }
+                .encode()
+                .unwrap()
+            })
+            .collect();
+        let request = CommitRequest {
+            proxy: Some(0),
+            transactions,
+            epoch: Some(1),
+        };
+        let lone = proxy.lone_commits();
+        let reply = raw_call(
+            &mut grpc,
+            "t-share",
+            "/strata.v1.Proxy/Commit",
+            request.encode_to_vec().into(),
+        )
+        .await
+        .unwrap();
+        let mut versions: Vec<u64> = CommitReply::decode(reply)
+            .unwrap()
+            .outcomes
+            .into_iter()
+            .map(|o| match o.outcome.unwrap() {
+                Outcome::Version(v) => v,
+                Outcome::Failure(f) => panic!("refused: {f:?}"),
+            })
+            .collect();
+        assert_eq!(versions.len(), count);
+        versions.sort_unstable();
+        versions.dedup();
+        assert_eq!(
+            proxy.lone_commits(),
+            lone,
+            "round {round}: a commit went alone"
+        );
+        assert!(
+            versions.len() < count,
+            "round {round}: {count} transactions in {} batches",
+            versions.len()
+        );
+    }
+    served.stop().await;
+}
