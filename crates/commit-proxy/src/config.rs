@@ -31,6 +31,8 @@ pub struct ProxyConfig {
     /// Most transactions waiting for a batch.
     pub queue_transactions_max: usize,
     /// How long a commit waits for room in a full queue before it is refused as overloaded.
+    /// The transactions of one [`strata_core::CommitProxy::commit_all`] wait this long in all,
+    /// not each.
     pub queue_wait: Duration,
     /// Most batches between version assignment and answer at once: the pipeline's depth.
     /// Room is taken before a batch is formed, so while the pipeline is full, commits gather

@@ -15,6 +15,7 @@ use strata_core::{
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::batch::{Order, SINGLES_TO_GO_ALONE, batch_loop, commit_batch, take_version};
 use crate::config::{ProxyConfig, commit_section_bytes};
@@ -292,6 +293,7 @@ impl CommitProxy for BatchingProxy {
             return outcomes;
         }
         let mut answers = Vec::with_capacity(transactions.len());
+        let mut deadline = None;
         for transaction in transactions {
             let queued = match self.checked(transaction) {
                 Ok((conflicts, mutations, bytes)) => {
@@ -302,7 +304,7 @@ impl CommitProxy for BatchingProxy {
                         bytes,
                         reply,
                     };
-                    self.queue_up(pending).await.map(|()| answer)
+                    self.queue_up(pending, &mut deadline).await.map(|()| answer)
                 }
                 Err(e) => Err(e),
             };
@@ -404,25 +406,28 @@ impl BatchingProxy {
                 }
                 // Every other path of the batch answers its transaction before it ends.
             }
-            Err(pending) => self.queue_up(pending).await?,
+            Err(pending) => self.queue_up(pending, &mut None).await?,
         }
         self.answered(answer).await
     }
 
-    /// Queues `pending` for the batcher, waiting for room at most
-    /// [`ProxyConfig::queue_wait`].
+    /// Queues `pending` for the batcher, waiting for room until `deadline`, which the first
+    /// wait sets to [`ProxyConfig::queue_wait`] from then: the transactions of one
+    /// [`CommitProxy::commit_all`] share one deadline, so that a full queue holds the call up
+    /// for one wait, not one per transaction.
     ///
     /// Errors: `Overloaded` when the queue stayed full that long; `Unavailable` once the
     /// batcher stopped.
-    async fn queue_up(&self, pending: Pending) -> Result<()> {
+    async fn queue_up(&self, pending: Pending, deadline: &mut Option<Instant>) -> Result<()> {
         // Room is usually there: queue without arming a timer.
         let pending = match self.queue.try_send(pending) {
             Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Full(p)) => p,
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
         };
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.config.queue_wait);
         let sent = self.queue.send(pending);
-        match tokio::time::timeout(self.config.queue_wait, sent).await {
+        match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(stopped()),
             Err(_) => Err(error(ErrorKind::Overloaded(format!(

@@ -548,11 +548,60 @@ async fn the_transactions_of_one_commit_all_share_batches_and_keep_their_outcome
                     .is_some_and(|t| t.mutations.iter().any(|m| m.range().begin() == key))
         })
     };
-    assert!(holds(versions[0], "k0") && holds(versions[19], "k19"));
+    for (i, version) in versions.iter().enumerate() {
+        assert!(
+            holds(*version, &format!("k{i}")),
+            "k{i} is not at {version}"
+        );
+    }
+    assert!(versions.is_sorted(), "queued in order, committed in order");
     versions.dedup();
     assert!(
         versions.len() < 20,
         "20 transactions in {} batches",
         versions.len()
     );
+}
+
+/// A full queue holds one `commit_all` up for one `queue_wait` in all, not one per
+/// transaction: the transactions that found no room by then are refused as overloaded
+/// together, and those queued before commit.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_transactions_of_one_commit_all_wait_for_room_together() {
+    let wait = Duration::from_secs(1);
+    let proxy = proxy_over(
+        vec![first_push_held(
+            Arc::new(MemoryLog::new(LogId(0), Version(0))),
+            wait * 5 / 2,
+        )],
+        ProxyConfig {
+            queue_transactions_max: 1,
+            in_flight_batches_max: 1,
+            queue_wait: wait,
+            ..ProxyConfig::default()
+        },
+    );
+    // A lone batch held at the log for two and a half waits: the pipeline is full.
+    let held = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.commit(blind("a")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // "b" is taken by the batcher, which holds it until the pipeline has room, and "c" takes
+    // the queue's only place; the four after it find no room within one wait. Were each to
+    // wait on its own, "f" would still be waiting when the held batch ends, and get room.
+    let keys = ["b", "c", "d", "e", "f", "g"];
+    let transactions = keys
+        .iter()
+        .map(|key| Transaction::decode(&blind(key)).unwrap())
+        .collect();
+    let outcomes = proxy.commit_all(transactions).await;
+    held.await.unwrap().unwrap();
+    assert!(outcomes[0].is_ok() && outcomes[1].is_ok(), "{outcomes:?}");
+    for (key, outcome) in keys.iter().zip(&outcomes).skip(2) {
+        assert!(
+            matches!(outcome, Err(e) if matches!(e.kind, strata_core::ErrorKind::Overloaded(_))),
+            "{key}: {outcome:?}"
+        );
+    }
 }
