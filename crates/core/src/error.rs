@@ -163,9 +163,9 @@ pub enum ErrorKind {
     /// The call that committed the transaction failed after the transaction may have reached
     /// the logs (the connection broke, or the epoch ended under its batch): it may or may not
     /// have committed, and the next recovery decides (FoundationDB's `commit_unknown_result`).
-    /// Not retryable: running the transaction again could apply it twice. Returned by a
-    /// database that follows recoveries (one connected through a cluster file); one bound to
-    /// its stages returns the stage's error as it is.
+    /// Not retryable: running the transaction again could apply it twice. Returned for every
+    /// commit that failed without a refusal, whether the database follows recoveries (one
+    /// connected through a cluster file) or is bound to its stages.
     ///
     /// ```
     /// use strata_core::{Error, ErrorKind, Stage};

@@ -238,3 +238,47 @@ async fn a_client_that_fails_for_good_stops_the_others() {
     assert_eq!(check_ring(&db).await.unwrap(), NODES);
     faults.release();
 }
+
+/// On a database bound to its stages a commit of unknown outcome ends the run at once, as any
+/// failure does: no newer epoch will come to go on with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_database_stops_at_its_first_commit_of_unknown_outcome() {
+    use strata_core::{Error, ErrorKind, Stage};
+    use strata_testkit::faults::{Fault, FaultPoint};
+    use strata_txn_builder::Connect;
+
+    let (cluster, _dir) = common::cluster().await;
+    let behind = Behind::of(&cluster);
+    let faults = behind.faults.clone();
+    let stages = behind.stages().await.unwrap();
+    let db = strata_txn_builder::Database::new(
+        stages.sequencer,
+        stages.proxies,
+        stages.storage,
+        strata_txn_builder::RetryConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(ensure_ring(&db, NODES).await.unwrap(), NODES);
+    // The tenth commit fails as a log's failure would: it may have committed.
+    let lost = Error::new(
+        Stage::Log,
+        ErrorKind::Unavailable("lost in this test".into()),
+    );
+    faults.arm_at(FaultPoint::ProxyCommit, 10, Fault::FailWith(lost));
+    let plan = Plan {
+        clients: 4,
+        span: Span::Transactions(1_000_000),
+        seed: 3,
+        first: 0,
+    };
+    let e = drive(&db, Arc::new(Cycle { nodes: NODES }), &plan, no_acks())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e.kind, ErrorKind::CommitUnknown(cause) if cause.to_string().contains("lost in this test")),
+        "{e}"
+    );
+    assert!(faults.calls(FaultPoint::ProxyCommit) < 20);
+    assert_eq!(check_ring(&db).await.unwrap(), NODES);
+    faults.release();
+}

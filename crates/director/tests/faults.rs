@@ -258,3 +258,22 @@ async fn a_failed_sync_is_named_by_every_later_error() {
     );
     cluster.stop().await;
 }
+
+/// A system transaction whose batch failed at the log: the director names the log, not an
+/// unknown outcome (whether it committed is the next recovery's to say), and the next
+/// recovery goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_system_transaction_is_named_by_the_stage_that_failed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults, env) = common::with_faults(dir.path());
+    // A new cluster has no history to replay: the first sync is the system transaction's.
+    faults.arm(FaultPoint::LogSync);
+    let err = recover(dir.path(), config(), &store, &env)
+        .await
+        .expect_err("the system transaction's sync fails");
+    assert_eq!(err.stage, Stage::Log, "{err}");
+    assert!(!matches!(err.kind, ErrorKind::CommitUnknown(_)), "{err}");
+    let (cluster, report) = recover(dir.path(), config(), &store, &env).await.unwrap();
+    assert!(report.epoch > Epoch(1), "{report:?}");
+    cluster.stop().await;
+}

@@ -139,10 +139,7 @@ impl Shared {
         match result {
             Err(e) if !refused(&e) => {
                 db.ended.store(true, Ordering::SeqCst);
-                Err(Error::new(
-                    Stage::TxnBuilder,
-                    ErrorKind::CommitUnknown(Box::new(e)),
-                ))
+                Err(unknown_unless_refused(e))
             }
             Err(e) => {
                 self.note(db, &e);
@@ -214,6 +211,16 @@ fn ends_epoch(e: &Error) -> bool {
         e.stage,
         Stage::Sequencer | Stage::Storage | Stage::CommitProxy
     ) && matches!(e.kind, ErrorKind::Unavailable(_) | ErrorKind::Fenced { .. })
+}
+
+/// What a commit that failed with `e` tells its caller: `e` itself when the commit was refused
+/// (nothing of it is ever visible), [`ErrorKind::CommitUnknown`] with `e` as its cause
+/// otherwise (it may have committed).
+pub(crate) fn unknown_unless_refused(e: Error) -> Error {
+    if refused(&e) {
+        return e;
+    }
+    Error::new(Stage::TxnBuilder, ErrorKind::CommitUnknown(Box::new(e)))
 }
 
 /// Whether a commit that failed with `e` was refused: nothing of it is ever visible (the

@@ -56,10 +56,12 @@
 //!   cure (conflicts, `TooOld`, `FutureVersion`), never an expired transaction, and stops
 //!   with [`ErrorKind::TransactionTimedOut`] once its [`TransactionOptions::timeout`] passes.
 //!   [`Database::run_with`] takes options for one call; the database holds the defaults.
+//! - A commit whose call failed without a refusal (a log's or the sequencer's failure, a
+//!   connection lost once the call left) is [`ErrorKind::CommitUnknown`], with that failure as
+//!   its cause: it may have committed, and is never retried.
 //! - A database that follows recoveries also retries, on the newest epoch, an attempt that the
-//!   end of its epoch failed before its commit was sent, or whose commit was refused as fenced;
-//!   a commit whose call failed without a refusal is [`ErrorKind::CommitUnknown`] (it may have
-//!   committed) and is never retried. A transaction keeps the stages it began with.
+//!   end of its epoch failed before its commit was sent, or whose commit was refused as fenced.
+//!   A transaction keeps the stages it began with.
 //!
 //! # Limits
 //!
@@ -414,8 +416,8 @@ impl Database {
     ///   not run again, because the body itself took too long, and a new read version would
     ///   not make it quicker; it would only repeat the wait (before this limit, a 6 s body
     ///   was retried as too old until its attempts ran out). Shorten or split it. It includes
-    ///   [`ErrorKind::CommitUnknown`] too (a database that follows recoveries): the attempt
-    ///   may have committed, and running it again could apply it twice.
+    ///   [`ErrorKind::CommitUnknown`] too: the attempt may have committed, and running it again
+    ///   could apply it twice.
     ///
     /// On a database that follows recoveries ([`Database::following`]), an attempt that the
     /// end of its epoch failed before its commit was sent, or whose commit was refused as
@@ -867,6 +869,11 @@ impl Transaction {
     /// transaction commits once; later calls fail. After the transaction's lifetime the
     /// commit fails with [`ErrorKind::TransactionExpired`], without a proxy, even for one that
     /// wrote nothing.
+    ///
+    /// Errors: the proxy's refusals as they are (a conflict, a too-old read version, a
+    /// malformed or oversized transaction, an overloaded queue): nothing of the transaction is
+    /// ever visible. Any other failure is [`ErrorKind::CommitUnknown`], with that failure as
+    /// its cause: the batch may be on every log, so the transaction may have committed.
     pub async fn commit(&self) -> Result<Version> {
         self.check_lifetime()?;
         let tx = {
@@ -892,7 +899,7 @@ impl Transaction {
         let committed = db.proxies[n].commit_transaction(tx).await;
         match &self.inner.follow {
             Some(follow) => follow.commit_outcome(db, committed),
-            None => committed,
+            None => committed.map_err(follow::unknown_unless_refused),
         }
     }
 }

@@ -609,3 +609,71 @@ async fn reads_outside_every_shard_are_wrong_shard() {
     let e = tx.get(&outside).await.unwrap_err();
     assert!(matches!(e.kind, ErrorKind::WrongShard { .. }), "{e}");
 }
+
+/// Fails every commit with its error, counting the commits it gets.
+struct FailingProxy(Error, AtomicUsize);
+
+#[async_trait]
+impl CommitProxy for FailingProxy {
+    fn epoch(&self) -> Epoch {
+        Epoch(1)
+    }
+
+    async fn commit(&self, _transaction: Bytes) -> Result<Version> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        Err(self.0.clone())
+    }
+}
+
+/// A database bound to its stages (embedded use) says, as one that follows recoveries does,
+/// when a failed commit may have committed: a batch that failed at a log or the sequencer may
+/// be on every log, so its commit is `CommitUnknown` with that failure as its cause, and `run`
+/// does not run it again. A refusal stays the refusal it is.
+#[tokio::test]
+async fn a_bound_database_reports_a_commit_that_may_have_committed_as_unknown() {
+    let io = |stage| Error::new(stage, ErrorKind::Unavailable("the disk went away".into()));
+    let cases = [
+        (io(Stage::Log), true),
+        (io(Stage::Sequencer), true),
+        (
+            Error::new(Stage::Log, ErrorKind::Poisoned("a failed sync".into())),
+            true,
+        ),
+        (Error::new(Stage::Resolver, ErrorKind::Conflict), false),
+        (
+            Error::new(Stage::CommitProxy, ErrorKind::Overloaded("full".into())),
+            false,
+        ),
+    ];
+    for (failure, unknown) in cases {
+        let proxy = Arc::new(FailingProxy(failure.clone(), AtomicUsize::new(0)));
+        let db = Database::new(
+            Arc::new(FixedSequencer::default()),
+            vec![proxy.clone()],
+            vec![Arc::new(MapStorage::new(everything(), &stored(), 10)) as Arc<dyn StorageServer>],
+            RetryConfig {
+                attempts_max: 3,
+                ..RetryConfig::default()
+            },
+        )
+        .unwrap();
+        let e = db
+            .run(|tx| async move {
+                tx.set(key("a"), Value::from("v"));
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        if unknown {
+            match &e.kind {
+                ErrorKind::CommitUnknown(cause) => {
+                    assert_eq!(cause.to_string(), failure.to_string());
+                }
+                other => panic!("{failure}: {other}"),
+            }
+            assert_eq!(proxy.1.load(Ordering::SeqCst), 1, "{failure}: run again");
+        } else {
+            assert_eq!(e.to_string(), failure.to_string());
+        }
+    }
+}

@@ -110,7 +110,13 @@ async fn persist(
     // commits. Committed here, a stalled sync would hold this task, and the phase's deadline
     // around it could not fire until the disk came back.
     let version = match tokio::spawn(async move { tx.commit().await }).await {
-        Ok(committed) => committed?,
+        // Whether a failed system transaction committed is the next recovery's to say; the
+        // director exits naming the stage that failed it.
+        Ok(Err(e)) => match e.kind {
+            ErrorKind::CommitUnknown(cause) => return Err(*cause),
+            _ => return Err(e),
+        },
+        Ok(Ok(version)) => version,
         // A bug: the director's own, as it was when it committed on its own task.
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => {

@@ -142,10 +142,11 @@ pub fn no_acks() -> OnAck {
 /// Runs `workload` as `plan` says and returns what was acknowledged. A client whose
 /// transaction fails for good (not a retryable abort) stops, and so do the others once their
 /// transaction in flight ends; the first such error is returned. A transaction whose commit
-/// outcome is unknown ([`ErrorKind::CommitUnknown`], from a database that follows
-/// recoveries) is counted in [`Driven::unknown`], not acknowledged, and its client goes on
-/// with its next one (up to [`UNKNOWN_IN_A_ROW_MAX`] in a row); it counts as one of the
-/// plan's transactions.
+/// outcome is unknown ([`ErrorKind::CommitUnknown`]) on a database that follows recoveries
+/// is counted in [`Driven::unknown`], not acknowledged, and its client goes on with its next
+/// one (up to [`UNKNOWN_IN_A_ROW_MAX`] in a row); it counts as one of the plan's transactions.
+/// On a database bound to its stages it fails the run, as any failure does: no newer epoch
+/// comes.
 pub async fn drive<W: Workload>(
     db: &Database,
     workload: Arc<W>,
@@ -178,6 +179,7 @@ pub async fn drive_until<W: Workload>(
     let stopping = Arc::new(AtomicBool::new(false));
     let aborts = Arc::new(AtomicU64::new(0));
     let unknown = Arc::new(AtomicU64::new(0));
+    let follows = db.follows_recoveries();
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
             let (db, workload, on_ack, aborts, unknown, stopping) = (
@@ -206,7 +208,7 @@ pub async fn drive_until<W: Workload>(
                     }
                     let t = Instant::now();
                     let done = workload.transaction(&db, &mut rng, c, n).await;
-                    let settled = settled(done, &unknown, &mut unknown_in_a_row, c, n);
+                    let settled = settled(done, follows, &unknown, &mut unknown_in_a_row, c, n);
                     let aborted = match settled {
                         Ok(Some(aborted)) => aborted,
                         Ok(None) => {
@@ -275,13 +277,14 @@ pub async fn drive_until<W: Workload>(
 }
 
 /// What a client does with the outcome of its transaction `n`: `Some` of its aborted attempts
-/// when it committed; `None`, counted in `unknown`, when its commit outcome is unknown (the
-/// epoch ended under its commit: whether it committed is the next recovery's to say, and the
+/// when it committed; `None`, counted in `unknown`, when its commit outcome is unknown on a
+/// database that `follows` recoveries (the epoch ended under its commit: whether it committed is the next recovery's to say, and the
 /// client goes on, its next transaction on the newest epoch); its error when it failed for
 /// good, or when it made [`UNKNOWN_IN_A_ROW_MAX`] unknown outcomes in a row (each made the
 /// database look for a newer epoch: commits keep failing and no new epoch comes).
 fn settled(
     done: Result<u64>,
+    follows: bool,
     unknown: &AtomicU64,
     in_a_row: &mut u32,
     client: u64,
@@ -292,7 +295,8 @@ fn settled(
             *in_a_row = 0;
             return Ok(Some(aborted));
         }
-        Err(e) if matches!(e.kind, ErrorKind::CommitUnknown(_)) => {
+        // A database bound to its stages meets no newer epoch: its unknown outcome ends the run.
+        Err(e) if follows && matches!(e.kind, ErrorKind::CommitUnknown(_)) => {
             tracing::warn!(client, n, error = %e, "commit outcome unknown");
             unknown.fetch_add(1, Ordering::Relaxed);
             *in_a_row += 1;
