@@ -872,8 +872,10 @@ impl Transaction {
     ///
     /// Errors: the proxy's refusals as they are (a conflict, a too-old read version, a
     /// malformed or oversized transaction, an overloaded queue): nothing of the transaction is
-    /// ever visible. Any other failure is [`ErrorKind::CommitUnknown`], with that failure as
-    /// its cause: the batch may be on every log, so the transaction may have committed.
+    /// ever visible. Any other failure of a transaction that wrote something is
+    /// [`ErrorKind::CommitUnknown`], with that failure as its cause: the batch may be on every
+    /// log, so the transaction may have committed. (One that wrote nothing asks only for a
+    /// read version, and returns that call's error as it is.)
     pub async fn commit(&self) -> Result<Version> {
         self.check_lifetime()?;
         let tx = {
