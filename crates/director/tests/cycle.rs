@@ -198,9 +198,11 @@ async fn a_workload_counts_a_commit_of_unknown_outcome_and_goes_on_then_gives_up
     faults.release();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_fails_for_good_stops_the_others() {
-    use strata_core::{Error, ErrorKind, Stage};
+/// A Cycle run of four clients on a database bound to `cluster`'s stages, whose tenth commit
+/// fails with `failure`: the run's error, once the other clients stopped. Each of them stops
+/// after at most the transaction it was in (the run would otherwise go on for a million), and
+/// the ring holds.
+async fn bound_run_failing_with(failure: strata_core::Error) -> strata_core::Error {
     use strata_testkit::faults::{Fault, FaultPoint};
     use strata_txn_builder::Connect;
 
@@ -217,12 +219,7 @@ async fn a_client_that_fails_for_good_stops_the_others() {
     )
     .unwrap();
     assert_eq!(ensure_ring(&db, NODES).await.unwrap(), NODES);
-    // The tenth commit is refused for good; the other clients would run a million more.
-    let refusal = Error::new(
-        Stage::CommitProxy,
-        ErrorKind::InvalidRequest("refused in this test".into()),
-    );
-    faults.arm_at(FaultPoint::ProxyCommit, 10, Fault::FailWith(refusal));
+    faults.arm_at(FaultPoint::ProxyCommit, 10, Fault::FailWith(failure));
     let plan = Plan {
         clients: 4,
         span: Span::Transactions(1_000_000),
@@ -232,11 +229,22 @@ async fn a_client_that_fails_for_good_stops_the_others() {
     let e = drive(&db, Arc::new(Cycle { nodes: NODES }), &plan, no_acks())
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("refused in this test"), "{e}");
-    // Each of the others stopped after at most the transaction it was in.
-    assert!(faults.calls(FaultPoint::ProxyCommit) < 20);
+    assert!(faults.calls(FaultPoint::ProxyCommit) < 20, "{e}");
     assert_eq!(check_ring(&db).await.unwrap(), NODES);
     faults.release();
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_fails_for_good_stops_the_others() {
+    use strata_core::{Error, ErrorKind, Stage};
+
+    let refusal = Error::new(
+        Stage::CommitProxy,
+        ErrorKind::InvalidRequest("refused in this test".into()),
+    );
+    let e = bound_run_failing_with(refusal).await;
+    assert!(e.to_string().contains("refused in this test"), "{e}");
 }
 
 /// On a database bound to its stages a commit of unknown outcome ends the run at once, as any
@@ -244,41 +252,16 @@ async fn a_client_that_fails_for_good_stops_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bound_database_stops_at_its_first_commit_of_unknown_outcome() {
     use strata_core::{Error, ErrorKind, Stage};
-    use strata_testkit::faults::{Fault, FaultPoint};
-    use strata_txn_builder::Connect;
 
-    let (cluster, _dir) = common::cluster().await;
-    let behind = Behind::of(&cluster);
-    let faults = behind.faults.clone();
-    let stages = behind.stages().await.unwrap();
-    let db = strata_txn_builder::Database::new(
-        stages.sequencer,
-        stages.proxies,
-        stages.storage,
-        strata_txn_builder::RetryConfig::default(),
-    )
-    .unwrap();
-    assert_eq!(ensure_ring(&db, NODES).await.unwrap(), NODES);
-    // The tenth commit fails as a log's failure would: it may have committed.
+    // As a log's failure would: the commit may have committed.
     let lost = Error::new(
         Stage::Log,
         ErrorKind::Unavailable("lost in this test".into()),
     );
-    faults.arm_at(FaultPoint::ProxyCommit, 10, Fault::FailWith(lost));
-    let plan = Plan {
-        clients: 4,
-        span: Span::Transactions(1_000_000),
-        seed: 3,
-        first: 0,
-    };
-    let e = drive(&db, Arc::new(Cycle { nodes: NODES }), &plan, no_acks())
-        .await
-        .unwrap_err();
+    let e = bound_run_failing_with(lost).await;
     assert!(
-        matches!(&e.kind, ErrorKind::CommitUnknown(cause) if cause.to_string().contains("lost in this test")),
+        matches!(&e.kind, ErrorKind::CommitUnknown(cause)
+            if cause.to_string().contains("lost in this test")),
         "{e}"
     );
-    assert!(faults.calls(FaultPoint::ProxyCommit) < 20);
-    assert_eq!(check_ring(&db).await.unwrap(), NODES);
-    faults.release();
 }

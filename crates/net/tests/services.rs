@@ -53,6 +53,21 @@ const METHODS: &[&str] = &[
     "/strata.v1.Worker/AdvanceCommitted",
 ];
 
+/// A transaction that sets `key` and reads nothing, encoded.
+fn blind(key: Bytes) -> Bytes {
+    strata_core::Transaction {
+        read_version: None,
+        read_conflicts: Vec::new(),
+        write_conflicts: vec![KeyRange::single(key.clone())],
+        mutations: vec![strata_core::Mutation::Set {
+            key,
+            value: Bytes::from_static(b"v"),
+        }],
+    }
+    .encode()
+    .unwrap()
+}
+
 /// One of each stage, all real but the log (in memory), served together, every call.
 async fn everything(dir: &std::path::Path, name: &str) -> (Served, Arc<RedbStorage>) {
     let (stages, storage) = stages(dir).await;
@@ -356,20 +371,7 @@ async fn each_transaction_of_one_commit_call_gets_its_own_outcome() {
     use prost::Message;
     use strata_net::proto::{CommitReply, CommitRequest, commit_outcome::Outcome};
 
-    let set = |key: &'static [u8]| {
-        let key = Bytes::from_static(key);
-        strata_core::Transaction {
-            read_version: None,
-            read_conflicts: Vec::new(),
-            write_conflicts: vec![KeyRange::single(key.clone())],
-            mutations: vec![strata_core::Mutation::Set {
-                key,
-                value: Bytes::from_static(b"v"),
-            }],
-        }
-        .encode()
-        .unwrap()
-    };
+    let set = |key: &'static [u8]| blind(Bytes::from_static(key));
     for exposure in [
         strata_net::Exposure::Clients,
         strata_net::Exposure::Everything,
@@ -489,20 +491,7 @@ async fn the_transactions_of_one_call_share_batches() {
     let count = 50;
     for round in 0..3 {
         let transactions = (0..count)
-            .map(|i| {
-                let key = Bytes::from(format!("k{round}-{i}"));
-                strata_core::Transaction {
-                    read_version: None,
-                    read_conflicts: Vec::new(),
-                    write_conflicts: vec![KeyRange::single(key.clone())],
-                    mutations: vec![strata_core::Mutation::Set {
-                        key,
-                        value: Bytes::from_static(b"v"),
-                    }],
-                }
-                .encode()
-                .unwrap()
-            })
+            .map(|i| blind(Bytes::from(format!("k{round}-{i}"))))
             .collect();
         let request = CommitRequest {
             proxy: Some(0),
