@@ -285,12 +285,11 @@ impl CommitProxy for BatchingProxy {
     /// transaction is looked at, which would leave the proxy idle for the next to go alone
     /// too, each in a batch and a sync of its own.
     async fn commit_all(&self, transactions: Vec<Transaction>) -> Vec<Result<Version>> {
-        if transactions.len() == 1 {
-            let mut outcomes = Vec::with_capacity(1);
-            for transaction in transactions {
-                outcomes.push(self.commit_transaction(transaction).await);
-            }
-            return outcomes;
+        let mut transactions = transactions;
+        if transactions.len() == 1
+            && let Some(only) = transactions.pop()
+        {
+            return vec![self.commit_transaction(only).await];
         }
         let mut answers = Vec::with_capacity(transactions.len());
         let mut deadline = None;

@@ -278,10 +278,11 @@ pub async fn drive_until<W: Workload>(
 
 /// What a client does with the outcome of its transaction `n`: `Some` of its aborted attempts
 /// when it committed; `None`, counted in `unknown`, when its commit outcome is unknown on a
-/// database that `follows` recoveries (the epoch ended under its commit: whether it committed is the next recovery's to say, and the
-/// client goes on, its next transaction on the newest epoch); its error when it failed for
-/// good, or when it made [`UNKNOWN_IN_A_ROW_MAX`] unknown outcomes in a row (each made the
-/// database look for a newer epoch: commits keep failing and no new epoch comes).
+/// database that `follows` recoveries (the epoch ended under its commit: whether it committed
+/// is the next recovery's to say, and the client goes on, its next transaction on the newest
+/// epoch); its error when it failed for good, or when it made [`UNKNOWN_IN_A_ROW_MAX`]
+/// unknown outcomes in a row (each made the database look for a newer epoch: commits keep
+/// failing and no new epoch comes).
 fn settled(
     done: Result<u64>,
     follows: bool,
