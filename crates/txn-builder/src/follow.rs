@@ -136,17 +136,15 @@ impl Shared {
     /// `result` of a commit through `db`: a failure that is not a refusal becomes
     /// [`ErrorKind::CommitUnknown`], and marks `db` ended (called for a database that follows).
     pub(crate) fn commit_outcome<T>(&self, db: &DbInner, result: Result<T>) -> Result<T> {
-        match result {
-            Err(e) if !refused(&e) => {
-                db.ended.store(true, Ordering::SeqCst);
-                Err(unknown_unless_refused(e))
-            }
-            Err(e) => {
-                self.note(db, &e);
-                Err(e)
-            }
-            ok => ok,
+        let Err(e) = result else {
+            return result;
+        };
+        if refused(&e) {
+            self.note(db, &e);
+            return Err(e);
         }
+        db.ended.store(true, Ordering::SeqCst);
+        Err(unknown(e))
     }
 
     /// Whether [`Database::run`](crate::Database::run) may start an attempt that failed with
@@ -217,9 +215,11 @@ fn ends_epoch(e: &Error) -> bool {
 /// (nothing of it is ever visible), [`ErrorKind::CommitUnknown`] with `e` as its cause
 /// otherwise (it may have committed).
 pub(crate) fn unknown_unless_refused(e: Error) -> Error {
-    if refused(&e) {
-        return e;
-    }
+    if refused(&e) { e } else { unknown(e) }
+}
+
+/// A commit whose call failed with `e`, which may have committed.
+fn unknown(e: Error) -> Error {
     Error::new(Stage::TxnBuilder, ErrorKind::CommitUnknown(Box::new(e)))
 }
 
